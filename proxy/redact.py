@@ -1,0 +1,124 @@
+"""Removing secrets before anything leaves the proxy.
+
+Header values are replaced whole; bodies are scanned with rules that each
+have a cheap literal prefix, so a 1 MB body with no secret costs a few
+`bytes.find` calls rather than a regex pass per rule. Every function returns
+the names of the rules that fired, so an event says what was taken out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode
+
+REDACTED = "[REDACTED]"
+
+SECRET_HEADERS = frozenset({"x-api-key", "authorization", "proxy-authorization", "cookie", "set-cookie"})
+
+SECRET_QUERY_PARAMS = frozenset({"key", "api_key", "apikey", "token", "access_token", "secret", "password"})
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A secret format: `prefixes` are literals every match contains, used to skip the regex."""
+
+    name: str
+    pattern: re.Pattern[bytes]
+    prefixes: tuple[bytes, ...] = ()
+
+    def applies_to(self, body: bytes) -> bool:
+        return not self.prefixes or any(prefix in body for prefix in self.prefixes)
+
+
+def _rule(name: str, pattern: str, *prefixes: str) -> Rule:
+    return Rule(name, re.compile(pattern.encode(), re.DOTALL), tuple(p.encode() for p in prefixes))
+
+
+BUILTIN_RULES: tuple[Rule, ...] = (
+    _rule("anthropic_key", r"sk-ant-[A-Za-z0-9_\-]{16,}", "sk-ant-"),
+    _rule("openai_key", r"sk-(?:proj-)?[A-Za-z0-9_\-]{32,}", "sk-"),
+    _rule("aws_access_key", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b", "AKIA", "ASIA"),
+    _rule("github_token", r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})", "gh", "github_pat_"),
+    _rule("slack_token", r"\bxox[abprs]-[A-Za-z0-9\-]{10,}", "xox"),
+    _rule("google_api_key", r"\bAIza[0-9A-Za-z_\-]{35}", "AIza"),
+    _rule("stripe_key", r"\b[sr]k_live_[0-9A-Za-z]{16,}", "k_live_"),
+    _rule("jwt", r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}", "eyJ"),
+    _rule(
+        "private_key",
+        r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----",
+        "-----BEGIN ",
+    ),
+    _rule("bearer_token", r"(?i:bearer)\s+[A-Za-z0-9_\-\.=+/]{20,}", "earer", "EARER"),
+)
+
+
+def custom_rules(patterns: Iterable[str]) -> tuple[Rule, ...]:
+    """Rules from `KGB_REDACT_PATTERNS`; they have no prefix, so each costs a full scan."""
+    return tuple(_rule(f"custom_{i}", pattern) for i, pattern in enumerate(patterns, start=1))
+
+
+def redact_body(body: bytes, rules: Sequence[Rule]) -> tuple[bytes, list[str]]:
+    """Replace every match with `[REDACTED:<rule>]`, which keeps a JSON body valid JSON."""
+    fired = []
+    for rule in rules:
+        if not rule.applies_to(body):
+            continue
+        body, count = rule.pattern.subn(b"[REDACTED:" + rule.name.encode() + b"]", body)
+        if count:
+            fired.append(rule.name)
+    return body, fired
+
+
+def redact_text(text: str, rules: Sequence[Rule]) -> tuple[str, list[str]]:
+    redacted, fired = redact_body(text.encode(), rules)
+    return redacted.decode(errors="replace"), fired
+
+
+def redact_headers(
+    headers: Iterable[tuple[str, str]], extra_names: frozenset[str], rules: Sequence[Rule]
+) -> tuple[list[dict[str, str]], list[str]]:
+    """Secret headers lose their value; the rest are scanned like a body (a token can hide anywhere)."""
+    names = SECRET_HEADERS | extra_names
+    result, fired = [], []
+    for name, value in headers:
+        if name.lower() in names:
+            result.append({"name": name, "value": REDACTED})
+            fired.append(f"header:{name.lower()}")
+            continue
+        value, hits = redact_text(value, rules)
+        fired.extend(hits)
+        result.append({"name": name, "value": value})
+    return result, fired
+
+
+def redact_query(query: str, rules: Sequence[Rule]) -> tuple[str, list[str]]:
+    """Query parameters named like credentials lose their value; the rest are scanned."""
+    if not query:
+        return query, []
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if not any(name.lower() in SECRET_QUERY_PARAMS for name, _ in pairs):
+        return redact_text(query, rules)
+    kept = [(n, REDACTED if n.lower() in SECRET_QUERY_PARAMS else v) for n, v in pairs]
+    text, fired = redact_text(urlencode(kept, safe="[]"), rules)
+    return text, ["query_param", *fired]
+
+
+def credential(headers: Iterable[tuple[str, str]]) -> str | None:
+    """The API key or bearer token the client authenticates with, to fingerprint it."""
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == "x-api-key" and value:
+            return value
+        if lowered == "authorization" and value:
+            scheme, _, token = value.partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else value
+    return None
+
+
+def fingerprint(secret: str, key: bytes) -> str:
+    """Keyed so that a leaked table of fingerprints cannot be checked against guessed keys."""
+    return hmac.new(key, secret.encode(), hashlib.sha256).hexdigest()

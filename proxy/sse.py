@@ -1,0 +1,235 @@
+"""Incremental SSE parsing and reassembly of an Anthropic Messages stream.
+
+Both classes are pure: they take text as it arrives, in chunks split anywhere
+(mid-line, mid-CRLF, mid-character is the caller's job: feed them decoded
+text), and never touch the network. The proxy feeds them a copy of each chunk
+after the chunk has gone to the client, so they must not raise on any input:
+what they cannot understand, they keep.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+# Block types whose `input` arrives as `partial_json` fragments.
+_JSON_INPUT_BLOCKS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
+
+
+@dataclass(frozen=True)
+class SSEEvent:
+    event: str
+    data: str
+
+
+class SSEParser:
+    """Splits an event stream into events, following the WHATWG rules that matter here.
+
+    Lines end in CR, LF or CRLF; a CR at the end of a chunk is held back
+    because its LF may open the next chunk.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = ""
+        self._event = ""
+        self._data: list[str] = []
+
+    def feed(self, text: str) -> list[SSEEvent]:
+        pending = self._buffer + text
+        lines = _LINE_BREAK.split(pending)
+        self._buffer = lines.pop()
+        if pending.endswith("\r"):
+            # That "\r" may be the first half of a "\r\n": keep its line until the next chunk.
+            self._buffer = lines.pop() + "\r"
+        return self._take_lines(lines)
+
+    def flush(self) -> list[SSEEvent]:
+        """End of stream: a final event without its blank line still counts."""
+        rest = self._buffer.rstrip("\r")
+        self._buffer = ""
+        events = self._take_lines([rest] if rest else [])
+        pending = self._dispatch()
+        return events + ([pending] if pending else [])
+
+    def _take_lines(self, lines: list[str]) -> list[SSEEvent]:
+        events = []
+        for line in lines:
+            if not line:
+                event = self._dispatch()
+                if event:
+                    events.append(event)
+            elif not line.startswith(":"):
+                self._field(line)
+        return events
+
+    def _field(self, line: str) -> None:
+        name, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if name == "event":
+            self._event = value
+        elif name == "data":
+            self._data.append(value)
+
+    def _dispatch(self) -> SSEEvent | None:
+        if not self._data and not self._event:
+            return None
+        event = SSEEvent(self._event or "message", "\n".join(self._data))
+        self._event, self._data = "", []
+        return event
+
+
+@dataclass
+class Reassembled:
+    """What a Messages stream amounted to, as far as it got."""
+
+    message: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = None
+    stop_reason: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    complete: bool = False
+    unknown_events: list[dict[str, Any]] = field(default_factory=list)
+
+    def final_message(self) -> dict[str, Any] | None:
+        """The message as the client saw it; unknown events ride along so nothing is lost."""
+        if self.message is None and not self.unknown_events:
+            return None
+        message = dict(self.message or {})
+        if self.unknown_events:
+            message["kgb_unknown_events"] = self.unknown_events
+        return message
+
+
+class MessageAssembler:
+    """Builds the final message from SSE events, the way the SDKs do.
+
+    Text, thinking and signature deltas are joined; `partial_json` fragments
+    are joined and parsed at the block's stop; unknown deltas are kept on
+    their block, unknown blocks as they came, unknown events in a list.
+    """
+
+    def __init__(self) -> None:
+        self.result = Reassembled()
+        self._blocks: dict[int, dict[str, Any]] = {}
+        self._partial_json: dict[int, list[str]] = {}
+
+    def feed(self, event: SSEEvent) -> None:
+        try:
+            data = orjson.loads(event.data) if event.data else {}
+        except orjson.JSONDecodeError:
+            self.result.unknown_events.append({"event": event.event, "data": event.data})
+            return
+        handler = _HANDLERS.get(event.event)
+        if handler is None or not isinstance(data, dict):
+            if event.event != "ping":
+                self.result.unknown_events.append({"event": event.event, "data": data})
+            return
+        handler(self, data)
+
+    def _message_start(self, data: dict[str, Any]) -> None:
+        message = dict(data.get("message") or {})
+        self.result.usage = dict(message.get("usage") or {})
+        message["content"] = []
+        self.result.message = message
+        self._sync_message()
+
+    def _block_start(self, data: dict[str, Any]) -> None:
+        index = int(data.get("index", len(self._blocks)))
+        block = dict(data.get("content_block") or {})
+        self._blocks[index] = block
+        if block.get("type") in _JSON_INPUT_BLOCKS:
+            self._partial_json[index] = []
+        self._sync_message()
+
+    def _block_delta(self, data: dict[str, Any]) -> None:
+        block = self._blocks.setdefault(int(data.get("index", 0)), {})
+        delta = data.get("delta") or {}
+        kind = delta.get("type")
+        if kind == "text_delta":
+            block["text"] = block.get("text", "") + delta.get("text", "")
+        elif kind == "input_json_delta":
+            self._partial_json.setdefault(int(data.get("index", 0)), []).append(delta.get("partial_json", ""))
+        elif kind == "thinking_delta":
+            block["thinking"] = block.get("thinking", "") + delta.get("thinking", "")
+        elif kind == "signature_delta":
+            block["signature"] = block.get("signature", "") + delta.get("signature", "")
+        elif kind == "citations_delta":
+            block.setdefault("citations", []).append(delta.get("citation"))
+        else:
+            block.setdefault("kgb_unknown_deltas", []).append(delta)
+
+    def _block_stop(self, data: dict[str, Any]) -> None:
+        index = int(data.get("index", 0))
+        fragments = self._partial_json.pop(index, None)
+        if fragments:
+            _set_json_input(self._blocks.setdefault(index, {}), "".join(fragments))
+
+    def _message_delta(self, data: dict[str, Any]) -> None:
+        delta = data.get("delta") or {}
+        if self.result.message is None:
+            self.result.message = {"content": []}
+        self.result.message.update(delta)
+        if "stop_reason" in delta:
+            self.result.stop_reason = delta["stop_reason"]
+        usage = data.get("usage")
+        if isinstance(usage, dict):
+            self.result.usage = {**(self.result.usage or {}), **usage}
+        self._sync_message()
+
+    def _message_stop(self, data: dict[str, Any]) -> None:
+        self._flush_partial_json()
+        self.result.complete = True
+
+    def _error(self, data: dict[str, Any]) -> None:
+        error = data.get("error") or {}
+        self.result.error_type = error.get("type", "unknown_error")
+        self.result.error_message = error.get("message")
+
+    def finish(self) -> Reassembled:
+        """Close whatever the stream left open (an interrupted stream keeps its partial blocks)."""
+        self._flush_partial_json()
+        self._sync_message()
+        return self.result
+
+    def _flush_partial_json(self) -> None:
+        for index in list(self._partial_json):
+            self._block_stop({"index": index})
+
+    def _sync_message(self) -> None:
+        if self.result.message is not None:
+            self.result.message["content"] = [self._blocks[i] for i in sorted(self._blocks)]
+            if self.result.usage is not None:
+                self.result.message["usage"] = self.result.usage
+
+
+def _set_json_input(block: dict[str, Any], text: str) -> None:
+    """Parse the joined fragments; a stream cut mid-JSON keeps the raw text instead."""
+    try:
+        block["input"] = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        block["kgb_partial_input"] = text
+
+
+_HANDLERS = {
+    "message_start": MessageAssembler._message_start,
+    "content_block_start": MessageAssembler._block_start,
+    "content_block_delta": MessageAssembler._block_delta,
+    "content_block_stop": MessageAssembler._block_stop,
+    "message_delta": MessageAssembler._message_delta,
+    "message_stop": MessageAssembler._message_stop,
+    "error": MessageAssembler._error,
+}
+
+
+def reassemble(text: str) -> Reassembled:
+    """The whole-body convenience: parse and assemble a complete stream at once."""
+    parser, assembler = SSEParser(), MessageAssembler()
+    for event in parser.feed(text) + parser.flush():
+        assembler.feed(event)
+    return assembler.finish()
