@@ -1,0 +1,84 @@
+"""`kgb`: the one command line for every KGB service.
+
+Each subcommand builds its settings object from `KGB_*` variables, lets
+flags override the few that people change by hand, and runs the service
+until SIGINT or SIGTERM, which let it flush or spool what is in flight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from kgb.config import SettingsError
+
+
+def _proxy(args: argparse.Namespace) -> None:
+    from aiohttp import web
+
+    from proxy.app import build_app
+    from proxy.settings import ProxySettings
+
+    settings = ProxySettings.from_env()
+    overrides = {"host": args.host, "port": args.port, "upstream_url": args.upstream}
+    settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    logging.getLogger("kgb").info("kgb proxy: %s", settings.describe())
+    print(f"kgb proxy: export ANTHROPIC_BASE_URL=http://{settings.host}:{settings.port}", flush=True)
+    web.run_app(build_app(settings), host=settings.host, port=settings.port, print=None, access_log=None)
+
+
+def _consume_winni(args: argparse.Namespace) -> None:
+    from consumers.winni.settings import WinniSettings
+    from consumers.winni.winni import run
+
+    settings = WinniSettings.from_env()
+    _run_until_signal(lambda stop: run(settings, stop))
+
+
+def _run_until_signal(service: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await service(stop)
+
+    asyncio.run(main())
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="kgb",
+        description="Capture Anthropic API traffic through a proxy, publish it to Kafka, and consume it. "
+        "Settings come from KGB_* environment variables (see the README); flags override them.",
+    )
+    root.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    commands = root.add_subparsers(dest="command", required=True)
+
+    proxy = commands.add_parser("proxy", help="run the capture proxy (HTTP on KGB_PROXY_PORT, default 8089)")
+    proxy.add_argument("--host", help="listen address (KGB_PROXY_HOST, default 127.0.0.1)")
+    proxy.add_argument("--port", type=int, help="listen port (KGB_PROXY_PORT, default 8089)")
+    proxy.add_argument("--upstream", help="upstream base URL (KGB_UPSTREAM_URL, default https://api.anthropic.com)")
+    proxy.set_defaults(run=_proxy)
+
+    consume = commands.add_parser("consume", help="run a consumer group")
+    consumers = consume.add_subparsers(dest="consumer", required=True)
+    winni = consumers.add_parser("winni", help="persist exchanges to PostgreSQL (KGB_DATABASE_URL)")
+    winni.set_defaults(run=_consume_winni)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args.run(args)
+    except SettingsError as exc:
+        print(f"kgb: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

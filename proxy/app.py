@@ -1,0 +1,223 @@
+"""The capture proxy: forwards every request upstream and streams the answer back.
+
+Bytes go to the client first; a copy goes to the recorder after each write
+(STYLE 2). The long-lived upstream session and the publisher are created and
+closed here, at the edge of the app, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Iterable
+
+import aiohttp
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from proxy import errors
+from proxy.capture import Capture, RedactionPolicy, RequestRecord, ResponseRecorder, failed_response
+from proxy.metrics import ProxyMetrics
+from proxy.publish import Publisher
+from proxy.settings import ProxySettings, fingerprint_key
+
+log = logging.getLogger(__name__)
+
+# RFC 9110 §7.6.1, plus the legacy Proxy-Connection; Host and Content-Length are set by the client library.
+HOP_BY_HOP = frozenset(
+    {"connection", "proxy-connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
+     "proxy-authenticate", "proxy-authorization"}
+)
+_NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length"}
+
+SETTINGS = web.AppKey("settings", ProxySettings)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+PUBLISHER = web.AppKey("publisher", Publisher)
+CAPTURE = web.AppKey("capture", Capture)
+METRICS = web.AppKey("metrics", ProxyMetrics)
+
+
+def end_to_end(headers: Iterable[tuple[str, str]], connection: str | None, drop: frozenset[str]) -> list[tuple[str, str]]:
+    """Headers minus hop-by-hop ones, including any the Connection header names."""
+    named = {token.strip().lower() for token in (connection or "").split(",") if token.strip()}
+    return [(name, value) for name, value in headers if name.lower() not in drop and name.lower() not in named]
+
+
+def upstream_url(base: str, raw_path: str, raw_query: str) -> URL:
+    """The client chooses path and query only: `base` is fixed, whatever the path looks like."""
+    path = raw_path if raw_path.startswith("/") else "/" + raw_path
+    return URL(base + path + (f"?{raw_query}" if raw_query else ""), encoded=True)
+
+
+async def forward(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    settings, metrics = app[SETTINGS], app[METRICS]
+    raw_headers = _decoded(request.raw_headers)
+    record = RequestRecord(
+        method=request.method,
+        path=request.rel_url.raw_path,
+        query=request.rel_url.raw_query_string,
+        http_version=f"{request.version.major}.{request.version.minor}",
+        headers=raw_headers,
+        body=b"",
+    )
+    try:
+        record.body = await _read_body(request, settings.max_body_bytes)
+    except errors.BodyTooLarge as exc:
+        return _fail(request, record, exc)
+    capture = app[CAPTURE]
+    capture.request(record)
+    outgoing = CIMultiDict(end_to_end(raw_headers, request.headers.get("connection"), _NOT_FORWARDED))
+    try:
+        upstream = await app[SESSION].request(
+            request.method,
+            upstream_url(settings.upstream_url, record.path, record.query),
+            headers=outgoing,
+            data=record.body or None,
+            allow_redirects=False,
+        )
+    except Exception as exc:  # noqa: BLE001 - translated just below, re-raised if unknown
+        failure = errors.translate(exc)
+        if failure is None:
+            raise
+        return _fail(request, record, failure)
+    async with upstream:
+        return await _relay(request, record, upstream, capture, metrics)
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise errors.BodyTooLarge(f"KGB proxy: request body of {request.content_length} bytes exceeds the {limit}-byte limit")
+    chunks, size = [], 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise errors.BodyTooLarge(f"KGB proxy: request body exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _relay(
+    request: web.Request, record: RequestRecord, upstream: aiohttp.ClientResponse, capture: Capture, metrics: ProxyMetrics
+) -> web.StreamResponse:
+    headers = end_to_end(_decoded(upstream.raw_headers), upstream.headers.get("connection"), HOP_BY_HOP)
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    response.headers.extend(end_to_end(headers, None, frozenset({"content-length"})))
+    if "content-length" in upstream.headers and upstream.content_length is not None:
+        response.content_length = upstream.content_length
+    recorder = ResponseRecorder(record, upstream.status, headers)
+    client_gone = upstream_done = False
+    try:
+        client_gone = not await _send(response.prepare(request))
+        async for chunk in upstream.content.iter_any():
+            if client_gone or not await _send(response.write(chunk)):
+                client_gone = True
+                break
+            recorder.feed(chunk)
+        else:
+            upstream_done = True
+            client_gone = not await _send(response.write_eof())
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        log.warning("exchange %s: upstream stream broke: %s", record.exchange_id, exc)
+        metrics.upstream_errors.labels(kind="stream_broken").inc()
+        _abort(request)
+    finally:
+        if client_gone:
+            log.info("exchange %s: client went away mid-response; closing the upstream request", record.exchange_id)
+            upstream.close()
+        capture.response(record, recorder.finish(client_disconnected=client_gone, upstream_complete=upstream_done))
+        metrics.requests.labels(method=request.method, status=str(upstream.status)).inc()
+    return response
+
+
+async def _send(write: Awaitable[object]) -> bool:
+    """Whether the client still takes bytes; a failed write is how a departure shows."""
+    try:
+        await write
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        return False
+    return True
+
+
+def _decoded(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw]
+
+
+def _abort(request: web.Request) -> None:
+    """The upstream broke after headers were sent: cut the client's connection so it sees a broken stream, not a clean end."""
+    if request.transport is not None:
+        request.transport.close()
+
+
+def _fail(request: web.Request, record: RequestRecord, failure: errors.ProxyError) -> web.Response:
+    app = request.app
+    body = failure.body()
+    headers = [("Content-Type", "application/json")]
+    if isinstance(failure, errors.BodyTooLarge):
+        app[CAPTURE].request(record)
+    app[CAPTURE].response(record, failed_response(record, failure.status, body, (failure.kind, str(failure)), headers))
+    app[METRICS].requests.labels(method=request.method, status=str(failure.status)).inc()
+    if not isinstance(failure, errors.BodyTooLarge):
+        app[METRICS].upstream_errors.labels(kind=failure.kind).inc()
+    log.warning("exchange %s: %s", record.exchange_id, failure)
+    return web.Response(status=failure.status, body=body, content_type="application/json")
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "healthy", "upstream": request.app[SETTINGS].upstream_url}, dumps=_dumps)
+
+
+async def ready(request: web.Request) -> web.Response:
+    publisher = request.app[PUBLISHER]
+    status = 200 if publisher.ready else 503
+    return web.json_response({"status": "ready" if status == 200 else "not_ready"}, status=status, dumps=_dumps)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS].render(), content_type="text/plain", charset="utf-8")
+
+
+def _dumps(value: object) -> str:
+    return orjson.dumps(value).decode()
+
+
+async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    connector = aiohttp.TCPConnector(limit=settings.upstream_connections, ttl_dns_cache=300)
+    timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout, sock_read=settings.read_timeout)
+    async with aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        cookie_jar=aiohttp.DummyCookieJar(),
+    ) as session:
+        app[SESSION] = session
+        yield
+
+
+async def _publishing(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    publisher = Publisher(settings.publish, app[METRICS], app[SESSION])
+    app[PUBLISHER] = publisher
+    key = fingerprint_key(settings, settings.publish.spool_dir)
+    app[CAPTURE] = Capture(RedactionPolicy(settings.rules(), settings.redact_headers, key), publisher.submit)
+    await publisher.start()
+    try:
+        yield
+    finally:
+        await publisher.close()
+
+
+def build_app(settings: ProxySettings, metrics: ProxyMetrics | None = None) -> web.Application:
+    app = web.Application(client_max_size=settings.max_body_bytes, handler_args={"max_field_size": 65536})
+    app[SETTINGS] = settings
+    app[METRICS] = metrics or ProxyMetrics()
+    app.cleanup_ctx.append(_upstream_session)
+    app.cleanup_ctx.append(_publishing)
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_route("*", "/{tail:.*}", forward)
+    return app

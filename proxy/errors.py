@@ -1,0 +1,60 @@
+"""The proxy's own failures, and the Anthropic-shaped answers clients get for them.
+
+    ProxyError
+    ├── BodyTooLarge         413 request_too_large   (the client sent more than KGB_MAX_BODY_BYTES)
+    ├── UpstreamUnreachable  502 api_error           (connect refused, DNS, reset before headers)
+    └── UpstreamTimeout      504 timeout_error       (no headers, or no next chunk, in time)
+
+Clients of the Anthropic API already know how to read and retry these
+bodies, so the proxy's own errors look exactly like the API's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import aiohttp
+import orjson
+
+
+class ProxyError(Exception):
+    status = 500
+    error_type = "api_error"
+    kind = "proxy_error"
+
+    def body(self) -> bytes:
+        return error_body(self.error_type, str(self))
+
+
+class BodyTooLarge(ProxyError):
+    status = 413
+    error_type = "request_too_large"
+    kind = "request_too_large"
+
+
+class UpstreamUnreachable(ProxyError):
+    status = 502
+    error_type = "api_error"
+    kind = "upstream_unreachable"
+
+
+class UpstreamTimeout(ProxyError):
+    status = 504
+    error_type = "timeout_error"
+    kind = "upstream_timeout"
+
+
+def error_body(error_type: str, message: str) -> bytes:
+    return orjson.dumps(
+        {"type": "error", "error": {"type": error_type, "message": message}, "request_id": f"kgb_{uuid.uuid4().hex}"}
+    )
+
+
+def translate(exc: BaseException) -> ProxyError | None:
+    """The one place that decides what an upstream failure means to the client."""
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return UpstreamTimeout("KGB proxy: the upstream did not answer in time")
+    if isinstance(exc, aiohttp.ClientError):
+        return UpstreamUnreachable(f"KGB proxy: upstream unreachable ({type(exc).__name__}: {exc})")
+    return None

@@ -1,0 +1,89 @@
+"""The proxy's settings, read from `KGB_*` variables once at start-up."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kgb.config import SettingsError, env_float, env_int, env_list, env_opt, env_str, mask
+from proxy.publish import PublishSettings
+from proxy.redact import BUILTIN_RULES, Rule, custom_rules
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    upstream_url: str = "https://api.anthropic.com"
+    host: str = "127.0.0.1"
+    port: int = 8089
+    max_body_bytes: int = 64 * 1024 * 1024
+    connect_timeout: float = 10.0
+    read_timeout: float = 600.0
+    upstream_connections: int = 256
+    redact_headers: frozenset[str] = frozenset()
+    redact_patterns: tuple[str, ...] = ()
+    fingerprint_key: str | None = field(default=None, repr=False)
+    publish: PublishSettings = field(default_factory=PublishSettings)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> ProxySettings:
+        upstream = env_str(env, "KGB_UPSTREAM_URL", cls.upstream_url).rstrip("/")
+        if not upstream.startswith(("http://", "https://")):
+            raise SettingsError(f"KGB_UPSTREAM_URL must be an http(s) URL, got {upstream!r}")
+        return cls(
+            upstream_url=upstream,
+            host=env_str(env, "KGB_PROXY_HOST", cls.host),
+            port=env_int(env, "KGB_PROXY_PORT", cls.port),
+            max_body_bytes=env_int(env, "KGB_MAX_BODY_BYTES", cls.max_body_bytes),
+            connect_timeout=env_float(env, "KGB_UPSTREAM_CONNECT_TIMEOUT", cls.connect_timeout),
+            read_timeout=env_float(env, "KGB_UPSTREAM_READ_TIMEOUT", cls.read_timeout),
+            upstream_connections=env_int(env, "KGB_UPSTREAM_CONNECTIONS", cls.upstream_connections),
+            redact_headers=frozenset(name.lower() for name in env_list(env, "KGB_REDACT_HEADERS")),
+            redact_patterns=_patterns_file(env_opt(env, "KGB_REDACT_PATTERNS_FILE")),
+            fingerprint_key=env_opt(env, "KGB_FINGERPRINT_KEY"),
+            publish=PublishSettings.from_env(env),
+        )
+
+    def rules(self) -> tuple[Rule, ...]:
+        return BUILTIN_RULES + custom_rules(self.redact_patterns)
+
+    def describe(self) -> str:
+        """For the start-up log line: every setting, secrets masked."""
+        return (
+            f"upstream={self.upstream_url} listen={self.host}:{self.port} max_body={self.max_body_bytes} "
+            f"timeouts=connect {self.connect_timeout}s/read {self.read_timeout}s "
+            f"redact_headers={sorted(self.redact_headers)} custom_patterns={len(self.redact_patterns)} "
+            f"fingerprint_key={mask(self.fingerprint_key)} publish={self.publish}"
+        )
+
+
+def _patterns_file(path: str | None) -> tuple[str, ...]:
+    """One regular expression per line; blank lines and `#` comments ignored."""
+    if not path:
+        return ()
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise SettingsError(f"KGB_REDACT_PATTERNS_FILE: cannot read {path}: {exc}") from None
+    return tuple(line for line in lines if line.strip() and not line.lstrip().startswith("#"))
+
+
+def fingerprint_key(settings: ProxySettings, state_dir: Path) -> bytes:
+    """The HMAC key for API-key fingerprints.
+
+    Fingerprints only group traffic if they are stable, so without
+    KGB_FINGERPRINT_KEY a random key is created once and kept beside the spool.
+    """
+    if settings.fingerprint_key:
+        return settings.fingerprint_key.encode()
+    path = state_dir / "fingerprint.key"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip().encode()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
