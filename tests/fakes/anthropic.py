@@ -28,7 +28,8 @@ applies: a short streamed text for `"stream": true`, else the JSON message;
 What a stream looks like on the wire (compact JSON, one event per write)::
 
     event: message_start
-    data: {"type":"message_start","message":{"id":"msg_01...","type":"message","role":"assistant","model":"...","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":25,...,"output_tokens":1}}}
+    data: {"type":"message_start","message":{"id":"msg_01...","type":"message","role":"assistant",
+           "model":"...","content":[],"stop_reason":null,"stop_sequence":null,"usage":{...,"output_tokens":1}}}
 
     event: content_block_start
     data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}
@@ -43,10 +44,16 @@ What a stream looks like on the wire (compact JSON, one event per write)::
     data: {"type":"content_block_stop","index":0}
 
     event: message_delta
-    data: {"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{...,"output_tokens":12}}
+    data: {"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},
+           "usage":{...,"output_tokens":12}}
 
     event: message_stop
     data: {"type":"message_stop"}
+
+(JSON wrapped here for reading; on the wire each `data:` is one line.) A
+reply's `pace` is the sleep before every event after the first, so headers and
+`message_start` leave at once. Benchmarks pass `record=False` (the command line
+always does) so long runs keep no request bodies.
 """
 
 from __future__ import annotations
@@ -61,7 +68,7 @@ import string
 import threading
 import zlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -663,7 +670,7 @@ class RunningFake:
 
     fake: FakeAnthropic
     url: str
-    stop: Any
+    stop: Callable[[], None]
 
     def __enter__(self) -> RunningFake:
         return self
