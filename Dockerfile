@@ -1,0 +1,11 @@
+# One image for every KGB service: `kgb proxy`, `kgb consume winni`, ...
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY kgb ./kgb
+COPY proxy ./proxy
+COPY consumers ./consumers
+COPY schemas ./schemas
+RUN pip install --no-cache-dir . && mkdir -p /var/lib/kgb/spool && chown -R nobody /var/lib/kgb
+USER nobody
+ENTRYPOINT ["kgb"]
