@@ -586,7 +586,7 @@ def hang_up(request: web.Request, response: web.StreamResponse) -> web.StreamRes
 
 
 class FakeAnthropic:
-    """The fake API as an async context manager; `url`, `requests` and `enqueue` are its interface.
+    """The fake API as an async context manager; `url`, `requests`, `enqueue` and `client_gone` are its interface.
 
     `deltas`, `pace` and `gzip` shape the default streamed answer (benchmarks set
     them); `record=False` keeps no requests, so long benchmark runs hold no bodies.
@@ -597,6 +597,7 @@ class FakeAnthropic:
         self.deltas, self.pace, self.gzip, self.record = deltas, pace, gzip, record
         self._port = port
         self._queues: dict[str, deque[Reply]] = {}
+        self._gone: asyncio.Queue[ReceivedRequest] = asyncio.Queue()
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -632,7 +633,19 @@ class FakeAnthropic:
         if self.record:
             self.requests.append(received)
         queue = self._queues.get(received.path)
-        return await send(request, queue.popleft() if queue else self.default_reply(received))
+        try:
+            return await send(request, queue.popleft() if queue else self.default_reply(received))
+        except (asyncio.CancelledError, ConnectionError):
+            self._gone.put_nowait(received)
+            raise
+
+    async def client_gone(self) -> ReceivedRequest:
+        """Wait for a request whose client hung up before its reply was finished.
+
+        Why: a proxy must close its upstream request when its own client leaves;
+        this is how a test sees the upstream side of that close.
+        """
+        return await self._gone.get()
 
     def default_reply(self, received: ReceivedRequest) -> Reply:
         """What the fake answers when nothing is scripted for the path."""

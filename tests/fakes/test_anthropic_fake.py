@@ -249,6 +249,15 @@ async def test_paced_stream_delivers_the_first_event_before_the_rest(
     assert first == reply.body[0]
 
 
+async def test_a_client_hanging_up_mid_stream_is_reported(fake: FakeAnthropic, http: aiohttp.ClientSession) -> None:
+    fake.enqueue(text_stream(pace=60))
+    async with http.post(f"{fake.url}/v1/messages?beta=true", json={"stream": True}) as response:
+        await response.content.readuntil(b"\n\n")
+        response.close()
+    gone = await fake.client_gone()
+    assert (gone.path, gone.query) == ("/v1/messages", "beta=true")
+
+
 async def test_gzip_stream_flushes_each_event(fake: FakeAnthropic, http: aiohttp.ClientSession) -> None:
     reply = text_stream(pace=60, gzip=True)
     fake.enqueue(reply)
