@@ -1,0 +1,62 @@
+"""Errors of the consumers, and the one place that decides what is worth retrying.
+
+    ConsumerError               base of every error raised by `consumers`
+    ├── TransientError          the batch may succeed later (database or registry away):
+    │                           retry it with backoff, commit nothing meanwhile
+    ├── InvalidEvent            the event decoded but breaks the contract (a request event
+    │                           without its request, an exchange id that is not a UUID):
+    │                           dead-letter it, go on
+    └── MigrationError          the SQL migrations cannot be applied: stop loudly
+
+Outside exceptions (asyncpg, OSError, the registry's `RegistryError`) are not
+wrapped where they happen; `is_transient` classifies them here, once, so the
+retry loop in `consumers.source` and the dead-letter fallback in each consumer
+agree on which failures are the data's fault and which are the world's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from schemas.errors import RegistryError
+
+# SQLSTATE classes and codes that describe the server's state, not the data sent:
+# 08 connection exception, 53 insufficient resources, 40 transaction rollback
+# (serialization failure, deadlock), 57P01-57P03 admin/crash shutdown, cannot connect now.
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "40")
+_TRANSIENT_SQLSTATES = ("57P01", "57P02", "57P03")
+
+
+class ConsumerError(Exception):
+    """Base of every error raised by the `consumers` package."""
+
+
+class TransientError(ConsumerError):
+    """A handler's own way to say "try this batch again later"."""
+
+
+class InvalidEvent(ConsumerError):
+    """A decoded event that cannot be stored as it is; the message says why."""
+
+
+class MigrationError(ConsumerError):
+    """The database's migration history conflicts with the migrations shipped here."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when retrying the same work later can succeed without changing it."""
+    if isinstance(exc, (TransientError, OSError, asyncio.TimeoutError)):
+        return True
+    if isinstance(exc, RegistryError):
+        return exc.retriable
+    if isinstance(exc, asyncpg.PostgresError):
+        return _transient_sqlstate(exc.sqlstate)
+    return False
+
+
+def _transient_sqlstate(sqlstate: str | None) -> bool:
+    if not sqlstate:
+        return False
+    return sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES or sqlstate in _TRANSIENT_SQLSTATES

@@ -1,0 +1,205 @@
+"""The Kafka side every consumer shares: poll, decode at the edge, hand over, commit.
+
+A consumer supplies one `Handler`: an async function taking a `Batch` of plain
+decoded events (and the messages that would not decode, with the reason). The
+loop here commits a batch's offsets only once the handler has returned, so a
+crash, a SIGTERM or a cancelled task between the two means redelivery, never
+loss; handlers are idempotent on the event id to make redelivery harmless.
+
+A handler that raises a transient error (`consumers.errors.is_transient`: the
+database or the registry away) gets the same batch again after a backoff, for
+as long as it takes, logged at every attempt; any other error ends `consume`
+loudly with the offsets uncommitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
+
+from consumers.errors import is_transient
+from kgb.config import KafkaSettings
+from schemas.codec import Decoder
+from schemas.errors import DecodeError, clip
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Requests grow past 1 MB; fetch whole batches of them per round trip.
+MAX_PARTITION_FETCH_BYTES = 16 * 1024 * 1024
+FETCH_MAX_BYTES = 64 * 1024 * 1024
+POLL_TIMEOUT_MS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """Where a message sat in Kafka, and its bytes as they came (kept for dead letters)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None = field(repr=False)
+    value: bytes | None = field(repr=False)
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A decoded event: the plain dict the codec returns, with its envelope."""
+
+    envelope: Envelope
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A message the consumer will not process, and why; it belongs in a dead-letter place."""
+
+    envelope: Envelope
+    reason: str
+    error_class: str
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One poll's worth of messages, in partition order, and the offsets that complete it."""
+
+    records: list[Record] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)
+
+
+Handler = Callable[[Batch], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential delays between attempts, capped; a setting, so tests can make it short."""
+
+    initial: float = 0.5
+    maximum: float = 30.0
+
+    def delays(self) -> Iterator[float]:
+        delay = self.initial
+        while True:
+            yield delay
+            delay = min(delay * 2, self.maximum)
+
+
+def consumer_options(kafka: KafkaSettings, group: str, batch_size: int) -> dict[str, Any]:
+    """How every KGB consumer talks to Kafka: manual commits, from the start of the topic."""
+    return {
+        "bootstrap_servers": kafka.bootstrap,
+        "group_id": group,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_poll_records": batch_size,
+        "max_partition_fetch_bytes": MAX_PARTITION_FETCH_BYTES,
+        "fetch_max_bytes": FETCH_MAX_BYTES,
+    }
+
+
+def make_consumer(kafka: KafkaSettings, group: str, batch_size: int) -> AIOKafkaConsumer:
+    """Subscribed to the exchange topic, not started: the caller owns it."""
+    return AIOKafkaConsumer(kafka.topic, **consumer_options(kafka, group, batch_size))
+
+
+def envelope(message: ConsumerRecord) -> Envelope:
+    return Envelope(message.topic, message.partition, message.offset, message.key, message.value)
+
+
+def next_offsets(polled: dict[TopicPartition, list[ConsumerRecord]]) -> dict[TopicPartition, int]:
+    """What to commit once these messages are handled: one past the last of each partition."""
+    return {tp: messages[-1].offset + 1 for tp, messages in polled.items() if messages}
+
+
+async def decode_batch(polled: dict[TopicPartition, list[ConsumerRecord]], decoder: Decoder) -> Batch:
+    """Decode every message; the ones that never will become rejects, the rest records.
+
+    Registry failures propagate: the bytes may be fine, so they must not be rejected.
+    """
+    batch = Batch(offsets=next_offsets(polled))
+    for messages in polled.values():
+        for message in messages:
+            where = envelope(message)
+            try:
+                batch.records.append(Record(where, await decoder.decode(message.value or b"")))
+            except DecodeError as exc:
+                batch.rejects.append(Reject(where, clip(str(exc)), type(exc).__name__))
+    return batch
+
+
+async def wait_or_stop(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep, waking early when asked to stop; True when stopping."""
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()
+
+
+async def retrying(
+    attempt: Callable[[], Awaitable[T]], what: str, stop: asyncio.Event, backoff: Backoff
+) -> T | None:
+    """Run ``attempt`` until it succeeds, retrying transient failures; None if stopped first."""
+    for number, delay in enumerate(backoff.delays(), start=1):
+        try:
+            result = await attempt()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning(
+                "%s failed (attempt %d, %s: %s); retrying in %.1fs, nothing committed",
+                what, number, type(exc).__name__, clip(str(exc)), delay,
+            )
+            if await wait_or_stop(stop, delay):
+                return None
+            continue
+        if number > 1:
+            log.info("%s succeeded after %d attempts; carrying on", what, number)
+        return result
+    raise AssertionError("unreachable: backoff delays never end")
+
+
+async def commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+    """Commit, tolerating a rebalance: whoever owns the partitions now redelivers, harmlessly."""
+    try:
+        await consumer.commit(offsets)
+    except (CommitFailedError, IllegalStateError) as exc:
+        log.warning("offsets not committed (%s); those events will be delivered again", exc)
+
+
+async def consume(
+    consumer: AIOKafkaConsumer,
+    decoder: Decoder,
+    handler: Handler,
+    *,
+    stop: asyncio.Event,
+    batch_size: int,
+    backoff: Backoff = Backoff(),
+) -> None:
+    """Poll, decode, handle, commit, until ``stop`` is set; the batch in hand is finished first."""
+    while not stop.is_set():
+        polled = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=batch_size)
+        if not polled:
+            continue
+        done = await retrying(lambda: _decode_and_handle(polled, decoder, handler), "batch", stop, backoff)
+        if done is None:
+            return
+        await commit(consumer, done.offsets)
+
+
+async def _decode_and_handle(
+    polled: dict[TopicPartition, list[ConsumerRecord]], decoder: Decoder, handler: Handler
+) -> Batch:
+    batch = await decode_batch(polled, decoder)
+    await handler(batch)
+    return batch

@@ -1,0 +1,156 @@
+"""`kgb consume winni`: exchange events into PostgreSQL, one transaction per batch.
+
+Each batch runs a list of stages inside one transaction: today only
+`store.write_exchanges`; issue #3 appends the conversation stages, which then
+see the same valid records and commit or roll back with the exchanges. Messages
+that did not decode, and events that break the contract, go to
+``dead_letters`` in the same transaction.
+
+When a batch fails on its data (a value PostgreSQL refuses), it is written
+again one event at a time, and the events that still fail are dead-lettered
+with the database's reason; the rest of the batch is stored. When it fails on
+the database being away, the source's retry loop runs it again later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+
+import aiohttp
+import asyncpg
+
+from consumers.errors import InvalidEvent, is_transient
+from consumers.source import Batch, Handler, Record, Reject, consume, make_consumer, retrying
+from consumers.sql import load_migrations, migrate
+from consumers.winni import store
+from consumers.winni.settings import WinniSettings
+from schemas.codec import make_decoder
+from schemas.errors import clip
+from schemas.registry import Registry
+
+log = logging.getLogger(__name__)
+
+Stage = Callable[[asyncpg.Connection, Sequence[Record]], Awaitable[None]]
+STAGES: tuple[Stage, ...] = (store.write_exchanges,)
+REGISTRY_TIMEOUT = aiohttp.ClientTimeout(total=10)
+
+# What a single event can do wrong on its way into the database: refused by the
+# server (PostgresError) or by asyncpg's encoder (DataError).
+_STORE_FAILURES = (asyncpg.PostgresError, asyncpg.DataError)
+
+
+def split_valid(records: Sequence[Record]) -> tuple[list[Record], list[Reject]]:
+    """Events the stages may store, and the contract breakers, as rejects."""
+    valid: list[Record] = []
+    rejects: list[Reject] = []
+    for record in records:
+        try:
+            store.check(record.event)
+        except InvalidEvent as exc:
+            rejects.append(Reject(record.envelope, str(exc), type(exc).__name__))
+        else:
+            valid.append(record)
+    return valid, rejects
+
+
+def rejected(record: Record, exc: Exception) -> Reject:
+    return Reject(record.envelope, clip(str(exc)), type(exc).__name__)
+
+
+def is_data_failure(exc: Exception) -> bool:
+    return isinstance(exc, _STORE_FAILURES) and not is_transient(exc)
+
+
+async def write_batch(
+    pool: asyncpg.Pool, stages: Sequence[Stage], records: Sequence[Record], rejects: Sequence[Reject]
+) -> None:
+    """Every stage and the dead letters, in one transaction."""
+    async with pool.acquire() as conn, conn.transaction():
+        for stage in stages:
+            await stage(conn, records)
+        await store.write_dead_letters(conn, rejects)
+
+
+async def write_one_by_one(
+    pool: asyncpg.Pool, stages: Sequence[Stage], records: Sequence[Record], rejects: Sequence[Reject]
+) -> None:
+    """The slow path after a data failure: isolate the events the database refuses."""
+    refused = list(rejects)
+    for record in records:
+        try:
+            await write_batch(pool, stages, [record], [])
+        except Exception as exc:
+            if not is_data_failure(exc):
+                raise
+            log.warning("event at %s dead-lettered: %s", str(record.envelope), clip(str(exc)))
+            refused.append(rejected(record, exc))
+    await write_batch(pool, (), (), refused)
+
+
+async def handle(pool: asyncpg.Pool, stages: Sequence[Stage], batch: Batch) -> None:
+    """The winni handler: store a batch, dead-letter what cannot be stored, raise if the database is away."""
+    records, invalid = split_valid(batch.records)
+    rejects = [*batch.rejects, *invalid]
+    for reject in rejects:
+        log.warning("dead letter at %s: %s: %s", str(reject.envelope), reject.error_class, reject.reason)
+    try:
+        await write_batch(pool, stages, records, rejects)
+    except Exception as exc:
+        if not is_data_failure(exc):
+            raise
+        log.warning("batch of %d refused (%s); writing its events one by one", len(records), clip(str(exc)))
+        await write_one_by_one(pool, stages, records, rejects)
+
+
+def make_handler(pool: asyncpg.Pool, stages: Sequence[Stage] = STAGES) -> Handler:
+    return partial(handle, pool, stages)
+
+
+async def open_pool(settings: WinniSettings) -> asyncpg.Pool:
+    """Connections whose search_path is the configured schema, so queries.sql stays unqualified."""
+    return await asyncpg.create_pool(
+        settings.database_url,
+        min_size=1,
+        max_size=2,
+        server_settings={"search_path": settings.db_schema},
+    )
+
+
+async def apply_migrations(pool: asyncpg.Pool, schema: str) -> list[int]:
+    async with pool.acquire() as conn:
+        applied = await migrate(conn, load_migrations("consumers.winni"), schema)
+    log.info("schema %s: %s", schema, f"applied migrations {applied}" if applied else "up to date")
+    return applied
+
+
+async def run(settings: WinniSettings, stop: asyncio.Event | None = None, stages: Sequence[Stage] = STAGES) -> None:
+    """Migrate, then consume until ``stop`` is set; waits for PostgreSQL if it is not up yet."""
+    stop = stop or asyncio.Event()
+    log.info("winni starting: %r", settings)
+    pool = await retrying(partial(open_pool, settings), "connecting to PostgreSQL", stop, settings.backoff)
+    if pool is None:
+        return
+    async with contextlib.AsyncExitStack() as resources:
+        resources.push_async_callback(pool.close)
+        applied = await retrying(
+            partial(apply_migrations, pool, settings.db_schema), "migrating", stop, settings.backoff
+        )
+        if applied is None:
+            return
+        registry = None
+        if settings.kafka.schema_registry_url:
+            session = await resources.enter_async_context(aiohttp.ClientSession(timeout=REGISTRY_TIMEOUT))
+            registry = Registry(settings.kafka.schema_registry_url, session)
+        consumer = make_consumer(settings.kafka, settings.group, settings.batch_size)
+        await consumer.start()
+        resources.push_async_callback(consumer.stop)
+        log.info("winni consuming %s as group %s", settings.kafka.topic, settings.group)
+        await consume(
+            consumer, make_decoder(registry), make_handler(pool, stages),
+            stop=stop, batch_size=settings.batch_size, backoff=settings.backoff,
+        )
+    log.info("winni stopped")

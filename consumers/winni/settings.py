@@ -1,0 +1,79 @@
+"""Settings of `kgb consume winni`, read from `KGB_*` variables in one place."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from urllib.parse import urlsplit, urlunsplit
+
+from consumers.source import Backoff
+from kgb.config import KafkaSettings, SettingsError, env_float, env_int, env_str
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def mask_url(url: str) -> str:
+    """The URL as it may be printed: a password, if any, replaced by ****."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:****@{host}{port}"))
+
+
+def schema_name(raw: str) -> str:
+    """A plain identifier: it becomes the connection's search_path and a schema name."""
+    if not _IDENTIFIER.match(raw):
+        raise SettingsError(f"KGB_DB_SCHEMA must be a plain identifier (letters, digits, _), got {raw!r}")
+    return raw
+
+
+def positive(name: str, value: int) -> int:
+    if value < 1:
+        raise SettingsError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class WinniSettings:
+    """Where winni reads from and writes to.
+
+    ``batch_size`` bounds both the events per database transaction and the
+    consumer's memory: a batch of 500 requests of 1 MB each is held at once.
+    ``retry_max`` caps the wait between attempts while the database is away.
+    """
+
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/winni"
+    db_schema: str = "kgb"
+    group: str = "kgb-winni"
+    batch_size: int = 500
+    backoff: Backoff = field(default_factory=Backoff)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> WinniSettings:
+        return cls(
+            kafka=KafkaSettings.from_env(env),
+            database_url=env_str(env, "KGB_DATABASE_URL", cls.database_url),
+            db_schema=schema_name(env_str(env, "KGB_DB_SCHEMA", cls.db_schema)),
+            group=env_str(env, "KGB_WINNI_GROUP", cls.group),
+            batch_size=positive("KGB_WINNI_BATCH_SIZE", env_int(env, "KGB_WINNI_BATCH_SIZE", cls.batch_size)),
+            backoff=Backoff(maximum=env_float(env, "KGB_WINNI_RETRY_MAX", Backoff.maximum)),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"WinniSettings(kafka={self._masked_kafka()!r}, database_url={mask_url(self.database_url)!r}, "
+            f"db_schema={self.db_schema!r}, group={self.group!r}, batch_size={self.batch_size}, "
+            f"backoff={self.backoff!r})"
+        )
+
+    __str__ = __repr__
+
+    def _masked_kafka(self) -> KafkaSettings:
+        registry = self.kafka.schema_registry_url
+        return replace(self.kafka, schema_registry_url=registry and mask_url(registry))

@@ -1,0 +1,200 @@
+"""Exchange events to `exchanges` rows, and the few statements that write them.
+
+The pure half turns one decoded event into the parameters of one named query
+(`queries.sql`); the async half runs them with ``executemany`` inside the
+caller's transaction. Bodies are never parsed here: PostgreSQL decides whether
+a body is JSON it can store (`try_jsonb`), which is the one parse it must do
+anyway, and the conversation stages of issue #3 parse what they need once.
+
+A body becomes jsonb when PostgreSQL accepts it as JSON, else text when it is
+UTF-8 without NUL, else bytea. jsonb cannot hold ``\\u0000``, so such a body
+stays text; in ``message`` and ``usage`` (convenience copies of what the body
+holds exactly) that escape is replaced by U+FFFD instead.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import Any
+
+import asyncpg
+import orjson
+
+from consumers.errors import InvalidEvent
+from consumers.source import Record, Reject
+from consumers.sql import Queries, load_queries
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+USAGE_COLUMNS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+# A \u0000 escape not itself escaped: preceded by an even number of backslashes.
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+_INT64 = range(-(2**63), 2**63)
+
+
+@cache
+def queries() -> Queries:
+    return load_queries("consumers.winni")
+
+
+# --- pure: events to rows ------------------------------------------------------
+
+
+def timestamp(micros: int | None) -> datetime | None:
+    """The codec's int microseconds as an aware datetime, exactly (no float rounding)."""
+    return None if micros is None else EPOCH + timedelta(microseconds=micros)
+
+
+def headers_json(headers: Iterable[dict[str, str]]) -> str:
+    """Headers as one JSON object, names lower-cased, repeated ones joined with ", ".
+
+    An object is what people query (``request_headers->>'anthropic-version'``);
+    the wire order and exact spelling stay on the topic.
+    """
+    merged: dict[str, str] = {}
+    for header in headers:
+        name = header["name"].lower()
+        merged[name] = f"{merged[name]}, {header['value']}" if name in merged else header["value"]
+    return orjson.dumps(merged).decode()
+
+
+def body_columns(body: bytes) -> tuple[str | None, bytes | None]:
+    """(text, None) for UTF-8 without NUL, which PostgreSQL may store as jsonb or text; else (None, bytes)."""
+    if b"\x00" in body:
+        return None, body
+    try:
+        return body.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return None, body
+
+
+def jsonb_safe(text: str | None) -> str | None:
+    """JSON text with ``\\u0000`` escapes, which jsonb refuses, replaced by ``\\ufffd``."""
+    if text is None or "\\u0000" not in text:
+        return text
+    return _NUL_ESCAPE.sub(r"\1\\ufffd", text)
+
+
+def usage_numbers(usage: str | None) -> tuple[int | None, ...]:
+    """The token counts worth a column each; anything missing or odd is NULL, never an error."""
+    try:
+        parsed = orjson.loads(usage) if usage else None
+    except orjson.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        return (None,) * len(USAGE_COLUMNS)
+    return tuple(_count(parsed.get(name)) for name in USAGE_COLUMNS)
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value in _INT64 else None
+
+
+def check(event: dict[str, Any]) -> None:
+    """Refuse events that break the contract in ways the tables cannot absorb."""
+    half = "request" if event["kind"] == "REQUEST" else "response"
+    if event.get(half) is None:
+        raise InvalidEvent(f"{event['kind']} event {event['event_id']} has no {half}")
+    for name in ("event_id", "exchange_id"):
+        try:
+            uuid.UUID(event[name])
+        except ValueError:
+            raise InvalidEvent(f"{name} {event[name]!r} is not a UUID") from None
+
+
+def shared_columns(event: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        event["exchange_id"],
+        event["session_key"],
+        event["session_source"],
+        event["agent_id"],
+        event["parent_agent_id"],
+        event["api_key_fingerprint"],
+        event["client"],
+    )
+
+
+def request_row(event: dict[str, Any]) -> tuple[Any, ...]:
+    """Parameters of ``upsert_request``, in order."""
+    r = event["request"]
+    text, raw = body_columns(r["body"])
+    return (
+        *shared_columns(event),
+        event["event_id"],
+        timestamp(event["occurred_at"]),
+        r["method"],
+        r["path"],
+        r["query"],
+        r["http_version"],
+        r["model"],
+        r["stream"],
+        timestamp(r["received_at"]),
+        headers_json(r["headers"]),
+        text,
+        raw,
+        r["body_size"],
+        event["redactions"],
+    )
+
+
+def response_row(event: dict[str, Any]) -> tuple[Any, ...]:
+    """Parameters of ``upsert_response``, in order."""
+    r = event["response"]
+    text, raw = body_columns(r["body"])
+    return (
+        *shared_columns(event),
+        event["event_id"],
+        timestamp(event["occurred_at"]),
+        r["status"],
+        headers_json(r["headers"]),
+        text,
+        raw,
+        r["content_encoding"],
+        r["is_sse"],
+        jsonb_safe(r["message"]),
+        jsonb_safe(r["usage"]),
+        *usage_numbers(r["usage"]),
+        r["stop_reason"],
+        r["error_type"],
+        r["error_message"],
+        r["error_in_stream"],
+        timestamp(r["started_at"]),
+        r["ttfb_ms"],
+        r["duration_ms"],
+        r["client_disconnected"],
+        r["upstream_complete"],
+        event["redactions"],
+    )
+
+
+def dead_letter_row(reject: Reject) -> tuple[Any, ...]:
+    e = reject.envelope
+    return (e.topic, e.partition, e.offset, e.key, e.value, printable(reject.reason), reject.error_class)
+
+
+def printable(text: str) -> str:
+    """Reasons quote the bad input, which may hold NUL, which a text column refuses."""
+    return text.replace("\x00", "\\x00")
+
+
+# --- async: rows to the database ----------------------------------------------
+
+
+async def write_exchanges(conn: asyncpg.Connection, records: Sequence[Record]) -> None:
+    """The exchanges stage: both halves of every event, in the caller's transaction."""
+    q = queries()
+    requests = [request_row(r.event) for r in records if r.event["kind"] == "REQUEST"]
+    responses = [response_row(r.event) for r in records if r.event["kind"] == "RESPONSE"]
+    if requests:
+        await conn.executemany(q.upsert_request, requests)
+    if responses:
+        await conn.executemany(q.upsert_response, responses)
+
+
+async def write_dead_letters(conn: asyncpg.Connection, rejects: Sequence[Reject]) -> None:
+    if rejects:
+        await conn.executemany(queries().insert_dead_letter, [dead_letter_row(r) for r in rejects])
