@@ -86,7 +86,7 @@ async def write_one_by_one(
         except Exception as exc:
             if not is_data_failure(exc):
                 raise
-            log.warning("event at %s dead-lettered: %s", str(record.envelope), clip(str(exc)))
+            log.warning("event at %s dead-lettered: %s", record.envelope, clip(str(exc)))
             refused.append(rejected(record, exc))
     await write_batch(pool, (), (), refused)
 
@@ -96,7 +96,7 @@ async def handle(pool: asyncpg.Pool, stages: Sequence[Stage], batch: Batch) -> N
     records, invalid = split_valid(batch.records)
     rejects = [*batch.rejects, *invalid]
     for reject in rejects:
-        log.warning("dead letter at %s: %s: %s", str(reject.envelope), reject.error_class, reject.reason)
+        log.warning("dead letter at %s: %s: %s", reject.envelope, reject.error_class, reject.reason)
     try:
         await write_batch(pool, stages, records, rejects)
     except Exception as exc:

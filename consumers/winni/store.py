@@ -3,7 +3,7 @@
 The pure half turns one decoded event into the parameters of one named query
 (`queries.sql`); the async half runs them with ``executemany`` inside the
 caller's transaction. Bodies are never parsed here: PostgreSQL decides whether
-a body is JSON it can store (`try_jsonb`), which is the one parse it must do
+a body is JSON it can store (`json_or_text`), which is the one parse it must do
 anyway, and the conversation stages of issue #3 parse what they need once.
 
 A body becomes jsonb when PostgreSQL accepts it as JSON, else text when it is

@@ -17,9 +17,9 @@ SELECT $1::uuid, $2::text, $3::text, $4::text, $5::text,
        $6::text, $7::text,
        $8::uuid, $9::timestamptz, $10::text, $11::text, $12::text, $13::text,
        $14::text, $15::boolean, $16::timestamptz, $17::jsonb,
-       body.json, CASE WHEN body.json IS NULL THEN $18::text END, $19::bytea, $20::bigint,
+       body.json, body.text, $19::bytea, $20::bigint,
        $21::text[]
-FROM (SELECT try_jsonb($18::text) AS json) AS body
+FROM json_or_text($18::text) AS body
 ON CONFLICT (exchange_id) DO UPDATE SET
     session_key = EXCLUDED.session_key,
     session_source = EXCLUDED.session_source,
@@ -62,13 +62,13 @@ INSERT INTO exchanges AS e (
 SELECT $1::uuid, $2::text, $3::text, $4::text, $5::text,
        $6::text, $7::text,
        $8::uuid, $9::timestamptz, $10::integer, $11::jsonb,
-       body.json, CASE WHEN body.json IS NULL THEN $12::text END, $13::bytea,
-       $14::text, $15::boolean, try_jsonb($16::text), try_jsonb($17::text),
+       body.json, body.text, $13::bytea,
+       $14::text, $15::boolean, message.json, usage.json,
        $18::bigint, $19::bigint, $20::bigint, $21::bigint,
        $22::text, $23::text, $24::text, $25::boolean,
        $26::timestamptz, $27::double precision, $28::double precision, $29::boolean, $30::boolean,
        $31::text[]
-FROM (SELECT try_jsonb($12::text) AS json) AS body
+FROM json_or_text($12::text) AS body, json_or_text($16::text) AS message, json_or_text($17::text) AS usage
 ON CONFLICT (exchange_id) DO UPDATE SET
     response_event_id = EXCLUDED.response_event_id,
     response_occurred_at = EXCLUDED.response_occurred_at,

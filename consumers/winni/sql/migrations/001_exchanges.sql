@@ -3,15 +3,16 @@
 -- could not be decoded or stored, with its raw bytes and why.
 -- Runs with search_path set to the target schema (consumers/sql.py).
 
--- jsonb when PostgreSQL accepts the text as JSON, else NULL (the caller keeps
--- the text). Catching data_exception covers invalid syntax and the \u0000
--- escape jsonb cannot hold; each call costs one cheap subtransaction.
-CREATE FUNCTION try_jsonb(raw text) RETURNS jsonb
+-- A body as jsonb when PostgreSQL accepts it as JSON, else as text. Catching
+-- data_exception covers invalid syntax and the \u0000 escape jsonb cannot hold.
+-- Called in FROM, so the body is parsed once per row; each call costs one cheap
+-- subtransaction.
+CREATE FUNCTION json_or_text(raw text, OUT json jsonb, OUT text text)
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
 BEGIN
-    RETURN raw::jsonb;
+    json := raw::jsonb;
 EXCEPTION WHEN data_exception THEN
-    RETURN NULL;
+    text := raw;
 END
 $$;
 
