@@ -1,0 +1,139 @@
+"""The named-query loader and the migration runner, on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from consumers.errors import MigrationError
+from consumers.sql import Migration, load_migrations, migrate, parse_migration_name, parse_queries, pending
+
+WINNI = "consumers.winni"
+
+EXPECTED_TABLES = {
+    "dead_letters": {
+        "id": "bigint", "topic": "text", "kafka_partition": "integer", "kafka_offset": "bigint",
+        "key": "bytea", "value": "bytea", "reason": "text", "error_class": "text",
+        "created_at": "timestamp with time zone",
+    },
+    "schema_migrations": {"version": "integer", "name": "text", "applied_at": "timestamp with time zone"},
+}
+EXCHANGE_COLUMNS = {
+    "exchange_id": "uuid", "session_key": "text", "session_source": "text", "agent_id": "text",
+    "parent_agent_id": "text", "api_key_fingerprint": "text", "client": "text",
+    "request_event_id": "uuid", "request_occurred_at": "timestamp with time zone", "method": "text",
+    "path": "text", "query": "text", "http_version": "text", "model": "text", "stream": "boolean",
+    "received_at": "timestamp with time zone", "request_headers": "jsonb", "request_body": "jsonb",
+    "request_body_text": "text", "request_body_bytes": "bytea", "request_body_size": "bigint",
+    "request_redactions": "ARRAY",
+    "response_event_id": "uuid", "response_occurred_at": "timestamp with time zone", "status": "integer",
+    "response_headers": "jsonb", "response_body": "jsonb", "response_body_text": "text",
+    "response_body_bytes": "bytea", "response_content_encoding": "text", "is_sse": "boolean",
+    "message": "jsonb", "usage": "jsonb", "input_tokens": "bigint", "output_tokens": "bigint",
+    "cache_creation_input_tokens": "bigint", "cache_read_input_tokens": "bigint", "stop_reason": "text",
+    "error_type": "text", "error_message": "text", "error_in_stream": "boolean",
+    "started_at": "timestamp with time zone", "ttfb_ms": "double precision", "duration_ms": "double precision",
+    "client_disconnected": "boolean", "upstream_complete": "boolean", "response_redactions": "ARRAY",
+    "created_at": "timestamp with time zone", "updated_at": "timestamp with time zone",
+}
+
+COLUMNS = """
+SELECT table_name, column_name, data_type FROM information_schema.columns
+WHERE table_schema = $1 ORDER BY table_name, ordinal_position
+"""
+CONSTRAINTS = """
+SELECT tc.table_name, tc.constraint_type, array_agg(kcu.column_name::text ORDER BY kcu.ordinal_position) AS columns
+FROM information_schema.table_constraints tc
+JOIN information_schema.key_column_usage kcu USING (constraint_schema, constraint_name)
+WHERE tc.table_schema = $1 GROUP BY tc.table_name, tc.constraint_type, tc.constraint_name ORDER BY 1, 2, 3
+"""
+
+
+async def shape(conn: asyncpg.Connection, schema: str) -> dict[str, dict[str, str]]:
+    tables: dict[str, dict[str, str]] = {}
+    for row in await conn.fetch(COLUMNS, schema):
+        tables.setdefault(row["table_name"], {})[row["column_name"]] = row["data_type"]
+    return tables
+
+
+def test_queries_are_split_on_their_name_lines() -> None:
+    text = "-- header comment\n-- name: first\n-- why\nSELECT 1;\n\n-- name: second\nSELECT $1\nFROM t;\n"
+    assert parse_queries(text) == {"first": "-- why\nSELECT 1", "second": "SELECT $1\nFROM t"}
+    assert parse_queries(text).second == "SELECT $1\nFROM t"
+    with pytest.raises(AttributeError, match="no query named 'third'"):
+        parse_queries(text).third  # noqa: B018
+    with pytest.raises(ValueError, match="defined twice"):
+        parse_queries("-- name: a\nSELECT 1\n-- name: a\nSELECT 2")
+
+
+def test_migration_files_are_numbered() -> None:
+    assert parse_migration_name("001_exchanges.sql") == (1, "exchanges")
+    assert parse_migration_name("README.md") is None
+    assert [m.version for m in load_migrations(WINNI)] == [1]
+
+
+def test_a_database_with_another_history_is_refused() -> None:
+    ours = [Migration(1, "exchanges", ""), Migration(2, "conversations", "")]
+    assert pending(ours, {1: "exchanges"}) == [ours[1]]
+    with pytest.raises(MigrationError, match="'sessions' in the database but 'conversations' here"):
+        pending(ours, {1: "exchanges", 2: "sessions"})
+    with pytest.raises(MigrationError, match=r"does not know: \[3\]"):
+        pending(ours, {1: "exchanges", 3: "later"})
+
+
+async def test_migrations_build_the_schema_once(database: str) -> None:
+    conn = await asyncpg.connect(database)
+    try:
+        assert await migrate(conn, load_migrations(WINNI), "kgb") == [1]
+        first = await shape(conn, "kgb")
+        constraints = [tuple(r) for r in await conn.fetch(CONSTRAINTS, "kgb")]
+        assert await migrate(conn, load_migrations(WINNI), "kgb") == []
+        assert await shape(conn, "kgb") == first
+    finally:
+        await conn.close()
+
+    assert first == {**EXPECTED_TABLES, "exchanges": EXCHANGE_COLUMNS}
+    assert list(first["exchanges"]) == list(EXCHANGE_COLUMNS)
+    assert constraints == [
+        ("dead_letters", "PRIMARY KEY", ["id"]),
+        ("dead_letters", "UNIQUE", ["topic", "kafka_partition", "kafka_offset"]),
+        ("exchanges", "PRIMARY KEY", ["exchange_id"]),
+        ("schema_migrations", "PRIMARY KEY", ["version"]),
+    ]
+
+
+async def test_two_consumers_starting_at_once_migrate_once(database: str) -> None:
+    conns = [await asyncpg.connect(database) for _ in range(4)]
+    try:
+        applied = await asyncio.gather(*(migrate(c, load_migrations(WINNI), "kgb") for c in conns))
+        rows = await conns[0].fetch("SELECT version, name FROM kgb.schema_migrations")
+    finally:
+        await asyncio.gather(*(c.close() for c in conns))
+    assert sorted(applied) == [[], [], [], [1]]
+    assert [tuple(r) for r in rows] == [(1, "exchanges")]
+
+
+async def test_any_schema_name_gets_the_same_tables(database: str) -> None:
+    conn = await asyncpg.connect(database)
+    try:
+        await migrate(conn, load_migrations(WINNI), "kgb")
+        await migrate(conn, load_migrations(WINNI), "kgb_rebuild")
+        assert await shape(conn, "kgb_rebuild") == await shape(conn, "kgb")
+        # The runner's search_path was local to its transaction.
+        assert await conn.fetchval("SHOW search_path") == '"$user", public'
+    finally:
+        await conn.close()
+
+
+async def test_a_failing_migration_leaves_nothing_behind(database: str) -> None:
+    broken = [*load_migrations(WINNI), Migration(2, "broken", "CREATE TABLE half_done (id int); SELECT 1/0;")]
+    conn = await asyncpg.connect(database)
+    try:
+        with pytest.raises(asyncpg.DivisionByZeroError):
+            await migrate(conn, broken, "kgb")
+        schemas = await conn.fetchval("SELECT count(*) FROM information_schema.schemata WHERE schema_name = 'kgb'")
+    finally:
+        await conn.close()
+    assert schemas == 0

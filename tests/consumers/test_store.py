@@ -1,0 +1,66 @@
+"""The pure half of the winni store: events to row parameters."""
+
+from __future__ import annotations
+
+import pytest
+
+from consumers.errors import InvalidEvent
+from consumers.winni.store import body_columns, check, headers_json, jsonb_safe, request_row, response_row, timestamp, usage_numbers
+from tests.consumers.factories import exchange, request_event
+
+
+def test_text_bodies_go_to_postgresql_as_text_and_others_as_bytes() -> None:
+    assert body_columns(b'{"a": "\xc3\xa9"}') == ('{"a": "é"}', None)
+    assert body_columns(b"") == ("", None)
+    assert body_columns(b"a\x00b") == (None, b"a\x00b")
+    assert body_columns(b"\xff\xfe") == (None, b"\xff\xfe")
+
+
+@pytest.mark.parametrize(
+    ("raw", "safe"),
+    [
+        (r'{"t": "a\u0000b"}', r'{"t": "a\ufffdb"}'),
+        (r'{"t": "a\\u0000b"}', r'{"t": "a\\u0000b"}'),  # an escaped backslash, then text
+        (r'{"t": "a\\\u0000b"}', r'{"t": "a\\\ufffdb"}'),  # an escaped backslash, then the escape
+        (r'{"t": "\u0000\u0000"}', r'{"t": "\ufffd\ufffd"}'),
+        ('{"t": "plain"}', '{"t": "plain"}'),
+        (None, None),
+    ],
+)
+def test_nul_escapes_jsonb_refuses_are_replaced(raw: str | None, safe: str | None) -> None:
+    assert jsonb_safe(raw) == safe
+
+
+def test_headers_become_one_object_with_repeats_joined() -> None:
+    headers = [{"name": "Accept", "value": "a"}, {"name": "X-Thing", "value": "1"}, {"name": "x-thing", "value": "2"}]
+    assert headers_json(headers) == '{"accept":"a","x-thing":"1, 2"}'
+
+
+def test_usage_numbers_tolerate_anything() -> None:
+    full = '{"input_tokens": 3, "output_tokens": 12, "cache_creation_input_tokens": 5, "cache_read_input_tokens": 0}'
+    assert usage_numbers(full) == (3, 12, 5, 0)
+    assert usage_numbers('{"input_tokens": 3, "output_tokens": "many", "cache_read_input_tokens": true}') == (3, None, None, None)
+    assert usage_numbers('{"input_tokens": 99999999999999999999999}') == (None, None, None, None)
+    assert usage_numbers("not json") == (None,) * 4
+    assert usage_numbers("[1, 2]") == (None,) * 4
+    assert usage_numbers(None) == (None,) * 4
+
+
+def test_timestamps_keep_every_microsecond() -> None:
+    at = timestamp(1_795_468_531_933_027)
+    assert at is not None and at.isoformat() == "2026-11-23T21:15:31.933027+00:00"
+    assert timestamp(None) is None
+
+
+def test_contract_breakers_are_refused() -> None:
+    check(request_event())
+    with pytest.raises(InvalidEvent, match="has no request"):
+        check(request_event(request=None))
+    with pytest.raises(InvalidEvent, match="event_id 'e-1' is not a UUID"):
+        check(request_event(event_id="e-1"))
+
+
+def test_rows_match_the_query_parameters() -> None:
+    request, response = exchange()
+    assert len(request_row(request)) == 21
+    assert len(response_row(response)) == 31
