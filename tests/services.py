@@ -76,6 +76,18 @@ def run_script(*cmd: str) -> None:
         raise ServiceError(f"{' '.join(cmd)} exited with {done.returncode}:\n{done.stderr}{done.stdout}")
 
 
+def remove_after_exit(stop: list[str], run_dir: Path) -> subprocess.Popen[bytes]:
+    """Stop the service and delete its directory once this process exits, even if killed
+    before teardown; a normal teardown kills this watchdog first (`dismiss`)."""
+    cmd = [str(SCRIPTS / "after-exit.sh"), str(os.getpid()), "sh", "-c", '"$@"; rm -rf "$0"', str(run_dir), *stop]
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def dismiss(watchdog: subprocess.Popen[bytes]) -> None:
+    watchdog.kill()
+    watchdog.wait()
+
+
 def with_database(dsn: str, name: str) -> str:
     """The same server and credentials, another database."""
     parts = urlsplit(dsn)
@@ -93,6 +105,7 @@ class ScriptKafka:
         self.port = free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.running = False
+        self.watchdog = remove_after_exit([sys.executable, str(SCRIPTS / "kafka.py"), "stop", str(self.run_dir)], self.run_dir)
 
     def open(self) -> None:
         self.start()
@@ -110,6 +123,7 @@ class ScriptKafka:
             self.start()
 
     def close(self) -> None:
+        dismiss(self.watchdog)
         self.stop()
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
@@ -127,11 +141,13 @@ class ScriptPostgres:
         self.admin_dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
         self.dsn = with_database(self.admin_dsn, "winni")
         self.port = port
+        self.watchdog = remove_after_exit([str(SCRIPTS / "postgres.sh"), "stop", str(self.run_dir)], self.run_dir)
 
     def open(self) -> None:
         run_script(str(SCRIPTS / "postgres.sh"), "start", str(self.run_dir), str(self.port))
 
     def close(self) -> None:
+        dismiss(self.watchdog)
         run_script(str(SCRIPTS / "postgres.sh"), "stop", str(self.run_dir))
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
