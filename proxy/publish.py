@@ -57,8 +57,11 @@ T = TypeVar("T")
 MiB = 1024 * 1024
 COMPRESSIONS = {"zstd": "zstd", "lz4": "lz4", "gzip": "gzip", "none": None}
 TOPIC_ALREADY_EXISTS = 36
-# Room for the record batch framing around one event at the limit.
+# Room for the record batch framing (and compression's worst case) around one event
+# at the limit: what a created topic gets on top of KGB_MAX_EVENT_BYTES.
 BATCH_OVERHEAD = 64 * 1024
+# The least room an existing topic's smaller limit must leave for one record's framing.
+RECORD_OVERHEAD = 1024
 WINDOW_MAX_RECORDS = 5000
 WINDOW_MAX_BYTES = 64 * MiB
 PUMP_BATCH = 256
@@ -252,6 +255,8 @@ class Publisher:
             asyncio.create_task(self._drain(), name="kgb-publish-drain"),
             asyncio.create_task(self._keep_connected(), name="kgb-publish-connect"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(_report_crash)
         try:
             await asyncio.wait_for(self._up.wait(), self.settings.stall_seconds)
         except TimeoutError:
@@ -434,10 +439,12 @@ class Publisher:
             return False
         await self._io(self._spool.commit, batch.end)
         self._show_spool()
-        if self._appending == 0 and self._spool.is_empty:
+        if not self._spool.is_empty:
+            return False
+        if self._appending == 0:
             self._direct = True
             return True
-        self._wake.clear()
+        self._wake.clear()  # an append is on the spool thread; its completion sets `_wake`
         await self._wake.wait()
         return False
 
@@ -526,6 +533,7 @@ class Publisher:
             await producer.stop()
             raise
         self._producer = producer
+        self._direct = self._spool is not None and self._spool.is_empty and self._appending == 0
         self._set_connected(True)
         self._up.set()
         log.info("publishing to Kafka %s topic %s", self.settings.kafka.bootstrap, self.settings.kafka.topic)
@@ -568,9 +576,9 @@ class Publisher:
     def _adopt_limit(self, limit: int | None) -> None:
         """An existing topic with a lower limit wins; say how to raise it rather than alter it
         (AlterConfigs replaces every topic setting, and aiokafka lacks the incremental one)."""
-        if limit is None or limit >= self.settings.max_event_bytes + BATCH_OVERHEAD:
+        if limit is None or limit >= self.settings.max_event_bytes:
             return
-        self._limit = max(limit - BATCH_OVERHEAD, 0)
+        self._limit = max(limit - RECORD_OVERHEAD, 0)
         log.warning(
             "topic %s has max.message.bytes=%d, below KGB_MAX_EVENT_BYTES=%d; larger events go to %s/rejected. "
             "Raise it with: kafka-configs --alter --entity-type topics --entity-name %s --add-config max.message.bytes=%d",
@@ -617,6 +625,12 @@ class Publisher:
             self._corrupt_seen += new
             self.metrics.publish_errors.labels("spool_corrupt").inc(new)
             log.error("skipped %d damaged record(s) in spool %s (torn write after a crash?)", new, self.settings.spool_dir)
+
+
+def _report_crash(task: asyncio.Task) -> None:
+    """A background task must never end on its own; if one does, capture has stopped: say so."""
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("publisher task %s crashed; capture events are no longer published", task.get_name(), exc_info=task.exception())
 
 
 async def _until(awaitable: Awaitable[Any], deadline: float) -> None:

@@ -150,6 +150,7 @@ class Spool:
         self._sizes = {n: (self.directory / segment_name(n)).stat().st_size for n in self._scan()}
         self._committed = self._load_position()
         self._cursor = self._committed
+        self._pending = self._count_pending()
         self._writer: int | None = None  # fd of the segment being written
         self._writing = 0  # its number; 0 when none is open
 
@@ -157,7 +158,11 @@ class Spool:
 
     @property
     def pending_bytes(self) -> int:
-        """Bytes written and not yet delivered."""
+        """Bytes written and not yet delivered. A plain attribute, so the event loop may
+        read it while the spool thread works."""
+        return self._pending
+
+    def _count_pending(self) -> int:
         return sum(self._sizes.values()) - self._committed.offset
 
     @property
@@ -197,12 +202,14 @@ class Spool:
             self._abandon_segment(fd)
             raise
         self._sizes[self._writing] += size
+        self._pending += size
         return True
 
     def _abandon_segment(self, fd: int) -> None:
         """After a failed write (disk full): keep what landed, to be read as a torn tail,
         and write on in a fresh segment so offsets stay true."""
         self._sizes[self._writing] = os.fstat(fd).st_size
+        self._pending = self._count_pending()
         self._close_writer()
 
     def sync(self) -> None:
@@ -265,7 +272,8 @@ class Spool:
                 self._delete(number)
         if self._committed.segment not in self._sizes:
             self._committed = self._cursor = Position(self._committed.segment + 1, 0)
-        self.full = self.full and self.pending_bytes > self.max_bytes * RESUME_FRACTION
+        self._pending = self._count_pending()
+        self.full = self.full and self._pending > self.max_bytes * RESUME_FRACTION
         write_atomically(self.directory / POSITION_FILE, f"{self._committed.segment} {self._committed.offset}\n".encode())
 
     def _finished(self, number: int) -> bool:
