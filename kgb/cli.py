@@ -30,7 +30,9 @@ def _proxy(args: argparse.Namespace) -> None:
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     logging.getLogger("kgb").info("kgb proxy: %s", settings.describe())
     print(f"kgb proxy: export ANTHROPIC_BASE_URL=http://{settings.host}:{settings.port}", flush=True)
-    web.run_app(build_app(settings), host=settings.host, port=settings.port, print=None, access_log=None)
+    web.run_app(
+        build_app(settings), host=settings.host, port=settings.port, print=None, access_log=None, loop=_new_loop()
+    )
 
 
 def _consume_winni(args: argparse.Namespace) -> None:
@@ -49,7 +51,17 @@ def _run_until_signal(service: Callable[[asyncio.Event], Coroutine[Any, Any, Non
             loop.add_signal_handler(sig, stop.set)
         await service(stop)
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=_new_loop) as runner:
+        runner.run(main())
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where installed: a faster event loop for the same code (the benchmark compares)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def parser() -> argparse.ArgumentParser:

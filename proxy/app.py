@@ -18,7 +18,7 @@ from yarl import URL
 
 from proxy import errors
 from proxy.capture import Capture, RedactionPolicy, RequestRecord, ResponseRecorder, failed_response
-from proxy.metrics import ProxyMetrics
+from proxy.metrics import CONTENT_TYPE, ProxyMetrics
 from proxy.publish import Publisher
 from proxy.settings import ProxySettings, fingerprint_key
 
@@ -77,11 +77,8 @@ async def forward(request: web.Request) -> web.StreamResponse:
             data=record.body or None,
             allow_redirects=False,
         )
-    except Exception as exc:  # noqa: BLE001 - translated just below, re-raised if unknown
-        failure = errors.translate(exc)
-        if failure is None:
-            raise
-        return _fail(request, record, failure)
+    except Exception as exc:  # noqa: BLE001 - every failure is answered and captured
+        return _fail(request, record, errors.translate(exc))
     async with upstream:
         return await _relay(request, record, upstream, capture, metrics)
 
@@ -175,7 +172,7 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[METRICS].render(), content_type="text/plain", charset="utf-8")
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
 
 
 def _dumps(value: object) -> str:

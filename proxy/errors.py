@@ -1,6 +1,6 @@
 """The proxy's own failures, and the Anthropic-shaped answers clients get for them.
 
-    ProxyError
+    ProxyError           500 api_error           (anything unforeseen on the way upstream)
     ├── BodyTooLarge         413 request_too_large   (the client sent more than KGB_MAX_BODY_BYTES)
     ├── UpstreamUnreachable  502 api_error           (connect refused, DNS, reset before headers)
     └── UpstreamTimeout      504 timeout_error       (no headers, or no next chunk, in time)
@@ -51,10 +51,14 @@ def error_body(error_type: str, message: str) -> bytes:
     )
 
 
-def translate(exc: BaseException) -> ProxyError | None:
-    """The one place that decides what an upstream failure means to the client."""
+def translate(exc: Exception) -> ProxyError:
+    """The one place that decides what a failure to reach the upstream means to the client.
+
+    Anything unforeseen becomes a 500 rather than an aiohttp traceback, so the
+    exchange is still answered in the API's shape and still captured.
+    """
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return UpstreamTimeout("KGB proxy: the upstream did not answer in time")
     if isinstance(exc, aiohttp.ClientError):
         return UpstreamUnreachable(f"KGB proxy: upstream unreachable ({type(exc).__name__}: {exc})")
-    return None
+    return ProxyError(f"KGB proxy: internal error ({type(exc).__name__}: {exc})")
