@@ -37,7 +37,7 @@ def _proxy(args: argparse.Namespace) -> None:
 
 def _consume_winni(args: argparse.Namespace) -> None:
     from consumers.winni.settings import WinniSettings
-    from consumers.winni.winni import run
+    from consumers.winni.consumer import run
 
     settings = WinniSettings.from_env()
     _run_until_signal(lambda stop: run(settings, stop))
@@ -73,7 +73,8 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     commands = root.add_subparsers(dest="command", required=True)
 
-    proxy = commands.add_parser("proxy", help="run the capture proxy (HTTP on KGB_PROXY_PORT, default 8089)")
+    about = "run the capture proxy (HTTP on KGB_PROXY_PORT, default 8089)"
+    proxy = commands.add_parser("proxy", help=about, description=about)
     proxy.add_argument("--host", help="listen address (KGB_PROXY_HOST, default 127.0.0.1)")
     proxy.add_argument("--port", type=int, help="listen port (KGB_PROXY_PORT, default 8089)")
     proxy.add_argument("--upstream", help="upstream base URL (KGB_UPSTREAM_URL, default https://api.anthropic.com)")
@@ -81,7 +82,8 @@ def parser() -> argparse.ArgumentParser:
 
     consume = commands.add_parser("consume", help="run a consumer group")
     consumers = consume.add_subparsers(dest="consumer", required=True)
-    winni = consumers.add_parser("winni", help="persist exchanges to PostgreSQL (KGB_DATABASE_URL)")
+    about = "persist exchanges to PostgreSQL (KGB_DATABASE_URL), consumer group KGB_WINNI_GROUP"
+    winni = consumers.add_parser("winni", help=about, description=about)
     winni.set_defaults(run=_consume_winni)
     return root
 
