@@ -159,11 +159,18 @@ def java_cmd(lib: Path, run_dir: Path, *args: str) -> list[str]:
     ]
 
 
+def new_cluster_id() -> str:
+    """Kafka's Uuid text form; one starting with '-' would read as an option to StorageTool."""
+    while (cluster_id := base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()).startswith("-"):
+        pass
+    return cluster_id
+
+
 def format_storage(lib: Path, run_dir: Path, props: Path) -> None:
     """KRaft needs formatted storage; skipped when it already is, which keeps the data."""
     if (run_dir / "data" / "meta.properties").exists():
         return
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    cluster_id = new_cluster_id()
     cmd = java_cmd(lib, run_dir, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props))
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
