@@ -191,7 +191,8 @@ async def consume(
         polled = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=batch_size)
         if not polled:
             continue
-        done = await retrying(lambda: _decode_and_handle(polled, decoder, handler), "batch", stop, backoff)
+        what = f"batch of {sum(map(len, polled.values()))} messages"
+        done = await retrying(lambda: _decode_and_handle(polled, decoder, handler), what, stop, backoff)
         if done is None:
             return
         await commit(consumer, done.offsets)
