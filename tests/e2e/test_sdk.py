@@ -2,8 +2,9 @@
 
 Three promises: a client gets through the proxy exactly what it gets from the
 API directly (status, body bytes, end-to-end headers); every exchange lands in
-PostgreSQL; and a planted API key, sent in the header, the prompt and echoed in
-answers, appears nowhere on the topic or in the database.
+PostgreSQL; and a planted API key, sent as the client's credential (this SDK
+sends `Authorization: Bearer`), inside the prompt, and echoed in answers and an
+error message, appears nowhere on the topic or in the database.
 
 Direct and proxied calls get the same `Reply` object, so even the message and
 request ids match and the comparison can be byte for byte.
