@@ -27,6 +27,7 @@ events over the limit are kept whole in the spool's ``rejected/`` directory.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -46,7 +47,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLarge
 from kgb.config import KafkaSettings, SettingsError, env_float, env_int, env_opt, env_str
 from proxy.metrics import ProxyMetrics
 from proxy.spool import Batch, Spool
-from schemas.codec import Encoder, registry_encoder, single_object_encoder
+from schemas.codec import EXCHANGE, Encoder, registry_encoder, single_object_encoder
 from schemas.errors import SchemaError
 from schemas.registry import Registry, subject_for_topic
 
@@ -121,6 +122,12 @@ class PublishSettings:
             close_timeout=env_float(env, "KGB_SHUTDOWN_TIMEOUT", cls.close_timeout),
         )
 
+    def for_mcp(self) -> PublishSettings:
+        """The same, for the MCP relay's events: their own topic, and their own spool
+        (a spool belongs to one publisher) in a subdirectory of this one."""
+        kafka = dataclasses.replace(self.kafka, topic=self.kafka.mcp_topic)
+        return dataclasses.replace(self, kafka=kafka, spool_dir=self.spool_dir / "mcp")
+
 
 @dataclass(slots=True)
 class Record:
@@ -143,6 +150,9 @@ class InFlight:
 
 
 def label_of(event: Mapping[str, Any]) -> str:
+    """Names an event in logs and rejected/ file names by what it belongs to."""
+    if "connection_id" in event:
+        return f"mcp connection {event['connection_id']} event {event.get('event_id')}"
     return f"exchange {event.get('exchange_id')} event {event.get('event_id')}"
 
 
@@ -181,17 +191,27 @@ class Publisher:
 
     Owned by the proxy app: `start` in its startup, `close` in its cleanup
     (SIGTERM). The aiohttp session, used only to reach the schema registry, is
-    the caller's and is never closed here.
+    the caller's and is never closed here. One publisher serves one topic
+    (``settings.kafka.topic``) with one schema (``schemas/<schema>.avsc``);
+    each event's `key_field` is its Kafka key.
     """
 
     def __init__(
-        self, settings: PublishSettings, metrics: ProxyMetrics, session: aiohttp.ClientSession | None = None
+        self,
+        settings: PublishSettings,
+        metrics: ProxyMetrics,
+        session: aiohttp.ClientSession | None = None,
+        *,
+        schema: str = EXCHANGE,
+        key_field: str = "session_key",
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self._session = session
+        self._schema = schema
+        self._key_field = key_field
         self._queue: asyncio.Queue[dict] = asyncio.Queue(maxsize=settings.queue_max_events)
-        self._encoder: Encoder = single_object_encoder()
+        self._encoder: Encoder = single_object_encoder(schema)
         self._registered = settings.kafka.schema_registry_url is None
         self._limit = settings.max_event_bytes
         self._producer: AIOKafkaProducer | None = None
@@ -311,9 +331,9 @@ class Publisher:
         return events
 
     def _encode(self, event: dict) -> Record | None:
-        """Avro bytes keyed by session; an event the schema rejects is dropped, loudly."""
+        """Avro bytes keyed by `key_field`; an event the schema rejects is dropped, loudly."""
         try:
-            return Record(event["session_key"].encode(), self._encoder.encode(event), label_of(event))
+            return Record(event[self._key_field].encode(), self._encoder.encode(event), label_of(event))
         except (SchemaError, KeyError, AttributeError) as exc:
             self._drop(event, "unencodable", str(exc))
             return None
@@ -595,7 +615,8 @@ class Publisher:
         if self._session is None:
             raise SettingsError("KGB_SCHEMA_REGISTRY_URL is set but the publisher got no aiohttp session")
         try:
-            self._encoder = await registry_encoder(Registry(url, self._session), subject_for_topic(self.settings.kafka.topic))
+            subject = subject_for_topic(self.settings.kafka.topic)
+            self._encoder = await registry_encoder(Registry(url, self._session), subject, self._schema)
             self._registered = True
         except SchemaError as exc:
             log.warning("schema registry %s unavailable (%s); single-object encoding meanwhile", url, exc)
