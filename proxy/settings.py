@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from yarl import URL
+
 from kgb.config import SettingsError, env_float, env_int, env_list, env_opt, env_str, mask
 from proxy.publish import PublishSettings
 from proxy.redact import BUILTIN_RULES, Rule, custom_rules
@@ -26,6 +28,9 @@ class ProxySettings:
     redact_patterns: tuple[str, ...] = ()
     fingerprint_key: str | None = field(default=None, repr=False)
     publish: PublishSettings = field(default_factory=PublishSettings)
+    mcp_port: int = 9000
+    mcp_upstreams: dict[str, str] = field(default_factory=dict)
+    mcp_max_message_bytes: int = 64 * 1024 * 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ProxySettings:
@@ -44,6 +49,9 @@ class ProxySettings:
             redact_patterns=_patterns_file(env_opt(env, "KGB_REDACT_PATTERNS_FILE")),
             fingerprint_key=env_opt(env, "KGB_FINGERPRINT_KEY"),
             publish=PublishSettings.from_env(env),
+            mcp_port=env_int(env, "KGB_MCP_PORT", cls.mcp_port),
+            mcp_upstreams=parse_upstreams(env.get("KGB_MCP_UPSTREAMS", "")),
+            mcp_max_message_bytes=env_int(env, "KGB_MCP_MAX_MESSAGE_BYTES", cls.mcp_max_message_bytes),
         )
 
     def rules(self) -> tuple[Rule, ...]:
@@ -55,8 +63,31 @@ class ProxySettings:
             f"upstream={self.upstream_url} listen={self.host}:{self.port} max_body={self.max_body_bytes} "
             f"timeouts=connect {self.connect_timeout}s/read {self.read_timeout}s "
             f"redact_headers={sorted(self.redact_headers)} custom_patterns={len(self.redact_patterns)} "
-            f"fingerprint_key={mask(self.fingerprint_key)} publish={self.publish}"
+            f"fingerprint_key={mask(self.fingerprint_key)} publish={self.publish} "
+            f"mcp=:{self.mcp_port} mcp_upstreams={sorted(self.mcp_upstreams)} mcp_max_message={self.mcp_max_message_bytes}"
         )
+
+
+def parse_upstreams(raw: str) -> dict[str, str]:
+    """`KGB_MCP_UPSTREAMS`, ``name=ws://host:port,...``: the only places the MCP relay connects to,
+    so a client can name an upstream but never choose an address."""
+    upstreams: dict[str, str] = {}
+    for entry in (item.strip() for item in raw.split(",")):
+        if not entry:
+            continue
+        name, sep, url = (part.strip() for part in entry.partition("="))
+        if not sep or not name:
+            raise SettingsError(f"KGB_MCP_UPSTREAMS entries must look like name=ws://host:port, got {entry!r}")
+        if name in upstreams:
+            raise SettingsError(f"KGB_MCP_UPSTREAMS names {name!r} twice")
+        try:
+            parsed = URL(url)
+        except ValueError:
+            parsed = URL()
+        if parsed.scheme not in ("ws", "wss") or not parsed.host:
+            raise SettingsError(f"KGB_MCP_UPSTREAMS: {name} must be a ws:// or wss:// URL, got {url!r}")
+        upstreams[name] = url
+    return upstreams
 
 
 def _patterns_file(path: str | None) -> tuple[str, ...]:
