@@ -549,7 +549,7 @@ async def send(request: web.Request, reply: Reply) -> web.StreamResponse:
     if reply.delay:
         await asyncio.sleep(reply.delay)
     if not reply.streamed:
-        body = gzip_module.compress(reply.payload) if reply.gzip else reply.payload
+        body = gzip_module.compress(reply.payload, mtime=0) if reply.gzip else reply.payload
         return web.Response(status=reply.status, body=body, headers=response_headers(reply))
     response = web.StreamResponse(status=reply.status, headers=response_headers(reply))
     await response.prepare(request)
