@@ -44,7 +44,10 @@ class WinniSettings:
 
     ``batch_size`` bounds both the events per database transaction and the
     consumer's memory: a batch of 500 requests of 1 MB each is held at once.
-    ``retry_max`` caps the wait between attempts while the database is away.
+    ``writers`` is how many connections write one batch at once, split by
+    session (see `consumers.winni.consumer`); 1 makes each batch a single
+    transaction. ``retry_max`` caps the wait between attempts while the
+    database is away.
     """
 
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
@@ -52,6 +55,7 @@ class WinniSettings:
     db_schema: str = "kgb"
     group: str = "kgb-winni"
     batch_size: int = 500
+    writers: int = 2
     backoff: Backoff = field(default_factory=Backoff)
 
     @classmethod
@@ -62,13 +66,14 @@ class WinniSettings:
             db_schema=schema_name(env_str(env, "KGB_DB_SCHEMA", cls.db_schema)),
             group=env_str(env, "KGB_WINNI_GROUP", cls.group),
             batch_size=positive("KGB_WINNI_BATCH_SIZE", env_int(env, "KGB_WINNI_BATCH_SIZE", cls.batch_size)),
+            writers=positive("KGB_WINNI_WRITERS", env_int(env, "KGB_WINNI_WRITERS", cls.writers)),
             backoff=Backoff(maximum=env_float(env, "KGB_WINNI_RETRY_MAX", Backoff.maximum)),
         )
 
     def __repr__(self) -> str:
         return (
             f"WinniSettings(kafka={self._masked_kafka()!r}, database_url={mask_url(self.database_url)!r}, "
-            f"db_schema={self.db_schema!r}, group={self.group!r}, batch_size={self.batch_size}, "
+            f"db_schema={self.db_schema!r}, group={self.group!r}, batch_size={self.batch_size}, writers={self.writers}, "
             f"backoff={self.backoff!r})"
         )
 

@@ -87,7 +87,7 @@ async def measure(bootstrap: str, admin_dsn: str, args: argparse.Namespace) -> N
     dsn = await services.create_database(admin_dsn)
     settings = WinniSettings(
         kafka=KafkaSettings(bootstrap=bootstrap, topic=topic), database_url=dsn,
-        group=f"bench-{uuid.uuid4().hex[:8]}", batch_size=args.batch_size, backoff=Backoff(0.1, 1.0),
+        group=f"bench-{uuid.uuid4().hex[:8]}", batch_size=args.batch_size, writers=args.writers, backoff=Backoff(0.1, 1.0),
     )
     stop = asyncio.Event()
     cpu0 = time.process_time()
@@ -109,7 +109,7 @@ async def measure(bootstrap: str, admin_dsn: str, args: argparse.Namespace) -> N
     total = finished - started
     steady = (args.exchanges - first[1]) / (finished - first[0]) if first else float("nan")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"winni stored {args.exchanges} exchanges ({args.body_kb} KB requests, batch {args.batch_size}) in {total:.1f}s: "
+    print(f"winni stored {args.exchanges} exchanges ({args.body_kb} KB requests, batch {args.batch_size}, {args.writers} writers) in {total:.1f}s: "
           f"{args.exchanges / total:.0f} exchanges/s overall, {steady:.0f} exchanges/s steady; "
           f"consumer CPU {cpu:.1f}s ({cpu / total:.0%} of one core), peak RSS of this process {rss:.0f} MB")
     await services.drop_database(admin_dsn, dsn)
@@ -121,6 +121,7 @@ def main() -> None:
     parser.add_argument("--body-kb", type=int, default=75)
     parser.add_argument("--sessions", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--writers", type=int, default=WinniSettings.writers)
     args = parser.parse_args()
     with services.kafka_broker() as kafka, services.postgres_server() as postgres, contextlib.suppress(KeyboardInterrupt):
         asyncio.run(measure(kafka.bootstrap, postgres.admin_dsn, args))

@@ -14,7 +14,7 @@ def test_defaults() -> None:
     settings = WinniSettings.from_env({})
     assert settings == WinniSettings(
         kafka=KafkaSettings(), database_url="postgresql://postgres@127.0.0.1:5432/winni", db_schema="kgb",
-        group="kgb-winni", batch_size=500, backoff=Backoff(initial=0.5, maximum=30.0),
+        group="kgb-winni", batch_size=500, writers=2, backoff=Backoff(initial=0.5, maximum=30.0),
     )
 
 
@@ -22,11 +22,11 @@ def test_every_variable_is_read() -> None:
     settings = WinniSettings.from_env({
         "KGB_KAFKA_BOOTSTRAP": "127.0.0.1:19092", "KGB_TOPIC": "t", "KGB_SCHEMA_REGISTRY_URL": "http://127.0.0.1:8081",
         "KGB_DATABASE_URL": "postgresql://winni:pw@127.0.0.1:5433/w", "KGB_DB_SCHEMA": "kgb_rebuild",
-        "KGB_WINNI_GROUP": "g", "KGB_WINNI_BATCH_SIZE": "50", "KGB_WINNI_RETRY_MAX": "5",
+        "KGB_WINNI_GROUP": "g", "KGB_WINNI_BATCH_SIZE": "50", "KGB_WINNI_RETRY_MAX": "5", "KGB_WINNI_WRITERS": "3",
     })
     assert settings.kafka == KafkaSettings(bootstrap="127.0.0.1:19092", topic="t", schema_registry_url="http://127.0.0.1:8081")
     assert (settings.database_url, settings.db_schema, settings.group) == ("postgresql://winni:pw@127.0.0.1:5433/w", "kgb_rebuild", "g")
-    assert (settings.batch_size, settings.backoff.maximum) == (50, 5.0)
+    assert (settings.batch_size, settings.writers, settings.backoff.maximum) == (50, 3, 5.0)
 
 
 def test_passwords_print_masked() -> None:
@@ -47,6 +47,7 @@ def test_passwords_print_masked() -> None:
         ({"KGB_DB_SCHEMA": "kgb; DROP TABLE x"}, "KGB_DB_SCHEMA must be a plain identifier"),
         ({"KGB_WINNI_BATCH_SIZE": "0"}, "KGB_WINNI_BATCH_SIZE must be at least 1"),
         ({"KGB_WINNI_BATCH_SIZE": "many"}, "KGB_WINNI_BATCH_SIZE must be an integer"),
+        ({"KGB_WINNI_WRITERS": "0"}, "KGB_WINNI_WRITERS must be at least 1"),
     ],
 )
 def test_bad_values_are_refused_by_name(env: dict[str, str], message: str) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from consumers.errors import InvalidEvent
+from consumers.source import Envelope, Record
+from consumers.winni.consumer import by_session
 from consumers.winni.store import body_columns, check, headers_json, jsonb_safe, request_row, response_row, timestamp, usage_numbers
 from tests.consumers.factories import exchange, request_event
 
@@ -64,3 +66,17 @@ def test_rows_match_the_query_parameters() -> None:
     request, response = exchange()
     assert len(request_row(request)) == 21
     assert len(response_row(response)) == 31
+
+
+def test_batches_split_by_session_keep_sessions_whole_and_in_order() -> None:
+    sessions = [f"session-{n}" for n in range(8)]
+    records = [Record(Envelope("t", 0, offset, None, None), request_event(session_id=sessions[offset % 8])) for offset in range(40)]
+    parts = by_session(records, 3)
+    assert 1 < len(parts) <= 3
+    assert sorted(r.envelope.offset for part in parts for r in part) == list(range(40))
+    for part in parts:
+        assert [r.envelope.offset for r in part] == sorted(r.envelope.offset for r in part)
+    owners = {r.event["session_key"]: i for i, part in enumerate(parts) for r in part}
+    assert all(owners[r.event["session_key"]] == i for i, part in enumerate(parts) for r in part)
+    assert by_session([], 2) == [[]]
+    assert by_session(records, 1) == [records]
