@@ -14,25 +14,51 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kgb.config import SettingsError
 
+if TYPE_CHECKING:
+    from proxy.settings import ProxySettings
+
 
 def _proxy(args: argparse.Namespace) -> None:
-    from aiohttp import web
-
-    from proxy.app import build_app
     from proxy.settings import ProxySettings
 
     settings = ProxySettings.from_env()
-    overrides = {"host": args.host, "port": args.port, "upstream_url": args.upstream}
+    overrides = {"host": args.host, "port": args.port, "upstream_url": args.upstream, "mcp_port": args.mcp_port}
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     logging.getLogger("kgb").info("kgb proxy: %s", settings.describe())
     print(f"kgb proxy: export ANTHROPIC_BASE_URL=http://{settings.host}:{settings.port}", flush=True)
-    web.run_app(
-        build_app(settings), host=settings.host, port=settings.port, print=None, access_log=None, loop=_new_loop()
-    )
+    print(f"kgb proxy: MCP clients connect to ws://{settings.host}:{settings.mcp_port}/?upstream=NAME", flush=True)
+    _run_until_signal(lambda stop: _serve_proxy(settings, stop))
+
+
+async def _serve_proxy(settings: ProxySettings, stop: asyncio.Event) -> None:
+    """The HTTP proxy and the MCP relay in one process, each its own app on its own port;
+    on a signal both stop listening, close their connections, then flush their publishers."""
+    from aiohttp import web
+
+    from proxy.app import build_app
+    from proxy.mcp import build_mcp_app
+
+    sites = [
+        (build_app(settings), settings.port, "KGB_PROXY_PORT"),
+        (build_mcp_app(settings), settings.mcp_port, "KGB_MCP_PORT"),
+    ]
+    runners: list[web.AppRunner] = []
+    try:
+        for app, port, name in sites:
+            runner = web.AppRunner(app, access_log=None)
+            runners.append(runner)
+            await runner.setup()
+            try:
+                await web.TCPSite(runner, settings.host, port).start()
+            except OSError as exc:
+                raise SettingsError(f"cannot listen on {settings.host}:{port} ({name}): {exc.strerror}") from None
+        await stop.wait()
+    finally:
+        await asyncio.gather(*(runner.cleanup() for runner in runners))
 
 
 def _consume_winni(args: argparse.Namespace) -> None:
@@ -73,11 +99,12 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     commands = root.add_subparsers(dest="command", required=True)
 
-    about = "run the capture proxy (HTTP on KGB_PROXY_PORT, default 8089)"
+    about = "run the capture proxy (HTTP on KGB_PROXY_PORT, default 8089; MCP WebSocket relay on KGB_MCP_PORT, default 9000)"
     proxy = commands.add_parser("proxy", help=about, description=about)
     proxy.add_argument("--host", help="listen address (KGB_PROXY_HOST, default 127.0.0.1)")
     proxy.add_argument("--port", type=int, help="listen port (KGB_PROXY_PORT, default 8089)")
     proxy.add_argument("--upstream", help="upstream base URL (KGB_UPSTREAM_URL, default https://api.anthropic.com)")
+    proxy.add_argument("--mcp-port", type=int, help="MCP relay listen port (KGB_MCP_PORT, default 9000)")
     proxy.set_defaults(run=_proxy)
 
     consume = commands.add_parser("consume", help="run a consumer group")

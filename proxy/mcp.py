@@ -112,9 +112,7 @@ def peer_close(ending: Ending) -> tuple[int, str]:
         return ending.code, ending.reason
     if ending.code == NO_STATUS:
         return 1000, ending.reason
-    if ending.side == UPSTREAM:
-        return UPSTREAM_UNREACHABLE, "upstream connection lost"
-    return GOING_AWAY, "client went away"
+    return UPSTREAM_UNREACHABLE if ending.side == UPSTREAM else GOING_AWAY, f"{ending.side}: {ending.error_message}"
 
 
 def reason_bytes(reason: str) -> bytes:

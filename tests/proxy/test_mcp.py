@@ -11,6 +11,9 @@ import asyncio
 import base64
 import dataclasses
 import os
+import signal
+import socket
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ from schemas.codec import fingerprint, history, make_decoder, raw_schema
 from tests.e2e.scan import hits, topic_bytes
 from tests.fakes.mcp_server import PROTOCOL_VERSION, FakeMcpServer
 from tests.proxy.test_app import API_KEY, free_port
+from tests.test_cli import KGB, wait_healthy
 
 BEARER = "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJrZ2ItdGVzdCJ9.c2lnbmF0dXJlLXNlY3JldA"
 
@@ -302,6 +306,28 @@ async def test_shutdown_closes_relays_with_1001_and_flushes_their_close(kafka, t
     assert (event["kind"], event["direction"], event["close_code"]) == ("CLOSE", None, 1001)
 
 
+async def test_oversized_message_closes_its_sender_with_1009_and_the_other_side_learns_why(
+    kafka, topic: str, tmp_path: Path
+) -> None:
+    async with FakeMcpServer() as server:
+        settings = settings_for(f"fake={server.url}", kafka.bootstrap, topic, tmp_path / "spool")
+        url, runner = await serve(dataclasses.replace(settings, mcp_max_message_bytes=1024))
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(url + "/?upstream=fake") as ws:
+                    await ws.send_bytes(b"x" * 2048)
+                    refused = await closing(ws)
+            (seen,) = server.connections
+            await asyncio.wait_for(seen.ended.wait(), 30)
+        finally:
+            await runner.cleanup()
+    assert refused.data == 1009
+    assert seen.frames == [] and seen.close_code == 1001
+    *_, closed = await read_mcp_events(kafka.bootstrap, topic, 2)
+    assert (closed["error_type"], closed["direction"]) == ("protocol_error", "CLIENT_TO_UPSTREAM")
+    assert "1024" in closed["error_message"]
+
+
 async def test_plain_http_gets_status_pages_or_426(stack: Stack) -> None:
     base = stack.url.replace("ws://", "http://")
     async with aiohttp.ClientSession() as session:
@@ -311,6 +337,43 @@ async def test_plain_http_gets_status_pages_or_426(stack: Stack) -> None:
             assert "kgb_events_submitted" in await metrics.text()
         async with session.get(base + "/?upstream=fake") as other:
             assert other.status == 426
+
+
+# --- `kgb proxy` as users run it ------------------------------------------------------------
+
+
+async def test_kgb_proxy_serves_the_relay_and_flushes_it_on_sigterm(kafka, topic: str, tmp_path: Path) -> None:
+    port, mcp_port = free_port(), free_port()
+    async with FakeMcpServer() as server:
+        env = {**os.environ, "KGB_KAFKA_BOOTSTRAP": kafka.bootstrap, "KGB_MCP_TOPIC": topic, "KGB_SPOOL_DIR": str(tmp_path),
+               "KGB_MCP_UPSTREAMS": f"fake={server.url}"}
+        process = await asyncio.create_subprocess_exec(
+            *KGB, "proxy", "--port", str(port), "--mcp-port", str(mcp_port), env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        await asyncio.wait_for(wait_healthy(f"http://127.0.0.1:{mcp_port}", process), 60)
+        async with aiohttp.ClientSession() as session:
+            relayed = await converse(session, f"ws://127.0.0.1:{mcp_port}/?upstream=fake", SCRIPT[:1])
+        process.send_signal(signal.SIGTERM)
+        stdout, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0
+    assert f"ws://127.0.0.1:{mcp_port}/?upstream=NAME" in stdout.decode()
+    assert orjson.loads(relayed[0][1])["result"]["protocolVersion"] == PROTOCOL_VERSION
+    events = await read_mcp_events(kafka.bootstrap, topic, 4)
+    assert [e["kind"] for e in events] == ["OPEN", "FRAME", "FRAME", "CLOSE"]
+
+
+def test_kgb_proxy_says_which_port_it_cannot_take(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "KGB_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}", "KGB_PUBLISH_STALL_SECONDS": "0.1",
+               "KGB_SPOOL_DIR": str(tmp_path)}
+        result = subprocess.run([*KGB, "proxy", "--port", str(free_port()), "--mcp-port", str(port)],
+                                capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port} (KGB_MCP_PORT)" in result.stderr
 
 
 # --- pure parts -----------------------------------------------------------------------------
@@ -338,9 +401,9 @@ def test_jsonrpc_messages_are_classified() -> None:
 @pytest.mark.parametrize(("ending", "sent"), [
     (Ending("upstream", 4000, "bye"), (4000, "bye")),
     (Ending("client", 1005), (1000, "")),
-    (Ending("client", None, "", "client_gone"), (1001, "client went away")),
-    (Ending("upstream", None, "", "upstream_gone"), (1011, "upstream connection lost")),
-    (Ending("upstream", 1006), (1011, "upstream connection lost")),
+    (Ending("client", None, "", "client_gone", "gone"), (1001, "client: gone")),
+    (Ending("upstream", None, "", "upstream_gone", "gone"), (1011, "upstream: gone")),
+    (Ending("upstream", 1006, "", None, "odd"), (1011, "upstream: odd")),
 ])
 def test_peer_gets_the_same_close_or_one_that_says_what_happened(ending: Ending, sent: tuple[int, str]) -> None:
     assert peer_close(ending) == sent
