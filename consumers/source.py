@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import KafkaError
 
 from consumers.errors import is_transient
 from kgb.config import KafkaSettings
@@ -170,11 +170,15 @@ async def retrying(
 
 
 async def commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
-    """Commit, tolerating a rebalance: whoever owns the partitions now redelivers, harmlessly."""
+    """Commit, tolerating a rebalance or a broker away: skipping a commit is always safe.
+
+    Commits are cumulative, so the next one covers these offsets; if none comes,
+    the events are delivered again and the idempotent handler changes nothing.
+    """
     try:
         await consumer.commit(offsets)
-    except (CommitFailedError, IllegalStateError) as exc:
-        log.warning("offsets not committed (%s); those events will be delivered again", exc)
+    except KafkaError as exc:
+        log.warning("offsets not committed (%s: %s); those events may be delivered again", type(exc).__name__, exc)
 
 
 async def consume(

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 import asyncpg
 import pytest
@@ -126,3 +127,20 @@ async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
 
 async def _all_committed(settings: WinniSettings, total: int) -> bool:
     return sum((await committed(settings.kafka.bootstrap, settings.group)).values()) == total
+
+
+async def test_a_broker_outage_is_waited_out(
+    kafka: Any, settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection
+) -> None:
+    async with winni(settings) as task:
+        await publish(producer, settings.kafka.topic, exchange())
+        await eventually(lambda: _all_committed(settings, 2))
+
+        await asyncio.to_thread(kafka.stop)
+        await asyncio.to_thread(kafka.start)
+        await publish(producer, settings.kafka.topic, [event for _ in range(3) for event in exchange()])
+        await eventually(lambda: count(db, "complete", 4))
+        await eventually(lambda: _all_committed(settings, 8))
+        assert not task.done()
+
+    assert await db.fetchval("SELECT count(*) FROM dead_letters") == 0
