@@ -112,7 +112,8 @@ def peer_close(ending: Ending) -> tuple[int, str]:
         return ending.code, ending.reason
     if ending.code == NO_STATUS:
         return 1000, ending.reason
-    return UPSTREAM_UNREACHABLE if ending.side == UPSTREAM else GOING_AWAY, f"{ending.side}: {ending.error_message}"
+    why = ending.error_message or f"closed with {ending.code}"
+    return UPSTREAM_UNREACHABLE if ending.side == UPSTREAM else GOING_AWAY, f"{ending.side}: {why}"
 
 
 def reason_bytes(reason: str) -> bytes:
@@ -219,7 +220,7 @@ class Recorder:
     which runs callbacks in order, so events are submitted in sequence order."""
 
     upstream: str
-    upstream_url: str | None
+    upstream_url: str | None  # as recorded: `without_credentials`
     rules: Sequence[Rule]
     extra_headers: frozenset[str]
     submit: Submit
@@ -240,7 +241,7 @@ class Recorder:
             "event_id": str(uuid.uuid4()),
             "connection_id": self.connection_id,
             "upstream": self.upstream,
-            "upstream_url": self.upstream_url and without_credentials(self.upstream_url),
+            "upstream_url": self.upstream_url,
             "sequence": next(self._sequence),
             "occurred_at": now_us(),
             "kind": kind,
@@ -321,7 +322,7 @@ async def relay(request: web.Request) -> web.WebSocketResponse:
     app, settings = request.app, request.app[SETTINGS]
     name = request.query.get("upstream", "")
     url = settings.mcp_upstreams.get(name)
-    recorder = Recorder(name, url, app[RULES], settings.redact_headers, app[PUBLISHER].submit)
+    recorder = Recorder(name, url and without_credentials(url), app[RULES], settings.redact_headers, app[PUBLISHER].submit)
     handshake = Handshake(request.rel_url.raw_path, request.rel_url.raw_query_string, list(request.headers.items()))
     if url is None:
         return await _refuse(request, recorder, handshake, Ending(PROXY, UNKNOWN_UPSTREAM, refusal(name), "unknown_upstream"))

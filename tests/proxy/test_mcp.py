@@ -25,7 +25,7 @@ from aiohttp import WSMsgType, web
 from aiokafka import AIOKafkaConsumer
 
 from kgb.config import SettingsError
-from proxy.mcp import build_mcp_app, jsonrpc_messages, peer_close, Ending, reason_bytes
+from proxy.mcp import Ending, build_mcp_app, jsonrpc_messages, peer_close, reason_bytes, without_credentials
 from proxy.settings import ProxySettings, parse_upstreams
 from schemas.codec import fingerprint, history, make_decoder, raw_schema
 from tests.e2e.scan import hits, topic_bytes
@@ -403,10 +403,14 @@ def test_jsonrpc_messages_are_classified() -> None:
     (Ending("client", 1005), (1000, "")),
     (Ending("client", None, "", "client_gone", "gone"), (1001, "client: gone")),
     (Ending("upstream", None, "", "upstream_gone", "gone"), (1011, "upstream: gone")),
-    (Ending("upstream", 1006, "", None, "odd"), (1011, "upstream: odd")),
+    (Ending("upstream", 1006), (1011, "upstream: closed with 1006")),
 ])
 def test_peer_gets_the_same_close_or_one_that_says_what_happened(ending: Ending, sent: tuple[int, str]) -> None:
     assert peer_close(ending) == sent
+
+
+def test_recorded_upstream_url_has_no_credentials() -> None:
+    assert without_credentials("wss://user:pw@127.0.0.1:9020/mcp") == "wss://127.0.0.1:9020/mcp"
 
 
 def test_close_reason_fits_a_close_frame() -> None:
