@@ -308,10 +308,10 @@ class Capture:
         self._facts: dict[str, RequestFacts] = {}
 
     def request(self, request: RequestRecord) -> None:
-        _soon(self._build_request, request)
+        soon(self._build_request, request)
 
     def response(self, request: RequestRecord, response: ResponseRecord) -> None:
-        _soon(self._build_response, request, response)
+        soon(self._build_response, request, response)
 
     def _build_request(self, request: RequestRecord) -> None:
         event, facts = request_event(request, self._policy)
@@ -325,7 +325,8 @@ class Capture:
         self._submit(response_event(request, response, facts, self._policy))
 
 
-def _soon(callback: Callable[..., None], *args: Any) -> None:
+def soon(callback: Callable[..., None], *args: Any) -> None:
+    """Run `callback` at the next turn of the loop, after the current write; its failure is logged, never raised."""
     asyncio.get_running_loop().call_soon(_guarded, callback, *args)
 
 

@@ -39,7 +39,7 @@ from aiohttp import WSMsgType, web
 from yarl import URL
 
 from proxy.app import HOP_BY_HOP, METRICS, PUBLISHER, SESSION, SETTINGS, end_to_end, health, metrics_endpoint, ready
-from proxy.capture import Submit, _soon, now_us
+from proxy.capture import Submit, soon, now_us
 from proxy.metrics import ProxyMetrics
 from proxy.publish import Publisher
 from proxy.redact import Rule, redact_body, redact_headers, redact_query, redact_text
@@ -216,7 +216,7 @@ def close_fields(ending: Ending, rules: Sequence[Rule]) -> dict[str, Any]:
 @dataclass
 class Recorder:
     """One connection's capture. Numbering and timestamps happen at once, in forwarding
-    order; redaction and the rest of the event later in the loop (proxy.capture's `_soon`),
+    order; redaction and the rest of the event later in the loop (proxy.capture's `soon`),
     which runs callbacks in order, so events are submitted in sequence order."""
 
     upstream: str
@@ -246,7 +246,7 @@ class Recorder:
             "occurred_at": now_us(),
             "kind": kind,
         }
-        _soon(self._complete, event, build, args)
+        soon(self._complete, event, build, args)
 
     def _complete(self, event: dict[str, Any], build: Callable[..., dict[str, Any]], args: tuple[Any, ...]) -> None:
         self.submit(event | build(*args))

@@ -49,7 +49,7 @@ async def test_proxy_process_serves_then_flushes_on_sigterm(kafka, topic: str, t
     env = {**os.environ, "KGB_KAFKA_BOOTSTRAP": kafka.bootstrap, "KGB_TOPIC": topic, "KGB_SPOOL_DIR": str(tmp_path)}
     async with FakeAnthropic() as fake:
         process = await asyncio.create_subprocess_exec(
-            *KGB, "proxy", "--port", str(port), "--upstream", fake.url, env=env,
+            *KGB, "proxy", "--port", str(port), "--mcp-port", str(free_port()), "--upstream", fake.url, env=env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
         url = f"http://127.0.0.1:{port}"

@@ -7,15 +7,17 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
-from schemas.codec import make_decoder
+from schemas.codec import EXCHANGE, make_decoder
 
 
-async def read_events(bootstrap: str, topic: str, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
-    """The first `count` events on `topic`, decoded, each with its Kafka key added as `_key`.
+async def read_events(
+    bootstrap: str, topic: str, count: int, timeout: float = 60.0, schema: str = EXCHANGE
+) -> list[dict[str, Any]]:
+    """The first `count` events on `topic` in partition order, decoded, each with its Kafka key added as `_key`.
 
     Fails (rather than returning fewer) when they do not all arrive within `timeout`.
     """
-    decoder = make_decoder(None)
+    decoder = make_decoder(None, schema)
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
         fetch_max_bytes=128 * 1024 * 1024, max_partition_fetch_bytes=128 * 1024 * 1024,

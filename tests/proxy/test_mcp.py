@@ -22,16 +22,16 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import WSMsgType, web
-from aiokafka import AIOKafkaConsumer
 
 from kgb.config import SettingsError
 from proxy.mcp import Ending, build_mcp_app, jsonrpc_messages, peer_close, reason_bytes, without_credentials
 from proxy.settings import ProxySettings, parse_upstreams
-from schemas.codec import fingerprint, history, make_decoder, raw_schema
+from schemas.codec import fingerprint, history, raw_schema
 from tests.e2e.scan import hits, topic_bytes
 from tests.fakes.mcp_server import PROTOCOL_VERSION, FakeMcpServer
 from tests.proxy.test_app import API_KEY, free_port
 from tests.test_cli import KGB, wait_healthy
+from tests.topic import read_events
 
 BEARER = "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJrZ2ItdGVzdCJ9.c2lnbmF0dXJlLXNlY3JldA"
 
@@ -60,27 +60,7 @@ class Stack:
         return self.url + path + (f"?upstream={name}" if name is not None else "")
 
     async def events(self, count: int) -> list[dict[str, Any]]:
-        return await read_mcp_events(self.bootstrap, self.topic, count)
-
-
-async def read_mcp_events(bootstrap: str, topic: str, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
-    """The first `count` McpEvents on `topic` in partition order, each with its Kafka key as `_key`.
-    (tests/topic.py's read_events decodes ExchangeEvents only.)"""
-    decoder = make_decoder(None, "mcp")
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
-    events: list[dict[str, Any]] = []
-    await consumer.start()
-    try:
-        async with asyncio.timeout(timeout):
-            while len(events) < count:
-                for records in (await consumer.getmany(timeout_ms=500)).values():
-                    for record in records:
-                        events.append(await decoder.decode(record.value) | {"_key": record.key})
-    except TimeoutError:
-        raise AssertionError(f"only {len(events)} of {count} events arrived on {topic}") from None
-    finally:
-        await consumer.stop()
-    return events
+        return await read_events(self.bootstrap, self.topic, count, schema="mcp")
 
 
 def settings_for(upstreams: str, bootstrap: str, topic: str, spool: Path) -> ProxySettings:
@@ -302,7 +282,7 @@ async def test_shutdown_closes_relays_with_1001_and_flushes_their_close(kafka, t
         (seen,) = server.connections
         await asyncio.wait_for(seen.ended.wait(), 30)
     assert (closed.data, seen.close_code) == (1001, 1001)
-    *_, event = await read_mcp_events(kafka.bootstrap, topic, 4)
+    *_, event = await read_events(kafka.bootstrap, topic, 4, schema="mcp")
     assert (event["kind"], event["direction"], event["close_code"]) == ("CLOSE", None, 1001)
 
 
@@ -323,7 +303,7 @@ async def test_oversized_message_closes_its_sender_with_1009_and_the_other_side_
             await runner.cleanup()
     assert refused.data == 1009
     assert seen.frames == [] and seen.close_code == 1001
-    *_, closed = await read_mcp_events(kafka.bootstrap, topic, 2)
+    *_, closed = await read_events(kafka.bootstrap, topic, 2, schema="mcp")
     assert (closed["error_type"], closed["direction"]) == ("protocol_error", "CLIENT_TO_UPSTREAM")
     assert "1024" in closed["error_message"]
 
@@ -359,7 +339,7 @@ async def test_kgb_proxy_serves_the_relay_and_flushes_it_on_sigterm(kafka, topic
     assert process.returncode == 0
     assert f"ws://127.0.0.1:{mcp_port}/?upstream=NAME" in stdout.decode()
     assert orjson.loads(relayed[0][1])["result"]["protocolVersion"] == PROTOCOL_VERSION
-    events = await read_mcp_events(kafka.bootstrap, topic, 4)
+    events = await read_events(kafka.bootstrap, topic, 4, schema="mcp")
     assert [e["kind"] for e in events] == ["OPEN", "FRAME", "FRAME", "CLOSE"]
 
 
