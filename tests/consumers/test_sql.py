@@ -37,6 +37,31 @@ EXCHANGE_COLUMNS = {
     "started_at": "timestamp with time zone", "ttfb_ms": "double precision", "duration_ms": "double precision",
     "client_disconnected": "boolean", "upstream_complete": "boolean", "response_redactions": "ARRAY",
     "created_at": "timestamp with time zone", "updated_at": "timestamp with time zone",
+    # 002_conversations
+    "conversation_id": "uuid", "reply_position": "integer", "retry_of": "uuid", "request_hash": "bytea",
+}
+TIME = "timestamp with time zone"
+CONVERSATION_TABLES = {
+    "sessions": {
+        "session_key": "text", "source": "text", "device_id": "text", "account_uuid": "text", "client": "text",
+        "client_version": "text", "title": "text", "title_at": TIME, "first_seen": TIME, "last_seen": TIME,
+    },
+    "session_revisions": {"session_key": "text", "revision": "bigint"},
+    "conversations": {
+        "id": "uuid", "session_key": "text", "ordinal": "integer", "kind": "text", "agent_id": "text",
+        "parent_agent_id": "text", "parent_conversation_id": "uuid", "summarises_conversation_id": "uuid",
+        "branch_of": "uuid", "branch_position": "integer", "model": "text", "first_exchange_id": "uuid",
+        "last_exchange_id": "uuid", "created_at": TIME, "last_at": TIME,
+    },
+    "messages": {
+        "conversation_id": "uuid", "position": "integer", "role": "text", "content": "jsonb", "content_hash": "bytea",
+        "exchange_id": "uuid", "source": "text", "partial": "boolean", "created_at": TIME,
+    },
+    "tool_calls": {
+        "conversation_id": "uuid", "tool_use_id": "text", "name": "text", "input": "jsonb", "use_exchange_id": "uuid",
+        "use_position": "integer", "used_at": TIME, "result": "jsonb", "is_error": "boolean",
+        "result_exchange_id": "uuid", "result_position": "integer", "result_at": TIME,
+    },
 }
 
 COLUMNS = """
@@ -71,7 +96,7 @@ def test_queries_are_split_on_their_name_lines() -> None:
 def test_migration_files_are_numbered() -> None:
     assert parse_migration_name("001_exchanges.sql") == (1, "exchanges")
     assert parse_migration_name("README.md") is None
-    assert [m.version for m in load_migrations(WINNI)] == [1]
+    assert [m.version for m in load_migrations(WINNI)] == [1, 2]
 
 
 def test_a_database_with_another_history_is_refused() -> None:
@@ -86,7 +111,7 @@ def test_a_database_with_another_history_is_refused() -> None:
 async def test_migrations_build_the_schema_once(database: str) -> None:
     conn = await asyncpg.connect(database)
     try:
-        assert await migrate(conn, load_migrations(WINNI), "kgb") == [1]
+        assert await migrate(conn, load_migrations(WINNI), "kgb") == [1, 2]
         first = await shape(conn, "kgb")
         constraints = [tuple(r) for r in await conn.fetch(CONSTRAINTS, "kgb")]
         assert await migrate(conn, load_migrations(WINNI), "kgb") == []
@@ -94,13 +119,21 @@ async def test_migrations_build_the_schema_once(database: str) -> None:
     finally:
         await conn.close()
 
-    assert first == {**EXPECTED_TABLES, "exchanges": EXCHANGE_COLUMNS}
+    assert first == {**EXPECTED_TABLES, **CONVERSATION_TABLES, "exchanges": EXCHANGE_COLUMNS}
     assert list(first["exchanges"]) == list(EXCHANGE_COLUMNS)
     assert constraints == [
+        ("conversations", "PRIMARY KEY", ["id"]),
+        ("conversations", "UNIQUE", ["session_key", "ordinal"]),
         ("dead_letters", "PRIMARY KEY", ["id"]),
         ("dead_letters", "UNIQUE", ["topic", "kafka_partition", "kafka_offset"]),
         ("exchanges", "PRIMARY KEY", ["exchange_id"]),
+        ("messages", "FOREIGN KEY", ["conversation_id"]),
+        ("messages", "PRIMARY KEY", ["conversation_id", "position"]),
         ("schema_migrations", "PRIMARY KEY", ["version"]),
+        ("session_revisions", "PRIMARY KEY", ["session_key"]),
+        ("sessions", "PRIMARY KEY", ["session_key"]),
+        ("tool_calls", "FOREIGN KEY", ["conversation_id"]),
+        ("tool_calls", "PRIMARY KEY", ["conversation_id", "tool_use_id"]),
     ]
 
 
@@ -111,8 +144,8 @@ async def test_two_consumers_starting_at_once_migrate_once(database: str) -> Non
         rows = await conns[0].fetch("SELECT version, name FROM kgb.schema_migrations")
     finally:
         await asyncio.gather(*(c.close() for c in conns))
-    assert sorted(applied) == [[], [], [], [1]]
-    assert [tuple(r) for r in rows] == [(1, "exchanges")]
+    assert sorted(applied) == [[], [], [], [1, 2]]
+    assert [tuple(r) for r in rows] == [(1, "exchanges"), (2, "conversations")]
 
 
 async def test_any_schema_name_gets_the_same_tables(database: str) -> None:
@@ -128,7 +161,7 @@ async def test_any_schema_name_gets_the_same_tables(database: str) -> None:
 
 
 async def test_a_failing_migration_leaves_nothing_behind(database: str) -> None:
-    broken = [*load_migrations(WINNI), Migration(2, "broken", "CREATE TABLE half_done (id int); SELECT 1/0;")]
+    broken = [*load_migrations(WINNI), Migration(3, "broken", "CREATE TABLE half_done (id int); SELECT 1/0;")]
     conn = await asyncpg.connect(database)
     try:
         with pytest.raises(asyncpg.DivisionByZeroError):

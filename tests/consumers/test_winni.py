@@ -97,7 +97,8 @@ def _comparable(row: dict[str, Any], request: dict[str, Any], response: dict[str
     """The row with what differs between two exchanges by construction taken out."""
     unique = {"exchange_id", "session_key", "request_event_id", "response_event_id", "created_at", "updated_at",
               "request_occurred_at", "response_occurred_at", "received_at", "started_at", "request_body",
-              "request_headers", "request_body_size", "message", "response_body_text"}
+              "request_headers", "request_body_size", "message", "response_body_text",
+              "conversation_id", "request_hash"}
     return {k: v for k, v in row.items() if k not in unique}
 
 

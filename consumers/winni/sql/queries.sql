@@ -103,3 +103,97 @@ WHERE e.response_event_id IS NULL;
 INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, key, value, reason, error_class)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING;
+
+-- Conversations (consumers/winni/conversations.py). Every write is keyed by a
+-- deterministic key, so a redelivered or replayed batch changes nothing.
+
+-- name: bump_revisions
+-- Locks the batch's sessions (in key order, so two writers cannot deadlock) and
+-- returns their new revisions; the caller's cached state is current only if it
+-- holds the revision before this one.
+INSERT INTO session_revisions AS r (session_key, revision)
+SELECT key, 1 FROM unnest($1::text[]) AS key ORDER BY key
+ON CONFLICT (session_key) DO UPDATE SET revision = r.revision + 1
+RETURNING session_key, revision;
+
+-- name: load_conversations
+SELECT session_key, id, kind, agent_id, summarises_conversation_id
+FROM conversations WHERE session_key = ANY($1::text[])
+ORDER BY session_key, ordinal;
+
+-- name: load_positions
+SELECT m.conversation_id, m.role, m.content_hash, m.source = 'response' AS from_response, m.partial
+FROM messages m JOIN conversations c ON c.id = m.conversation_id
+WHERE c.session_key = ANY($1::text[])
+ORDER BY m.conversation_id, m.position;
+
+-- name: load_exchanges
+SELECT e.session_key, e.exchange_id::text, e.conversation_id, e.reply_position, e.retry_of, e.request_hash, c.kind
+FROM exchanges e JOIN conversations c ON c.id = e.conversation_id
+WHERE e.session_key = ANY($1::text[]);
+
+-- name: upsert_session
+-- The first device and account seen stay; the latest client version wins.
+INSERT INTO sessions AS s (session_key, source, device_id, account_uuid, client, client_version, title, first_seen, last_seen)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (session_key) DO UPDATE SET
+    source = COALESCE(s.source, EXCLUDED.source),
+    device_id = COALESCE(s.device_id, EXCLUDED.device_id),
+    account_uuid = COALESCE(s.account_uuid, EXCLUDED.account_uuid),
+    client = COALESCE(EXCLUDED.client, s.client),
+    client_version = COALESCE(EXCLUDED.client_version, s.client_version),
+    first_seen = LEAST(s.first_seen, EXCLUDED.first_seen),
+    last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen);
+
+-- name: set_title
+UPDATE sessions SET title = $2, title_at = $3
+WHERE session_key = $1 AND (title_at IS NULL OR title_at <= $3);
+
+-- name: upsert_conversation
+-- Created once; later requests only move the last exchange forward.
+INSERT INTO conversations AS c (
+    id, session_key, ordinal, kind, agent_id, parent_agent_id, parent_conversation_id,
+    summarises_conversation_id, branch_of, branch_position, model,
+    first_exchange_id, created_at, last_exchange_id, last_at
+)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::uuid, $13, $14::text::uuid, $15)
+ON CONFLICT (id) DO UPDATE SET last_exchange_id = EXCLUDED.last_exchange_id, last_at = EXCLUDED.last_at
+WHERE c.last_at <= EXCLUDED.last_at;
+
+-- name: upsert_message
+-- Stored once per position; only a partial reply gives way, to a complete one.
+INSERT INTO messages AS m (conversation_id, position, role, content, content_hash, exchange_id, source, partial, created_at)
+VALUES ($1, $2, $3, $4::jsonb, $5, $6::text::uuid, $7, $8, $9)
+ON CONFLICT (conversation_id, position) DO UPDATE SET
+    role = EXCLUDED.role, content = EXCLUDED.content, content_hash = EXCLUDED.content_hash,
+    exchange_id = EXCLUDED.exchange_id, partial = false, created_at = EXCLUDED.created_at
+WHERE m.partial AND m.source = 'response' AND EXCLUDED.source = 'response' AND NOT EXCLUDED.partial;
+
+-- name: upsert_tool_use
+-- A result can be stored before its use (the use came in a reply not captured);
+-- a replaced partial reply rewrites the use at the same position.
+INSERT INTO tool_calls AS t (conversation_id, tool_use_id, name, input, use_exchange_id, use_position, used_at)
+VALUES ($1, $2, $3, $4::jsonb, $5::text::uuid, $6, $7)
+ON CONFLICT (conversation_id, tool_use_id) DO UPDATE SET
+    name = EXCLUDED.name, input = EXCLUDED.input, use_exchange_id = EXCLUDED.use_exchange_id,
+    use_position = EXCLUDED.use_position, used_at = EXCLUDED.used_at
+WHERE t.use_position IS NULL OR t.use_position = EXCLUDED.use_position;
+
+-- name: upsert_tool_result
+INSERT INTO tool_calls AS t (conversation_id, tool_use_id, result, is_error, result_exchange_id, result_position, result_at)
+VALUES ($1, $2, $3::jsonb, $4, $5::text::uuid, $6, $7)
+ON CONFLICT (conversation_id, tool_use_id) DO UPDATE SET
+    result = EXCLUDED.result, is_error = EXCLUDED.is_error, result_exchange_id = EXCLUDED.result_exchange_id,
+    result_position = EXCLUDED.result_position, result_at = EXCLUDED.result_at
+WHERE t.result_position IS NULL;
+
+-- name: link_exchange
+UPDATE exchanges SET conversation_id = $2, reply_position = $3, retry_of = $4::text::uuid, request_hash = $5
+WHERE exchange_id = $1::text::uuid;
+
+-- name: load_early_replies
+-- Responses stored before their request arrived; the request will place them.
+SELECT session_key, exchange_id::text, message::text, client_disconnected, upstream_complete, error_in_stream,
+       response_occurred_at
+FROM exchanges
+WHERE session_key = ANY($1::text[]) AND request_event_id IS NULL AND message IS NOT NULL;

@@ -1,0 +1,199 @@
+"""The conversations stage: each batch's events through `threads`, into the conversation tables.
+
+It runs after `store.write_exchanges`, in the same transaction, so the rows it
+links (``exchanges.conversation_id``) exist and everything commits together.
+
+The thread state of each session (stored hashes, where each exchange landed)
+is cached between batches, and read from the database only when the cache
+cannot be trusted: the first time a session is seen, or when
+``session_revisions`` says another transaction wrote it since (another winni
+after a rebalance, this one's own batch rolled back). Taking a session's state
+out of the cache for the length of a batch, and putting it back only when the
+batch's rows are written, keeps a half-applied state from ever being reused.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import asyncpg
+import orjson
+
+from consumers.source import Record
+from consumers.winni.store import queries, timestamp
+from consumers.winni.threads import (
+    THREAD_KINDS, Conversation, Placed, Position, Reply, Request, SessionState, Writes, apply_reply, apply_request,
+)
+
+# Sessions whose state stays in memory; the least recently used beyond this are read back when next seen.
+CACHED_SESSIONS = 4096
+
+
+# --- pure: events in, state from rows -----------------------------------------------
+
+
+def parse_json(raw: bytes | str | None) -> Any:
+    """The parsed body, or None when it is not JSON (it stays a raw exchange)."""
+    if not raw:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def request_of(event: dict[str, Any]) -> Request:
+    r = event["request"]
+    return Request(
+        exchange_id=event["exchange_id"],
+        session_key=event["session_key"],
+        session_source=event["session_source"],
+        path=r["path"],
+        agent_id=event["agent_id"],
+        parent_agent_id=event["parent_agent_id"],
+        client=event["client"],
+        model=r["model"],
+        body=parse_json(r["body"]),
+        at=timestamp(r["received_at"]),
+    )
+
+
+def is_partial(halves: Any) -> bool:
+    """A reply is partial when the client went away or the stream broke before its end."""
+    return bool(halves["client_disconnected"] or not halves["upstream_complete"] or halves["error_in_stream"])
+
+
+def reply_of(event: dict[str, Any]) -> Reply:
+    r = event["response"]
+    return Reply(
+        exchange_id=event["exchange_id"],
+        session_key=event["session_key"],
+        message=parse_json(r["message"]),
+        partial=is_partial(r),
+        at=timestamp(event["occurred_at"]),
+    )
+
+
+def early_reply(row: Any) -> Reply:
+    """A ``load_early_replies`` row as the reply its late request will place."""
+    return Reply(row["exchange_id"], row["session_key"], parse_json(row["message"]), is_partial(row), row["response_occurred_at"])
+
+
+def states_from_rows(
+    keys: Iterable[str], conversations: Iterable[Any], positions: Iterable[Any], exchanges: Iterable[Any],
+    early: Iterable[Any] = (),
+) -> dict[str, SessionState]:
+    """Rebuild sessions' thread state from what the tables hold (rows of the ``load_*`` queries)."""
+    states = {key: SessionState(key) for key in keys}
+    summarised: dict[str, list[tuple[str, str | None, uuid.UUID]]] = {}
+    for row in conversations:
+        state = states[row["session_key"]]
+        state.add(Conversation(_uuid(row["id"]), row["kind"], row["agent_id"]))
+        if row["summarises_conversation_id"] is not None:
+            summarised.setdefault(row["session_key"], []).append(
+                (row["kind"], row["agent_id"], _uuid(row["summarises_conversation_id"]))
+            )
+    owners = {c: s for s in states.values() for c in s.conversations}
+    for row in positions:
+        conversation_id = _uuid(row["conversation_id"])
+        owners[conversation_id].conversations[conversation_id].positions.append(
+            Position(bytes(row["content_hash"]), row["role"], row["from_response"], row["partial"])
+        )
+    for row in exchanges:
+        state = states[row["session_key"]]
+        state.exchanges[row["exchange_id"]] = Placed(_uuid(row["conversation_id"]), row["reply_position"], row["kind"])
+        if row["retry_of"] is None:
+            state.first_by_hash[bytes(row["request_hash"])] = row["exchange_id"]
+    for key, links in summarised.items():
+        states[key].compacted = pending_compactions(links)
+    for row in early:
+        states[row["session_key"]].early[row["exchange_id"]] = early_reply(row)
+    return states
+
+
+def pending_compactions(links: list[tuple[str, str | None, uuid.UUID]]) -> dict[tuple[str, str | None], uuid.UUID]:
+    """Compactions whose thread has not started its next conversation yet, from (kind, agent, summarised) in order."""
+    pending: dict[tuple[str, str | None], uuid.UUID] = {}
+    for kind, agent_id, summarised in links:
+        if kind == "compaction":
+            pending[("subagent" if agent_id else "main", agent_id)] = summarised
+        elif kind in THREAD_KINDS and pending.get((kind, agent_id)) == summarised:
+            del pending[(kind, agent_id)]
+    return pending
+
+
+def _uuid(value: Any) -> uuid.UUID:
+    """asyncpg's UUID as the standard one, so ids from rows and from uuid5 are the same keys."""
+    return value if type(value) is uuid.UUID else uuid.UUID(str(value))
+
+
+# --- async: the stage ---------------------------------------------------------------------
+
+
+class ConversationStage:
+    """A winni stage with its per-session cache; one instance per running consumer."""
+
+    def __init__(self, cached_sessions: int = CACHED_SESSIONS) -> None:
+        self._states: OrderedDict[str, tuple[int, SessionState]] = OrderedDict()
+        self._cached_sessions = cached_sessions
+
+    async def __call__(self, conn: asyncpg.Connection, records: Sequence[Record]) -> None:
+        events = [r.event for r in records]
+        keys = sorted({e["session_key"] for e in events})
+        if not keys:
+            return
+        revisions = {row["session_key"]: row["revision"] for row in await conn.fetch(queries().bump_revisions, keys)}
+        states = {key: self._take(key, revisions[key] - 1) for key in keys}
+        stale = [key for key, state in states.items() if state is None]
+        if stale:
+            states.update(await load_states(conn, stale))
+        writes = Writes()
+        for event in events:
+            state = states[event["session_key"]]
+            if event["kind"] == "REQUEST":
+                apply_request(state, request_of(event), writes)
+            else:
+                apply_reply(state, reply_of(event), writes)
+        await write(conn, writes)
+        for key in keys:
+            self._put(key, revisions[key], states[key])
+
+    def _take(self, key: str, revision: int) -> SessionState | None:
+        cached = self._states.pop(key, None)
+        return cached[1] if cached and cached[0] == revision else None
+
+    def _put(self, key: str, revision: int, state: SessionState) -> None:
+        self._states[key] = (revision, state)
+        while len(self._states) > self._cached_sessions:
+            self._states.popitem(last=False)
+
+
+async def load_states(conn: asyncpg.Connection, keys: list[str]) -> dict[str, SessionState]:
+    q = queries()
+    return states_from_rows(
+        keys,
+        await conn.fetch(q.load_conversations, keys),
+        await conn.fetch(q.load_positions, keys),
+        await conn.fetch(q.load_exchanges, keys),
+        await conn.fetch(q.load_early_replies, keys),
+    )
+
+
+async def write(conn: asyncpg.Connection, writes: Writes) -> None:
+    """Parents before children: sessions, conversations, then what refers to them."""
+    q = queries()
+    steps = (
+        (q.upsert_session, writes.sessions),
+        (q.set_title, writes.titles),
+        (q.upsert_conversation, list(writes.conversations.values())),
+        (q.upsert_message, writes.messages),
+        (q.upsert_tool_use, writes.tool_uses),
+        (q.upsert_tool_result, writes.tool_results),
+        (q.link_exchange, writes.exchanges),
+    )
+    for sql, rows in steps:
+        if rows:
+            await conn.executemany(sql, rows)

@@ -1,0 +1,550 @@
+"""Which conversation each request belongs to, and which messages it adds: pure, no I/O.
+
+Claude Code resends the whole history on every request, so the conversation
+model is rebuilt from the requests themselves: a request joins the
+conversation whose stored messages it extends, and only the positions past
+what is stored become new rows. Each message is hashed once, after
+normalising what the client varies between turns (a string content against a
+list of text blocks, where ``cache_control`` sits), and histories are compared
+hash by hash, so a 1 MB history costs one pass and no rows.
+
+One `SessionState` per session holds what the comparisons need: per
+conversation the hash, role and origin of each stored position, and per
+exchange where its request landed (so its response knows where the reply
+goes, and a redelivered request is recognised). The state is exactly what the
+tables hold (`conversations`, `messages`, `exchanges`), so the live consumer
+loads it from the database when it has none, and never re-reads bodies.
+
+Rules, in the order `apply_request` tries them:
+- a request without a ``messages`` list (``HEAD /``, ``/v1/models``) is an
+  exchange only;
+- a retry (the same body, ``stream`` aside, so the client's non-streaming
+  fallback counts) links to the exchange it repeats and adds nothing;
+- main and sub-agent requests join the most recent conversation of their
+  thread (kind and agent id) whose stored positions they extend, or that they
+  repeat a prefix of; else they start one: after a compaction, linked to the
+  conversation it summarised; after a rewind (the history diverges from a
+  stored one), as a branch of it, copied whole so it reads on its own;
+- every other kind (title, count_tokens, web_search, compaction, other) is a
+  conversation of its own per request; a compaction also records which thread
+  conversation it summarises, so the next request of that thread starts anew.
+
+An assistant reply is compared leniently: the client may resend it with
+details changed (a partial answer cut where the client stopped reading, fields
+it drops), so a position first stored from a response matches any assistant
+message; the response's version stays stored. A partial reply (client gone,
+stream broken) is stored flagged, and replaced once by a complete reply to
+the same request positions, which is what a retry brings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import orjson
+
+from consumers.kinds import kind_of
+from consumers.winni.store import jsonb_safe
+
+# Fixed forever: conversation ids derive from it, so a replay finds the same ids.
+NAMESPACE = uuid.UUID("6f1c2a52-93a4-4d0e-9a67-3f0b0c1f5e21")
+THREAD_KINDS = frozenset({"main", "subagent"})
+TITLE_LIMIT = 500
+# A request is compared with at most this many of its thread's latest conversations,
+# which bounds the cost for clients (SDK scripts) that start a new one every call.
+CANDIDATES = 32
+
+_LEGACY_USER_ID = re.compile(r"^user_([0-9a-fA-F]+)_account_([0-9a-fA-F-]*)_session_")
+_CLIENT_VERSION = re.compile(r"^[^/\s]+/(\S+)")
+_CLIENT_NAME = re.compile(r"^([^/\s]+)")
+
+KindOf = Callable[[str, "dict[str, Any] | None", "str | None"], str]
+
+
+# --- inputs ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What the thread logic needs of a request event; ``body`` is the parsed JSON or None."""
+
+    exchange_id: str
+    session_key: str
+    session_source: str
+    path: str
+    agent_id: str | None
+    parent_agent_id: str | None
+    client: str | None
+    model: str | None
+    body: Any
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the thread logic needs of a response event; ``message`` is the reassembled message."""
+
+    exchange_id: str
+    session_key: str
+    message: Any
+    partial: bool
+    at: datetime
+
+
+# --- rows (field order is the parameter order of the named query) ----------------
+
+
+class SessionRow(NamedTuple):
+    session_key: str
+    source: str | None
+    device_id: str | None
+    account_uuid: str | None
+    client: str | None
+    client_version: str | None
+    title: str | None
+    first_seen: datetime
+    last_seen: datetime
+
+
+class ConversationRow(NamedTuple):
+    id: uuid.UUID
+    session_key: str
+    ordinal: int
+    kind: str
+    agent_id: str | None
+    parent_agent_id: str | None
+    parent_conversation_id: uuid.UUID | None
+    summarises_conversation_id: uuid.UUID | None
+    branch_of: uuid.UUID | None
+    branch_position: int | None
+    model: str | None
+    first_exchange_id: str
+    created_at: datetime
+    last_exchange_id: str
+    last_at: datetime
+
+
+class MessageRow(NamedTuple):
+    conversation_id: uuid.UUID
+    position: int
+    role: str
+    content: str
+    content_hash: bytes
+    exchange_id: str
+    source: str
+    partial: bool
+    created_at: datetime
+
+
+class ToolUseRow(NamedTuple):
+    conversation_id: uuid.UUID
+    tool_use_id: str
+    name: str | None
+    input: str | None
+    exchange_id: str
+    position: int
+    at: datetime
+
+
+class ToolResultRow(NamedTuple):
+    conversation_id: uuid.UUID
+    tool_use_id: str
+    content: str | None
+    is_error: bool
+    exchange_id: str
+    position: int
+    at: datetime
+
+
+class ExchangeLink(NamedTuple):
+    exchange_id: str
+    conversation_id: uuid.UUID
+    reply_position: int
+    retry_of: str | None
+    request_hash: bytes
+
+
+class TitleRow(NamedTuple):
+    session_key: str
+    title: str
+    at: datetime
+
+
+@dataclass
+class Writes:
+    """Everything one batch changes, in the order the rows were decided."""
+
+    sessions: list[SessionRow] = field(default_factory=list)
+    titles: list[TitleRow] = field(default_factory=list)
+    conversations: dict[uuid.UUID, ConversationRow] = field(default_factory=dict)
+    messages: list[MessageRow] = field(default_factory=list)
+    tool_uses: list[ToolUseRow] = field(default_factory=list)
+    tool_results: list[ToolResultRow] = field(default_factory=list)
+    exchanges: list[ExchangeLink] = field(default_factory=list)
+
+    def touch(self, row: ConversationRow) -> None:
+        """The first row of a batch keeps its creation fields; later ones move the last exchange."""
+        seen = self.conversations.get(row.id)
+        self.conversations[row.id] = (
+            row if seen is None else seen._replace(last_exchange_id=row.last_exchange_id, last_at=row.last_at)
+        )
+
+
+# --- state ------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Position:
+    hash: bytes
+    role: str
+    from_response: bool
+    partial: bool
+
+    def accepts(self, hash_: bytes, role: str) -> bool:
+        """A stored reply matches any assistant message in its place; see the module docstring."""
+        return self.hash == hash_ or (self.from_response and role == self.role)
+
+
+@dataclass(slots=True)
+class Conversation:
+    id: uuid.UUID
+    kind: str
+    agent_id: str | None
+    positions: list[Position] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Placed:
+    """Where an exchange's request landed: its reply goes to ``reply_position``."""
+
+    conversation_id: uuid.UUID
+    reply_position: int
+    kind: str
+
+
+Thread = tuple[str, str | None]  # (kind, agent id) of main and sub-agent conversations
+
+
+@dataclass
+class SessionState:
+    key: str
+    conversations: dict[uuid.UUID, Conversation] = field(default_factory=dict)
+    threads: dict[Thread, list[Conversation]] = field(default_factory=dict)
+    exchanges: dict[str, Placed] = field(default_factory=dict)
+    first_by_hash: dict[bytes, str] = field(default_factory=dict)
+    # the conversation a compaction summarised, per thread, until that thread starts anew
+    compacted: dict[Thread, uuid.UUID] = field(default_factory=dict)
+    # replies whose request has not been seen yet, by exchange id
+    early: dict[str, Reply] = field(default_factory=dict)
+
+    def add(self, conversation: Conversation) -> None:
+        self.conversations[conversation.id] = conversation
+        if conversation.kind in THREAD_KINDS:
+            self.threads.setdefault((conversation.kind, conversation.agent_id), []).append(conversation)
+
+    def latest(self, kind: str, agent_id: str | None) -> list[Conversation]:
+        """The thread's latest conversations, most recent first."""
+        return self.threads.get((kind, agent_id), [])[:-CANDIDATES - 1:-1]
+
+
+# --- pure helpers -------------------------------------------------------------------
+
+
+def normal_content(content: Any) -> Any:
+    """A string becomes one text block; ``cache_control`` goes, also inside tool results."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if isinstance(content, list):
+        return [normal_block(block) for block in content]
+    return content
+
+
+def normal_block(block: Any) -> Any:
+    if not isinstance(block, dict):
+        return block
+    if "cache_control" not in block and not isinstance(block.get("content"), (str, list)):
+        return block
+    out = {k: v for k, v in block.items() if k != "cache_control"}
+    if block.get("type") == "tool_result" and "content" in out:
+        out["content"] = normal_content(out["content"])
+    return out
+
+
+def digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def message_hash(role: str, content: Any) -> bytes:
+    """Of the normalised message; keys sorted so a reassembled reply and a resent one agree."""
+    return digest(orjson.dumps([role, content], option=orjson.OPT_SORT_KEYS))
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str
+    content: Any
+    hash: bytes
+
+
+def normal_messages(raw: list[Any]) -> list[Message]:
+    out = []
+    for message in raw:
+        role = message.get("role") if isinstance(message, dict) else None
+        role = role if isinstance(role, str) else "unknown"
+        content = normal_content(message.get("content") if isinstance(message, dict) else message)
+        out.append(Message(role, content, message_hash(role, content)))
+    return out
+
+
+def request_hash(body: dict[str, Any], messages: list[Message]) -> bytes:
+    """Equal for a retry: the body without ``stream`` (the non-streaming fallback resends it
+    without), the messages by their hashes so they are not serialised twice."""
+    rest = {k: v for k, v in body.items() if k not in ("messages", "stream")}
+    return digest(orjson.dumps(rest, option=orjson.OPT_SORT_KEYS) + b"".join(m.hash for m in messages))
+
+
+def common_prefix(positions: list[Position], messages: list[Message]) -> int:
+    n = 0
+    for stored, message in zip(positions, messages):
+        if not stored.accepts(message.hash, message.role):
+            break
+        n += 1
+    return n
+
+
+def conversation_id(session_key: str, kind: str, agent_id: str | None, first_exchange_id: str) -> uuid.UUID:
+    return uuid.uuid5(NAMESPACE, "\x00".join((session_key, kind, agent_id or "", first_exchange_id)))
+
+
+def device_and_account(body: Any) -> tuple[str | None, str | None]:
+    """From ``metadata.user_id``: a JSON string today, ``user_<device>_account_<uuid>_session_...`` before."""
+    metadata = body.get("metadata") if isinstance(body, dict) else None
+    user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
+    if not isinstance(user_id, str):
+        return None, None
+    if user_id.startswith("{"):
+        try:
+            parsed = orjson.loads(user_id)
+        except orjson.JSONDecodeError:
+            return None, None
+        if not isinstance(parsed, dict):
+            return None, None
+        return _text(parsed.get("device_id")), _text(parsed.get("account_uuid"))
+    found = _LEGACY_USER_ID.match(user_id)
+    return (found[1], found[2] or None) if found else (None, None)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def client_and_version(user_agent: str | None) -> tuple[str | None, str | None]:
+    """``claude-cli/2.1.197 (external, cli)`` -> (``claude-cli``, ``2.1.197``)."""
+    name = _CLIENT_NAME.match(user_agent or "")
+    version = _CLIENT_VERSION.match(user_agent or "")
+    return (name[1] if name else None), (version[1] if version else None)
+
+
+def reply_text(message: dict[str, Any]) -> str:
+    return "".join(b.get("text", "") for b in message.get("content") or [] if isinstance(b, dict) and b.get("type") == "text")
+
+
+def title_of(message: dict[str, Any]) -> str | None:
+    """Claude Code asks for ``{"title": ...}`` as structured output; a plain answer is taken as it is."""
+    text = reply_text(message).strip()
+    try:
+        parsed = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("title"), str):
+        text = parsed["title"].strip()
+    return text[:TITLE_LIMIT] or None
+
+
+def content_json(content: Any) -> str:
+    return jsonb_safe(orjson.dumps(content).decode()) or "null"
+
+
+# --- the rules ------------------------------------------------------------------------
+
+
+def session_row(request: Request) -> SessionRow:
+    device, account = device_and_account(request.body)
+    client, version = client_and_version(request.client)
+    return SessionRow(
+        request.session_key, request.session_source, device, account, client, version, None, request.at, request.at
+    )
+
+
+def apply_request(state: SessionState, request: Request, writes: Writes, kind_of: KindOf = kind_of) -> None:
+    """Place one request: link its exchange, store the positions it adds."""
+    writes.sessions.append(session_row(request))
+    body = request.body
+    raw = body.get("messages") if isinstance(body, dict) else None
+    if request.exchange_id in state.exchanges or not isinstance(raw, list):
+        return
+    messages = normal_messages(raw)
+    hash_ = request_hash(body, messages)
+    repeated = state.first_by_hash.get(hash_)
+    if repeated is not None and repeated in state.exchanges:
+        original = state.exchanges[repeated]
+        _touch(state, writes, request, state.conversations[original.conversation_id], None)
+        _link(state, writes, request, original.conversation_id, original.reply_position, original.kind, hash_, repeated)
+        return
+    state.first_by_hash[hash_] = request.exchange_id
+    kind = kind_of(request.path, body, request.agent_id)
+    if kind in THREAD_KINDS:
+        conversation = _thread_conversation(state, request, kind, messages, writes)
+    else:
+        conversation = _side_conversation(state, request, kind, messages, writes)
+    for position in range(len(conversation.positions), len(messages)):
+        _store(conversation, position, messages[position], request.exchange_id, "request", False, request.at, writes)
+    _link(state, writes, request, conversation.id, len(messages), kind, hash_, None)
+
+
+def apply_reply(state: SessionState, reply: Reply, writes: Writes) -> None:
+    """Store the assistant reply where its request left room; a title lands on the session."""
+    placed = state.exchanges.get(reply.exchange_id)
+    message = reply.message
+    if not isinstance(message, dict) or not message.get("content"):
+        return
+    if placed is None:
+        state.early[reply.exchange_id] = reply
+        return
+    conversation = state.conversations[placed.conversation_id]
+    content = normal_content(message["content"])
+    stored = Message("assistant", content, message_hash("assistant", content))
+    at = placed.reply_position
+    if at == len(conversation.positions) or (at < len(conversation.positions) and _replaces(conversation.positions[at], reply)):
+        _store(conversation, at, stored, reply.exchange_id, "response", reply.partial, reply.at, writes)
+    if placed.kind == "title" and not reply.partial:
+        title = title_of(message)
+        if title:
+            writes.titles.append(TitleRow(reply.session_key, title, reply.at))
+
+
+def _replaces(position: Position, reply: Reply) -> bool:
+    return position.from_response and position.partial and not reply.partial
+
+
+def _thread_conversation(
+    state: SessionState, request: Request, kind: str, messages: list[Message], writes: Writes
+) -> Conversation:
+    """The conversation this request extends or repeats a prefix of, or a new one."""
+    best: tuple[Conversation | None, int] = (None, 0)
+    for conversation in state.latest(kind, request.agent_id):
+        n = common_prefix(conversation.positions, messages)
+        if n in (len(conversation.positions), len(messages)):
+            _touch(state, writes, request, conversation, None)
+            return conversation
+        if n > best[1]:
+            best = (conversation, n)
+    summarised = state.compacted.pop((kind, request.agent_id), None)
+    branch_of, branch_at = best if summarised is None and best[0] else (None, None)
+    return _new(state, request, kind, writes, summarised=summarised,
+                branch_of=branch_of.id if branch_of else None, branch_position=branch_at)
+
+
+def _side_conversation(
+    state: SessionState, request: Request, kind: str, messages: list[Message], writes: Writes
+) -> Conversation:
+    summarised = None
+    if kind == "compaction":
+        thread = ("subagent" if request.agent_id else "main", request.agent_id)
+        summarised = _extended(state, thread, messages)
+        if summarised is not None:
+            state.compacted[thread] = summarised
+    return _new(state, request, kind, writes, summarised=summarised)
+
+
+def _extended(state: SessionState, thread: tuple[str, str | None], messages: list[Message]) -> uuid.UUID | None:
+    """The thread conversation sharing the longest history with ``messages``."""
+    best: tuple[uuid.UUID | None, int] = (None, 0)
+    for conversation in state.latest(*thread):
+        n = common_prefix(conversation.positions, messages)
+        if n > best[1]:
+            best = (conversation.id, n)
+    return best[0]
+
+
+def _parent(state: SessionState, request: Request) -> uuid.UUID | None:
+    """A sub-agent's parent: its parent agent's latest conversation, else the main thread's."""
+    if request.agent_id is None:
+        return None
+    if request.parent_agent_id:
+        for conversation in state.latest("subagent", request.parent_agent_id):
+            return conversation.id
+    for conversation in state.latest("main", None):
+        return conversation.id
+    return None
+
+
+def _new(
+    state: SessionState, request: Request, kind: str, writes: Writes, *, summarised: uuid.UUID | None,
+    branch_of: uuid.UUID | None = None, branch_position: int | None = None,
+) -> Conversation:
+    conversation = Conversation(conversation_id(state.key, kind, request.agent_id, request.exchange_id), kind, request.agent_id)
+    state.add(conversation)
+    _touch(state, writes, request, conversation, (summarised, branch_of, branch_position))
+    return conversation
+
+
+def _touch(
+    state: SessionState, writes: Writes, request: Request, conversation: Conversation,
+    links: tuple[uuid.UUID | None, uuid.UUID | None, int | None] | None,
+) -> None:
+    """A conversation row: created with its links when ``links`` is given, else only its last exchange moves."""
+    summarised, branch_of, branch_position = links or (None, None, None)
+    writes.touch(ConversationRow(
+        conversation.id, state.key, len(state.conversations) - 1, conversation.kind, conversation.agent_id, request.parent_agent_id,
+        _parent(state, request) if links is not None else None, summarised, branch_of, branch_position,
+        request.model, request.exchange_id, request.at, request.exchange_id, request.at,
+    ))
+
+
+def _link(
+    state: SessionState, writes: Writes, request: Request, conversation_id_: uuid.UUID, reply_position: int,
+    kind: str, hash_: bytes, retry_of: str | None,
+) -> None:
+    state.exchanges[request.exchange_id] = Placed(conversation_id_, reply_position, kind)
+    writes.exchanges.append(ExchangeLink(request.exchange_id, conversation_id_, reply_position, retry_of, hash_))
+    early = state.early.pop(request.exchange_id, None)
+    if early is not None:
+        apply_reply(state, early, writes)
+
+
+def _store(
+    conversation: Conversation, position: int, message: Message, exchange_id: str, source: str, partial: bool,
+    at: datetime, writes: Writes,
+) -> None:
+    slot = Position(message.hash, message.role, source == "response", partial)
+    if position < len(conversation.positions):
+        conversation.positions[position] = slot
+    else:
+        conversation.positions.append(slot)
+    writes.messages.append(MessageRow(
+        conversation.id, position, message.role, content_json(message.content), message.hash, exchange_id, source, partial, at,
+    ))
+    for block in message.content if isinstance(message.content, list) else ():
+        _tool_rows(conversation.id, block, exchange_id, position, at, writes)
+
+
+def _tool_rows(conversation_id_: uuid.UUID, block: Any, exchange_id: str, position: int, at: datetime, writes: Writes) -> None:
+    """``tool_use`` (and the server and MCP variants) by its id; any block naming a ``tool_use_id`` is a result."""
+    if not isinstance(block, dict):
+        return
+    if str(block.get("type", "")).endswith("tool_use") and isinstance(block.get("id"), str):
+        writes.tool_uses.append(ToolUseRow(
+            conversation_id_, block["id"], _text(block.get("name")), content_json(block.get("input")), exchange_id, position, at,
+        ))
+    elif isinstance(block.get("tool_use_id"), str):
+        writes.tool_results.append(ToolResultRow(
+            conversation_id_, block["tool_use_id"], content_json(block.get("content")), block.get("is_error") is True,
+            exchange_id, position, at,
+        ))

@@ -1,0 +1,250 @@
+"""Whole Claude Code sessions as event sequences, and the conversation tables they must produce.
+
+`SessionBuilder` plays a client: each call sends one request (the thread's
+whole history, as Claude Code does) and its response, and keeps the history
+the next request of that thread resends. It also counts what the tables must
+hold, per conversation label ("main", "main#2" after a compaction, an agent
+id, "title#3"), so tests compare exact rows without recomputing the rules.
+
+`sample_session()` turns ../shared/samples into events, each answered the way
+the stand-in answered it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from tests.consumers.factories import request_event, response_event, text_message
+
+SAMPLES = Path("/work/shared/samples")
+STUB_TEXT = "Hello! This is the stub speaking."
+COMPACTION_PROMPT = (
+    "Your task is to create a detailed summary of the conversation so far, paying close attention to the "
+    "user's explicit requests and your previous actions."
+)
+CONTINUATION = "This session is being continued from a previous conversation that ran out of context. Summary: "
+HAIKU = "claude-haiku-4-5-20251001"
+
+
+def text(value: str, cache: bool = False) -> dict[str, Any]:
+    block: dict[str, Any] = {"type": "text", "text": value}
+    if cache:
+        block["cache_control"] = {"type": "ephemeral"}
+    return block
+
+
+def tool_use(tool_id: str, command: str, name: str = "Bash") -> dict[str, Any]:
+    return {"type": "tool_use", "id": tool_id, "name": name, "input": {"command": command}}
+
+
+def tool_result(tool_id: str, output: str, is_error: bool = False) -> dict[str, Any]:
+    return {"tool_use_id": tool_id, "type": "tool_result", "content": output, "is_error": is_error}
+
+
+def reply(*blocks: dict[str, Any], stop_reason: str = "end_turn") -> dict[str, Any]:
+    return {**text_message(), "content": list(blocks), "stop_reason": stop_reason}
+
+
+def without_cache_control(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What Claude Code does to older turns: the marker moves to the newest message."""
+    return [
+        {**m, "content": [{k: v for k, v in b.items() if k != "cache_control"} for b in m["content"]]}
+        if isinstance(m["content"], list) else m
+        for m in messages
+    ]
+
+
+@dataclass
+class SessionBuilder:
+    session_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    events: list[dict[str, Any]] = field(default_factory=list)
+    histories: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    positions: Counter[str] = field(default_factory=Counter)  # label -> message rows expected
+    tool_calls: int = 0
+    conversations: int = 0
+    _labels: dict[str, str] = field(default_factory=dict)  # thread -> its current conversation label
+    _tools: int = 0
+
+    def exchange(
+        self, thread: str, messages: list[dict[str, Any]], answer: dict[str, Any] | None, *,
+        agent_id: str | None = None, parent_agent_id: str | None = None, body: bytes | None = None,
+        path: str = "/v1/messages", **response: Any,
+    ) -> dict[str, Any]:
+        """One request with ``messages`` and its response carrying ``answer`` (None: an error)."""
+        overrides: dict[str, Any] = {"path": path}
+        if body is not None:
+            overrides["body"] = body
+        request = request_event(
+            session_id=self.session_id, agent_id=agent_id, parent_agent_id=parent_agent_id,
+            messages=without_cache_control(messages[:-1]) + messages[-1:], **overrides,
+        )
+        if answer is None:
+            response.setdefault("error", ("overloaded_error", "Overloaded"))
+        self.events += [request, response_event(request=request, message=answer, sse=False, **response)]
+        return request
+
+    def turn(self, thread: str, *content: dict[str, Any], answer: dict[str, Any], retries: int = 0,
+             partial: bool = False, agent_id: str | None = None, parent_agent_id: str | None = None) -> None:
+        """The user (or a tool result) speaks in ``thread``; ``retries`` failed attempts come first."""
+        history = self.histories.setdefault(thread, [])
+        if thread not in self._labels:
+            self._start(thread, thread)
+        history.append({"role": "user", "content": [*content[:-1], {**content[-1], "cache_control": {"type": "ephemeral"}}]})
+        self.positions[self._labels[thread]] += 1
+        for _ in range(retries):
+            self.exchange(thread, history, None, agent_id=agent_id, parent_agent_id=parent_agent_id)
+        disconnected = {"client_disconnected": True} if partial else {}
+        self.exchange(thread, history, answer, agent_id=agent_id, parent_agent_id=parent_agent_id, **disconnected)
+        history.append({"role": "assistant", "content": answer["content"]})
+        self.positions[self._labels[thread]] += 1
+        self._count_tools(answer["content"])
+
+    def tool_turn(self, thread: str, command: str, output: str, **switches: Any) -> None:
+        """The model runs a command, then the client sends its result back."""
+        self._tools += 1
+        tool_id = f"toolu_{self._tools:024d}"
+        self.turn(thread, text(f"please run {command}"), answer=reply(tool_use(tool_id, command), stop_reason="tool_use"), **switches)
+        self.turn(thread, tool_result(tool_id, output), answer=reply(text(f"It printed {output}.")), **switches)
+
+    def title(self, prompt: str, title: str) -> None:
+        """The side request Claude Code sends beside the main thread, answered as structured output."""
+        messages = [{"role": "user", "content": [text(f"<session>\n{prompt}\n</session>")]}]
+        body = orjson.dumps({
+            "model": HAIKU, "messages": messages, "system": [text("Generate a title.")], "tools": [],
+            "metadata": {"user_id": orjson.dumps({"device_id": "cf7deb13", "account_uuid": "", "session_id": self.session_id}).decode()},
+            "max_tokens": 32000, "thinking": {"type": "disabled"}, "temperature": 1,
+            "output_config": {"format": {"type": "json_schema", "schema": {"type": "object", "properties": {"title": {"type": "string"}}}}},
+            "stream": True,
+        })
+        self.exchange("title", messages, reply(text(orjson.dumps({"title": title}).decode())), body=body)
+        self._side("title", 2)
+
+    def count_tokens(self, value: str) -> None:
+        messages = [{"role": "user", "content": value}]
+        body = orjson.dumps({"model": "claude-opus-4-8", "messages": messages, "tools": []})
+        self.exchange("count_tokens", messages, {"input_tokens": 9}, body=body, path="/v1/messages/count_tokens")
+        self._side("count_tokens", 1)
+
+    def compact(self, thread: str = "main") -> None:
+        """The summary request, then the thread starts again from the summary."""
+        history = self.histories[thread]
+        summary = f"the first {len(history)} messages, summarised"
+        self.exchange(thread, [*history, {"role": "user", "content": [text(COMPACTION_PROMPT)]}], reply(text(summary)))
+        self._side("compaction", len(history) + 2)
+        self.histories[thread] = [{"role": "user", "content": [text(CONTINUATION + summary)]}]
+        self._start(thread, f"{thread}#{self.conversations}")
+        self.positions[self._labels[thread]] += 1
+        history = self.histories[thread]
+        self.exchange(thread, history, reply(text("Continuing.")))
+        history.append({"role": "assistant", "content": [text("Continuing.")]})
+        self.positions[self._labels[thread]] += 1
+
+    def _start(self, thread: str, label: str) -> None:
+        self._labels[thread] = label
+        self.conversations += 1
+
+    def _side(self, kind: str, positions: int) -> None:
+        self.conversations += 1
+        self.positions[f"{kind}#{self.conversations}"] = positions
+
+    def _count_tools(self, content: list[dict[str, Any]]) -> None:
+        self.tool_calls += sum(1 for block in content if block.get("type") == "tool_use")
+
+    @property
+    def messages(self) -> int:
+        return sum(self.positions.values())
+
+
+def long_session(turns: int = 200) -> SessionBuilder:
+    """A generated session of ``turns`` main-thread turns with everything Claude Code does in one.
+
+    Every 10th turn runs a tool, every 25th spawns a sub-agent that runs a tool and
+    itself a nested sub-agent, every 20th is retried twice after 529s, every 30th
+    is interrupted (its partial reply resent as history), every 40th asks for
+    a title and counts tokens, and the session is compacted once in the middle.
+    """
+    s = SessionBuilder()
+    for n in range(turns):
+        if n == turns // 2:
+            s.compact()
+        if n % 40 == 0:
+            s.title(f"prompt {n}", f"Title at turn {n}")
+            s.count_tokens(f"count {n}")
+        if n % 25 == 5:
+            _sub_agent(s, n)
+        if n % 10 == 3:
+            s.tool_turn("main", f"echo {n}", f"{n}")
+            continue
+        partial = n % 30 == 7
+        answer = reply(text(f"Answer {n}, cut" if partial else f"Answer {n}."))
+        s.turn("main", text(f"Question {n}"), answer=answer, retries=2 if n % 20 == 9 else 0, partial=partial)
+    return s
+
+
+def _sub_agent(s: SessionBuilder, n: int) -> None:
+    agent, nested = f"a{n:016x}", f"b{n:016x}"
+    s.turn(agent, text(f"Sub-task {n}"), answer=reply(text("Starting.")), agent_id=agent)
+    s.tool_turn(agent, f"ls {n}", "file", agent_id=agent)
+    s.turn(nested, text(f"Nested task {n}"), answer=reply(text("Nested done.")), agent_id=nested, parent_agent_id=agent)
+    s.turn(agent, text("Report."), answer=reply(text(f"Sub-task {n} done.")), agent_id=agent)
+
+
+# --- the samples -----------------------------------------------------------------
+
+
+def load_samples() -> list[dict[str, Any]]:
+    return [json.loads(path.read_text()) for path in sorted(SAMPLES.glob("[0-9]*.json"))]
+
+
+def sample_events() -> list[dict[str, Any]]:
+    """Every sample as a request event and the response the stand-in gave it."""
+    samples = load_samples()
+    events: list[dict[str, Any]] = []
+    for index, sample in enumerate(samples):
+        headers = {name.lower(): value for name, value in sample["headers"]}
+        session = headers.get("x-claude-code-session-id") or "anonymous:Bun"
+        body = sample["body"]
+        raw = orjson.dumps(body) if body is not None else b""
+        request = request_event(
+            session_id=session, agent_id=headers.get("x-claude-code-agent-id"),
+            method=sample["method"], path=sample["path"], query=sample["query"], body=raw, body_size=len(raw),
+            model=body.get("model") if isinstance(body, dict) else None,
+        )
+        events += [request, _stub_response(request, sample, samples[index + 1:])]
+    return events
+
+
+def _stub_response(request: dict[str, Any], sample: dict[str, Any], later: list[dict[str, Any]]) -> dict[str, Any]:
+    """The stand-in's answer. Its log says "stream text" for the two broken streams the
+    samples README describes (055: empty, 062: an error event after message_start)."""
+    if sample["seq"] == 55:
+        event = response_event(request=request, upstream_complete=False, body=b"")
+        event["response"]["message"] = None
+        return event
+    if sample["seq"] == 62:
+        return response_event(request=request, error=("overloaded_error", "Overloaded"), error_in_stream=True)
+    return response_event(request=request, sse=False, **_stub_answer(sample, later))
+
+
+def _stub_answer(sample: dict[str, Any], later: list[dict[str, Any]]) -> dict[str, Any]:
+    """A text, the tool_use the session's next request carries, an error, a count."""
+    stub = sample["stub_response"]
+    if stub.startswith("injected error"):
+        _, _, status, error_type = stub.split()
+        return {"error": (error_type, "Overloaded"), "status": int(status)}
+    if stub.startswith("count_tokens"):
+        return {"message": {"input_tokens": int(stub.split()[1])}}
+    if stub == "404 unhandled":
+        return {"error": ("not_found_error", "Not found")}
+    if stub == "stream tool":
+        n = len(sample["body"]["messages"])
+        follow = next(s for s in later if s["body"] and len(s["body"].get("messages", [])) > n)
+        return {"message": reply(*follow["body"]["messages"][n]["content"], stop_reason="tool_use")}
+    return {"message": reply(text(STUB_TEXT))}
