@@ -94,6 +94,7 @@ class PublishSettings:
     spool_dir: Path = field(default_factory=lambda: default_spool_dir(os.environ))
     spool_max_bytes: int = 1024 * MiB
     queue_max_events: int = 10_000
+    queue_max_bytes: int = 256 * MiB
     max_event_bytes: int = 64 * MiB
     compression: str = "zstd"
     linger_ms: int = 5
@@ -113,6 +114,7 @@ class PublishSettings:
             spool_dir=Path(spool_dir).expanduser() if spool_dir else default_spool_dir(env),
             spool_max_bytes=env_int(env, "KGB_SPOOL_MAX_BYTES", cls.spool_max_bytes),
             queue_max_events=env_int(env, "KGB_QUEUE_MAX_EVENTS", cls.queue_max_events),
+            queue_max_bytes=env_int(env, "KGB_QUEUE_MAX_BYTES", cls.queue_max_bytes),
             max_event_bytes=env_int(env, "KGB_MAX_EVENT_BYTES", cls.max_event_bytes),
             compression=compression,
             linger_ms=env_int(env, "KGB_KAFKA_LINGER_MS", cls.linger_ms),
@@ -147,6 +149,14 @@ class InFlight:
     record: Record
     future: asyncio.Future
     sent_at: float
+
+
+def body_bytes(event: Mapping[str, Any]) -> int:
+    """What an event weighs in memory, near enough: its bodies (or payload), which dwarf the rest."""
+    halves = [event.get("request"), event.get("response")]
+    sizes = [len(half["body"]) for half in halves if isinstance(half, dict)]
+    payload = event.get("payload")
+    return sum(sizes) + (len(payload) if isinstance(payload, bytes) else 0)
 
 
 def label_of(event: Mapping[str, Any]) -> str:
@@ -211,6 +221,7 @@ class Publisher:
         self._schema = schema
         self._key_field = key_field
         self._queue: asyncio.Queue[dict] = asyncio.Queue(maxsize=settings.queue_max_events)
+        self._queued_bytes = 0
         self._encoder: Encoder = single_object_encoder(schema)
         self._registered = settings.kafka.schema_registry_url is None
         self._limit = settings.max_event_bytes
@@ -240,11 +251,16 @@ class Publisher:
         if self._closing:
             self._drop(event, "closed", "publisher is closed")
             return
+        size = body_bytes(event)
+        if self._queued_bytes + size > self.settings.queue_max_bytes and not self._queue.empty():
+            self._drop(event, "queue_full", f"queue holds KGB_QUEUE_MAX_BYTES={self.settings.queue_max_bytes}")
+            return
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
             self._drop(event, "queue_full", f"queue holds KGB_QUEUE_MAX_EVENTS={self.settings.queue_max_events}")
             return
+        self._queued_bytes += size
         self._queue_full_logged = False
         self.metrics.queue_depth.set(self._queue.qsize())
 
@@ -306,6 +322,7 @@ class Publisher:
         leftovers = self._spill() if self._direct else []
         self._direct = False
         events = self._taken + [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+        self._queued_bytes = 0
         self._taken = []
         leftovers += [r for r in map(self._encode, events) if r is not None]
         self._echo.clear()
@@ -328,6 +345,7 @@ class Publisher:
         events = [await self._queue.get()]
         while len(events) < PUMP_BATCH and not self._queue.empty():
             events.append(self._queue.get_nowait())
+        self._queued_bytes -= sum(map(body_bytes, events))
         return events
 
     def _encode(self, event: dict) -> Record | None:

@@ -277,6 +277,17 @@ async def test_full_queue_drops_and_counts_without_blocking(kafka: Any, topic: s
     assert value(metrics, "kgb_events_submitted_total") == 8
 
 
+async def test_queue_is_bounded_in_bytes_too(kafka: Any, topic: str, tmp_path: Path) -> None:
+    metrics = ProxyMetrics()
+    big = 100_000
+    async with running(settings(kafka, topic, tmp_path, queue_max_bytes=3 * big), metrics) as publisher:
+        for i in range(5):
+            publisher.submit(event(i, body_size=big))
+        events = await read_events(kafka.bootstrap, topic, 3)
+    assert sorted(number(e) for e in events) == [0, 1, 2]
+    assert value(metrics, "kgb_events_dropped_total", reason="queue_full") == 2
+
+
 def test_settings_from_env() -> None:
     env = {
         "KGB_KAFKA_BOOTSTRAP": "127.0.0.1:9999", "KGB_TOPIC": "t", "KGB_SPOOL_DIR": "/var/spool/kgb",
