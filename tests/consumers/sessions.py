@@ -52,6 +52,15 @@ def reply(*blocks: dict[str, Any], stop_reason: str = "end_turn") -> dict[str, A
     return {**text_message(), "content": list(blocks), "stop_reason": stop_reason}
 
 
+def answered(request: dict[str, Any], message: dict[str, Any] | None, **switches: Any) -> dict[str, Any]:
+    """The JSON response carrying ``message``; a count_tokens answer has no usage object."""
+    if message is None or "usage" in message:
+        return response_event(request=request, message=message, sse=False, **switches)
+    event = response_event(request=request, message={**message, "usage": {}, "stop_reason": None}, sse=False, **switches)
+    event["response"].update(body=orjson.dumps(message), message=orjson.dumps(message).decode(), usage=None, stop_reason=None)
+    return event
+
+
 def without_cache_control(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """What Claude Code does to older turns: the marker moves to the newest message."""
     return [
@@ -87,7 +96,7 @@ class SessionBuilder:
         )
         if answer is None:
             response.setdefault("error", ("overloaded_error", "Overloaded"))
-        self.events += [request, response_event(request=request, message=answer, sse=False, **response)]
+        self.events += [request, answered(request, answer, **response)]
         return request
 
     def turn(self, thread: str, *content: dict[str, Any], answer: dict[str, Any], retries: int = 0,
@@ -138,6 +147,8 @@ class SessionBuilder:
         summary = f"the first {len(history)} messages, summarised"
         self.exchange(thread, [*history, {"role": "user", "content": [text(COMPACTION_PROMPT)]}], reply(text(summary)))
         self._side("compaction", len(history) + 2)
+        for message in history:  # the compaction's copy of the history has its own tool calls
+            self._count_tools(message["content"])
         self.histories[thread] = [{"role": "user", "content": [text(CONTINUATION + summary)]}]
         self._start(thread, f"{thread}#{self.conversations}")
         self.positions[self._labels[thread]] += 1
@@ -230,7 +241,8 @@ def _stub_response(request: dict[str, Any], sample: dict[str, Any], later: list[
         return event
     if sample["seq"] == 62:
         return response_event(request=request, error=("overloaded_error", "Overloaded"), error_in_stream=True)
-    return response_event(request=request, sse=False, **_stub_answer(sample, later))
+    answer = _stub_answer(sample, later)
+    return answered(request, answer.pop("message", None), **answer)
 
 
 def _stub_answer(sample: dict[str, Any], later: list[dict[str, Any]]) -> dict[str, Any]:

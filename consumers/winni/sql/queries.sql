@@ -192,8 +192,9 @@ UPDATE exchanges SET conversation_id = $2, reply_position = $3, retry_of = $4::t
 WHERE exchange_id = $1::text::uuid;
 
 -- name: load_early_replies
--- Responses stored before their request arrived; the request will place them.
+-- Replies not placed yet: their request is late (or is in this very batch, its
+-- half already written by the exchanges stage); the request will place them.
 SELECT session_key, exchange_id::text, message::text, client_disconnected, upstream_complete, error_in_stream,
        response_occurred_at
 FROM exchanges
-WHERE session_key = ANY($1::text[]) AND request_event_id IS NULL AND message IS NOT NULL;
+WHERE session_key = ANY($1::text[]) AND conversation_id IS NULL AND message ? 'content';
