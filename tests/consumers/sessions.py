@@ -12,18 +12,16 @@ the stand-in answered it.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
 
+from tests.claude_samples import load_samples
 from tests.consumers.factories import request_event, response_event, text_message
 
-SAMPLES = Path("/work/shared/samples")
 STUB_TEXT = "Hello! This is the stub speaking."
 COMPACTION_PROMPT = (
     "Your task is to create a detailed summary of the conversation so far, paying close attention to the "
@@ -208,10 +206,6 @@ def _sub_agent(s: SessionBuilder, n: int) -> None:
 
 
 # --- the samples -----------------------------------------------------------------
-
-
-def load_samples() -> list[dict[str, Any]]:
-    return [json.loads(path.read_text()) for path in sorted(SAMPLES.glob("[0-9]*.json"))]
 
 
 def sample_events() -> list[dict[str, Any]]:

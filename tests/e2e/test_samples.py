@@ -1,4 +1,4 @@
-"""Real Claude Code requests (../shared/samples) replayed through the pipeline.
+"""Real Claude Code requests (tests/data/samples) replayed through the pipeline.
 
 Each sample is sent as recorded (method, path, query, headers in wire order,
 body) with the fake scripted to answer as the recording's stand-in did, one
@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict
 
 from tests.e2e.conftest import Pipeline
+from tests.claude_samples import sample_files
 from tests.fakes.anthropic import (
     Reply,
     count_tokens,
@@ -33,7 +33,6 @@ from tests.fakes.anthropic import (
     tool_use_stream,
 )
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples"
 ACTUAL = {"055": "empty stream", "062": "stream error"}
 NOT_REPLAYED = frozenset({"content-length"})  # the body is re-serialised from its parsed form; aiohttp counts it again
 
@@ -62,9 +61,7 @@ class Sample:
 
 def load_samples() -> list[Sample]:
     """Every recording, in arrival order; a missing directory fails the run rather than testing nothing."""
-    files = sorted(SAMPLES.glob("[0-9]*.json"))
-    assert files, f"no samples in {SAMPLES}: the replay test needs ../shared/samples"
-    return [sample_from(path.stem, json.loads(path.read_text())) for path in files]
+    return [sample_from(path.stem, json.loads(path.read_text())) for path in sample_files()]
 
 
 def sample_from(name: str, raw: dict[str, Any]) -> Sample:
