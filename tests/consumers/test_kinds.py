@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import copy
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from consumers.kinds import KINDS, kind_of
+from tests.claude_samples import load_sample, sample_files
 from tests.consumers.sessions import COMPACTION_PROMPT
-
-SAMPLES = Path("/work/shared/samples")
 
 # What each sample is, from the samples README: start-up HEADs, the main thread
 # (including retries, the empty stream and its non-streaming fallback), title
@@ -26,26 +23,22 @@ EXPECTED = {
 }
 
 
-def sample(number: str) -> dict[str, Any]:
-    return json.loads((SAMPLES / f"{number}.json").read_text())
-
-
 def kind_of_sample(data: dict[str, Any]) -> str:
     headers = {name.lower(): value for name, value in data["headers"]}
     return kind_of(data["path"], data["body"], headers.get("x-claude-code-agent-id"))
 
 
 def test_every_sample_is_listed() -> None:
-    assert sorted(p.stem for p in SAMPLES.glob("[0-9]*.json")) == sorted(EXPECTED)
+    assert sorted(p.stem for p in sample_files()) == sorted(EXPECTED)
 
 
 @pytest.mark.parametrize("number", sorted(EXPECTED))
 def test_sample(number: str) -> None:
-    assert kind_of_sample(sample(number)) == EXPECTED[number]
+    assert kind_of_sample(load_sample(number)) == EXPECTED[number]
 
 
 def main_body() -> dict[str, Any]:
-    return copy.deepcopy(sample("010")["body"])
+    return copy.deepcopy(load_sample("010")["body"])
 
 
 def test_agent_id_makes_a_subagent() -> None:
@@ -108,13 +101,13 @@ def test_web_search_offered_but_not_forced_is_not_a_web_search(choice: dict[str,
 
 
 def test_title_needs_a_title_in_its_schema() -> None:
-    body = copy.deepcopy(sample("009")["body"])
+    body = copy.deepcopy(load_sample("009")["body"])
     body["output_config"]["format"]["schema"]["properties"] = {"suggestion": {"type": "string"}}
     assert kind_of("/v1/messages", body, None) == "other"
 
 
 def test_title_needs_no_tools() -> None:
-    body = copy.deepcopy(sample("009")["body"])
+    body = copy.deepcopy(load_sample("009")["body"])
     body["tools"] = main_body()["tools"]
     assert kind_of("/v1/messages", body, None) == "main"
 
@@ -133,7 +126,7 @@ def test_what_fits_nothing_is_other(path: str, body: dict[str, Any] | None) -> N
 
 
 def test_count_tokens_whoever_asks() -> None:
-    assert kind_of("/v1/messages/count_tokens", sample("022")["body"], "a4f1c2b3d4e5f607") == "count_tokens"
+    assert kind_of("/v1/messages/count_tokens", load_sample("022")["body"], "a4f1c2b3d4e5f607") == "count_tokens"
 
 
 def test_kinds_are_the_listed_ones() -> None:
