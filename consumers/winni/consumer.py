@@ -1,8 +1,8 @@
 """`kgb consume winni`: exchange events into PostgreSQL, one transaction per batch.
 
-Each batch runs a list of stages inside one transaction: today only
-`store.write_exchanges`; issue #3 appends the conversation stages, which then
-see the same valid records and commit or roll back with the exchanges. Messages
+Each batch runs a list of stages inside one transaction: `store.write_exchanges`,
+then the conversation stage (`conversations.ConversationStage`), which sees the
+same valid records and commits or rolls back with the exchanges. Messages
 that did not decode, and events that break the contract, go to
 ``dead_letters`` in the same transaction.
 
@@ -36,6 +36,7 @@ from consumers.errors import InvalidEvent, is_transient
 from consumers.source import Batch, Handler, Record, Reject, consume, make_consumer, retrying
 from consumers.sql import load_migrations, migrate
 from consumers.winni import store
+from consumers.winni.conversations import ConversationStage
 from consumers.winni.settings import WinniSettings
 from schemas.codec import make_decoder
 from schemas.errors import clip
@@ -44,7 +45,12 @@ from schemas.registry import Registry
 log = logging.getLogger(__name__)
 
 Stage = Callable[[asyncpg.Connection, Sequence[Record]], Awaitable[None]]
-STAGES: tuple[Stage, ...] = (store.write_exchanges,)
+
+
+def default_stages() -> tuple[Stage, ...]:
+    """A fresh set per run: the conversation stage caches each session's thread state."""
+    return (store.write_exchanges, ConversationStage())
+
 REGISTRY_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 # What a single event can do wrong on its way into the database: refused by the
@@ -140,8 +146,8 @@ async def handle(pool: asyncpg.Pool, stages: Sequence[Stage], writers: int, batc
         await write_one_by_one(pool, stages, records, rejects)
 
 
-def make_handler(pool: asyncpg.Pool, stages: Sequence[Stage] = STAGES, writers: int = 1) -> Handler:
-    return partial(handle, pool, stages, writers)
+def make_handler(pool: asyncpg.Pool, stages: Sequence[Stage] | None = None, writers: int = 1) -> Handler:
+    return partial(handle, pool, default_stages() if stages is None else stages, writers)
 
 
 async def open_pool(settings: WinniSettings) -> asyncpg.Pool:
@@ -161,9 +167,12 @@ async def apply_migrations(pool: asyncpg.Pool, schema: str) -> list[int]:
     return applied
 
 
-async def run(settings: WinniSettings, stop: asyncio.Event | None = None, stages: Sequence[Stage] = STAGES) -> None:
+async def run(
+    settings: WinniSettings, stop: asyncio.Event | None = None, stages: Sequence[Stage] | None = None
+) -> None:
     """Migrate, then consume until ``stop`` is set; waits for PostgreSQL if it is not up yet."""
     stop = stop or asyncio.Event()
+    stages = default_stages() if stages is None else stages
     log.info("winni starting: %r", settings)
     pool = await retrying(partial(open_pool, settings), "connecting to PostgreSQL", stop, settings.backoff)
     if pool is None:

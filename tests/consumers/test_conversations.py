@@ -1,0 +1,248 @@
+"""Conversation tables built by `kgb consume winni` from realistic sessions on a real topic."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from consumers.winni import WinniSettings
+from tests.consumers.conftest import count, eventually, publish, winni
+from tests.consumers.sessions import STUB_TEXT, SessionBuilder, long_session, reply, sample_events, text
+
+CONVERSATIONS = """
+SELECT c.ordinal, c.kind, c.agent_id, count(m.position) AS messages
+FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id
+WHERE c.session_key = $1 GROUP BY c.id ORDER BY c.ordinal
+"""
+MESSAGES = """
+SELECT m.position, m.role, m.source, m.partial, m.content, m.exchange_id::text
+FROM messages m JOIN conversations c ON c.id = m.conversation_id
+WHERE c.session_key = $1 AND c.kind = $2 ORDER BY m.position
+"""
+
+
+async def settled(db: asyncpg.Connection, events: list[dict[str, Any]]) -> None:
+    """Wait until every exchange is stored with both halves."""
+    exchanges = len({e["exchange_id"] for e in events})
+
+    async def done() -> bool:
+        try:
+            return await db.fetchval(
+                "SELECT count(*) FROM exchanges WHERE request_event_id IS NOT NULL AND response_event_id IS NOT NULL"
+            ) == exchanges
+        except asyncpg.UndefinedTableError:
+            return False
+
+    await eventually(done)
+
+
+async def snapshot(db: asyncpg.Connection) -> dict[str, list[tuple[Any, ...]]]:
+    """Every conversation table, row for row, in a stable order, each row with its session key."""
+    return {name: [tuple(r) for r in await db.fetch(sql)] for name, sql in SNAPSHOT.items()}
+
+
+SNAPSHOT = {
+    "sessions": "SELECT * FROM sessions ORDER BY 1",
+    "conversations": "SELECT * FROM conversations ORDER BY 1",
+    "messages": "SELECT c.session_key, m.* FROM messages m JOIN conversations c ON c.id = m.conversation_id ORDER BY 2, 3",
+    "tool_calls": "SELECT c.session_key, t.* FROM tool_calls t JOIN conversations c ON c.id = t.conversation_id ORDER BY 2, 3",
+    "exchanges": "SELECT session_key, exchange_id, conversation_id, reply_position, retry_of, request_hash FROM exchanges ORDER BY 2",
+}
+
+
+def roles(rows: list[asyncpg.Record]) -> list[tuple[str, str]]:
+    return [(r["role"], r["source"]) for r in rows]
+
+
+async def test_the_samples_become_their_conversations(
+    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection
+) -> None:
+    events = sample_events()
+    await publish(producer, settings.kafka.topic, events)
+    async with winni(settings):
+        await settled(db, events)
+
+    interactive = "b6b030ed-8b02-4e1a-875c-3bb826d4ff3a"
+    assert [tuple(r) for r in await db.fetch(CONVERSATIONS, interactive)] == [
+        (0, "title", None, 2), (1, "main", None, 13), (2, "title", None, 2),
+        (3, "count_tokens", None, 1), (4, "count_tokens", None, 1),
+    ]
+    main = await db.fetch(MESSAGES, interactive, "main")
+    assert [r["position"] for r in main] == list(range(13))
+    assert roles(main) == [
+        ("user", "request"), ("system", "request"), ("assistant", "response"), ("user", "request"),
+        ("assistant", "response"), ("user", "request"), ("assistant", "response"), ("user", "request"),
+        ("assistant", "response"), ("user", "request"), ("assistant", "request"), ("user", "request"),
+        ("assistant", "response"),
+    ]
+    # "now another one about mountains" came as a string, then as a block with cache_control: one row.
+    assert orjson.loads(main[3]["content"]) == [{"type": "text", "text": "now another one about mountains"}]
+    assert orjson.loads(main[12]["content"]) == [{"type": "text", "text": STUB_TEXT}]
+
+    # 030 and 031 failed with 529; 032 repeats 030 and brings the reply.
+    retries = await db.fetch(
+        "SELECT exchange_id::text, retry_of::text, reply_position, status FROM exchanges "
+        "WHERE session_key = $1 AND reply_position = 12 ORDER BY received_at", interactive,
+    )
+    first = retries[0]["exchange_id"]
+    assert [(r["retry_of"], r["status"]) for r in retries] == [(None, 529), (first, 529), (first, 200)]
+    assert main[12]["exchange_id"] == retries[2]["exchange_id"]
+
+    tool = await db.fetchrow("SELECT * FROM tool_calls t JOIN conversations c ON c.id = t.conversation_id WHERE c.session_key = $1", interactive)
+    assert (tool["name"], tool["use_position"], tool["result_position"], tool["is_error"]) == ("Bash", 6, 7, False)
+    assert orjson.loads(tool["result"]) == [{"type": "text", "text": "hello-from-tool"}]
+
+    session = await db.fetchrow("SELECT * FROM sessions WHERE session_key = $1", interactive)
+    assert (session["client"], session["client_version"], session["source"]) == ("claude-cli", "2.1.197", "header")
+    assert session["device_id"] == "e04daec3c9cd1396e01348e6e533dac03027d7e6ec36446c0f9e7a87ac6c3243"
+    assert session["title"] == STUB_TEXT  # the stand-in answered titles in plain text
+
+    # 055 was an empty stream; 056, its non-streaming fallback without `stream`, is its retry.
+    fallback = await db.fetch(MESSAGES, "f910a848-8baa-4c5e-9588-8e80f7795a9f", "main")
+    assert len(fallback) == 17 and roles(fallback)[-1] == ("assistant", "response")
+    assert await db.fetchval(
+        "SELECT count(*) FROM exchanges WHERE session_key = 'f910a848-8baa-4c5e-9588-8e80f7795a9f' AND retry_of IS NOT NULL"
+    ) == 1
+    # Thinking keeps its signature.
+    assert orjson.loads(fallback[4]["content"])[0]["signature"].startswith("c3R1Yi1zaWduYXR1cmU")
+
+    # `claude -p -c`: the same session continued by a new process extends the same conversation.
+    continued = await db.fetch(MESSAGES, "f07a70d5-1791-4efe-9144-38f7f527e83b", "main")
+    assert roles(continued) == [
+        ("user", "request"), ("system", "request"), ("assistant", "response"), ("user", "request"),
+        ("assistant", "response"), ("user", "request"), ("assistant", "response"),
+    ]
+    # 062's stream broke with an error event; 063 repeats it and answers.
+    assert roles(await db.fetch(MESSAGES, "324dd466-3076-43c0-bd81-1ef6b35c9c15", "main"))[-1] == ("assistant", "response")
+
+    assert await db.fetchval("SELECT count(*) FROM conversations") == 10
+    assert await db.fetchval("SELECT count(*) FROM messages") == 52
+    assert await db.fetchval("SELECT count(*) FROM tool_calls") == 3
+    assert await db.fetchval("SELECT count(*) FROM tool_calls WHERE result IS NULL") == 0
+    assert await db.fetchval("SELECT count(*) FROM exchanges WHERE path = '/' AND conversation_id IS NULL") == 5
+
+
+async def test_a_long_session_stores_each_message_once(
+    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection
+) -> None:
+    session = long_session(200)
+    await publish(producer, settings.kafka.topic, session.events)
+    async with winni(settings):
+        await settled(db, session.events)
+
+    rows = await db.fetch(CONVERSATIONS, session.session_id)
+    assert len(rows) == session.conversations
+    assert sorted(r["messages"] for r in rows) == sorted(session.positions.values())
+    assert await db.fetchval("SELECT count(*) FROM messages") == session.messages
+    # Growth: linear in the turns. The main thread's 200 turns are 400 messages, the
+    # side requests and sub-agents a bounded number each, the compaction one copy.
+    turns = 200
+    assert session.messages < 6 * turns
+    requests = sum(1 for e in session.events if e["kind"] == "REQUEST")
+    resent = sum(len(orjson.loads(e["request"]["body"])["messages"]) for e in session.events if e["kind"] == "REQUEST")
+    assert resent > 25 * session.messages > 25 * requests  # what storing every request's history would cost
+
+    assert await db.fetchval("SELECT count(*) FROM tool_calls") == session.tool_calls
+    assert await db.fetchval("SELECT count(*) FROM tool_calls WHERE result IS NULL") == 0
+    assert await db.fetchval("SELECT count(*) FROM messages WHERE partial") == 7  # turns 7, 37, ... 187
+    assert await db.fetchval("SELECT count(*) FROM exchanges WHERE retry_of IS NOT NULL") == 2 * 10
+    assert await db.fetchval("SELECT title FROM sessions") == "Title at turn 160"
+
+    kinds = dict(await db.fetch("SELECT kind, count(*) FROM conversations GROUP BY kind"))
+    assert kinds == {"main": 2, "subagent": 16, "title": 5, "count_tokens": 5, "compaction": 1}
+    compaction, old_main, new_main = await db.fetchrow(
+        "SELECT c.id, c.summarises_conversation_id, n.id FROM conversations c "
+        "JOIN conversations n ON n.summarises_conversation_id = c.summarises_conversation_id AND n.kind = 'main' "
+        "WHERE c.kind = 'compaction'"
+    )
+    assert await db.fetchval("SELECT id FROM conversations WHERE kind = 'main' ORDER BY ordinal LIMIT 1") == old_main
+    assert await db.fetchval("SELECT count(*) FROM messages WHERE conversation_id = $1", new_main) > 100
+
+    # Each nested sub-agent hangs under its sub-agent, each sub-agent under a main conversation.
+    tree = await db.fetch(
+        "SELECT c.agent_id, p.kind AS parent_kind, p.agent_id AS parent_agent FROM conversations c "
+        "JOIN conversations p ON p.id = c.parent_conversation_id WHERE c.kind = 'subagent' ORDER BY c.ordinal"
+    )
+    assert len(tree) == 16
+    assert all((r["parent_kind"], r["parent_agent"]) == ("main", None) for r in tree if r["agent_id"].startswith("a"))
+    assert all(r["parent_agent"] == "a" + r["agent_id"][1:] for r in tree if r["agent_id"].startswith("b"))
+
+
+async def test_redelivery_and_a_restart_change_nothing(
+    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection
+) -> None:
+    """Half the session, a restart (state read back from the tables), the rest, then all of it again."""
+    session = long_session(60)
+    half = len(session.events) // 4 * 2  # whole exchanges: a request and its response
+    await publish(producer, settings.kafka.topic, session.events[:half], partition=0)
+    async with winni(settings):
+        await settled(db, session.events[:half])
+    await publish(producer, settings.kafka.topic, session.events[half:], partition=0)
+    async with winni(settings):
+        await settled(db, session.events)
+    once = await snapshot(db)
+    assert len(once["messages"]) == session.messages
+
+    # A marker after the copies on the same partition: once it is stored, so are they.
+    marker = SessionBuilder()
+    marker.turn("main", text("marker"), answer=reply(text("ok")))
+    await publish(producer, settings.kafka.topic, [*session.events, *marker.events], partition=0)
+    async with winni(settings):
+        await settled(db, [*session.events, *marker.events])
+    again = await snapshot(db)
+    assert {t: [r for r in rows if marker.session_id not in str(r)] for t, rows in again.items()} == once
+
+
+async def test_a_reply_before_its_request_still_lands(
+    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection
+) -> None:
+    s = SessionBuilder()
+    s.turn("main", text("hello"), answer=reply(text("hi")))
+    request, response = s.events
+    await publish(producer, settings.kafka.topic, [response], partition=0)
+    async with winni(settings):
+        await eventually(lambda: count(db, "exchanges", 1))
+    await publish(producer, settings.kafka.topic, [request], partition=0)
+    async with winni(settings):
+        await settled(db, s.events)
+        rows = await eventually(lambda: _main_messages(db, s.session_id, 2))
+    assert roles(rows) == [("user", "request"), ("assistant", "response")]
+
+
+async def _main_messages(db: asyncpg.Connection, session: str, n: int) -> list[asyncpg.Record] | None:
+    rows = await db.fetch(MESSAGES, session, "main")
+    return rows if len(rows) == n else None
+
+
+def readme_queries() -> list[str]:
+    """The SQL blocks of the README's conversations section, psql variables as parameters."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## Conversations in winni", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sql\n(.*?)```", section, re.DOTALL)
+    return [b.replace(":'conversation'", "$1::uuid").replace(":'session'", "$1::text") for b in blocks]
+
+
+async def test_the_readme_queries_answer(
+    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection
+) -> None:
+    s = SessionBuilder()
+    s.title("fix the build", "Fix the build")
+    s.tool_turn("main", "make", "ok")
+    s.turn("agent-1", text("look around"), answer=reply(text("done")), agent_id="agent-1")
+    await publish(producer, settings.kafka.topic, s.events)
+    async with winni(settings):
+        await settled(db, s.events)
+    latest, messages, tree, tokens = readme_queries()
+
+    assert [r["kind"] for r in await db.fetch(latest)] == ["subagent", "main", "title"]
+    main = await db.fetchval("SELECT id FROM conversations WHERE kind = 'main'")
+    rows = await db.fetch(messages, main)
+    assert [(r["position"], r["tool"], r["is_error"]) for r in rows] == [(0, None, None), (1, "Bash", False), (2, None, None), (3, None, None)]
+    assert [r["thread"] for r in await db.fetch(tree, s.session_id)] == ["main", "  subagent agent-1"]
+    (usage,) = await db.fetch(tokens)
+    assert (usage["title"], usage["requests"], usage["output"]) == ("Fix the build", 4, 4 * 12)

@@ -1,0 +1,92 @@
+"""The pure thread rules of `consumers.winni.threads`, request by request."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from consumers.winni.threads import (
+    Reply, Request, SessionState, Writes, apply_reply, apply_request, client_and_version, device_and_account,
+    message_hash, normal_content, title_of,
+)
+
+AT = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+MAIN_TOOLS = [{"name": "Bash", "description": "Run a command", "input_schema": {"type": "object"}}]
+
+
+def request(n: int, messages: list[dict[str, Any]], **body: Any) -> Request:
+    """A main-thread request unless `body` says otherwise: the main thread offers client tools."""
+    fields = {"model": "claude-opus-4-8", "messages": messages, "stream": True, "tools": MAIN_TOOLS, **body}
+    return Request(f"ex-{n}", "s", "header", "/v1/messages", None, None, "claude-cli/2.1.197 (external, cli)",
+                   "claude-opus-4-8", fields, AT)
+
+
+def user(value: Any) -> dict[str, Any]:
+    return {"role": "user", "content": value}
+
+
+def said(value: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": [{"type": "text", "text": value}]}
+
+
+def answer(n: int, value: str, partial: bool = False) -> Reply:
+    return Reply(f"ex-{n}", "s", {"role": "assistant", "content": [{"type": "text", "text": value}]}, partial, AT)
+
+
+def test_a_string_and_a_cached_text_block_are_the_same_message() -> None:
+    cached = [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]
+    assert normal_content("hi") == normal_content(cached) == [{"type": "text", "text": "hi"}]
+    assert message_hash("user", normal_content("hi")) == message_hash("user", normal_content(cached))
+    result = {"type": "tool_result", "tool_use_id": "t", "content": "ok", "cache_control": {"type": "ephemeral"}}
+    assert normal_content([result]) == [{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "text", "text": "ok"}]}]
+
+
+def test_a_conversation_stores_each_position_once() -> None:
+    state, writes = SessionState("s"), Writes()
+    apply_request(state, request(1, [user("a")]), writes)
+    apply_reply(state, answer(1, "b"), writes)
+    apply_request(state, request(2, [user("a"), said("b, as the client kept it"), user("c")]), writes)
+    apply_reply(state, answer(2, "d"), writes)
+    assert [(m.position, m.role, m.source) for m in writes.messages] == [
+        (0, "user", "request"), (1, "assistant", "response"), (2, "user", "request"), (3, "assistant", "response"),
+    ]
+    assert len(writes.conversations) == 1 and [x.reply_position for x in writes.exchanges] == [1, 3]
+
+
+def test_a_retry_adds_nothing_and_a_complete_reply_replaces_a_partial_one() -> None:
+    state, writes = SessionState("s"), Writes()
+    apply_request(state, request(1, [user("a")]), writes)
+    apply_reply(state, answer(1, "cut sh", partial=True), writes)
+    apply_request(state, request(2, [user("a")], stream=False), writes)
+    apply_reply(state, answer(2, "cut short no more"), writes)
+    assert [x.retry_of for x in writes.exchanges] == [None, "ex-1"]
+    assert [(m.position, m.partial, m.exchange_id) for m in writes.messages] == [(0, False, "ex-1"), (1, True, "ex-1"), (1, False, "ex-2")]
+
+
+def test_a_rewound_history_branches_off() -> None:
+    state, writes = SessionState("s"), Writes()
+    apply_request(state, request(1, [user("a")]), writes)
+    apply_reply(state, answer(1, "b"), writes)
+    apply_request(state, request(2, [user("a"), said("b"), user("c")]), writes)
+    apply_request(state, request(3, [user("a"), said("b"), user("c, said otherwise")]), writes)
+    first, branch = writes.conversations.values()
+    assert (branch.branch_of, branch.branch_position) == (first.id, 2)
+    assert [(m.conversation_id, m.position) for m in writes.messages[-3:]] == [(branch.id, 0), (branch.id, 1), (branch.id, 2)]
+
+
+def test_identity_from_metadata_and_user_agent() -> None:
+    modern = {"metadata": {"user_id": '{"device_id":"d1","account_uuid":"","session_id":"s"}'}}
+    legacy = {"metadata": {"user_id": "user_abc123_account_1b2c-3d_session_9f0e"}}
+    assert device_and_account(modern) == ("d1", None)
+    assert device_and_account(legacy) == ("abc123", "1b2c-3d")
+    assert device_and_account({"metadata": {"user_id": "{not json"}}) == (None, None)
+    assert client_and_version("claude-cli/2.1.197 (external, cli)") == ("claude-cli", "2.1.197")
+    assert client_and_version(None) == (None, None)
+
+
+def test_titles_come_as_structured_output_or_plain_text() -> None:
+    assert title_of(said('{"title": " Haiku about the sea "}')) == "Haiku about the sea"
+    assert title_of(said("Plain title")) == "Plain title"
+    assert title_of(said("")) is None
