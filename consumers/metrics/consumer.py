@@ -1,0 +1,105 @@
+"""`kgb consume metrics`: token usage and cost into rollup tables and onto ``/metrics``.
+
+Its own consumer group on the exchange topic, so it can be down or behind
+without touching winni. Each batch is one transaction (`store.write_usage`);
+Prometheus sees the exchanges it completed only once that transaction has
+committed, and the offsets are committed after that (`consumers.source`), so
+a crash anywhere means redelivery, which the store recognises and ignores.
+
+Messages that do not decode are logged and counted
+(``kgb_metrics_rejected_total``); winni keeps them as dead letters, so this
+consumer does not keep a second copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from functools import partial
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+
+from consumers.metrics import store
+from consumers.metrics.exporter import UsageMetrics, metrics_app
+from consumers.metrics.prices import PriceTable, load_prices
+from consumers.metrics.settings import MetricsSettings
+from consumers.source import Batch, Handler, consume, make_consumer, retrying
+from consumers.sql import load_migrations, migrate
+from consumers.winni.consumer import REGISTRY_TIMEOUT
+from kgb.config import SettingsError
+from schemas.codec import make_decoder
+from schemas.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+async def handle(pool: asyncpg.Pool, prices: PriceTable, metrics: UsageMetrics, batch: Batch) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        priced = await store.write_usage(conn, batch.records, prices)
+    metrics.observe(priced)
+    for reject in batch.rejects:
+        log.warning("not decoded at %s: %s: %s", reject.envelope, reject.error_class, reject.reason)
+        metrics.rejected.labels(reject.error_class).inc()
+
+
+def make_handler(pool: asyncpg.Pool, prices: PriceTable, metrics: UsageMetrics) -> Handler:
+    return partial(handle, pool, prices, metrics)
+
+
+async def open_pool(settings: MetricsSettings) -> asyncpg.Pool:
+    """One connection (one transaction per batch) whose search_path is the metrics schema."""
+    return await asyncpg.create_pool(
+        settings.database_url, min_size=1, max_size=1, server_settings={"search_path": settings.db_schema},
+    )
+
+
+async def apply_migrations(pool: asyncpg.Pool, schema: str) -> list[int]:
+    async with pool.acquire() as conn:
+        applied = await migrate(conn, load_migrations("consumers.metrics"), schema)
+    log.info("schema %s: %s", schema, f"applied migrations {applied}" if applied else "up to date")
+    return applied
+
+
+async def serve_metrics(resources: contextlib.AsyncExitStack, metrics: UsageMetrics, settings: MetricsSettings) -> None:
+    """``/metrics`` on host:port until ``resources`` closes; a busy port is a settings error."""
+    runner = web.AppRunner(metrics_app(metrics), access_log=None)
+    await runner.setup()
+    resources.push_async_callback(runner.cleanup)
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
+    except OSError as exc:
+        raise SettingsError(f"cannot listen on {settings.host}:{settings.port} (KGB_METRICS_PORT): {exc.strerror}") from None
+    log.info("metrics on http://%s:%d/metrics", settings.host, settings.port)
+
+
+async def run(settings: MetricsSettings, stop: asyncio.Event | None = None, metrics: UsageMetrics | None = None) -> None:
+    """Serve ``/metrics``, migrate, then consume until ``stop`` is set; waits for PostgreSQL if it is not up yet."""
+    stop = stop or asyncio.Event()
+    metrics = metrics or UsageMetrics()
+    prices = load_prices(settings.prices)
+    log.info("metrics starting: %r; prices %s (%d models)", settings, prices.version, len(prices.models))
+    async with contextlib.AsyncExitStack() as resources:
+        await serve_metrics(resources, metrics, settings)
+        pool = await retrying(partial(open_pool, settings), "connecting to PostgreSQL", stop, settings.backoff)
+        if pool is None:
+            return
+        resources.push_async_callback(pool.close)
+        applied = await retrying(partial(apply_migrations, pool, settings.db_schema), "migrating", stop, settings.backoff)
+        if applied is None:
+            return
+        registry = None
+        if settings.kafka.schema_registry_url:
+            session = await resources.enter_async_context(aiohttp.ClientSession(timeout=REGISTRY_TIMEOUT))
+            registry = Registry(settings.kafka.schema_registry_url, session)
+        consumer = make_consumer(settings.kafka, settings.group, settings.batch_size)
+        await consumer.start()
+        resources.push_async_callback(consumer.stop)
+        log.info("metrics consuming %s as group %s", settings.kafka.topic, settings.group)
+        await consume(
+            consumer, make_decoder(registry), make_handler(pool, prices, metrics),
+            stop=stop, batch_size=settings.batch_size, backoff=settings.backoff,
+        )
+    log.info("metrics stopped")

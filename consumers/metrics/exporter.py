@@ -1,0 +1,106 @@
+"""Prometheus metrics of token usage and cost, and the small HTTP app that serves them.
+
+Names follow the OpenTelemetry GenAI semantic conventions where they exist
+(``gen_ai.client.token.usage``, ``gen_ai.client.operation.duration``,
+``gen_ai.client.operation.time_to_first_chunk``, attributes
+``gen_ai.request.model``, ``gen_ai.token.type``, ``gen_ai.operation.name``,
+``gen_ai.provider.name``, ``error.type``), dots as underscores the way the
+OpenTelemetry Prometheus exporter writes them, with the semantic conventions'
+bucket boundaries. What they do not cover (cost, unpriced usage, request and
+error counts by conversation kind) is ``kgb_*``.
+
+The session is deliberately not a label: one series per session grows
+without bound; per-session numbers are in the rollup tables (`kgb usage`).
+Each exchange is observed once, after the transaction that completed its
+row has committed, so these counters agree with the tables from the
+moment the consumer starts (they begin at 0 on each start, as counters do).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+from consumers.metrics.rollup import TOKEN_TYPES, Priced
+
+PROVIDER = "anthropic"
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+SECONDS_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+MODEL_LABELS = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "kgb_kind")
+
+
+class UsageMetrics:
+    """The consumer's instruments, in their own registry (one per consumer, so tests can run several)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.tokens = Histogram(
+            "gen_ai_client_token_usage", "Tokens used per model call, by gen_ai_token_type (Anthropic's "
+            "meaning: input excludes cache reads and writes, which have types of their own)",
+            (*MODEL_LABELS, "gen_ai_token_type"), buckets=TOKEN_BUCKETS, registry=r,
+        )
+        self.duration = Histogram(
+            "gen_ai_client_operation_duration_seconds", "Time from the request reaching the proxy to the response's end",
+            (*MODEL_LABELS, "error_type"), buckets=SECONDS_BUCKETS, registry=r,
+        )
+        self.first_chunk = Histogram(
+            "gen_ai_client_operation_time_to_first_chunk_seconds", "Time from the request reaching the proxy "
+            "to the first response byte sent to the client", MODEL_LABELS, buckets=SECONDS_BUCKETS, registry=r,
+        )
+        self.requests = Counter("kgb_requests_total", "Exchanges counted", MODEL_LABELS, registry=r)
+        self.errors = Counter("kgb_errors_total", "Exchanges that failed, by error type", (*MODEL_LABELS, "error_type"), registry=r)
+        self.interrupted = Counter(
+            "kgb_interrupted_total", "Responses cut short without an error (client gone, stream broken)", MODEL_LABELS, registry=r,
+        )
+        self.web_searches = Counter("kgb_web_search_requests_total", "Server-side web searches billed", MODEL_LABELS, registry=r)
+        self.cost = Counter("kgb_cost_usd_total", "Cost in USD at the price table's rates", MODEL_LABELS, registry=r)
+        self.unpriced = Counter(
+            "kgb_unpriced_tokens_total", "Tokens of models the price table lacks (their cost is not in kgb_cost_usd_total)",
+            (*MODEL_LABELS, "gen_ai_token_type"), registry=r,
+        )
+        self.rejected = Counter("kgb_metrics_rejected_total", "Messages that did not decode", ("error_class",), registry=r)
+
+    def observe(self, priced: Iterable[Priced]) -> None:
+        for p in priced:
+            self._observe(p)
+
+    def _observe(self, p: Priced) -> None:
+        e = p.exchange
+        labels = ("count_tokens" if e.kind == "count_tokens" else "chat", PROVIDER, e.model or "", e.kind)
+        self.requests.labels(*labels).inc()
+        self.duration.labels(*labels, e.error_type or "").observe(e.duration_ms / 1000)
+        if e.ttfb_ms is not None:
+            self.first_chunk.labels(*labels).observe(e.ttfb_ms / 1000)
+        if e.error_type:
+            self.errors.labels(*labels, e.error_type).inc()
+        if e.interrupted:
+            self.interrupted.labels(*labels).inc()
+        if e.tokens.web_search_requests:
+            self.web_searches.labels(*labels).inc(e.tokens.web_search_requests)
+        if p.cost:
+            self.cost.labels(*labels).inc(float(p.cost))
+        if not e.has_usage:
+            return
+        for field, token_type in TOKEN_TYPES.items():
+            count = getattr(e.tokens, field)
+            self.tokens.labels(*labels, token_type).observe(count)
+            if p.unpriced and count:
+                self.unpriced.labels(*labels, token_type).inc(count)
+
+
+def metrics_app(metrics: UsageMetrics) -> web.Application:
+    """``GET /metrics`` in Prometheus's text format, and ``GET /health``."""
+
+    async def scrape(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": "healthy"})
+
+    app = web.Application()
+    app.router.add_get("/metrics", scrape)
+    app.router.add_get("/health", health)
+    return app
