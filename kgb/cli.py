@@ -69,6 +69,29 @@ def _consume_winni(args: argparse.Namespace) -> None:
     _run_until_signal(lambda stop: run(settings, stop))
 
 
+def _consume_metrics(args: argparse.Namespace) -> None:
+    from consumers.metrics import MetricsSettings, run
+
+    settings = MetricsSettings.from_env()
+    if args.port is not None:
+        settings = dataclasses.replace(settings, port=args.port)
+    _run_until_signal(lambda stop: run(settings, stop))
+
+
+def _usage(args: argparse.Namespace) -> None:
+    from datetime import date
+
+    from consumers.metrics import MetricsSettings
+    from consumers.metrics.usage import parse_groups, report
+
+    try:
+        groups = parse_groups(args.by)
+        since = date.fromisoformat(args.since) if args.since else None
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    print(asyncio.run(report(MetricsSettings.from_env(), groups, since, args.json)))
+
+
 def _run_until_signal(service: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
     async def main() -> None:
         stop = asyncio.Event()
@@ -112,6 +135,17 @@ def parser() -> argparse.ArgumentParser:
     about = "persist exchanges to PostgreSQL (KGB_DATABASE_URL), consumer group KGB_WINNI_GROUP"
     winni = consumers.add_parser("winni", help=about, description=about)
     winni.set_defaults(run=_consume_winni)
+    about = "token usage and cost: rollup tables in PostgreSQL and Prometheus /metrics, consumer group KGB_METRICS_GROUP"
+    metrics = consumers.add_parser("metrics", help=about, description=about)
+    metrics.add_argument("--port", type=int, help="/metrics listen port (KGB_METRICS_PORT, default 9464)")
+    metrics.set_defaults(run=_consume_metrics)
+
+    about = "print token usage and cost from the metrics rollup tables (KGB_DATABASE_URL)"
+    usage = commands.add_parser("usage", help=about, description=about)
+    usage.add_argument("--by", default="day,model", help="comma list of day, model, session, kind (default day,model)")
+    usage.add_argument("--since", help="first day to include, YYYY-MM-DD (default: all)")
+    usage.add_argument("--json", action="store_true", help="JSON instead of a table; costs as exact decimal strings")
+    usage.set_defaults(run=_usage)
     return root
 
 

@@ -37,9 +37,10 @@ log = logging.getLogger(__name__)
 
 
 async def handle(pool: asyncpg.Pool, prices: PriceTable, metrics: UsageMetrics, batch: Batch) -> None:
-    async with pool.acquire() as conn, conn.transaction():
-        priced = await store.write_usage(conn, batch.records, prices)
-    metrics.observe(priced)
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            priced = await store.write_usage(conn, batch.records, prices)
+        metrics.observe(priced)
     for reject in batch.rejects:
         log.warning("not decoded at %s: %s: %s", reject.envelope, reject.error_class, reject.reason)
         metrics.rejected.labels(reject.error_class).inc()
