@@ -86,7 +86,7 @@ def as_table(rows: Sequence[Mapping[str, Any]], groups: Sequence[str]) -> str:
                "cache_write_1h_tokens", "cache_read_tokens", "web_search_requests", "cost_usd"]
     lines = [[_HEADINGS[c] for c in keys + numbers]]
     summed = total(rows)
-    for row in [*rows, {**summed, **{k: "" for k in keys}, keys[0]: "TOTAL"}]:
+    for row in [*rows, {**summed, **{k: None for k in keys}, keys[0]: "TOTAL"}]:
         lines.append([_cell(row, c) for c in keys] + [_cell(row, c) for c in numbers])
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     text = "\n".join(
@@ -101,7 +101,7 @@ def as_table(rows: Sequence[Mapping[str, Any]], groups: Sequence[str]) -> str:
 def _cell(row: Mapping[str, Any], column: str) -> str:
     value = row[column]
     if column == "cost_usd":
-        shown = "-" if value is None else f"{value:.4f}"
+        shown = "-" if value is None else f"{value:.6f}"
         return shown + ("*" if row["unpriced_requests"] else "")
     if column == "model" and value == "":
         return "(none)"

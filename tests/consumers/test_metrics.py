@@ -291,7 +291,7 @@ async def test_kgb_usage_prints_json_and_a_table(
     assert lines[0].split() == ["day", "model", "requests", "errors", "input", "output", "cache_w_5m", "cache_w_1h",
                                 "cache_read", "web_search", "cost_usd"]
     assert any(line.startswith(day) and UNPRICED in line and line.rstrip().endswith("-*") for line in lines)
-    assert lines[-2].startswith("TOTAL") and lines[-2].split()[-1] == f"{priced_total:.4f}*"
+    assert lines[-2].split()[0] == "TOTAL" and lines[-2].split()[1] == "12" and lines[-2].split()[-1] == f"{priced_total:.6f}*"
     assert lines[-1] == "* 1 requests on models without a price; their cost is not included"
     later = subprocess.run([*kgb, "--json", "--since", "2999-01-01"], env=env, capture_output=True, text=True, check=True).stdout
     assert json.loads(later)["rows"] == []
