@@ -8,7 +8,15 @@ from dataclasses import dataclass, field, replace
 
 from consumers.source import Backoff
 from consumers.winni.settings import mask_url, positive, schema_name
-from kgb.config import KafkaSettings, env_float, env_int, env_opt, env_str
+from kgb.config import KafkaSettings, SettingsError, env_float, env_int, env_opt, env_str
+
+
+def _schema(raw: str) -> str:
+    """winni's rule for a schema name, with this setting's name in the error."""
+    try:
+        return schema_name(raw)
+    except SettingsError:
+        raise SettingsError(f"KGB_METRICS_SCHEMA must be a plain identifier (letters, digits, _), got {raw!r}") from None
 
 
 @dataclass(frozen=True)
@@ -38,7 +46,7 @@ class MetricsSettings:
         return cls(
             kafka=KafkaSettings.from_env(env),
             database_url=env_str(env, "KGB_DATABASE_URL", cls.database_url),
-            db_schema=schema_name(env_str(env, "KGB_METRICS_SCHEMA", cls.db_schema)),
+            db_schema=_schema(env_str(env, "KGB_METRICS_SCHEMA", cls.db_schema)),
             group=env_str(env, "KGB_METRICS_GROUP", cls.group),
             batch_size=positive("KGB_METRICS_BATCH_SIZE", env_int(env, "KGB_METRICS_BATCH_SIZE", cls.batch_size)),
             host=env_str(env, "KGB_METRICS_HOST", cls.host),

@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from consumers.metrics import MetricsSettings, run
 from consumers.metrics.exporter import UsageMetrics
-from kgb.config import KafkaSettings
+from kgb.config import KafkaSettings, SettingsError
 from tests.consumers.conftest import FAST_BACKOFF, SETTLE_TIMEOUT, eventually, publish
 from tests.consumers.factories import request_event, response_event, text_message
 from tests.services import free_port
@@ -223,7 +223,7 @@ async def test_redelivery_and_replay_count_nothing_twice(
     late.add(100 * Decimal(5) / M, u=usage(100))
     await publish(producer, topic, [*s.events, *late.events])
     metrics = UsageMetrics()
-    async with consuming(dataclasses.replace(settings, group=settings.group + "-replay"), metrics):
+    async with consuming(dataclasses.replace(settings, group=settings.group + "-replay", port=free_port()), metrics):
         await eventually(lambda: counted(db, len(s.expected) + 1))
     after = {(r["model"], r["kind"]): r for r in await daily(db)}
     main_before, main_after = before.pop((OPUS, "main")), after.pop((OPUS, "main"))
@@ -301,3 +301,55 @@ def test_kgb_usage_refuses_an_unknown_grouping() -> None:
     result = subprocess.run([sys.executable, "-c", "from kgb.cli import main; main()", "usage", "--by", "week"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "--by takes a comma list of day, model, session, kind" in result.stderr
+
+
+async def test_prices_apply_again_on_replay_from_a_kgb_prices_file(
+    producer: AIOKafkaProducer, topic: str, settings: MetricsSettings, db: asyncpg.Connection, database: str, tmp_path: Any,
+) -> None:
+    """A replay into fresh tables with another price table prices every exchange at the new rates."""
+    s = Session()
+    s.add(None, u=usage(1000, 100, 2000, 3000, read=4000, server_tool_use={"web_search_requests": 2}))
+    await publish(producer, topic, s.events)
+    prices = tmp_path / "prices.toml"
+    prices.write_text(
+        'version = "negotiated-2026-12"\nweb_search_per_1000 = 5\n'
+        '[models.claude-opus-4-8]\ninput = 1\noutput = 2\ncache_write_5m = 3\ncache_write_1h = 4\ncache_read = 0.5\n'
+    )
+    replay = dataclasses.replace(settings, group=settings.group + "-replay", db_schema="usage_replay", prices=str(prices),
+                                 port=free_port())
+    async with consuming(settings), consuming(replay):
+        await eventually(lambda: counted(db, 1))
+        await eventually(lambda: db.fetchval("SELECT to_regclass('usage_replay.usage_daily') IS NOT NULL"))
+        await eventually(lambda: db.fetchval("SELECT coalesce(sum(requests), 0) = 1 FROM usage_replay.usage_daily"))
+    shipped = (1000 * Decimal(5) + 100 * Decimal(25) + 2000 * Decimal("6.25") + 3000 * Decimal(10)
+               + 4000 * Decimal("0.50")) / M + 2 * Decimal(10) / 1000
+    negotiated = (1000 * Decimal(1) + 100 * Decimal(2) + 2000 * Decimal(3) + 3000 * Decimal(4)
+                  + 4000 * Decimal("0.5")) / M + 2 * Decimal(5) / 1000
+    assert await db.fetchrow("SELECT cost_usd, prices_version FROM usage_exchanges") == (shipped, "2026-11-25")
+    assert await db.fetchrow("SELECT cost_usd, prices_version FROM usage_replay.usage_exchanges") == (negotiated, "negotiated-2026-12")
+    assert await db.fetchval("SELECT cost_usd FROM usage_replay.usage_daily") == negotiated == Decimal("0.0312")
+
+
+async def test_undecodable_messages_are_counted_and_passed(
+    producer: AIOKafkaProducer, topic: str, settings: MetricsSettings, db: asyncpg.Connection,
+) -> None:
+    s = Session()
+    s.add((10 * Decimal(5)) / M, u=usage(10))
+    await publish(producer, topic, [b"not avro", b"\xc3\x01 truncated"], partition=0)
+    await publish(producer, topic, s.events, partition=0)
+    metrics = UsageMetrics()
+    async with consuming(settings, metrics):
+        await eventually(lambda: counted(db, 1))
+    rejected = {s.labels["error_class"]: s.value for f in metrics.registry.collect() for s in f.samples
+                if s.name == "kgb_metrics_rejected_total"}
+    assert sum(rejected.values()) == 2 and all(rejected)
+
+
+async def test_a_busy_metrics_port_is_a_settings_error(settings: MetricsSettings) -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", settings.port)
+    try:
+        with pytest.raises(SettingsError, match=f"cannot listen on 127.0.0.1:{settings.port} \\(KGB_METRICS_PORT\\)"):
+            await run(settings, asyncio.Event())
+    finally:
+        server.close()
+        await server.wait_closed()
