@@ -19,6 +19,8 @@ import asyncpg
 
 from consumers.metrics.settings import MetricsSettings
 from consumers.metrics.store import queries
+from consumers.winni.settings import mask_url
+from kgb.config import SettingsError
 
 GROUPS = ("day", "model", "session", "kind")
 _GROUP_COLUMNS = {"day": "day", "model": "model", "session": "session_key", "kind": "kind"}
@@ -111,7 +113,11 @@ def _cell(row: Mapping[str, Any], column: str) -> str:
 
 
 async def report(settings: MetricsSettings, groups: Sequence[str], since: date | None, json_out: bool) -> str:
-    conn = await asyncpg.connect(settings.database_url, server_settings={"search_path": settings.db_schema})
+    """The report as text; no tables yet (the consumer never ran) is an empty report, not an error."""
+    try:
+        conn = await asyncpg.connect(settings.database_url, server_settings={"search_path": settings.db_schema})
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise SettingsError(f"cannot read usage from {mask_url(settings.database_url)} (KGB_DATABASE_URL): {exc}") from None
     try:
         rows = await fetch_report(conn, groups, since)
     except asyncpg.UndefinedTableError:

@@ -353,3 +353,17 @@ async def test_a_busy_metrics_port_is_a_settings_error(settings: MetricsSettings
     finally:
         server.close()
         await server.wait_closed()
+
+
+def test_kgb_usage_names_an_unreachable_database() -> None:
+    env = {**os.environ, "KGB_DATABASE_URL": f"postgresql://kgb:s3cret@127.0.0.1:{free_port()}/winni"}
+    result = subprocess.run([sys.executable, "-c", "from kgb.cli import main; main()", "usage"], env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "cannot read usage from postgresql://kgb:****@127.0.0.1:" in result.stderr
+    assert "s3cret" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_kgb_consume_metrics_help() -> None:
+    out = subprocess.run([sys.executable, "-c", "from kgb.cli import main; main()", "consume", "metrics", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "KGB_METRICS_GROUP" in out and "--port" in out
