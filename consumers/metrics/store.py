@@ -30,7 +30,13 @@ def queries() -> Queries:
 
 
 def halves(records: Sequence[Record]) -> tuple[list[RequestHalf], list[ResponseHalf]]:
-    """Each exchange's first request and first response in the batch; events without their half are skipped."""
+    """Each exchange's first request and first response in the batch; events without their half are skipped.
+
+    Sorted by exchange id, as the rollup rows are by key, so that two
+    transactions touching the same rows (a replay group beside the live one,
+    a partition moving mid-batch) lock them in the same order and never
+    deadlock.
+    """
     requests: dict[str, RequestHalf] = {}
     responses: dict[str, ResponseHalf] = {}
     for record in records:
@@ -39,7 +45,11 @@ def halves(records: Sequence[Record]) -> tuple[list[RequestHalf], list[ResponseH
             requests.setdefault(event["exchange_id"], request_half(event))
         elif event["kind"] == "RESPONSE" and event["response"] is not None:
             responses.setdefault(event["exchange_id"], response_half(event))
-    return list(requests.values()), list(responses.values())
+    return sorted(requests.values(), key=_exchange_id), sorted(responses.values(), key=_exchange_id)
+
+
+def _exchange_id(half: RequestHalf | ResponseHalf) -> str:
+    return half.exchange_id
 
 
 def columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
@@ -94,8 +104,9 @@ async def write_usage(conn: asyncpg.Connection, records: Sequence[Record], price
         [p.unpriced for p in priced], prices.version,
     )
     totals = rollup(priced)
-    await conn.execute(q.add_daily, *columns([daily_columns(key, t) for key, t in totals.items()]))
-    errors = [(*key, error_type, n) for key, t in totals.items() for error_type, n in t.errors_by_type.items()]
+    ordered = sorted(totals.items())
+    await conn.execute(q.add_daily, *columns([daily_columns(key, t) for key, t in ordered]))
+    errors = [(*key, error_type, n) for key, t in ordered for error_type, n in sorted(t.errors_by_type.items())]
     if errors:
         await conn.execute(q.add_daily_errors, *columns(errors))
     return priced
