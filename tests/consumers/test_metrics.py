@@ -32,6 +32,7 @@ from consumers.metrics.exporter import UsageMetrics
 from kgb.config import KafkaSettings, SettingsError
 from tests.consumers.conftest import FAST_BACKOFF, SETTLE_TIMEOUT, eventually, publish
 from tests.consumers.factories import request_event, response_event, text_message
+from tests.consumers.sessions import sample_events
 from tests.services import free_port
 
 M = Decimal(1_000_000)
@@ -367,3 +368,32 @@ def test_kgb_consume_metrics_help() -> None:
     out = subprocess.run([sys.executable, "-c", "from kgb.cli import main; main()", "consume", "metrics", "--help"],
                          capture_output=True, text=True, check=True).stdout
     assert "KGB_METRICS_GROUP" in out and "--port" in out
+
+
+async def test_the_claude_code_samples(
+    producer: AIOKafkaProducer, topic: str, settings: MetricsSettings, db: asyncpg.Connection,
+) -> None:
+    """Every sample with the stand-in's answer: kinds, errors and interruptions as the samples README tells them."""
+    events = sample_events()
+    await publish(producer, topic, events)
+    async with consuming(settings):
+        await eventually(lambda: counted(db, len(events) // 2))
+    rows = await db.fetch(
+        "SELECT kind, model, sum(requests) AS requests, sum(errors) AS errors, sum(interrupted) AS interrupted,"
+        " sum(unpriced_requests) AS unpriced, sum(cost_usd) AS cost_usd FROM usage_daily GROUP BY kind, model ORDER BY kind, model"
+    )
+    assert [tuple(r.values())[:6] for r in rows] == [
+        ("count_tokens", OPUS, 2, 0, 0, 0),       # 017, 022
+        ("main", OPUS, 16, 3, 1, 0),              # 529 twice (030, 031), an error event (062); the empty stream (055)
+        ("other", "", 5, 5, 0, 0),                # HEAD / at each start-up, which the stand-in answered 404
+        ("title", HAIKU, 2, 0, 0, 0),             # 009, 011
+    ]
+    errors = await db.fetch("SELECT error_type, sum(errors) AS n FROM usage_daily_errors GROUP BY 1 ORDER BY 1")
+    assert [tuple(r) for r in errors] == [("not_found_error", 5), ("overloaded_error", 3)]
+    costs = {r["kind"]: r["cost_usd"] for r in rows}
+    assert costs["count_tokens"] == costs["other"] == Decimal(0)
+    # Every answered call carries the factory's usage: 3 input, 12 output, 19056 written to the 5-minute cache.
+    per_opus_call = (3 * Decimal(5) + 12 * Decimal(25) + 19056 * Decimal("6.25")) / M
+    per_haiku_call = (3 * Decimal(1) + 12 * Decimal(5) + 19056 * Decimal("1.25")) / M
+    assert costs["title"] == 2 * per_haiku_call
+    assert costs["main"] == 14 * per_opus_call  # 16 calls, 2 of them 529s without usage
