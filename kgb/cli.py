@@ -69,6 +69,15 @@ def _consume_winni(args: argparse.Namespace) -> None:
     _run_until_signal(lambda stop: run(settings, stop))
 
 
+def _consume_dewey(args: argparse.Namespace) -> None:
+    from consumers.dewey import DeweySettings, run
+
+    settings = DeweySettings.from_env()
+    if args.url is not None:
+        settings = dataclasses.replace(settings, url=args.url)
+    _run_until_signal(lambda stop: run(settings, stop))
+
+
 def _consume_metrics(args: argparse.Namespace) -> None:
     from consumers.metrics import MetricsSettings, run
 
@@ -135,6 +144,10 @@ def parser() -> argparse.ArgumentParser:
     about = "persist exchanges to PostgreSQL (KGB_DATABASE_URL), consumer group KGB_WINNI_GROUP"
     winni = consumers.add_parser("winni", help=about, description=about)
     winni.set_defaults(run=_consume_winni)
+    about = "forward each conversation to Dewey's MCP tools (KGB_DEWEY_URL), consumer group KGB_DEWEY_GROUP"
+    dewey = consumers.add_parser("dewey", help=about, description=about)
+    dewey.add_argument("--url", help="Dewey's MCP WebSocket (KGB_DEWEY_URL, default ws://dewey-mcp:9020)")
+    dewey.set_defaults(run=_consume_dewey)
     about = "token usage and cost: rollup tables in PostgreSQL and Prometheus /metrics, consumer group KGB_METRICS_GROUP"
     metrics = consumers.add_parser("metrics", help=about, description=about)
     metrics.add_argument("--port", type=int, help="/metrics listen port (KGB_METRICS_PORT, default 9464)")

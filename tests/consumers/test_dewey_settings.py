@@ -38,3 +38,13 @@ def test_retry_delays_grow_jittered_and_capped() -> None:
     delays = list(itertools.islice(JitteredBackoff(initial=1, maximum=8).delays(), 8))
     bounds = [1, 2, 4, 8, 8, 8, 8, 8]
     assert all(b / 2 <= d <= b for d, b in zip(delays, bounds, strict=True))
+
+
+def test_kgb_consume_dewey_takes_the_url_as_a_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    from kgb.cli import parser
+
+    args = parser().parse_args(["consume", "dewey", "--url", "ws://127.0.0.1:9020"])
+    assert args.url == "ws://127.0.0.1:9020"
+    with pytest.raises(SystemExit):
+        parser().parse_args(["consume", "dewey", "--help"])
+    assert "KGB_DEWEY_URL" in capsys.readouterr().out
