@@ -233,3 +233,38 @@ async def test_a_message_dewey_refuses_is_dead_lettered_and_the_rest_goes_on(
     await assert_exactly_once(dewey, db, [s], dead={(letter["conversation_id"], 4)})
     (conversation,) = dewey.conversations.values()
     assert conversation.turns == [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11]
+
+
+async def test_a_conversation_dewey_will_not_begin_is_dead_lettered_and_the_others_go_on(
+    settings: DeweySettings, dewey: FakeDewey, producer: AIOKafkaProducer, db: asyncpg.Connection,
+) -> None:
+    refused, fine = SessionBuilder(session_id="POISON-session"), tool_session(3)
+    refused.turn("main", text("hello"), answer=reply(text("hi")))
+    dewey.reject = "POISON"
+    async with consumer(settings):
+        await publish(producer, settings.kafka.topic, refused.events + fine.events)
+        await delivered(dewey, [fine])
+        await until(lambda: len(dewey.tool_calls("dewey_begin_conversation")) == 2)
+
+    (letter,) = await db.fetch("SELECT * FROM dewey_dead_letters")
+    assert (letter["position"], letter["tool"], letter["error_code"]) == (None, "dewey_begin_conversation", -32603)
+    assert orjson.loads(letter["arguments"])["session_id"] == "POISON-session"
+    assert await db.fetchval("SELECT rejected FROM dewey_conversations WHERE conversation_id = $1", letter["conversation_id"])
+    assert [c.session_id for c in dewey.conversations.values()] == [fine.session_id]
+    assert dewey.conversations[next(iter(dewey.conversations))].turns == list(range(fine.messages))
+
+
+async def test_a_dewey_slower_than_the_timeout_falls_behind_then_catches_up_exactly_once(
+    settings: DeweySettings, dewey: FakeDewey, producer: AIOKafkaProducer, db: asyncpg.Connection,
+) -> None:
+    """Each call is applied but answered after the consumer gave up on it: nothing can be acknowledged."""
+    sessions = [tool_session(8), long_session(20)]
+    dewey.delay = 1.0
+    async with consumer(replace(settings, timeout=0.2)):
+        for s in sessions:
+            await publish(producer, settings.kafka.topic, s.events)
+        await more_calls(dewey, 6)
+        assert not await db.fetchval("SELECT count(*) FROM dewey_conversations WHERE NOT in_doubt AND sent_position >= 0")
+        dewey.delay = 0
+        await delivered(dewey, sessions)
+    await assert_exactly_once(dewey, db, sessions)

@@ -16,8 +16,8 @@ error with code -32000, an unknown tool -32601; roles are Dewey's four.
 
 Switches a test flips at any time:
 - ``delay``: seconds every ``tools/call`` waits, after applying, before answering;
-- ``reject``: a marker; a store whose content holds it is refused with
-  ``reject_code`` (default -32603) and nothing of that call is stored;
+- ``reject``: a marker; a begin or store whose arguments hold it is refused
+  with ``reject_code`` (default -32603) and nothing of that call is stored;
 - ``lose_answers``: that many next begins and stores are applied, then the
   connection is closed instead of answering (the answer lost on the way);
 - ``stop()`` / ``start()``: Dewey away and back on the same port.
@@ -174,6 +174,7 @@ class FakeDewey:
             return error(ident, -32601, f"Unknown tool: {name}")
         self.calls.append((name, arguments))
         try:
+            self._screen(name, arguments)
             result = tool(arguments)
         except ToolError as exc:
             return error(ident, exc.code, str(exc))
@@ -183,6 +184,11 @@ class FakeDewey:
         if self.delay:
             await asyncio.sleep(self.delay)
         return _result(ident, {"content": [{"type": "text", "text": orjson.dumps(result).decode()}]})
+
+    def _screen(self, name: str, arguments: dict[str, Any]) -> None:
+        """Refuse a write whose arguments hold the marker, before anything of it is stored."""
+        if name in WRITES and self.reject and self.reject.encode() in orjson.dumps(arguments):
+            raise ToolError(f"Failed in {name}: the call holds {self.reject!r}", self.reject_code)
 
     # --- the tools ----------------------------------------------------------------
 
@@ -216,8 +222,6 @@ class FakeDewey:
                 raise ToolError(f"Invalid role {message.get('role')!r}.")
             if not isinstance(message.get("content"), str):
                 raise ToolError("content must be a string.")
-            if self.reject and self.reject in message["content"]:
-                raise ToolError(f"Failed to store message: content holds {self.reject!r}", self.reject_code)
         turn = max(conversation.turns, default=0) + 1
         stored = []
         for message in messages:
