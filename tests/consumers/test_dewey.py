@@ -32,6 +32,11 @@ SELECT conversation_id, position, role, content::text AS content, exchange_id::t
 FROM messages ORDER BY conversation_id, position
 """
 
+BODIES_KEPT = """
+SELECT count(*) FROM exchanges
+WHERE num_nonnulls(request_body, request_body_text, request_body_bytes, response_body, response_body_text, response_body_bytes) > 0
+"""
+
 
 @pytest.fixture
 async def dewey() -> AsyncIterator[FakeDewey]:
@@ -142,6 +147,7 @@ async def test_sessions_reach_dewey_exactly_once_and_a_replay_adds_nothing(
         await delivered(dewey, sessions)
     await assert_exactly_once(dewey, db, sessions)
     assert len(dewey.tool_calls("dewey_begin_conversation")) == sum(s.conversations for s in sessions)
+    assert await db.fetchval(BODIES_KEPT) == 0, "the copy keeps messages, not bodies"
     main = next(c for c in dewey.conversations.values() if c.metadata["kind"] == "main" and c.session_id == sessions[1].session_id)
     assert main.messages[1]["content"] == '[tool_use Bash] {"command":"echo 0"}'
     assert main.messages[2]["content"] == "[tool_result toolu_000000000000000000000001]\nout 0"
