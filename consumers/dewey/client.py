@@ -26,7 +26,8 @@ CLIENT_INFO = {"name": "kgb-dewey", "version": "0.1.0"}
 # get_conversation answers a whole conversation in one frame.
 MAX_FRAME_BYTES = 256 * 1024 * 1024
 
-_NO_ANSWER = (aiohttp.ClientError, OSError, asyncio.TimeoutError, ConnectionError)
+# ConnectionError (the peer closed mid-call) is an OSError.
+_NO_ANSWER = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
 
 
 def request(ident: int | None, method: str, params: dict[str, Any]) -> str:
