@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +29,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from scripts.kafka import free_port
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # as scripts/kafka.py configures the broker
@@ -62,19 +62,6 @@ class PostgresServer(Protocol):
 
     dsn: str  # the `winni` database
     admin_dsn: str  # a database to run CREATE/DROP DATABASE from
-
-
-def free_port() -> int:
-    """A free port below Linux's ephemeral range (32768+), where the local ends of
-    outgoing connections cannot take it while a stopped service waits to restart."""
-    while True:
-        port = random.randrange(20000, 32768)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
 
 
 def run_script(*cmd: str) -> None:

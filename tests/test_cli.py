@@ -12,7 +12,8 @@ from pathlib import Path
 import aiohttp
 
 from tests.fakes.anthropic import FakeAnthropic
-from tests.proxy.test_app import HEADERS, SESSION, body, free_port
+from tests.proxy.test_app import HEADERS, SESSION, body
+from tests.services import free_port
 from tests.topic import by_exchange, read_events
 
 KGB = [sys.executable, "-c", "from kgb.cli import main; main()"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gzip
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from tests.fakes.anthropic import (
     text_stream,
     tool_use_stream,
 )
+from tests.services import free_port
 from tests.topic import by_exchange, read_events
 
 API_KEY = "sk-ant-api03-" + "Zz9" * 30 + "-KEEPOUT"
@@ -59,12 +59,6 @@ class Stack:
 
     async def events(self, count: int) -> dict[str, dict[str, dict[str, Any]]]:
         return by_exchange(await read_events(self.bootstrap, self.topic, count))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def settings_for(upstream: str, bootstrap: str, topic: str, spool: Path, **overrides: Any) -> ProxySettings:

@@ -29,7 +29,8 @@ from proxy.settings import ProxySettings, parse_upstreams
 from schemas.codec import fingerprint, history, raw_schema
 from tests.e2e.scan import hits, topic_bytes
 from tests.fakes.mcp_server import PROTOCOL_VERSION, FakeMcpServer
-from tests.proxy.test_app import API_KEY, free_port
+from tests.proxy.test_app import API_KEY
+from tests.services import free_port
 from tests.test_cli import KGB, wait_healthy
 from tests.topic import read_events
 
