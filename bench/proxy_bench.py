@@ -1,0 +1,359 @@
+"""Direct vs nginx vs `kgb proxy` (capture and publishing on, real Kafka), in one run.
+
+    .venv/bin/python -m bench.proxy_bench [--json results.json] [--scale 0.5] [--keep]
+
+Why one run: the three targets take turns inside each scenario on the same machine,
+upstream and load generator, so the ratios between them mean something even on a
+noisy 2-core box. Every process is separate (fake upstreams, nginx, each kgb proxy,
+the load generator, the Kafka broker), so each proxy's CPU seconds and peak RSS are
+its own. See bench/README.md for what each column means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python bench/proxy_bench.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import orjson
+import psutil
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bench.targets import ROOT, BenchError, Measured, Target, start_fake, start_kgb, start_nginx, workdir
+from tests.services import create_topic, kafka_broker
+
+EVENTS_PER_STREAM = 50
+DELTAS = EVENTS_PER_STREAM - 5  # message_start, block start, deltas, block stop, message_delta, message_stop
+PACE_S = 0.020
+SETTLE_S = 0.5  # after a run, so CPU spent flushing what the run produced is counted in it
+PUBLISH_WAIT_S = 60.0
+QUIET_CPU_PCT = 15.0  # of all CPUs
+QUIET_WAIT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    route: str  # "fast" or "paced": which fake upstream answers
+    stream: bool
+    concurrency: int
+    requests: int
+    body_bytes: int = 0
+    stagger_s: float = 0.0  # see bench/loadgen.py run()
+
+    def warmup(self) -> int:
+        """Enough to open every pooled connection twice over and warm each process's caches."""
+        return max(2 * self.concurrency, 20)
+
+
+SCENARIOS = (
+    Scenario("json c=1", "fast", False, 1, 2000),
+    Scenario("json c=64", "fast", False, 64, 6000),
+    Scenario("sse50 c=1", "fast", True, 1, 1000),
+    Scenario("sse50 c=64", "fast", True, 64, 3000),
+    Scenario("paced c=16", "paced", True, 16, 300, stagger_s=EVENTS_PER_STREAM * PACE_S / 16),
+    Scenario("500KB c=16", "fast", True, 16, 600, body_bytes=500 * 1024),
+)
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """Nearest rank: a real sample, never an interpolation between two."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+# --- Running one scenario against one target --------------------------------------
+
+
+def loadgen_spec(scenario: Scenario, url: str) -> str:
+    spec = {
+        "url": url + "/v1/messages",
+        "concurrency": scenario.concurrency,
+        "requests": scenario.requests,
+        "warmup": scenario.warmup(),
+        "stream": scenario.stream,
+        "body_bytes": scenario.body_bytes,
+        "stagger_s": scenario.stagger_s,
+    }
+    return orjson.dumps(spec).decode()
+
+
+def expect_line(process: subprocess.Popen[str], what: str) -> str:
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line:
+        process.wait()
+        raise BenchError(f"load generator exited ({process.returncode}) before {what}; its stderr is above")
+    return line
+
+
+def wait_quiet() -> float:
+    """Wait (up to QUIET_WAIT_S) until the machine is nearly idle; returns the last CPU use seen, in percent.
+
+    Why: the Kafka broker's start-up and kgb's publishing after a run load the
+    same two cores; without this the next run, often direct's, would pay for them.
+    """
+    deadline, busy = time.monotonic() + QUIET_WAIT_S, 100.0
+    while time.monotonic() < deadline:
+        busy = psutil.cpu_percent(interval=0.5)
+        if busy < QUIET_CPU_PCT:
+            break
+    return busy
+
+
+@dataclass(frozen=True)
+class Watch:
+    """The bench's own long-lived processes (this one, fakes, nginx, kgb, the broker), to tell their CPU from other work."""
+
+    ours: Measured
+    broker: Measured
+
+    def snapshot(self, target: Measured | None) -> dict[str, float]:
+        return {
+            "target": target.cpu_seconds() if target else 0.0,
+            "ours": self.ours.cpu_seconds(),
+            "broker": self.broker.cpu_seconds(),
+            "busy": system_busy_seconds(),
+            "clock": time.monotonic(),
+        }
+
+
+def system_busy_seconds() -> float:
+    """All CPUs' non-idle time (guest time is already inside user, so it is not added again)."""
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + t.irq + t.softirq + t.steal
+
+
+def drive(scenario: Scenario, url: str, target: Measured | None, watch: Watch) -> tuple[dict[str, Any], dict[str, float]]:
+    """Run the load generator; counters are read just around the measured part, after the warm-up."""
+    cmd = [sys.executable, "-m", "bench.loadgen", loadgen_spec(scenario, url)]
+    with subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as process:
+        expect_line(process, "warming up")
+        if target:
+            target.reset_peak_rss()
+        before = watch.snapshot(target)
+        assert process.stdin is not None
+        process.stdin.write("go\n")
+        process.stdin.flush()
+        result = orjson.loads(expect_line(process, "reporting"))
+    time.sleep(SETTLE_S)
+    delta = {key: value - before[key] for key, value in watch.snapshot(target).items()}
+    other = delta["busy"] - delta["ours"] - result["cpu"]
+    usage = {"other_cpu_pct": max(0.0, 100 * other / delta["clock"])}
+    if target:
+        usage |= {"cpu_s": delta["target"], "peak_rss_mb": target.peak_rss_mb(), "broker_cpu_s": delta["broker"]}
+    return result, usage
+
+
+def summarize(result: dict[str, Any], usage: dict[str, float]) -> dict[str, Any]:
+    """Milliseconds and rates from the raw samples."""
+    ttfb, total, done = result["ttfb"], result["total"], len(result["total"])
+    if not done:
+        raise BenchError(f"every request failed: {result['first_error']}")
+    row: dict[str, Any] = {
+        "requests": done,
+        "errors": result["errors"],
+        "first_error": result["first_error"],
+        "ttfb_p50_ms": percentile(ttfb, 50) * 1e3,
+        "ttfb_p99_ms": percentile(ttfb, 99) * 1e3,
+        "total_p50_ms": percentile(total, 50) * 1e3,
+        "total_p99_ms": percentile(total, 99) * 1e3,
+        "rps": done / result["wall"],
+        "loadgen_cpu_pct": 100 * result["cpu"] / result["wall"],
+        "sent": result["sent"],
+    }
+    row |= usage
+    if "cpu_s" in usage:
+        row["cpu_ms_per_request"] = 1e3 * usage["cpu_s"] / done
+    return row
+
+
+def with_ratios(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each proxy against direct and against nginx: added p50 milliseconds and throughput ratios."""
+    for name, row in rows.items():
+        for base in ("direct", "nginx"):
+            if name != base and base in rows:
+                row[f"added_total_p50_ms_vs_{base}"] = row["total_p50_ms"] - rows[base]["total_p50_ms"]
+                row[f"added_ttfb_p50_ms_vs_{base}"] = row["ttfb_p50_ms"] - rows[base]["ttfb_p50_ms"]
+                row[f"rps_x_{base}"] = row["rps"] / rows[base]["rps"]
+    return rows
+
+
+def measure(scenario: Scenario, targets: list[Target], watch: Watch) -> dict[str, dict[str, Any]]:
+    rows = {}
+    for target in targets:
+        url = target.fast if scenario.route == "fast" else target.paced
+        print(f"  {scenario.name:<11} {target.name:<7}", end="", flush=True)
+        busy_before = wait_quiet()
+        result, usage = drive(scenario, url, target.measured.get(scenario.route), watch)
+        rows[target.name] = summarize(result, usage) | {"machine_cpu_pct_before": busy_before}
+        print(f" {rows[target.name]['rps']:8.0f} req/s", flush=True)
+    return with_ratios(rows)
+
+
+# --- Setting up, and checking that kgb really published ---------------------------
+
+
+@dataclass(frozen=True)
+class Setup:
+    targets: list[Target]
+    bootstrap: str
+    topic: str
+    watch: Watch
+
+
+def start_targets(stack: contextlib.ExitStack, work: Path) -> Setup:
+    """Two fake upstreams (unpaced, paced), nginx in front of both, the broker, and one kgb proxy in front of each fake."""
+    fast, fast_fake = start_fake(stack, work, "fake-fast", DELTAS, 0.0)
+    paced, paced_fake = start_fake(stack, work, "fake-paced", DELTAS, PACE_S)
+    direct = Target("direct", fast, paced, {})
+    nginx = start_nginx(stack, work, fast, paced)
+    print("  starting Kafka ...", flush=True)
+    broker = stack.enter_context(kafka_broker())
+    topic = asyncio.run(create_topic(broker.bootstrap))
+    kgb_fast, fast_measured = start_kgb(stack, work, "kgb-fast", fast, broker.bootstrap, topic)
+    kgb_paced, paced_measured = start_kgb(stack, work, "kgb-paced", paced, broker.bootstrap, topic)
+    kgb = Target("kgb", kgb_fast, kgb_paced, {"fast": fast_measured, "paced": paced_measured})
+    broker_pids = broker_processes(broker)
+    processes = (fast_fake, paced_fake, nginx.measured["fast"], fast_measured, paced_measured, Measured(broker_pids))
+    ours = Measured((os.getpid(), *(pid for measured in processes for pid in measured.pids)))
+    return Setup([direct, nginx, kgb], broker.bootstrap, topic, Watch(ours, Measured(broker_pids)))
+
+
+def broker_processes(broker: object) -> tuple[int, ...]:
+    """The JVM scripts/kafka.py detached, found by its data directory; none for Docker or an external broker."""
+    run_dir = getattr(broker, "run_dir", None)
+    if run_dir is None:
+        return ()
+    return tuple(p.pid for p in psutil.process_iter(["cmdline"]) if any(str(run_dir) in arg for arg in p.info["cmdline"] or ()))
+
+
+async def wait_published(bootstrap: str, topic: str, exchanges: int) -> dict[str, Any]:
+    """Events on the topic (sum of end offsets), polled until every exchange's request and response event is there.
+
+    Publishing is off the request path, so the events may trail the last response by a moment.
+    """
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()  # subscribed, so it fetches the topic's metadata
+    deadline, count = time.monotonic() + PUBLISH_WAIT_S, 0
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        while True:
+            count = sum((await consumer.end_offsets(partitions)).values())
+            if count >= 2 * exchanges or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(1.0)
+    finally:
+        await consumer.stop()
+    return {"exchanges_sent_through_kgb": exchanges, "events_on_topic": count, "expected_events": 2 * exchanges}
+
+
+# --- Verdicts and the report -------------------------------------------------------
+
+
+def verdicts(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    kgb = {name: rows["kgb"] for name, rows in results.items()}
+    checks = [
+        ("added p50 total latency vs direct, json c=1 (ms)", kgb["json c=1"]["added_total_p50_ms_vs_direct"], "<=", 0.5),
+        ("added p50 total latency vs direct, sse50 c=1 (ms)", kgb["sse50 c=1"]["added_total_p50_ms_vs_direct"], "<=", 0.5),
+        ("paced TTFB p50 minus direct, c=16 (ms)", kgb["paced c=16"]["added_ttfb_p50_ms_vs_direct"], "<=", 1.0),
+        ("sse50 c=64 throughput / nginx", kgb["sse50 c=64"]["rps_x_nginx"], ">=", 0.6),
+        ("peak RSS over all scenarios (MB)", max(row["peak_rss_mb"] for row in kgb.values()), "<=", 80.0),
+    ]
+    return [
+        {"target": what, "value": value, "limit": f"{op} {limit}", "met": value <= limit if op == "<=" else value >= limit}
+        for what, value, op, limit in checks
+    ]
+
+
+# (header, width, decimals, key); a cell a target does not have (direct has no CPU of its own) shows "-".
+COLUMNS = (
+    ("n", 5, 0, "requests"),
+    ("err", 4, 0, "errors"),
+    ("ttfb50", 7, 2, "ttfb_p50_ms"),
+    ("ttfb99", 7, 2, "ttfb_p99_ms"),
+    ("tot50", 7, 2, "total_p50_ms"),
+    ("tot99", 7, 2, "total_p99_ms"),
+    ("req/s", 7, 0, "rps"),
+    ("+p50/dir", 8, 2, "added_total_p50_ms_vs_direct"),
+    ("+ttfb/dir", 9, 2, "added_ttfb_p50_ms_vs_direct"),
+    ("x dir", 6, 2, "rps_x_direct"),
+    ("x ngx", 6, 2, "rps_x_nginx"),
+    ("cpu s", 6, 2, "cpu_s"),
+    ("cpu ms/r", 8, 3, "cpu_ms_per_request"),
+    ("rss MB", 6, 1, "peak_rss_mb"),
+    ("lg cpu%", 7, 0, "loadgen_cpu_pct"),
+    ("other%", 6, 0, "other_cpu_pct"),
+)
+
+
+def render_row(target: str, row: dict[str, Any]) -> str:
+    cells = [f"{row[key]:>{width}.{decimals}f}" if key in row else "-".rjust(width) for _, width, decimals, key in COLUMNS]
+    return " ".join([target.ljust(7), *cells])
+
+
+def render(report: dict[str, Any]) -> str:
+    header = " ".join(["target ", *(name.rjust(width) for name, width, _, _ in COLUMNS)])
+    lines = [f"times in ms; {report['machine']['cpus']} CPUs, Linux {report['machine']['kernel']}", ""]
+    for name, rows in report["results"].items():
+        lines += [name, header, *(render_row(target, row) for target, row in rows.items()), ""]
+    lines += [f"{'MET ' if v['met'] else 'MISS'}  {v['target']}: {v['value']:.2f} (target {v['limit']})" for v in report["verdicts"]]
+    kafka = report["kafka"]
+    lines.append(f"kafka: {kafka['events_on_topic']} events on the topic for {kafka['exchanges_sent_through_kgb']} "
+                 f"exchanges through kgb (expected {kafka['expected_events']})")
+    lines += [f"{scenario}/{target}: {row['errors']} errors, first: {row['first_error']}"
+              for scenario, rows in report["results"].items() for target, row in rows.items() if row["errors"]]
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()}
+
+
+def scaled(scale: float) -> tuple[Scenario, ...]:
+    return tuple(replace(s, requests=max(s.concurrency, round(s.requests * scale))) for s in SCENARIOS)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Benchmark direct vs nginx vs kgb proxy (see bench/README.md).")
+    parser.add_argument("--json", type=Path, help="also write the full results here")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every scenario's request count (default 1)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, nginx.conf) for a post-mortem")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    scenarios = scaled(args.scale)
+    with contextlib.ExitStack() as stack:
+        work = workdir(stack, args.keep)
+        print(f"kgb bench: work directory {work}", flush=True)
+        setup = start_targets(stack, work)
+        results = {s.name: measure(s, setup.targets, setup.watch) for s in scenarios}
+        exchanges = sum(rows["kgb"]["sent"] for rows in results.values())
+        kafka = asyncio.run(wait_published(setup.bootstrap, setup.topic, exchanges))
+    return {"machine": machine(), "scenarios": [asdict(s) for s in scenarios], "results": results,
+            "verdicts": verdicts(results), "kafka": kafka}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    report = run(args)
+    print()
+    print(render(report))
+    if args.json:
+        args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""The processes a benchmark run starts: the fake upstreams, nginx and `kgb proxy`, each on 127.0.0.1.
+
+Each runs as its own OS process so its CPU time and peak RSS can be read alone
+(`Measured`), and every one is stopped by the `ExitStack` that started it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+START_TIMEOUT_S = 60.0
+
+
+class BenchError(RuntimeError):
+    """A benchmark process could not start or misbehaved; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Measured:
+    """The processes whose CPU and memory count as one target (nginx: master and worker)."""
+
+    pids: tuple[int, ...]
+
+    def processes(self) -> list[psutil.Process]:
+        return [psutil.Process(pid) for pid in self.pids]
+
+    def cpu_seconds(self) -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in self.processes())
+
+    def reset_peak_rss(self) -> None:
+        """Writing 5 to clear_refs resets VmHWM (Linux >= 4.0), so each scenario gets its own peak."""
+        for pid in self.pids:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+    def peak_rss_mb(self) -> float:
+        return sum(_status_kb(pid, "VmHWM") for pid in self.pids) / 1024
+
+    def rss_mb(self) -> float:
+        return sum(_status_kb(pid, "VmRSS") for pid in self.pids) / 1024
+
+
+def _status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise BenchError(f"/proc/{pid}/status has no {key}")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Something a load generator sends to: `fast` for unpaced answers, `paced` for 20 ms-paced streams."""
+
+    name: str
+    fast: str
+    paced: str
+    measured: dict[str, Measured]  # route ("fast"/"paced") -> the processes serving it; empty for direct
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM first so kgb proxy flushes its publisher; SIGKILL only if it hangs."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _spawn(stack: contextlib.ExitStack, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    handle = stack.enter_context(log.open("wb"))
+    process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=handle, env=env)
+    stack.callback(_stop, process)
+    return process
+
+
+def _tail(log: Path) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+
+
+def start_fake(stack: contextlib.ExitStack, workdir: Path, name: str, deltas: int, pace: float) -> tuple[str, Measured]:
+    """tests/fakes/anthropic.py in its own process; it prints its URL once it listens."""
+    log = workdir / f"{name}.log"
+    cmd = [sys.executable, "-m", "tests.fakes.anthropic", "--port", "0", "--deltas", str(deltas), "--pace", str(pace)]
+    process = _spawn(stack, cmd, log)
+    assert process.stdout is not None
+    url = process.stdout.readline().decode().strip()
+    if not url.startswith("http://"):
+        raise BenchError(f"fake upstream {name} did not start:\n{_tail(log)}")
+    return url, Measured((process.pid,))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, process: subprocess.Popen[bytes], log: Path, expect: int = 200) -> None:
+    """Poll `url` until it answers `expect`; a process that exits meanwhile fails with its log."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BenchError(f"{process.args[0]} exited with {process.returncode}:\n{_tail(log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == expect:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise BenchError(f"{url} did not answer {expect} within {START_TIMEOUT_S:.0f}s:\n{_tail(log)}")
+
+
+def nginx_binary() -> str:
+    """Debian's nginx; installed on the spot when missing (the bench is run by hand, as root, on a dev box)."""
+    found = shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin")
+    if found:
+        return found
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise BenchError("nginx not found: apt-get install -y nginx-light (or nginx)")
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light"], check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    return "/usr/sbin/nginx"
+
+
+def nginx_conf(workdir: Path, routes: dict[int, str]) -> str:
+    """One worker (like kgb's one event loop), no buffering either way that would delay a chunk, pooled upstream connections.
+
+    `client_body_buffer_size` keeps 500 KB bodies in memory, as kgb does, rather than in a temp file.
+    """
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    upstreams, servers = [], []
+    for number, (port, url) in enumerate(routes.items()):
+        upstreams.append(f"  upstream u{number} {{ server {url.removeprefix('http://')}; keepalive 256; }}")
+        servers.append(
+            f"  server {{ listen 127.0.0.1:{port} backlog=4096; location / {{ proxy_pass http://u{number};"
+            " proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; } }"
+        )
+    return f"""{user}worker_processes 1;
+daemon off;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_max_body_size 64m;
+  client_body_buffer_size 1m;
+  client_body_temp_path {workdir}/nginx-body;
+  proxy_temp_path {workdir}/nginx-proxy;
+  keepalive_requests 100000;
+{chr(10).join(upstreams)}
+{chr(10).join(servers)}
+}}
+"""
+
+
+def start_nginx(stack: contextlib.ExitStack, workdir: Path, fast: str, paced: str) -> Target:
+    ports = {free_port(): fast, free_port(): paced}
+    conf = workdir / "nginx.conf"
+    conf.write_text(nginx_conf(workdir, ports))
+    log = workdir / "nginx.log"
+    process = _spawn(stack, [nginx_binary(), "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "nginx-error.log")], log)
+    fast_url, paced_url = (f"http://127.0.0.1:{port}" for port in ports)
+    wait_http(fast_url + "/v1/models", process, log)
+    workers = tuple(child.pid for child in psutil.Process(process.pid).children())
+    measured = Measured((process.pid, *workers))
+    return Target("nginx", fast_url, paced_url, {"fast": measured, "paced": measured})
+
+
+def kgb_binary() -> str:
+    """The `kgb` console script beside the interpreter running the bench (the project's venv)."""
+    path = Path(sys.executable).with_name("kgb")
+    if not path.exists():
+        raise BenchError(f"{path} not found: pip install -e '.[bench]' into this interpreter's venv")
+    return str(path)
+
+
+def start_kgb(stack: contextlib.ExitStack, workdir: Path, name: str, upstream: str, bootstrap: str, topic: str) -> tuple[str, Measured]:
+    """`kgb proxy` with capture and publishing on, its own spool directory, logging only warnings."""
+    port = free_port()
+    spool = workdir / f"{name}-spool"
+    env = {**os.environ, "KGB_KAFKA_BOOTSTRAP": bootstrap, "KGB_TOPIC": topic, "KGB_SPOOL_DIR": str(spool)}
+    cmd = [kgb_binary(), "--log-level", "WARNING", "proxy", "--port", str(port), "--upstream", upstream]
+    log = workdir / f"{name}.log"
+    process = _spawn(stack, cmd, log, env)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/ready", process, log)
+    return url, Measured((process.pid,))
+
+
+def workdir(stack: contextlib.ExitStack, keep: bool) -> Path:
+    """Logs, nginx config and spools; world-readable so nginx's worker can use it, removed unless `keep`."""
+    path = Path(tempfile.mkdtemp(prefix="kgb-bench-"))
+    path.chmod(0o755)
+    if not keep:
+        stack.callback(shutil.rmtree, path, True)
+    return path
