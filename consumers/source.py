@@ -10,6 +10,11 @@ A handler that raises a transient error (`consumers.errors.is_transient`: the
 database or the registry away) gets the same batch again after a backoff, for
 as long as it takes, logged at every attempt; any other error ends `consume`
 loudly with the offsets uncommitted.
+
+A reader (`make_reader`, `read_from_start`) is the same loop without a group:
+every partition assigned from its oldest offset, no rebalancing, nothing
+committed, and `consume(..., until=ends)` returns once it has handled
+everything before the end offsets it was given (`kgb replay`).
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from consumers.errors import is_transient
+from consumers.errors import ConsumerError, is_transient
 from kgb.config import KafkaSettings
 from schemas.codec import Decoder
 from schemas.errors import DecodeError, clip
@@ -96,7 +102,7 @@ class Backoff:
             delay = min(delay * 2, self.maximum)
 
 
-def consumer_options(kafka: KafkaSettings, group: str, batch_size: int) -> dict[str, Any]:
+def consumer_options(kafka: KafkaSettings, group: str | None, batch_size: int) -> dict[str, Any]:
     """How every KGB consumer talks to Kafka: manual commits, from the start of the topic."""
     return {
         "bootstrap_servers": kafka.bootstrap,
@@ -112,6 +118,49 @@ def consumer_options(kafka: KafkaSettings, group: str, batch_size: int) -> dict[
 def make_consumer(kafka: KafkaSettings, group: str, batch_size: int) -> AIOKafkaConsumer:
     """Subscribed to the exchange topic, not started: the caller owns it."""
     return AIOKafkaConsumer(kafka.topic, **consumer_options(kafka, group, batch_size))
+
+
+def make_reader(kafka: KafkaSettings, batch_size: int) -> AIOKafkaConsumer:
+    """In no group and subscribed to nothing, not started: `read_from_start` assigns it the topic."""
+    return AIOKafkaConsumer(**consumer_options(kafka, None, batch_size))
+
+
+async def read_from_start(reader: AIOKafkaConsumer, kafka: KafkaSettings) -> dict[TopicPartition, int]:
+    """Assign the started reader every partition of the topic at its oldest offset, and return those offsets.
+
+    Manual assignment rather than a fresh group: no rebalance to wait for, and
+    the partitions are known up front, so their end offsets are too.
+    """
+    partitions = [TopicPartition(kafka.topic, number) for number in await partition_numbers(kafka)]
+    reader.assign(partitions)
+    await reader.seek_to_beginning(*partitions)
+    return await reader.beginning_offsets(partitions)
+
+
+async def partition_numbers(kafka: KafkaSettings) -> list[int]:
+    """The topic's partitions; a topic that does not exist is an error, not an empty read."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([kafka.topic])
+    finally:
+        await admin.close()
+    if described["error_code"] or not described["partitions"]:
+        raise ConsumerError(f"topic {kafka.topic!r} not found on {kafka.bootstrap} (error code {described['error_code']})")
+    return sorted(partition["partition"] for partition in described["partitions"])
+
+
+async def end_offsets(reader: AIOKafkaConsumer) -> dict[TopicPartition, int]:
+    """Where each assigned partition ends now: the offset its next message will get."""
+    return await reader.end_offsets(sorted(reader.assignment()))
+
+
+async def behind(reader: AIOKafkaConsumer, until: dict[TopicPartition, int]) -> bool:
+    """True while some partition's position is short of its offset in ``until``."""
+    for tp, end in until.items():
+        if await reader.position(tp) < end:
+            return True
+    return False
 
 
 def envelope(message: ConsumerRecord) -> Envelope:
@@ -189,9 +238,13 @@ async def consume(
     stop: asyncio.Event,
     batch_size: int,
     backoff: Backoff = Backoff(),
+    until: dict[TopicPartition, int] | None = None,
 ) -> None:
-    """Poll, decode, handle, commit, until ``stop`` is set; the batch in hand is finished first."""
-    while not stop.is_set():
+    """Poll, decode, handle, commit, until ``stop`` is set; the batch in hand is finished first.
+
+    A reader passes ``until`` (see `end_offsets`): it returns once it is there, and commits nothing.
+    """
+    while not stop.is_set() and (until is None or await behind(consumer, until)):
         polled = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=batch_size)
         if not polled:
             continue
@@ -199,7 +252,8 @@ async def consume(
         done = await retrying(lambda: _decode_and_handle(polled, decoder, handler), what, stop, backoff)
         if done is None:
             return
-        await commit(consumer, done.offsets)
+        if until is None:
+            await commit(consumer, done.offsets)
 
 
 async def _decode_and_handle(
