@@ -87,6 +87,27 @@ def _consume_metrics(args: argparse.Namespace) -> None:
     _run_until_signal(lambda stop: run(settings, stop))
 
 
+def _replay(args: argparse.Namespace) -> None:
+    from consumers.errors import ConsumerError
+    from consumers.replay import replay
+    from consumers.winni.settings import WinniSettings, schema_name
+
+    settings = WinniSettings.from_env()
+    into = args.into and schema_name(args.into)
+
+    async def run(stop: asyncio.Event) -> None:
+        outcome = await replay(settings, into=into, keep_old=args.keep_old, stop=stop)
+        print(f"kgb replay: {outcome}", flush=True)
+        if not outcome.complete:
+            raise SystemExit(1)
+
+    try:
+        _run_until_signal(run)
+    except ConsumerError as exc:
+        print(f"kgb replay: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 def _usage(args: argparse.Namespace) -> None:
     from datetime import date
 
@@ -159,6 +180,13 @@ def parser() -> argparse.ArgumentParser:
     usage.add_argument("--since", help="first day to include, YYYY-MM-DD (default: all)")
     usage.add_argument("--json", action="store_true", help="JSON instead of a table; costs as exact decimal strings")
     usage.set_defaults(run=_usage)
+
+    about = ("rebuild the winni tables from the start of the topic into a fresh schema, beside the live consumer, "
+             "then swap them in for KGB_DB_SCHEMA in one transaction")
+    replay = commands.add_parser("replay", help=about, description=about)
+    replay.add_argument("--into", metavar="SCHEMA", help="only fill SCHEMA (created if missing); the live schema is left alone")
+    replay.add_argument("--keep-old", action="store_true", help="keep the replaced tables as schema <KGB_DB_SCHEMA>_old_<time>")
+    replay.set_defaults(run=_replay)
     return root
 
 

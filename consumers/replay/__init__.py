@@ -1,0 +1,5 @@
+"""`kgb replay`: rebuild the winni tables from the whole topic, beside the live ones, and swap them in."""
+
+from consumers.replay.rebuild import Outcome, replay
+
+__all__ = ["Outcome", "replay"]

@@ -1,0 +1,261 @@
+"""`kgb replay`: the winni tables rebuilt from the whole topic into a fresh schema, then swapped in.
+
+The steps of `replay`:
+
+1. Migrate a fresh schema (``<live>_replay_<time>``, or the one given as
+   ``--into``) and read the topic from its oldest offsets with a reader (no
+   group, every partition assigned: the live consumer's group and offsets are
+   untouched). Every batch goes through the live consumer's own handler and
+   stages (`consumers.winni.consumer.make_handler`, `default_stages`), into the
+   fresh schema, so the rebuilt rows are the ones the live consumer writes.
+2. Read up to the end offsets seen at the start; with ``--into`` that is all.
+3. To swap, catch up with the end offsets until less than a batch is left, then,
+   in one transaction on a connection of its own: lock every table of the live
+   schema (EXCLUSIVE: readers go on, writers wait), read the end offsets once
+   more and replay up to them, raise the rebuilt schema's session revisions
+   above the live ones, rename live to ``<live>_old_<time>`` and the rebuilt
+   schema to the live name, commit. Then drop the old schema, unless kept.
+
+Why no event is lost across the swap: every batch the live consumer wrote into
+the old schema committed before the lock was granted (the lock waits for its
+transactions), and came from offsets below the end offsets of that moment; the
+final catch-up reads up to end offsets taken after the lock is held, so the
+rebuilt schema holds every event the old one holds. Live batches that start
+meanwhile wait on the lock; once it is released, the live name means the
+rebuilt schema (PostgreSQL looks a name up again after waiting for its lock,
+and renaming a schema drops every cached plan), so they write there. The live
+consumer's offsets never moved: it goes on from where it was, and the events it
+handles that replay already wrote are redeliveries, which change nothing.
+
+What the live consumer sees: its connections keep ``search_path`` set to the
+live name, which from the commit on names the rebuilt tables. The conversation
+stage trusts its cached session state only while the session's revision is the
+one it last wrote; the swap raises every revision above any the old schema
+held, so the first batch that touches a session after the swap reads its state
+back from the rebuilt tables. A live consumer older than the replaying code
+goes on writing by its own rules: restart it after a swap that brings new
+migrations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from functools import cache, partial
+from typing import TextIO
+
+import aiohttp
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from consumers.errors import ConsumerError
+from consumers.replay.progress import Progress
+from consumers.source import (
+    Batch,
+    Handler,
+    consume,
+    end_offsets,
+    make_reader,
+    read_from_start,
+    retrying,
+)
+from consumers.sql import Queries, load_queries
+from consumers.winni.consumer import (
+    REGISTRY_TIMEOUT,
+    apply_migrations,
+    default_stages,
+    make_handler,
+    open_pool,
+)
+from consumers.winni.settings import WinniSettings, schema_name
+from kgb.config import SettingsError
+from schemas.codec import make_decoder
+from schemas.registry import Registry
+
+log = logging.getLogger(__name__)
+
+# Catch-ups before the locked final one; each reads what arrived during the one before.
+CATCH_UP_ROUNDS = 5
+
+Reader = Callable[[dict[TopicPartition, int]], Awaitable[None]]
+
+
+class Stopped(Exception):
+    """Asked to stop during the locked final catch-up: roll the swap back."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a replay did. ``complete`` is False when it was stopped first; then nothing was swapped."""
+
+    schema: str  # where the rebuilt tables are now
+    events: int
+    seconds: float
+    complete: bool
+    old_schema: str | None = None  # the previous live tables, when kept
+
+    def __str__(self) -> str:
+        rate = self.events / self.seconds if self.seconds > 0 else 0.0
+        kept = f"; previous tables kept in {self.old_schema}" if self.old_schema else ""
+        state = "" if self.complete else "; stopped before the end, nothing swapped"
+        return f"{self.events:,} events in {self.seconds:.1f}s ({rate:,.0f} events/s), tables in schema {self.schema}{kept}{state}"
+
+
+@cache
+def queries() -> Queries:
+    return load_queries("consumers.replay")
+
+
+def stamp(at: datetime) -> str:
+    return at.strftime("%Y%m%d%H%M%S")
+
+
+def schema_names(live: str, into: str | None, at: datetime) -> tuple[str, str]:
+    """(where to build, what the live schema becomes), both plain identifiers."""
+    if into == live:
+        raise SettingsError(f"--into {into} is the live schema; name another, or leave --into out to swap")
+    return schema_name(into or f"{live}_replay_{stamp(at)}"), schema_name(f"{live}_old_{stamp(at)}")
+
+
+def trimmed(begins: dict[TopicPartition, int]) -> list[str]:
+    """Partitions whose oldest events retention has deleted: the topic no longer tells the whole story."""
+    return [f"{tp.topic}[{tp.partition}] starts at {offset}" for tp, offset in sorted(begins.items()) if offset > 0]
+
+
+def remaining(begins: dict[TopicPartition, int], ends: dict[TopicPartition, int]) -> int:
+    return sum(ends.values()) - sum(begins.values())
+
+
+def counting(handler: Handler, progress: Progress) -> Handler:
+    """The handler, advancing ``progress`` once a batch is stored (a retried batch counts once)."""
+
+    async def handle(batch: Batch) -> None:
+        await handler(batch)
+        progress.advance(len(batch.records) + len(batch.rejects))
+
+    return handle
+
+
+async def lag(reader: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> int:
+    """Events between the reader's positions and ``ends``."""
+    left = 0
+    for tp, end in ends.items():
+        left += max(0, end - await reader.position(tp))
+    return left
+
+
+async def replay(
+    settings: WinniSettings,
+    *,
+    into: str | None = None,
+    keep_old: bool = False,
+    stop: asyncio.Event | None = None,
+    stream: TextIO = sys.stderr,
+) -> Outcome:
+    """Rebuild ``settings.db_schema``'s tables from the topic, then swap them in, or fill ``into``."""
+    stop = stop or asyncio.Event()
+    at = datetime.now(UTC)
+    target, old = schema_names(settings.db_schema, into, at)
+    async with contextlib.AsyncExitStack() as resources:
+        pool = await open_pool(replace(settings, db_schema=target))
+        resources.push_async_callback(pool.close)
+        if into is None and await pool.fetchval(queries().schema_exists, target):
+            raise SettingsError(f"schema {target} already exists; drop it or replay --into it")
+        await apply_migrations(pool, target)
+        reader = make_reader(settings.kafka, settings.batch_size)
+        await reader.start()
+        resources.push_async_callback(reader.stop)
+        begins = await read_from_start(reader, settings.kafka)
+        check_whole(begins, swapping=into is None)
+        registry = None
+        if settings.kafka.schema_registry_url:
+            session = await resources.enter_async_context(aiohttp.ClientSession(timeout=REGISTRY_TIMEOUT))
+            registry = Registry(settings.kafka.schema_registry_url, session)
+        decoder = make_decoder(registry)
+        progress = Progress(stream)
+        handler = counting(make_handler(pool, default_stages(), settings.writers), progress)
+
+        async def read(ends: dict[TopicPartition, int]) -> None:
+            progress.total = remaining(begins, ends)
+            await consume(
+                reader, decoder, handler, stop=stop, batch_size=settings.batch_size, backoff=settings.backoff, until=ends,
+            )
+
+        log.info("replay: %s into schema %s", settings.kafka.topic, target)
+        await read(await end_offsets(reader))
+        live_exists = bool(await pool.fetchval(queries().schema_exists, settings.db_schema))
+        swapped = into is None and not stop.is_set() and await swap(settings, reader, read, target, old, live_exists, stop)
+        progress.finish()
+    if not swapped:
+        return Outcome(target, progress.done, progress.seconds, complete=not stop.is_set())
+    if live_exists and not keep_old:
+        await drop(settings.database_url, old)
+    kept = old if live_exists and keep_old else None
+    return Outcome(settings.db_schema, progress.done, progress.seconds, complete=True, old_schema=kept)
+
+
+def check_whole(begins: dict[TopicPartition, int], swapping: bool) -> None:
+    """Refuse to swap in tables rebuilt from a topic that has lost its first events; warn otherwise."""
+    lost = trimmed(begins)
+    if lost and swapping:
+        raise ConsumerError(f"not swapping: the topic has lost its oldest events ({', '.join(lost)}); replay --into instead")
+    if lost:
+        log.warning("replay: the topic has lost its oldest events (%s); the rebuilt tables will lack them", ", ".join(lost))
+
+
+async def swap(
+    settings: WinniSettings, reader: AIOKafkaConsumer, read: Reader, target: str, old: str, live_exists: bool,
+    stop: asyncio.Event,
+) -> bool:
+    """Catch up, then swap in one locked transaction; False when stopped first.
+
+    A deadlock with a live batch (or any transient failure) rolls the swap back
+    and runs it again; the live consumer retries its own batch the same way.
+    """
+    for _ in range(CATCH_UP_ROUNDS):
+        ends = await end_offsets(reader)
+        if stop.is_set() or await lag(reader, ends) <= settings.batch_size:
+            break
+        await read(ends)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        attempt = partial(swap_once, conn, reader, read, settings.db_schema, target, old if live_exists else None, stop)
+        return bool(await retrying(attempt, "swapping schemas", stop, settings.backoff))
+    except Stopped:
+        return False
+    finally:
+        await conn.close()
+
+
+async def swap_once(
+    conn: asyncpg.Connection, reader: AIOKafkaConsumer, read: Reader, live: str, target: str, old: str | None,
+    stop: asyncio.Event,
+) -> bool:
+    """The locked final catch-up and the renames, in one transaction; ``old`` None when there is no live schema yet."""
+    q = queries()
+    async with conn.transaction():
+        if old:
+            await conn.execute(await conn.fetchval(q.lock_tables, live))
+        await read(await end_offsets(reader))
+        if stop.is_set():
+            raise Stopped
+        if old:
+            await conn.execute(await conn.fetchval(q.outrank_revisions, target, live))
+            await conn.execute(await conn.fetchval(q.rename_schema, live, old))
+        await conn.execute(await conn.fetchval(q.rename_schema, target, live))
+    log.info("replay: schema %s is now %s%s", target, live, f"; the previous one is {old}" if old else "")
+    return True
+
+
+async def drop(database_url: str, schema: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(await conn.fetchval(queries().drop_schema, schema))
+    finally:
+        await conn.close()
+    log.info("replay: dropped %s", schema)

@@ -1,0 +1,33 @@
+-- kgb replay's statements (consumers/replay/rebuild.py). Schema names are
+-- only known at run time, so the statements that name them are built here with
+-- format's %I (quoted identifiers), never in Python, and run as they come back.
+
+-- name: schema_exists
+SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1::text);
+
+-- name: lock_tables
+-- Every table of the live schema, exchanges first: a live winni batch writes
+-- exchanges before anything else, so once replay holds it no batch holds one
+-- of the others while waiting for it. EXCLUSIVE blocks writers, not readers.
+SELECT format('LOCK TABLE %s IN EXCLUSIVE MODE',
+              string_agg(format('%I.%I', schemaname, tablename), ', ' ORDER BY tablename <> 'exchanges', tablename))
+FROM pg_tables WHERE schemaname = $1::text;
+
+-- name: outrank_revisions
+-- Every session revision in the rebuilt schema ($1) above any the live schema
+-- ($2) ever held, so a live consumer's cached session state never matches and
+-- it reads each session back from the rebuilt tables (conversations.py).
+-- Sessions only the live schema knows get a row too, for the same reason.
+SELECT format($sql$
+    INSERT INTO %1$I.session_revisions (session_key, revision)
+    SELECT session_key, 0 FROM %2$I.session_revisions
+    ON CONFLICT (session_key) DO NOTHING;
+    UPDATE %1$I.session_revisions
+    SET revision = revision + (SELECT coalesce(max(revision), 0) + 1 FROM %2$I.session_revisions)
+$sql$, $1::text, $2::text);
+
+-- name: rename_schema
+SELECT format('ALTER SCHEMA %I RENAME TO %I', $1::text, $2::text);
+
+-- name: drop_schema
+SELECT format('DROP SCHEMA %I CASCADE', $1::text);

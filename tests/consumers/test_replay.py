@@ -1,0 +1,193 @@
+"""`kgb replay` on real Kafka and PostgreSQL: rebuilt tables equal the live-built ones, row for row."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaProducer, TopicPartition
+
+from consumers.replay import replay
+from consumers.replay.progress import duration, progress_line
+from consumers.replay.rebuild import schema_names, trimmed
+from consumers.winni import WinniSettings
+from kgb.config import SettingsError
+from tests.consumers.conftest import count, eventually, publish, winni
+from tests.consumers.sessions import (
+    SessionBuilder,
+    long_session,
+    reply,
+    sample_events,
+    text,
+)
+
+# Columns that say when a row was written, not what it holds; `session_revisions`
+# counts the batches that touched a session, which differ between any two runs.
+WRITTEN_AT = {("exchanges", "created_at"), ("exchanges", "updated_at"), ("dead_letters", "id"),
+              ("dead_letters", "created_at"), ("schema_migrations", "applied_at")}
+BOOKKEEPING = {"session_revisions"}
+
+COLUMNS = """
+SELECT table_name, array_agg(column_name::text ORDER BY ordinal_position) AS columns
+FROM information_schema.columns WHERE table_schema = $1 GROUP BY table_name
+"""
+
+
+async def tables(conn: asyncpg.Connection, schema: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every table of ``schema`` but the bookkeeping, every row, sorted on all its columns."""
+    found = {}
+    for row in await conn.fetch(COLUMNS, schema):
+        name = row["table_name"]
+        if name in BOOKKEEPING:
+            continue
+        columns = [c for c in row["columns"] if (name, c) not in WRITTEN_AT]
+        listed = ", ".join(f'"{c}"' for c in columns)
+        sql = f'SELECT {listed} FROM "{schema}"."{name}" ORDER BY {", ".join(map(str, range(1, len(columns) + 1)))}'
+        found[name] = [tuple(r) for r in await conn.fetch(sql)]
+    return found
+
+
+def varied_events() -> list[dict[str, Any] | bytes]:
+    """Sessions of every shape (sub-agents, compaction, retries, interruptions, titles), the samples, garbage."""
+    short = SessionBuilder()
+    short.turn("main", text("hello"), answer=reply(text("hi")))
+    return [*long_session(60).events, *long_session(30).events, *short.events, *sample_events(), b"not avro"]
+
+
+async def schemas(conn: asyncpg.Connection) -> set[str]:
+    return {r[0] for r in await conn.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'kgb%'")}
+
+
+async def stored(db: asyncpg.Connection, events: list[dict[str, Any] | bytes]) -> None:
+    """Until the live tables hold every exchange whole, and every garbage message dead-lettered."""
+    exchanges = len({e["exchange_id"] for e in events if isinstance(e, dict)})
+    garbage = sum(isinstance(e, bytes) for e in events)
+    await eventually(lambda: count(db, "complete", exchanges))
+    await eventually(lambda: count(db, "dead_letters", garbage))
+
+
+@pytest.fixture
+async def admin(database: str) -> Any:
+    conn = await asyncpg.connect(database)
+    yield conn
+    await conn.close()
+
+
+async def test_replay_into_a_schema_equals_the_live_tables_and_again_changes_nothing(
+    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection, admin: asyncpg.Connection
+) -> None:
+    events = varied_events()
+    await publish(producer, settings.kafka.topic, events)
+    async with winni(settings):
+        await stored(db, events)
+    live = await tables(admin, "kgb")
+    assert len(live["exchanges"]) == len({e["exchange_id"] for e in events if isinstance(e, dict)})
+    assert live["messages"] and live["tool_calls"] and live["dead_letters"]
+
+    outcome = await replay(settings, into="kgb_copy", stream=io.StringIO())
+    assert (outcome.schema, outcome.events, outcome.complete) == ("kgb_copy", len(events), True)
+    assert await tables(admin, "kgb_copy") == live
+
+    await replay(settings, into="kgb_copy", stream=io.StringIO())
+    assert await tables(admin, "kgb_copy") == live
+
+    swapped = await replay(settings, stream=io.StringIO())
+    assert (swapped.schema, swapped.complete, swapped.old_schema) == ("kgb", True, None)
+    assert await tables(admin, "kgb") == live
+    assert await schemas(admin) == {"kgb", "kgb_copy"}, "the replaced tables are dropped without --keep-old"
+
+
+async def test_a_swap_under_a_running_consumer_loses_nothing_and_the_consumer_carries_on(
+    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection, admin: asyncpg.Connection
+) -> None:
+    """Events before, during and after the swap, the later ones continuing sessions the consumer has cached."""
+    first, second = long_session(40), long_session(40)
+    cut = len(first.events) // 4 * 2  # whole exchanges
+    topic = settings.kafka.topic
+    await publish(producer, topic, [*first.events[:cut], *second.events[:cut]])
+    async with winni(settings):
+        await stored(db, [*first.events[:cut], *second.events[:cut]])
+        during = asyncio.create_task(publish(producer, topic, second.events[cut:]))
+        outcome = await replay(settings, keep_old=True, stream=io.StringIO())
+        await during
+        assert (outcome.schema, outcome.complete) == ("kgb", True)
+        old = outcome.old_schema
+        assert old and await schemas(admin) == {"kgb", old}
+        floor = await admin.fetchval("SELECT min(revision) FROM kgb.session_revisions")
+        ceiling = await admin.fetchval(f'SELECT max(revision) FROM "{old}".session_revisions')
+        assert floor > ceiling, "cached session state from the old tables can never pass for current"
+
+        await publish(producer, topic, first.events[cut:])
+        await stored(db, [*first.events, *second.events])
+
+    await replay(settings, into="kgb_check", stream=io.StringIO())
+    assert await tables(admin, "kgb") == await tables(admin, "kgb_check")
+    assert len((await tables(admin, "kgb"))["messages"]) == first.messages + second.messages
+
+
+async def test_a_stopped_replay_swaps_nothing(
+    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection, admin: asyncpg.Connection
+) -> None:
+    events = long_session(10).events
+    await publish(producer, settings.kafka.topic, events)
+    async with winni(settings):
+        await stored(db, events)
+    before = await tables(admin, "kgb")
+    stop = asyncio.Event()
+    stop.set()
+    outcome = await replay(settings, stop=stop, stream=io.StringIO())
+    assert not outcome.complete and outcome.schema.startswith("kgb_replay_")
+    assert await tables(admin, "kgb") == before
+
+
+async def test_the_command_fills_a_schema_and_logs_plain_progress_lines(
+    settings: WinniSettings, producer: AIOKafkaProducer, admin: asyncpg.Connection
+) -> None:
+    events = long_session(10).events
+    await publish(producer, settings.kafka.topic, events)
+    env = {**os.environ, "KGB_KAFKA_BOOTSTRAP": settings.kafka.bootstrap, "KGB_TOPIC": settings.kafka.topic,
+           "KGB_DATABASE_URL": settings.database_url}
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", "from kgb.cli import main; main()", "replay", "--into", "kgb_cli"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"kgb replay: {len(events):,} events in" in done.stdout
+    assert f"replay: {len(events):,}/{len(events):,} events (100%)" in done.stderr
+    assert "\r" not in done.stderr, "not a terminal: plain lines"
+    assert await admin.fetchval("SELECT count(*) FROM kgb_cli.exchanges") == len(events) // 2
+
+
+async def test_a_missing_topic_is_an_error_not_an_empty_swap(settings: WinniSettings) -> None:
+    missing = replace(settings, kafka=replace(settings.kafka, topic="kgb-test-no-such-topic"))
+    with pytest.raises(Exception, match="not found"):
+        await replay(missing, stream=io.StringIO())
+
+
+def test_progress_lines() -> None:
+    assert progress_line(0, 1000, 0.0) == "0/1,000 events (0%)"
+    assert progress_line(250, 1000, 2.0) == "250/1,000 events (25%), 125 events/s, ETA 0:00:06"
+    assert progress_line(5, 0, 1.0) == "5/0 events (100%), 5 events/s, ETA 0:00:00"
+    assert duration(3725.4) == "1:02:05"
+
+
+def test_schema_names() -> None:
+    at = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
+    assert schema_names("kgb", None, at) == ("kgb_replay_20250304050607", "kgb_old_20250304050607")
+    assert schema_names("kgb", "mine", at)[0] == "mine"
+    with pytest.raises(SettingsError, match="live schema"):
+        schema_names("kgb", "kgb", at)
+    with pytest.raises(SettingsError):
+        schema_names("kgb", "no-dashes", at)
+
+
+def test_a_trimmed_topic_is_named() -> None:
+    assert trimmed({TopicPartition("t", 0): 0, TopicPartition("t", 1): 7}) == ["t[1] starts at 7"]
