@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -19,7 +21,7 @@ from consumers.replay import replay
 from consumers.replay.progress import duration, progress_line
 from consumers.replay.rebuild import schema_names, trimmed
 from consumers.winni import WinniSettings
-from kgb.config import SettingsError
+from kgb.config import KafkaSettings, SettingsError
 from tests.consumers.conftest import count, eventually, publish, winni
 from tests.consumers.sessions import (
     SessionBuilder,
@@ -170,6 +172,29 @@ async def test_a_missing_topic_is_an_error_not_an_empty_swap(settings: WinniSett
     missing = replace(settings, kafka=replace(settings.kafka, topic="kgb-test-no-such-topic"))
     with pytest.raises(Exception, match="not found"):
         await replay(missing, stream=io.StringIO())
+
+
+def readme_example() -> str:
+    """The Python block of the README's Replay section: the example consumer."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## Replay", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    return block
+
+
+async def test_the_readme_example_consumer_counts_every_request(
+    kafka: Any, topic: str, producer: AIOKafkaProducer
+) -> None:
+    events = [*long_session(10).events, *sample_events(), b"not avro"]
+    await publish(producer, topic, events)
+    expected: dict[str, int] = {}
+    for e in events:
+        if isinstance(e, dict) and e["kind"] == "REQUEST":
+            model = e["request"]["model"] or "none"
+            expected[model] = expected.get(model, 0) + 1
+    example: dict[str, Any] = {}
+    exec(compile(readme_example(), "README.md", "exec"), example)  # noqa: S102 - the README's own code
+    assert await example["requests_per_model"](KafkaSettings(bootstrap=kafka.bootstrap, topic=topic)) == expected
 
 
 def test_progress_lines() -> None:
