@@ -1,8 +1,9 @@
 """`kgb consume winni`: exchange events into PostgreSQL, one transaction per batch.
 
-Each batch runs a list of stages inside one transaction: `store.write_exchanges`,
-then the conversation stage (`conversations.ConversationStage`), which sees the
-same valid records and commits or rolls back with the exchanges. Messages
+Each batch runs a list of stages inside one transaction; by default the one
+conversation stage (`conversations.ConversationStage`), which writes the
+exchanges (`store.write_exchanges`) and then the conversation tables, so they
+commit or roll back together. Messages
 that did not decode, and events that break the contract, go to
 ``dead_letters`` in the same transaction.
 
@@ -47,9 +48,9 @@ log = logging.getLogger(__name__)
 Stage = Callable[[asyncpg.Connection, Sequence[Record]], Awaitable[None]]
 
 
-def default_stages() -> tuple[Stage, ...]:
+def default_stages(store_request_bodies: bool = False) -> tuple[Stage, ...]:
     """A fresh set per run: the conversation stage caches each session's thread state."""
-    return (store.write_exchanges, ConversationStage())
+    return (ConversationStage(store_request_bodies),)
 
 REGISTRY_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
@@ -172,7 +173,7 @@ async def run(
 ) -> None:
     """Migrate, then consume until ``stop`` is set; waits for PostgreSQL if it is not up yet."""
     stop = stop or asyncio.Event()
-    stages = default_stages() if stages is None else stages
+    stages = default_stages(settings.store_request_bodies) if stages is None else stages
     log.info("winni starting: %r", settings)
     pool = await retrying(partial(open_pool, settings), "connecting to PostgreSQL", stop, settings.backoff)
     if pool is None:

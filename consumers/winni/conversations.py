@@ -1,7 +1,11 @@
-"""The conversations stage: each batch's events through `threads`, into the conversation tables.
+"""The conversations stage: each batch's exchanges, then its events through `threads` into the conversation tables.
 
-It runs after `store.write_exchanges`, in the same transaction, so the rows it
-links (``exchanges.conversation_id``) exist and everything commits together.
+It writes the exchanges itself (`store.write_exchanges`), first, in the same
+transaction, so the rows it links (``exchanges.conversation_id``) exist and
+everything commits together. Being one stage, it parses each request body
+once for both, and a body leaves ``exchanges`` without its messages only in
+the transaction that stores them in ``messages`` (unless
+``store_request_bodies`` keeps bodies whole).
 
 The thread state of each session (stored hashes, where each exchange landed)
 is cached between batches, and read from the database only when the cache
@@ -23,7 +27,7 @@ import asyncpg
 import orjson
 
 from consumers.source import Record
-from consumers.winni.store import queries, timestamp
+from consumers.winni.store import Split, queries, split_body, timestamp, write_exchanges
 from consumers.winni.threads import (
     THREAD_KINDS, Conversation, Placed, Position, Reply, Request, SessionState, Writes, apply_reply, apply_request,
 )
@@ -45,7 +49,8 @@ def parse_json(raw: bytes | str | None) -> Any:
         return None
 
 
-def request_of(event: dict[str, Any]) -> Request:
+def request_of(event: dict[str, Any], body: Any) -> Request:
+    """``body``: the request's body, parsed (`parse_json`)."""
     r = event["request"]
     return Request(
         exchange_id=event["exchange_id"],
@@ -56,7 +61,7 @@ def request_of(event: dict[str, Any]) -> Request:
         parent_agent_id=event["parent_agent_id"],
         client=event["client"],
         model=r["model"],
-        body=parse_json(r["body"]),
+        body=body,
         at=timestamp(r["received_at"]),
     )
 
@@ -133,14 +138,32 @@ def _uuid(value: Any) -> uuid.UUID:
 # --- async: the stage ---------------------------------------------------------------------
 
 
+def parsed_bodies(records: Sequence[Record]) -> dict[str, Any]:
+    """Each request's parsed body by event id: the one parse both halves of the stage share."""
+    return {r.event["event_id"]: parse_json(r.event["request"]["body"]) for r in records if r.event["kind"] == "REQUEST"}
+
+
+def splits_of(records: Sequence[Record], bodies: dict[str, Any]) -> dict[str, Split]:
+    """The request bodies ``exchanges`` keeps without their messages, by event id."""
+    splits = {}
+    for record in records:
+        event_id = record.event["event_id"]
+        if event_id in bodies and (split := split_body(record.event["request"]["body"], bodies[event_id])):
+            splits[event_id] = split
+    return splits
+
+
 class ConversationStage:
     """A winni stage with its per-session cache; one instance per running consumer."""
 
-    def __init__(self, cached_sessions: int = CACHED_SESSIONS) -> None:
+    def __init__(self, store_request_bodies: bool = False, cached_sessions: int = CACHED_SESSIONS) -> None:
         self._states: OrderedDict[str, tuple[int, SessionState]] = OrderedDict()
+        self._store_request_bodies = store_request_bodies
         self._cached_sessions = cached_sessions
 
     async def __call__(self, conn: asyncpg.Connection, records: Sequence[Record]) -> None:
+        bodies = parsed_bodies(records)
+        await write_exchanges(conn, records, None if self._store_request_bodies else splits_of(records, bodies))
         events = [r.event for r in records]
         keys = sorted({e["session_key"] for e in events})
         if not keys:
@@ -154,7 +177,7 @@ class ConversationStage:
         for event in events:
             state = states[event["session_key"]]
             if event["kind"] == "REQUEST":
-                apply_request(state, request_of(event), writes)
+                apply_request(state, request_of(event, bodies[event["event_id"]]), writes)
             else:
                 apply_reply(state, reply_of(event), writes)
         await write(conn, writes)

@@ -32,6 +32,18 @@ def schema_name(raw: str) -> str:
     return raw
 
 
+def flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """``true``/``false`` (also 1/0, yes/no, any case); anything else is refused by name."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("true", "1", "yes"):
+        return True
+    if raw.lower() in ("false", "0", "no"):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
 def positive(name: str, value: int) -> int:
     if value < 1:
         raise SettingsError(f"{name} must be at least 1, got {value}")
@@ -47,7 +59,10 @@ class WinniSettings:
     ``writers`` is how many connections write one batch at once, split by
     session (see `consumers.winni.consumer`); 1 makes each batch a single
     transaction. ``retry_max`` caps the wait between attempts while the
-    database is away.
+    database is away. ``store_request_bodies`` keeps every request body whole
+    in ``exchanges``; by default a body whose messages the conversation tables
+    hold keeps only the rest (migration 003), since whole bodies resend the
+    history every turn and grow with the square of the conversation.
     """
 
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
@@ -56,6 +71,7 @@ class WinniSettings:
     group: str = "kgb-winni"
     batch_size: int = 500
     writers: int = 2
+    store_request_bodies: bool = False
     backoff: Backoff = field(default_factory=Backoff)
 
     @classmethod
@@ -67,6 +83,7 @@ class WinniSettings:
             group=env_str(env, "KGB_WINNI_GROUP", cls.group),
             batch_size=positive("KGB_WINNI_BATCH_SIZE", env_int(env, "KGB_WINNI_BATCH_SIZE", cls.batch_size)),
             writers=positive("KGB_WINNI_WRITERS", env_int(env, "KGB_WINNI_WRITERS", cls.writers)),
+            store_request_bodies=flag(env, "KGB_WINNI_STORE_REQUEST_BODIES", cls.store_request_bodies),
             backoff=Backoff(maximum=env_float(env, "KGB_WINNI_RETRY_MAX", Backoff.maximum)),
         )
 
@@ -74,7 +91,7 @@ class WinniSettings:
         return (
             f"WinniSettings(kafka={self._masked_kafka()!r}, database_url={mask_url(self.database_url)!r}, "
             f"db_schema={self.db_schema!r}, group={self.group!r}, batch_size={self.batch_size}, writers={self.writers}, "
-            f"backoff={self.backoff!r})"
+            f"store_request_bodies={self.store_request_bodies}, backoff={self.backoff!r})"
         )
 
     __str__ = __repr__

@@ -4,7 +4,11 @@ The pure half turns one decoded event into the parameters of one named query
 (`queries.sql`); the async half runs them with ``executemany`` inside the
 caller's transaction. Bodies are never parsed here: PostgreSQL decides whether
 a body is JSON it can store (`json_or_text`), which is the one parse it must do
-anyway, and the conversation stages of issue #3 parse what they need once.
+anyway. The conversation stage, which parses each request body once for its
+own rules, may hand over a `Split` body instead: the body without ``messages``
+(stored once per position in ``messages``) and without ``system`` and
+``tools`` (stored once per distinct value in ``request_parts``), which keeps
+both the rows and PostgreSQL's parsing small (migration 003).
 
 A body becomes jsonb when PostgreSQL accepts it as JSON, else text when it is
 UTF-8 without NUL, else bytea. jsonb cannot hold ``\\u0000``, so such a body
@@ -14,12 +18,13 @@ holds exactly) that escape is replaced by U+FFFD instead.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import orjson
@@ -34,6 +39,8 @@ USAGE_COLUMNS = ("input_tokens", "output_tokens", "cache_creation_input_tokens",
 # A \u0000 escape not itself escaped: preceded by an even number of backslashes.
 _NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 _INT64 = range(-(2**63), 2**63)
+# The request fields that are the same request after request, stored once each in request_parts.
+PART_FIELDS = ("system", "tools")
 
 
 @cache
@@ -94,6 +101,39 @@ def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value in _INT64 else None
 
 
+class Part(NamedTuple):
+    hash: bytes
+    json: str
+
+
+class Split(NamedTuple):
+    """A request body as stored when its messages are: the rest, the message count, its parts by field."""
+
+    rest: str
+    messages: int
+    parts: dict[str, Part]
+
+
+def part(value: Any) -> Part:
+    """Content-addressed by the JSON with sorted keys, so the same system prompt is one row."""
+    data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    return Part(hashlib.blake2b(data, digest_size=16).digest(), data.decode())
+
+
+def split_body(raw: bytes, body: Any) -> Split | None:
+    """The parsed ``body`` of ``raw`` without what is stored elsewhere, or None to store it whole.
+
+    Only a body whose ``messages`` list the conversation stage stores can be
+    split, and only one jsonb can hold: a ``\\u0000`` escape keeps it whole,
+    as text (a backslash before it is a false alarm, and costs only the saving).
+    """
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or b"\\u0000" in raw:
+        return None
+    rest = {k: v for k, v in body.items() if k != "messages" and k not in PART_FIELDS}
+    parts = {name: part(body[name]) for name in PART_FIELDS if name in body}
+    return Split(orjson.dumps(rest).decode(), len(body["messages"]), parts)
+
+
 def check(event: dict[str, Any]) -> None:
     """Refuse events that break the contract in ways the tables cannot absorb."""
     half = "request" if event["kind"] == "REQUEST" else "response"
@@ -118,10 +158,11 @@ def shared_columns(event: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def request_row(event: dict[str, Any]) -> tuple[Any, ...]:
-    """Parameters of ``upsert_request``, in order."""
+def request_row(event: dict[str, Any], split: Split | None = None) -> tuple[Any, ...]:
+    """Parameters of ``upsert_request``, in order; the body whole unless ``split`` is given."""
     r = event["request"]
-    text, raw = body_columns(r["body"])
+    text, raw = body_columns(r["body"]) if split is None else (split.rest, None)
+    parts = split.parts if split else {}
     return (
         *shared_columns(event),
         event["event_id"],
@@ -138,6 +179,8 @@ def request_row(event: dict[str, Any]) -> tuple[Any, ...]:
         raw,
         r["body_size"],
         event["redactions"],
+        split and split.messages,
+        *(parts[name].hash if name in parts else None for name in PART_FIELDS),
     )
 
 
@@ -184,15 +227,37 @@ def printable(text: str) -> str:
 # --- async: rows to the database ----------------------------------------------
 
 
-async def write_exchanges(conn: asyncpg.Connection, records: Sequence[Record]) -> None:
-    """The exchanges stage: both halves of every event, in the caller's transaction."""
+async def write_exchanges(
+    conn: asyncpg.Connection, records: Sequence[Record], splits: Mapping[str, Split] | None = None
+) -> None:
+    """The exchanges stage: both halves of every event, in the caller's transaction.
+
+    Request bodies are stored whole, but for the events whose id ``splits`` maps
+    to a split body; their parts are stored first, those not stored yet.
+    """
     q = queries()
-    requests = [request_row(r.event) for r in records if r.event["kind"] == "REQUEST"]
+    splits = splits or {}
+    await write_parts(conn, [p for s in splits.values() for p in s.parts.values()])
+    requests = [request_row(r.event, splits.get(r.event["event_id"])) for r in records if r.event["kind"] == "REQUEST"]
     responses = [response_row(r.event) for r in records if r.event["kind"] == "RESPONSE"]
     if requests:
         await conn.executemany(q.upsert_request, requests)
     if responses:
         await conn.executemany(q.upsert_response, responses)
+
+
+async def write_parts(conn: asyncpg.Connection, parts: Iterable[Part]) -> None:
+    """Parts not stored yet, in hash order (two writers inserting the same ones never deadlock).
+
+    Asking first spares PostgreSQL parsing a 70 KB part it already holds.
+    """
+    distinct = {p.hash: p.json for p in parts}
+    if not distinct:
+        return
+    stored = {row["hash"] for row in await conn.fetch(queries().stored_parts, list(distinct))}
+    new = sorted((h, j) for h, j in distinct.items() if h not in stored)
+    if new:
+        await conn.execute(queries().insert_parts, [h for h, _ in new], [j for _, j in new])
 
 
 async def write_dead_letters(conn: asyncpg.Connection, rejects: Sequence[Reject]) -> None:

@@ -11,6 +11,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from consumers.winni import WinniSettings
+from consumers.winni.threads import normal_content
 from tests.consumers.conftest import count, eventually, publish, winni
 from tests.consumers.sessions import STUB_TEXT, SessionBuilder, long_session, reply, sample_events, text
 
@@ -146,6 +147,10 @@ async def test_a_long_session_stores_each_message_once(
     requests = sum(1 for e in session.events if e["kind"] == "REQUEST")
     resent = sum(len(orjson.loads(e["request"]["body"])["messages"]) for e in session.events if e["kind"] == "REQUEST")
     assert resent > 25 * session.messages > 25 * requests  # what storing every request's history would cost
+    # Bytes too: each exchange keeps a bounded rest of its body, system prompts and tools are stored once.
+    assert await db.fetchval("SELECT count(*) FROM exchanges WHERE request_messages IS NULL") == 0
+    assert await db.fetchval("SELECT max(octet_length(request_body::text)) FROM exchanges") < 1024
+    assert await db.fetchval("SELECT count(*) FROM request_parts") == 4  # system, tools, the title's system, and [] (no tools)
 
     assert await db.fetchval("SELECT count(*) FROM tool_calls") == session.tool_calls
     assert await db.fetchval("SELECT count(*) FROM tool_calls WHERE result IS NULL") == 0
@@ -224,7 +229,7 @@ def readme_queries() -> list[str]:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     section = readme.split("## Conversations in winni", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```sql\n(.*?)```", section, re.DOTALL)
-    return [b.replace(":'conversation'", "$1::uuid").replace(":'session'", "$1::text") for b in blocks]
+    return [b.replace(":'conversation'", "$1::uuid").replace(":'exchange'", "$1::uuid").replace(":'session'", "$1::text") for b in blocks]
 
 
 async def test_the_readme_queries_answer(
@@ -237,12 +242,16 @@ async def test_the_readme_queries_answer(
     await publish(producer, settings.kafka.topic, s.events)
     async with winni(settings):
         await settled(db, s.events)
-    latest, messages, tree, tokens = readme_queries()
+    latest, messages, tree, rebuild, tokens = readme_queries()
 
     assert [r["kind"] for r in await db.fetch(latest)] == ["subagent", "main", "title"]
     main = await db.fetchval("SELECT id FROM conversations WHERE kind = 'main'")
     rows = await db.fetch(messages, main)
     assert [(r["position"], r["tool"], r["is_error"]) for r in rows] == [(0, None, None), (1, "Bash", False), (2, None, None), (3, None, None)]
     assert [r["thread"] for r in await db.fetch(tree, s.session_id)] == ["main", "  subagent agent-1"]
+    last = next(e for e in reversed(s.events) if e["kind"] == "REQUEST" and e["agent_id"] is None)
+    sent, rebuilt = orjson.loads(last["request"]["body"]), orjson.loads(await db.fetchval(rebuild, last["exchange_id"]))
+    assert {k: v for k, v in rebuilt.items() if k != "messages"} == {k: v for k, v in sent.items() if k != "messages"}
+    assert rebuilt["messages"] == [{"role": m["role"], "content": normal_content(m["content"])} for m in sent["messages"]]
     (usage,) = await db.fetch(tokens)
     assert (usage["title"], usage["requests"], usage["output"]) == ("Fix the build", 4, 4 * 12)

@@ -39,6 +39,8 @@ EXCHANGE_COLUMNS = {
     "created_at": "timestamp with time zone", "updated_at": "timestamp with time zone",
     # 002_conversations
     "conversation_id": "uuid", "reply_position": "integer", "retry_of": "uuid", "request_hash": "bytea",
+    # 003_request_parts
+    "request_messages": "integer", "request_system": "bytea", "request_tools": "bytea",
 }
 TIME = "timestamp with time zone"
 CONVERSATION_TABLES = {
@@ -62,6 +64,7 @@ CONVERSATION_TABLES = {
         "use_position": "integer", "used_at": TIME, "result": "jsonb", "is_error": "boolean",
         "result_exchange_id": "uuid", "result_position": "integer", "result_at": TIME,
     },
+    "request_parts": {"hash": "bytea", "part": "jsonb"},
 }
 
 COLUMNS = """
@@ -96,7 +99,7 @@ def test_queries_are_split_on_their_name_lines() -> None:
 def test_migration_files_are_numbered() -> None:
     assert parse_migration_name("001_exchanges.sql") == (1, "exchanges")
     assert parse_migration_name("README.md") is None
-    assert [m.version for m in load_migrations(WINNI)] == [1, 2]
+    assert [m.version for m in load_migrations(WINNI)] == [1, 2, 3]
 
 
 def test_a_database_with_another_history_is_refused() -> None:
@@ -111,7 +114,7 @@ def test_a_database_with_another_history_is_refused() -> None:
 async def test_migrations_build_the_schema_once(database: str) -> None:
     conn = await asyncpg.connect(database)
     try:
-        assert await migrate(conn, load_migrations(WINNI), "kgb") == [1, 2]
+        assert await migrate(conn, load_migrations(WINNI), "kgb") == [1, 2, 3]
         first = await shape(conn, "kgb")
         constraints = [tuple(r) for r in await conn.fetch(CONSTRAINTS, "kgb")]
         assert await migrate(conn, load_migrations(WINNI), "kgb") == []
@@ -126,9 +129,12 @@ async def test_migrations_build_the_schema_once(database: str) -> None:
         ("conversations", "UNIQUE", ["session_key", "ordinal"]),
         ("dead_letters", "PRIMARY KEY", ["id"]),
         ("dead_letters", "UNIQUE", ["topic", "kafka_partition", "kafka_offset"]),
+        ("exchanges", "FOREIGN KEY", ["request_system"]),
+        ("exchanges", "FOREIGN KEY", ["request_tools"]),
         ("exchanges", "PRIMARY KEY", ["exchange_id"]),
         ("messages", "FOREIGN KEY", ["conversation_id"]),
         ("messages", "PRIMARY KEY", ["conversation_id", "position"]),
+        ("request_parts", "PRIMARY KEY", ["hash"]),
         ("schema_migrations", "PRIMARY KEY", ["version"]),
         ("session_revisions", "PRIMARY KEY", ["session_key"]),
         ("sessions", "PRIMARY KEY", ["session_key"]),
@@ -144,8 +150,8 @@ async def test_two_consumers_starting_at_once_migrate_once(database: str) -> Non
         rows = await conns[0].fetch("SELECT version, name FROM kgb.schema_migrations")
     finally:
         await asyncio.gather(*(c.close() for c in conns))
-    assert sorted(applied) == [[], [], [], [1, 2]]
-    assert [tuple(r) for r in rows] == [(1, "exchanges"), (2, "conversations")]
+    assert sorted(applied) == [[], [], [], [1, 2, 3]]
+    assert [tuple(r) for r in rows] == [(1, "exchanges"), (2, "conversations"), (3, "request_parts")]
 
 
 async def test_any_schema_name_gets_the_same_tables(database: str) -> None:
@@ -161,7 +167,7 @@ async def test_any_schema_name_gets_the_same_tables(database: str) -> None:
 
 
 async def test_a_failing_migration_leaves_nothing_behind(database: str) -> None:
-    broken = [*load_migrations(WINNI), Migration(3, "broken", "CREATE TABLE half_done (id int); SELECT 1/0;")]
+    broken = [*load_migrations(WINNI), Migration(4, "broken", "CREATE TABLE half_done (id int); SELECT 1/0;")]
     conn = await asyncpg.connect(database)
     try:
         with pytest.raises(asyncpg.DivisionByZeroError):

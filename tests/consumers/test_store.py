@@ -64,7 +64,7 @@ def test_contract_breakers_are_refused() -> None:
 
 def test_rows_match_the_query_parameters() -> None:
     request, response = exchange()
-    assert len(request_row(request)) == 21
+    assert len(request_row(request)) == 24
     assert len(response_row(response)) == 31
 
 

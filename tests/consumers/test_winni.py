@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 
 from consumers.winni import WinniSettings
 from tests.consumers.conftest import count, eventually, publish, winni
-from tests.consumers.factories import encode, exchange, request_event, response_event, text_message
+from tests.consumers.factories import encode, exchange, request_event, response_event, text_message, user_message
 
 ROW = "SELECT * FROM exchanges WHERE exchange_id = $1"
 
@@ -47,8 +47,12 @@ async def test_request_and_response_become_one_row(settings: WinniSettings, prod
     assert row["client"] == request["client"]
     assert str(row["request_event_id"]) == request["event_id"]
     assert str(row["response_event_id"]) == response["event_id"]
-    assert orjson.loads(row["request_body"]) == body
+    # The messages went to `messages`, system and tools to `request_parts`: the row keeps the rest.
+    assert orjson.loads(row["request_body"]) == {k: v for k, v in body.items() if k not in ("messages", "system", "tools")}
     assert row["request_body_text"] is None and row["request_body_bytes"] is None
+    assert row["request_messages"] == 1
+    parts = {r["hash"]: orjson.loads(r["part"]) for r in await db.fetch("SELECT * FROM request_parts")}
+    assert (parts[row["request_system"]], parts[row["request_tools"]]) == (body["system"], body["tools"])
     assert row["request_body_size"] == len(request["request"]["body"])
     headers = orjson.loads(row["request_headers"])
     assert headers["x-claude-code-session-id"] == request["session_key"]
@@ -73,6 +77,26 @@ async def test_request_and_response_become_one_row(settings: WinniSettings, prod
 
 def _micros(at: Any) -> int:
     return round(at.timestamp() * 1_000_000)
+
+
+async def test_bodies_stay_whole_when_configured_and_parts_are_stored_once(
+    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection
+) -> None:
+    whole, whole_reply = exchange(body_kb=75)
+    await publish(producer, settings.kafka.topic, [whole, whole_reply])
+    async with winni(replace(settings, store_request_bodies=True)):
+        row = await stored(db, whole["exchange_id"])
+    assert orjson.loads(row["request_body"]) == orjson.loads(whole["request"]["body"])
+    assert (row["request_messages"], row["request_system"], row["request_tools"]) == (None, None, None)
+
+    session = str(uuid.uuid4())
+    turns = [event for n in range(3) for event in exchange(session_id=session, body_kb=75, messages=[user_message(f"turn {n}")])]
+    await publish(producer, settings.kafka.topic, turns)
+    async with winni(settings):
+        rows = [await stored(db, event["exchange_id"]) for event in turns[::2]]
+    assert len({(r["request_system"], r["request_tools"]) for r in rows}) == 1
+    assert await db.fetchval("SELECT count(*) FROM request_parts") == 2
+    assert all(len(r["request_body"]) < 1024 for r in rows)
 
 
 async def test_response_before_request_gives_the_same_row(settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection) -> None:

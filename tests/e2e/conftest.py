@@ -64,6 +64,7 @@ def winni_settings(bootstrap: str, topic: str, database: str) -> WinniSettings:
         "KGB_TOPIC": topic,
         "KGB_DATABASE_URL": database,
         "KGB_WINNI_GROUP": f"kgb-e2e-{uuid.uuid4().hex[:12]}",
+        "KGB_WINNI_STORE_REQUEST_BODIES": "true",  # the tests compare captured bodies whole
     })
     return dataclasses.replace(settings, backoff=Backoff(initial=0.2, maximum=2.0))
 

@@ -11,14 +11,14 @@ INSERT INTO exchanges AS e (
     request_event_id, request_occurred_at, method, path, query, http_version,
     model, stream, received_at, request_headers,
     request_body, request_body_text, request_body_bytes, request_body_size,
-    request_redactions
+    request_redactions, request_messages, request_system, request_tools
 )
 SELECT $1::uuid, $2::text, $3::text, $4::text, $5::text,
        $6::text, $7::text,
        $8::uuid, $9::timestamptz, $10::text, $11::text, $12::text, $13::text,
        $14::text, $15::boolean, $16::timestamptz, $17::jsonb,
        body.json, body.text, $19::bytea, $20::bigint,
-       $21::text[]
+       $21::text[], $22::integer, $23::bytea, $24::bytea
 FROM json_or_text($18::text) AS body
 ON CONFLICT (exchange_id) DO UPDATE SET
     session_key = EXCLUDED.session_key,
@@ -42,6 +42,9 @@ ON CONFLICT (exchange_id) DO UPDATE SET
     request_body_bytes = EXCLUDED.request_body_bytes,
     request_body_size = EXCLUDED.request_body_size,
     request_redactions = EXCLUDED.request_redactions,
+    request_messages = EXCLUDED.request_messages,
+    request_system = EXCLUDED.request_system,
+    request_tools = EXCLUDED.request_tools,
     updated_at = now()
 WHERE e.request_event_id IS NULL;
 
@@ -97,6 +100,15 @@ ON CONFLICT (exchange_id) DO UPDATE SET
     response_redactions = EXCLUDED.response_redactions,
     updated_at = now()
 WHERE e.response_event_id IS NULL;
+
+-- name: stored_parts
+SELECT hash FROM request_parts WHERE hash = ANY($1::bytea[]);
+
+-- name: insert_parts
+-- Content-addressed: a part another writer stored meanwhile is the same part.
+INSERT INTO request_parts (hash, part)
+SELECT hash, part::jsonb FROM unnest($1::bytea[], $2::text[]) AS p (hash, part)
+ON CONFLICT (hash) DO NOTHING;
 
 -- name: insert_dead_letter
 -- Unique on the message's position, so a redelivered bad message is recorded once.
