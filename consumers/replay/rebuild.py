@@ -222,9 +222,13 @@ async def swap(
         if stop.is_set() or await lag(reader, ends) <= settings.batch_size:
             break
         await read(ends)
+
+    async def final_catch_up() -> None:
+        await read(await end_offsets(reader))
+
     conn = await asyncpg.connect(settings.database_url)
     try:
-        attempt = partial(swap_once, conn, reader, read, settings.db_schema, target, old if live_exists else None, stop)
+        attempt = partial(swap_once, conn, settings.db_schema, target, old if live_exists else None, final_catch_up, stop)
         return bool(await retrying(attempt, "swapping schemas", stop, settings.backoff))
     except Stopped:
         return False
@@ -233,7 +237,7 @@ async def swap(
 
 
 async def swap_once(
-    conn: asyncpg.Connection, reader: AIOKafkaConsumer, read: Reader, live: str, target: str, old: str | None,
+    conn: asyncpg.Connection, live: str, target: str, old: str | None, catch_up: Callable[[], Awaitable[None]],
     stop: asyncio.Event,
 ) -> bool:
     """The locked final catch-up and the renames, in one transaction; ``old`` None when there is no live schema yet."""
@@ -241,7 +245,7 @@ async def swap_once(
     async with conn.transaction():
         if old:
             await conn.execute(await conn.fetchval(q.lock_tables, live))
-        await read(await end_offsets(reader))
+        await catch_up()
         if stop.is_set():
             raise Stopped
         if old:

@@ -19,8 +19,10 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 
 from consumers.replay import replay
 from consumers.replay.progress import duration, progress_line
-from consumers.replay.rebuild import schema_names, trimmed
+from consumers.replay.rebuild import schema_names, swap_once, trimmed
+from consumers.sql import load_migrations, migrate
 from consumers.winni import WinniSettings
+from consumers.winni.store import queries as winni_queries
 from kgb.config import KafkaSettings, SettingsError
 from tests.consumers.conftest import count, eventually, publish, winni
 from tests.consumers.sessions import (
@@ -133,6 +135,40 @@ async def test_a_swap_under_a_running_consumer_loses_nothing_and_the_consumer_ca
     await replay(settings, into="kgb_check", stream=io.StringIO())
     assert await tables(admin, "kgb") == await tables(admin, "kgb_check")
     assert len((await tables(admin, "kgb"))["messages"]) == first.messages + second.messages
+
+
+async def test_a_live_write_waiting_on_the_swap_lands_in_the_rebuilt_tables(database: str, admin: asyncpg.Connection) -> None:
+    """What the swap relies on: a live batch that starts while the live tables are locked, with
+    statements the connection has prepared before, waits, then writes into the schema that has the
+    live name once the swap commits; none of it reaches the replaced tables."""
+    for schema in ("kgb", "kgb_new"):
+        await migrate(admin, load_migrations("consumers.winni"), schema)
+    live = await asyncpg.connect(database, server_settings={"search_path": "kgb"})
+    at = datetime(2025, 1, 1, tzinfo=UTC)
+    upsert = winni_queries().upsert_session
+
+    async def live_batch(key: str) -> None:
+        async with live.transaction():
+            await live.execute(upsert, key, "header", None, None, "claude-cli", "2.1.0", None, at, at)
+
+    async def blocked_live_batch() -> None:
+        nonlocal waiting
+        waiting = asyncio.create_task(live_batch("during"))
+        await eventually(lambda: admin.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'kgb.sessions'::regclass"
+        ))
+
+    waiting: asyncio.Task[None] | None = None
+    try:
+        await live_batch("before")  # prepared and cached on the live connection
+        assert await swap_once(admin, "kgb", "kgb_new", "kgb_old", blocked_live_batch, asyncio.Event())
+        assert waiting is not None
+        await waiting
+        await live_batch("after")
+    finally:
+        await live.close()
+    assert [r[0] for r in await admin.fetch("SELECT session_key FROM kgb.sessions ORDER BY 1")] == ["after", "during"]
+    assert [r[0] for r in await admin.fetch("SELECT session_key FROM kgb_old.sessions")] == ["before"]
 
 
 async def test_a_stopped_replay_swaps_nothing(
