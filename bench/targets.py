@@ -195,7 +195,15 @@ def start_kgb(stack: contextlib.ExitStack, workdir: Path, name: str, upstream: s
     """`kgb proxy` with capture and publishing on, its own spool directory, logging only warnings."""
     port = free_port()
     spool = workdir / f"{name}-spool"
-    env = {**os.environ, "KGB_KAFKA_BOOTSTRAP": bootstrap, "KGB_TOPIC": topic, "KGB_SPOOL_DIR": str(spool)}
+    env = {
+        **os.environ,
+        "KGB_KAFKA_BOOTSTRAP": bootstrap,
+        "KGB_TOPIC": topic,
+        "KGB_SPOOL_DIR": str(spool),
+        # The MCP relay idles in the bench, but two proxies must not both claim :9000.
+        "KGB_MCP_PORT": str(free_port()),
+        "KGB_MCP_TOPIC": topic + "-mcp",
+    }
     cmd = [kgb_binary(), "--log-level", "WARNING", "proxy", "--port", str(port), "--upstream", upstream]
     log = workdir / f"{name}.log"
     process = _spawn(stack, cmd, log, env)
