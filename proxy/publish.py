@@ -64,7 +64,7 @@ BATCH_OVERHEAD = 64 * 1024
 # The least room an existing topic's smaller limit must leave for one record's framing.
 RECORD_OVERHEAD = 1024
 WINDOW_MAX_RECORDS = 5000
-WINDOW_MAX_BYTES = 64 * MiB
+WINDOW_MAX_BYTES = 32 * MiB
 PUMP_BATCH = 256
 DRAIN_RECORDS = 500
 DRAIN_BYTES = 16 * MiB
@@ -94,7 +94,7 @@ class PublishSettings:
     spool_dir: Path = field(default_factory=lambda: default_spool_dir(os.environ))
     spool_max_bytes: int = 1024 * MiB
     queue_max_events: int = 10_000
-    queue_max_bytes: int = 256 * MiB
+    queue_max_bytes: int = 64 * MiB
     max_event_bytes: int = 64 * MiB
     compression: str = "zstd"
     linger_ms: int = 5
