@@ -208,6 +208,15 @@ def check_whole(begins: dict[TopicPartition, int], swapping: bool) -> None:
         log.warning("replay: the topic has lost its oldest events (%s); the rebuilt tables will lack them", ", ".join(lost))
 
 
+def check_complete(rebuilt: int, live: int) -> None:
+    """Refuse to swap in fewer exchanges than the live tables hold: the topic is not the one they came from."""
+    if rebuilt < live:
+        raise ConsumerError(
+            f"not swapping: the rebuilt tables hold {rebuilt:,} exchanges, the live ones {live:,}; "
+            "is KGB_TOPIC the topic the live consumer reads?"
+        )
+
+
 async def swap(
     settings: WinniSettings, reader: AIOKafkaConsumer, read: Reader, target: str, old: str, live_exists: bool,
     stop: asyncio.Event,
@@ -249,6 +258,7 @@ async def swap_once(
         if stop.is_set():
             raise Stopped
         if old:
+            check_complete(*await conn.fetchrow(await conn.fetchval(q.exchange_counts, target, live)))
             await conn.execute(await conn.fetchval(q.outrank_revisions, target, live))
             await conn.execute(await conn.fetchval(q.rename_schema, live, old))
         await conn.execute(await conn.fetchval(q.rename_schema, target, live))

@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 
+from consumers.errors import ConsumerError
 from consumers.replay import replay
 from consumers.replay.progress import duration, progress_line
 from consumers.replay.rebuild import schema_names, swap_once, trimmed
@@ -24,6 +25,7 @@ from consumers.sql import load_migrations, migrate
 from consumers.winni import WinniSettings
 from consumers.winni.store import queries as winni_queries
 from kgb.config import KafkaSettings, SettingsError
+from tests import services
 from tests.consumers.conftest import count, eventually, publish, winni
 from tests.consumers.sessions import (
     SessionBuilder,
@@ -204,9 +206,23 @@ async def test_the_command_fills_a_schema_and_logs_plain_progress_lines(
     assert await admin.fetchval("SELECT count(*) FROM kgb_cli.exchanges") == len(events) // 2
 
 
+async def test_a_topic_with_fewer_exchanges_than_the_live_tables_is_not_swapped_in(
+    settings: WinniSettings, kafka: Any, producer: AIOKafkaProducer, db: asyncpg.Connection, admin: asyncpg.Connection
+) -> None:
+    events = long_session(10).events
+    await publish(producer, settings.kafka.topic, events)
+    async with winni(settings):
+        await stored(db, events)
+    before = await tables(admin, "kgb")
+    empty = replace(settings, kafka=replace(settings.kafka, topic=await services.create_topic(kafka.bootstrap)))
+    with pytest.raises(ConsumerError, match="is KGB_TOPIC the topic"):
+        await replay(empty, stream=io.StringIO())
+    assert await tables(admin, "kgb") == before
+
+
 async def test_a_missing_topic_is_an_error_not_an_empty_swap(settings: WinniSettings) -> None:
     missing = replace(settings, kafka=replace(settings.kafka, topic="kgb-test-no-such-topic"))
-    with pytest.raises(Exception, match="not found"):
+    with pytest.raises(ConsumerError, match="not found"):
         await replay(missing, stream=io.StringIO())
 
 

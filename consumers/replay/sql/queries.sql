@@ -31,3 +31,8 @@ SELECT format('ALTER SCHEMA %I RENAME TO %I', $1::text, $2::text);
 
 -- name: drop_schema
 SELECT format('DROP SCHEMA %I CASCADE', $1::text);
+
+-- name: exchange_counts
+-- Rebuilt ($1) and live ($2): replay reads every event the live consumer read,
+-- so fewer rebuilt exchanges means another topic, or one that lost events.
+SELECT format('SELECT (SELECT count(*) FROM %I.exchanges), (SELECT count(*) FROM %I.exchanges)', $1::text, $2::text);
