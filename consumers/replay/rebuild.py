@@ -178,7 +178,7 @@ async def replay(
             registry = Registry(settings.kafka.schema_registry_url, session)
         decoder = make_decoder(registry)
         progress = Progress(stream)
-        handler = counting(make_handler(pool, default_stages(), settings.writers), progress)
+        handler = counting(make_handler(pool, default_stages(settings.store_request_bodies), settings.writers), progress)
 
         async def read(ends: dict[TopicPartition, int]) -> None:
             progress.total = remaining(begins, ends)

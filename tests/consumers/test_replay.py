@@ -87,9 +87,12 @@ async def admin(database: str) -> Any:
     await conn.close()
 
 
+@pytest.mark.parametrize("whole_bodies", [False, True], ids=["split-bodies", "whole-bodies"])
 async def test_replay_into_a_schema_equals_the_live_tables_and_again_changes_nothing(
-    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection, admin: asyncpg.Connection
+    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection, admin: asyncpg.Connection,
+    whole_bodies: bool,
 ) -> None:
+    settings = replace(settings, store_request_bodies=whole_bodies)
     events = varied_events()
     await publish(producer, settings.kafka.topic, events)
     async with winni(settings):

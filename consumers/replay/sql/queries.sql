@@ -6,11 +6,14 @@
 SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1::text);
 
 -- name: lock_tables
--- Every table of the live schema, exchanges first: a live winni batch writes
--- exchanges before anything else, so once replay holds it no batch holds one
--- of the others while waiting for it. EXCLUSIVE blocks writers, not readers.
-SELECT format('LOCK TABLE %s IN EXCLUSIVE MODE',
-              string_agg(format('%I.%I', schemaname, tablename), ', ' ORDER BY tablename <> 'exchanges', tablename))
+-- Every table of the live schema, in the order a live winni batch first writes
+-- them (request_parts, then exchanges; store.write_exchanges), so once replay
+-- holds those no batch holds another table while waiting for them: no deadlock
+-- (and should the order change, PostgreSQL breaks the deadlock and either side
+-- retries). EXCLUSIVE blocks writers, not readers.
+SELECT format('LOCK TABLE %s IN EXCLUSIVE MODE', string_agg(
+           format('%I.%I', schemaname, tablename),
+           ', ' ORDER BY array_position(ARRAY['request_parts', 'exchanges'], tablename::text) NULLS LAST, tablename))
 FROM pg_tables WHERE schemaname = $1::text;
 
 -- name: outrank_revisions
