@@ -90,3 +90,16 @@ def test_titles_come_as_structured_output_or_plain_text() -> None:
     assert title_of(said('{"title": " Haiku about the sea "}')) == "Haiku about the sea"
     assert title_of(said("Plain title")) == "Plain title"
     assert title_of(said("")) is None
+
+
+def test_remembered_hashes_change_no_row() -> None:
+    """A warm state skips normalising resent messages; a cold one (read back from the tables) hashes all."""
+    history = [user("a"), said("b"), user([{"type": "text", "text": "c", "cache_control": {"type": "ephemeral"}}])]
+    requests = [request(1, history[:1]), request(2, history), request(3, [*history, said("d"), user("e")]), request(4, history[:1])]
+    warm, cold = (SessionState("s"), Writes()), (SessionState("s"), Writes())
+    for r in requests:
+        apply_request(warm[0], r, warm[1])
+        cold[0].hashes.clear()
+        apply_request(cold[0], r, cold[1])
+    assert warm[1] == cold[1]
+    assert len(warm[0].hashes) == 5  # a, b, c as sent with its marker, d, e
