@@ -32,12 +32,10 @@ from consumers.dewey.client import DeweyClient
 from consumers.dewey.forward import Limits, forward_sessions, queries
 from consumers.dewey.settings import DeweySettings
 from consumers.errors import MigrationError
-from consumers.source import Batch, Handler, Record, consume, make_consumer, retrying
-from consumers.sql import Migration, load_migrations, migrate
-from consumers.winni.consumer import REGISTRY_TIMEOUT
+from consumers.source import Batch, Handler, Record, consume
+from consumers.sql import Migration, load_migrations
+from consumers.service import open_consumer, open_database, open_decoder
 from consumers.winni.consumer import make_handler as winni_handler
-from schemas.codec import make_decoder
-from schemas.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -75,20 +73,6 @@ def make_handler(pool: asyncpg.Pool, dewey: DeweyClient, limits: Limits) -> Hand
     return partial(handle, pool, winni_handler(pool), dewey, limits)
 
 
-async def open_pool(settings: DeweySettings) -> asyncpg.Pool:
-    """Connections whose search_path is the Dewey schema, for winni's queries and ours alike."""
-    return await asyncpg.create_pool(
-        settings.database_url, min_size=1, max_size=2, server_settings={"search_path": settings.db_schema},
-    )
-
-
-async def apply_migrations(pool: asyncpg.Pool, schema: str) -> list[int]:
-    async with pool.acquire() as conn:
-        applied = await migrate(conn, migrations(), schema)
-    log.info("schema %s: %s", schema, f"applied migrations {applied}" if applied else "up to date")
-    return applied
-
-
 async def run(settings: DeweySettings, stop: asyncio.Event | None = None) -> None:
     """Migrate, then consume until ``stop`` is set; waits for PostgreSQL if it is not up yet.
 
@@ -96,28 +80,22 @@ async def run(settings: DeweySettings, stop: asyncio.Event | None = None) -> Non
     """
     stop = stop or asyncio.Event()
     log.info("dewey starting: %r", settings)
-    pool = await retrying(partial(open_pool, settings), "connecting to PostgreSQL", stop, settings.backoff)
-    if pool is None:
-        return
     async with contextlib.AsyncExitStack() as resources:
-        resources.push_async_callback(pool.close)
-        applied = await retrying(partial(apply_migrations, pool, settings.db_schema), "migrating", stop, settings.backoff)
-        if applied is None:
+        pool = await open_database(
+            resources, settings.database_url, settings.db_schema, migrations(),
+            max_size=2, stop=stop, backoff=settings.backoff,
+        )
+        if pool is None:
             return
-        registry = None
-        if settings.kafka.schema_registry_url:
-            session = await resources.enter_async_context(aiohttp.ClientSession(timeout=REGISTRY_TIMEOUT))
-            registry = Registry(settings.kafka.schema_registry_url, session)
+        decoder = await open_decoder(resources, settings.kafka)
         # No session-wide timeout: the WebSocket lives for the whole run; each call has its own.
         websockets = await resources.enter_async_context(aiohttp.ClientSession())
         dewey = DeweyClient(websockets, settings.url, settings.timeout)
         resources.push_async_callback(dewey.close)
-        consumer = make_consumer(settings.kafka, settings.group, settings.batch_size)
-        await consumer.start()
-        resources.push_async_callback(consumer.stop)
-        log.info("dewey consuming %s as group %s, sending to %s", settings.kafka.topic, settings.group, settings.url)
+        consumer = await open_consumer(resources, settings.kafka, settings.group, settings.batch_size)
+        log.info("dewey sending to %s", settings.url)
         await consume(
-            consumer, make_decoder(registry), make_handler(pool, dewey, Limits(settings.bulk_size, settings.bulk_bytes)),
+            consumer, decoder, make_handler(pool, dewey, Limits(settings.bulk_size, settings.bulk_bytes)),
             stop=stop, batch_size=settings.batch_size, backoff=settings.backoff,
         )
     log.info("dewey stopped")

@@ -18,7 +18,6 @@ import contextlib
 import logging
 from functools import partial
 
-import aiohttp
 import asyncpg
 from aiohttp import web
 
@@ -26,12 +25,10 @@ from consumers.metrics import store
 from consumers.metrics.exporter import UsageMetrics, metrics_app
 from consumers.metrics.prices import PriceTable, load_prices
 from consumers.metrics.settings import MetricsSettings
-from consumers.source import Batch, Handler, consume, make_consumer, retrying
-from consumers.sql import load_migrations, migrate
-from consumers.winni.consumer import REGISTRY_TIMEOUT
+from consumers.source import Batch, Handler, consume
+from consumers.sql import load_migrations
+from consumers.service import open_consumer, open_database, open_decoder
 from kgb.config import SettingsError
-from schemas.codec import make_decoder
-from schemas.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +45,6 @@ async def handle(pool: asyncpg.Pool, prices: PriceTable, metrics: UsageMetrics, 
 
 def make_handler(pool: asyncpg.Pool, prices: PriceTable, metrics: UsageMetrics) -> Handler:
     return partial(handle, pool, prices, metrics)
-
-
-async def open_pool(settings: MetricsSettings) -> asyncpg.Pool:
-    """One connection (one transaction per batch) whose search_path is the metrics schema."""
-    return await asyncpg.create_pool(
-        settings.database_url, min_size=1, max_size=1, server_settings={"search_path": settings.db_schema},
-    )
-
-
-async def apply_migrations(pool: asyncpg.Pool, schema: str) -> list[int]:
-    async with pool.acquire() as conn:
-        applied = await migrate(conn, load_migrations("consumers.metrics"), schema)
-    log.info("schema %s: %s", schema, f"applied migrations {applied}" if applied else "up to date")
-    return applied
 
 
 async def serve_metrics(resources: contextlib.AsyncExitStack, metrics: UsageMetrics, settings: MetricsSettings) -> None:
@@ -84,23 +67,16 @@ async def run(settings: MetricsSettings, stop: asyncio.Event | None = None, metr
     log.info("metrics starting: %r; prices %s (%d models)", settings, prices.version, len(prices.models))
     async with contextlib.AsyncExitStack() as resources:
         await serve_metrics(resources, metrics, settings)
-        pool = await retrying(partial(open_pool, settings), "connecting to PostgreSQL", stop, settings.backoff)
+        pool = await open_database(
+            resources, settings.database_url, settings.db_schema, load_migrations("consumers.metrics"),
+            max_size=1, stop=stop, backoff=settings.backoff,  # one connection: one transaction per batch
+        )
         if pool is None:
             return
-        resources.push_async_callback(pool.close)
-        applied = await retrying(partial(apply_migrations, pool, settings.db_schema), "migrating", stop, settings.backoff)
-        if applied is None:
-            return
-        registry = None
-        if settings.kafka.schema_registry_url:
-            session = await resources.enter_async_context(aiohttp.ClientSession(timeout=REGISTRY_TIMEOUT))
-            registry = Registry(settings.kafka.schema_registry_url, session)
-        consumer = make_consumer(settings.kafka, settings.group, settings.batch_size)
-        await consumer.start()
-        resources.push_async_callback(consumer.stop)
-        log.info("metrics consuming %s as group %s", settings.kafka.topic, settings.group)
+        decoder = await open_decoder(resources, settings.kafka)
+        consumer = await open_consumer(resources, settings.kafka, settings.group, settings.batch_size)
         await consume(
-            consumer, make_decoder(registry), make_handler(pool, prices, metrics),
+            consumer, decoder, make_handler(pool, prices, metrics),
             stop=stop, batch_size=settings.batch_size, backoff=settings.backoff,
         )
     log.info("metrics stopped")

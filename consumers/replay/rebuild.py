@@ -44,12 +44,11 @@ import contextlib
 import logging
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache, partial
 from typing import TextIO
 
-import aiohttp
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -65,17 +64,10 @@ from consumers.source import (
     retrying,
 )
 from consumers.sql import Queries, load_queries
-from consumers.winni.consumer import (
-    REGISTRY_TIMEOUT,
-    apply_migrations,
-    default_stages,
-    make_handler,
-    open_pool,
-)
+from consumers.service import apply_migrations, open_decoder, open_pool
+from consumers.winni.consumer import default_stages, make_handler, migrations
 from consumers.winni.settings import WinniSettings, schema_name
 from kgb.config import SettingsError
-from schemas.codec import make_decoder
-from schemas.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -162,21 +154,17 @@ async def replay(
     at = datetime.now(UTC)
     target, old = schema_names(settings.db_schema, into, at)
     async with contextlib.AsyncExitStack() as resources:
-        pool = await open_pool(replace(settings, db_schema=target))
+        pool = await open_pool(settings.database_url, target, settings.writers)
         resources.push_async_callback(pool.close)
         if into is None and await pool.fetchval(queries().schema_exists, target):
             raise SettingsError(f"schema {target} already exists; drop it or replay --into it")
-        await apply_migrations(pool, target)
+        await apply_migrations(pool, migrations(), target)
         reader = make_reader(settings.kafka, settings.batch_size)
         await reader.start()
         resources.push_async_callback(reader.stop)
         begins = await read_from_start(reader, settings.kafka)
         check_whole(begins, swapping=into is None)
-        registry = None
-        if settings.kafka.schema_registry_url:
-            session = await resources.enter_async_context(aiohttp.ClientSession(timeout=REGISTRY_TIMEOUT))
-            registry = Registry(settings.kafka.schema_registry_url, session)
-        decoder = make_decoder(registry)
+        decoder = await open_decoder(resources, settings.kafka)
         progress = Progress(stream)
         handler = counting(make_handler(pool, default_stages(settings.store_request_bodies), settings.writers), progress)
 

@@ -30,18 +30,16 @@ import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
-import aiohttp
 import asyncpg
 
 from consumers.errors import InvalidEvent, is_transient
-from consumers.source import Batch, Handler, Record, Reject, consume, make_consumer, retrying
-from consumers.sql import load_migrations, migrate
+from consumers.service import open_consumer, open_database, open_decoder
+from consumers.source import Batch, Handler, Record, Reject, consume
+from consumers.sql import Migration, load_migrations
 from consumers.winni import store
 from consumers.winni.conversations import ConversationStage
 from consumers.winni.settings import WinniSettings
-from schemas.codec import make_decoder
 from schemas.errors import clip
-from schemas.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +49,6 @@ Stage = Callable[[asyncpg.Connection, Sequence[Record]], Awaitable[None]]
 def default_stages(store_request_bodies: bool = False) -> tuple[Stage, ...]:
     """A fresh set per run: the conversation stage caches each session's thread state."""
     return (ConversationStage(store_request_bodies),)
-
-REGISTRY_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 # What a single event can do wrong on its way into the database: refused by the
 # server (PostgresError) or by asyncpg's encoder (DataError).
@@ -151,21 +147,8 @@ def make_handler(pool: asyncpg.Pool, stages: Sequence[Stage] | None = None, writ
     return partial(handle, pool, default_stages() if stages is None else stages, writers)
 
 
-async def open_pool(settings: WinniSettings) -> asyncpg.Pool:
-    """Connections whose search_path is the configured schema, so queries.sql stays unqualified."""
-    return await asyncpg.create_pool(
-        settings.database_url,
-        min_size=1,
-        max_size=settings.writers,
-        server_settings={"search_path": settings.db_schema},
-    )
-
-
-async def apply_migrations(pool: asyncpg.Pool, schema: str) -> list[int]:
-    async with pool.acquire() as conn:
-        applied = await migrate(conn, load_migrations("consumers.winni"), schema)
-    log.info("schema %s: %s", schema, f"applied migrations {applied}" if applied else "up to date")
-    return applied
+def migrations() -> list[Migration]:
+    return load_migrations("consumers.winni")
 
 
 async def run(
@@ -175,26 +158,17 @@ async def run(
     stop = stop or asyncio.Event()
     stages = default_stages(settings.store_request_bodies) if stages is None else stages
     log.info("winni starting: %r", settings)
-    pool = await retrying(partial(open_pool, settings), "connecting to PostgreSQL", stop, settings.backoff)
-    if pool is None:
-        return
     async with contextlib.AsyncExitStack() as resources:
-        resources.push_async_callback(pool.close)
-        applied = await retrying(
-            partial(apply_migrations, pool, settings.db_schema), "migrating", stop, settings.backoff
+        pool = await open_database(
+            resources, settings.database_url, settings.db_schema, migrations(),
+            max_size=settings.writers, stop=stop, backoff=settings.backoff,
         )
-        if applied is None:
+        if pool is None:
             return
-        registry = None
-        if settings.kafka.schema_registry_url:
-            session = await resources.enter_async_context(aiohttp.ClientSession(timeout=REGISTRY_TIMEOUT))
-            registry = Registry(settings.kafka.schema_registry_url, session)
-        consumer = make_consumer(settings.kafka, settings.group, settings.batch_size)
-        await consumer.start()
-        resources.push_async_callback(consumer.stop)
-        log.info("winni consuming %s as group %s", settings.kafka.topic, settings.group)
+        decoder = await open_decoder(resources, settings.kafka)
+        consumer = await open_consumer(resources, settings.kafka, settings.group, settings.batch_size)
         await consume(
-            consumer, make_decoder(registry), make_handler(pool, stages, settings.writers),
+            consumer, decoder, make_handler(pool, stages, settings.writers),
             stop=stop, batch_size=settings.batch_size, backoff=settings.backoff,
         )
     log.info("winni stopped")

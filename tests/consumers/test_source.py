@@ -15,7 +15,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from consumers.source import Backoff, Batch, Record, consume, make_consumer
 from consumers.winni import WinniSettings
-from consumers.winni.consumer import apply_migrations, make_handler, open_pool
+from consumers.service import apply_migrations, open_pool
+from consumers.winni.consumer import make_handler, migrations
 from consumers.winni.store import write_exchanges
 from schemas.codec import make_decoder
 from tests.consumers.conftest import count, eventually, publish, winni
@@ -45,11 +46,11 @@ def recorder(seen: list[int]):  # noqa: ANN201
 
 async def crash_after_the_database_commit(settings: WinniSettings) -> None:
     """One batch through the real handler, then the process "dies" before committing offsets."""
-    pool = await open_pool(settings)
+    pool = await open_pool(settings.database_url, settings.db_schema, settings.writers)
     consumer = make_consumer(settings.kafka, settings.group, settings.batch_size)
     await consumer.start()
     try:
-        await apply_migrations(pool, settings.db_schema)
+        await apply_migrations(pool, migrations(), settings.db_schema)
         handler = make_handler(pool)
 
         async def store_then_crash(batch: Batch) -> None:

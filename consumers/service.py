@@ -1,0 +1,78 @@
+"""What every consumer does before its first batch, in one place.
+
+PostgreSQL (waited for, its schema migrated), the decoder (with the schema
+registry when one is configured) and the Kafka consumer are opened here and
+registered on the caller's exit stack, so each consumer owns its resources at
+the edge of its run and the stages that use them never close them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from functools import partial
+
+import aiohttp
+import asyncpg
+from aiokafka import AIOKafkaConsumer
+
+from consumers.source import Backoff, make_consumer, retrying
+from consumers.sql import Migration, migrate
+from kgb.config import KafkaSettings
+from schemas.codec import Decoder, make_decoder
+from schemas.registry import Registry
+
+log = logging.getLogger(__name__)
+
+REGISTRY_TIMEOUT = aiohttp.ClientTimeout(total=10)
+
+
+async def open_pool(url: str, schema: str, max_size: int) -> asyncpg.Pool:
+    """Connections whose search_path is `schema`, so the named queries stay unqualified."""
+    return await asyncpg.create_pool(url, min_size=1, max_size=max_size, server_settings={"search_path": schema})
+
+
+async def apply_migrations(pool: asyncpg.Pool, migrations: Sequence[Migration], schema: str) -> list[int]:
+    async with pool.acquire() as conn:
+        applied = await migrate(conn, migrations, schema)
+    log.info("schema %s: %s", schema, f"applied migrations {applied}" if applied else "up to date")
+    return applied
+
+
+async def open_database(
+    resources: contextlib.AsyncExitStack,
+    url: str,
+    schema: str,
+    migrations: Sequence[Migration],
+    *,
+    max_size: int,
+    stop: asyncio.Event,
+    backoff: Backoff,
+) -> asyncpg.Pool | None:
+    """A migrated pool, waiting out a database that is not up yet; None when stopped first."""
+    pool = await retrying(partial(open_pool, url, schema, max_size), "connecting to PostgreSQL", stop, backoff)
+    if pool is None:
+        return None
+    resources.push_async_callback(pool.close)
+    applied = await retrying(partial(apply_migrations, pool, migrations, schema), "migrating", stop, backoff)
+    return None if applied is None else pool
+
+
+async def open_decoder(resources: contextlib.AsyncExitStack, kafka: KafkaSettings) -> Decoder:
+    """Reads both framings; Confluent ids are looked up in the registry when one is configured."""
+    if not kafka.schema_registry_url:
+        return make_decoder(None)
+    session = await resources.enter_async_context(aiohttp.ClientSession(timeout=REGISTRY_TIMEOUT))
+    return make_decoder(Registry(kafka.schema_registry_url, session))
+
+
+async def open_consumer(
+    resources: contextlib.AsyncExitStack, kafka: KafkaSettings, group: str, batch_size: int
+) -> AIOKafkaConsumer:
+    consumer = make_consumer(kafka, group, batch_size)
+    await consumer.start()
+    resources.push_async_callback(consumer.stop)
+    log.info("consuming %s as group %s", kafka.topic, group)
+    return consumer
