@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the whole pipeline on this machine without Docker: Kafka, PostgreSQL,
-# `kgb proxy` and `kgb consume winni`. Ctrl-C stops all four.
+# `kgb proxy` and the consumers `winni` and `metrics`. Ctrl-C stops them all.
 #
 #   scripts/dev.sh
 #
@@ -8,16 +8,16 @@
 # (KGB_DEV_POSTGRES_PORT; not 5432, so a system PostgreSQL can keep its port).
 # Their data and logs live in ./.run/ (KGB_DEV_DIR) and survive restarts; delete
 # the directory to start from nothing. Other KGB_* settings pass through to kgb.
-# Needs Java, Maven (first run only, to fetch Kafka) and the venv (.ci/run or
-# `python3 -m venv .venv && .venv/bin/pip install -e .`).
+# On a fresh machine it first installs what is missing (scripts/setup.sh: Java,
+# Maven, PostgreSQL, the venv, the Kafka jars), as .ci/run does.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+(cd "$REPO" && source scripts/setup.sh && setup_machine)
 RUN_DIR=${KGB_DEV_DIR:-$REPO/.run}
 KAFKA_PORT=${KGB_DEV_KAFKA_PORT:-9092}
 POSTGRES_PORT=${KGB_DEV_POSTGRES_PORT:-55432}
 KGB=$REPO/.venv/bin/kgb
-[[ -x "$KGB" ]] || KGB=$(command -v kgb) || { echo "dev.sh: no kgb: create the venv first (see README)" >&2; exit 1; }
 
 export KGB_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
 export KGB_DATABASE_URL=postgresql://postgres@127.0.0.1:$POSTGRES_PORT/winni
@@ -48,6 +48,7 @@ start_kgb() {
   # which lets the proxy flush or spool what it holds.
   "$KGB" proxy & pids+=($!)
   "$KGB" consume winni & pids+=($!)
+  "$KGB" consume metrics & pids+=($!)
 }
 
 trap stop_all EXIT
