@@ -18,9 +18,11 @@ batch's rows are written, keeps a half-applied state from ever being reused.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -139,8 +141,26 @@ def _uuid(value: Any) -> uuid.UUID:
 
 
 def parsed_bodies(records: Sequence[Record]) -> dict[str, Any]:
-    """Each request's parsed body by event id: the one parse both halves of the stage share."""
-    return {r.event["event_id"]: parse_json(r.event["request"]["body"]) for r in records if r.event["kind"] == "REQUEST"}
+    """Each request's parsed body by event id: the one parse both halves of the stage share.
+
+    The collector is paused meanwhile: a batch's bodies are millions of young
+    objects, and collections triggered while they are being made scan them
+    (and the cached sessions) again and again, which made parsing 3-4x slower.
+    Parsed JSON holds no cycles, so there is nothing for it to find.
+    """
+    with collector_paused():
+        return {r.event["event_id"]: parse_json(r.event["request"]["body"]) for r in records if r.event["kind"] == "REQUEST"}
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def splits_of(records: Sequence[Record], bodies: dict[str, Any]) -> dict[str, Split]:
