@@ -12,7 +12,7 @@ on that same topic:
     (`schemas.codec`), nothing else;
 (b) live: `kgb consume winni` as its own process on a fresh database, timed until
     every exchange is stored with both halves, with its peak RSS and CPU;
-(c) replay: `kgb replay` the same way, when `consumers/replay.py` exists.
+(c) replay: `kgb replay --into kgb_replay` the same way, on another fresh database.
 
 Services are the tests' (`tests.services`): KGB_TEST_KAFKA_BOOTSTRAP and
 KGB_TEST_DATABASE_URL name running ones, else a broker and a server are started.
@@ -52,7 +52,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 6
 CONCURRENT_SESSIONS = 24
 POLL_SECONDS = 1.0
-COMPLETE = "SELECT count(*) FROM kgb.exchanges WHERE request_event_id IS NOT NULL AND response_event_id IS NOT NULL"
+COMPLETE = "SELECT count(*) FROM exchanges WHERE request_event_id IS NOT NULL AND response_event_id IS NOT NULL"
+REPLAY_SCHEMA = "kgb_replay"
 
 
 # --- the topic -----------------------------------------------------------------------
@@ -194,8 +195,8 @@ class Run:
     cpu_seconds: float  # of the consumer process (PostgreSQL's own is not in it)
 
 
-async def stored(dsn: str) -> int:
-    conn = await asyncpg.connect(dsn)
+async def stored(dsn: str, schema: str) -> int:
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
     try:
         return await conn.fetchval(COMPLETE)
     except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
@@ -204,8 +205,10 @@ async def stored(dsn: str) -> int:
         await conn.close()
 
 
-async def timed(command: list[str], env: dict[str, str], dsn: str, exchanges: int, profile: Path | None = None) -> Run:
-    """Start ``command`` and wait until ``dsn`` holds every exchange; peak RSS and CPU from /proc while it runs.
+async def timed(
+    command: list[str], env: dict[str, str], dsn: str, schema: str, exchanges: int, profile: Path | None = None
+) -> Run:
+    """Start ``command`` and wait until ``schema`` holds every exchange; peak RSS and CPU from /proc while it runs.
 
     With ``profile``, py-spy samples the process meanwhile and writes collapsed stacks there.
     """
@@ -216,8 +219,8 @@ async def timed(command: list[str], env: dict[str, str], dsn: str, exchanges: in
                                stdout=subprocess.DEVNULL)
     watched, peak, cpu, first = psutil.Process(process.pid), 0, 0.0, None
     try:
-        while (done := await stored(dsn)) < exchanges:
-            if process.poll() is not None:
+        while (done := await stored(dsn, schema)) < exchanges:
+            if process.poll() is not None and await stored(dsn, schema) < exchanges:
                 raise RuntimeError(f"{command} exited with {process.returncode} after {done} exchanges")
             peak = max(peak, watched.memory_info().rss)
             times = watched.cpu_times()
@@ -244,7 +247,7 @@ def kgb(*args: str) -> list[str]:
 
 
 def replay_landed() -> bool:
-    return (ROOT / "consumers" / "replay.py").exists()
+    return (ROOT / "consumers" / "replay").exists()
 
 
 # --- the run ----------------------------------------------------------------------------
@@ -266,7 +269,7 @@ async def measure(bootstrap: str, admin_dsn: str, args: argparse.Namespace) -> d
     env = {"KGB_KAFKA_BOOTSTRAP": bootstrap, "KGB_TOPIC": topic, "KGB_WINNI_GROUP": f"bench-{uuid.uuid4().hex[:8]}",
            "KGB_WINNI_BATCH_SIZE": str(args.batch_size), "KGB_WINNI_WRITERS": str(args.writers)}
     dsn = await services.create_database(admin_dsn)
-    live = await timed(kgb("consume", "winni"), {**env, "KGB_DATABASE_URL": dsn}, dsn, exchanges_, args.profile)
+    live = await timed(kgb("consume", "winni"), {**env, "KGB_DATABASE_URL": dsn}, dsn, "kgb", exchanges_, args.profile)
     results["live"] = asdict(live)
     print(f"(b) kgb consume winni: {live.exchanges_per_s:,.0f} exchanges/s from start, {live.steady_exchanges_per_s:,.0f} steady "
           f"= {live.steady_exchanges_per_s / ceiling:.2f} of the ceiling; peak RSS {live.peak_rss_mb:,.0f} MB, "
@@ -277,14 +280,14 @@ async def measure(bootstrap: str, admin_dsn: str, args: argparse.Namespace) -> d
 
     if replay_landed():
         dsn = await services.create_database(admin_dsn)
-        replay = await timed(kgb("replay"), {**env, "KGB_DATABASE_URL": dsn}, dsn, exchanges_)
+        replay = await timed(kgb("replay", "--into", REPLAY_SCHEMA), {**env, "KGB_DATABASE_URL": dsn}, dsn, REPLAY_SCHEMA, exchanges_)
         results["replay"] = asdict(replay)
         print(f"(c) kgb replay: {replay.steady_exchanges_per_s:,.0f} exchanges/s steady "
               f"= {replay.steady_exchanges_per_s / ceiling:.2f} of the ceiling; peak RSS {replay.peak_rss_mb:,.0f} MB", flush=True)
         await services.drop_database(admin_dsn, dsn)
     else:
         results["replay"] = None
-        print("(c) kgb replay: not measured, consumers/replay.py has not landed", flush=True)
+        print("(c) kgb replay: not measured, consumers/replay has not landed", flush=True)
     return results
 
 
