@@ -94,7 +94,7 @@ class PublishSettings:
     spool_dir: Path = field(default_factory=lambda: default_spool_dir(os.environ))
     spool_max_bytes: int = 1024 * MiB
     queue_max_events: int = 10_000
-    queue_max_bytes: int = 64 * MiB
+    queue_max_bytes: int = 256 * MiB
     max_event_bytes: int = 64 * MiB
     compression: str = "zstd"
     linger_ms: int = 5
