@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from kgb.documents import parse_json
 from proxy import decode
 from proxy.redact import Rule, credential, fingerprint, redact_body, redact_headers, redact_query
 from proxy.session import Identity, identify
@@ -167,13 +168,6 @@ class RequestFacts:
     client: str | None
 
 
-def _parse_json(body: bytes) -> Any:
-    try:
-        return orjson.loads(body) if body else None
-    except orjson.JSONDecodeError:
-        return None
-
-
 def _envelope(kind: str, request: RequestRecord, facts: RequestFacts, redactions: list[str]) -> dict[str, Any]:
     return {
         "event_id": str(uuid.uuid4()),
@@ -193,7 +187,7 @@ def _envelope(kind: str, request: RequestRecord, facts: RequestFacts, redactions
 
 
 def request_event(request: RequestRecord, policy: RedactionPolicy) -> tuple[dict[str, Any], RequestFacts]:
-    parsed = _parse_json(request.body)
+    parsed = parse_json(request.body)
     body_json = parsed if isinstance(parsed, dict) else None
     secret = credential(request.headers)
     key_fingerprint = fingerprint(secret, policy.fingerprint_key) if secret else None
@@ -221,7 +215,7 @@ def request_event(request: RequestRecord, policy: RedactionPolicy) -> tuple[dict
 
 def _json_outcome(body: bytes) -> Reassembled:
     """A non-streamed answer: a message, an error, or something else kept only as the body."""
-    parsed = _parse_json(body)
+    parsed = parse_json(body)
     result = Reassembled(complete=True)
     if not isinstance(parsed, dict):
         return result

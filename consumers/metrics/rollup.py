@@ -24,11 +24,10 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-import orjson
-
 from consumers.kinds import kind_of
 from consumers.metrics.prices import PriceTable
 from consumers.winni.store import timestamp
+from kgb.documents import parse_json
 
 MILLION = Decimal(1_000_000)
 THOUSAND = Decimal(1_000)
@@ -189,16 +188,6 @@ def error_type_of(status: int, error_type: str | None) -> str | None:
     if error_type:
         return error_type
     return f"http_{status}" if status >= 400 else None
-
-
-def parse_json(raw: bytes | str | None) -> Any:
-    """The parsed document, or None for anything that is not JSON: usage never fails on it."""
-    if not raw:
-        return None
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
 
 
 def tokens_of(usage: Any) -> Tokens:

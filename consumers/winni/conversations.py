@@ -26,29 +26,28 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import asyncpg
-import orjson
 
 from consumers.source import Record
 from consumers.winni.store import Split, queries, split_body, timestamp, write_exchanges
 from consumers.winni.threads import (
-    THREAD_KINDS, Conversation, Placed, Position, Reply, Request, SessionState, Writes, apply_reply, apply_request,
+    THREAD_KINDS,
+    Conversation,
+    Placed,
+    Position,
+    Reply,
+    Request,
+    SessionState,
+    Writes,
+    apply_reply,
+    apply_request,
 )
+from kgb.documents import parse_json
 
 # Sessions whose state stays in memory; the least recently used beyond this are read back when next seen.
 CACHED_SESSIONS = 4096
 
 
 # --- pure: events in, state from rows -----------------------------------------------
-
-
-def parse_json(raw: bytes | str | None) -> Any:
-    """The parsed body, or None when it is not JSON (it stays a raw exchange)."""
-    if not raw:
-        return None
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
 
 
 def request_of(event: dict[str, Any], body: Any) -> Request:
