@@ -22,7 +22,7 @@ import contextlib
 import gc
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -36,10 +36,12 @@ from consumers.winni.threads import (
     Position,
     Reply,
     Request,
+    SentKey,
     SessionState,
     Writes,
     apply_reply,
     apply_request,
+    part_hashes,
 )
 from kgb.documents import parse_json
 
@@ -50,8 +52,8 @@ CACHED_SESSIONS = 4096
 # --- pure: events in, state from rows -----------------------------------------------
 
 
-def request_of(event: dict[str, Any], body: Any) -> Request:
-    """``body``: the request's body, parsed (`parse_json`)."""
+def request_of(event: dict[str, Any], body: Any, parts: dict[str, bytes] | None = None) -> Request:
+    """``body``: the request's body, parsed (`parse_json`); ``parts``: its system and tools hashes (`part_hashes`)."""
     r = event["request"]
     return Request(
         exchange_id=event["exchange_id"],
@@ -64,6 +66,7 @@ def request_of(event: dict[str, Any], body: Any) -> Request:
         model=r["model"],
         body=body,
         at=timestamp(r["received_at"]),
+        parts=parts,
     )
 
 
@@ -162,14 +165,28 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def splits_of(records: Sequence[Record], bodies: dict[str, Any]) -> dict[str, Split]:
-    """The request bodies ``exchanges`` keeps without their messages, by event id."""
+def splits_of(records: Sequence[Record], bodies: dict[str, Any], parts: dict[str, dict[str, bytes]]) -> dict[str, Split]:
+    """The request bodies ``exchanges`` keeps without their messages, by event id; ``parts`` as `parts_of` gives."""
     splits = {}
     for record in records:
         event_id = record.event["event_id"]
-        if event_id in bodies and (split := split_body(record.event["request"]["body"], bodies[event_id])):
+        if event_id in parts and (split := split_body(record.event["request"]["body"], bodies[event_id], parts[event_id])):
             splits[event_id] = split
     return splits
+
+
+def parts_of(
+    records: Sequence[Record], bodies: dict[str, Any], known: Callable[[str], dict[SentKey, bytes]]
+) -> dict[str, dict[str, bytes]]:
+    """The system and tools hashes of each request with a ``messages`` list, by event id, computed
+    once for both ``request_parts`` and the retry check; ``known`` gives a session's memory of them."""
+    out = {}
+    for record in records:
+        event_id = record.event["event_id"]
+        body = bodies.get(event_id)
+        if isinstance(body, dict) and isinstance(body.get("messages"), list):
+            out[event_id] = part_hashes(body, known(record.event["session_key"]))
+    return out
 
 
 class ConversationStage:
@@ -177,12 +194,16 @@ class ConversationStage:
 
     def __init__(self, store_request_bodies: bool = False, cached_sessions: int = CACHED_SESSIONS) -> None:
         self._states: OrderedDict[str, tuple[int, SessionState]] = OrderedDict()
+        # per session, its system and tools as sent -> their hashes (`part_hashes`); content only,
+        # so unlike the states it holds nothing a rolled back batch could make wrong
+        self._parts: OrderedDict[str, dict[SentKey, bytes]] = OrderedDict()
         self._store_request_bodies = store_request_bodies
         self._cached_sessions = cached_sessions
 
     async def __call__(self, conn: asyncpg.Connection, records: Sequence[Record]) -> None:
         bodies = parsed_bodies(records)
-        await write_exchanges(conn, records, None if self._store_request_bodies else splits_of(records, bodies))
+        parts = parts_of(records, bodies, self._known_parts)
+        await write_exchanges(conn, records, None if self._store_request_bodies else splits_of(records, bodies, parts))
         events = [r.event for r in records]
         keys = sorted({e["session_key"] for e in events})
         if not keys:
@@ -196,12 +217,19 @@ class ConversationStage:
         for event in events:
             state = states[event["session_key"]]
             if event["kind"] == "REQUEST":
-                apply_request(state, request_of(event, bodies[event["event_id"]]), writes)
+                apply_request(state, request_of(event, bodies[event["event_id"]], parts.get(event["event_id"])), writes)
             else:
                 apply_reply(state, reply_of(event), writes)
         await write(conn, writes)
         for key in keys:
             self._put(key, revisions[key], states[key])
+
+    def _known_parts(self, key: str) -> dict[SentKey, bytes]:
+        known = self._parts.pop(key, None)
+        self._parts[key] = known = {} if known is None else known
+        while len(self._parts) > self._cached_sessions:
+            self._parts.popitem(last=False)
+        return known
 
     def _take(self, key: str, revision: int) -> SessionState | None:
         cached = self._states.pop(key, None)

@@ -102,8 +102,10 @@ def _count(value: Any) -> int | None:
 
 
 class Part(NamedTuple):
+    """A ``request_parts`` row to be: its hash, and the value, serialised only if the table lacks it."""
+
     hash: bytes
-    json: str
+    value: Any
 
 
 class Split(NamedTuple):
@@ -114,23 +116,33 @@ class Split(NamedTuple):
     parts: dict[str, Part]
 
 
-def part(value: Any) -> Part:
+def part_json(value: Any) -> bytes:
     """Content-addressed by the JSON with sorted keys, so the same system prompt is one row."""
-    data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-    return Part(hashlib.blake2b(data, digest_size=16).digest(), data.decode())
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
-def split_body(raw: bytes, body: Any) -> Split | None:
+def part_hash(value: Any) -> bytes:
+    return hashlib.blake2b(part_json(value), digest_size=16).digest()
+
+
+def part_hashes(body: dict[str, Any]) -> dict[str, bytes]:
+    """The hash of each of the body's ``PART_FIELDS``, each serialised and hashed in full."""
+    return {name: part_hash(body[name]) for name in PART_FIELDS if name in body}
+
+
+def split_body(raw: bytes, body: Any, hashes: Mapping[str, bytes] | None = None) -> Split | None:
     """The parsed ``body`` of ``raw`` without what is stored elsewhere, or None to store it whole.
 
     Only a body whose ``messages`` list the conversation stage stores can be
     split, and only one jsonb can hold: a ``\\u0000`` escape keeps it whole,
     as text (a backslash before it is a false alarm, and costs only the saving).
+    ``hashes``: the parts' hashes when the caller knows them (`part_hashes`).
     """
     if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or b"\\u0000" in raw:
         return None
+    hashes = part_hashes(body) if hashes is None else hashes
     rest = {k: v for k, v in body.items() if k != "messages" and k not in PART_FIELDS}
-    parts = {name: part(body[name]) for name in PART_FIELDS if name in body}
+    parts = {name: Part(hashes[name], body[name]) for name in PART_FIELDS if name in body}
     return Split(orjson.dumps(rest).decode(), len(body["messages"]), parts)
 
 
@@ -249,15 +261,16 @@ async def write_exchanges(
 async def write_parts(conn: asyncpg.Connection, parts: Iterable[Part]) -> None:
     """Parts not stored yet, in hash order (two writers inserting the same ones never deadlock).
 
-    Asking first spares PostgreSQL parsing a 70 KB part it already holds.
+    Asking first spares PostgreSQL parsing a 70 KB part it already holds, and
+    this process serialising it.
     """
-    distinct = {p.hash: p.json for p in parts}
+    distinct = {p.hash: p.value for p in parts}
     if not distinct:
         return
     stored = {row["hash"] for row in await conn.fetch(queries().stored_parts, list(distinct))}
-    new = sorted((h, j) for h, j in distinct.items() if h not in stored)
+    new = sorted((h, v) for h, v in distinct.items() if h not in stored)
     if new:
-        await conn.execute(queries().insert_parts, [h for h, _ in new], [j for _, j in new])
+        await conn.execute(queries().insert_parts, [h for h, _ in new], [part_json(v).decode() for _, v in new])
 
 
 async def write_dead_letters(conn: asyncpg.Connection, rejects: Sequence[Reject]) -> None:

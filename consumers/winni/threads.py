@@ -53,7 +53,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from consumers.kinds import kind_of
-from consumers.winni.store import jsonb_safe
+from consumers.winni.store import PART_FIELDS, jsonb_safe, part_hash
 
 # Fixed forever: conversation ids derive from it, so a replay finds the same ids.
 NAMESPACE = uuid.UUID("6f1c2a52-93a4-4d0e-9a67-3f0b0c1f5e21")
@@ -87,6 +87,8 @@ class Request:
     model: str | None
     body: Any
     at: datetime
+    # the `request_parts` hashes of the body's system and tools when known (`part_hashes`), else made here
+    parts: dict[str, bytes] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +235,8 @@ class Placed:
 
 Thread = tuple[str, str | None]  # (kind, agent id) of main and sub-agent conversations
 SentKey = tuple[int, int]  # see `sent_key`
+# Distinct system and tools values one session remembers (`part_hashes`); more start the memory afresh.
+PARTS_REMEMBERED = 16
 
 
 @dataclass
@@ -323,11 +327,34 @@ def normal_messages(raw: list[Any], hashes: dict[SentKey, bytes]) -> list[Messag
     return out
 
 
-def request_hash(body: dict[str, Any], messages: list[Message]) -> bytes:
+def request_hash(body: dict[str, Any], messages: list[Message], parts: dict[str, bytes]) -> bytes:
     """Equal for a retry: the body without ``stream`` (the non-streaming fallback resends it
-    without), the messages by their hashes so they are not serialised twice."""
-    rest = {k: v for k, v in body.items() if k not in ("messages", "stream")}
-    return digest(orjson.dumps(rest, option=orjson.OPT_SORT_KEYS) + b"".join(m.hash for m in messages))
+    without), the messages and ``parts`` (`part_hashes`) by their hashes so they are not
+    serialised twice. Changed once (system and tools by their hashes): a retry whose original
+    was placed by an older winni is not recognised as one, and stores nothing new either."""
+    rest = {k: v for k, v in body.items() if k not in ("messages", "stream", *PART_FIELDS)}
+    named = {name: hash_.hex() for name, hash_ in parts.items()}
+    return digest(orjson.dumps([rest, named], option=orjson.OPT_SORT_KEYS) + b"".join(m.hash for m in messages))
+
+
+def part_hashes(body: dict[str, Any], known: dict[SentKey, bytes]) -> dict[str, bytes]:
+    """The `request_parts` hash (`store.part_hash`) of each of the body's system and tools.
+
+    ``known`` (value as sent -> hash, one per session) is read and filled like the
+    message hashes: a value sent before costs one plain serialisation and a fast keyed
+    hash instead of a serialisation with sorted keys and blake2b of ~80 KB.
+    """
+    out = {}
+    for name in PART_FIELDS:
+        if name in body:
+            key = sent_key(body[name])
+            hash_ = known.get(key)
+            if hash_ is None:
+                if len(known) >= PARTS_REMEMBERED:
+                    known.clear()
+                hash_ = known[key] = part_hash(body[name])
+            out[name] = hash_
+    return out
 
 
 def common_prefix(positions: list[Position], messages: list[Message]) -> int:
@@ -411,7 +438,8 @@ def apply_request(state: SessionState, request: Request, writes: Writes, kind_of
     if request.exchange_id in state.exchanges or not isinstance(raw, list):
         return
     messages = normal_messages(raw, state.hashes)
-    hash_ = request_hash(body, messages)
+    parts = request.parts if request.parts is not None else part_hashes(body, {})
+    hash_ = request_hash(body, messages, parts)
     repeated = state.first_by_hash.get(hash_)
     if repeated is not None and repeated in state.exchanges:
         original = state.exchanges[repeated]

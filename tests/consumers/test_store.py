@@ -7,7 +7,14 @@ import pytest
 from consumers.errors import InvalidEvent
 from consumers.source import Envelope, Record
 from consumers.winni.consumer import by_session
-from consumers.winni.store import body_columns, check, headers_json, jsonb_safe, request_row, response_row, timestamp, usage_numbers
+import hashlib
+
+import orjson
+
+from consumers.winni.store import (
+    Part, body_columns, check, headers_json, jsonb_safe, part_hash, request_row, response_row, split_body, timestamp,
+    usage_numbers,
+)
 from tests.consumers.factories import exchange, request_event
 
 
@@ -80,3 +87,16 @@ def test_batches_split_by_session_keep_sessions_whole_and_in_order() -> None:
     assert all(owners[r.event["session_key"]] == i for i, part in enumerate(parts) for r in part)
     assert by_session([], 2) == [[]]
     assert by_session(records, 1) == [records]
+
+
+def test_a_split_body_names_its_parts_by_the_hash_of_their_sorted_json() -> None:
+    body = {"model": "m", "system": [{"type": "text", "text": "hi"}], "tools": [{"name": "T", "a": 1}], "messages": [{}]}
+    raw = orjson.dumps(body)
+    sorted_tools = b'[{"a":1,"name":"T"}]'
+    assert part_hash(body["tools"]) == hashlib.blake2b(sorted_tools, digest_size=16).digest()
+    split = split_body(raw, body)
+    assert split is not None and split.rest == '{"model":"m"}' and split.messages == 1
+    assert split.parts["tools"] == Part(part_hash(body["tools"]), body["tools"])
+    given = {"system": b"s" * 16, "tools": b"t" * 16}
+    assert {n: p.hash for n, p in split_body(raw, body, given).parts.items()} == given
+    assert split_body(raw, {"model": "m"}) is None

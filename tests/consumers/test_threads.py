@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from consumers.winni.threads import (
-    Reply, Request, SessionState, Writes, apply_reply, apply_request, client_and_version, device_and_account,
-    message_hash, normal_content, title_of,
+    PARTS_REMEMBERED, Reply, Request, SessionState, Writes, apply_reply, apply_request, client_and_version,
+    device_and_account, message_hash, normal_content, part_hashes, title_of,
 )
+from consumers.winni.store import part_hash
 
 AT = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -103,3 +105,43 @@ def test_remembered_hashes_change_no_row() -> None:
         apply_request(cold[0], r, cold[1])
     assert warm[1] == cold[1]
     assert len(warm[0].hashes) == 5  # a, b, c as sent with its marker, d, e
+
+
+def test_a_retry_is_told_by_its_system_and_tools_too() -> None:
+    state, writes = SessionState("s"), Writes()
+    apply_request(state, request(1, [user("a")], system="You are terse."), writes)
+    apply_request(state, request(2, [user("a")], system="You are terse.", stream=False), writes)
+    apply_request(state, request(3, [user("a")], system="You are verbose."), writes)
+    apply_request(state, request(4, [user("a")], system="You are terse.", tools=[]), writes)
+    apply_request(state, request(5, [user("a")], system="You are terse.", tools=[{**MAIN_TOOLS[0], "name": "Run"}]), writes)
+    apply_request(state, request(6, [user("a")], tools=MAIN_TOOLS), writes)
+    assert [x.retry_of for x in writes.exchanges] == [None, "ex-1", None, None, None, None]
+    assert len({x.request_hash for x in writes.exchanges}) == 5
+
+
+def test_known_part_hashes_change_no_row() -> None:
+    """Hashes handed in by the stage (`Request.parts`) are those the rules make themselves."""
+    made = [request(n, [user("a")], system=f"s{n % 2}") for n in range(4)]
+    known: dict = {}
+    given = [replace(r, parts=part_hashes(r.body, known)) for r in made]
+    results = []
+    for requests in (given, made):
+        state, writes = SessionState("s"), Writes()
+        for r in requests:
+            apply_request(state, r, writes)
+        results.append(writes)
+    assert results[0] == results[1]
+    assert given[0].parts == {"system": part_hash("s0"), "tools": part_hash(MAIN_TOOLS)}
+    assert len(known) == 3  # s0, s1, the tools
+
+
+def test_remembered_part_hashes_are_the_full_ones_and_bounded() -> None:
+    known: dict = {}
+    for n in range(PARTS_REMEMBERED * 2):
+        body = {"system": [{"type": "text", "text": f"prompt {n}", "cache_control": {"type": "ephemeral"}}], "tools": MAIN_TOOLS}
+        assert part_hashes(body, known) == part_hashes(body, {}) == {"system": part_hash(body["system"]), "tools": part_hash(MAIN_TOOLS)}
+        assert len(known) <= PARTS_REMEMBERED
+    assert part_hashes({"messages": []}, known) == {}
+    # the same value with its keys in another order is another entry as sent, and the same part
+    reordered = [{k: MAIN_TOOLS[0][k] for k in reversed(MAIN_TOOLS[0])}]
+    assert part_hashes({"tools": reordered}, known) == {"tools": part_hash(MAIN_TOOLS)}
