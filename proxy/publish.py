@@ -9,7 +9,8 @@ Flow of one event::
 
 Ordering. The pump routes directly only while the spool is empty. It switches to
 the spool when the broker is unreachable, a send fails or times out, the window
-is full, or its oldest record has waited `stall_seconds`. At the switch it first
+is full, its oldest record has waited `stall_seconds`, or the queue is past its
+high-water mark (half of KGB_QUEUE_MAX_EVENTS / KGB_QUEUE_MAX_BYTES). At the switch it first
 copies every unacknowledged window record into the (empty) spool, so the spool
 always starts with everything not known to be delivered, followed by newer
 events. The drainer starts only once every window send has settled; the idempotent
@@ -19,9 +20,23 @@ process lives; after a restart they are re-sent, which is fine because consumers
 are idempotent on ``event_id``. The pump goes back to direct only when the
 drainer found the spool empty with no append pending.
 
+Backlog. When Kafka is slower than the proxy, the queue must not fill while the
+pump waits on the producer: once the queue is past its high-water mark the pump
+stops sending directly and drains the queue to the spool, which only costs encoding
+and a sequential write on the spool thread. A `producer.send` already waiting for
+room in the producer is cut short by `submit` the moment the queue crosses the mark
+(its record goes to the spool, after the window), so the pump never waits on Kafka
+while the queue is over it. The other half of the bound is headroom for the spool
+write (one fsync per batch) to finish.
+
 Nothing is lost silently: a full queue or spool, an unencodable event, an event
 over the size limit are each logged at ERROR and counted (proxy/metrics.py);
-events over the limit are kept whole in the spool's ``rejected/`` directory.
+events over the limit are kept whole in the spool's ``rejected/`` directory. The
+queue keeps its hard bound, so memory stays bounded: it can still fill, and drop,
+only when events arrive faster than the pump can encode and write them to disk,
+that is when the event loop starves the pump (the CPU is saturated, or a burst of
+submits never yields to it) or the disk is slower than the traffic for longer than
+the headroom lasts.
 """
 
 from __future__ import annotations
@@ -239,6 +254,7 @@ class Publisher:
         self._corrupt_seen = 0
         self._full_logged = False
         self._queue_full_logged = False
+        self._send_timeout: asyncio.Timeout | None = None
         self._io_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kgb-spool")
         self._spool: Spool | None = None
         self._tasks: list[asyncio.Task] = []
@@ -246,7 +262,8 @@ class Publisher:
     # --- the request handlers' side ------------------------------------------------
 
     def submit(self, event: dict) -> None:
-        """Queue one event; never blocks, never raises. A full queue drops it, loudly."""
+        """Queue one event; never blocks, never raises. Past the high-water mark the pump
+        spools instead of waiting on Kafka; a queue at its bound (the pump starved) drops it, loudly."""
         self.metrics.events_submitted.inc()
         if self._closing:
             self._drop(event, "closed", "publisher is closed")
@@ -263,6 +280,13 @@ class Publisher:
         self._queued_bytes += size
         self._queue_full_logged = False
         self.metrics.queue_depth.set(self._queue.qsize())
+        if self._send_timeout is not None and not self._send_timeout.expired() and self._backlogged():
+            self._send_timeout.reschedule(asyncio.get_running_loop().time())  # the pump spools instead
+
+    def _backlogged(self) -> bool:
+        """The queue is past its high-water mark, half its bound: the pump must spool, not wait on Kafka."""
+        s = self.settings
+        return 2 * self._queue.qsize() >= s.queue_max_events or 2 * self._queued_bytes >= s.queue_max_bytes
 
     def _drop(self, event: Mapping[str, Any], reason: str, why: str) -> None:
         """Count every drop; log each, except a full queue only once per episode."""
@@ -371,15 +395,19 @@ class Publisher:
             await self._to_spool(to_spool)
 
     async def _send_direct(self, record: Record) -> bool:
-        """False when the send could not even be queued; the caller spools the record."""
+        """False when the send could not even be queued (or `submit` cut its wait short
+        because the queue backed up); the caller spools the record."""
         assert self._producer is not None
         try:
-            async with asyncio.timeout(self.settings.stall_seconds):
+            async with asyncio.timeout(self.settings.stall_seconds) as self._send_timeout:
                 future = await self._producer.send(self.settings.kafka.topic, record.value, key=record.key)
         except (KafkaError, TimeoutError) as exc:
-            self._count_error("send", exc)
-            self._connected = False
+            if not (isinstance(exc, TimeoutError) and self._backlogged()):
+                self._count_error("send", exc)
+                self._connected = False
             return False
+        finally:
+            self._send_timeout = None
         self._window.append(InFlight(record, future, time.monotonic()))
         self._window_bytes += record.size
         future.add_done_callback(self._reap)
@@ -389,7 +417,7 @@ class Publisher:
         self._reap()
         head_failed = bool(self._window) and self._window[0].future.done()
         full = len(self._window) >= WINDOW_MAX_RECORDS or self._window_bytes >= WINDOW_MAX_BYTES
-        return not self._connected or head_failed or full or self._stalled()
+        return not self._connected or head_failed or full or self._stalled() or self._backlogged()
 
     def _stalled(self) -> bool:
         return bool(self._window) and time.monotonic() - self._window[0].sent_at > self.settings.stall_seconds
