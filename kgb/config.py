@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from urllib.parse import urlsplit, urlunsplit
 
 
 class SettingsError(ValueError):
@@ -53,6 +54,18 @@ def mask(secret: str | None) -> str:
     return "<unset>" if not secret else "****"
 
 
+def mask_url(url: str) -> str:
+    """The URL as it may be printed: a password, if any, replaced by ****."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:****@{host}{port}"))
+
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
     """Where events go and how they are framed; shared by the proxy and every consumer."""
@@ -70,3 +83,8 @@ class KafkaSettings:
             mcp_topic=env_str(env, "KGB_MCP_TOPIC", cls.mcp_topic),
             schema_registry_url=env_opt(env, "KGB_SCHEMA_REGISTRY_URL"),
         )
+
+    def masked(self) -> KafkaSettings:
+        """These settings as they may be printed: a password in the registry URL replaced by ****."""
+        registry = self.schema_registry_url
+        return replace(self, schema_registry_url=registry and mask_url(registry))

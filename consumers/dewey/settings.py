@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from consumers.source import Backoff
-from consumers.winni.settings import mask_url, positive, schema_name
-from kgb.config import KafkaSettings, SettingsError, env_float, env_int, env_str
+from consumers.winni.settings import positive, schema_name
+from kgb.config import KafkaSettings, SettingsError, env_float, env_int, env_str, mask_url
 
 # Dewey's documented limit for one dewey_store_messages_bulk call.
 MAX_BULK_MESSAGES = 1000
@@ -69,8 +69,7 @@ class DeweySettings:
         )
 
     def __repr__(self) -> str:
-        registry = self.kafka.schema_registry_url
-        kafka = replace(self.kafka, schema_registry_url=registry and mask_url(registry))
+        kafka = self.kafka.masked()
         return (
             f"DeweySettings(kafka={kafka!r}, database_url={mask_url(self.database_url)!r}, "
             f"db_schema={self.db_schema!r}, group={self.group!r}, url={mask_url(self.url)!r}, "

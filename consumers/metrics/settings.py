@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from consumers.source import Backoff
-from consumers.winni.settings import mask_url, positive, schema_name
-from kgb.config import KafkaSettings, SettingsError, env_float, env_int, env_opt, env_str
+from consumers.winni.settings import positive, schema_name
+from kgb.config import KafkaSettings, SettingsError, env_float, env_int, env_opt, env_str, mask_url
 
 
 def _schema(raw: str) -> str:
@@ -56,8 +56,7 @@ class MetricsSettings:
         )
 
     def __repr__(self) -> str:
-        registry = self.kafka.schema_registry_url
-        kafka = replace(self.kafka, schema_registry_url=registry and mask_url(registry))
+        kafka = self.kafka.masked()
         return (
             f"MetricsSettings(kafka={kafka!r}, database_url={mask_url(self.database_url)!r}, "
             f"db_schema={self.db_schema!r}, group={self.group!r}, batch_size={self.batch_size}, "

@@ -19,8 +19,7 @@ import asyncpg
 
 from consumers.metrics.settings import MetricsSettings
 from consumers.metrics.store import queries
-from consumers.winni.settings import mask_url
-from kgb.config import SettingsError
+from kgb.config import SettingsError, mask_url
 
 GROUPS = ("day", "model", "session", "kind")
 _GROUP_COLUMNS = {"day": "day", "model": "model", "session": "session_key", "kind": "kind"}

@@ -5,24 +5,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from urllib.parse import urlsplit, urlunsplit
+from dataclasses import dataclass, field
 
 from consumers.source import Backoff
-from kgb.config import KafkaSettings, SettingsError, env_float, env_int, env_str
+from kgb.config import KafkaSettings, SettingsError, env_float, env_int, env_str, mask_url
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-
-
-def mask_url(url: str) -> str:
-    """The URL as it may be printed: a password, if any, replaced by ****."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:****@{host}{port}"))
 
 
 def schema_name(raw: str) -> str:
@@ -89,13 +77,10 @@ class WinniSettings:
 
     def __repr__(self) -> str:
         return (
-            f"WinniSettings(kafka={self._masked_kafka()!r}, database_url={mask_url(self.database_url)!r}, "
+            f"WinniSettings(kafka={self.kafka.masked()!r}, database_url={mask_url(self.database_url)!r}, "
             f"db_schema={self.db_schema!r}, group={self.group!r}, batch_size={self.batch_size}, writers={self.writers}, "
             f"store_request_bodies={self.store_request_bodies}, backoff={self.backoff!r})"
         )
 
     __str__ = __repr__
 
-    def _masked_kafka(self) -> KafkaSettings:
-        registry = self.kafka.schema_registry_url
-        return replace(self.kafka, schema_registry_url=registry and mask_url(registry))

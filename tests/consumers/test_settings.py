@@ -6,8 +6,7 @@ import pytest
 
 from consumers.source import Backoff
 from consumers.winni import WinniSettings
-from consumers.winni.settings import mask_url
-from kgb.config import KafkaSettings, SettingsError
+from kgb.config import KafkaSettings, SettingsError, mask_url
 
 
 def test_defaults() -> None:
