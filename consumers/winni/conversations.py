@@ -166,11 +166,15 @@ def collector_paused() -> Iterator[None]:
 
 
 def splits_of(records: Sequence[Record], bodies: dict[str, Any], parts: dict[str, dict[str, bytes]]) -> dict[str, Split]:
-    """The request bodies ``exchanges`` keeps without their messages, by event id; ``parts`` as `parts_of` gives."""
+    """The request bodies ``exchanges`` keeps without their messages, by event id; ``parts`` as `parts_of` gives.
+
+    Only request events are looked up: a response whose event id a request of the
+    batch shares (a broken producer, a forged event) must not be taken for it.
+    """
     splits = {}
     for record in records:
         event_id = record.event["event_id"]
-        if event_id in parts and (split := split_body(record.event["request"]["body"], bodies[event_id], parts[event_id])):
+        if record.event["kind"] == "REQUEST" and event_id in parts and (split := split_body(record.event["request"]["body"], bodies[event_id], parts[event_id])):
             splits[event_id] = split
     return splits
 

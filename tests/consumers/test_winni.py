@@ -132,10 +132,12 @@ async def test_redelivered_events_change_nothing(settings: WinniSettings, produc
     async with winni(settings):
         first = await stored(db, request["exchange_id"])
         # The same events again (a producer retry, a replay), and an impostor
-        # claiming the request half with another event id.
-        impostor = {**request, "event_id": response["event_id"][:-1] + "0", "request": {**request["request"], "path": "/v1/other"}}
+        # claiming the request half with another event id: the response's, which
+        # must not make the response pass for a request either.
+        impostor = {**request, "event_id": response["event_id"], "request": {**request["request"], "path": "/v1/other"}}
         await publish(producer, settings.kafka.topic, [response, request, impostor], partition=0)
-        marker, marker_reply = exchange()
+        # A marker after them in the same session, so the same writer: once it is stored, so are they.
+        marker, marker_reply = exchange(session_id=request["session_key"], messages=[user_message("marker")])
         await publish(producer, settings.kafka.topic, [marker, marker_reply], partition=0)
         await stored(db, marker["exchange_id"])
         again = dict(await db.fetchrow(ROW, request["exchange_id"]))
