@@ -22,7 +22,8 @@ Rules, in the order `apply_request` tries them:
 - a request without a ``messages`` list (``HEAD /``, ``/v1/models``) is an
   exchange only;
 - a retry (the same body, ``stream`` aside, so the client's non-streaming
-  fallback counts) links to the exchange it repeats and adds nothing;
+  fallback counts, from the same agent id) links to the exchange it repeats
+  and adds nothing;
 - main and sub-agent requests join the most recent conversation of their
   thread (kind and agent id) whose stored positions they extend, or that they
   repeat a prefix of; else they start one: after a compaction, linked to the
@@ -440,6 +441,8 @@ def apply_request(state: SessionState, request: Request, writes: Writes, kind_of
     messages = normal_messages(raw, state.hashes)
     parts = request.parts if request.parts is not None else part_hashes(body, {})
     hash_ = request_hash(body, messages, parts)
+    if request.agent_id:  # two sub-agents given the same prompt send the same body: neither retries the other
+        hash_ = digest(hash_ + request.agent_id.encode())
     repeated = state.first_by_hash.get(hash_)
     if repeated is not None and repeated in state.exchanges:
         original = state.exchanges[repeated]

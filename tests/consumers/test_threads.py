@@ -145,3 +145,13 @@ def test_remembered_part_hashes_are_the_full_ones_and_bounded() -> None:
     # the same value with its keys in another order is another entry as sent, and the same part
     reordered = [{k: MAIN_TOOLS[0][k] for k in reversed(MAIN_TOOLS[0])}]
     assert part_hashes({"tools": reordered}, known) == {"tools": part_hash(MAIN_TOOLS)}
+
+
+def test_sub_agents_sending_the_same_body_are_not_retries_of_each_other() -> None:
+    """Claude Code sends a sub-agent's first request without its agent id in the body: two
+    given the same prompt are the same body, told apart by the header alone."""
+    state, writes = SessionState("s"), Writes()
+    for n, agent in enumerate(("a1", "a2", "a1")):
+        apply_request(state, replace(request(n, [user("Run the tests.")]), agent_id=agent), writes)
+    assert [x.retry_of for x in writes.exchanges] == [None, None, "ex-0"]
+    assert [c.agent_id for c in writes.conversations.values()] == ["a1", "a2"]
