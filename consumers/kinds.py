@@ -83,7 +83,7 @@ def is_compaction(messages: list[Any]) -> bool:
     last = messages[-1] if messages else None
     if not isinstance(last, dict) or last.get("role") != "user":
         return False
-    return any(_SUMMARY_REQUEST.search(text) for text in _texts(last.get("content")))
+    return any(_SUMMARY_REQUEST.search(text) for text in texts(last.get("content")))
 
 
 def _tools(body: dict[str, Any]) -> list[Any]:
@@ -91,8 +91,8 @@ def _tools(body: dict[str, Any]) -> list[Any]:
     return tools if isinstance(tools, list) else []
 
 
-def _texts(content: Any) -> list[str]:
-    """The text of a string content or of its text blocks."""
+def texts(content: Any) -> list[str]:
+    """The text of a string content or of its text blocks (winni finds sub-agent prompts with it too)."""
     if isinstance(content, str):
         return [content]
     if not isinstance(content, list):

@@ -41,6 +41,7 @@ from consumers.winni.threads import (
     Writes,
     apply_reply,
     apply_request,
+    offer_agent_call,
     part_hashes,
 )
 from kgb.documents import parse_json
@@ -93,7 +94,7 @@ def early_reply(row: Any) -> Reply:
 
 def states_from_rows(
     keys: Iterable[str], conversations: Iterable[Any], positions: Iterable[Any], exchanges: Iterable[Any],
-    early: Iterable[Any] = (),
+    early: Iterable[Any] = (), agent_calls: Iterable[Any] = (),
 ) -> dict[str, SessionState]:
     """Rebuild sessions' thread state from what the tables hold (rows of the ``load_*`` queries)."""
     states = {key: SessionState(key) for key in keys}
@@ -101,6 +102,8 @@ def states_from_rows(
     for row in conversations:
         state = states[row["session_key"]]
         state.add(Conversation(_uuid(row["id"]), row["kind"], row["agent_id"]))
+        if row["spawned_by_tool_use_id"] is not None:
+            state.spawned.add(row["spawned_by_tool_use_id"])
         if row["summarises_conversation_id"] is not None:
             summarised.setdefault(row["session_key"], []).append(
                 (row["kind"], row["agent_id"], _uuid(row["summarises_conversation_id"]))
@@ -120,6 +123,8 @@ def states_from_rows(
         states[key].compacted = pending_compactions(links)
     for row in early:
         states[row["session_key"]].early[row["exchange_id"]] = early_reply(row)
+    for row in agent_calls:
+        offer_agent_call(states[row["session_key"]], row["tool_use_id"], row["prompt"], (row["used_at"], row["use_position"]))
     return states
 
 
@@ -253,6 +258,7 @@ async def load_states(conn: asyncpg.Connection, keys: list[str]) -> dict[str, Se
         await conn.fetch(q.load_positions, keys),
         await conn.fetch(q.load_exchanges, keys),
         await conn.fetch(q.load_early_replies, keys),
+        await conn.fetch(q.load_agent_calls, keys),
     )
 
 

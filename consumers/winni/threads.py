@@ -33,6 +33,14 @@ Rules, in the order `apply_request` tries them:
   conversation of its own per request; a compaction also records which thread
   conversation it summarises, so the next request of that thread starts anew.
 
+A new sub-agent conversation (not a branch, not a continuation after a
+compaction) is linked to the ``Agent`` tool call that started it (``Task`` in
+older Claude Code): the earliest call of the session not linked yet whose
+``prompt`` is a text of the sub-agent's first message (beside it there may be
+other texts, such as system reminders). Calls are offered as their replies are
+stored, complete ones only (a cut reply was not run); a sub-agent whose first
+request comes before that reply stays unlinked.
+
 An assistant reply is compared leniently: the client may resend it with
 details changed (a partial answer cut where the client stopped reading, fields
 it drops), so a position first stored from a response matches any assistant
@@ -53,12 +61,13 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from consumers.kinds import kind_of
+from consumers.kinds import kind_of, texts
 from consumers.winni.store import PART_FIELDS, jsonb_safe, part_hash
 
 # Fixed forever: conversation ids derive from it, so a replay finds the same ids.
 NAMESPACE = uuid.UUID("6f1c2a52-93a4-4d0e-9a67-3f0b0c1f5e21")
 THREAD_KINDS = frozenset({"main", "subagent"})
+AGENT_TOOLS = frozenset({"Agent", "Task"})  # the tool that starts a sub-agent; Task before Claude Code 2.1
 TITLE_LIMIT = 500
 # A request is compared with at most this many of its thread's latest conversations,
 # which bounds the cost for clients (SDK scripts) that start a new one every call.
@@ -134,6 +143,7 @@ class ConversationRow(NamedTuple):
     created_at: datetime
     last_exchange_id: str
     last_at: datetime
+    spawned_by_tool_use_id: str | None
 
 
 class MessageRow(NamedTuple):
@@ -236,6 +246,7 @@ class Placed:
 
 Thread = tuple[str, str | None]  # (kind, agent id) of main and sub-agent conversations
 SentKey = tuple[int, int]  # see `sent_key`
+AgentPlace = tuple[datetime, int]  # when and at which position an Agent call was stored: the earliest is claimed first
 # Distinct system and tools values one session remembers (`part_hashes`); more start the memory afresh.
 PARTS_REMEMBERED = 16
 
@@ -253,6 +264,10 @@ class SessionState:
     early: dict[str, Reply] = field(default_factory=dict)
     # the hash of each message as sent (`sent_key`), so a resent history is not normalised again
     hashes: dict[SentKey, bytes] = field(default_factory=dict)
+    # Agent tool calls no sub-agent has claimed yet, by `prompt_key`: tool_use id -> its place (`offer_agent_call`)
+    agent_calls: dict[bytes, dict[str, AgentPlace]] = field(default_factory=dict)
+    # the Agent tool calls claimed, so a copy of one (a compaction's, a branch's) is not offered again
+    spawned: set[str] = field(default_factory=set)
 
     def add(self, conversation: Conversation) -> None:
         self.conversations[conversation.id] = conversation
@@ -456,7 +471,7 @@ def apply_request(state: SessionState, request: Request, writes: Writes, kind_of
     else:
         conversation = _side_conversation(state, request, kind, messages, writes)
     for position in range(len(conversation.positions), len(messages)):
-        _store(conversation, position, messages[position], request.exchange_id, "request", False, request.at, writes)
+        _store(state, conversation, position, messages[position], request.exchange_id, "request", False, request.at, writes)
     _link(state, writes, request, conversation.id, len(messages), kind, hash_, None)
 
 
@@ -474,7 +489,7 @@ def apply_reply(state: SessionState, reply: Reply, writes: Writes) -> None:
     stored = Message("assistant", content, message_hash("assistant", content))
     at = placed.reply_position
     if at == len(conversation.positions) or (at < len(conversation.positions) and _replaces(conversation.positions[at], reply)):
-        _store(conversation, at, stored, reply.exchange_id, "response", reply.partial, reply.at, writes)
+        _store(state, conversation, at, stored, reply.exchange_id, "response", reply.partial, reply.at, writes)
     if placed.kind == "title" and not reply.partial:
         title = title_of(message)
         if title:
@@ -499,8 +514,10 @@ def _thread_conversation(
             best = (conversation, n)
     summarised = state.compacted.pop((kind, request.agent_id), None)
     branch_of, branch_at = best if summarised is None and best[0] else (None, None)
+    fresh = kind == "subagent" and summarised is None and branch_of is None
     return _new(state, request, kind, writes, summarised=summarised,
-                branch_of=branch_of.id if branch_of else None, branch_position=branch_at)
+                branch_of=branch_of.id if branch_of else None, branch_position=branch_at,
+                spawned_by=_claim_agent_call(state, messages) if fresh else None)
 
 
 def _side_conversation(
@@ -539,24 +556,24 @@ def _parent(state: SessionState, request: Request) -> uuid.UUID | None:
 
 def _new(
     state: SessionState, request: Request, kind: str, writes: Writes, *, summarised: uuid.UUID | None,
-    branch_of: uuid.UUID | None = None, branch_position: int | None = None,
+    branch_of: uuid.UUID | None = None, branch_position: int | None = None, spawned_by: str | None = None,
 ) -> Conversation:
     conversation = Conversation(conversation_id(state.key, kind, request.agent_id, request.exchange_id), kind, request.agent_id)
     state.add(conversation)
-    _touch(state, writes, request, conversation, (summarised, branch_of, branch_position))
+    _touch(state, writes, request, conversation, (summarised, branch_of, branch_position, spawned_by))
     return conversation
 
 
 def _touch(
     state: SessionState, writes: Writes, request: Request, conversation: Conversation,
-    links: tuple[uuid.UUID | None, uuid.UUID | None, int | None] | None,
+    links: tuple[uuid.UUID | None, uuid.UUID | None, int | None, str | None] | None,
 ) -> None:
     """A conversation row: created with its links when ``links`` is given, else only its last exchange moves."""
-    summarised, branch_of, branch_position = links or (None, None, None)
+    summarised, branch_of, branch_position, spawned_by = links or (None, None, None, None)
     writes.touch(ConversationRow(
         conversation.id, state.key, len(state.conversations) - 1, conversation.kind, conversation.agent_id, request.parent_agent_id,
         _parent(state, request) if links is not None else None, summarised, branch_of, branch_position,
-        request.model, request.exchange_id, request.at, request.exchange_id, request.at,
+        request.model, request.exchange_id, request.at, request.exchange_id, request.at, spawned_by,
     ))
 
 
@@ -572,8 +589,8 @@ def _link(
 
 
 def _store(
-    conversation: Conversation, position: int, message: Message, exchange_id: str, source: str, partial: bool,
-    at: datetime, writes: Writes,
+    state: SessionState, conversation: Conversation, position: int, message: Message, exchange_id: str, source: str,
+    partial: bool, at: datetime, writes: Writes,
 ) -> None:
     slot = Position(message.hash, message.role, source == "response", partial)
     if position < len(conversation.positions):
@@ -586,6 +603,8 @@ def _store(
     ))
     for block in content if isinstance(content, list) else ():
         _tool_rows(conversation.id, block, exchange_id, position, at, writes)
+        if not partial and (call := agent_call(block)):
+            offer_agent_call(state, *call, (at, position))
 
 
 def _tool_rows(conversation_id_: uuid.UUID, block: Any, exchange_id: str, position: int, at: datetime, writes: Writes) -> None:
@@ -601,3 +620,47 @@ def _tool_rows(conversation_id_: uuid.UUID, block: Any, exchange_id: str, positi
             conversation_id_, block["tool_use_id"], content_json(block.get("content")), block.get("is_error") is True,
             exchange_id, position, at,
         ))
+
+
+# --- sub-agents and the Agent calls that start them ---------------------------------------
+
+
+def prompt_key(text: str) -> bytes:
+    """A sub-agent prompt, as the Agent call gives it and the sub-agent's first message holds it:
+    white space around it aside, and NUL as U+FFFD, which is how ``tool_calls`` keeps it
+    (`jsonb_safe`), so a state read back from the tables finds the same keys."""
+    return digest(text.strip().replace("\x00", "\ufffd").encode("utf-8", "surrogatepass"))
+
+
+def agent_call(block: Any) -> tuple[str, str] | None:
+    """(tool_use id, prompt) of a client ``tool_use`` block of the Agent tool, else None."""
+    if not isinstance(block, dict) or block.get("type") != "tool_use" or block.get("name") not in AGENT_TOOLS:
+        return None
+    tool_use_id, tool_input = block.get("id"), block.get("input")
+    prompt = tool_input.get("prompt") if isinstance(tool_input, dict) else None
+    return (tool_use_id, prompt) if isinstance(tool_use_id, str) and isinstance(prompt, str) else None
+
+
+def offer_agent_call(state: SessionState, tool_use_id: str, prompt: str, place: AgentPlace) -> None:
+    """A stored Agent call awaits its sub-agent; a copy of one not claimed yet keeps the earliest place."""
+    if tool_use_id in state.spawned:
+        return
+    calls = state.agent_calls.setdefault(prompt_key(prompt), {})
+    calls[tool_use_id] = min(calls.get(tool_use_id, place), place)
+
+
+def _claim_agent_call(state: SessionState, messages: list[Message]) -> str | None:
+    """The earliest unclaimed Agent call whose prompt is a text of the first (user) message."""
+    if not messages or messages[0].role != "user":
+        return None
+    for text in texts(messages[0].content):
+        key = prompt_key(text)
+        calls = state.agent_calls.get(key, {})
+        earliest = min(((place, id_) for id_, place in calls.items() if id_ not in state.spawned), default=None)
+        if earliest is not None:
+            del calls[earliest[1]]
+            if not calls:
+                del state.agent_calls[key]
+            state.spawned.add(earliest[1])
+            return earliest[1]
+    return None

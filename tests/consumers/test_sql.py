@@ -54,6 +54,7 @@ CONVERSATION_TABLES = {
         "parent_agent_id": "text", "parent_conversation_id": "uuid", "summarises_conversation_id": "uuid",
         "branch_of": "uuid", "branch_position": "integer", "model": "text", "first_exchange_id": "uuid",
         "last_exchange_id": "uuid", "created_at": TIME, "last_at": TIME,
+        "spawned_by_tool_use_id": "text",  # 004_sub_agent_links
     },
     "messages": {
         "conversation_id": "uuid", "position": "integer", "role": "text", "content": "jsonb", "content_hash": "bytea",
@@ -99,7 +100,7 @@ def test_queries_are_split_on_their_name_lines() -> None:
 def test_migration_files_are_numbered() -> None:
     assert parse_migration_name("001_exchanges.sql") == (1, "exchanges")
     assert parse_migration_name("README.md") is None
-    assert [m.version for m in load_migrations(WINNI)] == [1, 2, 3]
+    assert [m.version for m in load_migrations(WINNI)] == [1, 2, 3, 4]
 
 
 def test_a_database_with_another_history_is_refused() -> None:
@@ -114,7 +115,7 @@ def test_a_database_with_another_history_is_refused() -> None:
 async def test_migrations_build_the_schema_once(database: str) -> None:
     conn = await asyncpg.connect(database)
     try:
-        assert await migrate(conn, load_migrations(WINNI), "kgb") == [1, 2, 3]
+        assert await migrate(conn, load_migrations(WINNI), "kgb") == [1, 2, 3, 4]
         first = await shape(conn, "kgb")
         constraints = [tuple(r) for r in await conn.fetch(CONSTRAINTS, "kgb")]
         assert await migrate(conn, load_migrations(WINNI), "kgb") == []
@@ -150,8 +151,8 @@ async def test_two_consumers_starting_at_once_migrate_once(database: str) -> Non
         rows = await conns[0].fetch("SELECT version, name FROM kgb.schema_migrations")
     finally:
         await asyncio.gather(*(c.close() for c in conns))
-    assert sorted(applied) == [[], [], [], [1, 2, 3]]
-    assert [tuple(r) for r in rows] == [(1, "exchanges"), (2, "conversations"), (3, "request_parts")]
+    assert sorted(applied) == [[], [], [], [1, 2, 3, 4]]
+    assert [tuple(r) for r in rows] == [(1, "exchanges"), (2, "conversations"), (3, "request_parts"), (4, "sub_agent_links")]
 
 
 async def test_any_schema_name_gets_the_same_tables(database: str) -> None:
@@ -167,7 +168,7 @@ async def test_any_schema_name_gets_the_same_tables(database: str) -> None:
 
 
 async def test_a_failing_migration_leaves_nothing_behind(database: str) -> None:
-    broken = [*load_migrations(WINNI), Migration(4, "broken", "CREATE TABLE half_done (id int); SELECT 1/0;")]
+    broken = [*load_migrations(WINNI), Migration(5, "broken", "CREATE TABLE half_done (id int); SELECT 1/0;")]
     conn = await asyncpg.connect(database)
     try:
         with pytest.raises(asyncpg.DivisionByZeroError):

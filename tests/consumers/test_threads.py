@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
+
+from consumers.winni.conversations import states_from_rows
 from consumers.winni.threads import (
-    PARTS_REMEMBERED, Reply, Request, SessionState, Writes, apply_reply, apply_request, client_and_version,
+    AGENT_TOOLS, PARTS_REMEMBERED, Reply, Request, SessionState, Writes, apply_reply, apply_request, client_and_version,
     device_and_account, message_hash, normal_content, part_hashes, title_of,
 )
 from consumers.winni.store import part_hash
@@ -155,3 +158,160 @@ def test_sub_agents_sending_the_same_body_are_not_retries_of_each_other() -> Non
         apply_request(state, replace(request(n, [user("Run the tests.")]), agent_id=agent), writes)
     assert [x.retry_of for x in writes.exchanges] == [None, None, "ex-0"]
     assert [c.agent_id for c in writes.conversations.values()] == ["a1", "a2"]
+
+
+# --- sub-agents linked to the Agent call that started them -----------------------------------
+
+REMINDER = "<system-reminder>Answer in English.</system-reminder>"
+
+
+def agent_use(tool_id: str, prompt: str, name: str = "Agent") -> dict[str, Any]:
+    return {"type": "tool_use", "id": tool_id, "name": name,
+            "input": {"description": "Look around", "prompt": prompt, "subagent_type": "general-purpose"}}
+
+
+def at(n: int) -> datetime:
+    return AT + timedelta(seconds=n)
+
+
+def main_turn(n: int, messages: list[dict[str, Any]]) -> Request:
+    return replace(request(n, messages), at=at(n))
+
+
+def delegated(n: int, *blocks: dict[str, Any], partial: bool = False) -> Reply:
+    """The reply to request ``n``: Agent calls (or any blocks)."""
+    return Reply(f"ex-{n}", "s", {"role": "assistant", "content": list(blocks)}, partial, at(n))
+
+
+def sub_agent(n: int, agent: str, content: Any) -> Request:
+    """A sub-agent's first request; ``content`` of its first user message."""
+    return replace(request(n, [user(content)]), agent_id=agent, at=at(n))
+
+
+def spawned_by(writes: Writes) -> dict[str | None, str | None]:
+    """Each conversation's agent id -> the tool_use id it was linked to."""
+    return {row.agent_id: row.spawned_by_tool_use_id for row in writes.conversations.values()}
+
+
+def test_a_sub_agent_is_linked_to_the_agent_call_with_its_prompt() -> None:
+    state, writes = SessionState("s"), Writes()
+    apply_request(state, main_turn(1, [user("look around")]), writes)
+    apply_reply(state, delegated(1, {"type": "text", "text": "Delegating."}, agent_use("toolu_1", "Survey the repo.")), writes)
+    first = [{"type": "text", "text": REMINDER}, {"type": "text", "text": "Survey the repo.", "cache_control": {"type": "ephemeral"}}]
+    apply_request(state, sub_agent(2, "a1", first), writes)
+    assert spawned_by(writes) == {None: None, "a1": "toolu_1"}
+    # the same sub-agent's next request extends its conversation and links nothing anew
+    apply_request(state, sub_agent(3, "a1", first), writes)
+    assert len(writes.conversations) == 2 and state.agent_calls == {}
+
+
+def test_parallel_sub_agents_each_find_their_call() -> None:
+    state, writes = SessionState("s"), Writes()
+    apply_request(state, main_turn(1, [user("look around")]), writes)
+    apply_reply(state, delegated(1, agent_use("toolu_1", "Read the docs."), agent_use("toolu_2", "Read the tests.", name="Task")), writes)
+    apply_request(state, sub_agent(2, "a2", "Read the tests."), writes)  # a plain string content
+    apply_request(state, sub_agent(3, "a1", [{"type": "text", "text": "Read the docs.\n"}]), writes)
+    assert spawned_by(writes) == {None: None, "a2": "toolu_2", "a1": "toolu_1"}
+
+
+def test_a_repeated_prompt_links_each_call_once_first_come_first_served() -> None:
+    state, writes = SessionState("s"), Writes()
+    history = [user("check")]
+    apply_request(state, main_turn(1, history), writes)
+    apply_reply(state, delegated(1, agent_use("toolu_1", "Run the tests."), agent_use("toolu_2", "Run the tests.")), writes)
+    history += [{"role": "assistant", "content": [agent_use("toolu_1", "Run the tests."), agent_use("toolu_2", "Run the tests.")]},
+                user([{"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"},
+                      {"type": "tool_result", "tool_use_id": "toolu_2", "content": "ok"}])]
+    apply_request(state, main_turn(2, history), writes)
+    apply_reply(state, delegated(2, agent_use("toolu_3", "Run the tests.")), writes)
+    for n, agent in enumerate(("a1", "a2", "a3", "a4"), start=3):
+        apply_request(state, sub_agent(n, agent, "Run the tests."), writes)
+    assert spawned_by(writes) == {None: None, "a1": "toolu_1", "a2": "toolu_2", "a3": "toolu_3", "a4": None}
+
+
+def test_no_call_no_link() -> None:
+    state, writes = SessionState("s"), Writes()
+    apply_request(state, main_turn(1, [user("look around")]), writes)
+    apply_reply(state, delegated(1, agent_use("toolu_1", "Survey the repo.")), writes)
+    apply_request(state, sub_agent(2, "a1", "Something else."), writes)
+    # a reply cut short was not run: its call starts nothing
+    apply_request(state, main_turn(3, [user("again")]), writes)
+    apply_reply(state, delegated(3, agent_use("toolu_2", "Cut short."), partial=True), writes)
+    apply_request(state, sub_agent(4, "a2", "Cut short."), writes)
+    # a tool named otherwise, or with no prompt, is no Agent call
+    apply_request(state, main_turn(5, [user("once more")]), writes)
+    apply_reply(state, delegated(5, {**agent_use("toolu_3", "Not an agent."), "name": "Bash"},
+                                 {**agent_use("toolu_4", ""), "input": {"description": "no prompt"}}), writes)
+    apply_request(state, sub_agent(6, "a3", "Not an agent."), writes)
+    assert spawned_by(writes) == {None: None, "a1": None, "a2": None, "a3": None}
+    assert [r.tool_use_id for r in writes.tool_uses] == ["toolu_1", "toolu_2", "toolu_3", "toolu_4"]
+
+
+def test_a_copied_call_is_not_offered_again() -> None:
+    """A compaction copies the history with its Agent calls: one claimed already stays claimed."""
+    state, writes = SessionState("s"), Writes()
+    history = [user("look around"), {"role": "assistant", "content": [agent_use("toolu_1", "Survey the repo.")]}]
+    apply_request(state, main_turn(1, history[:1]), writes)
+    apply_reply(state, delegated(1, *history[1]["content"]), writes)
+    apply_request(state, sub_agent(2, "a1", "Survey the repo."), writes)
+    summary = "Your task is to create a detailed summary of the conversation so far."
+    apply_request(state, main_turn(3, [*history, user(summary)]), writes)
+    apply_request(state, sub_agent(4, "a2", "Survey the repo."), writes)
+    assert spawned_by(writes) == {None: None, "a1": "toolu_1", "a2": None}
+    assert [r.tool_use_id for r in writes.tool_uses] == ["toolu_1", "toolu_1"]  # the call, and the compaction's copy
+
+
+def test_calls_read_back_from_the_tables_are_claimed_as_the_live_ones() -> None:
+    """A restart between an Agent call and its sub-agent: the state rebuilt from rows links the same."""
+    history = [user("check"), {"role": "assistant", "content": [agent_use("toolu_1", "Run the tests."), agent_use("toolu_2", "Lint.")]}]
+    before = [
+        main_turn(1, history[:1]), delegated(1, *history[1]["content"]),
+        sub_agent(2, "a0", "Lint."),
+        main_turn(3, [*history, user("more")]), delegated(3, agent_use("toolu_3", "Run the tests.")),
+        main_turn(4, [*history, user("Your task is to create a detailed summary of the conversation so far.")]),
+        main_turn(5, [user("and")]), delegated(5, agent_use("toolu_4", "Cut short."), partial=True),
+    ]
+    after = [sub_agent(6, "a2", "Run the tests."), sub_agent(7, "a1", [{"type": "text", "text": "Run the tests."}]),
+             sub_agent(8, "a3", "Cut short."), sub_agent(9, "a4", "Lint."), sub_agent(10, "a5", "Run the tests.")]
+    live, writes = SessionState("s"), Writes()
+    for event in before:
+        (apply_request if isinstance(event, Request) else apply_reply)(live, event, writes)
+    reloaded = states_from_rows(["s"], *rows_of(writes))["s"]
+    assert reloaded.agent_calls == live.agent_calls and reloaded.spawned == live.spawned == {"toolu_2"}
+    results = []
+    for state in (live, reloaded):
+        results.append(Writes())
+        for event in after:
+            apply_request(state, event, results[-1])
+    assert results[0] == results[1]
+    assert spawned_by(results[0]) == {"a2": "toolu_1", "a1": "toolu_3", "a3": None, "a4": None, "a5": None}
+
+
+def rows_of(writes: Writes) -> tuple[list[dict[str, Any]], ...]:
+    """What the ``load_*`` queries would read back after ``writes``, for the test above only
+    (one session, no early replies); the queries themselves run on PostgreSQL in test_conversations."""
+    conversations = sorted(writes.conversations.values(), key=lambda c: c.ordinal)
+    kinds = {c.id: c.kind for c in conversations}
+    messages: dict[tuple[Any, int], Any] = {}
+    for m in writes.messages:  # upsert_message: only a partial reply gives way, to a complete one
+        old = messages.get((m.conversation_id, m.position))
+        if old is None or (old.partial and old.source == m.source == "response" and not m.partial):
+            messages[(m.conversation_id, m.position)] = m
+    uses = {(u.conversation_id, u.tool_use_id): u for u in reversed(writes.tool_uses)}  # the first use of each stays
+    return (
+        [{"session_key": c.session_key, "id": c.id, "kind": c.kind, "agent_id": c.agent_id,
+          "summarises_conversation_id": c.summarises_conversation_id, "spawned_by_tool_use_id": c.spawned_by_tool_use_id}
+         for c in conversations],
+        [{"conversation_id": m.conversation_id, "role": m.role, "content_hash": m.content_hash,
+          "from_response": m.source == "response", "partial": m.partial} for _, m in sorted(messages.items(), key=lambda kv: (str(kv[0][0]), kv[0][1]))],
+        [{"session_key": "s", "exchange_id": x.exchange_id, "conversation_id": x.conversation_id, "reply_position": x.reply_position,
+          "retry_of": x.retry_of, "request_hash": x.request_hash, "kind": kinds[x.conversation_id]} for x in writes.exchanges],
+        [],
+        [{"session_key": "s", "tool_use_id": u.tool_use_id, "prompt": orjson.loads(u.input)["prompt"], "used_at": u.at,
+          "use_position": u.position}
+         for u in uses.values() if u.name in AGENT_TOOLS and _holds(messages[(u.conversation_id, u.position)], u.tool_use_id)],
+    )
+
+
+def _holds(message: Any, tool_use_id: str) -> bool:
+    return not message.partial and any(b.get("id") == tool_use_id for b in orjson.loads(message.content))

@@ -129,7 +129,7 @@ ON CONFLICT (session_key) DO UPDATE SET revision = r.revision + 1
 RETURNING session_key, revision;
 
 -- name: load_conversations
-SELECT session_key, id, kind, agent_id, summarises_conversation_id
+SELECT session_key, id, kind, agent_id, summarises_conversation_id, spawned_by_tool_use_id
 FROM conversations WHERE session_key = ANY($1::text[])
 ORDER BY session_key, ordinal;
 
@@ -138,6 +138,18 @@ SELECT m.conversation_id, m.role, m.content_hash, m.source = 'response' AS from_
 FROM messages m JOIN conversations c ON c.id = m.conversation_id
 WHERE c.session_key = ANY($1::text[])
 ORDER BY m.conversation_id, m.position;
+
+-- name: load_agent_calls
+-- Every Agent (Task) call stored with its prompt, once per conversation holding
+-- it (a compaction, a branch copies it), where it sits; from complete messages
+-- that hold it still (a cut reply was not run; the reply that replaced it has
+-- calls of its own). The caller drops the ones a sub-agent has claimed.
+SELECT c.session_key, t.tool_use_id, t.input->>'prompt' AS prompt, t.used_at, t.use_position
+FROM conversations c
+JOIN tool_calls t ON t.conversation_id = c.id
+JOIN messages m ON m.conversation_id = t.conversation_id AND m.position = t.use_position
+WHERE c.session_key = ANY($1::text[]) AND t.name IN ('Agent', 'Task') AND jsonb_typeof(t.input->'prompt') = 'string'
+  AND NOT m.partial AND m.content @> jsonb_build_array(jsonb_build_object('type', 'tool_use', 'id', t.tool_use_id));
 
 -- name: load_exchanges
 SELECT e.session_key, e.exchange_id::text, e.conversation_id, e.reply_position, e.retry_of, e.request_hash, c.kind
@@ -166,9 +178,9 @@ WHERE session_key = $1 AND (title_at IS NULL OR title_at <= $3);
 INSERT INTO conversations AS c (
     id, session_key, ordinal, kind, agent_id, parent_agent_id, parent_conversation_id,
     summarises_conversation_id, branch_of, branch_position, model,
-    first_exchange_id, created_at, last_exchange_id, last_at
+    first_exchange_id, created_at, last_exchange_id, last_at, spawned_by_tool_use_id
 )
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::uuid, $13, $14::text::uuid, $15)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::uuid, $13, $14::text::uuid, $15, $16)
 ON CONFLICT (id) DO UPDATE SET last_exchange_id = EXCLUDED.last_exchange_id, last_at = EXCLUDED.last_at
 WHERE c.last_at <= EXCLUDED.last_at;
 
