@@ -6,6 +6,11 @@ the next request of that thread resends. It also counts what the tables must
 hold, per conversation label ("main", "main#2" after a compaction, an agent
 id, "title#3"), so tests compare exact rows without recomputing the rules.
 
+Sub-agents start the way Claude Code starts them: the parent thread's reply
+calls the Agent tool (`spawn`), the sub-agent's first message carries the
+call's prompt beside a system reminder, and the call's result goes back to the
+parent; `spawns` says which call started each agent.
+
 `sample_session()` turns ../shared/samples into events, each answered the way
 the stand-in answered it.
 """
@@ -29,6 +34,7 @@ COMPACTION_PROMPT = (
 )
 CONTINUATION = "This session is being continued from a previous conversation that ran out of context. Summary: "
 HAIKU = "claude-haiku-4-5-20251001"
+REMINDER = "<system-reminder>\nAs you answer the user's questions, you can use the following context.\n</system-reminder>"
 
 
 def text(value: str, cache: bool = False) -> dict[str, Any]:
@@ -40,6 +46,12 @@ def text(value: str, cache: bool = False) -> dict[str, Any]:
 
 def tool_use(tool_id: str, command: str, name: str = "Bash") -> dict[str, Any]:
     return {"type": "tool_use", "id": tool_id, "name": name, "input": {"command": command}}
+
+
+def agent_use(tool_id: str, prompt: str, description: str = "Do a sub-task") -> dict[str, Any]:
+    """A call of Claude Code's Agent tool, which starts a sub-agent with ``prompt``."""
+    return {"type": "tool_use", "id": tool_id, "name": "Agent",
+            "input": {"description": description, "prompt": prompt, "subagent_type": "general-purpose"}}
 
 
 def tool_result(tool_id: str, output: str, is_error: bool = False) -> dict[str, Any]:
@@ -76,6 +88,7 @@ class SessionBuilder:
     positions: Counter[str] = field(default_factory=Counter)  # label -> message rows expected
     tool_calls: int = 0
     conversations: int = 0
+    spawns: dict[str, str] = field(default_factory=dict)  # agent id -> the tool_use id of the Agent call that started it
     _labels: dict[str, str] = field(default_factory=dict)  # thread -> its current conversation label
     _tools: int = 0
 
@@ -119,6 +132,23 @@ class SessionBuilder:
         tool_id = f"toolu_{self._tools:024d}"
         self.turn(thread, text(f"please run {command}"), answer=reply(tool_use(tool_id, command), stop_reason="tool_use"), **switches)
         self.turn(thread, tool_result(tool_id, output), answer=reply(text(f"It printed {output}.")), **switches)
+
+    def spawn(self, thread: str, agents: dict[str, str], **switches: Any) -> dict[str, str]:
+        """``thread`` asks for sub-agents (agent id -> prompt), all in one reply; their call ids by agent.
+
+        Each sub-agent then starts with `start`, and the calls' results go back with `turn`."""
+        calls = {}
+        for agent_id in agents:
+            self._tools += 1
+            calls[agent_id] = f"toolu_{self._tools:024d}"
+        uses = [agent_use(calls[agent_id], prompt) for agent_id, prompt in agents.items()]
+        self.turn(thread, text(f"delegate {', '.join(agents)}"), answer=reply(*uses, stop_reason="tool_use"), **switches)
+        self.spawns.update(calls)
+        return calls
+
+    def start(self, agent_id: str, prompt: str, answer: dict[str, Any], parent_agent_id: str | None = None) -> None:
+        """A sub-agent's first turn: a system reminder, then the prompt its Agent call gave."""
+        self.turn(agent_id, text(REMINDER), text(prompt), answer=answer, agent_id=agent_id, parent_agent_id=parent_agent_id)
 
     def title(self, prompt: str, title: str) -> None:
         """The side request Claude Code sends beside the main thread, answered as structured output."""
@@ -174,8 +204,8 @@ class SessionBuilder:
 def long_session(turns: int = 200) -> SessionBuilder:
     """A generated session of ``turns`` main-thread turns with everything Claude Code does in one.
 
-    Every 10th turn runs a tool, every 25th spawns a sub-agent that runs a tool and
-    itself a nested sub-agent, every 20th is retried twice after 529s, every 30th
+    Every 10th turn runs a tool, every 25th calls the Agent tool: a sub-agent that
+    runs a tool and itself starts a nested sub-agent, every 20th is retried twice after 529s, every 30th
     is interrupted (its partial reply resent as history), every 40th asks for
     a title and counts tokens, and the session is compacted once in the middle.
     """
@@ -198,11 +228,15 @@ def long_session(turns: int = 200) -> SessionBuilder:
 
 
 def _sub_agent(s: SessionBuilder, n: int) -> None:
+    """The main thread starts a sub-agent, which runs a tool and starts a nested one."""
     agent, nested = f"a{n:016x}", f"b{n:016x}"
-    s.turn(agent, text(f"Sub-task {n}"), answer=reply(text("Starting.")), agent_id=agent)
+    call = s.spawn("main", {agent: f"Sub-task {n}"})[agent]
+    s.start(agent, f"Sub-task {n}", reply(text("Starting.")))
     s.tool_turn(agent, f"ls {n}", "file", agent_id=agent)
-    s.turn(nested, text(f"Nested task {n}"), answer=reply(text("Nested done.")), agent_id=nested, parent_agent_id=agent)
-    s.turn(agent, text("Report."), answer=reply(text(f"Sub-task {n} done.")), agent_id=agent)
+    nested_call = s.spawn(agent, {nested: f"Nested task {n}"}, agent_id=agent)[nested]
+    s.start(nested, f"Nested task {n}", reply(text("Nested done.")), parent_agent_id=agent)
+    s.turn(agent, tool_result(nested_call, "Nested done."), answer=reply(text(f"Sub-task {n} done.")), agent_id=agent)
+    s.turn("main", tool_result(call, f"Sub-task {n} done."), answer=reply(text(f"Sub-task {n} is done.")))
 
 
 # --- the samples -----------------------------------------------------------------

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 from consumers.winni import WinniSettings
 from consumers.winni.threads import normal_content
 from tests.consumers.conftest import count, eventually, publish, winni
-from tests.consumers.sessions import STUB_TEXT, SessionBuilder, long_session, reply, sample_events, text
+from tests.consumers.sessions import STUB_TEXT, SessionBuilder, long_session, reply, sample_events, text, tool_result
 
 CONVERSATIONS = """
 SELECT c.ordinal, c.kind, c.agent_id, count(m.position) AS messages
@@ -176,6 +176,14 @@ async def test_a_long_session_stores_each_message_once(
     assert len(tree) == 16
     assert all((r["parent_kind"], r["parent_agent"]) == ("main", None) for r in tree if r["agent_id"].startswith("a"))
     assert all(r["parent_agent"] == "a" + r["agent_id"][1:] for r in tree if r["agent_id"].startswith("b"))
+    # ... and is linked to the Agent call its parent made, whose prompt its first message holds.
+    calls = await db.fetch(
+        "SELECT c.agent_id, c.spawned_by_tool_use_id, t.name, t.input->>'prompt' AS prompt, m.content FROM conversations c "
+        "JOIN tool_calls t ON t.conversation_id = c.parent_conversation_id AND t.tool_use_id = c.spawned_by_tool_use_id "
+        "JOIN messages m ON m.conversation_id = c.id AND m.position = 0 WHERE c.kind = 'subagent'"
+    )
+    assert {r["agent_id"]: r["spawned_by_tool_use_id"] for r in calls} == session.spawns and len(calls) == 16
+    assert all(r["name"] == "Agent" and orjson.loads(r["content"])[-1]["text"] == r["prompt"] for r in calls)
 
 
 async def test_redelivery_and_a_restart_change_nothing(
@@ -192,6 +200,7 @@ async def test_redelivery_and_a_restart_change_nothing(
         await settled(db, session.events)
     once = await snapshot(db)
     assert len(once["messages"]) == session.messages
+    assert sorted(r[-1] for r in once["conversations"] if r[-1]) == sorted(session.spawns.values())  # spawned_by_tool_use_id
 
     # A marker after the copies on the same partition: once it is stored, so are they.
     marker = SessionBuilder()
@@ -201,6 +210,28 @@ async def test_redelivery_and_a_restart_change_nothing(
         await settled(db, [*session.events, *marker.events])
     again = await snapshot(db)
     assert {t: [r for r in rows if marker.session_id not in str(r)] for t, rows in again.items()} == once
+
+
+async def test_sub_agents_find_their_agent_calls_after_a_restart(
+    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection
+) -> None:
+    """Parallel calls, two with the same prompt, then a restart (the state read back from the
+    tables) before the sub-agents start: each call is claimed once, in order; a fourth finds none."""
+    s = SessionBuilder()
+    calls = s.spawn("main", {"a1": "Run the tests.", "a2": "Run the tests.", "a3": "Read the docs."})
+    cut = len(s.events)
+    s.start("a3", "Read the docs.", reply(text("Read.")))
+    s.start("a1", "Run the tests.", reply(text("Ran.")))
+    s.start("a2", "Run the tests.", reply(text("Ran again.")))
+    s.start("a4", "Run the tests.", reply(text("No call left for me.")))
+    await publish(producer, settings.kafka.topic, s.events[:cut], partition=0)
+    async with winni(settings):
+        await settled(db, s.events[:cut])
+    await publish(producer, settings.kafka.topic, s.events[cut:], partition=0)
+    async with winni(settings):
+        await settled(db, s.events)
+    rows = await db.fetch("SELECT agent_id, spawned_by_tool_use_id FROM conversations WHERE kind = 'subagent'")
+    assert {r["agent_id"]: r["spawned_by_tool_use_id"] for r in rows} == {**calls, "a4": None}
 
 
 async def test_a_reply_before_its_request_still_lands(
@@ -238,7 +269,9 @@ async def test_the_readme_queries_answer(
     s = SessionBuilder()
     s.title("fix the build", "Fix the build")
     s.tool_turn("main", "make", "ok")
-    s.turn("agent-1", text("look around"), answer=reply(text("done")), agent_id="agent-1")
+    call = s.spawn("main", {"agent-1": "Look around the repository."})["agent-1"]
+    s.start("agent-1", "Look around the repository.", reply(text("done")))
+    s.turn("main", tool_result(call, "done"), answer=reply(text("The sub-agent looked around.")))
     await publish(producer, settings.kafka.topic, s.events)
     async with winni(settings):
         await settled(db, s.events)
@@ -247,11 +280,15 @@ async def test_the_readme_queries_answer(
     assert [r["kind"] for r in await db.fetch(latest)] == ["subagent", "main", "title"]
     main = await db.fetchval("SELECT id FROM conversations WHERE kind = 'main'")
     rows = await db.fetch(messages, main)
-    assert [(r["position"], r["tool"], r["is_error"]) for r in rows] == [(0, None, None), (1, "Bash", False), (2, None, None), (3, None, None)]
-    assert [r["thread"] for r in await db.fetch(tree, s.session_id)] == ["main", "  subagent agent-1"]
+    assert [(r["position"], r["tool"], r["is_error"]) for r in rows] == [
+        (0, None, None), (1, "Bash", False), (2, None, None), (3, None, None),
+        (4, None, None), (5, "Agent", False), (6, None, None), (7, None, None),
+    ]
+    threads = [(r["thread"], r["tool"], r["description"], r["prompt"]) for r in await db.fetch(tree, s.session_id)]
+    assert threads == [("main", None, None, None), ("  subagent agent-1", "Agent", "Do a sub-task", "Look around the repository.")]
     last = next(e for e in reversed(s.events) if e["kind"] == "REQUEST" and e["agent_id"] is None)
     sent, rebuilt = orjson.loads(last["request"]["body"]), orjson.loads(await db.fetchval(rebuild, last["exchange_id"]))
     assert {k: v for k, v in rebuilt.items() if k != "messages"} == {k: v for k, v in sent.items() if k != "messages"}
     assert rebuilt["messages"] == [{"role": m["role"], "content": normal_content(m["content"])} for m in sent["messages"]]
     (usage,) = await db.fetch(tokens)
-    assert (usage["title"], usage["requests"], usage["output"]) == ("Fix the build", 4, 4 * 12)
+    assert (usage["title"], usage["requests"], usage["output"]) == ("Fix the build", 6, 6 * 12)

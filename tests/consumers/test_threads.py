@@ -303,7 +303,8 @@ def rows_of(writes: Writes) -> tuple[list[dict[str, Any]], ...]:
           "summarises_conversation_id": c.summarises_conversation_id, "spawned_by_tool_use_id": c.spawned_by_tool_use_id}
          for c in conversations],
         [{"conversation_id": m.conversation_id, "role": m.role, "content_hash": m.content_hash,
-          "from_response": m.source == "response", "partial": m.partial} for _, m in sorted(messages.items(), key=lambda kv: (str(kv[0][0]), kv[0][1]))],
+          "from_response": m.source == "response", "partial": m.partial}
+         for m in sorted(messages.values(), key=lambda m: m.position)],
         [{"session_key": "s", "exchange_id": x.exchange_id, "conversation_id": x.conversation_id, "reply_position": x.reply_position,
           "retry_of": x.retry_of, "request_hash": x.request_hash, "kind": kinds[x.conversation_id]} for x in writes.exchanges],
         [],
