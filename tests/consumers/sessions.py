@@ -163,6 +163,31 @@ class SessionBuilder:
         self.exchange("title", messages, reply(text(orjson.dumps({"title": title}).decode())), body=body)
         self._side("title", 2)
 
+    def web_search(self, query: str, results: list[dict[str, Any]]) -> dict[str, Any]:
+        """The side request Claude Code's WebSearch tool sends (the server tool, forced by
+        ``tool_choice``), answered with the search and its results; returns the answer."""
+        messages = [{"role": "user", "content": [text(f"Perform a web search for the query: {query}")]}]
+        body = orjson.dumps({
+            "model": HAIKU, "messages": messages, "system": [text("You are an assistant for performing a web search tool use")],
+            "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 8}],
+            "tool_choice": {"type": "tool", "name": "web_search"},
+            "metadata": {"user_id": orjson.dumps({"device_id": "cf7deb13", "account_uuid": "", "session_id": self.session_id}).decode()},
+            "max_tokens": 32000, "stream": True,
+        })
+        self._tools += 1
+        use_id = f"srvtoolu_{self._tools:024d}"
+        found = results[0]["url"] if results else "nothing"
+        answer = reply(
+            {"type": "server_tool_use", "id": use_id, "name": "web_search", "input": {"query": query}},
+            {"type": "web_search_tool_result", "tool_use_id": use_id, "content": results},
+            {"type": "text", "text": f"Found {found}.",
+             "citations": [{"type": "web_search_result_location", "url": found, "title": "Result", "cited_text": "..."}]},
+        )
+        self.exchange("web_search", messages, answer, body=body)
+        self._side("web_search", 2)
+        self.tool_calls += 1
+        return answer
+
     def count_tokens(self, value: str) -> None:
         messages = [{"role": "user", "content": value}]
         body = orjson.dumps({"model": "claude-opus-4-8", "messages": messages, "tools": []})

@@ -234,6 +234,49 @@ async def test_sub_agents_find_their_agent_calls_after_a_restart(
     assert {r["agent_id"]: r["spawned_by_tool_use_id"] for r in rows} == {**calls, "a4": None}
 
 
+async def test_a_web_search_is_a_conversation_of_its_own_with_its_server_tool_call(
+    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection
+) -> None:
+    """The main thread calls WebSearch; Claude Code sends the side request, the API runs the search."""
+    s = SessionBuilder()
+    query = "what is new in Python 3.14"
+    web_call = {"type": "tool_use", "id": "toolu_web", "name": "WebSearch", "input": {"query": query}}
+    s.turn("main", text("What is new in Python 3.14?"), answer=reply(web_call, stop_reason="tool_use"))
+    results = [{"type": "web_search_result", "url": "https://docs.python.org/3.14/whatsnew/3.14.html",
+                "title": "What's new in Python 3.14", "encrypted_content": "RW5jcnlwdGVk", "page_age": "October 7, 2025"}]
+    answer = s.web_search(query, results)
+    s.turn("main", tool_result("toolu_web", "Python 3.14: template strings, ..."), answer=reply(text("Template strings.")))
+    await publish(producer, settings.kafka.topic, s.events)
+    async with winni(settings):
+        await settled(db, s.events)
+
+    assert [tuple(r) for r in await db.fetch(CONVERSATIONS, s.session_id)] == [(0, "main", None, 4), (1, "web_search", None, 2)]
+    search = await db.fetch(MESSAGES, s.session_id, "web_search")
+    assert roles(search) == [("user", "request"), ("assistant", "response")]
+    assert orjson.loads(search[0]["content"]) == [{"type": "text", "text": f"Perform a web search for the query: {query}"}]
+    assert orjson.loads(search[1]["content"]) == answer["content"]  # server blocks and citations as the API sent them
+    request = s.events[2]
+    assert search[0]["exchange_id"] == search[1]["exchange_id"] == request["exchange_id"]
+
+    calls = await db.fetch(
+        "SELECT c.kind, t.tool_use_id, t.name, t.input, t.use_position, t.use_exchange_id::text, t.result, t.is_error, "
+        "t.result_position, t.result_exchange_id::text FROM tool_calls t JOIN conversations c ON c.id = t.conversation_id "
+        "ORDER BY c.ordinal"
+    )
+    (server_use,) = answer["content"][:1]
+    assert [(r["kind"], r["tool_use_id"], r["name"], orjson.loads(r["input"])) for r in calls] == [
+        ("main", "toolu_web", "WebSearch", {"query": query}), ("web_search", server_use["id"], "web_search", {"query": query}),
+    ]
+    # the server tool's use and its result sit in the same reply
+    web = calls[1]
+    assert (web["use_position"], web["result_position"], web["is_error"]) == (1, 1, False)
+    assert web["use_exchange_id"] == web["result_exchange_id"] == request["exchange_id"]
+    assert orjson.loads(web["result"]) == results
+    assert (calls[0]["use_position"], calls[0]["result_position"]) == (1, 2)
+    link = await db.fetchrow("SELECT reply_position, retry_of FROM exchanges WHERE exchange_id = $1", request["exchange_id"])
+    assert tuple(link) == (1, None)
+
+
 async def test_a_reply_before_its_request_still_lands(
     settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection
 ) -> None:
