@@ -179,7 +179,9 @@ def splits_of(records: Sequence[Record], bodies: dict[str, Any], parts: dict[str
     splits = {}
     for record in records:
         event_id = record.event["event_id"]
-        if record.event["kind"] == "REQUEST" and event_id in parts and (split := split_body(record.event["request"]["body"], bodies[event_id], parts[event_id])):
+        if record.event["kind"] != "REQUEST" or event_id not in parts:
+            continue
+        if split := split_body(record.event["request"]["body"], bodies[event_id], parts[event_id]):
             splits[event_id] = split
     return splits
 
