@@ -11,12 +11,12 @@ import argparse
 import asyncio
 import dataclasses
 import logging
-import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from kgb.config import SettingsError
+from kgb.running import configure_logging, run_until_signal
 
 if TYPE_CHECKING:
     from proxy.settings import ProxySettings
@@ -31,7 +31,7 @@ def _proxy(args: argparse.Namespace) -> None:
     logging.getLogger("kgb").info("kgb proxy: %s", settings.describe())
     print(f"kgb proxy: export ANTHROPIC_BASE_URL=http://{settings.host}:{settings.port}", flush=True)
     print(f"kgb proxy: MCP clients connect to ws://{settings.host}:{settings.mcp_port}/?upstream=NAME", flush=True)
-    _run_until_signal(lambda stop: _serve_proxy(settings, stop))
+    run_until_signal(lambda stop: _serve_proxy(settings, stop))
 
 
 async def _serve_proxy(settings: ProxySettings, stop: asyncio.Event) -> None:
@@ -63,10 +63,15 @@ async def _serve_proxy(settings: ProxySettings, stop: asyncio.Event) -> None:
 
 def _consume_winni(args: argparse.Namespace) -> None:
     from consumers.winni.settings import WinniSettings
-    from consumers.winni.consumer import run
+    from consumers.errors import ConsumerError
+    from consumers.winni.consumer import run_processes
 
     settings = WinniSettings.from_env()
-    _run_until_signal(lambda stop: run(settings, stop))
+    try:
+        run_until_signal(lambda stop: run_processes(settings, stop))
+    except ConsumerError as exc:
+        print(f"kgb consume winni: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def _consume_dewey(args: argparse.Namespace) -> None:
@@ -75,7 +80,7 @@ def _consume_dewey(args: argparse.Namespace) -> None:
     settings = DeweySettings.from_env()
     if args.url is not None:
         settings = dataclasses.replace(settings, url=args.url)
-    _run_until_signal(lambda stop: run(settings, stop))
+    run_until_signal(lambda stop: run(settings, stop))
 
 
 def _consume_metrics(args: argparse.Namespace) -> None:
@@ -84,7 +89,7 @@ def _consume_metrics(args: argparse.Namespace) -> None:
     settings = MetricsSettings.from_env()
     if args.port is not None:
         settings = dataclasses.replace(settings, port=args.port)
-    _run_until_signal(lambda stop: run(settings, stop))
+    run_until_signal(lambda stop: run(settings, stop))
 
 
 def _replay(args: argparse.Namespace) -> None:
@@ -102,7 +107,7 @@ def _replay(args: argparse.Namespace) -> None:
             raise SystemExit(1)
 
     try:
-        _run_until_signal(run)
+        run_until_signal(run)
     except ConsumerError as exc:
         print(f"kgb replay: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -120,27 +125,6 @@ def _usage(args: argparse.Namespace) -> None:
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
     print(asyncio.run(report(MetricsSettings.from_env(), groups, since, args.json)))
-
-
-def _run_until_signal(service: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await service(stop)
-
-    with asyncio.Runner(loop_factory=_new_loop) as runner:
-        runner.run(main())
-
-
-def _new_loop() -> asyncio.AbstractEventLoop:
-    """uvloop where installed: a faster event loop for the same code (the benchmark compares)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -192,7 +176,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level.upper())
     try:
         args.run(args)
     except SettingsError as exc:

@@ -1,0 +1,43 @@
+"""How every KGB service process runs: one event loop until SIGINT or SIGTERM, logging set up the same way.
+
+Shared by the `kgb` command and the worker processes a consumer spawns
+(`consumers.processes`), which start from nothing (the spawn method) and
+so must set up their loop, signals and logging themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: int | str) -> None:
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+
+
+def run_until_signal(service: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+    """Run ``service(stop)``; SIGINT and SIGTERM set ``stop``, so it can finish what is in flight."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await service(stop)
+
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        runner.run(main())
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where installed: a faster event loop for the same code (the benchmark compares)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
