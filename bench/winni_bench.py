@@ -191,8 +191,8 @@ class Run:
     steady_seconds: float  # from the first exchange stored to the last
     exchanges_per_s: float
     steady_exchanges_per_s: float
-    peak_rss_mb: float
-    cpu_seconds: float  # of the consumer process (PostgreSQL's own is not in it)
+    peak_rss_mb: float  # of the consumer's processes together
+    cpu_seconds: float  # of the consumer's processes (PostgreSQL's own is not in it)
 
 
 async def stored(dsn: str, schema: str) -> int:
@@ -215,16 +215,18 @@ async def timed(
     started = time.perf_counter()
     process = subprocess.Popen(command, env={**os.environ, **env}, cwd=ROOT)
     if profile:
-        spy = subprocess.Popen(["py-spy", "record", "--nonblocking", "--format", "raw", "-o", str(profile), "-p", str(process.pid)],
-                               stdout=subprocess.DEVNULL)
+        spy = subprocess.Popen(
+            [str(Path(sys.executable).parent / "py-spy"), "record", "--subprocesses", "--nonblocking", "--format", "raw",
+             "-o", str(profile), "-p", str(process.pid)],
+            stdout=subprocess.DEVNULL,
+        )
     watched, peak, cpu, first = psutil.Process(process.pid), 0, 0.0, None
     try:
         while (done := await stored(dsn, schema)) < exchanges:
             if process.poll() is not None and await stored(dsn, schema) < exchanges:
                 raise RuntimeError(f"{command} exited with {process.returncode} after {done} exchanges")
-            peak = max(peak, watched.memory_info().rss)
-            times = watched.cpu_times()
-            cpu = times.user + times.system
+            rss, cpu = usage(watched)
+            peak = max(peak, rss)
             if done and first is None:
                 first = (time.perf_counter(), done)
             await asyncio.sleep(POLL_SECONDS)
@@ -240,6 +242,17 @@ async def timed(
         finished - started, finished - first[0], exchanges / (finished - started),
         (exchanges - first[1]) / (finished - first[0]), peak / 2**20, cpu,
     )
+
+
+def usage(process: psutil.Process) -> tuple[int, float]:
+    """RSS and CPU seconds of ``process`` and its workers (`KGB_WINNI_PROCESSES`), summed."""
+    total_rss, total_cpu = 0, 0.0
+    for member in [process, *process.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = member.cpu_times()
+            total_rss += member.memory_info().rss
+            total_cpu += times.user + times.system
+    return total_rss, total_cpu
 
 
 def kgb(*args: str) -> list[str]:
@@ -267,7 +280,8 @@ async def measure(bootstrap: str, admin_dsn: str, args: argparse.Namespace) -> d
     print(f"(a) bare fetch and decode: {ceiling:,.0f} exchanges/s ({ceiling * size / events * 2 / 1e6:,.0f} MB/s)", flush=True)
 
     env = {"KGB_KAFKA_BOOTSTRAP": bootstrap, "KGB_TOPIC": topic, "KGB_WINNI_GROUP": f"bench-{uuid.uuid4().hex[:8]}",
-           "KGB_WINNI_BATCH_SIZE": str(args.batch_size), "KGB_WINNI_WRITERS": str(args.writers)}
+           "KGB_WINNI_BATCH_SIZE": str(args.batch_size), "KGB_WINNI_WRITERS": str(args.writers),
+           "KGB_WINNI_PROCESSES": str(args.processes)}
     dsn = await services.create_database(admin_dsn)
     live = await timed(kgb("consume", "winni"), {**env, "KGB_DATABASE_URL": dsn}, dsn, "kgb", exchanges_, args.profile)
     results["live"] = asdict(live)
@@ -304,6 +318,7 @@ def main() -> None:
     parser.add_argument("--exchanges", type=int, default=100_000, help="exchanges on the generated topic")
     parser.add_argument("--batch-size", type=int, default=500, help="KGB_WINNI_BATCH_SIZE")
     parser.add_argument("--writers", type=int, default=2, help="KGB_WINNI_WRITERS")
+    parser.add_argument("--processes", type=int, default=2, help="KGB_WINNI_PROCESSES")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--profile", type=Path, help="py-spy's collapsed stacks of the live consumer, written here")
     args = parser.parse_args()

@@ -9,6 +9,12 @@ The steps of `replay`:
    stages (`consumers.winni.consumer.make_handler`, `default_stages`), into the
    fresh schema, so the rebuilt rows are the ones the live consumer writes.
 2. Read up to the end offsets seen at the start; with ``--into`` that is all.
+   With ``KGB_WINNI_PROCESSES`` above 1 this first read, nearly all of a
+   replay's work, is shared out: each worker process reads its own
+   partitions with its own reader and writes into the same fresh schema
+   (`consumers.processes`; a session's events sit in one partition, and its
+   revision row serialises writers anyway), then this process reads on from
+   where they ended.
 3. To swap, catch up with the end offsets until less than a batch is left, then,
    in one transaction on a connection of its own: lock every table of the live
    schema (EXCLUSIVE: readers go on, writers wait), read the end offsets once
@@ -42,17 +48,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache, partial
-from typing import TextIO
+from typing import Any, TextIO
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from consumers.errors import ConsumerError
+from consumers.processes import start, supervise
 from consumers.replay.progress import Progress
 from consumers.source import (
     Batch,
@@ -68,6 +76,7 @@ from consumers.service import apply_migrations, open_decoder, open_pool
 from consumers.winni.consumer import default_stages, make_handler, migrations
 from consumers.winni.settings import WinniSettings, schema_name
 from kgb.config import SettingsError
+from kgb.running import configure_logging, run_until_signal
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +132,12 @@ def remaining(begins: dict[TopicPartition, int], ends: dict[TopicPartition, int]
     return sum(ends.values()) - sum(begins.values())
 
 
-def counting(handler: Handler, progress: Progress) -> Handler:
-    """The handler, advancing ``progress`` once a batch is stored (a retried batch counts once)."""
+def counting(handler: Handler, advance: Callable[[int], None]) -> Handler:
+    """The handler, calling ``advance`` with a batch's events once it is stored (a retried batch counts once)."""
 
     async def handle(batch: Batch) -> None:
         await handler(batch)
-        progress.advance(len(batch.records) + len(batch.rejects))
+        advance(len(batch.records) + len(batch.rejects))
 
     return handle
 
@@ -166,7 +175,7 @@ async def replay(
         check_whole(begins, swapping=into is None)
         decoder = await open_decoder(resources, settings.kafka)
         progress = Progress(stream)
-        handler = counting(make_handler(pool, default_stages(settings.store_request_bodies), settings.writers), progress)
+        handler = counting(make_handler(pool, default_stages(settings.store_request_bodies), settings.writers), progress.advance)
 
         async def read(ends: dict[TopicPartition, int]) -> None:
             progress.total = remaining(begins, ends)
@@ -175,7 +184,14 @@ async def replay(
             )
 
         log.info("replay: %s into schema %s", settings.kafka.topic, target)
-        await read(await end_offsets(reader))
+        ends = await end_offsets(reader)
+        if settings.processes > 1:
+            progress.total = remaining(begins, ends)
+            await read_in_processes(settings, target, ends, progress, stop)
+            for tp, end in ends.items():
+                reader.seek(tp, end)
+        else:
+            await read(ends)
         live_exists = bool(await pool.fetchval(queries().schema_exists, settings.db_schema))
         swapped = into is None and not stop.is_set() and await swap(settings, reader, read, target, old, live_exists, stop)
         progress.finish()
@@ -185,6 +201,55 @@ async def replay(
         await drop(settings.database_url, old)
     kept = old if live_exists and keep_old else None
     return Outcome(settings.db_schema, progress.done, progress.seconds, complete=True, old_schema=kept)
+
+
+def shares(ends: dict[TopicPartition, int], workers: int) -> list[dict[TopicPartition, int]]:
+    """The partitions dealt out to at most ``workers`` readers, round robin, each with its end offset."""
+    ordered = sorted(ends)
+    dealt = [{tp: ends[tp] for tp in ordered[i::workers]} for i in range(workers)]
+    return [share for share in dealt if share]
+
+
+async def read_in_processes(
+    settings: WinniSettings, target: str, ends: dict[TopicPartition, int], progress: Progress, stop: asyncio.Event
+) -> None:
+    """Every partition read from its start up to ``ends`` into ``target``, by worker processes (`read_share`).
+
+    The workers count what they store in one shared counter, which ``progress`` follows.
+    """
+    stored = multiprocessing.get_context("spawn").Value("q", 0)
+    level = logging.getLogger().getEffectiveLevel()
+    workers = start(read_share, [(settings, target, share, stored, level) for share in shares(ends, settings.processes)], "replay")
+
+    def follow() -> None:
+        if stored.value > progress.done:
+            progress.advance(stored.value - progress.done)
+
+    await supervise(workers, stop, follow)
+
+
+def read_share(settings: WinniSettings, target: str, ends: dict[TopicPartition, int], stored: Any, log_level: int) -> None:
+    """A `read_in_processes` worker: its partitions, from their oldest offsets up to ``ends``, into ``target``."""
+    configure_logging(log_level)
+
+    def count(events: int) -> None:
+        with stored.get_lock():
+            stored.value += events
+
+    async def read(stop: asyncio.Event) -> None:
+        async with contextlib.AsyncExitStack() as resources:
+            pool = await open_pool(settings.database_url, target, settings.writers)
+            resources.push_async_callback(pool.close)
+            reader = make_reader(settings.kafka, settings.batch_size)
+            await reader.start()
+            resources.push_async_callback(reader.stop)
+            reader.assign(list(ends))
+            await reader.seek_to_beginning(*ends)
+            decoder = await open_decoder(resources, settings.kafka)
+            handler = counting(make_handler(pool, default_stages(settings.store_request_bodies), settings.writers), count)
+            await consume(reader, decoder, handler, stop=stop, batch_size=settings.batch_size, backoff=settings.backoff, until=ends)
+
+    run_until_signal(read)
 
 
 def check_whole(begins: dict[TopicPartition, int], swapping: bool) -> None:

@@ -33,12 +33,14 @@ from functools import partial
 import asyncpg
 
 from consumers.errors import InvalidEvent, is_transient
+from consumers.processes import start, supervise
 from consumers.service import open_consumer, open_database, open_decoder
 from consumers.source import Batch, Handler, Record, Reject, consume
 from consumers.sql import Migration, load_migrations
 from consumers.winni import store
 from consumers.winni.conversations import ConversationStage
 from consumers.winni.settings import WinniSettings
+from kgb.running import configure_logging, run_until_signal
 from schemas.errors import clip
 
 log = logging.getLogger(__name__)
@@ -172,3 +174,18 @@ async def run(
             stop=stop, batch_size=settings.batch_size, backoff=settings.backoff,
         )
     log.info("winni stopped")
+
+
+async def run_processes(settings: WinniSettings, stop: asyncio.Event) -> None:
+    """`run` in ``settings.processes`` processes of one group (`consumers.processes`), or here when it is 1."""
+    if settings.processes == 1:
+        await run(settings, stop)
+        return
+    worker = (settings, logging.getLogger().getEffectiveLevel())
+    await supervise(start(run_worker, [worker] * settings.processes, "winni"), stop)
+
+
+def run_worker(settings: WinniSettings, log_level: int) -> None:
+    """One of `run_processes`' workers: a whole consumer of its own."""
+    configure_logging(log_level)
+    run_until_signal(lambda stop: run(settings, stop))

@@ -46,8 +46,10 @@ class WinniSettings:
     consumer's memory: a batch of 500 requests of 1 MB each is held at once.
     ``writers`` is how many connections write one batch at once, split by
     session (see `consumers.winni.consumer`); 1 makes each batch a single
-    transaction. ``retry_max`` caps the wait between attempts while the
-    database is away. ``store_request_bodies`` keeps every request body whole
+    transaction. ``processes`` is how many processes consume at once, each a
+    member of the group with its own share of the partitions (see
+    `consumers.processes`); `kgb replay` reads with as many. ``retry_max``
+    caps the wait between attempts while the database is away. ``store_request_bodies`` keeps every request body whole
     in ``exchanges``; by default a body whose messages the conversation tables
     hold keeps only the rest (migration 003), since whole bodies resend the
     history every turn and grow with the square of the conversation.
@@ -59,6 +61,7 @@ class WinniSettings:
     group: str = "kgb-winni"
     batch_size: int = 500
     writers: int = 2
+    processes: int = 1
     store_request_bodies: bool = False
     backoff: Backoff = field(default_factory=Backoff)
 
@@ -71,6 +74,7 @@ class WinniSettings:
             group=env_str(env, "KGB_WINNI_GROUP", cls.group),
             batch_size=positive("KGB_WINNI_BATCH_SIZE", env_int(env, "KGB_WINNI_BATCH_SIZE", cls.batch_size)),
             writers=positive("KGB_WINNI_WRITERS", env_int(env, "KGB_WINNI_WRITERS", cls.writers)),
+            processes=positive("KGB_WINNI_PROCESSES", env_int(env, "KGB_WINNI_PROCESSES", cls.processes)),
             store_request_bodies=flag(env, "KGB_WINNI_STORE_REQUEST_BODIES", cls.store_request_bodies),
             backoff=Backoff(maximum=env_float(env, "KGB_WINNI_RETRY_MAX", Backoff.maximum)),
         )
@@ -79,6 +83,7 @@ class WinniSettings:
         return (
             f"WinniSettings(kafka={self.kafka.masked()!r}, database_url={mask_url(self.database_url)!r}, "
             f"db_schema={self.db_schema!r}, group={self.group!r}, batch_size={self.batch_size}, writers={self.writers}, "
+            f"processes={self.processes}, "
             f"store_request_bodies={self.store_request_bodies}, backoff={self.backoff!r})"
         )
 

@@ -23,6 +23,7 @@ from consumers.replay.progress import duration, progress_line
 from consumers.replay.rebuild import schema_names, swap_once, trimmed
 from consumers.sql import load_migrations, migrate
 from consumers.winni import WinniSettings
+from consumers.winni.consumer import run_processes
 from consumers.winni.store import queries as winni_queries
 from kgb.config import KafkaSettings, SettingsError
 from tests import services
@@ -112,6 +113,35 @@ async def test_replay_into_a_schema_equals_the_live_tables_and_again_changes_not
     assert (swapped.schema, swapped.complete, swapped.old_schema) == ("kgb", True, None)
     assert await tables(admin, "kgb") == live
     assert await schemas(admin) == {"kgb", "kgb_copy"}, "the replaced tables are dropped without --keep-old"
+
+
+async def test_two_processes_live_and_in_replay_build_the_tables_one_process_builds(
+    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection, admin: asyncpg.Connection
+) -> None:
+    """KGB_WINNI_PROCESSES=2: the live group and replay's readers share the partitions, and the tables are the same."""
+    two = replace(settings, processes=2)
+    events = varied_events()
+    await publish(producer, settings.kafka.topic, events)
+    sessions = {e["session_key"] for e in events if isinstance(e, dict)}
+    assert len(sessions) > 3, "more sessions than partitions, so both processes get some"
+    stop = asyncio.Event()
+    live = asyncio.create_task(run_processes(two, stop))
+    try:
+        await stored(db, events)
+    finally:
+        stop.set()
+        await asyncio.wait_for(live, 60)
+    built = await tables(admin, "kgb")
+
+    await replay(settings, into="kgb_one", stream=io.StringIO())
+    assert await tables(admin, "kgb_one") == built
+    outcome = await replay(two, into="kgb_two", stream=io.StringIO())
+    assert (outcome.events, outcome.complete) == (len(events), True)
+    assert await tables(admin, "kgb_two") == built
+
+    swapped = await replay(two, stream=io.StringIO())
+    assert (swapped.schema, swapped.complete) == ("kgb", True)
+    assert await tables(admin, "kgb") == built
 
 
 async def test_a_swap_under_a_running_consumer_loses_nothing_and_the_consumer_carries_on(

@@ -1,0 +1,67 @@
+"""`consumers.processes`: workers are stopped together, and a worker's failure is the parent's."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+
+from consumers.processes import WorkerFailed, start, supervise
+from kgb.running import run_until_signal
+
+
+# Worker targets: spawned processes import them from here.
+def exits(code: int, after: float) -> None:
+    time.sleep(after)
+    raise SystemExit(code)
+
+
+def serves_until_stopped(marker: str) -> None:
+    """A consumer's shape: runs until SIGTERM, then finishes cleanly and leaves a trace."""
+
+    async def serve(stop: asyncio.Event) -> None:
+        await stop.wait()
+        with open(marker, "w") as out:
+            out.write("stopped cleanly")
+
+    run_until_signal(serve)
+
+
+async def test_workers_that_finish_end_the_wait_and_the_last_tick_sees_them_done() -> None:
+    workers = start(exits, [(0, 0.0), (0, 0.3)], "finish")
+    ticks: list[bool] = []
+    await supervise(workers, asyncio.Event(), lambda: ticks.append(all(not w.is_alive() for w in workers)))
+    assert [w.exitcode for w in workers] == [0, 0]
+    assert ticks[-1] is True
+
+
+async def test_a_stop_reaches_every_worker_as_sigterm_and_each_finishes_cleanly(tmp_path: str) -> None:
+    markers = [os.path.join(tmp_path, f"worker-{i}") for i in range(2)]
+    workers = start(serves_until_stopped, [(m,) for m in markers], "serve")
+    stop = asyncio.Event()
+    waiting = asyncio.create_task(supervise(workers, stop))
+    await asyncio.sleep(1.0)
+    assert not waiting.done(), "workers that serve keep the parent waiting"
+    stop.set()
+    await asyncio.wait_for(waiting, 60)
+    assert [w.exitcode for w in workers] == [0, 0]
+    assert [open(m).read() for m in markers] == ["stopped cleanly"] * 2
+
+
+async def test_a_failing_worker_stops_the_others_and_fails_the_parent(tmp_path: str) -> None:
+    marker = os.path.join(tmp_path, "survivor")
+    workers = [*start(exits, [(3, 0.5)], "failing"), *start(serves_until_stopped, [(marker,)], "serving")]
+    with pytest.raises(WorkerFailed, match=r"failing-0 \(pid \d+\) exited with 3"):
+        await asyncio.wait_for(supervise(workers, asyncio.Event()), 60)
+    assert workers[1].exitcode == 0 and open(marker).read() == "stopped cleanly"
+
+
+async def test_a_worker_killed_from_outside_fails_the_parent() -> None:
+    workers = start(serves_until_stopped, [(os.devnull,)], "killed")
+    await asyncio.sleep(0.5)
+    os.kill(workers[0].pid, signal.SIGKILL)
+    with pytest.raises(WorkerFailed, match=f"exited with {-signal.SIGKILL}"):
+        await asyncio.wait_for(supervise(workers, asyncio.Event()), 60)
