@@ -1,9 +1,10 @@
 """The conversations stage: each batch's exchanges, then its events through `threads` into the conversation tables.
 
-It writes the exchanges itself (`store.write_exchanges`), first, in the same
-transaction, so the rows it links (``exchanges.conversation_id``) exist and
-everything commits together. Being one stage, it parses each request body
-once for both, and a body leaves ``exchanges`` without its messages only in
+It writes the exchanges itself (`store.write_exchanges`) in the same
+transaction, so everything commits together, and after the rules have placed
+each request: a request's row is written once, with where it landed
+(``exchanges.conversation_id``), rather than written and then updated. Being
+one stage, it parses each request body once for both, and a body leaves ``exchanges`` without its messages only in
 the transaction that stores them in ``messages`` (unless
 ``store_request_bodies`` keeps bodies whole).
 
@@ -212,13 +213,12 @@ class ConversationStage:
         self._cached_sessions = cached_sessions
 
     async def __call__(self, conn: asyncpg.Connection, records: Sequence[Record]) -> None:
-        bodies = parsed_bodies(records)
-        parts = parts_of(records, bodies, self._known_parts)
-        await write_exchanges(conn, records, None if self._store_request_bodies else splits_of(records, bodies, parts))
         events = [r.event for r in records]
         keys = sorted({e["session_key"] for e in events})
         if not keys:
             return
+        bodies = parsed_bodies(records)
+        parts = parts_of(records, bodies, self._known_parts)
         revisions = {row["session_key"]: row["revision"] for row in await conn.fetch(queries().bump_revisions, keys)}
         states = {key: self._take(key, revisions[key] - 1) for key in keys}
         stale = [key for key, state in states.items() if state is None]
@@ -231,6 +231,8 @@ class ConversationStage:
                 apply_request(state, request_of(event, bodies[event["event_id"]], parts.get(event["event_id"])), writes)
             else:
                 apply_reply(state, reply_of(event), writes)
+        splits = None if self._store_request_bodies else splits_of(records, bodies, parts)
+        await write_exchanges(conn, records, splits, {link.exchange_id: link for link in writes.exchanges})
         await write(conn, writes)
         for key in keys:
             self._put(key, revisions[key], states[key])
@@ -274,7 +276,6 @@ async def write(conn: asyncpg.Connection, writes: Writes) -> None:
         (q.upsert_message, writes.messages),
         (q.upsert_tool_use, writes.tool_uses),
         (q.upsert_tool_result, writes.tool_results),
-        (q.link_exchange, writes.exchanges),
     )
     for sql, rows in steps:
         if rows:

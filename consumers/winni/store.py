@@ -170,8 +170,13 @@ def shared_columns(event: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def request_row(event: dict[str, Any], split: Split | None = None) -> tuple[Any, ...]:
-    """Parameters of ``upsert_request``, in order; the body whole unless ``split`` is given."""
+# Where the conversation stage placed a request: (conversation id, reply position, retry of, request hash).
+NOT_PLACED = (None, None, None, None)
+
+
+def request_row(event: dict[str, Any], split: Split | None = None, placed: Sequence[Any] = NOT_PLACED) -> tuple[Any, ...]:
+    """Parameters of ``upsert_request``, in order; the body whole unless ``split`` is given; ``placed``
+    as `NOT_PLACED` describes."""
     r = event["request"]
     text, raw = body_columns(r["body"]) if split is None else (split.rest, None)
     parts = split.parts if split else {}
@@ -193,6 +198,7 @@ def request_row(event: dict[str, Any], split: Split | None = None) -> tuple[Any,
         event["redactions"],
         split and split.messages,
         *(parts[name].hash if name in parts else None for name in PART_FIELDS),
+        *placed,
     )
 
 
@@ -240,17 +246,23 @@ def printable(text: str) -> str:
 
 
 async def write_exchanges(
-    conn: asyncpg.Connection, records: Sequence[Record], splits: Mapping[str, Split] | None = None
+    conn: asyncpg.Connection, records: Sequence[Record], splits: Mapping[str, Split] | None = None,
+    placed: Mapping[str, Sequence[Any]] | None = None,
 ) -> None:
     """The exchanges stage: both halves of every event, in the caller's transaction.
 
     Request bodies are stored whole, but for the events whose id ``splits`` maps
     to a split body; their parts are stored first, those not stored yet.
+    ``placed`` maps an exchange id to where its request landed: its
+    ``ExchangeLink`` (`consumers.winni.threads`), exchange id first.
     """
     q = queries()
-    splits = splits or {}
+    splits, placed = splits or {}, placed or {}
     await write_parts(conn, [p for s in splits.values() for p in s.parts.values()])
-    requests = [request_row(r.event, splits.get(r.event["event_id"])) for r in records if r.event["kind"] == "REQUEST"]
+    requests = [
+        request_row(r.event, splits.get(r.event["event_id"]), placed[x][1:] if (x := r.event["exchange_id"]) in placed else NOT_PLACED)
+        for r in records if r.event["kind"] == "REQUEST"
+    ]
     responses = [response_row(r.event) for r in records if r.event["kind"] == "RESPONSE"]
     if requests:
         await conn.executemany(q.upsert_request, requests)

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+
+import orjson
 import pytest
 
 from consumers.errors import InvalidEvent
 from consumers.source import Envelope, Record
 from consumers.winni.consumer import by_session
-import hashlib
-
-import orjson
-
 from consumers.winni.store import (
-    Part, body_columns, check, headers_json, jsonb_safe, part_hash, request_row, response_row, split_body, timestamp,
-    usage_numbers,
+    Part, body_columns, check, headers_json, jsonb_safe, part_hash, queries, request_row, response_row, split_body,
+    timestamp, usage_numbers,
 )
 from tests.consumers.factories import exchange, request_event
 
@@ -69,10 +69,14 @@ def test_contract_breakers_are_refused() -> None:
         check(request_event(event_id="e-1"))
 
 
+def parameters(sql: str) -> int:
+    return max(int(n) for n in re.findall(r"\$(\d+)", sql))
+
+
 def test_rows_match_the_query_parameters() -> None:
     request, response = exchange()
-    assert len(request_row(request)) == 24
-    assert len(response_row(response)) == 31
+    assert len(request_row(request)) == parameters(queries().upsert_request) == 28
+    assert len(response_row(response)) == parameters(queries().upsert_response) == 31
 
 
 def test_batches_split_by_session_keep_sessions_whole_and_in_order() -> None:

@@ -11,14 +11,16 @@ INSERT INTO exchanges AS e (
     request_event_id, request_occurred_at, method, path, query, http_version,
     model, stream, received_at, request_headers,
     request_body, request_body_text, request_body_bytes, request_body_size,
-    request_redactions, request_messages, request_system, request_tools
+    request_redactions, request_messages, request_system, request_tools,
+    conversation_id, reply_position, retry_of, request_hash
 )
 SELECT $1::uuid, $2::text, $3::text, $4::text, $5::text,
        $6::text, $7::text,
        $8::uuid, $9::timestamptz, $10::text, $11::text, $12::text, $13::text,
        $14::text, $15::boolean, $16::timestamptz, $17::jsonb,
        body.json, body.text, $19::bytea, $20::bigint,
-       $21::text[], $22::integer, $23::bytea, $24::bytea
+       $21::text[], $22::integer, $23::bytea, $24::bytea,
+       $25::uuid, $26::integer, $27::text::uuid, $28::bytea
 FROM json_or_text($18::text) AS body
 ON CONFLICT (exchange_id) DO UPDATE SET
     session_key = EXCLUDED.session_key,
@@ -45,6 +47,10 @@ ON CONFLICT (exchange_id) DO UPDATE SET
     request_messages = EXCLUDED.request_messages,
     request_system = EXCLUDED.request_system,
     request_tools = EXCLUDED.request_tools,
+    conversation_id = EXCLUDED.conversation_id,
+    reply_position = EXCLUDED.reply_position,
+    retry_of = EXCLUDED.retry_of,
+    request_hash = EXCLUDED.request_hash,
     updated_at = now()
 WHERE e.request_event_id IS NULL;
 
@@ -211,13 +217,8 @@ ON CONFLICT (conversation_id, tool_use_id) DO UPDATE SET
     result_position = EXCLUDED.result_position, result_at = EXCLUDED.result_at
 WHERE t.result_position IS NULL;
 
--- name: link_exchange
-UPDATE exchanges SET conversation_id = $2, reply_position = $3, retry_of = $4::text::uuid, request_hash = $5
-WHERE exchange_id = $1::text::uuid;
-
 -- name: load_early_replies
--- Replies not placed yet: their request is late (or is in this very batch, its
--- half already written by the exchanges stage); the request will place them.
+-- Replies not placed yet: their request is late; the request will place them.
 SELECT session_key, exchange_id::text, message::text, client_disconnected, upstream_complete, error_in_stream,
        response_occurred_at
 FROM exchanges
