@@ -270,7 +270,7 @@ async def write(conn: asyncpg.Connection, writes: Writes) -> None:
     """Parents before children: sessions, conversations, then what refers to them."""
     q = queries()
     steps = (
-        (q.upsert_session, writes.sessions),
+        (q.upsert_session, list(writes.sessions.values())),
         (q.set_title, writes.titles),
         (q.upsert_conversation, list(writes.conversations.values())),
         (q.upsert_message, writes.messages),

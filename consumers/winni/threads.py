@@ -196,7 +196,7 @@ class TitleRow(NamedTuple):
 class Writes:
     """Everything one batch changes, in the order the rows were decided."""
 
-    sessions: list[SessionRow] = field(default_factory=list)
+    sessions: dict[str, SessionRow] = field(default_factory=dict)
     titles: list[TitleRow] = field(default_factory=list)
     conversations: dict[uuid.UUID, ConversationRow] = field(default_factory=dict)
     messages: list[MessageRow] = field(default_factory=list)
@@ -204,12 +204,26 @@ class Writes:
     tool_results: list[ToolResultRow] = field(default_factory=list)
     exchanges: list[ExchangeLink] = field(default_factory=list)
 
+    def seen(self, row: SessionRow) -> None:
+        """One row per session and batch, merged the way ``upsert_session`` merges a row into the stored one."""
+        had = self.sessions.get(row.session_key)
+        self.sessions[row.session_key] = row if had is None else SessionRow(
+            row.session_key, _first(had.source, row.source), _first(had.device_id, row.device_id),
+            _first(had.account_uuid, row.account_uuid), _first(row.client, had.client),
+            _first(row.client_version, had.client_version), None,
+            min(had.first_seen, row.first_seen), max(had.last_seen, row.last_seen),
+        )
+
     def touch(self, row: ConversationRow) -> None:
         """The first row of a batch keeps its creation fields; later ones move the last exchange."""
         seen = self.conversations.get(row.id)
         self.conversations[row.id] = (
             row if seen is None else seen._replace(last_exchange_id=row.last_exchange_id, last_at=row.last_at)
         )
+
+
+def _first(*values: str | None) -> str | None:
+    return next((v for v in values if v is not None), None)
 
 
 # --- state ------------------------------------------------------------------------
@@ -448,7 +462,7 @@ def session_row(request: Request) -> SessionRow:
 
 def apply_request(state: SessionState, request: Request, writes: Writes, kind_of: KindOf = kind_of) -> None:
     """Place one request: link its exchange, store the positions it adds."""
-    writes.sessions.append(session_row(request))
+    writes.seen(session_row(request))
     body = request.body
     raw = body.get("messages") if isinstance(body, dict) else None
     if request.exchange_id in state.exchanges or not isinstance(raw, list):

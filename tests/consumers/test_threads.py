@@ -48,6 +48,20 @@ def test_a_string_and_a_cached_text_block_are_the_same_message() -> None:
     assert normal_content([result]) == [{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "text", "text": "ok"}]}]
 
 
+def test_a_batch_writes_one_session_row_merged_the_way_the_upsert_merges() -> None:
+    state, writes = SessionState("s"), Writes()
+    first = request(1, [user("a")], metadata={"user_id": '{"device_id": "d1", "account_uuid": "a1"}'})
+    later = replace(request(2, [user("b")], metadata={"user_id": '{"device_id": "d2"}'}),
+                    client="claude-cli/2.2.0 (external, cli)", at=AT + timedelta(seconds=5))
+    earlier = replace(request(3, [user("c")]), client=None, at=AT - timedelta(seconds=5))
+    for r in (first, later, earlier):
+        apply_request(state, r, writes)
+    (row,) = writes.sessions.values()
+    assert (row.device_id, row.account_uuid) == ("d1", "a1"), "the first device and account seen stay"
+    assert (row.client, row.client_version) == ("claude-cli", "2.2.0"), "the latest client named wins"
+    assert (row.first_seen, row.last_seen) == (AT - timedelta(seconds=5), AT + timedelta(seconds=5))
+
+
 def test_a_conversation_stores_each_position_once() -> None:
     state, writes = SessionState("s"), Writes()
     apply_request(state, request(1, [user("a")]), writes)
