@@ -631,9 +631,15 @@ def _tool_rows(conversation_id_: uuid.UUID, block: Any, exchange_id: str, positi
         ))
     elif isinstance(block.get("tool_use_id"), str):
         writes.tool_results.append(ToolResultRow(
-            conversation_id_, block["tool_use_id"], content_json(block.get("content")), block.get("is_error") is True,
-            exchange_id, position, at,
+            conversation_id_, block["tool_use_id"], content_json(block.get("content")), failed(block), exchange_id, position, at,
         ))
+
+
+def failed(result: dict[str, Any]) -> bool:
+    """A client tool says ``is_error``; a server tool (web search, code execution) answers with an
+    ``*_error`` content block instead, e.g. ``web_search_tool_result_error``."""
+    content = result.get("content")
+    return result.get("is_error") is True or (isinstance(content, dict) and str(content.get("type", "")).endswith("_error"))
 
 
 # --- sub-agents and the Agent calls that start them ---------------------------------------

@@ -62,6 +62,18 @@ def test_a_batch_writes_one_session_row_merged_the_way_the_upsert_merges() -> No
     assert (row.first_seen, row.last_seen) == (AT - timedelta(seconds=5), AT + timedelta(seconds=5))
 
 
+def test_a_failed_server_tool_result_is_an_error_like_a_client_one() -> None:
+    state, writes = SessionState("s"), Writes()
+    search = {"type": "server_tool_use", "id": "srv-1", "name": "web_search", "input": {"query": "q"}}
+    outage = {"type": "web_search_tool_result", "tool_use_id": "srv-1",
+              "content": {"type": "web_search_tool_result_error", "error_code": "unavailable"}}
+    found = {"type": "web_search_tool_result", "tool_use_id": "srv-2", "content": [{"type": "web_search_result", "url": "u"}]}
+    refused = {"type": "tool_result", "tool_use_id": "t-1", "content": "denied", "is_error": True}
+    apply_request(state, request(1, [user("find it"), {"role": "assistant", "content": [search, outage, found]},
+                                     user([refused])]), writes)
+    assert {(r.tool_use_id, r.is_error) for r in writes.tool_results} == {("srv-1", True), ("srv-2", False), ("t-1", True)}
+
+
 def test_a_conversation_stores_each_position_once() -> None:
     state, writes = SessionState("s"), Writes()
     apply_request(state, request(1, [user("a")]), writes)
