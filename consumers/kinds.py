@@ -86,6 +86,20 @@ def is_compaction(messages: list[Any]) -> bool:
     return any(_SUMMARY_REQUEST.search(text) for text in texts(last.get("content")))
 
 
+def tools_outline(tools: Any) -> list[Any] | None:
+    """``tools`` reduced to what the rules read of them: `kind_of` decides the same on a body
+    whose tools are replaced by this. winni remembers it per distinct tools value rather than
+    parse ~60 KB of tools per request."""
+    return [_tool_outline(tool) for tool in tools] if isinstance(tools, list) else None
+
+
+def _tool_outline(tool: Any) -> dict[str, Any] | None:
+    """Its type and name, and whether it has an ``input_schema`` (as True)."""
+    if not isinstance(tool, dict):
+        return None
+    return {k: True if k == "input_schema" else tool[k] for k in ("type", "name", "input_schema") if k in tool}
+
+
 def _tools(body: dict[str, Any]) -> list[Any]:
     tools = body.get("tools")
     return tools if isinstance(tools, list) else []

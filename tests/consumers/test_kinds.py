@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from consumers.kinds import KINDS, kind_of
+from consumers.kinds import KINDS, kind_of, tools_outline
 from tests.claude_samples import load_sample, sample_files
 from tests.consumers.sessions import COMPACTION_PROMPT
 
@@ -131,3 +131,17 @@ def test_count_tokens_whoever_asks() -> None:
 
 def test_kinds_are_the_listed_ones() -> None:
     assert set(EXPECTED.values()) | {"subagent", "web_search", "compaction"} == set(KINDS)
+
+
+def outlined(body: dict[str, Any]) -> dict[str, Any]:
+    return {**body, "tools": tools_outline(body["tools"])} if "tools" in body else body
+
+
+@pytest.mark.parametrize("body", [
+    *(load_sample(n)["body"] for n in sorted(EXPECTED) if isinstance(load_sample(n)["body"], dict)),
+    *(web_search_body(choice) for choice in (None, {"type": "any"}, {"type": "tool", "name": "web_search"})),
+    {"messages": [], "tools": "not a list"}, {"messages": [], "tools": [None, 3]}, {"messages": [], "tools": []},
+])
+@pytest.mark.parametrize("agent_id", [None, "a4f1c2b3d4e5f607"])
+def test_tools_outlined_decide_the_same_kind(body: dict[str, Any], agent_id: str | None) -> None:
+    assert kind_of("/v1/messages", outlined(body), agent_id) == kind_of("/v1/messages", body, agent_id)
