@@ -27,8 +27,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import asyncpg
+import simdjson
 
 from consumers.source import Record
+from consumers.winni.bodies import Body, SentKey, read_body
 from consumers.winni.store import Split, queries, split_body, timestamp, write_exchanges
 from consumers.winni.threads import (
     THREAD_KINDS,
@@ -37,7 +39,6 @@ from consumers.winni.threads import (
     Position,
     Reply,
     Request,
-    SentKey,
     SessionState,
     Writes,
     apply_reply,
@@ -55,7 +56,7 @@ CACHED_SESSIONS = 4096
 
 
 def request_of(event: dict[str, Any], body: Any, parts: dict[str, bytes] | None = None) -> Request:
-    """``body``: the request's body, parsed (`parse_json`); ``parts``: its system and tools hashes (`part_hashes`)."""
+    """``body``: the request's body, parsed (`read_body`); ``parts``: its system and tools hashes (`part_hashes`)."""
     r = event["request"]
     return Request(
         exchange_id=event["exchange_id"],
@@ -149,15 +150,19 @@ def _uuid(value: Any) -> uuid.UUID:
 
 
 def parsed_bodies(records: Sequence[Record]) -> dict[str, Any]:
-    """Each request's parsed body by event id: the one parse both halves of the stage share.
+    """Each request's parsed body by event id (`read_body`): the one parse both halves of the stage share.
 
-    The collector is paused meanwhile: a batch's bodies are millions of young
-    objects, and collections triggered while they are being made scan them
-    (and the cached sessions) again and again, which made parsing 3-4x slower.
-    Parsed JSON holds no cycles, so there is nothing for it to find.
+    The collector is paused meanwhile: bodies that simdjson cannot read are
+    parsed in full, and the fields of all are made Python; collections triggered
+    while young objects are made scan them (and the cached sessions) again and
+    again, which made parsing all bodies in full 3-4x slower. Parsed JSON holds
+    no cycles, so there is nothing for it to find.
     """
+    parser = simdjson.Parser()
     with collector_paused():
-        return {r.event["event_id"]: parse_json(r.event["request"]["body"]) for r in records if r.event["kind"] == "REQUEST"}
+        return {
+            r.event["event_id"]: read_body(r.event["request"]["body"], parser) for r in records if r.event["kind"] == "REQUEST"
+        }
 
 
 @contextlib.contextmanager
@@ -196,7 +201,7 @@ def parts_of(
     for record in records:
         event_id = record.event["event_id"]
         body = bodies.get(event_id)
-        if isinstance(body, dict) and isinstance(body.get("messages"), list):
+        if isinstance(body, Body) and body.messages is not None:
             out[event_id] = part_hashes(body, known(record.event["session_key"]))
     return out
 

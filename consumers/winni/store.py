@@ -32,6 +32,7 @@ import orjson
 from consumers.errors import InvalidEvent
 from consumers.source import Record, Reject
 from consumers.sql import Queries, load_queries
+from consumers.winni.bodies import PART_FIELDS, Body, as_body, plain
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 USAGE_COLUMNS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
@@ -39,8 +40,6 @@ USAGE_COLUMNS = ("input_tokens", "output_tokens", "cache_creation_input_tokens",
 # A \u0000 escape not itself escaped: preceded by an even number of backslashes.
 _NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 _INT64 = range(-(2**63), 2**63)
-# The request fields that are the same request after request, stored once each in request_parts.
-PART_FIELDS = ("system", "tools")
 
 
 @cache
@@ -102,7 +101,7 @@ def _count(value: Any) -> int | None:
 
 
 class Part(NamedTuple):
-    """A ``request_parts`` row to be: its hash, and the value, serialised only if the table lacks it."""
+    """A ``request_parts`` row to be: its hash, and the value (plain or `bodies.Sent`), serialised only if the table lacks it."""
 
     hash: bytes
     value: Any
@@ -118,32 +117,32 @@ class Split(NamedTuple):
 
 def part_json(value: Any) -> bytes:
     """Content-addressed by the JSON with sorted keys, so the same system prompt is one row."""
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    return orjson.dumps(plain(value), option=orjson.OPT_SORT_KEYS)
 
 
 def part_hash(value: Any) -> bytes:
     return hashlib.blake2b(part_json(value), digest_size=16).digest()
 
 
-def part_hashes(body: dict[str, Any]) -> dict[str, bytes]:
+def part_hashes(body: Body) -> dict[str, bytes]:
     """The hash of each of the body's ``PART_FIELDS``, each serialised and hashed in full."""
-    return {name: part_hash(body[name]) for name in PART_FIELDS if name in body}
+    return {name: part_hash(sent) for name, sent in body.parts.items()}
 
 
 def split_body(raw: bytes, body: Any, hashes: Mapping[str, bytes] | None = None) -> Split | None:
-    """The parsed ``body`` of ``raw`` without what is stored elsewhere, or None to store it whole.
+    """The parsed ``body`` of ``raw`` (a `Body` or the plain JSON) without what is stored elsewhere, or None to store it whole.
 
     Only a body whose ``messages`` list the conversation stage stores can be
     split, and only one jsonb can hold: a ``\\u0000`` escape keeps it whole,
     as text (a backslash before it is a false alarm, and costs only the saving).
     ``hashes``: the parts' hashes when the caller knows them (`part_hashes`).
     """
-    if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or b"\\u0000" in raw:
+    body = as_body(body)
+    if not isinstance(body, Body) or body.messages is None or b"\\u0000" in raw:
         return None
     hashes = part_hashes(body) if hashes is None else hashes
-    rest = {k: v for k, v in body.items() if k != "messages" and k not in PART_FIELDS}
-    parts = {name: Part(hashes[name], body[name]) for name in PART_FIELDS if name in body}
-    return Split(orjson.dumps(rest).decode(), len(body["messages"]), parts)
+    parts = {name: Part(hashes[name], sent) for name, sent in body.parts.items()}
+    return Split(orjson.dumps(body.fields).decode(), len(body.messages), parts)
 
 
 def check(event: dict[str, Any]) -> None:

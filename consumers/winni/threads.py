@@ -7,9 +7,9 @@ what is stored become new rows. Each message is hashed after normalising
 what the client varies between turns (a string content against a list of text
 blocks, where ``cache_control`` sits), and histories are compared hash by
 hash, so a 1 MB history costs one pass and no rows. That pass is cheap: the
-session remembers the hash of every message as it was sent (keyed by its
-serialised bytes, `sent_key`), so a resent message costs one serialisation and
-one fast keyed hash, and only what is new is normalised and hashed in full.
+session remembers the hash and role of every message as it was sent (keyed by
+its minified bytes, `bodies.sent_key`), so a resent message costs one fast
+keyed hash, and only what is new is made Python, normalised and hashed in full.
 
 One `SessionState` per session holds what the comparisons need: per
 conversation the hash, role and origin of each stored position, and per
@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,8 +62,9 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from consumers.kinds import kind_of, texts
-from consumers.winni.store import PART_FIELDS, jsonb_safe, part_hash
+from consumers.kinds import kind_of, texts, tools_outline
+from consumers.winni.bodies import Body, Sent, SentKey, as_body, plain
+from consumers.winni.store import jsonb_safe, part_hash
 
 # Fixed forever: conversation ids derive from it, so a replay finds the same ids.
 NAMESPACE = uuid.UUID("6f1c2a52-93a4-4d0e-9a67-3f0b0c1f5e21")
@@ -85,7 +87,7 @@ KindOf = Callable[[str, "dict[str, Any] | None", "str | None"], str]
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """What the thread logic needs of a request event; ``body`` is the parsed JSON or None."""
+    """What the thread logic needs of a request event; ``body`` is the parsed JSON or None, an object as a `Body` or plain."""
 
     exchange_id: str
     session_key: str
@@ -259,7 +261,6 @@ class Placed:
 
 
 Thread = tuple[str, str | None]  # (kind, agent id) of main and sub-agent conversations
-SentKey = tuple[int, int]  # see `sent_key`
 AgentPlace = tuple[datetime, int]  # when and at which position an Agent call was stored: the earliest is claimed first
 # Distinct system and tools values one session remembers (`part_hashes`); more start the memory afresh.
 PARTS_REMEMBERED = 16
@@ -276,8 +277,10 @@ class SessionState:
     compacted: dict[Thread, uuid.UUID] = field(default_factory=dict)
     # replies whose request has not been seen yet, by exchange id
     early: dict[str, Reply] = field(default_factory=dict)
-    # the hash of each message as sent (`sent_key`), so a resent history is not normalised again
-    hashes: dict[SentKey, bytes] = field(default_factory=dict)
+    # the hash and role of each message as sent (`bodies.sent_key`), so a resent history is not read again
+    hashes: dict[SentKey, tuple[bytes, str]] = field(default_factory=dict)
+    # each distinct tools value as sent -> `kinds.tools_outline`, so kind_of does not parse tools per request
+    tool_outlines: dict[SentKey, list[Any] | None] = field(default_factory=dict)
     # Agent tool calls no sub-agent has claimed yet, by `prompt_key`: tool_use id -> its place (`offer_agent_call`)
     agent_calls: dict[bytes, dict[str, AgentPlace]] = field(default_factory=dict)
     # the Agent tool calls claimed, so a copy of one (a compaction's, a branch's) is not offered again
@@ -327,64 +330,80 @@ def message_hash(role: str, content: Any) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """``content`` as sent or already normalised (normalising is idempotent): it is normalised when stored."""
+    """``sent``: the message as sent, plain or `bodies.Sent` (parsed only when its content is read);
+    its content may be normalised already (normalising is idempotent)."""
 
     role: str
-    content: Any
+    sent: Any
     hash: bytes
 
-
-def sent_key(message: Any) -> SentKey:
-    """A message as sent, by its serialised bytes: their built-in hash (SipHash, ~10x faster than
-    blake2b) and length. Equal bytes are an equal message; a false match needs a 64-bit collision
-    between two messages of one session, far rarer than anything else that can go wrong."""
-    data = orjson.dumps(message)
-    return hash(data), len(data)
+    @property
+    def content(self) -> Any:
+        message = plain(self.sent)
+        return message.get("content") if isinstance(message, dict) else message
 
 
-def normal_messages(raw: list[Any], hashes: dict[SentKey, bytes]) -> list[Message]:
-    """Every message with its hash; ``hashes`` (message as sent -> hash) is read and filled."""
+def role_and_hash(message: Any) -> tuple[bytes, str]:
+    """Of a plain message: the hash of its normalised content, and its role (``unknown`` when it has none),
+    interned: sessions remember one per message (`SessionState.hashes`, `Position`)."""
+    role = message.get("role") if isinstance(message, dict) else None
+    role = sys.intern(role) if isinstance(role, str) else "unknown"
+    content = message.get("content") if isinstance(message, dict) else message
+    return message_hash(role, normal_content(content)), role
+
+
+def normal_messages(sent: list[Sent], hashes: dict[SentKey, tuple[bytes, str]]) -> list[Message]:
+    """Every message with its hash; ``hashes`` (message as sent -> hash, role) is read and filled."""
     out = []
-    for message in raw:
-        role = message.get("role") if isinstance(message, dict) else None
-        role = role if isinstance(role, str) else "unknown"
-        content = message.get("content") if isinstance(message, dict) else message
-        key = sent_key(message)
-        hash_ = hashes.get(key)
-        if hash_ is None:
-            hash_ = hashes[key] = message_hash(role, normal_content(content))
-        out.append(Message(role, content, hash_))
+    for message in sent:
+        known = hashes.get(message.key)
+        if known is None:
+            known = hashes[message.key] = role_and_hash(message.value())
+        out.append(Message(known[1], message, known[0]))
     return out
 
 
-def request_hash(body: dict[str, Any], messages: list[Message], parts: dict[str, bytes]) -> bytes:
+def request_hash(body: Body, messages: list[Message], parts: dict[str, bytes]) -> bytes:
     """Equal for a retry: the body without ``stream`` (the non-streaming fallback resends it
     without), the messages and ``parts`` (`part_hashes`) by their hashes so they are not
     serialised twice. Changed once (system and tools by their hashes): a retry whose original
     was placed by an older winni is not recognised as one, and stores nothing new either."""
-    rest = {k: v for k, v in body.items() if k not in ("messages", "stream", *PART_FIELDS)}
+    rest = {k: v for k, v in body.fields.items() if k != "stream"}
     named = {name: hash_.hex() for name, hash_ in parts.items()}
     return digest(orjson.dumps([rest, named], option=orjson.OPT_SORT_KEYS) + b"".join(m.hash for m in messages))
 
 
-def part_hashes(body: dict[str, Any], known: dict[SentKey, bytes]) -> dict[str, bytes]:
-    """The `request_parts` hash (`store.part_hash`) of each of the body's system and tools.
+def part_hashes(body: Any, known: dict[SentKey, bytes]) -> dict[str, bytes]:
+    """The `request_parts` hash (`store.part_hash`) of each of the system and tools of ``body``
+    (a `Body`, or a plain JSON object).
 
     ``known`` (value as sent -> hash, one per session) is read and filled like the
-    message hashes: a value sent before costs one plain serialisation and a fast keyed
-    hash instead of a serialisation with sorted keys and blake2b of ~80 KB.
+    message hashes: a value sent before costs a fast keyed hash of its minified bytes
+    instead of making it Python, a serialisation with sorted keys and blake2b of ~80 KB.
     """
     out = {}
-    for name in PART_FIELDS:
-        if name in body:
-            key = sent_key(body[name])
-            hash_ = known.get(key)
-            if hash_ is None:
-                if len(known) >= PARTS_REMEMBERED:
-                    known.clear()
-                hash_ = known[key] = part_hash(body[name])
-            out[name] = hash_
+    for name, sent in as_body(body).parts.items():
+        hash_ = known.get(sent.key)
+        if hash_ is None:
+            if len(known) >= PARTS_REMEMBERED:
+                known.clear()
+            hash_ = known[sent.key] = part_hash(sent)
+        out[name] = hash_
     return out
+
+
+def kind_view(body: Body, outlines: dict[SentKey, list[Any] | None]) -> dict[str, Any]:
+    """The body as `kind_of` reads it: its fields, its last message, its tools as `kinds.tools_outline`;
+    ``outlines`` (tools as sent -> outline, one per session) is read and filled like `part_hashes`'s memory."""
+    view = {**body.fields, "messages": [body.messages[-1].value()] if body.messages else []}
+    tools = body.parts.get("tools")
+    if tools is not None:
+        if tools.key not in outlines:
+            if len(outlines) >= PARTS_REMEMBERED:
+                outlines.clear()
+            outlines[tools.key] = tools_outline(tools.value())
+        view["tools"] = outlines[tools.key]
+    return view
 
 
 def common_prefix(positions: list[Position], messages: list[Message]) -> int:
@@ -452,8 +471,9 @@ def content_json(content: Any) -> str:
 # --- the rules ------------------------------------------------------------------------
 
 
-def session_row(request: Request) -> SessionRow:
-    device, account = device_and_account(request.body)
+def session_row(request: Request, body: Any) -> SessionRow:
+    """``body``: the request's, as `bodies.as_body` gives it."""
+    device, account = device_and_account(body.fields if isinstance(body, Body) else body)
     client, version = client_and_version(request.client)
     return SessionRow(
         request.session_key, request.session_source, device, account, client, version, None, request.at, request.at
@@ -462,12 +482,11 @@ def session_row(request: Request) -> SessionRow:
 
 def apply_request(state: SessionState, request: Request, writes: Writes, kind_of: KindOf = kind_of) -> None:
     """Place one request: link its exchange, store the positions it adds."""
-    writes.seen(session_row(request))
-    body = request.body
-    raw = body.get("messages") if isinstance(body, dict) else None
-    if request.exchange_id in state.exchanges or not isinstance(raw, list):
+    body = as_body(request.body)
+    writes.seen(session_row(request, body))
+    if request.exchange_id in state.exchanges or not isinstance(body, Body) or body.messages is None:
         return
-    messages = normal_messages(raw, state.hashes)
+    messages = normal_messages(body.messages, state.hashes)
     parts = request.parts if request.parts is not None else part_hashes(body, {})
     hash_ = request_hash(body, messages, parts)
     if request.agent_id:  # two sub-agents given the same prompt send the same body: neither retries the other
@@ -479,7 +498,7 @@ def apply_request(state: SessionState, request: Request, writes: Writes, kind_of
         _link(state, writes, request, original.conversation_id, original.reply_position, original.kind, hash_, repeated)
         return
     state.first_by_hash[hash_] = request.exchange_id
-    kind = kind_of(request.path, body, request.agent_id)
+    kind = kind_of(request.path, kind_view(body, state.tool_outlines), request.agent_id)
     if kind in THREAD_KINDS:
         conversation = _thread_conversation(state, request, kind, messages, writes)
     else:
@@ -500,7 +519,7 @@ def apply_reply(state: SessionState, reply: Reply, writes: Writes) -> None:
         return
     conversation = state.conversations[placed.conversation_id]
     content = normal_content(message["content"])
-    stored = Message("assistant", content, message_hash("assistant", content))
+    stored = Message("assistant", {"content": content}, message_hash("assistant", content))
     at = placed.reply_position
     if at == len(conversation.positions) or (at < len(conversation.positions) and _replaces(conversation.positions[at], reply)):
         _store(state, conversation, at, stored, reply.exchange_id, "response", reply.partial, reply.at, writes)

@@ -1,0 +1,123 @@
+"""Request bodies as the conversation stage reads them: parsed once, made Python objects only where needed.
+
+Claude Code resends the whole history and ~80 KB of system prompt and tools on
+every request, and the stage needs little of it as Python objects: the messages
+and parts it has not seen before, and the small rest of the body. Parsing every
+body in full with orjson (and freeing it) was most of winni's CPU. simdjson
+parses a body into its own buffers instead, and gives the minified JSON of any
+part of it (``mini``) without making Python objects: each message and part is
+kept as those bytes (`Sent`), known by them (`sent_key`), and parsed again
+(`Sent.value`) only when its key is new or it is stored.
+
+The values, and so every hash and row, are those orjson gives (`parse_json`):
+minified JSON parses back to the value it was made from; bodies simdjson refuses
+or reads otherwise (integers beyond 64 bits, a UTF-8 byte order mark, a field
+named twice, of which orjson keeps the last) are parsed by orjson; anything but
+an object stays what `parse_json` makes of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import simdjson
+
+from kgb.documents import parse_json
+
+# The request fields that are the same request after request, stored once each in request_parts.
+PART_FIELDS = ("system", "tools")
+_BOM = b"\xef\xbb\xbf"  # simdjson skips it, orjson refuses the body
+_PROXIES = (simdjson.Object, simdjson.Array)
+
+SentKey = tuple[int, int]  # see `sent_key`
+
+
+def sent_key(data: bytes) -> SentKey:
+    """A value as sent, by its minified JSON: its built-in hash (SipHash, ~10x faster than blake2b)
+    and length. Equal bytes are an equal value; a false match needs a 64-bit collision between
+    two values of one session, far rarer than anything else that can go wrong."""
+    return hash(data), len(data)
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A message or a part as sent, as minified JSON (simdjson's or orjson's: either parses back to the value)."""
+
+    data: bytes
+    key: SentKey
+
+    @classmethod
+    def of(cls, data: bytes) -> Sent:
+        return cls(data, sent_key(data))
+
+    def value(self) -> Any:
+        return orjson.loads(self.data)
+
+
+def plain(value: Any) -> Any:
+    """A value that may still be `Sent`, as Python objects."""
+    return value.value() if isinstance(value, Sent) else value
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """A request body that is a JSON object.
+
+    ``fields``: its fields but ``messages`` and `PART_FIELDS`, plain, in the body's
+    order; ``messages``: each message as sent, or None when it has no ``messages``
+    list; ``parts``: each of `PART_FIELDS` it has.
+    """
+
+    fields: dict[str, Any]
+    messages: list[Sent] | None
+    parts: dict[str, Sent]
+
+
+def read_body(raw: bytes | None, parser: simdjson.Parser) -> Any:
+    """A request body: a `Body` for a JSON object, else what `parse_json` gives (None when not JSON).
+
+    ``parser`` is reused from body to body: nothing read from one document outlives this call.
+    """
+    if not raw or raw.startswith(_BOM):
+        return parse_json(raw)
+    try:
+        doc = parser.parse(raw)
+    except (ValueError, RuntimeError):  # not JSON, or JSON simdjson cannot hold (integers beyond 64 bits)
+        return as_body(parse_json(raw))
+    if not isinstance(doc, simdjson.Object):
+        return _python(doc)
+    names = list(doc.keys())
+    if len(set(names)) < len(names):
+        return as_body(parse_json(raw))
+    messages = doc["messages"] if "messages" in doc else None
+    return Body(
+        {name: _python(doc[name]) for name in names if name != "messages" and name not in PART_FIELDS},
+        [Sent.of(_mini(m)) for m in messages] if isinstance(messages, simdjson.Array) else None,
+        {name: Sent.of(_mini(doc[name])) for name in PART_FIELDS if name in doc},
+    )
+
+
+def as_body(parsed: Any) -> Any:
+    """A document parsed by orjson as `read_body` gives it: a JSON object becomes a `Body`."""
+    if not isinstance(parsed, dict):
+        return parsed
+    messages = parsed.get("messages")
+    return Body(
+        {name: value for name, value in parsed.items() if name != "messages" and name not in PART_FIELDS},
+        [Sent.of(orjson.dumps(m)) for m in messages] if isinstance(messages, list) else None,
+        {name: Sent.of(orjson.dumps(parsed[name])) for name in PART_FIELDS if name in parsed},
+    )
+
+
+def _python(value: Any) -> Any:
+    if isinstance(value, simdjson.Object):
+        return value.as_dict()
+    if isinstance(value, simdjson.Array):
+        return value.as_list()
+    return value
+
+
+def _mini(value: Any) -> bytes:
+    return value.mini if isinstance(value, _PROXIES) else orjson.dumps(value)
