@@ -121,3 +121,18 @@ def _python(value: Any) -> Any:
 
 def _mini(value: Any) -> bytes:
     return value.mini if isinstance(value, _PROXIES) else orjson.dumps(value)
+
+
+NUL_ESCAPE = b"\\u0000"  # jsonb refuses it: a body holding one is stored whole, as text
+
+
+def sent_escape_nul(body: Body, clean: set[SentKey]) -> bool:
+    """Whether a message or a part of ``body`` holds a ``\\u0000`` escape, each scanned once:
+    ``clean`` (the keys of values seen without one) is read and filled. A history is resent on
+    every request, and scanning all of it each time cost as much as reading it."""
+    for sent in (*(body.messages or ()), *body.parts.values()):
+        if sent.key not in clean:
+            if NUL_ESCAPE in sent.data:
+                return True
+            clean.add(sent.key)
+    return False

@@ -50,6 +50,8 @@ from kgb.documents import parse_json
 
 # Sessions whose state stays in memory; the least recently used beyond this are read back when next seen.
 CACHED_SESSIONS = 4096
+# Messages and parts remembered as free of \u0000 escapes (~100 bytes each); more start the memory afresh.
+CLEAN_REMEMBERED = 500_000
 
 
 # --- pure: events in, state from rows -----------------------------------------------
@@ -176,8 +178,11 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def splits_of(records: Sequence[Record], bodies: dict[str, Any], parts: dict[str, dict[str, bytes]]) -> dict[str, Split]:
-    """The request bodies ``exchanges`` keeps without their messages, by event id; ``parts`` as `parts_of` gives.
+def splits_of(
+    records: Sequence[Record], bodies: dict[str, Any], parts: dict[str, dict[str, bytes]], clean: set[SentKey]
+) -> dict[str, Split]:
+    """The request bodies ``exchanges`` keeps without their messages, by event id; ``parts`` as `parts_of`
+    gives, ``clean`` as `split_body` takes.
 
     Only request events are looked up: a response whose event id a request of the
     batch shares (a broken producer, a forged event) must not be taken for it.
@@ -187,7 +192,7 @@ def splits_of(records: Sequence[Record], bodies: dict[str, Any], parts: dict[str
         event_id = record.event["event_id"]
         if record.event["kind"] != "REQUEST" or event_id not in parts:
             continue
-        if split := split_body(record.event["request"]["body"], bodies[event_id], parts[event_id]):
+        if split := split_body(record.event["request"]["body"], bodies[event_id], parts[event_id], clean):
             splits[event_id] = split
     return splits
 
@@ -214,6 +219,8 @@ class ConversationStage:
         # per session, its system and tools as sent -> their hashes (`part_hashes`); content only,
         # so unlike the states it holds nothing a rolled back batch could make wrong
         self._parts: OrderedDict[str, dict[SentKey, bytes]] = OrderedDict()
+        # messages and parts as sent known to hold no \u0000 escape (`bodies.sent_escape_nul`), of any session
+        self._clean: set[SentKey] = set()
         self._store_request_bodies = store_request_bodies
         self._cached_sessions = cached_sessions
 
@@ -236,7 +243,9 @@ class ConversationStage:
                 apply_request(state, request_of(event, bodies[event["event_id"]], parts.get(event["event_id"])), writes)
             else:
                 apply_reply(state, reply_of(event), writes)
-        splits = None if self._store_request_bodies else splits_of(records, bodies, parts)
+        if len(self._clean) > CLEAN_REMEMBERED:
+            self._clean.clear()
+        splits = None if self._store_request_bodies else splits_of(records, bodies, parts, self._clean)
         await write_exchanges(conn, records, splits, {link.exchange_id: link for link in writes.exchanges})
         await write(conn, writes)
         for key in keys:

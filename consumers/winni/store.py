@@ -32,7 +32,7 @@ import orjson
 from consumers.errors import InvalidEvent
 from consumers.source import Record, Reject
 from consumers.sql import Queries, load_queries
-from consumers.winni.bodies import PART_FIELDS, Body, as_body, plain
+from consumers.winni.bodies import NUL_ESCAPE, PART_FIELDS, Body, SentKey, as_body, plain, sent_escape_nul
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 USAGE_COLUMNS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
@@ -129,20 +129,26 @@ def part_hashes(body: Body) -> dict[str, bytes]:
     return {name: part_hash(sent) for name, sent in body.parts.items()}
 
 
-def split_body(raw: bytes, body: Any, hashes: Mapping[str, bytes] | None = None) -> Split | None:
+def split_body(
+    raw: bytes, body: Any, hashes: Mapping[str, bytes] | None = None, clean: set[SentKey] | None = None
+) -> Split | None:
     """The parsed ``body`` of ``raw`` (a `Body` or the plain JSON) without what is stored elsewhere, or None to store it whole.
 
     Only a body whose ``messages`` list the conversation stage stores can be
     split, and only one jsonb can hold: a ``\\u0000`` escape keeps it whole,
     as text (a backslash before it is a false alarm, and costs only the saving).
-    ``hashes``: the parts' hashes when the caller knows them (`part_hashes`).
+    ``hashes``: the parts' hashes when the caller knows them (`part_hashes`);
+    ``clean``: the caller's memory for `sent_escape_nul`, else ``raw`` is scanned.
     """
     body = as_body(body)
-    if not isinstance(body, Body) or body.messages is None or b"\\u0000" in raw:
+    if not isinstance(body, Body) or body.messages is None:
+        return None
+    rest = orjson.dumps(body.fields)
+    if NUL_ESCAPE in rest or (NUL_ESCAPE in raw if clean is None else sent_escape_nul(body, clean)):
         return None
     hashes = part_hashes(body) if hashes is None else hashes
     parts = {name: Part(hashes[name], sent) for name, sent in body.parts.items()}
-    return Split(orjson.dumps(body.fields).decode(), len(body.messages), parts)
+    return Split(rest.decode(), len(body.messages), parts)
 
 
 def check(event: dict[str, Any]) -> None:

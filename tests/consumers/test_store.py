@@ -7,9 +7,11 @@ import re
 
 import orjson
 import pytest
+import simdjson
 
 from consumers.errors import InvalidEvent
 from consumers.source import Envelope, Record
+from consumers.winni.bodies import SentKey, read_body
 from consumers.winni.consumer import by_session
 from consumers.winni.store import (
     body_columns, check, headers_json, jsonb_safe, part_hash, part_json, queries, request_row, response_row, split_body,
@@ -104,3 +106,20 @@ def test_a_split_body_names_its_parts_by_the_hash_of_their_sorted_json() -> None
     given = {"system": b"s" * 16, "tools": b"t" * 16}
     assert {n: p.hash for n, p in split_body(raw, body, given).parts.items()} == given
     assert split_body(raw, {"model": "m"}) is None
+
+
+@pytest.mark.parametrize("where", ["messages", "system", "rest"])
+def test_a_body_holding_a_nul_escape_stays_whole_and_its_clean_values_are_remembered(where: str) -> None:
+    parser = simdjson.Parser()
+    clean: set[SentKey] = set()
+    plain_body = b'{"model":"m","system":"s","messages":[{"role":"user","content":"hi"}]}'
+    assert split_body(plain_body, read_body(plain_body, parser), clean=clean) is not None
+    assert len(clean) == 2, "the message and the system prompt, each scanned once"
+    dirty = {
+        "messages": b'{"model":"m","system":"s","messages":[{"role":"user","content":"hi"},{"role":"user","content":"a\\u0000"}]}',
+        "system": b'{"model":"m","system":"s\\u0000","messages":[{"role":"user","content":"hi"}]}',
+        "rest": b'{"model":"m\\u0000","system":"s","messages":[{"role":"user","content":"hi"}]}',
+    }[where]
+    assert split_body(dirty, read_body(dirty, parser), clean=clean) is None
+    assert split_body(dirty, read_body(dirty, parser)) is None, "scanning the raw body agrees"
+    assert split_body(plain_body, read_body(plain_body, parser), clean=clean) is not None
