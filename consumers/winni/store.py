@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -163,6 +164,9 @@ def check(event: dict[str, Any]) -> None:
             raise InvalidEvent(f"{name} {event[name]!r} is not a UUID") from None
 
 
+SHARED_COLUMNS = 7  # the leading parameters both halves' rows share (`shared_columns`)
+
+
 def shared_columns(event: dict[str, Any]) -> tuple[Any, ...]:
     return (
         event["exchange_id"],
@@ -269,10 +273,27 @@ async def write_exchanges(
         for r in records if r.event["kind"] == "REQUEST"
     ]
     responses = [response_row(r.event) for r in records if r.event["kind"] == "RESPONSE"]
+    pairs = paired(requests, responses)
+    if pairs:
+        stored = {row[0] for row in await conn.fetch(q.stored_exchanges, list(pairs))}
+        whole = [row for exchange_id, row in pairs.items() if exchange_id not in stored]
+        if whole:
+            await conn.executemany(q.insert_exchange, whole)
+        done = {row[0] for row in whole}
+        requests = [row for row in requests if row[0] not in done]
+        responses = [row for row in responses if row[0] not in done]
     if requests:
         await conn.executemany(q.upsert_request, requests)
     if responses:
         await conn.executemany(q.upsert_response, responses)
+
+
+def paired(requests: Sequence[tuple[Any, ...]], responses: Sequence[tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:
+    """``insert_exchange`` rows, by exchange id, for the exchanges with exactly one request row and
+    one response row here (the shared columns are the request's: it is their authority)."""
+    asked, answered = Counter(row[0] for row in requests), Counter(row[0] for row in responses)
+    replies = {row[0]: row for row in responses if answered[row[0]] == 1}
+    return {row[0]: row + replies[row[0]][SHARED_COLUMNS:] for row in requests if asked[row[0]] == 1 and row[0] in replies}
 
 
 async def write_parts(conn: asyncpg.Connection, parts: Iterable[Part]) -> None:

@@ -14,8 +14,8 @@ from consumers.source import Envelope, Record
 from consumers.winni.bodies import SentKey, read_body
 from consumers.winni.consumer import by_session
 from consumers.winni.store import (
-    body_columns, check, headers_json, jsonb_safe, part_hash, part_json, queries, request_row, response_row, split_body,
-    timestamp, usage_numbers,
+    body_columns, check, headers_json, jsonb_safe, paired, part_hash, part_json, queries, request_row, response_row,
+    split_body, timestamp, usage_numbers,
 )
 from tests.consumers.factories import exchange, request_event
 
@@ -79,6 +79,16 @@ def test_rows_match_the_query_parameters() -> None:
     request, response = exchange()
     assert len(request_row(request)) == parameters(queries().upsert_request) == 28
     assert len(response_row(response)) == parameters(queries().upsert_response) == 31
+    (row,) = paired([request_row(request)], [response_row(response)]).values()
+    assert len(row) == parameters(queries().insert_exchange) == 28 + 31 - 7
+
+
+def test_only_exchanges_with_one_request_and_one_response_are_written_whole() -> None:
+    (q1, r1), (q2, r2), (q3, _) = exchange(), exchange(), exchange()
+    impostor = {**q2, "event_id": r2["event_id"]}
+    rows = paired([request_row(e) for e in (q1, q2, impostor, q3)], [response_row(e) for e in (r1, r2)])
+    assert list(rows) == [q1["exchange_id"]], "the second has two request rows, the third no response"
+    assert rows[q1["exchange_id"]] == request_row(q1) + response_row(r1)[7:]
 
 
 def test_batches_split_by_session_keep_sessions_whole_and_in_order() -> None:

@@ -107,6 +107,49 @@ ON CONFLICT (exchange_id) DO UPDATE SET
     updated_at = now()
 WHERE e.response_event_id IS NULL;
 
+-- name: stored_exchanges
+SELECT exchange_id::text FROM exchanges WHERE exchange_id = ANY($1::uuid[]);
+
+-- name: insert_exchange
+-- Both halves at once, for an exchange the table does not hold yet whose two
+-- events came in one batch (the common case): one row version instead of an
+-- insert and an update. Parameters: upsert_request's, then upsert_response's
+-- from its 8th on. No ON CONFLICT: the caller asked first under its sessions'
+-- revision locks, so a conflict is an event that lies about its session, and
+-- the batch's one-by-one retry stores it by the upserts.
+INSERT INTO exchanges (
+    exchange_id, session_key, session_source, agent_id, parent_agent_id,
+    api_key_fingerprint, client,
+    request_event_id, request_occurred_at, method, path, query, http_version,
+    model, stream, received_at, request_headers,
+    request_body, request_body_text, request_body_bytes, request_body_size,
+    request_redactions, request_messages, request_system, request_tools,
+    conversation_id, reply_position, retry_of, request_hash,
+    response_event_id, response_occurred_at, status, response_headers,
+    response_body, response_body_text, response_body_bytes,
+    response_content_encoding, is_sse, message, usage,
+    input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
+    stop_reason, error_type, error_message, error_in_stream,
+    started_at, ttfb_ms, duration_ms, client_disconnected, upstream_complete,
+    response_redactions
+)
+SELECT $1::uuid, $2::text, $3::text, $4::text, $5::text,
+       $6::text, $7::text,
+       $8::uuid, $9::timestamptz, $10::text, $11::text, $12::text, $13::text,
+       $14::text, $15::boolean, $16::timestamptz, $17::jsonb,
+       body.json, body.text, $19::bytea, $20::bigint,
+       $21::text[], $22::integer, $23::bytea, $24::bytea,
+       $25::uuid, $26::integer, $27::text::uuid, $28::bytea,
+       $29::uuid, $30::timestamptz, $31::integer, $32::jsonb,
+       reply.json, reply.text, $34::bytea,
+       $35::text, $36::boolean, message.json, usage.json,
+       $39::bigint, $40::bigint, $41::bigint, $42::bigint,
+       $43::text, $44::text, $45::text, $46::boolean,
+       $47::timestamptz, $48::double precision, $49::double precision, $50::boolean, $51::boolean,
+       $52::text[]
+FROM json_or_text($18::text) AS body, json_or_text($33::text) AS reply,
+     json_or_text($37::text) AS message, json_or_text($38::text) AS usage;
+
 -- name: stored_parts
 SELECT hash FROM request_parts WHERE hash = ANY($1::bytea[]);
 
