@@ -317,7 +317,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--exchanges", type=int, default=100_000, help="exchanges on the generated topic")
     parser.add_argument("--batch-size", type=int, default=500, help="KGB_WINNI_BATCH_SIZE")
-    parser.add_argument("--writers", type=int, default=2, help="KGB_WINNI_WRITERS")
+    parser.add_argument("--writers", type=int, default=1, help="KGB_WINNI_WRITERS (1 per process was fastest with 2 processes)")
     parser.add_argument("--processes", type=int, default=2, help="KGB_WINNI_PROCESSES")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--profile", type=Path, help="py-spy's collapsed stacks of the live consumer, written here")
