@@ -9,7 +9,7 @@ of one session (its revision row, `consumers.winni.conversations`).
 
 Workers are spawned, not forked, so none inherits the parent's event loop or
 connections. A stop in the parent reaches them as SIGTERM: each finishes its
-batch and commits, as a lone consumer does. A worker that exits on its own
+batch and commits, as a lone consumer does; so does the parent's death. A worker that exits on its own
 with a failure stops the others, and the parent fails with its exit code: a
 supervisor (compose's restart policy, systemd) restarts the whole group rather
 than leave it running short of a worker, unseen.
@@ -18,8 +18,12 @@ than leave it running short of a worker, unseen.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import multiprocessing
+import os
+import signal
+import sys
 from collections.abc import Callable, Sequence
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -30,6 +34,7 @@ log = logging.getLogger(__name__)
 
 # How often the parent looks at its workers (and calls its ``tick``), in seconds.
 CHECK_EVERY = 0.2
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
 
 
 class WorkerFailed(ConsumerError):
@@ -39,11 +44,29 @@ class WorkerFailed(ConsumerError):
 def start(target: Callable[..., None], args: Sequence[tuple[Any, ...]], name: str) -> list[BaseProcess]:
     """One started process per entry of ``args``, each running ``target(*entry)``; ``target`` must be importable."""
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=target, args=entry, name=f"{name}-{i}") for i, entry in enumerate(args)]
+    parent = os.getpid()
+    processes = [
+        context.Process(target=worker_main, args=(parent, target, entry), name=f"{name}-{i}") for i, entry in enumerate(args)
+    ]
     for process in processes:
         process.start()
     log.info("%s: started %d worker processes (pids %s)", name, len(processes), ", ".join(str(p.pid) for p in processes))
     return processes
+
+
+def worker_main(parent: int, target: Callable[..., None], args: tuple[Any, ...]) -> None:
+    """A worker's first steps: bound to its parent's life, then ``target(*args)``.
+
+    A parent killed outright (SIGKILL, the OOM killer) cannot stop its workers;
+    on Linux the kernel then sends each one SIGTERM instead (``PR_SET_PDEATHSIG``),
+    so no worker goes on consuming unsupervised. A parent gone before that was
+    set is seen by its pid.
+    """
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        raise SystemExit(f"parent {parent} gone before worker start")
+    target(*args)
 
 
 async def supervise(processes: Sequence[BaseProcess], stop: asyncio.Event, tick: Callable[[], None] | None = None) -> None:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from consumers.processes import WorkerFailed, start, supervise
 from kgb.running import run_until_signal
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # Worker targets: spawned processes import them from here.
@@ -38,7 +42,7 @@ async def test_workers_that_finish_end_the_wait_and_the_last_tick_sees_them_done
     assert ticks[-1] is True
 
 
-async def test_a_stop_reaches_every_worker_as_sigterm_and_each_finishes_cleanly(tmp_path: str) -> None:
+async def test_a_stop_reaches_every_worker_as_sigterm_and_each_finishes_cleanly(tmp_path: Path) -> None:
     markers = [os.path.join(tmp_path, f"worker-{i}") for i in range(2)]
     workers = start(serves_until_stopped, [(m,) for m in markers], "serve")
     stop = asyncio.Event()
@@ -51,7 +55,7 @@ async def test_a_stop_reaches_every_worker_as_sigterm_and_each_finishes_cleanly(
     assert [open(m).read() for m in markers] == ["stopped cleanly"] * 2
 
 
-async def test_a_failing_worker_stops_the_others_and_fails_the_parent(tmp_path: str) -> None:
+async def test_a_failing_worker_stops_the_others_and_fails_the_parent(tmp_path: Path) -> None:
     marker = os.path.join(tmp_path, "survivor")
     workers = [*start(exits, [(3, 0.5)], "failing"), *start(serves_until_stopped, [(marker,)], "serving")]
     with pytest.raises(WorkerFailed, match=r"failing-0 \(pid \d+\) exited with 3"):
@@ -65,3 +69,41 @@ async def test_a_worker_killed_from_outside_fails_the_parent() -> None:
     os.kill(workers[0].pid, signal.SIGKILL)
     with pytest.raises(WorkerFailed, match=f"exited with {-signal.SIGKILL}"):
         await asyncio.wait_for(supervise(workers, asyncio.Event()), 60)
+
+
+PARENT = """
+import sys, time
+from pathlib import Path
+from consumers.processes import start
+from tests.consumers.test_processes import serves_until_stopped
+(worker,) = start(serves_until_stopped, [(sys.argv[1],)], "orphan")
+Path(sys.argv[2]).write_text(str(worker.pid))
+time.sleep(600)
+"""
+
+
+async def test_workers_of_a_parent_killed_outright_stop_cleanly(tmp_path: Path) -> None:
+    marker, pid_file = tmp_path / "orphan", tmp_path / "worker.pid"
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", PARENT, str(marker), str(pid_file), stdout=asyncio.subprocess.DEVNULL, cwd=ROOT,
+    )
+    async with asyncio.timeout(60):
+        while not pid_file.exists():
+            await asyncio.sleep(0.1)
+    worker = int(pid_file.read_text())
+    await asyncio.sleep(1.0)
+    parent.kill()
+    await parent.wait()
+    async with asyncio.timeout(60):
+        while not marker.exists() or pid_alive(worker):
+            await asyncio.sleep(0.1)
+    assert marker.read_text() == "stopped cleanly"
+
+
+def pid_alive(pid: int) -> bool:
+    """Alive and not a zombie: an orphan is reaped by init, so it leaves no zombie for long."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:
+        return False
