@@ -206,14 +206,21 @@ async def test_a_live_write_waiting_on_the_swap_lands_in_the_rebuilt_tables(data
     assert [r[0] for r in await admin.fetch("SELECT session_key FROM kgb_old.sessions")] == ["before"]
 
 
-async def test_a_stopped_replay_swaps_nothing(
+async def live_tables_of_a_session(
     settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection, admin: asyncpg.Connection
-) -> None:
+) -> dict[str, list[tuple[Any, ...]]]:
+    """A 10-turn session on the topic and stored by the live consumer; its tables."""
     events = long_session(10).events
     await publish(producer, settings.kafka.topic, events)
     async with winni(settings):
         await stored(db, events)
-    before = await tables(admin, "kgb")
+    return await tables(admin, "kgb")
+
+
+async def test_a_stopped_replay_swaps_nothing(
+    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection, admin: asyncpg.Connection
+) -> None:
+    before = await live_tables_of_a_session(settings, producer, db, admin)
     stop = asyncio.Event()
     stop.set()
     outcome = await replay(settings, stop=stop, stream=io.StringIO())
@@ -242,11 +249,7 @@ async def test_the_command_fills_a_schema_and_logs_plain_progress_lines(
 async def test_a_topic_with_fewer_exchanges_than_the_live_tables_is_not_swapped_in(
     settings: WinniSettings, kafka: Any, producer: AIOKafkaProducer, db: asyncpg.Connection, admin: asyncpg.Connection
 ) -> None:
-    events = long_session(10).events
-    await publish(producer, settings.kafka.topic, events)
-    async with winni(settings):
-        await stored(db, events)
-    before = await tables(admin, "kgb")
+    before = await live_tables_of_a_session(settings, producer, db, admin)
     empty = replace(settings, kafka=replace(settings.kafka, topic=await services.create_topic(kafka.bootstrap)))
     with pytest.raises(ConsumerError, match="is KGB_TOPIC the topic"):
         await replay(empty, stream=io.StringIO())
