@@ -56,6 +56,18 @@ SNAPSHOT = {
 }
 
 
+async def stored_across_a_restart(
+    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection, events: list[dict[str, Any]], cut: int
+) -> None:
+    """``events`` before ``cut`` stored by one winni, the rest by a new one that reads its state back from the tables."""
+    await publish(producer, settings.kafka.topic, events[:cut], partition=0)
+    async with winni(settings):
+        await settled(db, events[:cut])
+    await publish(producer, settings.kafka.topic, events[cut:], partition=0)
+    async with winni(settings):
+        await settled(db, events)
+
+
 def roles(rows: list[asyncpg.Record]) -> list[tuple[str, str]]:
     return [(r["role"], r["source"]) for r in rows]
 
@@ -192,12 +204,7 @@ async def test_redelivery_and_a_restart_change_nothing(
     """Half the session, a restart (state read back from the tables), the rest, then all of it again."""
     session = long_session(60)
     half = len(session.events) // 4 * 2  # whole exchanges: a request and its response
-    await publish(producer, settings.kafka.topic, session.events[:half], partition=0)
-    async with winni(settings):
-        await settled(db, session.events[:half])
-    await publish(producer, settings.kafka.topic, session.events[half:], partition=0)
-    async with winni(settings):
-        await settled(db, session.events)
+    await stored_across_a_restart(settings, producer, db, session.events, half)
     once = await snapshot(db)
     assert len(once["messages"]) == session.messages
     assert sorted(r[-1] for r in once["conversations"] if r[-1]) == sorted(session.spawns.values())  # spawned_by_tool_use_id
@@ -224,12 +231,7 @@ async def test_sub_agents_find_their_agent_calls_after_a_restart(
     s.start("a1", "Run the tests.", reply(text("Ran.")))
     s.start("a2", "Run the tests.", reply(text("Ran again.")))
     s.start("a4", "Run the tests.", reply(text("No call left for me.")))
-    await publish(producer, settings.kafka.topic, s.events[:cut], partition=0)
-    async with winni(settings):
-        await settled(db, s.events[:cut])
-    await publish(producer, settings.kafka.topic, s.events[cut:], partition=0)
-    async with winni(settings):
-        await settled(db, s.events)
+    await stored_across_a_restart(settings, producer, db, s.events, cut)
     rows = await db.fetch("SELECT agent_id, spawned_by_tool_use_id FROM conversations WHERE kind = 'subagent'")
     assert {r["agent_id"]: r["spawned_by_tool_use_id"] for r in rows} == {**calls, "a4": None}
 
