@@ -8,9 +8,10 @@ partitions given to each replay worker), and PostgreSQL serialises the writers
 of one session (its revision row, `consumers.winni.conversations`).
 
 Workers are spawned, not forked, so none inherits the parent's event loop or
-connections. A stop in the parent reaches them as SIGTERM: each finishes its
-batch and commits, as a lone consumer does; so does the parent's death. A worker that exits on its own
-with a failure stops the others, and the parent fails with its exit code: a
+connections, and each sets up its logging as the parent's. A stop in the
+parent reaches them as SIGTERM: each finishes its batch and commits, as a lone
+consumer does; so does the parent's death. A worker that exits on its own with
+a failure stops the others, and the parent fails with its exit code: a
 supervisor (compose's restart policy, systemd) restarts the whole group rather
 than leave it running short of a worker, unseen.
 """
@@ -29,6 +30,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from consumers.errors import ConsumerError
+from kgb.running import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +46,10 @@ class WorkerFailed(ConsumerError):
 def start(target: Callable[..., None], args: Sequence[tuple[Any, ...]], name: str) -> list[BaseProcess]:
     """One started process per entry of ``args``, each running ``target(*entry)``; ``target`` must be importable."""
     context = multiprocessing.get_context("spawn")
-    parent = os.getpid()
+    parent, level = os.getpid(), logging.getLogger().getEffectiveLevel()
     processes = [
-        context.Process(target=worker_main, args=(parent, target, entry), name=f"{name}-{i}") for i, entry in enumerate(args)
+        context.Process(target=worker_main, args=(parent, level, target, entry), name=f"{name}-{i}")
+        for i, entry in enumerate(args)
     ]
     for process in processes:
         process.start()
@@ -54,8 +57,8 @@ def start(target: Callable[..., None], args: Sequence[tuple[Any, ...]], name: st
     return processes
 
 
-def worker_main(parent: int, target: Callable[..., None], args: tuple[Any, ...]) -> None:
-    """A worker's first steps: bound to its parent's life, then ``target(*args)``.
+def worker_main(parent: int, log_level: int, target: Callable[..., None], args: tuple[Any, ...]) -> None:
+    """A worker's first steps: bound to its parent's life, logging like it, then ``target(*args)``.
 
     A parent killed outright (SIGKILL, the OOM killer) cannot stop its workers;
     on Linux the kernel then sends each one SIGTERM instead (``PR_SET_PDEATHSIG``),
@@ -66,6 +69,7 @@ def worker_main(parent: int, target: Callable[..., None], args: tuple[Any, ...])
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:
         raise SystemExit(f"parent {parent} gone before worker start")
+    configure_logging(log_level)
     target(*args)
 
 
@@ -73,8 +77,8 @@ async def supervise(processes: Sequence[BaseProcess], stop: asyncio.Event, tick:
     """Wait until every worker has exited; stop them all when ``stop`` is set or one fails.
 
     ``tick`` runs every `CHECK_EVERY` seconds meanwhile, the last time once
-    every worker has exited (replay reads its workers' progress there). Raises `WorkerFailed` when a
-    worker exited non-zero before it was asked to stop.
+    every worker has exited (replay reads its workers' progress there).
+    Raises `WorkerFailed` when a worker exited non-zero before it was asked to stop.
     """
     failed: list[BaseProcess] = []
     stopping = False

@@ -76,7 +76,7 @@ from consumers.service import apply_migrations, open_decoder, open_pool
 from consumers.winni.consumer import default_stages, make_handler, migrations
 from consumers.winni.settings import WinniSettings, schema_name
 from kgb.config import SettingsError
-from kgb.running import configure_logging, run_until_signal
+from kgb.running import run_until_signal
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +218,7 @@ async def read_in_processes(
     The workers count what they store in one shared counter, which ``progress`` follows.
     """
     stored = multiprocessing.get_context("spawn").Value("q", 0)
-    level = logging.getLogger().getEffectiveLevel()
-    workers = start(read_share, [(settings, target, share, stored, level) for share in shares(ends, settings.processes)], "replay")
+    workers = start(read_share, [(settings, target, share, stored) for share in shares(ends, settings.processes)], "replay")
 
     def follow() -> None:
         if stored.value > progress.done:
@@ -228,9 +227,8 @@ async def read_in_processes(
     await supervise(workers, stop, follow)
 
 
-def read_share(settings: WinniSettings, target: str, ends: dict[TopicPartition, int], stored: Any, log_level: int) -> None:
+def read_share(settings: WinniSettings, target: str, ends: dict[TopicPartition, int], stored: Any) -> None:
     """A `read_in_processes` worker: its partitions, from their oldest offsets up to ``ends``, into ``target``."""
-    configure_logging(log_level)
 
     def count(events: int) -> None:
         with stored.get_lock():

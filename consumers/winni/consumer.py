@@ -40,7 +40,7 @@ from consumers.sql import Migration, load_migrations
 from consumers.winni import store
 from consumers.winni.conversations import ConversationStage
 from consumers.winni.settings import WinniSettings
-from kgb.running import configure_logging, run_until_signal
+from kgb.running import run_until_signal
 from schemas.errors import clip
 
 log = logging.getLogger(__name__)
@@ -181,11 +181,9 @@ async def run_processes(settings: WinniSettings, stop: asyncio.Event) -> None:
     if settings.processes == 1:
         await run(settings, stop)
         return
-    worker = (settings, logging.getLogger().getEffectiveLevel())
-    await supervise(start(run_worker, [worker] * settings.processes, "winni"), stop)
+    await supervise(start(run_worker, [(settings,)] * settings.processes, "winni"), stop)
 
 
-def run_worker(settings: WinniSettings, log_level: int) -> None:
+def run_worker(settings: WinniSettings) -> None:
     """One of `run_processes`' workers: a whole consumer of its own."""
-    configure_logging(log_level)
     run_until_signal(lambda stop: run(settings, stop))
