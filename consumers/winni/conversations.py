@@ -105,7 +105,7 @@ def states_from_rows(
     summarised: dict[str, list[tuple[str, str | None, uuid.UUID]]] = {}
     for row in conversations:
         state = states[row["session_key"]]
-        state.add(Conversation(_uuid(row["id"]), row["kind"], row["agent_id"]))
+        state.add(Conversation(_uuid(row["id"]), row["kind"], row["agent_id"], row["last_at"]))
         if row["spawned_by_tool_use_id"] is not None:
             state.spawned.add(row["spawned_by_tool_use_id"])
         if row["summarises_conversation_id"] is not None:
@@ -118,17 +118,24 @@ def states_from_rows(
         owners[conversation_id].conversations[conversation_id].positions.append(
             Position(bytes(row["content_hash"]), row["role"], row["from_response"], row["partial"])
         )
+    for state in states.values():
+        for conversation in state.conversations.values():  # in the order they were started, as live
+            if conversation.positions:
+                state.opened(conversation)
     for row in exchanges:
         state = states[row["session_key"]]
         state.exchanges[row["exchange_id"]] = Placed(_uuid(row["conversation_id"]), row["reply_position"], row["kind"])
-        if row["retry_of"] is None:
+        if row["retry_of"] is None:  # in the order they came: the latest asking anew is the one a retry repeats
             state.first_by_hash[bytes(row["request_hash"])] = row["exchange_id"]
     for key, links in summarised.items():
         states[key].compacted = pending_compactions(links)
     for row in early:
         states[row["session_key"]].early[row["exchange_id"]] = early_reply(row)
     for row in agent_calls:
-        offer_agent_call(states[row["session_key"]], row["tool_use_id"], row["prompt"], (row["used_at"], row["use_position"]))
+        offer_agent_call(
+            states[row["session_key"]], row["tool_use_id"], row["prompt"],
+            (row["used_at"], row["use_position"], _uuid(row["conversation_id"])),
+        )
     return states
 
 

@@ -178,7 +178,7 @@ ON CONFLICT (session_key) DO UPDATE SET revision = r.revision + 1
 RETURNING session_key, revision;
 
 -- name: load_conversations
-SELECT session_key, id, kind, agent_id, summarises_conversation_id, spawned_by_tool_use_id
+SELECT session_key, id, kind, agent_id, summarises_conversation_id, spawned_by_tool_use_id, last_at
 FROM conversations WHERE session_key = ANY($1::text[])
 ORDER BY session_key, ordinal;
 
@@ -193,7 +193,7 @@ ORDER BY m.conversation_id, m.position;
 -- it (a compaction, a branch copies it), where it sits; from complete messages
 -- that hold it still (a cut reply was not run; the reply that replaced it has
 -- calls of its own). The caller drops the ones a sub-agent has claimed.
-SELECT c.session_key, t.tool_use_id, t.input->>'prompt' AS prompt, t.used_at, t.use_position
+SELECT c.session_key, t.conversation_id, t.tool_use_id, t.input->>'prompt' AS prompt, t.used_at, t.use_position
 FROM conversations c
 JOIN tool_calls t ON t.conversation_id = c.id
 JOIN messages m ON m.conversation_id = t.conversation_id AND m.position = t.use_position
@@ -201,9 +201,11 @@ WHERE c.session_key = ANY($1::text[]) AND t.name IN ('Agent', 'Task') AND jsonb_
   AND NOT m.partial AND m.content @> jsonb_build_array(jsonb_build_object('type', 'tool_use', 'id', t.tool_use_id));
 
 -- name: load_exchanges
+-- In the order the requests came: of two that asked the same anew, a retry repeats the latest.
 SELECT e.session_key, e.exchange_id::text, e.conversation_id, e.reply_position, e.retry_of, e.request_hash, c.kind
 FROM exchanges e JOIN conversations c ON c.id = e.conversation_id
-WHERE e.session_key = ANY($1::text[]);
+WHERE e.session_key = ANY($1::text[])
+ORDER BY e.received_at, e.exchange_id;
 
 -- name: upsert_session
 -- The first device and account seen stay; the latest client version wins.
