@@ -69,7 +69,7 @@ import re
 import sys
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -205,6 +205,14 @@ class TitleRow(NamedTuple):
     at: datetime
 
 
+class CopyRow(NamedTuple):
+    """The first ``positions`` messages (and their tool calls) of ``source``, copied into ``target``."""
+
+    source: uuid.UUID
+    target: uuid.UUID
+    positions: int
+
+
 @dataclass
 class Writes:
     """Everything one batch changes, in the order the rows were decided."""
@@ -215,6 +223,7 @@ class Writes:
     messages: list[MessageRow] = field(default_factory=list)
     tool_uses: list[ToolUseRow] = field(default_factory=list)
     tool_results: list[ToolResultRow] = field(default_factory=list)
+    copies: list[CopyRow] = field(default_factory=list)
     exchanges: list[ExchangeLink] = field(default_factory=list)
 
     def seen(self, row: SessionRow) -> None:
@@ -299,6 +308,9 @@ class SessionState:
     agent_calls: dict[bytes, dict[str, AgentPlace]] = field(default_factory=dict)
     # the Agent tool calls claimed, so a copy of one (a compaction's, a branch's) is not offered again
     spawned: set[str] = field(default_factory=set)
+    # each reply by its message id -> the conversation and position its exchange placed it at, for the
+    # requests that continue from it with only their new messages (`held_history`)
+    replies: dict[str, tuple[uuid.UUID, int]] = field(default_factory=dict)
 
     def add(self, conversation: Conversation) -> None:
         self.conversations[conversation.id] = conversation
@@ -457,13 +469,17 @@ def common_prefix(positions: list[Position], messages: list[Message]) -> tuple[i
     return shared, lenient
 
 
-def closest(candidates: list[Conversation], messages: list[Message]) -> tuple[Match | None, Match | None]:
+def closest(
+    candidates: list[Conversation], messages: list[Message], held: int = 0
+) -> tuple[Match | None, Match | None]:
     """Of ``candidates`` (most recent first): the conversation the request continues, else None; and
     the one it shares the most positions with otherwise (what a new conversation branches from).
 
     Of several it continues, the one it shares the most with wins, then the one it matches with
     fewer replies taken leniently, then the latest: two chats that open alike and were answered
-    differently each keep their own turns.
+    differently each keep their own turns. Of several it leaves, the one it shares the most with,
+    then the earliest. One that holds fewer than ``held`` positions (those the
+    server held for the request, `held_history`) cannot be continued: the request lacks their content.
     """
     joined: Match | None = None
     branched: Match | None = None
@@ -471,11 +487,11 @@ def closest(candidates: list[Conversation], messages: list[Message]) -> tuple[Ma
         if joined is not None and len(conversation.positions) < joined.shared:
             continue  # it cannot share more
         match = Match(conversation, *common_prefix(conversation.positions, messages))
-        if continues(match, len(messages)):
+        if continues(match, len(messages)) and match.shared >= held:
             if joined is None or (match.shared, -match.lenient) > (joined.shared, -joined.lenient):
                 joined = match
-        elif match.shared and (branched is None or match.shared > branched.shared):
-            branched = match
+        elif match.shared and (branched is None or match.shared >= branched.shared):
+            branched = match  # of equals, the earliest: a question asked again branches off the original
     return joined, branched
 
 
@@ -560,7 +576,10 @@ def apply_request(state: SessionState, request: Request, writes: Writes) -> None
     kind = kind_of(request.path, kind_view(body, state.outlines), request.agent_id)
     if kind == "other":  # not a model call: an exchange only
         return
+    held = held_history(state, body)
     messages = normal_messages(body.messages, state.hashes)
+    if held is not None:
+        messages = [*(Message(p.role, None, p.hash) for p in held.conversation.positions[:held.shared]), *messages]
     parts = request.parts if request.parts is not None else part_hashes(body, {})
     hash_ = request_hash(body, messages, parts)
     if request.agent_id:  # two sub-agents given the same prompt send the same body: neither retries the other
@@ -572,13 +591,45 @@ def apply_request(state: SessionState, request: Request, writes: Writes) -> None
         _link(state, writes, request, original.conversation_id, original.reply_position, original.kind, hash_, repeated)
         return
     state.first_by_hash[hash_] = request.exchange_id
+    floor = held.shared if held else 0
     if kind in THREAD_KINDS:
-        conversation = _thread_conversation(state, request, kind, messages, writes)
+        conversation = _thread_conversation(state, request, kind, messages, floor, writes)
     else:
         conversation = _side_conversation(state, request, kind, messages, writes)
+    if held is not None and len(conversation.positions) < floor:
+        _copy(state, held.conversation, conversation, floor, writes)
     for position in range(len(conversation.positions), len(messages)):
         _store(state, conversation, position, messages[position], request.exchange_id, "request", False, request.at, writes)
     _link(state, writes, request, conversation.id, len(messages), kind, hash_, None)
+
+
+def continued_from(body: Body) -> str | None:
+    """The id of the reply a request continues from when the server holds its history (the message
+    threads beta: ``"thread": {"type": "continue", "previous_message_id": ...}``, which the SDKs'
+    tool runners send); its ``messages`` are then only the new ones."""
+    thread = body.fields.get("thread")
+    previous = thread.get("previous_message_id") if isinstance(thread, dict) and thread.get("type") == "continue" else None
+    return previous if isinstance(previous, str) else None
+
+
+def held_history(state: SessionState, body: Body) -> Match | None:
+    """The stored conversation holding the reply a request continues from, and how many of its positions
+    come before the request's own (up to and with that reply); None for a request that sends its whole
+    history, or continues from a reply this session never stored (its messages are then all it has)."""
+    previous = continued_from(body)
+    place = state.replies.get(previous) if previous is not None else None
+    if place is None:
+        return None
+    conversation = state.conversations[place[0]]
+    return Match(conversation, min(place[1] + 1, len(conversation.positions)), 0)
+
+
+def _copy(state: SessionState, source: Conversation, target: Conversation, positions: int, writes: Writes) -> None:
+    """The history the server held for a request that starts a conversation: copied from the one
+    holding it, so the new one reads on its own as a branch copied from a request does."""
+    target.positions[:] = [replace(p) for p in source.positions[:positions]]
+    state.opened(target)
+    writes.copies.append(CopyRow(source.id, target.id, positions))
 
 
 def _answered(state: SessionState, placed: Placed) -> bool:
@@ -597,6 +648,8 @@ def apply_reply(state: SessionState, reply: Reply, writes: Writes) -> None:
     if placed is None:
         state.early[reply.exchange_id] = reply
         return
+    if isinstance(message.get("id"), str) and isinstance(message["content"], list):
+        state.replies[message["id"]] = (placed.conversation_id, placed.reply_position)
     conversation = state.conversations[placed.conversation_id]
     content = normal_content(message["content"])
     stored = Message("assistant", {"content": content}, message_hash("assistant", content))
@@ -624,11 +677,11 @@ class Links(NamedTuple):
 
 
 def _thread_conversation(
-    state: SessionState, request: Request, kind: str, messages: list[Message], writes: Writes
+    state: SessionState, request: Request, kind: str, messages: list[Message], held: int, writes: Writes
 ) -> Conversation:
     """The conversation this request continues (`closest`), or a new one: after a compaction,
     linked to the conversation summarised; after a rewind, a branch of the one it left."""
-    joined, branched = closest(state.candidates(kind, request.agent_id, messages), messages)
+    joined, branched = closest(state.candidates(kind, request.agent_id, messages), messages, held)
     if joined is not None:
         _touch(state, writes, request, joined.conversation, None)
         return joined.conversation

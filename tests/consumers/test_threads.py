@@ -12,7 +12,7 @@ import pytest
 
 from consumers.winni.conversations import states_from_rows
 from consumers.winni.threads import (
-    AGENT_TOOLS, CANDIDATES, PARTS_REMEMBERED, Reply, Request, SessionState, Writes, apply_reply, apply_request, client_and_version,
+    AGENT_TOOLS, CANDIDATES, PARTS_REMEMBERED, CopyRow, Reply, Request, SessionState, Writes, apply_reply, apply_request, client_and_version,
     device_and_account, message_hash, normal_content, part_hashes, title_of,
 )
 from consumers.winni.store import part_hash
@@ -317,7 +317,7 @@ def test_calls_read_back_from_the_tables_are_claimed_as_the_live_ones() -> None:
 
 def rows_of(writes: Writes) -> tuple[list[dict[str, Any]], ...]:
     """What the ``load_*`` queries would read back after ``writes``, for the test above only
-    (one session, no early replies); the queries themselves run on PostgreSQL in test_conversations."""
+    (one session, no early replies, replies without ids); the queries themselves run on PostgreSQL in test_conversations."""
     conversations = sorted(writes.conversations.values(), key=lambda c: c.ordinal)
     kinds = {c.id: c.kind for c in conversations}
     messages: dict[tuple[Any, int], Any] = {}
@@ -335,7 +335,8 @@ def rows_of(writes: Writes) -> tuple[list[dict[str, Any]], ...]:
           "from_response": m.source == "response", "partial": m.partial}
          for m in sorted(messages.values(), key=lambda m: m.position)],
         [{"session_key": "s", "exchange_id": x.exchange_id, "conversation_id": x.conversation_id, "reply_position": x.reply_position,
-          "retry_of": x.retry_of, "request_hash": x.request_hash, "kind": kinds[x.conversation_id]} for x in writes.exchanges],
+          "retry_of": x.retry_of, "request_hash": x.request_hash, "kind": kinds[x.conversation_id],
+          "message_id": None} for x in writes.exchanges],  # the replies here have no ids
         [],
         [{"session_key": "s", "conversation_id": u.conversation_id, "tool_use_id": u.tool_use_id, "prompt": orjson.loads(u.input)["prompt"], "used_at": u.at,
           "use_position": u.position}
@@ -437,7 +438,7 @@ def test_the_same_question_asked_again_after_its_answer_is_a_branch_and_after_a_
     apply_reply(state, answer(12, "Green."), writes)
     original, regenerated, third = writes.conversations.values()
     assert (regenerated.branch_of, regenerated.branch_position) == (original.id, 1)
-    assert (third.branch_of, third.branch_position) == (regenerated.id, 1)  # of equals, the latest
+    assert (third.branch_of, third.branch_position) == (original.id, 1)  # of equals, the earliest
     assert [x.retry_of for x in writes.exchanges] == [None, None, None, "ex-11"]
     assert {cid: [t for _, _, t in r] for cid, r in threaded(writes).items()} == {
         original.id: ["Name a colour.", "Blue."], regenerated.id: ["Name a colour.", "Red."], third.id: ["Name a colour.", "Green."],
@@ -565,3 +566,73 @@ def test_chats_read_back_from_the_tables_go_on_as_the_live_ones() -> None:
     assert [m.conversation_id for m in results[0].messages] == [chat_b.id] * 2 + [chat_a.id] * 2 + [chat_b.id] * 2 + [third.id]
     assert chat_a.id == writes.messages[0].conversation_id and third.branch_of is not None
     assert {x.retry_of for x in results[0].exchanges} == {None}
+
+
+# --- histories the server holds: requests that send only their new messages --------------------
+
+
+def thread_turn(n: int, messages: list[dict[str, Any]], previous: str | None) -> Request:
+    """A turn of the message threads beta, as the SDK's tool runner sends it."""
+    thread = {"type": "continue", "previous_message_id": previous} if previous else {"type": "create"}
+    return chat(n, messages, thread=thread, stream=True)
+
+
+def answered_as(n: int, message_id: str, *blocks: dict[str, Any], partial: bool = False) -> Reply:
+    return Reply(f"ex-{n}", "s", {"id": message_id, "role": "assistant", "content": list(blocks)}, partial, at(n))
+
+
+WEATHER = {"type": "tool_use", "id": "toolu_w", "name": "get_weather", "input": {"city": "Oslo"}}
+SUNNY = {"type": "tool_result", "tool_use_id": "toolu_w", "content": "Sunny"}
+
+
+def weather_asked() -> tuple[SessionState, Writes]:
+    """A tool runner's first two turns: the question, the tool's result; each reply with its id."""
+    state, writes = SessionState("s"), Writes()
+    apply_request(state, thread_turn(1, [user("Weather in Oslo?")], None), writes)
+    apply_reply(state, answered_as(1, "msg_1", WEATHER), writes)
+    apply_request(state, thread_turn(2, [user([SUNNY])], "msg_1"), writes)
+    apply_reply(state, answered_as(2, "msg_2", {"type": "text", "text": "It is sunny."}), writes)
+    return state, writes
+
+
+def test_a_turn_continuing_a_held_history_extends_its_conversation() -> None:
+    state, writes = weather_asked()
+    apply_request(state, thread_turn(3, [user("And tomorrow?")], "msg_2"), writes)
+    (conversation,) = writes.conversations.values()
+    assert [(m.position, m.role, m.source) for m in writes.messages] == [
+        (0, "user", "request"), (1, "assistant", "response"), (2, "user", "request"), (3, "assistant", "response"),
+        (4, "user", "request"),
+    ]
+    assert [x.reply_position for x in writes.exchanges] == [1, 3, 5]
+    assert [(r.tool_use_id, r.position) for r in writes.tool_results] == [("toolu_w", 2)]
+    assert writes.copies == []
+
+
+def test_a_turn_continuing_an_earlier_reply_branches_with_a_copy_of_what_the_server_held() -> None:
+    state, writes = weather_asked()
+    apply_request(state, thread_turn(3, [user([{**SUNNY, "content": "Raining"}])], "msg_1"), writes)  # from msg_1 again
+    apply_reply(state, answered_as(3, "msg_3", {"type": "text", "text": "It rains."}), writes)
+    original, branch = writes.conversations.values()
+    assert (branch.branch_of, branch.branch_position) == (original.id, 2)
+    assert writes.copies == [CopyRow(original.id, branch.id, 2)]
+    assert [(m.conversation_id, m.position) for m in writes.messages[-2:]] == [(branch.id, 2), (branch.id, 3)]
+    # the branch holds the copied history in its state too: the next turn of it continues it
+    apply_request(state, thread_turn(4, [user("Thanks")], "msg_3"), writes)
+    assert writes.messages[-1].conversation_id == branch.id and writes.messages[-1].position == 4
+
+
+def test_a_turn_continuing_a_reply_never_stored_starts_with_what_it_has() -> None:
+    state, writes = SessionState("s"), Writes()
+    apply_request(state, thread_turn(1, [user([SUNNY])], "msg_from_before_kgb"), writes)
+    (conversation,) = writes.conversations.values()
+    assert [(m.position, m.role) for m in writes.messages] == [(0, "user")] and writes.exchanges[0].reply_position == 1
+
+
+def test_a_failed_threaded_turn_sent_again_is_a_retry() -> None:
+    state, writes = SessionState("s"), Writes()
+    apply_request(state, thread_turn(1, [user("Weather in Oslo?")], None), writes)
+    apply_reply(state, answered_as(1, "msg_1", WEATHER), writes)
+    apply_request(state, thread_turn(2, [user([SUNNY])], "msg_1"), writes)  # 529: no answer
+    apply_request(state, thread_turn(3, [user([SUNNY])], "msg_1"), writes)
+    assert [x.retry_of for x in writes.exchanges] == [None, None, "ex-2"]
+    assert len(writes.conversations) == 1 and len(writes.messages) == 3
