@@ -4,7 +4,11 @@
 --
 -- Search covers each message's text, thinking, tool calls (name and every
 -- string in the input) and tool results (their text), in English
--- (stemmed, stop words dropped). The tsvector is a stored generated column
+-- (stemmed, stop words dropped). PostgreSQL's parser reads `src/app/main.py`
+-- or `window.__pwned` as one token, and skips HTML tags whole (and all that
+-- follows a `<script>` it sees no end of), so the text is indexed twice: as it
+-- is, and with < > . _ / \ : @ = taken for spaces, so a search for `main.py`,
+-- one for `main` or `pwned`, and one for a word inside markup all find it. The tsvector is a stored generated column
 -- rather than an expression index: ranking reads it for every message that
 -- matches, and recomputing to_tsvector there costs ~50 us per message, so a
 -- word found in 10,000 messages would take half a second to rank. Writing
@@ -19,8 +23,12 @@
 -- would otherwise fail its batch. Words over 2 KB (base64, minified code)
 -- are skipped by to_tsvector itself. Images and signatures are not text.
 
+-- SQL-standard bodies (BEGIN ATOMIC, RETURN): parsed once, here, so what they
+-- call is bound now and not looked up on the search_path of whoever writes a
+-- message later (a restore, a replay into another schema renamed after).
 CREATE FUNCTION message_search_text(content jsonb) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
     SELECT left(string_agg(part, E'\n' ORDER BY n), 100000)
     FROM jsonb_array_elements(CASE jsonb_typeof(content) WHEN 'array' THEN content ELSE '[]' END)
          WITH ORDINALITY AS block (b, n),
@@ -42,12 +50,19 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
                 FROM jsonb_path_query(b, 'lax $.content[*]', '{}', true) v WHERE jsonb_typeof(v) = 'object')
             END AS part
     ) AS parts
-    WHERE part IS NOT NULL
-$$;
+    WHERE part IS NOT NULL;
+END;
+
+CREATE FUNCTION message_search_vector(content jsonb) RETURNS tsvector
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT to_tsvector('english'::regconfig, t) || to_tsvector('english'::regconfig, regexp_replace(t, '[<>._/\\:@=]+', ' ', 'g'))
+    FROM coalesce(message_search_text(content), '') AS t;
+END;
 
 ALTER TABLE messages
     ADD COLUMN search tsvector COMPRESSION lz4
-        GENERATED ALWAYS AS (to_tsvector('english'::regconfig, coalesce(message_search_text(content), ''))) STORED;
+        GENERATED ALWAYS AS (message_search_vector(content)) STORED;
 
 CREATE INDEX messages_search_idx ON messages USING gin (search);
 
