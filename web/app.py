@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -50,9 +51,22 @@ DATABASE_AWAY = (ConnectionError, socket.gaierror, TimeoutError, asyncpg.Postgre
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+STARTED = web.RequestKey("started", float)
+
+
+@web.middleware
+async def timed(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request[STARTED] = time.perf_counter()
+    return await handler(request)
+
+
 async def secure(request: web.Request, response: web.StreamResponse) -> None:
+    """Safety headers on every response, and ``Server-Timing``: the server's time to the first byte
+    (queries and template), which browsers' developer tools show and bench/web_bench.py reads."""
     response.headers.update(SECURITY_HEADERS)
     response.headers["Cache-Control"] = "public, max-age=3600" if request.path.startswith("/static/") else "no-store"
+    if STARTED in request:
+        response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - request[STARTED]) * 1000:.2f}"
 
 
 def error_page(request: web.Request, status: int, title: str, detail: str) -> web.Response:
@@ -91,7 +105,7 @@ def pool_context(settings: WebSettings) -> Callable[[web.Application], AsyncIter
 
 
 def build_app(settings: WebSettings) -> web.Application:
-    middlewares = [errors, *([auth.middleware(settings.token)] if settings.token else [])]
+    middlewares = [timed, errors, *([auth.middleware(settings.token)] if settings.token else [])]
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     app[pages.SETTINGS] = settings
     environment = aiohttp_jinja2.setup(

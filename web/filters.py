@@ -16,6 +16,7 @@ import orjson
 
 KINDS = ("main", "subagent", "title", "count_tokens", "web_search", "compaction", "other")
 MAX_QUERY_CHARS = 1000
+USAGE_DAYS = 30
 
 
 class BadRequest(ValueError):
@@ -66,6 +67,14 @@ def day_range(params: Mapping[str, str]) -> tuple[date | None, date | None]:
     since, until = day(params, "from"), day(params, "until")
     if since and until and until < since:
         raise BadRequest("until is before from")
+    return since, until
+
+
+def usage_range(params: Mapping[str, str], today: date) -> tuple[date | None, date | None]:
+    """The usage page's days: the last `USAGE_DAYS` unless asked; an empty ``from`` means since the first."""
+    since, until = day_range(params)
+    if "from" not in params and until is None:
+        since = today - timedelta(days=USAGE_DAYS - 1)
     return since, until
 
 

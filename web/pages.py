@@ -7,6 +7,7 @@ they do not exist yet; MCP links likewise need the MCP capture's tables.
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,7 +19,7 @@ from consumers.metrics.usage import fetch_report, total
 from web import conversation, exchange, tree, usage
 from web.auth import log_in, log_out, matches, safe_next
 from web.database import Tables, queries, reading
-from web.filters import KINDS, Cursor, SearchFilter, SessionFilter, day_range
+from web.filters import KINDS, Cursor, SearchFilter, SessionFilter, usage_range
 from web.render import MARK_START, MARK_STOP
 from web.settings import WebSettings
 
@@ -192,7 +193,7 @@ async def search(request: web.Request) -> web.Response:
 
 
 async def _usage_rows(request: web.Request) -> tuple[list[Mapping[str, Any]], Tables]:
-    since, until = day_range(request.query)
+    since, until = usage_range(request.query, datetime.now(UTC).date())
     async with reading(request.app[POOL]) as (conn, tables):
         if not tables.metrics:
             return [], tables
@@ -205,7 +206,7 @@ async def usage_page(request: web.Request) -> web.Response:
     rows, tables = await _usage_rows(request)
     if not tables.metrics:
         return missing_tables(request, "metrics")
-    since, until = day_range(request.query)
+    since, until = usage_range(request.query, datetime.now(UTC).date())
     return render(request, "usage.html", {
         "rows": rows, "models": usage.by_model(rows), "total": total(rows) if rows else None,
         "chart": usage.chart_data(rows), "since": since, "until": until, "query": request.query_string,
