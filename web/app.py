@@ -25,7 +25,7 @@ from aiohttp import web
 from kgb.config import SettingsError
 from web import auth, pages
 from web.conversation import as_result
-from web.database import open_pool
+from web.database import MissingTables, open_pool
 from web.filters import BadRequest
 from web.render import filters
 from web.settings import WebSettings
@@ -80,6 +80,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except BadRequest as exc:
         return error_page(request, 400, "Bad request", str(exc))
+    except MissingTables as exc:
+        settings = request.app[pages.SETTINGS]
+        schema = settings.metrics_schema if exc.consumer == "metrics" else settings.db_schema
+        return aiohttp_jinja2.render_template("empty.html", request, {"consumer": exc.consumer, "schema": schema}, status=404)
     except (web.HTTPNotFound, web.HTTPUnauthorized) as exc:
         if "text/html" not in request.headers.get("Accept", "") or request.path.startswith("/static/"):
             raise

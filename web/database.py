@@ -60,9 +60,19 @@ async def open_pool(settings: WebSettings) -> asyncpg.Pool:
     )
 
 
+class MissingTables(LookupError):
+    """The consumer whose tables a page reads has not made them yet (``consumer``: winni, metrics, mcp)."""
+
+    def __init__(self, consumer: str) -> None:
+        super().__init__(consumer)
+        self.consumer = consumer
+
+
 @contextlib.asynccontextmanager
-async def reading(pool: asyncpg.Pool) -> AsyncIterator[tuple[asyncpg.Connection, Tables]]:
-    """A connection in a read-only snapshot, and which tables it can see."""
+async def reading(pool: asyncpg.Pool, needs: str = "winni") -> AsyncIterator[tuple[asyncpg.Connection, Tables]]:
+    """A connection in a read-only snapshot, and which tables it can see; `MissingTables` if ``needs``' are not there."""
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        found = await conn.fetchrow(queries().tables)
-        yield conn, Tables(**dict(found))
+        tables = Tables(**dict(await conn.fetchrow(queries().tables)))
+        if not getattr(tables, needs):
+            raise MissingTables(needs)
+        yield conn, tables

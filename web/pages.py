@@ -34,17 +34,18 @@ def render(request: web.Request, template: str, context: dict[str, Any], status:
     return aiohttp_jinja2.render_template(template, request, context, status=status)
 
 
-def missing_tables(request: web.Request, consumer: str) -> web.Response:
-    settings = request.app[SETTINGS]
-    schema = settings.metrics_schema if consumer == "metrics" else settings.db_schema
-    return render(request, "empty.html", {"consumer": consumer, "schema": schema})
-
-
 def parse_uuid(value: str, what: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except ValueError:
         raise web.HTTPNotFound(text=f"no {what} {value!r}") from None
+
+
+async def one(conn: asyncpg.Connection, query: str, key: Any, what: str) -> asyncpg.Record:
+    found = await conn.fetchrow(query, key)
+    if found is None:
+        raise web.HTTPNotFound(text=f"no {what} {key}")
+    return found
 
 
 def by_key(rows: Sequence[Mapping[str, Any]], key: str) -> dict[Any, Mapping[str, Any]]:
@@ -61,8 +62,6 @@ async def sessions(request: web.Request) -> web.Response:
     chosen = SessionFilter.parse(request.query)
     size = request.app[SETTINGS].page_size
     async with reading(request.app[POOL]) as (conn, tables):
-        if not tables.winni:
-            return missing_tables(request, "winni")
         rows = await conn.fetch(queries().sessions, *chosen.arguments(size + 1))
         page = rows[:size]
         costs = await _costs(conn, tables, queries().session_costs, [r["session_key"] for r in page], "session_key")
@@ -86,11 +85,7 @@ async def _costs(conn: asyncpg.Connection, tables: Tables, query: str, keys: lis
 async def session(request: web.Request) -> web.Response:
     key = request.query.get("key", "")
     async with reading(request.app[POOL]) as (conn, tables):
-        if not tables.winni:
-            return missing_tables(request, "winni")
-        found = await conn.fetchrow(queries().session, key)
-        if found is None:
-            raise web.HTTPNotFound(text=f"no session {key!r}")
+        found = await one(conn, queries().session, key, "session")
         rows = await conn.fetch(queries().session_conversations, key)
         costs = by_key(await conn.fetch(queries().conversation_costs, key), "conversation_id") if tables.metrics else {}
     return render(request, "session.html", {
@@ -112,11 +107,7 @@ def _thread_totals(rows: Sequence[Mapping[str, Any]], costs: Mapping[Any, Mappin
 async def conversation_page(request: web.Request) -> web.Response:
     conversation_id = parse_uuid(request.match_info["id"], "conversation")
     async with reading(request.app[POOL]) as (conn, tables):
-        if not tables.winni:
-            return missing_tables(request, "winni")
-        found = await conn.fetchrow(queries().conversation, conversation_id)
-        if found is None:
-            raise web.HTTPNotFound(text=f"no conversation {conversation_id}")
+        found = await one(conn, queries().conversation, conversation_id, "conversation")
         messages = await conn.fetch(queries().conversation_messages, conversation_id)
         exchanges = await conn.fetch(queries().conversation_exchanges, conversation_id)
         ids = [str(row["exchange_id"]) for row in exchanges]
@@ -130,9 +121,7 @@ async def conversation_page(request: web.Request) -> web.Response:
 @routes.get("/mcp-calls/{id}", name="mcp_call")
 async def mcp_call(request: web.Request) -> web.Response:
     call_id = request.match_info["id"]
-    async with reading(request.app[POOL]) as (conn, tables):
-        if not tables.mcp:
-            return missing_tables(request, "mcp")
+    async with reading(request.app[POOL], needs="mcp") as (conn, _):
         found = await conn.fetchval(queries().mcp_call, call_id)
     if found is None:
         raise web.HTTPNotFound(text=f"no MCP call {call_id!r}")
@@ -143,11 +132,7 @@ async def _exchange(request: web.Request) -> tuple[Mapping[str, Any], exchange.B
     """The exchange's row, its request body (rebuilt where split) and its cost row, if any."""
     exchange_id = parse_uuid(request.match_info["id"], "exchange")
     async with reading(request.app[POOL]) as (conn, tables):
-        if not tables.winni:
-            raise web.HTTPNotFound(text="winni has not stored anything yet")
-        row = await conn.fetchrow(queries().exchange, exchange_id)
-        if row is None:
-            raise web.HTTPNotFound(text=f"no exchange {exchange_id}")
+        row = await one(conn, queries().exchange, exchange_id, "exchange")
         messages = []
         if row["request_messages"] is not None and row["conversation_id"] is not None:
             messages = await conn.fetch(queries().request_messages, row["conversation_id"], row["request_messages"])
@@ -179,9 +164,7 @@ async def exchange_body(request: web.Request) -> web.Response:
 async def search(request: web.Request) -> web.Response:
     chosen = SearchFilter.parse(request.query)
     hits: list[Any] = []
-    async with reading(request.app[POOL]) as (conn, tables):
-        if not tables.winni or not tables.search:
-            return missing_tables(request, "winni")
+    async with reading(request.app[POOL], needs="search") as (conn, _):
         if chosen.words:
             hits = await conn.fetch(queries().search, *chosen.arguments(SEARCH_PAGE, MARK_START, MARK_STOP))
     more = len(hits) > SEARCH_PAGE
@@ -192,20 +175,16 @@ async def search(request: web.Request) -> web.Response:
     })
 
 
-async def _usage_rows(request: web.Request) -> tuple[list[Mapping[str, Any]], Tables]:
+async def _usage_rows(request: web.Request) -> list[Mapping[str, Any]]:
     since, until = usage_range(request.query, datetime.now(UTC).date())
-    async with reading(request.app[POOL]) as (conn, tables):
-        if not tables.metrics:
-            return [], tables
+    async with reading(request.app[POOL], needs="metrics") as (conn, _):
         rows = await fetch_report(conn, ("day", "model"), since)
-    return usage.within(rows, until), tables
+    return usage.within(rows, until)
 
 
 @routes.get("/usage", name="usage")
 async def usage_page(request: web.Request) -> web.Response:
-    rows, tables = await _usage_rows(request)
-    if not tables.metrics:
-        return missing_tables(request, "metrics")
+    rows = await _usage_rows(request)
     since, until = usage_range(request.query, datetime.now(UTC).date())
     return render(request, "usage.html", {
         "rows": rows, "models": usage.by_model(rows), "total": total(rows) if rows else None,
@@ -215,10 +194,7 @@ async def usage_page(request: web.Request) -> web.Response:
 
 @routes.get("/usage.csv", name="usage_csv")
 async def usage_csv(request: web.Request) -> web.Response:
-    rows, tables = await _usage_rows(request)
-    if not tables.metrics:
-        raise web.HTTPNotFound(text="no usage tables: kgb consume metrics has not run")
-    return web.Response(text=usage.as_csv(rows), content_type="text/csv", charset="utf-8",
+    return web.Response(text=usage.as_csv(await _usage_rows(request)), content_type="text/csv", charset="utf-8",
                         headers={"Content-Disposition": 'attachment; filename="kgb-usage.csv"'})
 
 

@@ -128,7 +128,7 @@ async def test_before_the_consumers_ran_the_pages_say_what_to_start(database: st
     async for client in serve(WebSettings(database_url=database)):
         for path, expected in (("/", "kgb consume winni"), ("/search?q=x", "kgb consume winni"), ("/usage", "kgb consume metrics")):
             response = await client.get(path, headers=HTML)
-            assert response.status == 200 and expected in await response.text(), path
+            assert response.status == 404 and expected in await response.text(), path
 
 
 async def test_mcp_calls_are_linked_once_their_tables_exist(captured: Captured, postgres: services.PostgresServer) -> None:
