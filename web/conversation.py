@@ -59,41 +59,46 @@ class ToolUse:
     block: Mapping[str, Any]
 
 
-@dataclass
+@dataclass(slots=True)
 class Exchange:
     row: Mapping[str, Any]
     cost: Any = None
     unpriced: bool = False
+    failed: bool = False
+    cut: bool = False  # the client went away or the stream broke before the reply ended
 
-    @property
-    def failed(self) -> bool:
-        return self.row["status"] != 200 or self.row["error_type"] is not None
-
-    @property
-    def cut(self) -> bool:
-        """The client went away or the stream broke before the reply ended."""
-        return bool(self.row["client_disconnected"]) or self.row["upstream_complete"] is False
+    @classmethod
+    def of(cls, row: Mapping[str, Any], cost: Mapping[str, Any] | None) -> Exchange:
+        return cls(row, cost and cost["cost_usd"], bool(cost and cost["unpriced"]),
+                   failed=row["status"] != 200 or row["error_type"] is not None,
+                   cut=bool(row["client_disconnected"]) or row["upstream_complete"] is False)
 
 
-@dataclass
+@dataclass(slots=True)
 class Message:
-    row: Mapping[str, Any]
+    """A message as the page lists it; ``position`` None is the place for requests whose reply has no message here."""
+
+    position: int | None
+    role: str
+    label: str
+    row: Mapping[str, Any] | None
+    blocks: Sequence[Any]
     exchanges: list[Exchange] = field(default_factory=list)
 
-    @property
-    def only_results(self) -> bool:
-        blocks = self.row["content"]
-        return bool(blocks) and all(isinstance(b, dict) and b.get("type") == "tool_result" for b in blocks)
+    @classmethod
+    def of(cls, row: Mapping[str, Any], exchanges: list[Exchange]) -> Message:
+        blocks = row["content"] if isinstance(row["content"], list) else [row["content"]]
+        only_results = bool(blocks) and all(isinstance(b, dict) and b.get("type") == "tool_result" for b in blocks)
+        return cls(row["position"], row["role"], "tool results" if only_results else row["role"], row, blocks, exchanges)
 
 
 @dataclass
 class Page:
-    messages: list[Message]
+    messages: list[Message]  # in position order, after one of position None holding the exchanges no message shows
     uses: dict[str, ToolUse]  # tool_use_id -> where it was called
     results: dict[str, ToolResult]  # tool_use_id -> its result
     spawned: dict[str, Mapping[str, Any]]  # tool_use_id -> the sub-agent conversation it started
     mcp_calls: dict[str, str]  # tool_use_id -> mcp_calls id
-    unplaced: list[Exchange]  # exchanges whose reply has no message here
 
 
 def result_parts(block: Mapping[str, Any]) -> list[ResultPart]:
@@ -152,11 +157,11 @@ def build(
 ) -> Page:
     """The page of a conversation from its rows (messages in position order, exchanges in time order)."""
     uses, results = tool_ends(messages)
-    by_position: dict[int, list[Exchange]] = defaultdict(list)
+    by_position: dict[int | None, list[Exchange]] = defaultdict(list)
     for row in exchanges:
-        found = costs.get(str(row["exchange_id"]))
-        exchange = Exchange(row, found and found["cost_usd"], bool(found and found["unpriced"]))
-        by_position[row["reply_position"]].append(exchange)
-    page = [Message(row, by_position.pop(row["position"], [])) for row in messages]
+        by_position[row["reply_position"]].append(Exchange.of(row, costs.get(str(row["exchange_id"]))))
+    listed = [Message.of(row, by_position.pop(row["position"], [])) for row in messages]
     unplaced = [exchange for group in by_position.values() for exchange in group]
-    return Page(page, uses, results, dict(spawned), dict(mcp_calls), unplaced)
+    if unplaced:
+        listed.insert(0, Message(None, "", "requests with no reply here", None, [], unplaced))
+    return Page(listed, uses, results, dict(spawned), dict(mcp_calls))

@@ -128,7 +128,7 @@ def cost(value: Decimal | None, unpriced: int | bool | None = None) -> str:
 
 def when(value: datetime | None) -> str:
     """A timestamp in UTC to the second, as the tables hold them."""
-    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+    return "" if value is None else value.isoformat(" ", "seconds")[:19]
 
 
 def size(count: int) -> str:

@@ -75,12 +75,13 @@ def test_exchanges_hang_on_the_reply_they_produced() -> None:
                   "client_disconnected": True, "upstream_complete": True},
                  {"exchange_id": uuid.uuid4(), "reply_position": None, "status": 200, "error_type": None,
                   "client_disconnected": False, "upstream_complete": False}]
-    messages = [{"position": 0, "content": []}, {"position": 1, "content": []}]
+    messages = [{"position": 0, "role": "user", "content": []}, {"position": 1, "role": "assistant", "content": []}]
     costs = {str(exchanges[1]["exchange_id"]): {"cost_usd": Decimal("0.5"), "unpriced": False}}
     page = conversation.build(messages, exchanges, costs, {}, {})
-    failed, cut = page.messages[1].exchanges
+    unplaced, first, second = page.messages
+    failed, cut = second.exchanges
     assert failed.failed and not failed.cut and cut.cut and cut.cost == Decimal("0.5")
-    assert page.messages[0].exchanges == [] and [x.cut for x in page.unplaced] == [True]
+    assert first.exchanges == [] and unplaced.position is None and [x.cut for x in unplaced.exchanges] == [True]
 
 
 def test_the_sessions_cursor_round_trips_and_rejects_forgeries() -> None:
