@@ -77,6 +77,7 @@ class Timing:
     n: int
     p50_ms: float
     p99_ms: float
+    cpu_p50_ms: float
     client_p50_ms: float
     query_p50_ms: float | None
     bytes: int
@@ -226,17 +227,24 @@ async def explain(dsn: str, name: str, args: tuple[Any, ...]) -> tuple[list[str]
     return plan, executed, used + [f"seq scan: {s}" for s in scans]
 
 
-async def measure_page(session: aiohttp.ClientSession, url: str, n: int) -> tuple[list[float], list[float], int]:
-    server, client, size = [], [], 0
+def server_timing(header: str) -> dict[str, float]:
+    """``app;dur=1.2, cpu;dur=0.9`` -> {"app": 1.2, "cpu": 0.9}."""
+    return {name.strip(): float(dur) for name, dur in (part.split(";dur=") for part in header.split(","))}
+
+
+async def measure_page(session: aiohttp.ClientSession, url: str, n: int) -> tuple[list[float], list[float], list[float], int]:
+    server, cpu, client, size = [], [], [], 0
     for _ in range(n):
         started = time.perf_counter()
         async with session.get(url) as response:
             body = await response.read()
             assert response.status == 200, (url, response.status, body[:500])
         client.append((time.perf_counter() - started) * 1000)
-        server.append(float(response.headers["Server-Timing"].split("dur=")[1]))
+        timing = server_timing(response.headers["Server-Timing"])
+        server.append(timing["app"])
+        cpu.append(timing["cpu"])
         size = len(body)
-    return server, client, size
+    return server, cpu, client, size
 
 
 async def measure(dsn: str, facts: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -252,18 +260,18 @@ async def measure(dsn: str, facts: dict[str, Any], args: argparse.Namespace) -> 
                     async with session.get(f"{base}/health"):
                         break
                 await asyncio.sleep(0.1)
-            print(f"\n{'page':26} {'n':>4} {'p50 ms':>8} {'p99 ms':>8} {'client p50':>10} {'query p50':>9} {'x query':>7} "
+            print(f"\n{'page':26} {'n':>4} {'p50 ms':>8} {'p99 ms':>8} {'cpu p50':>8} {'client p50':>10} {'query p50':>9} {'x query':>7} "
                   f"{'KB':>7} {'target':>7}", flush=True)
             for name, (path, query, params) in pages(facts, inputs).items():
                 await measure_page(session, base + path, 5)  # warm: plans, caches, the pool
-                server, client, size = await measure_page(session, base + path, args.requests)
+                server, cpu, client, size = await measure_page(session, base + path, args.requests)
                 query_ms = await query_times(dsn, query, params, min(args.requests, 50)) if query else None
                 timing = Timing(name, path, len(server), statistics.median(server), percentile(server, 0.99),
-                                statistics.median(client), query_ms, size)
+                                statistics.median(cpu), statistics.median(client), query_ms, size)
                 results["pages"].append({**asdict(timing), "ratio_to_query": timing.ratio, "target_p50_ms": TARGETS.get(name)})
                 target = TARGETS.get(name)
                 verdict = "" if target is None else ("met" if timing.p50_ms <= target else "MISSED")
-                print(f"{name:26} {timing.n:>4} {timing.p50_ms:>8.1f} {timing.p99_ms:>8.1f} {timing.client_p50_ms:>10.1f} "
+                print(f"{name:26} {timing.n:>4} {timing.p50_ms:>8.1f} {timing.p99_ms:>8.1f} {timing.cpu_p50_ms:>8.1f} {timing.client_p50_ms:>10.1f} "
                       f"{query_ms or 0:>9.1f} {timing.ratio or 0:>7.1f} {size / 1024:>7.0f} {verdict:>7}", flush=True)
                 if query:
                     plan, executed, used = await explain(dsn, query, params)
@@ -271,6 +279,8 @@ async def measure(dsn: str, facts: dict[str, Any], args: argparse.Namespace) -> 
     finally:
         web.terminate()
         web.wait(30)
+    print(f"machine load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+          "(above the core count, wall times include waiting for a core: compare the cpu column)")
     print("\nEXPLAIN (ANALYZE, BUFFERS), the indexes each page's main query used:")
     for name, found in results["plans"].items():
         print(f"  {name:26} {found['query']:22} {found['execution_ms']:7.1f} ms  {', '.join(found['uses'])}")
