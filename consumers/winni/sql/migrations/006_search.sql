@@ -4,11 +4,12 @@
 --
 -- Search covers each message's text, thinking, tool calls (name and every
 -- string in the input) and tool results (their text), in English
--- (stemmed, stop words dropped). PostgreSQL's parser reads `src/app/main.py`
--- or `window.__pwned` as one token, and skips HTML tags whole (and all that
--- follows a `<script>` it sees no end of), so the text is indexed twice: as it
--- is, and with < > . _ / \ : @ = taken for spaces, so a search for `main.py`,
--- one for `main` or `pwned`, and one for a word inside markup all find it. The tsvector is a stored generated column
+-- (stemmed, stop words dropped). PostgreSQL's parser skips HTML tags whole
+-- (and all that follows a `<script>` it sees no end of), so `<` is read as a
+-- space: the words of captured markup are indexed like any others. It reads
+-- `src/app/main.py` or `window.__pwned` as one token, so each word holding
+-- . _ / \ : @ = is indexed again in its parts: a search for `main.py` and one
+-- for `main` or `pwned` both find it. Plain prose gets nothing twice. The tsvector is a stored generated column
 -- rather than an expression index: ranking reads it for every message that
 -- matches, and recomputing to_tsvector there costs ~50 us per message, so a
 -- word found in 10,000 messages would take half a second to rank. Writing
@@ -53,12 +54,17 @@ BEGIN ATOMIC
     WHERE part IS NOT NULL;
 END;
 
+-- One text's vector; a parameter is computed once however often the body
+-- reads it (a FROM clause in the body made the whole function 4x slower).
+CREATE FUNCTION text_search_vector(t text) RETURNS tsvector
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN to_tsvector('english'::regconfig, replace(t, '<', ' '))
+    || to_tsvector('english'::regconfig, regexp_replace(array_to_string(ARRAY(
+           SELECT w[1] FROM regexp_matches(t, '([^\s<>]*[._/\\:@=][^\s<>]*)', 'g') AS w), ' '), '[._/\\:@=]+', ' ', 'g'));
+
 CREATE FUNCTION message_search_vector(content jsonb) RETURNS tsvector
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-BEGIN ATOMIC
-    SELECT to_tsvector('english'::regconfig, t) || to_tsvector('english'::regconfig, regexp_replace(t, '[<>._/\\:@=]+', ' ', 'g'))
-    FROM coalesce(message_search_text(content), '') AS t;
-END;
+RETURN text_search_vector(coalesce(message_search_text(content), ''));
 
 ALTER TABLE messages
     ADD COLUMN search tsvector COMPRESSION lz4
