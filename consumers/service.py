@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from functools import partial
 
 import aiohttp
@@ -27,11 +27,26 @@ from schemas.registry import Registry
 log = logging.getLogger(__name__)
 
 REGISTRY_TIMEOUT = aiohttp.ClientTimeout(total=10)
+CLOSE_TIMEOUT = 5.0  # seconds a connection's goodbye may take before it is cut
 
 
 async def open_pool(url: str, schema: str, max_size: int) -> asyncpg.Pool:
     """Connections whose search_path is `schema`, so the named queries stay unqualified."""
     return await asyncpg.create_pool(url, min_size=1, max_size=max_size, server_settings={"search_path": schema})
+
+
+@contextlib.asynccontextmanager
+async def connection(url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of its own for the block. One the server dropped meanwhile cannot say goodbye;
+    asyncpg then aborts it, and the block's own error is the one that propagates."""
+    conn = await asyncpg.connect(url)
+    try:
+        yield conn
+    finally:
+        try:
+            await conn.close(timeout=CLOSE_TIMEOUT)
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.debug("a connection closed without its goodbye (%s: %s)", type(exc).__name__, exc)
 
 
 async def apply_migrations(pool: asyncpg.Pool, migrations: Sequence[Migration], schema: str) -> list[int]:

@@ -39,9 +39,11 @@ async def _serve_proxy(settings: ProxySettings, stop: asyncio.Event) -> None:
     on a signal both stop listening, close their connections, then flush their publishers."""
     from aiohttp import web
 
+    from proxy import listen
     from proxy.app import build_app
     from proxy.mcp import build_mcp_app
 
+    guard = listen.guard_for(settings)
     sites = [
         (build_app(settings), settings.port, "KGB_PROXY_PORT"),
         (build_mcp_app(settings), settings.mcp_port, "KGB_MCP_PORT"),
@@ -49,11 +51,11 @@ async def _serve_proxy(settings: ProxySettings, stop: asyncio.Event) -> None:
     runners: list[web.AppRunner] = []
     try:
         for app, port, name in sites:
-            runner = web.AppRunner(app, access_log=None)
+            runner = listen.runner(app, guard)
             runners.append(runner)
             await runner.setup()
             try:
-                await web.TCPSite(runner, settings.host, port).start()
+                await listen.GuardedSite(runner, guard, settings.host, port).start()
             except OSError as exc:
                 raise SettingsError(f"cannot listen on {settings.host}:{port} ({name}): {exc.strerror}") from None
         await stop.wait()

@@ -26,7 +26,11 @@ SECRET_QUERY_PARAMS = frozenset({"key", "api_key", "apikey", "token", "access_to
 @dataclass(frozen=True)
 class Rule:
     """A secret format. `hints` are cheap patterns, each opening with a literal, one of
-    which every match contains: a body none of them finds skips the full pattern."""
+    which every match contains: a body none of them finds skips the full pattern.
+
+    A pattern with a group named ``secret`` loses only that group (a URL keeps its
+    scheme, user and host, and loses its password); any other loses its whole match.
+    """
 
     name: str
     pattern: re.Pattern[bytes]
@@ -35,9 +39,33 @@ class Rule:
     def applies_to(self, body: bytes) -> bool:
         return not self.hints or any(hint.search(body) for hint in self.hints)
 
+    @property
+    def placeholder(self) -> bytes:
+        return b"[REDACTED:" + self.name.encode() + b"]"
+
+    def span(self, match: re.Match[bytes]) -> tuple[int, int]:
+        """Where in ``match`` the secret is."""
+        return match.span("secret") if "secret" in self.pattern.groupindex else match.span()
+
+    def replace(self, body: bytes) -> tuple[bytes, int]:
+        if "secret" not in self.pattern.groupindex:
+            return self.pattern.subn(self.placeholder, body)
+
+        def keep_around(match: re.Match[bytes]) -> bytes:
+            start, end = match.span("secret")
+            whole = match[0]
+            return whole[: start - match.start()] + self.placeholder + whole[end - match.start():]
+
+        return self.pattern.subn(keep_around, body)
+
 
 def _rule(name: str, pattern: str, *hints: str) -> Rule:
     return Rule(name, re.compile(pattern.encode(), re.DOTALL), tuple(re.compile(h.encode()) for h in hints))
+
+
+# scheme://user:password@host: the user may be empty (redis://:password@host); a password
+# holds no whitespace, quote, slash, '?', '#' or '@' (RFC 3986 wants those percent-encoded).
+_URL_PASSWORD = r"://[^\s:/?#@\[\]\"'<>\\]*:(?P<secret>[^\s/?#@\"'<>\\]+)@"
 
 
 BUILTIN_RULES: tuple[Rule, ...] = (
@@ -59,6 +87,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
         "-----BEGIN ",
     ),
     _rule("bearer_token", r"(?i:bearer)\s+[A-Za-z0-9_\-\.=+/]{20,}", "earer", "EARER"),
+    _rule("url_password", _URL_PASSWORD, "://"),
 )
 
 
@@ -73,7 +102,7 @@ def redact_body(body: bytes, rules: Sequence[Rule]) -> tuple[bytes, list[str]]:
     for rule in rules:
         if not rule.applies_to(body):
             continue
-        body, count = rule.pattern.subn(b"[REDACTED:" + rule.name.encode() + b"]", body)
+        body, count = rule.replace(body)
         if count:
             fired.append(rule.name)
     return body, fired
@@ -110,15 +139,27 @@ def redact_headers(
 
 
 def redact_query(query: str, rules: Sequence[Rule]) -> tuple[str, list[str]]:
-    """Query parameters named like credentials lose their value; the rest are scanned."""
+    """Query parameters named like credentials lose their value; the rest are scanned as they
+    are read, decoded (a URL or a token in a parameter arrives percent-encoded).
+
+    A query with nothing to take out is returned as it came, byte for byte.
+    """
     if not query:
         return query, []
-    pairs = parse_qsl(query, keep_blank_values=True)
-    if not any(name.lower() in SECRET_QUERY_PARAMS for name, _ in pairs):
-        return redact_text(query, rules)
-    kept = [(n, REDACTED if n.lower() in SECRET_QUERY_PARAMS else v) for n, v in pairs]
-    text, fired = redact_text(urlencode(kept, safe="[]"), rules)
-    return text, ["query_param", *fired]
+    text, fired = redact_text(query, rules)
+    pairs = parse_qsl(text, keep_blank_values=True)
+    kept, changed = [], False
+    for name, value in pairs:
+        if name.lower() in SECRET_QUERY_PARAMS:
+            kept.append((name, REDACTED))
+            fired.append("query_param")
+            changed = True
+            continue
+        clean, hits = redact_text(value, rules)
+        kept.append((name, clean))
+        fired.extend(hits)
+        changed = changed or bool(hits)
+    return (urlencode(kept, safe="[]:") if changed else text), fired
 
 
 def credential(headers: Iterable[tuple[str, str]]) -> str | None:

@@ -7,12 +7,15 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from yarl import URL
 
 from kgb.config import SettingsError, env_float, env_int, env_list, env_opt, env_str, mask
 from proxy.publish import PublishSettings
 from proxy.redact import BUILTIN_RULES, Rule, custom_rules
+
+T = TypeVar("T", int, float)
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,9 @@ class ProxySettings:
     connect_timeout: float = 10.0
     read_timeout: float = 600.0
     upstream_connections: int = 256
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+    max_connections: int = 10_000
     redact_headers: frozenset[str] = frozenset()
     redact_patterns: tuple[str, ...] = ()
     fingerprint_key: str | None = field(default=None, repr=False)
@@ -45,6 +51,9 @@ class ProxySettings:
             connect_timeout=env_float(env, "KGB_UPSTREAM_CONNECT_TIMEOUT", cls.connect_timeout),
             read_timeout=env_float(env, "KGB_UPSTREAM_READ_TIMEOUT", cls.read_timeout),
             upstream_connections=env_int(env, "KGB_UPSTREAM_CONNECTIONS", cls.upstream_connections),
+            header_timeout=_positive(env_float(env, "KGB_HEADER_TIMEOUT", cls.header_timeout), "KGB_HEADER_TIMEOUT"),
+            keepalive_timeout=_positive(env_float(env, "KGB_KEEPALIVE_TIMEOUT", cls.keepalive_timeout), "KGB_KEEPALIVE_TIMEOUT"),
+            max_connections=_positive(env_int(env, "KGB_MAX_CONNECTIONS", cls.max_connections), "KGB_MAX_CONNECTIONS"),
             redact_headers=frozenset(name.lower() for name in env_list(env, "KGB_REDACT_HEADERS")),
             redact_patterns=_patterns_file(env_opt(env, "KGB_REDACT_PATTERNS_FILE")),
             fingerprint_key=env_opt(env, "KGB_FINGERPRINT_KEY"),
@@ -62,6 +71,7 @@ class ProxySettings:
         return (
             f"upstream={self.upstream_url} listen={self.host}:{self.port} max_body={self.max_body_bytes} "
             f"timeouts=connect {self.connect_timeout}s/read {self.read_timeout}s "
+            f"client timeouts=headers {self.header_timeout}s/keep-alive {self.keepalive_timeout}s max_connections={self.max_connections} "
             f"redact_headers={sorted(self.redact_headers)} custom_patterns={len(self.redact_patterns)} "
             f"fingerprint_key={mask(self.fingerprint_key)} publish={self.publish} "
             f"mcp=:{self.mcp_port} mcp_upstreams={sorted(self.mcp_upstreams)} mcp_max_message={self.mcp_max_message_bytes}"
@@ -88,6 +98,12 @@ def parse_upstreams(raw: str) -> dict[str, str]:
             raise SettingsError(f"KGB_MCP_UPSTREAMS: {name} must be a ws:// or wss:// URL, got {url!r}")
         upstreams[name] = url
     return upstreams
+
+
+def _positive(value: T, name: str) -> T:
+    if value <= 0:
+        raise SettingsError(f"{name} must be above 0, got {value}")
+    return value
 
 
 def _patterns_file(path: str | None) -> tuple[str, ...]:

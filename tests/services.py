@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,6 +63,10 @@ class PostgresServer(Protocol):
 
     dsn: str  # the `winni` database
     admin_dsn: str  # a database to run CREATE/DROP DATABASE from
+
+    def restart(self) -> None:
+        """Stop the server the way an operator's restart does (fast shutdown: every session is
+        ended, mid-query or not) and start it again on the same address; returns once it serves."""
 
 
 def run_script(*cmd: str) -> None:
@@ -141,6 +146,10 @@ class ScriptPostgres:
     def open(self) -> None:
         run_script(str(SCRIPTS / "postgres.sh"), "start", str(self.run_dir), str(self.port))
 
+    def restart(self) -> None:
+        run_script(str(SCRIPTS / "postgres.sh"), "stop", str(self.run_dir))
+        self.open()
+
     def close(self) -> None:
         dismiss(self.watchdog)
         run_script(str(SCRIPTS / "postgres.sh"), "stop", str(self.run_dir))
@@ -172,6 +181,9 @@ class ExternalPostgres:
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
         self.admin_dsn = with_database(dsn, "postgres")
+
+    def restart(self) -> None:
+        raise ServiceError("KGB_TEST_DATABASE_URL is set: that server is not ours to restart; unset it for restart tests")
 
 
 # --- Services in Docker -----------------------------------------------------------
@@ -234,16 +246,27 @@ class RedpandaKafka:
 
 
 class DockerPostgres:
+    """PostgreSQL in Docker, on a host port chosen here: a restarted container keeps its address."""
+
     def __init__(self) -> None:
         module = testcontainers_module("postgres")
+        self.port = free_port()
         self.container = module.PostgresContainer(POSTGRES_IMAGE, username="postgres", password="postgres", dbname="winni", driver=None)
+        self.container.with_bind_ports(5432, self.port)
         self.dsn = self.admin_dsn = ""
 
     def open(self) -> None:
         self.container.start()
-        port = self.container.get_exposed_port(5432)
-        self.dsn = f"postgresql://postgres:postgres@{container_host(self.container)}:{port}/winni"
+        self.dsn = f"postgresql://postgres:postgres@{container_host(self.container)}:{self.port}/winni"
         self.admin_dsn = with_database(self.dsn, "postgres")
+
+    def restart(self) -> None:
+        self.container.get_wrapped_container().restart(timeout=30)
+        for _ in range(300):
+            if self.container.exec(["pg_isready", "-h", "127.0.0.1", "-U", "postgres"]).exit_code == 0:
+                return
+            time.sleep(0.1)
+        raise ServiceError("PostgreSQL in Docker did not come back within 30 s of a restart")
 
     def close(self) -> None:
         self.container.stop()

@@ -54,7 +54,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache, partial
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -72,7 +72,7 @@ from consumers.source import (
     retrying,
 )
 from consumers.sql import Queries, load_queries
-from consumers.service import apply_migrations, open_decoder, open_pool
+from consumers.service import apply_migrations, connection, open_decoder, open_pool
 from consumers.winni.consumer import default_stages, make_handler, migrations
 from consumers.winni.settings import WinniSettings, schema_name
 from kgb.config import SettingsError
@@ -84,10 +84,11 @@ log = logging.getLogger(__name__)
 CATCH_UP_ROUNDS = 5
 
 Reader = Callable[[dict[TopicPartition, int]], Awaitable[None]]
+T = TypeVar("T")
 
 
 class Stopped(Exception):
-    """Asked to stop during the locked final catch-up: roll the swap back."""
+    """Asked to stop while waiting for the database, or during the locked final catch-up (rolled back)."""
 
 
 @dataclass(frozen=True)
@@ -158,23 +159,47 @@ async def replay(
     stop: asyncio.Event | None = None,
     stream: TextIO = sys.stderr,
 ) -> Outcome:
-    """Rebuild ``settings.db_schema``'s tables from the topic, then swap them in, or fill ``into``."""
+    """Rebuild ``settings.db_schema``'s tables from the topic, then swap them in, or fill ``into``.
+
+    Every step that touches the database waits out a database that is away or
+    restarting (`patiently`), as the batches do.
+    """
     stop = stop or asyncio.Event()
     at = datetime.now(UTC)
     target, old = schema_names(settings.db_schema, into, at)
+    progress = Progress(stream)
+    try:
+        swapped, live_exists = await rebuild(settings, target, old, into, progress, stop)
+    except Stopped:
+        swapped, live_exists = False, False
+    if not swapped:
+        return Outcome(target, progress.done, progress.seconds, complete=not stop.is_set())
+    kept = old if live_exists and keep_old else None
+    if live_exists and not keep_old:
+        try:
+            await patiently(partial(drop, settings.database_url, old), f"dropping {old}", settings, stop)
+        except Stopped:
+            kept = old
+    return Outcome(settings.db_schema, progress.done, progress.seconds, complete=True, old_schema=kept)
+
+
+async def rebuild(
+    settings: WinniSettings, target: str, old: str, into: str | None, progress: Progress, stop: asyncio.Event
+) -> tuple[bool, bool]:
+    """`replay`'s steps 1-3: (whether it swapped, whether there was a live schema to swap out)."""
+    q = queries()
     async with contextlib.AsyncExitStack() as resources:
-        pool = await open_pool(settings.database_url, target, settings.writers)
+        pool = await patiently(partial(open_pool, settings.database_url, target, settings.writers), "connecting", settings, stop)
         resources.push_async_callback(pool.close)
-        if into is None and await pool.fetchval(queries().schema_exists, target):
+        if into is None and await patiently(partial(pool.fetchval, q.schema_exists, target), "checking", settings, stop):
             raise SettingsError(f"schema {target} already exists; drop it or replay --into it")
-        await apply_migrations(pool, migrations(), target)
+        await patiently(partial(apply_migrations, pool, migrations(), target), "migrating", settings, stop)
         reader = make_reader(settings.kafka, settings.batch_size)
         await reader.start()
         resources.push_async_callback(reader.stop)
         begins = await read_from_start(reader, settings.kafka)
         check_whole(begins, swapping=into is None)
         decoder = await open_decoder(resources, settings.kafka)
-        progress = Progress(stream)
         handler = counting(make_handler(pool, default_stages(settings.store_request_bodies), settings.writers), progress.advance)
 
         async def read(ends: dict[TopicPartition, int]) -> None:
@@ -192,15 +217,18 @@ async def replay(
                 reader.seek(tp, end)
         else:
             await read(ends)
-        live_exists = bool(await pool.fetchval(queries().schema_exists, settings.db_schema))
+        live_exists = bool(await patiently(partial(pool.fetchval, q.schema_exists, settings.db_schema), "checking", settings, stop))
         swapped = into is None and not stop.is_set() and await swap(settings, reader, read, target, old, live_exists, stop)
         progress.finish()
-    if not swapped:
-        return Outcome(target, progress.done, progress.seconds, complete=not stop.is_set())
-    if live_exists and not keep_old:
-        await drop(settings.database_url, old)
-    kept = old if live_exists and keep_old else None
-    return Outcome(settings.db_schema, progress.done, progress.seconds, complete=True, old_schema=kept)
+    return swapped, live_exists
+
+
+async def patiently(attempt: Callable[[], Awaitable[T]], what: str, settings: WinniSettings, stop: asyncio.Event) -> T:
+    """`retrying` for replay's own steps, raising `Stopped` when stopped first."""
+    result = await retrying(attempt, f"replay: {what}", stop, settings.backoff)
+    if result is None and stop.is_set():
+        raise Stopped
+    return result  # type: ignore[return-value]
 
 
 def shares(ends: dict[TopicPartition, int], workers: int) -> list[dict[TopicPartition, int]]:
@@ -236,7 +264,11 @@ def read_share(settings: WinniSettings, target: str, ends: dict[TopicPartition, 
 
     async def read(stop: asyncio.Event) -> None:
         async with contextlib.AsyncExitStack() as resources:
-            pool = await open_pool(settings.database_url, target, settings.writers)
+            pool = await retrying(
+                partial(open_pool, settings.database_url, target, settings.writers), "replay: connecting", stop, settings.backoff
+            )
+            if pool is None:
+                return
             resources.push_async_callback(pool.close)
             reader = make_reader(settings.kafka, settings.batch_size)
             await reader.start()
@@ -274,8 +306,9 @@ async def swap(
 ) -> bool:
     """Catch up, then swap in one locked transaction; False when stopped first.
 
-    A deadlock with a live batch (or any transient failure) rolls the swap back
-    and runs it again; the live consumer retries its own batch the same way.
+    A deadlock with a live batch (or any transient failure: a database restart)
+    rolls the swap back and runs it again, on a new connection; the live
+    consumer retries its own batch the same way.
     """
     for _ in range(CATCH_UP_ROUNDS):
         ends = await end_offsets(reader)
@@ -286,22 +319,29 @@ async def swap(
     async def final_catch_up() -> None:
         await read(await end_offsets(reader))
 
-    conn = await asyncpg.connect(settings.database_url)
+    async def attempt() -> bool:
+        async with connection(settings.database_url) as conn:
+            return await swap_once(conn, settings.db_schema, target, old if live_exists else None, final_catch_up, stop)
+
     try:
-        attempt = partial(swap_once, conn, settings.db_schema, target, old if live_exists else None, final_catch_up, stop)
         return bool(await retrying(attempt, "swapping schemas", stop, settings.backoff))
     except Stopped:
         return False
-    finally:
-        await conn.close()
 
 
 async def swap_once(
     conn: asyncpg.Connection, live: str, target: str, old: str | None, catch_up: Callable[[], Awaitable[None]],
     stop: asyncio.Event,
 ) -> bool:
-    """The locked final catch-up and the renames, in one transaction; ``old`` None when there is no live schema yet."""
+    """The locked final catch-up and the renames, in one transaction; ``old`` None when there is no live schema yet.
+
+    An attempt whose commit went through but whose answer was lost (the
+    connection dropped) finds ``target`` gone, renamed: it is done.
+    """
     q = queries()
+    if not await conn.fetchval(q.schema_exists, target):
+        log.info("replay: schema %s is already %s", target, live)
+        return True
     async with conn.transaction():
         if old:
             await conn.execute(await conn.fetchval(q.lock_tables, live))
@@ -318,9 +358,6 @@ async def swap_once(
 
 
 async def drop(database_url: str, schema: str) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
+    async with connection(database_url) as conn:
         await conn.execute(await conn.fetchval(queries().drop_schema, schema))
-    finally:
-        await conn.close()
     log.info("replay: dropped %s", schema)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -24,6 +25,7 @@ from consumers.dewey.render import dewey_message
 from consumers.dewey.settings import JitteredBackoff
 from kgb.config import KafkaSettings
 from tests.consumers.conftest import SETTLE_TIMEOUT, eventually, publish
+from tests.consumers.restarts import RESTARTS, batch_failures, feeding, migrated, restarts_mid_batch, settled, task_alive
 from tests.consumers.sessions import SessionBuilder, long_session, reply, text
 from tests.fakes.dewey import FakeDewey
 
@@ -274,3 +276,25 @@ async def test_a_dewey_slower_than_the_timeout_falls_behind_then_catches_up_exac
         dewey.delay = 0
         await delivered(dewey, sessions)
     await assert_exactly_once(dewey, db, sessions)
+
+
+async def test_dewey_rides_out_database_restarts_mid_batch(
+    postgres: Any, producer: AIOKafkaProducer, settings: DeweySettings, dewey: FakeDewey, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Restarts land inside batches (its conversation state, its outbox notes) while sessions
+    keep coming: Dewey still gets every message exactly once."""
+    caplog.set_level(logging.WARNING, logger="consumers")
+    async with consumer(settings) as task:
+        async with feeding(producer, settings.kafka.topic) as sessions:
+            await restarts_mid_batch(postgres, settings.database_url, migrated("kgb_dewey.dewey_conversations"), alive=task_alive(task))
+
+        async def all_held(_: asyncpg.Connection) -> bool:
+            return held(dewey) >= sum(s.messages for s in sessions)
+
+        await settled(settings.database_url, "kgb_dewey", all_held, task_alive(task))
+    assert len(batch_failures(caplog)) >= RESTARTS // 2, "the restarts landed inside batches"
+    conn = await asyncpg.connect(settings.database_url, server_settings={"search_path": "kgb_dewey"})
+    try:
+        await assert_exactly_once(dewey, conn, sessions)
+    finally:
+        await conn.close()

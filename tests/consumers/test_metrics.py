@@ -12,12 +12,14 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -32,6 +34,7 @@ from consumers.metrics.exporter import UsageMetrics
 from kgb.config import KafkaSettings, SettingsError
 from tests.consumers.conftest import FAST_BACKOFF, SETTLE_TIMEOUT, eventually, publish
 from tests.consumers.factories import request_event, response_event, text_message
+from tests.consumers.restarts import RESTARTS, batch_failures, built_calmly, dump, exchange_count, feeding, migrated, restarts_mid_batch, settled, task_alive
 from tests.consumers.sessions import sample_events
 from tests.services import free_port
 
@@ -397,3 +400,22 @@ async def test_the_claude_code_samples(
     per_haiku_call = (3 * Decimal(1) + 12 * Decimal(5) + 19056 * Decimal("1.25")) / M
     assert costs["title"] == 2 * per_haiku_call
     assert costs["main"] == 14 * per_opus_call  # 16 calls, 2 of them 529s without usage
+
+
+async def test_metrics_rides_out_database_restarts_mid_batch(
+    postgres: Any, producer: AIOKafkaProducer, topic: str, settings: MetricsSettings, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Restarts land inside batches while sessions keep coming; the rollups end the same, row
+    for row, as a build of the same topic that saw no restart: every exchange counted once."""
+    caplog.set_level(logging.WARNING, logger="consumers")
+    async with consuming(settings) as task:
+        async with feeding(producer, topic) as sessions:
+            await restarts_mid_batch(postgres, settings.database_url, migrated("kgb_metrics.usage_exchanges"), alive=task_alive(task))
+        await settled(settings.database_url, settings.db_schema, partial(counted, n=exchange_count(sessions)), task_alive(task))
+    assert len(batch_failures(caplog)) >= RESTARTS // 2, "the restarts landed inside batches"
+    calm = dataclasses.replace(settings, group=f"{settings.group}-calm", port=free_port())
+    rebuilt = await built_calmly(
+        postgres, lambda dsn: consuming(dataclasses.replace(calm, database_url=dsn)), settings.db_schema,
+        partial(counted, n=exchange_count(sessions)),
+    )
+    assert await dump(settings.database_url, settings.db_schema) == rebuilt

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import os
 import re
 import subprocess
@@ -20,7 +21,8 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from consumers.errors import ConsumerError
 from consumers.replay import replay
 from consumers.replay.progress import duration, progress_line
-from consumers.replay.rebuild import schema_names, swap_once, trimmed
+from consumers.replay.rebuild import schema_names, swap, swap_once, trimmed
+from consumers.source import end_offsets, make_reader, read_from_start
 from consumers.sql import load_migrations, migrate
 from consumers.winni import WinniSettings
 from consumers.winni.consumer import run_processes
@@ -28,6 +30,8 @@ from consumers.winni.store import queries as winni_queries
 from kgb.config import KafkaSettings, SettingsError
 from tests import services
 from tests.consumers.conftest import count, eventually, publish, winni
+from tests.consumers.dump import tables
+from tests.consumers.restarts import batch_failures, dump, restarts_mid_batch
 from tests.consumers.sessions import (
     SessionBuilder,
     long_session,
@@ -35,31 +39,6 @@ from tests.consumers.sessions import (
     sample_events,
     text,
 )
-
-# Columns that say when a row was written, not what it holds; `session_revisions`
-# counts the batches that touched a session, which differ between any two runs.
-WRITTEN_AT = {("exchanges", "created_at"), ("exchanges", "updated_at"), ("dead_letters", "id"),
-              ("dead_letters", "created_at"), ("schema_migrations", "applied_at")}
-BOOKKEEPING = {"session_revisions"}
-
-COLUMNS = """
-SELECT table_name, array_agg(column_name::text ORDER BY ordinal_position) AS columns
-FROM information_schema.columns WHERE table_schema = $1 GROUP BY table_name
-"""
-
-
-async def tables(conn: asyncpg.Connection, schema: str) -> dict[str, list[tuple[Any, ...]]]:
-    """Every table of ``schema`` but the bookkeeping, every row, sorted on all its columns."""
-    found = {}
-    for row in await conn.fetch(COLUMNS, schema):
-        name = row["table_name"]
-        if name in BOOKKEEPING:
-            continue
-        columns = [c for c in row["columns"] if (name, c) not in WRITTEN_AT]
-        listed = ", ".join(f'"{c}"' for c in columns)
-        sql = f'SELECT {listed} FROM "{schema}"."{name}" ORDER BY {", ".join(map(str, range(1, len(columns) + 1)))}'
-        found[name] = [tuple(r) for r in await conn.fetch(sql)]
-    return found
 
 
 def varied_events() -> list[dict[str, Any] | bytes]:
@@ -207,20 +186,20 @@ async def test_a_live_write_waiting_on_the_swap_lands_in_the_rebuilt_tables(data
 
 
 async def live_tables_of_a_session(
-    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection, admin: asyncpg.Connection
+    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection
 ) -> dict[str, list[tuple[Any, ...]]]:
     """A 10-turn session on the topic and stored by the live consumer; its tables."""
     events = long_session(10).events
     await publish(producer, settings.kafka.topic, events)
     async with winni(settings):
         await stored(db, events)
-    return await tables(admin, "kgb")
+    return await dump(settings.database_url, "kgb")
 
 
 async def test_a_stopped_replay_swaps_nothing(
     settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection, admin: asyncpg.Connection
 ) -> None:
-    before = await live_tables_of_a_session(settings, producer, db, admin)
+    before = await live_tables_of_a_session(settings, producer, db)
     stop = asyncio.Event()
     stop.set()
     outcome = await replay(settings, stop=stop, stream=io.StringIO())
@@ -249,7 +228,7 @@ async def test_the_command_fills_a_schema_and_logs_plain_progress_lines(
 async def test_a_topic_with_fewer_exchanges_than_the_live_tables_is_not_swapped_in(
     settings: WinniSettings, kafka: Any, producer: AIOKafkaProducer, db: asyncpg.Connection, admin: asyncpg.Connection
 ) -> None:
-    before = await live_tables_of_a_session(settings, producer, db, admin)
+    before = await live_tables_of_a_session(settings, producer, db)
     empty = replace(settings, kafka=replace(settings.kafka, topic=await services.create_topic(kafka.bootstrap)))
     with pytest.raises(ConsumerError, match="is KGB_TOPIC the topic"):
         await replay(empty, stream=io.StringIO())
@@ -304,3 +283,64 @@ def test_schema_names() -> None:
 
 def test_a_trimmed_topic_is_named() -> None:
     assert trimmed({TopicPartition("t", 0): 0, TopicPartition("t", 1): 7}) == ["t[1] starts at 7"]
+
+
+REBUILT = """
+SELECT count(*) > 0 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname LIKE 'kgb\\_replay\\_%' AND c.relname = 'exchanges'
+"""
+
+
+async def test_replay_rides_out_database_restarts_mid_batch(
+    postgres: Any, settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A swapping replay under restarts that land inside its batches (or wherever it is writing):
+    it completes, and the tables it swaps in are the live ones, row for row."""
+    events = [e for _ in range(30) for e in long_session(12).events]
+    await publish(producer, settings.kafka.topic, events)
+    async with winni(settings):
+        await stored(db, events)
+    live = await dump(settings.database_url, "kgb")
+    caplog.set_level(logging.WARNING, logger="consumers")
+    done = asyncio.Event()
+    restarts = asyncio.create_task(restarts_mid_batch(postgres, settings.database_url, REBUILT, done=done))
+    try:
+        outcome = await replay(replace(settings, batch_size=50), stream=io.StringIO())
+    finally:
+        done.set()
+        made = await restarts
+    assert (outcome.schema, outcome.complete, outcome.events) == ("kgb", True, len(events))
+    assert made >= 3 and len(batch_failures(caplog)) >= 3, "the restarts landed inside batches"
+    assert await dump(settings.database_url, "kgb") == live
+
+
+async def test_a_restart_inside_the_locked_swap_rolls_it_back_and_it_is_done_again(
+    postgres: Any, settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection,
+) -> None:
+    """The restart comes during the final catch-up, the swap's transaction holding the live tables'
+    locks: it rolls back, and the next attempt, on a new connection, swaps. Swapping once more
+    (as after a commit whose answer was lost) finds it done and changes nothing."""
+    live = await live_tables_of_a_session(settings, producer, db)
+    await replay(settings, into="kgb_rebuilt", stream=io.StringIO())
+    reader = make_reader(settings.kafka, settings.batch_size)
+    await reader.start()
+    try:
+        await read_from_start(reader, settings.kafka)
+        for tp, end in (await end_offsets(reader)).items():
+            reader.seek(tp, end)
+        restarted = []
+
+        async def catch_up(ends: dict[TopicPartition, int]) -> None:
+            if not restarted:
+                restarted.append(ends)
+                await asyncio.to_thread(postgres.restart)
+
+        async with asyncio.timeout(60):
+            assert await swap(settings, reader, catch_up, "kgb_rebuilt", "kgb_old", True, asyncio.Event())
+            assert restarted
+            assert await swap(settings, reader, catch_up, "kgb_rebuilt", "kgb_old", True, asyncio.Event())
+    finally:
+        await reader.stop()
+    assert await dump(settings.database_url, "kgb") == live == await dump(settings.database_url, "kgb_old")
+    assert await dump(settings.database_url, "kgb_rebuilt") == {}

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import struct
 import uuid
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import asyncpg
 import orjson
+import pytest
 from aiokafka import AIOKafkaProducer
 
 from consumers.winni import WinniSettings
 from tests.consumers.conftest import count, eventually, publish, winni
 from tests.consumers.factories import encode, exchange, request_event, response_event, text_message, user_message
+from tests.consumers.restarts import RESTARTS, all_complete, batch_failures, built_calmly, dump, feeding, migrated, restarts_mid_batch, settled, task_alive
 
 ROW = "SELECT * FROM exchanges WHERE exchange_id = $1"
 
@@ -229,3 +235,23 @@ async def test_error_answers_are_stored_with_their_type(settings: WinniSettings,
     assert first["message"] is None and first["usage"] is None and first["input_tokens"] is None
     assert (second["status"], second["error_type"], second["error_in_stream"]) == (200, "api_error", True)
     assert second["upstream_complete"] is False and "event: error" in second["response_body_text"]
+
+
+async def test_winni_rides_out_database_restarts_mid_batch(
+    postgres: Any, settings: WinniSettings, producer: AIOKafkaProducer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Restarts land inside batches of two writers while sessions keep coming; the tables end
+    the same, row for row, as a build of the same topic that saw no restart."""
+    caplog.set_level(logging.WARNING, logger="consumers")
+    settings = replace(settings, writers=2, batch_size=50)
+    async with winni(settings) as task:
+        async with feeding(producer, settings.kafka.topic) as sessions:
+            await restarts_mid_batch(postgres, settings.database_url, migrated("kgb.exchanges"), alive=task_alive(task))
+        await settled(settings.database_url, "kgb", all_complete(sessions), task_alive(task))
+    assert len(batch_failures(caplog)) >= RESTARTS // 2, "the restarts landed inside batches"
+    calm = partial(_winni_into, replace(settings, group=f"{settings.group}-calm"))
+    assert await dump(settings.database_url, "kgb") == await built_calmly(postgres, calm, "kgb", all_complete(sessions))
+
+
+def _winni_into(settings: WinniSettings, dsn: str) -> contextlib.AbstractAsyncContextManager[asyncio.Task[None]]:
+    return winni(replace(settings, database_url=dsn))

@@ -12,6 +12,7 @@ import gzip
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -266,3 +267,28 @@ async def test_events_still_published_under_concurrency(stack: Stack) -> None:
     assert all(response.status == 200 for response, _ in results)
     exchanges = await stack.events(40)
     assert len(exchanges) == 20 and all(set(pair) == {"REQUEST", "RESPONSE"} for pair in exchanges.values())
+
+
+async def test_passwords_in_urls_are_redacted_wherever_they_appear(stack: Stack) -> None:
+    """In a user message, a tool result, a custom header, the query, a streamed and a JSON answer:
+    the password goes, the URL around it stays readable."""
+    password = "Hunter2-not-for-the-topic"
+    dsn = f"postgresql://winni:{password}@db.internal:5432/winni"
+    stack.fake.enqueue(text_stream(f"Connect with {dsn} then.", deltas=1), json_message(f"Or use {dsn}."))
+    messages = [
+        {"role": "user", "content": f"my database is {dsn}"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "env"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": f"DATABASE_URL={dsn}"}]},
+    ]
+    headers = {**HEADERS, "X-Upstream-Dsn": dsn}
+    query = "beta=true&dsn=" + quote(dsn, safe="")
+    for stream in (True, False):
+        response, _ = await fetch(f"{stack.url}/v1/messages?{query}", body(stream=stream, messages=messages), headers)
+        assert response.status == 200
+
+    events = [event for exchange in (await stack.events(4)).values() for event in exchange.values()]
+    assert password not in repr(events) and quote(password) not in repr(events)
+    request = events[0]["request"]
+    assert b"postgresql://winni:[REDACTED:url_password]@db.internal:5432/winni" in request["body"]
+    assert {"name": "X-Upstream-Dsn", "value": "postgresql://winni:[REDACTED:url_password]@db.internal:5432/winni"} in request["headers"]
+    assert "url_password" in events[0]["redactions"] and all("url_password" in e["redactions"] for e in events)

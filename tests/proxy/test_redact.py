@@ -1,3 +1,5 @@
+from urllib.parse import parse_qsl
+
 import orjson
 import pytest
 
@@ -81,3 +83,30 @@ def test_credential_and_fingerprint() -> None:
     first, second = fingerprint("k1", b"key"), fingerprint("k1", b"key")
     assert first == second and len(first) == 64 and "k1" not in first
     assert fingerprint("k1", b"other") != first
+
+
+@pytest.mark.parametrize(("url", "kept"), [
+    ("postgresql://winni:hunter2@db:5432/winni", "postgresql://winni:[REDACTED:url_password]@db:5432/winni"),
+    ("redis://:s3cr3t@cache:6379/0", "redis://:[REDACTED:url_password]@cache:6379/0"),
+    ("https://deploy:gh%40pass@git.example.com/repo.git", "https://deploy:[REDACTED:url_password]@git.example.com/repo.git"),
+    ("mongodb+srv://admin:p4ss@cluster0.example.net/?retryWrites=true",
+     "mongodb+srv://admin:[REDACTED:url_password]@cluster0.example.net/?retryWrites=true"),
+])
+def test_a_password_in_a_url_goes_and_the_url_stays_readable(url: str, kept: str) -> None:
+    body = orjson.dumps({"content": f"use {url} now"})
+    redacted, fired = redact_body(body, BUILTIN_RULES)
+    assert orjson.loads(redacted)["content"] == f"use {kept} now" and fired == ["url_password"]
+
+
+@pytest.mark.parametrize("text", [
+    "https://example.com/a:b@c", "http://127.0.0.1:8089/v1/messages", "ssh git@github.com:org/repo.git",
+    "http://user@host/path", "mailto:someone@example.com",
+])
+def test_urls_without_a_password_are_left_alone(text: str) -> None:
+    assert redact_body(text.encode(), BUILTIN_RULES) == (text.encode(), [])
+
+
+def test_a_url_password_in_a_query_is_found_percent_encoded() -> None:
+    query, fired = redact_query("beta=true&dsn=postgresql%3A%2F%2Fu%3Apw%40db%2Fwinni", BUILTIN_RULES)
+    assert fired == ["url_password"]
+    assert parse_qsl(query) == [("beta", "true"), ("dsn", "postgresql://u:[REDACTED:url_password]@db/winni")]

@@ -1,0 +1,259 @@
+"""The proxy's listening side: bounded connections, so idle ones can never starve real ones.
+
+Every connection a port accepts is in one of three phases (`Phase`): reading a
+request's headers, busy with a request (its answer streaming, a WebSocket
+relayed), or idle between requests. The bounds, the same on the API port and
+the MCP port:
+
+- a request's headers must arrive within ``header_timeout``, counted from the
+  accept or from the first byte after the previous response (slowloris);
+- an idle connection is closed after ``keepalive_timeout`` (aiohttp's own
+  keep-alive timer, which also closes a connection that never sends anything);
+- at most ``max_connections`` connections at once over both ports. At the cap,
+  a new connection evicts the oldest one still reading its headers, else the
+  oldest idle one; busy connections are never cut. Only when every connection
+  is busy is the new one refused, with a 503 in the API's error shape.
+
+The cap is also kept below the descriptors the process may open: at start the
+soft ``RLIMIT_NOFILE`` is raised to the hard limit (`raise_descriptor_limit`),
+and the cap lowered to what is left of it after the upstream pool and a reserve,
+halved because a relayed connection holds one upstream socket of its own
+(`connection_cap`). So a flood of idle sockets costs evicted idle sockets, not
+``accept()`` failing with EMFILE for everyone, and ``/health`` keeps answering.
+
+`Guarded` wraps aiohttp's own protocol for each connection (aiohttp still
+parses and answers everything) and tells the `Guard` what it sees; the guard's
+middleware tells it when a request starts and ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import resource
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_runner import BaseRunner, BaseSite
+
+from proxy.errors import error_body
+from proxy.settings import ProxySettings
+
+log = logging.getLogger(__name__)
+
+# Descriptors kept for everything but client connections: the listening sockets,
+# Kafka, the schema registry, spool files, logs.
+RESERVED_DESCRIPTORS = 128
+LISTEN_BACKLOG = 1024
+CAP_LOG_EVERY = 10.0  # seconds between warnings while the cap is being hit
+
+_REFUSAL_BODY = error_body("overloaded_error", "KGB proxy: every connection is busy (KGB_MAX_CONNECTIONS); retry shortly")
+REFUSAL = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    b"Retry-After: 1\r\nContent-Length: " + str(len(_REFUSAL_BODY)).encode() + b"\r\n\r\n" + _REFUSAL_BODY
+)
+
+
+class Phase(enum.Enum):
+    READING = "reading"  # waiting for a request's headers
+    BUSY = "busy"  # a request is being handled
+    IDLE = "idle"  # between requests, kept alive
+
+
+@dataclass(frozen=True)
+class Limits:
+    header_timeout: float
+    keepalive_timeout: float
+    max_connections: int
+
+
+def raise_descriptor_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == hard:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the descriptor limit from %d to %d: %s", soft, hard, exc)
+        return soft
+    return hard
+
+
+def connection_cap(configured: int, descriptors: int, upstream_connections: int) -> int:
+    """``configured``, lowered so that client connections and their upstream sockets fit in ``descriptors``."""
+    room = (descriptors - upstream_connections - RESERVED_DESCRIPTORS) // 2
+    return max(1, min(configured, room))
+
+
+@dataclass(eq=False)
+class Guarded(asyncio.Protocol):
+    """aiohttp's protocol for one connection, and the phase the guard keeps for it."""
+
+    guard: Guard
+    inner: RequestHandler
+    phase: Phase = Phase.READING
+    deadline: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.inner.connection_made(transport)
+        if not self.guard.admit(self):
+            transport.write(REFUSAL)  # type: ignore[attr-defined]
+            self.inner.force_close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.phase is Phase.IDLE:
+            self.guard.reading(self)
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.guard.forget(self)
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def close(self) -> None:
+        self.inner.force_close()
+
+
+class Guard:
+    """Every connection of the process's ports by phase; evicts and times out to keep within `Limits`."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        # oldest first: dicts keep the order connections entered the phase in
+        self._reading: dict[Guarded, None] = {}
+        self._idle: dict[Guarded, None] = {}
+        self._busy: set[Guarded] = set()
+        self._by_handler: dict[RequestHandler, Guarded] = {}
+        self.evicted = self.refused = self.timed_out = 0
+        self._warned_at = float("-inf")
+
+    @property
+    def connections(self) -> int:
+        return len(self._reading) + len(self._idle) + len(self._busy)
+
+    def protocol(self, server: web.Server) -> Guarded:
+        """The protocol factory for a listening socket: aiohttp's handler, guarded."""
+        return Guarded(self, server())
+
+    def admit(self, conn: Guarded) -> bool:
+        """Room for ``conn``, evicting the oldest connection not busy at the cap; False when all are busy."""
+        if self.connections >= self.limits.max_connections:
+            victim = next(iter(self._reading), None) or next(iter(self._idle), None)
+            if victim is None:
+                self.refused += 1
+                self._warn_at_cap()
+                return False
+            self.forget(victim)
+            victim.close()
+            self.evicted += 1
+            self._warn_at_cap()
+        self._by_handler[conn.inner] = conn
+        self.reading(conn)
+        return True
+
+    def reading(self, conn: Guarded) -> None:
+        self._leave(conn)
+        conn.phase = Phase.READING
+        self._reading[conn] = None
+        conn.deadline = asyncio.get_running_loop().call_later(self.limits.header_timeout, self._expire, conn)
+
+    def busy(self, conn: Guarded) -> None:
+        self._leave(conn)
+        conn.phase = Phase.BUSY
+        self._busy.add(conn)
+
+    def idle(self, conn: Guarded) -> None:
+        self._leave(conn)
+        conn.phase = Phase.IDLE
+        self._idle[conn] = None
+
+    def forget(self, conn: Guarded) -> None:
+        self._leave(conn)
+        self._by_handler.pop(conn.inner, None)
+
+    def _leave(self, conn: Guarded) -> None:
+        if conn.deadline is not None:
+            conn.deadline.cancel()
+            conn.deadline = None
+        self._reading.pop(conn, None)
+        self._idle.pop(conn, None)
+        self._busy.discard(conn)
+
+    def _expire(self, conn: Guarded) -> None:
+        conn.deadline = None
+        if conn.phase is Phase.READING and conn in self._reading:
+            self.timed_out += 1
+            self.forget(conn)
+            conn.close()
+
+    def _warn_at_cap(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._warned_at >= CAP_LOG_EVERY:
+            self._warned_at = now
+            log.warning(
+                "%d connections, the cap (KGB_MAX_CONNECTIONS): %d idle or slow connections evicted, %d refused so far",
+                self.connections, self.evicted, self.refused,
+            )
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        """Marks the connection busy for as long as its request's handler runs."""
+        conn = self._by_handler.get(request.protocol)
+        if conn is None:
+            return await handler(request)
+        self.busy(conn)
+        try:
+            return await handler(request)
+        finally:
+            if conn in self._busy:
+                self.idle(conn)
+
+
+def runner(app: web.Application, guard: Guard) -> web.AppRunner:
+    """An `AppRunner` whose connections the guard watches; serve it with `GuardedSite`."""
+    app.middlewares.insert(0, guard.middleware)
+    return web.AppRunner(app, access_log=None, keepalive_timeout=guard.limits.keepalive_timeout)
+
+
+class GuardedSite(BaseSite):
+    """`web.TCPSite`, with every accepted connection guarded."""
+
+    __slots__ = ("_guard", "_host", "_port")
+
+    def __init__(self, runner: BaseRunner, guard: Guard, host: str, port: int) -> None:
+        super().__init__(runner, backlog=LISTEN_BACKLOG)
+        self._guard, self._host, self._port = guard, host, port
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: self._guard.protocol(server), self._host, self._port, backlog=self._backlog, reuse_address=True
+        )
+
+
+def guard_for(settings: ProxySettings) -> Guard:
+    """The process's guard: the descriptor limit raised, the cap fitted under it."""
+    descriptors = raise_descriptor_limit()
+    cap = connection_cap(settings.max_connections, descriptors, settings.upstream_connections)
+    if cap < settings.max_connections:
+        log.warning("at most %d connections (KGB_MAX_CONNECTIONS is %d): the descriptor limit is %d", cap, settings.max_connections, descriptors)
+    log.info("descriptor limit %d; at most %d client connections over both ports", descriptors, cap)
+    return Guard(Limits(settings.header_timeout, settings.keepalive_timeout, cap))

@@ -1,0 +1,221 @@
+"""Bounded connections (proxy/listen.py): idle, slow and surplus connections never starve real ones.
+
+The first test runs `kgb proxy` as users do, in a process whose descriptor limit
+is lowered, and opens thousands of idle sockets against both its ports; the
+others serve a small app of their own through the guard, with short limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from proxy import listen
+from proxy.listen import Guard, GuardedSite, Limits, connection_cap
+from tests.fakes.anthropic import FakeAnthropic
+from tests.proxy.test_app import HEADERS, body
+from tests.services import free_port
+from tests.test_cli import KGB, wait_healthy
+
+SOFT, HARD = 256, 512  # the proxy process's descriptor limit as it starts
+IDLE_SOCKETS = 3000
+REAL_REQUESTS = 20
+
+
+def lowered_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (SOFT, HARD))
+
+
+def room_for(sockets: int) -> None:
+    """This test process needs a descriptor per idle socket, and some."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = sockets + 512
+    if soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            raise AssertionError(f"this test opens {sockets} sockets; the hard descriptor limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+def soft_limit_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no 'Max open files' line")
+
+
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def open_idle(port: int, count: int) -> list[Connection]:
+    """``count`` connections that never send a byte, opened a few hundred at a time."""
+    opened: list[Connection] = []
+    for start in range(0, count, 250):
+        batch = await asyncio.gather(
+            *(asyncio.open_connection("127.0.0.1", port) for _ in range(min(250, count - start))), return_exceptions=True
+        )
+        opened += [c for c in batch if not isinstance(c, BaseException)]
+    return opened
+
+
+def closed_by_peer(connections: list[Connection]) -> int:
+    return sum(reader.at_eof() or reader.exception() is not None for reader, _ in connections)
+
+
+async def test_thousands_of_idle_sockets_leave_real_requests_and_health_answered(kafka, topic: str, tmp_path: Path) -> None:
+    room_for(IDLE_SOCKETS)
+    port, mcp_port = free_port(), free_port()
+    env = {**os.environ, "KGB_KAFKA_BOOTSTRAP": kafka.bootstrap, "KGB_TOPIC": topic, "KGB_SPOOL_DIR": str(tmp_path),
+           "KGB_UPSTREAM_CONNECTIONS": "32"}
+    async with FakeAnthropic() as fake:
+        process = await asyncio.create_subprocess_exec(
+            *KGB, "proxy", "--port", str(port), "--mcp-port", str(mcp_port), "--upstream", fake.url, env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, preexec_fn=lowered_limit,
+        )
+        idle: list[Connection] = []
+        try:
+            api, mcp = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{mcp_port}"
+            await asyncio.wait_for(wait_healthy(api, process), 60)
+            await asyncio.wait_for(wait_healthy(mcp, process), 60)
+            assert soft_limit_of(process.pid) == HARD, "the soft limit is raised to the hard one"
+
+            idle = [*await open_idle(port, IDLE_SOCKETS * 2 // 3), *await open_idle(mcp_port, IDLE_SOCKETS // 3)]
+            assert len(idle) >= IDLE_SOCKETS * 9 // 10, "the proxy kept accepting"
+            timeout = aiohttp.ClientTimeout(total=20)
+            async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(force_close=True)) as session:
+                for _ in range(REAL_REQUESTS):
+                    async with session.post(api + "/v1/messages", data=body(), headers=HEADERS) as response:
+                        assert response.status == 200
+                        assert b"message_stop" in await response.read()
+                for url in (api, mcp):
+                    async with session.get(url + "/health") as response:
+                        assert response.status == 200
+            assert len(os.listdir(f"/proc/{process.pid}/fd")) < HARD
+            cap = connection_cap(10_000, HARD, 32)
+            assert closed_by_peer(idle) >= len(idle) - cap, "the surplus idle sockets were evicted"
+        finally:
+            for _, writer in idle:
+                writer.transport.abort()
+            process.terminate()
+            _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, stderr.decode()[-2000:]
+    assert "KGB_MAX_CONNECTIONS" in stderr.decode(), "the cap and its evictions are logged"
+
+
+# --- the guard on an app of its own -------------------------------------------------------------
+
+
+async def hello(request: web.Request) -> web.Response:
+    return web.Response(text="hello")
+
+
+async def slow(request: web.Request) -> web.StreamResponse:
+    """An answer that streams until the client leaves: a busy connection."""
+    response = web.StreamResponse()
+    await response.prepare(request)
+    while True:
+        await response.write(b"tick\n")
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def guarded(limits: Limits) -> AsyncIterator[tuple[Guard, int]]:
+    app = web.Application()
+    app.router.add_get("/health", hello)
+    app.router.add_get("/slow", slow)
+    guard = Guard(limits)
+    runner = listen.runner(app, guard)
+    await runner.setup()
+    port = free_port()
+    try:
+        await GuardedSite(runner, guard, "127.0.0.1", port).start()
+        yield guard, port
+    finally:
+        await runner.cleanup()
+
+
+async def until_closed(reader: asyncio.StreamReader, within: float = 10.0) -> bytes:
+    """Everything the server sent before closing; fails if it does not close."""
+    return await asyncio.wait_for(reader.read(), within)
+
+
+GET = b"GET /health HTTP/1.1\r\nHost: kgb\r\n\r\n"
+LIMITS = Limits(header_timeout=0.3, keepalive_timeout=0.6, max_connections=100)
+
+
+async def test_headers_that_never_finish_are_cut_at_the_header_timeout() -> None:
+    async with guarded(LIMITS) as (guard, port):
+        silent_reader, _silent = await asyncio.open_connection("127.0.0.1", port)
+        slow_reader, slow_writer = await asyncio.open_connection("127.0.0.1", port)
+        slow_writer.write(b"GET /health HTTP/1.1\r\nHost: kg")
+        assert await until_closed(silent_reader) == b"" and await until_closed(slow_reader) == b""
+        # after a response, the next request's first byte starts its own header deadline
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(GET)
+        assert (await reader.readuntil(b"hello")).startswith(b"HTTP/1.1 200")
+        writer.write(b"GET /heal")
+        assert await until_closed(reader, within=LIMITS.keepalive_timeout + 5) == b""
+        assert guard.timed_out == 3 and guard.connections == 0
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout() -> None:
+    async with guarded(Limits(header_timeout=5.0, keepalive_timeout=0.3, max_connections=100)) as (guard, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(3):  # kept alive between requests
+            writer.write(GET)
+            assert (await reader.readuntil(b"hello")).startswith(b"HTTP/1.1 200")
+        assert await until_closed(reader) == b""
+        assert guard.timed_out == 0 and guard.connections == 0
+
+
+async def test_at_the_cap_the_oldest_idle_go_first_busy_ones_stay_and_all_busy_means_503() -> None:
+    async with guarded(Limits(header_timeout=30.0, keepalive_timeout=30.0, max_connections=4)) as (guard, port):
+        busy_reader, busy_writer = await asyncio.open_connection("127.0.0.1", port)
+        busy_writer.write(b"GET /slow HTTP/1.1\r\nHost: kgb\r\n\r\n")
+        await busy_reader.readuntil(b"tick")
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(10)]
+        # seven evicted to make room, oldest first; the streaming answer never stopped
+        assert [await until_closed(r) for r, _ in idle[:7]] == [b""] * 7
+        assert guard.connections == 4 and guard.evicted == 7 and not any(r.at_eof() for r, _ in idle[7:])
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/health") as response:
+            assert response.status == 200
+        await busy_reader.readuntil(b"tick")
+
+        streams = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        for reader, writer in streams:
+            writer.write(b"GET /slow HTTP/1.1\r\nHost: kgb\r\n\r\n")
+            await reader.readuntil(b"tick")
+        refused_reader, _ = await asyncio.open_connection("127.0.0.1", port)
+        refused = await until_closed(refused_reader)
+        assert refused.startswith(b"HTTP/1.1 503") and b"overloaded_error" in refused and guard.refused == 1
+        await busy_reader.readuntil(b"tick")
+        for _, writer in [*idle, *streams, (busy_reader, busy_writer)]:
+            writer.transport.abort()
+
+
+@pytest.mark.parametrize(("configured", "descriptors", "upstream", "cap"), [
+    (10_000, 1_048_576, 256, 10_000),
+    (10_000, 20_000, 256, 9_808),
+    (10_000, 1024, 256, 320),
+    (10_000, 300, 256, 1),
+])
+def test_the_cap_fits_under_the_descriptor_limit(configured: int, descriptors: int, upstream: int, cap: int) -> None:
+    assert connection_cap(configured, descriptors, upstream) == cap
+
+
+def test_settings_bound_every_client_connection() -> None:
+    from proxy.settings import ProxySettings
+
+    settings = ProxySettings.from_env({"KGB_HEADER_TIMEOUT": "2.5", "KGB_KEEPALIVE_TIMEOUT": "30", "KGB_MAX_CONNECTIONS": "500"})
+    assert (settings.header_timeout, settings.keepalive_timeout, settings.max_connections) == (2.5, 30.0, 500)
+    assert (ProxySettings().header_timeout, ProxySettings().keepalive_timeout, ProxySettings().max_connections) == (10.0, 75.0, 10_000)
+    with pytest.raises(ValueError, match="KGB_MAX_CONNECTIONS must be above 0"):
+        ProxySettings.from_env({"KGB_MAX_CONNECTIONS": "0"})
+
