@@ -61,6 +61,16 @@ async def _serve_proxy(settings: ProxySettings, stop: asyncio.Event) -> None:
         await asyncio.gather(*(runner.cleanup() for runner in runners))
 
 
+def _mcp_stdio(args: argparse.Namespace) -> None:
+    from proxy.mcp.stdio import ShimSettings, main
+    from proxy.settings import ProxySettings
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise SettingsError("kgb mcp stdio NAME -- COMMAND [ARGS...]: the server's command is missing")
+    raise SystemExit(main(ShimSettings.of(args.name, command, ProxySettings.from_env())))
+
+
 def _consume_winni(args: argparse.Namespace) -> None:
     from consumers.winni.settings import WinniSettings
     from consumers.errors import ConsumerError
@@ -143,6 +153,15 @@ def parser() -> argparse.ArgumentParser:
     proxy.add_argument("--upstream", help="upstream base URL (KGB_UPSTREAM_URL, default https://api.anthropic.com)")
     proxy.add_argument("--mcp-port", type=int, help="MCP relay listen port (KGB_MCP_PORT, default 9000)")
     proxy.set_defaults(run=_proxy)
+
+    mcp = commands.add_parser("mcp", help="MCP capture outside the proxy")
+    transports = mcp.add_subparsers(dest="transport", required=True)
+    about = ("run a stdio MCP server through KGB: put `kgb mcp stdio NAME -- COMMAND [ARGS...]` in place of its command; "
+             "every message is published to KGB_MCP_TOPIC, and the exit code is the server's")
+    stdio = transports.add_parser("stdio", help=about, description=about)
+    stdio.add_argument("name", help="the server's name, as in Claude Code's MCP config (mcp__NAME__TOOL)")
+    stdio.add_argument("command", nargs=argparse.REMAINDER, help="-- then the server's command and arguments")
+    stdio.set_defaults(run=_mcp_stdio)
 
     consume = commands.add_parser("consume", help="run a consumer group")
     consumers = consume.add_subparsers(dest="consumer", required=True)
