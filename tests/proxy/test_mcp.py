@@ -26,7 +26,8 @@ from aiohttp import WSMsgType, web
 from kgb.config import SettingsError
 from proxy.mcp import build_mcp_app
 from proxy.capture import RedactionPolicy
-from proxy.mcp.events import jsonrpc_messages, recorded_url
+from kgb.jsonrpc import jsonrpc_messages
+from proxy.mcp.events import recorded_url
 from proxy.redact import BUILTIN_RULES
 from proxy.mcp.websocket import Ending, peer_close, reason_bytes
 from proxy.settings import ProxySettings, parse_upstreams
