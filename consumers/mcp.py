@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -184,3 +185,32 @@ def is_error_result(value: Any) -> bool:
         return False
     result = value.get("result")
     return "error" in value or (isinstance(result, dict) and result.get("isError") is True)
+
+
+@dataclass
+class OpenCall:
+    """A request waiting for its answer: from a table of open calls, or asked earlier in the batch."""
+
+    call_id: Any
+    session_key: str
+    jsonrpc_id: str
+    direction: str
+    connection_id: str
+    requested_at: datetime
+    progress_token: str | None = None
+
+
+def open_call(row: Any) -> OpenCall:
+    """A row with the columns of `OpenCall` (``progress_token`` optional)."""
+    token = row["progress_token"] if "progress_token" in row.keys() else None
+    return OpenCall(row["call_id"], row["session_key"], row["jsonrpc_id"], row["direction"], row["connection_id"],
+                    row["requested_at"], token)
+
+
+def answered(open_calls: list[OpenCall], message: McpMessage) -> OpenCall | None:
+    """The call an answer (a response or an error) closes: same session and id, asked the other way; one
+    asked on the same connection or HTTP request first, else the oldest (stateless clients reuse ids)."""
+    asked = [c for c in open_calls if c.session_key == message.session_key and c.jsonrpc_id == message.jsonrpc_id
+             and c.direction != message.direction]
+    same = [c for c in asked if c.connection_id == message.connection_id]
+    return (same or asked or [None])[0]

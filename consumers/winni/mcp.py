@@ -128,19 +128,6 @@ class HttpRow(NamedTuple):
 
 
 @dataclass
-class OpenCall:
-    """A request waiting for its answer: from ``mcp_open_calls``, or asked earlier in the batch."""
-
-    call_id: uuid.UUID
-    session_key: str
-    jsonrpc_id: str
-    direction: str
-    connection_id: str
-    requested_at: datetime
-    progress_token: str | None
-
-
-@dataclass
 class Writes:
     sessions: dict[str, SessionRow] = field(default_factory=dict)
     messages: list[MessageRow] = field(default_factory=list)
@@ -227,15 +214,7 @@ def session_row(event: dict[str, Any], previous: SessionRow | None, count: int, 
     )
 
 
-def answered(open_calls: list[OpenCall], message: mcp.McpMessage) -> OpenCall | None:
-    """The call an answer closes: same session and id, asked the other way; same connection first, else the oldest."""
-    asked = [c for c in open_calls if c.session_key == message.session_key and c.jsonrpc_id == message.jsonrpc_id
-             and c.direction != message.direction]
-    same = [c for c in asked if c.connection_id == message.connection_id]
-    return (same or asked or [None])[0]
-
-
-def noted(open_calls: list[OpenCall], message: mcp.McpMessage, transport: str) -> tuple[OpenCall | None, bool]:
+def noted(open_calls: list[mcp.OpenCall], message: mcp.McpMessage, transport: str) -> tuple[mcp.OpenCall | None, bool]:
     """The call a notification belongs to, and whether it cancels it."""
     in_session = [c for c in open_calls if c.session_key == message.session_key]
     if message.method == "notifications/progress":
@@ -260,7 +239,7 @@ def call_row(message: mcp.McpMessage) -> CallRow:
     )
 
 
-def answer_row(call: OpenCall, message: mcp.McpMessage) -> AnswerRow:
+def answer_row(call: mcp.OpenCall, message: mcp.McpMessage) -> AnswerRow:
     value = message.value if isinstance(message.value, dict) else {}
     at = timestamp(message.occurred_at)
     return AnswerRow(
@@ -275,7 +254,7 @@ class Planner:
     """One batch's walk through its events; `plan` is the whole of it."""
 
     counts: dict[str, int]
-    open_calls: list[OpenCall]
+    open_calls: list[mcp.OpenCall]
     stored: set[tuple[str, int]]
     writes: Writes = field(default_factory=Writes)
 
@@ -306,11 +285,11 @@ class Planner:
         if message.kind == "request" and message.jsonrpc_id is not None:
             row = call_row(message)
             self.writes.calls.append(row)
-            self.open_calls.append(OpenCall(row.call_id, row.session_key, row.jsonrpc_id, row.direction, row.connection_id,
+            self.open_calls.append(mcp.OpenCall(row.call_id, row.session_key, row.jsonrpc_id, row.direction, row.connection_id,
                                             row.requested_at, row.progress_token))
             return row.call_id
         if message.kind in ("response", "error"):
-            call = answered(self.open_calls, message)
+            call = mcp.answered(self.open_calls, message)
             if call is None:
                 return None
             self.open_calls.remove(call)
@@ -327,17 +306,12 @@ class Planner:
         return None
 
 
-def plan(events: Iterable[dict[str, Any]], counts: dict[str, int], open_calls: list[OpenCall],
+def plan(events: Iterable[dict[str, Any]], counts: dict[str, int], open_calls: list[mcp.OpenCall],
          stored: set[tuple[str, int]]) -> Writes:
     planner = Planner(dict(counts), list(open_calls), set(stored))
     for event in events:
         planner.event(event)
     return planner.writes
-
-
-def open_call(row: Any) -> OpenCall:
-    return OpenCall(row["call_id"], row["session_key"], row["jsonrpc_id"], row["direction"], row["connection_id"],
-                    row["requested_at"], row["progress_token"])
 
 
 # --- async: the stage ------------------------------------------------------------------
@@ -356,7 +330,7 @@ async def mcp_stage(conn: asyncpg.Connection, records: Sequence[Record]) -> None
     keys = sorted({mcp.session_key(e) for e in events})
     stored = {(row["event_id"], row["part"]) for row in await conn.fetch(q.mcp_stored_messages, [e["event_id"] for e in events])}
     counts = {row["session_key"]: row["message_count"] for row in await conn.fetch(q.mcp_message_counts, keys)}
-    open_calls = [open_call(row) for row in await conn.fetch(q.mcp_open_calls, keys)]
+    open_calls = [mcp.open_call(row) for row in await conn.fetch(q.mcp_open_calls, keys)]
     writes = plan(events, counts, open_calls, stored)
     steps = (
         (q.upsert_mcp_session, [writes.sessions[key] for key in sorted(writes.sessions)]),
