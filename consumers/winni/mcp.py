@@ -215,16 +215,16 @@ def session_row(event: dict[str, Any], previous: SessionRow | None, count: int, 
 
 
 def noted(open_calls: list[mcp.OpenCall], message: mcp.McpMessage, transport: str) -> tuple[mcp.OpenCall | None, bool]:
-    """The call a notification belongs to, and whether it cancels it."""
+    """The call a notification belongs to, and whether it cancels it: progress by its token, cancellation by the
+    id it names, and otherwise (progress without a known token too) the one request of its HTTP stream."""
     in_session = [c for c in open_calls if c.session_key == message.session_key]
-    if message.method == "notifications/progress":
-        token = mcp.notified_token(message)
-        return next((c for c in in_session if token is not None and c.progress_token == token), None), False
     if message.method == "notifications/cancelled":
         wanted = mcp.cancelled_request(message)
         return next((c for c in in_session if c.jsonrpc_id == wanted and c.direction == message.direction), None), True
+    token = mcp.notified_token(message) if message.method == "notifications/progress" else None
+    by_token = next((c for c in in_session if token is not None and c.progress_token == token), None)
     on_stream = [c for c in in_session if c.connection_id == message.connection_id]
-    return (on_stream[0] if transport == "streamable_http" and len(on_stream) == 1 else None), False
+    return by_token or (on_stream[0] if transport == "streamable_http" and len(on_stream) == 1 else None), False
 
 
 def call_row(message: mcp.McpMessage) -> CallRow:

@@ -233,12 +233,12 @@ async def forward(request: web.Request, name: str, where: Any, messages: bool) -
     recorder = events.Recorder(origin, app[POLICY], app[PUBLISHER].submit,
                                protocol_version=events.header(record.headers, "mcp-protocol-version"))
     exchange = Exchange(request, record, recorder, messages)
-    if url is None:
-        return exchange.fail(404, "unknown_server", unknown(name, request.app[SETTINGS].mcp_upstreams.get(name)))
     try:
         record.body = await _read_body(request, app[SETTINGS].max_body_bytes)
     except errors.BodyTooLarge as exc:
         return exchange.fail(413, "body_too_large", str(exc))
+    if url is None:
+        return exchange.fail(404, "unknown_server", unknown(name, request.app[SETTINGS].mcp_upstreams.get(name)))
     outgoing = CIMultiDict(end_to_end(record.headers, request.headers.get("connection"), _NOT_FORWARDED))
     try:
         upstream = await app[HTTP_SESSION].request(
