@@ -21,8 +21,9 @@ Its spool is a slot under ``KGB_SPOOL_DIR/mcp-stdio/``: the first slot whose
 lock no running shim holds, so each shim writes its own spool and a later
 shim delivers what an earlier one left behind. The publisher starts in the
 background, so a slow or dead broker never delays the server's start or a
-message; at the end it flushes for at most KGB_SHUTDOWN_TIMEOUT, spooling
-the rest.
+message; once the server has exited, the shim waits for Kafka to have every
+event (at most KGB_SHUTDOWN_TIMEOUT, and only KGB_PUBLISH_STALL_SECONDS for a
+broker it cannot reach), then spools the rest.
 """
 
 from __future__ import annotations
@@ -288,7 +289,19 @@ async def shim(settings: ShimSettings) -> int:
         finally:
             await asyncio.sleep(0)  # the last events are built at the next turn of the loop
             await starting
+            await delivered(publisher, publish)
             await publisher.close()
+
+
+async def delivered(publisher: Publisher, settings: PublishSettings) -> None:
+    """Wait, up to KGB_SHUTDOWN_TIMEOUT, for Kafka to have every event, so a short run leaves nothing in its
+    spool; a broker still unreachable after KGB_PUBLISH_STALL_SECONDS is not waited for (the spool keeps them)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not publisher.delivered and loop.time() - start < settings.close_timeout:
+        if not publisher.ready and loop.time() - start > settings.stall_seconds:
+            return
+        await asyncio.sleep(0.02)
 
 
 def main(settings: ShimSettings) -> int:
