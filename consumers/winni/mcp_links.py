@@ -6,8 +6,9 @@ and a call match when their names match, their JSON is equal (as jsonb), and
 the call came after the use was answered (give or take `SLACK`, for a client
 that starts a tool while the reply still streams, or clocks apart) and,
 when the tool's result is known, before the request that carried it. Of the
-uses a call could serve, it takes the latest: a call serves the turn just
-answered, not an older identical one whose call may still be on its way.
+uses a call could serve, it takes the latest one before it: a call serves the
+turn just answered, not an older identical one whose call may still be on its
+way; only when none came before does it take the first within the slack.
 
 Either side may arrive first, in either topic, in any consumer process: the
 link is made by whichever transaction stores the second side. Both sides take
@@ -59,14 +60,19 @@ def could_serve(call: Call, use: Use) -> bool:
     return after_use and before_result
 
 
+def order(use: Use) -> tuple[datetime, str]:
+    return use.used_at, use.tool_use_id
+
+
 def match(uses: Sequence[Use], calls: Sequence[Call]) -> list[tuple[uuid.UUID, str]]:
     """(call id, tool use id) pairs, each side at most once; calls in the order they were made."""
     free = {use.tool_use_id: use for use in uses}
     pairs = []
     for call in sorted(calls, key=lambda c: (c.requested_at, c.call_id)):
         fits = [use for use in free.values() if could_serve(call, use)]
+        before = [use for use in fits if use.used_at <= call.requested_at]
         if fits:
-            chosen = max(fits, key=lambda u: (u.used_at, u.tool_use_id))
+            chosen = max(before, key=order) if before else min(fits, key=order)
             del free[chosen.tool_use_id]
             pairs.append((call.call_id, chosen.tool_use_id))
     return pairs
