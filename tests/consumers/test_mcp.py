@@ -8,6 +8,7 @@ before this version published them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +24,7 @@ from consumers.metrics.exporter import UsageMetrics
 from consumers.winni.mcp import NAMESPACE, plan
 from consumers.winni.mcp_links import Call, Use, match
 from schemas.codec import Encoder, history, make_decoder, parse, single_object_encoder, single_object_header
-from tests.consumers.conftest import FAST_BACKOFF, eventually, producer, publish  # noqa: F401 - the producer fixture
+from tests.consumers.conftest import FAST_BACKOFF, eventually, publish
 from tests.consumers.factories import exchange, now_micros, text_message
 from tests.mcp_pipeline import mcp_pipeline
 
@@ -192,7 +193,7 @@ async def test_metrics_count_each_call_once(kafka, database: str, tmp_path: Path
         settings = MetricsSettings.from_env({**pipeline.env, "KGB_DATABASE_URL": database, "KGB_METRICS_PORT": "0",
                                              "KGB_METRICS_GROUP": f"m-{uuid.uuid4().hex[:8]}"})
         stop = asyncio.Event()
-        task = asyncio.create_task(run_metrics(settings.__class__(**{**settings.__dict__, "backoff": FAST_BACKOFF}), stop, metrics))
+        task = asyncio.create_task(run_metrics(dataclasses.replace(settings, backoff=FAST_BACKOFF), stop, metrics))
         try:
             await eventually(lambda: asyncio.sleep(0, metrics.registry.get_sample_value(
                 "kgb_mcp_calls_total", labels(metrics)) == 2))
