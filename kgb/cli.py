@@ -30,7 +30,8 @@ def _proxy(args: argparse.Namespace) -> None:
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     logging.getLogger("kgb").info("kgb proxy: %s", settings.describe())
     print(f"kgb proxy: export ANTHROPIC_BASE_URL=http://{settings.host}:{settings.port}", flush=True)
-    print(f"kgb proxy: MCP clients connect to ws://{settings.host}:{settings.mcp_port}/?upstream=NAME", flush=True)
+    print(f"kgb proxy: MCP clients use http://{settings.host}:{settings.mcp_port}/mcp/NAME "
+          f"(or a WebSocket to ws://{settings.host}:{settings.mcp_port}/?upstream=NAME)", flush=True)
     run_until_signal(lambda stop: _serve_proxy(settings, stop))
 
 
@@ -146,7 +147,7 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     commands = root.add_subparsers(dest="command", required=True)
 
-    about = "run the capture proxy (HTTP on KGB_PROXY_PORT, default 8089; MCP WebSocket relay on KGB_MCP_PORT, default 9000)"
+    about = "run the capture proxy (HTTP on KGB_PROXY_PORT, default 8089; MCP relays on KGB_MCP_PORT, default 9000)"
     proxy = commands.add_parser("proxy", help=about, description=about)
     proxy.add_argument("--host", help="listen address (KGB_PROXY_HOST, default 127.0.0.1)")
     proxy.add_argument("--port", type=int, help="listen port (KGB_PROXY_PORT, default 8089)")
