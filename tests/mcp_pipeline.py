@@ -93,10 +93,13 @@ class McpPipeline:
             await asyncio.sleep(0.2)
         raise AssertionError(f"after {deadline:.0f}s, {sql!r} gave {[dict(r) for r in rows]}")
 
-    async def calls(self, count: int) -> list[dict[str, Any]]:
-        """Every mcp_calls row once at least ``count`` are answered, oldest first."""
-        rows = await self.wait_for("SELECT * FROM mcp_calls ORDER BY requested_at, call_id",
-                                   lambda rows: sum(r["response_event_id"] is not None for r in rows) >= count)
+    async def calls(self, count: int, method: str | None = None) -> list[dict[str, Any]]:
+        """Every mcp_calls row once at least ``count`` (of ``method``, when given) are answered, oldest first."""
+        def done(rows: list[asyncpg.Record]) -> bool:
+            answered = [r for r in rows if r["response_event_id"] is not None and method in (None, r["method"])]
+            return len(answered) >= count
+
+        rows = await self.wait_for("SELECT * FROM mcp_calls ORDER BY requested_at, call_id", done)
         return [dict(row) for row in rows]
 
 

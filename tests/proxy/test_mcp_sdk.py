@@ -63,7 +63,7 @@ async def test_streamable_http_through_the_relay_is_what_the_server_sends(kafka,
         direct = await run(url, mode)
         async with mcp_pipeline(kafka.bootstrap, database, tmp_path / "spool", {"sdk": url}) as pipeline:
             relayed = await run(pipeline.at("sdk"), mode)
-            calls = await pipeline.calls(len(direct[0]) - 1)
+            calls = await pipeline.calls(len(direct[0]) - 1, "tools/call")
             sessions = await pipeline.wait_for("SELECT * FROM mcp_sessions", bool)
             http = await pipeline.query("SELECT method, status, error_type FROM mcp_http_requests")
 
@@ -99,7 +99,7 @@ async def test_a_dropped_stream_resumes_with_last_event_id_through_the_relay(kaf
         async with mcp_pipeline(kafka.bootstrap, database, tmp_path / "spool", {"sdk": url}) as pipeline:
             async with Client(pipeline.at("sdk"), mode="legacy") as client:
                 result = await client.call_tool("pause", {"steps": 3})
-            (call,) = [c for c in await pipeline.calls(1) if c["method"] == "tools/call"]
+            (call,) = [c for c in await pipeline.calls(1, "tools/call") if c["method"] == "tools/call"]
             resumed = await pipeline.query(
                 "SELECT request_headers FROM mcp_http_requests WHERE method = 'GET' AND request_headers ? 'last-event-id'")
 
@@ -121,7 +121,7 @@ async def test_stdio_through_the_shim_is_what_the_server_sends(kafka, database: 
         shim = StdioServerParameters(command=KGB[0], args=[*KGB[1:], "mcp", "stdio", "tools", "--", *server],
                                      env={**pipeline.env, "PATH": "/usr/bin:/bin"}, cwd=str(Path.cwd()))
         relayed = await run(shim, "auto")
-        calls = await pipeline.calls(len(direct[0]) - 1)
+        calls = await pipeline.calls(len(direct[0]) - 1, "tools/call")
         (session,) = await pipeline.wait_for("SELECT * FROM mcp_sessions WHERE ended_at IS NOT NULL", bool)
 
     assert relayed == direct
