@@ -1,4 +1,4 @@
-# One image for every KGB service: `kgb proxy`, `kgb consume winni`, ...
+# One image for every KGB service: `kgb proxy`, `kgb consume winni`, `kgb web`, ...
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -6,6 +6,7 @@ COPY kgb ./kgb
 COPY proxy ./proxy
 COPY consumers ./consumers
 COPY schemas ./schemas
+COPY web ./web
 RUN pip install --no-cache-dir . && mkdir -p /var/lib/kgb/spool && chown -R nobody /var/lib/kgb
 USER nobody
 ENTRYPOINT ["kgb"]

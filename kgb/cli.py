@@ -138,6 +138,18 @@ def _usage(args: argparse.Namespace) -> None:
     print(asyncio.run(report(MetricsSettings.from_env(), groups, since, args.json)))
 
 
+def _web(args: argparse.Namespace) -> None:
+    from web.app import serve
+    from web.settings import WebSettings
+
+    settings = WebSettings.from_env()
+    overrides = {"host": args.host, "port": args.port}
+    settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    logging.getLogger("kgb").info("kgb web: %s", settings)
+    print(f"kgb web: {settings.url}", flush=True)
+    run_until_signal(lambda stop: serve(settings, stop))
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="kgb",
@@ -184,6 +196,12 @@ def parser() -> argparse.ArgumentParser:
     usage.add_argument("--since", help="first day to include, YYYY-MM-DD (default: all)")
     usage.add_argument("--json", action="store_true", help="JSON instead of a table; costs as exact decimal strings")
     usage.set_defaults(run=_usage)
+
+    about = "browse, search and total what was captured: a read-only web viewer of the winni and metrics tables"
+    web = commands.add_parser("web", help=about, description=about)
+    web.add_argument("--host", help="listen address (KGB_WEB_HOST, default 127.0.0.1; any other needs KGB_WEB_TOKEN)")
+    web.add_argument("--port", type=int, help="listen port (KGB_WEB_PORT, default 8090)")
+    web.set_defaults(run=_web)
 
     about = ("rebuild the winni tables from the start of the topic into a fresh schema, beside the live consumer, "
              "then swap them in for KGB_DB_SCHEMA in one transaction")

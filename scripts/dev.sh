@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the whole pipeline on this machine without Docker: Kafka, PostgreSQL,
-# `kgb proxy` and the consumers `winni` and `metrics`. Ctrl-C stops them all.
+# `kgb proxy`, the consumers `winni` and `metrics`, and the viewer `kgb web`.
+# Ctrl-C stops them all.
 #
 #   scripts/dev.sh
 #
@@ -49,6 +50,7 @@ start_kgb() {
   "$KGB" proxy & pids+=($!)
   "$KGB" consume winni & pids+=($!)
   "$KGB" consume metrics & pids+=($!)
+  "$KGB" web & pids+=($!)
 }
 
 trap stop_all EXIT
@@ -61,7 +63,8 @@ KGB is running. Point Claude Code (or any Anthropic SDK) at it:
 
   export ANTHROPIC_BASE_URL=http://127.0.0.1:${KGB_PROXY_PORT:-8089}
 
-Query what it captured:  psql $KGB_DATABASE_URL
+Browse what it captured: http://${KGB_WEB_HOST:-127.0.0.1}:${KGB_WEB_PORT:-8090}/
+Query it:                psql $KGB_DATABASE_URL
 Logs of Kafka and PostgreSQL: $RUN_DIR/kafka/kafka.log, $RUN_DIR/postgres/postgres.log
 Press Ctrl-C to stop everything.
 EOF

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Machine setup shared by .ci/run and scripts/dev.sh, sourced by both: the
 # system packages KGB needs (Python 3.11+ with venv, Java, Maven, PostgreSQL,
-# Node for the Claude Code CLI), the project's venv, and the Kafka jars.
+# Node for the Claude Code CLI, Chromium for kgb web's browser tests), the
+# project's venv, and the Kafka jars.
 # Installs only what is missing; downloads are cached under ~/.m2 and ~/.cache/kgb.
 
 export DEBIAN_FRONTEND=noninteractive
@@ -30,6 +31,8 @@ ensure_system_packages() {
   command -v mvn >/dev/null || apt_install maven
   ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || apt_install postgresql
   command -v npm >/dev/null || apt_install nodejs npm
+  # Playwright drives Debian's build (tests/web/test_browser.py); it never downloads its own.
+  command -v chromium >/dev/null || apt_install chromium
 }
 
 docker_usable() { command -v docker >/dev/null && docker info >/dev/null 2>&1; }

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PRODUCT = ("kgb", "proxy", "consumers", "schemas")
+PRODUCT = ("kgb", "proxy", "consumers", "schemas", "web")
 
 
 def settings_in_code() -> set[str]:

@@ -1,7 +1,10 @@
 """Usage facts of an exchange, its cost, and the daily rollups it adds to: pure, no I/O.
 
 An exchange is counted once, when its row in ``usage_exchanges`` holds both
-halves: the request brings the model, the conversation kind and the path;
+halves: the request brings the model, the conversation kind (`consumers.kinds`,
+the kind winni threads it as: ``main`` for every model call that is neither a
+sub-agent's nor a side request Claude Code's markers name, whatever the client,
+``other`` only for what is no model call) and the path;
 the response brings the usage, the status, the error and the timings. Both
 carry the session, the agent and when the exchange started, so either half
 can open the row, whichever arrives first. The store tells which rows the
