@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer
 from consumers.source import Backoff, make_consumer, retrying
 from consumers.sql import Migration, migrate
 from kgb.config import KafkaSettings
-from schemas.codec import Decoder, make_decoder
+from schemas.codec import MCP, Decoder, make_decoder
 from schemas.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -75,19 +75,27 @@ async def open_database(
     return None if applied is None else pool
 
 
-async def open_decoder(resources: contextlib.AsyncExitStack, kafka: KafkaSettings) -> Decoder:
-    """Reads both framings; Confluent ids are looked up in the registry when one is configured."""
+async def open_decoders(resources: contextlib.AsyncExitStack, kafka: KafkaSettings) -> dict[str, Decoder]:
+    """One decoder per topic, each reading its own schema, sharing one registry client."""
     if not kafka.schema_registry_url:
-        return make_decoder(None)
+        return {kafka.topic: make_decoder(None), kafka.mcp_topic: make_decoder(None, MCP)}
     session = await resources.enter_async_context(aiohttp.ClientSession(timeout=REGISTRY_TIMEOUT))
-    return make_decoder(Registry(kafka.schema_registry_url, session))
+    registry = Registry(kafka.schema_registry_url, session)
+    return {kafka.topic: make_decoder(registry), kafka.mcp_topic: make_decoder(registry, MCP)}
+
+
+def both_topics(kafka: KafkaSettings) -> tuple[str, str]:
+    return kafka.topic, kafka.mcp_topic
 
 
 async def open_consumer(
-    resources: contextlib.AsyncExitStack, kafka: KafkaSettings, group: str, batch_size: int
+    resources: contextlib.AsyncExitStack, kafka: KafkaSettings, group: str, batch_size: int,
+    topics: Sequence[str] | None = None,
 ) -> AIOKafkaConsumer:
-    consumer = make_consumer(kafka, group, batch_size)
+    """Subscribed to ``topics`` (the exchange topic when none are given), started, stopped with ``resources``."""
+    topics = tuple(topics or (kafka.topic,))
+    consumer = make_consumer(kafka, group, batch_size, topics)
     await consumer.start()
     resources.push_async_callback(consumer.stop)
-    log.info("consuming %s as group %s", kafka.topic, group)
+    log.info("consuming %s as group %s", ", ".join(topics), group)
     return consumer

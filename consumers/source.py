@@ -22,8 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -115,9 +115,9 @@ def consumer_options(kafka: KafkaSettings, group: str | None, batch_size: int) -
     }
 
 
-def make_consumer(kafka: KafkaSettings, group: str, batch_size: int) -> AIOKafkaConsumer:
-    """Subscribed to the exchange topic, not started: the caller owns it."""
-    return AIOKafkaConsumer(kafka.topic, **consumer_options(kafka, group, batch_size))
+def make_consumer(kafka: KafkaSettings, group: str, batch_size: int, topics: Sequence[str] = ()) -> AIOKafkaConsumer:
+    """Subscribed to ``topics`` (the exchange topic when none are given), not started: the caller owns it."""
+    return AIOKafkaConsumer(*(topics or (kafka.topic,)), **consumer_options(kafka, group, batch_size))
 
 
 def make_reader(kafka: KafkaSettings, batch_size: int) -> AIOKafkaConsumer:
@@ -125,13 +125,24 @@ def make_reader(kafka: KafkaSettings, batch_size: int) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(**consumer_options(kafka, None, batch_size))
 
 
-async def read_from_start(reader: AIOKafkaConsumer, kafka: KafkaSettings) -> dict[TopicPartition, int]:
-    """Assign the started reader every partition of the topic at its oldest offset, and return those offsets.
+async def read_from_start(
+    reader: AIOKafkaConsumer, kafka: KafkaSettings, optional: Sequence[str] = ()
+) -> dict[TopicPartition, int]:
+    """Assign the started reader every partition of the topic, and of each ``optional`` topic that exists,
+    at its oldest offset, and return those offsets.
 
     Manual assignment rather than a fresh group: no rebalance to wait for, and
-    the partitions are known up front, so their end offsets are too.
+    the partitions are known up front, so their end offsets are too. An optional
+    topic that does not exist (no MCP traffic yet) has nothing to read.
     """
     partitions = [TopicPartition(kafka.topic, number) for number in await partition_numbers(kafka)]
+    for topic in optional:
+        try:
+            numbers = await partition_numbers(replace(kafka, topic=topic))
+        except ConsumerError:
+            log.info("topic %s not found on %s: nothing to read there", topic, kafka.bootstrap)
+            continue
+        partitions += [TopicPartition(topic, number) for number in numbers]
     reader.assign(partitions)
     await reader.seek_to_beginning(*partitions)
     return await reader.beginning_offsets(partitions)
@@ -172,13 +183,22 @@ def next_offsets(polled: dict[TopicPartition, list[ConsumerRecord]]) -> dict[Top
     return {tp: messages[-1].offset + 1 for tp, messages in polled.items() if messages}
 
 
-async def decode_batch(polled: dict[TopicPartition, list[ConsumerRecord]], decoder: Decoder) -> Batch:
+Decoders = Decoder | Mapping[str, Decoder]
+
+
+def decoder_for(decoders: Decoders, topic: str) -> Decoder:
+    """A consumer of several topics reads each with its own schema's decoder; one of a single topic, with the one."""
+    return decoders if isinstance(decoders, Decoder) else decoders[topic]
+
+
+async def decode_batch(polled: dict[TopicPartition, list[ConsumerRecord]], decoders: Decoders) -> Batch:
     """Decode every message; the ones that never will become rejects, the rest records.
 
     Registry failures propagate: the bytes may be fine, so they must not be rejected.
     """
     batch = Batch(offsets=next_offsets(polled))
-    for messages in polled.values():
+    for tp, messages in polled.items():
+        decoder = decoder_for(decoders, tp.topic)
         for message in messages:
             where = envelope(message)
             try:
@@ -232,7 +252,7 @@ async def commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int])
 
 async def consume(
     consumer: AIOKafkaConsumer,
-    decoder: Decoder,
+    decoder: Decoders,
     handler: Handler,
     *,
     stop: asyncio.Event,
@@ -257,7 +277,7 @@ async def consume(
 
 
 async def _decode_and_handle(
-    polled: dict[TopicPartition, list[ConsumerRecord]], decoder: Decoder, handler: Handler
+    polled: dict[TopicPartition, list[ConsumerRecord]], decoder: Decoders, handler: Handler
 ) -> Batch:
     batch = await decode_batch(polled, decoder)
     await handler(batch)

@@ -30,7 +30,8 @@ def _proxy(args: argparse.Namespace) -> None:
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     logging.getLogger("kgb").info("kgb proxy: %s", settings.describe())
     print(f"kgb proxy: export ANTHROPIC_BASE_URL=http://{settings.host}:{settings.port}", flush=True)
-    print(f"kgb proxy: MCP clients connect to ws://{settings.host}:{settings.mcp_port}/?upstream=NAME", flush=True)
+    print(f"kgb proxy: MCP clients use http://{settings.host}:{settings.mcp_port}/mcp/NAME "
+          f"(or a WebSocket to ws://{settings.host}:{settings.mcp_port}/?upstream=NAME)", flush=True)
     run_until_signal(lambda stop: _serve_proxy(settings, stop))
 
 
@@ -61,6 +62,16 @@ async def _serve_proxy(settings: ProxySettings, stop: asyncio.Event) -> None:
         await stop.wait()
     finally:
         await asyncio.gather(*(runner.cleanup() for runner in runners))
+
+
+def _mcp_stdio(args: argparse.Namespace) -> None:
+    from proxy.mcp.stdio import ShimSettings, main
+    from proxy.settings import ProxySettings
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise SettingsError("kgb mcp stdio NAME -- COMMAND [ARGS...]: the server's command is missing")
+    raise SystemExit(main(ShimSettings.of(args.name, command, ProxySettings.from_env())))
 
 
 def _consume_winni(args: argparse.Namespace) -> None:
@@ -150,13 +161,22 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     commands = root.add_subparsers(dest="command", required=True)
 
-    about = "run the capture proxy (HTTP on KGB_PROXY_PORT, default 8089; MCP WebSocket relay on KGB_MCP_PORT, default 9000)"
+    about = "run the capture proxy (HTTP on KGB_PROXY_PORT, default 8089; MCP relays on KGB_MCP_PORT, default 9000)"
     proxy = commands.add_parser("proxy", help=about, description=about)
     proxy.add_argument("--host", help="listen address (KGB_PROXY_HOST, default 127.0.0.1)")
     proxy.add_argument("--port", type=int, help="listen port (KGB_PROXY_PORT, default 8089)")
     proxy.add_argument("--upstream", help="upstream base URL (KGB_UPSTREAM_URL, default https://api.anthropic.com)")
     proxy.add_argument("--mcp-port", type=int, help="MCP relay listen port (KGB_MCP_PORT, default 9000)")
     proxy.set_defaults(run=_proxy)
+
+    mcp = commands.add_parser("mcp", help="MCP capture outside the proxy")
+    transports = mcp.add_subparsers(dest="transport", required=True)
+    about = ("run a stdio MCP server through KGB: put `kgb mcp stdio NAME -- COMMAND [ARGS...]` in place of its command; "
+             "every message is published to KGB_MCP_TOPIC, and the exit code is the server's")
+    stdio = transports.add_parser("stdio", help=about, description=about)
+    stdio.add_argument("name", help="the server's name, as in Claude Code's MCP config (mcp__NAME__TOOL)")
+    stdio.add_argument("command", nargs=argparse.REMAINDER, help="-- then the server's command and arguments")
+    stdio.set_defaults(run=_mcp_stdio)
 
     consume = commands.add_parser("consume", help="run a consumer group")
     consumers = consume.add_subparsers(dest="consumer", required=True)

@@ -303,6 +303,14 @@ class Publisher:
         spool_full = self._spool is None or self._spool.full
         return self._producer is not None and self._connected and not spool_full and not self._stalled()
 
+    @property
+    def delivered(self) -> bool:
+        """Everything submitted so far acknowledged by Kafka (or dropped): nothing queued, in flight or spooled.
+        A short-lived publisher (the stdio shim's) waits for this before `close`, which would spool the rest."""
+        self._reap()
+        spool_empty = self._spool is not None and self._spool.is_empty
+        return self._queue.empty() and not self._taken and not self._window and spool_empty and self._appending == 0
+
     # --- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:

@@ -79,8 +79,9 @@ class ProxySettings:
 
 
 def parse_upstreams(raw: str) -> dict[str, str]:
-    """`KGB_MCP_UPSTREAMS`, ``name=ws://host:port,...``: the only places the MCP relay connects to,
-    so a client can name an upstream but never choose an address."""
+    """`KGB_MCP_UPSTREAMS`, ``name=ws://host:port,name=http://host:port/mcp,...``: the only places the
+    MCP relays connect to, so a client can name an upstream but never choose an address. A ws(s) URL is
+    a WebSocket server, an http(s) URL a Streamable HTTP endpoint."""
     upstreams: dict[str, str] = {}
     for entry in (item.strip() for item in raw.split(",")):
         if not entry:
@@ -94,8 +95,10 @@ def parse_upstreams(raw: str) -> dict[str, str]:
             parsed = URL(url)
         except ValueError:
             parsed = URL()
-        if parsed.scheme not in ("ws", "wss") or not parsed.host:
-            raise SettingsError(f"KGB_MCP_UPSTREAMS: {name} must be a ws:// or wss:// URL, got {url!r}")
+        if parsed.scheme not in ("ws", "wss", "http", "https") or not parsed.host:
+            raise SettingsError(f"KGB_MCP_UPSTREAMS: {name} must be a ws://, wss://, http:// or https:// URL, got {url!r}")
+        if "/" in name:
+            raise SettingsError(f"KGB_MCP_UPSTREAMS: a name is one path segment of /mcp/NAME, got {name!r}")
         upstreams[name] = url
     return upstreams
 

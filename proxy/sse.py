@@ -23,8 +23,12 @@ _JSON_INPUT_BLOCKS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
 
 @dataclass(frozen=True)
 class SSEEvent:
+    """One dispatched event; `id` and `retry` only when the event itself set them (MCP resumes from ids)."""
+
     event: str
     data: str
+    id: str | None = None
+    retry: int | None = None
 
 
 class SSEParser:
@@ -38,6 +42,8 @@ class SSEParser:
         self._buffer = ""
         self._event = ""
         self._data: list[str] = []
+        self._id: str | None = None
+        self._retry: int | None = None
 
     def feed(self, text: str) -> list[SSEEvent]:
         pending = self._buffer + text
@@ -75,12 +81,17 @@ class SSEParser:
             self._event = value
         elif name == "data":
             self._data.append(value)
+        elif name == "id" and "\x00" not in value:
+            self._id = value
+        elif name == "retry" and value.isascii() and value.isdigit():
+            self._retry = int(value)
 
     def _dispatch(self) -> SSEEvent | None:
         if not self._data and not self._event:
+            self._id = self._retry = None
             return None
-        event = SSEEvent(self._event or "message", "\n".join(self._data))
-        self._event, self._data = "", []
+        event = SSEEvent(self._event or "message", "\n".join(self._data), self._id, self._retry)
+        self._event, self._data, self._id, self._retry = "", [], None, None
         return event
 
 

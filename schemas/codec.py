@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from schemas.registry import Registry
 
 EXCHANGE = "exchange"
+MCP = "mcp"
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"

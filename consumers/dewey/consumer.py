@@ -1,4 +1,6 @@
-"""`kgb consume dewey`: every KGB conversation into Dewey, one Dewey conversation each.
+"""`kgb consume dewey`: every KGB conversation and MCP session into Dewey, one Dewey conversation each.
+
+It reads both topics (KGB_TOPIC, KGB_MCP_TOPIC) as one group, as winni does.
 
 Its own consumer group, and its own copy of the conversation state: each
 batch first goes through winni's own handler and stages (`consumers.winni`)
@@ -28,13 +30,14 @@ from functools import partial
 import aiohttp
 import asyncpg
 
+from consumers import mcp
 from consumers.dewey.client import DeweyClient
 from consumers.dewey.forward import Limits, forward_sessions, queries
 from consumers.dewey.settings import DeweySettings
 from consumers.errors import MigrationError
 from consumers.source import Batch, Handler, Record, consume
 from consumers.sql import Migration, load_migrations
-from consumers.service import open_consumer, open_database, open_decoder
+from consumers.service import both_topics, open_consumer, open_database, open_decoders
 from consumers.winni.consumer import make_handler as winni_handler
 
 log = logging.getLogger(__name__)
@@ -50,13 +53,19 @@ def migrations() -> list[Migration]:
 
 
 def session_keys(records: Sequence[Record]) -> list[str]:
-    return sorted({r.event["session_key"] for r in records})
+    return sorted({r.event["session_key"] for r in records if not mcp.is_mcp(r.event)})
+
+
+def mcp_sessions(records: Sequence[Record]) -> list[str]:
+    return sorted({mcp.session_key(r.event) for r in records if mcp.is_mcp(r.event)})
 
 
 def exchange_ids(records: Sequence[Record]) -> list[uuid.UUID]:
     """The batch's exchange ids that are UUIDs (winni dead-letters the others)."""
     ids = set()
     for record in records:
+        if mcp.is_mcp(record.event):
+            continue
         with contextlib.suppress(ValueError, TypeError):
             ids.add(uuid.UUID(record.event["exchange_id"]))
     return sorted(ids)
@@ -66,7 +75,7 @@ async def handle(pool: asyncpg.Pool, state: Handler, dewey: DeweyClient, limits:
     """Conversation state first (committed), then Dewey; raises while Dewey is away."""
     await state(batch)
     await pool.execute(queries().prune_bodies, exchange_ids(batch.records))
-    await forward_sessions(pool, dewey, session_keys(batch.records), limits)
+    await forward_sessions(pool, dewey, session_keys(batch.records), limits, mcp_sessions(batch.records))
 
 
 def make_handler(pool: asyncpg.Pool, dewey: DeweyClient, limits: Limits) -> Handler:
@@ -87,15 +96,15 @@ async def run(settings: DeweySettings, stop: asyncio.Event | None = None) -> Non
         )
         if pool is None:
             return
-        decoder = await open_decoder(resources, settings.kafka)
+        decoders = await open_decoders(resources, settings.kafka)
         # No session-wide timeout: the WebSocket lives for the whole run; each call has its own.
         websockets = await resources.enter_async_context(aiohttp.ClientSession())
         dewey = DeweyClient(websockets, settings.url, settings.timeout)
         resources.push_async_callback(dewey.close)
-        consumer = await open_consumer(resources, settings.kafka, settings.group, settings.batch_size)
+        consumer = await open_consumer(resources, settings.kafka, settings.group, settings.batch_size, both_topics(settings.kafka))
         log.info("dewey sending to %s", settings.url)
         await consume(
-            consumer, decoder, make_handler(pool, dewey, Limits(settings.bulk_size, settings.bulk_bytes)),
+            consumer, decoders, make_handler(pool, dewey, Limits(settings.bulk_size, settings.bulk_bytes)),
             stop=stop, batch_size=settings.batch_size, backoff=settings.backoff,
         )
     log.info("dewey stopped")

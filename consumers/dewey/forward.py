@@ -18,6 +18,10 @@ others are stored, in order. A refused begin marks the conversation
 
 A message already sent is never sent again, so a partial reply later
 replaced by the complete one (winni's rule) stays partial in Dewey.
+
+An MCP session (``mcp_sessions``) goes the same way, as one Dewey conversation
+of kind ``mcp`` whose bookkeeping id is ``md5('mcp:' || session_key)``: its
+messages (``mcp_messages``) in position order, each sent once.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from consumers.sql import Queries, load_queries
 log = logging.getLogger(__name__)
 
 LIST_PAGE = 100  # Dewey caps dewey_list_conversations at 100 per page
+MCP = "mcp"  # the kind of a Dewey conversation that is an MCP session
 
 
 @cache
@@ -70,9 +75,24 @@ class Pending:
     def of(cls, row: Any) -> Pending:
         head = render.ConversationHead(
             row["id"], row["session_key"], row["kind"], row["agent_id"], row["parent_agent_id"],
-            row["parent_conversation_id"], row["model"],
+            row["parent_conversation_id"], row["model"], mcp_metadata(row) if row["kind"] == MCP else None,
         )
         return cls(head, row["known"], row["dewey_conversation_id"], row["sent_position"], row["in_doubt"])
+
+    async def messages_after(self, pool: asyncpg.Pool, limit: int) -> list[Any]:
+        """The next messages to send: of the conversation, or of the MCP session."""
+        if self.head.kind == MCP:
+            return await pool.fetch(queries().mcp_messages_after, self.head.session_key, self.sent, limit)
+        return await pool.fetch(queries().messages_after, self.head.conversation_id, self.sent, limit)
+
+
+def mcp_metadata(row: Any) -> dict[str, Any]:
+    """What Dewey's metadata says of an MCP session beside the conversation fields."""
+    return {
+        "mcp_server": row["server"], "mcp_transport": row["transport"], "mcp_protocol_version": row["protocol_version"],
+        "mcp_client_info": orjson.loads(row["client_info"]) if row["client_info"] else None,
+        "mcp_server_info": orjson.loads(row["server_info"]) if row["server_info"] else None,
+    }
 
 
 def stored_message(row: Any) -> render.StoredMessage:
@@ -82,11 +102,14 @@ def stored_message(row: Any) -> render.StoredMessage:
     )
 
 
-async def forward_sessions(pool: asyncpg.Pool, dewey: DeweyClient, session_keys: Sequence[str], limits: Limits) -> None:
-    """Everything these sessions' conversations have that Dewey lacks; raises if Dewey is away."""
-    if not session_keys:
-        return
-    for row in await pool.fetch(queries().pending_conversations, list(session_keys)):
+async def forward_sessions(
+    pool: asyncpg.Pool, dewey: DeweyClient, session_keys: Sequence[str], limits: Limits, mcp_sessions: Sequence[str] = (),
+) -> None:
+    """Everything these sessions' conversations, and these MCP sessions, have that Dewey lacks; raises if Dewey is away."""
+    pending = [*await pool.fetch(queries().pending_conversations, list(session_keys))] if session_keys else []
+    if mcp_sessions:
+        pending += await pool.fetch(queries().pending_mcp_sessions, list(mcp_sessions))
+    for row in pending:
         await forward(pool, dewey, Pending.of(row), limits)
 
 
@@ -97,7 +120,7 @@ async def forward(pool: asyncpg.Pool, dewey: DeweyClient, pending: Pending, limi
             return
     elif pending.in_doubt:
         pending.sent = await reconcile_messages(pool, dewey, pending)
-    while rows := await pool.fetch(queries().messages_after, pending.head.conversation_id, pending.sent, limits.count):
+    while rows := await pending.messages_after(pool, limits.count):
         messages = [render.dewey_message(stored_message(row)) for row in rows]
         for chunk in render.chunks(messages, limits.count, limits.bytes):
             await store(pool, dewey, pending, chunk)

@@ -1,5 +1,9 @@
 """KGB messages as Dewey messages: pure, no I/O.
 
+An MCP session is a conversation too (kind ``mcp``): its client's messages
+as ``user``, its server's as ``assistant``, each the JSON-RPC message as JSON,
+as the earlier KGB logged them.
+
 Dewey stores a role and a text per message and searches the text, so each
 block becomes a line a person can read: text as it is, a tool call as
 ``[tool_use Bash] {"command": "ls"}``, a result as ``[tool_result toolu_… error]``
@@ -49,6 +53,7 @@ class ConversationHead:
     parent_agent_id: str | None
     parent_conversation_id: uuid.UUID | None
     model: str | None
+    extra: dict[str, Any] | None = None  # more metadata: an MCP session's server, transport, client and server
 
 
 def begin_arguments(head: ConversationHead) -> dict[str, Any]:
@@ -64,6 +69,7 @@ def begin_arguments(head: ConversationHead) -> dict[str, Any]:
             "parent_agent_id": head.parent_agent_id,
             "parent_kgb_conversation_id": str(parent) if parent else None,
             "model": head.model,
+            **(head.extra or {}),
         },
     }
 

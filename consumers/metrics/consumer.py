@@ -1,7 +1,8 @@
 """`kgb consume metrics`: token usage and cost into rollup tables and onto ``/metrics``.
 
-Its own consumer group on the exchange topic, so it can be down or behind
-without touching winni. Each batch is one transaction (`store.write_usage`);
+Its own consumer group on the exchange and MCP topics, so it can be down or
+behind without touching winni; MCP calls are counted in the same transaction
+(`consumers.metrics.mcp`). Each batch is one transaction (`store.write_usage`);
 Prometheus sees the exchanges it completed only once that transaction has
 committed, and the offsets are committed after that (`consumers.source`), so
 a crash anywhere means redelivery, which the store recognises and ignores.
@@ -21,23 +22,28 @@ from functools import partial
 import asyncpg
 from aiohttp import web
 
+from consumers.mcp import is_mcp
 from consumers.metrics import store
+from consumers.metrics.mcp import write_mcp_usage
 from consumers.metrics.exporter import UsageMetrics, metrics_app
 from consumers.metrics.prices import PriceTable, load_prices
 from consumers.metrics.settings import MetricsSettings
 from consumers.source import Batch, Handler, consume
 from consumers.sql import load_migrations
-from consumers.service import open_consumer, open_database, open_decoder
+from consumers.service import both_topics, open_consumer, open_database, open_decoders
 from kgb.config import SettingsError
 
 log = logging.getLogger(__name__)
 
 
 async def handle(pool: asyncpg.Pool, prices: PriceTable, metrics: UsageMetrics, batch: Batch) -> None:
+    exchanges = [r for r in batch.records if not is_mcp(r.event)]
     async with pool.acquire() as conn:
         async with conn.transaction():
-            priced = await store.write_usage(conn, batch.records, prices)
+            priced = await store.write_usage(conn, exchanges, prices)
+            calls = await write_mcp_usage(conn, batch.records)
         metrics.observe(priced)
+        metrics.observe_mcp(calls)
     for reject in batch.rejects:
         log.warning("not decoded at %s: %s: %s", reject.envelope, reject.error_class, reject.reason)
         metrics.rejected.labels(reject.error_class).inc()
@@ -73,10 +79,10 @@ async def run(settings: MetricsSettings, stop: asyncio.Event | None = None, metr
         )
         if pool is None:
             return
-        decoder = await open_decoder(resources, settings.kafka)
-        consumer = await open_consumer(resources, settings.kafka, settings.group, settings.batch_size)
+        decoders = await open_decoders(resources, settings.kafka)
+        consumer = await open_consumer(resources, settings.kafka, settings.group, settings.batch_size, both_topics(settings.kafka))
         await consume(
-            consumer, decoder, make_handler(pool, prices, metrics),
+            consumer, decoders, make_handler(pool, prices, metrics),
             stop=stop, batch_size=settings.batch_size, backoff=settings.backoff,
         )
     log.info("metrics stopped")

@@ -7,7 +7,8 @@ Names follow the OpenTelemetry GenAI semantic conventions where they exist
 ``gen_ai.provider.name``, ``error.type``), dots as underscores the way the
 OpenTelemetry Prometheus exporter writes them, with the semantic conventions'
 bucket boundaries. What they do not cover (cost, unpriced usage, request and
-error counts by conversation kind) is ``kgb_*``.
+error counts by conversation kind) is ``kgb_*``. MCP calls follow the OpenTelemetry
+MCP conventions (``mcp.client.operation.duration``, its attributes and buckets).
 
 The session is deliberately not a label: one series per session grows
 without bound; per-session numbers are in the rollup tables (`kgb usage`).
@@ -23,12 +24,17 @@ from collections.abc import Iterable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
+from consumers.metrics.mcp import Counted
 from consumers.metrics.rollup import TOKEN_TYPES, Priced
 
 PROVIDER = "anthropic"
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 SECONDS_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 MODEL_LABELS = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "kgb_kind")
+# OpenTelemetry's MCP conventions: mcp.method.name, gen_ai.tool.name, mcp.protocol.version, network.transport
+# (pipe for stdio, tcp otherwise), and the server's KGB name; mcp.session.id is in the tables, not in labels.
+MCP_LABELS = ("mcp_method_name", "gen_ai_tool_name", "mcp_protocol_version", "network_transport", "kgb_mcp_server")
+MCP_SECONDS_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 
 
 class UsageMetrics:
@@ -62,10 +68,27 @@ class UsageMetrics:
             (*MODEL_LABELS, "gen_ai_token_type"), registry=r,
         )
         self.rejected = Counter("kgb_metrics_rejected_total", "Messages that did not decode", ("error_class",), registry=r)
+        self.mcp_duration = Histogram(
+            "mcp_client_operation_duration_seconds", "MCP request to its answer, as the KGB relay forwarded them",
+            (*MCP_LABELS, "error_type"), buckets=MCP_SECONDS_BUCKETS, registry=r,
+        )
+        self.mcp_calls = Counter("kgb_mcp_calls_total", "MCP requests answered", MCP_LABELS, registry=r)
+        self.mcp_errors = Counter(
+            "kgb_mcp_errors_total", "MCP requests answered with a JSON-RPC error (its code) or a tool result with isError "
+            "(tool_error)", (*MCP_LABELS, "error_type"), registry=r,
+        )
 
     def observe(self, priced: Iterable[Priced]) -> None:
         for p in priced:
             self._observe(p)
+
+    def observe_mcp(self, calls: Iterable[Counted]) -> None:
+        for call in calls:
+            labels = mcp_labels(call)
+            self.mcp_calls.labels(*labels).inc()
+            self.mcp_duration.labels(*labels, call.error_type or "").observe(call.duration_ms / 1000)
+            if call.error_type:
+                self.mcp_errors.labels(*labels, call.error_type).inc()
 
     def _observe(self, p: Priced) -> None:
         e = p.exchange
@@ -89,6 +112,12 @@ class UsageMetrics:
             self.tokens.labels(*labels, token_type).observe(count)
             if p.unpriced and count:
                 self.unpriced.labels(*labels, token_type).inc(count)
+
+
+def mcp_labels(call: Counted) -> tuple[str, ...]:
+    tool = call.tool if call.method == "tools/call" and call.tool else ""
+    network = "pipe" if call.transport == "stdio" else "tcp"
+    return (call.method, tool, call.protocol_version or "", network, call.server)
 
 
 def metrics_app(metrics: UsageMetrics) -> web.Application:

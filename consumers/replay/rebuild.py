@@ -3,7 +3,8 @@
 The steps of `replay`:
 
 1. Migrate a fresh schema (``<live>_replay_<time>``, or the one given as
-   ``--into``) and read the topic from its oldest offsets with a reader (no
+   ``--into``) and read both topics (KGB_TOPIC, and KGB_MCP_TOPIC when it
+   exists) from their oldest offsets with a reader (no
    group, every partition assigned: the live consumer's group and offsets are
    untouched). Every batch goes through the live consumer's own handler and
    stages (`consumers.winni.consumer.make_handler`, `default_stages`), into the
@@ -72,7 +73,7 @@ from consumers.source import (
     retrying,
 )
 from consumers.sql import Queries, load_queries
-from consumers.service import apply_migrations, connection, open_decoder, open_pool
+from consumers.service import apply_migrations, connection, open_decoders, open_pool
 from consumers.winni.consumer import default_stages, make_handler, migrations
 from consumers.winni.settings import WinniSettings, schema_name
 from kgb.config import SettingsError
@@ -197,9 +198,9 @@ async def rebuild(
         reader = make_reader(settings.kafka, settings.batch_size)
         await reader.start()
         resources.push_async_callback(reader.stop)
-        begins = await read_from_start(reader, settings.kafka)
+        begins = await read_from_start(reader, settings.kafka, optional=(settings.kafka.mcp_topic,))
         check_whole(begins, swapping=into is None)
-        decoder = await open_decoder(resources, settings.kafka)
+        decoder = await open_decoders(resources, settings.kafka)
         handler = counting(make_handler(pool, default_stages(settings.store_request_bodies), settings.writers), progress.advance)
 
         async def read(ends: dict[TopicPartition, int]) -> None:
@@ -275,7 +276,7 @@ def read_share(settings: WinniSettings, target: str, ends: dict[TopicPartition, 
             resources.push_async_callback(reader.stop)
             reader.assign(list(ends))
             await reader.seek_to_beginning(*ends)
-            decoder = await open_decoder(resources, settings.kafka)
+            decoder = await open_decoders(resources, settings.kafka)
             handler = counting(make_handler(pool, default_stages(settings.store_request_bodies), settings.writers), count)
             await consume(reader, decoder, handler, stop=stop, batch_size=settings.batch_size, backoff=settings.backoff, until=ends)
 

@@ -1,9 +1,17 @@
-"""`kgb consume winni`: exchange events into PostgreSQL, one transaction per batch.
+"""`kgb consume winni`: exchange and MCP events into PostgreSQL, one transaction per batch.
 
-Each batch runs a list of stages inside one transaction; by default the one
+It reads both topics, KGB_TOPIC and KGB_MCP_TOPIC, as one consumer group: the
+tables of both live in one schema and are linked (a Claude Code tool use to
+the MCP call that served it), and `kgb replay` rebuilds that schema from both
+topics before one swap, so one reader with one set of end offsets is what
+makes "nothing lost across the swap" hold for both. The link is made by
+whichever batch brings the second side (`mcp_links`), in whichever process.
+
+Each batch runs a list of stages inside one transaction; by default the
 conversation stage (`conversations.ConversationStage`), which writes the
-exchanges (`store.write_exchanges`) and then the conversation tables, so they
-commit or roll back together. Messages
+exchanges (`store.write_exchanges`) and then the conversation tables, the MCP
+stage (`mcp`) and the link stage (`mcp_links`), so they commit or roll back
+together. Messages
 that did not decode, and events that break the contract, go to
 ``dead_letters`` in the same transaction.
 
@@ -29,16 +37,20 @@ import logging
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
+from typing import Any
 
 import asyncpg
 
+from consumers import mcp
 from consumers.errors import InvalidEvent, is_transient
 from consumers.processes import start, supervise
-from consumers.service import open_consumer, open_database, open_decoder
+from consumers.service import both_topics, open_consumer, open_database, open_decoders
 from consumers.source import Batch, Handler, Record, Reject, consume
 from consumers.sql import Migration, load_migrations
 from consumers.winni import store
 from consumers.winni.conversations import ConversationStage
+from consumers.winni.mcp import mcp_stage
+from consumers.winni.mcp_links import link_stage
 from consumers.winni.settings import WinniSettings
 from kgb.running import run_until_signal
 from schemas.errors import clip
@@ -49,8 +61,9 @@ Stage = Callable[[asyncpg.Connection, Sequence[Record]], Awaitable[None]]
 
 
 def default_stages(store_request_bodies: bool = False) -> tuple[Stage, ...]:
-    """A fresh set per run: the conversation stage caches each session's thread state."""
-    return (ConversationStage(store_request_bodies),)
+    """A fresh set per run: the conversation stage caches each session's thread state. The MCP stage
+    stores the MCP events; the link stage, last, links the tool uses and calls the batch brought."""
+    return (ConversationStage(store_request_bodies), mcp_stage, link_stage)
 
 # What a single event can do wrong on its way into the database: refused by the
 # server (PostgresError) or by asyncpg's encoder (DataError).
@@ -63,7 +76,7 @@ def split_valid(records: Sequence[Record]) -> tuple[list[Record], list[Reject]]:
     rejects: list[Reject] = []
     for record in records:
         try:
-            store.check(record.event)
+            (mcp.check if mcp.is_mcp(record.event) else store.check)(record.event)
         except InvalidEvent as exc:
             rejects.append(Reject(record.envelope, str(exc), type(exc).__name__))
         else:
@@ -75,8 +88,12 @@ def by_session(records: Sequence[Record], parts: int) -> list[list[Record]]:
     """Records split into at most ``parts`` groups, each session whole, order kept; empty groups dropped."""
     groups: list[list[Record]] = [[] for _ in range(parts)]
     for record in records:
-        groups[zlib.crc32(record.event["session_key"].encode()) % parts].append(record)
+        groups[zlib.crc32(session_of(record.event).encode()) % parts].append(record)
     return [group for group in groups if group] or [[]]
+
+
+def session_of(event: dict[str, Any]) -> str:
+    return mcp.session_key(event) if mcp.is_mcp(event) else event["session_key"]
 
 
 def rejected(record: Record, exc: Exception) -> Reject:
@@ -167,10 +184,10 @@ async def run(
         )
         if pool is None:
             return
-        decoder = await open_decoder(resources, settings.kafka)
-        consumer = await open_consumer(resources, settings.kafka, settings.group, settings.batch_size)
+        decoders = await open_decoders(resources, settings.kafka)
+        consumer = await open_consumer(resources, settings.kafka, settings.group, settings.batch_size, both_topics(settings.kafka))
         await consume(
-            consumer, decoder, make_handler(pool, stages, settings.writers),
+            consumer, decoders, make_handler(pool, stages, settings.writers),
             stop=stop, batch_size=settings.batch_size, backoff=settings.backoff,
         )
     log.info("winni stopped")

@@ -29,6 +29,7 @@ from typing import Any
 import asyncpg
 import simdjson
 
+from consumers.mcp import is_mcp
 from consumers.source import Record
 from consumers.winni.bodies import Body, SentKey, read_body
 from consumers.winni.store import Split, queries, split_body, timestamp, write_exchanges
@@ -242,6 +243,7 @@ class ConversationStage:
         self._cached_sessions = cached_sessions
 
     async def __call__(self, conn: asyncpg.Connection, records: Sequence[Record]) -> None:
+        records = [r for r in records if not is_mcp(r.event)]
         events = [r.event for r in records]
         keys = sorted({e["session_key"] for e in events})
         if not keys:

@@ -27,7 +27,9 @@ from kgb.config import KafkaSettings
 from tests.consumers.conftest import SETTLE_TIMEOUT, eventually, publish
 from tests.consumers.restarts import RESTARTS, batch_failures, feeding, migrated, restarts_mid_batch, settled, task_alive
 from tests.consumers.sessions import SessionBuilder, long_session, reply, text
+from tests.consumers.test_mcp import answer, call, mcp_message, publish_any
 from tests.fakes.dewey import FakeDewey
+from tests.services import create_topic
 
 STORED = """
 SELECT conversation_id, position, role, content::text AS content, exchange_id::text AS exchange_id, source, partial
@@ -298,3 +300,25 @@ async def test_dewey_rides_out_database_restarts_mid_batch(
         await assert_exactly_once(dewey, conn, sessions)
     finally:
         await conn.close()
+
+
+async def test_an_mcp_session_is_one_dewey_conversation_sent_exactly_once(
+    settings: DeweySettings, dewey: FakeDewey, producer: AIOKafkaProducer, kafka: Any,
+) -> None:
+    """The client's messages as user, the server's as assistant, in order; answers lost on the way are found, not resent."""
+    mcp_topic = await create_topic(kafka.bootstrap)
+    settings = replace(settings, kafka=replace(settings.kafka, mcp_topic=mcp_topic))
+    events = [mcp_message(call(i, "find", {"q": i}) if i % 2 == 0 else answer(i - 1), "CLIENT_TO_UPSTREAM" if i % 2 == 0 else
+                          "UPSTREAM_TO_CLIENT") for i in range(12)]
+    await publish_any(producer, mcp_topic, events + events[:4])  # a redelivery too
+    dewey.lose_answers = 2
+    async with consumer(settings):
+        await eventually(lambda: asyncio.sleep(0, held(dewey) >= 12))
+    async with consumer(settings):  # a restart sends nothing again
+        await asyncio.sleep(1)
+    (conversation,) = dewey.conversations.values()
+    assert conversation.metadata and conversation.metadata["kind"] == "mcp" and conversation.metadata["mcp_server"] == "srv"
+    assert conversation.session_id == "sess-1"
+    assert [m["metadata"]["position"] for m in conversation.messages] == list(range(12))
+    assert [m["role"] for m in conversation.messages] == ["user", "assistant"] * 6
+    assert conversation.messages[0]["metadata"]["content"]["params"]["name"] == "find", "the JSON-RPC message, exactly"

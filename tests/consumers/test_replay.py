@@ -32,6 +32,8 @@ from tests import services
 from tests.consumers.conftest import count, eventually, publish, winni
 from tests.consumers.dump import tables
 from tests.consumers.restarts import batch_failures, dump, restarts_mid_batch
+from tests.consumers.test_mcp import answer, call, mcp_message, publish_any, tool_use_exchange
+from tests.services import create_topic
 from tests.consumers.sessions import (
     SessionBuilder,
     long_session,
@@ -344,3 +346,33 @@ async def test_a_restart_inside_the_locked_swap_rolls_it_back_and_it_is_done_aga
         await reader.stop()
     assert await dump(settings.database_url, "kgb") == live == await dump(settings.database_url, "kgb_old")
     assert await dump(settings.database_url, "kgb_rebuilt") == {}
+
+
+async def test_replay_rebuilds_the_mcp_tables_and_their_links_from_both_topics(
+    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection, admin: asyncpg.Connection, kafka: Any,
+) -> None:
+    mcp_topic = await create_topic(kafka.bootstrap)
+    settings = replace(settings, kafka=replace(settings.kafka, mcp_topic=mcp_topic))
+    request, response = tool_use_exchange("toolu_01Replay", "mcp__srv__find", {"q": "x"})
+    at = response["occurred_at"] + 10_000
+    mcp_events = [mcp_message(call(1, "find", {"q": "x"}, progressToken=5), at=at),
+                  mcp_message({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": 5, "progress": 1}},
+                              "UPSTREAM_TO_CLIENT", at=at + 1),
+                  mcp_message(answer(1), "UPSTREAM_TO_CLIENT", at=at + 2), mcp_message(b"garbage line")]
+    await publish(producer, settings.kafka.topic, [request, response])
+    await publish_any(producer, mcp_topic, mcp_events)
+    async with winni(settings):
+        await eventually(lambda: linked(db))
+    live = await tables(admin, "kgb")
+    assert len(live["mcp_messages"]) == 4 and len(live["mcp_calls"]) == 1
+
+    outcome = await replay(settings, into="kgb_copy", stream=io.StringIO())
+    assert outcome.events == 6
+    assert await tables(admin, "kgb_copy") == live
+
+
+async def linked(db: asyncpg.Connection) -> bool:
+    try:
+        return bool(await db.fetchval("SELECT count(*) FROM tool_calls WHERE mcp_call_id IS NOT NULL"))
+    except asyncpg.UndefinedTableError:
+        return False

@@ -63,9 +63,35 @@ CONVERSATION_TABLES = {
     "tool_calls": {
         "conversation_id": "uuid", "tool_use_id": "text", "name": "text", "input": "jsonb", "use_exchange_id": "uuid",
         "use_position": "integer", "used_at": TIME, "result": "jsonb", "is_error": "boolean",
-        "result_exchange_id": "uuid", "result_position": "integer", "result_at": TIME,
+        "result_exchange_id": "uuid", "result_position": "integer", "result_at": TIME, "mcp_call_id": "uuid",
     },
     "request_parts": {"hash": "bytea", "part": "jsonb"},
+}
+MCP_TABLES = {
+    "mcp_sessions": {
+        "session_key": "text", "server": "text", "transport": "text", "upstream_url": "text", "mcp_session_id": "text",
+        "protocol_version": "text", "client_info": "jsonb", "server_info": "jsonb", "command": "jsonb", "first_seen": TIME,
+        "last_seen": TIME, "ended_at": TIME, "end_reason": "text", "message_count": "integer",
+    },
+    "mcp_messages": {
+        "session_key": "text", "position": "integer", "event_id": "uuid", "part": "integer", "connection_id": "uuid",
+        "direction": "text", "kind": "text", "method": "text", "jsonrpc_id": "text", "payload": "jsonb",
+        "payload_text": "text", "flag": "text", "call_id": "uuid", "occurred_at": TIME,
+    },
+    "mcp_calls": {
+        "call_id": "uuid", "session_key": "text", "server": "text", "direction": "text", "method": "text",
+        "jsonrpc_id": "text", "name": "text", "arguments": "jsonb", "tool_use_name": "text", "progress_token": "text",
+        "connection_id": "uuid", "request_event_id": "uuid", "requested_at": TIME, "result": "jsonb", "error": "jsonb",
+        "is_error": "boolean", "response_event_id": "uuid", "responded_at": TIME, "duration_ms": "double precision",
+        "notifications": "jsonb", "cancelled": "boolean", "tool_use_id": "text",
+    },
+    "mcp_http_requests": {
+        "connection_id": "uuid", "session_key": "text", "server": "text", "method": "text", "path": "text", "query": "text",
+        "status": "integer", "content_type": "text", "error_type": "text", "error_message": "text",
+        "request_headers": "jsonb", "response_headers": "jsonb", "request_body_size": "bigint",
+        "response_body_size": "bigint", "started_at": TIME, "ttfb_ms": "double precision",
+        "duration_ms": "double precision", "client_disconnected": "boolean", "upstream_complete": "boolean",
+    },
 }
 
 COLUMNS = """
@@ -100,7 +126,7 @@ def test_queries_are_split_on_their_name_lines() -> None:
 def test_migration_files_are_numbered() -> None:
     assert parse_migration_name("001_exchanges.sql") == (1, "exchanges")
     assert parse_migration_name("README.md") is None
-    assert [m.version for m in load_migrations(WINNI)] == [1, 2, 3, 4, 6]
+    assert [m.version for m in load_migrations(WINNI)] == [1, 2, 3, 4, 5, 6]
 
 
 def test_a_database_with_another_history_is_refused() -> None:
@@ -115,7 +141,7 @@ def test_a_database_with_another_history_is_refused() -> None:
 async def test_migrations_build_the_schema_once(database: str) -> None:
     conn = await asyncpg.connect(database)
     try:
-        assert await migrate(conn, load_migrations(WINNI), "kgb") == [1, 2, 3, 4, 6]
+        assert await migrate(conn, load_migrations(WINNI), "kgb") == [1, 2, 3, 4, 5, 6]
         first = await shape(conn, "kgb")
         constraints = [tuple(r) for r in await conn.fetch(CONSTRAINTS, "kgb")]
         assert await migrate(conn, load_migrations(WINNI), "kgb") == []
@@ -123,7 +149,7 @@ async def test_migrations_build_the_schema_once(database: str) -> None:
     finally:
         await conn.close()
 
-    assert first == {**EXPECTED_TABLES, **CONVERSATION_TABLES, "exchanges": EXCHANGE_COLUMNS}
+    assert first == {**EXPECTED_TABLES, **CONVERSATION_TABLES, **MCP_TABLES, "exchanges": EXCHANGE_COLUMNS}
     assert list(first["exchanges"]) == list(EXCHANGE_COLUMNS)
     assert constraints == [
         ("conversations", "PRIMARY KEY", ["id"]),
@@ -133,6 +159,14 @@ async def test_migrations_build_the_schema_once(database: str) -> None:
         ("exchanges", "FOREIGN KEY", ["request_system"]),
         ("exchanges", "FOREIGN KEY", ["request_tools"]),
         ("exchanges", "PRIMARY KEY", ["exchange_id"]),
+        ("mcp_calls", "FOREIGN KEY", ["session_key"]),
+        ("mcp_calls", "PRIMARY KEY", ["call_id"]),
+        ("mcp_calls", "UNIQUE", ["tool_use_id"]),
+        ("mcp_http_requests", "PRIMARY KEY", ["connection_id"]),
+        ("mcp_messages", "FOREIGN KEY", ["session_key"]),
+        ("mcp_messages", "PRIMARY KEY", ["session_key", "position"]),
+        ("mcp_messages", "UNIQUE", ["event_id", "part"]),
+        ("mcp_sessions", "PRIMARY KEY", ["session_key"]),
         ("messages", "FOREIGN KEY", ["conversation_id"]),
         ("messages", "PRIMARY KEY", ["conversation_id", "position"]),
         ("request_parts", "PRIMARY KEY", ["hash"]),
@@ -151,8 +185,9 @@ async def test_two_consumers_starting_at_once_migrate_once(database: str) -> Non
         rows = await conns[0].fetch("SELECT version, name FROM kgb.schema_migrations")
     finally:
         await asyncio.gather(*(c.close() for c in conns))
-    assert sorted(applied) == [[], [], [], [1, 2, 3, 4, 6]]
-    assert [tuple(r) for r in rows] == [(1, "exchanges"), (2, "conversations"), (3, "request_parts"), (4, "sub_agent_links"), (6, "search")]
+    assert sorted(applied) == [[], [], [], [1, 2, 3, 4, 5, 6]]
+    assert [tuple(r) for r in rows] == [(1, "exchanges"), (2, "conversations"), (3, "request_parts"), (4, "sub_agent_links"),
+                                        (5, "mcp"), (6, "search")]
 
 
 async def test_any_schema_name_gets_the_same_tables(database: str) -> None:
@@ -168,7 +203,7 @@ async def test_any_schema_name_gets_the_same_tables(database: str) -> None:
 
 
 async def test_a_failing_migration_leaves_nothing_behind(database: str) -> None:
-    broken = [*load_migrations(WINNI), Migration(5, "broken", "CREATE TABLE half_done (id int); SELECT 1/0;")]
+    broken = [*load_migrations(WINNI), Migration(99, "broken", "CREATE TABLE half_done (id int); SELECT 1/0;")]
     conn = await asyncpg.connect(database)
     try:
         with pytest.raises(asyncpg.DivisionByZeroError):

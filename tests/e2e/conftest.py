@@ -25,7 +25,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp import web
 
 from consumers.source import Backoff
 from consumers.winni import WinniSettings, run
@@ -33,6 +32,7 @@ from proxy.app import build_app
 from proxy.settings import ProxySettings
 from tests import services
 from tests.fakes.anthropic import FakeAnthropic
+from tests.mcp_pipeline import serving
 
 DEADLINE = 120.0
 POLL = 0.25
@@ -73,14 +73,8 @@ def winni_settings(bootstrap: str, topic: str, database: str) -> WinniSettings:
 @contextlib.asynccontextmanager
 async def running_proxy(settings: ProxySettings) -> AsyncIterator[str]:
     """The proxy app served on a free port of 127.0.0.1; yields its base URL."""
-    runner = web.AppRunner(build_app(settings), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", services.free_port())
-    try:
-        await site.start()
-        yield site.name
-    finally:
-        await runner.cleanup()
+    async with serving(build_app(settings)) as url:
+        yield url
 
 
 Run = Callable[[Any, asyncio.Event], Awaitable[None]]

@@ -24,7 +24,12 @@ import pytest
 from aiohttp import WSMsgType, web
 
 from kgb.config import SettingsError
-from proxy.mcp import Ending, build_mcp_app, jsonrpc_messages, peer_close, reason_bytes, without_credentials
+from proxy.mcp import build_mcp_app
+from proxy.capture import RedactionPolicy
+from kgb.jsonrpc import jsonrpc_messages
+from proxy.mcp.events import recorded_url
+from proxy.redact import BUILTIN_RULES
+from proxy.mcp.websocket import Ending, peer_close, reason_bytes
 from proxy.settings import ProxySettings, parse_upstreams
 from schemas.codec import fingerprint, history, raw_schema
 from tests.e2e.scan import hits, topic_bytes
@@ -223,7 +228,7 @@ async def test_vanishing_client_closes_the_upstream_and_is_captured(stack: Stack
     await asyncio.wait_for(seen.ended.wait(), 30)
     assert seen.close_code == 1001
     events = await stack.events(4)
-    assert [e["kind"] for e in events] == ["OPEN", "FRAME", "FRAME", "CLOSE"]
+    assert [e["kind"] for e in events] == ["OPEN", "MESSAGE", "MESSAGE", "CLOSE"]
     closed = events[-1]
     assert (closed["direction"], closed["close_code"], closed["error_type"]) == ("CLIENT_TO_UPSTREAM", None, "client_gone")
 
@@ -244,7 +249,7 @@ async def test_events_are_in_order_per_connection_with_secrets_redacted(stack: S
     (key,) = {e["_key"] for e in events}
     assert key == events[0]["connection_id"].encode()
     assert [e["sequence"] for e in events] == list(range(8))
-    assert [e["kind"] for e in events] == ["OPEN"] + ["FRAME"] * 6 + ["CLOSE"]
+    assert [e["kind"] for e in events] == ["OPEN"] + ["MESSAGE"] * 6 + ["CLOSE"]
     assert [e["direction"] for e in events[1:7]] == ["CLIENT_TO_UPSTREAM", "UPSTREAM_TO_CLIENT"] * 3
     assert [e["frame_type"] for e in events[1:7]] == ["TEXT"] * 4 + ["BINARY"] * 2
     assert {e["upstream"] for e in events} == {"fake"}
@@ -263,6 +268,10 @@ async def test_events_are_in_order_per_connection_with_secrets_redacted(stack: S
         assert b"[REDACTED:anthropic_key]" in frame["payload"] and "anthropic_key" in frame["redactions"]
         assert frame["payload_size"] > len(frame["payload"])
     assert events[5]["payload"] == events[6]["payload"] == b"\x00bin"
+    assert events[5]["error_type"] == "binary_frame" and events[5]["jsonrpc"] == []
+    assert {(e["transport"], e["session_key"]) for e in events} == {("WEBSOCKET", events[0]["connection_id"])}
+    assert events[2]["protocol_version"] == events[3]["protocol_version"] == PROTOCOL_VERSION
+    assert events[1]["protocol_version"] is None
     assert (events[7]["close_code"], events[7]["direction"]) == (1000, "CLIENT_TO_UPSTREAM")
 
     everything = b"".join(await topic_bytes(stack.bootstrap, stack.topic))
@@ -341,7 +350,7 @@ async def test_kgb_proxy_serves_the_relay_and_flushes_it_on_sigterm(kafka, topic
     assert f"ws://127.0.0.1:{mcp_port}/?upstream=NAME" in stdout.decode()
     assert orjson.loads(relayed[0][1])["result"]["protocolVersion"] == PROTOCOL_VERSION
     events = await read_events(kafka.bootstrap, topic, 4, schema="mcp")
-    assert [e["kind"] for e in events] == ["OPEN", "FRAME", "FRAME", "CLOSE"]
+    assert [e["kind"] for e in events] == ["OPEN", "MESSAGE", "MESSAGE", "CLOSE"]
 
 
 def test_kgb_proxy_says_which_port_it_cannot_take(tmp_path: Path) -> None:
@@ -391,7 +400,9 @@ def test_peer_gets_the_same_close_or_one_that_says_what_happened(ending: Ending,
 
 
 def test_recorded_upstream_url_has_no_credentials() -> None:
-    assert without_credentials("wss://user:pw@127.0.0.1:9020/mcp") == "wss://127.0.0.1:9020/mcp"
+    policy = RedactionPolicy(BUILTIN_RULES, frozenset(), b"k")
+    assert recorded_url("wss://user:pw@127.0.0.1:9020/mcp", policy) == "wss://127.0.0.1:9020/mcp"
+    assert recorded_url("https://127.0.0.1:9020/mcp?token=s3cret&x=1", policy) == "https://127.0.0.1:9020/mcp?token=[REDACTED]&x=1"
 
 
 def test_close_reason_fits_a_close_frame() -> None:
@@ -400,9 +411,10 @@ def test_close_reason_fits_a_close_frame() -> None:
 
 
 def test_upstreams_setting() -> None:
-    assert parse_upstreams(" dewey=ws://127.0.0.1:9020 , fiedler=wss://127.0.0.1:8080/mcp,") == {
-        "dewey": "ws://127.0.0.1:9020", "fiedler": "wss://127.0.0.1:8080/mcp"}
-    for bad, said in [("dewey", "name=ws://host:port"), ("a=http://127.0.0.1", "ws:// or wss://"),
+    assert parse_upstreams(" dewey=ws://127.0.0.1:9020 , fiedler=wss://127.0.0.1:8080/mcp,gh=https://127.0.0.1/mcp") == {
+        "dewey": "ws://127.0.0.1:9020", "fiedler": "wss://127.0.0.1:8080/mcp", "gh": "https://127.0.0.1/mcp"}
+    for bad, said in [("dewey", "name=ws://host:port"), ("a=ftp://127.0.0.1", "ws://, wss://, http:// or https://"),
+                      ("a/b=http://127.0.0.1", "one path segment"),
                       ("a=ws://127.0.0.1,a=ws://127.0.0.1:2", "twice")]:
         with pytest.raises(SettingsError, match=said):
             ProxySettings.from_env({"KGB_MCP_UPSTREAMS": bad})

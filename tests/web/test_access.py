@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import subprocess
 import sys
 from urllib.parse import urlsplit, urlunsplit
@@ -78,7 +80,7 @@ async def test_the_viewer_reads_in_a_read_only_snapshot(captured: Captured) -> N
     pool = await open_pool(WebSettings(database_url=captured.dsn))
     try:
         async with reading(pool) as (conn, tables):
-            assert tables.winni and tables.metrics and tables.search and not tables.mcp
+            assert tables.winni and tables.metrics and tables.search and tables.mcp
             with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
                 await conn.execute("UPDATE sessions SET title = 'changed'")
         async with pool.acquire() as conn:
@@ -131,23 +133,28 @@ async def test_before_the_consumers_ran_the_pages_say_what_to_start(database: st
             assert response.status == 404 and expected in await response.text(), path
 
 
+MCP_CALL = uuid.UUID("7d3c4e2a-0000-4000-8000-00000000cafe")
+
+
 async def test_mcp_calls_are_linked_once_their_tables_exist(captured: Captured, postgres: services.PostgresServer) -> None:
-    """Another branch adds `mcp_calls` and `tool_calls.mcp_call_id`; the link shows only where both exist."""
+    """winni's `mcp_calls` and `tool_calls.mcp_call_id` (migration 005): a linked tool call shows its MCP call."""
     copy = await services.create_database(postgres.admin_dsn, template=urlsplit(captured.dsn).path.lstrip("/"))
     try:
         conn = await asyncpg.connect(copy, server_settings={"search_path": "kgb"})
         try:
-            await conn.execute("CREATE TABLE mcp_calls (id text PRIMARY KEY, method text, server text)")
-            await conn.execute("ALTER TABLE tool_calls ADD COLUMN mcp_call_id text")
-            await conn.execute("INSERT INTO mcp_calls VALUES ('mcp-1', 'tools/call', '<b>srv</b>')")
-            await conn.execute("UPDATE tool_calls SET mcp_call_id = 'mcp-1' WHERE tool_use_id = 'toolu_search'")
+            await conn.execute("INSERT INTO mcp_sessions (session_key, server, transport, first_seen, last_seen) "
+                               "VALUES ('s', '<b>srv</b>', 'stdio', now(), now())")
+            await conn.execute("INSERT INTO mcp_calls (call_id, session_key, server, direction, method, jsonrpc_id, connection_id,"
+                               " request_event_id, requested_at) VALUES ($1, 's', '<b>srv</b>', 'client_to_server', 'tools/call',"
+                               " '1', $1, $1, now())", MCP_CALL)
+            await conn.execute("UPDATE tool_calls SET mcp_call_id = $1 WHERE tool_use_id = 'toolu_search'", MCP_CALL)
             conversation = await conn.fetchval("SELECT conversation_id FROM tool_calls WHERE tool_use_id = 'toolu_search'")
         finally:
             await conn.close()
         async for client in serve(WebSettings(database_url=copy)):
             text = await (await client.get(f"/conversations/{conversation}")).text()
-            assert 'href="/mcp-calls/mcp-1"' in text
-            call = await (await client.get("/mcp-calls/mcp-1")).text()
+            assert f'href="/mcp-calls/{MCP_CALL}"' in text
+            call = await (await client.get(f"/mcp-calls/{MCP_CALL}")).text()
             assert "tools/call" in call and "&lt;b&gt;srv&lt;/b&gt;" in call
             assert (await client.get("/mcp-calls/nope", headers=HTML)).status == 404
         async for client in serve(WebSettings(database_url=captured.dsn)):

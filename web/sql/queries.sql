@@ -141,7 +141,7 @@ FROM tool_calls WHERE conversation_id = $1 AND mcp_call_id IS NOT NULL
 
 -- name: mcp_call
 -- The MCP call a tool call went out as, whole, whatever columns the MCP capture gives it.
-SELECT to_jsonb(m) AS row FROM mcp_calls m WHERE m.id::text = $1
+SELECT to_jsonb(m) AS row FROM mcp_calls m WHERE m.call_id::text = $1
 
 -- name: exchange
 SELECT e.*, c.session_key AS conversation_session, c.kind AS conversation_kind,

@@ -61,3 +61,29 @@ UPDATE exchanges SET
 WHERE exchange_id = ANY($1::uuid[])
   AND num_nonnulls(request_body, request_body_text, request_body_bytes,
                    response_body, response_body_text, response_body_bytes) > 0;
+
+-- name: pending_mcp_sessions
+-- The MCP sessions with something to do, in the columns of pending_conversations:
+-- each session is one Dewey conversation, its messages in position order.
+SELECT md5('mcp:' || s.session_key)::uuid AS id, s.session_key, 'mcp' AS kind, NULL::text AS agent_id,
+       NULL::text AS parent_agent_id, NULL::uuid AS parent_conversation_id, NULL::text AS model,
+       s.server, s.transport, s.protocol_version, s.client_info::text AS client_info, s.server_info::text AS server_info,
+       d.conversation_id IS NOT NULL AS known, d.dewey_conversation_id, coalesce(d.sent_position, -1) AS sent_position,
+       coalesce(d.in_doubt, false) AS in_doubt
+FROM mcp_sessions s
+LEFT JOIN dewey_conversations d ON d.conversation_id = md5('mcp:' || s.session_key)::uuid
+WHERE s.session_key = ANY($1::text[])
+  AND NOT coalesce(d.rejected, false)
+  AND (d.in_doubt OR d.dewey_conversation_id IS NULL OR s.message_count - 1 > d.sent_position)
+ORDER BY s.session_key;
+
+-- name: mcp_messages_after
+-- An MCP session's messages as conversation messages: the client's as user, the server's as assistant.
+SELECT md5('mcp:' || session_key)::uuid AS conversation_id, position,
+       CASE direction WHEN 'client_to_server' THEN 'user' ELSE 'assistant' END AS role,
+       coalesce(payload::text, to_jsonb(payload_text)::text) AS content, connection_id::text AS exchange_id,
+       'mcp' AS source, false AS partial
+FROM mcp_messages
+WHERE session_key = $1 AND position > $2
+ORDER BY position
+LIMIT $3;

@@ -101,3 +101,36 @@ FROM usage_daily
 WHERE $1::date IS NULL OR day >= $1::date
 GROUP BY 1, 2, 3, 4
 ORDER BY 1, 2, 3, 4
+
+-- name: add_mcp_calls
+-- The batch's requests; a redelivered one changes nothing.
+INSERT INTO mcp_usage_calls (call_key, session_key, server, transport, direction, method, tool, jsonrpc_id, connection_id,
+                             day, requested_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+                     $9::text[], $10::date[], $11::timestamptz[])
+ON CONFLICT (call_key) DO NOTHING
+
+-- name: mcp_counted_answers
+SELECT answer_key FROM mcp_usage_calls WHERE answer_key = ANY($1::text[])
+
+-- name: mcp_usage_open
+SELECT call_key AS call_id, session_key, jsonrpc_id, direction, connection_id, requested_at
+FROM mcp_usage_calls WHERE session_key = ANY($1::text[]) AND answer_key IS NULL
+ORDER BY requested_at, call_key
+
+-- name: answer_mcp_calls
+-- Returns the calls answered now, which the caller rolls up: each exactly once.
+UPDATE mcp_usage_calls AS c
+SET answer_key = a.answer_key, protocol_version = a.protocol_version, responded_at = a.responded_at,
+    duration_ms = a.duration_ms, error_type = a.error_type
+FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::float8[], $6::text[])
+    AS a(call_key, answer_key, protocol_version, responded_at, duration_ms, error_type)
+WHERE c.call_key = a.call_key AND c.answer_key IS NULL
+RETURNING c.*
+
+-- name: add_mcp_daily
+INSERT INTO mcp_usage_daily AS d (day, server, transport, method, tool, calls, errors, duration_ms_sum)
+SELECT * FROM unnest($1::date[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::float8[])
+ON CONFLICT (day, server, transport, method, tool) DO UPDATE SET
+    calls = d.calls + EXCLUDED.calls, errors = d.errors + EXCLUDED.errors,
+    duration_ms_sum = d.duration_ms_sum + EXCLUDED.duration_ms_sum

@@ -7,13 +7,14 @@ SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1::text);
 
 -- name: lock_tables
 -- Every table of the live schema, in the order a live winni batch first writes
--- them (request_parts, then exchanges; store.write_exchanges), so once replay
+-- them (request_parts, then exchanges: store.write_exchanges; a batch of MCP
+-- events alone starts with mcp_sessions: consumers/winni/mcp.py), so once replay
 -- holds those no batch holds another table while waiting for them: no deadlock
 -- (and should the order change, PostgreSQL breaks the deadlock and either side
 -- retries). EXCLUSIVE blocks writers, not readers.
 SELECT format('LOCK TABLE %s IN EXCLUSIVE MODE', string_agg(
            format('%I.%I', schemaname, tablename),
-           ', ' ORDER BY array_position(ARRAY['request_parts', 'exchanges'], tablename::text) NULLS LAST, tablename))
+           ', ' ORDER BY array_position(ARRAY['request_parts', 'exchanges', 'mcp_sessions'], tablename::text) NULLS LAST, tablename))
 FROM pg_tables WHERE schemaname = $1::text;
 
 -- name: outrank_revisions

@@ -314,3 +314,104 @@ SELECT session_key, exchange_id::text, message::text, client_disconnected, upstr
        response_occurred_at
 FROM exchanges
 WHERE session_key = ANY($1::text[]) AND conversation_id IS NULL AND message ? 'content';
+
+-- MCP (consumers/winni/mcp.py, mcp_links.py): keyed by event ids and uuid5 of
+-- them, so a redelivered or replayed batch changes nothing.
+
+-- name: mcp_stored_messages
+SELECT event_id::text, part FROM mcp_messages WHERE event_id = ANY($1::uuid[]);
+
+-- name: mcp_message_counts
+SELECT session_key, message_count FROM mcp_sessions WHERE session_key = ANY($1::text[]);
+
+-- name: mcp_open_calls
+SELECT call_id, session_key, jsonrpc_id, direction, connection_id::text, requested_at, progress_token
+FROM mcp_calls WHERE session_key = ANY($1::text[]) AND response_event_id IS NULL
+ORDER BY requested_at, call_id;
+
+-- name: upsert_mcp_session
+-- The first client, server and command seen stay; the latest protocol version and end win.
+INSERT INTO mcp_sessions AS s (session_key, server, transport, upstream_url, mcp_session_id, protocol_version, client_info,
+                               server_info, command, first_seen, last_seen, ended_at, end_reason, message_count)
+VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9::jsonb, $10, $11, $12, $13, $14)
+ON CONFLICT (session_key) DO UPDATE SET
+    upstream_url = coalesce(s.upstream_url, EXCLUDED.upstream_url),
+    mcp_session_id = coalesce(s.mcp_session_id, EXCLUDED.mcp_session_id),
+    protocol_version = coalesce(EXCLUDED.protocol_version, s.protocol_version),
+    client_info = coalesce(s.client_info, EXCLUDED.client_info),
+    server_info = coalesce(s.server_info, EXCLUDED.server_info),
+    command = coalesce(s.command, EXCLUDED.command),
+    first_seen = least(s.first_seen, EXCLUDED.first_seen),
+    last_seen = greatest(s.last_seen, EXCLUDED.last_seen),
+    ended_at = coalesce(EXCLUDED.ended_at, s.ended_at),
+    end_reason = coalesce(EXCLUDED.end_reason, s.end_reason),
+    message_count = greatest(s.message_count, EXCLUDED.message_count);
+
+-- name: insert_mcp_message
+INSERT INTO mcp_messages (session_key, position, event_id, part, connection_id, direction, kind, method, jsonrpc_id,
+                          payload, payload_text, flag, call_id, occurred_at)
+SELECT $1, $2, $3::uuid, $4, $5::uuid, $6, $7, $8, $9, b.json, b.text, $11, $12, $13
+FROM json_or_text($10) b
+ON CONFLICT (event_id, part) DO NOTHING;
+
+-- name: insert_mcp_call
+INSERT INTO mcp_calls (call_id, session_key, server, direction, method, jsonrpc_id, name, arguments, tool_use_name,
+                       progress_token, connection_id, request_event_id, requested_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11::uuid, $12::uuid, $13)
+ON CONFLICT (call_id) DO NOTHING;
+
+-- name: answer_mcp_call
+UPDATE mcp_calls SET result = $2::jsonb, error = $3::jsonb, is_error = $4, response_event_id = $5::uuid,
+                     responded_at = $6, duration_ms = $7
+WHERE call_id = $1 AND response_event_id IS NULL;
+
+-- name: note_mcp_call
+UPDATE mcp_calls SET notifications = notifications || $2::jsonb, cancelled = cancelled OR $3
+WHERE call_id = $1;
+
+-- name: insert_mcp_http_request
+INSERT INTO mcp_http_requests (connection_id, session_key, server, method, path, query, status, content_type, error_type,
+                               error_message, request_headers, response_headers, request_body_size, response_body_size,
+                               started_at, ttfb_ms, duration_ms, client_disconnected, upstream_complete)
+VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12::jsonb, $13, $14, $15, $16, $17, $18, $19)
+ON CONFLICT (connection_id) DO NOTHING;
+
+-- name: mcp_batch_calls
+-- The batch's tools/call requests not linked yet, with the name a tool_use of them has.
+SELECT tool_use_name AS name, requested_at AS at FROM mcp_calls
+WHERE call_id = ANY($1::uuid[]) AND tool_use_id IS NULL AND tool_use_name IS NOT NULL;
+
+-- name: mcp_batch_uses
+-- The batch's mcp__SERVER__TOOL tool uses not linked yet (copies of linked ones included).
+SELECT tool_use_id, name, used_at AS at FROM tool_calls
+WHERE use_exchange_id = ANY($1::uuid[]) AND mcp_call_id IS NULL AND name LIKE 'mcp\_\_%' AND used_at IS NOT NULL;
+
+-- name: lock_mcp_link_names
+-- Both sides of a link take these, in name order, before they look for the other side: whichever
+-- commits second sees the first's rows, so a pair is linked whichever side arrives first.
+SELECT pg_advisory_xact_lock(hashtext('kgb.mcp-link:' || n)) FROM (SELECT unnest($1::text[]) AS n ORDER BY 1) names;
+
+-- name: mcp_link_uses
+-- Unlinked tool uses of these names in the window; a compaction's copy of a call shares its id, so the earliest is the use.
+SELECT DISTINCT ON (t.tool_use_id) t.tool_use_id, t.name, coalesce(t.input, '{}'::jsonb)::text AS input, t.used_at,
+       t.result_at
+FROM tool_calls t
+WHERE t.name = ANY($1::text[]) AND t.mcp_call_id IS NULL AND t.used_at BETWEEN $2 AND $3
+  AND NOT EXISTS (SELECT 1 FROM mcp_calls c WHERE c.tool_use_id = t.tool_use_id)
+ORDER BY t.tool_use_id, t.used_at;
+
+-- name: mcp_link_calls
+SELECT call_id, tool_use_name AS name, coalesce(arguments, '{}'::jsonb)::text AS arguments, requested_at
+FROM mcp_calls
+WHERE tool_use_name = ANY($1::text[]) AND tool_use_id IS NULL AND requested_at BETWEEN $2 AND $3;
+
+-- name: set_mcp_call_tool_uses
+UPDATE mcp_calls c SET tool_use_id = l.tool_use_id
+FROM unnest($1::uuid[], $2::text[]) AS l (call_id, tool_use_id)
+WHERE c.call_id = l.call_id AND c.tool_use_id IS NULL;
+
+-- name: link_tool_calls
+-- Every tool_calls row of these tool uses (copies included) whose call is known.
+UPDATE tool_calls t SET mcp_call_id = c.call_id
+FROM mcp_calls c
+WHERE t.tool_use_id = ANY($1::text[]) AND c.tool_use_id = t.tool_use_id AND t.mcp_call_id IS NULL;

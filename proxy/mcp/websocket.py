@@ -17,37 +17,31 @@ that vanishes without a close frame gets its peer 1001 (client gone) or 1011
 4001, an unreachable upstream with 1011, as the earlier KGB did; both are
 captured like any connection: OPEN, then CLOSE with the error.
 
-Events (schemas/mcp.avsc) go to KGB_MCP_TOPIC through a publisher of their
-own, keyed by connection id. This app also answers plain HTTP GETs of
-``/health``, ``/ready`` and ``/metrics`` on its port, for its own publisher.
+Events (schemas/mcp.avsc, built by `proxy.mcp.events`): OPEN, one MESSAGE per
+JSON-RPC message of each frame (a binary frame is one, flagged), CLOSE, all
+keyed by the connection id, which is the session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 import logging
-import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import orjson
 from aiohttp import WSMsgType, web
 from yarl import URL
 
-from proxy.app import HOP_BY_HOP, METRICS, PUBLISHER, SESSION, SETTINGS, end_to_end, health, metrics_endpoint, ready
-from proxy.capture import Submit, soon, now_us
-from proxy.metrics import ProxyMetrics
-from proxy.publish import Publisher
-from proxy.redact import Rule, redact_body, redact_headers, redact_query, redact_text
-from proxy.settings import ProxySettings
+from proxy.app import HOP_BY_HOP, PUBLISHER, SESSION, SETTINGS, end_to_end
+from proxy.capture import RedactionPolicy
+from proxy.mcp import events
+from proxy.mcp.keys import POLICY
+from proxy.redact import redact_headers, redact_query, redact_text
 
 log = logging.getLogger(__name__)
 
-MCP_SCHEMA = "mcp"
 UNKNOWN_UPSTREAM = 4001
 UPSTREAM_UNREACHABLE = 1011
 GOING_AWAY = 1001
@@ -56,7 +50,7 @@ MAX_REASON_BYTES = 123  # RFC 6455 §5.5: a control frame's payload is at most 1
 SHUTDOWN_REASON = "KGB proxy shutting down"
 
 CLIENT, UPSTREAM, PROXY = "client", "upstream", "proxy"
-DIRECTION = {CLIENT: "CLIENT_TO_UPSTREAM", UPSTREAM: "UPSTREAM_TO_CLIENT", PROXY: None}
+DIRECTION = {CLIENT: events.CLIENT_TO_UPSTREAM, UPSTREAM: events.UPSTREAM_TO_CLIENT, PROXY: None}
 OTHER = {CLIENT: UPSTREAM, UPSTREAM: CLIENT}
 FRAME_TYPES = {WSMsgType.TEXT: "TEXT", WSMsgType.BINARY: "BINARY"}
 
@@ -67,7 +61,6 @@ _NOT_FORWARDED = HOP_BY_HOP | {
 }
 
 RELAYS = web.AppKey("relays", set)
-RULES = web.AppKey("rules", tuple)
 
 
 # --- how a connection ends: pure -----------------------------------------------------
@@ -121,15 +114,16 @@ def reason_bytes(reason: str) -> bytes:
     return reason.encode()[:MAX_REASON_BYTES].decode(errors="ignore").encode()
 
 
-def refusal(name: str) -> str:
+def refusal(name: str, url: str | None) -> str:
     if not name:
         return "no upstream named: connect to ?upstream=NAME"
+    if url is not None:
+        return f"{name!r} is a Streamable HTTP server: POST to /mcp/{name}"
     return f"unknown upstream {name!r}: not in KGB_MCP_UPSTREAMS"
 
 
-def without_credentials(url: str) -> str:
-    """An upstream URL as recorded: user and password in it stay out of the events."""
-    return str(URL(url).with_user(None))
+def is_websocket(url: str | None) -> bool:
+    return url is not None and URL(url).scheme in ("ws", "wss")
 
 
 # --- events: pure --------------------------------------------------------------------
@@ -143,66 +137,22 @@ class Handshake:
     query: str
     headers: list[tuple[str, str]]
     subprotocol: str | None = None
+    client_address: str | None = None
 
 
-def _long(value: Any) -> int | None:
-    return value if type(value) is int and -(2**63) <= value < 2**63 else None
-
-
-def jsonrpc_message(item: Any) -> dict[str, Any] | None:
-    """One JSON-RPC 2.0 message classified: a method with an id is a request, without one a
-    notification; otherwise `error` or `result` make it an error or a response."""
-    if not isinstance(item, dict):
-        return None
-    found: dict[str, Any] = {"method": None, "id": orjson.dumps(item["id"]).decode() if "id" in item else None,
-                             "error_code": None, "error_message": None}
-    method, error = item.get("method"), item.get("error")
-    if isinstance(method, str):
-        return found | {"kind": "REQUEST" if "id" in item else "NOTIFICATION", "method": method}
-    if isinstance(error, dict):
-        message = error.get("message")
-        return found | {"kind": "ERROR", "error_code": _long(error.get("code")),
-                        "error_message": message if isinstance(message, str) else None}
-    if "result" in item:
-        return found | {"kind": "RESPONSE"}
-    return None
-
-
-def jsonrpc_messages(payload: bytes) -> list[dict[str, Any]]:
-    """The messages of a text frame: one, or several for a batch; none when it is not JSON-RPC."""
-    try:
-        parsed = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return []
-    items = parsed if isinstance(parsed, list) else [parsed]
-    return [message for message in map(jsonrpc_message, items) if message is not None]
-
-
-def open_fields(handshake: Handshake, rules: Sequence[Rule], extra_headers: frozenset[str]) -> dict[str, Any]:
-    headers, fired = redact_headers(handshake.headers, extra_headers, rules)
-    query, query_fired = redact_query(handshake.query, rules)
+def open_fields(handshake: Handshake, policy: RedactionPolicy) -> dict[str, Any]:
+    headers, fired = redact_headers(handshake.headers, policy.extra_headers, policy.rules)
+    query, query_fired = redact_query(handshake.query, policy.rules)
     return {
         "handshake": {"path": handshake.path, "query": query, "headers": headers, "subprotocol": handshake.subprotocol},
+        "client_address": handshake.client_address,
         "redactions": sorted(set(fired + query_fired)),
     }
 
 
-def frame_fields(side: str, frame_type: WSMsgType, payload: bytes, rules: Sequence[Rule]) -> dict[str, Any]:
-    """JSON-RPC is read from the redacted payload, so a secret in an error message stays out too."""
-    redacted, fired = redact_body(payload, rules)
-    return {
-        "direction": DIRECTION[side],
-        "frame_type": FRAME_TYPES[frame_type],
-        "payload": redacted,
-        "payload_size": len(payload),
-        "jsonrpc": jsonrpc_messages(redacted) if frame_type is WSMsgType.TEXT else [],
-        "redactions": sorted(set(fired)),
-    }
-
-
-def close_fields(ending: Ending, rules: Sequence[Rule]) -> dict[str, Any]:
-    reason, fired = redact_text(ending.reason, rules)
-    error, error_fired = redact_text(ending.error_message or "", rules)
+def close_fields(ending: Ending, policy: RedactionPolicy) -> dict[str, Any]:
+    reason, fired = redact_text(ending.reason, policy.rules)
+    error, error_fired = redact_text(ending.error_message or "", policy.rules)
     return {
         "direction": DIRECTION[ending.side],
         "close_code": ending.code,
@@ -213,43 +163,17 @@ def close_fields(ending: Ending, rules: Sequence[Rule]) -> dict[str, Any]:
     }
 
 
-@dataclass
-class Recorder:
-    """One connection's capture. Numbering and timestamps happen at once, in forwarding
-    order; redaction and the rest of the event later in the loop (proxy.capture's `soon`),
-    which runs callbacks in order, so events are submitted in sequence order."""
-
-    upstream: str
-    upstream_url: str | None  # as recorded: `without_credentials`
-    rules: Sequence[Rule]
-    extra_headers: frozenset[str]
-    submit: Submit
-    connection_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    _sequence: itertools.count = field(default_factory=itertools.count)
+class Recorder(events.Recorder):
+    """One WebSocket connection's capture: OPEN, one MESSAGE per JSON-RPC message of each frame, CLOSE."""
 
     def opened(self, handshake: Handshake) -> None:
-        self._record("OPEN", open_fields, handshake, self.rules, self.extra_headers)
+        self.record("OPEN", open_fields, handshake, self.policy)
 
     def frame(self, side: str, frame_type: WSMsgType, payload: bytes) -> None:
-        self._record("FRAME", frame_fields, side, frame_type, payload, self.rules)
+        self.message(events.Message(DIRECTION[side], payload, frame_type=FRAME_TYPES[frame_type]))
 
     def closed(self, ending: Ending) -> None:
-        self._record("CLOSE", close_fields, ending, self.rules)
-
-    def _record(self, kind: str, build: Callable[..., dict[str, Any]], *args: Any) -> None:
-        event = {
-            "event_id": str(uuid.uuid4()),
-            "connection_id": self.connection_id,
-            "upstream": self.upstream,
-            "upstream_url": self.upstream_url,
-            "sequence": next(self._sequence),
-            "occurred_at": now_us(),
-            "kind": kind,
-        }
-        soon(self._complete, event, build, args)
-
-    def _complete(self, event: dict[str, Any], build: Callable[..., dict[str, Any]], args: tuple[Any, ...]) -> None:
-        self.submit(event | build(*args))
+        self.record("CLOSE", close_fields, ending, self.policy)
 
 
 # --- the relay: thin async shells ----------------------------------------------------
@@ -277,10 +201,12 @@ class Relay:
     client: web.WebSocketResponse
     upstream: aiohttp.ClientWebSocketResponse
     recorder: Recorder
+    ending: Ending | None = None
+    pumps: dict[asyncio.Task[Ending], tuple[AnyWebSocket, AnyWebSocket]] = dataclasses.field(default_factory=dict)
 
     async def run(self) -> Ending:
         """Both pumps until one stops; its ending closes the other side, then is echoed to its own."""
-        pumps = {
+        self.pumps = pumps = {
             asyncio.create_task(pump(self.client, self.upstream, CLIENT, self.recorder)): (self.client, self.upstream),
             asyncio.create_task(pump(self.upstream, self.client, UPSTREAM, self.recorder)): (self.upstream, self.client),
         }
@@ -288,6 +214,7 @@ class Relay:
             done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
             first = done.pop()
             ending = first.result()
+            self.ending = self.ending or ending
             origin, peer = pumps[first]
             code, reason = peer_close(ending)
             await peer.close(code=code, message=reason_bytes(reason))
@@ -298,34 +225,28 @@ class Relay:
             for task in pumps:
                 task.cancel()
 
+    def ending_so_far(self) -> Ending:
+        """How the connection ended when the handler was cancelled: what `run` or a shutdown settled, else a client gone."""
+        stopped = [task.result() for task in self.pumps if task.done() and not task.cancelled() and not task.exception()]
+        return self.ending or (stopped[0] if stopped else gone(CLIENT))
+
     async def shutdown(self) -> None:
+        self.ending = self.ending or Ending(PROXY, GOING_AWAY, SHUTDOWN_REASON)
         message = reason_bytes(SHUTDOWN_REASON)
         await asyncio.gather(self.client.close(code=GOING_AWAY, message=message),
                              self.upstream.close(code=GOING_AWAY, message=message))
-
-
-STATUS_PAGES = {"/health": health, "/ready": ready, "/metrics": metrics_endpoint}
-
-
-async def entry(request: web.Request) -> web.StreamResponse:
-    """WebSocket upgrades on any path are relayed; plain GETs reach the status pages."""
-    if request.headers.get("upgrade", "").lower() == "websocket":
-        return await relay(request)
-    page = STATUS_PAGES.get(request.path)
-    if page is not None and request.method == "GET":
-        return await page(request)
-    return web.Response(status=426, headers={"Upgrade": "websocket"},
-                        text="KGB MCP relay: connect a WebSocket to ws://HOST:PORT/?upstream=NAME\n")
 
 
 async def relay(request: web.Request) -> web.WebSocketResponse:
     app, settings = request.app, request.app[SETTINGS]
     name = request.query.get("upstream", "")
     url = settings.mcp_upstreams.get(name)
-    recorder = Recorder(name, url and without_credentials(url), app[RULES], settings.redact_headers, app[PUBLISHER].submit)
-    handshake = Handshake(request.rel_url.raw_path, request.rel_url.raw_query_string, list(request.headers.items()))
-    if url is None:
-        return await _refuse(request, recorder, handshake, Ending(PROXY, UNKNOWN_UPSTREAM, refusal(name), "unknown_upstream"))
+    origin = events.Origin(events.WEBSOCKET, name, url and events.recorded_url(url, app[POLICY]))
+    recorder = Recorder(origin, app[POLICY], app[PUBLISHER].submit)
+    handshake = Handshake(request.rel_url.raw_path, request.rel_url.raw_query_string, list(request.headers.items()),
+                          client_address=request.remote)
+    if not is_websocket(url):
+        return await _refuse(request, recorder, handshake, Ending(PROXY, UNKNOWN_UPSTREAM, refusal(name, url), "unknown_upstream"))
     try:
         upstream = await app[SESSION].ws_connect(
             url,
@@ -339,7 +260,7 @@ async def relay(request: web.Request) -> web.WebSocketResponse:
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         failure = Ending(PROXY, UPSTREAM_UNREACHABLE, f"upstream {name} unreachable", "upstream_unreachable",
                          f"{type(exc).__name__}: {exc}")
-        log.warning("mcp connection %s: %s: %s", recorder.connection_id, failure.reason, failure.error_message)
+        log.warning("mcp connection %s: %s: %s", origin.connection_id, failure.reason, failure.error_message)
         return await _refuse(request, recorder, handshake, failure)
     async with upstream:
         return await _relay(request, recorder, dataclasses.replace(handshake, subprotocol=upstream.protocol), upstream)
@@ -362,6 +283,14 @@ async def _relay(
     request.app[RELAYS].add(relay)
     try:
         ending = await relay.run()
+    except asyncio.CancelledError:
+        # The app cancels the handler of a client whose connection dropped (proxy.mcp.app),
+        # which may be after the closing handshake: then the ending is known already.
+        ending = relay.ending_so_far()
+        recorder.closed(ending)
+        code, reason = peer_close(ending)
+        await upstream.close(code=code, message=reason_bytes(reason))
+        raise
     finally:
         request.app[RELAYS].discard(relay)
     recorder.closed(ending)
@@ -384,38 +313,3 @@ def _offered(request: web.Request) -> tuple[str, ...]:
     return tuple(p.strip() for p in header.split(",") if p.strip())
 
 
-# --- the app: resources owned at its edge ---------------------------------------------
-
-
-async def _resources(app: web.Application) -> AsyncIterator[None]:
-    """The upstream session, then the publisher for KGB_MCP_TOPIC (which uses it for the registry)."""
-    settings = app[SETTINGS]
-    timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout, sock_read=settings.connect_timeout)
-    async with aiohttp.ClientSession(timeout=timeout, cookie_jar=aiohttp.DummyCookieJar()) as session:
-        app[SESSION] = session
-        publisher = Publisher(settings.publish.for_mcp(), app[METRICS], session, schema=MCP_SCHEMA, key_field="connection_id")
-        app[PUBLISHER] = publisher
-        await publisher.start()
-        try:
-            yield
-        finally:
-            await publisher.close()
-
-
-async def _close_relays(app: web.Application) -> None:
-    """On shutdown, before the publisher flushes: every relay closes with 1001 and records its end."""
-    await asyncio.gather(*(relay.shutdown() for relay in list(app[RELAYS])))
-
-
-def build_mcp_app(settings: ProxySettings, metrics: ProxyMetrics | None = None) -> web.Application:
-    """The relay on KGB_MCP_PORT. Its metrics are its own (served on its port), so the two
-    publishers' spool and queue gauges never overwrite each other."""
-    app = web.Application()
-    app[SETTINGS] = settings
-    app[METRICS] = metrics or ProxyMetrics()
-    app[RELAYS] = set()
-    app[RULES] = settings.rules()
-    app.cleanup_ctx.append(_resources)
-    app.on_shutdown.append(_close_relays)
-    app.router.add_route("*", "/{tail:.*}", entry)
-    return app

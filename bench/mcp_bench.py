@@ -1,0 +1,239 @@
+"""A ``tools/call`` direct vs through KGB's MCP capture, in one run: Streamable HTTP (JSON and SSE answers) and stdio.
+
+    .venv/bin/python -m bench.mcp_bench [--calls 3000] [--json results.json] [--keep]
+
+Targets, each its own process so its CPU seconds are its own:
+
+- http-json / http-sse direct: the client POSTs to `bench.mcp_servers http` (aiohttp, answering one JSON
+  object, or an SSE stream of one event), and through `kgb proxy`'s MCP relay (/mcp/NAME), capture and
+  publishing on, to a real Kafka broker;
+- stdio direct: the client runs `bench.mcp_servers stdio` and writes a line, reads a line; through the
+  shim: the same server under `kgb mcp stdio NAME --`, publishing to the same broker.
+
+One client, one call at a time (c=1), each call timed from its write to its answer's last byte; the
+direct and relayed runs take turns in rounds so the machine's noise falls on both. CPU per call is the
+relay's (or shim's) own CPU time over the calls it relayed, settle time included, so the events it
+built and published after each answer count too. Targets (issue 8): added p50 <= 0.5 ms over loopback
+HTTP, <= 0.2 ms through the shim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python bench/mcp_bench.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import aiohttp
+import orjson
+import psutil
+
+from bench.targets import ROOT, Measured, _spawn, free_port, kgb_binary, wait_http, workdir
+from kgb.running import new_loop
+from tests.services import create_topic, kafka_broker
+
+ROUNDS = 4
+SETTLE_S = 0.5
+TARGETS_MS = {"http-json": 0.5, "http-sse": 0.5, "stdio": 0.2}
+
+
+def tools_call(ident: int) -> bytes:
+    return orjson.dumps({"jsonrpc": "2.0", "id": ident, "method": "tools/call",
+                         "params": {"name": "lookup", "arguments": {"query": "kgb", "limit": 5}}})
+
+
+@dataclass
+class Samples:
+    latencies: list[float]
+    cpu_s: float
+    calls: int
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def cpu_of(pids: tuple[int, ...]) -> float:
+    return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
+
+
+async def timed(calls: int, call: Callable[[int], Awaitable[None]], measured: tuple[int, ...]) -> Samples:
+    before = cpu_of(measured) if measured else 0.0
+    latencies = []
+    for ident in range(calls):
+        start = time.perf_counter()
+        await call(ident)
+        latencies.append((time.perf_counter() - start) * 1000)
+    await asyncio.sleep(SETTLE_S)
+    return Samples(latencies, (cpu_of(measured) - before) if measured else 0.0, calls)
+
+
+def http_caller(session: aiohttp.ClientSession, url: str) -> Callable[[int], Awaitable[None]]:
+    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+               "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": "lookup"}
+
+    async def call(ident: int) -> None:
+        async with session.post(url, data=tools_call(ident), headers=headers) as response:
+            body = await response.read()
+            assert response.status == 200 and b'"result"' in body, body[:200]
+
+    return call
+
+
+@dataclass
+class Stdio:
+    process: asyncio.subprocess.Process
+
+    async def call(self, ident: int) -> None:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(tools_call(ident) + b"\n")
+        await self.process.stdin.drain()
+        line = await self.process.stdout.readline()
+        assert b'"result"' in line, line[:200]
+
+    def measured(self) -> tuple[int, ...]:
+        return (self.process.pid,)
+
+    async def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        await self.process.wait()
+
+
+async def start_stdio(command: list[str], env: dict[str, str], log: Path) -> Stdio:
+    handle = log.open("wb")
+    process = await asyncio.create_subprocess_exec(*command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                                                   stderr=handle, env=env, cwd=ROOT)
+    stdio = Stdio(process)
+    await stdio.call(-1)
+    return stdio
+
+
+def summarize(direct: Samples, relayed: Samples, pids_cpu: bool = True) -> dict[str, Any]:
+    row = {
+        "direct_p50_ms": percentile(direct.latencies, 0.5), "direct_p99_ms": percentile(direct.latencies, 0.99),
+        "kgb_p50_ms": percentile(relayed.latencies, 0.5), "kgb_p99_ms": percentile(relayed.latencies, 0.99),
+        "kgb_cpu_ms_per_call": relayed.cpu_s * 1000 / relayed.calls,
+        "calls": relayed.calls,
+    }
+    row["added_p50_ms"] = row["kgb_p50_ms"] - row["direct_p50_ms"]
+    row["added_p99_ms"] = row["kgb_p99_ms"] - row["direct_p99_ms"]
+    row["p50_ratio"] = row["kgb_p50_ms"] / row["direct_p50_ms"]
+    row["direct_server_cpu_ms_per_call"] = direct.cpu_s * 1000 / direct.calls
+    return row
+
+
+def merged(parts: list[Samples]) -> Samples:
+    return Samples([x for p in parts for x in p.latencies], sum(p.cpu_s for p in parts), sum(p.calls for p in parts))
+
+
+async def bench_http(calls: int, direct_url: str, relay_url: str, server: Measured, relay: Measured) -> dict[str, Any]:
+    results = {}
+    connector = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for kind, path in (("http-json", "/json"), ("http-sse", "/sse")):
+            direct, relayed = [], []
+            for _ in range(ROUNDS):
+                direct.append(await timed(calls // ROUNDS, http_caller(session, direct_url + path), server.pids))
+                relayed.append(await timed(calls // ROUNDS, http_caller(session, relay_url + path), relay.pids))
+            results[kind] = summarize(merged(direct), merged(relayed))
+    return results
+
+
+async def bench_stdio(calls: int, env: dict[str, str], work: Path) -> dict[str, Any]:
+    server = [sys.executable, "-m", "bench.mcp_servers", "stdio"]
+    direct, relayed = [], []
+    for round_ in range(ROUNDS):
+        plain = await start_stdio(server, env, work / f"stdio-{round_}.log")
+        direct.append(await timed(calls // ROUNDS, plain.call, plain.measured()))
+        await plain.close()
+        shim = await start_stdio([kgb_binary(), "--log-level", "WARNING", "mcp", "stdio", "bench", "--", *server], env,
+                                 work / f"shim-{round_}.log")
+        relayed.append(await timed(calls // ROUNDS, shim.call, shim.measured()))
+        await shim.close()
+    return {"stdio": summarize(merged(direct), merged(relayed))}
+
+
+async def published(bootstrap: str, topic: str) -> int:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()] or [
+            TopicPartition(topic, p) for p in range(3)]
+        return sum((await consumer.end_offsets(partitions)).values())
+    finally:
+        await consumer.stop()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    with contextlib.ExitStack() as stack:
+        work = workdir(stack, args.keep)
+        broker = stack.enter_context(kafka_broker())
+        topic = asyncio.run(create_topic(broker.bootstrap))
+        port = free_port()
+        server_log = work / "server.log"
+        server = _spawn(stack, [sys.executable, "-m", "bench.mcp_servers", "http", "--port", str(port)], server_log)
+        direct_url = f"http://127.0.0.1:{port}"
+        wait_http(direct_url + "/health", server, server_log)
+        mcp_port = free_port()
+        env = {**os.environ, "KGB_KAFKA_BOOTSTRAP": broker.bootstrap, "KGB_MCP_TOPIC": topic, "KGB_TOPIC": topic + "-api",
+               "KGB_SPOOL_DIR": str(work / "spool"), "KGB_MCP_PORT": str(mcp_port), "KGB_MCP_UPSTREAMS": f"bench={direct_url}"}
+        relay_log = work / "relay.log"
+        relay = _spawn(stack, [kgb_binary(), "--log-level", "WARNING", "proxy", "--port", str(free_port())], relay_log, env)
+        wait_http(f"http://127.0.0.1:{mcp_port}/ready", relay, relay_log)
+
+        async def both() -> dict[str, Any]:
+            results = await bench_http(args.calls, direct_url, f"http://127.0.0.1:{mcp_port}/mcp/bench",
+                                       Measured((server.pid,)), Measured((relay.pid,)))
+            results |= await bench_stdio(args.calls, env, work)
+            await asyncio.sleep(2)
+            results["events_on_topic"] = await published(broker.bootstrap, topic)
+            return results
+
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            results = runner.run(both())
+    return {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "calls": args.calls, "results": results}
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [f"{'scenario':10} {'direct p50':>10} {'p99':>7} {'kgb p50':>8} {'p99':>7} {'added p50':>9} {'added p99':>9} "
+             f"{'kgb CPU/call':>12} {'p50 ratio':>9} {'target':>7}"]
+    for name, row in report["results"].items():
+        if not isinstance(row, dict):
+            continue
+        target = TARGETS_MS[name]
+        verdict = "met" if row["added_p50_ms"] <= target else "MISSED"
+        lines.append(f"{name:10} {row['direct_p50_ms']:10.3f} {row['direct_p99_ms']:7.3f} {row['kgb_p50_ms']:8.3f} "
+                     f"{row['kgb_p99_ms']:7.3f} {row['added_p50_ms']:9.3f} {row['added_p99_ms']:9.3f} "
+                     f"{row['kgb_cpu_ms_per_call']:10.3f}ms {row['p50_ratio']:9.2f} {verdict:>4} ≤{target}")
+    lines.append(f"events on the MCP topic: {report['results']['events_on_topic']} (milliseconds throughout)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=3000, help="calls per target and scenario (default 3000)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, spools)")
+    args = parser.parse_args(argv)
+    report = run(args)
+    print(render(report))
+    if args.json:
+        args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+
+
+if __name__ == "__main__":
+    main()

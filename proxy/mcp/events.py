@@ -1,0 +1,185 @@
+"""MCP traffic as events (schemas/mcp.avsc): JSON-RPC classification and event building, pure.
+
+Every transport (the WebSocket relay, the Streamable HTTP relay, the stdio
+shim) hands what it forwarded to a `Recorder`, which numbers it and stamps its
+time at once, in forwarding order, and builds the event at the next turn of
+the loop (`proxy.capture.soon`), after the bytes have gone on: a failure in
+here costs an event, never a message. The loop runs callbacks in order, so
+events are built, and submitted, in sequence order.
+
+One event per JSON-RPC message. A payload is redacted first and read after,
+so a secret in an error message stays out too; a batch becomes one event per
+element (each re-serialised compactly, with its index), and bytes that are
+not JSON-RPC become one event flagged ``not_json`` or ``not_jsonrpc``, so
+nothing that crossed the relay goes unrecorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from yarl import URL
+
+from kgb.jsonrpc import Part, parts_of
+from proxy.capture import RedactionPolicy, Submit, now_us, soon
+from proxy.redact import credential, fingerprint, redact_body, redact_headers, redact_query
+
+CLIENT_TO_UPSTREAM = "CLIENT_TO_UPSTREAM"
+UPSTREAM_TO_CLIENT = "UPSTREAM_TO_CLIENT"
+WEBSOCKET, STREAMABLE_HTTP, STDIO = "WEBSOCKET", "STREAMABLE_HTTP", "STDIO"
+
+# The headers an MCP event keeps beside the message: the protocol's own (2025-11-25, 2026-07-28).
+MCP_HEADERS = frozenset({"mcp-session-id", "mcp-protocol-version", "mcp-method", "mcp-name", "last-event-id"})
+MCP_PARAM_PREFIX = "mcp-param-"
+PROTOCOL_VERSION_META = "io.modelcontextprotocol/protocolVersion"
+
+
+def negotiated_version(value: Any) -> str | None:
+    """The protocol version a message states: an initialize result's, or a request's ``_meta`` (2026-07-28)."""
+    if not isinstance(value, dict):
+        return None
+    result, params = value.get("result"), value.get("params")
+    if isinstance(result, dict) and isinstance(result.get("protocolVersion"), str) and "serverInfo" in result:
+        return result["protocolVersion"]
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    version = meta.get(PROTOCOL_VERSION_META) if isinstance(meta, dict) else None
+    return version if isinstance(version, str) else None
+
+
+def mcp_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The protocol's headers among an HTTP message's, in wire order."""
+    return [(n, v) for n, v in headers if n.lower() in MCP_HEADERS or n.lower().startswith(MCP_PARAM_PREFIX)]
+
+
+def header(headers: Iterable[tuple[str, str]], name: str) -> str | None:
+    """The first value of a header, by case-insensitive name."""
+    return next((value for key, value in headers if key.lower() == name), None)
+
+
+def recorded_url(url: str, policy: RedactionPolicy) -> str:
+    """An upstream URL as events may hold it: no user or password, credential-like query parameters redacted."""
+    parsed = URL(url).with_user(None)
+    query, _ = redact_query(parsed.raw_query_string, policy.rules)
+    return str(parsed.with_query(None)) + (f"?{query}" if query else "")
+
+
+def stateless_key(server: str, day: str, address: str | None, headers: Sequence[tuple[str, str]], key: bytes) -> str:
+    """The session of HTTP traffic that carries no Mcp-Session-Id (2026-07-28, or a stateless server):
+    one per server, UTC day and client (address, User-Agent, credential), since the protocol names none."""
+    secret = credential(headers)
+    client = [server, day, address or "", header(headers, "user-agent") or "", fingerprint(secret, key) if secret else ""]
+    return "stateless:" + hashlib.blake2b("\x00".join(client).encode(), digest_size=16).hexdigest()
+
+
+# --- events: pure ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Message:
+    """What a transport forwarded: one payload one way, with the HTTP or SSE context it came in."""
+
+    direction: str
+    payload: bytes
+    headers: Sequence[tuple[str, str]] = ()
+    sse: dict[str, Any] | None = None
+    frame_type: str | None = None
+
+
+def message_fields(message: Message, policy: RedactionPolicy) -> list[dict[str, Any]]:
+    """The fields of each event a payload makes, one per message in it."""
+    redacted, fired = redact_body(message.payload, policy.rules)
+    headers, header_fired = redact_headers(mcp_headers(message.headers), policy.extra_headers, policy.rules)
+    common = {
+        "direction": message.direction,
+        "frame_type": message.frame_type,
+        "payload_size": len(message.payload),
+        "mcp_headers": headers,
+        "sse": message.sse,
+        "redactions": sorted(set(fired + header_fired)),
+    }
+    if message.frame_type == "BINARY":
+        return [common | {"payload": redacted, "jsonrpc": [], "error_type": "binary_frame"}]
+    return [common | _part_fields(part) for part in parts_of(redacted)]
+
+
+def _part_fields(part: Part) -> dict[str, Any]:
+    return {
+        "payload": part.payload,
+        "jsonrpc": [part.jsonrpc] if part.jsonrpc else [],
+        "batch_index": part.batch_index,
+        "batch_size": part.batch_size,
+        "error_type": part.flag,
+        "error_message": None if part.flag is None else _flag_message(part.flag),
+        "protocol_version": negotiated_version(part.value),
+    }
+
+
+def _flag_message(flag: str) -> str:
+    return "payload is not JSON" if flag == "not_json" else "payload is JSON but not a JSON-RPC 2.0 message"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """What every event of one WebSocket connection, shim run or HTTP request shares."""
+
+    transport: str
+    upstream: str
+    upstream_url: str | None
+    connection_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+Build = Callable[..., dict[str, Any] | list[dict[str, Any]]]
+
+
+@dataclass
+class Recorder:
+    """One connection's, shim run's or HTTP request's capture: numbering and timestamps at once, in
+    forwarding order; the rest of each event later in the loop.
+
+    `session_key` and `protocol_version` are read when an event is built, so a
+    transport may learn them after it recorded (an HTTP request's session id
+    comes with its response); `protocol_version` also follows what the messages
+    negotiate (an initialize result, a request's ``_meta``).
+    """
+
+    origin: Origin
+    policy: RedactionPolicy
+    submit: Submit
+    session_key: str | None = None
+    mcp_session_id: str | None = None
+    protocol_version: str | None = None
+    _sequence: itertools.count = field(default_factory=itertools.count)
+
+    def message(self, message: Message, at: int | None = None) -> None:
+        self.record("MESSAGE", message_fields, message, self.policy, at=at)
+
+    def record(self, kind: str, build: Build, *args: Any, at: int | None = None) -> None:
+        """Stamp an event now (or at `at`, microseconds), and build it with ``build(*args)`` soon."""
+        soon(self._complete, kind, at or now_us(), build, args)
+
+    def _complete(self, kind: str, at: int, build: Build, args: tuple[Any, ...]) -> None:
+        built = build(*args)
+        for fields in built if isinstance(built, list) else [built]:
+            self.protocol_version = fields.pop("protocol_version", None) or self.protocol_version
+            self.submit(self._envelope(kind, at) | fields)
+
+    def _envelope(self, kind: str, at: int) -> dict[str, Any]:
+        origin = self.origin
+        return {
+            "event_id": str(uuid.uuid4()),
+            "connection_id": origin.connection_id,
+            "upstream": origin.upstream,
+            "upstream_url": origin.upstream_url,
+            "sequence": next(self._sequence),
+            "occurred_at": at,
+            "kind": kind,
+            "transport": origin.transport,
+            "session_key": self.session_key or origin.connection_id,
+            "mcp_session_id": self.mcp_session_id,
+            "protocol_version": self.protocol_version,
+        }

@@ -1,0 +1,11 @@
+"""What the MCP app holds for its handlers, by key: one place, so the relays and the app agree."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from proxy.capture import RedactionPolicy
+
+POLICY = web.AppKey("mcp_policy", RedactionPolicy)
+HTTP_SESSION = web.AppKey("mcp_http_session", aiohttp.ClientSession)

@@ -1,0 +1,285 @@
+"""The Streamable HTTP relay at the byte level: a raw upstream, raw clients, what reaches each side and the topic.
+
+The upstream here is a plain aiohttp app that records what it received and
+answers what a test asks for (headers, an SSE stream with keep-alives, a
+stream that dies, one that waits until its client leaves, a 401), so every
+header of the 2026-07-28 transport and every failure can be checked exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+
+from proxy.mcp.http import target, well_known_target
+from tests.e2e.scan import database_dump, hits, topic_bytes
+from tests.mcp_pipeline import McpPipeline, mcp_pipeline, serving
+from tests.proxy.test_app import API_KEY
+from tests.topic import read_events
+
+CALL = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "get_weather", "arguments": {"city": "Oslo"}}}
+RESULT = {"jsonrpc": "2.0", "id": 7, "result": {"content": [{"type": "text", "text": "sunny"}], "isError": False}}
+MODERN_HEADERS = {
+    "MCP-Protocol-Version": "2026-07-28",
+    "Mcp-Method": "tools/call",
+    "Mcp-Name": "=?base64?Z2V0X3dlYXRoZXI=?=",
+    "Mcp-Param-Region": "eu-north-1",
+    "Last-Event-ID": "stream-1:4",
+    "Accept": "application/json, text/event-stream",
+}
+SSE_BODY = (
+    b": keep-alive\n\n"
+    b"id: s1:0\ndata:\n\n"
+    b'id: s1:1\nevent: message\ndata: {"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}\n\n'
+    b": keep-alive\r\n\r\n"
+    b"id: s1:2\nretry: 500\ndata: " + orjson.dumps(RESULT) + b"\n\n"
+)
+
+
+@dataclass
+class Upstream:
+    """What the raw upstream received, and how its streams ended."""
+
+    requests: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
+    left: asyncio.Event = field(default_factory=asyncio.Event)
+    url: str = ""
+
+    def app(self) -> web.Application:
+        app = web.Application(handler_args={"handler_cancellation": True})  # as servers do: a client gone cancels
+        app.router.add_route("*", "/mcp", self.json)
+        app.router.add_post("/mcp/sse", self.sse)
+        app.router.add_post("/mcp/dies", self.dies)
+        app.router.add_post("/mcp/waits", self.waits)
+        app.router.add_post("/mcp/auth", self.auth)
+        app.router.add_get("/.well-known/oauth-protected-resource/mcp", self.metadata)
+        return app
+
+    async def seen(self, request: web.Request) -> bytes:
+        body = await request.read()
+        self.requests.append((request.method, request.path_qs, dict(request.headers), body))
+        return body
+
+    async def json(self, request: web.Request) -> web.Response:
+        body = await self.seen(request)
+        parsed = orjson.loads(body) if body.startswith(b"{") else None
+        if parsed is None:
+            return web.Response(status=400, body=b'{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error"}}',
+                                content_type="application/json")
+        answer = {"jsonrpc": "2.0", "id": parsed.get("id"), "result": {"content": [{"type": "text", "text": parsed["params"]["arguments"]["city"]}]}}
+        return web.Response(body=orjson.dumps(answer), content_type="application/json",
+                            headers={"Mcp-Session-Id": "sess-42", "X-Upstream": "yes"})
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        await self.seen(request)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        return response
+
+    async def sse(self, request: web.Request) -> web.StreamResponse:
+        response = await self.stream(request)
+        for piece in (SSE_BODY[:20], SSE_BODY[20:77], SSE_BODY[77:]):
+            await response.write(piece)
+            await asyncio.sleep(0.02)
+        await response.write_eof()
+        return response
+
+    async def dies(self, request: web.Request) -> web.StreamResponse:
+        response = await self.stream(request)
+        await response.write(SSE_BODY[:SSE_BODY.index(b"}}\n\n") + 4])
+        await asyncio.sleep(0.05)
+        assert request.transport is not None
+        request.transport.abort()
+        return response
+
+    async def waits(self, request: web.Request) -> web.StreamResponse:
+        response = await self.stream(request)
+        await response.write(b": keep-alive\n\n")
+        try:
+            await asyncio.sleep(60)
+        finally:
+            self.left.set()
+        return response
+
+    async def auth(self, request: web.Request) -> web.Response:
+        await self.seen(request)
+        challenge = f'Bearer resource_metadata="{self.url}/.well-known/oauth-protected-resource/mcp", scope="tools"'
+        return web.Response(status=401, body=b'{"error":"invalid_token"}', content_type="application/json",
+                            headers={"WWW-Authenticate": challenge})
+
+    async def metadata(self, request: web.Request) -> web.Response:
+        await self.seen(request)
+        return web.json_response({"resource": f"{self.url}/mcp", "authorization_servers": ["http://127.0.0.1:1/"]})
+
+
+@dataclass
+class Relay:
+    pipeline: McpPipeline
+    upstream: Upstream
+
+    async def events(self, count: int) -> list[dict[str, Any]]:
+        return await read_events(self.pipeline.bootstrap, self.pipeline.mcp_topic, count, schema="mcp")
+
+
+@pytest.fixture
+async def relay(kafka, database: str, tmp_path: Path) -> AsyncIterator[Relay]:
+    upstream = Upstream()
+    async with serving(upstream.app()) as url:
+        upstream.url = url
+        upstreams = {"raw": f"{url}/mcp", "ws": "ws://127.0.0.1:9/", "down": "http://127.0.0.1:9/mcp"}
+        async with mcp_pipeline(kafka.bootstrap, database, tmp_path / "spool", upstreams) as pipeline:
+            yield Relay(pipeline, upstream)
+
+
+def by_kind(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["kind"] == kind]
+
+
+async def test_2026_headers_pass_untouched_both_ways(relay: Relay) -> None:
+    headers = {**MODERN_HEADERS, "Authorization": "Bearer " + "t0ken" * 6, "Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(relay.pipeline.at("raw", "?tenant=a"), data=orjson.dumps(CALL), headers=headers) as response:
+            body = await response.read()
+            got = dict(response.headers)
+
+    ((method, path, seen, sent),) = relay.upstream.requests
+    assert (method, path, sent) == ("POST", "/mcp?tenant=a", orjson.dumps(CALL))
+    for name, value in headers.items():
+        assert seen[name] == value, name
+    assert got["Mcp-Session-Id"] == "sess-42" and got["X-Upstream"] == "yes"
+    assert orjson.loads(body)["result"]["content"][0]["text"] == "Oslo"
+
+    events = await relay.events(3)
+    request, answer = by_kind(events, "MESSAGE")
+    (exchange,) = by_kind(events, "EXCHANGE")
+    assert {e["session_key"] for e in events} == {"sess-42"}, "the session the server named, on every event"
+    assert {e["_key"] for e in events} == {b"sess-42"}
+    assert request["direction"] == "CLIENT_TO_UPSTREAM" and request["jsonrpc"][0]["method"] == "tools/call"
+    assert [h["name"] for h in request["mcp_headers"]] == ["MCP-Protocol-Version", "Mcp-Method", "Mcp-Name", "Mcp-Param-Region", "Last-Event-ID"]
+    assert request["protocol_version"] == "2026-07-28" and request["transport"] == "STREAMABLE_HTTP"
+    assert answer["mcp_headers"] == [{"name": "Mcp-Session-Id", "value": "sess-42"}]
+    http = exchange["http"]
+    assert (http["method"], http["path"], http["query"], http["status"]) == ("POST", "/mcp/raw", "tenant=a", 200)
+    assert {h["name"]: h["value"] for h in http["request_headers"]}["Authorization"] == "[REDACTED]"
+
+
+async def test_an_sse_answer_streams_byte_for_byte_and_each_event_is_a_message(relay: Relay) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(relay.pipeline.at("raw", "/sse"), data=orjson.dumps(CALL), headers=MODERN_HEADERS) as response:
+            chunks = [chunk async for chunk in response.content.iter_any()]
+            content_type = response.headers["Content-Type"]
+    assert b"".join(chunks) == SSE_BODY, "keep-alive comments and priming events pass as sent"
+    assert content_type == "text/event-stream"
+
+    events = await relay.events(4)
+    messages = by_kind(events, "MESSAGE")
+    assert [m["jsonrpc"][0]["kind"] for m in messages] == ["REQUEST", "NOTIFICATION", "RESPONSE"]
+    assert [m["sse"] for m in messages[1:]] == [{"id": "s1:1", "event": "message", "retry": None},
+                                                {"id": "s1:2", "event": "message", "retry": 500}]
+    assert orjson.loads(messages[2]["payload"]) == RESULT
+    (call,) = await relay.pipeline.calls(1)
+    assert call["result"] == RESULT["result"] and call["notifications"][0]["params"]["progress"] == 1
+
+
+async def test_an_unknown_name_gets_404_with_a_jsonrpc_error_and_is_captured(relay: Relay) -> None:
+    async with aiohttp.ClientSession() as session:
+        for name in ("nope", "ws"):
+            async with session.post(relay.pipeline.at(name), data=orjson.dumps(CALL)) as response:
+                assert response.status == 404
+                answer = await response.json()
+                assert answer["id"] == 7 and answer["error"]["data"]["type"] == "unknown_server"
+                assert name in answer["error"]["message"]
+    assert relay.upstream.requests == []
+    events = await relay.events(6)
+    assert [e["error_type"] for e in by_kind(events, "EXCHANGE")] == ["unknown_server"] * 2
+    assert "ws://HOST:PORT/?upstream=ws" in by_kind(events, "EXCHANGE")[1]["error_message"]
+    calls = await relay.pipeline.calls(2)
+    assert [(c["server"], c["is_error"]) for c in calls] == [("nope", True), ("ws", True)]
+
+
+async def test_an_unreachable_upstream_gets_502(relay: Relay) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(relay.pipeline.at("down"), data=orjson.dumps(CALL)) as response:
+            assert response.status == 502
+            assert (await response.json())["error"]["data"]["type"] == "upstream_unreachable"
+    (exchange,) = by_kind(await relay.events(3), "EXCHANGE")
+    assert exchange["error_type"] == "upstream_unreachable" and exchange["upstream_url"] == "http://127.0.0.1:9/mcp"
+
+
+async def test_a_body_that_is_not_json_is_relayed_and_flagged(relay: Relay) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(relay.pipeline.at("raw"), data=b"this is { not json") as response:
+            assert response.status == 400
+            assert (await response.json())["error"]["code"] == -32700
+    assert relay.upstream.requests[0][3] == b"this is { not json"
+    sent, answer = by_kind(await relay.events(3), "MESSAGE")
+    assert (sent["error_type"], sent["jsonrpc"], sent["payload"]) == ("not_json", [], b"this is { not json")
+    assert answer["jsonrpc"][0]["kind"] == "ERROR"
+    (row,) = await relay.pipeline.wait_for("SELECT flag, payload_text FROM mcp_messages WHERE flag IS NOT NULL", bool)
+    assert (row["flag"], row["payload_text"]) == ("not_json", "this is { not json")
+
+
+async def test_a_server_that_dies_mid_stream_cuts_the_client_and_what_came_is_kept(relay: Relay) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(relay.pipeline.at("raw", "/dies"), data=orjson.dumps(CALL)) as response:
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await response.read()
+    events = await relay.events(3)
+    (notification,) = [m for m in by_kind(events, "MESSAGE") if m["direction"] == "UPSTREAM_TO_CLIENT"]
+    assert notification["jsonrpc"][0]["method"] == "notifications/progress"
+    (exchange,) = by_kind(events, "EXCHANGE")
+    assert exchange["error_type"] == "upstream_gone" and not exchange["http"]["upstream_complete"]
+
+
+async def test_a_client_that_leaves_mid_stream_closes_the_upstream_stream(relay: Relay) -> None:
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(relay.pipeline.at("raw", "/waits"), data=orjson.dumps(CALL))
+        assert await response.content.readline() == b": keep-alive\n"
+        response.close()
+    await asyncio.wait_for(relay.upstream.left.wait(), 30)
+    (exchange,) = by_kind(await relay.events(2), "EXCHANGE")
+    assert exchange["http"]["client_disconnected"] and exchange["http"]["status"] == 200
+
+
+async def test_oauth_challenges_and_metadata_pass_through(relay: Relay) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(relay.pipeline.at("raw", "/auth"), data=orjson.dumps(CALL)) as response:
+            assert response.status == 401
+            challenge = response.headers["WWW-Authenticate"]
+        async with session.get(f"{relay.pipeline.relay}/.well-known/oauth-protected-resource/mcp/raw") as response:
+            metadata = await response.json()
+    assert challenge.startswith('Bearer resource_metadata="') and 'scope="tools"' in challenge
+    assert metadata["resource"] == f"{relay.upstream.url}/mcp"
+    assert relay.upstream.requests[-1][:2] == ("GET", "/.well-known/oauth-protected-resource/mcp")
+    exchanges = by_kind(await relay.events(4), "EXCHANGE")
+    assert [e["http"]["status"] for e in exchanges] == [401, 200]
+
+
+async def test_planted_secrets_reach_neither_the_topic_nor_the_database(relay: Relay) -> None:
+    planted = {"Authorization": f"Bearer {API_KEY}", **MODERN_HEADERS}
+    call = {**CALL, "params": {"name": "get_weather", "arguments": {"city": API_KEY}}}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(relay.pipeline.at("raw"), data=orjson.dumps(call), headers=planted) as response:
+            echoed = await response.read()
+    assert API_KEY.encode() in echoed, "the client gets the result untouched"
+    assert relay.upstream.requests[0][2]["Authorization"] == f"Bearer {API_KEY}", "the upstream gets the key"
+    (row,) = await relay.pipeline.calls(1)
+    assert "[REDACTED:anthropic_key]" in orjson.dumps(row["arguments"]).decode()
+    everything = b"".join(await topic_bytes(relay.pipeline.bootstrap, relay.pipeline.mcp_topic))
+    assert hits(everything, API_KEY) == {}
+    assert hits(await asyncio.to_thread(database_dump, relay.pipeline.database), API_KEY) == {}
+
+
+def test_the_client_chooses_the_path_and_query_never_the_host() -> None:
+    assert str(target("http://127.0.0.1:8/mcp?token=s", "", "a=1")) == "http://127.0.0.1:8/mcp?token=s&a=1"
+    assert str(target("http://127.0.0.1:8/mcp/", "/x/y", "")) == "http://127.0.0.1:8/mcp/x/y"
+    assert str(target("http://127.0.0.1:8/mcp", "/@evil.example/..", "")).startswith("http://127.0.0.1:8/mcp/")
+    assert str(well_known_target("http://127.0.0.1:8/api/mcp", "oauth-protected-resource", "", "")) == (
+        "http://127.0.0.1:8/.well-known/oauth-protected-resource/api/mcp")
