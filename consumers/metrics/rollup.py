@@ -2,7 +2,7 @@
 
 An exchange is counted once, when its row in ``usage_exchanges`` holds both
 halves: the request brings the model, the conversation kind, the path and the
-working directory Claude Code names in its system prompt; the response brings
+working directory Claude Code names (in a system message, or its system prompt); the response brings
 the usage, the status, the error, the stop reason, the reply's blocks and the
 timings. Both carry the session, the agent, the API key's fingerprint and when
 the exchange started, so either half can open the row, whichever arrives first.
@@ -31,10 +31,11 @@ from consumers.metrics.billing import Cost, Tokens, Usage, parts_from_json, text
 from consumers.winni.store import timestamp
 from kgb.documents import parse_json
 
-# Claude Code's system prompt names the directory it works in: "Primary working directory: /x"
-# (2.1.3xx, in a list of the environment) or "Working directory: /x" (older, in <env>).
-_WORKING_DIRECTORY = re.compile(r"^[ \t]*(?:-[ \t]*)?(?:Primary working directory|Working directory):[ \t]*(\S[^\r\n]*?)[ \t]*$",
-                                re.MULTILINE)
+# Claude Code names the directory it works in: "Primary working directory: /x" in a list of the
+# environment (2.1.3xx, in a ``role: "system"`` message, with " (was /y)" when it moved), or
+# "Working directory: /x" in the system prompt's <env> (older releases).
+_WORKING_DIRECTORY = re.compile(r"^[ \t]*(?:-[ \t]*)?(?:Primary working directory|Working directory):[ \t]*(\S[^\r\n]*?)"
+                                r"(?:[ \t]+\(was [^\r\n]*\))?[ \t]*$", re.MULTILINE)
 _PROJECT_LIMIT = 1024
 
 # Prometheus's gen_ai_token_type for each token field.
@@ -201,13 +202,16 @@ def response_half(event: dict[str, Any]) -> ResponseHalf:
 
 
 def working_directory(body: Any) -> str | None:
-    """The directory Claude Code says it works in, from the system prompt; None for other clients."""
-    system = body.get("system") if isinstance(body, dict) else None
-    blocks = [system] if isinstance(system, str) else system if isinstance(system, list) else []
-    for block in blocks:
-        found = _WORKING_DIRECTORY.search(block if isinstance(block, str) else _block_text(block))
-        if found:
-            return clean(found[1][:_PROJECT_LIMIT])
+    """The directory Claude Code says it works in: its latest system message's, else its system prompt's; None for other clients."""
+    if not isinstance(body, dict):
+        return None
+    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    said = [m.get("content") for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "system"]
+    for content in [*said, body.get("system")]:
+        for block in [content] if isinstance(content, str) else content if isinstance(content, list) else []:
+            found = _WORKING_DIRECTORY.search(block if isinstance(block, str) else _block_text(block))
+            if found:
+                return clean(found[1][:_PROJECT_LIMIT])
     return None
 
 

@@ -441,8 +441,9 @@ def in_project(s: Session, project: str | None, moment: str, key: str, *, title:
     """An Opus exchange (or a Haiku title request, which names no directory) of ``s`` at ``moment`` with ``key``."""
     model = HAIKU if title else OPUS
     body = orjson.loads(title_body(s.id) if title else request_event(session_id=s.id)["request"]["body"])
-    if project:
-        body["system"].append({"type": "text", "text": f"# Environment\n - Primary working directory: {project}\n"})
+    if project:  # where Claude Code 2.1.332 names it: a system message
+        body["messages"].append({"role": "system", "content": [
+            {"type": "text", "text": f"# Environment\n - Primary working directory: {project}\n - Platform: linux"}]})
     request = request_event(session_id=s.id, model=model, body=orjson.dumps(body), received_at=micros(moment),
                             api_key_fingerprint=key)
     rates = (1, 5) if title else (5, 25)

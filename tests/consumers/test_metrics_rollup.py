@@ -53,6 +53,24 @@ def test_working_directory_from_the_system_prompt(system: Any, expected: str | N
     assert working_directory(None) is None
 
 
+ENVIRONMENT = ("# Environment\nYou have been invoked in the following environment: \n - Primary working directory: {}\n"
+               " - Is a git repository: false\n - Platform: linux\n")
+
+
+def test_claude_code_2_1_332_names_it_in_a_system_message_and_the_latest_wins() -> None:
+    """What the real CLI sends (tests/e2e/test_claude_code_usage.py checks it on the CLI itself)."""
+    body = {"system": [{"type": "text", "text": "Working directory: /old/prompt"}], "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "say hello"}]},
+        {"role": "system", "content": [{"type": "text", "text": ENVIRONMENT.format("/tmp/work")}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Primary working directory: /not/this"}]},
+        {"role": "system", "content": ENVIRONMENT.format("/tmp/work/sub (was /tmp/work)")},
+    ]}
+    assert working_directory(body) == "/tmp/work/sub"
+    assert working_directory({**body, "messages": body["messages"][:2]}) == "/tmp/work"
+    assert working_directory({**body, "messages": []}) == "/old/prompt"
+    assert working_directory({"messages": "odd", "system": 7}) is None
+
+
 def test_a_request_naming_its_directory_carries_it() -> None:
     body = orjson.loads(request_event()["request"]["body"])
     body["system"].append({"type": "text", "text": "Here is useful information about the environment:\n"
