@@ -43,7 +43,7 @@ EXCHANGE_COLUMNS = {
     "request_messages": "integer", "request_system": "bytea", "request_tools": "bytea",
     # 009_usage_fields
     "thinking_tokens": "bigint", "web_search_requests": "bigint", "web_fetch_requests": "bigint", "service_tier": "text",
-    "speed": "text", "inference_geo": "text", "content_types": "ARRAY",
+    "speed": "text", "inference_geo": "text", "content_types": "jsonb",
 }
 TIME = "timestamp with time zone"
 CONVERSATION_TABLES = {
