@@ -76,10 +76,17 @@ def parse_groups(raw: str) -> tuple[str, ...]:
 
 
 def parse_query(by: str, since: str | None, until: str | None) -> Query:
-    query = Query(parse_groups(by), date.fromisoformat(since) if since else None, date.fromisoformat(until) if until else None)
+    query = Query(parse_groups(by), _day("--since", since), _day("--until", until))
     if query.since and query.until and query.until < query.since:
         raise ValueError(f"--until {query.until} is before --since {query.since}")
     return query
+
+
+def _day(option: str, raw: str | None) -> date | None:
+    try:
+        return date.fromisoformat(raw) if raw else None
+    except ValueError:
+        raise ValueError(f"{option} takes a UTC day, YYYY-MM-DD; got {raw!r}") from None
 
 
 # --- reading --------------------------------------------------------------------------------

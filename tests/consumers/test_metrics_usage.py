@@ -93,7 +93,7 @@ def test_since_and_until_are_days_in_order() -> None:
     assert (q.since.isoformat(), q.until.isoformat()) == ("2026-11-01", "2026-11-30")  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="--until 2026-10-01 is before --since 2026-11-01"):
         parse_query("day", "2026-11-01", "2026-10-01")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="--since takes a UTC day, YYYY-MM-DD; got 'yesterday'"):
         parse_query("day", "yesterday", None)
 
 
