@@ -1,19 +1,37 @@
-"""Which session, agent and client an Anthropic request belongs to.
+"""Which session, agent and client an Anthropic request belongs to: pure, so it runs wherever events are built.
 
-Claude Code names its session in the `X-Claude-Code-Session-Id` header and
-again inside `metadata.user_id` (a JSON string today, `user_<hash>_account_
-<uuid>_session_<uuid>` in older clients). Other clients name none, so their
-session key is derived from the API-key fingerprint and the client name.
+A session is the unit winni threads conversations in, and the Kafka key that
+keeps its events in order. In the order tried:
+
+- ``X-KGB-Session``: a session the client names for its own work (any
+  client; it passes upstream like any header), scoped to the API key;
+- ``X-Claude-Code-Session-Id``: Claude Code's session, named again inside
+  ``metadata.user_id`` (a JSON string today, ``user_<hash>_account_<uuid>_
+  session_<uuid>`` in older clients), which serves when the header is gone;
+- any other ``metadata.user_id``: the end user the client says it acts for
+  (Anthropic's own use of the field: a uuid, a hash, an opaque id), scoped to
+  the API key;
+- else the API-key fingerprint and the client name, so one program's calls
+  on one key are one session, its unrelated chats conversations of it.
+
+Names a client chose are scoped to its key's fingerprint (two keys naming the
+same session are two sessions), trimmed, and replaced by a digest when they
+are long or hold control characters (NUL among them, which PostgreSQL text
+refuses), so a session key is always a short printable string.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+SESSION_HEADER = "x-kgb-session"
+NAME_LIMIT = 128  # longer names are keyed by their digest
 
 _LEGACY_USER_ID = re.compile(r"_session_([0-9a-fA-F-]{36})$")
 _CLIENT_NAME = re.compile(r"^([^/\s]+)")
@@ -27,20 +45,35 @@ class Identity:
     parent_agent_id: str | None
 
 
-def session_from_metadata(body: Mapping[str, Any] | None) -> tuple[str, str] | None:
-    """(session id, source) from `metadata.user_id`, in either of its two forms."""
-    metadata = body.get("metadata") if body else None
-    user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
-    if not isinstance(user_id, str) or not user_id:
+def session_name(value: Any) -> str | None:
+    """A name as a session key may hold it: trimmed, or a digest of it; None when there is none."""
+    if not isinstance(value, str) or not value.strip():
         return None
-    if user_id.startswith("{"):
+    name = value.strip()
+    if len(name) <= NAME_LIMIT and name.isprintable():
+        return name
+    return "sha256:" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def user_id(body: Mapping[str, Any] | None) -> str | None:
+    metadata = body.get("metadata") if body else None
+    value = metadata.get("user_id") if isinstance(metadata, dict) else None
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def session_from_metadata(body: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    """(session id, source) of a Claude Code session named in `metadata.user_id`, in either of its forms."""
+    named = user_id(body)
+    if named is None:
+        return None
+    if named.startswith("{"):
         try:
-            parsed = orjson.loads(user_id)
+            parsed = orjson.loads(named)
         except orjson.JSONDecodeError:
             return None
-        session = parsed.get("session_id") if isinstance(parsed, dict) else None
-        return (session, "metadata_json") if isinstance(session, str) and session else None
-    match = _LEGACY_USER_ID.search(user_id)
+        session = session_name(parsed.get("session_id")) if isinstance(parsed, dict) else None
+        return (session, "metadata_json") if session else None
+    match = _LEGACY_USER_ID.search(named)
     return (match.group(1), "metadata_legacy") if match else None
 
 
@@ -50,18 +83,37 @@ def client_name(user_agent: str | None) -> str:
     return match.group(1) if match else "unknown"
 
 
+def scope(key_fingerprint: str | None) -> str:
+    """What a session named by the client, or none, is keyed under: its API key, if it sent one."""
+    return f"key:{key_fingerprint[:16]}" if key_fingerprint else "anonymous"
+
+
+def session_of(headers: Mapping[str, str], body: Mapping[str, Any] | None, key_fingerprint: str | None) -> tuple[str, str]:
+    """(session key, source), by the rules of the module docstring."""
+    named = session_name(headers.get(SESSION_HEADER))
+    if named:
+        return f"{scope(key_fingerprint)}:session:{named}", "kgb_header"
+    claude = session_name(headers.get("x-claude-code-session-id"))
+    if claude:
+        return claude, "header"
+    found = session_from_metadata(body)
+    if found:
+        return found
+    user = session_name(user_id(body))
+    if user:
+        return f"{scope(key_fingerprint)}:user:{user}", "metadata_user"
+    client = client_name(headers.get("user-agent"))
+    return f"{scope(key_fingerprint)}:{client}", "api_key" if key_fingerprint else "anonymous"
+
+
 def identify(
     headers: Mapping[str, str], body: Mapping[str, Any] | None, key_fingerprint: str | None
 ) -> Identity:
     """`headers` must be case-insensitive (aiohttp's CIMultiDict is)."""
-    session = headers.get("x-claude-code-session-id")
-    found = (session, "header") if session else session_from_metadata(body)
-    if found is None:
-        client = client_name(headers.get("user-agent"))
-        found = (f"key:{key_fingerprint[:16]}:{client}", "api_key") if key_fingerprint else (f"anonymous:{client}", "anonymous")
+    session_key, source = session_of(headers, body, key_fingerprint)
     return Identity(
-        session_key=found[0],
-        session_source=found[1],
+        session_key=session_key,
+        session_source=source,
         agent_id=headers.get("x-claude-code-agent-id") or None,
         parent_agent_id=headers.get("x-claude-code-parent-agent-id") or None,
     )

@@ -1,12 +1,15 @@
 """Usage facts of an exchange, and the hourly rollups it adds to: pure, no I/O.
 
 An exchange is counted once, when its row in ``usage_exchanges`` holds both
-halves: the request brings the model, the conversation kind, the path and the
-working directory Claude Code names (in a system message, or its system prompt); the response brings
-the usage, the status, the error, the stop reason, the reply's blocks and the
-timings. Both carry the session, the agent, the API key's fingerprint and when
-the exchange started, so either half can open the row, whichever arrives first.
-The store tells which rows the batch completed; only those are priced
+halves: the request brings the model, the conversation kind (`consumers.kinds`,
+the kind winni threads it as: ``main`` for every model call that is neither a
+sub-agent's nor a side request Claude Code's markers name, whatever the client,
+``other`` only for what is no model call), the path and the working directory
+Claude Code names (in a system message, or its system prompt); the response
+brings the usage, the status, the error, the stop reason, the reply's blocks and
+the timings. Both carry the session, the agent, the API key's fingerprint and
+when the exchange started, so either half can open the row, whichever arrives
+first. The store tells which rows the batch completed; only those are priced
 (`billing.cost`) and reach `rollup`, which is what keeps redelivery and replay
 from counting anything twice.
 

@@ -23,7 +23,7 @@ import contextlib
 import gc
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -35,6 +35,7 @@ from consumers.winni.store import Split, queries, split_body, timestamp, write_e
 from consumers.winni.threads import (
     THREAD_KINDS,
     Conversation,
+    ExchangeLink,
     Placed,
     Position,
     Reply,
@@ -105,7 +106,7 @@ def states_from_rows(
     summarised: dict[str, list[tuple[str, str | None, uuid.UUID]]] = {}
     for row in conversations:
         state = states[row["session_key"]]
-        state.add(Conversation(_uuid(row["id"]), row["kind"], row["agent_id"]))
+        state.add(Conversation(_uuid(row["id"]), row["kind"], row["agent_id"], row["last_at"]))
         if row["spawned_by_tool_use_id"] is not None:
             state.spawned.add(row["spawned_by_tool_use_id"])
         if row["summarises_conversation_id"] is not None:
@@ -118,17 +119,26 @@ def states_from_rows(
         owners[conversation_id].conversations[conversation_id].positions.append(
             Position(bytes(row["content_hash"]), row["role"], row["from_response"], row["partial"])
         )
+    for state in states.values():
+        for conversation in state.conversations.values():  # in the order they were started, as live
+            if conversation.positions:
+                state.opened(conversation)
     for row in exchanges:
         state = states[row["session_key"]]
         state.exchanges[row["exchange_id"]] = Placed(_uuid(row["conversation_id"]), row["reply_position"], row["kind"])
-        if row["retry_of"] is None:
+        if row["message_id"] is not None:
+            state.replies[row["message_id"]] = (_uuid(row["conversation_id"]), row["reply_position"])
+        if row["retry_of"] is None:  # in the order they came: the latest asking anew is the one a retry repeats
             state.first_by_hash[bytes(row["request_hash"])] = row["exchange_id"]
     for key, links in summarised.items():
         states[key].compacted = pending_compactions(links)
     for row in early:
         states[row["session_key"]].early[row["exchange_id"]] = early_reply(row)
     for row in agent_calls:
-        offer_agent_call(states[row["session_key"]], row["tool_use_id"], row["prompt"], (row["used_at"], row["use_position"]))
+        offer_agent_call(
+            states[row["session_key"]], row["tool_use_id"], row["prompt"],
+            (row["used_at"], row["use_position"], _uuid(row["conversation_id"])),
+        )
     return states
 
 
@@ -179,18 +189,25 @@ def collector_paused() -> Iterator[None]:
 
 
 def splits_of(
-    records: Sequence[Record], bodies: dict[str, Any], parts: dict[str, dict[str, bytes]], clean: set[SentKey]
+    records: Sequence[Record], bodies: dict[str, Any], parts: dict[str, dict[str, bytes]], clean: set[SentKey],
+    placed: Mapping[str, ExchangeLink],
 ) -> dict[str, Split]:
     """The request bodies ``exchanges`` keeps without their messages, by event id; ``parts`` as `parts_of`
-    gives, ``clean`` as `split_body` takes.
+    gives, ``clean`` as `split_body` takes, ``placed`` the batch's links by exchange id.
 
-    Only request events are looked up: a response whose event id a request of the
-    batch shares (a broken producer, a forged event) must not be taken for it.
+    Only a body whose messages are stored as the first positions of its conversation
+    leaves them out (``request_messages`` says how many): one the rules placed nowhere
+    (no model call) or after a history the server held keeps them. Only request events
+    are looked up: a response whose event id a request of the batch shares (a broken
+    producer, a forged event) must not be taken for it.
     """
     splits = {}
     for record in records:
         event_id = record.event["event_id"]
         if record.event["kind"] != "REQUEST" or event_id not in parts:
+            continue
+        link = placed.get(record.event["exchange_id"])
+        if link is None or link.reply_position != len(bodies[event_id].messages):
             continue
         if split := split_body(record.event["request"]["body"], bodies[event_id], parts[event_id], clean):
             splits[event_id] = split
@@ -245,8 +262,9 @@ class ConversationStage:
                 apply_reply(state, reply_of(event), writes)
         if len(self._clean) > CLEAN_REMEMBERED:
             self._clean.clear()
-        splits = None if self._store_request_bodies else splits_of(records, bodies, parts, self._clean)
-        await write_exchanges(conn, records, splits, {link.exchange_id: link for link in writes.exchanges})
+        placed = {link.exchange_id: link for link in writes.exchanges}
+        splits = None if self._store_request_bodies else splits_of(records, bodies, parts, self._clean, placed)
+        await write_exchanges(conn, records, splits, placed)
         await write(conn, writes)
         for key in keys:
             self._put(key, revisions[key], states[key])
@@ -281,15 +299,18 @@ async def load_states(conn: asyncpg.Connection, keys: list[str]) -> dict[str, Se
 
 
 async def write(conn: asyncpg.Connection, writes: Writes) -> None:
-    """Parents before children: sessions, conversations, then what refers to them."""
+    """Parents before children: sessions, conversations, then what refers to them; a copy once
+    what it copies is written."""
     q = queries()
     steps = (
         (q.upsert_session, list(writes.sessions.values())),
         (q.set_title, writes.titles),
         (q.upsert_conversation, list(writes.conversations.values())),
         (q.upsert_message, writes.messages),
+        (q.copy_messages, writes.copies),
         (q.upsert_tool_use, writes.tool_uses),
         (q.upsert_tool_result, writes.tool_results),
+        (q.copy_tool_calls, writes.copies),
     )
     for sql, rows in steps:
         if rows:

@@ -1,15 +1,16 @@
 """Which conversation each request belongs to, and which messages it adds: pure, no I/O.
 
-Claude Code resends the whole history on every request, so the conversation
-model is rebuilt from the requests themselves: a request joins the
-conversation whose stored messages it extends, and only the positions past
-what is stored become new rows. Each message is hashed after normalising
-what the client varies between turns (a string content against a list of text
-blocks, where ``cache_control`` sits), and histories are compared hash by
-hash, so a 1 MB history costs one pass and no rows. That pass is cheap: the
-session remembers the hash and role of every message as it was sent (keyed by
-its minified bytes, `bodies.sent_key`), so a resent message costs one fast
-keyed hash, and only what is new is made Python, normalised and hashed in full.
+Clients of the Messages API resend the whole history on every request (Claude
+Code, an SDK chat, a tool runner alike), so the conversation model is rebuilt
+from the requests themselves: a request joins the conversation whose stored
+messages it extends, and only the positions past what is stored become new
+rows. Each message is hashed after normalising what the client varies between
+turns (a string content against a list of text blocks, where ``cache_control``
+sits), and histories are compared hash by hash, so a 1 MB history costs one
+pass and no rows. That pass is cheap: the session remembers the hash and role
+of every message as it was sent (keyed by its minified bytes,
+`bodies.sent_key`), so a resent message costs one fast keyed hash, and only
+what is new is made Python, normalised and hashed in full.
 
 One `SessionState` per session holds what the comparisons need: per
 conversation the hash, role and origin of each stored position, and per
@@ -19,34 +20,46 @@ tables hold (`conversations`, `messages`, `exchanges`), so the live consumer
 loads it from the database when it has none, and never re-reads bodies.
 
 Rules, in the order `apply_request` tries them:
-- a request without a ``messages`` list (``HEAD /``, ``/v1/models``) is an
-  exchange only;
+- a request that is no model call (no ``messages``, an empty list, kind
+  ``other``: ``HEAD /``, ``/v1/models``) is an exchange only;
 - a retry (the same body, ``stream`` aside, so the client's non-streaming
-  fallback counts, from the same agent id) links to the exchange it repeats
-  and adds nothing;
-- main and sub-agent requests join the most recent conversation of their
-  thread (kind and agent id) whose stored positions they extend, or that they
-  repeat a prefix of; else they start one: after a compaction, linked to the
-  conversation it summarised; after a rewind (the history diverges from a
-  stored one), as a branch of it, copied whole so it reads on its own;
-- every other kind (title, count_tokens, web_search, compaction, other) is a
+  fallback counts, from the same agent id) of an exchange whose reply never
+  came whole links to the exchange it repeats and adds nothing; the same body
+  after a complete reply asks anew, and is placed like any request;
+- main and sub-agent requests (kinds.py: every model call no side marker
+  claims) join the conversation of their thread (kind and agent id) that they
+  continue (`closest`): one whose stored positions they all repeat, or all but
+  a partial reply where theirs goes. Only conversations opening with the
+  request's first message are compared (`SessionState.candidates`), so many
+  chats on one session cost no more than one, and of several that fit, the one
+  sharing the most positions, then the one matched more exactly, wins: two
+  chats opening alike keep their own turns. Else they start one: after a
+  compaction, linked to the conversation it summarised; after a rewind, an
+  edited or dropped turn, or the same question asked again (the history
+  leaves a stored one), as a branch of it, copied whole so it reads on its own;
+- every other kind (title, count_tokens, web_search, compaction) is a
   conversation of its own per request; a compaction also records which thread
-  conversation it summarises, so the next request of that thread starts anew.
+  conversation it summarises, so the next conversation of that thread starts
+  linked to it. A conversation whose history opens as Claude Code's
+  continuations do is linked to its thread's last active one even when no
+  compaction was recognised (`kinds.is_continuation`).
 
 A new sub-agent conversation (not a branch, not a continuation after a
 compaction) is linked to the ``Agent`` tool call that started it (``Task`` in
 older Claude Code): the earliest call of the session not linked yet whose
 ``prompt`` is a text of the sub-agent's first message (beside it there may be
-other texts, such as system reminders). Calls are offered as their replies are
-stored, complete ones only (a cut reply was not run); a sub-agent whose first
-request comes before that reply stays unlinked.
+other texts, such as system reminders); its parent is the conversation holding
+that call. Calls are offered as their replies are stored, complete ones only
+(a cut reply was not run); a sub-agent whose first request comes before that
+reply stays unlinked, its parent the thread active last.
 
 An assistant reply is compared leniently: the client may resend it with
 details changed (a partial answer cut where the client stopped reading, fields
-it drops), so a position first stored from a response matches any assistant
-message; the response's version stays stored. A partial reply (client gone,
-stream broken) is stored flagged, and replaced once by a complete reply to
-the same request positions, which is what a retry brings.
+it drops, an SDK's own serialisation of the blocks), so a position first
+stored from a response matches any assistant message; the response's version
+stays stored. A partial reply (client gone, stream broken) is stored flagged,
+and replaced once by a complete reply to the same request positions, which is
+what a retry brings.
 """
 
 from __future__ import annotations
@@ -56,13 +69,13 @@ import re
 import sys
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, NamedTuple
 
 import orjson
 
-from consumers.kinds import kind_of, texts, tools_outline
+from consumers.kinds import is_continuation, kind_of, system_outline, texts, tools_outline
 from consumers.winni.bodies import Body, Sent, SentKey, as_body, plain
 from consumers.winni.store import jsonb_safe, part_hash
 
@@ -71,15 +84,13 @@ NAMESPACE = uuid.UUID("6f1c2a52-93a4-4d0e-9a67-3f0b0c1f5e21")
 THREAD_KINDS = frozenset({"main", "subagent"})
 AGENT_TOOLS = frozenset({"Agent", "Task"})  # the tool that starts a sub-agent; Task before Claude Code 2.1
 TITLE_LIMIT = 500
-# A request is compared with at most this many of its thread's latest conversations,
-# which bounds the cost for clients (SDK scripts) that start a new one every call.
+# A request is compared with at most this many of the latest conversations of its thread
+# that open with its first message, which bounds the cost for clients whose chats all open alike.
 CANDIDATES = 32
 
 _LEGACY_USER_ID = re.compile(r"^user_([0-9a-fA-F]+)_account_([0-9a-fA-F-]*)_session_")
 _CLIENT_VERSION = re.compile(r"^[^/\s]+/(\S+)")
 _CLIENT_NAME = re.compile(r"^([^/\s]+)")
-
-KindOf = Callable[[str, "dict[str, Any] | None", "str | None"], str]
 
 
 # --- inputs ---------------------------------------------------------------------
@@ -194,6 +205,14 @@ class TitleRow(NamedTuple):
     at: datetime
 
 
+class CopyRow(NamedTuple):
+    """The first ``positions`` messages (and their tool calls) of ``source``, copied into ``target``."""
+
+    source: uuid.UUID
+    target: uuid.UUID
+    positions: int
+
+
 @dataclass
 class Writes:
     """Everything one batch changes, in the order the rows were decided."""
@@ -204,6 +223,7 @@ class Writes:
     messages: list[MessageRow] = field(default_factory=list)
     tool_uses: list[ToolUseRow] = field(default_factory=list)
     tool_results: list[ToolResultRow] = field(default_factory=list)
+    copies: list[CopyRow] = field(default_factory=list)
     exchanges: list[ExchangeLink] = field(default_factory=list)
 
     def seen(self, row: SessionRow) -> None:
@@ -217,11 +237,13 @@ class Writes:
         )
 
     def touch(self, row: ConversationRow) -> None:
-        """The first row of a batch keeps its creation fields; later ones move the last exchange."""
+        """The first row of a batch keeps its creation fields; later ones move the last exchange
+        forward, never back, as ``upsert_conversation`` does (`Conversation.last_at` reads it back)."""
         seen = self.conversations.get(row.id)
-        self.conversations[row.id] = (
-            row if seen is None else seen._replace(last_exchange_id=row.last_exchange_id, last_at=row.last_at)
-        )
+        if seen is None:
+            self.conversations[row.id] = row
+        elif row.last_at >= seen.last_at:
+            self.conversations[row.id] = seen._replace(last_exchange_id=row.last_exchange_id, last_at=row.last_at)
 
 
 def _first(*values: str | None) -> str | None:
@@ -238,16 +260,13 @@ class Position:
     from_response: bool
     partial: bool
 
-    def accepts(self, hash_: bytes, role: str) -> bool:
-        """A stored reply matches any assistant message in its place; see the module docstring."""
-        return self.hash == hash_ or (self.from_response and role == self.role)
-
 
 @dataclass(slots=True)
 class Conversation:
     id: uuid.UUID
     kind: str
     agent_id: str | None
+    last_at: datetime  # of the latest request placed in it (``conversations.last_at``)
     positions: list[Position] = field(default_factory=list)
 
 
@@ -261,7 +280,9 @@ class Placed:
 
 
 Thread = tuple[str, str | None]  # (kind, agent id) of main and sub-agent conversations
-AgentPlace = tuple[datetime, int]  # when and at which position an Agent call was stored: the earliest is claimed first
+Opening = tuple[str, str | None, bytes]  # a thread, and the hash of the first message of some of its conversations
+# when, at which position and in which conversation an Agent call was stored: the earliest is claimed first
+AgentPlace = tuple[datetime, int, uuid.UUID]
 # Distinct system and tools values one session remembers (`part_hashes`); more start the memory afresh.
 PARTS_REMEMBERED = 16
 
@@ -279,21 +300,38 @@ class SessionState:
     early: dict[str, Reply] = field(default_factory=dict)
     # the hash and role of each message as sent (`bodies.sent_key`), so a resent history is not read again
     hashes: dict[SentKey, tuple[bytes, str]] = field(default_factory=dict)
-    # each distinct tools value as sent -> `kinds.tools_outline`, so kind_of does not parse tools per request
-    tool_outlines: dict[SentKey, list[Any] | None] = field(default_factory=dict)
+    # each distinct system and tools value as sent -> its outline (`kind_view`), so kind_of does not parse them per request
+    outlines: dict[tuple[str, SentKey], Any] = field(default_factory=dict)
+    # each thread's conversations by the hash of their first message, oldest first (`candidates`)
+    openings: dict[Opening, list[Conversation]] = field(default_factory=dict)
     # Agent tool calls no sub-agent has claimed yet, by `prompt_key`: tool_use id -> its place (`offer_agent_call`)
     agent_calls: dict[bytes, dict[str, AgentPlace]] = field(default_factory=dict)
     # the Agent tool calls claimed, so a copy of one (a compaction's, a branch's) is not offered again
     spawned: set[str] = field(default_factory=set)
+    # each reply by its message id -> the conversation and position its exchange placed it at, for the
+    # requests that continue from it with only their new messages (`held_history`)
+    replies: dict[str, tuple[uuid.UUID, int]] = field(default_factory=dict)
 
     def add(self, conversation: Conversation) -> None:
         self.conversations[conversation.id] = conversation
         if conversation.kind in THREAD_KINDS:
             self.threads.setdefault((conversation.kind, conversation.agent_id), []).append(conversation)
 
-    def latest(self, kind: str, agent_id: str | None) -> list[Conversation]:
-        """The thread's latest conversations, most recent first."""
-        return self.threads.get((kind, agent_id), [])[:-CANDIDATES - 1:-1]
+    def opened(self, conversation: Conversation) -> None:
+        """Its first position is stored: requests that open with the same message may extend it."""
+        if conversation.kind in THREAD_KINDS:
+            key = (conversation.kind, conversation.agent_id, conversation.positions[0].hash)
+            self.openings.setdefault(key, []).append(conversation)
+
+    def candidates(self, kind: str, agent_id: str | None, messages: list[Message]) -> list[Conversation]:
+        """The thread's conversations that ``messages`` may extend or branch from, most recent first:
+        only those opening with the same message can, however many chats the session holds."""
+        opening = self.openings.get((kind, agent_id, messages[0].hash), []) if messages else []
+        return opening[:-CANDIDATES - 1:-1]
+
+    def active(self, kind: str, agent_id: str | None) -> Conversation | None:
+        """The thread's conversation that took a request last (of equals, the latest started)."""
+        return max(reversed(self.threads.get((kind, agent_id), [])), key=lambda c: c.last_at, default=None)
 
 
 # --- pure helpers -------------------------------------------------------------------
@@ -392,27 +430,76 @@ def part_hashes(body: Any, known: dict[SentKey, bytes]) -> dict[str, bytes]:
     return out
 
 
-def kind_view(body: Body, outlines: dict[SentKey, list[Any] | None]) -> dict[str, Any]:
-    """The body as `kind_of` reads it: its fields, its last message, its tools as `kinds.tools_outline`;
-    ``outlines`` (tools as sent -> outline, one per session) is read and filled like `part_hashes`'s memory."""
+OUTLINES: dict[str, Callable[[Any], Any]] = {"system": system_outline, "tools": tools_outline}
+
+
+def kind_view(body: Body, outlines: dict[tuple[str, SentKey], Any]) -> dict[str, Any]:
+    """The body as `kind_of` reads it: its fields, its last message, its system and tools as
+    `OUTLINES` reduce them; ``outlines`` ((field, value as sent) -> outline, one per session) is
+    read and filled like `part_hashes`'s memory."""
     view = {**body.fields, "messages": [body.messages[-1].value()] if body.messages else []}
-    tools = body.parts.get("tools")
-    if tools is not None:
-        if tools.key not in outlines:
+    for name, sent in body.parts.items():
+        key = (name, sent.key)
+        if key not in outlines:
             if len(outlines) >= PARTS_REMEMBERED:
                 outlines.clear()
-            outlines[tools.key] = tools_outline(tools.value())
-        view["tools"] = outlines[tools.key]
+            outlines[key] = OUTLINES[name](sent.value())
+        view[name] = outlines[key]
     return view
 
 
-def common_prefix(positions: list[Position], messages: list[Message]) -> int:
-    n = 0
+class Match(NamedTuple):
+    """How a request's messages compare with a stored conversation."""
+
+    conversation: Conversation
+    shared: int  # leading positions the request repeats
+    lenient: int  # of those, stored replies matched by some other assistant message in their place
+
+
+def common_prefix(positions: list[Position], messages: list[Message]) -> tuple[int, int]:
+    """(shared, lenient) as `Match` counts them: a stored reply matches any assistant message in its
+    place (the module docstring says why), which is weaker evidence than the same message."""
+    shared = lenient = 0
     for stored, message in zip(positions, messages):
-        if not stored.accepts(message.hash, message.role):
-            break
-        n += 1
-    return n
+        if stored.hash != message.hash:
+            if not (stored.from_response and stored.role == message.role):
+                break
+            lenient += 1
+        shared += 1
+    return shared, lenient
+
+
+def closest(
+    candidates: list[Conversation], messages: list[Message], held: int = 0
+) -> tuple[Match | None, Match | None]:
+    """Of ``candidates`` (most recent first): the conversation the request continues, else None; and
+    the one it shares the most positions with otherwise (what a new conversation branches from).
+
+    Of several it continues, the one it shares the most with wins, then the one it matches with
+    fewer replies taken leniently, then the latest: two chats that open alike and were answered
+    differently each keep their own turns. Of several it leaves, the one it shares the most with,
+    then the earliest. One that holds fewer than ``held`` positions (those the
+    server held for the request, `held_history`) cannot be continued: the request lacks their content.
+    """
+    joined: Match | None = None
+    branched: Match | None = None
+    for conversation in candidates:
+        if joined is not None and len(conversation.positions) < joined.shared:
+            continue  # it cannot share more
+        match = Match(conversation, *common_prefix(conversation.positions, messages))
+        if continues(match, len(messages)) and match.shared >= held:
+            if joined is None or (match.shared, -match.lenient) > (joined.shared, -joined.lenient):
+                joined = match
+        elif match.shared and (branched is None or match.shared >= branched.shared):
+            branched = match  # of equals, the earliest: a question asked again branches off the original
+    return joined, branched
+
+
+def continues(match: Match, sent: int) -> bool:
+    """The request holds every stored position; or all but a partial reply in the place of its own,
+    which its reply may replace. A request that stops before a complete reply asks anew (a branch)."""
+    stored = match.conversation.positions
+    return match.shared == len(stored) or (match.shared == sent == len(stored) - 1 and stored[-1].partial)
 
 
 def conversation_id(session_key: str, kind: str, agent_id: str | None, first_exchange_id: str) -> uuid.UUID:
@@ -480,32 +567,76 @@ def session_row(request: Request, body: Any) -> SessionRow:
     )
 
 
-def apply_request(state: SessionState, request: Request, writes: Writes, kind_of: KindOf = kind_of) -> None:
+def apply_request(state: SessionState, request: Request, writes: Writes) -> None:
     """Place one request: link its exchange, store the positions it adds."""
     body = as_body(request.body)
     writes.seen(session_row(request, body))
-    if request.exchange_id in state.exchanges or not isinstance(body, Body) or body.messages is None:
+    if request.exchange_id in state.exchanges or not isinstance(body, Body) or not body.messages:
         return
+    kind = kind_of(request.path, kind_view(body, state.outlines), request.agent_id)
+    if kind == "other":  # not a model call: an exchange only
+        return
+    held = held_history(state, body)
     messages = normal_messages(body.messages, state.hashes)
+    if held is not None:
+        messages = [*(Message(p.role, None, p.hash) for p in held.conversation.positions[:held.shared]), *messages]
     parts = request.parts if request.parts is not None else part_hashes(body, {})
     hash_ = request_hash(body, messages, parts)
     if request.agent_id:  # two sub-agents given the same prompt send the same body: neither retries the other
         hash_ = digest(hash_ + request.agent_id.encode())
     repeated = state.first_by_hash.get(hash_)
-    if repeated is not None and repeated in state.exchanges:
-        original = state.exchanges[repeated]
+    original = state.exchanges.get(repeated) if repeated is not None else None
+    if original is not None and not _answered(state, original):
         _touch(state, writes, request, state.conversations[original.conversation_id], None)
         _link(state, writes, request, original.conversation_id, original.reply_position, original.kind, hash_, repeated)
         return
     state.first_by_hash[hash_] = request.exchange_id
-    kind = kind_of(request.path, kind_view(body, state.tool_outlines), request.agent_id)
+    floor = held.shared if held else 0
     if kind in THREAD_KINDS:
-        conversation = _thread_conversation(state, request, kind, messages, writes)
+        conversation = _thread_conversation(state, request, kind, messages, floor, writes)
     else:
         conversation = _side_conversation(state, request, kind, messages, writes)
+    if held is not None and len(conversation.positions) < floor:
+        _copy(state, held.conversation, conversation, floor, writes)
     for position in range(len(conversation.positions), len(messages)):
         _store(state, conversation, position, messages[position], request.exchange_id, "request", False, request.at, writes)
     _link(state, writes, request, conversation.id, len(messages), kind, hash_, None)
+
+
+def continued_from(body: Body) -> str | None:
+    """The id of the reply a request continues from when the server holds its history (the message
+    threads beta: ``"thread": {"type": "continue", "previous_message_id": ...}``, which the SDKs'
+    tool runners send); its ``messages`` are then only the new ones."""
+    thread = body.fields.get("thread")
+    previous = thread.get("previous_message_id") if isinstance(thread, dict) and thread.get("type") == "continue" else None
+    return previous if isinstance(previous, str) else None
+
+
+def held_history(state: SessionState, body: Body) -> Match | None:
+    """The stored conversation holding the reply a request continues from, and how many of its positions
+    come before the request's own (up to and with that reply); None for a request that sends its whole
+    history, or continues from a reply this session never stored (its messages are then all it has)."""
+    previous = continued_from(body)
+    place = state.replies.get(previous) if previous is not None else None
+    if place is None:
+        return None
+    conversation = state.conversations[place[0]]
+    return Match(conversation, min(place[1] + 1, len(conversation.positions)), 0)
+
+
+def _copy(state: SessionState, source: Conversation, target: Conversation, positions: int, writes: Writes) -> None:
+    """The history the server held for a request that starts a conversation: copied from the one
+    holding it, so the new one reads on its own as a branch copied from a request does."""
+    target.positions[:] = [replace(p) for p in source.positions[:positions]]
+    state.opened(target)
+    writes.copies.append(CopyRow(source.id, target.id, positions))
+
+
+def _answered(state: SessionState, placed: Placed) -> bool:
+    """A complete message holds the place of its reply: the same body again asks anew (another
+    answer to the same question, another chat that opens alike), it does not retry a failure."""
+    positions = state.conversations[placed.conversation_id].positions
+    return placed.reply_position < len(positions) and not positions[placed.reply_position].partial
 
 
 def apply_reply(state: SessionState, reply: Reply, writes: Writes) -> None:
@@ -517,6 +648,8 @@ def apply_reply(state: SessionState, reply: Reply, writes: Writes) -> None:
     if placed is None:
         state.early[reply.exchange_id] = reply
         return
+    if isinstance(message.get("id"), str) and isinstance(message["content"], list):
+        state.replies[message["id"]] = (placed.conversation_id, placed.reply_position)
     conversation = state.conversations[placed.conversation_id]
     content = normal_content(message["content"])
     stored = Message("assistant", {"content": content}, message_hash("assistant", content))
@@ -533,24 +666,46 @@ def _replaces(position: Position, reply: Reply) -> bool:
     return position.from_response and position.partial and not reply.partial
 
 
+class Links(NamedTuple):
+    """What a new conversation row links to (`ConversationRow`'s columns of the same meaning)."""
+
+    summarised: uuid.UUID | None = None
+    branch_of: uuid.UUID | None = None
+    branch_position: int | None = None
+    spawned_by: str | None = None
+    parent: uuid.UUID | None = None
+
+
 def _thread_conversation(
-    state: SessionState, request: Request, kind: str, messages: list[Message], writes: Writes
+    state: SessionState, request: Request, kind: str, messages: list[Message], held: int, writes: Writes
 ) -> Conversation:
-    """The conversation this request extends or repeats a prefix of, or a new one."""
-    best: tuple[Conversation | None, int] = (None, 0)
-    for conversation in state.latest(kind, request.agent_id):
-        n = common_prefix(conversation.positions, messages)
-        if n in (len(conversation.positions), len(messages)):
-            _touch(state, writes, request, conversation, None)
-            return conversation
-        if n > best[1]:
-            best = (conversation, n)
-    summarised = state.compacted.pop((kind, request.agent_id), None)
-    branch_of, branch_at = best if summarised is None and best[0] else (None, None)
-    fresh = kind == "subagent" and summarised is None and branch_of is None
-    return _new(state, request, kind, writes, summarised=summarised,
-                branch_of=branch_of.id if branch_of else None, branch_position=branch_at,
-                spawned_by=_claim_agent_call(state, messages) if fresh else None)
+    """The conversation this request continues (`closest`), or a new one: after a compaction,
+    linked to the conversation summarised; after a rewind, a branch of the one it left."""
+    joined, branched = closest(state.candidates(kind, request.agent_id, messages), messages, held)
+    if joined is not None:
+        _touch(state, writes, request, joined.conversation, None)
+        return joined.conversation
+    summarised = _continued(state, (kind, request.agent_id), messages)
+    branch = branched if summarised is None else None
+    call = _claim_agent_call(state, messages) if kind == "subagent" and summarised is None and branch is None else None
+    return _new(state, request, kind, writes, Links(
+        summarised=summarised,
+        branch_of=branch.conversation.id if branch else None,
+        branch_position=branch.shared if branch else None,
+        spawned_by=call[0] if call else None,
+        parent=_parent(state, request, call[1] if call else None),
+    ))
+
+
+def _continued(state: SessionState, thread: Thread, messages: list[Message]) -> uuid.UUID | None:
+    """The conversation a new one of ``thread`` continues after a compaction: the one the
+    compaction summarised; or, when no compaction was recognised but the history opens as a
+    continuation does (`kinds.is_continuation`), the thread's conversation active last."""
+    summarised = state.compacted.pop(thread, None)
+    if summarised is None and is_continuation([plain(messages[0].sent)]):
+        previous = state.active(*thread)
+        summarised = previous.id if previous else None
+    return summarised
 
 
 def _side_conversation(
@@ -559,54 +714,42 @@ def _side_conversation(
     summarised = None
     if kind == "compaction":
         thread = ("subagent" if request.agent_id else "main", request.agent_id)
-        summarised = _extended(state, thread, messages)
-        if summarised is not None:
-            state.compacted[thread] = summarised
-    return _new(state, request, kind, writes, summarised=summarised)
+        joined, branched = closest(state.candidates(*thread, messages), messages)
+        found = joined or branched
+        if found is not None:
+            summarised = state.compacted[thread] = found.conversation.id
+    return _new(state, request, kind, writes, Links(summarised=summarised, parent=_parent(state, request, None)))
 
 
-def _extended(state: SessionState, thread: tuple[str, str | None], messages: list[Message]) -> uuid.UUID | None:
-    """The thread conversation sharing the longest history with ``messages``."""
-    best: tuple[uuid.UUID | None, int] = (None, 0)
-    for conversation in state.latest(*thread):
-        n = common_prefix(conversation.positions, messages)
-        if n > best[1]:
-            best = (conversation.id, n)
-    return best[0]
-
-
-def _parent(state: SessionState, request: Request) -> uuid.UUID | None:
-    """A sub-agent's parent: its parent agent's latest conversation, else the main thread's."""
+def _parent(state: SessionState, request: Request, caller: uuid.UUID | None) -> uuid.UUID | None:
+    """A sub-agent's parent: the conversation holding the Agent call that started it, else its
+    parent agent's conversation active last, else the main thread's."""
     if request.agent_id is None:
         return None
-    if request.parent_agent_id:
-        for conversation in state.latest("subagent", request.parent_agent_id):
-            return conversation.id
-    for conversation in state.latest("main", None):
-        return conversation.id
-    return None
+    if caller is not None:
+        return caller
+    parent = state.active("subagent", request.parent_agent_id) if request.parent_agent_id else None
+    parent = parent or state.active("main", None)
+    return parent.id if parent else None
 
 
-def _new(
-    state: SessionState, request: Request, kind: str, writes: Writes, *, summarised: uuid.UUID | None,
-    branch_of: uuid.UUID | None = None, branch_position: int | None = None, spawned_by: str | None = None,
-) -> Conversation:
-    conversation = Conversation(conversation_id(state.key, kind, request.agent_id, request.exchange_id), kind, request.agent_id)
+def _new(state: SessionState, request: Request, kind: str, writes: Writes, links: Links) -> Conversation:
+    conversation = Conversation(
+        conversation_id(state.key, kind, request.agent_id, request.exchange_id), kind, request.agent_id, request.at,
+    )
     state.add(conversation)
-    _touch(state, writes, request, conversation, (summarised, branch_of, branch_position, spawned_by))
+    _touch(state, writes, request, conversation, links)
     return conversation
 
 
-def _touch(
-    state: SessionState, writes: Writes, request: Request, conversation: Conversation,
-    links: tuple[uuid.UUID | None, uuid.UUID | None, int | None, str | None] | None,
-) -> None:
+def _touch(state: SessionState, writes: Writes, request: Request, conversation: Conversation, links: Links | None) -> None:
     """A conversation row: created with its links when ``links`` is given, else only its last exchange moves."""
-    summarised, branch_of, branch_position, spawned_by = links or (None, None, None, None)
+    conversation.last_at = max(conversation.last_at, request.at)
+    made = links or Links()
     writes.touch(ConversationRow(
         conversation.id, state.key, len(state.conversations) - 1, conversation.kind, conversation.agent_id, request.parent_agent_id,
-        _parent(state, request) if links is not None else None, summarised, branch_of, branch_position,
-        request.model, request.exchange_id, request.at, request.exchange_id, request.at, spawned_by,
+        made.parent, made.summarised, made.branch_of, made.branch_position,
+        request.model, request.exchange_id, request.at, request.exchange_id, request.at, made.spawned_by,
     ))
 
 
@@ -630,6 +773,8 @@ def _store(
         conversation.positions[position] = slot
     else:
         conversation.positions.append(slot)
+        if position == 0:
+            state.opened(conversation)
     content = normal_content(message.content)
     writes.messages.append(MessageRow(
         conversation.id, position, message.role, content_json(content), message.hash, exchange_id, source, partial, at,
@@ -637,7 +782,7 @@ def _store(
     for block in content if isinstance(content, list) else ():
         _tool_rows(conversation.id, block, exchange_id, position, at, writes)
         if not partial and (call := agent_call(block)):
-            offer_agent_call(state, *call, (at, position))
+            offer_agent_call(state, *call, (at, position, conversation.id))
 
 
 def _tool_rows(conversation_id_: uuid.UUID, block: Any, exchange_id: str, position: int, at: datetime, writes: Writes) -> None:
@@ -688,8 +833,9 @@ def offer_agent_call(state: SessionState, tool_use_id: str, prompt: str, place: 
     calls[tool_use_id] = min(calls.get(tool_use_id, place), place)
 
 
-def _claim_agent_call(state: SessionState, messages: list[Message]) -> str | None:
-    """The earliest unclaimed Agent call whose prompt is a text of the first (user) message."""
+def _claim_agent_call(state: SessionState, messages: list[Message]) -> tuple[str, uuid.UUID] | None:
+    """The earliest unclaimed Agent call whose prompt is a text of the first (user) message:
+    its tool_use id, and the conversation it was first stored in."""
     if not messages or messages[0].role != "user":
         return None
     for text in texts(messages[0].content):
@@ -701,5 +847,5 @@ def _claim_agent_call(state: SessionState, messages: list[Message]) -> str | Non
             if not calls:
                 del state.agent_calls[key]
             state.spawned.add(earliest[1])
-            return earliest[1]
+            return earliest[1], earliest[0][2]
     return None

@@ -194,15 +194,21 @@ class SessionBuilder:
         self.exchange("count_tokens", messages, {"input_tokens": 9}, body=body, path="/v1/messages/count_tokens")
         self._side("count_tokens", 1)
 
-    def compact(self, thread: str = "main") -> None:
-        """The summary request, then the thread starts again from the summary."""
+    def compact(self, thread: str = "main", *, prompt: str = COMPACTION_PROMPT, continuation: str = CONTINUATION,
+                side: bool = True) -> None:
+        """The summary request (``prompt`` its last message), then the thread starts again from the
+        summary, opening with ``continuation``. ``side``: the rules know the prompt for a compaction's,
+        else it is a turn of the thread like any other."""
         history = self.histories[thread]
         summary = f"the first {len(history)} messages, summarised"
-        self.exchange(thread, [*history, {"role": "user", "content": [text(COMPACTION_PROMPT)]}], reply(text(summary)))
-        self._side("compaction", len(history) + 2)
-        for message in history:  # the compaction's copy of the history has its own tool calls
-            self._count_tools(message["content"])
-        self.histories[thread] = [{"role": "user", "content": [text(CONTINUATION + summary)]}]
+        self.exchange(thread, [*history, {"role": "user", "content": [text(prompt)]}], reply(text(summary)))
+        if side:
+            self._side("compaction", len(history) + 2)
+            for message in history:  # the compaction's copy of the history has its own tool calls
+                self._count_tools(message["content"])
+        else:
+            self.positions[self._labels[thread]] += 2
+        self.histories[thread] = [{"role": "user", "content": [text(continuation + summary)]}]
         self._start(thread, f"{thread}#{self.conversations}")
         self.positions[self._labels[thread]] += 1
         history = self.histories[thread]

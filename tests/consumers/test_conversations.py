@@ -7,13 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 import orjson
 from aiokafka import AIOKafkaProducer
 
 from consumers.winni import WinniSettings
 from consumers.winni.threads import normal_content
 from tests.consumers.conftest import count, eventually, publish, winni
-from tests.consumers.sessions import STUB_TEXT, SessionBuilder, long_session, reply, sample_events, text, tool_result
+from tests.consumers.sessions import (
+    CONTINUATION, STUB_TEXT, SessionBuilder, long_session, reply, sample_events, text, tool_result,
+)
 
 CONVERSATIONS = """
 SELECT c.ordinal, c.kind, c.agent_id, count(m.position) AS messages
@@ -234,6 +237,31 @@ async def test_sub_agents_find_their_agent_calls_after_a_restart(
     await stored_across_a_restart(settings, producer, db, s.events, cut)
     rows = await db.fetch("SELECT agent_id, spawned_by_tool_use_id FROM conversations WHERE kind = 'subagent'")
     assert {r["agent_id"]: r["spawned_by_tool_use_id"] for r in rows} == {**calls, "a4": None}
+
+
+@pytest.mark.parametrize(("prompt", "continuation", "side"), [
+    ("CRITICAL: Respond with TEXT ONLY. Do NOT call any tools. Then write it all up.", "Earlier, in short: ", True),
+    ("Please write a summary of our conversation so far.", "Earlier, in short: ", True),
+    ("Boil everything above down to a page.", CONTINUATION, False),
+], ids=["text-only-opener", "summary-request", "continuation"])
+async def test_each_compaction_marker_alone_links_the_thread_across_a_restart(
+    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection, prompt: str, continuation: str, side: bool,
+) -> None:
+    """A restart between the compaction and the request after it: the link comes from the tables."""
+    s = SessionBuilder()
+    for n in range(3):
+        s.turn("main", text(f"Question {n}"), answer=reply(text(f"Answer {n}.")))
+    cut = len(s.events) + 2  # the summary request and its answer
+    s.compact(prompt=prompt, continuation=continuation, side=side)
+    s.turn("main", text("Go on."), answer=reply(text("Going on.")))
+    await stored_across_a_restart(settings, producer, db, s.events, cut)
+
+    rows = await db.fetch("SELECT id, kind, summarises_conversation_id, branch_of FROM conversations ORDER BY ordinal")
+    before, *compaction, after = rows
+    assert [r["kind"] for r in rows] == ["main", *(["compaction"] if side else []), "main"]
+    assert (after["summarises_conversation_id"], after["branch_of"]) == (before["id"], None)
+    assert all(r["summarises_conversation_id"] == before["id"] for r in compaction)
+    assert sorted(r["messages"] for r in await db.fetch(CONVERSATIONS, s.session_id)) == sorted(s.positions.values())
 
 
 async def test_a_web_search_is_a_conversation_of_its_own_with_its_server_tool_call(

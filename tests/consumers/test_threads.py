@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+import pytest
 
 from consumers.winni.conversations import states_from_rows
 from consumers.winni.threads import (
-    AGENT_TOOLS, PARTS_REMEMBERED, Reply, Request, SessionState, Writes, apply_reply, apply_request, client_and_version,
+    AGENT_TOOLS, CANDIDATES, PARTS_REMEMBERED, CopyRow, Reply, Request, SessionState, Writes, apply_reply, apply_request, client_and_version,
     device_and_account, message_hash, normal_content, part_hashes, title_of,
 )
 from consumers.winni.store import part_hash
@@ -315,7 +317,7 @@ def test_calls_read_back_from_the_tables_are_claimed_as_the_live_ones() -> None:
 
 def rows_of(writes: Writes) -> tuple[list[dict[str, Any]], ...]:
     """What the ``load_*`` queries would read back after ``writes``, for the test above only
-    (one session, no early replies); the queries themselves run on PostgreSQL in test_conversations."""
+    (one session, no early replies, replies without ids); the queries themselves run on PostgreSQL in test_conversations."""
     conversations = sorted(writes.conversations.values(), key=lambda c: c.ordinal)
     kinds = {c.id: c.kind for c in conversations}
     messages: dict[tuple[Any, int], Any] = {}
@@ -326,15 +328,17 @@ def rows_of(writes: Writes) -> tuple[list[dict[str, Any]], ...]:
     uses = {(u.conversation_id, u.tool_use_id): u for u in reversed(writes.tool_uses)}  # the first use of each stays
     return (
         [{"session_key": c.session_key, "id": c.id, "kind": c.kind, "agent_id": c.agent_id,
-          "summarises_conversation_id": c.summarises_conversation_id, "spawned_by_tool_use_id": c.spawned_by_tool_use_id}
+          "summarises_conversation_id": c.summarises_conversation_id, "spawned_by_tool_use_id": c.spawned_by_tool_use_id,
+          "last_at": c.last_at}
          for c in conversations],
         [{"conversation_id": m.conversation_id, "role": m.role, "content_hash": m.content_hash,
           "from_response": m.source == "response", "partial": m.partial}
          for m in sorted(messages.values(), key=lambda m: m.position)],
         [{"session_key": "s", "exchange_id": x.exchange_id, "conversation_id": x.conversation_id, "reply_position": x.reply_position,
-          "retry_of": x.retry_of, "request_hash": x.request_hash, "kind": kinds[x.conversation_id]} for x in writes.exchanges],
+          "retry_of": x.retry_of, "request_hash": x.request_hash, "kind": kinds[x.conversation_id],
+          "message_id": None} for x in writes.exchanges],  # the replies here have no ids
         [],
-        [{"session_key": "s", "tool_use_id": u.tool_use_id, "prompt": orjson.loads(u.input)["prompt"], "used_at": u.at,
+        [{"session_key": "s", "conversation_id": u.conversation_id, "tool_use_id": u.tool_use_id, "prompt": orjson.loads(u.input)["prompt"], "used_at": u.at,
           "use_position": u.position}
          for u in uses.values() if u.name in AGENT_TOOLS and _holds(messages[(u.conversation_id, u.position)], u.tool_use_id)],
     )
@@ -342,3 +346,293 @@ def rows_of(writes: Writes) -> tuple[list[dict[str, Any]], ...]:
 
 def _holds(message: Any, tool_use_id: str) -> bool:
     return not message.partial and any(b.get("id") == tool_use_id for b in orjson.loads(message.content))
+
+
+# --- every client's chats: threaded by their messages alone ------------------------------------
+
+
+def chat(n: int, messages: list[dict[str, Any]], **body: Any) -> Request:
+    """A request as the `anthropic` SDK sends one for a chat: no tools, no session of its own."""
+    fields = {"model": "claude-opus-4-8", "max_tokens": 1024, "messages": messages, **body}
+    return Request(f"ex-{n}", "s", "api_key", "/v1/messages", None, None, "AsyncAnthropic/Python 2.15.0",
+                   "claude-opus-4-8", fields, at(n))
+
+
+class Chat:
+    """One client chat: each `say` sends the history so far plus the user's words, and answers it."""
+
+    def __init__(self, state: SessionState, writes: Writes, numbers: Any) -> None:
+        self.state, self.writes, self.numbers, self.history = state, writes, numbers, []
+
+    def say(self, words: str, answer_text: str, **body: Any) -> Request:
+        n = next(self.numbers)
+        sent = chat(n, [*self.history, user(words)], **body)
+        apply_request(self.state, sent, self.writes)
+        apply_reply(self.state, answer(n, answer_text), self.writes)
+        self.history += [user(words), said(answer_text)]
+        return sent
+
+
+def chats(count: int) -> tuple[SessionState, Writes, list[Chat]]:
+    state, writes, numbers = SessionState("s"), Writes(), iter(range(10_000))
+    return state, writes, [Chat(state, writes, numbers) for _ in range(count)]
+
+
+def threaded(writes: Writes) -> dict[Any, list[tuple[int, str, str]]]:
+    """Each conversation's stored rows: (position, role, text), in the order they were written."""
+    out: dict[Any, list[tuple[int, str, str]]] = {c: [] for c in writes.conversations}
+    for m in writes.messages:
+        out[m.conversation_id].append((m.position, m.role, orjson.loads(m.content)[0]["text"]))
+    return out
+
+
+def test_a_chat_without_tools_is_one_conversation_of_each_position_once() -> None:
+    state, writes, (talk,) = chats(1)
+    for turn in range(6):
+        talk.say(f"question {turn}", f"answer {turn}")
+    ((conversation, rows),) = threaded(writes).items()
+    assert writes.conversations[conversation].kind == "main"
+    assert rows == [(p, ("user", "assistant")[p % 2], f"{('question', 'answer')[p % 2]} {p // 2}") for p in range(12)]
+    assert [m.source for m in writes.messages] == ["request", "response"] * 6
+    assert [x.reply_position for x in writes.exchanges] == [1, 3, 5, 7, 9, 11]
+
+
+def test_interleaved_chats_that_open_alike_keep_their_own_turns() -> None:
+    """Same first message, same body: the second chat's opening is no retry of the first's (that one
+    was answered), and every later turn goes to the chat whose answer it repeats."""
+    state, writes, (a, b) = chats(2)
+    a.say("Hi", "Hello from A")
+    b.say("Hi", "Hello from B")
+    for turn in range(3):
+        a.say(f"a{turn}", f"A answers {turn}")
+        b.say(f"b{turn}", f"B answers {turn}")
+    first, second = writes.conversations.values()
+    rows = threaded(writes)
+    assert [text for _, _, text in rows[first.id]] == ["Hi", "Hello from A", "a0", "A answers 0", "a1", "A answers 1", "a2", "A answers 2"]
+    assert [text for _, _, text in rows[second.id]] == ["Hi", "Hello from B", "b0", "B answers 0", "b1", "B answers 1", "b2", "B answers 2"]
+    assert [p for p, _, _ in rows[second.id]] == list(range(8))
+    assert (second.branch_of, second.branch_position) == (first.id, 1)  # it answered A's first question again
+    assert [x.retry_of for x in writes.exchanges] == [None] * 8
+
+
+def test_more_chats_than_candidates_each_find_their_own() -> None:
+    state, writes, talks = chats(CANDIDATES + 8)
+    for turn in range(3):
+        for number, talk in enumerate(talks):
+            talk.say(f"chat {number} turn {turn}", f"reply {number}.{turn}")
+    rows = threaded(writes)
+    assert len(rows) == len(talks)
+    assert all(len(r) == 6 and [p for p, _, _ in r] == list(range(6)) for r in rows.values())
+    assert all(row.branch_of is None for row in writes.conversations.values())
+
+
+def test_the_same_question_asked_again_after_its_answer_is_a_branch_and_after_a_failure_a_retry() -> None:
+    state, writes, (talk,) = chats(1)
+    talk.say("Name a colour.", "Blue.")
+    again = chat(10, [user("Name a colour.")])
+    apply_request(state, again, writes)
+    apply_reply(state, answer(10, "Red."), writes)
+    failed_once = chat(11, [user("Name a colour.")])
+    apply_request(state, failed_once, writes)  # no answer: it failed
+    apply_request(state, chat(12, [user("Name a colour.")], stream=False), writes)
+    apply_reply(state, answer(12, "Green."), writes)
+    original, regenerated, third = writes.conversations.values()
+    assert (regenerated.branch_of, regenerated.branch_position) == (original.id, 1)
+    assert (third.branch_of, third.branch_position) == (original.id, 1)  # of equals, the earliest
+    assert [x.retry_of for x in writes.exchanges] == [None, None, None, "ex-11"]
+    assert {cid: [t for _, _, t in r] for cid, r in threaded(writes).items()} == {
+        original.id: ["Name a colour.", "Blue."], regenerated.id: ["Name a colour.", "Red."], third.id: ["Name a colour.", "Green."],
+    }
+
+
+def test_asking_again_up_to_a_cut_reply_replaces_it() -> None:
+    """A client that gave up on a cut answer asks again with other settings: not the same body, same place."""
+    state, writes = SessionState("s"), Writes()
+    apply_request(state, chat(1, [user("Explain Kafka.")]), writes)
+    apply_reply(state, answer(1, "Kafka is a", partial=True), writes)
+    apply_request(state, chat(2, [user("Explain Kafka.")], max_tokens=4096), writes)
+    apply_reply(state, answer(2, "Kafka is a log."), writes)
+    assert len(writes.conversations) == 1
+    assert [(m.position, m.partial, m.exchange_id) for m in writes.messages] == [(0, False, "ex-1"), (1, True, "ex-1"), (1, False, "ex-2")]
+
+
+@pytest.mark.parametrize(("change", "kept"), [
+    (lambda history: [*history[:2], user("q1, put otherwise")], 3),  # an edited turn
+    (lambda history: [*history[:2], *history[4:], user("q3")], 5),  # a dropped one
+])
+def test_an_edited_or_dropped_turn_branches_where_the_histories_part(change: Callable[[list[Any]], list[Any]], kept: int) -> None:
+    state, writes, (talk,) = chats(1)
+    for turn in range(3):
+        talk.say(f"q{turn}", f"a{turn}")
+    apply_request(state, chat(20, change(talk.history)), writes)
+    original, branch = writes.conversations.values()
+    assert (branch.kind, branch.branch_of, branch.branch_position) == ("main", original.id, 2)
+    assert [len(r) for r in threaded(writes).values()] == [6, kept]
+
+
+def test_what_is_no_model_call_is_an_exchange_only() -> None:
+    state, writes = SessionState("s"), Writes()
+    apply_request(state, replace(chat(1, []), path="/v1/models", body=None), writes)
+    apply_request(state, replace(chat(2, []), path="/", body=None), writes)
+    apply_request(state, chat(3, []), writes)  # an empty history: the API refuses it
+    apply_request(state, replace(chat(4, [user("hi")]), path="/v1/messages/batches"), writes)
+    assert writes.exchanges == [] and writes.conversations == {} and writes.messages == []
+    assert len(writes.sessions) == 1
+
+
+# --- compaction recognised by each of its markers, and the continuation linked ------------------
+
+OPENER = "CRITICAL: Respond with TEXT ONLY. Do NOT call any tools."
+CONTINUATION = "This session is being continued from a previous conversation that ran out of context."
+
+
+def compacted(summary_request: str, continuation: str) -> Writes:
+    """A main thread of two turns, its compaction asked with ``summary_request``, and the next
+    main request opening with ``continuation``."""
+    state, writes = SessionState("s"), Writes()
+    history = [user("a"), said("b"), user("c"), said("d")]
+    apply_request(state, main_turn(1, history[:1]), writes)
+    apply_request(state, main_turn(2, history[:3]), writes)
+    apply_request(state, main_turn(3, [*history, user(summary_request)]), writes)
+    apply_reply(state, delegated(3, {"type": "text", "text": "The summary."}), writes)
+    apply_request(state, main_turn(4, [user(f"{continuation} The summary.")]), writes)
+    apply_request(state, main_turn(5, [user(f"{continuation} The summary."), said("Continuing."), user("e")]), writes)
+    return writes
+
+
+def test_compaction_by_its_text_only_opener_alone_links_what_follows() -> None:
+    main, compaction, after = compacted(OPENER + " Write it up.", "Earlier, in short:").conversations.values()
+    assert compaction.kind == "compaction" and compaction.summarises_conversation_id == main.id
+    assert (after.kind, after.summarises_conversation_id, after.branch_of) == ("main", main.id, None)
+
+
+def test_compaction_by_its_summary_request_alone_links_what_follows() -> None:
+    main, compaction, after = compacted("Create a summary of the conversation.", "Earlier, in short:").conversations.values()
+    assert compaction.kind == "compaction" and after.summarises_conversation_id == main.id
+
+
+def test_the_continuation_alone_links_to_the_conversation_it_continues() -> None:
+    """A compaction prompt no marker knows is stored as a turn of the thread; the request after it,
+    opening as continuations do, still says which conversation it continues."""
+    main, after = compacted("Boil all of it down, please.", CONTINUATION).conversations.values()
+    assert (after.kind, after.summarises_conversation_id, after.branch_of) == ("main", main.id, None)
+
+
+def test_with_every_marker_the_continuation_links_once() -> None:
+    main, compaction, after = compacted(OPENER + " " + COMPACTION, CONTINUATION).conversations.values()
+    assert compaction.summarises_conversation_id == after.summarises_conversation_id == main.id
+
+
+def test_a_new_chat_without_a_marker_after_none_is_linked_to_nothing() -> None:
+    main, after = compacted("Boil all of it down, please.", "Unrelated:").conversations.values()
+    assert after.summarises_conversation_id is None and after.branch_of is None
+
+
+COMPACTION = "Your task is to create a detailed summary of the conversation so far."
+
+
+def test_a_sub_agent_s_parent_is_the_conversation_holding_its_call() -> None:
+    """A newer main conversation (another chat, a side request no marker names) is not the parent."""
+    state, writes = SessionState("s"), Writes()
+    apply_request(state, main_turn(1, [user("look around")]), writes)
+    apply_reply(state, delegated(1, agent_use("toolu_1", "Survey the repo.")), writes)
+    apply_request(state, replace(chat(2, [user("quota")]), at=at(2)), writes)
+    apply_request(state, sub_agent(3, "a1", "Survey the repo."), writes)
+    apply_request(state, sub_agent(4, "a2", "Nobody asked for this."), writes)
+    main, other, agent, stray = writes.conversations.values()
+    assert (agent.spawned_by_tool_use_id, agent.parent_conversation_id) == ("toolu_1", main.id)
+    assert stray.parent_conversation_id == other.id  # no call: the main thread active last
+
+
+def test_chats_read_back_from_the_tables_go_on_as_the_live_ones() -> None:
+    """A restart between turns: the state rebuilt from rows threads the next turns the same."""
+    live, writes, (a, b) = chats(2)
+    a.say("Hi", "Hello from A")
+    b.say("Hi", "Hello from B")
+    a.say("a0", "A answers 0")
+    reloaded = states_from_rows(["s"], *rows_of(writes))["s"]
+    assert reloaded.openings.keys() == live.openings.keys() and reloaded.first_by_hash == live.first_by_hash
+    results = []
+    for state in (live, reloaded):
+        results.append(Writes())
+        histories = {"a": list(a.history), "b": list(b.history)}
+        for n, (name, words) in enumerate((("b", "b0"), ("a", "a1"), ("b", "b1")), start=100):
+            apply_request(state, chat(n, [*histories[name], user(words)]), results[-1])
+            apply_reply(state, answer(n, f"{words} answered"), results[-1])
+            histories[name] += [user(words), said(f"{words} answered")]
+        apply_request(state, chat(150, [user("Hi")]), results[-1])
+    assert results[0] == results[1]
+    chat_b, chat_a, third = results[0].conversations.values()  # in the order this batch touched them
+    assert [m.conversation_id for m in results[0].messages] == [chat_b.id] * 2 + [chat_a.id] * 2 + [chat_b.id] * 2 + [third.id]
+    assert chat_a.id == writes.messages[0].conversation_id and third.branch_of is not None
+    assert {x.retry_of for x in results[0].exchanges} == {None}
+
+
+# --- histories the server holds: requests that send only their new messages --------------------
+
+
+def thread_turn(n: int, messages: list[dict[str, Any]], previous: str | None) -> Request:
+    """A turn of the message threads beta, as the SDK's tool runner sends it."""
+    thread = {"type": "continue", "previous_message_id": previous} if previous else {"type": "create"}
+    return chat(n, messages, thread=thread, stream=True)
+
+
+def answered_as(n: int, message_id: str, *blocks: dict[str, Any], partial: bool = False) -> Reply:
+    return Reply(f"ex-{n}", "s", {"id": message_id, "role": "assistant", "content": list(blocks)}, partial, at(n))
+
+
+WEATHER = {"type": "tool_use", "id": "toolu_w", "name": "get_weather", "input": {"city": "Oslo"}}
+SUNNY = {"type": "tool_result", "tool_use_id": "toolu_w", "content": "Sunny"}
+
+
+def weather_asked() -> tuple[SessionState, Writes]:
+    """A tool runner's first two turns: the question, the tool's result; each reply with its id."""
+    state, writes = SessionState("s"), Writes()
+    apply_request(state, thread_turn(1, [user("Weather in Oslo?")], None), writes)
+    apply_reply(state, answered_as(1, "msg_1", WEATHER), writes)
+    apply_request(state, thread_turn(2, [user([SUNNY])], "msg_1"), writes)
+    apply_reply(state, answered_as(2, "msg_2", {"type": "text", "text": "It is sunny."}), writes)
+    return state, writes
+
+
+def test_a_turn_continuing_a_held_history_extends_its_conversation() -> None:
+    state, writes = weather_asked()
+    apply_request(state, thread_turn(3, [user("And tomorrow?")], "msg_2"), writes)
+    (conversation,) = writes.conversations.values()
+    assert [(m.position, m.role, m.source) for m in writes.messages] == [
+        (0, "user", "request"), (1, "assistant", "response"), (2, "user", "request"), (3, "assistant", "response"),
+        (4, "user", "request"),
+    ]
+    assert [x.reply_position for x in writes.exchanges] == [1, 3, 5]
+    assert [(r.tool_use_id, r.position) for r in writes.tool_results] == [("toolu_w", 2)]
+    assert writes.copies == []
+
+
+def test_a_turn_continuing_an_earlier_reply_branches_with_a_copy_of_what_the_server_held() -> None:
+    state, writes = weather_asked()
+    apply_request(state, thread_turn(3, [user([{**SUNNY, "content": "Raining"}])], "msg_1"), writes)  # from msg_1 again
+    apply_reply(state, answered_as(3, "msg_3", {"type": "text", "text": "It rains."}), writes)
+    original, branch = writes.conversations.values()
+    assert (branch.branch_of, branch.branch_position) == (original.id, 2)
+    assert writes.copies == [CopyRow(original.id, branch.id, 2)]
+    assert [(m.conversation_id, m.position) for m in writes.messages[-2:]] == [(branch.id, 2), (branch.id, 3)]
+    # the branch holds the copied history in its state too: the next turn of it continues it
+    apply_request(state, thread_turn(4, [user("Thanks")], "msg_3"), writes)
+    assert writes.messages[-1].conversation_id == branch.id and writes.messages[-1].position == 4
+
+
+def test_a_turn_continuing_a_reply_never_stored_starts_with_what_it_has() -> None:
+    state, writes = SessionState("s"), Writes()
+    apply_request(state, thread_turn(1, [user([SUNNY])], "msg_from_before_kgb"), writes)
+    (conversation,) = writes.conversations.values()
+    assert [(m.position, m.role) for m in writes.messages] == [(0, "user")] and writes.exchanges[0].reply_position == 1
+
+
+def test_a_failed_threaded_turn_sent_again_is_a_retry() -> None:
+    state, writes = SessionState("s"), Writes()
+    apply_request(state, thread_turn(1, [user("Weather in Oslo?")], None), writes)
+    apply_reply(state, answered_as(1, "msg_1", WEATHER), writes)
+    apply_request(state, thread_turn(2, [user([SUNNY])], "msg_1"), writes)  # 529: no answer
+    apply_request(state, thread_turn(3, [user([SUNNY])], "msg_1"), writes)
+    assert [x.retry_of for x in writes.exchanges] == [None, None, "ex-2"]
+    assert len(writes.conversations) == 1 and len(writes.messages) == 3

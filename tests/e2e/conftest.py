@@ -19,8 +19,9 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -82,17 +83,24 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+Run = Callable[[Any, asyncio.Event], Awaitable[None]]
+
+
 @contextlib.asynccontextmanager
-async def running_winni(settings: WinniSettings) -> AsyncIterator[asyncio.Task[None]]:
-    """winni's `run` as a task; leaving stops it and re-raises whatever it died of."""
+async def running(run: Run, settings: Any, name: str) -> AsyncIterator[asyncio.Task[None]]:
+    """A consumer's `run` as a task; leaving stops it and re-raises whatever it died of."""
     stop = asyncio.Event()
-    task = asyncio.create_task(run(settings, stop), name="winni")
+    task = asyncio.create_task(run(settings, stop), name=name)
     try:
         yield task
     finally:
         stop.set()
         async with asyncio.timeout(60):
             await task
+
+
+def running_winni(settings: WinniSettings) -> contextlib.AbstractAsyncContextManager[asyncio.Task[None]]:
+    return running(run, settings, "winni")
 
 
 @dataclasses.dataclass

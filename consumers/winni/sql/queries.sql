@@ -188,7 +188,7 @@ ON CONFLICT (session_key) DO UPDATE SET revision = r.revision + 1
 RETURNING session_key, revision;
 
 -- name: load_conversations
-SELECT session_key, id, kind, agent_id, summarises_conversation_id, spawned_by_tool_use_id
+SELECT session_key, id, kind, agent_id, summarises_conversation_id, spawned_by_tool_use_id, last_at
 FROM conversations WHERE session_key = ANY($1::text[])
 ORDER BY session_key, ordinal;
 
@@ -203,7 +203,7 @@ ORDER BY m.conversation_id, m.position;
 -- it (a compaction, a branch copies it), where it sits; from complete messages
 -- that hold it still (a cut reply was not run; the reply that replaced it has
 -- calls of its own). The caller drops the ones a sub-agent has claimed.
-SELECT c.session_key, t.tool_use_id, t.input->>'prompt' AS prompt, t.used_at, t.use_position
+SELECT c.session_key, t.conversation_id, t.tool_use_id, t.input->>'prompt' AS prompt, t.used_at, t.use_position
 FROM conversations c
 JOIN tool_calls t ON t.conversation_id = c.id
 JOIN messages m ON m.conversation_id = t.conversation_id AND m.position = t.use_position
@@ -211,9 +211,15 @@ WHERE c.session_key = ANY($1::text[]) AND t.name IN ('Agent', 'Task') AND jsonb_
   AND NOT m.partial AND m.content @> jsonb_build_array(jsonb_build_object('type', 'tool_use', 'id', t.tool_use_id));
 
 -- name: load_exchanges
-SELECT e.session_key, e.exchange_id::text, e.conversation_id, e.reply_position, e.retry_of, e.request_hash, c.kind
+-- In the order the requests came: of two that asked the same anew, a retry repeats the latest.
+-- message_id: of a reply with content, which a request may continue from (the message threads beta).
+SELECT e.session_key, e.exchange_id::text, e.conversation_id, e.reply_position, e.retry_of, e.request_hash, c.kind,
+       CASE WHEN jsonb_typeof(e.message->'id') = 'string' AND jsonb_typeof(e.message->'content') = 'array'
+                 AND e.message->'content' <> '[]'::jsonb
+            THEN e.message->>'id' END AS message_id
 FROM exchanges e JOIN conversations c ON c.id = e.conversation_id
-WHERE e.session_key = ANY($1::text[]);
+WHERE e.session_key = ANY($1::text[])
+ORDER BY e.received_at, e.exchange_id;
 
 -- name: upsert_session
 -- The first device and account seen stay; the latest client version wins.
@@ -251,6 +257,48 @@ ON CONFLICT (conversation_id, position) DO UPDATE SET
     role = EXCLUDED.role, content = EXCLUDED.content, content_hash = EXCLUDED.content_hash,
     exchange_id = EXCLUDED.exchange_id, partial = false, created_at = EXCLUDED.created_at
 WHERE m.partial AND m.source = 'response' AND EXCLUDED.source = 'response' AND NOT EXCLUDED.partial;
+
+-- name: copy_messages
+-- A conversation that starts from a history the server held (the message threads beta): the
+-- positions before its own, as the conversation holding them has them.
+INSERT INTO messages (conversation_id, position, role, content, content_hash, exchange_id, source, partial, created_at)
+SELECT $2::uuid, position, role, content, content_hash, exchange_id, source, partial, created_at
+FROM messages WHERE conversation_id = $1::uuid AND position < $3::integer
+ON CONFLICT (conversation_id, position) DO NOTHING;
+
+-- name: copy_tool_calls
+-- The tool calls of those positions: a use, a result, or both, whichever sits before $3; the
+-- target's own rows (a result of a copied use, stored by its request) keep what they hold.
+INSERT INTO tool_calls AS t (
+    conversation_id, tool_use_id, name, input, use_exchange_id, use_position, used_at,
+    result, is_error, result_exchange_id, result_position, result_at
+)
+SELECT $2::uuid, s.tool_use_id, s.name, s.input, s.use_exchange_id, s.use_position, s.used_at,
+       s.result, s.is_error, s.result_exchange_id, s.result_position, s.result_at
+FROM (
+    SELECT tool_use_id,
+           CASE WHEN use_position < $3 THEN name END AS name, CASE WHEN use_position < $3 THEN input END AS input,
+           CASE WHEN use_position < $3 THEN use_exchange_id END AS use_exchange_id,
+           CASE WHEN use_position < $3 THEN use_position END AS use_position,
+           CASE WHEN use_position < $3 THEN used_at END AS used_at,
+           CASE WHEN result_position < $3 THEN result END AS result,
+           CASE WHEN result_position < $3 THEN is_error END AS is_error,
+           CASE WHEN result_position < $3 THEN result_exchange_id END AS result_exchange_id,
+           CASE WHEN result_position < $3 THEN result_position END AS result_position,
+           CASE WHEN result_position < $3 THEN result_at END AS result_at
+    FROM tool_calls WHERE conversation_id = $1::uuid AND (use_position < $3::integer OR result_position < $3::integer)
+) AS s
+ON CONFLICT (conversation_id, tool_use_id) DO UPDATE SET
+    name = CASE WHEN t.use_position IS NULL THEN EXCLUDED.name ELSE t.name END,
+    input = CASE WHEN t.use_position IS NULL THEN EXCLUDED.input ELSE t.input END,
+    use_exchange_id = CASE WHEN t.use_position IS NULL THEN EXCLUDED.use_exchange_id ELSE t.use_exchange_id END,
+    used_at = CASE WHEN t.use_position IS NULL THEN EXCLUDED.used_at ELSE t.used_at END,
+    use_position = coalesce(t.use_position, EXCLUDED.use_position),
+    result = CASE WHEN t.result_position IS NULL THEN EXCLUDED.result ELSE t.result END,
+    is_error = CASE WHEN t.result_position IS NULL THEN EXCLUDED.is_error ELSE t.is_error END,
+    result_exchange_id = CASE WHEN t.result_position IS NULL THEN EXCLUDED.result_exchange_id ELSE t.result_exchange_id END,
+    result_at = CASE WHEN t.result_position IS NULL THEN EXCLUDED.result_at ELSE t.result_at END,
+    result_position = coalesce(t.result_position, EXCLUDED.result_position);
 
 -- name: upsert_tool_use
 -- A result can be stored before its use (the use came in a reply not captured);
