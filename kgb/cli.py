@@ -127,17 +127,15 @@ def _replay(args: argparse.Namespace) -> None:
 
 
 def _usage(args: argparse.Namespace) -> None:
-    from datetime import date
-
     from consumers.metrics import MetricsSettings
-    from consumers.metrics.usage import parse_groups, report
+    from consumers.metrics.usage import parse_query, report
 
     try:
-        groups = parse_groups(args.by)
-        since = date.fromisoformat(args.since) if args.since else None
+        query = parse_query(args.by, args.since, args.until)
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
-    print(asyncio.run(report(MetricsSettings.from_env(), groups, since, args.json)))
+    output = "json" if args.json else "csv" if args.csv else "table"
+    print(asyncio.run(report(MetricsSettings.from_env(), query, output)))
 
 
 def _web(args: argparse.Namespace) -> None:
@@ -192,11 +190,16 @@ def parser() -> argparse.ArgumentParser:
     metrics.add_argument("--port", type=int, help="/metrics listen port (KGB_METRICS_PORT, default 9464)")
     metrics.set_defaults(run=_consume_metrics)
 
-    about = "print token usage and cost from the metrics rollup tables (KGB_DATABASE_URL)"
+    about = "print token usage and cost from the metrics rollup tables (KGB_DATABASE_URL, KGB_METRICS_SCHEMA)"
     usage = commands.add_parser("usage", help=about, description=about)
-    usage.add_argument("--by", default="day,model", help="comma list of day, model, session, kind (default day,model)")
-    usage.add_argument("--since", help="first day to include, YYYY-MM-DD (default: all)")
-    usage.add_argument("--json", action="store_true", help="JSON instead of a table; costs as exact decimal strings")
+    usage.add_argument("--by", default="day,model", help="comma list of day, month or block (ccusage's 5-hour blocks), and "
+                       "model, session, kind, project (Claude Code's working directory), key (API-key fingerprint); "
+                       "default day,model")
+    usage.add_argument("--since", help="first UTC day to include, YYYY-MM-DD (default: all)")
+    usage.add_argument("--until", help="last UTC day to include, YYYY-MM-DD (default: all)")
+    formats = usage.add_mutually_exclusive_group()
+    formats.add_argument("--json", action="store_true", help="JSON instead of a table; costs as exact decimal strings")
+    formats.add_argument("--csv", action="store_true", help="CSV instead of a table, every column; costs exact")
     usage.set_defaults(run=_usage)
 
     about = "browse, search and total what was captured: a read-only web viewer of the winni and metrics tables"

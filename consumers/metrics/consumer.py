@@ -68,9 +68,10 @@ async def serve_metrics(resources: contextlib.AsyncExitStack, metrics: UsageMetr
 async def run(settings: MetricsSettings, stop: asyncio.Event | None = None, metrics: UsageMetrics | None = None) -> None:
     """Serve ``/metrics``, migrate, then consume until ``stop`` is set; waits for PostgreSQL if it is not up yet."""
     stop = stop or asyncio.Event()
-    metrics = metrics or UsageMetrics()
     prices = load_prices(settings.prices)
-    log.info("metrics starting: %r; prices %s (%d models)", settings, prices.version, len(prices.models))
+    metrics = metrics or UsageMetrics(prices.version)
+    log.info("metrics starting: %r; prices %s (%d editions, %d models)", settings, prices.version, len(prices.editions),
+             len(prices.models))
     async with contextlib.AsyncExitStack() as resources:
         await serve_metrics(resources, metrics, settings)
         pool = await open_database(

@@ -7,8 +7,13 @@ Names follow the OpenTelemetry GenAI semantic conventions where they exist
 ``gen_ai.provider.name``, ``error.type``), dots as underscores the way the
 OpenTelemetry Prometheus exporter writes them, with the semantic conventions'
 bucket boundaries. What they do not cover (cost, unpriced usage, request and
-error counts by conversation kind) is ``kgb_*``. MCP calls follow the OpenTelemetry
+error counts by conversation kind, what the API billed beyond base rates, stop
+reasons and content blocks) is ``kgb_*``. MCP calls follow the OpenTelemetry
 MCP conventions (``mcp.client.operation.duration``, its attributes and buckets).
+
+A model the price table lacks is reported loudly, once per model and process:
+a WARNING naming it and the fix, ``kgb_unpriced_requests_total`` from then on,
+and a line in `kgb usage`.
 
 The session is deliberately not a label: one series per session grows
 without bound; per-session numbers are in the rollup tables (`kgb usage`).
@@ -19,6 +24,7 @@ moment the consumer starts (they begin at 0 on each start, as counters do).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from aiohttp import web
@@ -26,6 +32,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 
 from consumers.metrics.mcp import Counted
 from consumers.metrics.rollup import TOKEN_TYPES, Priced
+
+log = logging.getLogger(__name__)
 
 PROVIDER = "anthropic"
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
@@ -40,7 +48,9 @@ MCP_SECONDS_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120
 class UsageMetrics:
     """The consumer's instruments, in their own registry (one per consumer, so tests can run several)."""
 
-    def __init__(self) -> None:
+    def __init__(self, prices_version: str = "") -> None:
+        self.prices_version = prices_version
+        self.reported: set[str] = set()  # what had no price and was logged already
         self.registry = CollectorRegistry()
         r = self.registry
         self.tokens = Histogram(
@@ -62,10 +72,25 @@ class UsageMetrics:
             "kgb_interrupted_total", "Responses cut short without an error (client gone, stream broken)", MODEL_LABELS, registry=r,
         )
         self.web_searches = Counter("kgb_web_search_requests_total", "Server-side web searches billed", MODEL_LABELS, registry=r)
+        self.web_fetches = Counter("kgb_web_fetch_requests_total", "Server-side web fetches (no charge beyond their tokens)",
+                                   MODEL_LABELS, registry=r)
+        self.thinking = Counter("kgb_thinking_tokens_total", "Output tokens spent thinking (part of the output tokens)",
+                                MODEL_LABELS, registry=r)
+        self.premiums = Counter(
+            "kgb_premium_requests_total", "Requests billed beyond base rates, by kgb_pricing: long_context, fast, us_only, batch",
+            (*MODEL_LABELS, "kgb_pricing"), registry=r,
+        )
+        self.compactions = Counter("kgb_compactions_total", "Server-side compactions (usage.iterations)", MODEL_LABELS, registry=r)
+        self.stop_reasons = Counter("kgb_stop_reasons_total", "Responses by stop reason", (*MODEL_LABELS, "stop_reason"), registry=r)
+        self.blocks = Counter("kgb_content_blocks_total", "Reply content blocks by type", (*MODEL_LABELS, "block_type"), registry=r)
         self.cost = Counter("kgb_cost_usd_total", "Cost in USD at the price table's rates", MODEL_LABELS, registry=r)
         self.unpriced = Counter(
             "kgb_unpriced_tokens_total", "Tokens of models the price table lacks (their cost is not in kgb_cost_usd_total)",
             (*MODEL_LABELS, "gen_ai_token_type"), registry=r,
+        )
+        self.unpriced_requests = Counter(
+            "kgb_unpriced_requests_total", "Requests with billable usage the price table has no price for, by kgb_unpriced "
+            "(the model, or the model and the mode)", (*MODEL_LABELS, "kgb_unpriced"), registry=r,
         )
         self.rejected = Counter("kgb_metrics_rejected_total", "Messages that did not decode", ("error_class",), registry=r)
         self.mcp_duration = Histogram(
@@ -91,27 +116,52 @@ class UsageMetrics:
                 self.mcp_errors.labels(*labels, call.error_type).inc()
 
     def _observe(self, p: Priced) -> None:
-        e = p.exchange
+        e, usage = p.exchange, p.exchange.usage
         labels = ("count_tokens" if e.kind == "count_tokens" else "chat", PROVIDER, e.model or "", e.kind)
         self.requests.labels(*labels).inc()
-        self.duration.labels(*labels, e.error_type or "").observe(e.duration_ms / 1000)
+        if e.duration_ms is not None:
+            self.duration.labels(*labels, e.error_type or "").observe(e.duration_ms / 1000)
         if e.ttfb_ms is not None:
             self.first_chunk.labels(*labels).observe(e.ttfb_ms / 1000)
         if e.error_type:
             self.errors.labels(*labels, e.error_type).inc()
         if e.interrupted:
             self.interrupted.labels(*labels).inc()
-        if e.tokens.web_search_requests:
-            self.web_searches.labels(*labels).inc(e.tokens.web_search_requests)
-        if p.cost:
-            self.cost.labels(*labels).inc(float(p.cost))
+        if e.stop_reason:
+            self.stop_reasons.labels(*labels, e.stop_reason).inc()
+        for block, n in e.blocks.items():
+            self.blocks.labels(*labels, block).inc(n)
+        for counter, n in ((self.web_searches, usage.web_search_requests), (self.web_fetches, usage.web_fetch_requests),
+                           (self.thinking, usage.thinking), (self.compactions, usage.compactions)):
+            if n:
+                counter.labels(*labels).inc(n)
+        for premium in ("long_context", "fast", "us_only", "batch"):
+            if getattr(p.cost, premium):
+                self.premiums.labels(*labels, premium).inc()
+        if p.cost.usd:
+            self.cost.labels(*labels).inc(float(p.cost.usd))
+        for missing in p.cost.unpriced:
+            self.unpriced_requests.labels(*labels, missing).inc()
+            self._report(missing)
         if not e.has_usage:
             return
-        for field, token_type in TOKEN_TYPES.items():
-            count = getattr(e.tokens, field)
-            self.tokens.labels(*labels, token_type).observe(count)
-            if p.unpriced and count:
-                self.unpriced.labels(*labels, token_type).inc(count)
+        tokens = usage.tokens
+        for name, token_type in TOKEN_TYPES.items():
+            n = getattr(tokens, name)
+            self.tokens.labels(*labels, token_type).observe(n)
+            if p.unpriced and n:
+                self.unpriced.labels(*labels, token_type).inc(n)
+
+    def _report(self, missing: str) -> None:
+        """Once per model (or model and mode) and process: its cost is unknown until the table prices it."""
+        if missing in self.reported:
+            return
+        self.reported.add(missing)
+        log.warning(
+            "no price for %s in the price table (%s): its requests are counted, their cost is unknown and every total "
+            "including them says so; price it in a KGB_PRICES file and rebuild the metrics tables with a fresh "
+            "KGB_METRICS_GROUP and KGB_METRICS_SCHEMA (README, Token usage and cost)", missing, self.prices_version or "shipped",
+        )
 
 
 def mcp_labels(call: Counted) -> tuple[str, ...]:

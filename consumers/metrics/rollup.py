@@ -1,56 +1,47 @@
-"""Usage facts of an exchange, its cost, and the daily rollups it adds to: pure, no I/O.
+"""Usage facts of an exchange, and the hourly rollups it adds to: pure, no I/O.
 
 An exchange is counted once, when its row in ``usage_exchanges`` holds both
 halves: the request brings the model, the conversation kind (`consumers.kinds`,
 the kind winni threads it as: ``main`` for every model call that is neither a
 sub-agent's nor a side request Claude Code's markers name, whatever the client,
-``other`` only for what is no model call) and the path;
-the response brings the usage, the status, the error and the timings. Both
-carry the session, the agent and when the exchange started, so either half
-can open the row, whichever arrives first. The store tells which rows the
-batch completed; only those reach `price` and `rollup`, which is what keeps
-redelivery and replay from counting anything twice.
+``other`` only for what is no model call), the path and the working directory
+Claude Code names (in a system message, or its system prompt); the response
+brings the usage, the status, the error, the stop reason, the reply's blocks and
+the timings. Both carry the session, the agent, the API key's fingerprint and
+when the exchange started, so either half can open the row, whichever arrives
+first. The store tells which rows the batch completed; only those are priced
+(`billing.cost`) and reach `rollup`, which is what keeps redelivery and replay
+from counting anything twice.
 
-Token kinds follow Anthropic's usage object: ``input_tokens`` is the input
-not read from or written to the cache; cache writes are split by lifetime
-from ``cache_creation.ephemeral_5m_input_tokens`` and ``..._1h_...``, or,
-from older APIs without the split, all of ``cache_creation_input_tokens``
-at the 5-minute rate (the only lifetime those offered).
+Rollups are hourly (UTC), by model, session, kind, project and key: days,
+months and ccusage's 5-hour blocks are sums of hours (`consumers.metrics.usage`).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import re
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 from consumers.kinds import kind_of
-from consumers.metrics.prices import PriceTable
+from consumers.metrics.billing import Cost, Tokens, Usage, parts_from_json, text, usage_of
 from consumers.winni.store import timestamp
 from kgb.documents import parse_json
 
-MILLION = Decimal(1_000_000)
-THOUSAND = Decimal(1_000)
-_INT64_MAX = 2**63 - 1
+# Claude Code names the directory it works in: "Primary working directory: /x" in a list of the
+# environment (2.1.3xx, in a ``role: "system"`` message, with " (was /y)" when it moved), or
+# "Working directory: /x" in the system prompt's <env> (older releases).
+_WORKING_DIRECTORY = re.compile(r"^[ \t]*(?:-[ \t]*)?(?:Primary working directory|Working directory):[ \t]*(\S[^\r\n]*?)"
+                                r"(?:[ \t]+\(was [^\r\n]*\))?[ \t]*$", re.MULTILINE)
+_PROJECT_LIMIT = 1024
 
-
-@dataclass(frozen=True, slots=True)
-class Tokens:
-    input: int = 0
-    output: int = 0
-    cache_write_5m: int = 0
-    cache_write_1h: int = 0
-    cache_read: int = 0
-    web_search_requests: int = 0
-
-    def billable(self) -> bool:
-        return any(getattr(self, f.name) for f in fields(self))
-
-
-# Prometheus's gen_ai_token_type for each token field; web searches are requests, not tokens.
+# Prometheus's gen_ai_token_type for each token field.
 TOKEN_TYPES = {
     "input": "input",
     "output": "output",
@@ -69,10 +60,8 @@ class RequestHalf:
     model: str | None
     kind: str
     path: str
-
-    @property
-    def day(self) -> date:
-        return self.started_at.date()
+    project: str | None
+    key_fingerprint: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +74,38 @@ class ResponseHalf:
     error_type: str | None
     interrupted: bool
     has_usage: bool
-    tokens: Tokens
+    usage: Usage
+    stop_reason: str | None
+    blocks: Mapping[str, int]  # the reply's content blocks, by type
+    key_fingerprint: str | None
     ttfb_ms: float | None
     duration_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """A completed ``usage_exchanges`` row (both halves known), or one request of a batch's results."""
+
+    exchange_id: str
+    session_key: str
+    started_at: datetime
+    model: str | None
+    kind: str
+    project: str
+    key_fingerprint: str
+    status: int
+    error_type: str | None
+    interrupted: bool
+    has_usage: bool
+    usage: Usage
+    stop_reason: str | None
+    blocks: Mapping[str, int]
+    ttfb_ms: float | None
+    duration_ms: float | None
+
+    @property
+    def hour(self) -> datetime:
+        return self.started_at.replace(minute=0, second=0, microsecond=0)
 
     @property
     def day(self) -> date:
@@ -95,38 +113,21 @@ class ResponseHalf:
 
 
 @dataclass(frozen=True, slots=True)
-class Exchange:
-    """A completed ``usage_exchanges`` row: both halves known."""
-
-    exchange_id: str
-    session_key: str
-    day: date
-    model: str | None
-    kind: str
-    status: int
-    error_type: str | None
-    interrupted: bool
-    has_usage: bool
-    tokens: Tokens
-    ttfb_ms: float | None
-    duration_ms: float
-
-
-@dataclass(frozen=True, slots=True)
 class Priced:
-    """``cost`` is None exactly when ``unpriced``: billable usage on a model the table lacks."""
-
     exchange: Exchange
-    cost: Decimal | None
-    unpriced: bool
+    cost: Cost
+
+    @property
+    def unpriced(self) -> bool:
+        return bool(self.cost.unpriced)
 
 
-RollupKey = tuple[date, str, str, str]  # day, model ("" when none), session, kind
+RollupKey = tuple[datetime, str, str, str, str, str]  # hour, model ("" when none), session, kind, project, key
 
 
 @dataclass(slots=True)
 class Totals:
-    """What one rollup row gains from a batch; added to the stored row by the upsert."""
+    """What one hourly rollup row gains from a batch; added to the stored row by the upsert."""
 
     requests: int = 0
     errors: int = 0
@@ -136,33 +137,47 @@ class Totals:
     cache_write_5m: int = 0
     cache_write_1h: int = 0
     cache_read: int = 0
+    thinking: int = 0
     web_search_requests: int = 0
+    web_fetch_requests: int = 0
     cost: Decimal | None = None
     unpriced_requests: int = 0
+    long_context_requests: int = 0
+    fast_requests: int = 0
+    us_only_requests: int = 0
+    batch_requests: int = 0
+    compactions: int = 0
     ttfb_ms_sum: float = 0.0
     ttfb_count: int = 0
     duration_ms_sum: float = 0.0
-    errors_by_type: dict[str, int] = field(default_factory=dict)
+    duration_count: int = 0
+    first_at: datetime | None = None
+    last_at: datetime | None = None
+    # (tally, value) -> count: error_type, stop_reason, block (content blocks by type), unpriced (what had no price)
+    tallies: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 # --- the halves, from decoded events -----------------------------------------------
 
 
-def clean(text: str | None) -> str | None:
+def clean(value: str | None) -> str | None:
     """PostgreSQL text cannot hold NUL; nothing we key on needs it."""
-    return text.replace("\x00", "") if text and "\x00" in text else text
+    return value.replace("\x00", "") if value and "\x00" in value else value
 
 
 def request_half(event: dict[str, Any]) -> RequestHalf:
     request = event["request"]
+    body = parse_json(request["body"])
     return RequestHalf(
         exchange_id=clean(event["exchange_id"]) or "",
         session_key=clean(event["session_key"]) or "",
         agent_id=clean(event["agent_id"]),
         started_at=_utc(request["received_at"]),
         model=clean(request["model"]) or None,
-        kind=kind_of(request["path"], parse_json(request["body"]), event["agent_id"]),
+        kind=kind_of(request["path"], body, event["agent_id"]),
         path=clean(request["path"]) or "",
+        project=working_directory(body),
+        key_fingerprint=clean(event["api_key_fingerprint"]),
     )
 
 
@@ -180,10 +195,40 @@ def response_half(event: dict[str, Any]) -> ResponseHalf:
         error_type=error_type,
         interrupted=cut and error_type is None,
         has_usage=isinstance(usage, dict),
-        tokens=tokens_of(usage),
+        usage=usage_of(usage),
+        stop_reason=text(response["stop_reason"]),
+        blocks=content_blocks(parse_json(response["message"])),
+        key_fingerprint=clean(event["api_key_fingerprint"]),
         ttfb_ms=response["ttfb_ms"],
         duration_ms=response["duration_ms"],
     )
+
+
+def working_directory(body: Any) -> str | None:
+    """The directory Claude Code says it works in: its latest system message's, else its system prompt's; None for other clients."""
+    if not isinstance(body, dict):
+        return None
+    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    said = [m.get("content") for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "system"]
+    for content in [*said, body.get("system")]:
+        for block in [content] if isinstance(content, str) else content if isinstance(content, list) else []:
+            found = _WORKING_DIRECTORY.search(block if isinstance(block, str) else _block_text(block))
+            if found:
+                return clean(found[1][:_PROJECT_LIMIT])
+    return None
+
+
+def _block_text(block: Any) -> str:
+    value = block.get("text") if isinstance(block, dict) else None
+    return value if isinstance(value, str) else ""
+
+
+def content_blocks(message: Any) -> dict[str, int]:
+    """A message's content blocks counted by type (``text``, ``tool_use``, ``compaction``, ``fallback``, ...)."""
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, list):
+        return {}
+    return dict(Counter(t for b in content if isinstance(b, dict) and (t := text(b.get("type")))))
 
 
 def error_type_of(status: int, error_type: str | None) -> str | None:
@@ -193,31 +238,6 @@ def error_type_of(status: int, error_type: str | None) -> str | None:
     return f"http_{status}" if status >= 400 else None
 
 
-def tokens_of(usage: Any) -> Tokens:
-    """Token counts from Anthropic's usage object; missing or odd values count as 0."""
-    if not isinstance(usage, dict):
-        return Tokens()
-    split = usage.get("cache_creation")
-    if isinstance(split, dict) and ("ephemeral_5m_input_tokens" in split or "ephemeral_1h_input_tokens" in split):
-        write_5m, write_1h = _count(split.get("ephemeral_5m_input_tokens")), _count(split.get("ephemeral_1h_input_tokens"))
-    else:
-        write_5m, write_1h = _count(usage.get("cache_creation_input_tokens")), 0
-    server = usage.get("server_tool_use")
-    return Tokens(
-        input=_count(usage.get("input_tokens")),
-        output=_count(usage.get("output_tokens")),
-        cache_write_5m=write_5m,
-        cache_write_1h=write_1h,
-        cache_read=_count(usage.get("cache_read_input_tokens")),
-        web_search_requests=_count(server.get("web_search_requests")) if isinstance(server, dict) else 0,
-    )
-
-
-def _count(value: Any) -> int:
-    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _INT64_MAX
-    return value if ok else 0
-
-
 def _utc(micros: int) -> datetime:
     """Both timestamps are required by the schema, so never None; UTC, so ``.date()`` is the UTC day."""
     moment = timestamp(micros)
@@ -225,75 +245,81 @@ def _utc(micros: int) -> datetime:
     return moment
 
 
-# --- cost and rollups ----------------------------------------------------------
+# --- completed rows and rollups --------------------------------------------------------
 
 
-def price(exchange: Exchange, table: PriceTable) -> Priced:
-    """Its cost at ``table``'s rates; nothing billable costs 0 whatever the model."""
-    tokens = exchange.tokens
-    if not tokens.billable():
-        return Priced(exchange, Decimal(0), False)
-    rates = table.price_of(exchange.model)
-    if rates is None:
-        return Priced(exchange, None, True)
-    per_million = (
-        tokens.input * rates.input
-        + tokens.output * rates.output
-        + tokens.cache_write_5m * rates.cache_write_5m
-        + tokens.cache_write_1h * rates.cache_write_1h
-        + tokens.cache_read * rates.cache_read
+def exchange_from_row(row: Mapping[str, Any], project: str | None = None) -> Exchange:
+    """A completed ``usage_exchanges`` row (as the store returns it); ``project`` stands in when it names none."""
+    tokens = Tokens(
+        input=row["input_tokens"], output=row["output_tokens"], cache_write_5m=row["cache_write_5m_tokens"],
+        cache_write_1h=row["cache_write_1h_tokens"], cache_read=row["cache_read_tokens"],
     )
-    searches = tokens.web_search_requests * table.web_search_per_1000 / THOUSAND
-    return Priced(exchange, per_million / MILLION + searches, False)
-
-
-def rollup(priced: Iterable[Priced]) -> dict[RollupKey, Totals]:
-    """The batch's completed exchanges summed per day, model, session and kind."""
-    totals: dict[RollupKey, Totals] = defaultdict(Totals)
-    for p in priced:
-        e = p.exchange
-        add(totals[(e.day, e.model or "", e.session_key, e.kind)], p)
-    return dict(totals)
-
-
-def add(t: Totals, p: Priced) -> None:
-    e, tokens = p.exchange, p.exchange.tokens
-    t.requests += 1
-    t.interrupted += e.interrupted
-    if e.error_type:
-        t.errors += 1
-        t.errors_by_type[e.error_type] = t.errors_by_type.get(e.error_type, 0) + 1
-    for name in ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read", "web_search_requests"):
-        setattr(t, name, getattr(t, name) + getattr(tokens, name))
-    if p.cost is not None:
-        t.cost = p.cost if t.cost is None else t.cost + p.cost
-    t.unpriced_requests += p.unpriced
-    if e.ttfb_ms is not None:
-        t.ttfb_ms_sum += e.ttfb_ms
-        t.ttfb_count += 1
-    t.duration_ms_sum += e.duration_ms
-
-
-def exchange_from_row(row: Mapping[str, Any]) -> Exchange:
-    """A completed ``usage_exchanges`` row (as the store returns it) as an `Exchange`."""
+    parts = parts_from_json(row["parts"], tokens)
     return Exchange(
         exchange_id=row["exchange_id"],
         session_key=row["session_key"],
-        day=row["day"],
+        started_at=row["started_at"],
         model=row["model"],
         kind=row["kind"],
+        project=row["project"] or project or "",
+        key_fingerprint=row["key_fingerprint"] or "",
         status=row["status"],
         error_type=row["error_type"],
         interrupted=row["interrupted"],
         has_usage=row["has_usage"],
-        tokens=Tokens(
-            input=row["input_tokens"],
-            output=row["output_tokens"],
-            cache_write_5m=row["cache_write_5m_tokens"],
-            cache_write_1h=row["cache_write_1h_tokens"],
-            cache_read=row["cache_read_tokens"],
-            web_search_requests=row["web_search_requests"],
+        usage=Usage(
+            parts=parts, listed=row["parts"] is not None, thinking=row["thinking_tokens"],
+            web_search_requests=row["web_search_requests"], web_fetch_requests=row["web_fetch_requests"],
+            speed=row["speed"], inference_geo=row["inference_geo"], service_tier=row["service_tier"],
         ),
+        stop_reason=row["stop_reason"],
+        blocks=orjson.loads(row["content_blocks"]) if row["content_blocks"] else {},
         ttfb_ms=row["ttfb_ms"],
         duration_ms=row["duration_ms"],
     )
+
+
+def rollup(priced: Iterable[Priced]) -> dict[RollupKey, Totals]:
+    """The batch's completed exchanges summed per hour, model, session, kind, project and key."""
+    totals: dict[RollupKey, Totals] = defaultdict(Totals)
+    for p in priced:
+        e = p.exchange
+        add(totals[(e.hour, e.model or "", e.session_key, e.kind, e.project, e.key_fingerprint)], p)
+    return dict(totals)
+
+
+def add(t: Totals, p: Priced) -> None:
+    e, usage, cost = p.exchange, p.exchange.usage, p.cost
+    tokens = usage.tokens
+    t.requests += 1
+    t.interrupted += e.interrupted
+    if e.error_type:
+        t.errors += 1
+        t.tallies["error_type", e.error_type] += 1
+    for name in ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read"):
+        setattr(t, name, getattr(t, name) + getattr(tokens, name))
+    t.thinking += usage.thinking
+    t.web_search_requests += usage.web_search_requests
+    t.web_fetch_requests += usage.web_fetch_requests
+    t.compactions += usage.compactions
+    if cost.usd is not None:
+        t.cost = cost.usd if t.cost is None else t.cost + cost.usd
+    t.unpriced_requests += p.unpriced
+    t.long_context_requests += cost.long_context
+    t.fast_requests += cost.fast
+    t.us_only_requests += cost.us_only
+    t.batch_requests += cost.batch
+    if e.ttfb_ms is not None:
+        t.ttfb_ms_sum += e.ttfb_ms
+        t.ttfb_count += 1
+    if e.duration_ms is not None:
+        t.duration_ms_sum += e.duration_ms
+        t.duration_count += 1
+    t.first_at = e.started_at if t.first_at is None else min(t.first_at, e.started_at)
+    t.last_at = e.started_at if t.last_at is None else max(t.last_at, e.started_at)
+    if e.stop_reason:
+        t.tallies["stop_reason", e.stop_reason] += 1
+    for block, n in e.blocks.items():
+        t.tallies["block", block] += n
+    for missing in cost.unpriced:
+        t.tallies["unpriced", missing] += 1

@@ -1,24 +1,33 @@
-"""The metrics tables: add a batch's halves, then count and price the exchanges it completed.
+"""The metrics tables: add a batch's halves, then count and price what it completed.
 
 One statement per kind of write whatever the batch size (arrays through
-``unnest``), so a batch of 500 events costs five round trips. The halves of
-one exchange may sit in the same batch, in two batches, or come twice: the
-``add_*`` statements return only the rows that gained a half now, and a row
-is complete in the statement that brings its second half, so each exchange
-reaches the rollups once.
+``unnest``). The halves of one exchange may sit in the same batch, in two
+batches, or come twice: the ``add_*`` statements return only the rows that
+gained a half now, and a row is complete in the statement that brings its
+second half, so each exchange reaches the rollups once. A Message Batches
+results download adds the requests it bills (`consumers.metrics.batches`),
+each once, as requests of kind ``batch``.
+
+Side requests (title generation, token counts) name no working directory;
+they take their session's, as the sessions seen so far (``usage_sessions``,
+written first in the same transaction) know it when they complete.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 import asyncpg
+import orjson
 
+from consumers.metrics.batches import BatchItem, batch_items, is_batch_download
+from consumers.metrics.billing import cost, parts_json
 from consumers.metrics.prices import PriceTable
 from consumers.metrics.rollup import (
-    Priced, RequestHalf, ResponseHalf, Totals, exchange_from_row, price, request_half, response_half, rollup,
+    Exchange, Priced, RequestHalf, ResponseHalf, RollupKey, Totals, exchange_from_row, request_half, response_half, rollup,
 )
 from consumers.source import Record
 from consumers.sql import Queries, load_queries
@@ -29,7 +38,22 @@ def queries() -> Queries:
     return load_queries("consumers.metrics")
 
 
-def halves(records: Sequence[Record]) -> tuple[list[RequestHalf], list[ResponseHalf]]:
+@dataclass(frozen=True, slots=True)
+class Download:
+    """A results file's requests, and the response half that brought them."""
+
+    half: ResponseHalf
+    items: list[BatchItem]
+
+
+@dataclass
+class Halves:
+    requests: list[RequestHalf]
+    responses: list[ResponseHalf]
+    downloads: list[Download]
+
+
+def halves(records: Sequence[Record]) -> Halves:
     """Each exchange's first request and first response in the batch; events without their half are skipped.
 
     Sorted by exchange id, as the rollup rows are by key, so that two
@@ -39,13 +63,19 @@ def halves(records: Sequence[Record]) -> tuple[list[RequestHalf], list[ResponseH
     """
     requests: dict[str, RequestHalf] = {}
     responses: dict[str, ResponseHalf] = {}
+    downloads: dict[str, Download] = {}
     for record in records:
         event = record.event
         if event["kind"] == "REQUEST" and event["request"] is not None:
             requests.setdefault(event["exchange_id"], request_half(event))
-        elif event["kind"] == "RESPONSE" and event["response"] is not None:
-            responses.setdefault(event["exchange_id"], response_half(event))
-    return sorted(requests.values(), key=_exchange_id), sorted(responses.values(), key=_exchange_id)
+        elif event["kind"] == "RESPONSE" and event["response"] is not None and event["exchange_id"] not in responses:
+            half = responses[event["exchange_id"]] = response_half(event)
+            if is_batch_download(event["response"]):
+                downloads[half.exchange_id] = Download(half, batch_items(event["response"]["body"]))
+    return Halves(
+        sorted(requests.values(), key=_exchange_id), sorted(responses.values(), key=_exchange_id),
+        [downloads[k] for k in sorted(downloads)],
+    )
 
 
 def _exchange_id(half: RequestHalf | ResponseHalf) -> str:
@@ -58,23 +88,57 @@ def columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
 
 
 def request_columns(h: RequestHalf) -> tuple[Any, ...]:
-    return (h.exchange_id, h.session_key, h.agent_id, h.day, h.started_at, h.model, h.kind, h.path)
+    return (h.exchange_id, h.session_key, h.agent_id, h.started_at.date(), h.started_at, h.model, h.kind, h.path,
+            h.project, h.key_fingerprint)
 
 
 def response_columns(h: ResponseHalf) -> tuple[Any, ...]:
-    t = h.tokens
+    u = h.usage
+    t = u.tokens
     return (
-        h.exchange_id, h.session_key, h.agent_id, h.day, h.started_at, h.status, h.error_type, h.interrupted,
-        h.has_usage, t.input, t.output, t.cache_write_5m, t.cache_write_1h, t.cache_read, t.web_search_requests,
-        h.ttfb_ms, h.duration_ms,
+        h.exchange_id, h.session_key, h.agent_id, h.started_at.date(), h.started_at, h.status, h.error_type,
+        h.interrupted, h.has_usage, t.input, t.output, t.cache_write_5m, t.cache_write_1h, t.cache_read,
+        u.web_search_requests, h.ttfb_ms, h.duration_ms, u.thinking, u.web_fetch_requests, u.speed, u.inference_geo,
+        u.service_tier, h.stop_reason, orjson.dumps(dict(h.blocks)).decode() if h.blocks else None, parts_json(u),
+        u.compactions, u.served_by, h.key_fingerprint,
     )
 
 
-def daily_columns(key: tuple[Any, ...], t: Totals) -> tuple[Any, ...]:
+def cost_columns(p: Priced) -> tuple[Any, ...]:
+    c = p.cost
+    return (p.exchange.exchange_id, c.usd, orjson.dumps(c.unpriced).decode(), c.version, p.exchange.project or None,
+            c.long_context, c.fast, c.us_only, c.batch)
+
+
+def hourly_columns(key: RollupKey, t: Totals) -> tuple[Any, ...]:
     return (
         *key, t.requests, t.errors, t.interrupted, t.input, t.output, t.cache_write_5m, t.cache_write_1h,
-        t.cache_read, t.web_search_requests, t.cost, t.unpriced_requests, t.ttfb_ms_sum, t.ttfb_count,
-        t.duration_ms_sum,
+        t.cache_read, t.thinking, t.web_search_requests, t.web_fetch_requests, t.cost, t.unpriced_requests,
+        t.long_context_requests, t.fast_requests, t.us_only_requests, t.batch_requests, t.compactions, t.ttfb_ms_sum,
+        t.ttfb_count, t.duration_ms_sum, t.duration_count, t.first_at, t.last_at,
+    )
+
+
+def batch_exchanges(download: Download, project: str) -> list[Exchange]:
+    """A download's requests as exchanges of kind ``batch``, at the download's time, session, project and key."""
+    h = download.half
+    return [
+        Exchange(
+            exchange_id=item.item_id, session_key=h.session_key, started_at=h.started_at, model=item.model,
+            kind="batch", project=project, key_fingerprint=h.key_fingerprint or "", status=200, error_type=None,
+            interrupted=False, has_usage=True, usage=item.usage, stop_reason=item.stop_reason, blocks=item.blocks,
+            ttfb_ms=None, duration_ms=None,
+        )
+        for item in download.items
+    ]
+
+
+def batch_item_columns(p: Priced, item: BatchItem, exchange_id: str) -> tuple[Any, ...]:
+    e, t = p.exchange, p.exchange.usage.tokens
+    return (
+        item.item_id, item.custom_id, exchange_id, e.session_key, item.model, e.started_at, t.input, t.output,
+        t.cache_write_5m, t.cache_write_1h, t.cache_read, p.cost.usd, orjson.dumps(p.cost.unpriced).decode(),
+        p.cost.version,
     )
 
 
@@ -86,6 +150,38 @@ async def add_halves(conn: asyncpg.Connection, sql: str, rows: list[tuple[Any, .
     return [row for row in returned if row["has_request"] and row["has_response"]]
 
 
+async def remember_projects(conn: asyncpg.Connection, requests: Iterable[RequestHalf]) -> None:
+    latest: dict[str, RequestHalf] = {}
+    for h in requests:
+        if h.project and (h.session_key not in latest or h.started_at >= latest[h.session_key].started_at):
+            latest[h.session_key] = h
+    if latest:
+        rows = [(k, h.project, h.started_at) for k, h in sorted(latest.items())]
+        await conn.execute(queries().remember_projects, *columns(rows))
+
+
+async def session_projects(conn: asyncpg.Connection, sessions: Iterable[str]) -> Mapping[str, str]:
+    keys = sorted(set(sessions))
+    if not keys:
+        return {}
+    return {r["session_key"]: r["project"] for r in await conn.fetch(queries().session_projects, keys)}
+
+
+async def count_downloads(conn: asyncpg.Connection, downloads: Sequence[Download], projects: Mapping[str, str],
+                          prices: PriceTable) -> list[Priced]:
+    """The batch requests not counted before, priced at the batch rate."""
+    priced: dict[str, tuple[Priced, BatchItem, str]] = {}
+    for download in downloads:
+        for exchange, item in zip(batch_exchanges(download, projects.get(download.half.session_key, "")), download.items):
+            p = Priced(exchange, cost(exchange.usage, exchange.model, exchange.started_at, prices, batch=True))
+            priced.setdefault(item.item_id, (p, item, download.half.exchange_id))
+    if not priced:
+        return []
+    rows = [batch_item_columns(*priced[k]) for k in sorted(priced)]
+    new = {r["item_id"] for r in await conn.fetch(queries().add_batch_items, *columns(rows))}
+    return [priced[k][0] for k in sorted(new)]
+
+
 async def write_usage(conn: asyncpg.Connection, records: Sequence[Record], prices: PriceTable) -> list[Priced]:
     """Store the batch's halves and roll up what they completed; returns those exchanges, priced.
 
@@ -93,20 +189,22 @@ async def write_usage(conn: asyncpg.Connection, records: Sequence[Record], price
     Prometheus only once it has committed.
     """
     q = queries()
-    requests, responses = halves(records)
-    completed = await add_halves(conn, q.add_requests, [request_columns(h) for h in requests])
-    completed += await add_halves(conn, q.add_responses, [response_columns(h) for h in responses])
-    priced = [price(exchange_from_row(row), prices) for row in completed]
+    batch = halves(records)
+    await remember_projects(conn, batch.requests)
+    completed = await add_halves(conn, q.add_requests, [request_columns(h) for h in batch.requests])
+    completed += await add_halves(conn, q.add_responses, [response_columns(h) for h in batch.responses])
+    projects = await session_projects(conn, [*(r["session_key"] for r in completed if not r["project"]),
+                                             *(d.half.session_key for d in batch.downloads)])
+    exchanges = [exchange_from_row(row, projects.get(row["session_key"])) for row in completed]
+    priced = [Priced(e, cost(e.usage, e.model, e.started_at, prices)) for e in exchanges]
+    if priced:
+        await conn.execute(q.set_costs, *columns([cost_columns(p) for p in priced]))
+    priced += await count_downloads(conn, batch.downloads, projects, prices)
     if not priced:
         return []
-    await conn.execute(
-        q.set_costs, [p.exchange.exchange_id for p in priced], [p.cost for p in priced],
-        [p.unpriced for p in priced], prices.version,
-    )
-    totals = rollup(priced)
-    ordered = sorted(totals.items())
-    await conn.execute(q.add_daily, *columns([daily_columns(key, t) for key, t in ordered]))
-    errors = [(*key, error_type, n) for key, t in ordered for error_type, n in sorted(t.errors_by_type.items())]
-    if errors:
-        await conn.execute(q.add_daily_errors, *columns(errors))
+    ordered = sorted(rollup(priced).items())
+    await conn.execute(q.add_hourly, *columns([hourly_columns(key, t) for key, t in ordered]))
+    tallies = [(*key, tally, value, n) for key, t in ordered for (tally, value), n in sorted(t.tallies.items())]
+    if tallies:
+        await conn.execute(q.add_tallies, *columns(tallies))
     return priced

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
 from typing import Any
@@ -31,6 +34,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from consumers.metrics import MetricsSettings, run
 from consumers.metrics.exporter import UsageMetrics
+from consumers.metrics.usage import parse_query, report
+from consumers.sql import load_migrations, migrate
 from kgb.config import KafkaSettings, SettingsError
 from tests.consumers.conftest import FAST_BACKOFF, SETTLE_TIMEOUT, eventually, publish
 from tests.consumers.factories import request_event, response_event, text_message
@@ -40,6 +45,7 @@ from tests.services import free_port
 
 M = Decimal(1_000_000)
 OPUS, HAIKU, UNPRICED = "claude-opus-4-8", "claude-haiku-4-5-20251001", "claude-imaginary-9"
+CURRENT = "2026-10-07"  # the shipped table's newest edition, in force for exchanges made now
 
 
 def usage(input: int = 0, output: int = 0, write_5m: int | None = None, write_1h: int | None = None,
@@ -67,6 +73,7 @@ class Session:
         self.id = str(uuid.uuid4())
         self.events: list[dict[str, Any]] = []
         self.expected: dict[str, tuple[str, Decimal | None]] = {}  # exchange id -> (kind, cost)
+        self.models: dict[str, str] = {}
 
     def add(self, cost: Decimal | None, *, model: str = OPUS, kind: str = "main", u: dict[str, Any] | None = None,
             request: dict[str, Any] | None = None, **response: Any) -> dict[str, Any]:
@@ -75,6 +82,7 @@ class Session:
             response.setdefault("message", text_message(model=model, usage=u))
         self.events += [request, response_event(request=request, **response)]
         self.expected[request["exchange_id"]] = (kind, cost)
+        self.models[request["exchange_id"]] = request["request"]["model"]
         return request
 
 
@@ -181,7 +189,9 @@ async def test_every_usage_shape_gives_exact_totals_and_costs(
     rows = {r["exchange_id"]: r for r in await db.fetch("SELECT * FROM usage_exchanges")}
     assert {e: (r["kind"], r["cost_usd"]) for e, r in rows.items()} == s.expected
     assert {e for e, r in rows.items() if r["unpriced"]} == {e for e, (_, c) in s.expected.items() if c is None}
-    assert all(r["prices_version"] == "2026-11-25" for r in rows.values())
+    assert all(r["prices_version"] == CURRENT for r in rows.values())
+    assert {e: r["unpriced_models"] for e, r in rows.items() if r["unpriced"]} == {
+        e: [UNPRICED] for e, (_, c) in s.expected.items() if c is None}
 
     by_row = {(r["model"], r["kind"]): r for r in await daily(db)}
     assert set(by_row) == {(OPUS, "main"), (OPUS, "count_tokens"), (HAIKU, "title"), (UNPRICED, "main")}
@@ -204,6 +214,7 @@ async def test_every_usage_shape_gives_exact_totals_and_costs(
     assert value(samples, "kgb_web_search_requests_total", gen_ai_request_model=OPUS) == 3
     assert value(samples, "kgb_unpriced_tokens_total", gen_ai_request_model=UNPRICED, gen_ai_token_type="input") == 1000
     assert value(samples, "kgb_unpriced_tokens_total", gen_ai_request_model=OPUS) == 0
+    assert value(samples, "kgb_unpriced_requests_total", gen_ai_request_model=UNPRICED, kgb_unpriced=UNPRICED) == 1
     for column, token_type in [("input_tokens", "input"), ("output_tokens", "output"), ("cache_read_tokens", "cache_read"),
                                ("cache_write_5m_tokens", "cache_creation_5m"), ("cache_write_1h_tokens", "cache_creation_1h")]:
         assert value(samples, "gen_ai_client_token_usage_sum", gen_ai_token_type=token_type) == EXPECTED_TOKENS[column]
@@ -275,36 +286,56 @@ async def test_kgb_usage_prints_json_and_a_table(
     await publish(producer, topic, s.events)
     async with consuming(settings):
         await eventually(lambda: counted(db, len(s.expected)))
-    env = {**os.environ, "KGB_DATABASE_URL": settings.database_url, "KGB_METRICS_SCHEMA": settings.db_schema}
-    kgb = [sys.executable, "-c", "from kgb.cli import main; main()", "usage"]
-    out = subprocess.run([*kgb, "--json", "--by", "kind"], env=env, capture_output=True, text=True, check=True).stdout
+    out = kgb_usage(settings, "--json", "--by", "kind")
     report = json.loads(out)
-    assert report["by"] == ["kind"] and report["since"] is None
+    assert report["by"] == ["kind"] and report["since"] is None and report["until"] is None
     kinds = {row["kind"]: row for row in report["rows"]}
     assert set(kinds) == {"main", "title", "count_tokens"}
     assert Decimal(kinds["title"]["cost_usd"]) == (200 * Decimal(1) + 10 * Decimal(5)) / M
-    assert (kinds["main"]["requests"], kinds["main"]["unpriced_requests"]) == (10, 1)
+    assert (kinds["main"]["requests"], kinds["main"]["unpriced_requests"], kinds["main"]["cost_usd"]) == (10, 1, None)
     priced_total = sum((c for _, c in s.expected.values() if c is not None), Decimal(0))
-    assert Decimal(report["total"]["cost_usd"]) == priced_total
+    assert report["total"]["cost_usd"] is None and Decimal(report["total"]["priced_cost_usd"]) == priced_total
+    assert report["unpriced"] == [{"model": UNPRICED, "requests": 1}]
     assert report["total"]["cache_write_1h_tokens"] == EXPECTED_TOKENS["cache_write_1h_tokens"]
     assert "model" not in kinds["main"] and "day" not in kinds["main"]
 
     day = (await db.fetchval("SELECT min(day) FROM usage_daily")).isoformat()
-    table = subprocess.run([*kgb, "--by", "day,model", "--since", day], env=env, capture_output=True, text=True, check=True).stdout
-    lines = table.splitlines()
+    lines = kgb_usage(settings, "--by", "day,model", "--since", day, "--until", day).splitlines()
     assert lines[0].split() == ["day", "model", "requests", "errors", "input", "output", "cache_w_5m", "cache_w_1h",
                                 "cache_read", "web_search", "cost_usd"]
-    assert any(line.startswith(day) and UNPRICED in line and line.rstrip().endswith("-*") for line in lines)
-    assert lines[-2].split()[0] == "TOTAL" and lines[-2].split()[1] == "12" and lines[-2].split()[-1] == f"{priced_total:.6f}*"
-    assert lines[-1] == "* 1 requests on models without a price; their cost is not included"
-    later = subprocess.run([*kgb, "--json", "--since", "2999-01-01"], env=env, capture_output=True, text=True, check=True).stdout
-    assert json.loads(later)["rows"] == []
+    assert any(line.startswith(day) and UNPRICED in line and line.rstrip().endswith("unknown") for line in lines)
+    assert any(line.startswith(day) and OPUS in line and line.rstrip().endswith(f"{by_model_cost(s, OPUS):.6f}") for line in lines)
+    total = next(line.split() for line in lines if line.startswith("TOTAL"))
+    assert total[1] == "12" and total[-1] == "unknown"
+    assert lines[-3:] == [
+        "unknown: 1 request with usage the price table has no price for:",
+        f"  {UNPRICED}: 1 request",
+        f"The priced requests cost {priced_total:.6f} USD. Price what is missing in a KGB_PRICES file and rebuild the "
+        "tables (README, Token usage and cost).",
+    ]
+    assert json.loads(kgb_usage(settings, "--json", "--since", "2999-01-01"))["rows"] == []
+    assert json.loads(kgb_usage(settings, "--json", "--until", "2000-01-01"))["rows"] == []
+
+
+async def usage_json(settings: MetricsSettings, by: str, since: str | None = None, until: str | None = None) -> Any:
+    """What `kgb usage --json` prints, without starting a process."""
+    return json.loads(await report(settings, parse_query(by, since, until), "json"))
+
+
+def kgb_usage(settings: MetricsSettings, *args: str) -> str:
+    env = {**os.environ, "KGB_DATABASE_URL": settings.database_url, "KGB_METRICS_SCHEMA": settings.db_schema}
+    return subprocess.run([sys.executable, "-c", "from kgb.cli import main; main()", "usage", *args], env=env,
+                          capture_output=True, text=True, check=True).stdout
+
+
+def by_model_cost(s: Session, model: str) -> Decimal:
+    return sum((c for e, (_, c) in s.expected.items() if c is not None and s.models[e] == model), Decimal(0))
 
 
 def test_kgb_usage_refuses_an_unknown_grouping() -> None:
     result = subprocess.run([sys.executable, "-c", "from kgb.cli import main; main()", "usage", "--by", "week"],
                             capture_output=True, text=True)
-    assert result.returncode == 2 and "--by takes a comma list of day, model, session, kind" in result.stderr
+    assert result.returncode == 2 and "--by takes a comma list of day, month, block, model, session, kind, project, key" in result.stderr
 
 
 async def test_prices_apply_again_on_replay_from_a_kgb_prices_file(
@@ -329,7 +360,7 @@ async def test_prices_apply_again_on_replay_from_a_kgb_prices_file(
                + 4000 * Decimal("0.50")) / M + 2 * Decimal(10) / 1000
     negotiated = (1000 * Decimal(1) + 100 * Decimal(2) + 2000 * Decimal(3) + 3000 * Decimal(4)
                   + 4000 * Decimal("0.5")) / M + 2 * Decimal(5) / 1000
-    assert await db.fetchrow("SELECT cost_usd, prices_version FROM usage_exchanges") == (shipped, "2026-11-25")
+    assert await db.fetchrow("SELECT cost_usd, prices_version FROM usage_exchanges") == (shipped, CURRENT)
     assert await db.fetchrow("SELECT cost_usd, prices_version FROM usage_replay.usage_exchanges") == (negotiated, "negotiated-2026-12")
     assert await db.fetchval("SELECT cost_usd FROM usage_replay.usage_daily") == negotiated == Decimal("0.0312")
 
@@ -419,3 +450,226 @@ async def test_metrics_rides_out_database_restarts_mid_batch(
         partial(counted, n=exchange_count(sessions)),
     )
     assert await dump(settings.database_url, settings.db_schema) == rebuilt
+
+
+# --- projects, keys, months, blocks -------------------------------------------------------------
+
+
+def micros(moment: str) -> int:
+    return int(datetime.fromisoformat(moment).replace(tzinfo=UTC).timestamp() * 1_000_000)
+
+
+def in_project(s: Session, project: str | None, moment: str, key: str, *, title: bool = False) -> None:
+    """An Opus exchange (or a Haiku title request, which names no directory) of ``s`` at ``moment`` with ``key``."""
+    model = HAIKU if title else OPUS
+    body = orjson.loads(title_body(s.id) if title else request_event(session_id=s.id)["request"]["body"])
+    if project:  # where Claude Code 2.1.332 names it: a system message
+        body["messages"].append({"role": "system", "content": [
+            {"type": "text", "text": f"# Environment\n - Primary working directory: {project}\n - Platform: linux"}]})
+    request = request_event(session_id=s.id, model=model, body=orjson.dumps(body), received_at=micros(moment),
+                            api_key_fingerprint=key)
+    rates = (1, 5) if title else (5, 25)
+    s.add((100 * Decimal(rates[0]) + 10 * Decimal(rates[1])) / M, model=model, kind="title" if title else "main",
+          u=usage(100, 10), request=request)
+
+
+def report_sessions() -> tuple[Session, Session]:
+    alpha, beta = Session(), Session()
+    in_project(alpha, "/work/alpha", "2026-11-03T09:20:00", "k1" * 32)
+    in_project(alpha, None, "2026-11-03T09:21:00", "k1" * 32, title=True)   # takes its session's directory
+    in_project(alpha, "/work/alpha", "2026-11-03T13:10:00", "k1" * 32)      # in the block that began at 09:00
+    in_project(alpha, "/work/alpha", "2026-11-03T14:05:00", "k1" * 32)      # past 14:00: the next block
+    in_project(alpha, "/work/alpha", "2026-11-04T02:00:00", "k1" * 32)      # after a gap from 19:05
+    in_project(beta, "/work/beta", "2026-12-01T10:00:00", "k2" * 32)
+    return alpha, beta
+
+
+async def test_kgb_usage_by_month_project_key_and_block_and_as_csv(
+    producer: AIOKafkaProducer, topic: str, settings: MetricsSettings, db: asyncpg.Connection,
+) -> None:
+    alpha, beta = report_sessions()
+    await publish(producer, topic, alpha.events)  # alpha's first: the title request then knows its session's directory
+    await publish(producer, topic, beta.events)
+    async with consuming(settings):
+        await eventually(lambda: counted(db, 6))
+    opus, haiku = (100 * Decimal(5) + 10 * Decimal(25)) / M, (100 * Decimal(1) + 10 * Decimal(5)) / M
+
+    months = {r["month"]: r for r in (await usage_json(settings, "month"))["rows"]}
+    assert {m: (r["requests"], Decimal(r["cost_usd"])) for m, r in months.items()} == {
+        "2026-11": (5, 4 * opus + haiku), "2026-12": (1, opus)}
+    projects = {r["project"]: r["requests"] for r in (await usage_json(settings, "project"))["rows"]}
+    assert projects == {"/work/alpha": 5, "/work/beta": 1}
+    keys = {r["key_fingerprint"]: r["requests"] for r in (await usage_json(settings, "key"))["rows"]}
+    assert keys == {"k1" * 32: 5, "k2" * 32: 1}
+    until = await usage_json(settings, "day", until="2026-11-03")
+    assert [(r["day"], r["requests"]) for r in until["rows"]] == [("2026-11-03", 4)] and until["until"] == "2026-11-03"
+
+    table = await report(settings, parse_query("block", None, None))
+    assert [line.split("  ")[0] for line in table.splitlines()] == [
+        "block_start", "2026-11-03 09:00", "2026-11-03 14:00", "2026-11-03 19:05", "2026-11-04 02:00", "2026-11-04 07:00",
+        "2026-12-01 10:00", "TOTAL"]
+    statuses = [row["status"] for row in csv.DictReader(io.StringIO(await report(settings, parse_query("block", None, None), "csv")))]
+    assert statuses == ["done", "done", "gap 6h 55m", "done", "gap 651h 00m", "done"]
+    rows = list(csv.DictReader(io.StringIO(kgb_usage(settings, "--csv", "--by", "block,key"))))
+    per_key = [(r["key_fingerprint"][:2], r["block"], r["requests"], r["models"], r["cost_usd"]) for r in rows if r["gap"] == "False"]
+    assert per_key == [
+        ("k1", "2026-11-03T09:00:00+00:00", "3", f"{HAIKU}, {OPUS}", str(2 * opus + haiku)),
+        ("k1", "2026-11-03T14:00:00+00:00", "1", OPUS, str(opus)),
+        ("k1", "2026-11-04T02:00:00+00:00", "1", OPUS, str(opus)),
+        ("k2", "2026-12-01T10:00:00+00:00", "1", OPUS, str(opus)),
+    ]
+    stored = {r["project"] for r in await db.fetch("SELECT project FROM usage_exchanges")}
+    assert stored == {"/work/alpha", "/work/beta"}
+
+
+# --- Message Batches, the newer usage fields, what is billed beyond base rates ----------------------
+
+
+def results_file(*lines: dict[str, Any]) -> bytes:
+    return b"\n".join(orjson.dumps(line) for line in lines) + b"\n"
+
+
+def succeeded(custom_id: str, message_id: str, model: str, u: dict[str, Any]) -> dict[str, Any]:
+    return {"custom_id": custom_id, "result": {"type": "succeeded", "message": {**text_message(model=model, usage=u), "id": message_id}}}
+
+
+def download(s: Session, body: bytes) -> None:
+    """``GET /v1/messages/batches/{id}/results`` answering ``body``: the download itself costs nothing."""
+    request = request_event(session_id=s.id, method="GET", path="/v1/messages/batches/msgbatch_01/results", query="",
+                            body=b"", model=None, stream=False)
+    s.add(Decimal(0), kind="other", request=request, sse=False, body=body, message=None, usage=None, stop_reason=None)
+
+
+async def test_a_results_file_downloaded_twice_bills_its_requests_once_at_the_batch_rate(
+    producer: AIOKafkaProducer, topic: str, settings: MetricsSettings, db: asyncpg.Connection,
+) -> None:
+    s = Session()
+    body = results_file(
+        succeeded("a", "msg_01a", "claude-haiku-5-5", usage(150_000, 1000, service_tier="batch")),  # over Haiku's 100K
+        succeeded("b", "msg_01b", "claude-sonnet-5-5", usage(1000, 100, read=10_000, service_tier="batch")),
+        {"custom_id": "c", "result": {"type": "errored", "error": {"type": "error", "error": {"type": "api_error"}}}},
+        {"custom_id": "d", "result": {"type": "expired"}},
+    )
+    download(s, body)
+    download(s, body)
+    await publish(producer, topic, s.events)
+    metrics = UsageMetrics()
+    async with consuming(settings, metrics):
+        await eventually(lambda: counted(db, 4))
+    haiku = (150_000 * Decimal("0.50") + 1000 * Decimal("2.50")) / M / 2
+    sonnet = (1000 * Decimal(2) + 100 * Decimal(10) + 10_000 * Decimal("0.10")) / M / 2
+    items = {r["item_id"]: r for r in await db.fetch("SELECT * FROM usage_batch_items")}
+    assert {k: (r["custom_id"], r["model"], r["cost_usd"]) for k, r in items.items()} == {
+        "msg_01a": ("a", "claude-haiku-5-5", haiku), "msg_01b": ("b", "claude-sonnet-5-5", sonnet)}
+    batch = {r["model"]: r for r in await db.fetch("SELECT * FROM usage_hourly WHERE kind = 'batch'")}
+    assert {m: (r["requests"], r["batch_requests"], r["long_context_requests"], r["cost_usd"]) for m, r in batch.items()} == {
+        "claude-haiku-5-5": (1, 1, 1, haiku), "claude-sonnet-5-5": (1, 1, 0, sonnet)}
+    assert await db.fetchval("SELECT sum(requests) FROM usage_hourly WHERE kind = 'other' AND cost_usd = 0") == 2
+    samples = registry_samples(metrics)
+    assert value(samples, "kgb_premium_requests_total", kgb_pricing="batch") == 2
+    assert value(samples, "kgb_premium_requests_total", kgb_pricing="long_context") == 1
+    assert value(samples, "kgb_requests_total", kgb_kind="batch") == 2
+
+
+def registry_samples(metrics: UsageMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in metrics.registry.collect() for s in f.samples}
+
+
+def fields_session() -> Session:
+    """Exchanges that each carry one of the newer usage fields, block types or stop reasons."""
+    s = Session()
+    thinking = usage(10, 500, output_tokens_details={"thinking_tokens": 320},
+                     server_tool_use={"web_search_requests": 1, "web_fetch_requests": 2})
+    s.add((10 * Decimal(4) + 500 * Decimal(20)) / M + Decimal("0.01"), model="claude-opus-5-5", u=thinking)
+    s.add((10 * Decimal(8) + 50 * Decimal(40)) / M, model="claude-opus-5-5", u=usage(10, 50, speed="fast"))
+    s.add((1000 * Decimal(2) + 50 * Decimal(10)) / M * Decimal("1.1"), model="claude-sonnet-5-5",
+          u=usage(1000, 50, inference_geo="us", service_tier="priority"))
+    compacted = usage(2000, 100, iterations=[
+        {"type": "compaction", "input_tokens": 120_000, "output_tokens": 3000, "cache_read_input_tokens": 0,
+         "cache_creation_input_tokens": 0},
+        {"type": "message", "input_tokens": 2000, "output_tokens": 100, "cache_read_input_tokens": 0,
+         "cache_creation_input_tokens": 0},
+    ])
+    message = {**text_message(model="claude-haiku-5-5", usage=compacted), "stop_reason": "compaction",
+               "content": [{"type": "compaction", "content": "Summary"}, {"type": "text", "text": "go on"}]}
+    s.add((120_000 * Decimal("0.50") + 3000 * Decimal("2.50") + 2000 * Decimal("0.10") + 100 * Decimal("0.50")) / M,
+          model="claude-haiku-5-5", message=message, sse=False)
+    exceeded = {**text_message(usage=usage(5, 1)), "stop_reason": "model_context_window_exceeded",
+                "content": [{"type": "mcp_tool_use", "id": "mcptoolu_1", "name": "lookup", "server_name": "dewey", "input": {}},
+                            {"type": "fallback", "from": {"model": OPUS}, "to": {"model": "claude-sonnet-5-5"}}]}
+    s.add((5 * Decimal(5) + 1 * Decimal(25)) / M, message=exceeded, sse=False)
+    return s
+
+
+async def test_the_newer_usage_fields_blocks_and_stop_reasons_reach_the_tables_and_metrics(
+    producer: AIOKafkaProducer, topic: str, settings: MetricsSettings, db: asyncpg.Connection,
+) -> None:
+    s = fields_session()
+    await publish(producer, topic, s.events)
+    metrics = UsageMetrics()
+    async with consuming(settings, metrics):
+        await eventually(lambda: counted(db, len(s.expected)))
+    rows = {r["exchange_id"]: r for r in await db.fetch("SELECT * FROM usage_exchanges")}
+    assert {e: r["cost_usd"] for e, r in rows.items()} == {e: c for e, (_, c) in s.expected.items()}
+    by_order = [rows[e] for e in s.expected]
+    assert (by_order[0]["thinking_tokens"], by_order[0]["web_search_requests"], by_order[0]["web_fetch_requests"]) == (320, 1, 2)
+    assert (by_order[1]["speed"], by_order[1]["fast"]) == ("fast", True)
+    assert (by_order[2]["inference_geo"], by_order[2]["service_tier"], by_order[2]["us_only"]) == ("us", "priority", True)
+    compaction = by_order[3]
+    assert (compaction["stop_reason"], compaction["compactions"], compaction["long_context"], compaction["input_tokens"]) == (
+        "compaction", 1, True, 122_000)
+    assert json.loads(compaction["parts"]) == [["compaction", None, 120_000, 3000, 0, 0, 0], ["message", None, 2000, 100, 0, 0, 0]]
+    assert json.loads(compaction["content_blocks"]) == {"compaction": 1, "text": 1}
+    assert by_order[4]["stop_reason"] == "model_context_window_exceeded"
+    assert json.loads(by_order[4]["content_blocks"]) == {"mcp_tool_use": 1, "fallback": 1}
+
+    hourly = await db.fetchrow("SELECT sum(thinking_tokens) AS thinking, sum(web_fetch_requests) AS fetches, "
+                               "sum(fast_requests) AS fast, sum(us_only_requests) AS us, sum(long_context_requests) AS long, "
+                               "sum(compactions) AS compactions FROM usage_hourly")
+    assert tuple(hourly) == (320, 2, 1, 1, 1, 1)
+    tallies = {(r["tally"], r["value"]): r["n"] for r in await db.fetch(
+        "SELECT tally, value, sum(n)::bigint AS n FROM usage_hourly_tallies GROUP BY 1, 2")}
+    assert tallies == {
+        ("stop_reason", "end_turn"): 3, ("stop_reason", "compaction"): 1, ("stop_reason", "model_context_window_exceeded"): 1,
+        ("block", "text"): 4, ("block", "compaction"): 1, ("block", "mcp_tool_use"): 1, ("block", "fallback"): 1,
+    }
+    samples = registry_samples(metrics)
+    assert value(samples, "kgb_stop_reasons_total", stop_reason="model_context_window_exceeded") == 1
+    assert value(samples, "kgb_content_blocks_total", block_type="compaction") == 1
+    assert value(samples, "kgb_thinking_tokens_total") == 320
+    assert value(samples, "kgb_web_fetch_requests_total") == 2
+    assert value(samples, "kgb_compactions_total") == 1
+    assert value(samples, "kgb_premium_requests_total", kgb_pricing="fast") == 1
+
+
+async def test_migration_2_keeps_what_the_daily_tables_held(database: str) -> None:
+    """Tables written before hourly rollups: their exchanges become hours, and usage_daily reads the same through its view."""
+    migrations = load_migrations("consumers.metrics")
+    conn = await asyncpg.connect(database, server_settings={"search_path": "usage_before"})
+    try:
+        assert await migrate(conn, migrations[:1], "usage_before") == [1]
+        await conn.execute("""
+            INSERT INTO usage_exchanges (exchange_id, session_key, day, started_at, has_request, has_response, model, kind,
+                status, error_type, interrupted, has_usage, input_tokens, output_tokens, cache_read_tokens, ttfb_ms,
+                duration_ms, cost_usd, unpriced, prices_version)
+            VALUES ('a', 's', '2026-11-20', '2026-11-20 09:15+00', true, true, 'claude-opus-4-8', 'main', 200, NULL, false,
+                    true, 100, 10, 1000, 400, 1900, 0.00125, false, '2026-11-25'),
+                   ('b', 's', '2026-11-20', '2026-11-20 23:59+00', true, true, 'claude-opus-4-8', 'main', 529,
+                    'overloaded_error', false, false, 0, 0, 0, NULL, 300, 0, false, '2026-11-25'),
+                   ('c', 's', '2026-11-21', '2026-11-21 00:01+00', true, true, 'claude-imaginary-9', 'main', 200, NULL, false,
+                    true, 7, 1, 0, 350, 1000, NULL, true, '2026-11-25'),
+                   ('d', 's', '2026-11-21', '2026-11-21 00:02+00', true, false, 'claude-opus-4-8', 'main', NULL, NULL, NULL,
+                    NULL, 0, 0, 0, NULL, NULL, NULL, NULL, NULL)
+        """)
+        assert await migrate(conn, migrations[:2], "usage_before") == [2]
+        daily = [tuple(r) for r in await conn.fetch(
+            "SELECT day::text, model, requests, errors, input_tokens, cache_read_tokens, cost_usd, unpriced_requests, "
+            "ttfb_count, duration_ms_sum FROM usage_daily ORDER BY day, model")]
+        assert daily == [("2026-11-20", "claude-opus-4-8", 2, 1, 100, 1000, Decimal("0.00125"), 0, 1, 2200.0),
+                         ("2026-11-21", "claude-imaginary-9", 1, 0, 7, 0, None, 1, 1, 1000.0)]
+        errors = [tuple(r) for r in await conn.fetch("SELECT day::text, error_type, errors FROM usage_daily_errors")]
+        assert errors == [("2026-11-20", "overloaded_error", 1)]
+        hours = [tuple(r) for r in await conn.fetch("SELECT hour, requests, first_at, last_at FROM usage_hourly ORDER BY hour")]
+        assert [(h.hour, n) for h, n, _, _ in hours] == [(9, 1), (23, 1), (0, 1)]
+    finally:
+        await conn.close()

@@ -66,7 +66,8 @@ INSERT INTO exchanges AS e (
     input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
     stop_reason, error_type, error_message, error_in_stream,
     started_at, ttfb_ms, duration_ms, client_disconnected, upstream_complete,
-    response_redactions
+    response_redactions, thinking_tokens, web_search_requests, web_fetch_requests,
+    service_tier, speed, inference_geo, content_types
 )
 SELECT $1::uuid, $2::text, $3::text, $4::text, $5::text,
        $6::text, $7::text,
@@ -76,8 +77,9 @@ SELECT $1::uuid, $2::text, $3::text, $4::text, $5::text,
        $18::bigint, $19::bigint, $20::bigint, $21::bigint,
        $22::text, $23::text, $24::text, $25::boolean,
        $26::timestamptz, $27::double precision, $28::double precision, $29::boolean, $30::boolean,
-       $31::text[]
-FROM json_or_text($12::text) AS body, json_or_text($16::text) AS message, json_or_text($17::text) AS usage
+       $31::text[], facts.*
+FROM json_or_text($12::text) AS body, json_or_text($16::text) AS message, json_or_text($17::text) AS usage,
+     reply_facts(usage.json, message.json) AS facts
 ON CONFLICT (exchange_id) DO UPDATE SET
     response_event_id = EXCLUDED.response_event_id,
     response_occurred_at = EXCLUDED.response_occurred_at,
@@ -104,6 +106,13 @@ ON CONFLICT (exchange_id) DO UPDATE SET
     client_disconnected = EXCLUDED.client_disconnected,
     upstream_complete = EXCLUDED.upstream_complete,
     response_redactions = EXCLUDED.response_redactions,
+    thinking_tokens = EXCLUDED.thinking_tokens,
+    web_search_requests = EXCLUDED.web_search_requests,
+    web_fetch_requests = EXCLUDED.web_fetch_requests,
+    service_tier = EXCLUDED.service_tier,
+    speed = EXCLUDED.speed,
+    inference_geo = EXCLUDED.inference_geo,
+    content_types = EXCLUDED.content_types,
     updated_at = now()
 WHERE e.response_event_id IS NULL;
 
@@ -131,7 +140,8 @@ INSERT INTO exchanges (
     input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
     stop_reason, error_type, error_message, error_in_stream,
     started_at, ttfb_ms, duration_ms, client_disconnected, upstream_complete,
-    response_redactions
+    response_redactions, thinking_tokens, web_search_requests, web_fetch_requests,
+    service_tier, speed, inference_geo, content_types
 )
 SELECT $1::uuid, $2::text, $3::text, $4::text, $5::text,
        $6::text, $7::text,
@@ -146,9 +156,9 @@ SELECT $1::uuid, $2::text, $3::text, $4::text, $5::text,
        $39::bigint, $40::bigint, $41::bigint, $42::bigint,
        $43::text, $44::text, $45::text, $46::boolean,
        $47::timestamptz, $48::double precision, $49::double precision, $50::boolean, $51::boolean,
-       $52::text[]
+       $52::text[], facts.*
 FROM json_or_text($18::text) AS body, json_or_text($33::text) AS reply,
-     json_or_text($37::text) AS message, json_or_text($38::text) AS usage;
+     json_or_text($37::text) AS message, json_or_text($38::text) AS usage, reply_facts(usage.json, message.json) AS facts;
 
 -- name: stored_parts
 SELECT hash FROM request_parts WHERE hash = ANY($1::bytea[]);
