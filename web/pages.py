@@ -15,7 +15,7 @@ import aiohttp_jinja2
 import asyncpg
 from aiohttp import web
 
-from consumers.metrics.usage import fetch_report, total
+from consumers.metrics.usage import Query, Report, fetch_report, total
 from web import conversation, exchange, tree, usage
 from web.auth import log_in, log_out, matches, safe_next
 from web.database import Tables, queries, reading
@@ -175,26 +175,26 @@ async def search(request: web.Request) -> web.Response:
     })
 
 
-async def _usage_rows(request: web.Request) -> list[Mapping[str, Any]]:
+async def _usage_report(request: web.Request) -> Report:
     since, until = usage_range(request.query, datetime.now(UTC).date())
     async with reading(request.app[POOL], needs="metrics") as (conn, _):
-        rows = await fetch_report(conn, ("day", "model"), since)
-    return usage.within(rows, until)
+        return await fetch_report(conn, Query(("day", "model"), since, until))
 
 
 @routes.get("/usage", name="usage")
 async def usage_page(request: web.Request) -> web.Response:
-    rows = await _usage_rows(request)
-    since, until = usage_range(request.query, datetime.now(UTC).date())
+    report = await _usage_report(request)
+    rows = report.rows
     return render(request, "usage.html", {
-        "rows": rows, "models": usage.by_model(rows), "total": total(rows) if rows else None,
-        "chart": usage.chart_data(rows), "since": since, "until": until, "query": request.query_string,
+        "rows": rows, "models": usage.by_model(rows), "total": total(rows) if rows else None, "unpriced": report.unpriced,
+        "chart": usage.chart_data(rows), "since": report.query.since, "until": report.query.until,
+        "query": request.query_string,
     })
 
 
 @routes.get("/usage.csv", name="usage_csv")
 async def usage_csv(request: web.Request) -> web.Response:
-    return web.Response(text=usage.as_csv(await _usage_rows(request)), content_type="text/csv", charset="utf-8",
+    return web.Response(text=usage.as_csv((await _usage_report(request)).rows), content_type="text/csv", charset="utf-8",
                         headers={"Content-Disposition": 'attachment; filename="kgb-usage.csv"'})
 
 

@@ -118,12 +118,17 @@ def milliseconds(value: float | None) -> str:
     return f"{value:,.0f} ms" if value < 10_000 else f"{value / 1000:,.1f} s"
 
 
-def cost(value: Decimal | None, unpriced: int | bool | None = None) -> str:
-    """US dollars, to the cent above a dollar and to a hundredth of a cent below; - when nothing was priced."""
-    mark = "*" if unpriced else ""
-    if value is None:
-        return "-" + mark
-    return (f"${value:,.2f}" if value >= 1 else f"${value:.4f}") + mark
+def cost(value: Decimal | None, unpriced: int | bool | None = None, priced: Decimal | None = None) -> str:
+    """US dollars, to the cent above a dollar and to a hundredth of a cent below. A cost that includes
+    requests without a price is unknown, never a number: ``unknown``, with the part that was priced."""
+    if unpriced:
+        part = value if priced is None else priced
+        return "unknown" + (f" ({dollars(part)} priced)" if part else "")
+    return "-" if value is None else dollars(value)
+
+
+def dollars(value: Decimal) -> str:
+    return f"${value:,.2f}" if value >= 1 else f"${value:.4f}"
 
 
 def when(value: datetime | None) -> str:

@@ -29,18 +29,13 @@ TOKEN_SERIES = (
 )
 
 
-def within(rows: Sequence[Mapping[str, Any]], until: date | None) -> list[Mapping[str, Any]]:
-    """The rows up to ``until`` (the rollup query takes only a start)."""
-    return [row for row in rows if until is None or row["day"] <= until]
-
-
 def by_model(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Per model over the whole range, the costliest first."""
     groups: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for row in rows:
         groups[row["model"]].append(row)
     summed = [{"model": model, **total(group)} for model, group in groups.items()]
-    return sorted(summed, key=lambda r: (-(r["cost_usd"] or 0), r["model"]))
+    return sorted(summed, key=lambda r: (-r["priced_cost_usd"], r["model"] or ""))
 
 
 def chart_data(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import asyncpg
 import orjson
 from aiohttp.test_utils import TestClient
 
-from consumers.metrics.usage import fetch_report
+from consumers.metrics.usage import Query, fetch_report
 from tests.web.captured import SCRIPT, SEARCH_WORD, Captured
 from tests.web.conftest import serve
 from web.settings import WebSettings
@@ -175,7 +175,7 @@ async def test_usage_shows_the_rollups_as_charts_a_table_and_csv(client: Client,
     chart = orjson.loads(re.search(r'<script type="application/json" id="usage-data">(.*?)</script>', text, re.S)[1])
     conn = await asyncpg.connect(captured.dsn, server_settings={"search_path": "kgb_metrics"})
     try:
-        expected = await fetch_report(conn, ("day", "model"), None)
+        expected = (await fetch_report(conn, Query(("day", "model")))).rows
     finally:
         await conn.close()
     assert sum(sum(series["data"]) for series in chart["tokens"]) == sum(

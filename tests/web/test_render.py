@@ -79,7 +79,7 @@ def test_highlights_escape_the_text_around_the_marks() -> None:
 
 
 def test_costs_say_when_something_was_not_priced() -> None:
-    assert (cost(None), cost(None, 2), cost(Decimal("0.00123")), cost(Decimal("12.346"), 1)) == ("-", "-*", "$0.0012", "$12.35*")
+    assert (cost(None), cost(None, 2), cost(Decimal("0.00123")), cost(Decimal("12.346"), 1)) == ("-", "unknown", "$0.0012", "unknown ($12.35 priced)")
 
 
 def test_the_vendored_chart_library_is_the_one_its_readme_names() -> None:
