@@ -20,6 +20,9 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 # Block types whose `input` arrives as `partial_json` fragments.
 _JSON_INPUT_BLOCKS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
 
+# Delta types carrying a string to append to their block, and the field it goes in.
+_TEXT_DELTAS = {"text_delta": "text", "thinking_delta": "thinking", "signature_delta": "signature"}
+
 
 @dataclass(frozen=True)
 class SSEEvent:
@@ -39,25 +42,31 @@ class SSEParser:
     """
 
     def __init__(self) -> None:
-        self._buffer = ""
+        # The unfinished line, in the pieces it came in: a long line split over many
+        # chunks is joined once, when its end arrives, not once per chunk.
+        self._buffer: list[str] = []
         self._event = ""
         self._data: list[str] = []
         self._id: str | None = None
         self._retry: int | None = None
 
     def feed(self, text: str) -> list[SSEEvent]:
-        pending = self._buffer + text
+        if "\n" not in text and "\r" not in text and not (self._buffer and self._buffer[-1].endswith("\r")):
+            if text:
+                self._buffer.append(text)
+            return []
+        pending = "".join([*self._buffer, text])
         lines = _LINE_BREAK.split(pending)
-        self._buffer = lines.pop()
+        self._buffer = [lines.pop()]
         if pending.endswith("\r"):
             # That "\r" may be the first half of a "\r\n": keep its line until the next chunk.
-            self._buffer = lines.pop() + "\r"
+            self._buffer = [lines.pop() + "\r"]
         return self._take_lines(lines)
 
     def flush(self) -> list[SSEEvent]:
         """End of stream: a final event without its blank line still counts."""
-        rest = self._buffer.rstrip("\r")
-        self._buffer = ""
+        rest = "".join(self._buffer).rstrip("\r")
+        self._buffer = []
         events = self._take_lines([rest] if rest else [])
         pending = self._dispatch()
         return events + ([pending] if pending else [])
@@ -120,15 +129,18 @@ class Reassembled:
 class MessageAssembler:
     """Builds the final message from SSE events, the way the SDKs do.
 
-    Text, thinking and signature deltas are joined; `partial_json` fragments
-    are joined and parsed at the block's stop; unknown deltas are kept on
-    their block, unknown blocks as they came, unknown events in a list.
+    Text, thinking and signature deltas are collected and joined once, at
+    `finish` (joining per delta copies the text so far each time: quadratic in
+    a long answer); `partial_json` fragments are joined and parsed at the
+    block's stop; unknown deltas are kept on their block, unknown blocks as
+    they came, unknown events in a list.
     """
 
     def __init__(self) -> None:
         self.result = Reassembled()
         self._blocks: dict[int, dict[str, Any]] = {}
         self._partial_json: dict[int, list[str]] = {}
+        self._pieces: dict[tuple[int, str], list[str]] = {}
 
     def feed(self, event: SSEEvent) -> None:
         try:
@@ -154,22 +166,23 @@ class MessageAssembler:
         index = int(data.get("index", len(self._blocks)))
         block = dict(data.get("content_block") or {})
         self._blocks[index] = block
+        for key in _TEXT_DELTAS.values():
+            self._pieces.pop((index, key), None)  # a restarted block drops what its predecessor collected
         if block.get("type") in _JSON_INPUT_BLOCKS:
             self._partial_json[index] = []
         self._sync_message()
 
     def _block_delta(self, data: dict[str, Any]) -> None:
-        block = self._blocks.setdefault(int(data.get("index", 0)), {})
+        index = int(data.get("index", 0))
+        block = self._blocks.setdefault(index, {})
         delta = data.get("delta") or {}
         kind = delta.get("type")
-        if kind == "text_delta":
-            block["text"] = block.get("text", "") + delta.get("text", "")
+        key = _TEXT_DELTAS.get(kind, "")
+        piece = delta.get(key, "")
+        if key and isinstance(piece, str) and isinstance(block.setdefault(key, ""), str):
+            self._pieces.setdefault((index, key), []).append(piece)
         elif kind == "input_json_delta":
-            self._partial_json.setdefault(int(data.get("index", 0)), []).append(delta.get("partial_json", ""))
-        elif kind == "thinking_delta":
-            block["thinking"] = block.get("thinking", "") + delta.get("thinking", "")
-        elif kind == "signature_delta":
-            block["signature"] = block.get("signature", "") + delta.get("signature", "")
+            self._partial_json.setdefault(index, []).append(delta.get("partial_json", ""))
         elif kind == "citations_delta":
             block.setdefault("citations", []).append(delta.get("citation"))
         else:
@@ -205,8 +218,15 @@ class MessageAssembler:
     def finish(self) -> Reassembled:
         """Close whatever the stream left open (an interrupted stream keeps its partial blocks)."""
         self._flush_partial_json()
+        self._join_pieces()
         self._sync_message()
         return self.result
+
+    def _join_pieces(self) -> None:
+        for (index, key), pieces in self._pieces.items():
+            block = self._blocks[index]
+            block[key] = "".join([block[key], *pieces])
+        self._pieces.clear()
 
     def _flush_partial_json(self) -> None:
         for index in list(self._partial_json):

@@ -111,3 +111,80 @@ def test_server_tool_blocks_and_redacted_thinking() -> None:
 def test_empty_stream_has_no_message() -> None:
     result = reassemble("")
     assert result.message is None and not result.complete and result.final_message() is None
+
+
+def delta_event(index: int, delta: dict[str, object]) -> str:
+    return sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+
+
+def block_start_event(index: int, block: dict[str, object]) -> str:
+    return sse("content_block_start", {"type": "content_block_start", "index": index, "content_block": block})
+
+
+def test_many_small_deltas_reassemble_exactly_in_every_field() -> None:
+    """Issue 13: a long answer in 20-character deltas; every character in order, in each of the three joined fields."""
+    thinking = "".join(f"t{n:06d}." for n in range(20_000))
+    text = "".join(f"w{n:06d}é " for n in range(20_000))
+    signature = "s" * 4000
+    pieces = [sse("message_start", message_start()), block_start_event(0, {"type": "thinking", "thinking": ""})]
+    pieces += [delta_event(0, {"type": "thinking_delta", "thinking": thinking[i : i + 20]}) for i in range(0, len(thinking), 20)]
+    pieces += [delta_event(0, {"type": "signature_delta", "signature": signature[i : i + 20]}) for i in range(0, len(signature), 20)]
+    pieces.append(block_start_event(1, {"type": "text", "text": "Start: "}))
+    pieces += [delta_event(1, {"type": "text_delta", "text": text[i : i + 20]}) for i in range(0, len(text), 20)]
+    pieces.append(sse("message_stop", {"type": "message_stop"}))
+    result = reassemble("".join(pieces))
+    assert result.message is not None
+    assert result.message["content"] == [
+        {"type": "thinking", "thinking": thinking, "signature": signature},
+        {"type": "text", "text": "Start: " + text},
+    ]
+
+
+def test_a_long_line_in_many_small_chunks_is_one_event() -> None:
+    """A 1 MB data line fed 10 characters at a time, then a CRLF split across two chunks."""
+    data = "x" * 1_000_000
+    text = f"event: big\r\ndata: {data}\r\n\r\nevent: next\r\ndata: {{}}\r\n\r\n"
+    assert parse_in_pieces(text, 10) == [SSEEvent("big", data), SSEEvent("next", "{}")]
+
+
+def test_a_cr_at_a_chunk_end_followed_by_chunks_without_breaks() -> None:
+    """A held-back CR ends its line when the next chunk has no LF, even a chunk with no break at all."""
+    parser = SSEParser()
+    assert parser.feed("data: a\r") == []
+    assert parser.feed("\rdata") == [SSEEvent("message", "a")]
+    assert parser.feed(": b") == [] and parser.feed("c\r") == [] and parser.feed("d") == []
+    assert parser.flush() == [SSEEvent("message", "bc")]
+
+
+def test_a_non_string_delta_is_kept_not_joined() -> None:
+    text = "".join(
+        [
+            sse("message_start", message_start()),
+            block_start_event(0, {"type": "text", "text": ""}),
+            delta_event(0, {"type": "text_delta", "text": "ok"}),
+            delta_event(0, {"type": "text_delta", "text": 5}),
+            block_start_event(1, {"type": "thinking", "thinking": None}),
+            delta_event(1, {"type": "thinking_delta", "thinking": "x"}),
+        ]
+    )
+    result = reassemble(text)
+    assert result.message is not None
+    assert result.message["content"] == [
+        {"type": "text", "text": "ok", "kgb_unknown_deltas": [{"type": "text_delta", "text": 5}]},
+        {"type": "thinking", "thinking": None, "kgb_unknown_deltas": [{"type": "thinking_delta", "thinking": "x"}]},
+    ]
+
+
+def test_a_restarted_block_drops_its_predecessors_text() -> None:
+    text = "".join(
+        [
+            sse("message_start", message_start()),
+            block_start_event(0, {"type": "text", "text": ""}),
+            delta_event(0, {"type": "text_delta", "text": "old"}),
+            block_start_event(0, {"type": "text", "text": ""}),
+            delta_event(0, {"type": "text_delta", "text": "new"}),
+        ]
+    )
+    result = reassemble(text)
+    assert result.message is not None
+    assert result.message["content"] == [{"type": "text", "text": "new"}]
