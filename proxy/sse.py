@@ -57,11 +57,16 @@ class SSEParser:
             return []
         pending = "".join([*self._buffer, text])
         lines = _LINE_BREAK.split(pending)
-        self._buffer = [lines.pop()]
+        rest = lines.pop()
         if pending.endswith("\r"):
             # That "\r" may be the first half of a "\r\n": keep its line until the next chunk.
-            self._buffer = [lines.pop() + "\r"]
+            rest = lines.pop() + "\r"
+        self._buffer = [rest] if rest else []
         return self._take_lines(lines)
+
+    def idle(self) -> bool:
+        """Between events: no partial line held, no field of an undispatched event read."""
+        return not self._buffer and not self._event and not self._data and self._id is None and self._retry is None
 
     def flush(self) -> list[SSEEvent]:
         """End of stream: a final event without its blank line still counts."""
@@ -172,6 +177,14 @@ class MessageAssembler:
             self._partial_json[index] = []
         self._sync_message()
 
+    def extend_text(self, index: int, key: str, pieces: list[str]) -> None:
+        """What a run of `<key>_delta` events on one block adds, taken without parsing each (`MessageStream`)."""
+        block = self._blocks.setdefault(index, {})
+        if isinstance(block.setdefault(key, ""), str):
+            self._pieces.setdefault((index, key), []).extend(pieces)
+        else:
+            block.setdefault("kgb_unknown_deltas", []).extend({"type": key + "_delta", key: piece} for piece in pieces)
+
     def _block_delta(self, data: dict[str, Any]) -> None:
         index = int(data.get("index", 0))
         block = self._blocks.setdefault(index, {})
@@ -179,8 +192,8 @@ class MessageAssembler:
         kind = delta.get("type")
         key = _TEXT_DELTAS.get(kind, "")
         piece = delta.get(key, "")
-        if key and isinstance(piece, str) and isinstance(block.setdefault(key, ""), str):
-            self._pieces.setdefault((index, key), []).append(piece)
+        if key and isinstance(piece, str) and isinstance(block.get(key, ""), str):
+            self.extend_text(index, key, [piece])
         elif kind == "input_json_delta":
             self._partial_json.setdefault(index, []).append(delta.get("partial_json", ""))
         elif kind == "citations_delta":
@@ -258,9 +271,85 @@ _HANDLERS = {
 }
 
 
+# The head of a text or thinking delta exactly as Anthropic frames it, up to its string's opening quote.
+_DELTA_HEAD = re.compile(
+    r'event: content_block_delta\ndata: \{"type":"content_block_delta","index":(0|[1-9][0-9]*),'
+    r'"delta":\{"type":"(text|thinking)_delta","\2":"'
+)
+_DELTA_END = '"}}\n\n'
+# An unfinished event at a chunk's end waits for the next chunk up to this size; a longer one goes to the parser.
+_CARRY_LIMIT = 4096
+
+
+class MessageStream:
+    """An `SSEParser` feeding a `MessageAssembler`, with a fast lane for the bulk of a long answer.
+
+    Why: a long answer is mostly text or thinking deltas of one fixed shape, and
+    parsing each as a generic event and then its JSON costs microseconds per
+    20-byte delta, on the loop that relays every client's bytes. The lane takes
+    only events of exactly that shape, between events, and reads the string out
+    of them; anything else, or any doubt (an escape that does not decode, a raw
+    control character, an event cut by the chunk's end), goes the general way,
+    so the message is the same either way.
+    """
+
+    def __init__(self) -> None:
+        self._parser = SSEParser()
+        self._assembler = MessageAssembler()
+        self._carry = ""
+
+    def feed(self, text: str) -> None:
+        pending, self._carry = self._carry + text, ""
+        pos, end = 0, len(pending)
+        while pos < end:
+            if self._parser.idle():
+                pos = self._take_deltas(pending, pos)
+                if pos == end:
+                    return
+                if end - pos <= _CARRY_LIMIT and pending.find("\n\n", pos) < 0:
+                    self._carry = pending[pos:]
+                    return
+            cut = pending.find("\n\n", pos)
+            stop = end if cut < 0 else cut + 2  # just past a blank line: the parser is between events again
+            self._assemble(self._parser.feed(pending[pos:stop]))
+            pos = stop
+
+    def finish(self) -> Reassembled:
+        self._assemble(self._parser.feed(self._carry) + self._parser.flush())
+        self._carry = ""
+        return self._assembler.finish()
+
+    def _assemble(self, events: list[SSEEvent]) -> None:
+        for event in events:
+            self._assembler.feed(event)
+
+    def _take_deltas(self, text: str, pos: int) -> int:
+        """Take the run of same-block text or thinking deltas starting at `pos`; returns where it ends."""
+        head = _DELTA_HEAD.match(text, pos)
+        if head is None:
+            return pos
+        prefix, pieces = head.group(), []
+        size, starts, find = len(prefix), text.startswith, text.find  # bound once: this loop runs per delta
+        while starts(prefix, pos):
+            start = pos + size
+            close = find("\n", start) - 3
+            if close < start or not starts(_DELTA_END, close):
+                break
+            piece = text[start:close]
+            if '"' in piece or "\\" in piece or not piece.isprintable():
+                try:
+                    piece = orjson.loads(f'"{piece}"')
+                except orjson.JSONDecodeError:
+                    break
+            pieces.append(piece)
+            pos = close + len(_DELTA_END)
+        if pieces:
+            self._assembler.extend_text(int(head[1]), head[2], pieces)
+        return pos
+
+
 def reassemble(text: str) -> Reassembled:
     """The whole-body convenience: parse and assemble a complete stream at once."""
-    parser, assembler = SSEParser(), MessageAssembler()
-    for event in parser.feed(text) + parser.flush():
-        assembler.feed(event)
-    return assembler.finish()
+    stream = MessageStream()
+    stream.feed(text)
+    return stream.finish()

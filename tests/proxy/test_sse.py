@@ -1,6 +1,6 @@
 import pytest
 
-from proxy.sse import MessageAssembler, SSEEvent, SSEParser, reassemble
+from proxy.sse import MessageAssembler, MessageStream, Reassembled, SSEEvent, SSEParser, reassemble
 from tests.proxy.streams import full_stream, message_start, sse
 
 EXPECTED_CONTENT = [
@@ -188,3 +188,100 @@ def test_a_restarted_block_drops_its_predecessors_text() -> None:
     result = reassemble(text)
     assert result.message is not None
     assert result.message["content"] == [{"type": "text", "text": "new"}]
+
+
+def general(text: str) -> Reassembled:
+    """The reference: every event through the parser and the assembler, no fast lane."""
+    parser, assembler = SSEParser(), MessageAssembler()
+    for event in parser.feed(text) + parser.flush():
+        assembler.feed(event)
+    return assembler.finish()
+
+
+def streamed(text: str, size: int) -> Reassembled:
+    stream = MessageStream()
+    for start in range(0, len(text), size):
+        stream.feed(text[start : start + size])
+    return stream.finish()
+
+
+def raw_delta(data: str, newline: str = "\n") -> str:
+    return f"event: content_block_delta{newline}data: {data}{newline}{newline}"
+
+
+def canonical(text_json: str, index: int = 0, kind: str = "text") -> str:
+    """A delta framed byte for byte as Anthropic does; `text_json` is the string's JSON body, escapes and all."""
+    return raw_delta(f'{{"type":"content_block_delta","index":{index},"delta":{{"type":"{kind}_delta","{kind}":"{text_json}"}}}}')
+
+
+TRICKY_STREAM = "".join(
+    [
+        sse("message_start", message_start()),
+        block_start_event(0, {"type": "thinking", "thinking": ""}),
+        canonical("plain ", kind="thinking"),
+        canonical(r"line\nbreak \"quoted\" back\\slash \u00e9 \ud83d\ude00", kind="thinking"),
+        canonical("ends in a backslash\\", kind="thinking"),
+        canonical('unescaped "quote', kind="thinking"),
+        canonical("raw\ttab", kind="thinking"),
+        canonical("raw \u2028 separator and \x7f", kind="thinking"),
+        canonical(r"bad escape \q", kind="thinking"),
+        canonical(r"lone \ud800 surrogate", kind="thinking"),
+        raw_delta('{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","thinking":"wrong key"}}'),
+        block_start_event(1, {"type": "text", "text": None}),
+        canonical("into a non-string", index=1),
+        block_start_event(2, {"type": "text", "text": ""}),
+        canonical("a", index=2),
+        raw_delta('{"type":"content_block_delta","index":2,"delta":{"type":"text_delta","text":"b","extra":1}}'),
+        raw_delta('{"type":"content_block_delta","index":2,"delta":{"type":"text_delta","text":"c"},"x":"y"}'),
+        raw_delta('{"type":"content_block_delta","index":02,"delta":{"type":"text_delta","text":"leading zero"}}'),
+        raw_delta('{"type": "content_block_delta", "index": 2, "delta": {"type": "text_delta", "text": "spaced"}}'),
+        canonical("then", index=2),
+        sse("ping", {"type": "ping"}),
+        canonical(" ping", index=2),
+        ": a comment\n",
+        canonical(" comment", index=2),
+        "id: 7\n",
+        canonical(" with id", index=2),
+        canonical(" crlf", index=2).replace("\n", "\r\n"),
+        canonical(" cr", index=2).replace("\n", "\r"),
+        canonical(" lf", index=2),
+        canonical(" other block", index=3),
+        canonical(" back", index=2),
+        "event: content_block_delta\ndata: " + "x" * 5000 + "\n\n",
+        canonical(" long " + "y" * 5000, index=2),
+        sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 9}}),
+        sse("message_stop", {"type": "message_stop"}),
+    ]
+)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64, 150, 4097, len(TRICKY_STREAM)])
+def test_the_fast_lane_gives_what_the_general_path_gives(size: int) -> None:
+    """Every shape near the canonical one, however the chunks fall: the same message, the same unknown events."""
+    expected = general(TRICKY_STREAM)
+    assert streamed(TRICKY_STREAM, size) == expected
+    assert expected.message is not None
+    assert expected.message["content"][2]["text"].startswith("abcspacedthen ping comment with id crlf cr lf back long yyy")
+
+
+def test_an_unfinished_stream_keeps_its_last_partial_event_as_the_general_path_does() -> None:
+    text = TRICKY_STREAM[: TRICKY_STREAM.index(" back") + 40]
+    for size in (1, 5, 64, len(text)):
+        assert streamed(text, size) == general(text)
+
+
+def test_canonical_deltas_skip_the_general_path_however_the_chunks_fall(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The point of the lane: a long answer's deltas never become one parsed event each."""
+    calls: list[dict[str, object]] = []
+    monkeypatch.setattr(MessageAssembler, "_block_delta", lambda self, data: calls.append(data))
+    words = [f"w{n:05d} \\n" for n in range(2000)]
+    text = "".join([block_start_event(0, {"type": "text", "text": ""}), *(canonical(w) for w in words)])
+    for size in (1, 64, 1000, len(text)):
+        calls.clear()
+        result = streamed(text, size)
+        assert calls == []
+        assert result.message is None  # no message_start: blocks only, checked below
+    stream = MessageStream()
+    stream.feed(sse("message_start", message_start()) + text)
+    message = stream.finish().message
+    assert message is not None and message["content"] == [{"type": "text", "text": "".join(w.replace("\\n", "\n") for w in words)}]
