@@ -22,22 +22,7 @@ from proxy.redact import (
 )
 from proxy.sse import SSEParser
 from tests.claude_samples import load_sample
-
-ANTHROPIC_KEY = "sk-ant-api03-" + "A1b2C3d4" * 10 + "-xyzAA"
-
-SECRETS = {
-    "anthropic_key": ANTHROPIC_KEY,
-    "openai_key": "sk-proj-" + "q" * 40,
-    "aws_access_key": "AKIAIOSFODNN7EXAMPLE",
-    "github_token": "ghp_" + "a" * 36,
-    "slack_token": "xoxb-1234567890-abcdefghij",
-    "google_api_key": "AIza" + "B" * 35,
-    "stripe_key": "sk_live_" + "c" * 24,
-    "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
-    "private_key": "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\nabc\n-----END RSA PRIVATE KEY-----",
-    "bearer_token": "Bearer abcdefghijklmnopqrstuvwxyz012345",
-}
-
+from tests.proxy.planted import ANTHROPIC_KEY, SECRETS, escaped, sse, text_delta
 
 @pytest.mark.parametrize("rule", sorted(SECRETS))
 def test_each_secret_format_is_removed_from_a_json_body_which_stays_json(rule: str) -> None:
@@ -121,11 +106,6 @@ def test_a_url_password_in_a_query_is_found_percent_encoded() -> None:
     assert parse_qsl(query) == [("beta", "true"), ("dsn", "postgresql://u:[REDACTED:url_password]@db/winni")]
 
 
-def escaped(text: str) -> str:
-    """`text` as a JSON string may spell it: every character a `\\u` escape."""
-    return "".join(f"\\u{ord(char):04x}" for char in text)
-
-
 @pytest.mark.parametrize("engine", [hyperscan_engine, re2_engine])
 def test_both_engines_name_the_rules_that_match_and_nothing_for_a_clean_body(engine: Engine) -> None:
     found = Matcher(BUILTIN_RULES, engine)
@@ -189,14 +169,6 @@ def test_pieces_are_cut_at_the_secret_and_keep_everything_else() -> None:
     pieces = ["a sk-ant-", "api03-0123456789", "abcdef b", " c"]
     assert redact_pieces(pieces, BUILTIN_RULES) == (["a [REDACTED:anthropic_key]", "", " b", " c"], ["anthropic_key"])
     assert redact_pieces(["plain", " text"], BUILTIN_RULES) == (["plain", " text"], [])
-
-
-def sse(*events: tuple[str, dict]) -> bytes:
-    return b"".join(f"event: {name}\ndata: {orjson.dumps(data).decode()}\n\n".encode() for name, data in events)
-
-
-def text_delta(text: str) -> tuple[str, dict]:
-    return "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}
 
 
 def test_a_stream_is_rewritten_without_a_secret_split_across_deltas_or_escaped_in_an_error() -> None:
