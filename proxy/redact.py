@@ -248,7 +248,7 @@ def redact_document(document: Any, rules: Sequence[Rule]) -> tuple[Any, list[str
     which may match alone, does not keep the rest). May change `document` in place."""
     found = matcher(tuple(rules))
     fired: list[str] = []
-    runs = [run for run in _text_runs(document) if len(run) > 1]
+    runs = list(_text_runs(document))
     if runs and found.candidates(b"\n".join("".join(block["text"] for block in run).encode() for run in runs)):
         for run in runs:
             texts, hits = redact_pieces([block["text"] for block in run], rules)
@@ -264,32 +264,35 @@ def redact_document(document: Any, rules: Sequence[Rule]) -> tuple[Any, list[str
 
 
 def _text_runs(document: Any) -> Iterator[list[dict[str, Any]]]:
-    """Consecutive text blocks of a system prompt, a message, or a tool result."""
+    """Runs of two or more consecutive text blocks, in a system prompt, a message or a tool result."""
     for blocks in _block_lists(document):
         run: list[dict[str, Any]] = []
         for block in blocks:
-            if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str):
+            if type(block) is dict and block.get("type") == "text" and type(block.get("text")) is str:
                 run.append(block)
                 continue
-            if run:
+            if len(run) > 1:
                 yield run
             run = []
-        if run:
+        if len(run) > 1:
             yield run
 
 
 def _block_lists(document: Any) -> Iterator[list[Any]]:
-    if not isinstance(document, dict):
+    """The lists of content blocks that hold two or more blocks (a run needs two)."""
+    if type(document) is not dict:
         return
     messages = document.get("messages")
-    for holder in [document, *(messages if isinstance(messages, list) else ())]:
-        if not isinstance(holder, dict):
-            continue
-        for key in ("system", "content"):
-            blocks = holder.get(key)
-            if isinstance(blocks, list):
+    for holder in [document, *(messages if type(messages) is list else ())]:
+        for blocks in (holder.get("system"), holder.get("content")) if type(holder) is dict else ():
+            if type(blocks) is not list:
+                continue
+            if len(blocks) > 1:
                 yield blocks
-                yield from (block["content"] for block in blocks if isinstance(block, dict) and isinstance(block.get("content"), list))
+            for block in blocks:
+                inner = block.get("content") if type(block) is dict and block.get("type") == "tool_result" else None
+                if type(inner) is list and len(inner) > 1:
+                    yield inner
 
 
 def redact_pieces(pieces: Sequence[str], rules: Sequence[Rule]) -> tuple[list[str], list[str]]:
