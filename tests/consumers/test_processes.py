@@ -27,6 +27,7 @@ def serves_until_stopped(marker: str) -> None:
     """A consumer's shape: runs until SIGTERM, then finishes cleanly and leaves a trace."""
 
     async def serve(stop: asyncio.Event) -> None:
+        Path(marker + ".serving").touch()
         await stop.wait()
         with open(marker, "w") as out:
             out.write("stopped cleanly")
@@ -47,7 +48,8 @@ async def test_a_stop_reaches_every_worker_as_sigterm_and_each_finishes_cleanly(
     workers = start(serves_until_stopped, [(m,) for m in markers], "serve")
     stop = asyncio.Event()
     waiting = asyncio.create_task(supervise(workers, stop))
-    await asyncio.sleep(1.0)
+    while not all(Path(m + ".serving").exists() for m in markers):  # their SIGTERM handlers are set
+        await asyncio.sleep(0.05)
     assert not waiting.done(), "workers that serve keep the parent waiting"
     stop.set()
     await asyncio.wait_for(waiting, 60)
