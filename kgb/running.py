@@ -16,8 +16,18 @@ from typing import Any
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def configure_logging(level: int | str) -> None:
+_debugging = False
+
+
+def configure_logging(level: int | str, debug: bool = False) -> None:
+    """``debug`` (`kgb --debug`) keeps every traceback; the worker processes a consumer spawns inherit it."""
+    global _debugging
+    _debugging = debug
     logging.basicConfig(level=level, format=LOG_FORMAT)
+
+
+def debugging() -> bool:
+    return _debugging
 
 
 def run_until_signal(service: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:

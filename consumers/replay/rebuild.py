@@ -196,8 +196,8 @@ async def rebuild(
             raise SettingsError(f"schema {target} already exists; drop it or replay --into it")
         await patiently(partial(apply_migrations, pool, migrations(), target), "migrating", settings, stop)
         reader = make_reader(settings.kafka, settings.batch_size)
+        resources.push_async_callback(reader.stop)  # before start: one that fails to start is closed too
         await reader.start()
-        resources.push_async_callback(reader.stop)
         begins = await read_from_start(reader, settings.kafka, optional=(settings.kafka.mcp_topic,))
         check_whole(begins, swapping=into is None)
         decoder = await open_decoders(resources, settings.kafka)
