@@ -53,6 +53,7 @@ PARTITIONS = 6
 CONCURRENT_SESSIONS = 24
 POLL_SECONDS = 1.0
 COMPLETE = "SELECT count(*) FROM exchanges WHERE request_event_id IS NOT NULL AND response_event_id IS NOT NULL"
+MESSAGES = "SELECT count(*) FROM messages"
 REPLAY_SCHEMA = "kgb_replay"
 
 
@@ -195,10 +196,11 @@ class Run:
     cpu_seconds: float  # of the consumer's processes (PostgreSQL's own is not in it)
 
 
-async def stored(dsn: str, schema: str) -> int:
+async def stored(dsn: str, schema: str, query: str = COMPLETE) -> int:
+    """What ``query`` counts in ``schema``; 0 before winni has made its tables."""
     conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
     try:
-        return await conn.fetchval(COMPLETE)
+        return await conn.fetchval(query)
     except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
         return 0
     finally:
@@ -288,6 +290,9 @@ async def measure(bootstrap: str, admin_dsn: str, args: argparse.Namespace) -> d
     print(f"(b) kgb consume winni: {live.exchanges_per_s:,.0f} exchanges/s from start, {live.steady_exchanges_per_s:,.0f} steady "
           f"= {live.steady_exchanges_per_s / ceiling:.2f} of the ceiling; peak RSS {live.peak_rss_mb:,.0f} MB, "
           f"CPU {live.cpu_seconds:,.0f}s in {live.seconds:,.0f}s", flush=True)
+    results["messages"] = await stored(dsn, "kgb", MESSAGES)
+    results["live_steady_messages_per_s"] = results["messages"] / exchanges_ * live.steady_exchanges_per_s
+    print(f"    {results['messages']:,} messages: {results['live_steady_messages_per_s']:,.0f} messages/s steady", flush=True)
     results["database_bytes"] = await database_size(dsn)
     print(f"    database size after: {results['database_bytes'] / 1e9:.2f} GB", flush=True)
     await services.drop_database(admin_dsn, dsn)

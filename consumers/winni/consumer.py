@@ -23,6 +23,11 @@ may rely on that), and offsets are committed only once every part has
 committed; a part that fails leaves the others committed, which a retry or
 redelivery finds already stored.
 
+Messages are stored without their search vectors (migration 010): a search
+indexer (`search_index`), a task beside the consumer on a connection of its
+own, builds them behind the batches, so full-text search costs the batches
+nothing (KGB_WINNI_SEARCH_INDEX turns it off).
+
 When a batch fails on its data (a value PostgreSQL refuses), it is written
 again one event at a time, and the events that still fail are dead-lettered
 with the database's reason; the rest of the batch is stored. When it fails on
@@ -44,10 +49,10 @@ import asyncpg
 from consumers import mcp
 from consumers.errors import InvalidEvent, is_transient
 from consumers.processes import start, supervise
-from consumers.service import both_topics, open_consumer, open_database, open_decoders
-from consumers.source import Batch, Handler, Record, Reject, consume
+from consumers.service import both_topics, open_consumer, open_database, open_decoders, open_pool
+from consumers.source import Batch, Handler, Record, Reject, consume, retrying
 from consumers.sql import Migration, load_migrations
-from consumers.winni import store
+from consumers.winni import search_index, store
 from consumers.winni.conversations import ConversationStage
 from consumers.winni.mcp import mcp_stage
 from consumers.winni.mcp_links import link_stage
@@ -184,13 +189,30 @@ async def run(
         )
         if pool is None:
             return
+        indexer = await open_indexer(resources, settings, stop)
         decoders = await open_decoders(resources, settings.kafka)
         consumer = await open_consumer(resources, settings.kafka, settings.group, settings.batch_size, both_topics(settings.kafka))
-        await consume(
-            consumer, decoders, make_handler(pool, stages, settings.writers),
-            stop=stop, batch_size=settings.batch_size, backoff=settings.backoff,
-        )
+        async with indexer:
+            await consume(
+                consumer, decoders, make_handler(pool, stages, settings.writers),
+                stop=stop, batch_size=settings.batch_size, backoff=settings.backoff,
+            )
     log.info("winni stopped")
+
+
+async def open_indexer(
+    resources: contextlib.AsyncExitStack, settings: WinniSettings, stop: asyncio.Event
+) -> contextlib.AbstractAsyncContextManager[None]:
+    """The search indexer on a connection of its own, to run beside the consumer; nothing when it is off."""
+    if not settings.search_index:
+        return contextlib.nullcontext()
+    pool = await retrying(
+        partial(open_pool, settings.database_url, settings.db_schema, 1), "connecting the search indexer", stop, settings.backoff
+    )
+    if pool is None:
+        return contextlib.nullcontext()
+    resources.push_async_callback(pool.close)
+    return search_index.indexing(pool, settings.search_index_batch, stop, settings.backoff)
 
 
 async def run_processes(settings: WinniSettings, stop: asyncio.Event) -> None:

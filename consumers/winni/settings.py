@@ -53,6 +53,10 @@ class WinniSettings:
     in ``exchanges``; by default a body whose messages the conversation tables
     hold keeps only the rest (migration 003), since whole bodies resend the
     history every turn and grow with the square of the conversation.
+    ``search_index`` runs the search indexer beside the consumer (see
+    `consumers.winni.search_index`), ``search_index_batch`` messages per
+    statement; off, messages are stored without their search vectors, which a
+    winni started with it on (or `kgb replay`) builds later.
     """
 
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
@@ -63,6 +67,8 @@ class WinniSettings:
     writers: int = 2
     processes: int = 1
     store_request_bodies: bool = False
+    search_index: bool = True
+    search_index_batch: int = 200
     backoff: Backoff = field(default_factory=Backoff)
 
     @classmethod
@@ -76,6 +82,10 @@ class WinniSettings:
             writers=positive("KGB_WINNI_WRITERS", env_int(env, "KGB_WINNI_WRITERS", cls.writers)),
             processes=positive("KGB_WINNI_PROCESSES", env_int(env, "KGB_WINNI_PROCESSES", cls.processes)),
             store_request_bodies=flag(env, "KGB_WINNI_STORE_REQUEST_BODIES", cls.store_request_bodies),
+            search_index=flag(env, "KGB_WINNI_SEARCH_INDEX", cls.search_index),
+            search_index_batch=positive(
+                "KGB_WINNI_SEARCH_INDEX_BATCH", env_int(env, "KGB_WINNI_SEARCH_INDEX_BATCH", cls.search_index_batch)
+            ),
             backoff=Backoff(maximum=env_float(env, "KGB_WINNI_RETRY_MAX", Backoff.maximum)),
         )
 
@@ -84,7 +94,8 @@ class WinniSettings:
             f"WinniSettings(kafka={self.kafka.masked()!r}, database_url={mask_url(self.database_url)!r}, "
             f"db_schema={self.db_schema!r}, group={self.group!r}, batch_size={self.batch_size}, writers={self.writers}, "
             f"processes={self.processes}, "
-            f"store_request_bodies={self.store_request_bodies}, backoff={self.backoff!r})"
+            f"store_request_bodies={self.store_request_bodies}, search_index={self.search_index}, "
+            f"search_index_batch={self.search_index_batch}, backoff={self.backoff!r})"
         )
 
     __str__ = __repr__
