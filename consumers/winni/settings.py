@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -38,6 +39,12 @@ def positive(name: str, value: int) -> int:
     return value
 
 
+def positive_seconds(name: str, value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise SettingsError(f"{name} must be a number of seconds above 0, got {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class WinniSettings:
     """Where winni reads from and writes to.
@@ -53,6 +60,10 @@ class WinniSettings:
     in ``exchanges``; by default a body whose messages the conversation tables
     hold keeps only the rest (migration 003), since whole bodies resend the
     history every turn and grow with the square of the conversation.
+    ``unanswered_after`` is how long, in seconds, a stored request waits for
+    its response before its row is marked unanswered (migration 008); it must
+    exceed the longest answer, since a response event is published when its
+    stream ends.
     """
 
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
@@ -63,6 +74,7 @@ class WinniSettings:
     writers: int = 2
     processes: int = 1
     store_request_bodies: bool = False
+    unanswered_after: float = 3600.0
     backoff: Backoff = field(default_factory=Backoff)
 
     @classmethod
@@ -76,6 +88,9 @@ class WinniSettings:
             writers=positive("KGB_WINNI_WRITERS", env_int(env, "KGB_WINNI_WRITERS", cls.writers)),
             processes=positive("KGB_WINNI_PROCESSES", env_int(env, "KGB_WINNI_PROCESSES", cls.processes)),
             store_request_bodies=flag(env, "KGB_WINNI_STORE_REQUEST_BODIES", cls.store_request_bodies),
+            unanswered_after=positive_seconds(
+                "KGB_WINNI_UNANSWERED_AFTER", env_float(env, "KGB_WINNI_UNANSWERED_AFTER", cls.unanswered_after)
+            ),
             backoff=Backoff(maximum=env_float(env, "KGB_WINNI_RETRY_MAX", Backoff.maximum)),
         )
 
@@ -84,7 +99,8 @@ class WinniSettings:
             f"WinniSettings(kafka={self.kafka.masked()!r}, database_url={mask_url(self.database_url)!r}, "
             f"db_schema={self.db_schema!r}, group={self.group!r}, batch_size={self.batch_size}, writers={self.writers}, "
             f"processes={self.processes}, "
-            f"store_request_bodies={self.store_request_bodies}, backoff={self.backoff!r})"
+            f"store_request_bodies={self.store_request_bodies}, unanswered_after={self.unanswered_after}, "
+            f"backoff={self.backoff!r})"
         )
 
     __str__ = __repr__
