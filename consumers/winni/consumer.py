@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 
 Stage = Callable[[asyncpg.Connection, Sequence[Record]], Awaitable[None]]
 
+SWEEP_MAX_S = 60.0
+
 
 def default_stages(store_request_bodies: bool = False) -> tuple[Stage, ...]:
     """A fresh set per run: the conversation stage caches each session's thread state. The MCP stage
@@ -192,11 +194,13 @@ async def run(
         indexer = await open_indexer(resources, settings, stop)
         decoders = await open_decoders(resources, settings.kafka)
         consumer = await open_consumer(resources, settings.kafka, settings.group, settings.batch_size, both_topics(settings.kafka))
-        async with indexer:
+        async with indexer, asyncio.TaskGroup() as tasks:  # a sweep that fails for good stops the consumer too
+            sweeper = tasks.create_task(sweep_unanswered(pool, settings.unanswered_after))
             await consume(
                 consumer, decoders, make_handler(pool, stages, settings.writers),
                 stop=stop, batch_size=settings.batch_size, backoff=settings.backoff,
             )
+            sweeper.cancel()
     log.info("winni stopped")
 
 
@@ -213,6 +217,30 @@ async def open_indexer(
         return contextlib.nullcontext()
     resources.push_async_callback(pool.close)
     return search_index.indexing(pool, settings.search_index_batch, stop, settings.backoff)
+
+
+def sweep_every(unanswered_after: float) -> float:
+    """Often enough that a row is marked within half the timeout again, at most once a minute."""
+    return min(unanswered_after / 2, SWEEP_MAX_S)
+
+
+async def sweep_unanswered(pool: asyncpg.Pool, unanswered_after: float) -> None:
+    """Until cancelled: mark request-only rows whose response is overdue (migration 008).
+
+    A database that is away only skips a sweep; the next one catches up.
+    """
+    while True:
+        await asyncio.sleep(sweep_every(unanswered_after))
+        try:
+            async with pool.acquire() as conn:
+                marked = await store.mark_unanswered(conn, unanswered_after)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("sweep for unanswered exchanges skipped, the database is away: %s", clip(str(exc)))
+            continue
+        if marked:
+            log.info("%d exchanges marked unanswered (no response %.0fs after their request)", marked, unanswered_after)
 
 
 async def run_processes(settings: WinniSettings, stop: asyncio.Event) -> None:

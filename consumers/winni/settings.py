@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -38,6 +39,12 @@ def positive(name: str, value: int) -> int:
     return value
 
 
+def positive_seconds(name: str, value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise SettingsError(f"{name} must be a number of seconds above 0, got {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class WinniSettings:
     """Where winni reads from and writes to.
@@ -57,6 +64,10 @@ class WinniSettings:
     `consumers.winni.search_index`), ``search_index_batch`` messages per
     statement; off, messages are stored without their search vectors, which a
     winni started with it on (or `kgb replay`) builds later.
+    ``unanswered_after`` is how long, in seconds, a stored request waits for
+    its response before its row is marked unanswered (migration 008); it must
+    exceed the longest answer, since a response event is published when its
+    stream ends.
     """
 
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
@@ -69,6 +80,7 @@ class WinniSettings:
     store_request_bodies: bool = False
     search_index: bool = True
     search_index_batch: int = 200
+    unanswered_after: float = 3600.0
     backoff: Backoff = field(default_factory=Backoff)
 
     @classmethod
@@ -86,6 +98,9 @@ class WinniSettings:
             search_index_batch=positive(
                 "KGB_WINNI_SEARCH_INDEX_BATCH", env_int(env, "KGB_WINNI_SEARCH_INDEX_BATCH", cls.search_index_batch)
             ),
+            unanswered_after=positive_seconds(
+                "KGB_WINNI_UNANSWERED_AFTER", env_float(env, "KGB_WINNI_UNANSWERED_AFTER", cls.unanswered_after)
+            ),
             backoff=Backoff(maximum=env_float(env, "KGB_WINNI_RETRY_MAX", Backoff.maximum)),
         )
 
@@ -95,7 +110,8 @@ class WinniSettings:
             f"db_schema={self.db_schema!r}, group={self.group!r}, batch_size={self.batch_size}, writers={self.writers}, "
             f"processes={self.processes}, "
             f"store_request_bodies={self.store_request_bodies}, search_index={self.search_index}, "
-            f"search_index_batch={self.search_index_batch}, backoff={self.backoff!r})"
+            f"search_index_batch={self.search_index_batch}, unanswered_after={self.unanswered_after}, "
+            f"backoff={self.backoff!r})"
         )
 
     __str__ = __repr__

@@ -308,3 +308,9 @@ async def write_parts(conn: asyncpg.Connection, parts: Iterable[Part]) -> None:
 async def write_dead_letters(conn: asyncpg.Connection, rejects: Sequence[Reject]) -> None:
     if rejects:
         await conn.executemany(queries().insert_dead_letter, [dead_letter_row(r) for r in rejects])
+
+
+async def mark_unanswered(conn: asyncpg.Connection, after_s: float) -> int:
+    """Mark the request-only rows stored more than `after_s` seconds ago; returns how many."""
+    status = await conn.execute(queries().mark_unanswered, after_s)
+    return int(status.rsplit(" ", 1)[1])
