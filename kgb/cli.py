@@ -28,7 +28,7 @@ def _proxy(args: argparse.Namespace) -> None:
     settings = ProxySettings.from_env()
     overrides = {"host": args.host, "port": args.port, "upstream_url": args.upstream, "mcp_port": args.mcp_port}
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
-    logging.getLogger("kgb").info("kgb proxy: %s", settings.describe())
+    logging.getLogger("kgb").info("kgb proxy: %s", settings)
     print(f"kgb proxy: export ANTHROPIC_BASE_URL=http://{settings.host}:{settings.port}", flush=True)
     print(f"kgb proxy: MCP clients use http://{settings.host}:{settings.mcp_port}/mcp/NAME "
           f"(or a WebSocket to ws://{settings.host}:{settings.mcp_port}/?upstream=NAME)", flush=True)
