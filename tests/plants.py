@@ -91,7 +91,7 @@ class Plant:
 
     @property
     def single_line(self) -> str:
-        """The secret where a line break cannot go (a header, a path)."""
+        """The secret where a line break cannot go (a header, a path): still matched by its rule."""
         return self.secret.text.replace("\n", " ")
 
     def halves(self) -> tuple[str, str]:
@@ -119,7 +119,8 @@ def request_parts(plant: Plant) -> RequestParts:
     headers = [("content-type", "application/json"), ("x-api-key", "sk-ant-test-not-planted"), ("anthropic-version", "2023-06-01")]
     headers += [("x-note", plant.single_line)] if position == "header" else []
     headers += [("user-agent", f"tool/1.0 ({plant.single_line})")] if position == "user_agent" else []
-    path = "/v1/messages/" + quote(secret, safe="") if position == "path" else "/v1/messages"
+    # a path with %0A is answered 404 and not captured (issue 13 item 12), so a key's line breaks become spaces here
+    path = "/v1/messages/" + quote(plant.single_line, safe="") if position == "path" else "/v1/messages"
     query = "beta=true&note=" + quote_plus(secret) if position == "query" else "beta=true"
     text = {"user_text": f"my key {secret} ok", "encoded": f"see https://x.example/?k={quote(secret, safe='')}"}.get(position, "hello")
     user: list[dict] = [{"type": "text", "text": text}]
