@@ -168,7 +168,7 @@ def _fail(request: web.Request, record: RequestRecord, failure: errors.ProxyErro
 
 
 async def health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "healthy", "upstream": request.app[SETTINGS].upstream_url}, dumps=_dumps)
+    return web.json_response({"status": "healthy", "upstream": request.app[SETTINGS].upstream_url.masked}, dumps=_dumps)
 
 
 async def ready(request: web.Request) -> web.Response:

@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl, quote_from_bytes, unquote_to_bytes, urlencod
 
 import orjson
 
+from kgb.config import CREDENTIAL_PARAMS
 from kgb.documents import parse_json
 from proxy.sse import SSEEvent, SSEParser
 
@@ -33,7 +34,6 @@ REDACTED = "[REDACTED]"
 
 SECRET_HEADERS = frozenset({"x-api-key", "authorization", "proxy-authorization", "cookie", "set-cookie"})
 
-SECRET_QUERY_PARAMS = frozenset({"key", "api_key", "apikey", "token", "access_token", "secret", "password"})
 
 
 @dataclass(frozen=True)
@@ -419,7 +419,7 @@ def redact_query(query: str, rules: Sequence[Rule]) -> tuple[str, list[str]]:
     text, fired = redact_text(query, rules)
     kept, changed = [], False
     for name, value in parse_qsl(text, keep_blank_values=True):
-        clean, hits = (REDACTED, ["query_param"]) if name.lower() in SECRET_QUERY_PARAMS else redact_text(value, rules)
+        clean, hits = (REDACTED, ["query_param"]) if name.lower() in CREDENTIAL_PARAMS else redact_text(value, rules)
         kept.append((name, clean))
         fired += hits
         changed = changed or bool(hits)

@@ -32,7 +32,7 @@ import simdjson
 from consumers.mcp import is_mcp
 from consumers.source import Record
 from consumers.winni.bodies import Body, SentKey, read_body
-from consumers.winni.store import Split, queries, split_body, write_exchanges
+from consumers.winni.store import Split, queries, split_body, without_nul, write_exchanges
 from consumers.winni.threads import (
     THREAD_KINDS,
     Conversation,
@@ -318,4 +318,4 @@ async def write(conn: asyncpg.Connection, writes: Writes) -> None:
     )
     for sql, rows in steps:
         if rows:
-            await conn.executemany(sql, rows)
+            await conn.executemany(sql, without_nul(rows))

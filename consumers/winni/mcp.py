@@ -34,7 +34,7 @@ import orjson
 
 from consumers import mcp
 from consumers.source import Record
-from consumers.winni.store import headers_json, jsonb_safe, queries
+from consumers.winni.store import headers_json, jsonb_safe, queries, without_nul
 from schemas.codec import timestamp
 
 # Fixed forever: call ids derive from it, so a replay finds the same ids.
@@ -343,4 +343,4 @@ async def mcp_stage(conn: asyncpg.Connection, records: Sequence[Record]) -> None
     )
     for sql, rows in steps:
         if rows:
-            await conn.executemany(sql, rows)
+            await conn.executemany(sql, without_nul(rows))

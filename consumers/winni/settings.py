@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from consumers.source import Backoff
-from kgb.config import KafkaSettings, SettingsError, env_float, env_int, env_str, mask_url
+from kgb.config import KafkaSettings, SecretURL, SettingsError, env_float, env_int, env_str, env_url
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -71,7 +71,7 @@ class WinniSettings:
     """
 
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/winni"
+    database_url: SecretURL = SecretURL("postgresql://postgres@127.0.0.1:5432/winni")
     db_schema: str = "kgb"
     group: str = "kgb-winni"
     batch_size: int = 500
@@ -87,7 +87,7 @@ class WinniSettings:
     def from_env(cls, env: Mapping[str, str] = os.environ) -> WinniSettings:
         return cls(
             kafka=KafkaSettings.from_env(env),
-            database_url=env_str(env, "KGB_DATABASE_URL", cls.database_url),
+            database_url=env_url(env, "KGB_DATABASE_URL", cls.database_url),
             db_schema=schema_name(env_str(env, "KGB_DB_SCHEMA", cls.db_schema)),
             group=env_str(env, "KGB_WINNI_GROUP", cls.group),
             batch_size=positive("KGB_WINNI_BATCH_SIZE", env_int(env, "KGB_WINNI_BATCH_SIZE", cls.batch_size)),
@@ -103,16 +103,4 @@ class WinniSettings:
             ),
             backoff=Backoff(maximum=env_float(env, "KGB_WINNI_RETRY_MAX", Backoff.maximum)),
         )
-
-    def __repr__(self) -> str:
-        return (
-            f"WinniSettings(kafka={self.kafka.masked()!r}, database_url={mask_url(self.database_url)!r}, "
-            f"db_schema={self.db_schema!r}, group={self.group!r}, batch_size={self.batch_size}, writers={self.writers}, "
-            f"processes={self.processes}, "
-            f"store_request_bodies={self.store_request_bodies}, search_index={self.search_index}, "
-            f"search_index_batch={self.search_index_batch}, unanswered_after={self.unanswered_after}, "
-            f"backoff={self.backoff!r})"
-        )
-
-    __str__ = __repr__
 

@@ -80,6 +80,18 @@ def jsonb_safe(text: str | None) -> str | None:
     return _NUL_ESCAPE.sub(r"\1\\ufffd", text)
 
 
+def without_nul(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Rows with every NUL in a string made U+FFFD: text columns refuse NUL, and a client that
+    put one in a field (``metadata.user_id``, an error message) would otherwise have its
+    exchange dead-lettered, hidden from the tables. Bytes (bytea) keep theirs."""
+    return [_row_without_nul(row) if any(type(v) is str and "\x00" in v for v in row) else row for row in rows]
+
+
+def _row_without_nul(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    values = [v.replace("\x00", "\ufffd") if type(v) is str else v for v in row]
+    return type(row)._make(values) if hasattr(row, "_fields") else tuple(values)
+
+
 def usage_numbers(usage: str | None) -> tuple[int | None, ...]:
     """The token counts worth a column each; anything missing or odd is NULL, never an error."""
     try:
@@ -272,14 +284,14 @@ async def write_exchanges(
         stored = {row[0] for row in await conn.fetch(q.stored_exchanges, list(pairs))}
         whole = [row for exchange_id, row in pairs.items() if exchange_id not in stored]
         if whole:
-            await conn.executemany(q.insert_exchange, whole)
+            await conn.executemany(q.insert_exchange, without_nul(whole))
         done = {row[0] for row in whole}
         requests = [row for row in requests if row[0] not in done]
         responses = [row for row in responses if row[0] not in done]
     if requests:
-        await conn.executemany(q.upsert_request, requests)
+        await conn.executemany(q.upsert_request, without_nul(requests))
     if responses:
-        await conn.executemany(q.upsert_response, responses)
+        await conn.executemany(q.upsert_response, without_nul(responses))
 
 
 def paired(requests: Sequence[tuple[Any, ...]], responses: Sequence[tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:

@@ -8,6 +8,7 @@ import orjson
 
 from kgb.documents import parse_json
 from proxy.capture import RedactionPolicy, RequestRecord, ResponseRecorder, request_event, response_event
+from proxy.mcp.events import Message, message_fields
 from proxy.redact import BUILTIN_RULES
 from tests.proxy.planted import ANTHROPIC_KEY, SECRETS, escaped, sse, text_delta
 
@@ -101,3 +102,9 @@ def test_a_json_error_response_with_an_escaped_secret_is_redacted() -> None:
     body = b'{"type":"error","error":{"type":"invalid_request_error","message":"bad ' + escaped(GITHUB).encode() + b'"}}'
     event = response(request(), body, sse_stream=False)
     assert event["response"]["error_message"] == "bad [REDACTED:github_token]" and leaks(event, GITHUB) == []
+
+
+def test_an_escaped_secret_in_an_mcp_payload_is_redacted() -> None:
+    payload = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{"key":"' + escaped(GITHUB).encode() + b'"}}}'
+    (fields,) = message_fields(Message("CLIENT_TO_SERVER", payload), POLICY)
+    assert "github_token" in fields["redactions"] and leaks(fields, GITHUB) == []
