@@ -44,7 +44,7 @@ import asyncpg
 from consumers import mcp
 from consumers.errors import InvalidEvent, is_transient
 from consumers.processes import start, supervise
-from consumers.service import both_topics, open_consumer, open_database, open_decoders
+from consumers.service import open_consumer, open_database, open_decoders
 from consumers.source import Batch, Handler, Record, Reject, consume
 from consumers.sql import Migration, load_migrations
 from consumers.winni import store
@@ -185,7 +185,9 @@ async def run(
         if pool is None:
             return
         decoders = await open_decoders(resources, settings.kafka)
-        consumer = await open_consumer(resources, settings.kafka, settings.group, settings.batch_size, both_topics(settings.kafka))
+        consumer = await open_consumer(resources, settings, stop)
+        if consumer is None:
+            return
         await consume(
             consumer, decoders, make_handler(pool, stages, settings.writers),
             stop=stop, batch_size=settings.batch_size, backoff=settings.backoff,
