@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer
 from consumers.source import Backoff, make_consumer, retrying
 from consumers.sql import Migration, migrate
 from kgb.config import KafkaSettings
+from kgb.outages import HEALTH, watching_kafka
 from kgb.topics import TopicSettings, ensure_topics
 from schemas.codec import MCP, Decoder, make_decoder
 from schemas.registry import Registry
@@ -68,7 +69,11 @@ async def open_database(
     stop: asyncio.Event,
     backoff: Backoff,
 ) -> asyncpg.Pool | None:
-    """A migrated pool, waiting out a database that is not up yet; None when stopped first."""
+    """A migrated pool, waiting out a database that is not up yet; None when stopped first.
+
+    A consumer's first step: it is not ready (``/ready``) until `open_consumer` has joined its group.
+    """
+    HEALTH.wait("start", "starting: migrating PostgreSQL, then joining the Kafka group")
     pool = await retrying(partial(open_pool, url, schema, max_size), "connecting to PostgreSQL", stop, backoff)
     if pool is None:
         return None
@@ -114,6 +119,7 @@ async def open_consumer(
     that starts before the proxy does not leave them to the broker's defaults;
     a broker that is not up yet is waited for, as the database is.
     """
+    await resources.enter_async_context(watching_kafka(settings.kafka.bootstrap))
     topics = both_topics(settings.kafka)
     create = partial(ensure_topics, settings.kafka.bootstrap, topics, settings.topics)
     if await retrying(create, "creating the topics", stop, settings.backoff) is None:
@@ -123,6 +129,7 @@ async def open_consumer(
         return None
     resources.push_async_callback(consumer.stop)
     log.info("consuming %s as group %s", ", ".join(topics), settings.group)
+    HEALTH.done("start")
     return consumer
 
 
