@@ -58,6 +58,8 @@ async def _serve_proxy(settings: ProxySettings, stop: asyncio.Event) -> None:
     from proxy.app import build_app
     from proxy.mcp import build_mcp_app
 
+    from kgb.outages import watching_kafka
+
     guard = listen.guard_for(settings)
     sites = [
         (build_app(settings), settings.port, "KGB_PROXY_PORT"),
@@ -65,15 +67,16 @@ async def _serve_proxy(settings: ProxySettings, stop: asyncio.Event) -> None:
     ]
     runners: list[web.AppRunner] = []
     try:
-        for app, port, name in sites:
-            runner = listen.runner(app, guard)
-            runners.append(runner)
-            await runner.setup()
-            try:
-                await listen.GuardedSite(runner, guard, settings.host, port).start()
-            except OSError as exc:
-                raise SettingsError(f"cannot listen on {settings.host}:{port} ({name}): {exc.strerror}") from None
-        await stop.wait()
+        async with watching_kafka(settings.publish.kafka.bootstrap):
+            for app, port, name in sites:
+                runner = listen.runner(app, guard)
+                runners.append(runner)
+                await runner.setup()
+                try:
+                    await listen.GuardedSite(runner, guard, settings.host, port).start()
+                except OSError as exc:
+                    raise SettingsError(f"cannot listen on {settings.host}:{port} ({name}): {exc.strerror}") from None
+            await stop.wait()
     finally:
         await asyncio.gather(*(runner.cleanup() for runner in runners))
 

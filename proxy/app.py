@@ -16,6 +16,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from kgb.outages import HEALTH, KAFKA
 from proxy import errors
 from proxy.capture import Capture, RedactionPolicy, RequestRecord, ResponseRecorder, failed_response
 from proxy.metrics import CONTENT_TYPE, ProxyMetrics
@@ -172,9 +173,12 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    publisher = request.app[PUBLISHER]
-    status = 200 if publisher.ready else 503
-    return web.json_response({"status": "ready" if status == 200 else "not_ready"}, status=status, dumps=_dumps)
+    """200 once it listens with Kafka reachable and room in the spool; else 503, saying what it waits for."""
+    waiting = HEALTH.waiting_for()
+    if not request.app[PUBLISHER].ready:
+        waiting = waiting or [f"{KAFKA} or room in the spool (KGB_SPOOL_DIR)"]
+    body = {"status": "not_ready", "waiting_for": waiting} if waiting else {"status": "ready"}
+    return web.json_response(body, status=503 if waiting else 200, dumps=_dumps)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:

@@ -155,3 +155,31 @@ def test_every_setting_the_tools_read_is_known() -> None:
                 used |= set(re.findall(r"\b(KGB_[A-Z0-9_]*[A-Z0-9])\b", path.read_text(errors="replace")))
     assert "KGB_WINNI_PROCESSES" in known_settings()
     assert sorted(used - known_settings()) == []
+
+
+async def test_the_proxy_without_its_broker_says_so_once_and_ready_names_it(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("KGB_")},
+           "KGB_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}", "KGB_SPOOL_DIR": str(tmp_path), "KGB_PUBLISH_STALL_SECONDS": "0.2"}
+    log = tmp_path / "proxy.log"
+    process = await asyncio.create_subprocess_exec(
+        *KGB, "proxy", "--port", str(port), "--mcp-port", str(free_port()), env=env, stderr=log.open("w"),
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await asyncio.wait_for(wait_healthy(url, process), 60)
+        async with aiohttp.ClientSession() as session:
+            while "Kafka (KGB_KAFKA_BOOTSTRAP) is away" not in log.read_text():
+                await asyncio.sleep(0.1)
+            async with session.get(url + "/ready") as response:
+                assert response.status == 503
+                waiting = (await response.json())["waiting_for"]
+            await asyncio.sleep(3)  # aiokafka retries many times a second meanwhile
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 60)
+    assert any("Kafka (KGB_KAFKA_BOOTSTRAP)" in reason for reason in waiting), waiting
+    lines = log.read_text().splitlines()
+    assert not [line for line in lines if "aiokafka" in line or "Traceback" in line], lines
+    assert sum("Kafka (KGB_KAFKA_BOOTSTRAP) is away" in line for line in lines) == 1, lines

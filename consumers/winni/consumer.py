@@ -49,7 +49,7 @@ import asyncpg
 from consumers import mcp
 from consumers.errors import InvalidEvent, is_transient
 from consumers.processes import start, supervise
-from consumers.service import both_topics, open_consumer, open_database, open_decoders, open_pool
+from consumers.service import open_consumer, open_database, open_decoders, open_pool
 from consumers.source import Batch, Handler, Record, Reject, consume, retrying
 from consumers.sql import Migration, load_migrations
 from consumers.winni import search_index, store
@@ -193,7 +193,9 @@ async def run(
             return
         indexer = await open_indexer(resources, settings, stop)
         decoders = await open_decoders(resources, settings.kafka)
-        consumer = await open_consumer(resources, settings.kafka, settings.group, settings.batch_size, both_topics(settings.kafka))
+        consumer = await open_consumer(resources, settings, stop)
+        if consumer is None:
+            return
         async with indexer, asyncio.TaskGroup() as tasks:  # a sweep that fails for good stops the consumer too
             sweeper = tasks.create_task(sweep_unanswered(pool, settings.unanswered_after))
             await consume(

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from consumers.source import Backoff
 from kgb.config import KafkaSettings, SecretURL, SettingsError, env_float, env_int, env_str, env_url
+from kgb.topics import TopicSettings
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -71,6 +72,7 @@ class WinniSettings:
     """
 
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    topics: TopicSettings = field(default_factory=TopicSettings)
     database_url: SecretURL = SecretURL("postgresql://postgres@127.0.0.1:5432/winni")
     db_schema: str = "kgb"
     group: str = "kgb-winni"
@@ -87,6 +89,7 @@ class WinniSettings:
     def from_env(cls, env: Mapping[str, str] = os.environ) -> WinniSettings:
         return cls(
             kafka=KafkaSettings.from_env(env),
+            topics=TopicSettings.from_env(env),
             database_url=env_url(env, "KGB_DATABASE_URL", cls.database_url),
             db_schema=schema_name(env_str(env, "KGB_DB_SCHEMA", cls.db_schema)),
             group=env_str(env, "KGB_WINNI_GROUP", cls.group),
