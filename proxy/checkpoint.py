@@ -61,3 +61,18 @@ def delete_published(directory: Path, position: Position) -> int:
         except FileNotFoundError:
             continue
     return deleted
+
+
+def backlog(directory: Path) -> int:
+    """Bytes in the log past the checkpoint: what the worker has yet to get acknowledged."""
+    position = load(directory)
+    total = 0
+    for seq, path in segments(directory):
+        if seq < position.seq:
+            continue
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            continue
+        total += size - position.offset if seq == position.seq else size
+    return max(total, 0)

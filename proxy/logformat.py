@@ -31,7 +31,8 @@ class Kind(enum.IntEnum):
     RESPONSE_HEAD = 3  # JSON: status, headers
     RESPONSE_CHUNK = 4  # raw bytes of the response body as the upstream sent them
     END = 5  # JSON: how the exchange ended (client left, upstream complete, proxy error, timings)
-    EVENT = 6  # a finished event for another topic (MCP): JSON envelope, see proxy/worker.py
+    EVENT = 6  # a finished MCP event, Avro already: key length u16, key, value (proxy/mcp/events.py)
+    WRITER_START = 7  # a writer (re)started: exchanges open before it will never end
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,6 +104,7 @@ class LogWriter:
         self.refused_records = 0
         self.refused_bytes = 0
         self._full = False
+        self._write(logformat.encode(Kind.WRITER_START, bytes(16), time.time_ns(), b""))
 
     @property
     def pending_bytes(self) -> int:
@@ -124,6 +125,13 @@ class LogWriter:
         if self._size >= self.settings.segment_bytes:
             self._rotate()
         return True
+
+    def admit(self, size: int) -> bool:
+        """Whether `size` more bytes fit under the cap; a refusal counts as one dropped record."""
+        if self._room_for(size):
+            return True
+        self._refuse(size)
+        return False
 
     def sync(self) -> None:
         """fsync what was written; safe from another thread (the interval policy's)."""
