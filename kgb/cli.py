@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from importlib.metadata import version
 from typing import TYPE_CHECKING
@@ -41,24 +42,25 @@ def _proxy(args: argparse.Namespace) -> None:
     overrides = {"host": args.host, "port": args.port, "upstream_url": upstream, "mcp_port": args.mcp_port}
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     check_url(settings.upstream_url, "KGB_UPSTREAM_URL (kgb proxy --upstream)", HTTP_SCHEMES)
-    _check_kafka(settings.publish.kafka)
+    _check_kafka(settings.capture.kafka)
     log.info("kgb proxy: %s", settings)
     print(f"kgb proxy: export ANTHROPIC_BASE_URL=http://{settings.host}:{settings.port}", flush=True)
     print(f"kgb proxy: MCP clients use http://{settings.host}:{settings.mcp_port}/mcp/NAME "
           f"(or a WebSocket to ws://{settings.host}:{settings.mcp_port}/?upstream=NAME)", flush=True)
-    run_until_signal(lambda stop: _serve_proxy(settings, stop))
+    worker = None if args.no_worker else args.log_level.upper()
+    run_until_signal(lambda stop: _serve_proxy(settings, stop, worker))
 
 
-async def _serve_proxy(settings: ProxySettings, stop: asyncio.Event) -> None:
-    """The HTTP proxy and the MCP relay in one process, each its own app on its own port;
-    on a signal both stop listening, close their connections, then flush their publishers."""
+async def _serve_proxy(settings: ProxySettings, stop: asyncio.Event, worker_log_level: str | None) -> None:
+    """The HTTP proxy and the MCP relay in one process, each its own app on its own port, and the
+    capture worker in a child process; on a signal both apps stop listening and close their
+    connections, then the worker publishes what the capture log holds and exits."""
     from aiohttp import web
 
     from proxy import listen
     from proxy.app import build_app
     from proxy.mcp import build_mcp_app
-
-    from kgb.outages import watching_kafka
+    from proxy.supervisor import Supervisor, worker_command
 
     guard = listen.guard_for(settings)
     sites = [
@@ -66,19 +68,40 @@ async def _serve_proxy(settings: ProxySettings, stop: asyncio.Event) -> None:
         (build_mcp_app(settings), settings.mcp_port, "KGB_MCP_PORT"),
     ]
     runners: list[web.AppRunner] = []
+    supervisor = None if worker_log_level is None else Supervisor(worker_command(worker_log_level), settings.capture.close_timeout)
+    supervising = None if supervisor is None else asyncio.create_task(supervisor.run())
     try:
-        async with watching_kafka(settings.publish.kafka.bootstrap):
-            for app, port, name in sites:
-                runner = listen.runner(app, guard)
-                runners.append(runner)
-                await runner.setup()
-                try:
-                    await listen.GuardedSite(runner, guard, settings.host, port).start()
-                except OSError as exc:
-                    raise SettingsError(f"cannot listen on {settings.host}:{port} ({name}): {exc.strerror}") from None
-            await stop.wait()
+        for app, port, name in sites:
+            runner = listen.runner(app, guard)
+            runners.append(runner)
+            await runner.setup()
+            try:
+                await listen.GuardedSite(runner, guard, settings.host, port).start()
+            except OSError as exc:
+                raise SettingsError(f"cannot listen on {settings.host}:{port} ({name}): {exc.strerror}") from None
+        await stop.wait()
     finally:
         await asyncio.gather(*(runner.cleanup() for runner in runners))
+        if supervisor is not None and supervising is not None:
+            supervisor.stop()
+            await supervising
+
+
+def _capture_worker(args: argparse.Namespace) -> None:
+    from kgb.outages import watching_kafka
+    from proxy import worker
+    from proxy.settings import ProxySettings
+
+    settings = ProxySettings.from_env()
+
+    async def run(stop: asyncio.Event) -> None:
+        watching = asyncio.create_task(worker.stop_at_eof(sys.stdin.fileno(), stop)) if args.supervised else None
+        async with watching_kafka(settings.capture.kafka.bootstrap):
+            await worker.run(settings, stop)
+        if watching is not None:
+            watching.cancel()
+
+    run_until_signal(run)
 
 
 def _mcp_stdio(args: argparse.Namespace) -> None:
@@ -187,7 +210,16 @@ def parser() -> argparse.ArgumentParser:
     proxy.add_argument("--port", type=int, help="listen port (KGB_PROXY_PORT, default 8089)")
     proxy.add_argument("--upstream", help="upstream base URL (KGB_UPSTREAM_URL, default https://api.anthropic.com)")
     proxy.add_argument("--mcp-port", type=int, help="MCP relay listen port (KGB_MCP_PORT, default 9000)")
+    proxy.add_argument("--no-worker", action="store_true",
+                       help="do not start the capture worker (run `kgb capture-worker` yourself, on the same KGB_SPOOL_DIR)")
     proxy.set_defaults(run=_proxy)
+
+    about = ("publish the capture log (KGB_SPOOL_DIR) to Kafka: what `kgb proxy` runs in a child process; "
+             "run it alone beside `kgb proxy --no-worker`")
+    capture_worker = commands.add_parser("capture-worker", help=about, description=about)
+    capture_worker.add_argument("--supervised", action="store_true",
+                                help="also stop when standard input closes: how `kgb proxy` stops it, and how it learns the proxy died")
+    capture_worker.set_defaults(run=_capture_worker)
 
     mcp = commands.add_parser("mcp", help="MCP capture outside the proxy")
     transports = mcp.add_subparsers(dest="transport", required=True)

@@ -11,11 +11,72 @@ from typing import TypeVar
 
 from yarl import URL
 
-from kgb.config import Secret, SecretURL, SettingsError, env_float, env_int, env_list, env_opt, env_secret, env_str
-from proxy.publish import PublishSettings
+from kgb.config import KafkaSettings, Secret, SecretURL, SettingsError, env_float, env_int, env_list, env_opt, env_secret, env_str
+from proxy.logwriter import FsyncPolicy, LogSettings
 from proxy.redact import BUILTIN_RULES, Rule, custom_rules
 
 T = TypeVar("T", int, float)
+
+MiB = 1024 * 1024
+COMPRESSIONS = {"zstd": "zstd", "lz4": "lz4", "gzip": "gzip", "none": None}
+
+
+def default_spool_dir(env: Mapping[str, str]) -> Path:
+    """``$XDG_STATE_HOME/kgb/spool``, else ``~/.local/state/kgb/spool``: state that must
+    survive restarts but is not configuration. Containers should mount a volume there."""
+    state = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(state) / "kgb" / "spool"
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    """The capture log (the relay appends, the worker tails) and the worker's Kafka side.
+
+    `max_event_bytes` bounds one encoded event (key + value); the producer's
+    max_request_size and a created topic's ``max.message.bytes`` are raised to
+    match. `close_timeout` bounds the worker's shutdown: what Kafka has not
+    acknowledged by then stays in the log for the next start.
+    """
+
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    spool_dir: Path = field(default_factory=lambda: default_spool_dir(os.environ))
+    spool_max_bytes: int = 1024 * MiB
+    segment_bytes: int = 64 * MiB
+    fsync: FsyncPolicy = FsyncPolicy.INTERVAL
+    fsync_interval: float = 1.0
+    max_event_bytes: int = 64 * MiB
+    compression: str = "zstd"
+    linger_ms: int = 5
+    topic_partitions: int = 6
+    topic_replication: int = 1
+    close_timeout: float = 10.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> CaptureSettings:
+        compression = env_str(env, "KGB_KAFKA_COMPRESSION", cls.compression).lower()
+        if compression not in COMPRESSIONS:
+            raise SettingsError(f"KGB_KAFKA_COMPRESSION must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
+        fsync = env_str(env, "KGB_CAPTURE_FSYNC", cls.fsync.value).lower()
+        if fsync not in {policy.value for policy in FsyncPolicy}:
+            raise SettingsError(f"KGB_CAPTURE_FSYNC must be one of none, interval, always, got {fsync!r}")
+        spool_dir = env_opt(env, "KGB_SPOOL_DIR")
+        return cls(
+            kafka=KafkaSettings.from_env(env),
+            spool_dir=Path(spool_dir).expanduser() if spool_dir else default_spool_dir(env),
+            spool_max_bytes=_positive(env_int(env, "KGB_SPOOL_MAX_BYTES", cls.spool_max_bytes), "KGB_SPOOL_MAX_BYTES"),
+            segment_bytes=_positive(env_int(env, "KGB_CAPTURE_SEGMENT_BYTES", cls.segment_bytes), "KGB_CAPTURE_SEGMENT_BYTES"),
+            fsync=FsyncPolicy(fsync),
+            fsync_interval=_positive(env_float(env, "KGB_CAPTURE_FSYNC_INTERVAL", cls.fsync_interval), "KGB_CAPTURE_FSYNC_INTERVAL"),
+            max_event_bytes=env_int(env, "KGB_MAX_EVENT_BYTES", cls.max_event_bytes),
+            compression=compression,
+            linger_ms=env_int(env, "KGB_KAFKA_LINGER_MS", cls.linger_ms),
+            topic_partitions=env_int(env, "KGB_TOPIC_PARTITIONS", cls.topic_partitions),
+            topic_replication=env_int(env, "KGB_TOPIC_REPLICATION", cls.topic_replication),
+            close_timeout=env_float(env, "KGB_SHUTDOWN_TIMEOUT", cls.close_timeout),
+        )
+
+    def log(self) -> LogSettings:
+        return LogSettings(self.spool_dir, self.spool_max_bytes, self.segment_bytes, self.fsync, self.fsync_interval)
 
 
 @dataclass(frozen=True)
@@ -33,7 +94,7 @@ class ProxySettings:
     redact_headers: frozenset[str] = frozenset()
     redact_patterns: tuple[str, ...] = field(default=(), repr=False)  # a pattern may spell the secret it removes
     fingerprint_key: Secret | None = None
-    publish: PublishSettings = field(default_factory=PublishSettings)
+    capture: CaptureSettings = field(default_factory=CaptureSettings)
     mcp_port: int = 9000
     mcp_upstreams: dict[str, SecretURL] = field(default_factory=dict)
     mcp_max_message_bytes: int = 64 * 1024 * 1024
@@ -61,7 +122,7 @@ class ProxySettings:
             redact_headers=frozenset(name.lower() for name in env_list(env, "KGB_REDACT_HEADERS")),
             redact_patterns=_patterns_file(env_opt(env, "KGB_REDACT_PATTERNS_FILE")),
             fingerprint_key=env_secret(env, "KGB_FINGERPRINT_KEY"),
-            publish=PublishSettings.from_env(env),
+            capture=CaptureSettings.from_env(env),
             mcp_port=env_int(env, "KGB_MCP_PORT", cls.mcp_port),
             mcp_upstreams=parse_upstreams(env.get("KGB_MCP_UPSTREAMS", "")),
             mcp_max_message_bytes=env_int(env, "KGB_MCP_MAX_MESSAGE_BYTES", cls.mcp_max_message_bytes),

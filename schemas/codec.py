@@ -161,6 +161,11 @@ class Encoder:
         self._schema = schema
         self._header = header
 
+    @property
+    def header(self) -> bytes:
+        """The framing in front of every record's body: reframing an encoded record swaps only this."""
+        return self._header
+
     def encode(self, record: dict) -> bytes:
         """The framed message; a record that does not fit raises `EncodeError`."""
         buf = io.BytesIO()

@@ -26,6 +26,7 @@ from consumers.winni import WinniSettings, run
 from proxy.app import build_app
 from proxy.mcp import build_mcp_app
 from proxy.settings import ProxySettings
+from tests.capture import capture_worker
 from tests import services
 
 DEADLINE = 90.0
@@ -118,6 +119,7 @@ async def mcp_pipeline(
     task = asyncio.create_task(run(winni_settings, stop), name="winni")
     try:
         async with contextlib.AsyncExitStack() as apps:
+            await apps.enter_async_context(capture_worker(settings))
             relay = await apps.enter_async_context(serving(build_mcp_app(settings)))
             api = await apps.enter_async_context(serving(build_app(settings))) if api_upstream else None
             yield McpPipeline(relay, api, topic, mcp_topic, bootstrap, database, env, task)

@@ -41,7 +41,7 @@ from yarl import URL
 
 from proxy import decode, errors
 # The API proxy's own small I/O helpers: reading a bounded body, writing to a client that may be gone.
-from proxy.app import HOP_BY_HOP, METRICS, PUBLISHER, SETTINGS, _abort, _decoded, _read_body, _send, end_to_end
+from proxy.app import HOP_BY_HOP, METRICS, MCP_SINK, SETTINGS, _abort, _decoded, _read_body, _send, end_to_end
 from proxy.capture import RedactionPolicy, now_us
 from proxy.mcp import events
 from proxy.mcp.keys import HTTP_SESSION, POLICY
@@ -230,7 +230,7 @@ async def forward(request: web.Request, name: str, where: Any, messages: bool) -
                         _decoded(request.raw_headers), request.remote)
     url = http_upstream(request, name)
     origin = events.Origin(events.STREAMABLE_HTTP, name, url and events.recorded_url(url, app[POLICY]))
-    recorder = events.Recorder(origin, app[POLICY], app[PUBLISHER].submit,
+    recorder = events.Recorder(origin, app[POLICY], app[MCP_SINK].submit,
                                protocol_version=events.header(record.headers, "mcp-protocol-version"))
     exchange = Exchange(request, record, recorder, messages)
     try:

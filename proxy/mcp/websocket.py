@@ -34,7 +34,7 @@ import aiohttp
 from aiohttp import WSMsgType, web
 from yarl import URL
 
-from proxy.app import HOP_BY_HOP, PUBLISHER, SESSION, SETTINGS, end_to_end
+from proxy.app import HOP_BY_HOP, MCP_SINK, SESSION, SETTINGS, end_to_end
 from proxy.capture import RedactionPolicy
 from proxy.mcp import events
 from proxy.mcp.keys import POLICY
@@ -242,7 +242,7 @@ async def relay(request: web.Request) -> web.WebSocketResponse:
     name = request.query.get("upstream", "")
     url = settings.mcp_upstreams.get(name)
     origin = events.Origin(events.WEBSOCKET, name, url and events.recorded_url(url, app[POLICY]))
-    recorder = Recorder(origin, app[POLICY], app[PUBLISHER].submit)
+    recorder = Recorder(origin, app[POLICY], app[MCP_SINK].submit)
     handshake = Handshake(request.rel_url.raw_path, request.rel_url.raw_query_string, list(request.headers.items()),
                           client_address=request.remote)
     if not is_websocket(url):

@@ -31,6 +31,7 @@ from consumers.winni import WinniSettings, run
 from proxy.app import build_app
 from proxy.settings import ProxySettings
 from tests import services
+from tests.capture import capture_worker
 from tests.fakes.anthropic import FakeAnthropic
 from tests.mcp_pipeline import serving
 
@@ -72,8 +73,8 @@ def winni_settings(bootstrap: str, topic: str, database: str) -> WinniSettings:
 
 @contextlib.asynccontextmanager
 async def running_proxy(settings: ProxySettings) -> AsyncIterator[str]:
-    """The proxy app served on a free port of 127.0.0.1; yields its base URL."""
-    async with serving(build_app(settings)) as url:
+    """The proxy app served on a free port of 127.0.0.1, and its capture worker; yields its base URL."""
+    async with capture_worker(settings), serving(build_app(settings)) as url:
         yield url
 
 
@@ -107,6 +108,7 @@ class Pipeline:
     topic: str
     database: str
     winni: asyncio.Task[None]
+    spool: Path
 
     async def query(self, sql: str, *args: object) -> list[asyncpg.Record]:
         conn = await asyncpg.connect(self.database)
@@ -170,4 +172,5 @@ async def pipeline(
         running_winni(winni_settings(kafka.bootstrap, topic, database)) as winni,
         running_proxy(proxy_settings(fake.url, kafka.bootstrap, topic, tmp_path / "spool")) as url,
     ):
-        yield Pipeline(url=url, fake=fake, bootstrap=kafka.bootstrap, topic=topic, database=database, winni=winni)
+        yield Pipeline(url=url, fake=fake, bootstrap=kafka.bootstrap, topic=topic, database=database, winni=winni,
+                       spool=tmp_path / "spool")

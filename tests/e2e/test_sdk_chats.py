@@ -93,7 +93,7 @@ async def stack(kafka: services.KafkaBroker, topic: str, database: str, tmp_path
             running(run_metrics, metrics_settings, "metrics"),
             running_proxy(proxy_settings(fake.url, kafka.bootstrap, topic, tmp_path / "spool")) as url,
         ):
-            built = Stack(Pipeline(url, fake, kafka.bootstrap, topic, database, task), dewey)
+            built = Stack(Pipeline(url, fake, kafka.bootstrap, topic, database, task, tmp_path / "spool"), dewey)
             try:
                 yield built
             finally:

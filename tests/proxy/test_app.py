@@ -17,7 +17,6 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 import pytest
-from aiohttp import web
 
 from proxy.app import HOP_BY_HOP, build_app
 from proxy.settings import ProxySettings
@@ -30,6 +29,7 @@ from tests.fakes.anthropic import (
     text_stream,
     tool_use_stream,
 )
+from tests.capture import Served, serve_captured
 from tests.services import free_port
 from tests.topic import by_exchange, read_events
 
@@ -73,12 +73,9 @@ def settings_for(upstream: str, bootstrap: str, topic: str, spool: Path, **overr
     return dataclasses.replace(ProxySettings.from_env(env), **overrides)
 
 
-async def serve(settings: ProxySettings) -> tuple[str, web.AppRunner]:
-    runner = web.AppRunner(build_app(settings), access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return f"http://127.0.0.1:{port}", runner
+async def serve(settings: ProxySettings) -> tuple[str, Served]:
+    served = await serve_captured(build_app(settings), settings)
+    return f"http://127.0.0.1:{served.port}", served
 
 
 @pytest.fixture

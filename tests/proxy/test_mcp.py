@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from aiohttp import WSMsgType, web
+from aiohttp import WSMsgType
 
 from kgb.config import SettingsError
 from proxy.mcp import build_mcp_app
@@ -35,6 +35,7 @@ from schemas.codec import fingerprint, history, raw_schema
 from tests.e2e.scan import hits, topic_bytes
 from tests.fakes.mcp_server import PROTOCOL_VERSION, FakeMcpServer
 from tests.proxy.test_app import API_KEY
+from tests.capture import Served, serve_captured
 from tests.services import free_port
 from tests.test_cli import KGB, wait_healthy
 from tests.topic import read_events
@@ -60,7 +61,7 @@ class Stack:
     server: FakeMcpServer
     topic: str
     bootstrap: str
-    runner: web.AppRunner
+    runner: Served
 
     def at(self, name: str | None, path: str = "/") -> str:
         return self.url + path + (f"?upstream={name}" if name is not None else "")
@@ -78,12 +79,9 @@ def settings_for(upstreams: str, bootstrap: str, topic: str, spool: Path) -> Pro
     })
 
 
-async def serve(settings: ProxySettings) -> tuple[str, web.AppRunner]:
-    runner = web.AppRunner(build_mcp_app(settings), access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return f"ws://127.0.0.1:{port}", runner
+async def serve(settings: ProxySettings) -> tuple[str, Served]:
+    served = await serve_captured(build_mcp_app(settings), settings)
+    return f"ws://127.0.0.1:{served.port}", served
 
 
 @pytest.fixture
@@ -324,7 +322,7 @@ async def test_plain_http_gets_status_pages_or_426(stack: Stack) -> None:
         async with session.get(base + "/ready") as ready:
             assert ready.status == 200
         async with session.get(base + "/metrics") as metrics:
-            assert "kgb_events_submitted" in await metrics.text()
+            assert "kgb_spool_bytes" in await metrics.text()
         async with session.get(base + "/?upstream=fake") as other:
             assert other.status == 426
 

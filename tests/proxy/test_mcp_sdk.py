@@ -70,7 +70,8 @@ async def test_streamable_http_through_the_relay_is_what_the_server_sends(kafka,
             relayed = await run(pipeline.at("sdk"), mode)
             calls = await pipeline.calls(len(direct[0]) - 1, "tools/call")
             sessions = await pipeline.wait_for("SELECT * FROM mcp_sessions", ended if mode == "legacy" else bool)
-            http = await pipeline.query("SELECT method, status, error_type FROM mcp_http_requests")
+            deleted = (lambda rows: any(r["method"] == "DELETE" for r in rows)) if mode == "legacy" else bool
+            http = await pipeline.wait_for("SELECT method, status, error_type FROM mcp_http_requests", deleted)
 
     assert relayed == direct
     tool_calls = [c for c in calls if c["method"] == "tools/call"]

@@ -17,6 +17,8 @@ import orjson
 import pytest
 
 from proxy.mcp.stdio import LineSplitter, claim_spool, exit_status
+from proxy.logformat import Kind
+from proxy.logreader import LogReader, Position
 from tests.services import free_port
 from tests.test_cli import KGB
 from tests.topic import read_events
@@ -90,13 +92,14 @@ async def test_signals_reach_the_server_and_its_exit_code_comes_back(kafka, topi
     assert closed["process"]["exit_code"] == 42
 
 
-async def test_a_dead_broker_costs_the_relay_nothing_and_the_events_wait_in_the_spool(tmp_path: Path) -> None:
+async def test_a_dead_broker_costs_the_relay_nothing_and_the_events_wait_in_the_log(tmp_path: Path) -> None:
     env = shim_env(tmp_path, f"127.0.0.1:{free_port()}", "kgb-unused")
     process = await shim(env, sys.executable, "-c", ECHO)
     out, _ = await asyncio.wait_for(process.communicate(b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n'), 60)
     assert out == b'{"jsonrpc":"2.0","id":1,"method":"pong"}\n' and process.returncode == 0
-    segments = list((tmp_path / "spool" / "mcp-stdio" / "0").glob("*.seg"))
-    assert segments and sum(p.stat().st_size for p in segments) > 0
+    log = tmp_path / "spool" / "mcp-stdio" / "0"
+    kinds = [read.record.kind for read in LogReader(log, Position(0, 0)).poll()]
+    assert kinds.count(Kind.EVENT) == 4, "OPEN, both messages and CLOSE wait in the shim's capture log"
 
 
 def test_each_running_shim_gets_its_own_spool_slot(tmp_path: Path) -> None:
