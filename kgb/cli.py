@@ -108,7 +108,7 @@ def _mcp_stdio(args: argparse.Namespace) -> None:
     from proxy.mcp.stdio import ShimSettings, main
     from proxy.settings import ProxySettings
 
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    command = args.server_command[1:] if args.server_command[:1] == ["--"] else args.server_command
     if not command:
         raise SettingsError("kgb mcp stdio NAME -- COMMAND [ARGS...]: the server's command is missing")
     raise SystemExit(main(ShimSettings.of(args.name, command, ProxySettings.from_env())))
@@ -227,7 +227,8 @@ def parser() -> argparse.ArgumentParser:
              "every message is published to KGB_MCP_TOPIC, and the exit code is the server's")
     stdio = transports.add_parser("stdio", help=about, description=about)
     stdio.add_argument("name", help="the server's name, as in Claude Code's MCP config (mcp__NAME__TOOL)")
-    stdio.add_argument("command", nargs=argparse.REMAINDER, help="-- then the server's command and arguments")
+    stdio.add_argument("server_command", metavar="command", nargs=argparse.REMAINDER,
+                       help="-- then the server's command and arguments")
     stdio.set_defaults(run=_mcp_stdio)
 
     consume = commands.add_parser("consume", help="run a consumer group")

@@ -93,7 +93,7 @@ class SecretURL(Secret):
 
     @property
     def masked(self) -> str:
-        return mask_url(self)
+        return mask_url(str(self))  # a plain str: one without "://" comes back as it is, and must not print as this
 
 
 def env_url(env: Mapping[str, str], name: str, default: str) -> SecretURL:

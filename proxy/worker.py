@@ -28,6 +28,7 @@ from pathlib import Path
 import aiohttp
 from aiokafka.errors import KafkaError
 
+from kgb.outages import KAFKA_WATCH, Reporter
 from proxy import checkpoint
 from proxy.assemble import Assembler, Built
 from proxy.capture import RedactionPolicy
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 IDLE_MIN, IDLE_MAX = 0.001, 0.05  # seconds between polls of a log with nothing new
 SAVE_EVERY = 0.2  # seconds between checkpoint writes while publishing
+REGISTRY_RETRY = 5.0  # seconds between attempts to register the schemas while the registry is away
 MAX_UNACKED = 5000  # exchanges sent but not yet acknowledged before the worker waits on Kafka
 RETRY_MIN, RETRY_MAX = 0.2, 5.0
 LOCK_FILE = "worker.lock"
@@ -78,8 +80,11 @@ class Counts:
 class Session:
     """One producer's life: from the checkpoint until stopped or Kafka fails."""
 
-    def __init__(self, settings: CaptureSettings, policy: RedactionPolicy, http: aiohttp.ClientSession | None) -> None:
+    def __init__(
+        self, settings: CaptureSettings, policy: RedactionPolicy, http: aiohttp.ClientSession | None, kafka: Reporter
+    ) -> None:
         self.settings = settings
+        self.kafka = kafka
         self.directory = settings.spool_dir
         self.link = KafkaLink(settings, http)
         self.reader = LogReader(self.directory, checkpoint.load(self.directory))
@@ -91,8 +96,10 @@ class Session:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.link.open()
+        self.kafka.recovered()
         loop = asyncio.get_running_loop()
         idle, saved_at = IDLE_MIN, loop.time()
+        asked_registry_at = saved_at
         while not stop.is_set():
             reads = self.reader.poll()
             for read in reads:
@@ -101,6 +108,9 @@ class Session:
             if loop.time() - saved_at >= SAVE_EVERY:
                 self._save()
                 saved_at = loop.time()
+            if loop.time() - asked_registry_at >= REGISTRY_RETRY:
+                await self.link.register_schemas()  # nothing once registered
+                asked_registry_at = loop.time()
             if reads:
                 idle = IDLE_MIN
                 continue
@@ -258,14 +268,14 @@ async def _sessions(settings: ProxySettings, stop: asyncio.Event) -> None:
     policy = RedactionPolicy(settings.rules(), settings.redact_headers, b"")
     log.info("capture worker: log %s to Kafka %s", capture.spool_dir, capture.kafka.bootstrap)
     retry = RETRY_MIN
+    kafka = KAFKA_WATCH.reporter  # one outage, whether a session fails or aiokafka's records say so first
     async with aiohttp.ClientSession() as http:
         while not stop.is_set():
-            session = Session(capture, policy, http)
+            session = Session(capture, policy, http, kafka)
             try:
                 await session.run(stop)
             except (KafkaError, OSError, TimeoutError) as exc:
-                log.warning("capture worker: Kafka failed (%s: %s); resuming from the checkpoint in %.1fs",
-                            type(exc).__name__, exc, retry)
+                kafka.failed(f"{type(exc).__name__}: {exc}; resuming from the checkpoint in {retry:.1f}s")
             finally:
                 await session.close()
             retry = RETRY_MIN if session.progressed else min(retry * 2, RETRY_MAX)

@@ -157,10 +157,12 @@ def test_every_setting_the_tools_read_is_known() -> None:
     assert sorted(used - known_settings()) == []
 
 
-async def test_the_proxy_without_its_broker_says_so_once_and_ready_names_it(tmp_path: Path) -> None:
+async def test_the_proxy_without_its_broker_says_so_once_and_stays_ready(tmp_path: Path) -> None:
+    """Kafka is the capture worker's: the relay is ready while the capture log has room, and the worker
+    says once that Kafka is away, however often aiokafka retries."""
     port = free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("KGB_")},
-           "KGB_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}", "KGB_SPOOL_DIR": str(tmp_path), "KGB_PUBLISH_STALL_SECONDS": "0.2"}
+           "KGB_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}", "KGB_SPOOL_DIR": str(tmp_path)}
     log = tmp_path / "proxy.log"
     process = await asyncio.create_subprocess_exec(
         *KGB, "proxy", "--port", str(port), "--mcp-port", str(free_port()), env=env, stderr=log.open("w"),
@@ -173,13 +175,12 @@ async def test_the_proxy_without_its_broker_says_so_once_and_ready_names_it(tmp_
             while "Kafka (KGB_KAFKA_BOOTSTRAP) is away" not in log.read_text():
                 await asyncio.sleep(0.1)
             async with session.get(url + "/ready") as response:
-                assert response.status == 503
-                waiting = (await response.json())["waiting_for"]
+                ready = response.status, await response.json()
             await asyncio.sleep(3)  # aiokafka retries many times a second meanwhile
     finally:
         process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(process.wait(), 60)
-    assert any("Kafka (KGB_KAFKA_BOOTSTRAP)" in reason for reason in waiting), waiting
+    assert ready == (200, {"status": "ready"})
     lines = log.read_text().splitlines()
     assert not [line for line in lines if "aiokafka" in line or "Traceback" in line], lines
     assert sum("Kafka (KGB_KAFKA_BOOTSTRAP) is away" in line for line in lines) == 1, lines

@@ -36,7 +36,7 @@ async def test_claude_code_calls_mcp_tools_through_kgb_and_each_call_is_linked(k
             config = {"mcpServers": {
                 "web": {"type": "http", "url": pipeline.at("web")},
                 "tools": {"type": "stdio", "command": stdio[0], "args": stdio[1:],
-                          "env": {**pipeline.env, "PYTHONPATH": REPO, "KGB_PUBLISH_STALL_SECONDS": "1"}},
+                          "env": {**pipeline.env, "PYTHONPATH": REPO}},
             }}
             (tmp_path / "mcp.json").write_text(json.dumps(config))
             assert pipeline.api is not None

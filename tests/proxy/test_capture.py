@@ -7,12 +7,13 @@ from typing import Any
 import orjson
 
 from kgb.documents import parse_json
-from proxy.capture import RedactionPolicy, RequestRecord, ResponseRecorder, request_event, response_event
+from proxy.capture import Ending, RedactionPolicy, RequestRecord, ResponseRecorder, request_event, response_event
 from proxy.mcp.events import Message, message_fields
 from proxy.redact import BUILTIN_RULES
 from tests.proxy.planted import ANTHROPIC_KEY, SECRETS, escaped, sse, text_delta
 
 POLICY = RedactionPolicy(BUILTIN_RULES, frozenset(), b"test-key")
+COMPLETE = Ending(client_disconnected=False, upstream_complete=True, ttfb_ms=None, duration_ms=0.0, ended_at=0)
 GITHUB = SECRETS["github_token"]
 
 
@@ -28,7 +29,7 @@ def response(record: RequestRecord, body: bytes, *, sse_stream: bool = True) -> 
     content_type = "text/event-stream" if sse_stream else "application/json"
     recorder = ResponseRecorder(record, 200, [("content-type", content_type)])
     recorder.feed(body)
-    finished = recorder.finish(client_disconnected=False, upstream_complete=True)
+    finished = recorder.finish(COMPLETE)
     return response_event(record, finished, request_event(record, POLICY)[1], POLICY)
 
 

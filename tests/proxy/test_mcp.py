@@ -356,7 +356,7 @@ def test_kgb_proxy_says_which_port_it_cannot_take(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = {**os.environ, "KGB_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}", "KGB_PUBLISH_STALL_SECONDS": "0.1",
+        env = {**os.environ, "KGB_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
                "KGB_SPOOL_DIR": str(tmp_path)}
         result = subprocess.run([*KGB, "proxy", "--port", str(free_port()), "--mcp-port", str(port)],
                                 capture_output=True, text=True, env=env, timeout=120)

@@ -40,8 +40,7 @@ time.sleep(60)
 
 
 def shim_env(tmp_path: Path, bootstrap: str, topic: str) -> dict[str, str]:
-    return {**os.environ, "KGB_KAFKA_BOOTSTRAP": bootstrap, "KGB_MCP_TOPIC": topic, "KGB_SPOOL_DIR": str(tmp_path / "spool"),
-            "KGB_PUBLISH_STALL_SECONDS": "1"}
+    return {**os.environ, "KGB_KAFKA_BOOTSTRAP": bootstrap, "KGB_MCP_TOPIC": topic, "KGB_SPOOL_DIR": str(tmp_path / "spool")}
 
 
 async def shim(env: dict[str, str], *command: str) -> asyncio.subprocess.Process:

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 
 from proxy.capture import RequestRecord, ResponseRecorder, request_event, response_event
 from tests.plants import Plant, Secret, plants, reply, request_parts
-from tests.proxy.test_capture import POLICY, stored_forms
+from tests.proxy.test_capture import COMPLETE, POLICY, stored_forms
 
 EXAMPLES = 400
 
@@ -27,7 +27,7 @@ def events_of(plant: Plant) -> list[dict]:
     for chunk in answer.body:
         recorder.feed(chunk)
     event, facts = request_event(record, POLICY)
-    return [event, response_event(record, recorder.finish(client_disconnected=False, upstream_complete=True), facts, POLICY)]
+    return [event, response_event(record, recorder.finish(COMPLETE), facts, POLICY)]
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
