@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -111,9 +112,14 @@ def hyperscan_engine(patterns: Sequence[bytes]) -> Scan:
     flags = hyperscan.HS_FLAG_DOTALL | hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_SINGLEMATCH
     database.compile(expressions=list(patterns), ids=list(range(len(patterns))), elements=len(patterns), flags=[flags] * len(patterns))
 
+    local = threading.local()  # a scratch space serves one scan at a time: one per thread
+
     def scan(data: bytes) -> set[int]:
+        scratch = getattr(local, "scratch", None)
+        if scratch is None:
+            scratch = local.scratch = hyperscan.Scratch(database)
         found: set[int] = set()
-        database.scan(data, match_event_handler=lambda rule, *_: found.add(rule))
+        database.scan(data, match_event_handler=lambda rule, *_: found.add(rule), scratch=scratch)
         return found
 
     return scan

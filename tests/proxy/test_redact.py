@@ -1,3 +1,4 @@
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qsl, quote, unquote_plus
 
 import orjson
@@ -189,3 +190,12 @@ def test_a_stream_is_rewritten_without_a_secret_split_across_deltas_or_escaped_i
 def test_a_form_encoded_bearer_token_in_a_query_is_found() -> None:
     query, fired = redact_query("next=Bearer+abcdefghijklmnopqrstuvwxyz012345&x=1", BUILTIN_RULES)
     assert fired == ["bearer_token"] and "abcdefghijklmnopqrstuvwxyz012345" not in query
+
+
+@pytest.mark.parametrize("engine", [hyperscan_engine, re2_engine])
+def test_one_matcher_scans_from_many_threads_at_once(engine: Engine) -> None:
+    found = Matcher(BUILTIN_RULES, engine)
+    body = b"x" * 200_000 + ANTHROPIC_KEY.encode()
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: [rule.name for rule in found.candidates(body)], range(200)))
+    assert all("anthropic_key" in names for names in results)
