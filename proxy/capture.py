@@ -35,7 +35,7 @@ from proxy.redact import (
     redact_stream,
 )
 from proxy.session import Identity, identify
-from proxy.sse import MessageAssembler, Reassembled, SSEParser
+from proxy.sse import MessageStream, Reassembled
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,7 @@ class ResponseRecorder:
         self._decoder: decode.Decoder | None = None
         self._decode_failed = False
         self._text = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._parser = SSEParser() if self.is_sse else None
-        self._assembler = MessageAssembler() if self.is_sse else None
+        self._stream = MessageStream() if self.is_sse else None
         self._first_byte_ns: int | None = None
         try:
             self._decoder = decode.decoder_for(self.content_encoding)
@@ -120,9 +119,8 @@ class ResponseRecorder:
         if not data:
             return
         self._chunks.append(data)
-        if self._parser is not None and self._assembler is not None:
-            for event in self._parser.feed(self._text.decode(data)):
-                self._assembler.feed(event)
+        if self._stream is not None:
+            self._stream.feed(self._text.decode(data))
 
     def finish(self, *, client_disconnected: bool, upstream_complete: bool) -> ResponseRecord:
         if not self._decode_failed and self._decoder is not None:
@@ -131,10 +129,9 @@ class ResponseRecorder:
             except Exception:  # noqa: BLE001
                 self._decode_failed = True
         assembled = None
-        if self._parser is not None and self._assembler is not None:
-            for event in self._parser.feed(self._text.decode(b"", final=True)) + self._parser.flush():
-                self._assembler.feed(event)
-            assembled = self._assembler.finish()
+        if self._stream is not None:
+            self._stream.feed(self._text.decode(b"", final=True))
+            assembled = self._stream.finish()
         end = time.perf_counter_ns()
         first = self._first_byte_ns
         return ResponseRecord(

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from consumers.source import Backoff
 from consumers.winni.settings import positive, schema_name
 from kgb.config import KafkaSettings, SecretURL, SettingsError, env_float, env_int, env_str, env_url
+from kgb.topics import TopicSettings
 
 # Dewey's documented limit for one dewey_store_messages_bulk call.
 MAX_BULK_MESSAGES = 1000
@@ -43,6 +44,7 @@ class DeweySettings:
     """
 
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    topics: TopicSettings = field(default_factory=TopicSettings)
     database_url: SecretURL = SecretURL("postgresql://postgres@127.0.0.1:5432/winni")
     db_schema: str = "kgb_dewey"
     group: str = "kgb-dewey"
@@ -57,6 +59,7 @@ class DeweySettings:
     def from_env(cls, env: Mapping[str, str] = os.environ) -> DeweySettings:
         return cls(
             kafka=KafkaSettings.from_env(env),
+            topics=TopicSettings.from_env(env),
             database_url=env_url(env, "KGB_DATABASE_URL", cls.database_url),
             db_schema=schema_name(env_str(env, "KGB_DEWEY_SCHEMA", cls.db_schema)),
             group=env_str(env, "KGB_DEWEY_GROUP", cls.group),

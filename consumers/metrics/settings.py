@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from consumers.source import Backoff
 from consumers.winni.settings import positive, schema_name
 from kgb.config import KafkaSettings, SecretURL, SettingsError, env_float, env_int, env_opt, env_str, env_url
+from kgb.topics import TopicSettings
 
 
 def _schema(raw: str) -> str:
@@ -32,6 +33,7 @@ class MetricsSettings:
     """
 
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    topics: TopicSettings = field(default_factory=TopicSettings)
     database_url: SecretURL = SecretURL("postgresql://postgres@127.0.0.1:5432/winni")
     db_schema: str = "kgb_metrics"
     group: str = "kgb-metrics"
@@ -45,6 +47,7 @@ class MetricsSettings:
     def from_env(cls, env: Mapping[str, str] = os.environ) -> MetricsSettings:
         return cls(
             kafka=KafkaSettings.from_env(env),
+            topics=TopicSettings.from_env(env),
             database_url=env_url(env, "KGB_DATABASE_URL", cls.database_url),
             db_schema=_schema(env_str(env, "KGB_METRICS_SCHEMA", cls.db_schema)),
             group=env_str(env, "KGB_METRICS_GROUP", cls.group),

@@ -34,7 +34,8 @@ import orjson
 
 from consumers import mcp
 from consumers.source import Record
-from consumers.winni.store import headers_json, jsonb_safe, queries, timestamp, without_nul
+from consumers.winni.store import headers_json, jsonb_safe, queries, without_nul
+from schemas.codec import timestamp
 
 # Fixed forever: call ids derive from it, so a replay finds the same ids.
 NAMESPACE = uuid.UUID("3a4f0c1e-6b1d-4c56-9d0e-2f7a8b9c0d11")

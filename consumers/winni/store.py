@@ -23,7 +23,6 @@ import re
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any, NamedTuple
 
@@ -34,8 +33,8 @@ from consumers.errors import InvalidEvent
 from consumers.source import Record, Reject
 from consumers.sql import Queries, load_queries
 from consumers.winni.bodies import NUL_ESCAPE, PART_FIELDS, Body, SentKey, as_body, plain, sent_escape_nul
+from schemas.codec import timestamp
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 USAGE_COLUMNS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 # A \u0000 escape not itself escaped: preceded by an even number of backslashes.
@@ -49,11 +48,6 @@ def queries() -> Queries:
 
 
 # --- pure: events to rows ------------------------------------------------------
-
-
-def timestamp(micros: int | None) -> datetime | None:
-    """The codec's int microseconds as an aware datetime, exactly (no float rounding)."""
-    return None if micros is None else EPOCH + timedelta(microseconds=micros)
 
 
 def headers_json(headers: Iterable[dict[str, str]]) -> str:
@@ -326,3 +320,9 @@ async def write_parts(conn: asyncpg.Connection, parts: Iterable[Part]) -> None:
 async def write_dead_letters(conn: asyncpg.Connection, rejects: Sequence[Reject]) -> None:
     if rejects:
         await conn.executemany(queries().insert_dead_letter, [dead_letter_row(r) for r in rejects])
+
+
+async def mark_unanswered(conn: asyncpg.Connection, after_s: float) -> int:
+    """Mark the request-only rows stored more than `after_s` seconds ago; returns how many."""
+    status = await conn.execute(queries().mark_unanswered, after_s)
+    return int(status.rsplit(" ", 1)[1])
