@@ -59,7 +59,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError, for_code
 
-from kgb.config import KafkaSettings, SettingsError, env_float, env_int, env_opt, env_str
+from kgb.config import KafkaSettings, SettingsError, env_float, env_int, env_opt, env_str, mask_url
 from proxy.metrics import ProxyMetrics
 from proxy.spool import Batch, Spool
 from schemas.codec import EXCHANGE, Encoder, registry_encoder, single_object_encoder
@@ -676,11 +676,11 @@ class Publisher:
             self._registered = True
         except SchemaError as exc:
             if not self._registry_down:
-                log.warning("schema registry %s unavailable (%s); single-object encoding until it answers", url.masked, exc)
+                log.warning("schema registry %s unavailable (%s); single-object encoding until it answers", mask_url(url), exc)
             self._registry_down = True
             return
         if self._registry_down:
-            log.info("schema registry %s answers again; Confluent framing from now on", url.masked)
+            log.info("schema registry %s answers again; Confluent framing from now on", mask_url(url))
 
     # --- helpers ---------------------------------------------------------------------
 
