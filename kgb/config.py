@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import get_args, get_type_hints
 from urllib.parse import unquote_plus
 
 
@@ -93,7 +94,20 @@ class SecretURL(Secret):
 
     @property
     def masked(self) -> str:
-        return mask_url(str(self))  # a plain str: one without "://" comes back as it is, and must not print as this
+        return str.__str__(mask_url(self))  # a plain str: a URL with nothing to mask comes back as itself
+
+
+class HoldsSecrets:
+    """A settings dataclass whose `Secret` and `SecretURL` fields hold those types whoever built
+    it: `dataclasses.replace(settings, database_url="...")`, a test or a CLI override passes
+    a plain string, which would print unmasked in the settings' repr."""
+
+    def __post_init__(self) -> None:
+        for name, hint in get_type_hints(type(self)).items():
+            kind = next((kind for kind in (SecretURL, Secret) if hint is kind or kind in get_args(hint)), None)
+            value = getattr(self, name, None)
+            if kind is not None and isinstance(value, str) and not isinstance(value, kind):
+                object.__setattr__(self, name, kind(value))
 
 
 def env_url(env: Mapping[str, str], name: str, default: str) -> SecretURL:
@@ -113,7 +127,7 @@ def shown(value: str | None) -> str:
 
 
 @dataclass(frozen=True)
-class KafkaSettings:
+class KafkaSettings(HoldsSecrets):
     """Where events go and how they are framed; shared by the proxy and every consumer."""
 
     bootstrap: str = "127.0.0.1:9092"

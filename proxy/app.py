@@ -18,6 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from kgb.config import mask_url
 from kgb.outages import HEALTH
 from proxy import errors
 from proxy.capture import RequestRecord
@@ -173,7 +174,7 @@ def _fail(request: web.Request, exchange: Exchange, failure: errors.ProxyError) 
 
 
 async def health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "healthy", "upstream": request.app[SETTINGS].upstream_url.masked}, dumps=_dumps)
+    return web.json_response({"status": "healthy", "upstream": mask_url(request.app[SETTINGS].upstream_url)}, dumps=_dumps)
 
 
 async def ready(request: web.Request) -> web.Response:

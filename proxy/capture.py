@@ -298,9 +298,13 @@ def response_event(
 
 
 def _redact_json(value: Any, rules: Sequence[Rule], fired: list[str]) -> str | None:
+    """A reassembled message, redacted; None for one nested deeper than orjson writes (the body keeps it)."""
     if value is None:
         return None
-    document, hits = redact_document(value, rules)
+    try:
+        document, hits = redact_document(value, rules)
+    except orjson.JSONEncodeError:
+        return None
     fired.extend(hits)
     return orjson.dumps(document).decode()
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -111,9 +112,14 @@ def hyperscan_engine(patterns: Sequence[bytes]) -> Scan:
     flags = hyperscan.HS_FLAG_DOTALL | hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_SINGLEMATCH
     database.compile(expressions=list(patterns), ids=list(range(len(patterns))), elements=len(patterns), flags=[flags] * len(patterns))
 
+    local = threading.local()  # a scratch space serves one scan at a time: one per thread
+
     def scan(data: bytes) -> set[int]:
+        scratch = getattr(local, "scratch", None)
+        if scratch is None:
+            scratch = local.scratch = hyperscan.Scratch(database)
         found: set[int] = set()
-        database.scan(data, match_event_handler=lambda rule, *_: found.add(rule))
+        database.scan(data, match_event_handler=lambda rule, *_: found.add(rule), scratch=scratch)
         return found
 
     return scan
@@ -238,14 +244,18 @@ def redact_json(body: bytes, rules: Sequence[Rule], document: Any = None) -> tup
     document = parse_json(body) if document is None else document
     if document is None:
         return redact_body(body, rules)
-    cleaned, fired = redact_document(document, rules)
+    try:
+        cleaned, fired = redact_document(document, rules)
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes (254 levels; it reads 1024)
+        return redact_body(body, rules)
     return (orjson.dumps(cleaned), fired) if fired else (body, [])
 
 
 def redact_document(document: Any, rules: Sequence[Rule]) -> tuple[Any, list[str]]:
     """A parsed JSON document with every string redacted decoded, and every run of text
     blocks redacted as the one text it joins into (first, so that a secret's first half,
-    which may match alone, does not keep the rest). May change `document` in place."""
+    which may match alone, does not keep the rest). May change `document` in place;
+    raises `orjson.JSONEncodeError` for one nested too deep for orjson to write."""
     found = matcher(tuple(rules))
     fired: list[str] = []
     runs = list(_text_runs(document))
@@ -256,10 +266,36 @@ def redact_document(document: Any, rules: Sequence[Rule]) -> tuple[Any, list[str
                 block["text"] = text
             fired += hits
     canonical = orjson.dumps(document)
-    if found.candidates(canonical) or b"%" in canonical:
-        clean, hits = redact_body(canonical, rules)
-        document = orjson.loads(clean) if hits else document
+    if (found.candidates(canonical) or b"%" in canonical) and redact_body(canonical, rules)[1]:
+        document, hits = _redact_strings(document, rules)
         fired += hits
+    return document, fired
+
+
+def _redact_strings(document: Any, rules: Sequence[Rule]) -> tuple[Any, list[str]]:
+    """Each string of `document` (keys too) redacted on its own, in place: a match across
+    strings (a key's BEGIN in one field, its END in another) must not eat the JSON between
+    them. A loop, not recursion: orjson reads documents nested deeper than Python recurses."""
+    if type(document) is str:
+        return redact_text(document, rules)
+    fired: list[str] = []
+    stack = [document] if type(document) in (dict, list) else []
+    while stack:
+        node = stack.pop()
+        for key, value in list(node.items() if type(node) is dict else enumerate(node)):
+            if type(value) in (dict, list):
+                stack.append(value)
+            elif type(value) is str:
+                clean, hits = redact_text(value, rules)
+                if hits:
+                    node[key], fired = clean, fired + hits
+        if type(node) is dict:
+            renamed = {key: redact_text(key, rules) for key in node}
+            if any(hits for _, hits in renamed.values()):
+                fired += [name for _, hits in renamed.values() for name in hits]
+                items = [(renamed[key][0], value) for key, value in node.items()]
+                node.clear()
+                node.update(items)
     return document, fired
 
 
@@ -355,7 +391,10 @@ def redact_stream(body: bytes, rules: Sequence[Rule]) -> tuple[bytes, list[str]]
         fired += hits
     for i, document in enumerate(documents):
         if document is not None:
-            documents[i], hits = redact_document(document, rules)
+            try:
+                documents[i], hits = redact_document(document, rules)
+            except orjson.JSONEncodeError:  # too deep to write back: the event's text is redacted as it came
+                documents[i], hits = None, []
             fired += hits
     rendered = b"".join(_render(event, document, rules, fired) for event, document in zip(events, documents, strict=True))
     return rendered, fired

@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from yarl import URL
 
-from kgb.config import KafkaSettings, Secret, SecretURL, SettingsError, env_float, env_int, env_list, env_opt, env_secret, env_str
+from kgb.config import HoldsSecrets, KafkaSettings, Secret, SecretURL, SettingsError, env_float, env_int, env_list, env_opt, env_secret, env_str
 from proxy.logwriter import FsyncPolicy, LogSettings
 from proxy.redact import BUILTIN_RULES, Rule, custom_rules
 
@@ -80,7 +80,7 @@ class CaptureSettings:
 
 
 @dataclass(frozen=True)
-class ProxySettings:
+class ProxySettings(HoldsSecrets):
     upstream_url: SecretURL = SecretURL("https://api.anthropic.com")
     host: str = "127.0.0.1"
     port: int = 8089
@@ -98,10 +98,6 @@ class ProxySettings:
     mcp_port: int = 9000
     mcp_upstreams: dict[str, SecretURL] = field(default_factory=dict)
     mcp_max_message_bytes: int = 64 * 1024 * 1024
-
-    def __post_init__(self) -> None:
-        """`kgb proxy --upstream` puts a plain string here; it stays a SecretURL, so it prints masked."""
-        object.__setattr__(self, "upstream_url", SecretURL(self.upstream_url))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ProxySettings:

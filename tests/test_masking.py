@@ -46,6 +46,7 @@ def test_a_secret_works_as_its_value_and_prints_masked_in_any_repr() -> None:
     assert url == "postgresql://u:hunter2@h/db" and f"{url}" == "postgresql://u:hunter2@h/db"
     assert repr(url) == "'postgresql://u:****@h/db'" and url.masked == "postgresql://u:****@h/db"
     assert repr([Secret("s3cret")]) == "['****']"
+    assert repr(SecretURL("127.0.0.1:8089")) == "'127.0.0.1:8089'"  # nothing to mask: itself, as a plain str
 
 
 def every_settings_repr() -> list[str]:
@@ -61,8 +62,9 @@ def every_settings_repr() -> list[str]:
     }
     proxy = ProxySettings.from_env(env)
     cli = replace(proxy, upstream_url="https://cli:s3cret@127.0.0.1:2")  # `kgb proxy --upstream`
+    overridden = replace(WinniSettings(), database_url="postgresql://winni:hunter2@db/w")  # a plain string, as tests pass it
     built = [WinniSettings.from_env(env), MetricsSettings.from_env(env), DeweySettings.from_env(env),
-             WebSettings.from_env(env), proxy, cli]
+             WebSettings.from_env(env), proxy, cli, overridden]
     return [repr(settings) for settings in built] + [str(settings) for settings in built]
 
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from consumers.winni.settings import schema_name
-from kgb.config import Secret, SecretURL, SettingsError, env_float, env_int, env_secret, env_str, env_url
+from kgb.config import HoldsSecrets, Secret, SecretURL, SettingsError, env_float, env_int, env_secret, env_str, env_url
 
 
 def _schema(name: str, raw: str) -> str:
@@ -29,7 +29,7 @@ def is_loopback(host: str) -> bool:
 
 
 @dataclass(frozen=True)
-class WebSettings:
+class WebSettings(HoldsSecrets):
     """Where the viewer listens and what it reads.
 
     ``db_schema`` is winni's (``KGB_DB_SCHEMA``) and ``metrics_schema`` the
@@ -53,6 +53,7 @@ class WebSettings:
     pool_size: int = 4
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not is_loopback(self.host) and not self.token:
             raise SettingsError(
                 f"KGB_WEB_HOST={self.host} lets other machines connect: set KGB_WEB_TOKEN (a long random secret) "

@@ -39,6 +39,7 @@ from consumers.source import Batch, Handler, Record, consume
 from consumers.sql import Migration, load_migrations
 from consumers.service import open_consumer, open_database, open_decoders
 from consumers.winni.consumer import make_handler as winni_handler
+from kgb.config import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ async def run(settings: DeweySettings, stop: asyncio.Event | None = None) -> Non
         consumer = await open_consumer(resources, settings, stop)
         if consumer is None:
             return
-        log.info("dewey sending to %s", settings.url)
+        log.info("dewey sending to %s", mask_url(settings.url))
         await consume(
             consumer, decoders, make_handler(pool, dewey, Limits(settings.bulk_size, settings.bulk_bytes)),
             stop=stop, batch_size=settings.batch_size, backoff=settings.backoff,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from consumers.source import Backoff
 from consumers.winni.settings import positive, schema_name
-from kgb.config import KafkaSettings, SecretURL, SettingsError, env_float, env_int, env_str, env_url
+from kgb.config import HoldsSecrets, KafkaSettings, SecretURL, SettingsError, env_float, env_int, env_str, env_url
 from kgb.topics import TopicSettings
 
 # Dewey's documented limit for one dewey_store_messages_bulk call.
@@ -30,7 +30,7 @@ class JitteredBackoff(Backoff):
 
 
 @dataclass(frozen=True)
-class DeweySettings:
+class DeweySettings(HoldsSecrets):
     """Where the Dewey consumer reads, keeps its state, and sends.
 
     ``db_schema`` (``KGB_DEWEY_SCHEMA``, default ``kgb_dewey``) holds this

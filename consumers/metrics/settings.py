@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from consumers.source import Backoff
 from consumers.winni.settings import positive, schema_name
-from kgb.config import KafkaSettings, SecretURL, SettingsError, env_float, env_int, env_opt, env_str, env_url
+from kgb.config import HoldsSecrets, KafkaSettings, SecretURL, SettingsError, env_float, env_int, env_opt, env_str, env_url
 from kgb.topics import TopicSettings
 
 
@@ -21,7 +21,7 @@ def _schema(raw: str) -> str:
 
 
 @dataclass(frozen=True)
-class MetricsSettings:
+class MetricsSettings(HoldsSecrets):
     """Where the metrics consumer reads, writes and listens.
 
     ``db_schema`` is the metrics tables' own schema (``KGB_METRICS_SCHEMA``,

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from consumers.source import Backoff
-from kgb.config import KafkaSettings, SecretURL, SettingsError, env_float, env_int, env_str, env_url
+from kgb.config import HoldsSecrets, KafkaSettings, SecretURL, SettingsError, env_float, env_int, env_str, env_url
 from kgb.topics import TopicSettings
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -47,7 +47,7 @@ def positive_seconds(name: str, value: float) -> float:
 
 
 @dataclass(frozen=True)
-class WinniSettings:
+class WinniSettings(HoldsSecrets):
     """Where winni reads from and writes to.
 
     ``batch_size`` bounds both the events per database transaction and the

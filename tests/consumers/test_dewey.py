@@ -323,3 +323,13 @@ async def test_an_mcp_session_is_one_dewey_conversation_sent_exactly_once(
     assert [m["metadata"]["position"] for m in conversation.messages] == list(range(12))
     assert [m["role"] for m in conversation.messages] == ["user", "assistant"] * 6
     assert conversation.messages[0]["metadata"]["content"]["params"]["name"] == "find", "the JSON-RPC message, exactly"
+
+
+async def test_the_dewey_url_is_logged_without_its_password(
+    settings: DeweySettings, dewey: FakeDewey, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="consumers.dewey")
+    url = dewey.url.replace("://", "://kgb:s3cret@", 1)  # a plain string, as a test or an override passes it
+    async with consumer(replace(settings, url=url)):
+        await until(lambda: any("dewey sending to" in record.getMessage() for record in caplog.records))
+    assert "dewey sending to " + url.replace("s3cret", "****") in caplog.text and "s3cret" not in caplog.text

@@ -44,7 +44,15 @@ def stored_forms(value: Any) -> bytes:
         return b""
     raw = value.encode() if isinstance(value, str) else value
     lines = [raw, *(line[5:].strip() for line in raw.splitlines() if line.startswith(b"data:"))]
-    return b"\n".join([raw, *(orjson.dumps(parsed) for parsed in map(parse_json, lines) if parsed is not None)])
+    return b"\n".join([raw, *(decoded(parsed) for parsed in map(parse_json, lines) if parsed is not None)])
+
+
+def decoded(document: Any) -> bytes:
+    """The document written back with its escapes resolved; nothing for one too deep for orjson to write."""
+    try:
+        return orjson.dumps(document)
+    except orjson.JSONEncodeError:
+        return b""
 
 
 def leaks(event: dict[str, Any], *secrets: str) -> list[str]:
@@ -109,3 +117,10 @@ def test_an_escaped_secret_in_an_mcp_payload_is_redacted() -> None:
     payload = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{"key":"' + escaped(GITHUB).encode() + b'"}}}'
     (fields,) = message_fields(Message("CLIENT_TO_SERVER", payload), POLICY)
     assert "github_token" in fields["redactions"] and leaks(fields, GITHUB) == []
+
+
+def test_a_request_nested_deeper_than_orjson_writes_still_makes_its_event() -> None:
+    record = request()
+    record.body = b'{"messages":' + b"[" * 300 + orjson.dumps(ANTHROPIC_KEY) + b"]" * 300 + b"}"
+    event, _ = request_event(record, POLICY)
+    assert leaks(event, ANTHROPIC_KEY) == [] and "anthropic_key" in event["redactions"]

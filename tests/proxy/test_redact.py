@@ -1,3 +1,4 @@
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qsl, quote, unquote_plus
 
 import orjson
@@ -189,3 +190,30 @@ def test_a_stream_is_rewritten_without_a_secret_split_across_deltas_or_escaped_i
 def test_a_form_encoded_bearer_token_in_a_query_is_found() -> None:
     query, fired = redact_query("next=Bearer+abcdefghijklmnopqrstuvwxyz012345&x=1", BUILTIN_RULES)
     assert fired == ["bearer_token"] and "abcdefghijklmnopqrstuvwxyz012345" not in query
+
+
+@pytest.mark.parametrize("engine", [hyperscan_engine, re2_engine])
+def test_one_matcher_scans_from_many_threads_at_once(engine: Engine) -> None:
+    found = Matcher(BUILTIN_RULES, engine)
+    body = b"x" * 200_000 + ANTHROPIC_KEY.encode()
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: [rule.name for rule in found.candidates(body)], range(200)))
+    assert all("anthropic_key" in names for names in results)
+
+
+def test_a_match_across_two_json_strings_does_not_eat_the_json_between_them() -> None:
+    body = b'{"a":"-----BEGIN RSA PRIVATE KEY-----","b":"x -----END RSA PRIVATE KEY-----"}'
+    assert redact_json(body, BUILTIN_RULES) == (body, [])
+
+
+def test_a_secret_in_a_json_key_is_redacted_and_the_order_kept() -> None:
+    body = orjson.dumps({"a": 1, ANTHROPIC_KEY: 2, "z": [SECRETS["github_token"]]})
+    redacted, fired = redact_json(body, BUILTIN_RULES)
+    assert list(orjson.loads(redacted).items()) == [("a", 1), ("[REDACTED:anthropic_key]", 2), ("z", ["[REDACTED:github_token]"])]
+    assert fired == ["anthropic_key", "github_token"]
+
+
+def test_a_body_nested_deeper_than_orjson_writes_is_redacted_as_bytes() -> None:
+    body = b'{"n":' * 300 + orjson.dumps(ANTHROPIC_KEY) + b"}" * 300
+    redacted, fired = redact_json(body, BUILTIN_RULES)
+    assert fired == ["anthropic_key"] and ANTHROPIC_KEY.encode() not in redacted and redacted.startswith(b'{"n":{"n":')
