@@ -18,6 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 
+from kgb.config import mask_url
 from kgb.topics import BATCH_OVERHEAD, TopicSettings, ensure_topics
 from proxy.settings import COMPRESSIONS, MiB, CaptureSettings
 from schemas.codec import EXCHANGE, MCP, Encoder, SINGLE_OBJECT_MAGIC, registry_encoder, single_object_encoder
@@ -116,11 +117,11 @@ class KafkaLink:
             self._registered = True
         except SchemaError as exc:
             if not self._registry_down:
-                log.warning("schema registry %s unavailable (%s); single-object encoding until it answers", url.masked, exc)
+                log.warning("schema registry %s unavailable (%s); single-object encoding until it answers", mask_url(url), exc)
             self._registry_down = True
             return
         if self._registry_down:
-            log.info("schema registry %s answers again; Confluent framing from now on", url.masked)
+            log.info("schema registry %s answers again; Confluent framing from now on", mask_url(url))
 
     async def _ensure_topics(self) -> None:
         """Create the missing topics with room for the largest event (`kgb.topics`, as the consumers do),
