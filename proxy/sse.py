@@ -158,7 +158,10 @@ class MessageAssembler:
             if event.event != "ping":
                 self.result.unknown_events.append({"event": event.event, "data": data})
             return
-        handler(self, data)
+        try:
+            handler(self, data)
+        except (TypeError, ValueError, AttributeError):  # an index that is no number, a delta that is no object
+            self.result.unknown_events.append({"event": event.event, "data": data})
 
     def _message_start(self, data: dict[str, Any]) -> None:
         message = dict(data.get("message") or {})

@@ -285,3 +285,19 @@ def test_canonical_deltas_skip_the_general_path_however_the_chunks_fall(monkeypa
     stream.feed(sse("message_start", message_start()) + text)
     message = stream.finish().message
     assert message is not None and message["content"] == [{"type": "text", "text": "".join(w.replace("\\n", "\n") for w in words)}]
+
+
+def test_events_the_assembler_cannot_read_are_kept_not_raised() -> None:
+    """The recorder's last events are assembled in `finish`, outside its guard: nothing there may raise."""
+    odd = [
+        raw_delta('{"type":"content_block_delta","index":"x","delta":{"type":"text_delta","text":"a"}}'),
+        raw_delta('{"type":"content_block_delta","index":0,"delta":["not", "an", "object"]}'),
+        'event: message_delta\ndata: {"type":"message_delta","delta":[1, 2]}\n\n',
+        'event: content_block_start\ndata: {"type":"content_block_start","index":[0]}\n\n',
+    ]
+    text = sse("message_start", message_start()) + block_start_event(0, {"type": "text", "text": ""}) + "".join(odd)
+    result = streamed(text, 7)
+    assert result == general(text)
+    assert [event["data"]["type"] for event in result.unknown_events] == [
+        "content_block_delta", "content_block_delta", "message_delta", "content_block_start"
+    ]
