@@ -189,21 +189,23 @@ async def run(
         )
         if pool is None:
             return
-        indexer = await open_indexer(resources, settings, stop)
+        activity = search_index.Activity()
+        indexer = await open_indexer(resources, settings, stop, activity)
         decoders = await open_decoders(resources, settings.kafka)
         consumer = await open_consumer(resources, settings.kafka, settings.group, settings.batch_size, both_topics(settings.kafka))
         async with indexer:
             await consume(
-                consumer, decoders, make_handler(pool, stages, settings.writers),
+                consumer, decoders, activity.tracking(make_handler(pool, stages, settings.writers)),
                 stop=stop, batch_size=settings.batch_size, backoff=settings.backoff,
             )
     log.info("winni stopped")
 
 
 async def open_indexer(
-    resources: contextlib.AsyncExitStack, settings: WinniSettings, stop: asyncio.Event
+    resources: contextlib.AsyncExitStack, settings: WinniSettings, stop: asyncio.Event, activity: search_index.Activity
 ) -> contextlib.AbstractAsyncContextManager[None]:
-    """The search indexer on a connection of its own, to run beside the consumer; nothing when it is off."""
+    """The search indexer on a connection of its own, to run beside the consumer (giving way to its
+    batches, as ``activity`` tells them); nothing when it is off."""
     if not settings.search_index:
         return contextlib.nullcontext()
     pool = await retrying(
@@ -212,7 +214,9 @@ async def open_indexer(
     if pool is None:
         return contextlib.nullcontext()
     resources.push_async_callback(pool.close)
-    return search_index.indexing(pool, settings.search_index_batch, stop, settings.backoff)
+    return search_index.indexing(
+        pool, settings.search_index_batch, stop, settings.backoff, settings.search_index_share, activity
+    )
 
 
 async def run_processes(settings: WinniSettings, stop: asyncio.Event) -> None:

@@ -38,6 +38,12 @@ def positive(name: str, value: int) -> int:
     return value
 
 
+def share(name: str, value: float) -> float:
+    if not 0 < value <= 1:
+        raise SettingsError(f"{name} must be above 0 and at most 1, got {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class WinniSettings:
     """Where winni reads from and writes to.
@@ -55,7 +61,8 @@ class WinniSettings:
     history every turn and grow with the square of the conversation.
     ``search_index`` runs the search indexer beside the consumer (see
     `consumers.winni.search_index`), ``search_index_batch`` messages per
-    statement; off, messages are stored without their search vectors, which a
+    statement, taking ``search_index_share`` of its connection's time while
+    batches keep coming (1: as much as it can); off, messages are stored without their search vectors, which a
     winni started with it on (or `kgb replay`) builds later.
     """
 
@@ -69,6 +76,7 @@ class WinniSettings:
     store_request_bodies: bool = False
     search_index: bool = True
     search_index_batch: int = 200
+    search_index_share: float = 0.2
     backoff: Backoff = field(default_factory=Backoff)
 
     @classmethod
@@ -86,6 +94,9 @@ class WinniSettings:
             search_index_batch=positive(
                 "KGB_WINNI_SEARCH_INDEX_BATCH", env_int(env, "KGB_WINNI_SEARCH_INDEX_BATCH", cls.search_index_batch)
             ),
+            search_index_share=share(
+                "KGB_WINNI_SEARCH_INDEX_SHARE", env_float(env, "KGB_WINNI_SEARCH_INDEX_SHARE", cls.search_index_share)
+            ),
             backoff=Backoff(maximum=env_float(env, "KGB_WINNI_RETRY_MAX", Backoff.maximum)),
         )
 
@@ -95,7 +106,8 @@ class WinniSettings:
             f"db_schema={self.db_schema!r}, group={self.group!r}, batch_size={self.batch_size}, writers={self.writers}, "
             f"processes={self.processes}, "
             f"store_request_bodies={self.store_request_bodies}, search_index={self.search_index}, "
-            f"search_index_batch={self.search_index_batch}, backoff={self.backoff!r})"
+            f"search_index_batch={self.search_index_batch}, search_index_share={self.search_index_share}, "
+            f"backoff={self.backoff!r})"
         )
 
     __str__ = __repr__
