@@ -11,8 +11,9 @@ only ``KGB_WINNI_SEARCH_INDEX_SHARE`` of its time (`give_way`). On a machine
 whose cores winni and PostgreSQL already fill, search then lags behind a
 sustained burst and catches up once it is over; the PostgreSQL time a vector
 costs (~0.5-1.3 ms a message) is spent either way, but no longer inside, or
-in competition with, the batches. Each batch is one statement, its own transaction: one cut
-short (a PostgreSQL restart, winni stopping) is rolled back whole and taken
+in competition with, the batches.
+
+Each batch of messages is one statement, its own transaction: one cut short (a PostgreSQL restart, winni stopping) is rolled back whole and taken
 again, one done is never undone, and the NULLs are the only bookkeeping, so
 indexing is idempotent and nothing is indexed twice. Failures the database is
 to blame for are retried with winni's backoff, as its batches are
@@ -26,7 +27,7 @@ it are not held up behind it.
 
 Each winni process runs an indexer; SKIP LOCKED hands them different rows.
 `kgb replay` indexes its rebuilt schema with `index_all`, on as many
-connections as it has writers.
+connections as it has processes or writers, without pausing.
 """
 
 from __future__ import annotations
