@@ -26,11 +26,13 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from multiprocessing import current_process
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 from consumers.errors import ConsumerError
-from kgb.running import configure_logging
+from kgb.failures import run_explained
+from kgb.running import configure_logging, debugging
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +49,8 @@ def start(target: Callable[..., None], args: Sequence[tuple[Any, ...]], name: st
     """One started process per entry of ``args``, each running ``target(*entry)``; ``target`` must be importable."""
     context = multiprocessing.get_context("spawn")
     parent, level = os.getpid(), logging.getLogger().getEffectiveLevel()
-    processes = [
-        context.Process(target=worker_main, args=(parent, level, target, entry), name=f"{name}-{i}")
+    processes: list[BaseProcess] = [
+        context.Process(target=worker_main, args=(parent, level, debugging(), target, entry), name=f"{name}-{i}")
         for i, entry in enumerate(args)
     ]
     for process in processes:
@@ -57,8 +59,9 @@ def start(target: Callable[..., None], args: Sequence[tuple[Any, ...]], name: st
     return processes
 
 
-def worker_main(parent: int, log_level: int, target: Callable[..., None], args: tuple[Any, ...]) -> None:
-    """A worker's first steps: bound to its parent's life, logging like it, then ``target(*args)``.
+def worker_main(parent: int, log_level: int, debug: bool, target: Callable[..., None], args: tuple[Any, ...]) -> None:
+    """A worker's first steps: bound to its parent's life, logging like it, then ``target(*args)``,
+    whose expected failures end it with one line, as they end the `kgb` command.
 
     A parent killed outright (SIGKILL, the OOM killer) cannot stop its workers;
     on Linux the kernel then sends each one SIGTERM instead (``PR_SET_PDEATHSIG``),
@@ -69,8 +72,8 @@ def worker_main(parent: int, log_level: int, target: Callable[..., None], args: 
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:
         raise SystemExit(f"parent {parent} gone before worker start")
-    configure_logging(log_level)
-    target(*args)
+    configure_logging(log_level, debug)
+    run_explained(current_process().name, lambda: target(*args), debug)
 
 
 async def supervise(processes: Sequence[BaseProcess], stop: asyncio.Event, tick: Callable[[], None] | None = None) -> None:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from functools import partial
+from typing import Protocol
 
 import aiohttp
 import asyncpg
@@ -21,6 +22,8 @@ from aiokafka import AIOKafkaConsumer
 from consumers.source import Backoff, make_consumer, retrying
 from consumers.sql import Migration, migrate
 from kgb.config import KafkaSettings
+from kgb.outages import HEALTH, watching_kafka
+from kgb.topics import TopicSettings, ensure_topics
 from schemas.codec import MCP, Decoder, make_decoder
 from schemas.registry import Registry
 
@@ -66,7 +69,11 @@ async def open_database(
     stop: asyncio.Event,
     backoff: Backoff,
 ) -> asyncpg.Pool | None:
-    """A migrated pool, waiting out a database that is not up yet; None when stopped first."""
+    """A migrated pool, waiting out a database that is not up yet; None when stopped first.
+
+    A consumer's first step: it is not ready (``/ready``) until `open_consumer` has joined its group.
+    """
+    HEALTH.wait("start", "starting: migrating PostgreSQL, then joining the Kafka group")
     pool = await retrying(partial(open_pool, url, schema, max_size), "connecting to PostgreSQL", stop, backoff)
     if pool is None:
         return None
@@ -88,14 +95,50 @@ def both_topics(kafka: KafkaSettings) -> tuple[str, str]:
     return kafka.topic, kafka.mcp_topic
 
 
+class ConsumerSettings(Protocol):
+    """What a consumer group's settings (winni's, metrics', dewey's) give `open_consumer`."""
+
+    @property
+    def kafka(self) -> KafkaSettings: ...
+    @property
+    def topics(self) -> TopicSettings: ...
+    @property
+    def group(self) -> str: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def backoff(self) -> Backoff: ...
+
+
 async def open_consumer(
-    resources: contextlib.AsyncExitStack, kafka: KafkaSettings, group: str, batch_size: int,
-    topics: Sequence[str] | None = None,
-) -> AIOKafkaConsumer:
-    """Subscribed to ``topics`` (the exchange topic when none are given), started, stopped with ``resources``."""
-    topics = tuple(topics or (kafka.topic,))
-    consumer = make_consumer(kafka, group, batch_size, topics)
-    await consumer.start()
+    resources: contextlib.AsyncExitStack, settings: ConsumerSettings, stop: asyncio.Event
+) -> AIOKafkaConsumer | None:
+    """Subscribed to both topics, started, stopped with ``resources``; None when stopped first.
+
+    The topics are created first when missing (`kgb.topics`), so a consumer
+    that starts before the proxy does not leave them to the broker's defaults;
+    a broker that is not up yet is waited for, as the database is.
+    """
+    await resources.enter_async_context(watching_kafka(settings.kafka.bootstrap))
+    topics = both_topics(settings.kafka)
+    create = partial(ensure_topics, settings.kafka.bootstrap, topics, settings.topics)
+    if await retrying(create, "creating the topics", stop, settings.backoff) is None:
+        return None
+    consumer = await retrying(partial(started_consumer, settings, topics), "connecting to Kafka", stop, settings.backoff)
+    if consumer is None:
+        return None
     resources.push_async_callback(consumer.stop)
-    log.info("consuming %s as group %s", ", ".join(topics), group)
+    log.info("consuming %s as group %s", ", ".join(topics), settings.group)
+    HEALTH.done("start")
+    return consumer
+
+
+async def started_consumer(settings: ConsumerSettings, topics: Sequence[str]) -> AIOKafkaConsumer:
+    """A fresh consumer per attempt: one whose start failed is closed, not started again."""
+    consumer = make_consumer(settings.kafka, settings.group, settings.batch_size, topics)
+    try:
+        await consumer.start()
+    except BaseException:
+        await consumer.stop()
+        raise
     return consumer

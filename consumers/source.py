@@ -32,6 +32,7 @@ from aiokafka.errors import KafkaError
 
 from consumers.errors import ConsumerError, is_transient
 from kgb.config import KafkaSettings
+from kgb.outages import Outage, Reporter
 from schemas.codec import Decoder
 from schemas.errors import DecodeError, clip
 
@@ -218,23 +219,27 @@ async def wait_or_stop(stop: asyncio.Event, seconds: float) -> bool:
 async def retrying(
     attempt: Callable[[], Awaitable[T]], what: str, stop: asyncio.Event, backoff: Backoff
 ) -> T | None:
-    """Run ``attempt`` until it succeeds, retrying transient failures; None if stopped first."""
-    for number, delay in enumerate(backoff.delays(), start=1):
-        try:
-            result = await attempt()
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            log.warning(
-                "%s failed (attempt %d, %s: %s); retrying in %.1fs, nothing committed",
-                what, number, type(exc).__name__, clip(str(exc)), delay,
-            )
-            if await wait_or_stop(stop, delay):
-                return None
-            continue
-        if number > 1:
-            log.info("%s succeeded after %d attempts; carrying on", what, number)
-        return result
+    """Run ``attempt`` until it succeeds, retrying transient failures; None if stopped first.
+
+    The failures are reported as an outage (`kgb.outages`): a line at the first,
+    a summary a minute, a line at the success, however short the backoff.
+    """
+    reporter = Reporter(Outage(what, gone="is failing", back="succeeded"), log)
+    try:
+        for delay in backoff.delays():
+            try:
+                result = await attempt()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                reporter.failed(f"{type(exc).__name__}: {clip(str(exc))}; nothing committed")
+                if await wait_or_stop(stop, delay):
+                    return None
+                continue
+            reporter.recovered()
+            return result
+    finally:
+        reporter.health.done(what)
     raise AssertionError("unreachable: backoff delays never end")
 
 

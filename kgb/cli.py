@@ -11,24 +11,38 @@ import argparse
 import asyncio
 import dataclasses
 import logging
-import sys
+import os
 from collections.abc import Sequence
+from importlib.metadata import version
 from typing import TYPE_CHECKING
 
-from kgb.config import SettingsError
+from kgb.checks import HTTP_SCHEMES, WEBSOCKET_SCHEMES, check_bootstrap, check_database_url, check_url, known_settings, unknown_settings
+from kgb.config import KafkaSettings, SettingsError
+from kgb.failures import run_explained
 from kgb.running import configure_logging, run_until_signal
 
 if TYPE_CHECKING:
     from proxy.settings import ProxySettings
+
+log = logging.getLogger("kgb")
+
+
+def _check_kafka(kafka: KafkaSettings) -> None:
+    check_bootstrap(kafka.bootstrap)
+    if kafka.schema_registry_url:
+        check_url(kafka.schema_registry_url, "KGB_SCHEMA_REGISTRY_URL", HTTP_SCHEMES)
 
 
 def _proxy(args: argparse.Namespace) -> None:
     from proxy.settings import ProxySettings
 
     settings = ProxySettings.from_env()
-    overrides = {"host": args.host, "port": args.port, "upstream_url": args.upstream, "mcp_port": args.mcp_port}
+    upstream = args.upstream and args.upstream.rstrip("/")
+    overrides = {"host": args.host, "port": args.port, "upstream_url": upstream, "mcp_port": args.mcp_port}
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
-    logging.getLogger("kgb").info("kgb proxy: %s", settings.describe())
+    check_url(settings.upstream_url, "KGB_UPSTREAM_URL (kgb proxy --upstream)", HTTP_SCHEMES)
+    _check_kafka(settings.publish.kafka)
+    log.info("kgb proxy: %s", settings)
     print(f"kgb proxy: export ANTHROPIC_BASE_URL=http://{settings.host}:{settings.port}", flush=True)
     print(f"kgb proxy: MCP clients use http://{settings.host}:{settings.mcp_port}/mcp/NAME "
           f"(or a WebSocket to ws://{settings.host}:{settings.mcp_port}/?upstream=NAME)", flush=True)
@@ -44,6 +58,8 @@ async def _serve_proxy(settings: ProxySettings, stop: asyncio.Event) -> None:
     from proxy.app import build_app
     from proxy.mcp import build_mcp_app
 
+    from kgb.outages import watching_kafka
+
     guard = listen.guard_for(settings)
     sites = [
         (build_app(settings), settings.port, "KGB_PROXY_PORT"),
@@ -51,15 +67,16 @@ async def _serve_proxy(settings: ProxySettings, stop: asyncio.Event) -> None:
     ]
     runners: list[web.AppRunner] = []
     try:
-        for app, port, name in sites:
-            runner = listen.runner(app, guard)
-            runners.append(runner)
-            await runner.setup()
-            try:
-                await listen.GuardedSite(runner, guard, settings.host, port).start()
-            except OSError as exc:
-                raise SettingsError(f"cannot listen on {settings.host}:{port} ({name}): {exc.strerror}") from None
-        await stop.wait()
+        async with watching_kafka(settings.publish.kafka.bootstrap):
+            for app, port, name in sites:
+                runner = listen.runner(app, guard)
+                runners.append(runner)
+                await runner.setup()
+                try:
+                    await listen.GuardedSite(runner, guard, settings.host, port).start()
+                except OSError as exc:
+                    raise SettingsError(f"cannot listen on {settings.host}:{port} ({name}): {exc.strerror}") from None
+            await stop.wait()
     finally:
         await asyncio.gather(*(runner.cleanup() for runner in runners))
 
@@ -75,16 +92,13 @@ def _mcp_stdio(args: argparse.Namespace) -> None:
 
 
 def _consume_winni(args: argparse.Namespace) -> None:
-    from consumers.winni.settings import WinniSettings
-    from consumers.errors import ConsumerError
     from consumers.winni.consumer import run_processes
+    from consumers.winni.settings import WinniSettings
 
     settings = WinniSettings.from_env()
-    try:
-        run_until_signal(lambda stop: run_processes(settings, stop))
-    except ConsumerError as exc:
-        print(f"kgb consume winni: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+    check_database_url(settings.database_url)
+    _check_kafka(settings.kafka)
+    run_until_signal(lambda stop: run_processes(settings, stop))
 
 
 def _consume_dewey(args: argparse.Namespace) -> None:
@@ -93,6 +107,9 @@ def _consume_dewey(args: argparse.Namespace) -> None:
     settings = DeweySettings.from_env()
     if args.url is not None:
         settings = dataclasses.replace(settings, url=args.url)
+    check_url(settings.url, "KGB_DEWEY_URL (kgb consume dewey --url)", WEBSOCKET_SCHEMES)
+    check_database_url(settings.database_url)
+    _check_kafka(settings.kafka)
     run_until_signal(lambda stop: run(settings, stop))
 
 
@@ -102,15 +119,18 @@ def _consume_metrics(args: argparse.Namespace) -> None:
     settings = MetricsSettings.from_env()
     if args.port is not None:
         settings = dataclasses.replace(settings, port=args.port)
+    check_database_url(settings.database_url)
+    _check_kafka(settings.kafka)
     run_until_signal(lambda stop: run(settings, stop))
 
 
 def _replay(args: argparse.Namespace) -> None:
-    from consumers.errors import ConsumerError
     from consumers.replay import replay
     from consumers.winni.settings import WinniSettings, schema_name
 
     settings = WinniSettings.from_env()
+    check_database_url(settings.database_url)
+    _check_kafka(settings.kafka)
     into = args.into and schema_name(args.into)
 
     async def run(stop: asyncio.Event) -> None:
@@ -119,11 +139,7 @@ def _replay(args: argparse.Namespace) -> None:
         if not outcome.complete:
             raise SystemExit(1)
 
-    try:
-        run_until_signal(run)
-    except ConsumerError as exc:
-        print(f"kgb replay: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+    run_until_signal(run)
 
 
 def _usage(args: argparse.Namespace) -> None:
@@ -135,7 +151,9 @@ def _usage(args: argparse.Namespace) -> None:
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
     output = "json" if args.json else "csv" if args.csv else "table"
-    print(asyncio.run(report(MetricsSettings.from_env(), query, output)))
+    settings = MetricsSettings.from_env()
+    check_database_url(settings.database_url)
+    print(asyncio.run(report(settings, query, output)))
 
 
 def _web(args: argparse.Namespace) -> None:
@@ -145,7 +163,8 @@ def _web(args: argparse.Namespace) -> None:
     settings = WebSettings.from_env()
     overrides = {"host": args.host, "port": args.port}
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
-    logging.getLogger("kgb").info("kgb web: %s", settings)
+    check_database_url(settings.database_url)
+    log.info("kgb web: %s", settings)
     print(f"kgb web: {settings.url}", flush=True)
     run_until_signal(lambda stop: serve(settings, stop))
 
@@ -157,6 +176,9 @@ def parser() -> argparse.ArgumentParser:
         "Settings come from KGB_* environment variables (see the README); flags override them.",
     )
     root.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    root.add_argument("--debug", action="store_true",
+                      help="show the traceback of every failure (without it, an expected one is a line naming the setting to fix)")
+    root.add_argument("--version", action="version", version=f"%(prog)s {version('kgb')}")
     commands = root.add_subparsers(dest="command", required=True)
 
     about = "run the capture proxy (HTTP on KGB_PROXY_PORT, default 8089; MCP relays on KGB_MCP_PORT, default 9000)"
@@ -219,9 +241,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    configure_logging(args.log_level.upper())
-    try:
-        args.run(args)
-    except SettingsError as exc:
-        print(f"kgb: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    configure_logging(args.log_level.upper(), debug=args.debug)
+    for warning in unknown_settings(os.environ, known_settings()):
+        log.warning("%s", warning)
+    name = " ".join(["kgb", args.command, *(getattr(args, part) for part in ("consumer", "transport") if hasattr(args, part))])
+    run_explained(name, lambda: args.run(args), args.debug)

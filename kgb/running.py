@@ -16,8 +16,24 @@ from typing import Any
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def configure_logging(level: int | str) -> None:
+_debugging = False
+
+
+def configure_logging(level: int | str, debug: bool = False) -> None:
+    """``debug`` (`kgb --debug`) keeps every traceback and the clients' own logs (`kgb.outages`,
+    which --log-level DEBUG keeps too); the worker processes a consumer spawns inherit it."""
+    from kgb.outages import QuietClients
+
+    global _debugging
+    _debugging = debug
     logging.basicConfig(level=level, format=LOG_FORMAT)
+    if not debug and logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(QuietClients())
+
+
+def debugging() -> bool:
+    return _debugging
 
 
 def run_until_signal(service: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:

@@ -40,7 +40,7 @@ start_services() {
   # Whatever an earlier run that was killed hard left behind.
   python3 "$REPO/scripts/kafka.py" stop "$RUN_DIR/kafka"
   "$REPO/scripts/postgres.sh" stop "$RUN_DIR/postgres"
-  python3 "$REPO/scripts/kafka.py" start "$RUN_DIR/kafka" "$KAFKA_PORT"
+  python3 "$REPO/scripts/kafka.py" start "$RUN_DIR/kafka" "$KAFKA_PORT" --no-auto-create
   "$REPO/scripts/postgres.sh" start "$RUN_DIR/postgres" "$POSTGRES_PORT"
 }
 

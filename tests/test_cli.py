@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.fakes.anthropic import FakeAnthropic
 from tests.proxy.test_app import HEADERS, SESSION, body
@@ -65,3 +67,119 @@ async def test_proxy_process_serves_then_flushes_on_sigterm(kafka, topic: str, t
     assert f"ANTHROPIC_BASE_URL=http://127.0.0.1:{port}" in stdout.decode()
     (exchange,) = by_exchange(await read_events(kafka.bootstrap, topic, 2)).values()
     assert exchange["RESPONSE"]["session_key"] == SESSION
+
+
+def run_kgb(*args: str, timeout: float = 120, **settings: str) -> subprocess.CompletedProcess[str]:
+    """`kgb ARGS` to its end, with ``settings`` added to the environment and no stray KGB_* of the caller's."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("KGB_")}
+    return subprocess.run([*KGB, *args], capture_output=True, text=True, env={**env, **settings}, timeout=timeout)
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The failure's line: the last of stderr, and no traceback before it."""
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_version() -> None:
+    result = run_kgb("--version")
+    assert result.returncode == 0
+    assert re.fullmatch(r"kgb \d+\.\d+\.\d+\S*", result.stdout.strip())
+
+
+def test_a_mistyped_setting_is_warned_about_with_the_closest_name() -> None:
+    result = run_kgb("proxy", "--upstream", "http://", KGB_PROXY_PROT="28089", KGB_UPSTREM_URL="http://127.0.0.1:1")
+    assert "KGB_PROXY_PROT is not a KGB setting and is ignored; did you mean KGB_PROXY_PORT?" in result.stderr
+    assert "KGB_UPSTREM_URL is not a KGB setting and is ignored; did you mean KGB_UPSTREAM_URL?" in result.stderr
+    assert result.returncode == 2  # the host-less --upstream stops it before it listens
+
+
+def test_an_upstream_without_its_scheme_is_rejected_at_start() -> None:
+    result = run_kgb("proxy", "--upstream", "127.0.0.1:18090")
+    assert result.returncode == 2
+    assert one_line(result) == ("kgb proxy: KGB_UPSTREAM_URL (kgb proxy --upstream) must be a http:// or https:// URL "
+                                "(like http://HOST:PORT), got '127.0.0.1:18090'")
+
+
+def test_a_bootstrap_with_a_scheme_is_rejected_at_start() -> None:
+    result = run_kgb("consume", "winni", KGB_KAFKA_BOOTSTRAP="kafka://127.0.0.1:9092")
+    assert result.returncode == 2
+    assert "KGB_KAFKA_BOOTSTRAP must be HOST:PORT" in one_line(result)
+
+
+DATABASE_COMMANDS = [("consume", "winni"), ("consume", "metrics"), ("consume", "dewey"), ("replay",), ("usage",), ("web",)]
+
+
+@pytest.mark.parametrize("command", DATABASE_COMMANDS, ids=" ".join)
+def test_a_database_url_of_another_scheme_is_one_line(command: tuple[str, ...]) -> None:
+    result = run_kgb(*command, KGB_DATABASE_URL="mysql://root@127.0.0.1/winni")
+    assert result.returncode == 2
+    assert one_line(result) == (f"kgb {' '.join(command)}: KGB_DATABASE_URL must be a postgresql:// or postgres:// URL "
+                                "(like postgresql://HOST:PORT), got 'mysql://root@127.0.0.1/winni'")
+
+
+@pytest.mark.parametrize("command", [c for c in DATABASE_COMMANDS if c != ("consume", "dewey")], ids=" ".join)
+def test_a_database_that_does_not_exist_is_one_line(postgres, kafka, command: tuple[str, ...]) -> None:
+    """Dewey reaches its database only once it has a conversation to forward, so it is not in this list."""
+    url = postgres.admin_dsn.rsplit("/", 1)[0] + "/no_such_db"
+    settings = {"KGB_DATABASE_URL": url, "KGB_KAFKA_BOOTSTRAP": kafka.bootstrap, "KGB_METRICS_PORT": str(free_port())}
+    result = run_kgb(*command, *(["--port", str(free_port())] if command == ("web",) else []), **settings)
+    assert result.returncode != 0
+    line = one_line(result)
+    assert line.startswith(f"kgb {' '.join(command)}: ") and "no_such_db" in line and "KGB_DATABASE_URL" in line
+
+
+def test_debug_keeps_the_traceback(postgres) -> None:
+    url = postgres.admin_dsn.rsplit("/", 1)[0] + "/no_such_db"
+    result = run_kgb("--debug", "replay", KGB_DATABASE_URL=url)
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "InvalidCatalogNameError" in result.stderr
+
+
+def test_replay_with_no_broker_is_one_line(postgres) -> None:
+    result = run_kgb("replay", KGB_DATABASE_URL=postgres.dsn, KGB_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}")
+    assert result.returncode == 1
+    assert "start the broker or fix KGB_KAFKA_BOOTSTRAP" in one_line(result)
+
+
+def test_every_setting_the_tools_read_is_known() -> None:
+    """The scripts' and tests' own names are not warned about; the product's are found in its code."""
+    from kgb.checks import known_settings
+
+    root = Path(__file__).resolve().parent.parent
+    used = set()
+    for folder in ("scripts", "tests", ".ci"):
+        for path in (root / folder).rglob("*"):
+            mistyped_here = path == Path(__file__).resolve()
+            if path.is_file() and path.suffix in (".py", ".sh", "") and "__pycache__" not in path.parts and not mistyped_here:
+                used |= set(re.findall(r"\b(KGB_[A-Z0-9_]*[A-Z0-9])\b", path.read_text(errors="replace")))
+    assert "KGB_WINNI_PROCESSES" in known_settings()
+    assert sorted(used - known_settings()) == []
+
+
+async def test_the_proxy_without_its_broker_says_so_once_and_ready_names_it(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("KGB_")},
+           "KGB_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}", "KGB_SPOOL_DIR": str(tmp_path), "KGB_PUBLISH_STALL_SECONDS": "0.2"}
+    log = tmp_path / "proxy.log"
+    process = await asyncio.create_subprocess_exec(
+        *KGB, "proxy", "--port", str(port), "--mcp-port", str(free_port()), env=env, stderr=log.open("w"),
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await asyncio.wait_for(wait_healthy(url, process), 60)
+        async with aiohttp.ClientSession() as session:
+            while "Kafka (KGB_KAFKA_BOOTSTRAP) is away" not in log.read_text():
+                await asyncio.sleep(0.1)
+            async with session.get(url + "/ready") as response:
+                assert response.status == 503
+                waiting = (await response.json())["waiting_for"]
+            await asyncio.sleep(3)  # aiokafka retries many times a second meanwhile
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 60)
+    assert any("Kafka (KGB_KAFKA_BOOTSTRAP)" in reason for reason in waiting), waiting
+    lines = log.read_text().splitlines()
+    assert not [line for line in lines if "aiokafka" in line or "Traceback" in line], lines
+    assert sum("Kafka (KGB_KAFKA_BOOTSTRAP) is away" in line for line in lines) == 1, lines

@@ -21,6 +21,7 @@ import aiohttp_jinja2
 import asyncpg
 import jinja2
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from kgb.config import SettingsError
 from web import auth, pages
@@ -112,7 +113,7 @@ def pool_context(settings: WebSettings) -> Callable[[web.Application], AsyncIter
 
 
 def build_app(settings: WebSettings) -> web.Application:
-    middlewares = [timed, errors, *([auth.middleware(settings.token)] if settings.token else [])]
+    middlewares: list[Middleware] = [timed, errors, *([auth.middleware(settings.token)] if settings.token else [])]
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     app[pages.SETTINGS] = settings
     environment = aiohttp_jinja2.setup(
@@ -129,8 +130,21 @@ def build_app(settings: WebSettings) -> web.Application:
     return app
 
 
+async def check_database(settings: WebSettings) -> None:
+    """One connection before listening: a wrong database name, login or URL then ends `kgb web` with
+    one line (`kgb.failures`) instead of a 500 on every page; a database that is only away is no
+    reason not to start, since the pages say so until it is back."""
+    try:
+        conn = await asyncpg.connect(settings.database_url, timeout=10)
+    except DATABASE_AWAY as exc:
+        log.warning("PostgreSQL (KGB_DATABASE_URL) cannot be reached yet (%s); the pages say so until it can", exc)
+        return
+    await conn.close()
+
+
 async def serve(settings: WebSettings, stop: asyncio.Event) -> None:
     """Listen until ``stop``; a port that cannot be had is a settings error naming the variable."""
+    await check_database(settings)
     runner = web.AppRunner(build_app(settings), access_log=None)
     await runner.setup()
     try:

@@ -37,7 +37,7 @@ from consumers.dewey.settings import DeweySettings
 from consumers.errors import MigrationError
 from consumers.source import Batch, Handler, Record, consume
 from consumers.sql import Migration, load_migrations
-from consumers.service import both_topics, open_consumer, open_database, open_decoders
+from consumers.service import open_consumer, open_database, open_decoders
 from consumers.winni.consumer import make_handler as winni_handler
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,9 @@ async def run(settings: DeweySettings, stop: asyncio.Event | None = None) -> Non
         websockets = await resources.enter_async_context(aiohttp.ClientSession())
         dewey = DeweyClient(websockets, settings.url, settings.timeout)
         resources.push_async_callback(dewey.close)
-        consumer = await open_consumer(resources, settings.kafka, settings.group, settings.batch_size, both_topics(settings.kafka))
+        consumer = await open_consumer(resources, settings, stop)
+        if consumer is None:
+            return
         log.info("dewey sending to %s", settings.url)
         await consume(
             consumer, decoders, make_handler(pool, dewey, Limits(settings.bulk_size, settings.bulk_bytes)),

@@ -30,7 +30,7 @@ from consumers.metrics.prices import PriceTable, load_prices
 from consumers.metrics.settings import MetricsSettings
 from consumers.source import Batch, Handler, consume
 from consumers.sql import load_migrations
-from consumers.service import both_topics, open_consumer, open_database, open_decoders
+from consumers.service import open_consumer, open_database, open_decoders
 from kgb.config import SettingsError
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,9 @@ async def run(settings: MetricsSettings, stop: asyncio.Event | None = None, metr
         if pool is None:
             return
         decoders = await open_decoders(resources, settings.kafka)
-        consumer = await open_consumer(resources, settings.kafka, settings.group, settings.batch_size, both_topics(settings.kafka))
+        consumer = await open_consumer(resources, settings, stop)
+        if consumer is None:
+            return
         await consume(
             consumer, decoders, make_handler(pool, prices, metrics),
             stop=stop, batch_size=settings.batch_size, backoff=settings.backoff,

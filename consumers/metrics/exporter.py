@@ -31,6 +31,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from consumers.metrics.mcp import Counted
+from kgb.outages import HEALTH
 from consumers.metrics.rollup import TOKEN_TYPES, Priced
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,8 @@ def mcp_labels(call: Counted) -> tuple[str, ...]:
 
 
 def metrics_app(metrics: UsageMetrics) -> web.Application:
-    """``GET /metrics`` in Prometheus's text format, and ``GET /health``."""
+    """``GET /metrics`` in Prometheus's text format, ``GET /health``, and ``GET /ready``: 200 once
+    consuming with nothing away, else 503 naming what it waits for (`kgb.outages.HEALTH`)."""
 
     async def scrape(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -179,7 +181,13 @@ def metrics_app(metrics: UsageMetrics) -> web.Application:
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"status": "healthy"})
 
+    async def ready(request: web.Request) -> web.Response:
+        waiting = HEALTH.waiting_for()
+        body = {"status": "not_ready", "waiting_for": waiting} if waiting else {"status": "ready"}
+        return web.json_response(body, status=503 if waiting else 200)
+
     app = web.Application()
     app.router.add_get("/metrics", scrape)
     app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
     return app

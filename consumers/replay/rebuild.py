@@ -85,6 +85,7 @@ from consumers.winni import search_index
 from consumers.winni.consumer import default_stages, make_handler, migrations
 from consumers.winni.settings import WinniSettings, schema_name
 from kgb.config import SettingsError
+from kgb.outages import watching_kafka
 from kgb.running import run_until_signal
 
 log = logging.getLogger(__name__)
@@ -204,9 +205,10 @@ async def rebuild(
         if into is None and await patiently(partial(pool.fetchval, q.schema_exists, target), "checking", settings, stop):
             raise SettingsError(f"schema {target} already exists; drop it or replay --into it")
         await patiently(partial(apply_migrations, pool, migrations(), target), "migrating", settings, stop)
+        await resources.enter_async_context(watching_kafka(settings.kafka.bootstrap))
         reader = make_reader(settings.kafka, settings.batch_size)
+        resources.push_async_callback(reader.stop)  # before start: one that fails to start is closed too
         await reader.start()
-        resources.push_async_callback(reader.stop)
         begins = await read_from_start(reader, settings.kafka, optional=(settings.kafka.mcp_topic,))
         check_whole(begins, swapping=into is None)
         decoder = await open_decoders(resources, settings.kafka)

@@ -49,7 +49,7 @@ import asyncpg
 from consumers import mcp
 from consumers.errors import InvalidEvent, is_transient
 from consumers.processes import start, supervise
-from consumers.service import both_topics, open_consumer, open_database, open_decoders, open_pool
+from consumers.service import open_consumer, open_database, open_decoders, open_pool
 from consumers.source import Batch, Handler, Record, Reject, consume, retrying
 from consumers.sql import Migration, load_migrations
 from consumers.winni import search_index, store
@@ -63,6 +63,8 @@ from schemas.errors import clip
 log = logging.getLogger(__name__)
 
 Stage = Callable[[asyncpg.Connection, Sequence[Record]], Awaitable[None]]
+
+SWEEP_MAX_S = 60.0
 
 
 def default_stages(store_request_bodies: bool = False) -> tuple[Stage, ...]:
@@ -192,12 +194,16 @@ async def run(
         activity = search_index.Activity()
         indexer = await open_indexer(resources, settings, stop, activity)
         decoders = await open_decoders(resources, settings.kafka)
-        consumer = await open_consumer(resources, settings.kafka, settings.group, settings.batch_size, both_topics(settings.kafka))
-        async with indexer:
+        consumer = await open_consumer(resources, settings, stop)
+        if consumer is None:
+            return
+        async with indexer, asyncio.TaskGroup() as tasks:  # a sweep that fails for good stops the consumer too
+            sweeper = tasks.create_task(sweep_unanswered(pool, settings.unanswered_after))
             await consume(
                 consumer, decoders, activity.tracking(make_handler(pool, stages, settings.writers)),
                 stop=stop, batch_size=settings.batch_size, backoff=settings.backoff,
             )
+            sweeper.cancel()
     log.info("winni stopped")
 
 
@@ -217,6 +223,30 @@ async def open_indexer(
     return search_index.indexing(
         pool, settings.search_index_batch, stop, settings.backoff, settings.search_index_share, activity
     )
+
+
+def sweep_every(unanswered_after: float) -> float:
+    """Often enough that a row is marked within half the timeout again, at most once a minute."""
+    return min(unanswered_after / 2, SWEEP_MAX_S)
+
+
+async def sweep_unanswered(pool: asyncpg.Pool, unanswered_after: float) -> None:
+    """Until cancelled: mark request-only rows whose response is overdue (migration 008).
+
+    A database that is away only skips a sweep; the next one catches up.
+    """
+    while True:
+        await asyncio.sleep(sweep_every(unanswered_after))
+        try:
+            async with pool.acquire() as conn:
+                marked = await store.mark_unanswered(conn, unanswered_after)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("sweep for unanswered exchanges skipped, the database is away: %s", clip(str(exc)))
+            continue
+        if marked:
+            log.info("%d exchanges marked unanswered (no response %.0fs after their request)", marked, unanswered_after)
 
 
 async def run_processes(settings: WinniSettings, stop: asyncio.Event) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from consumers.source import Backoff
-from kgb.config import KafkaSettings, SettingsError, env_float, env_int, env_str, mask_url
+from kgb.config import KafkaSettings, SecretURL, SettingsError, env_float, env_int, env_str, env_url
+from kgb.topics import TopicSettings
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -44,6 +46,12 @@ def share(name: str, value: float) -> float:
     return value
 
 
+def positive_seconds(name: str, value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise SettingsError(f"{name} must be a number of seconds above 0, got {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class WinniSettings:
     """Where winni reads from and writes to.
@@ -64,10 +72,15 @@ class WinniSettings:
     statement, taking ``search_index_share`` of its connection's time while
     batches keep coming (1: as much as it can); off, messages are stored without their search vectors, which a
     winni started with it on (or `kgb replay`) builds later.
+    ``unanswered_after`` is how long, in seconds, a stored request waits for
+    its response before its row is marked unanswered (migration 008); it must
+    exceed the longest answer, since a response event is published when its
+    stream ends.
     """
 
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/winni"
+    topics: TopicSettings = field(default_factory=TopicSettings)
+    database_url: SecretURL = SecretURL("postgresql://postgres@127.0.0.1:5432/winni")
     db_schema: str = "kgb"
     group: str = "kgb-winni"
     batch_size: int = 500
@@ -77,13 +90,15 @@ class WinniSettings:
     search_index: bool = True
     search_index_batch: int = 200
     search_index_share: float = 0.2
+    unanswered_after: float = 3600.0
     backoff: Backoff = field(default_factory=Backoff)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> WinniSettings:
         return cls(
             kafka=KafkaSettings.from_env(env),
-            database_url=env_str(env, "KGB_DATABASE_URL", cls.database_url),
+            topics=TopicSettings.from_env(env),
+            database_url=env_url(env, "KGB_DATABASE_URL", cls.database_url),
             db_schema=schema_name(env_str(env, "KGB_DB_SCHEMA", cls.db_schema)),
             group=env_str(env, "KGB_WINNI_GROUP", cls.group),
             batch_size=positive("KGB_WINNI_BATCH_SIZE", env_int(env, "KGB_WINNI_BATCH_SIZE", cls.batch_size)),
@@ -97,18 +112,9 @@ class WinniSettings:
             search_index_share=share(
                 "KGB_WINNI_SEARCH_INDEX_SHARE", env_float(env, "KGB_WINNI_SEARCH_INDEX_SHARE", cls.search_index_share)
             ),
+            unanswered_after=positive_seconds(
+                "KGB_WINNI_UNANSWERED_AFTER", env_float(env, "KGB_WINNI_UNANSWERED_AFTER", cls.unanswered_after)
+            ),
             backoff=Backoff(maximum=env_float(env, "KGB_WINNI_RETRY_MAX", Backoff.maximum)),
         )
-
-    def __repr__(self) -> str:
-        return (
-            f"WinniSettings(kafka={self.kafka.masked()!r}, database_url={mask_url(self.database_url)!r}, "
-            f"db_schema={self.db_schema!r}, group={self.group!r}, batch_size={self.batch_size}, writers={self.writers}, "
-            f"processes={self.processes}, "
-            f"store_request_bodies={self.store_request_bodies}, search_index={self.search_index}, "
-            f"search_index_batch={self.search_index_batch}, search_index_share={self.search_index_share}, "
-            f"backoff={self.backoff!r})"
-        )
-
-    __str__ = __repr__
 

@@ -286,6 +286,7 @@ async def test_dewey_rides_out_database_restarts_mid_batch(
     """Restarts land inside batches (its conversation state, its outbox notes) while sessions
     keep coming: Dewey still gets every message exactly once."""
     caplog.set_level(logging.WARNING, logger="consumers")
+    caplog.set_level(logging.DEBUG, logger="consumers.source")  # every failed attempt, for batch_failures
     async with consumer(settings) as task:
         async with feeding(producer, settings.kafka.topic) as sessions:
             await restarts_mid_batch(postgres, settings.database_url, migrated("kgb_dewey.dewey_conversations"), alive=task_alive(task))

@@ -439,6 +439,7 @@ async def test_metrics_rides_out_database_restarts_mid_batch(
     """Restarts land inside batches while sessions keep coming; the rollups end the same, row
     for row, as a build of the same topic that saw no restart: every exchange counted once."""
     caplog.set_level(logging.WARNING, logger="consumers")
+    caplog.set_level(logging.DEBUG, logger="consumers.source")  # every failed attempt, for batch_failures
     async with consuming(settings) as task:
         async with feeding(producer, topic) as sessions:
             await restarts_mid_batch(postgres, settings.database_url, migrated("kgb_metrics.usage_exchanges"), alive=task_alive(task))

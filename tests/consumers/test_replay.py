@@ -307,6 +307,7 @@ async def test_replay_rides_out_database_restarts_mid_batch(
         await stored(db, events)
     live = await dump(settings.database_url, "kgb")
     caplog.set_level(logging.WARNING, logger="consumers")
+    caplog.set_level(logging.DEBUG, logger="consumers.source")  # every failed attempt, for batch_failures
     done = asyncio.Event()
     restarts = asyncio.create_task(restarts_mid_batch(postgres, settings.database_url, REBUILT, done=done))
     try:

@@ -243,6 +243,7 @@ async def test_winni_rides_out_database_restarts_mid_batch(
     """Restarts land inside batches of two writers while sessions keep coming; the tables end
     the same, row for row, as a build of the same topic that saw no restart."""
     caplog.set_level(logging.WARNING, logger="consumers")
+    caplog.set_level(logging.DEBUG, logger="consumers.source")  # every failed attempt, for batch_failures
     settings = replace(settings, writers=2, batch_size=50)
     async with winni(settings) as task:
         async with feeding(producer, settings.kafka.topic) as sessions:
