@@ -191,7 +191,8 @@ async def run(
         )
         if pool is None:
             return
-        indexer = await open_indexer(resources, settings, stop)
+        activity = search_index.Activity()
+        indexer = await open_indexer(resources, settings, stop, activity)
         decoders = await open_decoders(resources, settings.kafka)
         consumer = await open_consumer(resources, settings, stop)
         if consumer is None:
@@ -199,7 +200,7 @@ async def run(
         async with indexer, asyncio.TaskGroup() as tasks:  # a sweep that fails for good stops the consumer too
             sweeper = tasks.create_task(sweep_unanswered(pool, settings.unanswered_after))
             await consume(
-                consumer, decoders, make_handler(pool, stages, settings.writers),
+                consumer, decoders, activity.tracking(make_handler(pool, stages, settings.writers)),
                 stop=stop, batch_size=settings.batch_size, backoff=settings.backoff,
             )
             sweeper.cancel()
@@ -207,9 +208,10 @@ async def run(
 
 
 async def open_indexer(
-    resources: contextlib.AsyncExitStack, settings: WinniSettings, stop: asyncio.Event
+    resources: contextlib.AsyncExitStack, settings: WinniSettings, stop: asyncio.Event, activity: search_index.Activity
 ) -> contextlib.AbstractAsyncContextManager[None]:
-    """The search indexer on a connection of its own, to run beside the consumer; nothing when it is off."""
+    """The search indexer on a connection of its own, to run beside the consumer (giving way to its
+    batches, as ``activity`` tells them); nothing when it is off."""
     if not settings.search_index:
         return contextlib.nullcontext()
     pool = await retrying(
@@ -218,7 +220,9 @@ async def open_indexer(
     if pool is None:
         return contextlib.nullcontext()
     resources.push_async_callback(pool.close)
-    return search_index.indexing(pool, settings.search_index_batch, stop, settings.backoff)
+    return search_index.indexing(
+        pool, settings.search_index_batch, stop, settings.backoff, settings.search_index_share, activity
+    )
 
 
 def sweep_every(unanswered_after: float) -> float:

@@ -40,6 +40,12 @@ def positive(name: str, value: int) -> int:
     return value
 
 
+def share(name: str, value: float) -> float:
+    if not 0 < value <= 1:
+        raise SettingsError(f"{name} must be above 0 and at most 1, got {value}")
+    return value
+
+
 def positive_seconds(name: str, value: float) -> float:
     if not (math.isfinite(value) and value > 0):
         raise SettingsError(f"{name} must be a number of seconds above 0, got {value}")
@@ -63,7 +69,8 @@ class WinniSettings(HoldsSecrets):
     history every turn and grow with the square of the conversation.
     ``search_index`` runs the search indexer beside the consumer (see
     `consumers.winni.search_index`), ``search_index_batch`` messages per
-    statement; off, messages are stored without their search vectors, which a
+    statement, taking ``search_index_share`` of its connection's time while
+    batches keep coming (1: as much as it can); off, messages are stored without their search vectors, which a
     winni started with it on (or `kgb replay`) builds later.
     ``unanswered_after`` is how long, in seconds, a stored request waits for
     its response before its row is marked unanswered (migration 008); it must
@@ -82,6 +89,7 @@ class WinniSettings(HoldsSecrets):
     store_request_bodies: bool = False
     search_index: bool = True
     search_index_batch: int = 200
+    search_index_share: float = 0.2
     unanswered_after: float = 3600.0
     backoff: Backoff = field(default_factory=Backoff)
 
@@ -100,6 +108,9 @@ class WinniSettings(HoldsSecrets):
             search_index=flag(env, "KGB_WINNI_SEARCH_INDEX", cls.search_index),
             search_index_batch=positive(
                 "KGB_WINNI_SEARCH_INDEX_BATCH", env_int(env, "KGB_WINNI_SEARCH_INDEX_BATCH", cls.search_index_batch)
+            ),
+            search_index_share=share(
+                "KGB_WINNI_SEARCH_INDEX_SHARE", env_float(env, "KGB_WINNI_SEARCH_INDEX_SHARE", cls.search_index_share)
             ),
             unanswered_after=positive_seconds(
                 "KGB_WINNI_UNANSWERED_AFTER", env_float(env, "KGB_WINNI_UNANSWERED_AFTER", cls.unanswered_after)

@@ -17,7 +17,8 @@ from aiokafka import AIOKafkaProducer
 from consumers.errors import is_transient
 from consumers.replay import replay
 from consumers.winni import WinniSettings, run
-from consumers.winni.search_index import index_all
+from consumers.source import Batch
+from consumers.winni.search_index import BUSY_SECONDS, Activity, give_way, index_all
 from consumers.winni.store import queries
 from kgb.config import SettingsError
 from tests.consumers.conftest import FAST_BACKOFF, count, eventually, publish, winni
@@ -94,17 +95,20 @@ async def test_with_the_indexer_off_messages_wait_and_index_all_fills_them(
 
 
 async def test_the_indexer_rides_out_database_restarts_mid_statement(
-    postgres: Any, settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection,
-    caplog: pytest.LogCaptureFixture,
+    postgres: Any, settings: WinniSettings, producer: AIOKafkaProducer, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A backlog stored with the indexer off, then a winni with it on and nothing else to do: every
     statement in flight is the indexer's, and the server restarts under it, again and again."""
     caplog.set_level(logging.WARNING, logger="consumers")
     sessions = [long_session(100) for _ in range(4)]
     await publish(producer, settings.kafka.topic, [e for s in sessions for e in s.events])
-    async with winni(replace(settings, search_index=False)):
-        for session in sessions:
-            await complete(db, session)
+    db = await asyncpg.connect(settings.database_url, server_settings={"search_path": "kgb"})
+    try:
+        async with winni(replace(settings, search_index=False)):
+            for session in sessions:
+                await complete(db, session)
+    finally:
+        await db.close()
     done = asyncio.Event()
     async with winni(replace(settings, search_index_batch=3)) as task:
         restarting = asyncio.create_task(
@@ -213,11 +217,35 @@ async def admin(database: str) -> AsyncIterator[asyncpg.Connection]:
     await conn.close()
 
 
-def test_settings_turn_the_indexer_off_and_size_its_batches() -> None:
-    assert (WinniSettings().search_index, WinniSettings().search_index_batch) == (True, 200)
-    read = WinniSettings.from_env({"KGB_WINNI_SEARCH_INDEX": "false", "KGB_WINNI_SEARCH_INDEX_BATCH": "50"})
-    assert (read.search_index, read.search_index_batch) == (False, 50)
-    assert "search_index=False, search_index_batch=50" in repr(read)
+def test_while_winni_is_busy_the_indexer_takes_its_share_of_the_time() -> None:
+    assert give_way(0.1, 0.2) == pytest.approx(0.4)  # 0.1 s of 0.5: a fifth
+    assert give_way(0.3, 0.5) == pytest.approx(0.3) and give_way(0.3, 1) == 0
+
+
+async def test_winni_is_busy_while_batches_keep_coming() -> None:
+    activity = Activity()
+    assert not activity.busy()
+    stored: list[Batch] = []
+
+    async def handler(batch: Batch) -> None:
+        stored.append(batch)
+
+    await activity.tracking(handler)(Batch([], []))
+    assert stored and activity.busy()
+    activity.last -= BUSY_SECONDS
+    assert not activity.busy()
+
+
+def test_settings_turn_the_indexer_off_and_size_its_batches_and_share() -> None:
+    defaults = WinniSettings()
+    assert (defaults.search_index, defaults.search_index_batch, defaults.search_index_share) == (True, 200, 0.2)
+    read = WinniSettings.from_env({"KGB_WINNI_SEARCH_INDEX": "false", "KGB_WINNI_SEARCH_INDEX_BATCH": "50",
+                                   "KGB_WINNI_SEARCH_INDEX_SHARE": "1"})
+    assert (read.search_index, read.search_index_batch, read.search_index_share) == (False, 50, 1.0)
+    assert "search_index=False, search_index_batch=50, search_index_share=1.0" in repr(read)
+    for bad in ("0", "1.5", "-0.2", "nan"):
+        with pytest.raises(SettingsError, match="KGB_WINNI_SEARCH_INDEX_SHARE must be above 0 and at most 1"):
+            WinniSettings.from_env({"KGB_WINNI_SEARCH_INDEX_SHARE": bad})
     with pytest.raises(SettingsError, match="KGB_WINNI_SEARCH_INDEX must be true or false"):
         WinniSettings.from_env({"KGB_WINNI_SEARCH_INDEX": "sometimes"})
     with pytest.raises(SettingsError, match="KGB_WINNI_SEARCH_INDEX_BATCH must be at least 1"):
