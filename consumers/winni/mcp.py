@@ -138,7 +138,10 @@ class Writes:
     http: list[HttpRow] = field(default_factory=list)
 
     def note_rows(self) -> list[NoteRow]:
-        return [NoteRow(call_id, orjson.dumps(notes).decode(), cancelled) for call_id, (notes, cancelled) in self.notes.items()]
+        return [
+            NoteRow(call_id=call_id, notifications=orjson.dumps(notes).decode(), cancelled=cancelled)
+            for call_id, (notes, cancelled) in self.notes.items()
+        ]
 
 
 # --- pure ---------------------------------------------------------------------------

@@ -125,7 +125,7 @@ class Reply:
     at: datetime
 
 
-# --- rows (field order is the parameter order of the named query) ----------------
+# --- rows (field order is the parameter order of the named query; tests/consumers/test_store.py checks it) ---
 
 
 class SessionRow(NamedTuple):
@@ -176,19 +176,19 @@ class ToolUseRow(NamedTuple):
     tool_use_id: str
     name: str | None
     input: str | None
-    exchange_id: str
-    position: int
-    at: datetime
+    use_exchange_id: str
+    use_position: int
+    used_at: datetime
 
 
 class ToolResultRow(NamedTuple):
     conversation_id: uuid.UUID
     tool_use_id: str
-    content: str | None
+    result: str | None
     is_error: bool
-    exchange_id: str
-    position: int
-    at: datetime
+    result_exchange_id: str
+    result_position: int
+    result_at: datetime
 
 
 class ExchangeLink(NamedTuple):
@@ -202,7 +202,7 @@ class ExchangeLink(NamedTuple):
 class TitleRow(NamedTuple):
     session_key: str
     title: str
-    at: datetime
+    title_at: datetime
 
 
 class CopyRow(NamedTuple):
@@ -230,10 +230,10 @@ class Writes:
         """One row per session and batch, merged the way ``upsert_session`` merges a row into the stored one."""
         had = self.sessions.get(row.session_key)
         self.sessions[row.session_key] = row if had is None else SessionRow(
-            row.session_key, _first(had.source, row.source), _first(had.device_id, row.device_id),
-            _first(had.account_uuid, row.account_uuid), _first(row.client, had.client),
-            _first(row.client_version, had.client_version), None,
-            min(had.first_seen, row.first_seen), max(had.last_seen, row.last_seen),
+            session_key=row.session_key, source=_first(had.source, row.source), device_id=_first(had.device_id, row.device_id),
+            account_uuid=_first(had.account_uuid, row.account_uuid), client=_first(row.client, had.client),
+            client_version=_first(row.client_version, had.client_version), title=None,
+            first_seen=min(had.first_seen, row.first_seen), last_seen=max(had.last_seen, row.last_seen),
         )
 
     def touch(self, row: ConversationRow) -> None:
@@ -563,7 +563,8 @@ def session_row(request: Request, body: Any) -> SessionRow:
     device, account = device_and_account(body.fields if isinstance(body, Body) else body)
     client, version = client_and_version(request.client)
     return SessionRow(
-        request.session_key, request.session_source, device, account, client, version, None, request.at, request.at
+        session_key=request.session_key, source=request.session_source, device_id=device, account_uuid=account,
+        client=client, client_version=version, title=None, first_seen=request.at, last_seen=request.at,
     )
 
 
@@ -659,7 +660,7 @@ def apply_reply(state: SessionState, reply: Reply, writes: Writes) -> None:
     if placed.kind == "title" and not reply.partial:
         title = title_of(message)
         if title:
-            writes.titles.append(TitleRow(reply.session_key, title, reply.at))
+            writes.titles.append(TitleRow(session_key=reply.session_key, title=title, title_at=reply.at))
 
 
 def _replaces(position: Position, reply: Reply) -> bool:
@@ -747,9 +748,11 @@ def _touch(state: SessionState, writes: Writes, request: Request, conversation: 
     conversation.last_at = max(conversation.last_at, request.at)
     made = links or Links()
     writes.touch(ConversationRow(
-        conversation.id, state.key, len(state.conversations) - 1, conversation.kind, conversation.agent_id, request.parent_agent_id,
-        made.parent, made.summarised, made.branch_of, made.branch_position,
-        request.model, request.exchange_id, request.at, request.exchange_id, request.at, made.spawned_by,
+        id=conversation.id, session_key=state.key, ordinal=len(state.conversations) - 1, kind=conversation.kind,
+        agent_id=conversation.agent_id, parent_agent_id=request.parent_agent_id, parent_conversation_id=made.parent,
+        summarises_conversation_id=made.summarised, branch_of=made.branch_of, branch_position=made.branch_position,
+        model=request.model, first_exchange_id=request.exchange_id, created_at=request.at,
+        last_exchange_id=request.exchange_id, last_at=request.at, spawned_by_tool_use_id=made.spawned_by,
     ))
 
 
@@ -758,7 +761,10 @@ def _link(
     kind: str, hash_: bytes, retry_of: str | None,
 ) -> None:
     state.exchanges[request.exchange_id] = Placed(conversation_id_, reply_position, kind)
-    writes.exchanges.append(ExchangeLink(request.exchange_id, conversation_id_, reply_position, retry_of, hash_))
+    writes.exchanges.append(ExchangeLink(
+        exchange_id=request.exchange_id, conversation_id=conversation_id_, reply_position=reply_position,
+        retry_of=retry_of, request_hash=hash_,
+    ))
     early = state.early.pop(request.exchange_id, None)
     if early is not None:
         apply_reply(state, early, writes)
@@ -777,7 +783,8 @@ def _store(
             state.opened(conversation)
     content = normal_content(message.content)
     writes.messages.append(MessageRow(
-        conversation.id, position, message.role, content_json(content), message.hash, exchange_id, source, partial, at,
+        conversation_id=conversation.id, position=position, role=message.role, content=content_json(content),
+        content_hash=message.hash, exchange_id=exchange_id, source=source, partial=partial, created_at=at,
     ))
     for block in content if isinstance(content, list) else ():
         _tool_rows(conversation.id, block, exchange_id, position, at, writes)
@@ -791,11 +798,13 @@ def _tool_rows(conversation_id_: uuid.UUID, block: Any, exchange_id: str, positi
         return
     if str(block.get("type", "")).endswith("tool_use") and isinstance(block.get("id"), str):
         writes.tool_uses.append(ToolUseRow(
-            conversation_id_, block["id"], _text(block.get("name")), content_json(block.get("input")), exchange_id, position, at,
+            conversation_id=conversation_id_, tool_use_id=block["id"], name=_text(block.get("name")),
+            input=content_json(block.get("input")), use_exchange_id=exchange_id, use_position=position, used_at=at,
         ))
     elif isinstance(block.get("tool_use_id"), str):
         writes.tool_results.append(ToolResultRow(
-            conversation_id_, block["tool_use_id"], content_json(block.get("content")), failed(block), exchange_id, position, at,
+            conversation_id=conversation_id_, tool_use_id=block["tool_use_id"], result=content_json(block.get("content")),
+            is_error=failed(block), result_exchange_id=exchange_id, result_position=position, result_at=at,
         ))
 
 
