@@ -105,7 +105,18 @@ def pair(events: Sequence[dict[str, Any]], open_calls: list[mcp.OpenCall], count
     return out
 
 
-def daily(answered: Sequence[Any]) -> list[tuple[Any, ...]]:
+class DailyRow(NamedTuple):
+    day: Any
+    server: str
+    transport: str
+    method: str
+    tool: str
+    calls: int
+    errors: int
+    duration_ms_sum: float
+
+
+def daily(answered: Sequence[Any]) -> list[DailyRow]:
     """Answered ``mcp_usage_calls`` rows summed per day, server, transport, method and tool."""
     totals: dict[tuple[Any, ...], list[float]] = {}
     for row in answered:
@@ -113,7 +124,11 @@ def daily(answered: Sequence[Any]) -> list[tuple[Any, ...]]:
         total[0] += 1
         total[1] += row["error_type"] is not None
         total[2] += row["duration_ms"]
-    return [(*k, int(t[0]), int(t[1]), t[2]) for k, t in sorted(totals.items())]
+    return [
+        DailyRow(day=day, server=server, transport=transport, method=method, tool=tool, calls=int(calls),
+                 errors=int(errors), duration_ms_sum=duration)
+        for (day, server, transport, method, tool), (calls, errors, duration) in sorted(totals.items())
+    ]
 
 
 def counted_call(row: Any) -> Counted:

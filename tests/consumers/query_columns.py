@@ -4,7 +4,7 @@ A row's fields must be, in order, the columns its parameters land in: an
 INSERT's column list paired with its VALUES or SELECT list (a parameter read
 through ``json_or_text($N) AS alias`` feeds the first column taking
 ``alias.something``), an UPDATE's ``column = ...$N...`` in SET and WHERE, and
-``unnest($1, ...) AS alias (column, ...)``.
+``unnest($1, ...) AS alias (column, ...)`` (or the INSERT's columns, for ``SELECT * FROM unnest(...)``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import re
 
 _PARAMETER = re.compile(r"\$(\d+)\b")
 _THROUGH = re.compile(r"\w+\(\s*\$(\d+)[^)]*\)\s+(?:AS\s+)?(\w+)", re.IGNORECASE)
-_UNNEST = re.compile(r"unnest\s*\((?P<args>[^;]*?)\)\s+AS\s+\w+\s*\((?P<names>[^)]*)\)", re.IGNORECASE)
+_UNNEST = re.compile(r"unnest\s*\((?P<args>[^;]*?)\)\s*(?:AS\s+\w+\s*\((?P<names>[^)]*)\)|ON\s|$)", re.IGNORECASE)
 _ASSIGNED = re.compile(r"(?:^|[\s(,])(?:\w+\.)?(\w+)\s*=\s*([^,]*?)(?=,|\bWHERE\b|\bAND\b|$)", re.IGNORECASE | re.DOTALL)
 _INSERT = re.compile(
     r"INSERT\s+INTO\s+\w+(?:\s+AS\s+\w+)?\s*\((?P<columns>[^)]*)\)\s*(?:VALUES\s*\((?P<values>.*?)\)\s*(?:ON\s|$)|SELECT\s+(?P<select>.*?)\s+FROM\s)",
@@ -42,10 +42,12 @@ def parameter_columns(sql: str) -> tuple[str, ...]:
     sql = _strip_comments(sql)
     found: dict[int, str] = {}
     through = {alias: int(n) for n, alias in _THROUGH.findall(sql)}
+    insert = _INSERT.search(sql)
     if unnest := _UNNEST.search(sql):
-        for arg, name in zip(split_top(unnest["args"]), split_top(unnest["names"]), strict=True):
+        names = unnest["names"] if unnest["names"] is not None else insert["columns"]  # SELECT *: the INSERT's columns
+        for arg, name in zip(split_top(unnest["args"]), split_top(names), strict=True):
             found.setdefault(int(_PARAMETER.search(arg)[1]), name)
-    elif insert := _INSERT.search(sql):
+    elif insert:
         values = insert["values"] if insert["values"] is not None else insert["select"]
         columns, values = split_top(insert["columns"]), split_top(values)
         if values[-1].endswith(".*"):  # a function's columns end the list: no parameter feeds them
