@@ -18,14 +18,12 @@ holds exactly) that escape is replaced by U+FFFD instead.
 
 from __future__ import annotations
 
-import hashlib
-import re
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from functools import cache
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import asyncpg
 import orjson
@@ -33,16 +31,14 @@ import orjson
 from consumers.errors import InvalidEvent
 from consumers.source import Record, Reject
 from consumers.sql import Queries, load_queries
-from consumers.winni.bodies import NUL_ESCAPE, PART_FIELDS, Body, SentKey, as_body, plain, sent_escape_nul
+from consumers.winni.bodies import (
+    NUL_ESCAPE, PART_FIELDS, Body, SentKey, as_body, jsonb_safe, part_hashes, part_json, sent_escape_nul,
+)
+from consumers.winni.threads import ExchangeLink
 from schemas.codec import timestamp
-
-if TYPE_CHECKING:
-    from consumers.winni.threads import ExchangeLink
 
 USAGE_COLUMNS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
-# A \u0000 escape not itself escaped: preceded by an even number of backslashes.
-_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 _INT64 = range(-(2**63), 2**63)
 
 
@@ -77,13 +73,6 @@ def body_columns(body: bytes) -> tuple[str | None, bytes | None]:
         return None, body
 
 
-def jsonb_safe(text: str | None) -> str | None:
-    """JSON text with ``\\u0000`` escapes, which jsonb refuses, replaced by ``\\ufffd``."""
-    if text is None or "\\u0000" not in text:
-        return text
-    return _NUL_ESCAPE.sub(r"\1\\ufffd", text)
-
-
 def usage_numbers(usage: str | None) -> tuple[int | None, ...]:
     """The token counts worth a column each; anything missing or odd is NULL, never an error."""
     try:
@@ -112,20 +101,6 @@ class Split(NamedTuple):
     rest: str
     messages: int
     parts: dict[str, Part]
-
-
-def part_json(value: Any) -> bytes:
-    """Content-addressed by the JSON with sorted keys, so the same system prompt is one row."""
-    return orjson.dumps(plain(value), option=orjson.OPT_SORT_KEYS)
-
-
-def part_hash(value: Any) -> bytes:
-    return hashlib.blake2b(part_json(value), digest_size=16).digest()
-
-
-def part_hashes(body: Body) -> dict[str, bytes]:
-    """The hash of each of the body's ``PART_FIELDS``, each serialised and hashed in full."""
-    return {name: part_hash(sent) for name, sent in body.parts.items()}
 
 
 def split_body(

@@ -251,9 +251,9 @@ def test_an_unpriced_model_is_logged_once_and_counted_every_time(caplog: pytest.
     (store.BatchItemRow, "add_batch_items"),
     (store.HourlyRow, "add_hourly"),
     (store.TallyRow, "add_tallies"),
-    (metrics_mcp.CallRow, "add_mcp_calls"),
-    (metrics_mcp.AnswerRow, "answer_mcp_calls"),
-    (metrics_mcp.DailyRow, "add_mcp_daily"),
+    (metrics_mcp.McpUsageCallRow, "add_mcp_calls"),
+    (metrics_mcp.McpUsageAnswerRow, "answer_mcp_calls"),
+    (metrics_mcp.McpUsageDailyRow, "add_mcp_daily"),
 ])
 def test_each_row_names_in_order_the_columns_its_query_writes(row: type[tuple[Any, ...]], query: str) -> None:
     assert row._fields == parameter_columns(store.queries()[query])  # type: ignore[attr-defined]

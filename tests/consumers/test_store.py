@@ -13,11 +13,11 @@ import simdjson
 from consumers.errors import InvalidEvent
 from consumers.source import Envelope, Record
 from consumers.winni import mcp, threads
-from consumers.winni.bodies import SentKey, read_body
+from consumers.winni.bodies import SentKey, jsonb_safe, part_hash, part_json, read_body
 from consumers.winni.consumer import by_session
 from consumers.winni.store import (
-    SHARED_COLUMNS, DeadLetterRow, RequestRow, ResponseRow, body_columns, check, headers_json, jsonb_safe, paired, part_hash, part_json, queries, request_row, response_row,
-    split_body, timestamp, usage_numbers,
+    SHARED_COLUMNS, DeadLetterRow, RequestRow, ResponseRow, body_columns, check, headers_json, paired, queries, request_row,
+    response_row, split_body, timestamp, usage_numbers,
 )
 from tests.consumers.factories import exchange, request_event
 from tests.consumers.query_columns import parameter_columns
@@ -96,12 +96,12 @@ def test_rows_match_the_query_parameters() -> None:
     (threads.MessageRow, "upsert_message"),
     (threads.ToolUseRow, "upsert_tool_use"),
     (threads.ToolResultRow, "upsert_tool_result"),
-    (mcp.SessionRow, "upsert_mcp_session"),
-    (mcp.MessageRow, "insert_mcp_message"),
-    (mcp.CallRow, "insert_mcp_call"),
-    (mcp.AnswerRow, "answer_mcp_call"),
-    (mcp.NoteRow, "note_mcp_call"),
-    (mcp.HttpRow, "insert_mcp_http_request"),
+    (mcp.McpSessionRow, "upsert_mcp_session"),
+    (mcp.McpMessageRow, "insert_mcp_message"),
+    (mcp.McpCallRow, "insert_mcp_call"),
+    (mcp.McpAnswerRow, "answer_mcp_call"),
+    (mcp.McpNoteRow, "note_mcp_call"),
+    (mcp.McpHttpRow, "insert_mcp_http_request"),
 ])
 def test_each_row_names_in_order_the_columns_its_query_writes(row: type[tuple[Any, ...]], query: str) -> None:
     assert row._fields == parameter_columns(queries()[query])  # type: ignore[attr-defined]

@@ -10,12 +10,12 @@ from typing import Any
 import orjson
 import pytest
 
+from consumers.winni.bodies import PARTS_REMEMBERED, part_hash, part_hashes
 from consumers.winni.conversations import states_from_rows
 from consumers.winni.threads import (
-    AGENT_TOOLS, CANDIDATES, PARTS_REMEMBERED, CopyRow, Reply, Request, SessionState, Writes, apply_reply, apply_request, client_and_version,
-    device_and_account, message_hash, normal_content, part_hashes, title_of,
+    AGENT_TOOLS, CANDIDATES, CopyRow, Reply, Request, SessionState, Writes, apply_reply, apply_request, client_and_version,
+    device_and_account, message_hash, normal_content, title_of,
 )
-from consumers.winni.store import part_hash
 
 AT = datetime(2026, 1, 1, tzinfo=UTC)
 
