@@ -33,7 +33,9 @@ import orjson
 SESSION_HEADER = "x-kgb-session"
 NAME_LIMIT = 128  # longer names are keyed by their digest
 
-_LEGACY_USER_ID = re.compile(r"_session_([0-9a-fA-F-]{36})$")
+# The form of metadata.user_id before Claude Code's JSON: user_<device>_account_<uuid>_session_<uuid>.
+_LEGACY_SESSION = re.compile(r"_session_([0-9a-fA-F-]{36})$")
+_LEGACY_OWNER = re.compile(r"^user_([0-9a-fA-F]+)_account_([0-9a-fA-F-]*)_session_")
 _CLIENT_NAME = re.compile(r"^([^/\s]+)")
 
 
@@ -61,8 +63,19 @@ def user_id(body: Mapping[str, Any] | None) -> str | None:
     return value if isinstance(value, str) and value.strip() else None
 
 
-def session_from_metadata(body: Mapping[str, Any] | None) -> tuple[str, str] | None:
-    """(session id, source) of a Claude Code session named in `metadata.user_id`, in either of its forms."""
+@dataclass(frozen=True)
+class ClaudeUser:
+    """What Claude Code says of itself in `metadata.user_id`; ``form``: ``metadata_json`` or ``metadata_legacy``."""
+
+    form: str
+    session_id: str | None
+    device_id: str | None
+    account_uuid: str | None
+
+
+def claude_user(body: Mapping[str, Any] | None) -> ClaudeUser | None:
+    """`metadata.user_id` read in either of Claude Code's forms; None when it is in neither (another
+    client's end user, or nothing). Shared with winni, which keeps the device and account."""
     named = user_id(body)
     if named is None:
         return None
@@ -71,10 +84,28 @@ def session_from_metadata(body: Mapping[str, Any] | None) -> tuple[str, str] | N
             parsed = orjson.loads(named)
         except orjson.JSONDecodeError:
             return None
-        session = session_name(parsed.get("session_id")) if isinstance(parsed, dict) else None
-        return (session, "metadata_json") if session else None
-    match = _LEGACY_USER_ID.search(named)
-    return (match.group(1), "metadata_legacy") if match else None
+        if not isinstance(parsed, dict):
+            return None
+        return ClaudeUser(
+            "metadata_json", session_name(parsed.get("session_id")), _text(parsed.get("device_id")),
+            _text(parsed.get("account_uuid")),
+        )
+    session, owner = _LEGACY_SESSION.search(named), _LEGACY_OWNER.match(named)
+    if not (session or owner):
+        return None
+    return ClaudeUser(
+        "metadata_legacy", session[1] if session else None, owner[1] if owner else None, (owner[2] or None) if owner else None,
+    )
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def session_from_metadata(body: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    """(session id, source) of a Claude Code session named in `metadata.user_id`, in either of its forms."""
+    user = claude_user(body)
+    return (user.session_id, user.form) if user and user.session_id else None
 
 
 def client_name(user_agent: str | None) -> str:

@@ -6,15 +6,38 @@
 - `postgres` (session): `.dsn` (the `winni` database) and `.admin_dsn`.
 - `database`: the DSN of a fresh empty database on `postgres`, dropped afterwards.
   To start from a migrated template instead, use `services.create_database(admin_dsn, template=...)`.
+
+Each test is marked by what it needs (`pytest_collection_modifyitems`), so
+``-m "not kafka and not postgres and not e2e and not browser"`` runs the pure
+suite alone: ``kafka`` and ``postgres`` for the fixtures it uses (directly or
+through another fixture), ``e2e`` for tests/e2e, ``browser`` for Chromium.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
+from pathlib import Path
 
 import pytest
 
 from tests import services
+
+# A test that uses one of these fixtures, itself or through another one, gets the marker.
+FIXTURE_MARKERS = {"kafka": "kafka", "postgres": "postgres", "browser": "browser"}
+FOLDER_MARKERS = {"e2e": "e2e"}  # tests/<folder>/...
+
+
+def markers_of(fixtures: Iterable[str], folders: Iterable[str]) -> set[str]:
+    found = {FIXTURE_MARKERS[f] for f in fixtures if f in FIXTURE_MARKERS}
+    return found | {FOLDER_MARKERS[f] for f in folders if f in FOLDER_MARKERS}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests = Path(__file__).parent
+    for item in items:
+        folders = item.path.relative_to(tests).parts[:-1] if item.path.is_relative_to(tests) else ()
+        for marker in sorted(markers_of(getattr(item, "fixturenames", ()), folders)):
+            item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")

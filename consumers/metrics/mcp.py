@@ -22,7 +22,7 @@ from consumers.source import Record
 from schemas.codec import timestamp
 
 
-class CallRow(NamedTuple):
+class McpUsageCallRow(NamedTuple):
     call_key: str
     session_key: str
     server: str
@@ -36,7 +36,7 @@ class CallRow(NamedTuple):
     requested_at: datetime
 
 
-class AnswerRow(NamedTuple):
+class McpUsageAnswerRow(NamedTuple):
     call_key: str
     answer_key: str
     protocol_version: str | None
@@ -60,8 +60,8 @@ class Counted:
 
 @dataclass
 class Pairing:
-    calls: list[CallRow] = field(default_factory=list)
-    answers: list[AnswerRow] = field(default_factory=list)
+    calls: list[McpUsageCallRow] = field(default_factory=list)
+    answers: list[McpUsageAnswerRow] = field(default_factory=list)
 
 
 def key(message: mcp.McpMessage) -> str:
@@ -84,7 +84,7 @@ def pair(events: Sequence[dict[str, Any]], open_calls: list[mcp.OpenCall], count
         for message in mcp.messages_of(event):
             if message.kind == "request" and message.jsonrpc_id is not None:
                 at = timestamp(message.occurred_at)
-                out.calls.append(CallRow(
+                out.calls.append(McpUsageCallRow(
                     call_key=key(message), session_key=message.session_key, server=message.server,
                     transport=mcp.transport(event), direction=message.direction, method=message.method or "",
                     tool=mcp.call_target(message), jsonrpc_id=message.jsonrpc_id, connection_id=message.connection_id,
@@ -97,7 +97,7 @@ def pair(events: Sequence[dict[str, Any]], open_calls: list[mcp.OpenCall], count
                 if call is not None:
                     open_calls.remove(call)
                     at = timestamp(message.occurred_at)
-                    out.answers.append(AnswerRow(
+                    out.answers.append(McpUsageAnswerRow(
                         call_key=call.call_id, answer_key=key(message), protocol_version=event.get("protocol_version"),
                         responded_at=at, duration_ms=(at - call.requested_at).total_seconds() * 1000,
                         error_type=error_type(message.value),
@@ -105,7 +105,18 @@ def pair(events: Sequence[dict[str, Any]], open_calls: list[mcp.OpenCall], count
     return out
 
 
-def daily(answered: Sequence[Any]) -> list[tuple[Any, ...]]:
+class McpUsageDailyRow(NamedTuple):
+    day: Any
+    server: str
+    transport: str
+    method: str
+    tool: str
+    calls: int
+    errors: int
+    duration_ms_sum: float
+
+
+def daily(answered: Sequence[Any]) -> list[McpUsageDailyRow]:
     """Answered ``mcp_usage_calls`` rows summed per day, server, transport, method and tool."""
     totals: dict[tuple[Any, ...], list[float]] = {}
     for row in answered:
@@ -113,7 +124,11 @@ def daily(answered: Sequence[Any]) -> list[tuple[Any, ...]]:
         total[0] += 1
         total[1] += row["error_type"] is not None
         total[2] += row["duration_ms"]
-    return [(*k, int(t[0]), int(t[1]), t[2]) for k, t in sorted(totals.items())]
+    return [
+        McpUsageDailyRow(day=day, server=server, transport=transport, method=method, tool=tool, calls=int(calls),
+                 errors=int(errors), duration_ms_sum=duration)
+        for (day, server, transport, method, tool), (calls, errors, duration) in sorted(totals.items())
+    ]
 
 
 def counted_call(row: Any) -> Counted:

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -122,7 +122,15 @@ class Priced:
         return bool(self.cost.unpriced)
 
 
-RollupKey = tuple[datetime, str, str, str, str, str]  # hour, model ("" when none), session, kind, project, key
+class RollupKey(NamedTuple):
+    """What an hourly row is summed by: the leading columns of ``usage_hourly`` and its tallies."""
+
+    hour: datetime
+    model: str  # "" when none
+    session_key: str
+    kind: str
+    project: str
+    key_fingerprint: str
 
 
 @dataclass(slots=True)
@@ -284,7 +292,11 @@ def rollup(priced: Iterable[Priced]) -> dict[RollupKey, Totals]:
     totals: dict[RollupKey, Totals] = defaultdict(Totals)
     for p in priced:
         e = p.exchange
-        add(totals[(e.hour, e.model or "", e.session_key, e.kind, e.project, e.key_fingerprint)], p)
+        key = RollupKey(
+            hour=e.hour, model=e.model or "", session_key=e.session_key, kind=e.kind, project=e.project,
+            key_fingerprint=e.key_fingerprint,
+        )
+        add(totals[key], p)
     return dict(totals)
 
 

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import orjson
@@ -87,36 +89,181 @@ def columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)] if rows else []
 
 
-def request_columns(h: RequestHalf) -> tuple[Any, ...]:
-    return (h.exchange_id, h.session_key, h.agent_id, h.started_at.date(), h.started_at, h.model, h.kind, h.path,
-            h.project, h.key_fingerprint)
+# Rows of the named queries: field order is parameter order (tests/consumers/test_metrics_rollup.py checks it).
 
 
-def response_columns(h: ResponseHalf) -> tuple[Any, ...]:
+class UsageRequestRow(NamedTuple):
+    exchange_id: str
+    session_key: str
+    agent_id: str | None
+    day: date
+    started_at: datetime
+    model: str | None
+    kind: str
+    path: str
+    project: str | None
+    key_fingerprint: str
+
+
+class UsageResponseRow(NamedTuple):
+    exchange_id: str
+    session_key: str
+    agent_id: str | None
+    day: date
+    started_at: datetime
+    status: int
+    error_type: str | None
+    interrupted: bool
+    has_usage: bool
+    input_tokens: int
+    output_tokens: int
+    cache_write_5m_tokens: int
+    cache_write_1h_tokens: int
+    cache_read_tokens: int
+    web_search_requests: int
+    ttfb_ms: float | None
+    duration_ms: float
+    thinking_tokens: int
+    web_fetch_requests: int
+    speed: str | None
+    inference_geo: str | None
+    service_tier: str | None
+    stop_reason: str | None
+    content_blocks: str | None
+    parts: str | None
+    compactions: int
+    served_model: str | None
+    key_fingerprint: str
+
+
+class CostRow(NamedTuple):
+    exchange_id: str
+    cost_usd: Decimal | None
+    unpriced_models: str
+    prices_version: str
+    project: str | None
+    long_context: bool
+    fast: bool
+    us_only: bool
+    batch: bool
+
+
+class HourlyRow(NamedTuple):
+    hour: datetime
+    model: str
+    session_key: str
+    kind: str
+    project: str
+    key_fingerprint: str
+    requests: int
+    errors: int
+    interrupted: int
+    input_tokens: int
+    output_tokens: int
+    cache_write_5m_tokens: int
+    cache_write_1h_tokens: int
+    cache_read_tokens: int
+    thinking_tokens: int
+    web_search_requests: int
+    web_fetch_requests: int
+    cost_usd: Decimal | None
+    unpriced_requests: int
+    long_context_requests: int
+    fast_requests: int
+    us_only_requests: int
+    batch_requests: int
+    compactions: int
+    ttfb_ms_sum: float
+    ttfb_count: int
+    duration_ms_sum: float
+    duration_count: int
+    first_at: datetime | None
+    last_at: datetime | None
+
+
+class TallyRow(NamedTuple):
+    hour: datetime
+    model: str
+    session_key: str
+    kind: str
+    project: str
+    key_fingerprint: str
+    tally: str
+    value: str
+    n: int
+
+
+class BatchItemRow(NamedTuple):
+    item_id: str
+    custom_id: str | None
+    exchange_id: str
+    session_key: str
+    model: str | None
+    counted_at: datetime
+    input_tokens: int
+    output_tokens: int
+    cache_write_5m_tokens: int
+    cache_write_1h_tokens: int
+    cache_read_tokens: int
+    cost_usd: Decimal | None
+    unpriced_models: str
+    prices_version: str
+
+
+class ProjectRow(NamedTuple):
+    session_key: str
+    project: str
+    seen_at: datetime
+
+
+def request_columns(h: RequestHalf) -> UsageRequestRow:
+    return UsageRequestRow(
+        exchange_id=h.exchange_id, session_key=h.session_key, agent_id=h.agent_id, day=h.started_at.date(),
+        started_at=h.started_at, model=h.model, kind=h.kind, path=h.path, project=h.project,
+        key_fingerprint=h.key_fingerprint,
+    )
+
+
+def response_columns(h: ResponseHalf) -> UsageResponseRow:
     u = h.usage
     t = u.tokens
-    return (
-        h.exchange_id, h.session_key, h.agent_id, h.started_at.date(), h.started_at, h.status, h.error_type,
-        h.interrupted, h.has_usage, t.input, t.output, t.cache_write_5m, t.cache_write_1h, t.cache_read,
-        u.web_search_requests, h.ttfb_ms, h.duration_ms, u.thinking, u.web_fetch_requests, u.speed, u.inference_geo,
-        u.service_tier, h.stop_reason, orjson.dumps(dict(h.blocks)).decode() if h.blocks else None, parts_json(u),
-        u.compactions, u.served_by, h.key_fingerprint,
+    return UsageResponseRow(
+        exchange_id=h.exchange_id, session_key=h.session_key, agent_id=h.agent_id, day=h.started_at.date(),
+        started_at=h.started_at, status=h.status, error_type=h.error_type, interrupted=h.interrupted,
+        has_usage=h.has_usage, input_tokens=t.input, output_tokens=t.output, cache_write_5m_tokens=t.cache_write_5m,
+        cache_write_1h_tokens=t.cache_write_1h, cache_read_tokens=t.cache_read,
+        web_search_requests=u.web_search_requests, ttfb_ms=h.ttfb_ms, duration_ms=h.duration_ms,
+        thinking_tokens=u.thinking, web_fetch_requests=u.web_fetch_requests, speed=u.speed,
+        inference_geo=u.inference_geo, service_tier=u.service_tier, stop_reason=h.stop_reason,
+        content_blocks=orjson.dumps(dict(h.blocks)).decode() if h.blocks else None, parts=parts_json(u),
+        compactions=u.compactions, served_model=u.served_by, key_fingerprint=h.key_fingerprint,
     )
 
 
-def cost_columns(p: Priced) -> tuple[Any, ...]:
+def cost_columns(p: Priced) -> CostRow:
     c = p.cost
-    return (p.exchange.exchange_id, c.usd, orjson.dumps(c.unpriced).decode(), c.version, p.exchange.project or None,
-            c.long_context, c.fast, c.us_only, c.batch)
-
-
-def hourly_columns(key: RollupKey, t: Totals) -> tuple[Any, ...]:
-    return (
-        *key, t.requests, t.errors, t.interrupted, t.input, t.output, t.cache_write_5m, t.cache_write_1h,
-        t.cache_read, t.thinking, t.web_search_requests, t.web_fetch_requests, t.cost, t.unpriced_requests,
-        t.long_context_requests, t.fast_requests, t.us_only_requests, t.batch_requests, t.compactions, t.ttfb_ms_sum,
-        t.ttfb_count, t.duration_ms_sum, t.duration_count, t.first_at, t.last_at,
+    return CostRow(
+        exchange_id=p.exchange.exchange_id, cost_usd=c.usd, unpriced_models=orjson.dumps(c.unpriced).decode(),
+        prices_version=c.version, project=p.exchange.project or None, long_context=c.long_context, fast=c.fast,
+        us_only=c.us_only, batch=c.batch,
     )
+
+
+def hourly_columns(key: RollupKey, t: Totals) -> HourlyRow:
+    return HourlyRow(
+        **key._asdict(), requests=t.requests, errors=t.errors, interrupted=t.interrupted, input_tokens=t.input,
+        output_tokens=t.output, cache_write_5m_tokens=t.cache_write_5m, cache_write_1h_tokens=t.cache_write_1h,
+        cache_read_tokens=t.cache_read, thinking_tokens=t.thinking, web_search_requests=t.web_search_requests,
+        web_fetch_requests=t.web_fetch_requests, cost_usd=t.cost, unpriced_requests=t.unpriced_requests,
+        long_context_requests=t.long_context_requests, fast_requests=t.fast_requests,
+        us_only_requests=t.us_only_requests, batch_requests=t.batch_requests, compactions=t.compactions,
+        ttfb_ms_sum=t.ttfb_ms_sum, ttfb_count=t.ttfb_count, duration_ms_sum=t.duration_ms_sum,
+        duration_count=t.duration_count, first_at=t.first_at, last_at=t.last_at,
+    )
+
+
+def tally_rows(key: RollupKey, t: Totals) -> list[TallyRow]:
+    return [TallyRow(**key._asdict(), tally=tally, value=value, n=n) for (tally, value), n in sorted(t.tallies.items())]
 
 
 def batch_exchanges(download: Download, project: str) -> list[Exchange]:
@@ -133,16 +280,17 @@ def batch_exchanges(download: Download, project: str) -> list[Exchange]:
     ]
 
 
-def batch_item_columns(p: Priced, item: BatchItem, exchange_id: str) -> tuple[Any, ...]:
+def batch_item_columns(p: Priced, item: BatchItem, exchange_id: str) -> BatchItemRow:
     e, t = p.exchange, p.exchange.usage.tokens
-    return (
-        item.item_id, item.custom_id, exchange_id, e.session_key, item.model, e.started_at, t.input, t.output,
-        t.cache_write_5m, t.cache_write_1h, t.cache_read, p.cost.usd, orjson.dumps(p.cost.unpriced).decode(),
-        p.cost.version,
+    return BatchItemRow(
+        item_id=item.item_id, custom_id=item.custom_id, exchange_id=exchange_id, session_key=e.session_key,
+        model=item.model, counted_at=e.started_at, input_tokens=t.input, output_tokens=t.output,
+        cache_write_5m_tokens=t.cache_write_5m, cache_write_1h_tokens=t.cache_write_1h, cache_read_tokens=t.cache_read,
+        cost_usd=p.cost.usd, unpriced_models=orjson.dumps(p.cost.unpriced).decode(), prices_version=p.cost.version,
     )
 
 
-async def add_halves(conn: asyncpg.Connection, sql: str, rows: list[tuple[Any, ...]]) -> list[asyncpg.Record]:
+async def add_halves(conn: asyncpg.Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> list[asyncpg.Record]:
     """The rows this statement completed (both halves now present)."""
     if not rows:
         return []
@@ -156,7 +304,7 @@ async def remember_projects(conn: asyncpg.Connection, requests: Iterable[Request
         if h.project and (h.session_key not in latest or h.started_at >= latest[h.session_key].started_at):
             latest[h.session_key] = h
     if latest:
-        rows = [(k, h.project, h.started_at) for k, h in sorted(latest.items())]
+        rows = [ProjectRow(session_key=k, project=h.project, seen_at=h.started_at) for k, h in sorted(latest.items())]
         await conn.execute(queries().remember_projects, *columns(rows))
 
 
@@ -204,7 +352,7 @@ async def write_usage(conn: asyncpg.Connection, records: Sequence[Record], price
         return []
     ordered = sorted(rollup(priced).items())
     await conn.execute(q.add_hourly, *columns([hourly_columns(key, t) for key, t in ordered]))
-    tallies = [(*key, tally, value, n) for key, t in ordered for (tally, value), n in sorted(t.tallies.items())]
+    tallies = [row for key, t in ordered for row in tally_rows(key, t)]
     if tallies:
         await conn.execute(q.add_tallies, *columns(tallies))
     return priced

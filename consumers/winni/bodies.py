@@ -18,6 +18,8 @@ an object stays what `parse_json` makes of it.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +30,8 @@ from kgb.documents import parse_json
 
 # The request fields that are the same request after request, stored once each in request_parts.
 PART_FIELDS = ("system", "tools")
+# Distinct system and tools values one session remembers (`part_hashes`); more start the memory afresh.
+PARTS_REMEMBERED = 16
 _BOM = b"\xef\xbb\xbf"  # simdjson skips it, orjson refuses the body
 _PROXIES = (simdjson.Object, simdjson.Array)
 
@@ -127,6 +131,15 @@ def _mini(value: Any) -> bytes:
 
 
 NUL_ESCAPE = b"\\u0000"  # jsonb refuses it: a body holding one is stored whole, as text
+# A \u0000 escape not itself escaped: preceded by an even number of backslashes.
+_NUL_ESCAPE_TEXT = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def jsonb_safe(text: str | None) -> str | None:
+    """JSON text with ``\\u0000`` escapes, which jsonb refuses, replaced by ``\\ufffd``."""
+    if text is None or "\\u0000" not in text:
+        return text
+    return _NUL_ESCAPE_TEXT.sub(r"\1\\ufffd", text)
 
 
 def sent_escape_nul(body: Body, clean: set[SentKey]) -> bool:
@@ -139,3 +152,33 @@ def sent_escape_nul(body: Body, clean: set[SentKey]) -> bool:
                 return True
             clean.add(sent.key)
     return False
+
+
+def part_json(value: Any) -> bytes:
+    """Content-addressed by the JSON with sorted keys, so the same system prompt is one ``request_parts`` row."""
+    return orjson.dumps(plain(value), option=orjson.OPT_SORT_KEYS)
+
+
+def part_hash(value: Any) -> bytes:
+    return hashlib.blake2b(part_json(value), digest_size=16).digest()
+
+
+def part_hashes(body: Any, known: dict[SentKey, bytes] | None = None) -> dict[str, bytes]:
+    """The `part_hash` of each of the `PART_FIELDS` of ``body`` (a `Body`, or a plain JSON object).
+
+    ``known`` (value as sent -> hash, one per session) is read and filled like the
+    message hashes: a value sent before costs a fast keyed hash of its minified bytes
+    instead of making it Python, a serialisation with sorted keys and blake2b of ~80 KB.
+    Without it each is serialised and hashed in full.
+    """
+    if known is None:
+        return {name: part_hash(sent) for name, sent in as_body(body).parts.items()}
+    out = {}
+    for name, sent in as_body(body).parts.items():
+        hash_ = known.get(sent.key)
+        if hash_ is None:
+            if len(known) >= PARTS_REMEMBERED:
+                known.clear()
+            hash_ = known[sent.key] = part_hash(sent)
+        out[name] = hash_
+    return out

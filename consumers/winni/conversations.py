@@ -31,22 +31,21 @@ import simdjson
 
 from consumers.mcp import is_mcp
 from consumers.source import Record
-from consumers.winni.bodies import Body, SentKey, read_body
+from consumers.winni.bodies import Body, SentKey, part_hashes, read_body
 from consumers.winni.store import Split, queries, split_body, without_nul, write_exchanges
 from consumers.winni.threads import (
     THREAD_KINDS,
     Conversation,
     ExchangeLink,
     Placed,
-    Position,
     Reply,
     Request,
     SessionState,
+    Slot,
     Writes,
     apply_reply,
     apply_request,
     offer_agent_call,
-    part_hashes,
 )
 from kgb.documents import parse_json
 from schemas.codec import timestamp
@@ -119,7 +118,7 @@ def states_from_rows(
     for row in positions:
         conversation_id = _uuid(row["conversation_id"])
         owners[conversation_id].conversations[conversation_id].positions.append(
-            Position(bytes(row["content_hash"]), row["role"], row["from_response"], row["partial"])
+            Slot(bytes(row["content_hash"]), row["role"], row["from_response"], row["partial"])
         )
     for state in states.values():
         for conversation in state.conversations.values():  # in the order they were started, as live

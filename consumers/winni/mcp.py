@@ -34,14 +34,15 @@ import orjson
 
 from consumers import mcp
 from consumers.source import Record
-from consumers.winni.store import headers_json, jsonb_safe, queries, without_nul
+from consumers.winni.bodies import jsonb_safe
+from consumers.winni.store import headers_json, queries, without_nul
 from schemas.codec import timestamp
 
 # Fixed forever: call ids derive from it, so a replay finds the same ids.
 NAMESPACE = uuid.UUID("3a4f0c1e-6b1d-4c56-9d0e-2f7a8b9c0d11")
 
 
-class SessionRow(NamedTuple):
+class McpSessionRow(NamedTuple):
     session_key: str
     server: str
     transport: str
@@ -58,7 +59,7 @@ class SessionRow(NamedTuple):
     message_count: int
 
 
-class MessageRow(NamedTuple):
+class McpMessageRow(NamedTuple):
     session_key: str
     position: int
     event_id: str
@@ -74,7 +75,7 @@ class MessageRow(NamedTuple):
     occurred_at: datetime
 
 
-class CallRow(NamedTuple):
+class McpCallRow(NamedTuple):
     call_id: uuid.UUID
     session_key: str
     server: str
@@ -90,7 +91,7 @@ class CallRow(NamedTuple):
     requested_at: datetime
 
 
-class AnswerRow(NamedTuple):
+class McpAnswerRow(NamedTuple):
     call_id: uuid.UUID
     result: str | None
     error: str | None
@@ -100,13 +101,13 @@ class AnswerRow(NamedTuple):
     duration_ms: float
 
 
-class NoteRow(NamedTuple):
+class McpNoteRow(NamedTuple):
     call_id: uuid.UUID
     notifications: str
     cancelled: bool
 
 
-class HttpRow(NamedTuple):
+class McpHttpRow(NamedTuple):
     connection_id: str
     session_key: str
     server: str
@@ -130,15 +131,18 @@ class HttpRow(NamedTuple):
 
 @dataclass
 class Writes:
-    sessions: dict[str, SessionRow] = field(default_factory=dict)
-    messages: list[MessageRow] = field(default_factory=list)
-    calls: list[CallRow] = field(default_factory=list)
-    answers: list[AnswerRow] = field(default_factory=list)
+    sessions: dict[str, McpSessionRow] = field(default_factory=dict)
+    messages: list[McpMessageRow] = field(default_factory=list)
+    calls: list[McpCallRow] = field(default_factory=list)
+    answers: list[McpAnswerRow] = field(default_factory=list)
     notes: dict[uuid.UUID, tuple[list[dict[str, Any]], bool]] = field(default_factory=dict)
-    http: list[HttpRow] = field(default_factory=list)
+    http: list[McpHttpRow] = field(default_factory=list)
 
-    def note_rows(self) -> list[NoteRow]:
-        return [NoteRow(call_id, orjson.dumps(notes).decode(), cancelled) for call_id, (notes, cancelled) in self.notes.items()]
+    def note_rows(self) -> list[McpNoteRow]:
+        return [
+            McpNoteRow(call_id=call_id, notifications=orjson.dumps(notes).decode(), cancelled=cancelled)
+            for call_id, (notes, cancelled) in self.notes.items()
+        ]
 
 
 # --- pure ---------------------------------------------------------------------------
@@ -173,9 +177,9 @@ def end_of(event: dict[str, Any]) -> str | None:
     return None
 
 
-def http_row(event: dict[str, Any]) -> HttpRow:
+def http_row(event: dict[str, Any]) -> McpHttpRow:
     http = event["http"]
-    return HttpRow(
+    return McpHttpRow(
         connection_id=event["connection_id"], session_key=mcp.session_key(event), server=event["upstream"],
         method=http["method"], path=http["path"], query=http["query"], status=http["status"], content_type=http["content_type"],
         error_type=event.get("error_type"), error_message=event.get("error_message"),
@@ -186,14 +190,14 @@ def http_row(event: dict[str, Any]) -> HttpRow:
     )
 
 
-def session_row(event: dict[str, Any], previous: SessionRow | None, count: int, messages: Sequence[mcp.McpMessage]) -> SessionRow:
+def session_row(event: dict[str, Any], previous: McpSessionRow | None, count: int, messages: Sequence[mcp.McpMessage]) -> McpSessionRow:
     """The session as this event leaves it, merged with what the batch said before (as the upsert merges)."""
     at = timestamp(event["occurred_at"])
     process = event.get("process")
     ended = end_of(event)
     clients = [info for info in map(mcp.client_info, messages) if info]
     servers = [info for info in map(mcp.server_info, messages) if info]
-    fresh = SessionRow(
+    fresh = McpSessionRow(
         session_key=mcp.session_key(event), server=event["upstream"], transport=mcp.transport(event),
         upstream_url=event.get("upstream_url"), mcp_session_id=event.get("mcp_session_id"),
         protocol_version=event.get("protocol_version"), client_info=dumps(clients[0]) if clients else None,
@@ -228,9 +232,9 @@ def noted(open_calls: list[mcp.OpenCall], message: mcp.McpMessage, transport: st
     return by_token or (on_stream[0] if transport == "streamable_http" and len(on_stream) == 1 else None), False
 
 
-def call_row(message: mcp.McpMessage) -> CallRow:
+def call_row(message: mcp.McpMessage) -> McpCallRow:
     name = mcp.call_target(message)
-    return CallRow(
+    return McpCallRow(
         call_id=call_id_of(message), session_key=message.session_key, server=message.server, direction=message.direction,
         method=message.method or "", jsonrpc_id=message.jsonrpc_id or "null", name=name,
         arguments=dumps(mcp.call_arguments(message)),
@@ -240,10 +244,10 @@ def call_row(message: mcp.McpMessage) -> CallRow:
     )
 
 
-def answer_row(call: mcp.OpenCall, message: mcp.McpMessage) -> AnswerRow:
+def answer_row(call: mcp.OpenCall, message: mcp.McpMessage) -> McpAnswerRow:
     value = message.value if isinstance(message.value, dict) else {}
     at = timestamp(message.occurred_at)
-    return AnswerRow(
+    return McpAnswerRow(
         call_id=call.call_id, result=dumps(value.get("result")), error=dumps(value.get("error")),
         is_error=mcp.is_error_result(value), response_event_id=message.event_id, responded_at=at,
         duration_ms=(at - call.requested_at).total_seconds() * 1000,
@@ -274,7 +278,7 @@ class Planner:
         self.counts[message.session_key] = position + 1
         self.stored.add((message.event_id, message.part))
         call = self.join(message, transport)
-        self.writes.messages.append(MessageRow(
+        self.writes.messages.append(McpMessageRow(
             session_key=message.session_key, position=position, event_id=message.event_id, part=message.part,
             connection_id=message.connection_id, direction=message.direction, kind=message.kind, method=message.method,
             jsonrpc_id=message.jsonrpc_id, payload=payload_text(message.payload), flag=message.flag,

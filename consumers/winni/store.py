@@ -18,11 +18,10 @@ holds exactly) that escape is replaced by U+FFFD instead.
 
 from __future__ import annotations
 
-import hashlib
-import re
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from functools import cache
 from typing import Any, NamedTuple
 
@@ -32,13 +31,14 @@ import orjson
 from consumers.errors import InvalidEvent
 from consumers.source import Record, Reject
 from consumers.sql import Queries, load_queries
-from consumers.winni.bodies import NUL_ESCAPE, PART_FIELDS, Body, SentKey, as_body, plain, sent_escape_nul
+from consumers.winni.bodies import (
+    NUL_ESCAPE, PART_FIELDS, Body, SentKey, as_body, jsonb_safe, part_hashes, part_json, sent_escape_nul,
+)
+from consumers.winni.threads import ExchangeLink
 from schemas.codec import timestamp
 
 USAGE_COLUMNS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
-# A \u0000 escape not itself escaped: preceded by an even number of backslashes.
-_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 _INT64 = range(-(2**63), 2**63)
 
 
@@ -71,13 +71,6 @@ def body_columns(body: bytes) -> tuple[str | None, bytes | None]:
         return body.decode("utf-8"), None
     except UnicodeDecodeError:
         return None, body
-
-
-def jsonb_safe(text: str | None) -> str | None:
-    """JSON text with ``\\u0000`` escapes, which jsonb refuses, replaced by ``\\ufffd``."""
-    if text is None or "\\u0000" not in text:
-        return text
-    return _NUL_ESCAPE.sub(r"\1\\ufffd", text)
 
 
 def without_nul(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -122,20 +115,6 @@ class Split(NamedTuple):
     parts: dict[str, Part]
 
 
-def part_json(value: Any) -> bytes:
-    """Content-addressed by the JSON with sorted keys, so the same system prompt is one row."""
-    return orjson.dumps(plain(value), option=orjson.OPT_SORT_KEYS)
-
-
-def part_hash(value: Any) -> bytes:
-    return hashlib.blake2b(part_json(value), digest_size=16).digest()
-
-
-def part_hashes(body: Body) -> dict[str, bytes]:
-    """The hash of each of the body's ``PART_FIELDS``, each serialised and hashed in full."""
-    return {name: part_hash(sent) for name, sent in body.parts.items()}
-
-
 def split_body(
     raw: bytes, body: Any, hashes: Mapping[str, bytes] | None = None, clean: set[SentKey] | None = None
 ) -> Split | None:
@@ -170,86 +149,162 @@ def check(event: dict[str, Any]) -> None:
             raise InvalidEvent(f"{name} {event[name]!r} is not a UUID") from None
 
 
-SHARED_COLUMNS = 7  # the leading parameters both halves' rows share (`shared_columns`)
+# The leading columns both halves' rows share, in their order (`shared_columns`).
+SHARED_COLUMNS = ("exchange_id", "session_key", "session_source", "agent_id", "parent_agent_id", "api_key_fingerprint", "client")
 
 
-def shared_columns(event: dict[str, Any]) -> tuple[Any, ...]:
-    return (
-        event["exchange_id"],
-        event["session_key"],
-        event["session_source"],
-        event["agent_id"],
-        event["parent_agent_id"],
-        event["api_key_fingerprint"],
-        event["client"],
-    )
+class RequestRow(NamedTuple):
+    """Parameters of ``upsert_request``: field order is parameter order (tests/consumers/test_store.py checks it)."""
+
+    exchange_id: str
+    session_key: str
+    session_source: str
+    agent_id: str | None
+    parent_agent_id: str | None
+    api_key_fingerprint: str | None
+    client: str | None
+    request_event_id: str
+    request_occurred_at: datetime | None
+    method: str
+    path: str
+    query: str | None
+    http_version: str | None
+    model: str | None
+    stream: bool | None
+    received_at: datetime | None
+    request_headers: str
+    request_body: str | None
+    request_body_bytes: bytes | None
+    request_body_size: int
+    request_redactions: list[str]
+    request_messages: int | None
+    request_system: bytes | None
+    request_tools: bytes | None
+    conversation_id: uuid.UUID | None
+    reply_position: int | None
+    retry_of: str | None
+    request_hash: bytes | None
 
 
-# Where the conversation stage placed a request: (conversation id, reply position, retry of, request hash).
-NOT_PLACED = (None, None, None, None)
+class ResponseRow(NamedTuple):
+    """Parameters of ``upsert_response``, its first fields `SHARED_COLUMNS`; field order is parameter order."""
+
+    exchange_id: str
+    session_key: str
+    session_source: str
+    agent_id: str | None
+    parent_agent_id: str | None
+    api_key_fingerprint: str | None
+    client: str | None
+    response_event_id: str
+    response_occurred_at: datetime | None
+    status: int
+    response_headers: str
+    response_body: str | None
+    response_body_bytes: bytes | None
+    response_content_encoding: str | None
+    is_sse: bool
+    message: str | None
+    usage: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    cache_creation_input_tokens: int | None
+    cache_read_input_tokens: int | None
+    stop_reason: str | None
+    error_type: str | None
+    error_message: str | None
+    error_in_stream: bool
+    started_at: datetime | None
+    ttfb_ms: float | None
+    duration_ms: float
+    client_disconnected: bool
+    upstream_complete: bool
+    response_redactions: list[str]
 
 
-def request_row(event: dict[str, Any], split: Split | None = None, placed: Sequence[Any] = NOT_PLACED) -> tuple[Any, ...]:
-    """Parameters of ``upsert_request``, in order; the body whole unless ``split`` is given; ``placed``
-    as `NOT_PLACED` describes."""
+class DeadLetterRow(NamedTuple):
+    """Parameters of ``insert_dead_letter``."""
+
+    topic: str
+    kafka_partition: int
+    kafka_offset: int
+    key: bytes | None
+    value: bytes | None
+    reason: str
+    error_class: str
+
+
+def shared_columns(event: dict[str, Any]) -> dict[str, Any]:
+    return {name: event[name] for name in SHARED_COLUMNS}
+
+
+def request_row(event: dict[str, Any], split: Split | None = None, placed: ExchangeLink | None = None) -> RequestRow:
+    """The body whole unless ``split`` is given; ``placed``: where the conversation stage placed the
+    request, if it did."""
     r = event["request"]
     text, raw = body_columns(r["body"]) if split is None else (split.rest, None)
     parts = split.parts if split else {}
-    return (
-        *shared_columns(event),
-        event["event_id"],
-        timestamp(event["occurred_at"]),
-        r["method"],
-        r["path"],
-        r["query"],
-        r["http_version"],
-        r["model"],
-        r["stream"],
-        timestamp(r["received_at"]),
-        headers_json(r["headers"]),
-        text,
-        raw,
-        r["body_size"],
-        event["redactions"],
-        split and split.messages,
-        *(parts[name].hash if name in parts else None for name in PART_FIELDS),
-        *placed,
+    hashes = {f"request_{name}": parts[name].hash if name in parts else None for name in PART_FIELDS}
+    return RequestRow(
+        **shared_columns(event),
+        request_event_id=event["event_id"],
+        request_occurred_at=timestamp(event["occurred_at"]),
+        method=r["method"],
+        path=r["path"],
+        query=r["query"],
+        http_version=r["http_version"],
+        model=r["model"],
+        stream=r["stream"],
+        received_at=timestamp(r["received_at"]),
+        request_headers=headers_json(r["headers"]),
+        request_body=text,
+        request_body_bytes=raw,
+        request_body_size=r["body_size"],
+        request_redactions=event["redactions"],
+        request_messages=split and split.messages,
+        **hashes,
+        conversation_id=placed and placed.conversation_id,
+        reply_position=placed and placed.reply_position,
+        retry_of=placed and placed.retry_of,
+        request_hash=placed and placed.request_hash,
     )
 
 
-def response_row(event: dict[str, Any]) -> tuple[Any, ...]:
-    """Parameters of ``upsert_response``, in order."""
+def response_row(event: dict[str, Any]) -> ResponseRow:
     r = event["response"]
     text, raw = body_columns(r["body"])
-    return (
-        *shared_columns(event),
-        event["event_id"],
-        timestamp(event["occurred_at"]),
-        r["status"],
-        headers_json(r["headers"]),
-        text,
-        raw,
-        r["content_encoding"],
-        r["is_sse"],
-        jsonb_safe(r["message"]),
-        jsonb_safe(r["usage"]),
-        *usage_numbers(r["usage"]),
-        r["stop_reason"],
-        r["error_type"],
-        r["error_message"],
-        r["error_in_stream"],
-        timestamp(r["started_at"]),
-        r["ttfb_ms"],
-        r["duration_ms"],
-        r["client_disconnected"],
-        r["upstream_complete"],
-        event["redactions"],
+    return ResponseRow(
+        **shared_columns(event),
+        response_event_id=event["event_id"],
+        response_occurred_at=timestamp(event["occurred_at"]),
+        status=r["status"],
+        response_headers=headers_json(r["headers"]),
+        response_body=text,
+        response_body_bytes=raw,
+        response_content_encoding=r["content_encoding"],
+        is_sse=r["is_sse"],
+        message=jsonb_safe(r["message"]),
+        usage=jsonb_safe(r["usage"]),
+        **dict(zip(USAGE_COLUMNS, usage_numbers(r["usage"]), strict=True)),
+        stop_reason=r["stop_reason"],
+        error_type=r["error_type"],
+        error_message=r["error_message"],
+        error_in_stream=r["error_in_stream"],
+        started_at=timestamp(r["started_at"]),
+        ttfb_ms=r["ttfb_ms"],
+        duration_ms=r["duration_ms"],
+        client_disconnected=r["client_disconnected"],
+        upstream_complete=r["upstream_complete"],
+        response_redactions=event["redactions"],
     )
 
 
-def dead_letter_row(reject: Reject) -> tuple[Any, ...]:
+def dead_letter_row(reject: Reject) -> DeadLetterRow:
     e = reject.envelope
-    return (e.topic, e.partition, e.offset, e.key, e.value, printable(reject.reason), reject.error_class)
+    return DeadLetterRow(
+        topic=e.topic, kafka_partition=e.partition, kafka_offset=e.offset, key=e.key, value=e.value,
+        reason=printable(reject.reason), error_class=reject.error_class,
+    )
 
 
 def printable(text: str) -> str:
@@ -262,44 +317,51 @@ def printable(text: str) -> str:
 
 async def write_exchanges(
     conn: asyncpg.Connection, records: Sequence[Record], splits: Mapping[str, Split] | None = None,
-    placed: Mapping[str, Sequence[Any]] | None = None,
+    placed: Mapping[str, ExchangeLink] | None = None,
 ) -> None:
     """The exchanges stage: both halves of every event, in the caller's transaction.
 
     Request bodies are stored whole, but for the events whose id ``splits`` maps
     to a split body; their parts are stored first, those not stored yet.
-    ``placed`` maps an exchange id to where its request landed: its
-    ``ExchangeLink`` (`consumers.winni.threads`), exchange id first.
+    ``placed`` maps an exchange id to where its request landed.
     """
     q = queries()
     splits, placed = splits or {}, placed or {}
     await write_parts(conn, [p for s in splits.values() for p in s.parts.values()])
     requests = [
-        request_row(r.event, splits.get(r.event["event_id"]), placed[x][1:] if (x := r.event["exchange_id"]) in placed else NOT_PLACED)
+        request_row(r.event, splits.get(r.event["event_id"]), placed.get(r.event["exchange_id"]))
         for r in records if r.event["kind"] == "REQUEST"
     ]
     responses = [response_row(r.event) for r in records if r.event["kind"] == "RESPONSE"]
     pairs = paired(requests, responses)
     if pairs:
         stored = {row[0] for row in await conn.fetch(q.stored_exchanges, list(pairs))}
-        whole = [row for exchange_id, row in pairs.items() if exchange_id not in stored]
+        whole = {exchange_id: row for exchange_id, row in pairs.items() if exchange_id not in stored}
         if whole:
-            await conn.executemany(q.insert_exchange, without_nul(whole))
-        done = {row[0] for row in whole}
-        requests = [row for row in requests if row[0] not in done]
-        responses = [row for row in responses if row[0] not in done]
+            await conn.executemany(q.insert_exchange, without_nul(list(whole.values())))
+        requests = [row for row in requests if row.exchange_id not in whole]
+        responses = [row for row in responses if row.exchange_id not in whole]
     if requests:
         await conn.executemany(q.upsert_request, without_nul(requests))
     if responses:
         await conn.executemany(q.upsert_response, without_nul(responses))
 
 
-def paired(requests: Sequence[tuple[Any, ...]], responses: Sequence[tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:
-    """``insert_exchange`` rows, by exchange id, for the exchanges with exactly one request row and
-    one response row here (the shared columns are the request's: it is their authority)."""
-    asked, answered = Counter(row[0] for row in requests), Counter(row[0] for row in responses)
-    replies = {row[0]: row for row in responses if answered[row[0]] == 1}
-    return {row[0]: row + replies[row[0]][SHARED_COLUMNS:] for row in requests if asked[row[0]] == 1 and row[0] in replies}
+def exchange_row(request: RequestRow, response: ResponseRow) -> tuple[Any, ...]:
+    """Parameters of ``insert_exchange``: the request's, then the response's past `SHARED_COLUMNS` (the
+    request is their authority)."""
+    return (*request, *response[len(SHARED_COLUMNS):])
+
+
+def paired(requests: Sequence[RequestRow], responses: Sequence[ResponseRow]) -> dict[str, tuple[Any, ...]]:
+    """`exchange_row` rows, by exchange id, for the exchanges with exactly one request row and one
+    response row here."""
+    asked, answered = Counter(row.exchange_id for row in requests), Counter(row.exchange_id for row in responses)
+    replies = {row.exchange_id: row for row in responses if answered[row.exchange_id] == 1}
+    return {
+        row.exchange_id: exchange_row(row, replies[row.exchange_id])
+        for row in requests if asked[row.exchange_id] == 1 and row.exchange_id in replies
+    }
 
 
 async def write_parts(conn: asyncpg.Connection, parts: Iterable[Part]) -> None:

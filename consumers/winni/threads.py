@@ -76,8 +76,8 @@ from typing import Any, NamedTuple
 import orjson
 
 from consumers.kinds import is_continuation, kind_of, system_outline, texts, tools_outline
-from consumers.winni.bodies import Body, Sent, SentKey, as_body, plain
-from consumers.winni.store import jsonb_safe, part_hash
+from consumers.winni.bodies import PARTS_REMEMBERED, Body, Sent, SentKey, as_body, jsonb_safe, part_hashes, plain
+from proxy.session import claude_user
 
 # Fixed forever: conversation ids derive from it, so a replay finds the same ids.
 NAMESPACE = uuid.UUID("6f1c2a52-93a4-4d0e-9a67-3f0b0c1f5e21")
@@ -88,7 +88,6 @@ TITLE_LIMIT = 500
 # that open with its first message, which bounds the cost for clients whose chats all open alike.
 CANDIDATES = 32
 
-_LEGACY_USER_ID = re.compile(r"^user_([0-9a-fA-F]+)_account_([0-9a-fA-F-]*)_session_")
 _CLIENT_VERSION = re.compile(r"^[^/\s]+/(\S+)")
 _CLIENT_NAME = re.compile(r"^([^/\s]+)")
 
@@ -125,7 +124,7 @@ class Reply:
     at: datetime
 
 
-# --- rows (field order is the parameter order of the named query) ----------------
+# --- rows (field order is the parameter order of the named query; tests/consumers/test_store.py checks it) ---
 
 
 class SessionRow(NamedTuple):
@@ -176,19 +175,19 @@ class ToolUseRow(NamedTuple):
     tool_use_id: str
     name: str | None
     input: str | None
-    exchange_id: str
-    position: int
-    at: datetime
+    use_exchange_id: str
+    use_position: int
+    used_at: datetime
 
 
 class ToolResultRow(NamedTuple):
     conversation_id: uuid.UUID
     tool_use_id: str
-    content: str | None
+    result: str | None
     is_error: bool
-    exchange_id: str
-    position: int
-    at: datetime
+    result_exchange_id: str
+    result_position: int
+    result_at: datetime
 
 
 class ExchangeLink(NamedTuple):
@@ -202,7 +201,7 @@ class ExchangeLink(NamedTuple):
 class TitleRow(NamedTuple):
     session_key: str
     title: str
-    at: datetime
+    title_at: datetime
 
 
 class CopyRow(NamedTuple):
@@ -230,10 +229,10 @@ class Writes:
         """One row per session and batch, merged the way ``upsert_session`` merges a row into the stored one."""
         had = self.sessions.get(row.session_key)
         self.sessions[row.session_key] = row if had is None else SessionRow(
-            row.session_key, _first(had.source, row.source), _first(had.device_id, row.device_id),
-            _first(had.account_uuid, row.account_uuid), _first(row.client, had.client),
-            _first(row.client_version, had.client_version), None,
-            min(had.first_seen, row.first_seen), max(had.last_seen, row.last_seen),
+            session_key=row.session_key, source=_first(had.source, row.source), device_id=_first(had.device_id, row.device_id),
+            account_uuid=_first(had.account_uuid, row.account_uuid), client=_first(row.client, had.client),
+            client_version=_first(row.client_version, had.client_version), title=None,
+            first_seen=min(had.first_seen, row.first_seen), last_seen=max(had.last_seen, row.last_seen),
         )
 
     def touch(self, row: ConversationRow) -> None:
@@ -254,7 +253,9 @@ def _first(*values: str | None) -> str | None:
 
 
 @dataclass(slots=True)
-class Position:
+class Slot:
+    """What a conversation holds at one position: the message's hash and role, and where it came from."""
+
     hash: bytes
     role: str
     from_response: bool
@@ -267,7 +268,7 @@ class Conversation:
     kind: str
     agent_id: str | None
     last_at: datetime  # of the latest request placed in it (``conversations.last_at``)
-    positions: list[Position] = field(default_factory=list)
+    positions: list[Slot] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -283,8 +284,6 @@ Thread = tuple[str, str | None]  # (kind, agent id) of main and sub-agent conver
 Opening = tuple[str, str | None, bytes]  # a thread, and the hash of the first message of some of its conversations
 # when, at which position and in which conversation an Agent call was stored: the earliest is claimed first
 AgentPlace = tuple[datetime, int, uuid.UUID]
-# Distinct system and tools values one session remembers (`part_hashes`); more start the memory afresh.
-PARTS_REMEMBERED = 16
 
 
 @dataclass
@@ -383,7 +382,7 @@ class Message:
 
 def role_and_hash(message: Any) -> tuple[bytes, str]:
     """Of a plain message: the hash of its normalised content, and its role (``unknown`` when it has none),
-    interned: sessions remember one per message (`SessionState.hashes`, `Position`)."""
+    interned: sessions remember one per message (`SessionState.hashes`, `Slot`)."""
     role = message.get("role") if isinstance(message, dict) else None
     role = sys.intern(role) if isinstance(role, str) else "unknown"
     content = message.get("content") if isinstance(message, dict) else message
@@ -409,25 +408,6 @@ def request_hash(body: Body, messages: list[Message], parts: dict[str, bytes]) -
     rest = {k: v for k, v in body.fields.items() if k != "stream"}
     named = {name: hash_.hex() for name, hash_ in parts.items()}
     return digest(orjson.dumps([rest, named], option=orjson.OPT_SORT_KEYS) + b"".join(m.hash for m in messages))
-
-
-def part_hashes(body: Any, known: dict[SentKey, bytes]) -> dict[str, bytes]:
-    """The `request_parts` hash (`store.part_hash`) of each of the system and tools of ``body``
-    (a `Body`, or a plain JSON object).
-
-    ``known`` (value as sent -> hash, one per session) is read and filled like the
-    message hashes: a value sent before costs a fast keyed hash of its minified bytes
-    instead of making it Python, a serialisation with sorted keys and blake2b of ~80 KB.
-    """
-    out = {}
-    for name, sent in as_body(body).parts.items():
-        hash_ = known.get(sent.key)
-        if hash_ is None:
-            if len(known) >= PARTS_REMEMBERED:
-                known.clear()
-            hash_ = known[sent.key] = part_hash(sent)
-        out[name] = hash_
-    return out
 
 
 OUTLINES: dict[str, Callable[[Any], Any]] = {"system": system_outline, "tools": tools_outline}
@@ -456,7 +436,7 @@ class Match(NamedTuple):
     lenient: int  # of those, stored replies matched by some other assistant message in their place
 
 
-def common_prefix(positions: list[Position], messages: list[Message]) -> tuple[int, int]:
+def common_prefix(positions: list[Slot], messages: list[Message]) -> tuple[int, int]:
     """(shared, lenient) as `Match` counts them: a stored reply matches any assistant message in its
     place (the module docstring says why), which is weaker evidence than the same message."""
     shared = lenient = 0
@@ -507,21 +487,9 @@ def conversation_id(session_key: str, kind: str, agent_id: str | None, first_exc
 
 
 def device_and_account(body: Any) -> tuple[str | None, str | None]:
-    """From ``metadata.user_id``: a JSON string today, ``user_<device>_account_<uuid>_session_...`` before."""
-    metadata = body.get("metadata") if isinstance(body, dict) else None
-    user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
-    if not isinstance(user_id, str):
-        return None, None
-    if user_id.startswith("{"):
-        try:
-            parsed = orjson.loads(user_id)
-        except orjson.JSONDecodeError:
-            return None, None
-        if not isinstance(parsed, dict):
-            return None, None
-        return _text(parsed.get("device_id")), _text(parsed.get("account_uuid"))
-    found = _LEGACY_USER_ID.match(user_id)
-    return (found[1], found[2] or None) if found else (None, None)
+    """As Claude Code names them in ``metadata.user_id`` (`proxy.session.claude_user`)."""
+    user = claude_user(body if isinstance(body, dict) else None)
+    return (user.device_id, user.account_uuid) if user else (None, None)
 
 
 def _text(value: Any) -> str | None:
@@ -563,7 +531,8 @@ def session_row(request: Request, body: Any) -> SessionRow:
     device, account = device_and_account(body.fields if isinstance(body, Body) else body)
     client, version = client_and_version(request.client)
     return SessionRow(
-        request.session_key, request.session_source, device, account, client, version, None, request.at, request.at
+        session_key=request.session_key, source=request.session_source, device_id=device, account_uuid=account,
+        client=client, client_version=version, title=None, first_seen=request.at, last_seen=request.at,
     )
 
 
@@ -580,7 +549,7 @@ def apply_request(state: SessionState, request: Request, writes: Writes) -> None
     messages = normal_messages(body.messages, state.hashes)
     if held is not None:
         messages = [*(Message(p.role, None, p.hash) for p in held.conversation.positions[:held.shared]), *messages]
-    parts = request.parts if request.parts is not None else part_hashes(body, {})
+    parts = request.parts if request.parts is not None else part_hashes(body)
     hash_ = request_hash(body, messages, parts)
     if request.agent_id:  # two sub-agents given the same prompt send the same body: neither retries the other
         hash_ = digest(hash_ + request.agent_id.encode())
@@ -659,10 +628,10 @@ def apply_reply(state: SessionState, reply: Reply, writes: Writes) -> None:
     if placed.kind == "title" and not reply.partial:
         title = title_of(message)
         if title:
-            writes.titles.append(TitleRow(reply.session_key, title, reply.at))
+            writes.titles.append(TitleRow(session_key=reply.session_key, title=title, title_at=reply.at))
 
 
-def _replaces(position: Position, reply: Reply) -> bool:
+def _replaces(position: Slot, reply: Reply) -> bool:
     return position.from_response and position.partial and not reply.partial
 
 
@@ -747,9 +716,11 @@ def _touch(state: SessionState, writes: Writes, request: Request, conversation: 
     conversation.last_at = max(conversation.last_at, request.at)
     made = links or Links()
     writes.touch(ConversationRow(
-        conversation.id, state.key, len(state.conversations) - 1, conversation.kind, conversation.agent_id, request.parent_agent_id,
-        made.parent, made.summarised, made.branch_of, made.branch_position,
-        request.model, request.exchange_id, request.at, request.exchange_id, request.at, made.spawned_by,
+        id=conversation.id, session_key=state.key, ordinal=len(state.conversations) - 1, kind=conversation.kind,
+        agent_id=conversation.agent_id, parent_agent_id=request.parent_agent_id, parent_conversation_id=made.parent,
+        summarises_conversation_id=made.summarised, branch_of=made.branch_of, branch_position=made.branch_position,
+        model=request.model, first_exchange_id=request.exchange_id, created_at=request.at,
+        last_exchange_id=request.exchange_id, last_at=request.at, spawned_by_tool_use_id=made.spawned_by,
     ))
 
 
@@ -758,7 +729,10 @@ def _link(
     kind: str, hash_: bytes, retry_of: str | None,
 ) -> None:
     state.exchanges[request.exchange_id] = Placed(conversation_id_, reply_position, kind)
-    writes.exchanges.append(ExchangeLink(request.exchange_id, conversation_id_, reply_position, retry_of, hash_))
+    writes.exchanges.append(ExchangeLink(
+        exchange_id=request.exchange_id, conversation_id=conversation_id_, reply_position=reply_position,
+        retry_of=retry_of, request_hash=hash_,
+    ))
     early = state.early.pop(request.exchange_id, None)
     if early is not None:
         apply_reply(state, early, writes)
@@ -768,7 +742,7 @@ def _store(
     state: SessionState, conversation: Conversation, position: int, message: Message, exchange_id: str, source: str,
     partial: bool, at: datetime, writes: Writes,
 ) -> None:
-    slot = Position(message.hash, message.role, source == "response", partial)
+    slot = Slot(message.hash, message.role, source == "response", partial)
     if position < len(conversation.positions):
         conversation.positions[position] = slot
     else:
@@ -777,7 +751,8 @@ def _store(
             state.opened(conversation)
     content = normal_content(message.content)
     writes.messages.append(MessageRow(
-        conversation.id, position, message.role, content_json(content), message.hash, exchange_id, source, partial, at,
+        conversation_id=conversation.id, position=position, role=message.role, content=content_json(content),
+        content_hash=message.hash, exchange_id=exchange_id, source=source, partial=partial, created_at=at,
     ))
     for block in content if isinstance(content, list) else ():
         _tool_rows(conversation.id, block, exchange_id, position, at, writes)
@@ -791,11 +766,13 @@ def _tool_rows(conversation_id_: uuid.UUID, block: Any, exchange_id: str, positi
         return
     if str(block.get("type", "")).endswith("tool_use") and isinstance(block.get("id"), str):
         writes.tool_uses.append(ToolUseRow(
-            conversation_id_, block["id"], _text(block.get("name")), content_json(block.get("input")), exchange_id, position, at,
+            conversation_id=conversation_id_, tool_use_id=block["id"], name=_text(block.get("name")),
+            input=content_json(block.get("input")), use_exchange_id=exchange_id, use_position=position, used_at=at,
         ))
     elif isinstance(block.get("tool_use_id"), str):
         writes.tool_results.append(ToolResultRow(
-            conversation_id_, block["tool_use_id"], content_json(block.get("content")), failed(block), exchange_id, position, at,
+            conversation_id=conversation_id_, tool_use_id=block["tool_use_id"], result=content_json(block.get("content")),
+            is_error=failed(block), result_exchange_id=exchange_id, result_position=position, result_at=at,
         ))
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +174,26 @@ async def test_a_tool_use_is_linked_to_its_call_whichever_arrives_first(
             "SELECT t.tool_use_id, c.name, c.tool_use_id AS served FROM tool_calls t JOIN mcp_calls c ON c.call_id = t.mcp_call_id",
             bool)
     assert (row["tool_use_id"], row["name"], row["served"]) == ("toolu_01Link", "find", "toolu_01Link")
+    linked, transcript, per_tool = [
+        await pipeline.query(sql, arg) for sql, arg in readme_queries(request, datetime.fromtimestamp(at / 1e6, UTC).date())]
+    assert [(r["name"], r["arguments"], r["is_error"]) for r in linked] == [("mcp__srv__find", {"q": "kgb"}, False)]
+    assert [(r["direction"], r["kind"], r["method"]) for r in transcript] == [
+        ("client_to_server", "request", "tools/call"), ("server_to_client", "response", None)]
+    assert [(r["server"], r["name"], r["calls"], r["errors"]) for r in per_tool] == [("srv", "find", 1, 0)]
+
+
+def readme_queries(request: dict[str, Any], day: date) -> list[tuple[str, object]]:
+    """The SQL blocks of the README's MCP section, its psql variables as parameters (the conversation of
+    ``request``, `SESSION`), and ``current_date`` the calls' ``day``, so a run across midnight agrees."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## MCP tool traffic", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sql\n(.*?)```", section, re.DOTALL)
+    conversation = "(SELECT conversation_id FROM exchanges WHERE exchange_id = $1::uuid)"
+    return [
+        (blocks[0].replace(":'conversation'", conversation), request["exchange_id"]),
+        (blocks[1].replace(":'session'", "$1::text"), SESSION),
+        (blocks[2].replace("current_date", "$1::date"), day),
+    ]
 
 
 async def publish_any(producer: Any, topic: str, events: list[dict[str, Any]]) -> None:

@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -23,6 +24,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -521,6 +523,15 @@ async def test_kgb_usage_by_month_project_key_and_block_and_as_csv(
     ]
     stored = {r["project"] for r in await db.fetch("SELECT project FROM usage_exchanges")}
     assert stored == {"/work/alpha", "/work/beta"}
+    by_month = [tuple(r) for r in await db.fetch(readme_month_query().replace("kgb_metrics.", f"{settings.db_schema}."))]
+    assert by_month == [("2026-11", "/work/alpha", 5, 4 * opus + haiku, 0), ("2026-12", "/work/beta", 1, opus, 0)]
+
+
+def readme_month_query() -> str:
+    """The SQL block of the README's token usage section."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    (block,) = re.findall(r"Months, projects and keys straight from SQL, for example:\n```sql\n(.*?)```", readme, re.DOTALL)
+    return block
 
 
 # --- Message Batches, the newer usage fields, what is billed beyond base rates ----------------------

@@ -9,14 +9,17 @@ from typing import Any
 import orjson
 import pytest
 
+from consumers.metrics import mcp as metrics_mcp
+from consumers.metrics import store
 from consumers.metrics.batches import batch_items, is_batch_download, is_results
 from consumers.metrics.billing import Cost, Part, Tokens, Usage, cost
 from consumers.metrics.exporter import UsageMetrics
 from consumers.metrics.prices import load_prices
 from consumers.metrics.rollup import (
-    Exchange, Priced, content_blocks, error_type_of, request_half, response_half, rollup, working_directory,
+    Exchange, Priced, RollupKey, content_blocks, error_type_of, request_half, response_half, rollup, working_directory,
 )
 from tests.consumers.factories import request_event, response_event, text_message
+from tests.consumers.query_columns import parameter_columns
 
 PRICES = load_prices()
 AT = datetime(2026, 11, 25, 14, 37, 5, tzinfo=UTC)
@@ -238,3 +241,23 @@ def test_an_unpriced_model_is_logged_once_and_counted_every_time(caplog: pytest.
     counted = {s.labels["kgb_unpriced"]: s.value for f in metrics.registry.collect() for s in f.samples
                if s.name == "kgb_unpriced_requests_total"}
     assert counted == {"claude-imaginary-9": 3.0, "claude-opus-4-7 (fast mode)": 1.0}
+
+
+@pytest.mark.parametrize(("row", "query"), [
+    (store.UsageRequestRow, "add_requests"),
+    (store.UsageResponseRow, "add_responses"),
+    (store.CostRow, "set_costs"),
+    (store.ProjectRow, "remember_projects"),
+    (store.BatchItemRow, "add_batch_items"),
+    (store.HourlyRow, "add_hourly"),
+    (store.TallyRow, "add_tallies"),
+    (metrics_mcp.McpUsageCallRow, "add_mcp_calls"),
+    (metrics_mcp.McpUsageAnswerRow, "answer_mcp_calls"),
+    (metrics_mcp.McpUsageDailyRow, "add_mcp_daily"),
+])
+def test_each_row_names_in_order_the_columns_its_query_writes(row: type[tuple[Any, ...]], query: str) -> None:
+    assert row._fields == parameter_columns(store.queries()[query])  # type: ignore[attr-defined]
+
+
+def test_hourly_rows_and_tallies_open_with_their_rollup_key() -> None:
+    assert store.HourlyRow._fields[: len(RollupKey._fields)] == store.TallyRow._fields[: len(RollupKey._fields)] == RollupKey._fields

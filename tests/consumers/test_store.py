@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 import pytest
@@ -12,13 +12,15 @@ import simdjson
 
 from consumers.errors import InvalidEvent
 from consumers.source import Envelope, Record
-from consumers.winni.bodies import SentKey, read_body
+from consumers.winni import mcp, threads
+from consumers.winni.bodies import SentKey, jsonb_safe, part_hash, part_json, read_body
 from consumers.winni.consumer import by_session
 from consumers.winni.store import (
-    body_columns, check, headers_json, jsonb_safe, paired, part_hash, part_json, queries, request_row, response_row,
-    split_body, timestamp, usage_numbers, without_nul,
+    SHARED_COLUMNS, DeadLetterRow, RequestRow, ResponseRow, body_columns, check, headers_json, paired, queries, request_row,
+    response_row, split_body, timestamp, usage_numbers, without_nul,
 )
 from tests.consumers.factories import exchange, request_event
+from tests.consumers.query_columns import parameter_columns
 
 
 def test_text_bodies_go_to_postgresql_as_text_and_others_as_bytes() -> None:
@@ -82,6 +84,43 @@ def test_rows_match_the_query_parameters() -> None:
     assert len(response_row(response)) == parameters(queries().upsert_response) == 31
     (row,) = paired([request_row(request)], [response_row(response)]).values()
     assert len(row) == parameters(queries().insert_exchange) == 28 + 31 - 7
+
+
+@pytest.mark.parametrize(("row", "query"), [
+    (RequestRow, "upsert_request"),
+    (ResponseRow, "upsert_response"),
+    (DeadLetterRow, "insert_dead_letter"),
+    (threads.SessionRow, "upsert_session"),
+    (threads.TitleRow, "set_title"),
+    (threads.ConversationRow, "upsert_conversation"),
+    (threads.MessageRow, "upsert_message"),
+    (threads.ToolUseRow, "upsert_tool_use"),
+    (threads.ToolResultRow, "upsert_tool_result"),
+    (mcp.McpSessionRow, "upsert_mcp_session"),
+    (mcp.McpMessageRow, "insert_mcp_message"),
+    (mcp.McpCallRow, "insert_mcp_call"),
+    (mcp.McpAnswerRow, "answer_mcp_call"),
+    (mcp.McpNoteRow, "note_mcp_call"),
+    (mcp.McpHttpRow, "insert_mcp_http_request"),
+])
+def test_each_row_names_in_order_the_columns_its_query_writes(row: type[tuple[Any, ...]], query: str) -> None:
+    assert row._fields == parameter_columns(queries()[query])  # type: ignore[attr-defined]
+
+
+def test_the_rows_of_both_halves_share_their_first_columns_and_make_the_whole_exchange() -> None:
+    assert RequestRow._fields[: len(SHARED_COLUMNS)] == ResponseRow._fields[: len(SHARED_COLUMNS)] == SHARED_COLUMNS
+    whole = RequestRow._fields + ResponseRow._fields[len(SHARED_COLUMNS):]
+    assert whole == parameter_columns(queries().insert_exchange)
+    assert threads.ExchangeLink._fields == ("exchange_id", *RequestRow._fields[-4:])
+
+
+def test_the_columns_of_a_query_are_read_from_its_sql() -> None:
+    assert parameter_columns("INSERT INTO t (a, b, c) VALUES ($2, f($1, 'x'), $3::int) ON CONFLICT DO NOTHING") == ("b", "a", "c")
+    assert parameter_columns("INSERT INTO t (a, b, c, d) SELECT $1, j.json, j.text, f.* FROM g($2) AS j, h() AS f") == ("a", "b")
+    assert parameter_columns("UPDATE t SET b = b || $2::jsonb, c = c OR $3 WHERE a = $1") == ("a", "b", "c")
+    assert parameter_columns("INSERT INTO t SELECT * FROM unnest($2::text[], $1::int[]) AS u (a, b)") == ("b", "a")
+    with pytest.raises(AssertionError, match=r"no column takes parameters \[2\]"):
+        parameter_columns("INSERT INTO t (a) VALUES ($1) ON CONFLICT (a) DO UPDATE SET a = $2")
 
 
 def test_only_exchanges_with_one_request_and_one_response_are_written_whole() -> None:

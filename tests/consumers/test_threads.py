@@ -10,12 +10,12 @@ from typing import Any
 import orjson
 import pytest
 
+from consumers.winni.bodies import PARTS_REMEMBERED, part_hash, part_hashes
 from consumers.winni.conversations import states_from_rows
 from consumers.winni.threads import (
-    AGENT_TOOLS, CANDIDATES, PARTS_REMEMBERED, CopyRow, Reply, Request, SessionState, Writes, apply_reply, apply_request, client_and_version,
-    device_and_account, message_hash, normal_content, part_hashes, title_of,
+    AGENT_TOOLS, CANDIDATES, CopyRow, Reply, Request, SessionState, Writes, apply_reply, apply_request, client_and_version,
+    device_and_account, message_hash, normal_content, title_of,
 )
-from consumers.winni.store import part_hash
 
 AT = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -338,9 +338,9 @@ def rows_of(writes: Writes) -> tuple[list[dict[str, Any]], ...]:
           "retry_of": x.retry_of, "request_hash": x.request_hash, "kind": kinds[x.conversation_id],
           "message_id": None} for x in writes.exchanges],  # the replies here have no ids
         [],
-        [{"session_key": "s", "conversation_id": u.conversation_id, "tool_use_id": u.tool_use_id, "prompt": orjson.loads(u.input)["prompt"], "used_at": u.at,
-          "use_position": u.position}
-         for u in uses.values() if u.name in AGENT_TOOLS and _holds(messages[(u.conversation_id, u.position)], u.tool_use_id)],
+        [{"session_key": "s", "conversation_id": u.conversation_id, "tool_use_id": u.tool_use_id, "prompt": orjson.loads(u.input)["prompt"], "used_at": u.used_at,
+          "use_position": u.use_position}
+         for u in uses.values() if u.name in AGENT_TOOLS and _holds(messages[(u.conversation_id, u.use_position)], u.tool_use_id)],
     )
 
 
@@ -604,7 +604,7 @@ def test_a_turn_continuing_a_held_history_extends_its_conversation() -> None:
         (4, "user", "request"),
     ]
     assert [x.reply_position for x in writes.exchanges] == [1, 3, 5]
-    assert [(r.tool_use_id, r.position) for r in writes.tool_results] == [("toolu_w", 2)]
+    assert [(r.tool_use_id, r.result_position) for r in writes.tool_results] == [("toolu_w", 2)]
     assert writes.copies == []
 
 
