@@ -127,10 +127,22 @@ async def open_consumer(
     consumer = await retrying(partial(started_consumer, settings, topics), "connecting to Kafka", stop, settings.backoff)
     if consumer is None:
         return None
-    resources.push_async_callback(consumer.stop)
+    resources.push_async_callback(stop_consumer, consumer)
     log.info("consuming %s as group %s", ", ".join(topics), settings.group)
     HEALTH.done("start")
     return consumer
+
+
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """``consumer.stop()``. With the broker gone, aiokafka's stop cancels its fetch task and then raises
+    that task's CancelledError as its own; only a cancellation of this task is passed on."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.debug("the consumer stopped with the broker away (aiokafka's fetch task was cancelled)")
 
 
 async def started_consumer(settings: ConsumerSettings, topics: Sequence[str]) -> AIOKafkaConsumer:
