@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -108,4 +109,41 @@ def test_a_real_run_banner_lock_and_supervision(dev_env: dict[str, str], tmp_pat
     assert "dev.sh: Kafka exited" in said and "dev.sh: stopped" in said
     assert "Traceback" not in said, said[-3000:]
     for port in ("KGB_PROXY_PORT", "KGB_METRICS_PORT", "KGB_WEB_PORT", "KGB_DEV_POSTGRES_PORT"):
+        assert not listening(int(dev_env[port])), f"{port} still listening"
+
+
+def wait_for_banner(process: subprocess.Popen[bytes], out: Path, err: Path) -> str:
+    deadline = time.monotonic() + BANNER_TIMEOUT
+    while "Press Ctrl-C to stop everything." not in out.read_text():
+        assert process.poll() is None, err.read_text()[-3000:]
+        assert time.monotonic() < deadline, "no banner:\n" + out.read_text() + err.read_text()[-3000:]
+        time.sleep(0.5)
+    return out.read_text()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP, signal.SIGTERM], ids=lambda s: s.name)
+def test_a_run_under_tee_stops_cleanly_however_it_is_stopped(dev_env: dict[str, str], tmp_path: Path, sig: signal.Signals) -> None:
+    """`scripts/dev.sh | tee`, its process group sent the signal as a terminal sends Ctrl-C (SIGINT, to the whole
+    foreground group, tee included) or closing it (SIGHUP); SIGTERM as a supervisor sends it."""
+    out, err = tmp_path / "dev.out", tmp_path / "dev.err"
+    shell = subprocess.Popen(["bash", "-c", f"{ROOT / 'scripts' / 'dev.sh'} 2>{err} | tee {out} >/dev/null"],
+                             env=dev_env, start_new_session=True)
+    err.touch()
+    out.touch()
+    try:
+        wait_for_banner(shell, out, err)
+        kafka_pid = int((Path(dev_env["KGB_DEV_DIR"]) / "kafka" / "kafka.pid").read_text())
+        os.killpg(shell.pid, sig)
+        shell.wait(120)
+        deadline = time.monotonic() + 120
+        while "dev.sh: stopped" not in err.read_text():  # dev.sh outlives the shell and tee that started it
+            assert time.monotonic() < deadline, err.read_text()[-3000:]
+            time.sleep(0.2)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(shell.pid, signal.SIGKILL)
+    said = err.read_text()
+    assert "Traceback" not in said, said[-3000:]
+    assert not alive(kafka_pid)
+    for port in ("KGB_PROXY_PORT", "KGB_METRICS_PORT", "KGB_WEB_PORT", "KGB_DEV_POSTGRES_PORT", "KGB_DEV_KAFKA_PORT"):
         assert not listening(int(dev_env[port])), f"{port} still listening"
