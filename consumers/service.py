@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer
 from consumers.source import Backoff, make_consumer, retrying
 from consumers.sql import Migration, migrate
 from kgb.config import KafkaSettings
-from kgb.outages import HEALTH, watching_kafka
+from kgb.outages import HEALTH, KAFKA_WATCH, POSTGRES_WATCH, watching
 from kgb.topics import TopicSettings, ensure_topics
 from schemas.codec import MCP, Decoder, make_decoder
 from schemas.registry import Registry
@@ -74,6 +74,7 @@ async def open_database(
     A consumer's first step: it is not ready (``/ready``) until `open_consumer` has joined its group.
     """
     HEALTH.wait("start", "starting: migrating PostgreSQL, then joining the Kafka group")
+    await resources.enter_async_context(watching(POSTGRES_WATCH, url))
     pool = await retrying(partial(open_pool, url, schema, max_size), "connecting to PostgreSQL", stop, backoff)
     if pool is None:
         return None
@@ -119,7 +120,7 @@ async def open_consumer(
     that starts before the proxy does not leave them to the broker's defaults;
     a broker that is not up yet is waited for, as the database is.
     """
-    await resources.enter_async_context(watching_kafka(settings.kafka.bootstrap))
+    await resources.enter_async_context(watching(KAFKA_WATCH, settings.kafka.bootstrap))
     topics = both_topics(settings.kafka)
     create = partial(ensure_topics, settings.kafka.bootstrap, topics, settings.topics)
     if await retrying(create, "creating the topics", stop, settings.backoff) is None:

@@ -58,7 +58,7 @@ async def _serve_proxy(settings: ProxySettings, stop: asyncio.Event) -> None:
     from proxy.app import build_app
     from proxy.mcp import build_mcp_app
 
-    from kgb.outages import watching_kafka
+    from kgb.outages import KAFKA_WATCH, watching
 
     guard = listen.guard_for(settings)
     sites = [
@@ -67,7 +67,7 @@ async def _serve_proxy(settings: ProxySettings, stop: asyncio.Event) -> None:
     ]
     runners: list[web.AppRunner] = []
     try:
-        async with watching_kafka(settings.publish.kafka.bootstrap):
+        async with watching(KAFKA_WATCH, settings.publish.kafka.bootstrap):
             for app, port, name in sites:
                 runner = listen.runner(app, guard)
                 runners.append(runner)

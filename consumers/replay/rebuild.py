@@ -77,7 +77,7 @@ from consumers.service import apply_migrations, connection, open_decoders, open_
 from consumers.winni.consumer import default_stages, make_handler, migrations
 from consumers.winni.settings import WinniSettings, schema_name
 from kgb.config import SettingsError
-from kgb.outages import watching_kafka
+from kgb.outages import KAFKA_WATCH, watching
 from kgb.running import run_until_signal
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ async def rebuild(
         if into is None and await patiently(partial(pool.fetchval, q.schema_exists, target), "checking", settings, stop):
             raise SettingsError(f"schema {target} already exists; drop it or replay --into it")
         await patiently(partial(apply_migrations, pool, migrations(), target), "migrating", settings, stop)
-        await resources.enter_async_context(watching_kafka(settings.kafka.bootstrap))
+        await resources.enter_async_context(watching(KAFKA_WATCH, settings.kafka.bootstrap))
         reader = make_reader(settings.kafka, settings.batch_size)
         resources.push_async_callback(reader.stop)  # before start: one that fails to start is closed too
         await reader.start()

@@ -83,6 +83,8 @@ async def test_an_outage_of_kafka_and_postgresql_is_a_few_lines(kafka, topic, da
         assert len(lines) <= MOST_LINES, (name, lines)
         assert any("Kafka (KGB_KAFKA_BOOTSTRAP) is away" in line for line in lines), (name, lines)
         assert any("Kafka (KGB_KAFKA_BOOTSTRAP) is back" in line for line in lines), (name, lines)
+        assert any("PostgreSQL (KGB_DATABASE_URL) is away" in line for line in lines), (name, lines)
+        assert any("PostgreSQL (KGB_DATABASE_URL) is back" in line for line in lines), (name, lines)
         assert any("is failing (" in line for line in lines) and any(" succeeded after " in line for line in lines), (name, lines)
 
 
