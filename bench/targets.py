@@ -92,10 +92,12 @@ def _tail(log: Path) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-30:])
 
 
-def start_fake(stack: contextlib.ExitStack, workdir: Path, name: str, deltas: int, pace: float) -> tuple[str, Measured]:
-    """tests/fakes/anthropic.py in its own process; it prints its URL once it listens."""
+def start_fake(
+    stack: contextlib.ExitStack, workdir: Path, name: str, deltas: int, pace: float, options: tuple[str, ...] = ()
+) -> tuple[str, Measured]:
+    """tests/fakes/anthropic.py in its own process (`options`: more of its flags); it prints its URL once it listens."""
     log = workdir / f"{name}.log"
-    cmd = [sys.executable, "-m", "tests.fakes.anthropic", "--port", "0", "--deltas", str(deltas), "--pace", str(pace)]
+    cmd = [sys.executable, "-m", "tests.fakes.anthropic", "--port", "0", "--deltas", str(deltas), "--pace", str(pace), *options]
     process = _spawn(stack, cmd, log)
     assert process.stdout is not None
     url = process.stdout.readline().decode().strip()

@@ -11,7 +11,10 @@ on that same topic:
 (a) the ceiling: one bare aiokafka consumer fetching every message and decoding it
     (`schemas.codec`), nothing else;
 (b) live: `kgb consume winni` as its own process on a fresh database, timed until
-    every exchange is stored with both halves, with its peak RSS and CPU;
+    every exchange is stored with both halves, with its peak RSS and CPU, then
+    until every message is searchable (its search indexer caught up); with
+    ``--without-search``, first (b0) the same with KGB_WINNI_SEARCH_INDEX=false,
+    the baseline for what search costs it;
 (c) replay: `kgb replay --into kgb_replay` the same way, on another fresh database.
 
 Services are the tests' (`tests.services`): KGB_TEST_KAFKA_BOOTSTRAP and
@@ -52,7 +55,11 @@ ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 6
 CONCURRENT_SESSIONS = 24
 POLL_SECONDS = 1.0
+INDEX_POLL_SECONDS = 0.2
 COMPLETE = "SELECT count(*) FROM exchanges WHERE request_event_id IS NOT NULL AND response_event_id IS NOT NULL"
+MESSAGES = "SELECT count(*) FROM messages"
+# Messages waiting for winni's search indexer (migration 010); always 0 under 006's generated column.
+UNINDEXED = "SELECT count(*) FROM messages WHERE search IS NULL"
 REPLAY_SCHEMA = "kgb_replay"
 
 
@@ -193,12 +200,14 @@ class Run:
     steady_exchanges_per_s: float
     peak_rss_mb: float  # of the consumer's processes together
     cpu_seconds: float  # of the consumer's processes (PostgreSQL's own is not in it)
+    indexed_after_seconds: float  # from the last exchange stored until no message waits for its search vector
 
 
-async def stored(dsn: str, schema: str) -> int:
+async def stored(dsn: str, schema: str, query: str = COMPLETE) -> int:
+    """What ``query`` counts in ``schema``; 0 before winni has made its tables."""
     conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
     try:
-        return await conn.fetchval(COMPLETE)
+        return await conn.fetchval(query)
     except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
         return 0
     finally:
@@ -206,9 +215,11 @@ async def stored(dsn: str, schema: str) -> int:
 
 
 async def timed(
-    command: list[str], env: dict[str, str], dsn: str, schema: str, exchanges: int, profile: Path | None = None
+    command: list[str], env: dict[str, str], dsn: str, schema: str, exchanges: int, profile: Path | None = None,
+    searchable: bool = True,
 ) -> Run:
-    """Start ``command`` and wait until ``schema`` holds every exchange; peak RSS and CPU from /proc while it runs.
+    """Start ``command`` and wait until ``schema`` holds every exchange, and (``searchable``) until no
+    message waits for its search vector; peak RSS and CPU from /proc while it runs.
 
     With ``profile``, py-spy samples the process meanwhile and writes collapsed stacks there.
     """
@@ -231,6 +242,11 @@ async def timed(
                 first = (time.perf_counter(), done)
             await asyncio.sleep(POLL_SECONDS)
         finished = time.perf_counter()
+        while searchable and await stored(dsn, schema, UNINDEXED):
+            if process.poll() is not None and await stored(dsn, schema, UNINDEXED):
+                raise RuntimeError(f"{command} exited with {process.returncode} before indexing every message")
+            await asyncio.sleep(INDEX_POLL_SECONDS)
+        indexed = time.perf_counter()
     finally:
         if profile:
             spy.send_signal(signal.SIGINT)
@@ -240,7 +256,7 @@ async def timed(
     first = first or (started, 0)
     return Run(
         finished - started, finished - first[0], exchanges / (finished - started),
-        (exchanges - first[1]) / (finished - first[0]), peak / 2**20, cpu,
+        (exchanges - first[1]) / (finished - first[0]), peak / 2**20, cpu, indexed - finished,
     )
 
 
@@ -282,12 +298,28 @@ async def measure(bootstrap: str, admin_dsn: str, args: argparse.Namespace) -> d
     env = {"KGB_KAFKA_BOOTSTRAP": bootstrap, "KGB_TOPIC": topic, "KGB_WINNI_GROUP": f"bench-{uuid.uuid4().hex[:8]}",
            "KGB_WINNI_BATCH_SIZE": str(args.batch_size), "KGB_WINNI_WRITERS": str(args.writers),
            "KGB_WINNI_PROCESSES": str(args.processes)}
+    if args.without_search:
+        dsn = await services.create_database(admin_dsn)
+        bare = await timed(kgb("consume", "winni"), {**env, "KGB_DATABASE_URL": dsn, "KGB_WINNI_SEARCH_INDEX": "false",
+                                                     "KGB_WINNI_GROUP": f"{env['KGB_WINNI_GROUP']}-bare"}, dsn, "kgb", exchanges_,
+                     searchable=False)
+        results["live_without_search"] = asdict(bare)
+        print(f"(b0) kgb consume winni, KGB_WINNI_SEARCH_INDEX=false (no search work at all, the baseline): "
+              f"{bare.steady_exchanges_per_s:,.0f} exchanges/s steady, CPU {bare.cpu_seconds:,.0f}s in {bare.seconds:,.0f}s", flush=True)
+        await services.drop_database(admin_dsn, dsn)
     dsn = await services.create_database(admin_dsn)
     live = await timed(kgb("consume", "winni"), {**env, "KGB_DATABASE_URL": dsn}, dsn, "kgb", exchanges_, args.profile)
     results["live"] = asdict(live)
     print(f"(b) kgb consume winni: {live.exchanges_per_s:,.0f} exchanges/s from start, {live.steady_exchanges_per_s:,.0f} steady "
           f"= {live.steady_exchanges_per_s / ceiling:.2f} of the ceiling; peak RSS {live.peak_rss_mb:,.0f} MB, "
           f"CPU {live.cpu_seconds:,.0f}s in {live.seconds:,.0f}s", flush=True)
+    results["messages"] = await stored(dsn, "kgb", MESSAGES)
+    results["live_steady_messages_per_s"] = results["messages"] / exchanges_ * live.steady_exchanges_per_s
+    searchable = results["messages"] / (live.steady_seconds + live.indexed_after_seconds)
+    print(f"    {results['messages']:,} messages: {results['live_steady_messages_per_s']:,.0f} messages/s steady; "
+          f"all searchable {live.indexed_after_seconds:.1f}s after the last exchange ({searchable:,.0f} messages/s)", flush=True)
+    if args.without_search:
+        print(f"    with search / without: {live.steady_exchanges_per_s / bare.steady_exchanges_per_s:.2f} of the exchanges/s", flush=True)
     results["database_bytes"] = await database_size(dsn)
     print(f"    database size after: {results['database_bytes'] / 1e9:.2f} GB", flush=True)
     await services.drop_database(admin_dsn, dsn)
@@ -297,7 +329,8 @@ async def measure(bootstrap: str, admin_dsn: str, args: argparse.Namespace) -> d
         replay = await timed(kgb("replay", "--into", REPLAY_SCHEMA), {**env, "KGB_DATABASE_URL": dsn}, dsn, REPLAY_SCHEMA, exchanges_)
         results["replay"] = asdict(replay)
         print(f"(c) kgb replay: {replay.steady_exchanges_per_s:,.0f} exchanges/s steady "
-              f"= {replay.steady_exchanges_per_s / ceiling:.2f} of the ceiling; peak RSS {replay.peak_rss_mb:,.0f} MB", flush=True)
+              f"= {replay.steady_exchanges_per_s / ceiling:.2f} of the ceiling; peak RSS {replay.peak_rss_mb:,.0f} MB; "
+              f"search index built {replay.indexed_after_seconds:.1f}s after the last exchange", flush=True)
         await services.drop_database(admin_dsn, dsn)
     else:
         results["replay"] = None
@@ -319,6 +352,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=500, help="KGB_WINNI_BATCH_SIZE")
     parser.add_argument("--writers", type=int, default=1, help="KGB_WINNI_WRITERS (1 per process was fastest with 2 processes)")
     parser.add_argument("--processes", type=int, default=2, help="KGB_WINNI_PROCESSES")
+    parser.add_argument("--without-search", action="store_true",
+                        help="first run winni with KGB_WINNI_SEARCH_INDEX=false too: the baseline for what search costs it")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--profile", type=Path, help="py-spy's collapsed stacks of the live consumer, written here")
     args = parser.parse_args()

@@ -213,4 +213,4 @@ def answered(open_calls: list[OpenCall], message: McpMessage) -> OpenCall | None
     asked = [c for c in open_calls if c.session_key == message.session_key and c.jsonrpc_id == message.jsonrpc_id
              and c.direction != message.direction]
     same = [c for c in asked if c.connection_id == message.connection_id]
-    return (same or asked or [None])[0]
+    return (same or asked or [None])[0]  # type: ignore[list-item]

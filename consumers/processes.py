@@ -49,7 +49,7 @@ def start(target: Callable[..., None], args: Sequence[tuple[Any, ...]], name: st
     """One started process per entry of ``args``, each running ``target(*entry)``; ``target`` must be importable."""
     context = multiprocessing.get_context("spawn")
     parent, level = os.getpid(), logging.getLogger().getEffectiveLevel()
-    processes = [
+    processes: list[BaseProcess] = [
         context.Process(target=worker_main, args=(parent, level, debugging(), target, entry), name=f"{name}-{i}")
         for i, entry in enumerate(args)
     ]

@@ -13,6 +13,7 @@ failed migration leaves nothing half-done.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 
@@ -95,7 +96,7 @@ def load_migrations(package: str) -> list[Migration]:
     return migrations
 
 
-def pending(migrations: list[Migration], applied: dict[int, str]) -> list[Migration]:
+def pending(migrations: Sequence[Migration], applied: dict[int, str]) -> list[Migration]:
     """What is left to apply; a database whose history differs from ours is refused."""
     for m in migrations:
         if m.version in applied and applied[m.version] != m.name:
@@ -108,7 +109,7 @@ def pending(migrations: list[Migration], applied: dict[int, str]) -> list[Migrat
     return [m for m in migrations if m.version not in applied]
 
 
-async def migrate(conn: asyncpg.Connection, migrations: list[Migration], schema: str) -> list[int]:
+async def migrate(conn: asyncpg.Connection, migrations: Sequence[Migration], schema: str) -> list[int]:
     """Bring ``schema`` up to date; returns the versions applied now (empty: nothing to do)."""
     q = parse_queries(_QUERIES)
     async with conn.transaction():

@@ -42,7 +42,7 @@ def _proxy(args: argparse.Namespace) -> None:
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     check_url(settings.upstream_url, "KGB_UPSTREAM_URL (kgb proxy --upstream)", HTTP_SCHEMES)
     _check_kafka(settings.publish.kafka)
-    log.info("kgb proxy: %s", settings.describe())
+    log.info("kgb proxy: %s", settings)
     print(f"kgb proxy: export ANTHROPIC_BASE_URL=http://{settings.host}:{settings.port}", flush=True)
     print(f"kgb proxy: MCP clients use http://{settings.host}:{settings.mcp_port}/mcp/NAME "
           f"(or a WebSocket to ws://{settings.host}:{settings.mcp_port}/?upstream=NAME)", flush=True)

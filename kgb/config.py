@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from urllib.parse import urlsplit, urlunsplit
+from dataclasses import dataclass
+from urllib.parse import unquote_plus
 
 
 class SettingsError(ValueError):
@@ -49,21 +49,67 @@ def env_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
 
 
-def mask(secret: str | None) -> str:
-    """How a secret prints in logs and `--help`: present or not, never its value."""
-    return "<unset>" if not secret else "****"
+# Query parameters that carry a credential: masked when a URL is shown, redacted when one is captured.
+CREDENTIAL_PARAMS = frozenset({"key", "api_key", "apikey", "token", "access_token", "secret", "password", "sslpassword"})
 
 
 def mask_url(url: str) -> str:
-    """The URL as it may be printed: a password, if any, replaced by ****."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """The URL as it may be shown: a password, and the value of every query parameter named
+    like a credential (``?password=``, ``?token=``), replaced by ****; all else as it was."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
         return url
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:****@{host}{port}"))
+    end = min([i for i in map(rest.find, "/?#") if i >= 0], default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    userinfo, at, host = authority.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    authority = f"{user}:****@{host}" if at and colon else authority
+    path, question, query = tail.partition("?")
+    query, hash_, fragment = query.partition("#")
+    if question:
+        query = "&".join(_mask_param(pair) for pair in query.split("&"))
+    return f"{scheme}://{authority}{path}{question}{query}{hash_}{fragment}"
 
+
+def _mask_param(pair: str) -> str:
+    name, equals, _ = pair.partition("=")
+    return f"{name}=****" if equals and unquote_plus(name).lower() in CREDENTIAL_PARAMS else pair
+
+
+class Secret(str):
+    """A setting that is a secret: it works as the string it is, and prints as ``'****'``
+    in any repr, so a settings object can be logged whole (its dataclass repr shows reprs)."""
+
+    @property
+    def masked(self) -> str:
+        return "****"
+
+    def __repr__(self) -> str:
+        return repr(self.masked)
+
+
+class SecretURL(Secret):
+    """A URL that may carry credentials; its repr and `masked` show it through `mask_url`."""
+
+    @property
+    def masked(self) -> str:
+        return mask_url(self)
+
+
+def env_url(env: Mapping[str, str], name: str, default: str) -> SecretURL:
+    return SecretURL(env_str(env, name, default))
+
+
+def env_secret(env: Mapping[str, str], name: str) -> Secret | None:
+    value = env_opt(env, name)
+    return None if value is None else Secret(value)
+
+
+def shown(value: str | None) -> str:
+    """A setting as a log line, a `/health` answer or an error message may show it."""
+    if value is None:
+        return "<unset>"
+    return value.masked if isinstance(value, Secret) else value
 
 
 @dataclass(frozen=True)
@@ -73,7 +119,7 @@ class KafkaSettings:
     bootstrap: str = "127.0.0.1:9092"
     topic: str = "kgb.exchanges"
     mcp_topic: str = "kgb.mcp"
-    schema_registry_url: str | None = None
+    schema_registry_url: SecretURL | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> KafkaSettings:
@@ -81,10 +127,9 @@ class KafkaSettings:
             bootstrap=env_str(env, "KGB_KAFKA_BOOTSTRAP", cls.bootstrap),
             topic=env_str(env, "KGB_TOPIC", cls.topic),
             mcp_topic=env_str(env, "KGB_MCP_TOPIC", cls.mcp_topic),
-            schema_registry_url=env_opt(env, "KGB_SCHEMA_REGISTRY_URL"),
+            schema_registry_url=_optional_url(env_opt(env, "KGB_SCHEMA_REGISTRY_URL")),
         )
 
-    def masked(self) -> KafkaSettings:
-        """These settings as they may be printed: a password in the registry URL replaced by ****."""
-        registry = self.schema_registry_url
-        return replace(self, schema_registry_url=registry and mask_url(registry))
+
+def _optional_url(url: str | None) -> SecretURL | None:
+    return None if url is None else SecretURL(url)

@@ -8,7 +8,7 @@ closed here, at the edge of the app, and nowhere else.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 import aiohttp
 import orjson
@@ -24,6 +24,8 @@ from proxy.publish import Publisher
 from proxy.settings import ProxySettings, fingerprint_key
 
 log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # RFC 9110 §7.6.1, plus the legacy Proxy-Connection; Host and Content-Length are set by the client library.
 HOP_BY_HOP = frozenset(
@@ -55,14 +57,18 @@ async def forward(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings, metrics = app[SETTINGS], app[METRICS]
     raw_headers = _decoded(request.raw_headers)
+    origin_form = request.rel_url.raw_path.startswith("/")
     record = RequestRecord(
         method=request.method,
-        path=request.rel_url.raw_path,
+        path=request.rel_url.raw_path if origin_form else request.raw_path,
         query=request.rel_url.raw_query_string,
         http_version=f"{request.version.major}.{request.version.minor}",
         headers=raw_headers,
         body=b"",
     )
+    if not origin_form:
+        refusal = f"KGB proxy: {request.method} {request.raw_path} is not relayed: only a path goes upstream"
+        return _fail(request, record, errors.TargetNotRelayed(refusal))
     try:
         record.body = await _read_body(request, settings.max_body_bytes)
     except errors.BodyTooLarge as exc:
@@ -152,18 +158,18 @@ def _fail(request: web.Request, record: RequestRecord, failure: errors.ProxyErro
     app = request.app
     body = failure.body()
     headers = [("Content-Type", "application/json")]
-    if isinstance(failure, errors.BodyTooLarge):
+    if isinstance(failure, errors.Refused):
         app[CAPTURE].request(record)
     app[CAPTURE].response(record, failed_response(record, failure.status, body, (failure.kind, str(failure)), headers))
     app[METRICS].requests.labels(method=request.method, status=str(failure.status)).inc()
-    if not isinstance(failure, errors.BodyTooLarge):
+    if not isinstance(failure, errors.Refused):
         app[METRICS].upstream_errors.labels(kind=failure.kind).inc()
     log.warning("exchange %s: %s", record.exchange_id, failure)
     return web.Response(status=failure.status, body=body, content_type="application/json")
 
 
 async def health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "healthy", "upstream": request.app[SETTINGS].upstream_url}, dumps=_dumps)
+    return web.json_response({"status": "healthy", "upstream": request.app[SETTINGS].upstream_url.masked}, dumps=_dumps)
 
 
 async def ready(request: web.Request) -> web.Response:
@@ -212,7 +218,9 @@ async def _publishing(app: web.Application) -> AsyncIterator[None]:
 
 
 def build_app(settings: ProxySettings, metrics: ProxyMetrics | None = None) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes, handler_args={"max_field_size": 65536})
+    app = web.Application(
+        client_max_size=settings.max_body_bytes, handler_args={"max_field_size": 65536}, middlewares=[_unrouted_too]
+    )
     app[SETTINGS] = settings
     app[METRICS] = metrics or ProxyMetrics()
     app.cleanup_ctx.append(_upstream_session)
@@ -220,5 +228,13 @@ def build_app(settings: ProxySettings, metrics: ProxyMetrics | None = None) -> w
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics_endpoint)
-    app.router.add_route("*", "/{tail:.*}", forward)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", forward)  # not `.*`: a %0A in the path decodes to a newline
     return app
+
+
+@web.middleware
+async def _unrouted_too(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The router matches paths only; a CONNECT's host:port or an OPTIONS `*` would get its bare, uncaptured 404."""
+    if request.match_info.http_exception is not None:
+        return await forward(request)
+    return await handler(request)

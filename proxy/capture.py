@@ -22,9 +22,20 @@ import orjson
 
 from kgb.documents import parse_json
 from proxy import decode
-from proxy.redact import Rule, credential, fingerprint, redact_body, redact_headers, redact_query
+from proxy.redact import (
+    Rule,
+    credential,
+    fingerprint,
+    redact_body,
+    redact_headers,
+    redact_document,
+    redact_json,
+    redact_optional,
+    redact_query,
+    redact_stream,
+)
 from proxy.session import Identity, identify
-from proxy.sse import MessageAssembler, Reassembled, SSEParser
+from proxy.sse import MessageStream, Reassembled
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +96,7 @@ class ResponseRecorder:
         self._decoder: decode.Decoder | None = None
         self._decode_failed = False
         self._text = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._parser = SSEParser() if self.is_sse else None
-        self._assembler = MessageAssembler() if self.is_sse else None
+        self._stream = MessageStream() if self.is_sse else None
         self._first_byte_ns: int | None = None
         try:
             self._decoder = decode.decoder_for(self.content_encoding)
@@ -109,9 +119,8 @@ class ResponseRecorder:
         if not data:
             return
         self._chunks.append(data)
-        if self._parser is not None and self._assembler is not None:
-            for event in self._parser.feed(self._text.decode(data)):
-                self._assembler.feed(event)
+        if self._stream is not None:
+            self._stream.feed(self._text.decode(data))
 
     def finish(self, *, client_disconnected: bool, upstream_complete: bool) -> ResponseRecord:
         if not self._decode_failed and self._decoder is not None:
@@ -120,10 +129,9 @@ class ResponseRecorder:
             except Exception:  # noqa: BLE001
                 self._decode_failed = True
         assembled = None
-        if self._parser is not None and self._assembler is not None:
-            for event in self._parser.feed(self._text.decode(b"", final=True)) + self._parser.flush():
-                self._assembler.feed(event)
-            assembled = self._assembler.finish()
+        if self._stream is not None:
+            self._stream.feed(self._text.decode(b"", final=True))
+            assembled = self._stream.finish()
         end = time.perf_counter_ns()
         first = self._first_byte_ns
         return ResponseRecord(
@@ -187,30 +195,48 @@ def _envelope(kind: str, request: RequestRecord, facts: RequestFacts, redactions
 
 
 def request_event(request: RequestRecord, policy: RedactionPolicy) -> tuple[dict[str, Any], RequestFacts]:
+    """Every field stored is redacted: the identity and the client come from the client's
+    headers and body, and a secret there would otherwise reach the tables as a session key."""
     parsed = parse_json(request.body)
     body_json = parsed if isinstance(parsed, dict) else None
     secret = credential(request.headers)
     key_fingerprint = fingerprint(secret, policy.fingerprint_key) if secret else None
     lowered = _CaseInsensitive(request.headers)
-    facts = RequestFacts(identify(lowered, body_json, key_fingerprint), key_fingerprint, lowered.get("user-agent"))
-    headers, fired = redact_headers(request.headers, policy.extra_headers, policy.rules)
-    body, body_fired = redact_body(request.body, policy.rules)
+    fired: list[str] = []
+    facts = RequestFacts(
+        _redact_identity(identify(lowered, body_json, key_fingerprint), policy.rules, fired),
+        key_fingerprint,
+        redact_optional(lowered.get("user-agent"), policy.rules, fired),
+    )
+    headers, header_fired = redact_headers(request.headers, policy.extra_headers, policy.rules)
+    body, body_fired = redact_json(request.body, policy.rules, parsed)
     query, query_fired = redact_query(request.query, policy.rules)
-    event = _envelope("REQUEST", request, facts, fired + body_fired + query_fired)
+    path = redact_optional(request.path, policy.rules, fired)
     model = body_json.get("model") if body_json else None
+    model = redact_optional(model, policy.rules, fired) if isinstance(model, str) else None
+    event = _envelope("REQUEST", request, facts, fired + header_fired + body_fired + query_fired)
     event["request"] = {
         "method": request.method,
-        "path": request.path,
+        "path": path,
         "query": query,
         "http_version": request.http_version,
         "headers": headers,
         "body": body,
         "body_size": len(request.body),
-        "model": model if isinstance(model, str) else None,
+        "model": model,
         "stream": bool(body_json.get("stream")) if body_json else False,
         "received_at": request.received_at,
     }
     return event, facts
+
+
+def _redact_identity(identity: Identity, rules: Sequence[Rule], fired: list[str]) -> Identity:
+    return Identity(
+        session_key=redact_optional(identity.session_key, rules, fired) or identity.session_key,
+        session_source=identity.session_source,
+        agent_id=redact_optional(identity.agent_id, rules, fired),
+        parent_agent_id=redact_optional(identity.parent_agent_id, rules, fired),
+    )
 
 
 def _json_outcome(body: bytes) -> Reassembled:
@@ -237,12 +263,22 @@ def _dumps(value: Any) -> str | None:
 def response_event(
     request: RequestRecord, response: ResponseRecord, facts: RequestFacts, policy: RedactionPolicy
 ) -> dict[str, Any]:
+    """A stream whose message or error held a secret is rewritten from its events, since
+    its raw bytes may hold that secret escaped or split across deltas."""
     headers, fired = redact_headers(response.headers, policy.extra_headers, policy.rules)
-    body, body_fired = redact_body(response.body, policy.rules)
-    outcome = response.assembled if response.is_sse and response.assembled else _json_outcome(body)
+    if response.is_sse and response.assembled:
+        outcome = response.assembled
+        body, body_fired = redact_body(response.body, policy.rules)
+    else:
+        body, body_fired = redact_json(response.body, policy.rules)
+        outcome = _json_outcome(body)
+    derived: list[str] = []
     error_type, error_message = response.proxy_error or (outcome.error_type, outcome.error_message)
-    message = _redact_json(outcome.final_message(), policy.rules, fired)
-    event = _envelope("RESPONSE", request, facts, fired + body_fired)
+    error_message = redact_optional(error_message, policy.rules, derived)
+    message = _redact_json(outcome.final_message(), policy.rules, derived)
+    if derived and response.is_sse:
+        body, body_fired = redact_stream(response.body, policy.rules)
+    event = _envelope("RESPONSE", request, facts, fired + body_fired + derived)
     event["response"] = {
         "status": response.status,
         "headers": headers,
@@ -267,9 +303,9 @@ def response_event(
 def _redact_json(value: Any, rules: Sequence[Rule], fired: list[str]) -> str | None:
     if value is None:
         return None
-    text, hits = redact_body(orjson.dumps(value), rules)
+    document, hits = redact_document(value, rules)
     fired.extend(hits)
-    return text.decode()
+    return orjson.dumps(document).decode()
 
 
 class _CaseInsensitive:

@@ -239,6 +239,7 @@ class Publisher:
         self._queued_bytes = 0
         self._encoder: Encoder = single_object_encoder(schema)
         self._registered = settings.kafka.schema_registry_url is None
+        self._registry_down = False  # its outage is logged once, not at every retry
         self._limit = settings.max_event_bytes
         self._producer: AIOKafkaProducer | None = None
         self._connected = False
@@ -666,6 +667,7 @@ class Publisher:
         if self._registered:
             return
         url = self.settings.kafka.schema_registry_url
+        assert url is not None, "only a publisher with a registry registers"
         if self._session is None:
             raise SettingsError("KGB_SCHEMA_REGISTRY_URL is set but the publisher got no aiohttp session")
         try:
@@ -673,7 +675,12 @@ class Publisher:
             self._encoder = await registry_encoder(Registry(url, self._session), subject, self._schema)
             self._registered = True
         except SchemaError as exc:
-            log.warning("schema registry %s unavailable (%s); single-object encoding meanwhile", url, exc)
+            if not self._registry_down:
+                log.warning("schema registry %s unavailable (%s); single-object encoding until it answers", url.masked, exc)
+            self._registry_down = True
+            return
+        if self._registry_down:
+            log.info("schema registry %s answers again; Confluent framing from now on", url.masked)
 
     # --- helpers ---------------------------------------------------------------------
 

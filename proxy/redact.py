@@ -1,10 +1,16 @@
 """Removing secrets before anything leaves the proxy.
 
-Header values are replaced whole; bodies are scanned with rules that each
-have cheap hints opening with a literal, so a body with no secret costs one
-fast literal search per rule (about 0.4 ms per 500 KB) rather than a full
-regex pass per rule. Every function returns
-the names of the rules that fired, so an event says what was taken out.
+Header values are replaced whole; bodies are scanned for every rule at once
+by one automaton (Hyperscan where it has wheels, RE2's multi-pattern set
+elsewhere), which only names the rules that may match: those alone run their
+own pattern to replace what they find, so a body with no secret costs one
+pass whatever the number of rules.
+
+A secret is removed in every form it is stored in, not only as the bytes came:
+percent-encoded (``Bearer%20...``), behind JSON ``\\u`` escapes (the topic and
+the database hold the body decoded), and split across text blocks or stream
+deltas that the database joins. Every function returns the names of the rules
+that fired, so an event says what was taken out.
 """
 
 from __future__ import annotations
@@ -12,21 +18,27 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode
+from functools import lru_cache
+from typing import Any
+from urllib.parse import parse_qsl, quote_from_bytes, unquote_to_bytes, urlencode
+
+import orjson
+
+from kgb.config import CREDENTIAL_PARAMS
+from kgb.documents import parse_json
+from proxy.sse import SSEEvent, SSEParser
 
 REDACTED = "[REDACTED]"
 
 SECRET_HEADERS = frozenset({"x-api-key", "authorization", "proxy-authorization", "cookie", "set-cookie"})
 
-SECRET_QUERY_PARAMS = frozenset({"key", "api_key", "apikey", "token", "access_token", "secret", "password"})
 
 
 @dataclass(frozen=True)
 class Rule:
-    """A secret format. `hints` are cheap patterns, each opening with a literal, one of
-    which every match contains: a body none of them finds skips the full pattern.
+    """A secret format.
 
     A pattern with a group named ``secret`` loses only that group (a URL keeps its
     scheme, user and host, and loses its password); any other loses its whole match.
@@ -34,10 +46,6 @@ class Rule:
 
     name: str
     pattern: re.Pattern[bytes]
-    hints: tuple[re.Pattern[bytes], ...] = ()
-
-    def applies_to(self, body: bytes) -> bool:
-        return not self.hints or any(hint.search(body) for hint in self.hints)
 
     @property
     def placeholder(self) -> bytes:
@@ -59,58 +67,319 @@ class Rule:
         return self.pattern.subn(keep_around, body)
 
 
-def _rule(name: str, pattern: str, *hints: str) -> Rule:
-    return Rule(name, re.compile(pattern.encode(), re.DOTALL), tuple(re.compile(h.encode()) for h in hints))
+def _rule(name: str, pattern: str) -> Rule:
+    return Rule(name, re.compile(pattern.encode(), re.DOTALL))
 
 
 # scheme://user:password@host: the user may be empty (redis://:password@host); a password
 # holds no whitespace, quote, slash, '?', '#' or '@' (RFC 3986 wants those percent-encoded).
 _URL_PASSWORD = r"://[^\s:/?#@\[\]\"'<>\\]*:(?P<secret>[^\s/?#@\"'<>\\]+)@"
 
+# Between "Bearer" and its token: whitespace as sent, or as a JSON string writes it.
+_GAP = r"(?:\s|\\[nrt])+"
 
 BUILTIN_RULES: tuple[Rule, ...] = (
-    _rule("anthropic_key", r"sk-ant-[A-Za-z0-9_\-]{16,}", "sk-ant-"),
-    _rule("openai_key", r"sk-(?:proj-)?[A-Za-z0-9_\-]{32,}", "sk-"),
-    _rule("aws_access_key", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b", "A(?:KI|SI)A"),
-    _rule(
-        "github_token",
-        r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})",
-        "g(?:h[pousr]|ithub_pat)_",
-    ),
-    _rule("slack_token", r"\bxox[abprs]-[A-Za-z0-9\-]{10,}", "xox[abprs]-"),
-    _rule("google_api_key", r"\bAIza[0-9A-Za-z_\-]{35}", "AIza"),
-    _rule("stripe_key", r"\b[sr]k_live_[0-9A-Za-z]{16,}", "k_live_"),
-    _rule("jwt", r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}", "eyJ"),
-    _rule(
-        "private_key",
-        r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----",
-        "-----BEGIN ",
-    ),
-    _rule("bearer_token", r"(?i:bearer)\s+[A-Za-z0-9_\-\.=+/]{20,}", "earer", "EARER"),
-    _rule("url_password", _URL_PASSWORD, "://"),
+    _rule("anthropic_key", r"sk-ant-[A-Za-z0-9_\-]{16,}"),
+    _rule("openai_key", r"sk-(?:proj-)?[A-Za-z0-9_\-]{32,}"),
+    _rule("aws_access_key", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
+    _rule("github_token", r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})"),
+    _rule("slack_token", r"\bxox[abprs]-[A-Za-z0-9\-]{10,}"),
+    _rule("google_api_key", r"\bAIza[0-9A-Za-z_\-]{35}"),
+    _rule("stripe_key", r"\b[sr]k_live_[0-9A-Za-z]{16,}"),
+    _rule("jwt", r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"),
+    _rule("private_key", r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----"),
+    _rule("bearer_token", r"(?i:bearer)" + _GAP + r"[A-Za-z0-9_\-\.=+/]{20,}"),
+    _rule("url_password", _URL_PASSWORD),
 )
 
 
 def custom_rules(patterns: Iterable[str]) -> tuple[Rule, ...]:
-    """Rules from `KGB_REDACT_PATTERNS`; they have no prefix, so each costs a full scan."""
+    """Rules from `KGB_REDACT_PATTERNS`, scanned in the same pass as the built-in ones."""
     return tuple(_rule(f"custom_{i}", pattern) for i, pattern in enumerate(patterns, start=1))
 
 
-def redact_body(body: bytes, rules: Sequence[Rule]) -> tuple[bytes, list[str]]:
-    """Replace every match with `[REDACTED:<rule>]`, which keeps a JSON body valid JSON."""
+Scan = Callable[[bytes], set[int]]
+Engine = Callable[[Sequence[bytes]], Scan]
+
+
+def hyperscan_engine(patterns: Sequence[bytes]) -> Scan:
+    """One Hyperscan database of every pattern, in prefilter mode: it may name a rule
+    that does not match (its own pattern then finds nothing), never miss one that does."""
+    import hyperscan
+
+    database = hyperscan.Database()
+    flags = hyperscan.HS_FLAG_DOTALL | hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_SINGLEMATCH
+    database.compile(expressions=list(patterns), ids=list(range(len(patterns))), elements=len(patterns), flags=[flags] * len(patterns))
+
+    def scan(data: bytes) -> set[int]:
+        found: set[int] = set()
+        database.scan(data, match_event_handler=lambda rule, *_: found.add(rule))
+        return found
+
+    return scan
+
+
+def re2_engine(patterns: Sequence[bytes]) -> Scan:
+    """RE2's multi-pattern set, one linear pass: for platforms Hyperscan has no wheel for."""
+    import re2
+
+    options = re2.Options()
+    options.dot_nl = True
+    patterns_set = re2.Set.SearchSet(options)
+    for pattern in patterns:
+        patterns_set.Add(pattern)
+    patterns_set.Compile()
+    return lambda data: set(patterns_set.Match(data) or ())
+
+
+def default_engine() -> Engine:
+    try:
+        import hyperscan  # noqa: F401
+    except ImportError:
+        return re2_engine
+    return hyperscan_engine
+
+
+def _readable(engine: Engine, pattern: bytes) -> bool:
+    try:
+        engine([pattern])
+    except Exception:  # noqa: BLE001 - each engine raises its own error for a pattern it cannot read
+        return False
+    return True
+
+
+class Matcher:
+    """Which of `rules` may match a body, found in one pass for all of them.
+
+    A custom pattern the engine cannot read (a backreference RE2 refuses, say)
+    is not refused: it runs on its own on every body, as every rule once did.
+    """
+
+    def __init__(self, rules: tuple[Rule, ...], engine: Engine | None = None) -> None:
+        engine = engine or default_engine()
+        self.rules = rules
+        self._scanned = [i for i, rule in enumerate(rules) if _readable(engine, rule.pattern.pattern)]
+        self._always = set(range(len(rules))) - set(self._scanned)
+        self._scan = engine([rules[i].pattern.pattern for i in self._scanned]) if self._scanned else None
+
+    def candidates(self, data: bytes) -> list[Rule]:
+        """The rules to run on `data`, in their order (an earlier rule wins an overlap)."""
+        found = self._scan(data) if self._scan is not None and data else set()
+        named = self._always | {self._scanned[i] for i in found}
+        return [self.rules[i] for i in sorted(named)]
+
+
+@lru_cache(maxsize=16)
+def matcher(rules: tuple[Rule, ...]) -> Matcher:
+    """The settings build their rules once, so their automaton is compiled once."""
+    return Matcher(rules)
+
+
+def _replace(body: bytes, rules: Sequence[Rule]) -> tuple[bytes, list[str]]:
     fired = []
     for rule in rules:
-        if not rule.applies_to(body):
-            continue
         body, count = rule.replace(body)
         if count:
             fired.append(rule.name)
     return body, fired
 
 
+def redact_body(body: bytes, rules: Sequence[Rule]) -> tuple[bytes, list[str]]:
+    """Replace every match with `[REDACTED:<rule>]`, which keeps a JSON body valid JSON;
+    a percent-encoded secret is found decoded and written back encoded."""
+    body, fired = _replace(body, matcher(tuple(rules)).candidates(body))
+    if b"%" in body:
+        body, decoded_fired = _redact_percent_runs(body, rules)
+        fired += decoded_fired
+    return body, fired
+
+
+_PERCENT_RUN = re.compile(rb"%[0-9A-Fa-f]{2}(?:[\w.~+\-]|%[0-9A-Fa-f]{2})*")
+_URL_SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.~+-")
+
+
+def _redact_percent_runs(body: bytes, rules: Sequence[Rule]) -> tuple[bytes, list[str]]:
+    """Each run of URL characters holding a `%XX` escape, read decoded (`+` as a space)."""
+    found = matcher(tuple(rules))
+    fired: list[str] = []
+    parts, done = [], 0
+    for match in _PERCENT_RUN.finditer(body):
+        start = match.start()
+        while start > done and body[start - 1] in _URL_SAFE:
+            start -= 1
+        decoded = unquote_to_bytes(body[start:match.end()].replace(b"+", b" "))
+        clean, hits = _replace(decoded, found.candidates(decoded))
+        if hits:
+            parts += [body[done:start], quote_from_bytes(clean, safe="[]:").encode()]
+            done = match.end()
+            fired += hits
+    return (b"".join([*parts, body[done:]]) if fired else body), fired
+
+
 def redact_text(text: str, rules: Sequence[Rule]) -> tuple[str, list[str]]:
     redacted, fired = redact_body(text.encode(), rules)
-    return redacted.decode(errors="replace"), fired
+    return (redacted.decode(errors="replace") if fired else text), fired
+
+
+def redact_optional(text: str | None, rules: Sequence[Rule], fired: list[str]) -> str | None:
+    """A field that may be absent, redacted, its rules added to `fired`."""
+    if not text:
+        return text
+    clean, hits = redact_text(text, rules)
+    fired.extend(hits)
+    return clean
+
+
+def redact_json(body: bytes, rules: Sequence[Rule], document: Any = None) -> tuple[bytes, list[str]]:
+    """A JSON body redacted as a JSON reader sees it (see `redact_document`); only a body
+    holding a secret is written anew, with orjson; any other keeps its bytes. `document`
+    is the body already parsed, if the caller has it; a body that is not JSON goes to
+    `redact_body`."""
+    document = parse_json(body) if document is None else document
+    if document is None:
+        return redact_body(body, rules)
+    cleaned, fired = redact_document(document, rules)
+    return (orjson.dumps(cleaned), fired) if fired else (body, [])
+
+
+def redact_document(document: Any, rules: Sequence[Rule]) -> tuple[Any, list[str]]:
+    """A parsed JSON document with every string redacted decoded, and every run of text
+    blocks redacted as the one text it joins into (first, so that a secret's first half,
+    which may match alone, does not keep the rest). May change `document` in place."""
+    found = matcher(tuple(rules))
+    fired: list[str] = []
+    runs = list(_text_runs(document))
+    if runs and found.candidates(b"\n".join("".join(block["text"] for block in run).encode() for run in runs)):
+        for run in runs:
+            texts, hits = redact_pieces([block["text"] for block in run], rules)
+            for block, text in zip(run, texts, strict=True):
+                block["text"] = text
+            fired += hits
+    canonical = orjson.dumps(document)
+    if found.candidates(canonical) or b"%" in canonical:
+        clean, hits = redact_body(canonical, rules)
+        document = orjson.loads(clean) if hits else document
+        fired += hits
+    return document, fired
+
+
+def _text_runs(document: Any) -> Iterator[list[dict[str, Any]]]:
+    """Runs of two or more consecutive text blocks, in a system prompt, a message or a tool result."""
+    for blocks in _block_lists(document):
+        run: list[dict[str, Any]] = []
+        for block in blocks:
+            if type(block) is dict and block.get("type") == "text" and type(block.get("text")) is str:
+                run.append(block)
+                continue
+            if len(run) > 1:
+                yield run
+            run = []
+        if len(run) > 1:
+            yield run
+
+
+def _block_lists(document: Any) -> Iterator[list[Any]]:
+    """The lists of content blocks that hold two or more blocks (a run needs two)."""
+    if type(document) is not dict:
+        return
+    messages = document.get("messages")
+    for holder in [document, *(messages if type(messages) is list else ())]:
+        for blocks in (holder.get("system"), holder.get("content")) if type(holder) is dict else ():
+            if type(blocks) is not list:
+                continue
+            if len(blocks) > 1:
+                yield blocks
+            for block in blocks:
+                inner = block.get("content") if type(block) is dict and block.get("type") == "tool_result" else None
+                if type(inner) is list and len(inner) > 1:
+                    yield inner
+
+
+def redact_pieces(pieces: Sequence[str], rules: Sequence[Rule]) -> tuple[list[str], list[str]]:
+    """Pieces of one text (stream deltas, text blocks) redacted as the joined text: a secret
+    split across pieces loses each of its parts, the placeholder standing in the first."""
+    encoded = [piece.encode() for piece in pieces]
+    joined = b"".join(encoded)
+    spans = _spans(joined, matcher(tuple(rules)).candidates(joined))
+    if not spans:
+        return list(pieces), []
+    result, offset = [], 0
+    for piece in encoded:
+        result.append(_cut(piece, offset, spans).decode(errors="replace"))
+        offset += len(piece)
+    return result, sorted({rule.name for _, _, rule in spans})
+
+
+def _spans(data: bytes, rules: Sequence[Rule]) -> list[tuple[int, int, Rule]]:
+    """Where each rule's secrets are, overlaps merged (the earlier rule names the merge)."""
+    found = sorted(((*rule.span(match), rule) for rule in rules for match in rule.pattern.finditer(data)), key=lambda s: s[0])
+    merged: list[tuple[int, int, Rule]] = []
+    for start, end, rule in found:
+        if merged and start < merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]), merged[-1][2])
+        elif end > start:
+            merged.append((start, end, rule))
+    return merged
+
+
+def _cut(piece: bytes, offset: int, spans: Sequence[tuple[int, int, Rule]]) -> bytes:
+    """`piece` (at `offset` in the joined text) without the spans' bytes; a span starting in it leaves its placeholder."""
+    kept, position = [], offset
+    for start, end, rule in spans:
+        if end <= position or start >= offset + len(piece):
+            continue
+        kept.append(piece[position - offset: max(start, position) - offset])
+        if start >= offset:
+            kept.append(rule.placeholder)
+        position = min(end, offset + len(piece))
+    kept.append(piece[position - offset:])
+    return b"".join(kept)
+
+
+def redact_stream(body: bytes, rules: Sequence[Rule]) -> tuple[bytes, list[str]]:
+    """An event stream rewritten event by event: each event's JSON decoded and redacted,
+    and the deltas of each content block redacted as the text they join into.
+
+    For a stream whose reassembled message or error held a secret: the raw bytes
+    may hold it escaped or in halves. Other streams keep their bytes
+    (`redact_body` suffices for them).
+    """
+    parser = SSEParser()
+    events = parser.feed(body.decode(errors="replace")) + parser.flush()
+    documents = [parse_json(event.data) for event in events]
+    fired: list[str] = []
+    for deltas in _deltas_by_block(documents).values():
+        texts, hits = redact_pieces([delta[key] for delta, key in deltas], rules)
+        for (delta, key), text in zip(deltas, texts, strict=True):
+            delta[key] = text
+        fired += hits
+    for i, document in enumerate(documents):
+        if document is not None:
+            documents[i], hits = redact_document(document, rules)
+            fired += hits
+    rendered = b"".join(_render(event, document, rules, fired) for event, document in zip(events, documents, strict=True))
+    return rendered, fired
+
+
+_DELTA_TEXT = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}
+
+
+def _deltas_by_block(documents: Sequence[Any]) -> dict[Any, list[tuple[dict[str, Any], str]]]:
+    blocks: dict[Any, list[tuple[dict[str, Any], str]]] = {}
+    for document in documents:
+        delta = document.get("delta") if isinstance(document, dict) and document.get("type") == "content_block_delta" else None
+        key = _DELTA_TEXT.get(delta.get("type")) if isinstance(delta, dict) else None
+        if key and isinstance(delta.get(key), str):
+            blocks.setdefault(document.get("index"), []).append((delta, key))
+    return blocks
+
+
+def _render(event: SSEEvent, document: Any, rules: Sequence[Rule], fired: list[str]) -> bytes:
+    data = orjson.dumps(document).decode() if document is not None else redact_optional(event.data, rules, fired) or ""
+    lines = [f"event: {event.event}"] if event.event != "message" else []
+    lines += [f"data: {line}" for line in data.split("\n")]
+    lines += [f"id: {event.id}"] if event.id else []
+    return ("\n".join(lines) + "\n\n").encode()
 
 
 def redact_headers(
@@ -118,20 +387,20 @@ def redact_headers(
 ) -> tuple[list[dict[str, str]], list[str]]:
     """Secret headers lose their value; the rest are scanned like a body (a token can hide anywhere).
 
-    The rules' hints run once over all the values together, so the usual
-    header set with no secret costs one pass, not one per header and rule.
+    The automaton runs once over all the values together, so the usual
+    header set with no secret costs one pass, not one per header.
     """
     names = SECRET_HEADERS | extra_names
     headers = list(headers)
     scanned = "\n".join(value for name, value in headers if name.lower() not in names).encode()
-    rules = [rule for rule in rules if rule.applies_to(scanned)]
+    suspect = bool(matcher(tuple(rules)).candidates(scanned)) or b"%" in scanned
     result, fired = [], []
     for name, value in headers:
         if name.lower() in names:
             result.append({"name": name, "value": REDACTED})
             fired.append(f"header:{name.lower()}")
             continue
-        if rules:
+        if suspect:
             value, hits = redact_text(value, rules)
             fired.extend(hits)
         result.append({"name": name, "value": value})
@@ -139,27 +408,22 @@ def redact_headers(
 
 
 def redact_query(query: str, rules: Sequence[Rule]) -> tuple[str, list[str]]:
-    """Query parameters named like credentials lose their value; the rest are scanned as they
-    are read, decoded (a URL or a token in a parameter arrives percent-encoded).
+    """Query parameters named like credentials lose their value; the rest are scanned as
+    they are read and decoded (a URL or a token in a parameter arrives percent-encoded,
+    a space as `+`).
 
     A query with nothing to take out is returned as it came, byte for byte.
     """
     if not query:
         return query, []
     text, fired = redact_text(query, rules)
-    pairs = parse_qsl(text, keep_blank_values=True)
     kept, changed = [], False
-    for name, value in pairs:
-        if name.lower() in SECRET_QUERY_PARAMS:
-            kept.append((name, REDACTED))
-            fired.append("query_param")
-            changed = True
-            continue
-        clean, hits = redact_text(value, rules)
+    for name, value in parse_qsl(text, keep_blank_values=True):
+        clean, hits = (REDACTED, ["query_param"]) if name.lower() in CREDENTIAL_PARAMS else redact_text(value, rules)
         kept.append((name, clean))
-        fired.extend(hits)
+        fired += hits
         changed = changed or bool(hits)
-    return (urlencode(kept, safe="[]:") if changed else text), fired
+    return (urlencode(kept, safe="[]:") if changed else text), list(dict.fromkeys(fired))
 
 
 def credential(headers: Iterable[tuple[str, str]]) -> str | None:

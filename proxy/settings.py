@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from yarl import URL
 
-from kgb.config import SettingsError, env_float, env_int, env_list, env_opt, env_str, mask
+from kgb.config import Secret, SecretURL, SettingsError, env_float, env_int, env_list, env_opt, env_secret, env_str
 from proxy.publish import PublishSettings
 from proxy.redact import BUILTIN_RULES, Rule, custom_rules
 
@@ -20,7 +20,7 @@ T = TypeVar("T", int, float)
 
 @dataclass(frozen=True)
 class ProxySettings:
-    upstream_url: str = "https://api.anthropic.com"
+    upstream_url: SecretURL = SecretURL("https://api.anthropic.com")
     host: str = "127.0.0.1"
     port: int = 8089
     max_body_bytes: int = 64 * 1024 * 1024
@@ -31,12 +31,16 @@ class ProxySettings:
     keepalive_timeout: float = 75.0
     max_connections: int = 10_000
     redact_headers: frozenset[str] = frozenset()
-    redact_patterns: tuple[str, ...] = ()
-    fingerprint_key: str | None = field(default=None, repr=False)
+    redact_patterns: tuple[str, ...] = field(default=(), repr=False)  # a pattern may spell the secret it removes
+    fingerprint_key: Secret | None = None
     publish: PublishSettings = field(default_factory=PublishSettings)
     mcp_port: int = 9000
-    mcp_upstreams: dict[str, str] = field(default_factory=dict)
+    mcp_upstreams: dict[str, SecretURL] = field(default_factory=dict)
     mcp_max_message_bytes: int = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        """`kgb proxy --upstream` puts a plain string here; it stays a SecretURL, so it prints masked."""
+        object.__setattr__(self, "upstream_url", SecretURL(self.upstream_url))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ProxySettings:
@@ -44,7 +48,7 @@ class ProxySettings:
         if not upstream.startswith(("http://", "https://")):
             raise SettingsError(f"KGB_UPSTREAM_URL must be an http(s) URL, got {upstream!r}")
         return cls(
-            upstream_url=upstream,
+            upstream_url=SecretURL(upstream),
             host=env_str(env, "KGB_PROXY_HOST", cls.host),
             port=env_int(env, "KGB_PROXY_PORT", cls.port),
             max_body_bytes=env_int(env, "KGB_MAX_BODY_BYTES", cls.max_body_bytes),
@@ -56,7 +60,7 @@ class ProxySettings:
             max_connections=_positive(env_int(env, "KGB_MAX_CONNECTIONS", cls.max_connections), "KGB_MAX_CONNECTIONS"),
             redact_headers=frozenset(name.lower() for name in env_list(env, "KGB_REDACT_HEADERS")),
             redact_patterns=_patterns_file(env_opt(env, "KGB_REDACT_PATTERNS_FILE")),
-            fingerprint_key=env_opt(env, "KGB_FINGERPRINT_KEY"),
+            fingerprint_key=env_secret(env, "KGB_FINGERPRINT_KEY"),
             publish=PublishSettings.from_env(env),
             mcp_port=env_int(env, "KGB_MCP_PORT", cls.mcp_port),
             mcp_upstreams=parse_upstreams(env.get("KGB_MCP_UPSTREAMS", "")),
@@ -66,23 +70,12 @@ class ProxySettings:
     def rules(self) -> tuple[Rule, ...]:
         return BUILTIN_RULES + custom_rules(self.redact_patterns)
 
-    def describe(self) -> str:
-        """For the start-up log line: every setting, secrets masked."""
-        return (
-            f"upstream={self.upstream_url} listen={self.host}:{self.port} max_body={self.max_body_bytes} "
-            f"timeouts=connect {self.connect_timeout}s/read {self.read_timeout}s "
-            f"client timeouts=headers {self.header_timeout}s/keep-alive {self.keepalive_timeout}s max_connections={self.max_connections} "
-            f"redact_headers={sorted(self.redact_headers)} custom_patterns={len(self.redact_patterns)} "
-            f"fingerprint_key={mask(self.fingerprint_key)} publish={self.publish} "
-            f"mcp=:{self.mcp_port} mcp_upstreams={sorted(self.mcp_upstreams)} mcp_max_message={self.mcp_max_message_bytes}"
-        )
 
-
-def parse_upstreams(raw: str) -> dict[str, str]:
+def parse_upstreams(raw: str) -> dict[str, SecretURL]:
     """`KGB_MCP_UPSTREAMS`, ``name=ws://host:port,name=http://host:port/mcp,...``: the only places the
     MCP relays connect to, so a client can name an upstream but never choose an address. A ws(s) URL is
     a WebSocket server, an http(s) URL a Streamable HTTP endpoint."""
-    upstreams: dict[str, str] = {}
+    upstreams: dict[str, SecretURL] = {}
     for entry in (item.strip() for item in raw.split(",")):
         if not entry:
             continue
@@ -99,7 +92,7 @@ def parse_upstreams(raw: str) -> dict[str, str]:
             raise SettingsError(f"KGB_MCP_UPSTREAMS: {name} must be a ws://, wss://, http:// or https:// URL, got {url!r}")
         if "/" in name:
             raise SettingsError(f"KGB_MCP_UPSTREAMS: a name is one path segment of /mcp/NAME, got {name!r}")
-        upstreams[name] = url
+        upstreams[name] = SecretURL(url)
     return upstreams
 
 

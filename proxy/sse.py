@@ -20,6 +20,9 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 # Block types whose `input` arrives as `partial_json` fragments.
 _JSON_INPUT_BLOCKS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
 
+# Delta types carrying a string to append to their block, and the field it goes in.
+_TEXT_DELTAS = {"text_delta": "text", "thinking_delta": "thinking", "signature_delta": "signature"}
+
 
 @dataclass(frozen=True)
 class SSEEvent:
@@ -39,25 +42,36 @@ class SSEParser:
     """
 
     def __init__(self) -> None:
-        self._buffer = ""
+        # The unfinished line, in the pieces it came in: a long line split over many
+        # chunks is joined once, when its end arrives, not once per chunk.
+        self._buffer: list[str] = []
         self._event = ""
         self._data: list[str] = []
         self._id: str | None = None
         self._retry: int | None = None
 
     def feed(self, text: str) -> list[SSEEvent]:
-        pending = self._buffer + text
+        if "\n" not in text and "\r" not in text and not (self._buffer and self._buffer[-1].endswith("\r")):
+            if text:
+                self._buffer.append(text)
+            return []
+        pending = "".join([*self._buffer, text])
         lines = _LINE_BREAK.split(pending)
-        self._buffer = lines.pop()
+        rest = lines.pop()
         if pending.endswith("\r"):
             # That "\r" may be the first half of a "\r\n": keep its line until the next chunk.
-            self._buffer = lines.pop() + "\r"
+            rest = lines.pop() + "\r"
+        self._buffer = [rest] if rest else []
         return self._take_lines(lines)
+
+    def idle(self) -> bool:
+        """Between events: no partial line held, no field of an undispatched event read."""
+        return not self._buffer and not self._event and not self._data and self._id is None and self._retry is None
 
     def flush(self) -> list[SSEEvent]:
         """End of stream: a final event without its blank line still counts."""
-        rest = self._buffer.rstrip("\r")
-        self._buffer = ""
+        rest = "".join(self._buffer).rstrip("\r")
+        self._buffer = []
         events = self._take_lines([rest] if rest else [])
         pending = self._dispatch()
         return events + ([pending] if pending else [])
@@ -120,15 +134,18 @@ class Reassembled:
 class MessageAssembler:
     """Builds the final message from SSE events, the way the SDKs do.
 
-    Text, thinking and signature deltas are joined; `partial_json` fragments
-    are joined and parsed at the block's stop; unknown deltas are kept on
-    their block, unknown blocks as they came, unknown events in a list.
+    Text, thinking and signature deltas are collected and joined once, at
+    `finish` (joining per delta copies the text so far each time: quadratic in
+    a long answer); `partial_json` fragments are joined and parsed at the
+    block's stop; unknown deltas are kept on their block, unknown blocks as
+    they came, unknown events in a list.
     """
 
     def __init__(self) -> None:
         self.result = Reassembled()
         self._blocks: dict[int, dict[str, Any]] = {}
         self._partial_json: dict[int, list[str]] = {}
+        self._pieces: dict[tuple[int, str], list[str]] = {}
 
     def feed(self, event: SSEEvent) -> None:
         try:
@@ -154,22 +171,31 @@ class MessageAssembler:
         index = int(data.get("index", len(self._blocks)))
         block = dict(data.get("content_block") or {})
         self._blocks[index] = block
+        for key in _TEXT_DELTAS.values():
+            self._pieces.pop((index, key), None)  # a restarted block drops what its predecessor collected
         if block.get("type") in _JSON_INPUT_BLOCKS:
             self._partial_json[index] = []
         self._sync_message()
 
+    def extend_text(self, index: int, key: str, pieces: list[str]) -> None:
+        """What a run of `<key>_delta` events on one block adds, taken without parsing each (`MessageStream`)."""
+        block = self._blocks.setdefault(index, {})
+        if isinstance(block.setdefault(key, ""), str):
+            self._pieces.setdefault((index, key), []).extend(pieces)
+        else:
+            block.setdefault("kgb_unknown_deltas", []).extend({"type": key + "_delta", key: piece} for piece in pieces)
+
     def _block_delta(self, data: dict[str, Any]) -> None:
-        block = self._blocks.setdefault(int(data.get("index", 0)), {})
+        index = int(data.get("index", 0))
+        block = self._blocks.setdefault(index, {})
         delta = data.get("delta") or {}
         kind = delta.get("type")
-        if kind == "text_delta":
-            block["text"] = block.get("text", "") + delta.get("text", "")
+        key = _TEXT_DELTAS.get(kind, "")
+        piece = delta.get(key, "")
+        if key and isinstance(piece, str) and isinstance(block.get(key, ""), str):
+            self.extend_text(index, key, [piece])
         elif kind == "input_json_delta":
-            self._partial_json.setdefault(int(data.get("index", 0)), []).append(delta.get("partial_json", ""))
-        elif kind == "thinking_delta":
-            block["thinking"] = block.get("thinking", "") + delta.get("thinking", "")
-        elif kind == "signature_delta":
-            block["signature"] = block.get("signature", "") + delta.get("signature", "")
+            self._partial_json.setdefault(index, []).append(delta.get("partial_json", ""))
         elif kind == "citations_delta":
             block.setdefault("citations", []).append(delta.get("citation"))
         else:
@@ -205,8 +231,15 @@ class MessageAssembler:
     def finish(self) -> Reassembled:
         """Close whatever the stream left open (an interrupted stream keeps its partial blocks)."""
         self._flush_partial_json()
+        self._join_pieces()
         self._sync_message()
         return self.result
+
+    def _join_pieces(self) -> None:
+        for (index, key), pieces in self._pieces.items():
+            block = self._blocks[index]
+            block[key] = "".join([block[key], *pieces])
+        self._pieces.clear()
 
     def _flush_partial_json(self) -> None:
         for index in list(self._partial_json):
@@ -238,9 +271,85 @@ _HANDLERS = {
 }
 
 
+# The head of a text or thinking delta exactly as Anthropic frames it, up to its string's opening quote.
+_DELTA_HEAD = re.compile(
+    r'event: content_block_delta\ndata: \{"type":"content_block_delta","index":(0|[1-9][0-9]*),'
+    r'"delta":\{"type":"(text|thinking)_delta","\2":"'
+)
+_DELTA_END = '"}}\n\n'
+# An unfinished event at a chunk's end waits for the next chunk up to this size; a longer one goes to the parser.
+_CARRY_LIMIT = 4096
+
+
+class MessageStream:
+    """An `SSEParser` feeding a `MessageAssembler`, with a fast lane for the bulk of a long answer.
+
+    Why: a long answer is mostly text or thinking deltas of one fixed shape, and
+    parsing each as a generic event and then its JSON costs microseconds per
+    20-byte delta, on the loop that relays every client's bytes. The lane takes
+    only events of exactly that shape, between events, and reads the string out
+    of them; anything else, or any doubt (an escape that does not decode, a raw
+    control character, an event cut by the chunk's end), goes the general way,
+    so the message is the same either way.
+    """
+
+    def __init__(self) -> None:
+        self._parser = SSEParser()
+        self._assembler = MessageAssembler()
+        self._carry = ""
+
+    def feed(self, text: str) -> None:
+        pending, self._carry = self._carry + text, ""
+        pos, end = 0, len(pending)
+        while pos < end:
+            if self._parser.idle():
+                pos = self._take_deltas(pending, pos)
+                if pos == end:
+                    return
+                if end - pos <= _CARRY_LIMIT and pending.find("\n\n", pos) < 0:
+                    self._carry = pending[pos:]
+                    return
+            cut = pending.find("\n\n", pos)
+            stop = end if cut < 0 else cut + 2  # just past a blank line: the parser is between events again
+            self._assemble(self._parser.feed(pending[pos:stop]))
+            pos = stop
+
+    def finish(self) -> Reassembled:
+        self._assemble(self._parser.feed(self._carry) + self._parser.flush())
+        self._carry = ""
+        return self._assembler.finish()
+
+    def _assemble(self, events: list[SSEEvent]) -> None:
+        for event in events:
+            self._assembler.feed(event)
+
+    def _take_deltas(self, text: str, pos: int) -> int:
+        """Take the run of same-block text or thinking deltas starting at `pos`; returns where it ends."""
+        head = _DELTA_HEAD.match(text, pos)
+        if head is None:
+            return pos
+        prefix, pieces = head.group(), []
+        size, starts, find = len(prefix), text.startswith, text.find  # bound once: this loop runs per delta
+        while starts(prefix, pos):
+            start = pos + size
+            close = find("\n", start) - 3
+            if close < start or not starts(_DELTA_END, close):
+                break
+            piece = text[start:close]
+            if '"' in piece or "\\" in piece or not piece.isprintable():
+                try:
+                    piece = orjson.loads(f'"{piece}"')
+                except orjson.JSONDecodeError:
+                    break
+            pieces.append(piece)
+            pos = close + len(_DELTA_END)
+        if pieces:
+            self._assembler.extend_text(int(head[1]), head[2], pieces)
+        return pos
+
+
 def reassemble(text: str) -> Reassembled:
     """The whole-body convenience: parse and assemble a complete stream at once."""
-    parser, assembler = SSEParser(), MessageAssembler()
-    for event in parser.feed(text) + parser.flush():
-        assembler.feed(event)
-    return assembler.finish()
+    stream = MessageStream()
+    stream.feed(text)
+    return stream.finish()

@@ -31,9 +31,10 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from importlib.resources import files
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
@@ -105,8 +106,21 @@ def without_logical_types(schema: Any) -> Any:
     return schema
 
 
-def parse(schema: Any) -> dict:
-    """fastavro's parsed form, logical types off; invalid schemas raise `SchemaError`."""
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@overload
+def timestamp(micros: int) -> datetime: ...
+@overload
+def timestamp(micros: None) -> None: ...
+def timestamp(micros: int | None) -> datetime | None:
+    """An event's int microseconds as an aware datetime, exactly (no float rounding)."""
+    return None if micros is None else EPOCH + timedelta(microseconds=micros)
+
+
+def parse(schema: Any) -> Any:
+    """fastavro's parsed form (a dict for a record, a name or a list otherwise), logical types off;
+    invalid schemas raise `SchemaError`."""
     try:
         return parse_schema(without_logical_types(schema))
     except Exception as exc:  # fastavro raises several unrelated types for bad schemas
@@ -283,4 +297,6 @@ def _read_body(data: bytes, offset: int, writer: _Writer) -> dict:
         raise CorruptBody(f"invalid Avro body: {type(exc).__name__}: {clip(str(exc))}") from exc
     if buf.tell() != len(data):
         raise CorruptBody(f"{len(data) - buf.tell()} trailing bytes after the Avro body")
+    if not isinstance(record, dict):
+        raise CorruptBody(f"an event is a record, not {type(record).__name__}")
     return record

@@ -21,6 +21,7 @@ import aiohttp_jinja2
 import asyncpg
 import jinja2
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from kgb.config import SettingsError
 from web import auth, pages
@@ -112,7 +113,7 @@ def pool_context(settings: WebSettings) -> Callable[[web.Application], AsyncIter
 
 
 def build_app(settings: WebSettings) -> web.Application:
-    middlewares = [timed, errors, *([auth.middleware(settings.token)] if settings.token else [])]
+    middlewares: list[Middleware] = [timed, errors, *([auth.middleware(settings.token)] if settings.token else [])]
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     app[pages.SETTINGS] = settings
     environment = aiohttp_jinja2.setup(

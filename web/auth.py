@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 COOKIE = "kgb_web"
 OPEN_PATHS = frozenset({"/login", "/health"})
@@ -46,7 +47,7 @@ def safe_next(target: str | None) -> str:
     return target
 
 
-def middleware(token: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def middleware(token: str) -> Middleware:
     @web.middleware
     async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in OPEN_PATHS or request.path.startswith("/static/") or authorised(request, token):

@@ -26,6 +26,7 @@ from web.settings import WebSettings
 POOL = web.AppKey("pool", asyncpg.Pool)
 SETTINGS = web.AppKey("settings", WebSettings)
 SEARCH_PAGE = 20
+UNINDEXED_COUNTED = 10_000  # messages waiting for winni's search indexer, counted up to this many
 
 routes = web.RouteTableDef()
 
@@ -165,11 +166,13 @@ async def search(request: web.Request) -> web.Response:
     chosen = SearchFilter.parse(request.query)
     hits: list[Any] = []
     async with reading(request.app[POOL], needs="search") as (conn, _):
+        unindexed = await conn.fetchval(queries().unindexed, UNINDEXED_COUNTED + 1)
         if chosen.words:
             hits = await conn.fetch(queries().search, *chosen.arguments(SEARCH_PAGE, MARK_START, MARK_STOP))
     more = len(hits) > SEARCH_PAGE
     return render(request, "search.html", {
         "chosen": chosen, "hits": hits[:SEARCH_PAGE], "kinds": KINDS,
+        "unindexed": unindexed, "unindexed_counted": UNINDEXED_COUNTED,
         "next": chosen.query(chosen.page + 1) if more else None,
         "previous": chosen.query(chosen.page - 1) if chosen.page > 1 else None,
     })

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from consumers.winni.settings import schema_name
-from kgb.config import SettingsError, env_float, env_int, env_opt, env_str, mask, mask_url
+from kgb.config import Secret, SecretURL, SettingsError, env_float, env_int, env_secret, env_str, env_url
 
 
 def _schema(name: str, raw: str) -> str:
@@ -42,12 +42,12 @@ class WebSettings:
     search for a very common word ranks every message holding it).
     """
 
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/winni"
+    database_url: SecretURL = SecretURL("postgresql://postgres@127.0.0.1:5432/winni")
     db_schema: str = "kgb"
     metrics_schema: str = "kgb_metrics"
     host: str = "127.0.0.1"
     port: int = 8090
-    token: str | None = None
+    token: Secret | None = None
     page_size: int = 50
     statement_timeout: float = 15.0
     pool_size: int = 4
@@ -64,12 +64,12 @@ class WebSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> WebSettings:
         return cls(
-            database_url=env_str(env, "KGB_DATABASE_URL", cls.database_url),
+            database_url=env_url(env, "KGB_DATABASE_URL", cls.database_url),
             db_schema=_schema("KGB_DB_SCHEMA", env_str(env, "KGB_DB_SCHEMA", cls.db_schema)),
             metrics_schema=_schema("KGB_METRICS_SCHEMA", env_str(env, "KGB_METRICS_SCHEMA", cls.metrics_schema)),
             host=env_str(env, "KGB_WEB_HOST", cls.host),
             port=env_int(env, "KGB_WEB_PORT", cls.port),
-            token=env_opt(env, "KGB_WEB_TOKEN"),
+            token=env_secret(env, "KGB_WEB_TOKEN"),
             statement_timeout=env_float(env, "KGB_WEB_STATEMENT_TIMEOUT", cls.statement_timeout),
         )
 
@@ -77,12 +77,3 @@ class WebSettings:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"
-
-    def __repr__(self) -> str:
-        return (
-            f"WebSettings(database_url={mask_url(self.database_url)!r}, db_schema={self.db_schema!r}, "
-            f"metrics_schema={self.metrics_schema!r}, listen={self.host}:{self.port}, token={mask(self.token)}, "
-            f"statement_timeout={self.statement_timeout})"
-        )
-
-    __str__ = __repr__

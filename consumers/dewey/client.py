@@ -42,7 +42,8 @@ def tool_result(reply: dict[str, Any]) -> Any:
     """A ``tools/call`` answer's payload: the JSON in its first text content; an error raises."""
     if "error" in reply:
         error = reply["error"] if isinstance(reply["error"], dict) else {"message": str(reply["error"])}
-        raise DeweyRejected(error.get("code"), str(error.get("message", "")), error.get("data"))
+        code = error.get("code")  # an integer by JSON-RPC, and so in dewey_dead_letters.error_code
+        raise DeweyRejected(code if isinstance(code, int) else None, str(error.get("message", "")), error.get("data"))
     result = reply.get("result") or {}
     texts = [c.get("text", "") for c in result.get("content") or [] if isinstance(c, dict) and c.get("type") == "text"]
     if result.get("isError"):

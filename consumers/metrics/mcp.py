@@ -19,7 +19,7 @@ import asyncpg
 from consumers import mcp
 from consumers.metrics.store import columns, queries
 from consumers.source import Record
-from consumers.winni.store import timestamp
+from schemas.codec import timestamp
 
 
 class CallRow(NamedTuple):

@@ -31,8 +31,8 @@ import orjson
 
 from consumers.kinds import kind_of
 from consumers.metrics.billing import Cost, Tokens, Usage, parts_from_json, text, usage_of
-from consumers.winni.store import timestamp
 from kgb.documents import parse_json
+from schemas.codec import timestamp
 
 # Claude Code names the directory it works in: "Primary working directory: /x" in a list of the
 # environment (2.1.3xx, in a ``role: "system"`` message, with " (was /y)" when it moved), or
@@ -208,7 +208,7 @@ def working_directory(body: Any) -> str | None:
     """The directory Claude Code says it works in: its latest system message's, else its system prompt's; None for other clients."""
     if not isinstance(body, dict):
         return None
-    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    messages = body["messages"] if isinstance(body.get("messages"), list) else []
     said = [m.get("content") for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "system"]
     for content in [*said, body.get("system")]:
         for block in [content] if isinstance(content, str) else content if isinstance(content, list) else []:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from consumers.source import Backoff
 from consumers.winni.settings import positive, schema_name
-from kgb.config import KafkaSettings, SettingsError, env_float, env_int, env_opt, env_str, mask_url
+from kgb.config import KafkaSettings, SecretURL, SettingsError, env_float, env_int, env_opt, env_str, env_url
 from kgb.topics import TopicSettings
 
 
@@ -34,7 +34,7 @@ class MetricsSettings:
 
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     topics: TopicSettings = field(default_factory=TopicSettings)
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/winni"
+    database_url: SecretURL = SecretURL("postgresql://postgres@127.0.0.1:5432/winni")
     db_schema: str = "kgb_metrics"
     group: str = "kgb-metrics"
     batch_size: int = 500
@@ -48,7 +48,7 @@ class MetricsSettings:
         return cls(
             kafka=KafkaSettings.from_env(env),
             topics=TopicSettings.from_env(env),
-            database_url=env_str(env, "KGB_DATABASE_URL", cls.database_url),
+            database_url=env_url(env, "KGB_DATABASE_URL", cls.database_url),
             db_schema=_schema(env_str(env, "KGB_METRICS_SCHEMA", cls.db_schema)),
             group=env_str(env, "KGB_METRICS_GROUP", cls.group),
             batch_size=positive("KGB_METRICS_BATCH_SIZE", env_int(env, "KGB_METRICS_BATCH_SIZE", cls.batch_size)),
@@ -57,13 +57,3 @@ class MetricsSettings:
             prices=env_opt(env, "KGB_PRICES"),
             backoff=Backoff(maximum=env_float(env, "KGB_METRICS_RETRY_MAX", Backoff.maximum)),
         )
-
-    def __repr__(self) -> str:
-        kafka = self.kafka.masked()
-        return (
-            f"MetricsSettings(kafka={kafka!r}, database_url={mask_url(self.database_url)!r}, "
-            f"db_schema={self.db_schema!r}, group={self.group!r}, batch_size={self.batch_size}, "
-            f"listen={self.host}:{self.port}, prices={self.prices or 'shipped'!r}, backoff={self.backoff!r})"
-        )
-
-    __str__ = __repr__

@@ -28,7 +28,7 @@ import asyncpg
 from consumers.metrics.blocks import Block, blocks, status
 from consumers.metrics.settings import MetricsSettings
 from consumers.metrics.store import queries
-from kgb.config import SettingsError, mask_url
+from kgb.config import SettingsError
 
 # --by names, and the column each groups by, in the order the report shows them.
 GROUPS = {"day": "day", "month": "month", "block": "block", "model": "model", "session": "session_key", "kind": "kind",
@@ -232,7 +232,7 @@ async def report(settings: MetricsSettings, query: Query, output: str = "table")
     try:
         conn = await asyncpg.connect(settings.database_url, server_settings={"search_path": settings.db_schema})
     except (OSError, asyncpg.PostgresError) as exc:
-        raise SettingsError(f"cannot read usage from {mask_url(settings.database_url)} (KGB_DATABASE_URL): {exc}") from None
+        raise SettingsError(f"cannot read usage from {settings.database_url.masked} (KGB_DATABASE_URL): {exc}") from None
     try:
         result = await fetch_report(conn, query)
     except asyncpg.UndefinedTableError:

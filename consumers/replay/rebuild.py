@@ -23,6 +23,12 @@ The steps of `replay`:
    above the live ones, rename live to ``<live>_old_<time>`` and the rebuilt
    schema to the live name, commit. Then drop the old schema, unless kept.
 
+The live consumer's stages store messages without their search vectors
+(migration 010), so after step 2 replay builds them all (`build_index`,
+winni's own indexer, on a connection per process), and once more after the
+swap for the few the final catch-up brought (a live winni's indexer would
+find them too; replay does not leave them to it).
+
 Why no event is lost across the swap: every batch the live consumer wrote into
 the old schema committed before the lock was granted (the lock waits for its
 transactions), and came from offsets below the end offsets of that moment; the
@@ -51,6 +57,7 @@ import contextlib
 import logging
 import multiprocessing
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -74,6 +81,7 @@ from consumers.source import (
 )
 from consumers.sql import Queries, load_queries
 from consumers.service import apply_migrations, connection, open_decoders, open_pool
+from consumers.winni import search_index
 from consumers.winni.consumer import default_stages, make_handler, migrations
 from consumers.winni.settings import WinniSettings, schema_name
 from kgb.config import SettingsError
@@ -176,6 +184,7 @@ async def replay(
         swapped, live_exists = False, False
     if not swapped:
         return Outcome(target, progress.done, progress.seconds, complete=not stop.is_set())
+    await build_index(settings, settings.db_schema, stop)
     kept = old if live_exists and keep_old else None
     if live_exists and not keep_old:
         try:
@@ -220,6 +229,7 @@ async def rebuild(
                 reader.seek(tp, end)
         else:
             await read(ends)
+        await build_index(settings, target, stop)
         live_exists = bool(await patiently(partial(pool.fetchval, q.schema_exists, settings.db_schema), "checking", settings, stop))
         swapped = into is None and not stop.is_set() and await swap(settings, reader, read, target, old, live_exists, stop)
         progress.finish()
@@ -232,6 +242,21 @@ async def patiently(attempt: Callable[[], Awaitable[T]], what: str, settings: Wi
     if result is None and stop.is_set():
         raise Stopped
     return result  # type: ignore[return-value]
+
+
+async def build_index(settings: WinniSettings, schema: str, stop: asyncio.Event) -> None:
+    """The search vectors of the messages ``schema`` holds without one (winni's indexer, `index_all`),
+    on as many connections as replay reads with; nothing when KGB_WINNI_SEARCH_INDEX is off."""
+    if not settings.search_index or stop.is_set():
+        return
+    workers = max(settings.processes, settings.writers)
+    started = time.monotonic()
+    pool = await patiently(partial(open_pool, settings.database_url, schema, workers), "connecting", settings, stop)
+    try:
+        indexed = await search_index.index_all(pool, settings.search_index_batch, stop, settings.backoff, workers)
+    finally:
+        await pool.close()
+    log.info("replay: %s messages indexed for search in schema %s in %.1fs", f"{indexed:,}", schema, time.monotonic() - started)
 
 
 def shares(ends: dict[TopicPartition, int], workers: int) -> list[dict[TopicPartition, int]]:

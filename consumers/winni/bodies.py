@@ -120,7 +120,10 @@ def _python(value: Any) -> Any:
 
 
 def _mini(value: Any) -> bytes:
-    return value.mini if isinstance(value, _PROXIES) else orjson.dumps(value)
+    if not isinstance(value, _PROXIES):
+        return orjson.dumps(value)
+    mini = value.mini  # bytes today; str in pysimdjson's type stub and older releases
+    return mini if isinstance(mini, bytes) else mini.encode()
 
 
 NUL_ESCAPE = b"\\u0000"  # jsonb refuses it: a body holding one is stored whole, as text

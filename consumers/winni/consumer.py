@@ -23,6 +23,11 @@ may rely on that), and offsets are committed only once every part has
 committed; a part that fails leaves the others committed, which a retry or
 redelivery finds already stored.
 
+Messages are stored without their search vectors (migration 010): a search
+indexer (`search_index`), a task beside the consumer on a connection of its
+own, builds them behind the batches, so full-text search costs the batches
+nothing (KGB_WINNI_SEARCH_INDEX turns it off).
+
 When a batch fails on its data (a value PostgreSQL refuses), it is written
 again one event at a time, and the events that still fail are dead-lettered
 with the database's reason; the rest of the batch is stored. When it fails on
@@ -44,10 +49,10 @@ import asyncpg
 from consumers import mcp
 from consumers.errors import InvalidEvent, is_transient
 from consumers.processes import start, supervise
-from consumers.service import open_consumer, open_database, open_decoders
-from consumers.source import Batch, Handler, Record, Reject, consume
+from consumers.service import open_consumer, open_database, open_decoders, open_pool
+from consumers.source import Batch, Handler, Record, Reject, consume, retrying
 from consumers.sql import Migration, load_migrations
-from consumers.winni import store
+from consumers.winni import search_index, store
 from consumers.winni.conversations import ConversationStage
 from consumers.winni.mcp import mcp_stage
 from consumers.winni.mcp_links import link_stage
@@ -58,6 +63,8 @@ from schemas.errors import clip
 log = logging.getLogger(__name__)
 
 Stage = Callable[[asyncpg.Connection, Sequence[Record]], Awaitable[None]]
+
+SWEEP_MAX_S = 60.0
 
 
 def default_stages(store_request_bodies: bool = False) -> tuple[Stage, ...]:
@@ -184,15 +191,58 @@ async def run(
         )
         if pool is None:
             return
+        indexer = await open_indexer(resources, settings, stop)
         decoders = await open_decoders(resources, settings.kafka)
         consumer = await open_consumer(resources, settings, stop)
         if consumer is None:
             return
-        await consume(
-            consumer, decoders, make_handler(pool, stages, settings.writers),
-            stop=stop, batch_size=settings.batch_size, backoff=settings.backoff,
-        )
+        async with indexer, asyncio.TaskGroup() as tasks:  # a sweep that fails for good stops the consumer too
+            sweeper = tasks.create_task(sweep_unanswered(pool, settings.unanswered_after))
+            await consume(
+                consumer, decoders, make_handler(pool, stages, settings.writers),
+                stop=stop, batch_size=settings.batch_size, backoff=settings.backoff,
+            )
+            sweeper.cancel()
     log.info("winni stopped")
+
+
+async def open_indexer(
+    resources: contextlib.AsyncExitStack, settings: WinniSettings, stop: asyncio.Event
+) -> contextlib.AbstractAsyncContextManager[None]:
+    """The search indexer on a connection of its own, to run beside the consumer; nothing when it is off."""
+    if not settings.search_index:
+        return contextlib.nullcontext()
+    pool = await retrying(
+        partial(open_pool, settings.database_url, settings.db_schema, 1), "connecting the search indexer", stop, settings.backoff
+    )
+    if pool is None:
+        return contextlib.nullcontext()
+    resources.push_async_callback(pool.close)
+    return search_index.indexing(pool, settings.search_index_batch, stop, settings.backoff)
+
+
+def sweep_every(unanswered_after: float) -> float:
+    """Often enough that a row is marked within half the timeout again, at most once a minute."""
+    return min(unanswered_after / 2, SWEEP_MAX_S)
+
+
+async def sweep_unanswered(pool: asyncpg.Pool, unanswered_after: float) -> None:
+    """Until cancelled: mark request-only rows whose response is overdue (migration 008).
+
+    A database that is away only skips a sweep; the next one catches up.
+    """
+    while True:
+        await asyncio.sleep(sweep_every(unanswered_after))
+        try:
+            async with pool.acquire() as conn:
+                marked = await store.mark_unanswered(conn, unanswered_after)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("sweep for unanswered exchanges skipped, the database is away: %s", clip(str(exc)))
+            continue
+        if marked:
+            log.info("%d exchanges marked unanswered (no response %.0fs after their request)", marked, unanswered_after)
 
 
 async def run_processes(settings: WinniSettings, stop: asyncio.Event) -> None:

@@ -32,7 +32,7 @@ import simdjson
 from consumers.mcp import is_mcp
 from consumers.source import Record
 from consumers.winni.bodies import Body, SentKey, read_body
-from consumers.winni.store import Split, queries, split_body, timestamp, write_exchanges
+from consumers.winni.store import Split, queries, split_body, without_nul, write_exchanges
 from consumers.winni.threads import (
     THREAD_KINDS,
     Conversation,
@@ -49,6 +49,7 @@ from consumers.winni.threads import (
     part_hashes,
 )
 from kgb.documents import parse_json
+from schemas.codec import timestamp
 
 # Sessions whose state stays in memory; the least recently used beyond this are read back when next seen.
 CACHED_SESSIONS = 4096
@@ -251,8 +252,9 @@ class ConversationStage:
         bodies = parsed_bodies(records)
         parts = parts_of(records, bodies, self._known_parts)
         revisions = {row["session_key"]: row["revision"] for row in await conn.fetch(queries().bump_revisions, keys)}
-        states = {key: self._take(key, revisions[key] - 1) for key in keys}
-        stale = [key for key, state in states.items() if state is None]
+        cached = {key: self._take(key, revisions[key] - 1) for key in keys}
+        states = {key: state for key, state in cached.items() if state is not None}
+        stale = [key for key in keys if key not in states]
         if stale:
             states.update(await load_states(conn, stale))
         writes = Writes()
@@ -316,4 +318,4 @@ async def write(conn: asyncpg.Connection, writes: Writes) -> None:
     )
     for sql, rows in steps:
         if rows:
-            await conn.executemany(sql, rows)
+            await conn.executemany(sql, without_nul(rows))

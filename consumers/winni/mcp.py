@@ -34,7 +34,8 @@ import orjson
 
 from consumers import mcp
 from consumers.source import Record
-from consumers.winni.store import headers_json, jsonb_safe, queries, timestamp
+from consumers.winni.store import headers_json, jsonb_safe, queries, without_nul
+from schemas.codec import timestamp
 
 # Fixed forever: call ids derive from it, so a replay finds the same ids.
 NAMESPACE = uuid.UUID("3a4f0c1e-6b1d-4c56-9d0e-2f7a8b9c0d11")
@@ -342,4 +343,4 @@ async def mcp_stage(conn: asyncpg.Connection, records: Sequence[Record]) -> None
     )
     for sql, rows in steps:
         if rows:
-            await conn.executemany(sql, rows)
+            await conn.executemany(sql, without_nul(rows))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from consumers.source import Backoff
-from kgb.config import KafkaSettings, SettingsError, env_float, env_int, env_str, mask_url
+from kgb.config import KafkaSettings, SecretURL, SettingsError, env_float, env_int, env_str, env_url
 from kgb.topics import TopicSettings
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -39,6 +40,12 @@ def positive(name: str, value: int) -> int:
     return value
 
 
+def positive_seconds(name: str, value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise SettingsError(f"{name} must be a number of seconds above 0, got {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class WinniSettings:
     """Where winni reads from and writes to.
@@ -54,17 +61,28 @@ class WinniSettings:
     in ``exchanges``; by default a body whose messages the conversation tables
     hold keeps only the rest (migration 003), since whole bodies resend the
     history every turn and grow with the square of the conversation.
+    ``search_index`` runs the search indexer beside the consumer (see
+    `consumers.winni.search_index`), ``search_index_batch`` messages per
+    statement; off, messages are stored without their search vectors, which a
+    winni started with it on (or `kgb replay`) builds later.
+    ``unanswered_after`` is how long, in seconds, a stored request waits for
+    its response before its row is marked unanswered (migration 008); it must
+    exceed the longest answer, since a response event is published when its
+    stream ends.
     """
 
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     topics: TopicSettings = field(default_factory=TopicSettings)
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/winni"
+    database_url: SecretURL = SecretURL("postgresql://postgres@127.0.0.1:5432/winni")
     db_schema: str = "kgb"
     group: str = "kgb-winni"
     batch_size: int = 500
     writers: int = 2
     processes: int = 1
     store_request_bodies: bool = False
+    search_index: bool = True
+    search_index_batch: int = 200
+    unanswered_after: float = 3600.0
     backoff: Backoff = field(default_factory=Backoff)
 
     @classmethod
@@ -72,23 +90,20 @@ class WinniSettings:
         return cls(
             kafka=KafkaSettings.from_env(env),
             topics=TopicSettings.from_env(env),
-            database_url=env_str(env, "KGB_DATABASE_URL", cls.database_url),
+            database_url=env_url(env, "KGB_DATABASE_URL", cls.database_url),
             db_schema=schema_name(env_str(env, "KGB_DB_SCHEMA", cls.db_schema)),
             group=env_str(env, "KGB_WINNI_GROUP", cls.group),
             batch_size=positive("KGB_WINNI_BATCH_SIZE", env_int(env, "KGB_WINNI_BATCH_SIZE", cls.batch_size)),
             writers=positive("KGB_WINNI_WRITERS", env_int(env, "KGB_WINNI_WRITERS", cls.writers)),
             processes=positive("KGB_WINNI_PROCESSES", env_int(env, "KGB_WINNI_PROCESSES", cls.processes)),
             store_request_bodies=flag(env, "KGB_WINNI_STORE_REQUEST_BODIES", cls.store_request_bodies),
+            search_index=flag(env, "KGB_WINNI_SEARCH_INDEX", cls.search_index),
+            search_index_batch=positive(
+                "KGB_WINNI_SEARCH_INDEX_BATCH", env_int(env, "KGB_WINNI_SEARCH_INDEX_BATCH", cls.search_index_batch)
+            ),
+            unanswered_after=positive_seconds(
+                "KGB_WINNI_UNANSWERED_AFTER", env_float(env, "KGB_WINNI_UNANSWERED_AFTER", cls.unanswered_after)
+            ),
             backoff=Backoff(maximum=env_float(env, "KGB_WINNI_RETRY_MAX", Backoff.maximum)),
         )
-
-    def __repr__(self) -> str:
-        return (
-            f"WinniSettings(kafka={self.kafka.masked()!r}, database_url={mask_url(self.database_url)!r}, "
-            f"db_schema={self.db_schema!r}, group={self.group!r}, batch_size={self.batch_size}, writers={self.writers}, "
-            f"processes={self.processes}, "
-            f"store_request_bodies={self.store_request_bodies}, backoff={self.backoff!r})"
-        )
-
-    __str__ = __repr__
 

@@ -23,7 +23,6 @@ import re
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any, NamedTuple
 
@@ -34,8 +33,8 @@ from consumers.errors import InvalidEvent
 from consumers.source import Record, Reject
 from consumers.sql import Queries, load_queries
 from consumers.winni.bodies import NUL_ESCAPE, PART_FIELDS, Body, SentKey, as_body, plain, sent_escape_nul
+from schemas.codec import timestamp
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 USAGE_COLUMNS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 # A \u0000 escape not itself escaped: preceded by an even number of backslashes.
@@ -49,11 +48,6 @@ def queries() -> Queries:
 
 
 # --- pure: events to rows ------------------------------------------------------
-
-
-def timestamp(micros: int | None) -> datetime | None:
-    """The codec's int microseconds as an aware datetime, exactly (no float rounding)."""
-    return None if micros is None else EPOCH + timedelta(microseconds=micros)
 
 
 def headers_json(headers: Iterable[dict[str, str]]) -> str:
@@ -84,6 +78,18 @@ def jsonb_safe(text: str | None) -> str | None:
     if text is None or "\\u0000" not in text:
         return text
     return _NUL_ESCAPE.sub(r"\1\\ufffd", text)
+
+
+def without_nul(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Rows with every NUL in a string made U+FFFD: text columns refuse NUL, and a client that
+    put one in a field (``metadata.user_id``, an error message) would otherwise have its
+    exchange dead-lettered, hidden from the tables. Bytes (bytea) keep theirs."""
+    return [_row_without_nul(row) if any(type(v) is str and "\x00" in v for v in row) else row for row in rows]
+
+
+def _row_without_nul(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    values = [v.replace("\x00", "\ufffd") if type(v) is str else v for v in row]
+    return type(row)._make(values) if hasattr(row, "_fields") else tuple(values)
 
 
 def usage_numbers(usage: str | None) -> tuple[int | None, ...]:
@@ -278,14 +284,14 @@ async def write_exchanges(
         stored = {row[0] for row in await conn.fetch(q.stored_exchanges, list(pairs))}
         whole = [row for exchange_id, row in pairs.items() if exchange_id not in stored]
         if whole:
-            await conn.executemany(q.insert_exchange, whole)
+            await conn.executemany(q.insert_exchange, without_nul(whole))
         done = {row[0] for row in whole}
         requests = [row for row in requests if row[0] not in done]
         responses = [row for row in responses if row[0] not in done]
     if requests:
-        await conn.executemany(q.upsert_request, requests)
+        await conn.executemany(q.upsert_request, without_nul(requests))
     if responses:
-        await conn.executemany(q.upsert_response, responses)
+        await conn.executemany(q.upsert_response, without_nul(responses))
 
 
 def paired(requests: Sequence[tuple[Any, ...]], responses: Sequence[tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:
@@ -314,3 +320,9 @@ async def write_parts(conn: asyncpg.Connection, parts: Iterable[Part]) -> None:
 async def write_dead_letters(conn: asyncpg.Connection, rejects: Sequence[Reject]) -> None:
     if rejects:
         await conn.executemany(queries().insert_dead_letter, [dead_letter_row(r) for r in rejects])
+
+
+async def mark_unanswered(conn: asyncpg.Connection, after_s: float) -> int:
+    """Mark the request-only rows stored more than `after_s` seconds ago; returns how many."""
+    status = await conn.execute(queries().mark_unanswered, after_s)
+    return int(status.rsplit(" ", 1)[1])

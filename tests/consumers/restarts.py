@@ -130,8 +130,13 @@ def exchange_count(sessions: list[SessionBuilder]) -> int:
 
 
 def all_complete(sessions: list[SessionBuilder]) -> Callable[[asyncpg.Connection], Awaitable[bool]]:
-    """A `settled` check: winni's ``exchanges`` holds every exchange of ``sessions`` with both halves."""
-    return lambda conn: count(conn, "complete", exchange_count(sessions))
+    """A `settled` check: winni's ``exchanges`` holds every exchange of ``sessions`` with both halves,
+    and its search indexer has caught up with their messages."""
+
+    async def check(conn: asyncpg.Connection) -> bool:
+        return await count(conn, "complete", exchange_count(sessions)) and await count(conn, "indexed", 1)
+
+    return check
 
 
 async def settled(dsn: str, schema: str, check: Callable[[asyncpg.Connection], Awaitable[bool]], alive: Callable[[], None]) -> None:

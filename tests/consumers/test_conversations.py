@@ -31,7 +31,7 @@ WHERE c.session_key = $1 AND c.kind = $2 ORDER BY m.position
 
 
 async def settled(db: asyncpg.Connection, events: list[dict[str, Any]]) -> None:
-    """Wait until every exchange is stored with both halves."""
+    """Wait until every exchange is stored with both halves, and its messages indexed for search."""
     exchanges = len({e["exchange_id"] for e in events})
 
     async def done() -> bool:
@@ -43,6 +43,7 @@ async def settled(db: asyncpg.Connection, events: list[dict[str, Any]]) -> None:
             return False
 
     await eventually(done)
+    await eventually(lambda: count(db, "indexed", 1))
 
 
 async def snapshot(db: asyncpg.Connection) -> dict[str, list[tuple[Any, ...]]]:

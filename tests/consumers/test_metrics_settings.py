@@ -46,4 +46,4 @@ def test_passwords_print_masked() -> None:
     })
     for shown in (repr(settings), str(settings)):
         assert "s3cret" not in shown and "t0ken" not in shown
-        assert "postgresql://winni:****@127.0.0.1:5433/w" in shown and "listen=127.0.0.1:9464" in shown
+        assert "postgresql://winni:****@127.0.0.1:5433/w" in shown and "port=9464" in shown

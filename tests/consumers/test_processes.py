@@ -27,7 +27,8 @@ def serves_until_stopped(marker: str) -> None:
     """A consumer's shape: runs until SIGTERM, then finishes cleanly and leaves a trace."""
 
     async def serve(stop: asyncio.Event) -> None:
-        Path(marker + ".serving").touch()
+        with open(marker, "w") as out:
+            out.write("serving")
         await stop.wait()
         with open(marker, "w") as out:
             out.write("stopped cleanly")
@@ -48,8 +49,7 @@ async def test_a_stop_reaches_every_worker_as_sigterm_and_each_finishes_cleanly(
     workers = start(serves_until_stopped, [(m,) for m in markers], "serve")
     stop = asyncio.Event()
     waiting = asyncio.create_task(supervise(workers, stop))
-    while not all(Path(m + ".serving").exists() for m in markers):  # their SIGTERM handlers are set
-        await asyncio.sleep(0.05)
+    await serving(markers)
     assert not waiting.done(), "workers that serve keep the parent waiting"
     stop.set()
     await asyncio.wait_for(waiting, 60)
@@ -57,9 +57,20 @@ async def test_a_stop_reaches_every_worker_as_sigterm_and_each_finishes_cleanly(
     assert [open(m).read() for m in markers] == ["stopped cleanly"] * 2
 
 
+async def serving(markers: list[str]) -> None:
+    """Until every worker serves: a SIGTERM before its handler is set would kill it, not stop it (spawning is slow under load)."""
+    for _ in range(600):
+        if all(os.path.exists(m) and open(m).read() == "serving" for m in markers):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the workers did not start serving within 60 s")
+
+
 async def test_a_failing_worker_stops_the_others_and_fails_the_parent(tmp_path: Path) -> None:
     marker = os.path.join(tmp_path, "survivor")
-    workers = [*start(exits, [(3, 0.5)], "failing"), *start(serves_until_stopped, [(marker,)], "serving")]
+    survivor = start(serves_until_stopped, [(marker,)], "serving")
+    await serving([marker])
+    workers = [*start(exits, [(3, 0.0)], "failing"), *survivor]
     with pytest.raises(WorkerFailed, match=r"failing-0 \(pid \d+\) exited with 3"):
         await asyncio.wait_for(supervise(workers, asyncio.Event()), 60)
     assert workers[1].exitcode == 0 and open(marker).read() == "stopped cleanly"

@@ -55,11 +55,13 @@ async def schemas(conn: asyncpg.Connection) -> set[str]:
 
 
 async def stored(db: asyncpg.Connection, events: list[dict[str, Any] | bytes]) -> None:
-    """Until the live tables hold every exchange whole, and every garbage message dead-lettered."""
+    """Until the live tables hold every exchange whole, every garbage message dead-lettered, and
+    every message indexed for search."""
     exchanges = len({e["exchange_id"] for e in events if isinstance(e, dict)})
     garbage = sum(isinstance(e, bytes) for e in events)
     await eventually(lambda: count(db, "complete", exchanges))
     await eventually(lambda: count(db, "dead_letters", garbage))
+    await eventually(lambda: count(db, "indexed", 1))
 
 
 @pytest.fixture
@@ -364,6 +366,7 @@ async def test_replay_rebuilds_the_mcp_tables_and_their_links_from_both_topics(
     await publish_any(producer, mcp_topic, mcp_events)
     async with winni(settings):
         await eventually(lambda: linked(db))
+        await eventually(lambda: count(db, "indexed", 1))
     live = await tables(admin, "kgb")
     assert len(live["mcp_messages"]) == 4 and len(live["mcp_calls"]) == 1
 

@@ -41,6 +41,8 @@ EXCHANGE_COLUMNS = {
     "conversation_id": "uuid", "reply_position": "integer", "retry_of": "uuid", "request_hash": "bytea",
     # 003_request_parts
     "request_messages": "integer", "request_system": "bytea", "request_tools": "bytea",
+    # 008_unanswered
+    "unanswered_at": "timestamp with time zone",
     # 009_usage_fields
     "thinking_tokens": "bigint", "web_search_requests": "bigint", "web_fetch_requests": "bigint", "service_tier": "text",
     "speed": "text", "inference_geo": "text", "content_types": "jsonb",
@@ -129,7 +131,7 @@ def test_queries_are_split_on_their_name_lines() -> None:
 def test_migration_files_are_numbered() -> None:
     assert parse_migration_name("001_exchanges.sql") == (1, "exchanges")
     assert parse_migration_name("README.md") is None
-    assert [m.version for m in load_migrations(WINNI)] == [1, 2, 3, 4, 5, 6, 9]
+    assert [m.version for m in load_migrations(WINNI)] == [1, 2, 3, 4, 5, 6, 8, 9, 10]
 
 
 def test_a_database_with_another_history_is_refused() -> None:
@@ -144,7 +146,7 @@ def test_a_database_with_another_history_is_refused() -> None:
 async def test_migrations_build_the_schema_once(database: str) -> None:
     conn = await asyncpg.connect(database)
     try:
-        assert await migrate(conn, load_migrations(WINNI), "kgb") == [1, 2, 3, 4, 5, 6, 9]
+        assert await migrate(conn, load_migrations(WINNI), "kgb") == [1, 2, 3, 4, 5, 6, 8, 9, 10]
         first = await shape(conn, "kgb")
         constraints = [tuple(r) for r in await conn.fetch(CONSTRAINTS, "kgb")]
         assert await migrate(conn, load_migrations(WINNI), "kgb") == []
@@ -188,9 +190,9 @@ async def test_two_consumers_starting_at_once_migrate_once(database: str) -> Non
         rows = await conns[0].fetch("SELECT version, name FROM kgb.schema_migrations")
     finally:
         await asyncio.gather(*(c.close() for c in conns))
-    assert sorted(applied) == [[], [], [], [1, 2, 3, 4, 5, 6, 9]]
+    assert sorted(applied) == [[], [], [], [1, 2, 3, 4, 5, 6, 8, 9, 10]]
     assert [tuple(r) for r in rows] == [(1, "exchanges"), (2, "conversations"), (3, "request_parts"), (4, "sub_agent_links"),
-                                        (5, "mcp"), (6, "search"), (9, "usage_fields")]
+                                        (5, "mcp"), (6, "search"), (9, "usage_fields"), (10, "search_indexer")]
 
 
 async def test_any_schema_name_gets_the_same_tables(database: str) -> None:

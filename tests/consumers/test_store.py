@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import NamedTuple
 
 import orjson
 import pytest
@@ -15,7 +16,7 @@ from consumers.winni.bodies import SentKey, read_body
 from consumers.winni.consumer import by_session
 from consumers.winni.store import (
     body_columns, check, headers_json, jsonb_safe, paired, part_hash, part_json, queries, request_row, response_row,
-    split_body, timestamp, usage_numbers,
+    split_body, timestamp, usage_numbers, without_nul,
 )
 from tests.consumers.factories import exchange, request_event
 
@@ -133,3 +134,14 @@ def test_a_body_holding_a_nul_escape_stays_whole_and_its_clean_values_are_rememb
     assert split_body(dirty, read_body(dirty, parser), clean=clean) is None
     assert split_body(dirty, read_body(dirty, parser)) is None, "scanning the raw body agrees"
     assert split_body(plain_body, read_body(plain_body, parser), clean=clean) is not None
+
+
+def test_without_nul_marks_nul_in_strings_and_leaves_bytes_and_clean_rows_alone() -> None:
+    class Row(NamedTuple):
+        name: str
+        body: bytes
+        count: int
+
+    dirty, clean = Row("a\x00b", b"\x00", 1), ("ok", None, 2)
+    assert without_nul([dirty, clean]) == [Row("a\ufffdb", b"\x00", 1), clean]
+    assert without_nul([clean])[0] is clean

@@ -12,6 +12,7 @@ import base64
 import glob
 import shutil
 import subprocess
+from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -92,3 +93,12 @@ def database_dump(dsn: str) -> bytes:
     if done.returncode != 0:
         raise AssertionError(f"pg_dump failed ({done.returncode}): {done.stderr.decode(errors='replace')}")
     return done.stdout
+
+
+def directory_bytes(root: Path) -> bytes:
+    """Every file under `root`, concatenated: what the proxy keeps on local disk.
+
+    A directory, not the spool's layout, so the scan keeps working whatever the
+    proxy writes there (a capture log that holds bodies unredacted until they are
+    published is outside the guarantee: point this at what leaves the machine)."""
+    return b"\n".join(path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file())

@@ -18,6 +18,7 @@ From another thread (the Claude Code CLI test) or another process (benchmarks)::
     with run_in_thread(deltas=44, pace=0.02) as running:    # running.url, running.fake
         ...
     python -m tests.fakes.anthropic --port 0 --deltas 44 --pace 0.02   # prints its URL
+    python -m tests.fakes.anthropic --answer-bytes 4000000 --delta-bytes 20   # a long answer
 
 Scripted replies are consumed in order per path (`enqueue(..., path=...)`,
 `/v1/messages` by default); when a path's queue is empty the default answer
@@ -326,6 +327,12 @@ def default_text(deltas: int) -> str:
     return (sentence * (1 + 4 * deltas // len(sentence)))[: max(4 * deltas, len(sentence.strip()))]
 
 
+def long_text(size: int) -> str:
+    """`size` bytes of ASCII text (so bytes and characters agree), numbered so a misplaced piece shows."""
+    words = "".join(f"word{n:07d} " for n in range(size // 12 + 1))
+    return words[:size]
+
+
 def text_stream(
     text: str | None = None,
     *,
@@ -589,12 +596,26 @@ class FakeAnthropic:
     """The fake API as an async context manager; `url`, `requests`, `enqueue` and `client_gone` are its interface.
 
     `deltas`, `pace` and `gzip` shape the default streamed answer (benchmarks set
-    them); `record=False` keeps no requests, so long benchmark runs hold no bodies.
+    them); `answer_bytes` makes it a long answer instead, that many bytes of text
+    in `delta_bytes`-byte deltas (its events are built once, so building them is
+    not timed with each answer); `record=False` keeps no requests, so long
+    benchmark runs hold no bodies.
     """
 
-    def __init__(self, *, port: int = 0, deltas: int = 3, pace: float = 0.0, gzip: bool = False, record: bool = True):
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        deltas: int = 3,
+        pace: float = 0.0,
+        gzip: bool = False,
+        record: bool = True,
+        answer_bytes: int = 0,
+        delta_bytes: int = 20,
+    ):
         self.requests: list[ReceivedRequest] = []
         self.deltas, self.pace, self.gzip, self.record = deltas, pace, gzip, record
+        self._long_blocks = text_block(0, long_text(answer_bytes), answer_bytes // delta_bytes) if answer_bytes else None
         self._port = port
         self._queues: dict[str, deque[Reply]] = {}
         self._gone: asyncio.Queue[ReceivedRequest] = asyncio.Queue()
@@ -607,7 +628,7 @@ class FakeAnthropic:
 
     async def __aenter__(self) -> FakeAnthropic:
         app = web.Application(client_max_size=1 << 30)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self._handle)  # a %0A in the path is a newline: `.*` would 404
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", self._port))
@@ -670,6 +691,8 @@ class FakeAnthropic:
             return error_reply(400, "There was an error parsing the body of your request")
         model = body.get("model", DEFAULT_MODEL) if isinstance(body, dict) else DEFAULT_MODEL
         if isinstance(body, dict) and body.get("stream") is True:
+            if self._long_blocks is not None:
+                return _stream(self._long_blocks, model=model, usage=Usage(), stop_reason="end_turn", ping=False, pace=self.pace, gzip=self.gzip)
             return text_stream(deltas=self.deltas, model=model, pace=self.pace, gzip=self.gzip)
         return json_message(model=model, gzip=self.gzip)
 
@@ -729,7 +752,16 @@ async def serve(args: argparse.Namespace) -> None:
     stopped = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(signum, stopped.set)
-    async with FakeAnthropic(port=args.port, deltas=args.deltas, pace=args.pace, gzip=args.gzip, record=False) as fake:
+    fake = FakeAnthropic(
+        port=args.port,
+        deltas=args.deltas,
+        pace=args.pace,
+        gzip=args.gzip,
+        record=False,
+        answer_bytes=args.answer_bytes,
+        delta_bytes=args.delta_bytes,
+    )
+    async with fake:
         print(fake.url, flush=True)
         await stopped.wait()
 
@@ -740,6 +772,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--deltas", type=int, default=3, help="text_delta events per streamed answer")
     parser.add_argument("--pace", type=float, default=0.0, help="seconds between streamed events")
     parser.add_argument("--gzip", action="store_true", help="gzip every answer")
+    parser.add_argument("--answer-bytes", type=int, default=0, help="streamed answers are this many bytes of text instead")
+    parser.add_argument("--delta-bytes", type=int, default=20, help="with --answer-bytes: bytes of text per text_delta")
     asyncio.run(serve(parser.parse_args(argv)))
 
 

@@ -68,6 +68,7 @@ def build_server() -> MCPServer:
         for step in range(steps):
             await ctx.report_progress(step + 1, steps)
             if step == 0:
+                await asyncio.sleep(0.1)  # the SDK's SSE writer sends the priming event and this step first
                 await ctx.close_sse_stream()
                 await asyncio.sleep(0.3)
         return f"resumed after {steps}"

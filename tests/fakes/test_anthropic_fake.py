@@ -32,6 +32,7 @@ from tests.fakes.anthropic import (
     error_mid_stream,
     error_reply,
     json_message,
+    long_text,
     run_in_thread,
     text_stream,
     thinking_stream,
@@ -95,6 +96,16 @@ async def test_default_stream_parses_event_by_event(client: anthropic.AsyncAnthr
         "message_delta",
         "message_stop",
     ]
+
+
+async def test_long_answer_mode_sends_the_bytes_in_small_deltas() -> None:
+    async with FakeAnthropic(answer_bytes=100_000, delta_bytes=20) as server:
+        async with anthropic.AsyncAnthropic(base_url=server.url, api_key="sk-ant-test-0000", max_retries=0) as sdk:
+            stream = await sdk.messages.create(model="claude-haiku-4-5", max_tokens=64, messages=HELLO, stream=True)
+            deltas = [event.delta.text async for event in stream if event.type == "content_block_delta"]
+    assert len(deltas) == 5000 and {len(delta) for delta in deltas} == {20}
+    assert "".join(deltas) == long_text(100_000)
+    assert long_text(100_000).startswith("word0000000 word0000001 ") and len(long_text(100_000).encode()) == 100_000
 
 
 async def test_text_stream_final_message_has_final_usage(fake: FakeAnthropic, client: anthropic.AsyncAnthropic) -> None:

@@ -1,4 +1,4 @@
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote, unquote_plus
 
 import orjson
 import pytest
@@ -6,29 +6,23 @@ import pytest
 from proxy.redact import (
     BUILTIN_RULES,
     REDACTED,
+    Engine,
+    Matcher,
     credential,
     custom_rules,
     fingerprint,
+    hyperscan_engine,
+    re2_engine,
     redact_body,
     redact_headers,
+    redact_json,
+    redact_pieces,
     redact_query,
+    redact_stream,
 )
-
-ANTHROPIC_KEY = "sk-ant-api03-" + "A1b2C3d4" * 10 + "-xyzAA"
-
-SECRETS = {
-    "anthropic_key": ANTHROPIC_KEY,
-    "openai_key": "sk-proj-" + "q" * 40,
-    "aws_access_key": "AKIAIOSFODNN7EXAMPLE",
-    "github_token": "ghp_" + "a" * 36,
-    "slack_token": "xoxb-1234567890-abcdefghij",
-    "google_api_key": "AIza" + "B" * 35,
-    "stripe_key": "sk_live_" + "c" * 24,
-    "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
-    "private_key": "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\nabc\n-----END RSA PRIVATE KEY-----",
-    "bearer_token": "Bearer abcdefghijklmnopqrstuvwxyz012345",
-}
-
+from proxy.sse import SSEParser
+from tests.claude_samples import load_sample
+from tests.proxy.planted import ANTHROPIC_KEY, SECRETS, escaped, sse, text_delta
 
 @pytest.mark.parametrize("rule", sorted(SECRETS))
 def test_each_secret_format_is_removed_from_a_json_body_which_stays_json(rule: str) -> None:
@@ -110,3 +104,88 @@ def test_a_url_password_in_a_query_is_found_percent_encoded() -> None:
     query, fired = redact_query("beta=true&dsn=postgresql%3A%2F%2Fu%3Apw%40db%2Fwinni", BUILTIN_RULES)
     assert fired == ["url_password"]
     assert parse_qsl(query) == [("beta", "true"), ("dsn", "postgresql://u:[REDACTED:url_password]@db/winni")]
+
+
+@pytest.mark.parametrize("engine", [hyperscan_engine, re2_engine])
+def test_both_engines_name_the_rules_that_match_and_nothing_for_a_clean_body(engine: Engine) -> None:
+    found = Matcher(BUILTIN_RULES, engine)
+    for rule, secret in SECRETS.items():
+        assert rule in [r.name for r in found.candidates(f"x {secret} y".encode())]
+    assert found.candidates(orjson.dumps(load_sample("002")["body"])) == []
+
+
+@pytest.mark.parametrize("engine", [hyperscan_engine, re2_engine])
+def test_a_backreference_rule_is_a_candidate_where_it_matches(engine: Engine) -> None:
+    rules = custom_rules([r"(ab)\1-\d{4}"])
+    assert Matcher(rules, engine).candidates(b"see abab-1234") == list(rules)
+    assert redact_body(b"see abab-1234", rules) == (b"see [REDACTED:custom_1]", ["custom_1"])
+
+
+def test_a_pattern_re2_cannot_read_runs_on_every_body() -> None:
+    rules = custom_rules([r"(ab)\1-\d{4}", r"ACME-\d{6}"])
+    assert Matcher(rules, re2_engine).candidates(b"nothing") == [rules[0]]
+
+
+@pytest.mark.parametrize("rule", sorted(SECRETS))
+def test_a_secret_behind_json_unicode_escapes_is_found_decoded(rule: str) -> None:
+    body = b'{"messages": [{"role": "user", "content": "x ' + escaped(SECRETS[rule]).encode() + b' y"}]}'
+    redacted, fired = redact_json(body, BUILTIN_RULES)
+    assert rule in fired
+    assert SECRETS[rule] not in orjson.loads(redacted)["messages"][0]["content"]
+
+
+def test_a_body_whose_escapes_hide_nothing_keeps_its_bytes() -> None:
+    body = b'{"content": "caf\\u00e9 \\/ \\u001b[0m", "n": 1.50}'
+    assert redact_json(body, BUILTIN_RULES) == (body, [])
+
+
+@pytest.mark.parametrize(("encoded", "rule"), [
+    ("Authorization%3A%20Bearer%20abcdefghijklmnopqrstuvwxyz012345", "bearer_token"),
+    (quote(SECRETS["private_key"], safe=""), "private_key"),
+    ("".join(f"%{byte:02X}" for byte in SECRETS["anthropic_key"].encode()), "anthropic_key"),
+])
+def test_a_percent_encoded_secret_is_found_and_written_back_encoded(encoded: str, rule: str) -> None:
+    body = orjson.dumps({"url": f"https://example.com/cb?next={encoded}&x=1"})
+    redacted, fired = redact_body(body, BUILTIN_RULES)
+    assert fired == [rule]
+    url = unquote_plus(orjson.loads(redacted)["url"])
+    assert url.startswith("https://example.com/cb?next=") and url.endswith("&x=1") and f"[REDACTED:{rule}]" in url
+    assert SECRETS.get(rule, "abcdefghijklmnopqrstuvwxyz012345") not in url
+
+
+@pytest.mark.parametrize("cut", [1, 7, 12, 20, len(ANTHROPIC_KEY) - 1])
+def test_a_secret_split_across_two_text_blocks_loses_both_halves(cut: int) -> None:
+    first, second = "key: " + ANTHROPIC_KEY[:cut], ANTHROPIC_KEY[cut:] + " thanks"
+    body = orjson.dumps({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": first}, {"type": "text", "text": second},
+    ]}]})
+    redacted, fired = redact_json(body, BUILTIN_RULES)
+    blocks = orjson.loads(redacted)["messages"][0]["content"]
+    assert "anthropic_key" in fired
+    assert [block["text"] for block in blocks] == ["key: [REDACTED:anthropic_key]", " thanks"]
+
+
+def test_pieces_are_cut_at_the_secret_and_keep_everything_else() -> None:
+    pieces = ["a sk-ant-", "api03-0123456789", "abcdef b", " c"]
+    assert redact_pieces(pieces, BUILTIN_RULES) == (["a [REDACTED:anthropic_key]", "", " b", " c"], ["anthropic_key"])
+    assert redact_pieces(["plain", " text"], BUILTIN_RULES) == (["plain", " text"], [])
+
+
+def test_a_stream_is_rewritten_without_a_secret_split_across_deltas_or_escaped_in_an_error() -> None:
+    body = sse(
+        ("message_start", {"type": "message_start", "message": {"id": "m", "content": []}}),
+        text_delta("here: " + ANTHROPIC_KEY[:15]), text_delta(ANTHROPIC_KEY[15:] + " done"),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+    ) + b'event: error\ndata: {"type": "error", "error": {"type": "x", "message": "' + escaped(SECRETS["github_token"]).encode() + b'"}}\n\n'
+    redacted, fired = redact_stream(body, BUILTIN_RULES)
+    assert sorted(set(fired)) == ["anthropic_key", "github_token"]
+    assert ANTHROPIC_KEY[:15].encode() not in redacted and ANTHROPIC_KEY[15:].encode() not in redacted
+    events = SSEParser().feed(redacted.decode())
+    assert [event.event for event in events] == ["message_start", "content_block_delta", "content_block_delta", "content_block_stop", "error"]
+    assert orjson.loads(events[1].data)["delta"]["text"] == "here: [REDACTED:anthropic_key]"
+    assert orjson.loads(events[4].data)["error"]["message"] == "[REDACTED:github_token]"
+
+
+def test_a_form_encoded_bearer_token_in_a_query_is_found() -> None:
+    query, fired = redact_query("next=Bearer+abcdefghijklmnopqrstuvwxyz012345&x=1", BUILTIN_RULES)
+    assert fired == ["bearer_token"] and "abcdefghijklmnopqrstuvwxyz012345" not in query

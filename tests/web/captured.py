@@ -91,7 +91,9 @@ class Captured:
                              consumed(run_metrics, metrics, self.dsn, COMPLETE_METRICS, exchanges))
 
 
-COMPLETE_WINNI = "SELECT count(*) FROM kgb.exchanges WHERE request_event_id IS NOT NULL AND response_event_id IS NOT NULL"
+COMPLETE_EXCHANGES = "SELECT count(*) FROM kgb.exchanges WHERE request_event_id IS NOT NULL AND response_event_id IS NOT NULL"
+# Whole exchanges, counted once winni's search indexer has caught up with their messages.
+COMPLETE_WINNI = f"SELECT CASE WHEN EXISTS (SELECT FROM kgb.messages WHERE search IS NULL) THEN 0 ELSE ({COMPLETE_EXCHANGES}) END"
 COMPLETE_METRICS = "SELECT count(*) FROM kgb_metrics.usage_exchanges WHERE has_request AND has_response"
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import html
 import io
 import re
+import uuid
 from typing import Any
 
 import asyncpg
@@ -13,7 +15,12 @@ import orjson
 from aiohttp.test_utils import TestClient
 
 from consumers.metrics.usage import Query, fetch_report
-from tests.web.captured import SCRIPT, SEARCH_WORD, Captured
+from consumers.winni import WinniSettings
+from consumers.winni import run as run_winni
+from consumers.winni.search_index import index_all
+from kgb.config import KafkaSettings
+from tests import services
+from tests.web.captured import COMPLETE_EXCHANGES, FAST, SCRIPT, SEARCH_WORD, Captured, consumed, publish, searched_session
 from tests.web.conftest import serve
 from web.settings import WebSettings
 
@@ -167,6 +174,33 @@ async def test_search_ranks_highlights_and_opens_the_message(client: Client, cap
     many = await page(client, "/search", q="tasks")
     assert len(links(many, "/conversations/")) == 20 and "More results" in many
     assert "must be one of" in await page(client, "/search", 400, q="x", kind="nonsense")
+
+
+async def test_search_counts_the_messages_not_indexed_yet_and_finds_them_once_indexed(
+    kafka: services.KafkaBroker, postgres: services.PostgresServer
+) -> None:
+    """Winni stores messages without their vectors when its indexer is off (or behind): the page
+    says how many wait, finds none of them, and finds them once the indexer has run."""
+    dsn = await services.create_database(postgres.admin_dsn)
+    try:
+        session = searched_session()
+        topic = await services.create_topic(kafka.bootstrap)
+        await publish(kafka.bootstrap, topic, session.events)
+        settings = WinniSettings(kafka=KafkaSettings(bootstrap=kafka.bootstrap, topic=topic), database_url=dsn,
+                                 group=f"web-unindexed-{uuid.uuid4().hex[:8]}", backoff=FAST, search_index=False)
+        await consumed(run_winni, settings, dsn, COMPLETE_EXCHANGES, len(session.events) // 2)
+        async for client in serve(WebSettings(database_url=dsn)):
+            text = await page(client, "/search", q=SEARCH_WORD)
+            assert f"{session.messages} messages are not indexed yet" in text and "Nothing matches" in text
+            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1, server_settings={"search_path": "kgb"})
+            try:
+                assert await index_all(pool, 2, asyncio.Event(), FAST) == session.messages
+            finally:
+                await pool.close()
+            text = await page(client, "/search", q=SEARCH_WORD)
+            assert "not indexed yet" not in text and len(links(text, "/conversations/")) == 1
+    finally:
+        await services.drop_database(postgres.admin_dsn, dsn)
 
 
 async def test_usage_shows_the_rollups_as_charts_a_table_and_csv(client: Client, captured: Captured) -> None:

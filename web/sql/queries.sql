@@ -156,6 +156,11 @@ WHERE e.exchange_id = $1
 -- The messages a request carried, as stored (cache_control dropped, strings as text blocks).
 SELECT role, content FROM messages WHERE conversation_id = $1 AND position < $2 ORDER BY position
 
+-- name: unindexed
+-- Messages winni's search indexer has not reached yet (migration 010), which search
+-- cannot find until it does; counted up to $1 (the queue's own index, however long).
+SELECT count(*) FROM (SELECT FROM messages WHERE search IS NULL LIMIT $1) waiting
+
 -- name: search
 -- Ranked full-text hits (migration 006), then their context with the query's
 -- words marked by $8 and $9 (the caller escapes the text and turns those into marks).

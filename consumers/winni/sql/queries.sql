@@ -113,8 +113,17 @@ ON CONFLICT (exchange_id) DO UPDATE SET
     speed = EXCLUDED.speed,
     inference_geo = EXCLUDED.inference_geo,
     content_types = EXCLUDED.content_types,
+    unanswered_at = NULL,
     updated_at = now()
 WHERE e.response_event_id IS NULL;
+
+-- name: mark_unanswered
+-- Request-only rows stored more than $1 seconds ago (migration 008). created_at, not the
+-- proxy's received_at: a replay of old events must not mark a request whose response is
+-- merely further down the topic.
+UPDATE exchanges SET unanswered_at = now(), updated_at = now()
+WHERE response_event_id IS NULL AND unanswered_at IS NULL
+  AND created_at < now() - make_interval(secs => $1::double precision);
 
 -- name: stored_exchanges
 SELECT exchange_id::text FROM exchanges WHERE exchange_id = ANY($1::uuid[]);
@@ -250,19 +259,21 @@ ON CONFLICT (id) DO UPDATE SET last_exchange_id = EXCLUDED.last_exchange_id, las
 WHERE c.last_at <= EXCLUDED.last_at;
 
 -- name: upsert_message
--- Stored once per position; only a partial reply gives way, to a complete one.
+-- Stored once per position; only a partial reply gives way, to a complete one, whose
+-- search vector the indexer builds anew (search_index.py).
 INSERT INTO messages AS m (conversation_id, position, role, content, content_hash, exchange_id, source, partial, created_at)
 VALUES ($1, $2, $3, $4::jsonb, $5, $6::text::uuid, $7, $8, $9)
 ON CONFLICT (conversation_id, position) DO UPDATE SET
     role = EXCLUDED.role, content = EXCLUDED.content, content_hash = EXCLUDED.content_hash,
-    exchange_id = EXCLUDED.exchange_id, partial = false, created_at = EXCLUDED.created_at
+    exchange_id = EXCLUDED.exchange_id, partial = false, created_at = EXCLUDED.created_at, search = NULL
 WHERE m.partial AND m.source = 'response' AND EXCLUDED.source = 'response' AND NOT EXCLUDED.partial;
 
 -- name: copy_messages
 -- A conversation that starts from a history the server held (the message threads beta): the
--- positions before its own, as the conversation holding them has them.
-INSERT INTO messages (conversation_id, position, role, content, content_hash, exchange_id, source, partial, created_at)
-SELECT $2::uuid, position, role, content, content_hash, exchange_id, source, partial, created_at
+-- positions before its own, as the conversation holding them has them, search vector
+-- included (NULL when not indexed yet: then both copies are indexed).
+INSERT INTO messages (conversation_id, position, role, content, content_hash, exchange_id, source, partial, created_at, search)
+SELECT $2::uuid, position, role, content, content_hash, exchange_id, source, partial, created_at, search
 FROM messages WHERE conversation_id = $1::uuid AND position < $3::integer
 ON CONFLICT (conversation_id, position) DO NOTHING;
 
@@ -425,3 +436,30 @@ WHERE c.call_id = l.call_id AND c.tool_use_id IS NULL;
 UPDATE tool_calls t SET mcp_call_id = c.call_id
 FROM mcp_calls c
 WHERE t.tool_use_id = ANY($1::text[]) AND c.tool_use_id = t.tool_use_id AND t.mcp_call_id IS NULL;
+
+-- name: index_messages
+-- The search indexer's step (search_index.py): the next $1 messages without a vector, in
+-- key order, get theirs. SKIP LOCKED leaves rows another indexer (one per winni process)
+-- or a writer holds to them, so indexers never wait on each other or on winni's batches.
+WITH batch AS (
+    SELECT conversation_id, position FROM messages WHERE search IS NULL
+    ORDER BY conversation_id, position LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE messages m SET search = message_search_vector(m.content)
+FROM batch WHERE m.conversation_id = batch.conversation_id AND m.position = batch.position;
+
+-- name: unindexed_messages
+-- The next $1 messages without a vector, for indexing one at a time after a batch failed.
+SELECT conversation_id, position FROM messages WHERE search IS NULL
+ORDER BY conversation_id, position LIMIT $1;
+
+-- name: index_message
+UPDATE messages SET search = message_search_vector(content)
+WHERE conversation_id = $1 AND position = $2 AND search IS NULL;
+
+-- name: leave_unindexed
+-- A message whose vector PostgreSQL refused: an empty one, so it leaves the queue
+-- (it stays stored and readable; search does not find it).
+UPDATE messages SET search = ''::tsvector
+WHERE conversation_id = $1 AND position = $2 AND search IS NULL;
