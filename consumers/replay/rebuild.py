@@ -80,7 +80,7 @@ from consumers.source import (
     retrying,
 )
 from consumers.sql import Queries, load_queries
-from consumers.service import apply_migrations, connection, open_decoders, open_pool
+from consumers.service import apply_migrations, connecting, connection, open_decoders, open_pool
 from consumers.winni import search_index
 from consumers.winni.consumer import default_stages, make_handler, migrations
 from consumers.winni.settings import WinniSettings, schema_name
@@ -200,7 +200,7 @@ async def rebuild(
     """`replay`'s steps 1-3: (whether it swapped, whether there was a live schema to swap out)."""
     q = queries()
     async with contextlib.AsyncExitStack() as resources:
-        pool = await patiently(partial(open_pool, settings.database_url, target, settings.writers), "connecting", settings, stop)
+        pool = await patiently(partial(open_pool, settings.database_url, target, settings.writers), connecting(settings.database_url), settings, stop)
         resources.push_async_callback(pool.close)
         if into is None and await patiently(partial(pool.fetchval, q.schema_exists, target), "checking", settings, stop):
             raise SettingsError(f"schema {target} already exists; drop it or replay --into it")
@@ -251,7 +251,7 @@ async def build_index(settings: WinniSettings, schema: str, stop: asyncio.Event)
         return
     workers = max(settings.processes, settings.writers)
     started = time.monotonic()
-    pool = await patiently(partial(open_pool, settings.database_url, schema, workers), "connecting", settings, stop)
+    pool = await patiently(partial(open_pool, settings.database_url, schema, workers), connecting(settings.database_url), settings, stop)
     try:
         indexed = await search_index.index_all(pool, settings.search_index_batch, stop, settings.backoff, workers)
     finally:
