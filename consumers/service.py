@@ -21,8 +21,8 @@ from aiokafka import AIOKafkaConsumer
 
 from consumers.source import Backoff, make_consumer, retrying
 from consumers.sql import Migration, migrate
-from kgb.config import KafkaSettings
-from kgb.outages import HEALTH, watching_kafka
+from kgb.config import KafkaSettings, mask_url
+from kgb.outages import HEALTH, KAFKA_WATCH, POSTGRES_WATCH, watching
 from kgb.topics import TopicSettings, ensure_topics
 from schemas.codec import MCP, Decoder, make_decoder
 from schemas.registry import Registry
@@ -52,6 +52,12 @@ async def connection(url: str) -> AsyncIterator[asyncpg.Connection]:
             log.debug("a connection closed without its goodbye (%s: %s)", type(exc).__name__, exc)
 
 
+def connecting(url: str) -> str:
+    """The step's name in its outage lines: where it connects and the setting that says so, since a
+    command run in a shell without KGB_DATABASE_URL waits on the default's port."""
+    return f"connecting to PostgreSQL at {mask_url(url)} (KGB_DATABASE_URL)"
+
+
 async def apply_migrations(pool: asyncpg.Pool, migrations: Sequence[Migration], schema: str) -> list[int]:
     async with pool.acquire() as conn:
         applied = await migrate(conn, migrations, schema)
@@ -74,7 +80,8 @@ async def open_database(
     A consumer's first step: it is not ready (``/ready``) until `open_consumer` has joined its group.
     """
     HEALTH.wait("start", "starting: migrating PostgreSQL, then joining the Kafka group")
-    pool = await retrying(partial(open_pool, url, schema, max_size), "connecting to PostgreSQL", stop, backoff)
+    await resources.enter_async_context(watching(POSTGRES_WATCH, url))
+    pool = await retrying(partial(open_pool, url, schema, max_size), connecting(url), stop, backoff)
     if pool is None:
         return None
     resources.push_async_callback(pool.close)
@@ -119,18 +126,31 @@ async def open_consumer(
     that starts before the proxy does not leave them to the broker's defaults;
     a broker that is not up yet is waited for, as the database is.
     """
-    await resources.enter_async_context(watching_kafka(settings.kafka.bootstrap))
+    await resources.enter_async_context(watching(KAFKA_WATCH, settings.kafka.bootstrap))
     topics = both_topics(settings.kafka)
     create = partial(ensure_topics, settings.kafka.bootstrap, topics, settings.topics)
-    if await retrying(create, "creating the topics", stop, settings.backoff) is None:
+    where = f"{settings.kafka.bootstrap} (KGB_KAFKA_BOOTSTRAP)"
+    if await retrying(create, f"creating the topics on {where}", stop, settings.backoff) is None:
         return None
-    consumer = await retrying(partial(started_consumer, settings, topics), "connecting to Kafka", stop, settings.backoff)
+    consumer = await retrying(partial(started_consumer, settings, topics), f"connecting to Kafka at {where}", stop, settings.backoff)
     if consumer is None:
         return None
-    resources.push_async_callback(consumer.stop)
+    resources.push_async_callback(stop_consumer, consumer)
     log.info("consuming %s as group %s", ", ".join(topics), settings.group)
     HEALTH.done("start")
     return consumer
+
+
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """``consumer.stop()``. With the broker gone, aiokafka's stop cancels its fetch task and then raises
+    that task's CancelledError as its own; only a cancellation of this task is passed on."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.debug("the consumer stopped with the broker away (aiokafka's fetch task was cancelled)")
 
 
 async def started_consumer(settings: ConsumerSettings, topics: Sequence[str]) -> AIOKafkaConsumer:

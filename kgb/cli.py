@@ -88,18 +88,18 @@ async def _serve_proxy(settings: ProxySettings, stop: asyncio.Event, worker_log_
 
 
 def _capture_worker(args: argparse.Namespace) -> None:
-    from kgb.outages import watching_kafka
+    from kgb.outages import KAFKA_WATCH, watching
     from proxy import worker
     from proxy.settings import ProxySettings
 
     settings = ProxySettings.from_env()
 
     async def run(stop: asyncio.Event) -> None:
-        watching = asyncio.create_task(worker.stop_at_eof(sys.stdin.fileno(), stop)) if args.supervised else None
-        async with watching_kafka(settings.capture.kafka.bootstrap):
+        eof = asyncio.create_task(worker.stop_at_eof(sys.stdin.fileno(), stop)) if args.supervised else None
+        async with watching(KAFKA_WATCH, settings.capture.kafka.bootstrap):
             await worker.run(settings, stop)
-        if watching is not None:
-            watching.cancel()
+        if eof is not None:
+            eof.cancel()
 
     run_until_signal(run)
 

@@ -56,7 +56,9 @@ CREDENTIAL_PARAMS = frozenset({"key", "api_key", "apikey", "token", "access_toke
 
 def mask_url(url: str) -> str:
     """The URL as it may be shown: a password, and the value of every query parameter named
-    like a credential (``?password=``, ``?token=``), replaced by ****; all else as it was."""
+    like a credential (``?password=``, ``?token=``), replaced by ****; all else as it was.
+    Always a plain str: a `SecretURL` handed back as it came would print through this again, forever."""
+    url = str(url)
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url

@@ -9,12 +9,13 @@ reader needs three facts: what is away, since when, and that it is back.
   write for a failure and for a success, and the waiting it stands for.
 - `HEALTH` is the process's list of what it waits for: ``/ready`` on the
   proxy and on the metrics port answers with it.
-- `QuietClients` is the logging filter: aiokafka's records never reach the
-  log (``--debug`` keeps them); each one makes `KafkaWatch` look at the broker
-  itself, with a metadata request, and only a broker that does not answer
-  opens an outage. aiokafka's errors on a healthy start (the group coordinator
-  still loading) are then no line at all. asyncpg's pool tracebacks are
-  dropped: the consumer's own retry reports the database.
+- `QuietClients` is the logging filter: aiokafka's records and asyncpg's
+  pool retries never reach the log (``--debug`` keeps them); each one makes a
+  `Watch` look at the service itself (a Kafka metadata request, a PostgreSQL
+  connection), and only a service that does not answer opens an outage.
+  aiokafka's errors on a healthy start (the group coordinator still loading)
+  are then no line at all, and an idle consumer still says when its database
+  goes and comes back.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import contextlib
 import logging
 import struct
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
@@ -149,16 +150,29 @@ async def broker_answers(bootstrap: str) -> bool:
     return False
 
 
-class KafkaWatch:
-    """The process's view of its broker, fed by aiokafka's log records (`QuietClients`).
+async def database_answers(url: str) -> bool:
+    """True when PostgreSQL at ``url`` takes a connection."""
+    import asyncpg
 
-    A record is a hint, not a verdict: `run` then asks the broker itself, and
-    only when it does not answer is Kafka away; from then it asks every
-    `PROBE_EVERY` seconds until it answers, which is when Kafka is back.
+    try:
+        conn = await asyncpg.connect(url, timeout=PROBE_TIMEOUT)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return False
+    await conn.close(timeout=PROBE_TIMEOUT)
+    return True
+
+
+class Watch:
+    """The process's view of one service, fed by its client's log records (`QuietClients`).
+
+    A record is a hint, not a verdict: `run` then asks the service itself, and
+    only when it does not answer is it away; from then it asks every
+    `PROBE_EVERY` seconds until it answers, which is when it is back.
     """
 
-    def __init__(self) -> None:
-        self.reporter = Reporter(Outage(KAFKA))
+    def __init__(self, what: str, probe: Callable[[str], Awaitable[bool]]) -> None:
+        self.reporter = Reporter(Outage(what))
+        self.probe = probe
         self.hint: asyncio.Event | None = None  # made by `run`, in the loop it waits in
         self.last_hint = ""
 
@@ -168,30 +182,32 @@ class KafkaWatch:
         if self.hint is not None:
             self.hint.set()
 
-    async def run(self, bootstrap: str) -> None:
+    async def run(self, target: str) -> None:
         self.hint = asyncio.Event()
         while True:
             if not self.reporter.outage.away:
                 await self.hint.wait()
             self.hint.clear()
-            if await broker_answers(bootstrap):
+            if await self.probe(target):
                 self.reporter.recovered()
                 continue
-            self.reporter.failed(self.last_hint or "no answer to a metadata request")
+            self.reporter.failed(self.last_hint or "no answer")
             await asyncio.sleep(PROBE_EVERY)
 
 
-KAFKA_WATCH = KafkaWatch()
+KAFKA_WATCH = Watch(KAFKA, broker_answers)
+POSTGRES_WATCH = Watch(POSTGRES, database_answers)
 
 
 @contextlib.asynccontextmanager
-async def watching_kafka(bootstrap: str) -> AsyncIterator[None]:
-    """`KAFKA_WATCH` running for the block: a service that talks to Kafka opens one.
-    Nested or concurrent blocks (several consumers in one test process) share the first one's watch."""
-    if KAFKA_WATCH.hint is not None:
+async def watching(watch: Watch, target: str) -> AsyncIterator[None]:
+    """``watch`` running for the block, asking ``target`` (a bootstrap list, a database URL): a service
+    opens one for each service it talks to. Nested or concurrent blocks (several consumers in one
+    test process) share the first one's."""
+    if watch.hint is not None:
         yield
         return
-    task = asyncio.create_task(KAFKA_WATCH.run(bootstrap), name="kafka-watch")
+    task = asyncio.create_task(watch.run(target), name=f"watch {watch.reporter.outage.what}")
     await asyncio.sleep(0)  # let it make its event, so a second block sees the watch running
     try:
         yield
@@ -199,15 +215,18 @@ async def watching_kafka(bootstrap: str) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        KAFKA_WATCH.hint = None
+        watch.hint = None
 
 
 class QuietClients(logging.Filter):
-    """On the root handlers: aiokafka's records become hints to `KAFKA_WATCH`; asyncpg's pool retries are dropped."""
+    """On the root handlers: aiokafka's records and asyncpg's pool retries become hints to their `Watch`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name.startswith("aiokafka"):
             if record.levelno >= logging.WARNING:
                 KAFKA_WATCH.noticed(record.getMessage())
             return False
-        return not (record.name == "asyncpg.pool" and record.levelno < logging.ERROR)
+        if record.name == "asyncpg.pool" and record.levelno < logging.ERROR:
+            POSTGRES_WATCH.noticed(f"{record.getMessage()} ({record.exc_info[1]})" if record.exc_info else record.getMessage())
+            return False
+        return True

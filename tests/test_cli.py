@@ -184,3 +184,22 @@ async def test_the_proxy_without_its_broker_says_so_once_and_stays_ready(tmp_pat
     lines = log.read_text().splitlines()
     assert not [line for line in lines if "aiokafka" in line or "Traceback" in line], lines
     assert sum("Kafka (KGB_KAFKA_BOOTSTRAP) is away" in line for line in lines) == 1, lines
+
+
+async def test_replay_in_a_shell_without_the_database_says_where_it_waits(tmp_path: Path) -> None:
+    """As in a new shell without KGB_DATABASE_URL's export: one line naming the URL and the setting, however many retries."""
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/winni"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("KGB_")}, "KGB_DATABASE_URL": url,
+           "KGB_WINNI_RETRY_MAX": "0.1"}
+    log = tmp_path / "replay.log"
+    process = await asyncio.create_subprocess_exec(*KGB, "replay", env=env, stderr=log.open("w"), stdout=asyncio.subprocess.DEVNULL)
+    try:
+        async with asyncio.timeout(60):
+            while f"connecting to PostgreSQL at {url} (KGB_DATABASE_URL) is failing" not in log.read_text():
+                assert process.returncode is None, log.read_text()
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(2)  # some twenty retries meanwhile
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 60)
+    assert sum("is failing" in line for line in log.read_text().splitlines()) == 1, log.read_text()

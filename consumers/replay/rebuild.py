@@ -80,12 +80,12 @@ from consumers.source import (
     retrying,
 )
 from consumers.sql import Queries, load_queries
-from consumers.service import apply_migrations, connection, open_decoders, open_pool
+from consumers.service import apply_migrations, connecting, connection, open_decoders, open_pool
 from consumers.winni import search_index
 from consumers.winni.consumer import default_stages, make_handler, migrations
 from consumers.winni.settings import WinniSettings, schema_name
 from kgb.config import SettingsError
-from kgb.outages import watching_kafka
+from kgb.outages import KAFKA_WATCH, watching
 from kgb.running import run_until_signal
 
 log = logging.getLogger(__name__)
@@ -200,12 +200,12 @@ async def rebuild(
     """`replay`'s steps 1-3: (whether it swapped, whether there was a live schema to swap out)."""
     q = queries()
     async with contextlib.AsyncExitStack() as resources:
-        pool = await patiently(partial(open_pool, settings.database_url, target, settings.writers), "connecting", settings, stop)
+        pool = await patiently(partial(open_pool, settings.database_url, target, settings.writers), connecting(settings.database_url), settings, stop)
         resources.push_async_callback(pool.close)
         if into is None and await patiently(partial(pool.fetchval, q.schema_exists, target), "checking", settings, stop):
             raise SettingsError(f"schema {target} already exists; drop it or replay --into it")
         await patiently(partial(apply_migrations, pool, migrations(), target), "migrating", settings, stop)
-        await resources.enter_async_context(watching_kafka(settings.kafka.bootstrap))
+        await resources.enter_async_context(watching(KAFKA_WATCH, settings.kafka.bootstrap))
         reader = make_reader(settings.kafka, settings.batch_size)
         resources.push_async_callback(reader.stop)  # before start: one that fails to start is closed too
         await reader.start()
@@ -251,7 +251,7 @@ async def build_index(settings: WinniSettings, schema: str, stop: asyncio.Event)
         return
     workers = max(settings.processes, settings.writers)
     started = time.monotonic()
-    pool = await patiently(partial(open_pool, settings.database_url, schema, workers), "connecting", settings, stop)
+    pool = await patiently(partial(open_pool, settings.database_url, schema, workers), connecting(settings.database_url), settings, stop)
     try:
         indexed = await search_index.index_all(pool, settings.search_index_batch, stop, settings.backoff, workers)
     finally:

@@ -57,6 +57,7 @@ from consumers.winni.conversations import ConversationStage
 from consumers.winni.mcp import mcp_stage
 from consumers.winni.mcp_links import link_stage
 from consumers.winni.settings import WinniSettings
+from kgb.outages import Outage, Reporter
 from kgb.running import run_until_signal
 from schemas.errors import clip
 
@@ -233,8 +234,10 @@ def sweep_every(unanswered_after: float) -> float:
 async def sweep_unanswered(pool: asyncpg.Pool, unanswered_after: float) -> None:
     """Until cancelled: mark request-only rows whose response is overdue (migration 008).
 
-    A database that is away only skips a sweep; the next one catches up.
+    A database that is away only skips a sweep; the next one catches up. The
+    skipped sweeps are an outage (`kgb.outages`): a line at the first, one when one succeeds again.
     """
+    skipped = Reporter(Outage("the sweep for unanswered exchanges", gone="is skipped", back="ran again"), log)
     while True:
         await asyncio.sleep(sweep_every(unanswered_after))
         try:
@@ -243,8 +246,9 @@ async def sweep_unanswered(pool: asyncpg.Pool, unanswered_after: float) -> None:
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            log.warning("sweep for unanswered exchanges skipped, the database is away: %s", clip(str(exc)))
+            skipped.failed(f"the database is away: {clip(str(exc))}")
             continue
+        skipped.recovered()
         if marked:
             log.info("%d exchanges marked unanswered (no response %.0fs after their request)", marked, unanswered_after)
 
