@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 IDLE_MIN, IDLE_MAX = 0.001, 0.05  # seconds between polls of a log with nothing new
 SAVE_EVERY = 0.2  # seconds between checkpoint writes while publishing
+REPORT_EVERY = 60.0  # seconds between progress lines, when there was progress
 MAX_UNACKED = 5000  # exchanges sent but not yet acknowledged before the worker waits on Kafka
 RETRY_MIN, RETRY_MAX = 0.2, 5.0
 LOCK_FILE = "worker.lock"
@@ -70,15 +71,20 @@ class Tracked:
 
 @dataclass
 class Counts:
+    """Over the worker's life, for its log lines (the relay's /metrics cannot see this process)."""
+
     published: int = 0
     too_large: int = 0
     unencodable: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.published} events published, {self.too_large} too large and {self.unencodable} unencodable (not published)"
 
 
 class Session:
     """One producer's life: from the checkpoint until stopped or Kafka fails."""
 
-    def __init__(self, settings: CaptureSettings, policy: RedactionPolicy, http: aiohttp.ClientSession | None) -> None:
+    def __init__(self, settings: CaptureSettings, policy: RedactionPolicy, http: aiohttp.ClientSession | None, counts: Counts) -> None:
         self.settings = settings
         self.directory = settings.spool_dir
         self.link = KafkaLink(settings, http)
@@ -86,13 +92,13 @@ class Session:
         self.assembler = Assembler(policy)
         self.unacked: dict[bytes, Tracked] = {}
         self.saved = self.reader.position
-        self.counts = Counts()
+        self.counts = counts
         self.progressed = False
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.link.open()
         loop = asyncio.get_running_loop()
-        idle, saved_at = IDLE_MIN, loop.time()
+        idle, saved_at, reported_at, reported = IDLE_MIN, loop.time(), loop.time(), str(self.counts)
         while not stop.is_set():
             reads = self.reader.poll()
             for read in reads:
@@ -101,6 +107,9 @@ class Session:
             if loop.time() - saved_at >= SAVE_EVERY:
                 self._save()
                 saved_at = loop.time()
+            if loop.time() - reported_at >= REPORT_EVERY and str(self.counts) != reported:
+                reported, reported_at = str(self.counts), loop.time()
+                log.info("capture worker: %s so far", reported)
             if reads:
                 idle = IDLE_MIN
                 continue
@@ -257,10 +266,10 @@ async def _sessions(settings: ProxySettings, stop: asyncio.Event) -> None:
     capture = settings.capture
     policy = RedactionPolicy(settings.rules(), settings.redact_headers, b"")
     log.info("capture worker: log %s to Kafka %s", capture.spool_dir, capture.kafka.bootstrap)
-    retry = RETRY_MIN
+    retry, counts = RETRY_MIN, Counts()
     async with aiohttp.ClientSession() as http:
         while not stop.is_set():
-            session = Session(capture, policy, http)
+            session = Session(capture, policy, http, counts)
             try:
                 await session.run(stop)
             except (KafkaError, OSError, TimeoutError) as exc:
@@ -270,3 +279,4 @@ async def _sessions(settings: ProxySettings, stop: asyncio.Event) -> None:
                 await session.close()
             retry = RETRY_MIN if session.progressed else min(retry * 2, RETRY_MAX)
             await _wait(stop, retry)
+    log.info("capture worker stopped: %s", counts)
