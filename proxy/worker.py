@@ -2,7 +2,8 @@
 
 A session opens a `KafkaLink`, reads the log from the checkpoint on, rebuilds
 exchanges (proxy/assemble.py: decoding, SSE reassembly, redaction, session
-parsing), encodes and sends each event, and moves the checkpoint only past
+parsing), encodes and sends each event (one over FRAGMENT_BYTES as FRAGMENT
+events, schemas/fragments.py), and moves the checkpoint only past
 exchanges whose every event Kafka acknowledged. Any Kafka failure ends the
 session; the next one starts from the checkpoint, so while Kafka is down the
 log is the spool and nothing else is. Events are built deterministically (ids
@@ -38,7 +39,9 @@ from proxy.logwriter import private_directory
 from proxy.settings import CaptureSettings, ProxySettings
 from proxy.tap import KEY_LENGTH
 from schemas.codec import EXCHANGE, MCP
+from schemas import fragments
 from schemas.errors import SchemaError
+from schemas.fragments import FRAGMENT_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ SAVE_EVERY = 0.2  # seconds between checkpoint writes while publishing
 REPORT_EVERY = 60.0  # seconds between progress lines, when there was progress
 MAX_UNACKED = 5000  # exchanges sent but not yet acknowledged before the worker waits on Kafka
 RETRY_MIN, RETRY_MAX = 0.2, 5.0
+FRAGMENT_ROOM = 64 * 1024  # a FRAGMENT event's envelope, and the record's framing, beside its piece
 LOCK_FILE = "worker.lock"
 LOCK_POLL = 0.2
 
@@ -136,13 +140,17 @@ class Session:
         tracked = self.unacked.setdefault(built.exchange, Tracked(built.start))
         event = built.event
         label = f"exchange {event['exchange_id']} {event['kind']} event"
+        encoder, key = self.link.encoders[EXCHANGE], event["session_key"].encode()
         try:
-            value = self.link.encoders[EXCHANGE].encode(event)
+            value = encoder.encode(event)
+            part = min(FRAGMENT_BYTES, self.link.limits[EXCHANGE] - FRAGMENT_ROOM)
+            pieces = [value] if len(value) <= part else [encoder.encode(piece) for piece in fragments.split(event, value, part)]
         except SchemaError as exc:
             self.counts.unencodable += 1
             log.error("capture event dropped, it does not fit the schema: %s: %s", label, exc)
         else:
-            await self._send(tracked, EXCHANGE, event["session_key"].encode(), value, label)
+            for piece in pieces:
+                await self._send(tracked, EXCHANGE, key, piece, label)
         tracked.complete = built.last
 
     async def _send(self, tracked: Tracked, schema: str, key: bytes, value: bytes, label: str) -> None:
