@@ -85,6 +85,7 @@ class ProxySettings:
     host: str = "127.0.0.1"
     port: int = 8089
     max_body_bytes: int = 64 * 1024 * 1024
+    body_memory_bytes: int = 256 * 1024 * 1024
     connect_timeout: float = 10.0
     read_timeout: float = 600.0
     upstream_connections: int = 256
@@ -109,6 +110,7 @@ class ProxySettings:
             host=env_str(env, "KGB_PROXY_HOST", cls.host),
             port=env_int(env, "KGB_PROXY_PORT", cls.port),
             max_body_bytes=env_int(env, "KGB_MAX_BODY_BYTES", cls.max_body_bytes),
+            body_memory_bytes=_positive(env_int(env, "KGB_BODY_MEMORY_BYTES", cls.body_memory_bytes), "KGB_BODY_MEMORY_BYTES"),
             connect_timeout=env_float(env, "KGB_UPSTREAM_CONNECT_TIMEOUT", cls.connect_timeout),
             read_timeout=env_float(env, "KGB_UPSTREAM_READ_TIMEOUT", cls.read_timeout),
             upstream_connections=env_int(env, "KGB_UPSTREAM_CONNECTIONS", cls.upstream_connections),
@@ -130,7 +132,7 @@ class ProxySettings:
     def describe(self) -> str:
         """For the start-up log line: every setting, secrets masked."""
         return (
-            f"upstream={self.upstream_url} listen={self.host}:{self.port} max_body={self.max_body_bytes} "
+            f"upstream={self.upstream_url} listen={self.host}:{self.port} max_body={self.max_body_bytes} body_memory={self.body_memory_bytes} "
             f"timeouts=connect {self.connect_timeout}s/read {self.read_timeout}s "
             f"client timeouts=headers {self.header_timeout}s/keep-alive {self.keepalive_timeout}s max_connections={self.max_connections} "
             f"redact_headers={sorted(self.redact_headers)} custom_patterns={len(self.redact_patterns)} "
