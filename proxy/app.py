@@ -21,6 +21,7 @@ from yarl import URL
 from kgb.config import mask_url
 from kgb.outages import HEALTH
 from proxy import errors
+from proxy.budget import ByteBudget
 from proxy.capture import RequestRecord
 from proxy.logwriter import LogWriter
 from proxy.metrics import CONTENT_TYPE, ProxyMetrics
@@ -43,6 +44,7 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 WRITER = web.AppKey("writer", LogWriter)
 TAP = web.AppKey("tap", Tap)
 MCP_SINK = web.AppKey("mcp_sink", McpSink)
+BODY_BUDGET = web.AppKey("body_budget", ByteBudget)
 METRICS = web.AppKey("metrics", ProxyMetrics)
 
 
@@ -74,24 +76,34 @@ async def forward(request: web.Request) -> web.StreamResponse:
     if not origin_form:
         refusal = f"KGB proxy: {request.method} {request.raw_path} is not relayed: only a path goes upstream"
         return _fail(request, app[TAP].request(record), errors.TargetNotRelayed(refusal))
-    try:
-        record.body = await _read_body(request, settings.max_body_bytes)
-    except errors.BodyTooLarge as exc:
-        return _fail(request, app[TAP].request(record), exc)
-    exchange = app[TAP].request(record)
-    outgoing = CIMultiDict(end_to_end(raw_headers, request.headers.get("connection"), _NOT_FORWARDED))
-    try:
-        upstream = await app[SESSION].request(
-            request.method,
-            upstream_url(settings.upstream_url, record.path, record.query),
-            headers=outgoing,
-            data=record.body or None,
-            allow_redirects=False,
-        )
-    except Exception as exc:  # noqa: BLE001 - every failure is answered and captured
-        return _fail(request, exchange, errors.translate(exc))
+    async with app[BODY_BUDGET].hold(body_charge(request, settings.max_body_bytes)):
+        try:
+            record.body = await _read_body(request, settings.max_body_bytes)
+        except errors.BodyTooLarge as exc:
+            return _fail(request, app[TAP].request(record), exc)
+        exchange = app[TAP].request(record)
+        outgoing = CIMultiDict(end_to_end(raw_headers, request.headers.get("connection"), _NOT_FORWARDED))
+        try:
+            upstream = await app[SESSION].request(
+                request.method,
+                upstream_url(settings.upstream_url, record.path, record.query),
+                headers=outgoing,
+                data=record.body or None,
+                allow_redirects=False,
+            )
+        except Exception as exc:  # noqa: BLE001 - every failure is answered and captured
+            return _fail(request, exchange, errors.translate(exc))
+        finally:
+            record.body = b""  # sent upstream and in the log: its room in the budget is free again
     async with upstream:
         return await _relay(request, record, upstream, exchange, metrics)
+
+
+def body_charge(request: web.Request, limit: int) -> int:
+    """What a request's body may cost before it is read: its Content-Length, else the limit."""
+    if not request.body_exists:
+        return 0
+    return limit if request.content_length is None else min(request.content_length, limit)
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -228,6 +240,7 @@ def build_app(settings: ProxySettings, metrics: ProxyMetrics | None = None) -> w
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics or ProxyMetrics()
+    app[BODY_BUDGET] = ByteBudget(settings.body_memory_bytes)
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(capturing)
     app.router.add_get("/health", health)

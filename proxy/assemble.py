@@ -139,6 +139,7 @@ class Assembler:
         pending.request.body = b"".join(pending.body)
         pending.body = []
         event, pending.facts = request_event(pending.request, self._policy)
+        pending.request.body = b""  # in the event now; an open exchange holds only its response from here on
         return [Built(exchange, pending.start, event, last)]
 
     def _close(self, exchange: bytes, how: Ending) -> list[Built]:

@@ -47,9 +47,14 @@ class Damaged(ValueError):
     """The bytes at this position are not a whole, intact record."""
 
 
+def prefix(kind: Kind, exchange: bytes, at_ns: int, payload: bytes | memoryview) -> bytes:
+    """Everything in front of `payload`; written beside it (os.writev), so the payload is never copied."""
+    fixed = FIXED.pack(kind, exchange, at_ns)
+    return HEADER.pack(FIXED.size + len(payload), zlib.crc32(payload, zlib.crc32(fixed))) + fixed
+
+
 def encode(kind: Kind, exchange: bytes, at_ns: int, payload: bytes) -> bytes:
-    body = FIXED.pack(kind, exchange, at_ns) + payload
-    return HEADER.pack(len(body), zlib.crc32(body)) + body
+    return prefix(kind, exchange, at_ns, payload) + payload
 
 
 def decode_at(buffer: bytes | memoryview, offset: int) -> tuple[Record, int] | None:

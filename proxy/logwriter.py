@@ -114,14 +114,15 @@ class LogWriter:
     def full(self) -> bool:
         return self._full
 
-    def append(self, kind: Kind, exchange: bytes, payload: bytes, *, force: bool = False) -> bool:
+    def append(self, kind: Kind, exchange: bytes, payload: bytes | memoryview, *, force: bool = False) -> bool:
         """Append one record; False if the cap refused it. `force` lets a small closing record
         (an exchange's end) past the cap, so an exchange that started in the log also ends there."""
-        data = logformat.encode(kind, exchange, time.time_ns(), payload)
-        if not force and not self._room_for(len(data)):
-            self._refuse(len(data))
+        head = logformat.prefix(kind, exchange, time.time_ns(), payload)
+        size = len(head) + len(payload)
+        if not force and not self._room_for(size):
+            self._refuse(size)
             return False
-        self._write(data)
+        self._write(head, payload)
         if self._size >= self.settings.segment_bytes:
             self._rotate()
         return True
@@ -156,13 +157,15 @@ class LogWriter:
                 os.close(fd)
             self._retired, self._fd = [], -1
 
-    def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        self._size += len(data)
-        self._total += len(data)
+    def _write(self, head: bytes, payload: bytes | memoryview = b"") -> None:
+        size = len(head) + len(payload)
+        written = os.writev(self._fd, [head, payload])
+        if written < size:  # a short write to a regular file: rare (disk full, a signal); finish it
+            rest = memoryview(head + bytes(payload))[written:]
+            while rest:
+                rest = rest[os.write(self._fd, rest):]
+        self._size += size
+        self._total += size
         self._dirty = True
 
     def _room_for(self, size: int) -> bool:

@@ -92,7 +92,7 @@ class Exchange:
         return str(uuid.UUID(bytes=self.id))
 
     def _append(self, kind: Kind, payload: bytes | memoryview) -> None:
-        if self.captured and not self.tap.writer.append(kind, self.id, bytes(payload)):
+        if self.captured and not self.tap.writer.append(kind, self.id, payload):
             self.captured = False
 
     def response_head(self, status: int, headers: list[tuple[str, str]]) -> None:

@@ -2,7 +2,8 @@
 
 A session opens a `KafkaLink`, reads the log from the checkpoint on, rebuilds
 exchanges (proxy/assemble.py: decoding, SSE reassembly, redaction, session
-parsing), encodes and sends each event, and moves the checkpoint only past
+parsing), encodes and sends each event (one over FRAGMENT_BYTES as FRAGMENT
+events, schemas/fragments.py), and moves the checkpoint only past
 exchanges whose every event Kafka acknowledged. Any Kafka failure ends the
 session; the next one starts from the checkpoint, so while Kafka is down the
 log is the spool and nothing else is. Events are built deterministically (ids
@@ -39,15 +40,19 @@ from proxy.logwriter import private_directory
 from proxy.settings import CaptureSettings, ProxySettings
 from proxy.tap import KEY_LENGTH
 from schemas.codec import EXCHANGE, MCP
+from schemas import fragments
 from schemas.errors import SchemaError
+from schemas.fragments import FRAGMENT_BYTES
 
 log = logging.getLogger(__name__)
 
 IDLE_MIN, IDLE_MAX = 0.001, 0.05  # seconds between polls of a log with nothing new
 SAVE_EVERY = 0.2  # seconds between checkpoint writes while publishing
 REGISTRY_RETRY = 5.0  # seconds between attempts to register the schemas while the registry is away
+REPORT_EVERY = 60.0  # seconds between progress lines, when there was progress
 MAX_UNACKED = 5000  # exchanges sent but not yet acknowledged before the worker waits on Kafka
 RETRY_MIN, RETRY_MAX = 0.2, 5.0
+FRAGMENT_ROOM = 64 * 1024  # a FRAGMENT event's envelope, and the record's framing, beside its piece
 LOCK_FILE = "worker.lock"
 LOCK_POLL = 0.2
 
@@ -72,16 +77,22 @@ class Tracked:
 
 @dataclass
 class Counts:
+    """Over the worker's life, for its log lines (the relay's /metrics cannot see this process)."""
+
     published: int = 0
     too_large: int = 0
     unencodable: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.published} events published, {self.too_large} too large and {self.unencodable} unencodable (not published)"
 
 
 class Session:
     """One producer's life: from the checkpoint until stopped or Kafka fails."""
 
     def __init__(
-        self, settings: CaptureSettings, policy: RedactionPolicy, http: aiohttp.ClientSession | None, kafka: Reporter
+        self, settings: CaptureSettings, policy: RedactionPolicy, http: aiohttp.ClientSession | None,
+        counts: Counts, kafka: Reporter,
     ) -> None:
         self.settings = settings
         self.kafka = kafka
@@ -91,14 +102,14 @@ class Session:
         self.assembler = Assembler(policy)
         self.unacked: dict[bytes, Tracked] = {}
         self.saved = self.reader.position
-        self.counts = Counts()
+        self.counts = counts
         self.progressed = False
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.link.open()
         self.kafka.recovered()
         loop = asyncio.get_running_loop()
-        idle, saved_at = IDLE_MIN, loop.time()
+        idle, saved_at, reported_at, reported = IDLE_MIN, loop.time(), loop.time(), str(self.counts)
         asked_registry_at = saved_at
         while not stop.is_set():
             reads = self.reader.poll()
@@ -111,6 +122,9 @@ class Session:
             if loop.time() - asked_registry_at >= REGISTRY_RETRY:
                 await self.link.register_schemas()  # nothing once registered
                 asked_registry_at = loop.time()
+            if loop.time() - reported_at >= REPORT_EVERY and str(self.counts) != reported:
+                reported, reported_at = str(self.counts), loop.time()
+                log.info("capture worker: %s so far", reported)
             if reads:
                 idle = IDLE_MIN
                 continue
@@ -137,13 +151,17 @@ class Session:
         tracked = self.unacked.setdefault(built.exchange, Tracked(built.start))
         event = built.event
         label = f"exchange {event['exchange_id']} {event['kind']} event"
+        encoder, key = self.link.encoders[EXCHANGE], event["session_key"].encode()
         try:
-            value = self.link.encoders[EXCHANGE].encode(event)
+            value = encoder.encode(event)
+            part = min(FRAGMENT_BYTES, self.link.limits[EXCHANGE] - FRAGMENT_ROOM)
+            pieces = [value] if len(value) <= part else [encoder.encode(piece) for piece in fragments.split(event, value, part)]
         except SchemaError as exc:
             self.counts.unencodable += 1
             log.error("capture event dropped, it does not fit the schema: %s: %s", label, exc)
         else:
-            await self._send(tracked, EXCHANGE, event["session_key"].encode(), value, label)
+            for piece in pieces:
+                await self._send(tracked, EXCHANGE, key, piece, label)
         tracked.complete = built.last
 
     async def _send(self, tracked: Tracked, schema: str, key: bytes, value: bytes, label: str) -> None:
@@ -267,11 +285,11 @@ async def _sessions(settings: ProxySettings, stop: asyncio.Event) -> None:
     capture = settings.capture
     policy = RedactionPolicy(settings.rules(), settings.redact_headers, b"")
     log.info("capture worker: log %s to Kafka %s", capture.spool_dir, capture.kafka.bootstrap)
-    retry = RETRY_MIN
+    retry, counts = RETRY_MIN, Counts()
     kafka = KAFKA_WATCH.reporter  # one outage, whether a session fails or aiokafka's records say so first
     async with aiohttp.ClientSession() as http:
         while not stop.is_set():
-            session = Session(capture, policy, http, kafka)
+            session = Session(capture, policy, http, counts, kafka)
             try:
                 await session.run(stop)
             except (KafkaError, OSError, TimeoutError) as exc:
@@ -280,3 +298,4 @@ async def _sessions(settings: ProxySettings, stop: asyncio.Event) -> None:
                 await session.close()
             retry = RETRY_MIN if session.progressed else min(retry * 2, RETRY_MAX)
             await _wait(stop, retry)
+    log.info("capture worker stopped: %s", counts)

@@ -280,8 +280,20 @@ def stop(run_dir: Path) -> None:
     (run_dir / "kafka.pid").unlink(missing_ok=True)
 
 
+def kill(run_dir: Path) -> None:
+    """SIGKILL, as a crash would: nothing flushed, the next start recovers from the logs."""
+    pid = running_pid(run_dir)
+    if pid is None:
+        return
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while running_pid(run_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (run_dir / "kafka.pid").unlink(missing_ok=True)
+
+
 def main(argv: list[str]) -> int:
-    usage = "usage: kafka.py fetch | start DIR PORT [--no-auto-create] | stop DIR"
+    usage = "usage: kafka.py fetch | start DIR PORT [--no-auto-create] | stop DIR | kill DIR"
     try:
         match argv:
             case ["fetch"]:
@@ -292,6 +304,8 @@ def main(argv: list[str]) -> int:
                 start(Path(run_dir).resolve(), int(port), auto_create=False)
             case ["stop", run_dir]:
                 stop(Path(run_dir).resolve())
+            case ["kill", run_dir]:
+                kill(Path(run_dir).resolve())
             case _:
                 print(usage, file=sys.stderr)
                 return 2

@@ -51,6 +51,9 @@ class KafkaBroker(Protocol):
     def stop(self) -> None:
         """Take the broker away (an outage); its data stays for `start()`."""
 
+    def kill(self) -> None:
+        """Take it away as a crash does (SIGKILL: nothing flushed); `start()` recovers its data."""
+
     def start(self) -> None:
         """Bring it back on the same address with the same data; returns once it serves."""
 
@@ -118,6 +121,10 @@ class ScriptKafka:
         run_script(sys.executable, str(SCRIPTS / "kafka.py"), "stop", str(self.run_dir))
         self.running = False
 
+    def kill(self) -> None:
+        run_script(sys.executable, str(SCRIPTS / "kafka.py"), "kill", str(self.run_dir))
+        self.running = False
+
     def ensure_running(self) -> None:
         if not self.running:
             self.start()
@@ -170,6 +177,9 @@ class ExternalKafka:
 
     def start(self) -> None:
         raise ServiceError("KGB_TEST_KAFKA_BOOTSTRAP is set: that broker is not ours to start; unset it for outage tests")
+
+    def kill(self) -> None:
+        raise ServiceError("KGB_TEST_KAFKA_BOOTSTRAP is set: that broker is not ours to kill; unset it for outage tests")
 
     def ensure_running(self) -> None:
         """Nothing to undo: stop() never worked on it."""
@@ -232,6 +242,10 @@ class RedpandaKafka:
     def stop(self) -> None:
         self.container.get_wrapped_container().pause()
         self.paused = True
+
+    def kill(self) -> None:
+        """A paused container is as gone as a killed one to its clients, and keeps its data the same way."""
+        self.stop()
 
     def start(self) -> None:
         self.container.get_wrapped_container().unpause()

@@ -86,6 +86,7 @@ class Traffic:
     url: str
     gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(CONCURRENCY))
     sent: int = 0
+    answered: int = 0  # so far, for a test that acts in the middle of a wave
     seen: list[tuple[int, int, str]] = field(default_factory=list)
 
     async def wave(self, size: int) -> None:
@@ -95,7 +96,9 @@ class Traffic:
 
     async def send(self, number: int) -> tuple[int, int, str]:
         async with self.gate, self.session.post(self.url, data=request_body(number), headers=request_headers(number)) as response:
-            return number, response.status, (await response.read()).decode()
+            body = (await response.read()).decode()
+        self.answered += 1
+        return number, response.status, body
 
 
 async def while_doing(action: Callable[[], None], traffic: Awaitable[None]) -> None:

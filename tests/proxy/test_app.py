@@ -177,6 +177,19 @@ async def test_body_over_the_limit_gets_413_json_and_is_captured(kafka, topic: s
     assert exchange["REQUEST"]["request"]["body"] == b""
 
 
+async def test_bodies_over_the_body_memory_budget_take_turns_and_all_get_through(kafka, topic: str, tmp_path: Path) -> None:
+    async with FakeAnthropic() as fake:
+        replies = [json_message(f"answer {n}") for n in range(6)]
+        fake.enqueue(*replies)
+        url, runner = await serve(settings_for(fake.url, kafka.bootstrap, topic, tmp_path, body_memory_bytes=1000))
+        try:
+            answers = await asyncio.gather(*(fetch(url + "/v1/messages", body(stream=False, pad="x" * 700)) for _ in replies))
+        finally:
+            await runner.cleanup()
+    assert [response.status for response, _ in answers] == [200] * 6
+    assert len(await read_events(kafka.bootstrap, topic, 12)) == 12
+
+
 async def test_unreachable_upstream_gets_502_json_and_is_captured(kafka, topic: str, tmp_path: Path) -> None:
     url, runner = await serve(settings_for(f"http://127.0.0.1:{free_port()}", kafka.bootstrap, topic, tmp_path))
     try:
