@@ -149,12 +149,13 @@ def _consume_metrics(args: argparse.Namespace) -> None:
 
 def _replay(args: argparse.Namespace) -> None:
     from consumers.replay import replay
-    from consumers.winni.settings import WinniSettings, schema_name
+    from consumers.winni.settings import WinniSettings
+    from kgb.config import identifier
 
     settings = WinniSettings.from_env()
     check_database_url(settings.database_url)
     _check_kafka(settings.kafka)
-    into = args.into and schema_name(args.into)
+    into = args.into and identifier("kgb replay --into", args.into)
 
     async def run(stop: asyncio.Event) -> None:
         outcome = await replay(settings, into=into, keep_old=args.keep_old, stop=stop)

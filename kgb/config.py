@@ -6,10 +6,12 @@ passes it down; nothing below the CLI reads the environment.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import get_args, get_type_hints
+from typing import TypeVar, get_args, get_type_hints
 from urllib.parse import unquote_plus
 
 
@@ -23,6 +25,56 @@ def env_str(env: Mapping[str, str], name: str, default: str) -> str:
 
 def env_opt(env: Mapping[str, str], name: str) -> str | None:
     return env.get(name) or None
+
+
+Number = TypeVar("Number", int, float)
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def identifier(name: str, raw: str) -> str:
+    """A plain PostgreSQL identifier (it becomes a schema name and a search_path); ``name``, the
+    setting or flag it came from, is what the error names."""
+    if not _IDENTIFIER.match(raw):
+        raise SettingsError(f"{name} must be a plain identifier (letters, digits, _), got {raw!r}")
+    return raw
+
+
+def flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """``true``/``false`` (also 1/0, yes/no, any case); anything else is refused by name."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("true", "1", "yes"):
+        return True
+    if raw.lower() in ("false", "0", "no"):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def positive(name: str, value: int) -> int:
+    """A count: at least 1."""
+    if value < 1:
+        raise SettingsError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+def above_zero(name: str, value: Number) -> Number:
+    """A size or a duration: above 0."""
+    if not value > 0:
+        raise SettingsError(f"{name} must be above 0, got {value}")
+    return value
+
+
+def share(name: str, value: float) -> float:
+    if not 0 < value <= 1:
+        raise SettingsError(f"{name} must be above 0 and at most 1, got {value}")
+    return value
+
+
+def positive_seconds(name: str, value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise SettingsError(f"{name} must be a number of seconds above 0, got {value}")
+    return value
 
 
 def env_int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -7,15 +7,13 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 from yarl import URL
 
-from kgb.config import HoldsSecrets, KafkaSettings, Secret, SecretURL, SettingsError, env_float, env_int, env_list, env_opt, env_secret, env_str
+from kgb.config import HoldsSecrets, KafkaSettings, Secret, SecretURL, SettingsError, env_float, env_int, env_list, env_opt, env_secret, env_str, above_zero
 from proxy.logwriter import FsyncPolicy, LogSettings
 from proxy.redact import BUILTIN_RULES, Rule, custom_rules
 
-T = TypeVar("T", int, float)
 
 MiB = 1024 * 1024
 COMPRESSIONS = {"zstd": "zstd", "lz4": "lz4", "gzip": "gzip", "none": None}
@@ -63,10 +61,10 @@ class CaptureSettings:
         return cls(
             kafka=KafkaSettings.from_env(env),
             spool_dir=Path(spool_dir).expanduser() if spool_dir else default_spool_dir(env),
-            spool_max_bytes=_positive(env_int(env, "KGB_SPOOL_MAX_BYTES", cls.spool_max_bytes), "KGB_SPOOL_MAX_BYTES"),
-            segment_bytes=_positive(env_int(env, "KGB_CAPTURE_SEGMENT_BYTES", cls.segment_bytes), "KGB_CAPTURE_SEGMENT_BYTES"),
+            spool_max_bytes=above_zero("KGB_SPOOL_MAX_BYTES", env_int(env, "KGB_SPOOL_MAX_BYTES", cls.spool_max_bytes)),
+            segment_bytes=above_zero("KGB_CAPTURE_SEGMENT_BYTES", env_int(env, "KGB_CAPTURE_SEGMENT_BYTES", cls.segment_bytes)),
             fsync=FsyncPolicy(fsync),
-            fsync_interval=_positive(env_float(env, "KGB_CAPTURE_FSYNC_INTERVAL", cls.fsync_interval), "KGB_CAPTURE_FSYNC_INTERVAL"),
+            fsync_interval=above_zero("KGB_CAPTURE_FSYNC_INTERVAL", env_float(env, "KGB_CAPTURE_FSYNC_INTERVAL", cls.fsync_interval)),
             max_event_bytes=env_int(env, "KGB_MAX_EVENT_BYTES", cls.max_event_bytes),
             compression=compression,
             linger_ms=env_int(env, "KGB_KAFKA_LINGER_MS", cls.linger_ms),
@@ -110,13 +108,13 @@ class ProxySettings(HoldsSecrets):
             host=env_str(env, "KGB_PROXY_HOST", cls.host),
             port=env_int(env, "KGB_PROXY_PORT", cls.port),
             max_body_bytes=env_int(env, "KGB_MAX_BODY_BYTES", cls.max_body_bytes),
-            body_memory_bytes=_positive(env_int(env, "KGB_BODY_MEMORY_BYTES", cls.body_memory_bytes), "KGB_BODY_MEMORY_BYTES"),
+            body_memory_bytes=above_zero("KGB_BODY_MEMORY_BYTES", env_int(env, "KGB_BODY_MEMORY_BYTES", cls.body_memory_bytes)),
             connect_timeout=env_float(env, "KGB_UPSTREAM_CONNECT_TIMEOUT", cls.connect_timeout),
             read_timeout=env_float(env, "KGB_UPSTREAM_READ_TIMEOUT", cls.read_timeout),
             upstream_connections=env_int(env, "KGB_UPSTREAM_CONNECTIONS", cls.upstream_connections),
-            header_timeout=_positive(env_float(env, "KGB_HEADER_TIMEOUT", cls.header_timeout), "KGB_HEADER_TIMEOUT"),
-            keepalive_timeout=_positive(env_float(env, "KGB_KEEPALIVE_TIMEOUT", cls.keepalive_timeout), "KGB_KEEPALIVE_TIMEOUT"),
-            max_connections=_positive(env_int(env, "KGB_MAX_CONNECTIONS", cls.max_connections), "KGB_MAX_CONNECTIONS"),
+            header_timeout=above_zero("KGB_HEADER_TIMEOUT", env_float(env, "KGB_HEADER_TIMEOUT", cls.header_timeout)),
+            keepalive_timeout=above_zero("KGB_KEEPALIVE_TIMEOUT", env_float(env, "KGB_KEEPALIVE_TIMEOUT", cls.keepalive_timeout)),
+            max_connections=above_zero("KGB_MAX_CONNECTIONS", env_int(env, "KGB_MAX_CONNECTIONS", cls.max_connections)),
             redact_headers=frozenset(name.lower() for name in env_list(env, "KGB_REDACT_HEADERS")),
             redact_patterns=_patterns_file(env_opt(env, "KGB_REDACT_PATTERNS_FILE")),
             fingerprint_key=env_secret(env, "KGB_FINGERPRINT_KEY"),
@@ -153,12 +151,6 @@ def parse_upstreams(raw: str) -> dict[str, SecretURL]:
             raise SettingsError(f"KGB_MCP_UPSTREAMS: a name is one path segment of /mcp/NAME, got {name!r}")
         upstreams[name] = SecretURL(url)
     return upstreams
-
-
-def _positive(value: T, name: str) -> T:
-    if value <= 0:
-        raise SettingsError(f"{name} must be above 0, got {value}")
-    return value
 
 
 def _patterns_file(path: str | None) -> tuple[str, ...]:

@@ -7,15 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from consumers.winni.settings import schema_name
-from kgb.config import HoldsSecrets, Secret, SecretURL, SettingsError, env_float, env_int, env_secret, env_str, env_url
-
-
-def _schema(name: str, raw: str) -> str:
-    try:
-        return schema_name(raw)
-    except SettingsError:
-        raise SettingsError(f"{name} must be a plain identifier (letters, digits, _), got {raw!r}") from None
+from kgb.config import HoldsSecrets, Secret, SecretURL, SettingsError, env_float, env_int, env_secret, env_str, env_url, identifier
 
 
 def is_loopback(host: str) -> bool:
@@ -66,8 +58,8 @@ class WebSettings(HoldsSecrets):
     def from_env(cls, env: Mapping[str, str] = os.environ) -> WebSettings:
         return cls(
             database_url=env_url(env, "KGB_DATABASE_URL", cls.database_url),
-            db_schema=_schema("KGB_DB_SCHEMA", env_str(env, "KGB_DB_SCHEMA", cls.db_schema)),
-            metrics_schema=_schema("KGB_METRICS_SCHEMA", env_str(env, "KGB_METRICS_SCHEMA", cls.metrics_schema)),
+            db_schema=identifier("KGB_DB_SCHEMA", env_str(env, "KGB_DB_SCHEMA", cls.db_schema)),
+            metrics_schema=identifier("KGB_METRICS_SCHEMA", env_str(env, "KGB_METRICS_SCHEMA", cls.metrics_schema)),
             host=env_str(env, "KGB_WEB_HOST", cls.host),
             port=env_int(env, "KGB_WEB_PORT", cls.port),
             token=env_secret(env, "KGB_WEB_TOKEN"),

@@ -8,8 +8,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from consumers.source import Backoff
-from consumers.winni.settings import positive, schema_name
-from kgb.config import HoldsSecrets, KafkaSettings, SecretURL, SettingsError, env_float, env_int, env_str, env_url
+from kgb.config import HoldsSecrets, KafkaSettings, SecretURL, SettingsError, env_float, env_int, env_str, env_url, identifier, positive
 from kgb.topics import TopicSettings
 
 # Dewey's documented limit for one dewey_store_messages_bulk call.
@@ -61,7 +60,7 @@ class DeweySettings(HoldsSecrets):
             kafka=KafkaSettings.from_env(env),
             topics=TopicSettings.from_env(env),
             database_url=env_url(env, "KGB_DATABASE_URL", cls.database_url),
-            db_schema=schema_name(env_str(env, "KGB_DEWEY_SCHEMA", cls.db_schema)),
+            db_schema=identifier("KGB_DEWEY_SCHEMA", env_str(env, "KGB_DEWEY_SCHEMA", cls.db_schema)),
             group=env_str(env, "KGB_DEWEY_GROUP", cls.group),
             url=env_url(env, "KGB_DEWEY_URL", cls.url),
             batch_size=positive("KGB_DEWEY_BATCH_SIZE", env_int(env, "KGB_DEWEY_BATCH_SIZE", cls.batch_size)),

@@ -7,17 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from consumers.source import Backoff
-from consumers.winni.settings import positive, schema_name
-from kgb.config import HoldsSecrets, KafkaSettings, SecretURL, SettingsError, env_float, env_int, env_opt, env_str, env_url
+from kgb.config import HoldsSecrets, KafkaSettings, SecretURL, env_float, env_int, env_opt, env_str, env_url, identifier, positive
 from kgb.topics import TopicSettings
-
-
-def _schema(raw: str) -> str:
-    """winni's rule for a schema name, with this setting's name in the error."""
-    try:
-        return schema_name(raw)
-    except SettingsError:
-        raise SettingsError(f"KGB_METRICS_SCHEMA must be a plain identifier (letters, digits, _), got {raw!r}") from None
 
 
 @dataclass(frozen=True)
@@ -49,7 +40,7 @@ class MetricsSettings(HoldsSecrets):
             kafka=KafkaSettings.from_env(env),
             topics=TopicSettings.from_env(env),
             database_url=env_url(env, "KGB_DATABASE_URL", cls.database_url),
-            db_schema=_schema(env_str(env, "KGB_METRICS_SCHEMA", cls.db_schema)),
+            db_schema=identifier("KGB_METRICS_SCHEMA", env_str(env, "KGB_METRICS_SCHEMA", cls.db_schema)),
             group=env_str(env, "KGB_METRICS_GROUP", cls.group),
             batch_size=positive("KGB_METRICS_BATCH_SIZE", env_int(env, "KGB_METRICS_BATCH_SIZE", cls.batch_size)),
             host=env_str(env, "KGB_METRICS_HOST", cls.host),

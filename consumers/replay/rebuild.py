@@ -83,8 +83,8 @@ from consumers.sql import Queries, load_queries
 from consumers.service import apply_migrations, connecting, connection, open_decoders, open_pool
 from consumers.winni import search_index
 from consumers.winni.consumer import default_stages, make_handler, migrations
-from consumers.winni.settings import WinniSettings, schema_name
-from kgb.config import SettingsError
+from consumers.winni.settings import WinniSettings
+from kgb.config import SettingsError, identifier
 from kgb.outages import KAFKA_WATCH, watching
 from kgb.running import run_until_signal
 
@@ -131,7 +131,8 @@ def schema_names(live: str, into: str | None, at: datetime) -> tuple[str, str]:
     """(where to build, what the live schema becomes), both plain identifiers."""
     if into == live:
         raise SettingsError(f"--into {into} is the live schema; name another, or leave --into out to swap")
-    return schema_name(into or f"{live}_replay_{stamp(at)}"), schema_name(f"{live}_old_{stamp(at)}")
+    return (identifier("kgb replay --into", into) if into else identifier("KGB_DB_SCHEMA", f"{live}_replay_{stamp(at)}"),
+            identifier("KGB_DB_SCHEMA", f"{live}_old_{stamp(at)}"))
 
 
 def trimmed(begins: dict[TopicPartition, int]) -> list[str]:

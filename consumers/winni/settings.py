@@ -2,55 +2,15 @@
 
 from __future__ import annotations
 
-import math
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from consumers.source import Backoff
-from kgb.config import HoldsSecrets, KafkaSettings, SecretURL, SettingsError, env_float, env_int, env_str, env_url
+from kgb.config import (
+    HoldsSecrets, KafkaSettings, SecretURL, env_float, env_int, env_str, env_url, flag, identifier, positive, positive_seconds, share,
+)
 from kgb.topics import TopicSettings
-
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-
-
-def schema_name(raw: str) -> str:
-    """A plain identifier: it becomes the connection's search_path and a schema name."""
-    if not _IDENTIFIER.match(raw):
-        raise SettingsError(f"KGB_DB_SCHEMA must be a plain identifier (letters, digits, _), got {raw!r}")
-    return raw
-
-
-def flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    """``true``/``false`` (also 1/0, yes/no, any case); anything else is refused by name."""
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    if raw.lower() in ("true", "1", "yes"):
-        return True
-    if raw.lower() in ("false", "0", "no"):
-        return False
-    raise SettingsError(f"{name} must be true or false, got {raw!r}")
-
-
-def positive(name: str, value: int) -> int:
-    if value < 1:
-        raise SettingsError(f"{name} must be at least 1, got {value}")
-    return value
-
-
-def share(name: str, value: float) -> float:
-    if not 0 < value <= 1:
-        raise SettingsError(f"{name} must be above 0 and at most 1, got {value}")
-    return value
-
-
-def positive_seconds(name: str, value: float) -> float:
-    if not (math.isfinite(value) and value > 0):
-        raise SettingsError(f"{name} must be a number of seconds above 0, got {value}")
-    return value
-
 
 @dataclass(frozen=True)
 class WinniSettings(HoldsSecrets):
@@ -99,7 +59,7 @@ class WinniSettings(HoldsSecrets):
             kafka=KafkaSettings.from_env(env),
             topics=TopicSettings.from_env(env),
             database_url=env_url(env, "KGB_DATABASE_URL", cls.database_url),
-            db_schema=schema_name(env_str(env, "KGB_DB_SCHEMA", cls.db_schema)),
+            db_schema=identifier("KGB_DB_SCHEMA", env_str(env, "KGB_DB_SCHEMA", cls.db_schema)),
             group=env_str(env, "KGB_WINNI_GROUP", cls.group),
             batch_size=positive("KGB_WINNI_BATCH_SIZE", env_int(env, "KGB_WINNI_BATCH_SIZE", cls.batch_size)),
             writers=positive("KGB_WINNI_WRITERS", env_int(env, "KGB_WINNI_WRITERS", cls.writers)),
