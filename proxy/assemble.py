@@ -84,7 +84,7 @@ def ending(record: Record) -> Ending:
         ttfb_ms=end["ttfb_ms"],
         duration_ms=end["duration_ms"],
         ended_at=record.at_ns // 1000,
-        proxy_error=tuple(error) if error else None,  # type: ignore[arg-type]
+        proxy_error=tuple(error) if error else None,
     )
 
 

@@ -109,8 +109,8 @@ class Guarded(asyncio.Protocol):
             self.guard.reading(self)
         self.inner.data_received(data)
 
-    def eof_received(self) -> bool | None:
-        return self.inner.eof_received()
+    def eof_received(self) -> None:
+        self.inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.guard.forget(self)

@@ -407,7 +407,10 @@ def _deltas_by_block(documents: Sequence[Any]) -> dict[Any, list[tuple[dict[str,
     blocks: dict[Any, list[tuple[dict[str, Any], str]]] = {}
     for document in documents:
         delta = document.get("delta") if isinstance(document, dict) and document.get("type") == "content_block_delta" else None
-        key = _DELTA_TEXT.get(delta.get("type")) if isinstance(delta, dict) else None
+        if not isinstance(delta, dict):
+            continue
+        kind = delta.get("type")
+        key = _DELTA_TEXT.get(kind) if isinstance(kind, str) else None
         if key and isinstance(delta.get(key), str):
             blocks.setdefault(document.get("index"), []).append((delta, key))
     return blocks

@@ -26,7 +26,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -119,7 +119,7 @@ def scope(key_fingerprint: str | None) -> str:
     return f"key:{key_fingerprint[:16]}" if key_fingerprint else "anonymous"
 
 
-def session_of(headers: Mapping[str, str], body: Mapping[str, Any] | None, key_fingerprint: str | None) -> tuple[str, str]:
+def session_of(headers: Headers, body: Mapping[str, Any] | None, key_fingerprint: str | None) -> tuple[str, str]:
     """(session key, source), by the rules of the module docstring."""
     named = session_name(headers.get(SESSION_HEADER))
     if named:
@@ -137,8 +137,14 @@ def session_of(headers: Mapping[str, str], body: Mapping[str, Any] | None, key_f
     return f"{scope(key_fingerprint)}:{client}", "api_key" if key_fingerprint else "anonymous"
 
 
+class Headers(Protocol):
+    """What `identify` reads of headers: a case-insensitive lookup (aiohttp's CIMultiDict, or capture's own)."""
+
+    def get(self, name: str, default: str | None = None, /) -> str | None: ...
+
+
 def identify(
-    headers: Mapping[str, str], body: Mapping[str, Any] | None, key_fingerprint: str | None
+    headers: Headers, body: Mapping[str, Any] | None, key_fingerprint: str | None
 ) -> Identity:
     """`headers` must be case-insensitive (aiohttp's CIMultiDict is)."""
     session_key, source = session_of(headers, body, key_fingerprint)

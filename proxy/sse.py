@@ -193,7 +193,7 @@ class MessageAssembler:
         block = self._blocks.setdefault(index, {})
         delta = data.get("delta") or {}
         kind = delta.get("type")
-        key = _TEXT_DELTAS.get(kind, "")
+        key = _TEXT_DELTAS.get(kind, "") if isinstance(kind, str) else ""
         piece = delta.get(key, "")
         if key and isinstance(piece, str) and isinstance(block.get(key, ""), str):
             self.extend_text(index, key, [piece])

@@ -102,7 +102,7 @@ class UsageRequestRow(NamedTuple):
     kind: str
     path: str
     project: str | None
-    key_fingerprint: str
+    key_fingerprint: str | None
 
 
 class UsageResponseRow(NamedTuple):
@@ -133,7 +133,7 @@ class UsageResponseRow(NamedTuple):
     parts: str | None
     compactions: int
     served_model: str | None
-    key_fingerprint: str
+    key_fingerprint: str | None
 
 
 class CostRow(NamedTuple):
@@ -304,7 +304,7 @@ async def remember_projects(conn: asyncpg.Connection, requests: Iterable[Request
         if h.project and (h.session_key not in latest or h.started_at >= latest[h.session_key].started_at):
             latest[h.session_key] = h
     if latest:
-        rows = [ProjectRow(session_key=k, project=h.project, seen_at=h.started_at) for k, h in sorted(latest.items())]
+        rows = [ProjectRow(session_key=k, project=h.project, seen_at=h.started_at) for k, h in sorted(latest.items()) if h.project]
         await conn.execute(queries().remember_projects, *columns(rows))
 
 

@@ -82,7 +82,8 @@ def without_nul(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 
 def _row_without_nul(row: tuple[Any, ...]) -> tuple[Any, ...]:
     values = [v.replace("\x00", "\ufffd") if type(v) is str else v for v in row]
-    return type(row)._make(values) if hasattr(row, "_fields") else tuple(values)
+    make = getattr(row, "_make", None)  # a named row stays one
+    return make(values) if make else tuple(values)
 
 
 def usage_numbers(usage: str | None) -> tuple[int | None, ...]:
@@ -244,7 +245,7 @@ def request_row(event: dict[str, Any], split: Split | None = None, placed: Excha
     r = event["request"]
     text, raw = body_columns(r["body"]) if split is None else (split.rest, None)
     parts = split.parts if split else {}
-    hashes = {f"request_{name}": parts[name].hash if name in parts else None for name in PART_FIELDS}
+    hashes: dict[str, Any] = {f"request_{name}": parts[name].hash if name in parts else None for name in PART_FIELDS}
     return RequestRow(
         **shared_columns(event),
         request_event_id=event["event_id"],
@@ -270,6 +271,10 @@ def request_row(event: dict[str, Any], split: Split | None = None, placed: Excha
     )
 
 
+def usage_columns(usage: str | None) -> dict[str, Any]:
+    return dict(zip(USAGE_COLUMNS, usage_numbers(usage), strict=True))
+
+
 def response_row(event: dict[str, Any]) -> ResponseRow:
     r = event["response"]
     text, raw = body_columns(r["body"])
@@ -285,7 +290,7 @@ def response_row(event: dict[str, Any]) -> ResponseRow:
         is_sse=r["is_sse"],
         message=jsonb_safe(r["message"]),
         usage=jsonb_safe(r["usage"]),
-        **dict(zip(USAGE_COLUMNS, usage_numbers(r["usage"]), strict=True)),
+        **usage_columns(r["usage"]),
         stop_reason=r["stop_reason"],
         error_type=r["error_type"],
         error_message=r["error_message"],

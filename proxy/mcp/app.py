@@ -75,7 +75,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 
 async def _close_relays(app: web.Application) -> None:
     """On shutdown, before the capture log closes: every WebSocket relay closes with 1001 and records its end."""
-    await asyncio.gather(*(relay.shutdown() for relay in list(app[websocket.RELAYS])))
+    relays: set[websocket.Relay] = app[websocket.RELAYS]
+    await asyncio.gather(*(relay.shutdown() for relay in list(relays)))
 
 
 def build_mcp_app(settings: ProxySettings, metrics: ProxyMetrics | None = None) -> web.Application:

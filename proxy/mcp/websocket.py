@@ -28,9 +28,10 @@ import asyncio
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import aiohttp
+from aiohttp.http_websocket import WSMessageTextBytes
 from aiohttp import WSMsgType, web
 from yarl import URL
 
@@ -78,7 +79,7 @@ class Ending:
     error_message: str | None = None
 
 
-def ending_of(message: aiohttp.WSMessage, side: str) -> Ending:
+def ending_of(message: aiohttp.WSMessage | WSMessageTextBytes, side: str) -> Ending:
     """The non-data message that stopped `side`'s pump. CLOSING only comes from our own
     close() while the pump waits, which only a shutdown does before a pump stops."""
     if message.type is WSMsgType.CLOSE:
@@ -122,7 +123,7 @@ def refusal(name: str, url: str | None) -> str:
     return f"unknown upstream {name!r}: not in KGB_MCP_UPSTREAMS"
 
 
-def is_websocket(url: str | None) -> bool:
+def is_websocket(url: str | None) -> TypeGuard[str]:
     return url is not None and URL(url).scheme in ("ws", "wss")
 
 
@@ -170,7 +171,9 @@ class Recorder(events.Recorder):
         self.record("OPEN", open_fields, handshake, self.policy)
 
     def frame(self, side: str, frame_type: WSMsgType, payload: bytes) -> None:
-        self.message(events.Message(DIRECTION[side], payload, frame_type=FRAME_TYPES[frame_type]))
+        direction = DIRECTION[side]
+        assert direction is not None, "frames come from the client or the upstream, never from the proxy"
+        self.message(events.Message(direction, payload, frame_type=FRAME_TYPES[frame_type]))
 
     def closed(self, ending: Ending) -> None:
         self.record("CLOSE", close_fields, ending, self.policy)
@@ -178,7 +181,10 @@ class Recorder(events.Recorder):
 
 # --- the relay: thin async shells ----------------------------------------------------
 
-AnyWebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+# Both ends are opened with decode_text=False: text frames arrive as bytes, relayed untouched.
+ClientSocket = web.WebSocketResponse[bool]
+UpstreamSocket = aiohttp.ClientWebSocketResponse[bool]
+AnyWebSocket = ClientSocket | UpstreamSocket
 
 
 async def pump(source: AnyWebSocket, sink: AnyWebSocket, side: str, recorder: Recorder) -> Ending:
@@ -198,17 +204,19 @@ async def pump(source: AnyWebSocket, sink: AnyWebSocket, side: str, recorder: Re
 class Relay:
     """Hashable by identity: the app keeps the open ones in a set, to close them at shutdown."""
 
-    client: web.WebSocketResponse
-    upstream: aiohttp.ClientWebSocketResponse
+    client: ClientSocket
+    upstream: UpstreamSocket
     recorder: Recorder
     ending: Ending | None = None
     pumps: dict[asyncio.Task[Ending], tuple[AnyWebSocket, AnyWebSocket]] = dataclasses.field(default_factory=dict)
 
     async def run(self) -> Ending:
         """Both pumps until one stops; its ending closes the other side, then is echoed to its own."""
+        sides: list[tuple[AnyWebSocket, AnyWebSocket, str]] = [
+            (self.client, self.upstream, CLIENT), (self.upstream, self.client, UPSTREAM),
+        ]
         self.pumps = pumps = {
-            asyncio.create_task(pump(self.client, self.upstream, CLIENT, self.recorder)): (self.client, self.upstream),
-            asyncio.create_task(pump(self.upstream, self.client, UPSTREAM, self.recorder)): (self.upstream, self.client),
+            asyncio.create_task(pump(source, sink, side, self.recorder)): (source, sink) for source, sink, side in sides
         }
         try:
             done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
@@ -237,7 +245,7 @@ class Relay:
                              self.upstream.close(code=GOING_AWAY, message=message))
 
 
-async def relay(request: web.Request) -> web.WebSocketResponse:
+async def relay(request: web.Request) -> ClientSocket:
     app, settings = request.app, request.app[SETTINGS]
     name = request.query.get("upstream", "")
     url = settings.mcp_upstreams.get(name)
@@ -267,11 +275,11 @@ async def relay(request: web.Request) -> web.WebSocketResponse:
 
 
 async def _relay(
-    request: web.Request, recorder: Recorder, handshake: Handshake, upstream: aiohttp.ClientWebSocketResponse
-) -> web.WebSocketResponse:
+    request: web.Request, recorder: Recorder, handshake: Handshake, upstream: UpstreamSocket
+) -> ClientSocket:
     """The client gets the subprotocol the upstream chose, so both ends agree on one."""
     settings = request.app[SETTINGS]
-    client = web.WebSocketResponse(
+    client: ClientSocket = web.WebSocketResponse(
         protocols=(handshake.subprotocol,) if handshake.subprotocol else (),
         autoclose=False,
         decode_text=False,
