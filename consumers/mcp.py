@@ -202,7 +202,7 @@ class OpenCall:
 
 def open_call(row: Any) -> OpenCall:
     """A row with the columns of `OpenCall` (``progress_token`` optional)."""
-    token = row["progress_token"] if "progress_token" in row.keys() else None
+    token = row.get("progress_token", None)
     return OpenCall(row["call_id"], row["session_key"], row["jsonrpc_id"], row["direction"], row["connection_id"],
                     row["requested_at"], token)
 

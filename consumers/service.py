@@ -48,7 +48,7 @@ async def connection(url: str) -> AsyncIterator[asyncpg.Connection]:
     finally:
         try:
             await conn.close(timeout=CLOSE_TIMEOUT)
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.debug("a connection closed without its goodbye (%s: %s)", type(exc).__name__, exc)
 
 

@@ -24,6 +24,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -292,7 +293,7 @@ async def consume(
         if not polled:
             continue
         what = f"batch of {sum(map(len, polled.values()))} messages"
-        done = await retrying(lambda: _decode_and_handle(polled, decoder, handler, joiner), what, stop, backoff)
+        done = await retrying(partial(_decode_and_handle, polled, decoder, handler, joiner), what, stop, backoff)
         if done is None:
             return
         if until is None:

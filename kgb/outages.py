@@ -140,7 +140,7 @@ async def broker_answers(bootstrap: str) -> bool:
                 try:
                     writer.write(metadata_request())
                     await writer.drain()
-                    size, correlation_id = struct.unpack(">ii", await reader.readexactly(8))
+                    _size, correlation_id = struct.unpack(">ii", await reader.readexactly(8))
                 finally:
                     writer.close()
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):

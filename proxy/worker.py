@@ -43,6 +43,7 @@ from schemas.codec import EXCHANGE, MCP
 from schemas import fragments
 from schemas.errors import SchemaError
 from schemas.fragments import FRAGMENT_BYTES
+import contextlib
 
 log = logging.getLogger(__name__)
 
@@ -230,17 +231,15 @@ class Session:
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass
 
 
 async def stop_at_eof(fd: int, stop: asyncio.Event) -> None:
     """Set `stop` when the pipe on `fd` ends: the supervising proxy closed it, or died."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
-    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), open(fd, "rb", closefd=False))
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), open(fd, "rb", closefd=False))  # noqa: SIM115 - the pipe's, for its life
     try:
         while await reader.read(4096):
             continue

@@ -194,7 +194,7 @@ async def registry_encoder(registry: Registry, subject: str, name: str = EXCHANG
 class _Writer:
     """A writer schema ready to read, with the reader to resolve to (None: same schema)."""
 
-    __slots__ = ("schema", "reader")
+    __slots__ = ("reader", "schema")
 
     def __init__(self, schema: dict, reader: dict | None) -> None:
         self.schema = schema

@@ -85,7 +85,7 @@ class Registry:
             async with self._session.request(method, url, data=body, headers=headers) as resp:
                 text = await resp.text()
                 status = resp.status
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise RegistryError(f"{method} {mask_url(str(url))}: registry unreachable: {exc!r}") from exc
         return _answer(method, url, status, text)
 

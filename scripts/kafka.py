@@ -226,7 +226,7 @@ def metadata_answers(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
             sock.sendall(struct.pack(">i", len(request)) + request)
-            size, correlation_id, brokers = struct.unpack(">iii", _recv_exactly(sock, 12))
+            _size, correlation_id, brokers = struct.unpack(">iii", _recv_exactly(sock, 12))
     except OSError:
         return False
     return correlation_id == 1 and brokers >= 1

@@ -320,7 +320,7 @@ async def count_downloads(conn: asyncpg.Connection, downloads: Sequence[Download
     """The batch requests not counted before, priced at the batch rate."""
     priced: dict[str, tuple[Priced, BatchItem, str]] = {}
     for download in downloads:
-        for exchange, item in zip(batch_exchanges(download, projects.get(download.half.session_key, "")), download.items):
+        for exchange, item in zip(batch_exchanges(download, projects.get(download.half.session_key, "")), download.items, strict=False):
             p = Priced(exchange, cost(exchange.usage, exchange.model, exchange.started_at, prices, batch=True))
             priced.setdefault(item.item_id, (p, item, download.half.exchange_id))
     if not priced:

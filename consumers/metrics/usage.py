@@ -118,7 +118,7 @@ def cost_row(row: dict[str, Any]) -> dict[str, Any]:
 def block_row(block: Block, group_of: Sequence[str], now: datetime) -> dict[str, Any]:
     row: dict[str, Any] = {
         "block": block.start, "end": block.end, "last_at": block.last_at, "status": status(block, now), "gap": block.gap,
-        "active": block.active(now), **dict(zip(group_of, block.group)), "models": ", ".join(m or "(none)" for m in block.models),
+        "active": block.active(now), **dict(zip(group_of, block.group, strict=True)), "models": ", ".join(m or "(none)" for m in block.models),
         **block.sums, "priced_cost_usd": block.priced_cost,
     }
     return cost_row(row)
@@ -181,7 +181,7 @@ def as_table(report: Report) -> str:
         lines.append([_cell(row, c) for c in [*keys, *TABLE_NUMBERS]])
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     text = "\n".join(
-        "  ".join(cell.ljust(w) if i < len(keys) else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+        "  ".join(cell.ljust(w) if i < len(keys) else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True)))
         for line in lines
     )
     return text + "".join(f"\n{line}" for line in unpriced_lines(report, total(body)))

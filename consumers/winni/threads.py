@@ -440,7 +440,7 @@ def common_prefix(positions: list[Slot], messages: list[Message]) -> tuple[int, 
     """(shared, lenient) as `Match` counts them: a stored reply matches any assistant message in its
     place (the module docstring says why), which is weaker evidence than the same message."""
     shared = lenient = 0
-    for stored, message in zip(positions, messages):
+    for stored, message in zip(positions, messages, strict=False):  # the shorter one's length is what is shared
         if stored.hash != message.hash:
             if not (stored.from_response and stored.role == message.role):
                 break

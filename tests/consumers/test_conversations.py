@@ -176,7 +176,7 @@ async def test_a_long_session_stores_each_message_once(
 
     kinds = dict(await db.fetch("SELECT kind, count(*) FROM conversations GROUP BY kind"))
     assert kinds == {"main": 2, "subagent": 16, "title": 5, "count_tokens": 5, "compaction": 1}
-    compaction, old_main, new_main = await db.fetchrow(
+    _compaction, old_main, new_main = await db.fetchrow(
         "SELECT c.id, c.summarises_conversation_id, n.id FROM conversations c "
         "JOIN conversations n ON n.summarises_conversation_id = c.summarises_conversation_id AND n.kind = 'main' "
         "WHERE c.kind = 'compaction'"

@@ -51,5 +51,5 @@ def test_kgb_consume_dewey_takes_the_url_as_a_flag(capsys: pytest.CaptureFixture
 
 
 def test_a_bad_schema_is_refused_by_its_own_name() -> None:
-    with pytest.raises(SettingsError, match="^KGB_DEWEY_SCHEMA must be a plain identifier"):
+    with pytest.raises(SettingsError, match=r"^KGB_DEWEY_SCHEMA must be a plain identifier"):
         DeweySettings.from_env({"KGB_DEWEY_SCHEMA": "kgb-dewey"})

@@ -190,7 +190,7 @@ RATES_OK = "input = 1\noutput = 1\ncache_write_5m = 1\ncache_write_1h = 1\ncache
     "[[editions]]\neffective = 'soon'\nweb_search_per_1000 = 1\n",
 ])
 def test_a_broken_price_file_is_a_settings_error(text: str) -> None:
-    with pytest.raises(SettingsError, match="bad.toml"):
+    with pytest.raises(SettingsError, match=r"bad\.toml"):
         parse_prices(text, "bad.toml")
 
 

@@ -45,7 +45,7 @@ def test_blocks_start_on_the_hour_last_five_hours_and_show_gaps() -> None:
         (t("2026-11-03T23:30"), True, 0),
         (t("2026-11-04T03:00"), False, 1),
     ]
-    first, second, gap, last = found
+    first, second, gap, _last = found
     assert first.models == ["claude-opus-5-5", "claude-haiku-5-5"] and first.end == t("2026-11-03T14:00")
     assert first.priced_cost == Decimal("0.02") and second.last_at == t("2026-11-03T18:30")
     assert (gap.start, gap.end) == (t("2026-11-03T23:30"), t("2026-11-04T03:05"))

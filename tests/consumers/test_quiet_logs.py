@@ -64,7 +64,7 @@ async def test_an_outage_of_kafka_and_postgresql_is_a_few_lines(kafka, topic, da
                 await publish(producer, topic, [event for _ in range(3) for event in exchange()])
                 await asyncio.sleep(OUTAGE_SECONDS)  # PostgreSQL away, every batch retried
                 await asyncio.to_thread(kafka.stop)
-                status, body = await eventually(lambda: _is(ready(url), 503))
+                _status, body = await eventually(lambda: _is(ready(url), 503))
                 await asyncio.sleep(OUTAGE_SECONDS)  # both away
                 await asyncio.to_thread(kafka.start)
                 await relay.restore()

@@ -387,7 +387,7 @@ def threaded(writes: Writes) -> dict[Any, list[tuple[int, str, str]]]:
 
 
 def test_a_chat_without_tools_is_one_conversation_of_each_position_once() -> None:
-    state, writes, (talk,) = chats(1)
+    _state, writes, (talk,) = chats(1)
     for turn in range(6):
         talk.say(f"question {turn}", f"answer {turn}")
     ((conversation, rows),) = threaded(writes).items()
@@ -400,7 +400,7 @@ def test_a_chat_without_tools_is_one_conversation_of_each_position_once() -> Non
 def test_interleaved_chats_that_open_alike_keep_their_own_turns() -> None:
     """Same first message, same body: the second chat's opening is no retry of the first's (that one
     was answered), and every later turn goes to the chat whose answer it repeats."""
-    state, writes, (a, b) = chats(2)
+    _state, writes, (a, b) = chats(2)
     a.say("Hi", "Hello from A")
     b.say("Hi", "Hello from B")
     for turn in range(3):
@@ -416,7 +416,7 @@ def test_interleaved_chats_that_open_alike_keep_their_own_turns() -> None:
 
 
 def test_more_chats_than_candidates_each_find_their_own() -> None:
-    state, writes, talks = chats(CANDIDATES + 8)
+    _state, writes, talks = chats(CANDIDATES + 8)
     for turn in range(3):
         for number, talk in enumerate(talks):
             talk.say(f"chat {number} turn {turn}", f"reply {number}.{turn}")
@@ -524,7 +524,7 @@ def test_with_every_marker_the_continuation_links_once() -> None:
 
 
 def test_a_new_chat_without_a_marker_after_none_is_linked_to_nothing() -> None:
-    main, after = compacted("Boil all of it down, please.", "Unrelated:").conversations.values()
+    _main, after = compacted("Boil all of it down, please.", "Unrelated:").conversations.values()
     assert after.summarises_conversation_id is None and after.branch_of is None
 
 
@@ -598,7 +598,7 @@ def weather_asked() -> tuple[SessionState, Writes]:
 def test_a_turn_continuing_a_held_history_extends_its_conversation() -> None:
     state, writes = weather_asked()
     apply_request(state, thread_turn(3, [user("And tomorrow?")], "msg_2"), writes)
-    (conversation,) = writes.conversations.values()
+    (_conversation,) = writes.conversations.values()
     assert [(m.position, m.role, m.source) for m in writes.messages] == [
         (0, "user", "request"), (1, "assistant", "response"), (2, "user", "request"), (3, "assistant", "response"),
         (4, "user", "request"),
@@ -624,7 +624,7 @@ def test_a_turn_continuing_an_earlier_reply_branches_with_a_copy_of_what_the_ser
 def test_a_turn_continuing_a_reply_never_stored_starts_with_what_it_has() -> None:
     state, writes = SessionState("s"), Writes()
     apply_request(state, thread_turn(1, [user([SUNNY])], "msg_from_before_kgb"), writes)
-    (conversation,) = writes.conversations.values()
+    (_conversation,) = writes.conversations.values()
     assert [(m.position, m.role) for m in writes.messages] == [(0, "user")] and writes.exchanges[0].reply_position == 1
 
 

@@ -202,7 +202,7 @@ async def test_a_killed_proxy_loses_no_exchange_a_client_was_answered(
         traffic = Traffic(session, first.url + "/v1/messages")
         await traffic.wave(20)
         opened = [asyncio.Event() for _ in numbers]
-        streams = [asyncio.create_task(read_stream(session, traffic.url, n, e)) for n, e in zip(numbers, opened)]
+        streams = [asyncio.create_task(read_stream(session, traffic.url, n, e)) for n, e in zip(numbers, opened, strict=True)]
         await asyncio.gather(*(event.wait() for event in opened))
         await first.kill()
         got = await asyncio.gather(*streams)
@@ -216,7 +216,7 @@ async def test_a_killed_proxy_loses_no_exchange_a_client_was_answered(
         check_client_view(number, status, body)
     exactly_once(rows, [marker(n) for n in [*range(20), *numbers, *range(60, 70)]])
     by_marker = {prompt_of(row): row for row in rows}
-    for number, seen in zip(numbers, got):
+    for number, seen in zip(numbers, got, strict=True):
         row = by_marker[marker(number)]
         if b"message_stop" in seen:  # the whole answer reached the client before the kill
             assert check_row(row) == marker(number)
@@ -238,7 +238,8 @@ async def test_a_killed_worker_is_restarted_and_loses_and_repeats_nothing(
         traffic = Traffic(session, proxy.url + "/v1/messages")
         load = asyncio.create_task(traffic.wave(300))
         await until(lambda: answered(traffic, 50), "50 clients answered")
-        assert (worker := proxy.worker) is not None
+        worker = proxy.worker
+        assert worker is not None
         worker.send_signal(signal.SIGKILL)
         await until(lambda: restarted(proxy, worker.pid), "the worker restarted")
         await load
@@ -353,7 +354,7 @@ async def test_200_paced_streams_keep_memory_bounded_and_health_answering(
     ):
         started.append(proxy := await start_proxy(process_env(fake.url, kafka, topic, tmp_path / "spool"), tmp_path / "proxy.log"))
         opened = [asyncio.Event() for _ in numbers]
-        streams = [asyncio.create_task(read_stream(session, proxy.url + "/v1/messages", n, e)) for n, e in zip(numbers, opened)]
+        streams = [asyncio.create_task(read_stream(session, proxy.url + "/v1/messages", n, e)) for n, e in zip(numbers, opened, strict=True)]
         await asyncio.gather(*(event.wait() for event in opened))
         relay = psutil.Process(proxy.process.pid)
         while not all(task.done() for task in streams):

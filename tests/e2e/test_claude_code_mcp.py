@@ -52,7 +52,7 @@ async def test_claude_code_calls_mcp_tools_through_kgb_and_each_call_is_linked(k
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "Both MCP tools answered."
-    first, second, third = [request for request in fake.requests if is_main_thread(request)]
+    _first, second, third = [request for request in fake.requests if is_main_thread(request)]
     ((echo_result,), (count_result,)) = tool_results(second.json()), tool_results(third.json())
     assert echo_result["tool_use_id"] == ECHO and "echo: from Claude Code" in json.dumps(echo_result["content"])
     assert count_result["tool_use_id"] == COUNT and "counted 2" in json.dumps(count_result["content"])

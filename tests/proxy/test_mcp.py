@@ -143,9 +143,8 @@ async def test_binary_frame_passes_untouched(stack: Stack) -> None:
 
 @pytest.mark.parametrize(("name", "said"), [("nope", "'nope'"), (None, "?upstream=NAME")])
 async def test_unknown_or_missing_upstream_is_refused_with_4001(stack: Stack, name: str | None, said: str) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(stack.at(name)) as ws:
-            refused = await closing(ws)
+    async with aiohttp.ClientSession() as session, session.ws_connect(stack.at(name)) as ws:
+        refused = await closing(ws)
     assert refused.data == 4001
     assert said in refused.extra
     assert stack.server.connections == []
@@ -156,9 +155,8 @@ async def test_unknown_or_missing_upstream_is_refused_with_4001(stack: Stack, na
 
 
 async def test_unreachable_upstream_closes_with_1011_and_is_captured(stack: Stack) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(stack.at("down")) as ws:
-            failed = await closing(ws)
+    async with aiohttp.ClientSession() as session, session.ws_connect(stack.at("down")) as ws:
+        failed = await closing(ws)
     assert failed.data == 1011
     assert "down" in failed.extra
     _, closed = await stack.events(2)
@@ -168,10 +166,9 @@ async def test_unreachable_upstream_closes_with_1011_and_is_captured(stack: Stac
 
 
 async def test_upstream_close_code_reaches_the_client(stack: Stack) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(stack.at("fake")) as ws:
-            await ws.send_str(request(9, "fake/close", code=4000, reason="session expired"))
-            closed = await closing(ws)
+    async with aiohttp.ClientSession() as session, session.ws_connect(stack.at("fake")) as ws:
+        await ws.send_str(request(9, "fake/close", code=4000, reason="session expired"))
+        closed = await closing(ws)
     assert (closed.data, closed.extra) == (4000, "session expired")
     *_, event = await stack.events(3)
     assert (event["kind"], event["direction"], event["close_code"]) == ("CLOSE", "UPSTREAM_TO_CLIENT", 4000)
@@ -179,11 +176,10 @@ async def test_upstream_close_code_reaches_the_client(stack: Stack) -> None:
 
 
 async def test_client_close_code_reaches_the_upstream(stack: Stack) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(stack.at("fake")) as ws:
-            await ws.send_str(SCRIPT[0])
-            await ws.receive()
-            await ws.close(code=4100, message=b"client done")
+    async with aiohttp.ClientSession() as session, session.ws_connect(stack.at("fake")) as ws:
+        await ws.send_str(SCRIPT[0])
+        await ws.receive()
+        await ws.close(code=4100, message=b"client done")
     (seen,) = stack.server.connections
     await asyncio.wait_for(seen.ended.wait(), 30)
     assert seen.close_code == 4100
@@ -301,10 +297,9 @@ async def test_oversized_message_closes_its_sender_with_1009_and_the_other_side_
         settings = settings_for(f"fake={server.url}", kafka.bootstrap, topic, tmp_path / "spool")
         url, runner = await serve(dataclasses.replace(settings, mcp_max_message_bytes=1024))
         try:
-            async with aiohttp.ClientSession() as session:
-                async with session.ws_connect(url + "/?upstream=fake") as ws:
-                    await ws.send_bytes(b"x" * 2048)
-                    refused = await closing(ws)
+            async with aiohttp.ClientSession() as session, session.ws_connect(url + "/?upstream=fake") as ws:
+                await ws.send_bytes(b"x" * 2048)
+                refused = await closing(ws)
             (seen,) = server.connections
             await asyncio.wait_for(seen.ended.wait(), 30)
         finally:
