@@ -104,7 +104,7 @@ async def test_workers_of_a_parent_killed_outright_stop_cleanly(tmp_path: Path) 
         while not pid_file.exists():
             await asyncio.sleep(0.1)
     worker = int(pid_file.read_text())
-    await asyncio.sleep(1.0)
+    await serving([str(marker)])
     parent.kill()
     await parent.wait()
     async with asyncio.timeout(60):
