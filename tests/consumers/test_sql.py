@@ -192,7 +192,7 @@ async def test_two_consumers_starting_at_once_migrate_once(database: str) -> Non
         await asyncio.gather(*(c.close() for c in conns))
     assert sorted(applied) == [[], [], [], [1, 2, 3, 4, 5, 6, 8, 9, 10]]
     assert [tuple(r) for r in rows] == [(1, "exchanges"), (2, "conversations"), (3, "request_parts"), (4, "sub_agent_links"),
-                                        (5, "mcp"), (6, "search"), (9, "usage_fields"), (10, "search_indexer")]
+                                        (5, "mcp"), (6, "search"), (8, "unanswered"), (9, "usage_fields"), (10, "search_indexer")]
 
 
 async def test_any_schema_name_gets_the_same_tables(database: str) -> None:
