@@ -213,14 +213,14 @@ def parser() -> argparse.ArgumentParser:
     proxy.add_argument("--mcp-port", type=int, help="MCP relay listen port (KGB_MCP_PORT, default 9000)")
     proxy.add_argument("--no-worker", action="store_true",
                        help="do not start the capture worker (run `kgb capture-worker` yourself, on the same KGB_SPOOL_DIR)")
-    proxy.set_defaults(run=_proxy)
+    proxy.set_defaults(run=_proxy, title=proxy.prog)
 
     about = ("publish the capture log (KGB_SPOOL_DIR) to Kafka: what `kgb proxy` runs in a child process; "
              "run it alone beside `kgb proxy --no-worker`")
     capture_worker = commands.add_parser("capture-worker", help=about, description=about)
     capture_worker.add_argument("--supervised", action="store_true",
                                 help="also stop when standard input closes: how `kgb proxy` stops it, and how it learns the proxy died")
-    capture_worker.set_defaults(run=_capture_worker)
+    capture_worker.set_defaults(run=_capture_worker, title=capture_worker.prog)
 
     mcp = commands.add_parser("mcp", help="MCP capture outside the proxy")
     transports = mcp.add_subparsers(dest="transport", required=True)
@@ -230,21 +230,21 @@ def parser() -> argparse.ArgumentParser:
     stdio.add_argument("name", help="the server's name, as in Claude Code's MCP config (mcp__NAME__TOOL)")
     stdio.add_argument("server_command", metavar="command", nargs=argparse.REMAINDER,
                        help="-- then the server's command and arguments")
-    stdio.set_defaults(run=_mcp_stdio)
+    stdio.set_defaults(run=_mcp_stdio, title=stdio.prog)
 
     consume = commands.add_parser("consume", help="run a consumer group")
     consumers = consume.add_subparsers(dest="consumer", required=True)
     about = "persist exchanges to PostgreSQL (KGB_DATABASE_URL), consumer group KGB_WINNI_GROUP"
     winni = consumers.add_parser("winni", help=about, description=about)
-    winni.set_defaults(run=_consume_winni)
+    winni.set_defaults(run=_consume_winni, title=winni.prog)
     about = "forward each conversation to Dewey's MCP tools (KGB_DEWEY_URL), consumer group KGB_DEWEY_GROUP"
     dewey = consumers.add_parser("dewey", help=about, description=about)
     dewey.add_argument("--url", help="Dewey's MCP WebSocket (KGB_DEWEY_URL, default ws://dewey-mcp:9020)")
-    dewey.set_defaults(run=_consume_dewey)
+    dewey.set_defaults(run=_consume_dewey, title=dewey.prog)
     about = "token usage and cost: rollup tables in PostgreSQL and Prometheus /metrics, consumer group KGB_METRICS_GROUP"
     metrics = consumers.add_parser("metrics", help=about, description=about)
     metrics.add_argument("--port", type=int, help="/metrics listen port (KGB_METRICS_PORT, default 9464)")
-    metrics.set_defaults(run=_consume_metrics)
+    metrics.set_defaults(run=_consume_metrics, title=metrics.prog)
 
     about = "print token usage and cost from the metrics rollup tables (KGB_DATABASE_URL, KGB_METRICS_SCHEMA)"
     usage = commands.add_parser("usage", help=about, description=about)
@@ -256,20 +256,20 @@ def parser() -> argparse.ArgumentParser:
     formats = usage.add_mutually_exclusive_group()
     formats.add_argument("--json", action="store_true", help="JSON instead of a table; costs as exact decimal strings")
     formats.add_argument("--csv", action="store_true", help="CSV instead of a table, every column; costs exact")
-    usage.set_defaults(run=_usage)
+    usage.set_defaults(run=_usage, title=usage.prog)
 
     about = "browse, search and total what was captured: a read-only web viewer of the winni and metrics tables"
     web = commands.add_parser("web", help=about, description=about)
     web.add_argument("--host", help="listen address (KGB_WEB_HOST, default 127.0.0.1; any other needs KGB_WEB_TOKEN)")
     web.add_argument("--port", type=int, help="listen port (KGB_WEB_PORT, default 8090)")
-    web.set_defaults(run=_web)
+    web.set_defaults(run=_web, title=web.prog)
 
     about = ("rebuild the winni tables from the start of the topic into a fresh schema, beside the live consumer, "
              "then swap them in for KGB_DB_SCHEMA in one transaction")
     replay = commands.add_parser("replay", help=about, description=about)
     replay.add_argument("--into", metavar="SCHEMA", help="only fill SCHEMA (created if missing); the live schema is left alone")
     replay.add_argument("--keep-old", action="store_true", help="keep the replaced tables as schema <KGB_DB_SCHEMA>_old_<time>")
-    replay.set_defaults(run=_replay)
+    replay.set_defaults(run=_replay, title=replay.prog)
     return root
 
 
@@ -278,5 +278,4 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging(args.log_level.upper(), debug=args.debug)
     for warning in unknown_settings(os.environ, known_settings()):
         log.warning("%s", warning)
-    name = " ".join(["kgb", args.command, *(getattr(args, part) for part in ("consumer", "transport") if hasattr(args, part))])
-    run_explained(name, lambda: args.run(args), args.debug)
+    run_explained(args.title, lambda: args.run(args), args.debug)
