@@ -4,8 +4,9 @@
   from async code call them as `await asyncio.to_thread(kafka.stop)`.
 - `topic`: a fresh 3-partition topic on `kafka`, named `kgb-test-...`.
 - `postgres` (session): `.dsn` (the `winni` database) and `.admin_dsn`.
-- `database`: the DSN of a fresh empty database on `postgres`, dropped afterwards.
-  To start from a migrated template instead, use `services.create_database(admin_dsn, template=...)`.
+- `database`: the DSN of a fresh database on `postgres`, dropped afterwards: a copy of `migrated`,
+  every consumer's default schema migrated (a test may still migrate any other schema).
+  `empty_database`: one with nothing in it, for the tests of migrating itself.
 
 Each test is marked by what it needs (`pytest_collection_modifyitems`), so
 ``-m "not kafka and not postgres and not e2e and not browser"`` runs the pure
@@ -15,6 +16,7 @@ through another fixture), ``e2e`` for tests/e2e, ``browser`` for Chromium.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 
@@ -60,8 +62,23 @@ def postgres() -> Iterator[services.PostgresServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def migrated(postgres: services.PostgresServer) -> Iterator[str]:
+    """The template every `database` is copied from (CREATE DATABASE ... TEMPLATE), migrated once per run."""
+    dsn = asyncio.run(services.migrated_database(postgres.admin_dsn))
+    yield services.database_name(dsn)
+    asyncio.run(services.drop_database(postgres.admin_dsn, dsn))
+
+
 @pytest.fixture
-async def database(postgres: services.PostgresServer) -> AsyncIterator[str]:
+async def database(postgres: services.PostgresServer, migrated: str) -> AsyncIterator[str]:
+    dsn = await services.create_database(postgres.admin_dsn, template=migrated)
+    yield dsn
+    await services.drop_database(postgres.admin_dsn, dsn)
+
+
+@pytest.fixture
+async def empty_database(postgres: services.PostgresServer) -> AsyncIterator[str]:
     dsn = await services.create_database(postgres.admin_dsn)
     yield dsn
     await services.drop_database(postgres.admin_dsn, dsn)

@@ -31,6 +31,11 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from consumers.dewey.consumer import migrations as dewey_migrations
+from consumers.dewey.settings import DeweySettings
+from consumers.metrics.settings import MetricsSettings
+from consumers.sql import load_migrations, migrate
+from consumers.winni.settings import WinniSettings
 from scripts.kafka import free_port
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -339,9 +344,28 @@ async def create_database(admin_dsn: str, template: str | None = None) -> str:
     return with_database(admin_dsn, name)
 
 
+async def migrated_database(admin_dsn: str) -> str:
+    """A new database with every consumer's migrations applied in its default schema (winni's ``kgb``,
+    ``kgb_metrics``, ``kgb_dewey``): the template each test's database is copied from, so a test
+    starts from the tables its consumer would make without waiting for them to be made."""
+    dsn = await create_database(admin_dsn)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn, load_migrations("consumers.winni"), WinniSettings.db_schema)
+        await migrate(conn, load_migrations("consumers.metrics"), MetricsSettings.db_schema)
+        await migrate(conn, dewey_migrations(), DeweySettings.db_schema)
+    finally:
+        await conn.close()
+    return dsn
+
+
+def database_name(dsn: str) -> str:
+    return urlsplit(dsn).path.lstrip("/")
+
+
 async def drop_database(admin_dsn: str, dsn: str) -> None:
     """FORCE: a test that leaked a connection must not make teardown hang or fail."""
-    name = urlsplit(dsn).path.lstrip("/")
+    name = database_name(dsn)
     conn = await asyncpg.connect(admin_dsn)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -49,14 +49,25 @@ async def test_a_message_survives_a_broker_restart(kafka, topic):
     assert await consume_one(kafka.bootstrap, topic) == b"before the outage"
 
 
-async def test_each_test_gets_its_own_empty_database(postgres, database):
-    assert database != postgres.dsn
+async def test_each_test_gets_its_own_migrated_database(postgres, database, empty_database):
+    assert database != postgres.dsn and database != empty_database
     conn = await asyncpg.connect(database)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == 0
+        tables = "SELECT count(*) FROM pg_tables WHERE schemaname = $1"
+        assert await conn.fetchval(tables, "public") == 0
+        assert [await conn.fetchval(tables, s) > 0 for s in ("kgb", "kgb_metrics", "kgb_dewey")] == [True] * 3
+        assert await conn.fetchval("SELECT count(*) FROM kgb.exchanges") == 0
         await conn.execute("CREATE TABLE t (id int PRIMARY KEY, body text)")
         await conn.execute("INSERT INTO t VALUES ($1, $2)", 1, "hello")
         assert await conn.fetchval("SELECT body FROM t WHERE id = 1") == "hello"
+    finally:
+        await conn.close()
+
+
+async def test_an_empty_database_holds_nothing(empty_database):
+    conn = await asyncpg.connect(empty_database)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')") == 0
     finally:
         await conn.close()
 

@@ -65,6 +65,12 @@ async def stored(db: asyncpg.Connection, events: list[dict[str, Any] | bytes]) -
 
 
 @pytest.fixture
+def database(empty_database: str) -> str:
+    """These tests count the ``kgb*`` schemas: the database holds only those winni and replay make."""
+    return empty_database
+
+
+@pytest.fixture
 async def admin(database: str) -> Any:
     conn = await asyncpg.connect(database)
     yield conn

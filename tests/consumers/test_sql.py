@@ -143,6 +143,12 @@ def test_a_database_with_another_history_is_refused() -> None:
         pending(ours, {1: "exchanges", 3: "later"})
 
 
+@pytest.fixture
+def database(empty_database: str) -> str:
+    """These tests migrate for themselves: from nothing."""
+    return empty_database
+
+
 async def test_migrations_build_the_schema_once(database: str) -> None:
     conn = await asyncpg.connect(database)
     try:
