@@ -12,6 +12,7 @@ import base64
 import glob
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -95,10 +96,6 @@ def database_dump(dsn: str) -> bytes:
     return done.stdout
 
 
-def directory_bytes(root: Path) -> bytes:
-    """Every file under `root`, concatenated: what the proxy keeps on local disk.
-
-    A directory, not the spool's layout, so the scan keeps working whatever the
-    proxy writes there (a capture log that holds bodies unredacted until they are
-    published is outside the guarantee: point this at what leaves the machine)."""
-    return b"\n".join(path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file())
+def directory_bytes(root: Path, skip: Callable[[Path], bool] = lambda path: False) -> bytes:
+    """Every file under `root` but those `skip` names, concatenated: what the proxy keeps on local disk."""
+    return b"\n".join(path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file() and not skip(path))
