@@ -41,7 +41,12 @@ from tests.services import create_topic, kafka_broker
 
 HEALTH_EVERY_S = 0.010
 TARGET_ADDED = 0.10
-REQUEST = {"model": "claude-sonnet-4-5", "max_tokens": 64000, "stream": True, "messages": [{"role": "user", "content": "write a lot"}]}
+REQUEST = {
+    "model": "claude-sonnet-4-5",
+    "max_tokens": 64000,
+    "stream": True,
+    "messages": [{"role": "user", "content": "write a lot"}],
+}
 
 
 class HealthProbe:
@@ -132,8 +137,13 @@ def one_run(url: str, health_url: str, kgb: Measured) -> dict[str, Any]:
     cpu = kgb.cpu_seconds()
     with HealthProbe(health_url) as probe:
         seconds, received = asyncio.run(fetch_once(url))
-    return {"seconds": seconds, "bytes": received, "health": probe.latencies, "health_failures": probe.failures,
-            "kgb_cpu_s": kgb.cpu_seconds() - cpu}
+    return {
+        "seconds": seconds,
+        "bytes": received,
+        "health": probe.latencies,
+        "health_failures": probe.failures,
+        "kgb_cpu_s": kgb.cpu_seconds() - cpu,
+    }
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -165,7 +175,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         work = workdir(stack, args.keep)
         print(f"delta bench: work directory {work}", flush=True)
-        fake, _ = start_fake(stack, work, "fake-long", 0, 0.0, ("--answer-bytes", str(args.answer_bytes), "--delta-bytes", str(args.delta_bytes)))
+        fake, _ = start_fake(
+            stack, work, "fake-long", 0, 0.0, ("--answer-bytes", str(args.answer_bytes), "--delta-bytes", str(args.delta_bytes))
+        )
         print("  starting Kafka ...", flush=True)
         broker = stack.enter_context(kafka_broker())
         topic = asyncio.run(create_topic(broker.bootstrap))

@@ -88,8 +88,17 @@ def start_litellm(stack: contextlib.ExitStack, workdir: Path, name: str, upstrea
         "ANTHROPIC_API_KEY": "sk-ant-bench-upstream",
         "LITELLM_LOG": "ERROR",
     }
-    cmd = [str(installed(LITELLM)), "--config", str(litellm_config(workdir)), "--host", "127.0.0.1", "--port", str(port),
-           "--num_workers", "1"]
+    cmd = [
+        str(installed(LITELLM)),
+        "--config",
+        str(litellm_config(workdir)),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--num_workers",
+        "1",
+    ]
     log = workdir / f"{name}.log"
     process = _spawn(stack, cmd, log, env, chatty=True)
     base = f"http://127.0.0.1:{port}"

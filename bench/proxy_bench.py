@@ -164,9 +164,13 @@ def drive(scenario: Scenario, url: str, target: Measured | None, watch: Watch) -
     other = delta["busy"] - delta["ours"] - result["cpu"]
     usage: dict[str, Any] = {"other_cpu_pct": max(0.0, 100 * other / delta["clock"]), "window": (started, ended)}
     if target:
-        usage |= {"cpu_s": delta["target"], "peak_rss_mb": target.peak_rss_mb(), "broker_cpu_s": delta["broker"],
-                  "cpu_s_by_process": cpu_by_role(per_process, target.cpu_by_pid()),
-                  "peak_rss_mb_by_process": target.peak_rss_by_process()}
+        usage |= {
+            "cpu_s": delta["target"],
+            "peak_rss_mb": target.peak_rss_mb(),
+            "broker_cpu_s": delta["broker"],
+            "cpu_s_by_process": cpu_by_role(per_process, target.cpu_by_pid()),
+            "peak_rss_mb_by_process": target.peak_rss_by_process(),
+        }
     return result, usage
 
 
@@ -314,8 +318,12 @@ async def publish_lags(bootstrap: str, topic: str, windows: dict[str, tuple[floa
     """
     decoder = make_decoder(None, EXCHANGE)
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
-        fetch_max_bytes=128 * 1024 * 1024, max_partition_fetch_bytes=128 * 1024 * 1024,
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_bytes=128 * 1024 * 1024,
+        max_partition_fetch_bytes=128 * 1024 * 1024,
     )
     await consumer.start()
     lags: dict[str, list[float]] = {name: [] for name in windows}
@@ -335,7 +343,9 @@ async def publish_lags(bootstrap: str, topic: str, windows: dict[str, tuple[floa
     return lags
 
 
-def file_lag(lags: dict[str, list[float]], windows: dict[str, tuple[float, float]], response: dict[str, Any], appended_ms: int) -> None:
+def file_lag(
+    lags: dict[str, list[float]], windows: dict[str, tuple[float, float]], response: dict[str, Any], appended_ms: int
+) -> None:
     ended_ms = response["started_at"] / 1e3 + response["duration_ms"]
     for name, (start, stop) in windows.items():
         if start <= ended_ms / 1e3 <= stop:
@@ -346,8 +356,11 @@ def file_lag(lags: dict[str, list[float]], windows: dict[str, tuple[float, float
 def with_lags(results: dict[str, dict[str, dict[str, Any]]], lags: dict[str, list[float]]) -> None:
     for name, samples in lags.items():
         if samples:
-            results[name]["kgb"] |= {"lag_p50_ms": percentile(samples, 50), "lag_p99_ms": percentile(samples, 99),
-                                     "lag_samples": len(samples)}
+            results[name]["kgb"] |= {
+                "lag_p50_ms": percentile(samples, 50),
+                "lag_p99_ms": percentile(samples, 99),
+                "lag_samples": len(samples),
+            }
 
 
 # --- Verdicts and the report -------------------------------------------------------
@@ -359,8 +372,12 @@ def verdicts(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, An
         ("added p50 total latency vs direct, json c=1 (ms)", kgb["json c=1"]["added_total_p50_ms_vs_direct"], "<=", 0.5),
         ("added p50 total latency vs direct, sse50 c=1 (ms)", kgb["sse50 c=1"]["added_total_p50_ms_vs_direct"], "<=", 0.5),
         ("paced TTFB p50 minus direct, c=16 (ms)", kgb["paced c=16"]["added_ttfb_p50_ms_vs_direct"], "<=", 1.0),
-        ("paced TTFB p99 minus direct, c=16 (ms)",
-         kgb["paced c=16"]["ttfb_p99_ms"] - results["paced c=16"]["direct"]["ttfb_p99_ms"], "<=", 5.0),
+        (
+            "paced TTFB p99 minus direct, c=16 (ms)",
+            kgb["paced c=16"]["ttfb_p99_ms"] - results["paced c=16"]["direct"]["ttfb_p99_ms"],
+            "<=",
+            5.0,
+        ),
         ("sse50 c=64 throughput / nginx", kgb["sse50 c=64"]["rps_x_nginx"], ">=", 0.6),
         ("500KB c=16 throughput / nginx", kgb["500KB c=16"]["rps_x_nginx"], ">=", 0.5),
         ("relay peak RSS over all scenarios (MB)", max(row["relay_peak_rss_mb"] for row in kgb.values()), "<=", 80.0),
@@ -420,12 +437,20 @@ def render(report: dict[str, Any]) -> str:
     lines = [f"times in ms; {report['machine']['cpus']} CPUs, Linux {report['machine']['kernel']}", ""]
     for name, rows in report["results"].items():
         lines += [name, header, *(render_row(target, row) for target, row in rows.items()), ""]
-    lines += [f"{'MET ' if v['met'] else 'MISS'}  {v['target']}: {v['value']:.2f} (target {v['limit']})" for v in report["verdicts"]]
+    lines += [
+        f"{'MET ' if v['met'] else 'MISS'}  {v['target']}: {v['value']:.2f} (target {v['limit']})" for v in report["verdicts"]
+    ]
     kafka = report["kafka"]
-    lines.append(f"kafka: {kafka['events_on_topic']} events on the topic for {kafka['exchanges_sent_through_kgb']} "
-                 f"exchanges through kgb (expected {kafka['expected_events']})")
-    lines += [f"{scenario}/{target}: {row['errors']} errors, first: {row['first_error']}"
-              for scenario, rows in report["results"].items() for target, row in rows.items() if row["errors"]]
+    lines.append(
+        f"kafka: {kafka['events_on_topic']} events on the topic for {kafka['exchanges_sent_through_kgb']} "
+        f"exchanges through kgb (expected {kafka['expected_events']})"
+    )
+    lines += [
+        f"{scenario}/{target}: {row['errors']} errors, first: {row['first_error']}"
+        for scenario, rows in report["results"].items()
+        for target, row in rows.items()
+        if row["errors"]
+    ]
     return "\n".join(lines)
 
 
@@ -442,8 +467,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write the full results here")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every scenario's request count (default 1)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, nginx.conf) for a post-mortem")
-    parser.add_argument("--quiet-wait", type=float, default=QUIET_WAIT_S,
-                        help=f"longest wait, in seconds, for the machine to go quiet before each run (default {QUIET_WAIT_S:.0f})")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=QUIET_WAIT_S,
+        help=f"longest wait, in seconds, for the machine to go quiet before each run (default {QUIET_WAIT_S:.0f})",
+    )
     parser.add_argument("--without-peers", action="store_true", help="leave out mitmproxy and LiteLLM (a quicker run)")
     return parser.parse_args(argv)
 
@@ -460,8 +489,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         windows = {name: rows["kgb"]["window"] for name, rows in results.items()}
         with_lags(results, asyncio.run(publish_lags(setup.bootstrap, setup.topic, windows)))
     peers = {} if args.without_peers else {"mitmproxy": version(MITMPROXY), "litellm": version(LITELLM)}
-    return {"machine": machine() | {"peers": peers, "uptime": uptime()}, "scenarios": [asdict(s) for s in scenarios],
-            "results": results, "verdicts": verdicts(results), "kafka": kafka}
+    return {
+        "machine": machine() | {"peers": peers, "uptime": uptime()},
+        "scenarios": [asdict(s) for s in scenarios],
+        "results": results,
+        "verdicts": verdicts(results),
+        "kafka": kafka,
+    }
 
 
 def uptime() -> str:

@@ -32,9 +32,16 @@ from tests.claude_samples import load_samples
 
 # The literal hints each rule carried before the single pass (proxy/redact.py until this change).
 BASELINE_HINTS = {
-    "anthropic_key": ["sk-ant-"], "openai_key": ["sk-"], "aws_access_key": ["A(?:KI|SI)A"],
-    "github_token": ["g(?:h[pousr]|ithub_pat)_"], "slack_token": ["xox[abprs]-"], "google_api_key": ["AIza"],
-    "stripe_key": ["k_live_"], "jwt": ["eyJ"], "private_key": ["-----BEGIN "], "bearer_token": ["earer", "EARER"],
+    "anthropic_key": ["sk-ant-"],
+    "openai_key": ["sk-"],
+    "aws_access_key": ["A(?:KI|SI)A"],
+    "github_token": ["g(?:h[pousr]|ithub_pat)_"],
+    "slack_token": ["xox[abprs]-"],
+    "google_api_key": ["AIza"],
+    "stripe_key": ["k_live_"],
+    "jwt": ["eyJ"],
+    "private_key": ["-----BEGIN "],
+    "bearer_token": ["earer", "EARER"],
     "url_password": ["://"],
 }
 

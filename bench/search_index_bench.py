@@ -53,9 +53,14 @@ def contents(count: int, seed: int = 1) -> list[str]:
     while len(made) < count:
         if rng.random() < 0.6:
             tool_id = f"toolu_{rng.getrandbits(64):016x}"
-            made.append(orjson.dumps([{"type": "tool_use", "id": tool_id, "name": "Bash", "input": {"command": prose(rng, 60)}}]).decode())
-            made.append(orjson.dumps([{"type": "tool_result", "tool_use_id": tool_id,
-                                       "content": prose(rng, rng.randint(500, 4000))}]).decode())
+            made.append(
+                orjson.dumps([{"type": "tool_use", "id": tool_id, "name": "Bash", "input": {"command": prose(rng, 60)}}]).decode()
+            )
+            made.append(
+                orjson.dumps(
+                    [{"type": "tool_result", "tool_use_id": tool_id, "content": prose(rng, rng.randint(500, 4000))}]
+                ).decode()
+            )
         else:
             made.append(orjson.dumps([{"type": "text", "text": prose(rng, 200)}]).decode())
             made.append(orjson.dumps([{"type": "text", "text": prose(rng, 600)}]).decode())
@@ -71,14 +76,26 @@ async def store(dsn: str, up_to: int, messages: list[str]) -> float:
         ids = [uuid.uuid4() for _ in range(0, len(messages), PER_CONVERSATION)]
         await conn.executemany(CONVERSATION, [(c, n) for n, c in enumerate(ids)])
         now = datetime.now(UTC)
-        rows = [(ids[i // PER_CONVERSATION], i % PER_CONVERSATION, "user" if i % 2 == 0 else "assistant", content,
-                 uuid.uuid4().bytes, str(uuid.uuid4()), "request", False, now) for i, content in enumerate(messages)]
+        rows = [
+            (
+                ids[i // PER_CONVERSATION],
+                i % PER_CONVERSATION,
+                "user" if i % 2 == 0 else "assistant",
+                content,
+                uuid.uuid4().bytes,
+                str(uuid.uuid4()),
+                "request",
+                False,
+                now,
+            )
+            for i, content in enumerate(messages)
+        ]
         # Before 010 the statement did not clear the vector: a generated column cannot be set.
         upsert = queries().upsert_message if up_to >= 10 else queries().upsert_message.replace(", search = NULL", "")
         started = time.perf_counter()
         for at in range(0, len(rows), TRANSACTION):
             async with conn.transaction():
-                await conn.executemany(upsert, rows[at:at + TRANSACTION])
+                await conn.executemany(upsert, rows[at : at + TRANSACTION])
         return time.perf_counter() - started
     finally:
         await conn.close()
@@ -103,11 +120,17 @@ async def measure(admin_dsn: str, args: argparse.Namespace) -> None:
         baseline = await store(plain, 10, messages)
         print(f"(1) stored, search plain (010): {baseline:.2f}s, {len(messages) / baseline:,.0f} messages/s", flush=True)
         before = await store(generated, 6, messages)
-        print(f"(2) stored, search generated (006): {before:.2f}s, {len(messages) / before:,.0f} messages/s "
-              f"= {before / baseline:.1f}x the baseline's time", flush=True)
+        print(
+            f"(2) stored, search generated (006): {before:.2f}s, {len(messages) / before:,.0f} messages/s "
+            f"= {before / baseline:.1f}x the baseline's time",
+            flush=True,
+        )
         took, indexed = await index(plain, args.batch)
-        print(f"(3) indexed after, {args.batch} a statement: {indexed:,} messages in {took:.2f}s, {indexed / took:,.0f} messages/s; "
-              f"(1) + (3) = {(baseline + took) / before:.2f} of (2)'s time", flush=True)
+        print(
+            f"(3) indexed after, {args.batch} a statement: {indexed:,} messages in {took:.2f}s, {indexed / took:,.0f} messages/s; "
+            f"(1) + (3) = {(baseline + took) / before:.2f} of (2)'s time",
+            flush=True,
+        )
     finally:
         await services.drop_database(admin_dsn, plain)
         await services.drop_database(admin_dsn, generated)

@@ -175,7 +175,9 @@ def nginx_binary() -> str:
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         raise BenchError("nginx not found: apt-get install -y nginx-light (or nginx)")
     subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light"], check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "nginx-light"], check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    )
     return "/usr/sbin/nginx"
 
 
@@ -190,7 +192,7 @@ def nginx_conf(workdir: Path, routes: dict[int, str]) -> str:
         upstreams.append(f"  upstream u{number} {{ server {url.removeprefix('http://')}; keepalive 256; }}")
         servers.append(
             f"  server {{ listen 127.0.0.1:{port} backlog=4096; location / {{ proxy_pass http://u{number};"
-            " proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; } }"
+            ' proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; } }'
         )
     return f"""{user}worker_processes 1;
 daemon off;
@@ -231,7 +233,9 @@ def kgb_binary() -> str:
     return str(path)
 
 
-def start_kgb(stack: contextlib.ExitStack, workdir: Path, name: str, upstream: str, bootstrap: str, topic: str) -> tuple[str, Measured]:
+def start_kgb(
+    stack: contextlib.ExitStack, workdir: Path, name: str, upstream: str, bootstrap: str, topic: str
+) -> tuple[str, Measured]:
     """`kgb proxy` with capture and publishing on, its own spool directory, logging only warnings."""
     port = free_port()
     spool = workdir / f"{name}-spool"

@@ -132,7 +132,9 @@ async def open_consumer(
     where = f"{settings.kafka.bootstrap} (KGB_KAFKA_BOOTSTRAP)"
     if await retrying(create, f"creating the topics on {where}", stop, settings.backoff) is None:
         return None
-    consumer = await retrying(partial(started_consumer, settings, topics), f"connecting to Kafka at {where}", stop, settings.backoff)
+    consumer = await retrying(
+        partial(started_consumer, settings, topics), f"connecting to Kafka at {where}", stop, settings.backoff
+    )
     if consumer is None:
         return None
     resources.push_async_callback(stop_consumer, consumer)

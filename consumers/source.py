@@ -234,9 +234,7 @@ async def wait_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     return stop.is_set()
 
 
-async def retrying(
-    attempt: Callable[[], Awaitable[T]], what: str, stop: asyncio.Event, backoff: Backoff
-) -> T | None:
+async def retrying(attempt: Callable[[], Awaitable[T]], what: str, stop: asyncio.Event, backoff: Backoff) -> T | None:
     """Run ``attempt`` until it succeeds, retrying transient failures; None if stopped first.
 
     The failures are reported as an outage (`kgb.outages`): a line at the first,

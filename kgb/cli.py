@@ -17,7 +17,15 @@ from collections.abc import Sequence
 from importlib.metadata import version
 from typing import TYPE_CHECKING
 
-from kgb.checks import HTTP_SCHEMES, WEBSOCKET_SCHEMES, check_bootstrap, check_database_url, check_url, known_settings, unknown_settings
+from kgb.checks import (
+    HTTP_SCHEMES,
+    WEBSOCKET_SCHEMES,
+    check_bootstrap,
+    check_database_url,
+    check_url,
+    known_settings,
+    unknown_settings,
+)
 from kgb.config import KafkaSettings, SettingsError
 from kgb.failures import run_explained
 from kgb.running import configure_logging, run_until_signal
@@ -45,8 +53,11 @@ def _proxy(args: argparse.Namespace) -> None:
     _check_kafka(settings.capture.kafka)
     log.info("kgb proxy: %s", settings)
     print(f"kgb proxy: export ANTHROPIC_BASE_URL=http://{settings.host}:{settings.port}", flush=True)
-    print(f"kgb proxy: MCP clients use http://{settings.host}:{settings.mcp_port}/mcp/NAME "
-          f"(or a WebSocket to ws://{settings.host}:{settings.mcp_port}/?upstream=NAME)", flush=True)
+    print(
+        f"kgb proxy: MCP clients use http://{settings.host}:{settings.mcp_port}/mcp/NAME "
+        f"(or a WebSocket to ws://{settings.host}:{settings.mcp_port}/?upstream=NAME)",
+        flush=True,
+    )
     worker = None if args.no_worker else args.log_level.upper()
     run_until_signal(lambda stop: _serve_proxy(settings, stop, worker))
 
@@ -68,7 +79,9 @@ async def _serve_proxy(settings: ProxySettings, stop: asyncio.Event, worker_log_
         (build_mcp_app(settings), settings.mcp_port, "KGB_MCP_PORT"),
     ]
     runners: list[web.AppRunner] = []
-    supervisor = None if worker_log_level is None else Supervisor(worker_command(worker_log_level), settings.capture.close_timeout)
+    supervisor = (
+        None if worker_log_level is None else Supervisor(worker_command(worker_log_level), settings.capture.close_timeout)
+    )
     supervising = None if supervisor is None else asyncio.create_task(supervisor.run())
     try:
         for app, port, name in sites:
@@ -200,8 +213,11 @@ def parser() -> argparse.ArgumentParser:
         "Settings come from KGB_* environment variables (see the README); flags override them.",
     )
     root.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
-    root.add_argument("--debug", action="store_true",
-                      help="show the traceback of every failure (without it, an expected one is a line naming the setting to fix)")
+    root.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the traceback of every failure (without it, an expected one is a line naming the setting to fix)",
+    )
     root.add_argument("--version", action="version", version=f"%(prog)s {version('kgb')}")
     commands = root.add_subparsers(dest="command", required=True)
 
@@ -211,25 +227,36 @@ def parser() -> argparse.ArgumentParser:
     proxy.add_argument("--port", type=int, help="listen port (KGB_PROXY_PORT, default 8089)")
     proxy.add_argument("--upstream", help="upstream base URL (KGB_UPSTREAM_URL, default https://api.anthropic.com)")
     proxy.add_argument("--mcp-port", type=int, help="MCP relay listen port (KGB_MCP_PORT, default 9000)")
-    proxy.add_argument("--no-worker", action="store_true",
-                       help="do not start the capture worker (run `kgb capture-worker` yourself, on the same KGB_SPOOL_DIR)")
+    proxy.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="do not start the capture worker (run `kgb capture-worker` yourself, on the same KGB_SPOOL_DIR)",
+    )
     proxy.set_defaults(run=_proxy, title=proxy.prog)
 
-    about = ("publish the capture log (KGB_SPOOL_DIR) to Kafka: what `kgb proxy` runs in a child process; "
-             "run it alone beside `kgb proxy --no-worker`")
+    about = (
+        "publish the capture log (KGB_SPOOL_DIR) to Kafka: what `kgb proxy` runs in a child process; "
+        "run it alone beside `kgb proxy --no-worker`"
+    )
     capture_worker = commands.add_parser("capture-worker", help=about, description=about)
-    capture_worker.add_argument("--supervised", action="store_true",
-                                help="also stop when standard input closes: how `kgb proxy` stops it, and how it learns the proxy died")
+    capture_worker.add_argument(
+        "--supervised",
+        action="store_true",
+        help="also stop when standard input closes: how `kgb proxy` stops it, and how it learns the proxy died",
+    )
     capture_worker.set_defaults(run=_capture_worker, title=capture_worker.prog)
 
     mcp = commands.add_parser("mcp", help="MCP capture outside the proxy")
     transports = mcp.add_subparsers(dest="transport", required=True)
-    about = ("run a stdio MCP server through KGB: put `kgb mcp stdio NAME -- COMMAND [ARGS...]` in place of its command; "
-             "every message is published to KGB_MCP_TOPIC, and the exit code is the server's")
+    about = (
+        "run a stdio MCP server through KGB: put `kgb mcp stdio NAME -- COMMAND [ARGS...]` in place of its command; "
+        "every message is published to KGB_MCP_TOPIC, and the exit code is the server's"
+    )
     stdio = transports.add_parser("stdio", help=about, description=about)
     stdio.add_argument("name", help="the server's name, as in Claude Code's MCP config (mcp__NAME__TOOL)")
-    stdio.add_argument("server_command", metavar="command", nargs=argparse.REMAINDER,
-                       help="-- then the server's command and arguments")
+    stdio.add_argument(
+        "server_command", metavar="command", nargs=argparse.REMAINDER, help="-- then the server's command and arguments"
+    )
     stdio.set_defaults(run=_mcp_stdio, title=stdio.prog)
 
     consume = commands.add_parser("consume", help="run a consumer group")
@@ -248,9 +275,13 @@ def parser() -> argparse.ArgumentParser:
 
     about = "print token usage and cost from the metrics rollup tables (KGB_DATABASE_URL, KGB_METRICS_SCHEMA)"
     usage = commands.add_parser("usage", help=about, description=about)
-    usage.add_argument("--by", default="day,model", help="comma list of day, month or block (ccusage's 5-hour blocks), and "
-                       "model, session, kind, project (Claude Code's working directory), key (API-key fingerprint); "
-                       "default day,model")
+    usage.add_argument(
+        "--by",
+        default="day,model",
+        help="comma list of day, month or block (ccusage's 5-hour blocks), and "
+        "model, session, kind, project (Claude Code's working directory), key (API-key fingerprint); "
+        "default day,model",
+    )
     usage.add_argument("--since", help="first UTC day to include, YYYY-MM-DD (default: all)")
     usage.add_argument("--until", help="last UTC day to include, YYYY-MM-DD (default: all)")
     formats = usage.add_mutually_exclusive_group()
@@ -264,8 +295,10 @@ def parser() -> argparse.ArgumentParser:
     web.add_argument("--port", type=int, help="listen port (KGB_WEB_PORT, default 8090)")
     web.set_defaults(run=_web, title=web.prog)
 
-    about = ("rebuild the winni tables from the start of the topic into a fresh schema, beside the live consumer, "
-             "then swap them in for KGB_DB_SCHEMA in one transaction")
+    about = (
+        "rebuild the winni tables from the start of the topic into a fresh schema, beside the live consumer, "
+        "then swap them in for KGB_DB_SCHEMA in one transaction"
+    )
     replay = commands.add_parser("replay", help=about, description=about)
     replay.add_argument("--into", metavar="SCHEMA", help="only fill SCHEMA (created if missing); the live schema is left alone")
     replay.add_argument("--keep-old", action="store_true", help="keep the replaced tables as schema <KGB_DB_SCHEMA>_old_<time>")

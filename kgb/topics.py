@@ -50,8 +50,9 @@ class TopicSettings:
 
 
 def new_topic(name: str, settings: TopicSettings) -> NewTopic:
-    return NewTopic(name, settings.partitions, settings.replication,
-                    topic_configs={"max.message.bytes": str(settings.max_message_bytes)})
+    return NewTopic(
+        name, settings.partitions, settings.replication, topic_configs={"max.message.bytes": str(settings.max_message_bytes)}
+    )
 
 
 async def ensure_topics(bootstrap: str, names: Sequence[str], settings: TopicSettings) -> list[str]:
@@ -73,6 +74,10 @@ async def ensure_topics(bootstrap: str, names: Sequence[str], settings: TopicSet
         elif code != TOPIC_ALREADY_EXISTS:
             raise for_code(code)(f"creating topic {name}")
     if created:
-        log.info("created topic %s: %d partitions, max.message.bytes=%d",
-                 ", ".join(created), settings.partitions, settings.max_message_bytes)
+        log.info(
+            "created topic %s: %d partitions, max.message.bytes=%d",
+            ", ".join(created),
+            settings.partitions,
+            settings.max_message_bytes,
+        )
     return created

@@ -34,8 +34,17 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # RFC 9110 §7.6.1, plus the legacy Proxy-Connection; Host and Content-Length are set by the client library.
 HOP_BY_HOP = frozenset(
-    {"connection", "proxy-connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
-     "proxy-authenticate", "proxy-authorization"}
+    {
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    }
 )
 _NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length"}
 

@@ -109,7 +109,9 @@ class ResponseRecorder:
         try:
             self._take(self._decoder.feed(chunk))
         except Exception:  # noqa: BLE001 - the recorder must never break the stream
-            log.warning("exchange %s: cannot decode %s body; recording it as sent", self._request.exchange_id, self.content_encoding)
+            log.warning(
+                "exchange %s: cannot decode %s body; recording it as sent", self._request.exchange_id, self.content_encoding
+            )
             self._decode_failed = True
 
     def _take(self, data: bytes) -> None:

@@ -150,5 +150,9 @@ class KafkaLink:
         log.warning(
             "topic %s has max.message.bytes=%d, below KGB_MAX_EVENT_BYTES=%d; larger events cannot be published. "
             "Raise it with: kafka-configs --alter --entity-type topics --entity-name %s --add-config max.message.bytes=%d",
-            topic, limit, self.settings.max_event_bytes, topic, self.settings.max_event_bytes + BATCH_OVERHEAD,
+            topic,
+            limit,
+            self.settings.max_event_bytes,
+            topic,
+            self.settings.max_event_bytes + BATCH_OVERHEAD,
         )

@@ -76,7 +76,7 @@ def decode_at(buffer: bytes | memoryview, offset: int) -> tuple[Record, int] | N
         kind = Kind(kind)
     except ValueError:
         raise Damaged(f"unknown record kind {kind} at offset {offset}") from None
-    return Record(kind, exchange, at_ns, body[FIXED.size:]), end
+    return Record(kind, exchange, at_ns, body[FIXED.size :]), end
 
 
 def needed_at(buffer: bytes | memoryview, offset: int) -> int:

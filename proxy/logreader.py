@@ -102,7 +102,7 @@ class LogReader:
         assert self._file is not None
         if self._cursor:
             self._base += self._cursor
-            self._buffer = self._buffer[self._cursor:]
+            self._buffer = self._buffer[self._cursor :]
             self._cursor = 0
         want = max(READ_BYTES, logformat.needed_at(self._buffer, 0) - len(self._buffer))
         data = os.pread(self._file, want, self._base + len(self._buffer))
@@ -120,8 +120,11 @@ class LogReader:
             return False
         if self._cursor < len(self._buffer):
             self.torn += 1
-            log.warning("capture log segment %d ends in a torn record (%d bytes; its writer was killed mid-write); skipped",
-                        self._seq, len(self._buffer) - self._cursor)
+            log.warning(
+                "capture log segment %d ends in a torn record (%d bytes; its writer was killed mid-write); skipped",
+                self._seq,
+                len(self._buffer) - self._cursor,
+            )
         self._advance()
         return True
 

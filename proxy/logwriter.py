@@ -56,7 +56,7 @@ def segment_seq(name: str) -> int | None:
     """The sequence number in a segment's file name; None for any other file."""
     if not (name.startswith(SEGMENT_PREFIX) and name.endswith(SEGMENT_SUFFIX)):
         return None
-    digits = name[len(SEGMENT_PREFIX):-len(SEGMENT_SUFFIX)]
+    digits = name[len(SEGMENT_PREFIX) : -len(SEGMENT_SUFFIX)]
     return int(digits) if digits.isdigit() else None
 
 
@@ -163,7 +163,7 @@ class LogWriter:
         if written < size:  # a short write to a regular file: rare (disk full, a signal); finish it
             rest = memoryview(head + bytes(payload))[written:]
             while rest:
-                rest = rest[os.write(self._fd, rest):]
+                rest = rest[os.write(self._fd, rest) :]
         self._size += size
         self._total += size
         self._dirty = True
@@ -177,8 +177,9 @@ class LogWriter:
             return False
         if self._full:
             self._full = False
-            log.warning("capture log %s has room again; %d records were dropped while full",
-                        self.settings.directory, self.refused_records)
+            log.warning(
+                "capture log %s has room again; %d records were dropped while full", self.settings.directory, self.refused_records
+            )
         return True
 
     def _refuse(self, size: int) -> None:
@@ -186,8 +187,12 @@ class LogWriter:
         self.refused_bytes += size
         if not self._full:
             self._full = True
-            log.error("capture log %s is full (KGB_SPOOL_MAX_BYTES=%d): new exchanges are relayed but not captured "
-                      "until the worker publishes what it holds", self.settings.directory, self.settings.max_bytes)
+            log.error(
+                "capture log %s is full (KGB_SPOOL_MAX_BYTES=%d): new exchanges are relayed but not captured "
+                "until the worker publishes what it holds",
+                self.settings.directory,
+                self.settings.max_bytes,
+            )
 
     def _open(self, seq: int) -> int:
         path = self.settings.directory / segment_name(seq)

@@ -34,12 +34,8 @@ class ProxyMetrics:
         )
         self.spool_bytes = Gauge("kgb_spool_bytes", "Bytes in the capture log not yet published (and deleted).", registry=r)
         self.spool_full = Gauge("kgb_spool_full", "1 while the capture log is at KGB_SPOOL_MAX_BYTES.", registry=r)
-        self.requests = Counter(
-            "kgb_requests", "Requests handled by the proxy.", ["method", "status"], registry=r
-        )
-        self.upstream_errors = Counter(
-            "kgb_upstream_errors", "Upstream failures seen by the proxy.", ["kind"], registry=r
-        )
+        self.requests = Counter("kgb_requests", "Requests handled by the proxy.", ["method", "status"], registry=r)
+        self.upstream_errors = Counter("kgb_upstream_errors", "Upstream failures seen by the proxy.", ["kind"], registry=r)
 
     def show_log(self, writer: LogWriter) -> None:
         """The capture log's state, read when /metrics is scraped."""

@@ -36,7 +36,6 @@ REDACTED = "[REDACTED]"
 SECRET_HEADERS = frozenset({"x-api-key", "authorization", "proxy-authorization", "cookie", "set-cookie"})
 
 
-
 @dataclass(frozen=True)
 class Rule:
     """A secret format.
@@ -63,7 +62,7 @@ class Rule:
         def keep_around(match: re.Match[bytes]) -> bytes:
             start, end = match.span("secret")
             whole = match[0]
-            return whole[: start - match.start()] + self.placeholder + whole[end - match.start():]
+            return whole[: start - match.start()] + self.placeholder + whole[end - match.start() :]
 
         return self.pattern.subn(keep_around, body)
 
@@ -110,7 +109,9 @@ def hyperscan_engine(patterns: Sequence[bytes]) -> Scan:
 
     database = hyperscan.Database()
     flags = hyperscan.HS_FLAG_DOTALL | hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_SINGLEMATCH
-    database.compile(expressions=list(patterns), ids=list(range(len(patterns))), elements=len(patterns), flags=[flags] * len(patterns))
+    database.compile(
+        expressions=list(patterns), ids=list(range(len(patterns))), elements=len(patterns), flags=[flags] * len(patterns)
+    )
 
     local = threading.local()  # a scratch space serves one scan at a time: one per thread
 
@@ -213,7 +214,7 @@ def _redact_percent_runs(body: bytes, rules: Sequence[Rule]) -> tuple[bytes, lis
         start = match.start()
         while start > done and body[start - 1] in _URL_SAFE:
             start -= 1
-        decoded = unquote_to_bytes(body[start:match.end()].replace(b"+", b" "))
+        decoded = unquote_to_bytes(body[start : match.end()].replace(b"+", b" "))
         clean, hits = _replace(decoded, found.candidates(decoded))
         if hits:
             parts += [body[done:start], quote_from_bytes(clean, safe="[]:").encode()]
@@ -364,11 +365,11 @@ def _cut(piece: bytes, offset: int, spans: Sequence[tuple[int, int, Rule]]) -> b
     for start, end, rule in spans:
         if end <= position or start >= offset + len(piece):
             continue
-        kept.append(piece[position - offset: max(start, position) - offset])
+        kept.append(piece[position - offset : max(start, position) - offset])
         if start >= offset:
             kept.append(rule.placeholder)
         position = min(end, offset + len(piece))
-    kept.append(piece[position - offset:])
+    kept.append(piece[position - offset :])
     return b"".join(kept)
 
 

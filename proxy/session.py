@@ -87,14 +87,19 @@ def claude_user(body: Mapping[str, Any] | None) -> ClaudeUser | None:
         if not isinstance(parsed, dict):
             return None
         return ClaudeUser(
-            "metadata_json", session_name(parsed.get("session_id")), _text(parsed.get("device_id")),
+            "metadata_json",
+            session_name(parsed.get("session_id")),
+            _text(parsed.get("device_id")),
             _text(parsed.get("account_uuid")),
         )
     session, owner = _LEGACY_SESSION.search(named), _LEGACY_OWNER.match(named)
     if not (session or owner):
         return None
     return ClaudeUser(
-        "metadata_legacy", session[1] if session else None, owner[1] if owner else None, (owner[2] or None) if owner else None,
+        "metadata_legacy",
+        session[1] if session else None,
+        owner[1] if owner else None,
+        (owner[2] or None) if owner else None,
     )
 
 
@@ -143,9 +148,7 @@ class Headers(Protocol):
     def get(self, name: str, default: str | None = None, /) -> str | None: ...
 
 
-def identify(
-    headers: Headers, body: Mapping[str, Any] | None, key_fingerprint: str | None
-) -> Identity:
+def identify(headers: Headers, body: Mapping[str, Any] | None, key_fingerprint: str | None) -> Identity:
     """`headers` must be case-insensitive (aiohttp's CIMultiDict is)."""
     session_key, source = session_of(headers, body, key_fingerprint)
     return Identity(

@@ -10,7 +10,20 @@ from pathlib import Path
 
 from yarl import URL
 
-from kgb.config import HoldsSecrets, KafkaSettings, Secret, SecretURL, SettingsError, env_float, env_int, env_list, env_opt, env_secret, env_str, above_zero
+from kgb.config import (
+    HoldsSecrets,
+    KafkaSettings,
+    Secret,
+    SecretURL,
+    SettingsError,
+    env_float,
+    env_int,
+    env_list,
+    env_opt,
+    env_secret,
+    env_str,
+    above_zero,
+)
 from proxy.logwriter import FsyncPolicy, LogSettings
 from proxy.redact import BUILTIN_RULES, Rule, custom_rules
 
@@ -64,7 +77,9 @@ class CaptureSettings:
             spool_max_bytes=above_zero("KGB_SPOOL_MAX_BYTES", env_int(env, "KGB_SPOOL_MAX_BYTES", cls.spool_max_bytes)),
             segment_bytes=above_zero("KGB_CAPTURE_SEGMENT_BYTES", env_int(env, "KGB_CAPTURE_SEGMENT_BYTES", cls.segment_bytes)),
             fsync=FsyncPolicy(fsync),
-            fsync_interval=above_zero("KGB_CAPTURE_FSYNC_INTERVAL", env_float(env, "KGB_CAPTURE_FSYNC_INTERVAL", cls.fsync_interval)),
+            fsync_interval=above_zero(
+                "KGB_CAPTURE_FSYNC_INTERVAL", env_float(env, "KGB_CAPTURE_FSYNC_INTERVAL", cls.fsync_interval)
+            ),
             max_event_bytes=env_int(env, "KGB_MAX_EVENT_BYTES", cls.max_event_bytes),
             compression=compression,
             linger_ms=env_int(env, "KGB_KAFKA_LINGER_MS", cls.linger_ms),

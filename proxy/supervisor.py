@@ -52,7 +52,9 @@ class Supervisor:
         delay = RESTART_MIN
         while not self._stop.is_set():
             started = loop.time()
-            self.process = await asyncio.create_subprocess_exec(*self.command, stdin=asyncio.subprocess.PIPE, start_new_session=True)
+            self.process = await asyncio.create_subprocess_exec(
+                *self.command, stdin=asyncio.subprocess.PIPE, start_new_session=True
+            )
             log.info("capture worker started (pid %d)", self.process.pid)
             stopping = asyncio.create_task(self._stop.wait())
             exited = asyncio.create_task(self.process.wait())

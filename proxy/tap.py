@@ -60,20 +60,22 @@ def scrubbed(headers: Iterable[tuple[str, str]], names: frozenset[str]) -> list[
 
 def request_head(record: RequestRecord, policy: HeaderPolicy) -> bytes:
     secret = credential(record.headers)
-    return orjson.dumps({
-        "method": record.method,
-        "path": record.path,
-        "query": record.query,
-        "http_version": record.http_version,
-        "headers": scrubbed(record.headers, policy.secret_names),
-        "received_at": record.received_at,
-        "key_fingerprint": fingerprint(secret, policy.fingerprint_key) if secret else None,
-    })
+    return orjson.dumps(
+        {
+            "method": record.method,
+            "path": record.path,
+            "query": record.query,
+            "http_version": record.http_version,
+            "headers": scrubbed(record.headers, policy.secret_names),
+            "received_at": record.received_at,
+            "key_fingerprint": fingerprint(secret, policy.fingerprint_key) if secret else None,
+        }
+    )
 
 
 def chunks(body: bytes, size: int = CHUNK_BYTES) -> Iterable[memoryview]:
     view = memoryview(body)
-    return (view[start:start + size] for start in range(0, len(body), size))
+    return (view[start : start + size] for start in range(0, len(body), size))
 
 
 @dataclass

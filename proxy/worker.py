@@ -61,7 +61,7 @@ LOCK_POLL = 0.2
 def split_mcp_record(payload: bytes) -> tuple[bytes, bytes]:
     """An EVENT record's key and value (proxy.tap.McpSink)."""
     (length,) = KEY_LENGTH.unpack_from(payload)
-    return payload[KEY_LENGTH.size:KEY_LENGTH.size + length], payload[KEY_LENGTH.size + length:]
+    return payload[KEY_LENGTH.size : KEY_LENGTH.size + length], payload[KEY_LENGTH.size + length :]
 
 
 @dataclass
@@ -92,8 +92,12 @@ class Session:
     """One producer's life: from the checkpoint until stopped or Kafka fails."""
 
     def __init__(
-        self, settings: CaptureSettings, policy: RedactionPolicy, http: aiohttp.ClientSession | None,
-        counts: Counts, kafka: Reporter,
+        self,
+        settings: CaptureSettings,
+        policy: RedactionPolicy,
+        http: aiohttp.ClientSession | None,
+        counts: Counts,
+        kafka: Reporter,
     ) -> None:
         self.settings = settings
         self.kafka = kafka
@@ -169,7 +173,12 @@ class Session:
         size = len(key) + len(value)
         if size > self.link.limits[schema]:
             self.counts.too_large += 1
-            log.error("capture event too large for Kafka, not published: %s: %d bytes over the limit of %d", label, size, self.link.limits[schema])
+            log.error(
+                "capture event too large for Kafka, not published: %s: %d bytes over the limit of %d",
+                label,
+                size,
+                self.link.limits[schema],
+            )
             return
         if len(self.unacked) > MAX_UNACKED:
             await self._wait_oldest()

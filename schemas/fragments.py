@@ -17,16 +17,25 @@ from typing import Any
 
 FRAGMENT_BYTES = 4 * 1024 * 1024
 NAMESPACE = uuid.UUID("6b6762c0-f4a9-4e00-8000-667261676d74")
-ENVELOPE = ("exchange_id", "occurred_at", "session_key", "session_source", "agent_id", "parent_agent_id",
-            "api_key_fingerprint", "client")
+ENVELOPE = (
+    "exchange_id",
+    "occurred_at",
+    "session_key",
+    "session_source",
+    "agent_id",
+    "parent_agent_id",
+    "api_key_fingerprint",
+    "client",
+)
 
 
 def split(event: dict[str, Any], encoded: bytes, part_bytes: int = FRAGMENT_BYTES) -> list[dict[str, Any]]:
     """The FRAGMENT events carrying `encoded` (the event's whole message) in pieces of at most `part_bytes`;
     ids derived from the event's, so splitting again gives the same events."""
-    pieces = [encoded[start:start + part_bytes] for start in range(0, len(encoded), part_bytes)]
+    pieces = [encoded[start : start + part_bytes] for start in range(0, len(encoded), part_bytes)]
     return [
-        {key: event[key] for key in ENVELOPE} | {
+        {key: event[key] for key in ENVELOPE}
+        | {
             "event_id": str(uuid.uuid5(NAMESPACE, f"{event['event_id']}/{index}")),
             "kind": "FRAGMENT",
             "redactions": [],

@@ -163,9 +163,15 @@ def configure(run_dir: Path, port: int, auto_create: bool = True) -> Path:
 def java_cmd(lib: Path, run_dir: Path, *args: str) -> list[str]:
     java = Path(os.environ["JAVA_HOME"], "bin", "java") if os.environ.get("JAVA_HOME") else "java"
     return [
-        str(java), "-Xms128m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+        str(java),
+        "-Xms128m",
+        "-Xmx512m",
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
         f"-Dlog4j.configuration=file:{run_dir / 'log4j.properties'}",
-        "-cp", f"{lib}/*", *args,
+        "-cp",
+        f"{lib}/*",
+        *args,
     ]
 
 
@@ -214,7 +220,10 @@ def launch(lib: Path, run_dir: Path, props: Path) -> subprocess.Popen[bytes]:
     with open(run_dir / "kafka.log", "ab") as log:
         proc = subprocess.Popen(
             java_cmd(lib, run_dir, "kafka.Kafka", str(props)),
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     (run_dir / "kafka.pid").write_text(str(proc.pid))
     return proc

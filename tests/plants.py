@@ -68,16 +68,36 @@ KINDS: dict[str, st.SearchStrategy[Secret]] = {
     "slack_token": _secret("slack_token", "xoxb-", st.tuples(_core, _random(ALNUM + "-", 2, 40)).map("".join)),
     "google_api_key": _secret("google_api_key", "AIza", st.tuples(_core, _random(ALNUM + "_-", 27, 27)).map("".join)),
     "stripe_key": _secret("stripe_key", "sk_live_", st.tuples(_core, _random(ALNUM, 8, 40)).map("".join)),
-    "jwt": st.tuples(_random(ALNUM, 8, 30), st.tuples(_core, _random(ALNUM + "_-", 0, 30)).map("".join), _random(ALNUM, 8, 40)).map(_jwt),
-    "private_key": st.lists(_random(ALNUM + "+/", 8, 64), min_size=1, max_size=6).filter(lambda lines: len(lines[0]) >= 8).map(_pem),
+    "jwt": st.tuples(
+        _random(ALNUM, 8, 30), st.tuples(_core, _random(ALNUM + "_-", 0, 30)).map("".join), _random(ALNUM, 8, 40)
+    ).map(_jwt),
+    "private_key": st.lists(_random(ALNUM + "+/", 8, 64), min_size=1, max_size=6)
+    .filter(lambda lines: len(lines[0]) >= 8)
+    .map(_pem),
     "bearer_token": _secret("bearer_token", "Bearer ", st.tuples(_core, _random(ALNUM + "_-.=+/", 12, 60)).map("".join)),
-    "url_password": _secret("url_password", "postgresql://winni:", st.tuples(_core, _random(ALNUM + "!$&()*+,;=~", 0, 20)).map("".join), "@db:5432/winni"),
+    "url_password": _secret(
+        "url_password",
+        "postgresql://winni:",
+        st.tuples(_core, _random(ALNUM + "!$&()*+,;=~", 0, 20)).map("".join),
+        "@db:5432/winni",
+    ),
 }
 
 # Where a request carries a secret, and where a response does.
 REQUEST_POSITIONS = (
-    "header", "user_agent", "path", "query", "model", "system", "user_text", "tool_input", "tool_result",
-    "user_id", "escaped", "encoded", "split_blocks",
+    "header",
+    "user_agent",
+    "path",
+    "query",
+    "model",
+    "system",
+    "user_text",
+    "tool_input",
+    "tool_result",
+    "user_id",
+    "escaped",
+    "encoded",
+    "split_blocks",
 )
 RESPONSE_POSITIONS = ("json_text", "sse_split", "sse_escaped", "sse_error", "json_error")
 POSITIONS = REQUEST_POSITIONS + RESPONSE_POSITIONS
@@ -116,13 +136,19 @@ class RequestParts:
 def request_parts(plant: Plant) -> RequestParts:
     """The request a client sends with `plant` in it; `/v1/messages` unless the path is the position."""
     position, secret = plant.position, plant.secret.text
-    headers = [("content-type", "application/json"), ("x-api-key", "sk-ant-test-not-planted"), ("anthropic-version", "2023-06-01")]
+    headers = [
+        ("content-type", "application/json"),
+        ("x-api-key", "sk-ant-test-not-planted"),
+        ("anthropic-version", "2023-06-01"),
+    ]
     headers += [("x-note", plant.single_line)] if position == "header" else []
     headers += [("user-agent", f"tool/1.0 ({plant.single_line})")] if position == "user_agent" else []
     # a path with %0A is answered 404 and not captured (issue 13 item 12), so a key's line breaks become spaces here
     path = "/v1/messages/" + quote(plant.single_line, safe="") if position == "path" else "/v1/messages"
     query = "beta=true&note=" + quote_plus(secret) if position == "query" else "beta=true"
-    text = {"user_text": f"my key {secret} ok", "encoded": f"see https://x.example/?k={quote(secret, safe='')}"}.get(position, "hello")
+    text = {"user_text": f"my key {secret} ok", "encoded": f"see https://x.example/?k={quote(secret, safe='')}"}.get(
+        position, "hello"
+    )
     user: list[dict] = [{"type": "text", "text": text}]
     if position == "split_blocks":
         first, second = plant.halves()
@@ -130,8 +156,27 @@ def request_parts(plant: Plant) -> RequestParts:
     messages: list[dict] = [{"role": "user", "content": user}]
     if position in ("tool_input", "tool_result"):
         messages += [
-            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": f"echo {secret}" if position == "tool_input" else "ls"}}]},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": f"out {secret}" if position == "tool_result" else "ok"}]},
+            {
+                "role": "assistant",
+                "content": [
+                    {
+                        "type": "tool_use",
+                        "id": "toolu_1",
+                        "name": "Bash",
+                        "input": {"command": f"echo {secret}" if position == "tool_input" else "ls"},
+                    }
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "toolu_1",
+                        "content": f"out {secret}" if position == "tool_result" else "ok",
+                    }
+                ],
+            },
         ]
     body = {
         "model": f"claude-{secret}" if position == "model" else "claude-sonnet-4-5",

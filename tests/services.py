@@ -88,7 +88,9 @@ def remove_after_exit(stop: list[str], run_dir: Path) -> subprocess.Popen[bytes]
     """Stop the service and delete its directory once this process exits, even if killed
     before teardown; a normal teardown kills this watchdog first (`dismiss`)."""
     cmd = [str(SCRIPTS / "after-exit.sh"), str(os.getpid()), "sh", "-c", '"$@"; rm -rf "$0"', str(run_dir), *stop]
-    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
 
 
 def dismiss(watchdog: subprocess.Popen[bytes]) -> None:
@@ -270,7 +272,9 @@ class DockerPostgres:
     def __init__(self) -> None:
         module = testcontainers_module("postgres")
         self.port = free_port()
-        self.container = module.PostgresContainer(POSTGRES_IMAGE, username="postgres", password="postgres", dbname="winni", driver=None)
+        self.container = module.PostgresContainer(
+            POSTGRES_IMAGE, username="postgres", password="postgres", dbname="winni", driver=None
+        )
         self.container.with_bind_ports(5432, self.port)
         self.dsn = self.admin_dsn = ""
 

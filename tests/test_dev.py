@@ -65,8 +65,17 @@ def dev_env() -> Iterator[dict[str, str]]:
     """Straight from mkdtemp, not under pytest's 0700 tmp_path: as root, PostgreSQL runs as its own user."""
     run_dir = Path(tempfile.mkdtemp(prefix="kgb-dev-"))
     run_dir.chmod(0o755)
-    ports = {name: str(free_port()) for name in ("KGB_DEV_KAFKA_PORT", "KGB_DEV_POSTGRES_PORT", "KGB_PROXY_PORT",
-                                                   "KGB_MCP_PORT", "KGB_METRICS_PORT", "KGB_WEB_PORT")}
+    ports = {
+        name: str(free_port())
+        for name in (
+            "KGB_DEV_KAFKA_PORT",
+            "KGB_DEV_POSTGRES_PORT",
+            "KGB_PROXY_PORT",
+            "KGB_MCP_PORT",
+            "KGB_METRICS_PORT",
+            "KGB_WEB_PORT",
+        )
+    }
     env = {k: v for k, v in os.environ.items() if not k.startswith("KGB_")}
     yield {**env, **ports, "KGB_DEV_DIR": str(run_dir)}
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -74,8 +83,9 @@ def dev_env() -> Iterator[dict[str, str]]:
 
 def test_a_real_run_banner_lock_and_supervision(dev_env: dict[str, str], tmp_path: Path) -> None:
     out, err = tmp_path / "dev.out", tmp_path / "dev.err"
-    first = subprocess.Popen([str(ROOT / "scripts" / "dev.sh")], env=dev_env, stdout=out.open("w"), stderr=err.open("w"),
-                             start_new_session=True)
+    first = subprocess.Popen(
+        [str(ROOT / "scripts" / "dev.sh")], env=dev_env, stdout=out.open("w"), stderr=err.open("w"), start_new_session=True
+    )
     try:
         deadline = time.monotonic() + BANNER_TIMEOUT
         while "Press Ctrl-C to stop everything." not in out.read_text():
@@ -88,8 +98,9 @@ def test_a_real_run_banner_lock_and_supervision(dev_env: dict[str, str], tmp_pat
         assert f"export KGB_KAFKA_BOOTSTRAP=127.0.0.1:{dev_env['KGB_DEV_KAFKA_PORT']}\n" in banner
         assert f"export ANTHROPIC_BASE_URL=http://127.0.0.1:{dev_env['KGB_PROXY_PORT']}\n" in banner
         (psql_url,) = re.findall(r"psql '([^']+)'", banner)
-        query = subprocess.run(["psql", psql_url, "-XtAc", "SELECT count(*) FROM conversations"],
-                               capture_output=True, text=True, timeout=60)
+        query = subprocess.run(
+            ["psql", psql_url, "-XtAc", "SELECT count(*) FROM conversations"], capture_output=True, text=True, timeout=60
+        )
         assert query.stdout.strip() == "0", query.stderr  # unqualified: the URL sets search_path
         assert "not reinstalling" in banner or "virtualenv and the project" in banner
 
@@ -122,12 +133,15 @@ def wait_for_banner(process: subprocess.Popen[bytes], out: Path, err: Path) -> s
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP, signal.SIGTERM], ids=lambda s: s.name)
-def test_a_run_under_tee_stops_cleanly_however_it_is_stopped(dev_env: dict[str, str], tmp_path: Path, sig: signal.Signals) -> None:
+def test_a_run_under_tee_stops_cleanly_however_it_is_stopped(
+    dev_env: dict[str, str], tmp_path: Path, sig: signal.Signals
+) -> None:
     """`scripts/dev.sh | tee`, its process group sent the signal as a terminal sends Ctrl-C (SIGINT, to the whole
     foreground group, tee included) or closing it (SIGHUP); SIGTERM as a supervisor sends it."""
     out, err = tmp_path / "dev.out", tmp_path / "dev.err"
-    shell = subprocess.Popen(["bash", "-c", f"{ROOT / 'scripts' / 'dev.sh'} 2>{err} | tee {out} >/dev/null"],
-                             env=dev_env, start_new_session=True)
+    shell = subprocess.Popen(
+        ["bash", "-c", f"{ROOT / 'scripts' / 'dev.sh'} 2>{err} | tee {out} >/dev/null"], env=dev_env, start_new_session=True
+    )
     err.touch()
     out.touch()
     try:

@@ -28,15 +28,21 @@ from web.settings import WebSettings
 PASSWORDS = ("hunter2", "t0ken", "s3cret", "qu3ry", "w3btoken-long-enough", "f1ngerprint")
 
 
-@pytest.mark.parametrize(("url", "shown"), [
-    ("postgresql://winni:hunter2@db:5432/winni", "postgresql://winni:****@db:5432/winni"),
-    ("postgresql://winni@db/winni?password=hunter2&sslmode=require", "postgresql://winni@db/winni?password=****&sslmode=require"),
-    ("https://mcp.example/mcp?token=t0ken&x=1#part", "https://mcp.example/mcp?token=****&x=1#part"),
-    ("http://reg:p@ss@127.0.0.1:8081/x?API%5FKEY=k", "http://reg:****@127.0.0.1:8081/x?API%5FKEY=****"),
-    ("https://api.anthropic.com", "https://api.anthropic.com"),
-    ("postgresql://postgres@127.0.0.1/winni", "postgresql://postgres@127.0.0.1/winni"),
-    ("not a url: pw", "not a url: pw"),
-])
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://winni:hunter2@db:5432/winni", "postgresql://winni:****@db:5432/winni"),
+        (
+            "postgresql://winni@db/winni?password=hunter2&sslmode=require",
+            "postgresql://winni@db/winni?password=****&sslmode=require",
+        ),
+        ("https://mcp.example/mcp?token=t0ken&x=1#part", "https://mcp.example/mcp?token=****&x=1#part"),
+        ("http://reg:p@ss@127.0.0.1:8081/x?API%5FKEY=k", "http://reg:****@127.0.0.1:8081/x?API%5FKEY=****"),
+        ("https://api.anthropic.com", "https://api.anthropic.com"),
+        ("postgresql://postgres@127.0.0.1/winni", "postgresql://postgres@127.0.0.1/winni"),
+        ("not a url: pw", "not a url: pw"),
+    ],
+)
 def test_mask_url_hides_passwords_and_credential_parameters_and_keeps_the_rest(url: str, shown: str) -> None:
     assert mask_url(url) == shown
 
@@ -63,8 +69,15 @@ def every_settings_repr() -> list[str]:
     proxy = ProxySettings.from_env(env)
     cli = replace(proxy, upstream_url="https://cli:s3cret@127.0.0.1:2")  # `kgb proxy --upstream`
     overridden = replace(WinniSettings(), database_url="postgresql://winni:hunter2@db/w")  # a plain string, as tests pass it
-    built = [WinniSettings.from_env(env), MetricsSettings.from_env(env), DeweySettings.from_env(env),
-             WebSettings.from_env(env), proxy, cli, overridden]
+    built = [
+        WinniSettings.from_env(env),
+        MetricsSettings.from_env(env),
+        DeweySettings.from_env(env),
+        WebSettings.from_env(env),
+        proxy,
+        cli,
+        overridden,
+    ]
     return [repr(settings) for settings in built] + [str(settings) for settings in built]
 
 
@@ -102,15 +115,31 @@ async def failing_registry() -> AsyncIterator[tuple[str, list[int]]]:
         await runner.cleanup()
 
 
-async def test_kgb_proxy_shows_no_credential_on_health_at_start_or_while_the_registry_is_down(kafka, topic: str, tmp_path) -> None:
+async def test_kgb_proxy_shows_no_credential_on_health_at_start_or_while_the_registry_is_down(
+    kafka, topic: str, tmp_path
+) -> None:
     port, mcp_port = free_port(), free_port()
     async with failing_registry() as (registry, calls):
-        env = {**os.environ, "KGB_KAFKA_BOOTSTRAP": kafka.bootstrap, "KGB_TOPIC": topic, "KGB_SPOOL_DIR": str(tmp_path),
-               "KGB_SCHEMA_REGISTRY_URL": registry,
-               "KGB_MCP_UPSTREAMS": "fake=http://127.0.0.1:1/mcp?token=qu3ry"}
+        env = {
+            **os.environ,
+            "KGB_KAFKA_BOOTSTRAP": kafka.bootstrap,
+            "KGB_TOPIC": topic,
+            "KGB_SPOOL_DIR": str(tmp_path),
+            "KGB_SCHEMA_REGISTRY_URL": registry,
+            "KGB_MCP_UPSTREAMS": "fake=http://127.0.0.1:1/mcp?token=qu3ry",
+        }
         process = await asyncio.create_subprocess_exec(
-            *KGB, "proxy", "--port", str(port), "--mcp-port", str(mcp_port), "--upstream", "http://u:hunter2@127.0.0.1:1",
-            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            *KGB,
+            "proxy",
+            "--port",
+            str(port),
+            "--mcp-port",
+            str(mcp_port),
+            "--upstream",
+            "http://u:hunter2@127.0.0.1:1",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         answers = []
         for url in (f"http://127.0.0.1:{port}", f"http://127.0.0.1:{mcp_port}"):

@@ -29,8 +29,11 @@ def test_every_setting_is_documented() -> None:
 SQL_BLOCK = re.compile(r"```sql\n(.*?)```", re.DOTALL)
 PSQL_URL = re.compile(r"psql '(postgresql://[^']+)'")
 # The values the README's queries take as psql variables (`:'conversation'` and the like).
-PSQL_VARIABLES = {"conversation": "00000000-0000-4000-8000-000000000000", "session": "a-session",
-                  "exchange": "00000000-0000-4000-8000-000000000001"}
+PSQL_VARIABLES = {
+    "conversation": "00000000-0000-4000-8000-000000000000",
+    "session": "a-session",
+    "exchange": "00000000-0000-4000-8000-000000000001",
+}
 
 
 def readme_queries() -> list[str]:
@@ -58,10 +61,17 @@ async def test_the_readmes_queries_run_as_pasted_into_the_printed_psql(database:
             await pool.close()
     test_db = urlsplit(database)
     # dev.sh's and compose's, each pointed at the test database: the same options either way.
-    (url,) = {urlunsplit(urlsplit(printed)._replace(netloc=test_db.netloc, path=test_db.path))
-              for printed in PSQL_URL.findall((ROOT / "README.md").read_text())}
+    (url,) = {
+        urlunsplit(urlsplit(printed)._replace(netloc=test_db.netloc, path=test_db.path))
+        for printed in PSQL_URL.findall((ROOT / "README.md").read_text())
+    }
     variables = [arg for name, value in PSQL_VARIABLES.items() for arg in ("-v", f"{name}={value}")]
     for query in readme_queries():
-        done = subprocess.run(["psql", url, "-X", "-q", "-v", "ON_ERROR_STOP=1", *variables],
-                              input=query, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            ["psql", url, "-X", "-q", "-v", "ON_ERROR_STOP=1", *variables],
+            input=query,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, f"{query}\n{done.stderr}"

@@ -44,10 +44,17 @@ async def describe(bootstrap: str, topic: str) -> tuple[int, int | None]:
 
 async def test_a_consumer_started_before_the_proxy_creates_both_topics_with_kgbs_partitions(kafka, postgres) -> None:
     exchanges, mcp = (f"kgb-first-{uuid.uuid4().hex[:12]}" for _ in range(2))
-    env = {**os.environ, "KGB_KAFKA_BOOTSTRAP": kafka.bootstrap, "KGB_DATABASE_URL": postgres.dsn,
-           "KGB_TOPIC": exchanges, "KGB_MCP_TOPIC": mcp, "KGB_TOPIC_PARTITIONS": "5",
-           "KGB_METRICS_GROUP": f"first-{uuid.uuid4().hex[:8]}", "KGB_METRICS_SCHEMA": f"first_{uuid.uuid4().hex[:8]}",
-           "KGB_METRICS_PORT": str(free_port())}
+    env = {
+        **os.environ,
+        "KGB_KAFKA_BOOTSTRAP": kafka.bootstrap,
+        "KGB_DATABASE_URL": postgres.dsn,
+        "KGB_TOPIC": exchanges,
+        "KGB_MCP_TOPIC": mcp,
+        "KGB_TOPIC_PARTITIONS": "5",
+        "KGB_METRICS_GROUP": f"first-{uuid.uuid4().hex[:8]}",
+        "KGB_METRICS_SCHEMA": f"first_{uuid.uuid4().hex[:8]}",
+        "KGB_METRICS_PORT": str(free_port()),
+    }
     process = await asyncio.create_subprocess_exec(*KGB, "consume", "metrics", env=env, stderr=asyncio.subprocess.PIPE)
     try:
         async with asyncio.timeout(120):

@@ -7,7 +7,18 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from kgb.config import HoldsSecrets, Secret, SecretURL, SettingsError, env_float, env_int, env_secret, env_str, env_url, identifier
+from kgb.config import (
+    HoldsSecrets,
+    Secret,
+    SecretURL,
+    SettingsError,
+    env_float,
+    env_int,
+    env_secret,
+    env_str,
+    env_url,
+    identifier,
+)
 
 
 def is_loopback(host: str) -> bool:

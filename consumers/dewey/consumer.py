@@ -92,8 +92,13 @@ async def run(settings: DeweySettings, stop: asyncio.Event | None = None) -> Non
     log.info("dewey starting: %r", settings)
     async with contextlib.AsyncExitStack() as resources:
         pool = await open_database(
-            resources, settings.database_url, settings.db_schema, migrations(),
-            max_size=2, stop=stop, backoff=settings.backoff,
+            resources,
+            settings.database_url,
+            settings.db_schema,
+            migrations(),
+            max_size=2,
+            stop=stop,
+            backoff=settings.backoff,
         )
         if pool is None:
             return
@@ -107,7 +112,11 @@ async def run(settings: DeweySettings, stop: asyncio.Event | None = None) -> Non
             return
         log.info("dewey sending to %s", mask_url(settings.url))
         await consume(
-            consumer, decoders, make_handler(pool, dewey, Limits(settings.bulk_size, settings.bulk_bytes)),
-            stop=stop, batch_size=settings.batch_size, backoff=settings.backoff,
+            consumer,
+            decoders,
+            make_handler(pool, dewey, Limits(settings.bulk_size, settings.bulk_bytes)),
+            stop=stop,
+            batch_size=settings.batch_size,
+            backoff=settings.backoff,
         )
     log.info("dewey stopped")

@@ -8,7 +8,18 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from consumers.source import Backoff
-from kgb.config import HoldsSecrets, KafkaSettings, SecretURL, SettingsError, env_float, env_int, env_str, env_url, identifier, positive
+from kgb.config import (
+    HoldsSecrets,
+    KafkaSettings,
+    SecretURL,
+    SettingsError,
+    env_float,
+    env_int,
+    env_str,
+    env_url,
+    identifier,
+    positive,
+)
 from kgb.topics import TopicSettings
 
 # Dewey's documented limit for one dewey_store_messages_bulk call.

@@ -73,6 +73,7 @@ def default_stages(store_request_bodies: bool = False) -> tuple[Stage, ...]:
     stores the MCP events; the link stage, last, links the tool uses and calls the batch brought."""
     return (ConversationStage(store_request_bodies), mcp_stage, link_stage)
 
+
 # What a single event can do wrong on its way into the database: refused by the
 # server (PostgresError) or by asyncpg's encoder (DataError).
 _STORE_FAILURES = (asyncpg.PostgresError, asyncpg.DataError)
@@ -112,9 +113,7 @@ def is_data_failure(exc: Exception) -> bool:
     return isinstance(exc, _STORE_FAILURES) and not is_transient(exc)
 
 
-async def write_batch(
-    pool: asyncpg.Pool, stages: Sequence[Stage], records: Sequence[Record], rejects: Sequence[Reject]
-) -> None:
+async def write_batch(pool: asyncpg.Pool, stages: Sequence[Stage], records: Sequence[Record], rejects: Sequence[Reject]) -> None:
     """Every stage and the dead letters, in one transaction."""
     async with pool.acquire() as conn, conn.transaction():
         for stage in stages:
@@ -138,9 +137,7 @@ async def write_one_by_one(
     await write_batch(pool, (), (), refused)
 
 
-async def write_parts(
-    pool: asyncpg.Pool, stages: Sequence[Stage], parts: list[list[Record]], rejects: Sequence[Reject]
-) -> None:
+async def write_parts(pool: asyncpg.Pool, stages: Sequence[Stage], parts: list[list[Record]], rejects: Sequence[Reject]) -> None:
     """One transaction per part, at once; the dead letters ride with the first.
 
     Every part is let finish before a failure is raised, so the slow path or the
@@ -178,17 +175,20 @@ def migrations() -> list[Migration]:
     return load_migrations("consumers.winni")
 
 
-async def run(
-    settings: WinniSettings, stop: asyncio.Event | None = None, stages: Sequence[Stage] | None = None
-) -> None:
+async def run(settings: WinniSettings, stop: asyncio.Event | None = None, stages: Sequence[Stage] | None = None) -> None:
     """Migrate, then consume until ``stop`` is set; waits for PostgreSQL if it is not up yet."""
     stop = stop or asyncio.Event()
     stages = default_stages(settings.store_request_bodies) if stages is None else stages
     log.info("winni starting: %r", settings)
     async with contextlib.AsyncExitStack() as resources:
         pool = await open_database(
-            resources, settings.database_url, settings.db_schema, migrations(),
-            max_size=settings.writers, stop=stop, backoff=settings.backoff,
+            resources,
+            settings.database_url,
+            settings.db_schema,
+            migrations(),
+            max_size=settings.writers,
+            stop=stop,
+            backoff=settings.backoff,
         )
         if pool is None:
             return
@@ -201,8 +201,12 @@ async def run(
         async with indexer, asyncio.TaskGroup() as tasks:  # a sweep that fails for good stops the consumer too
             sweeper = tasks.create_task(sweep_unanswered(pool, settings.unanswered_after))
             await consume(
-                consumer, decoders, activity.tracking(make_handler(pool, stages, settings.writers)),
-                stop=stop, batch_size=settings.batch_size, backoff=settings.backoff,
+                consumer,
+                decoders,
+                activity.tracking(make_handler(pool, stages, settings.writers)),
+                stop=stop,
+                batch_size=settings.batch_size,
+                backoff=settings.backoff,
             )
             sweeper.cancel()
     log.info("winni stopped")
@@ -221,9 +225,7 @@ async def open_indexer(
     if pool is None:
         return contextlib.nullcontext()
     resources.push_async_callback(pool.close)
-    return search_index.indexing(
-        pool, settings.search_index_batch, stop, settings.backoff, settings.search_index_share, activity
-    )
+    return search_index.indexing(pool, settings.search_index_batch, stop, settings.backoff, settings.search_index_share, activity)
 
 
 def sweep_every(unanswered_after: float) -> float:

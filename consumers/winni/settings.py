@@ -8,9 +8,21 @@ from dataclasses import dataclass, field
 
 from consumers.source import Backoff
 from kgb.config import (
-    HoldsSecrets, KafkaSettings, SecretURL, env_float, env_int, env_str, env_url, flag, identifier, positive, positive_seconds, share,
+    HoldsSecrets,
+    KafkaSettings,
+    SecretURL,
+    env_float,
+    env_int,
+    env_str,
+    env_url,
+    flag,
+    identifier,
+    positive,
+    positive_seconds,
+    share,
 )
 from kgb.topics import TopicSettings
+
 
 @dataclass(frozen=True)
 class WinniSettings(HoldsSecrets):
@@ -77,4 +89,3 @@ class WinniSettings(HoldsSecrets):
             ),
             backoff=Backoff(maximum=env_float(env, "KGB_WINNI_RETRY_MAX", Backoff.maximum)),
         )
-

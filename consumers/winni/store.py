@@ -32,7 +32,15 @@ from consumers.errors import InvalidEvent
 from consumers.source import Record, Reject
 from consumers.sql import Queries, load_queries
 from consumers.winni.bodies import (
-    NUL_ESCAPE, PART_FIELDS, Body, SentKey, as_body, jsonb_safe, part_hashes, part_json, sent_escape_nul,
+    NUL_ESCAPE,
+    PART_FIELDS,
+    Body,
+    SentKey,
+    as_body,
+    jsonb_safe,
+    part_hashes,
+    part_json,
+    sent_escape_nul,
 )
 from consumers.winni.threads import ExchangeLink
 from schemas.codec import timestamp
@@ -307,8 +315,13 @@ def response_row(event: dict[str, Any]) -> ResponseRow:
 def dead_letter_row(reject: Reject) -> DeadLetterRow:
     e = reject.envelope
     return DeadLetterRow(
-        topic=e.topic, kafka_partition=e.partition, kafka_offset=e.offset, key=e.key, value=e.value,
-        reason=printable(reject.reason), error_class=reject.error_class,
+        topic=e.topic,
+        kafka_partition=e.partition,
+        kafka_offset=e.offset,
+        key=e.key,
+        value=e.value,
+        reason=printable(reject.reason),
+        error_class=reject.error_class,
     )
 
 
@@ -321,7 +334,9 @@ def printable(text: str) -> str:
 
 
 async def write_exchanges(
-    conn: asyncpg.Connection, records: Sequence[Record], splits: Mapping[str, Split] | None = None,
+    conn: asyncpg.Connection,
+    records: Sequence[Record],
+    splits: Mapping[str, Split] | None = None,
     placed: Mapping[str, ExchangeLink] | None = None,
 ) -> None:
     """The exchanges stage: both halves of every event, in the caller's transaction.
@@ -335,7 +350,8 @@ async def write_exchanges(
     await write_parts(conn, [p for s in splits.values() for p in s.parts.values()])
     requests = [
         request_row(r.event, splits.get(r.event["event_id"]), placed.get(r.event["exchange_id"]))
-        for r in records if r.event["kind"] == "REQUEST"
+        for r in records
+        if r.event["kind"] == "REQUEST"
     ]
     responses = [response_row(r.event) for r in records if r.event["kind"] == "RESPONSE"]
     pairs = paired(requests, responses)
@@ -355,7 +371,7 @@ async def write_exchanges(
 def exchange_row(request: RequestRow, response: ResponseRow) -> tuple[Any, ...]:
     """Parameters of ``insert_exchange``: the request's, then the response's past `SHARED_COLUMNS` (the
     request is their authority)."""
-    return (*request, *response[len(SHARED_COLUMNS):])
+    return (*request, *response[len(SHARED_COLUMNS) :])
 
 
 def paired(requests: Sequence[RequestRow], responses: Sequence[ResponseRow]) -> dict[str, tuple[Any, ...]]:
@@ -365,7 +381,8 @@ def paired(requests: Sequence[RequestRow], responses: Sequence[ResponseRow]) -> 
     replies = {row.exchange_id: row for row in responses if answered[row.exchange_id] == 1}
     return {
         row.exchange_id: exchange_row(row, replies[row.exchange_id])
-        for row in requests if asked[row.exchange_id] == 1 and row.exchange_id in replies
+        for row in requests
+        if asked[row.exchange_id] == 1 and row.exchange_id in replies
     }
 
 

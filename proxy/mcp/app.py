@@ -49,9 +49,12 @@ async def entry(request: web.Request) -> web.StreamResponse:
     page = STATUS_PAGES.get(request.path)
     if page is not None and request.method == "GET":
         return await page(request)
-    return web.Response(status=426, headers={"Upgrade": "websocket"},
-                        text="KGB MCP relay: Streamable HTTP at http://HOST:PORT/mcp/NAME, "
-                             "or connect a WebSocket to ws://HOST:PORT/?upstream=NAME\n")
+    return web.Response(
+        status=426,
+        headers={"Upgrade": "websocket"},
+        text="KGB MCP relay: Streamable HTTP at http://HOST:PORT/mcp/NAME, "
+        "or connect a WebSocket to ws://HOST:PORT/?upstream=NAME\n",
+    )
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
@@ -85,11 +88,15 @@ def build_mcp_app(settings: ProxySettings, metrics: ProxyMetrics | None = None) 
     app[SETTINGS] = settings
     app[METRICS] = metrics or ProxyMetrics()
     app[websocket.RELAYS] = set()
-    app[POLICY] = RedactionPolicy(settings.rules(), settings.redact_headers, fingerprint_key(settings, settings.capture.spool_dir))
+    app[POLICY] = RedactionPolicy(
+        settings.rules(), settings.redact_headers, fingerprint_key(settings, settings.capture.spool_dir)
+    )
     app.cleanup_ctx.append(capturing)
     app.cleanup_ctx.append(_resources)
     app.on_shutdown.append(_close_relays)
     app.router.add_route("*", "/mcp/" + _NAME_AND_TAIL, streamable)
-    app.router.add_route("*", "/.well-known/{kind:" + "|".join(http.WELL_KNOWN) + "}/mcp/" + _NAME_AND_TAIL, http.relay_well_known)
+    app.router.add_route(
+        "*", "/.well-known/{kind:" + "|".join(http.WELL_KNOWN) + "}/mcp/" + _NAME_AND_TAIL, http.relay_well_known
+    )
     app.router.add_route("*", "/{tail:.*}", entry)
     return app

@@ -108,13 +108,19 @@ def process_fields(command: Sequence[str], policy: RedactionPolicy, **process: A
     """OPEN and CLOSE: the command line, each argument redacted (a token may be passed as one)."""
     redacted = [redact_text(argument, policy.rules) for argument in command]
     fired = sorted({rule for _, hits in redacted for rule in hits})
-    return {"process": {"command": [text for text, _ in redacted], "pid": None, "exit_code": None, "signal": None} | process,
-            "redactions": fired}
+    return {
+        "process": {"command": [text for text, _ in redacted], "pid": None, "exit_code": None, "signal": None} | process,
+        "redactions": fired,
+    }
 
 
 def close_fields(command: Sequence[str], policy: RedactionPolicy, returncode: int | None, error: str | None) -> dict[str, Any]:
-    fields = process_fields(command, policy, exit_code=None if returncode is None else exit_status(returncode),
-                            signal=-returncode if returncode is not None and returncode < 0 else None)
+    fields = process_fields(
+        command,
+        policy,
+        exit_code=None if returncode is None else exit_status(returncode),
+        signal=-returncode if returncode is not None and returncode < 0 else None,
+    )
     if error is not None:
         fields |= {"error_type": "server_failed_to_start", "error_message": error}
     return fields
@@ -202,7 +208,7 @@ class FileSink:
     def write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            view = view[os.write(self._fd, view):]
+            view = view[os.write(self._fd, view) :]
 
     async def drain(self) -> None:
         return None
@@ -225,7 +231,8 @@ async def standard_streams() -> tuple[Source, Sink]:
     if not is_stream(1):
         return source, FileSink(1)
     transport, protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, os.fdopen(1, "wb", buffering=0, closefd=False))
+        asyncio.streams.FlowControlMixin, os.fdopen(1, "wb", buffering=0, closefd=False)
+    )
     return source, asyncio.StreamWriter(transport, protocol, None, loop)
 
 
@@ -246,7 +253,8 @@ class Shim:
         command, policy = self.settings.command, self.settings.policy
         try:
             process = await asyncio.create_subprocess_exec(
-                *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, preexec_fn=_child_setup)
+                *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, preexec_fn=_child_setup
+            )
         except OSError as exc:
             message = f"cannot start {command[0]!r}: {exc.strerror or exc}"
             print(f"kgb mcp stdio {self.settings.name}: {message}", file=sys.stderr, flush=True)

@@ -57,8 +57,13 @@ FRAME_TYPES = {WSMsgType.TEXT: "TEXT", WSMsgType.BINARY: "BINARY"}
 
 # The WebSocket handshake is between the client and us, and again between us and the upstream.
 _NOT_FORWARDED = HOP_BY_HOP | {
-    "host", "content-length", "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
-    "sec-websocket-protocol", "sec-websocket-accept",
+    "host",
+    "content-length",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+    "sec-websocket-protocol",
+    "sec-websocket-accept",
 }
 
 RELAYS = web.AppKey("relays", set)
@@ -213,7 +218,8 @@ class Relay:
     async def run(self) -> Ending:
         """Both pumps until one stops; its ending closes the other side, then is echoed to its own."""
         sides: list[tuple[AnyWebSocket, AnyWebSocket, str]] = [
-            (self.client, self.upstream, CLIENT), (self.upstream, self.client, UPSTREAM),
+            (self.client, self.upstream, CLIENT),
+            (self.upstream, self.client, UPSTREAM),
         ]
         self.pumps = pumps = {
             asyncio.create_task(pump(source, sink, side, self.recorder)): (source, sink) for source, sink, side in sides
@@ -241,8 +247,9 @@ class Relay:
     async def shutdown(self) -> None:
         self.ending = self.ending or Ending(PROXY, GOING_AWAY, SHUTDOWN_REASON)
         message = reason_bytes(SHUTDOWN_REASON)
-        await asyncio.gather(self.client.close(code=GOING_AWAY, message=message),
-                             self.upstream.close(code=GOING_AWAY, message=message))
+        await asyncio.gather(
+            self.client.close(code=GOING_AWAY, message=message), self.upstream.close(code=GOING_AWAY, message=message)
+        )
 
 
 async def relay(request: web.Request) -> ClientSocket:
@@ -251,10 +258,13 @@ async def relay(request: web.Request) -> ClientSocket:
     url = settings.mcp_upstreams.get(name)
     origin = events.Origin(events.WEBSOCKET, name, url and events.recorded_url(url, app[POLICY]))
     recorder = Recorder(origin, app[POLICY], app[MCP_SINK].submit)
-    handshake = Handshake(request.rel_url.raw_path, request.rel_url.raw_query_string, list(request.headers.items()),
-                          client_address=request.remote)
+    handshake = Handshake(
+        request.rel_url.raw_path, request.rel_url.raw_query_string, list(request.headers.items()), client_address=request.remote
+    )
     if not is_websocket(url):
-        return await _refuse(request, recorder, handshake, Ending(PROXY, UNKNOWN_UPSTREAM, refusal(name, url), "unknown_upstream"))
+        return await _refuse(
+            request, recorder, handshake, Ending(PROXY, UNKNOWN_UPSTREAM, refusal(name, url), "unknown_upstream")
+        )
     try:
         upstream = await app[SESSION].ws_connect(
             url,
@@ -266,17 +276,16 @@ async def relay(request: web.Request) -> ClientSocket:
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=settings.connect_timeout),
         )
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        failure = Ending(PROXY, UPSTREAM_UNREACHABLE, f"upstream {name} unreachable", "upstream_unreachable",
-                         f"{type(exc).__name__}: {exc}")
+        failure = Ending(
+            PROXY, UPSTREAM_UNREACHABLE, f"upstream {name} unreachable", "upstream_unreachable", f"{type(exc).__name__}: {exc}"
+        )
         log.warning("mcp connection %s: %s: %s", origin.connection_id, failure.reason, failure.error_message)
         return await _refuse(request, recorder, handshake, failure)
     async with upstream:
         return await _relay(request, recorder, dataclasses.replace(handshake, subprotocol=upstream.protocol), upstream)
 
 
-async def _relay(
-    request: web.Request, recorder: Recorder, handshake: Handshake, upstream: UpstreamSocket
-) -> ClientSocket:
+async def _relay(request: web.Request, recorder: Recorder, handshake: Handshake, upstream: UpstreamSocket) -> ClientSocket:
     """The client gets the subprotocol the upstream chose, so both ends agree on one."""
     settings = request.app[SETTINGS]
     client: ClientSocket = web.WebSocketResponse(
@@ -319,5 +328,3 @@ async def _refuse(request: web.Request, recorder: Recorder, handshake: Handshake
 def _offered(request: web.Request) -> tuple[str, ...]:
     header = request.headers.get("sec-websocket-protocol", "")
     return tuple(p.strip() for p in header.split(",") if p.strip())
-
-

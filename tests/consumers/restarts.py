@@ -62,7 +62,11 @@ async def writing(dsn: str, migrated: str, done: asyncio.Event) -> bool:
 
 
 async def restarts_mid_batch(
-    postgres: Any, dsn: str, migrated: str, times: int = RESTARTS, alive: Callable[[], None] = lambda: None,
+    postgres: Any,
+    dsn: str,
+    migrated: str,
+    times: int = RESTARTS,
+    alive: Callable[[], None] = lambda: None,
     done: asyncio.Event | None = None,
 ) -> int:
     """Restart the server ``times`` times, each time as a batch is being written to ``dsn``'s database,
@@ -139,10 +143,13 @@ def all_complete(sessions: list[SessionBuilder]) -> Callable[[asyncpg.Connection
     return check
 
 
-async def settled(dsn: str, schema: str, check: Callable[[asyncpg.Connection], Awaitable[bool]], alive: Callable[[], None]) -> None:
+async def settled(
+    dsn: str, schema: str, check: Callable[[asyncpg.Connection], Awaitable[bool]], alive: Callable[[], None]
+) -> None:
     """Until ``check`` holds on a connection to ``schema``, failing at once if the consumer died."""
     conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
     try:
+
         async def done() -> bool:
             alive()
             return await check(conn)
@@ -161,7 +168,9 @@ async def dump(dsn: str, schema: str) -> dict[str, list[tuple[Any, ...]]]:
 
 
 async def built_calmly(
-    postgres: Any, consuming: Callable[[str], contextlib.AbstractAsyncContextManager[asyncio.Task[None]]], schema: str,
+    postgres: Any,
+    consuming: Callable[[str], contextlib.AbstractAsyncContextManager[asyncio.Task[None]]],
+    schema: str,
     check: Callable[[asyncpg.Connection], Awaitable[bool]],
 ) -> dict[str, list[tuple[Any, ...]]]:
     """The tables a consumer that sees no restart builds: ``consuming(dsn)`` runs it into a fresh database."""

@@ -98,7 +98,13 @@ time.sleep(600)
 async def test_workers_of_a_parent_killed_outright_stop_cleanly(tmp_path: Path) -> None:
     marker, pid_file = tmp_path / "orphan", tmp_path / "worker.pid"
     parent = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", PARENT, str(marker), str(pid_file), stdout=asyncio.subprocess.DEVNULL, cwd=ROOT,
+        sys.executable,
+        "-c",
+        PARENT,
+        str(marker),
+        str(pid_file),
+        stdout=asyncio.subprocess.DEVNULL,
+        cwd=ROOT,
     )
     async with asyncio.timeout(60):
         while not pid_file.exists():

@@ -33,15 +33,22 @@ async def ready(url: str) -> tuple[int, dict]:
         return response.status, await response.json()
 
 
-async def test_an_outage_of_kafka_and_postgresql_is_a_few_lines(kafka, topic, database, producer: AIOKafkaProducer, tmp_path: Path) -> None:
+async def test_an_outage_of_kafka_and_postgresql_is_a_few_lines(
+    kafka, topic, database, producer: AIOKafkaProducer, tmp_path: Path
+) -> None:
     metrics_port = free_port()
     async with TcpRelay(database) as relay:
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("KGB_")},
-            "KGB_KAFKA_BOOTSTRAP": kafka.bootstrap, "KGB_DATABASE_URL": relay.dsn, "KGB_TOPIC": topic,
-            "KGB_MCP_TOPIC": f"{topic}-mcp", "KGB_WINNI_GROUP": f"quiet-{uuid.uuid4().hex[:8]}",
-            "KGB_METRICS_GROUP": f"quiet-{uuid.uuid4().hex[:8]}", "KGB_METRICS_PORT": str(metrics_port),
-            "KGB_WINNI_RETRY_MAX": "0.2", "KGB_METRICS_RETRY_MAX": "0.2",
+            "KGB_KAFKA_BOOTSTRAP": kafka.bootstrap,
+            "KGB_DATABASE_URL": relay.dsn,
+            "KGB_TOPIC": topic,
+            "KGB_MCP_TOPIC": f"{topic}-mcp",
+            "KGB_WINNI_GROUP": f"quiet-{uuid.uuid4().hex[:8]}",
+            "KGB_METRICS_GROUP": f"quiet-{uuid.uuid4().hex[:8]}",
+            "KGB_METRICS_PORT": str(metrics_port),
+            "KGB_WINNI_RETRY_MAX": "0.2",
+            "KGB_METRICS_RETRY_MAX": "0.2",
         }
         logs = {name: tmp_path / f"{name}.log" for name in ("winni", "metrics")}
         processes = {
@@ -80,7 +87,7 @@ async def test_an_outage_of_kafka_and_postgresql_is_a_few_lines(kafka, topic, da
                 await asyncio.wait_for(process.wait(), 60)
     assert "Kafka (KGB_KAFKA_BOOTSTRAP)" in " ".join(body["waiting_for"])
     for name, log in logs.items():
-        lines = log.read_text().splitlines()[len(healthy[name]):]
+        lines = log.read_text().splitlines()[len(healthy[name]) :]
         assert len(lines) <= MOST_LINES, (name, lines)
         assert any("Kafka (KGB_KAFKA_BOOTSTRAP) is away" in line for line in lines), (name, lines)
         assert any("Kafka (KGB_KAFKA_BOOTSTRAP) is back" in line for line in lines), (name, lines)

@@ -70,8 +70,18 @@ async def test_a_partial_reply_replaced_by_the_complete_one_is_indexed_again(
     row = await db.fetchrow("SELECT * FROM messages WHERE partial")
     assert row is not None and await db.fetchval(FOUND, "upon") == 1
     complete_reply = '[{"type": "text", "text": "Once upon a time, a dragon."}]'
-    await db.execute(queries().upsert_message, row["conversation_id"], row["position"], "assistant", complete_reply,
-                     b"other hash", str(row["exchange_id"]), "response", False, row["created_at"])
+    await db.execute(
+        queries().upsert_message,
+        row["conversation_id"],
+        row["position"],
+        "assistant",
+        complete_reply,
+        b"other hash",
+        str(row["exchange_id"]),
+        "response",
+        False,
+        row["created_at"],
+    )
     assert await db.fetchval(UNINDEXED) == 1, "the vector of the partial text went with it"
     assert await index_all(pool, 10, asyncio.Event(), FAST_BACKOFF) == 1
     assert await db.fetchval(WRONG) == 0 and await db.fetchval(FOUND, "dragon") == 1
@@ -90,12 +100,19 @@ async def test_with_the_indexer_off_messages_wait_and_index_all_fills_them(
 
     assert await index_all(pool, 1, asyncio.Event(), FAST_BACKOFF, workers=2) == 2
     assert await db.fetchval(WRONG) == 0
-    assert (await db.fetchval(FOUND, "quixotic"), await db.fetchval(FOUND, "src/app/main.py"), await db.fetchval(FOUND, "main")) == (1, 1, 1)
+    assert (
+        await db.fetchval(FOUND, "quixotic"),
+        await db.fetchval(FOUND, "src/app/main.py"),
+        await db.fetchval(FOUND, "main"),
+    ) == (1, 1, 1)
     assert await index_all(pool, 1, asyncio.Event(), FAST_BACKOFF) == 0, "nothing is indexed twice"
 
 
 async def test_the_indexer_rides_out_database_restarts_mid_statement(
-    postgres: Any, settings: WinniSettings, producer: AIOKafkaProducer, caplog: pytest.LogCaptureFixture,
+    postgres: Any,
+    settings: WinniSettings,
+    producer: AIOKafkaProducer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A backlog stored with the indexer off, then a winni with it on and nothing else to do: every
     statement in flight is the indexer's, and the server restarts under it, again and again."""
@@ -112,7 +129,8 @@ async def test_the_indexer_rides_out_database_restarts_mid_statement(
     done = asyncio.Event()
     async with winni(replace(settings, search_index_batch=3)) as task:
         restarting = asyncio.create_task(
-            restarts_mid_batch(postgres, settings.database_url, migrated("kgb.messages"), 3, task_alive(task), done))
+            restarts_mid_batch(postgres, settings.database_url, migrated("kgb.messages"), 3, task_alive(task), done)
+        )
         try:
             await eventually(lambda: _indexed(settings.database_url))
         finally:
@@ -141,7 +159,10 @@ async def _fresh(dsn: str, query: str) -> int:
 
 
 async def test_a_message_postgresql_refuses_to_index_is_left_out_of_search_and_holds_nothing_up(
-    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection, pool: asyncpg.Pool,
+    settings: WinniSettings,
+    producer: AIOKafkaProducer,
+    db: asyncpg.Connection,
+    pool: asyncpg.Pool,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """No content is known to make the vector fail (its text is cut below tsvector's limit), so a
@@ -239,8 +260,9 @@ async def test_winni_is_busy_while_batches_keep_coming() -> None:
 def test_settings_turn_the_indexer_off_and_size_its_batches_and_share() -> None:
     defaults = WinniSettings()
     assert (defaults.search_index, defaults.search_index_batch, defaults.search_index_share) == (True, 200, 0.2)
-    read = WinniSettings.from_env({"KGB_WINNI_SEARCH_INDEX": "false", "KGB_WINNI_SEARCH_INDEX_BATCH": "50",
-                                   "KGB_WINNI_SEARCH_INDEX_SHARE": "1"})
+    read = WinniSettings.from_env(
+        {"KGB_WINNI_SEARCH_INDEX": "false", "KGB_WINNI_SEARCH_INDEX_BATCH": "50", "KGB_WINNI_SEARCH_INDEX_SHARE": "1"}
+    )
     assert (read.search_index, read.search_index_batch, read.search_index_share) == (False, 50, 1.0)
     assert "search_index=False, search_index_batch=50, search_index_share=1.0" in repr(read)
     for bad in ("0", "1.5", "-0.2", "nan"):

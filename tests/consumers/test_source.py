@@ -41,6 +41,7 @@ async def committed(bootstrap: str, group: str) -> dict[int, int]:
 def recorder(seen: list[int]):  # noqa: ANN201
     async def record(conn: asyncpg.Connection, records: Sequence[Record]) -> None:
         seen.extend(r.envelope.offset for r in records)
+
     return record
 
 

@@ -43,8 +43,10 @@ async def topic_bytes(bootstrap: str, topic: str) -> list[bytes]:
     """Every key and value on `topic`, undecoded, from the start to the end offsets seen now."""
     partitions = [TopicPartition(topic, number) for number in await partition_numbers(bootstrap, topic)]
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False,
-        fetch_max_bytes=FETCH_BYTES, max_partition_fetch_bytes=FETCH_BYTES,
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        fetch_max_bytes=FETCH_BYTES,
+        max_partition_fetch_bytes=FETCH_BYTES,
     )
     await consumer.start()
     try:

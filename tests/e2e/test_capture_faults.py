@@ -148,7 +148,8 @@ async def start_proxy(env: dict[str, str], log: Path) -> ProxyProcess:
     port = services.free_port()
     with log.open("ab") as out:
         process = await asyncio.create_subprocess_exec(
-            *KGB, "proxy", "--port", str(port), "--mcp-port", str(services.free_port()), env=env, stdout=out, stderr=out)
+            *KGB, "proxy", "--port", str(port), "--mcp-port", str(services.free_port()), env=env, stdout=out, stderr=out
+        )
     url = f"http://127.0.0.1:{port}"
     await asyncio.wait_for(wait_healthy(url, process), 60)
     return ProxyProcess(process, url)
@@ -169,8 +170,14 @@ async def proxies() -> AsyncIterator[list[ProxyProcess]]:
 
 
 def process_env(fake_url: str, kafka: services.KafkaBroker, topic: str, spool: Path) -> dict[str, str]:
-    return {**os.environ, "KGB_UPSTREAM_URL": fake_url, "KGB_KAFKA_BOOTSTRAP": kafka.bootstrap, "KGB_TOPIC": topic,
-            "KGB_SPOOL_DIR": str(spool), "KGB_FINGERPRINT_KEY": "faults-fingerprint-key"}
+    return {
+        **os.environ,
+        "KGB_UPSTREAM_URL": fake_url,
+        "KGB_KAFKA_BOOTSTRAP": kafka.bootstrap,
+        "KGB_TOPIC": topic,
+        "KGB_SPOOL_DIR": str(spool),
+        "KGB_FINGERPRINT_KEY": "faults-fingerprint-key",
+    }
 
 
 async def read_stream(session: aiohttp.ClientSession, url: str, number: int, started: asyncio.Event) -> bytes:
@@ -234,7 +241,9 @@ async def test_a_killed_worker_is_restarted_and_loses_and_repeats_nothing(
         proxies() as started,
         aiohttp.ClientSession() as session,
     ):
-        started.append(proxy := await start_proxy(process_env(fake.url, kafka, topic, tmp_path / "spool"), tmp_path / "proxy.log"))
+        started.append(
+            proxy := await start_proxy(process_env(fake.url, kafka, topic, tmp_path / "spool"), tmp_path / "proxy.log")
+        )
         traffic = Traffic(session, proxy.url + "/v1/messages")
         load = asyncio.create_task(traffic.wave(300))
         await until(lambda: answered(traffic, 50), "50 clients answered")
@@ -308,7 +317,11 @@ def logged_exchanges(spool: Path) -> set[bytes]:
 
 @pytest.mark.timeout(900)
 async def test_a_full_log_keeps_relaying_counts_its_drops_and_keeps_what_it_has(
-    upstream: PacedEcho, kafka: services.KafkaBroker, topic: str, database: str, tmp_path: Path,
+    upstream: PacedEcho,
+    kafka: services.KafkaBroker,
+    topic: str,
+    database: str,
+    tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     spool = tmp_path / "spool"
@@ -352,9 +365,14 @@ async def test_200_paced_streams_keep_memory_bounded_and_health_answering(
         proxies() as started,
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session,
     ):
-        started.append(proxy := await start_proxy(process_env(fake.url, kafka, topic, tmp_path / "spool"), tmp_path / "proxy.log"))
+        started.append(
+            proxy := await start_proxy(process_env(fake.url, kafka, topic, tmp_path / "spool"), tmp_path / "proxy.log")
+        )
         opened = [asyncio.Event() for _ in numbers]
-        streams = [asyncio.create_task(read_stream(session, proxy.url + "/v1/messages", n, e)) for n, e in zip(numbers, opened, strict=True)]
+        streams = [
+            asyncio.create_task(read_stream(session, proxy.url + "/v1/messages", n, e))
+            for n, e in zip(numbers, opened, strict=True)
+        ]
         await asyncio.gather(*(event.wait() for event in opened))
         relay = psutil.Process(proxy.process.pid)
         while not all(task.done() for task in streams):

@@ -19,8 +19,14 @@ ANSWER = "large-answer-" + "klmnopqrst" * 600_000  # a 6 MB answer, so ~12 MB wi
 
 async def largest_message(pipeline: Pipeline) -> tuple[int, int]:
     """(messages, largest value) on the topic."""
-    consumer = AIOKafkaConsumer(pipeline.topic, bootstrap_servers=pipeline.bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, fetch_max_bytes=128 << 20, max_partition_fetch_bytes=128 << 20)
+    consumer = AIOKafkaConsumer(
+        pipeline.topic,
+        bootstrap_servers=pipeline.bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_bytes=128 << 20,
+        max_partition_fetch_bytes=128 << 20,
+    )
     await consumer.start()
     try:
         sizes: list[int] = []
@@ -33,9 +39,13 @@ async def largest_message(pipeline: Pipeline) -> tuple[int, int]:
 
 async def test_a_huge_request_and_answer_reach_winni_whole_in_pieces(pipeline: Pipeline) -> None:
     pipeline.fake.enqueue(text_stream(ANSWER, deltas=40))
-    body = orjson.dumps({"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": True,
-                         "messages": [{"role": "user", "content": PROMPT}]})
-    async with aiohttp.ClientSession() as session, session.post(pipeline.url + "/v1/messages", data=body, headers=HEADERS) as response:
+    body = orjson.dumps(
+        {"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": True, "messages": [{"role": "user", "content": PROMPT}]}
+    )
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(pipeline.url + "/v1/messages", data=body, headers=HEADERS) as response,
+    ):
         assert response.status == 200
         await response.read()
     (row,) = await pipeline.wait_for_exchanges(1)

@@ -33,17 +33,27 @@ async def _has_tables(pipeline: Pipeline) -> bool:
 async def test_nul_in_the_user_id_the_prompt_and_the_answer_is_stored_cleaned(pipeline: Pipeline) -> None:
     pipeline.fake.enqueue(text_stream("an answer\x00with a NUL", deltas=2))
     body = {
-        "model": "claude-sonnet-4-5", "max_tokens": 64, "stream": True,
-        "metadata": {"user_id": orjson.dumps({"device_id": "dev\x00ice", "account_uuid": "acc\x00ount", "session_id": "s\x00"}).decode()},
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 64,
+        "stream": True,
+        "metadata": {
+            "user_id": orjson.dumps({"device_id": "dev\x00ice", "account_uuid": "acc\x00ount", "session_id": "s\x00"}).decode()
+        },
         "system": [{"type": "text", "text": "sys\x00tem"}],
         "messages": [
             {"role": "user", "content": [{"type": "text", "text": "a prompt\x00with a NUL"}]},
-            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_\x001", "name": "Ba\x00sh", "input": {"c": "\x00"}}]},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "toolu_\x001", "name": "Ba\x00sh", "input": {"c": "\x00"}}],
+            },
             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_\x001", "content": "out\x00put"}]},
         ],
     }
     headers = {"content-type": "application/json", "x-api-key": "sk-test"}
-    async with aiohttp.ClientSession() as session, session.post(pipeline.url + "/v1/messages", data=orjson.dumps(body), headers=headers) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(pipeline.url + "/v1/messages", data=orjson.dumps(body), headers=headers) as response,
+    ):
         assert response.status == 200
         await response.read()
     rows, dead = await stored_or_dead(pipeline)

@@ -40,9 +40,17 @@ async def test_odd_request_targets_are_answered_and_captured(pipeline: Pipeline)
         ("OPTIONS * HTTP/1.1", b""),
     ]
     statuses = [await send_raw(pipeline.url, line, body) for line, body in sent]
-    assert statuses == [b"HTTP/1.1 404 Not Found", b"HTTP/1.1 404 Not Found", b"HTTP/1.1 400 Bad Request", b"HTTP/1.1 400 Bad Request"]
+    assert statuses == [
+        b"HTTP/1.1 404 Not Found",
+        b"HTTP/1.1 404 Not Found",
+        b"HTTP/1.1 400 Bad Request",
+        b"HTTP/1.1 400 Bad Request",
+    ]
     # The two paths went upstream still encoded (no header was injected); the other two went nowhere.
-    assert [(r.method, r.path) for r in pipeline.fake.requests] == [("GET", "/v1/models%0A"), ("POST", "/v1/messages%0D%0AX-Injected:%201")]
+    assert [(r.method, r.path) for r in pipeline.fake.requests] == [
+        ("GET", "/v1/models%0A"),
+        ("POST", "/v1/messages%0D%0AX-Injected:%201"),
+    ]
     assert all(r.header("x-injected") is None for r in pipeline.fake.requests)
 
     exchanges = by_exchange(await read_events(pipeline.bootstrap, pipeline.topic, 2 * len(sent)))

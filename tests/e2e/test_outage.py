@@ -62,10 +62,14 @@ def answer_for(prompt: str) -> str:
 
 def request_body(number: int) -> bytes:
     """Even numbers stream, odd ones do not: both response paths go through the outage."""
-    return orjson.dumps({
-        "model": "claude-opus-4-8", "max_tokens": 64, "stream": number % 2 == 0,
-        "messages": [{"role": "user", "content": marker(number)}],
-    })
+    return orjson.dumps(
+        {
+            "model": "claude-opus-4-8",
+            "max_tokens": 64,
+            "stream": number % 2 == 0,
+            "messages": [{"role": "user", "content": marker(number)}],
+        }
+    )
 
 
 def request_headers(number: int) -> dict[str, str]:
@@ -131,9 +135,7 @@ def check_row(row: dict[str, Any]) -> str:
 
 
 @pytest.mark.timeout(900)
-async def test_a_broker_outage_loses_no_exchange_and_no_client_request(
-    pipeline: Pipeline, kafka: services.KafkaBroker
-) -> None:
+async def test_a_broker_outage_loses_no_exchange_and_no_client_request(pipeline: Pipeline, kafka: services.KafkaBroker) -> None:
     async with aiohttp.ClientSession() as session:
         traffic = Traffic(session, pipeline.url + "/v1/messages")
         await traffic.wave(40)

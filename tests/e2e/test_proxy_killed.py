@@ -58,8 +58,17 @@ async def test_a_stream_cut_by_killing_the_proxy_is_marked_unanswered(
     async with FakeAnthropic() as fake, running_winni(settings):
         fake.enqueue(text_stream(deltas=200, pace=0.1))
         proxy = await asyncio.create_subprocess_exec(
-            *KGB, "proxy", "--port", str(port), "--mcp-port", str(services.free_port()), "--upstream", fake.url,
-            env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            *KGB,
+            "proxy",
+            "--port",
+            str(port),
+            "--mcp-port",
+            str(services.free_port()),
+            "--upstream",
+            fake.url,
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
         try:
             url = f"http://127.0.0.1:{port}"

@@ -54,7 +54,11 @@ def drawn_secrets(count: int) -> list[dict[str, Secret]]:
 
 def every_plant() -> list[Plant]:
     draws = drawn_secrets(len(POSITIONS))
-    return [Plant(secret, position, 13 + 7 * i) for i, (position, drawn) in enumerate(zip(POSITIONS, draws, strict=True)) for secret in drawn.values()]
+    return [
+        Plant(secret, position, 13 + 7 * i)
+        for i, (position, drawn) in enumerate(zip(POSITIONS, draws, strict=True))
+        for secret in drawn.values()
+    ]
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,8 +110,11 @@ async def test_no_planted_secret_reaches_the_topic_the_spool_the_database_or_dew
     assert await pipeline.dead_letters() == []
     async with FakeDewey() as dewey:
         settings = DeweySettings(
-            kafka=KafkaSettings(bootstrap=pipeline.bootstrap, topic=pipeline.topic), database_url=pipeline.database,
-            group=f"dewey-secrets-{uuid.uuid4().hex[:8]}", url=dewey.url, backoff=JitteredBackoff(initial=0.05, maximum=0.5),
+            kafka=KafkaSettings(bootstrap=pipeline.bootstrap, topic=pipeline.topic),
+            database_url=pipeline.database,
+            group=f"dewey-secrets-{uuid.uuid4().hex[:8]}",
+            url=dewey.url,
+            backoff=JitteredBackoff(initial=0.05, maximum=0.5),
         )
         async with running(run_dewey, settings, "dewey") as task:
             await dewey_caught_up(pipeline, dewey, task)
@@ -121,7 +128,8 @@ async def test_no_planted_secret_reaches_the_topic_the_spool_the_database_or_dew
     leaks = [
         (plant.secret.kind, plant.position, place, fragment, found)
         for plant in plants
-        for fragment in plant.secret.exposed if judged(fragment, plant.secret.text, source)
+        for fragment in plant.secret.exposed
+        if judged(fragment, plant.secret.text, source)
         for place, haystack in places.items()
         if (found := hits(haystack, fragment))
     ]

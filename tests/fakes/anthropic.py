@@ -692,7 +692,15 @@ class FakeAnthropic:
         model = body.get("model", DEFAULT_MODEL) if isinstance(body, dict) else DEFAULT_MODEL
         if isinstance(body, dict) and body.get("stream") is True:
             if self._long_blocks is not None:
-                return _stream(self._long_blocks, model=model, usage=Usage(), stop_reason="end_turn", ping=False, pace=self.pace, gzip=self.gzip)
+                return _stream(
+                    self._long_blocks,
+                    model=model,
+                    usage=Usage(),
+                    stop_reason="end_turn",
+                    ping=False,
+                    pace=self.pace,
+                    gzip=self.gzip,
+                )
             return text_stream(deltas=self.deltas, model=model, pace=self.pace, gzip=self.gzip)
         return json_message(model=model, gzip=self.gzip)
 

@@ -47,8 +47,15 @@ HEADERS = {
 
 
 def body(stream: bool = True, **extra: Any) -> bytes:
-    return orjson.dumps({"model": "claude-sonnet-4-5", "max_tokens": 100, "stream": stream,
-                         "messages": [{"role": "user", "content": "hi"}], **extra})
+    return orjson.dumps(
+        {
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 100,
+            "stream": stream,
+            "messages": [{"role": "user", "content": "hi"}],
+            **extra,
+        }
+    )
 
 
 @dataclasses.dataclass
@@ -300,5 +307,7 @@ async def test_passwords_in_urls_are_redacted_wherever_they_appear(stack: Stack)
     assert password not in repr(events) and quote(password) not in repr(events)
     request = events[0]["request"]
     assert b"postgresql://winni:[REDACTED:url_password]@db.internal:5432/winni" in request["body"]
-    assert {"name": "X-Upstream-Dsn", "value": "postgresql://winni:[REDACTED:url_password]@db.internal:5432/winni"} in request["headers"]
+    assert {"name": "X-Upstream-Dsn", "value": "postgresql://winni:[REDACTED:url_password]@db.internal:5432/winni"} in request[
+        "headers"
+    ]
     assert "url_password" in events[0]["redactions"] and all("url_password" in e["redactions"] for e in events)

@@ -21,9 +21,16 @@ KEY = b"test-fingerprint-key"
 
 def request(body: bytes = b'{"model":"claude-sonnet-4-5","stream":true,"messages":[]}') -> RequestRecord:
     return RequestRecord(
-        method="POST", path="/v1/messages", query="", http_version="1.1",
-        headers=[("x-api-key", API_KEY), ("Cookie", "session=abc"), ("content-type", "application/json"),
-                 ("X-Claude-Code-Session-Id", "11111111-2222-4333-8444-555555555555")],
+        method="POST",
+        path="/v1/messages",
+        query="",
+        http_version="1.1",
+        headers=[
+            ("x-api-key", API_KEY),
+            ("Cookie", "session=abc"),
+            ("content-type", "application/json"),
+            ("X-Claude-Code-Session-Id", "11111111-2222-4333-8444-555555555555"),
+        ],
         body=body,
     )
 

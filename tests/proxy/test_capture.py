@@ -20,8 +20,12 @@ GITHUB = SECRETS["github_token"]
 def request(*, path: str = "/v1/messages", headers: list[tuple[str, str]] | None = None, body: Any = None) -> RequestRecord:
     payload = body if body is not None else {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]}
     return RequestRecord(
-        method="POST", path=path, query="", http_version="1.1",
-        headers=headers or [("content-type", "application/json")], body=orjson.dumps(payload),
+        method="POST",
+        path=path,
+        query="",
+        http_version="1.1",
+        headers=headers or [("content-type", "application/json")],
+        body=orjson.dumps(payload),
     )
 
 
@@ -58,7 +62,7 @@ def decoded(document: Any) -> bytes:
 def leaks(event: dict[str, Any], *secrets: str) -> list[str]:
     """The secrets, or a half of one, found in any stored form of the event."""
     forms = stored_forms(event)
-    halves = [part for secret in secrets for part in (secret[: len(secret) // 2], secret[len(secret) // 2:])]
+    halves = [part for secret in secrets for part in (secret[: len(secret) // 2], secret[len(secret) // 2 :])]
     return [secret for secret in [*secrets, *halves] if secret.encode() in forms]
 
 
@@ -84,11 +88,18 @@ def test_a_json_escaped_secret_in_the_request_body_is_redacted() -> None:
     record = request()
     record.body = b'{"messages": [{"role": "user", "content": "' + escaped(ANTHROPIC_KEY).encode() + b'"}]}'
     event, _ = request_event(record, POLICY)
-    assert leaks(event, ANTHROPIC_KEY) == [] and orjson.loads(event["request"]["body"])["messages"][0]["content"] == "[REDACTED:anthropic_key]"
+    assert (
+        leaks(event, ANTHROPIC_KEY) == []
+        and orjson.loads(event["request"]["body"])["messages"][0]["content"] == "[REDACTED:anthropic_key]"
+    )
 
 
 def test_a_stream_error_message_is_redacted_in_the_field_and_the_body() -> None:
-    body = b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"' + escaped(GITHUB).encode() + b'"}}\n\n'
+    body = (
+        b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"'
+        + escaped(GITHUB).encode()
+        + b'"}}\n\n'
+    )
     event = response(request(), body)
     assert event["response"]["error_message"] == "[REDACTED:github_token]"
     assert leaks(event, GITHUB) == []
@@ -96,9 +107,13 @@ def test_a_stream_error_message_is_redacted_in_the_field_and_the_body() -> None:
 
 def test_a_secret_split_across_two_deltas_leaves_neither_half_in_the_body_or_message() -> None:
     body = sse(
-        ("message_start", {"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant", "content": []}}),
+        (
+            "message_start",
+            {"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant", "content": []}},
+        ),
         ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-        text_delta("key " + ANTHROPIC_KEY[:20]), text_delta(ANTHROPIC_KEY[20:]),
+        text_delta("key " + ANTHROPIC_KEY[:20]),
+        text_delta(ANTHROPIC_KEY[20:]),
         ("content_block_stop", {"type": "content_block_stop", "index": 0}),
         ("message_stop", {"type": "message_stop"}),
     )

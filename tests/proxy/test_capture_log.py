@@ -33,7 +33,13 @@ def mode(path: Path) -> int:
 def test_a_record_round_trips_and_a_short_buffer_is_not_a_record() -> None:
     data = logformat.encode(Kind.RESPONSE_CHUNK, EXCHANGE, 123, b"data: {}\n\n")
     record, end = logformat.decode_at(data + b"more", 0)
-    assert (record.kind, record.exchange, record.at_ns, record.payload, end) == (Kind.RESPONSE_CHUNK, EXCHANGE, 123, b"data: {}\n\n", len(data))
+    assert (record.kind, record.exchange, record.at_ns, record.payload, end) == (
+        Kind.RESPONSE_CHUNK,
+        EXCHANGE,
+        123,
+        b"data: {}\n\n",
+        len(data),
+    )
     assert logformat.decode_at(data[:-1], 0) is None
     assert logformat.decode_at(data[:3], 0) is None
 
@@ -55,7 +61,7 @@ def test_files_are_private_even_in_a_directory_that_was_not(tmp_path: Path) -> N
     w.append(Kind.END, EXCHANGE, b"{}")
     w.close()
     assert mode(directory) == 0o700
-    (_, path), = segments(directory)
+    ((_, path),) = segments(directory)
     assert mode(path) == 0o600
     checkpoint.save(directory, Position(0, 10))
     assert mode(directory / checkpoint.FILE_NAME) == 0o600
@@ -125,7 +131,7 @@ def test_a_record_torn_by_a_kill_is_skipped_once_a_new_writer_starts(tmp_path: P
     w = writer(tmp_path)
     w.append(Kind.REQUEST_BODY, EXCHANGE, b"whole")
     w.close()
-    (_, first), = segments(tmp_path)
+    ((_, first),) = segments(tmp_path)
     torn = logformat.encode(Kind.REQUEST_BODY, EXCHANGE, 1, b"never finished")
     with first.open("ab") as handle:
         handle.write(torn[:-4])

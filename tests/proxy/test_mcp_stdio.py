@@ -45,13 +45,25 @@ def shim_env(tmp_path: Path, bootstrap: str, topic: str) -> dict[str, str]:
 
 async def shim(env: dict[str, str], *command: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        *KGB, "mcp", "stdio", "files", "--", *command, env=env,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        *KGB,
+        "mcp",
+        "stdio",
+        "files",
+        "--",
+        *command,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
 
 
 async def test_bytes_pass_untouched_and_each_line_is_an_event(kafka, topic: str, tmp_path: Path) -> None:
-    lines = [orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"é": "ünïcode"}}) + b"\n",
-             b"not json at all\r\n", orjson.dumps([{"jsonrpc": "2.0", "method": "ping/a"}, {"jsonrpc": "2.0", "method": "ping/b"}]) + b"\n"]
+    lines = [
+        orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"é": "ünïcode"}}) + b"\n",
+        b"not json at all\r\n",
+        orjson.dumps([{"jsonrpc": "2.0", "method": "ping/a"}, {"jsonrpc": "2.0", "method": "ping/b"}]) + b"\n",
+    ]
     process = await shim(shim_env(tmp_path, kafka.bootstrap, topic), sys.executable, "-c", ECHO, "3")
     out, err = await asyncio.wait_for(process.communicate(b"".join(lines)), 60)
 
@@ -111,11 +123,14 @@ def test_each_running_shim_gets_its_own_spool_slot(tmp_path: Path) -> None:
     os.close(other)
 
 
-@pytest.mark.parametrize(("chunks", "lines"), [
-    ([b'{"a":1}\n{"b"', b':2}\n'], [b'{"a":1}', b'{"b":2}']),
-    ([b"x\r", b"\ny\n\n"], [b"x", b"y"]),
-    ([b"no newline"], []),
-])
+@pytest.mark.parametrize(
+    ("chunks", "lines"),
+    [
+        ([b'{"a":1}\n{"b"', b":2}\n"], [b'{"a":1}', b'{"b":2}']),
+        ([b"x\r", b"\ny\n\n"], [b"x", b"y"]),
+        ([b"no newline"], []),
+    ],
+)
 def test_lines_are_split_wherever_chunks_end(chunks: list[bytes], lines: list[bytes]) -> None:
     splitter = LineSplitter()
     assert [line for chunk in chunks for line in splitter.feed(chunk)] == lines

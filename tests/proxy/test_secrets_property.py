@@ -21,7 +21,9 @@ EXAMPLES = 400
 def events_of(plant: Plant) -> list[dict]:
     """The request and response events of the exchange `plant` describes, built as the proxy builds them."""
     parts = request_parts(plant)
-    record = RequestRecord(method="POST", path=parts.path, query=parts.query, http_version="1.1", headers=parts.headers, body=parts.body)
+    record = RequestRecord(
+        method="POST", path=parts.path, query=parts.query, http_version="1.1", headers=parts.headers, body=parts.body
+    )
     answer = reply(plant)
     recorder = ResponseRecorder(record, answer.status, [("content-type", answer.content_type), *answer.headers])
     for chunk in answer.body:

@@ -19,8 +19,17 @@ def named(user_id: object) -> dict:
 
 
 def test_header_wins() -> None:
-    identity = identify(CIMultiDict({"X-Claude-Code-Session-Id": SESSION, "x-claude-code-agent-id": "a1", "x-claude-code-parent-agent-id": "p0"}), None, None)
-    assert (identity.session_key, identity.session_source, identity.agent_id, identity.parent_agent_id) == (SESSION, "header", "a1", "p0")
+    identity = identify(
+        CIMultiDict({"X-Claude-Code-Session-Id": SESSION, "x-claude-code-agent-id": "a1", "x-claude-code-parent-agent-id": "p0"}),
+        None,
+        None,
+    )
+    assert (identity.session_key, identity.session_source, identity.agent_id, identity.parent_agent_id) == (
+        SESSION,
+        "header",
+        "a1",
+        "p0",
+    )
 
 
 def test_metadata_json_form() -> None:
@@ -63,7 +72,9 @@ def test_the_kgb_session_header_names_the_session_over_everything() -> None:
     body = named(f'{{"session_id":"{SESSION}"}}')
     assert session({"X-KGB-Session": "release 4.1", **SDK}) == (f"{SCOPE}:session:release 4.1", "kgb_header")
     assert session({"x-kgb-session": "release 4.1", "X-Claude-Code-Session-Id": SESSION}, body) == (
-        f"{SCOPE}:session:release 4.1", "kgb_header")
+        f"{SCOPE}:session:release 4.1",
+        "kgb_header",
+    )
     assert session({"X-KGB-Session": " ", **SDK}, named("user-42")) == (f"{SCOPE}:user:user-42", "metadata_user")
 
 
