@@ -99,7 +99,7 @@ def columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)] if rows else []
 
 
-# Rows of the named queries: field order is parameter order (tests/consumers/test_metrics_rollup.py checks it).
+# Rows of the named queries: field order is parameter order (tests/consumers/metrics/test_rollup.py checks it).
 
 
 class UsageRequestRow(NamedTuple):

@@ -163,7 +163,7 @@ SHARED_COLUMNS = ("exchange_id", "session_key", "session_source", "agent_id", "p
 
 
 class RequestRow(NamedTuple):
-    """Parameters of ``upsert_request``: field order is parameter order (tests/consumers/test_store.py checks it)."""
+    """Parameters of ``upsert_request``: field order is parameter order (tests/consumers/winni/test_store.py checks it)."""
 
     exchange_id: str
     session_key: str

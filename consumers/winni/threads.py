@@ -124,7 +124,7 @@ class Reply:
     at: datetime
 
 
-# --- rows (field order is the parameter order of the named query; tests/consumers/test_store.py checks it) ---
+# --- rows (field order is the parameter order of the named query; tests/consumers/winni/test_store.py checks it) ---
 
 
 class SessionRow(NamedTuple):

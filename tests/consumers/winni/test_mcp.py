@@ -246,7 +246,7 @@ async def test_a_tool_use_is_linked_to_its_call_whichever_arrives_first(
 def readme_queries(request: dict[str, Any], day: date) -> list[tuple[str, object]]:
     """The SQL blocks of the README's MCP section, its psql variables as parameters (the conversation of
     ``request``, `SESSION`), and ``current_date`` the calls' ``day``, so a run across midnight agrees."""
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
     section = readme.split("## MCP tool traffic", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```sql\n(.*?)```", section, re.DOTALL)
     conversation = "(SELECT conversation_id FROM exchanges WHERE exchange_id = $1::uuid)"

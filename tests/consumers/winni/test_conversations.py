@@ -381,7 +381,7 @@ async def _main_messages(db: asyncpg.Connection, session: str, n: int) -> list[a
 
 def readme_queries() -> list[str]:
     """The SQL blocks of the README's conversations section, psql variables as parameters."""
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
     section = readme.split("## Conversations in winni", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```sql\n(.*?)```", section, re.DOTALL)
     return [

@@ -32,7 +32,7 @@ from tests import services
 from tests.consumers.conftest import count, eventually, publish, winni
 from tests.consumers.dump import tables
 from tests.consumers.restarts import batch_failures, dump, restarts_mid_batch
-from tests.consumers.test_mcp import answer, call, mcp_message, publish_any, tool_use_exchange
+from tests.consumers.winni.test_mcp import answer, call, mcp_message, publish_any, tool_use_exchange
 from tests.services import create_topic
 from tests.consumers.sessions import (
     SessionBuilder,
@@ -264,7 +264,7 @@ async def test_a_missing_topic_is_an_error_not_an_empty_swap(settings: WinniSett
 
 def readme_example() -> str:
     """The Python block of the README's Replay section: the example consumer."""
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
     section = readme.split("## Replay", 1)[1].split("\n## ", 1)[0]
     (block,) = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
     return block

@@ -14,7 +14,7 @@ from consumers.winni import WinniSettings
 from consumers.winni.threads import Reply, SessionState, Writes, apply_reply, apply_request
 from tests.consumers.conftest import eventually, publish, winni
 from tests.consumers.factories import request_event, response_event, text_message
-from tests.consumers.test_threads import AT, request, user
+from tests.consumers.winni.test_threads import AT, request, user
 
 # Every block type of the current API (the anthropic SDK's BetaContentBlock) that is not a plain text or tool_use.
 REPLY = [

@@ -27,7 +27,7 @@ from kgb.config import KafkaSettings
 from tests.consumers.conftest import SETTLE_TIMEOUT, eventually, publish
 from tests.consumers.restarts import RESTARTS, batch_failures, feeding, migrated, restarts_mid_batch, settled, task_alive
 from tests.consumers.sessions import SessionBuilder, long_session, reply, text
-from tests.consumers.test_mcp import answer, call, mcp_message, publish_any
+from tests.consumers.winni.test_mcp import answer, call, mcp_message, publish_any
 from tests.fakes.dewey import FakeDewey
 from tests.services import create_topic
 

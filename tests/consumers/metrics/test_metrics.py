@@ -675,7 +675,7 @@ async def test_kgb_usage_by_month_project_key_and_block_and_as_csv(
 
 def readme_month_query() -> str:
     """The SQL block of the README's token usage section."""
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
     (block,) = re.findall(r"Months, projects and keys straight from SQL, for example:\n```sql\n(.*?)```", readme, re.DOTALL)
     return block
 
