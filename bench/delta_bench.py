@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import http.client
+import math
 import multiprocessing
 import statistics
 import sys
@@ -40,18 +41,25 @@ from tests.services import create_topic, kafka_broker
 
 HEALTH_EVERY_S = 0.010
 TARGET_ADDED = 0.10
-REQUEST = {"model": "claude-sonnet-4-5", "max_tokens": 64000, "stream": True, "messages": [{"role": "user", "content": "write a lot"}]}
+REQUEST = {
+    "model": "claude-sonnet-4-5",
+    "max_tokens": 64000,
+    "stream": True,
+    "messages": [{"role": "user", "content": "write a lot"}],
+}
 
 
 class HealthProbe:
     """Polls `/health` on one keep-alive connection from a process of its own (not a thread: the
-    client's reading would hold the GIL), so only a stalled proxy loop shows as a slow answer."""
+    client's reading would hold the GIL), so only a stalled proxy loop shows as a slow answer.
+    A probe the proxy drops or refuses counts as a failure and the next one reconnects."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.latencies: list[float] = []
+        self.failures = 0
         self._stop = multiprocessing.Event()
-        self._results: multiprocessing.Queue[list[float] | str] = multiprocessing.Queue()
+        self._results: multiprocessing.Queue[tuple[list[float], int]] = multiprocessing.Queue()
         self._process = multiprocessing.Process(target=poll_health, args=(url, self._stop, self._results), daemon=True)
 
     def __enter__(self) -> HealthProbe:
@@ -60,33 +68,32 @@ class HealthProbe:
 
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
-        result = self._results.get(timeout=60)
+        self.latencies, self.failures = self._results.get(timeout=60)
         self._process.join()
-        if isinstance(result, str):
-            raise BenchError(result)
-        self.latencies = result
 
 
-def poll_health(url: str, stop: EventType, results: multiprocessing.Queue[list[float] | str]) -> None:
+def poll_health(url: str, stop: EventType, results: multiprocessing.Queue[tuple[list[float], int]]) -> None:
     parts = urllib.parse.urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
     latencies: list[float] = []
-    try:
-        while not stop.is_set():
-            started = time.perf_counter()
+    failures = 0
+    while not stop.is_set():
+        started = time.perf_counter()
+        try:
             connection.request("GET", "/health")
             answer = connection.getresponse()
             answer.read()
-            if answer.status != 200:
-                results.put(f"/health answered {answer.status}")
-                return
+            ok = answer.status == 200
+        except (OSError, http.client.HTTPException):
+            ok = False
+        if ok:
             latencies.append(time.perf_counter() - started)
-            stop.wait(HEALTH_EVERY_S)
-        results.put(latencies)
-    except OSError as error:
-        results.put(f"/health failed: {error}")
-    finally:
-        connection.close()
+        else:
+            failures += 1
+            connection.close()
+        stop.wait(HEALTH_EVERY_S)
+    connection.close()
+    results.put((latencies, failures))
 
 
 async def events_on_topic(bootstrap: str, topic: str) -> int:
@@ -130,17 +137,24 @@ def one_run(url: str, health_url: str, kgb: Measured) -> dict[str, Any]:
     cpu = kgb.cpu_seconds()
     with HealthProbe(health_url) as probe:
         seconds, received = asyncio.run(fetch_once(url))
-    return {"seconds": seconds, "bytes": received, "health": probe.latencies, "kgb_cpu_s": kgb.cpu_seconds() - cpu}
+    return {
+        "seconds": seconds,
+        "bytes": received,
+        "health": probe.latencies,
+        "health_failures": probe.failures,
+        "kgb_cpu_s": kgb.cpu_seconds() - cpu,
+    }
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    health = [latency for run in runs for latency in run["health"]]
+    health = [latency for run in runs for latency in run["health"]] or [math.nan]  # nan: every probe failed
     return {
         "seconds_median": statistics.median(run["seconds"] for run in runs),
         "seconds_all": [run["seconds"] for run in runs],
         "bytes": runs[0]["bytes"],
         "kgb_cpu_s_median": statistics.median(run["kgb_cpu_s"] for run in runs),
         "health_probes": len(health),
+        "health_failures": sum(run["health_failures"] for run in runs),
         "health_p50_ms": percentile(health, 50) * 1e3,
         "health_p99_ms": percentile(health, 99) * 1e3,
         "health_max_ms": max(health) * 1e3,
@@ -161,7 +175,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         work = workdir(stack, args.keep)
         print(f"delta bench: work directory {work}", flush=True)
-        fake, _ = start_fake(stack, work, "fake-long", 0, 0.0, ("--answer-bytes", str(args.answer_bytes), "--delta-bytes", str(args.delta_bytes)))
+        fake, _ = start_fake(
+            stack, work, "fake-long", 0, 0.0, ("--answer-bytes", str(args.answer_bytes), "--delta-bytes", str(args.delta_bytes))
+        )
         print("  starting Kafka ...", flush=True)
         broker = stack.enter_context(kafka_broker())
         topic = asyncio.run(create_topic(broker.bootstrap))
@@ -198,10 +214,11 @@ def render(report: dict[str, Any]) -> str:
         [
             f"{report['answer_bytes']} bytes of text in {report['delta_bytes']}-byte deltas "
             f"({direct['bytes']} bytes on the wire), {report['rounds']} rounds; {report['machine']['cpus']} CPUs",
-            f"{'':8}{'median s':>9} {'kgb cpu s':>10} {'health p50':>11} {'p99':>8} {'max':>8}  (ms; /health of kgb, idle during direct)",
+            f"{'':8}{'median s':>9} {'kgb cpu s':>10} {'health p50':>11} {'p99':>8} {'max':>8} {'failed':>7}"
+            "  (ms; /health of kgb, idle during direct)",
             *(
                 f"{name:<8}{row['seconds_median']:9.3f} {row['kgb_cpu_s_median']:10.3f} {row['health_p50_ms']:11.2f}"
-                f" {row['health_p99_ms']:8.2f} {row['health_max_ms']:8.2f}"
+                f" {row['health_p99_ms']:8.2f} {row['health_max_ms']:8.2f} {row['health_failures']:7d}"
                 for name, row in (("direct", direct), ("kgb", kgb))
             ),
             f"{'MET ' if report['met'] else 'MISS'}  kgb / direct: {1 + report['added_fraction']:.3f} "

@@ -30,11 +30,44 @@ MODEL = "claude-sonnet-4-5-20250929"
 SESSION_ID = str(uuid.uuid4())
 # Shaped like a real key so the proxy's redaction and fingerprinting do their real work.
 API_KEY = "sk-ant-api03-" + "bench" * 18 + "-AAAAAAAA"
-WORDS = (
-    "the proxy streams every chunk to the client before it records a copy def main(): return "
-    "self.session await response.write(chunk) Kafka topic partition offset consumer group "
-    "PostgreSQL table column index {\"type\": \"text\"} src/app/module.py line 42 error: None"
-).split()
+WORDS = [
+    "the",
+    "proxy",
+    "streams",
+    "every",
+    "chunk",
+    "to",
+    "the",
+    "client",
+    "before",
+    "it",
+    "records",
+    "a",
+    "copy",
+    "def",
+    "main():",
+    "return",
+    "self.session",
+    "await",
+    "response.write(chunk)",
+    "Kafka",
+    "topic",
+    "partition",
+    "offset",
+    "consumer",
+    "group",
+    "PostgreSQL",
+    "table",
+    "column",
+    "index",
+    '{"type":',
+    '"text"}',
+    "src/app/module.py",
+    "line",
+    "42",
+    "error:",
+    "None",
+]
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,14 @@ TARGETS_MS = {"http-json": 0.5, "http-sse": 0.5, "stdio": 0.2}
 
 
 def tools_call(ident: int) -> bytes:
-    return orjson.dumps({"jsonrpc": "2.0", "id": ident, "method": "tools/call",
-                         "params": {"name": "lookup", "arguments": {"query": "kgb", "limit": 5}}})
+    return orjson.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": ident,
+            "method": "tools/call",
+            "params": {"name": "lookup", "arguments": {"query": "kgb", "limit": 5}},
+        }
+    )
 
 
 @dataclass
@@ -80,8 +86,13 @@ async def timed(calls: int, call: Callable[[int], Awaitable[None]], measured: tu
 
 
 def http_caller(session: aiohttp.ClientSession, url: str) -> Callable[[int], Awaitable[None]]:
-    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
-               "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": "lookup"}
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": "lookup",
+    }
 
     async def call(ident: int) -> None:
         async with session.post(url, data=tools_call(ident), headers=headers) as response:
@@ -113,8 +124,9 @@ class Stdio:
 
 async def start_stdio(command: list[str], env: dict[str, str], log: Path) -> Stdio:
     handle = log.open("wb")
-    process = await asyncio.create_subprocess_exec(*command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                                                   stderr=handle, env=env, cwd=ROOT)
+    process = await asyncio.create_subprocess_exec(
+        *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=handle, env=env, cwd=ROOT
+    )
     stdio = Stdio(process)
     await stdio.call(-1)
     return stdio
@@ -122,8 +134,10 @@ async def start_stdio(command: list[str], env: dict[str, str], log: Path) -> Std
 
 def summarize(direct: Samples, relayed: Samples, pids_cpu: bool = True) -> dict[str, Any]:
     row = {
-        "direct_p50_ms": percentile(direct.latencies, 0.5), "direct_p99_ms": percentile(direct.latencies, 0.99),
-        "kgb_p50_ms": percentile(relayed.latencies, 0.5), "kgb_p99_ms": percentile(relayed.latencies, 0.99),
+        "direct_p50_ms": percentile(direct.latencies, 0.5),
+        "direct_p99_ms": percentile(direct.latencies, 0.99),
+        "kgb_p50_ms": percentile(relayed.latencies, 0.5),
+        "kgb_p99_ms": percentile(relayed.latencies, 0.99),
         "kgb_cpu_ms_per_call": relayed.cpu_s * 1000 / relayed.calls,
         "calls": relayed.calls,
     }
@@ -158,8 +172,9 @@ async def bench_stdio(calls: int, env: dict[str, str], work: Path) -> dict[str, 
         plain = await start_stdio(server, env, work / f"stdio-{round_}.log")
         direct.append(await timed(calls // ROUNDS, plain.call, plain.measured()))
         await plain.close()
-        shim = await start_stdio([kgb_binary(), "--log-level", "WARNING", "mcp", "stdio", "bench", "--", *server], env,
-                                 work / f"shim-{round_}.log")
+        shim = await start_stdio(
+            [kgb_binary(), "--log-level", "WARNING", "mcp", "stdio", "bench", "--", *server], env, work / f"shim-{round_}.log"
+        )
         relayed.append(await timed(calls // ROUNDS, shim.call, shim.measured()))
         await shim.close()
     return {"stdio": summarize(merged(direct), merged(relayed))}
@@ -172,7 +187,8 @@ async def published(bootstrap: str, topic: str) -> int:
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()] or [
-            TopicPartition(topic, p) for p in range(3)]
+            TopicPartition(topic, p) for p in range(3)
+        ]
         return sum((await consumer.end_offsets(partitions)).values())
     finally:
         await consumer.stop()
@@ -189,15 +205,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         direct_url = f"http://127.0.0.1:{port}"
         wait_http(direct_url + "/health", server, server_log)
         mcp_port = free_port()
-        env = {**os.environ, "KGB_KAFKA_BOOTSTRAP": broker.bootstrap, "KGB_MCP_TOPIC": topic, "KGB_TOPIC": topic + "-api",
-               "KGB_SPOOL_DIR": str(work / "spool"), "KGB_MCP_PORT": str(mcp_port), "KGB_MCP_UPSTREAMS": f"bench={direct_url}"}
+        env = {
+            **os.environ,
+            "KGB_KAFKA_BOOTSTRAP": broker.bootstrap,
+            "KGB_MCP_TOPIC": topic,
+            "KGB_TOPIC": topic + "-api",
+            "KGB_SPOOL_DIR": str(work / "spool"),
+            "KGB_MCP_PORT": str(mcp_port),
+            "KGB_MCP_UPSTREAMS": f"bench={direct_url}",
+        }
         relay_log = work / "relay.log"
         relay = _spawn(stack, [kgb_binary(), "--log-level", "WARNING", "proxy", "--port", str(free_port())], relay_log, env)
         wait_http(f"http://127.0.0.1:{mcp_port}/ready", relay, relay_log)
 
         async def both() -> dict[str, Any]:
-            results = await bench_http(args.calls, direct_url, f"http://127.0.0.1:{mcp_port}/mcp/bench",
-                                       Measured((server.pid,)), Measured((relay.pid,)))
+            results = await bench_http(
+                args.calls, direct_url, f"http://127.0.0.1:{mcp_port}/mcp/bench", Measured((server.pid,)), Measured((relay.pid,))
+            )
             results |= await bench_stdio(args.calls, env, work)
             await asyncio.sleep(2)
             results["events_on_topic"] = await published(broker.bootstrap, topic)
@@ -209,16 +233,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def render(report: dict[str, Any]) -> str:
-    lines = [f"{'scenario':10} {'direct p50':>10} {'p99':>7} {'kgb p50':>8} {'p99':>7} {'added p50':>9} {'added p99':>9} "
-             f"{'kgb CPU/call':>12} {'p50 ratio':>9} {'target':>7}"]
+    lines = [
+        f"{'scenario':10} {'direct p50':>10} {'p99':>7} {'kgb p50':>8} {'p99':>7} {'added p50':>9} {'added p99':>9} "
+        f"{'kgb CPU/call':>12} {'p50 ratio':>9} {'target':>7}"
+    ]
     for name, row in report["results"].items():
         if not isinstance(row, dict):
             continue
         target = TARGETS_MS[name]
         verdict = "met" if row["added_p50_ms"] <= target else "MISSED"
-        lines.append(f"{name:10} {row['direct_p50_ms']:10.3f} {row['direct_p99_ms']:7.3f} {row['kgb_p50_ms']:8.3f} "
-                     f"{row['kgb_p99_ms']:7.3f} {row['added_p50_ms']:9.3f} {row['added_p99_ms']:9.3f} "
-                     f"{row['kgb_cpu_ms_per_call']:10.3f}ms {row['p50_ratio']:9.2f} {verdict:>4} ≤{target}")
+        lines.append(
+            f"{name:10} {row['direct_p50_ms']:10.3f} {row['direct_p99_ms']:7.3f} {row['kgb_p50_ms']:8.3f} "
+            f"{row['kgb_p99_ms']:7.3f} {row['added_p50_ms']:9.3f} {row['added_p99_ms']:9.3f} "
+            f"{row['kgb_cpu_ms_per_call']:10.3f}ms {row['p50_ratio']:9.2f} {verdict:>4} ≤{target}"
+        )
     lines.append(f"events on the MCP topic: {report['results']['events_on_topic']} (milliseconds throughout)")
     return "\n".join(lines)
 

@@ -19,6 +19,7 @@ import platform
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,12 @@ if __package__ in (None, ""):  # run as `python bench/proxy_bench.py`
 import orjson
 import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from bench.peers import LITELLM, MITMPROXY, start_peers, version
 from bench.targets import ROOT, BenchError, Measured, Target, start_fake, start_kgb, start_nginx, workdir
-from tests.services import create_topic, kafka_broker
+from schemas.codec import EXCHANGE, make_decoder
+from tests.services import MAX_MESSAGE_BYTES, kafka_broker
 
 EVENTS_PER_STREAM = 50
 DELTAS = EVENTS_PER_STREAM - 5  # message_start, block start, deltas, block stop, message_delta, message_stop
@@ -98,13 +102,13 @@ def expect_line(process: subprocess.Popen[str], what: str) -> str:
     return line
 
 
-def wait_quiet() -> float:
-    """Wait (up to QUIET_WAIT_S) until the machine is nearly idle; returns the last CPU use seen, in percent.
+def wait_quiet(longest: float) -> float:
+    """Wait (up to `longest` seconds) until the machine is nearly idle; returns the last CPU use seen, in percent.
 
     Why: the Kafka broker's start-up and kgb's publishing after a run load the
     same two cores; without this the next run, often direct's, would pay for them.
     """
-    deadline, busy = time.monotonic() + QUIET_WAIT_S, 100.0
+    deadline, busy = time.monotonic() + longest, psutil.cpu_percent(interval=0.5)
     while time.monotonic() < deadline:
         busy = psutil.cpu_percent(interval=0.5)
         if busy < QUIET_CPU_PCT:
@@ -116,13 +120,13 @@ def wait_quiet() -> float:
 class Watch:
     """The bench's own long-lived processes (this one, fakes, nginx, kgb, the broker), to tell their CPU from other work."""
 
-    ours: Measured
+    ours: tuple[Measured, ...]
     broker: Measured
 
     def snapshot(self, target: Measured | None) -> dict[str, float]:
         return {
             "target": target.cpu_seconds() if target else 0.0,
-            "ours": self.ours.cpu_seconds(),
+            "ours": sum(measured.cpu_seconds() for measured in self.ours),
             "broker": self.broker.cpu_seconds(),
             "busy": system_busy_seconds(),
             "clock": time.monotonic(),
@@ -135,25 +139,47 @@ def system_busy_seconds() -> float:
     return t.user + t.nice + t.system + t.irq + t.softirq + t.steal
 
 
-def drive(scenario: Scenario, url: str, target: Measured | None, watch: Watch) -> tuple[dict[str, Any], dict[str, float]]:
-    """Run the load generator; counters are read just around the measured part, after the warm-up."""
+def drive(scenario: Scenario, url: str, target: Measured | None, watch: Watch) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run the load generator; counters are read just around the measured part, after the warm-up.
+
+    The target's CPU is read per process of its tree, so a worker `kgb proxy`
+    starts is reported apart from the relay; `window` is the measured part's
+    wall-clock span, to find its events on the topic afterwards.
+    """
     cmd = [sys.executable, "-m", "bench.loadgen", loadgen_spec(scenario, url)]
     with subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as process:
         expect_line(process, "warming up")
         if target:
             target.reset_peak_rss()
         before = watch.snapshot(target)
+        per_process = target.cpu_by_pid() if target else {}
+        started = time.time()
         assert process.stdin is not None
         process.stdin.write("go\n")
         process.stdin.flush()
         result = orjson.loads(expect_line(process, "reporting"))
+        ended = time.time()
     time.sleep(SETTLE_S)
     delta = {key: value - before[key] for key, value in watch.snapshot(target).items()}
     other = delta["busy"] - delta["ours"] - result["cpu"]
-    usage = {"other_cpu_pct": max(0.0, 100 * other / delta["clock"])}
+    usage: dict[str, Any] = {"other_cpu_pct": max(0.0, 100 * other / delta["clock"]), "window": (started, ended)}
     if target:
-        usage |= {"cpu_s": delta["target"], "peak_rss_mb": target.peak_rss_mb(), "broker_cpu_s": delta["broker"]}
+        usage |= {
+            "cpu_s": delta["target"],
+            "peak_rss_mb": target.peak_rss_mb(),
+            "broker_cpu_s": delta["broker"],
+            "cpu_s_by_process": cpu_by_role(per_process, target.cpu_by_pid()),
+            "peak_rss_mb_by_process": target.peak_rss_by_process(),
+        }
     return result, usage
+
+
+def cpu_by_role(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds between two readings, summed per role; a process born in between counts from zero."""
+    spent: dict[str, float] = {}
+    for pid, (role, cpu) in after.items():
+        spent[role] = spent.get(role, 0.0) + cpu - before.get(pid, (role, 0.0))[1]
+    return spent
 
 
 def summarize(result: dict[str, Any], usage: dict[str, float]) -> dict[str, Any]:
@@ -176,6 +202,14 @@ def summarize(result: dict[str, Any], usage: dict[str, float]) -> dict[str, Any]
     row |= usage
     if "cpu_s" in usage:
         row["cpu_ms_per_request"] = 1e3 * usage["cpu_s"] / done
+        by_process = usage["cpu_s_by_process"]
+        row["cpu_ms_per_request_by_process"] = {role: 1e3 * cpu / done for role, cpu in by_process.items()}
+        row["relay_cpu_ms_per_request"] = 1e3 * by_process.get("relay", 0.0) / done
+        rss = usage["peak_rss_mb_by_process"]
+        row["relay_peak_rss_mb"] = rss.get("relay", 0.0)
+        if len(by_process) > 1:  # the relay's helpers: nginx's master, kgb's capture worker
+            row["helpers_cpu_ms_per_request"] = 1e3 * (sum(by_process.values()) - by_process.get("relay", 0.0)) / done
+            row["helpers_peak_rss_mb"] = max(mb for role, mb in rss.items() if role != "relay")
     return row
 
 
@@ -190,12 +224,12 @@ def with_ratios(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def measure(scenario: Scenario, targets: list[Target], watch: Watch) -> dict[str, dict[str, Any]]:
+def measure(scenario: Scenario, targets: list[Target], watch: Watch, quiet_wait: float) -> dict[str, dict[str, Any]]:
     rows = {}
     for target in targets:
         url = target.fast if scenario.route == "fast" else target.paced
         print(f"  {scenario.name:<11} {target.name:<7}", end="", flush=True)
-        busy_before = wait_quiet()
+        busy_before = wait_quiet(quiet_wait)
         result, usage = drive(scenario, url, target.measured.get(scenario.route), watch)
         rows[target.name] = summarize(result, usage) | {"machine_cpu_pct_before": busy_before}
         print(f" {rows[target.name]['rps']:8.0f} req/s", flush=True)
@@ -213,22 +247,39 @@ class Setup:
     watch: Watch
 
 
-def start_targets(stack: contextlib.ExitStack, work: Path) -> Setup:
-    """Two fake upstreams (unpaced, paced), nginx in front of both, the broker, and one kgb proxy in front of each fake."""
+def start_targets(stack: contextlib.ExitStack, work: Path, with_peers: bool) -> Setup:
+    """Two fake upstreams (unpaced, paced), nginx in front of both, the broker, one kgb proxy in front of
+    each fake, and (`with_peers`) mitmproxy, buffering and streaming, and LiteLLM, likewise one per fake."""
     fast, fast_fake = start_fake(stack, work, "fake-fast", DELTAS, 0.0)
     paced, paced_fake = start_fake(stack, work, "fake-paced", DELTAS, PACE_S)
     direct = Target("direct", fast, paced, {})
     nginx = start_nginx(stack, work, fast, paced)
+    peers = start_peers(stack, work, fast, paced) if with_peers else []
     print("  starting Kafka ...", flush=True)
     broker = stack.enter_context(kafka_broker())
-    topic = asyncio.run(create_topic(broker.bootstrap))
+    topic = asyncio.run(create_bench_topic(broker.bootstrap))
     kgb_fast, fast_measured = start_kgb(stack, work, "kgb-fast", fast, broker.bootstrap, topic)
     kgb_paced, paced_measured = start_kgb(stack, work, "kgb-paced", paced, broker.bootstrap, topic)
     kgb = Target("kgb", kgb_fast, kgb_paced, {"fast": fast_measured, "paced": paced_measured})
     broker_pids = broker_processes(broker)
-    processes = (fast_fake, paced_fake, nginx.measured["fast"], fast_measured, paced_measured, Measured(broker_pids))
-    ours = Measured((os.getpid(), *(pid for measured in processes for pid in measured.pids)))
-    return Setup([direct, nginx, kgb], broker.bootstrap, topic, Watch(ours, Measured(broker_pids)))
+    served = [measured for target in (nginx, kgb, *peers) for measured in {id(m): m for m in target.measured.values()}.values()]
+    ours = (Measured((os.getpid(),), tree=False), fast_fake, paced_fake, *served, Measured(broker_pids))
+    return Setup([direct, nginx, kgb, *peers], broker.bootstrap, topic, Watch(ours, Measured(broker_pids)))
+
+
+async def create_bench_topic(bootstrap: str) -> str:
+    """A topic of its own whose records carry the broker's append time: when each event reached the topic."""
+    name = f"kgb-bench-{uuid.uuid4().hex[:12]}"
+    configs = {"max.message.bytes": str(MAX_MESSAGE_BYTES), "message.timestamp.type": "LogAppendTime"}
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        response = await admin.create_topics([NewTopic(name, 3, 1, topic_configs=configs)])
+    finally:
+        await admin.close()
+    if errors := [error for error in response.topic_errors if error[1]]:
+        raise BenchError(f"creating topic {name} failed: {errors}")
+    return name
 
 
 def broker_processes(broker: object) -> tuple[int, ...]:
@@ -259,6 +310,59 @@ async def wait_published(bootstrap: str, topic: str, exchanges: int) -> dict[str
     return {"exchanges_sent_through_kgb": exchanges, "events_on_topic": count, "expected_events": 2 * exchanges}
 
 
+async def publish_lags(bootstrap: str, topic: str, windows: dict[str, tuple[float, float]]) -> dict[str, list[float]]:
+    """Per scenario, milliseconds from each response's end at the proxy (its `started_at` plus `duration_ms`)
+    to its event's append on the topic (the topic keeps the broker's append time): how far capture trails.
+
+    A response belongs to the scenario whose measured window it ended in (the warm-up's fall outside).
+    """
+    decoder = make_decoder(None, EXCHANGE)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_bytes=128 * 1024 * 1024,
+        max_partition_fetch_bytes=128 * 1024 * 1024,
+    )
+    await consumer.start()
+    lags: dict[str, list[float]] = {name: [] for name in windows}
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        remaining = sum((await consumer.end_offsets(partitions)).values())
+        async with asyncio.timeout(PUBLISH_WAIT_S):
+            while remaining > 0:
+                for records in (await consumer.getmany(timeout_ms=1000)).values():
+                    remaining -= len(records)
+                    for record in records:
+                        event = await decoder.decode(record.value)
+                        if event["kind"] == "RESPONSE":
+                            file_lag(lags, windows, event["response"], record.timestamp)
+    finally:
+        await consumer.stop()
+    return lags
+
+
+def file_lag(
+    lags: dict[str, list[float]], windows: dict[str, tuple[float, float]], response: dict[str, Any], appended_ms: int
+) -> None:
+    ended_ms = response["started_at"] / 1e3 + response["duration_ms"]
+    for name, (start, stop) in windows.items():
+        if start <= ended_ms / 1e3 <= stop:
+            lags[name].append(appended_ms - ended_ms)
+            return
+
+
+def with_lags(results: dict[str, dict[str, dict[str, Any]]], lags: dict[str, list[float]]) -> None:
+    for name, samples in lags.items():
+        if samples:
+            results[name]["kgb"] |= {
+                "lag_p50_ms": percentile(samples, 50),
+                "lag_p99_ms": percentile(samples, 99),
+                "lag_samples": len(samples),
+            }
+
+
 # --- Verdicts and the report -------------------------------------------------------
 
 
@@ -268,13 +372,33 @@ def verdicts(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, An
         ("added p50 total latency vs direct, json c=1 (ms)", kgb["json c=1"]["added_total_p50_ms_vs_direct"], "<=", 0.5),
         ("added p50 total latency vs direct, sse50 c=1 (ms)", kgb["sse50 c=1"]["added_total_p50_ms_vs_direct"], "<=", 0.5),
         ("paced TTFB p50 minus direct, c=16 (ms)", kgb["paced c=16"]["added_ttfb_p50_ms_vs_direct"], "<=", 1.0),
+        (
+            "paced TTFB p99 minus direct, c=16 (ms)",
+            kgb["paced c=16"]["ttfb_p99_ms"] - results["paced c=16"]["direct"]["ttfb_p99_ms"],
+            "<=",
+            5.0,
+        ),
         ("sse50 c=64 throughput / nginx", kgb["sse50 c=64"]["rps_x_nginx"], ">=", 0.6),
-        ("peak RSS over all scenarios (MB)", max(row["peak_rss_mb"] for row in kgb.values()), "<=", 80.0),
+        ("500KB c=16 throughput / nginx", kgb["500KB c=16"]["rps_x_nginx"], ">=", 0.5),
+        ("relay peak RSS over all scenarios (MB)", max(row["relay_peak_rss_mb"] for row in kgb.values()), "<=", 80.0),
     ]
+    workers = [row["helpers_peak_rss_mb"] for row in kgb.values() if "helpers_peak_rss_mb" in row]
+    if workers:  # none before the capture worker exists
+        checks.append(("worker peak RSS over all scenarios (MB)", max(workers), "<=", 150.0))
+    for peer in sorted({target for rows in results.values() for target in rows} & PEERS):
+        behind = [name for name, rows in results.items() if peer in rows and not ahead(rows["kgb"], rows[peer])]
+        checks.append((f"scenarios where kgb is not ahead of {peer} (p50 and req/s)", len(behind), "<=", 0))
     return [
         {"target": what, "value": value, "limit": f"{op} {limit}", "met": value <= limit if op == "<=" else value >= limit}
         for what, value, op, limit in checks
     ]
+
+
+PEERS = frozenset({"mitm", "mitm-stream", "litellm"})
+
+
+def ahead(kgb: dict[str, Any], peer: dict[str, Any]) -> bool:
+    return kgb["total_p50_ms"] <= peer["total_p50_ms"] and kgb["rps"] >= peer["rps"]
 
 
 # (header, width, decimals, key); a cell a target does not have (direct has no CPU of its own) shows "-".
@@ -292,7 +416,12 @@ COLUMNS = (
     ("x ngx", 6, 2, "rps_x_nginx"),
     ("cpu s", 6, 2, "cpu_s"),
     ("cpu ms/r", 8, 3, "cpu_ms_per_request"),
-    ("rss MB", 6, 1, "peak_rss_mb"),
+    ("relay ms", 8, 3, "relay_cpu_ms_per_request"),
+    ("wrkr ms", 7, 3, "helpers_cpu_ms_per_request"),
+    ("relay MB", 8, 1, "relay_peak_rss_mb"),
+    ("wrkr MB", 7, 1, "helpers_peak_rss_mb"),
+    ("lag50", 6, 1, "lag_p50_ms"),
+    ("lag99", 6, 1, "lag_p99_ms"),
     ("lg cpu%", 7, 0, "loadgen_cpu_pct"),
     ("other%", 6, 0, "other_cpu_pct"),
 )
@@ -300,20 +429,28 @@ COLUMNS = (
 
 def render_row(target: str, row: dict[str, Any]) -> str:
     cells = [f"{row[key]:>{width}.{decimals}f}" if key in row else "-".rjust(width) for _, width, decimals, key in COLUMNS]
-    return " ".join([target.ljust(7), *cells])
+    return " ".join([target.ljust(11), *cells])
 
 
 def render(report: dict[str, Any]) -> str:
-    header = " ".join(["target ", *(name.rjust(width) for name, width, _, _ in COLUMNS)])
+    header = " ".join(["target".ljust(11), *(name.rjust(width) for name, width, _, _ in COLUMNS)])
     lines = [f"times in ms; {report['machine']['cpus']} CPUs, Linux {report['machine']['kernel']}", ""]
     for name, rows in report["results"].items():
         lines += [name, header, *(render_row(target, row) for target, row in rows.items()), ""]
-    lines += [f"{'MET ' if v['met'] else 'MISS'}  {v['target']}: {v['value']:.2f} (target {v['limit']})" for v in report["verdicts"]]
+    lines += [
+        f"{'MET ' if v['met'] else 'MISS'}  {v['target']}: {v['value']:.2f} (target {v['limit']})" for v in report["verdicts"]
+    ]
     kafka = report["kafka"]
-    lines.append(f"kafka: {kafka['events_on_topic']} events on the topic for {kafka['exchanges_sent_through_kgb']} "
-                 f"exchanges through kgb (expected {kafka['expected_events']})")
-    lines += [f"{scenario}/{target}: {row['errors']} errors, first: {row['first_error']}"
-              for scenario, rows in report["results"].items() for target, row in rows.items() if row["errors"]]
+    lines.append(
+        f"kafka: {kafka['events_on_topic']} events on the topic for {kafka['exchanges_sent_through_kgb']} "
+        f"exchanges through kgb (expected {kafka['expected_events']})"
+    )
+    lines += [
+        f"{scenario}/{target}: {row['errors']} errors, first: {row['first_error']}"
+        for scenario, rows in report["results"].items()
+        for target, row in rows.items()
+        if row["errors"]
+    ]
     return "\n".join(lines)
 
 
@@ -330,6 +467,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write the full results here")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every scenario's request count (default 1)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, nginx.conf) for a post-mortem")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=QUIET_WAIT_S,
+        help=f"longest wait, in seconds, for the machine to go quiet before each run (default {QUIET_WAIT_S:.0f})",
+    )
+    parser.add_argument("--without-peers", action="store_true", help="leave out mitmproxy and LiteLLM (a quicker run)")
     return parser.parse_args(argv)
 
 
@@ -338,12 +482,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         work = workdir(stack, args.keep)
         print(f"kgb bench: work directory {work}", flush=True)
-        setup = start_targets(stack, work)
-        results = {s.name: measure(s, setup.targets, setup.watch) for s in scenarios}
+        setup = start_targets(stack, work, not args.without_peers)
+        results = {s.name: measure(s, setup.targets, setup.watch, args.quiet_wait) for s in scenarios}
         exchanges = sum(rows["kgb"]["sent"] for rows in results.values())
         kafka = asyncio.run(wait_published(setup.bootstrap, setup.topic, exchanges))
-    return {"machine": machine(), "scenarios": [asdict(s) for s in scenarios], "results": results,
-            "verdicts": verdicts(results), "kafka": kafka}
+        windows = {name: rows["kgb"]["window"] for name, rows in results.items()}
+        with_lags(results, asyncio.run(publish_lags(setup.bootstrap, setup.topic, windows)))
+    peers = {} if args.without_peers else {"mitmproxy": version(MITMPROXY), "litellm": version(LITELLM)}
+    return {
+        "machine": machine() | {"peers": peers, "uptime": uptime()},
+        "scenarios": [asdict(s) for s in scenarios],
+        "results": results,
+        "verdicts": verdicts(results),
+        "kafka": kafka,
+    }
+
+
+def uptime() -> str:
+    """The load averages when the run ended: the figures mean little without them on a shared machine."""
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 def main(argv: list[str] | None = None) -> None:

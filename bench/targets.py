@@ -31,26 +31,62 @@ class BenchError(RuntimeError):
 
 @dataclass(frozen=True)
 class Measured:
-    """The processes whose CPU and memory count as one target (nginx: master and worker)."""
+    """The processes whose CPU and memory count as one target: these and every process they started.
+
+    The tree is read anew at each call, so a worker `kgb proxy` starts (or restarts) is
+    counted from when it appears; nginx's master lists its worker too, counted once.
+    The first pid is the relay; the rest of the tree are its helpers. `tree=False`
+    counts the listed pids alone (the bench's own process, whose children are the targets).
+    """
 
     pids: tuple[int, ...]
+    tree: bool = True
 
     def processes(self) -> list[psutil.Process]:
-        return [psutil.Process(pid) for pid in self.pids]
+        found: dict[int, psutil.Process] = {}
+        for pid in self.pids:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                root = psutil.Process(pid)
+                for process in (root, *(root.children(recursive=True) if self.tree else ())):
+                    found.setdefault(process.pid, process)
+        return list(found.values())
+
+    def role(self, process: psutil.Process) -> str:
+        """`relay` for the first pid, else the process's name: what a row reports it under."""
+        if process.pid == self.pids[0]:
+            return "relay"
+        with contextlib.suppress(psutil.Error):
+            return process.name()
+        return f"pid {process.pid}"
+
+    def cpu_by_pid(self) -> dict[int, tuple[str, float]]:
+        """Each live process's role and CPU seconds so far; one that exits between two readings loses its share."""
+        times = {}
+        for process in self.processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times[process.pid] = (self.role(process), sum(process.cpu_times()[:2]))
+        return times
 
     def cpu_seconds(self) -> float:
-        return sum(sum(p.cpu_times()[:2]) for p in self.processes())
+        return sum(cpu for _, cpu in self.cpu_by_pid().values())
 
     def reset_peak_rss(self) -> None:
         """Writing 5 to clear_refs resets VmHWM (Linux >= 4.0), so each scenario gets its own peak."""
-        for pid in self.pids:
-            Path(f"/proc/{pid}/clear_refs").write_text("5")
+        for process in self.processes():
+            with contextlib.suppress(OSError):
+                Path(f"/proc/{process.pid}/clear_refs").write_text("5")
+
+    def peak_rss_by_process(self) -> dict[str, float]:
+        """Peak RSS in MB per role (processes of one role summed: nginx's master and worker are one role each)."""
+        peaks: dict[str, float] = {}
+        for process in self.processes():
+            with contextlib.suppress(OSError, BenchError):
+                role = self.role(process)
+                peaks[role] = peaks.get(role, 0.0) + _status_kb(process.pid, "VmHWM") / 1024
+        return peaks
 
     def peak_rss_mb(self) -> float:
-        return sum(_status_kb(pid, "VmHWM") for pid in self.pids) / 1024
-
-    def rss_mb(self) -> float:
-        return sum(_status_kb(pid, "VmRSS") for pid in self.pids) / 1024
+        return sum(self.peak_rss_by_process().values())
 
 
 def _status_kb(pid: int, key: str) -> int:
@@ -81,9 +117,12 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def _spawn(stack: contextlib.ExitStack, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def _spawn(
+    stack: contextlib.ExitStack, cmd: list[str], log: Path, env: dict[str, str] | None = None, *, chatty: bool = False
+) -> subprocess.Popen[bytes]:
+    """`chatty`: the process prints as it works (a line per flow), so its stdout goes to the log, not a pipe it would fill."""
     handle = stack.enter_context(log.open("wb"))
-    process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=handle, env=env)
+    process = subprocess.Popen(cmd, cwd=ROOT, stdout=handle if chatty else subprocess.PIPE, stderr=handle, env=env)
     stack.callback(_stop, process)
     return process
 
@@ -136,7 +175,9 @@ def nginx_binary() -> str:
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         raise BenchError("nginx not found: apt-get install -y nginx-light (or nginx)")
     subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light"], check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "nginx-light"], check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    )
     return "/usr/sbin/nginx"
 
 
@@ -151,7 +192,7 @@ def nginx_conf(workdir: Path, routes: dict[int, str]) -> str:
         upstreams.append(f"  upstream u{number} {{ server {url.removeprefix('http://')}; keepalive 256; }}")
         servers.append(
             f"  server {{ listen 127.0.0.1:{port} backlog=4096; location / {{ proxy_pass http://u{number};"
-            " proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; } }"
+            ' proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; } }'
         )
     return f"""{user}worker_processes 1;
 daemon off;
@@ -180,7 +221,7 @@ def start_nginx(stack: contextlib.ExitStack, workdir: Path, fast: str, paced: st
     fast_url, paced_url = (f"http://127.0.0.1:{port}" for port in ports)
     wait_http(fast_url + "/v1/models", process, log)
     workers = tuple(child.pid for child in psutil.Process(process.pid).children())
-    measured = Measured((process.pid, *workers))
+    measured = Measured((*workers, process.pid))  # the worker relays: it is the row's "relay"
     return Target("nginx", fast_url, paced_url, {"fast": measured, "paced": measured})
 
 
@@ -192,7 +233,9 @@ def kgb_binary() -> str:
     return str(path)
 
 
-def start_kgb(stack: contextlib.ExitStack, workdir: Path, name: str, upstream: str, bootstrap: str, topic: str) -> tuple[str, Measured]:
+def start_kgb(
+    stack: contextlib.ExitStack, workdir: Path, name: str, upstream: str, bootstrap: str, topic: str
+) -> tuple[str, Measured]:
     """`kgb proxy` with capture and publishing on, its own spool directory, logging only warnings."""
     port = free_port()
     spool = workdir / f"{name}-spool"

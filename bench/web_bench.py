@@ -54,8 +54,13 @@ ROOT = Path(__file__).resolve().parent.parent
 LONG_MESSAGES = 2000
 RARE_WORD = "quintessentially"
 COUNTED = "SELECT count(*) FROM usage_exchanges WHERE has_request AND has_response"
-TARGETS = {"sessions": 100.0, "sessions, 20 pages deep": 100.0, "search, a rare word": 100.0,
-           "search, a common word": 100.0, "long conversation": 300.0}
+TARGETS = {
+    "sessions": 100.0,
+    "sessions, 20 pages deep": 100.0,
+    "search, a rare word": 100.0,
+    "search, a common word": 100.0,
+    "long conversation": 300.0,
+}
 
 
 def long_session(messages: int = LONG_MESSAGES, seed: int = 7) -> SessionBuilder:
@@ -66,7 +71,9 @@ def long_session(messages: int = LONG_MESSAGES, seed: int = 7) -> SessionBuilder
         if rng.random() < 0.6:
             s.tool_turn("main", prose(rng, 40), prose(rng, rng.randint(100, 400)))
         else:
-            s.turn("main", text(prose(rng, 80)), answer=reply(text(f"{prose(rng, 200)} {RARE_WORD if rng.random() < 0.01 else ''}")))
+            s.turn(
+                "main", text(prose(rng, 80)), answer=reply(text(f"{prose(rng, 200)} {RARE_WORD if rng.random() < 0.01 else ''}"))
+            )
     return s
 
 
@@ -104,9 +111,16 @@ async def fill(bootstrap: str, dsn: str, args: argparse.Namespace) -> dict[str, 
         await producer.stop()
     total = events // 2 + len(long.events) // 2
     print(f"topic: {total:,} exchanges published in {time.perf_counter() - started:.0f}s", flush=True)
-    env = {"KGB_KAFKA_BOOTSTRAP": bootstrap, "KGB_TOPIC": topic, "KGB_DATABASE_URL": dsn,
-           "KGB_WINNI_GROUP": f"bench-{uuid.uuid4().hex[:8]}", "KGB_METRICS_GROUP": f"bench-{uuid.uuid4().hex[:8]}",
-           "KGB_WINNI_PROCESSES": "2", "KGB_WINNI_WRITERS": "1", "KGB_METRICS_PORT": str(free_port())}
+    env = {
+        "KGB_KAFKA_BOOTSTRAP": bootstrap,
+        "KGB_TOPIC": topic,
+        "KGB_DATABASE_URL": dsn,
+        "KGB_WINNI_GROUP": f"bench-{uuid.uuid4().hex[:8]}",
+        "KGB_METRICS_GROUP": f"bench-{uuid.uuid4().hex[:8]}",
+        "KGB_WINNI_PROCESSES": "2",
+        "KGB_WINNI_WRITERS": "1",
+        "KGB_METRICS_PORT": str(free_port()),
+    }
     metrics = subprocess.Popen(kgb("consume", "metrics"), env={**os.environ, **env}, cwd=ROOT)
     try:
         live = await timed(kgb("consume", "winni"), env, dsn, "kgb", total)
@@ -125,26 +139,42 @@ async def described(dsn: str) -> dict[str, Any]:
     conn = await asyncpg.connect(dsn, server_settings={"search_path": "kgb"})
     try:
         await conn.execute("ANALYZE")
-        facts = dict(await conn.fetchrow(
-            "SELECT (SELECT count(*) FROM exchanges) AS exchanges, (SELECT count(*) FROM messages) AS messages, "
-            "(SELECT count(*) FROM sessions) AS sessions, (SELECT count(*) FROM conversations) AS conversations, "
-            "pg_database_size(current_database()) AS database_bytes, pg_relation_size('messages_search_idx') AS search_index_bytes"))
-        facts["long_conversation"] = str(await conn.fetchval(
-            "SELECT c.id FROM conversations c JOIN sessions s USING (session_key) "
-            "WHERE s.title = 'The long benchmark session' AND c.kind = 'main'"))
+        facts = dict(
+            await conn.fetchrow(
+                "SELECT (SELECT count(*) FROM exchanges) AS exchanges, (SELECT count(*) FROM messages) AS messages, "
+                "(SELECT count(*) FROM sessions) AS sessions, (SELECT count(*) FROM conversations) AS conversations, "
+                "pg_database_size(current_database()) AS database_bytes, pg_relation_size('messages_search_idx') AS search_index_bytes"
+            )
+        )
+        facts["long_conversation"] = str(
+            await conn.fetchval(
+                "SELECT c.id FROM conversations c JOIN sessions s USING (session_key) "
+                "WHERE s.title = 'The long benchmark session' AND c.kind = 'main'"
+            )
+        )
         facts["long_messages"] = await conn.fetchval(
-            "SELECT count(*) FROM messages WHERE conversation_id = $1::text::uuid", facts["long_conversation"])
+            "SELECT count(*) FROM messages WHERE conversation_id = $1::text::uuid", facts["long_conversation"]
+        )
     finally:
         await conn.close()
-    print(f"database: {facts['exchanges']:,} exchanges, {facts['messages']:,} messages, {facts['sessions']:,} sessions, "
-          f"{facts['database_bytes'] / 1e9:.2f} GB (search index {facts['search_index_bytes'] / 1e6:.0f} MB); "
-          f"long conversation: {facts['long_messages']:,} messages", flush=True)
+    print(
+        f"database: {facts['exchanges']:,} exchanges, {facts['messages']:,} messages, {facts['sessions']:,} sessions, "
+        f"{facts['database_bytes'] / 1e9:.2f} GB (search index {facts['search_index_bytes'] / 1e6:.0f} MB); "
+        f"long conversation: {facts['long_messages']:,} messages",
+        flush=True,
+    )
     return facts
 
 
 async def _producer(bootstrap: str) -> AIOKafkaProducer:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", compression_type="zstd",
-                                max_request_size=16 * 1024 * 1024, max_batch_size=1024 * 1024, linger_ms=20)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        compression_type="zstd",
+        max_request_size=16 * 1024 * 1024,
+        max_batch_size=1024 * 1024,
+        linger_ms=20,
+    )
     await producer.start()
     return producer
 
@@ -166,12 +196,17 @@ async def plan_inputs(dsn: str, facts: dict[str, Any]) -> dict[str, Any]:
     """What each measured page asks for: a deep cursor, a common word, a typical session."""
     conn = await asyncpg.connect(dsn, server_settings={"search_path": "kgb, kgb_metrics"})
     try:
-        deep = await conn.fetchrow("SELECT last_seen, session_key FROM sessions ORDER BY last_seen DESC, session_key DESC "
-                                   "OFFSET least(1000, (SELECT count(*) - 1 FROM sessions)) LIMIT 1")
-        word = await conn.fetchval("SELECT word FROM ts_stat($$SELECT search FROM messages TABLESAMPLE SYSTEM (2)$$) "
-                                   "WHERE word ~ '^[a-z]+[0-9]+$' ORDER BY ndoc DESC LIMIT 1")
-        session = await conn.fetchval("SELECT session_key FROM sessions s WHERE title = 'Benchmark session' "
-                                      "ORDER BY last_seen DESC LIMIT 1")
+        deep = await conn.fetchrow(
+            "SELECT last_seen, session_key FROM sessions ORDER BY last_seen DESC, session_key DESC "
+            "OFFSET least(1000, (SELECT count(*) - 1 FROM sessions)) LIMIT 1"
+        )
+        word = await conn.fetchval(
+            "SELECT word FROM ts_stat($$SELECT search FROM messages TABLESAMPLE SYSTEM (2)$$) "
+            "WHERE word ~ '^[a-z]+[0-9]+$' ORDER BY ndoc DESC LIMIT 1"
+        )
+        session = await conn.fetchval(
+            "SELECT session_key FROM sessions s WHERE title = 'Benchmark session' ORDER BY last_seen DESC LIMIT 1"
+        )
     finally:
         await conn.close()
     return {"deep": Cursor(deep["last_seen"], deep["session_key"]), "word": word, "session": session}
@@ -184,15 +219,27 @@ def pages(facts: dict[str, Any], inputs: dict[str, Any]) -> dict[str, tuple[str,
     return {
         "health (framework floor)": ("/health", None, ()),
         "sessions": ("/", "sessions", SessionFilter().arguments(size + 1)),
-        "sessions, 20 pages deep": ("/?" + "&".join(f"{k}={v}" for k, v in deep.query(inputs["deep"]).items()),
-                                    "sessions", deep.arguments(size + 1)),
+        "sessions, 20 pages deep": (
+            "/?" + "&".join(f"{k}={v}" for k, v in deep.query(inputs["deep"]).items()),
+            "sessions",
+            deep.arguments(size + 1),
+        ),
         "session": (f"/session?key={inputs['session']}", "session_conversations", (inputs["session"],)),
-        "long conversation": (f"/conversations/{facts['long_conversation']}", "conversation_messages",
-                              (uuid.UUID(facts["long_conversation"]),)),
-        "search, a rare word": (f"/search?q={RARE_WORD}", "search",
-                                SearchFilter(words=RARE_WORD).arguments(20, MARK_START, MARK_STOP)),
-        "search, a common word": (f"/search?q={inputs['word']}", "search",
-                                  SearchFilter(words=inputs["word"]).arguments(20, MARK_START, MARK_STOP)),
+        "long conversation": (
+            f"/conversations/{facts['long_conversation']}",
+            "conversation_messages",
+            (uuid.UUID(facts["long_conversation"]),),
+        ),
+        "search, a rare word": (
+            f"/search?q={RARE_WORD}",
+            "search",
+            SearchFilter(words=RARE_WORD).arguments(20, MARK_START, MARK_STOP),
+        ),
+        "search, a common word": (
+            f"/search?q={inputs['word']}",
+            "search",
+            SearchFilter(words=inputs["word"]).arguments(20, MARK_START, MARK_STOP),
+        ),
         "usage": ("/usage", "usage_report", (date.today() - timedelta(days=USAGE_DAYS - 1), True, True, False, False)),
     }
 
@@ -221,7 +268,13 @@ async def explain(dsn: str, name: str, args: tuple[Any, ...]) -> tuple[list[str]
         plan = [r[0] for r in await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + query_text(name), *args)]
     finally:
         await conn.close()
-    used = sorted({m for line in plan for m in re.findall(r"(?:Index Only Scan|Index Scan|Bitmap Index Scan)(?: Backward)? (?:using|on) (\w+)", line)})
+    used = sorted(
+        {
+            m
+            for line in plan
+            for m in re.findall(r"(?:Index Only Scan|Index Scan|Bitmap Index Scan)(?: Backward)? (?:using|on) (\w+)", line)
+        }
+    )
     scans = sorted({m for line in plan for m in re.findall(r"Seq Scan on (\w+)", line)})
     executed = float(re.search(r"Execution Time: ([\d.]+)", plan[-1])[1])
     return plan, executed, used + [f"seq scan: {s}" for s in scans]
@@ -260,27 +313,44 @@ async def measure(dsn: str, facts: dict[str, Any], args: argparse.Namespace) -> 
                     async with session.get(f"{base}/health"):
                         break
                 await asyncio.sleep(0.1)
-            print(f"\n{'page':26} {'n':>4} {'p50 ms':>8} {'p99 ms':>8} {'cpu p50':>8} {'client p50':>10} {'query p50':>9} {'x query':>7} "
-                  f"{'KB':>7} {'target':>7}", flush=True)
+            print(
+                f"\n{'page':26} {'n':>4} {'p50 ms':>8} {'p99 ms':>8} {'cpu p50':>8} {'client p50':>10} {'query p50':>9} {'x query':>7} "
+                f"{'KB':>7} {'target':>7}",
+                flush=True,
+            )
             for name, (path, query, params) in pages(facts, inputs).items():
                 await measure_page(session, base + path, 5)  # warm: plans, caches, the pool
                 server, cpu, client, size = await measure_page(session, base + path, args.requests)
                 query_ms = await query_times(dsn, query, params, min(args.requests, 50)) if query else None
-                timing = Timing(name, path, len(server), statistics.median(server), percentile(server, 0.99),
-                                statistics.median(cpu), statistics.median(client), query_ms, size)
+                timing = Timing(
+                    name,
+                    path,
+                    len(server),
+                    statistics.median(server),
+                    percentile(server, 0.99),
+                    statistics.median(cpu),
+                    statistics.median(client),
+                    query_ms,
+                    size,
+                )
                 results["pages"].append({**asdict(timing), "ratio_to_query": timing.ratio, "target_p50_ms": TARGETS.get(name)})
                 target = TARGETS.get(name)
                 verdict = "" if target is None else ("met" if timing.p50_ms <= target else "MISSED")
-                print(f"{name:26} {timing.n:>4} {timing.p50_ms:>8.1f} {timing.p99_ms:>8.1f} {timing.cpu_p50_ms:>8.1f} {timing.client_p50_ms:>10.1f} "
-                      f"{query_ms or 0:>9.1f} {timing.ratio or 0:>7.1f} {size / 1024:>7.0f} {verdict:>7}", flush=True)
+                print(
+                    f"{name:26} {timing.n:>4} {timing.p50_ms:>8.1f} {timing.p99_ms:>8.1f} {timing.cpu_p50_ms:>8.1f} {timing.client_p50_ms:>10.1f} "
+                    f"{query_ms or 0:>9.1f} {timing.ratio or 0:>7.1f} {size / 1024:>7.0f} {verdict:>7}",
+                    flush=True,
+                )
                 if query:
                     plan, executed, used = await explain(dsn, query, params)
                     results["plans"][name] = {"query": query, "execution_ms": executed, "uses": used, "plan": plan}
     finally:
         web.terminate()
         web.wait(30)
-    print(f"machine load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
-          "(above the core count, wall times include waiting for a core: compare the cpu column)")
+    print(
+        f"machine load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+        "(above the core count, wall times include waiting for a core: compare the cpu column)"
+    )
     print("\nEXPLAIN (ANALYZE, BUFFERS), the indexes each page's main query used:")
     for name, found in results["plans"].items():
         print(f"  {name:26} {found['query']:22} {found['execution_ms']:7.1f} ms  {', '.join(found['uses'])}")
@@ -289,7 +359,9 @@ async def measure(dsn: str, facts: dict[str, Any], args: argparse.Namespace) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--exchanges", type=int, default=100_000, help="exchanges on the generated topic, besides the long session")
+    parser.add_argument(
+        "--exchanges", type=int, default=100_000, help="exchanges on the generated topic, besides the long session"
+    )
     parser.add_argument("--requests", type=int, default=200, help="requests per page")
     parser.add_argument("--json", type=Path, help="also write the figures and plans here")
     parser.add_argument("--plans", action="store_true", help="print every plan in full")

@@ -11,7 +11,10 @@ on that same topic:
 (a) the ceiling: one bare aiokafka consumer fetching every message and decoding it
     (`schemas.codec`), nothing else;
 (b) live: `kgb consume winni` as its own process on a fresh database, timed until
-    every exchange is stored with both halves, with its peak RSS and CPU;
+    every exchange is stored with both halves, with its peak RSS and CPU, then
+    until every message is searchable (its search indexer caught up); with
+    ``--without-search``, first (b0) the same with KGB_WINNI_SEARCH_INDEX=false,
+    the baseline for what search costs it;
 (c) replay: `kgb replay --into kgb_replay` the same way, on another fresh database.
 
 Services are the tests' (`tests.services`): KGB_TEST_KAFKA_BOOTSTRAP and
@@ -52,8 +55,11 @@ ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 6
 CONCURRENT_SESSIONS = 24
 POLL_SECONDS = 1.0
+INDEX_POLL_SECONDS = 0.2
 COMPLETE = "SELECT count(*) FROM exchanges WHERE request_event_id IS NOT NULL AND response_event_id IS NOT NULL"
 MESSAGES = "SELECT count(*) FROM messages"
+# Messages waiting for winni's search indexer (migration 010); always 0 under 006's generated column.
+UNINDEXED = "SELECT count(*) FROM messages WHERE search IS NULL"
 REPLAY_SCHEMA = "kgb_replay"
 
 
@@ -72,8 +78,10 @@ class Shape:
     @classmethod
     def from_samples(cls) -> Shape:
         """The largest main-thread sample: its system prompt and tools (~80 KB); sub-agents get half the tools."""
-        body = max((s["body"] for s in load_samples() if s["path"] == "/v1/messages" and s["body"] and s["body"].get("tools")),
-                   key=lambda b: len(orjson.dumps(b)))
+        body = max(
+            (s["body"] for s in load_samples() if s["path"] == "/v1/messages" and s["body"] and s["body"].get("tools")),
+            key=lambda b: len(orjson.dumps(b)),
+        )
         generated = orjson.loads(request_body("x"))
         return cls(
             small=b'"system":' + orjson.dumps(generated["system"]) + b',"tools":' + orjson.dumps(generated["tools"]),
@@ -126,7 +134,9 @@ def exchanges(count: int, seed: int = 1) -> Iterator[list[dict[str, Any]]]:
     while made < count:
         while len(active) < CONCURRENT_SESSIONS:
             events = session(rng).events
-            active.append((f"/home/dev/project-{rng.randrange(10**6)}", iter([events[i:i + 2] for i in range(0, len(events), 2)])))
+            active.append(
+                (f"/home/dev/project-{rng.randrange(10**6)}", iter([events[i : i + 2] for i in range(0, len(events), 2)]))
+            )
         cwd, pairs = active[made % len(active)]
         pair = next(pairs, None)
         if pair is None:
@@ -139,8 +149,12 @@ def exchanges(count: int, seed: int = 1) -> Iterator[list[dict[str, Any]]]:
 async def publish(bootstrap: str, topic: str, count: int) -> tuple[int, int]:
     """Every event on the topic, as the proxy sends them; returns (events, encoded bytes)."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", compression_type="zstd",
-        max_request_size=16 * 1024 * 1024, max_batch_size=1024 * 1024, linger_ms=20,
+        bootstrap_servers=bootstrap,
+        acks="all",
+        compression_type="zstd",
+        max_request_size=16 * 1024 * 1024,
+        max_batch_size=1024 * 1024,
+        linger_ms=20,
     )
     await producer.start()
     sent, events, size = [], 0, 0
@@ -165,8 +179,11 @@ async def publish(bootstrap: str, topic: str, count: int) -> tuple[int, int]:
 async def fetch_and_decode(bootstrap: str, topic: str, events: int) -> float:
     """Seconds a bare consumer takes to fetch and decode every event of the topic, with winni's fetch sizes."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
-        max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES, fetch_max_bytes=FETCH_MAX_BYTES,
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES,
+        fetch_max_bytes=FETCH_MAX_BYTES,
     )
     await consumer.start()
     try:
@@ -194,6 +211,7 @@ class Run:
     steady_exchanges_per_s: float
     peak_rss_mb: float  # of the consumer's processes together
     cpu_seconds: float  # of the consumer's processes (PostgreSQL's own is not in it)
+    indexed_after_seconds: float  # from the last exchange stored until no message waits for its search vector
 
 
 async def stored(dsn: str, schema: str, query: str = COMPLETE) -> int:
@@ -208,9 +226,16 @@ async def stored(dsn: str, schema: str, query: str = COMPLETE) -> int:
 
 
 async def timed(
-    command: list[str], env: dict[str, str], dsn: str, schema: str, exchanges: int, profile: Path | None = None
+    command: list[str],
+    env: dict[str, str],
+    dsn: str,
+    schema: str,
+    exchanges: int,
+    profile: Path | None = None,
+    searchable: bool = True,
 ) -> Run:
-    """Start ``command`` and wait until ``schema`` holds every exchange; peak RSS and CPU from /proc while it runs.
+    """Start ``command`` and wait until ``schema`` holds every exchange, and (``searchable``) until no
+    message waits for its search vector; peak RSS and CPU from /proc while it runs.
 
     With ``profile``, py-spy samples the process meanwhile and writes collapsed stacks there.
     """
@@ -218,8 +243,18 @@ async def timed(
     process = subprocess.Popen(command, env={**os.environ, **env}, cwd=ROOT)
     if profile:
         spy = subprocess.Popen(
-            [str(Path(sys.executable).parent / "py-spy"), "record", "--subprocesses", "--nonblocking", "--format", "raw",
-             "-o", str(profile), "-p", str(process.pid)],
+            [
+                str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                "--subprocesses",
+                "--nonblocking",
+                "--format",
+                "raw",
+                "-o",
+                str(profile),
+                "-p",
+                str(process.pid),
+            ],
             stdout=subprocess.DEVNULL,
         )
     watched, peak, cpu, first = psutil.Process(process.pid), 0, 0.0, None
@@ -233,6 +268,11 @@ async def timed(
                 first = (time.perf_counter(), done)
             await asyncio.sleep(POLL_SECONDS)
         finished = time.perf_counter()
+        while searchable and await stored(dsn, schema, UNINDEXED):
+            if process.poll() is not None and await stored(dsn, schema, UNINDEXED):
+                raise RuntimeError(f"{command} exited with {process.returncode} before indexing every message")
+            await asyncio.sleep(INDEX_POLL_SECONDS)
+        indexed = time.perf_counter()
     finally:
         if profile:
             spy.send_signal(signal.SIGINT)
@@ -241,8 +281,13 @@ async def timed(
         process.wait(60)
     first = first or (started, 0)
     return Run(
-        finished - started, finished - first[0], exchanges / (finished - started),
-        (exchanges - first[1]) / (finished - first[0]), peak / 2**20, cpu,
+        finished - started,
+        finished - first[0],
+        exchanges / (finished - started),
+        (exchanges - first[1]) / (finished - first[0]),
+        peak / 2**20,
+        cpu,
+        indexed - finished,
     )
 
 
@@ -273,36 +318,85 @@ async def measure(bootstrap: str, admin_dsn: str, args: argparse.Namespace) -> d
     t0 = time.perf_counter()
     events, size = await publish(bootstrap, topic, args.exchanges)
     exchanges_ = events // 2
-    print(f"topic: {exchanges_} exchanges, {events} events, {size / 1e9:.2f} GB encoded "
-          f"({size / events / 1024:.0f} KB per event), generated and published in {time.perf_counter() - t0:.0f}s", flush=True)
+    print(
+        f"topic: {exchanges_} exchanges, {events} events, {size / 1e9:.2f} GB encoded "
+        f"({size / events / 1024:.0f} KB per event), generated and published in {time.perf_counter() - t0:.0f}s",
+        flush=True,
+    )
     results: dict[str, Any] = {"exchanges": exchanges_, "events": events, "encoded_bytes": size}
 
     ceiling = exchanges_ / await fetch_and_decode(bootstrap, topic, events)
     results["ceiling_exchanges_per_s"] = ceiling
     print(f"(a) bare fetch and decode: {ceiling:,.0f} exchanges/s ({ceiling * size / events * 2 / 1e6:,.0f} MB/s)", flush=True)
 
-    env = {"KGB_KAFKA_BOOTSTRAP": bootstrap, "KGB_TOPIC": topic, "KGB_WINNI_GROUP": f"bench-{uuid.uuid4().hex[:8]}",
-           "KGB_WINNI_BATCH_SIZE": str(args.batch_size), "KGB_WINNI_WRITERS": str(args.writers),
-           "KGB_WINNI_PROCESSES": str(args.processes)}
+    env = {
+        "KGB_KAFKA_BOOTSTRAP": bootstrap,
+        "KGB_TOPIC": topic,
+        "KGB_WINNI_GROUP": f"bench-{uuid.uuid4().hex[:8]}",
+        "KGB_WINNI_BATCH_SIZE": str(args.batch_size),
+        "KGB_WINNI_WRITERS": str(args.writers),
+        "KGB_WINNI_PROCESSES": str(args.processes),
+    }
+    if args.without_search:
+        dsn = await services.create_database(admin_dsn)
+        bare = await timed(
+            kgb("consume", "winni"),
+            {
+                **env,
+                "KGB_DATABASE_URL": dsn,
+                "KGB_WINNI_SEARCH_INDEX": "false",
+                "KGB_WINNI_GROUP": f"{env['KGB_WINNI_GROUP']}-bare",
+            },
+            dsn,
+            "kgb",
+            exchanges_,
+            searchable=False,
+        )
+        results["live_without_search"] = asdict(bare)
+        print(
+            f"(b0) kgb consume winni, KGB_WINNI_SEARCH_INDEX=false (no search work at all, the baseline): "
+            f"{bare.steady_exchanges_per_s:,.0f} exchanges/s steady, CPU {bare.cpu_seconds:,.0f}s in {bare.seconds:,.0f}s",
+            flush=True,
+        )
+        await services.drop_database(admin_dsn, dsn)
     dsn = await services.create_database(admin_dsn)
     live = await timed(kgb("consume", "winni"), {**env, "KGB_DATABASE_URL": dsn}, dsn, "kgb", exchanges_, args.profile)
     results["live"] = asdict(live)
-    print(f"(b) kgb consume winni: {live.exchanges_per_s:,.0f} exchanges/s from start, {live.steady_exchanges_per_s:,.0f} steady "
-          f"= {live.steady_exchanges_per_s / ceiling:.2f} of the ceiling; peak RSS {live.peak_rss_mb:,.0f} MB, "
-          f"CPU {live.cpu_seconds:,.0f}s in {live.seconds:,.0f}s", flush=True)
+    print(
+        f"(b) kgb consume winni: {live.exchanges_per_s:,.0f} exchanges/s from start, {live.steady_exchanges_per_s:,.0f} steady "
+        f"= {live.steady_exchanges_per_s / ceiling:.2f} of the ceiling; peak RSS {live.peak_rss_mb:,.0f} MB, "
+        f"CPU {live.cpu_seconds:,.0f}s in {live.seconds:,.0f}s",
+        flush=True,
+    )
     results["messages"] = await stored(dsn, "kgb", MESSAGES)
     results["live_steady_messages_per_s"] = results["messages"] / exchanges_ * live.steady_exchanges_per_s
-    print(f"    {results['messages']:,} messages: {results['live_steady_messages_per_s']:,.0f} messages/s steady", flush=True)
+    searchable = results["messages"] / (live.steady_seconds + live.indexed_after_seconds)
+    print(
+        f"    {results['messages']:,} messages: {results['live_steady_messages_per_s']:,.0f} messages/s steady; "
+        f"all searchable {live.indexed_after_seconds:.1f}s after the last exchange ({searchable:,.0f} messages/s)",
+        flush=True,
+    )
+    if args.without_search:
+        print(
+            f"    with search / without: {live.steady_exchanges_per_s / bare.steady_exchanges_per_s:.2f} of the exchanges/s",
+            flush=True,
+        )
     results["database_bytes"] = await database_size(dsn)
     print(f"    database size after: {results['database_bytes'] / 1e9:.2f} GB", flush=True)
     await services.drop_database(admin_dsn, dsn)
 
     if replay_landed():
         dsn = await services.create_database(admin_dsn)
-        replay = await timed(kgb("replay", "--into", REPLAY_SCHEMA), {**env, "KGB_DATABASE_URL": dsn}, dsn, REPLAY_SCHEMA, exchanges_)
+        replay = await timed(
+            kgb("replay", "--into", REPLAY_SCHEMA), {**env, "KGB_DATABASE_URL": dsn}, dsn, REPLAY_SCHEMA, exchanges_
+        )
         results["replay"] = asdict(replay)
-        print(f"(c) kgb replay: {replay.steady_exchanges_per_s:,.0f} exchanges/s steady "
-              f"= {replay.steady_exchanges_per_s / ceiling:.2f} of the ceiling; peak RSS {replay.peak_rss_mb:,.0f} MB", flush=True)
+        print(
+            f"(c) kgb replay: {replay.steady_exchanges_per_s:,.0f} exchanges/s steady "
+            f"= {replay.steady_exchanges_per_s / ceiling:.2f} of the ceiling; peak RSS {replay.peak_rss_mb:,.0f} MB; "
+            f"search index built {replay.indexed_after_seconds:.1f}s after the last exchange",
+            flush=True,
+        )
         await services.drop_database(admin_dsn, dsn)
     else:
         results["replay"] = None
@@ -324,6 +418,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=500, help="KGB_WINNI_BATCH_SIZE")
     parser.add_argument("--writers", type=int, default=1, help="KGB_WINNI_WRITERS (1 per process was fastest with 2 processes)")
     parser.add_argument("--processes", type=int, default=2, help="KGB_WINNI_PROCESSES")
+    parser.add_argument(
+        "--without-search",
+        action="store_true",
+        help="first run winni with KGB_WINNI_SEARCH_INDEX=false too: the baseline for what search costs it",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--profile", type=Path, help="py-spy's collapsed stacks of the live consumer, written here")
     args = parser.parse_args()

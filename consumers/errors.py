@@ -1,7 +1,7 @@
 """Errors of the consumers, and the one place that decides what is worth retrying.
 
     ConsumerError               base of every error raised by `consumers`
-    ├── TransientError          the batch may succeed later (database or registry away):
+    ├── TransientError          the batch may succeed later (database, registry or broker away):
     │                           retry it with backoff, commit nothing meanwhile
     ├── InvalidEvent            the event decoded but breaks the contract (a request event
     │                           without its request, an exchange id that is not a UUID):
@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from schemas.errors import RegistryError
 
@@ -67,6 +68,8 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, RegistryError):
         return exc.retriable
+    if isinstance(exc, KafkaError):  # the broker away or electing: aiokafka marks what a retry can cure
+        return exc.retriable or isinstance(exc, KafkaTimeoutError)
     if isinstance(exc, asyncpg.PostgresError):
         return _transient_sqlstate(exc.sqlstate)
     if isinstance(exc, (asyncpg.InterfaceError, asyncpg.InternalClientError)):

@@ -87,14 +87,17 @@ def _title_schema(body: dict[str, Any]) -> bool:
 def is_web_search(body: dict[str, Any]) -> bool:
     """A ``web_search_*`` server tool, with any of Claude Code's markers of its search requests."""
     names = {
-        tool.get("name") for tool in _tools(body)
+        tool.get("name")
+        for tool in _tools(body)
         if isinstance(tool, dict) and str(tool.get("type", "")).startswith("web_search_")
     }
     if not names:
         return False
     choice = body.get("tool_choice")
-    forced = isinstance(choice, dict) and choice.get("type") in _FORCED and (
-        choice.get("type") == "any" or choice.get("name") in names
+    forced = (
+        isinstance(choice, dict)
+        and choice.get("type") in _FORCED
+        and (choice.get("type") == "any" or choice.get("name") in names)
     )
     return forced or _last_user_opens(body["messages"], _SEARCH_REQUEST) or _system_opens(body, _SEARCH_SYSTEM)
 

@@ -88,8 +88,10 @@ def messages_of(event: dict[str, Any]) -> list[McpMessage]:
         return []
     if event.get("frame_type") == "BINARY":
         return [_message(event, 0, event["payload"] or b"", None, None, "binary_frame")]
-    return [_message(event, index, part.payload, part.value, part.jsonrpc, part.flag)
-            for index, part in enumerate(parts_of(event["payload"] or b""))]
+    return [
+        _message(event, index, part.payload, part.value, part.jsonrpc, part.flag)
+        for index, part in enumerate(parts_of(event["payload"] or b""))
+    ]
 
 
 def _parsed(payload: bytes | None) -> Any:
@@ -99,7 +101,9 @@ def _parsed(payload: bytes | None) -> Any:
         return None
 
 
-def _message(event: dict[str, Any], part: int, payload: bytes, value: Any, found: dict[str, Any] | None, flag: str | None) -> McpMessage:
+def _message(
+    event: dict[str, Any], part: int, payload: bytes, value: Any, found: dict[str, Any] | None, flag: str | None
+) -> McpMessage:
     return McpMessage(
         event_id=event["event_id"],
         part=part,
@@ -202,15 +206,19 @@ class OpenCall:
 
 def open_call(row: Any) -> OpenCall:
     """A row with the columns of `OpenCall` (``progress_token`` optional)."""
-    token = row["progress_token"] if "progress_token" in row.keys() else None
-    return OpenCall(row["call_id"], row["session_key"], row["jsonrpc_id"], row["direction"], row["connection_id"],
-                    row["requested_at"], token)
+    token = row.get("progress_token", None)
+    return OpenCall(
+        row["call_id"], row["session_key"], row["jsonrpc_id"], row["direction"], row["connection_id"], row["requested_at"], token
+    )
 
 
 def answered(open_calls: list[OpenCall], message: McpMessage) -> OpenCall | None:
     """The call an answer (a response or an error) closes: same session and id, asked the other way; one
     asked on the same connection or HTTP request first, else the oldest (stateless clients reuse ids)."""
-    asked = [c for c in open_calls if c.session_key == message.session_key and c.jsonrpc_id == message.jsonrpc_id
-             and c.direction != message.direction]
+    asked = [
+        c
+        for c in open_calls
+        if c.session_key == message.session_key and c.jsonrpc_id == message.jsonrpc_id and c.direction != message.direction
+    ]
     same = [c for c in asked if c.connection_id == message.connection_id]
     return (same or asked or [None])[0]  # type: ignore[list-item]

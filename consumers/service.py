@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from functools import partial
+from typing import Protocol
 
 import aiohttp
 import asyncpg
@@ -20,7 +21,9 @@ from aiokafka import AIOKafkaConsumer
 
 from consumers.source import Backoff, make_consumer, retrying
 from consumers.sql import Migration, migrate
-from kgb.config import KafkaSettings
+from kgb.config import KafkaSettings, mask_url
+from kgb.outages import HEALTH, KAFKA_WATCH, POSTGRES_WATCH, watching
+from kgb.topics import TopicSettings, ensure_topics
 from schemas.codec import MCP, Decoder, make_decoder
 from schemas.registry import Registry
 
@@ -45,8 +48,14 @@ async def connection(url: str) -> AsyncIterator[asyncpg.Connection]:
     finally:
         try:
             await conn.close(timeout=CLOSE_TIMEOUT)
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.debug("a connection closed without its goodbye (%s: %s)", type(exc).__name__, exc)
+
+
+def connecting(url: str) -> str:
+    """The step's name in its outage lines: where it connects and the setting that says so, since a
+    command run in a shell without KGB_DATABASE_URL waits on the default's port."""
+    return f"connecting to PostgreSQL at {mask_url(url)} (KGB_DATABASE_URL)"
 
 
 async def apply_migrations(pool: asyncpg.Pool, migrations: Sequence[Migration], schema: str) -> list[int]:
@@ -66,8 +75,13 @@ async def open_database(
     stop: asyncio.Event,
     backoff: Backoff,
 ) -> asyncpg.Pool | None:
-    """A migrated pool, waiting out a database that is not up yet; None when stopped first."""
-    pool = await retrying(partial(open_pool, url, schema, max_size), "connecting to PostgreSQL", stop, backoff)
+    """A migrated pool, waiting out a database that is not up yet; None when stopped first.
+
+    A consumer's first step: it is not ready (``/ready``) until `open_consumer` has joined its group.
+    """
+    HEALTH.wait("start", "starting: migrating PostgreSQL, then joining the Kafka group")
+    await resources.enter_async_context(watching(POSTGRES_WATCH, url))
+    pool = await retrying(partial(open_pool, url, schema, max_size), connecting(url), stop, backoff)
     if pool is None:
         return None
     resources.push_async_callback(pool.close)
@@ -88,14 +102,65 @@ def both_topics(kafka: KafkaSettings) -> tuple[str, str]:
     return kafka.topic, kafka.mcp_topic
 
 
+class ConsumerSettings(Protocol):
+    """What a consumer group's settings (winni's, metrics', dewey's) give `open_consumer`."""
+
+    @property
+    def kafka(self) -> KafkaSettings: ...
+    @property
+    def topics(self) -> TopicSettings: ...
+    @property
+    def group(self) -> str: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def backoff(self) -> Backoff: ...
+
+
 async def open_consumer(
-    resources: contextlib.AsyncExitStack, kafka: KafkaSettings, group: str, batch_size: int,
-    topics: Sequence[str] | None = None,
-) -> AIOKafkaConsumer:
-    """Subscribed to ``topics`` (the exchange topic when none are given), started, stopped with ``resources``."""
-    topics = tuple(topics or (kafka.topic,))
-    consumer = make_consumer(kafka, group, batch_size, topics)
-    await consumer.start()
-    resources.push_async_callback(consumer.stop)
-    log.info("consuming %s as group %s", ", ".join(topics), group)
+    resources: contextlib.AsyncExitStack, settings: ConsumerSettings, stop: asyncio.Event
+) -> AIOKafkaConsumer | None:
+    """Subscribed to both topics, started, stopped with ``resources``; None when stopped first.
+
+    The topics are created first when missing (`kgb.topics`), so a consumer
+    that starts before the proxy does not leave them to the broker's defaults;
+    a broker that is not up yet is waited for, as the database is.
+    """
+    await resources.enter_async_context(watching(KAFKA_WATCH, settings.kafka.bootstrap))
+    topics = both_topics(settings.kafka)
+    create = partial(ensure_topics, settings.kafka.bootstrap, topics, settings.topics)
+    where = f"{settings.kafka.bootstrap} (KGB_KAFKA_BOOTSTRAP)"
+    if await retrying(create, f"creating the topics on {where}", stop, settings.backoff) is None:
+        return None
+    consumer = await retrying(
+        partial(started_consumer, settings, topics), f"connecting to Kafka at {where}", stop, settings.backoff
+    )
+    if consumer is None:
+        return None
+    resources.push_async_callback(stop_consumer, consumer)
+    log.info("consuming %s as group %s", ", ".join(topics), settings.group)
+    HEALTH.done("start")
+    return consumer
+
+
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """``consumer.stop()``. With the broker gone, aiokafka's stop cancels its fetch task and then raises
+    that task's CancelledError as its own; only a cancellation of this task is passed on."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.debug("the consumer stopped with the broker away (aiokafka's fetch task was cancelled)")
+
+
+async def started_consumer(settings: ConsumerSettings, topics: Sequence[str]) -> AIOKafkaConsumer:
+    """A fresh consumer per attempt: one whose start failed is closed, not started again."""
+    consumer = make_consumer(settings.kafka, settings.group, settings.batch_size, topics)
+    try:
+        await consumer.start()
+    except BaseException:
+        await consumer.stop()
+        raise
     return consumer

@@ -24,6 +24,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -32,8 +33,10 @@ from aiokafka.errors import KafkaError
 
 from consumers.errors import ConsumerError, is_transient
 from kgb.config import KafkaSettings
+from kgb.outages import Outage, Reporter
 from schemas.codec import Decoder
 from schemas.errors import DecodeError, clip
+from schemas.fragments import Joiner
 
 log = logging.getLogger(__name__)
 
@@ -191,20 +194,36 @@ def decoder_for(decoders: Decoders, topic: str) -> Decoder:
     return decoders if isinstance(decoders, Decoder) else decoders[topic]
 
 
-async def decode_batch(polled: dict[TopicPartition, list[ConsumerRecord]], decoders: Decoders) -> Batch:
+async def decode_batch(
+    polled: dict[TopicPartition, list[ConsumerRecord]], decoders: Decoders, joiner: Joiner | None = None
+) -> Batch:
     """Decode every message; the ones that never will become rejects, the rest records.
 
-    Registry failures propagate: the bytes may be fine, so they must not be rejected.
+    FRAGMENT events (schemas/fragments.py) go to `joiner`; the event they complete
+    is decoded in place of the last one, and the offsets stop before a partition's
+    first piece still waiting, so a restart reads its pieces again. Registry
+    failures propagate: the bytes may be fine, so they must not be rejected.
     """
+    joiner = joiner if joiner is not None else Joiner()
     batch = Batch(offsets=next_offsets(polled))
     for tp, messages in polled.items():
         decoder = decoder_for(decoders, tp.topic)
         for message in messages:
             where = envelope(message)
             try:
-                batch.records.append(Record(where, await decoder.decode(message.value or b"")))
+                event = await decoder.decode(message.value or b"")
+                if event.get("kind") == "FRAGMENT":
+                    whole = joiner.add(tp, message.offset, event["fragment"])
+                    if whole is None:
+                        continue
+                    where = replace(where, value=whole)
+                    event = await decoder.decode(whole)
+                batch.records.append(Record(where, event))
             except DecodeError as exc:
                 batch.rejects.append(Reject(where, clip(str(exc)), type(exc).__name__))
+    for tp, first_waiting in joiner.holding().items():
+        if tp in batch.offsets:
+            batch.offsets[tp] = min(batch.offsets[tp], first_waiting)
     return batch
 
 
@@ -215,26 +234,28 @@ async def wait_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     return stop.is_set()
 
 
-async def retrying(
-    attempt: Callable[[], Awaitable[T]], what: str, stop: asyncio.Event, backoff: Backoff
-) -> T | None:
-    """Run ``attempt`` until it succeeds, retrying transient failures; None if stopped first."""
-    for number, delay in enumerate(backoff.delays(), start=1):
-        try:
-            result = await attempt()
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            log.warning(
-                "%s failed (attempt %d, %s: %s); retrying in %.1fs, nothing committed",
-                what, number, type(exc).__name__, clip(str(exc)), delay,
-            )
-            if await wait_or_stop(stop, delay):
-                return None
-            continue
-        if number > 1:
-            log.info("%s succeeded after %d attempts; carrying on", what, number)
-        return result
+async def retrying(attempt: Callable[[], Awaitable[T]], what: str, stop: asyncio.Event, backoff: Backoff) -> T | None:
+    """Run ``attempt`` until it succeeds, retrying transient failures; None if stopped first.
+
+    The failures are reported as an outage (`kgb.outages`): a line at the first,
+    a summary a minute, a line at the success, however short the backoff.
+    """
+    reporter = Reporter(Outage(what, gone="is failing", back="succeeded"), log)
+    try:
+        for delay in backoff.delays():
+            try:
+                result = await attempt()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                reporter.failed(f"{type(exc).__name__}: {clip(str(exc))}; nothing committed")
+                if await wait_or_stop(stop, delay):
+                    return None
+                continue
+            reporter.recovered()
+            return result
+    finally:
+        reporter.health.done(what)
     raise AssertionError("unreachable: backoff delays never end")
 
 
@@ -264,21 +285,23 @@ async def consume(
 
     A reader passes ``until`` (see `end_offsets`): it returns once it is there, and commits nothing.
     """
+    joiner = Joiner()
     while not stop.is_set() and (until is None or await behind(consumer, until)):
         polled = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=batch_size)
         if not polled:
             continue
         what = f"batch of {sum(map(len, polled.values()))} messages"
-        done = await retrying(lambda: _decode_and_handle(polled, decoder, handler), what, stop, backoff)
+        done = await retrying(partial(_decode_and_handle, polled, decoder, handler, joiner), what, stop, backoff)
         if done is None:
             return
         if until is None:
             await commit(consumer, done.offsets)
+        joiner.settle()
 
 
 async def _decode_and_handle(
-    polled: dict[TopicPartition, list[ConsumerRecord]], decoder: Decoders, handler: Handler
+    polled: dict[TopicPartition, list[ConsumerRecord]], decoder: Decoders, handler: Handler, joiner: Joiner
 ) -> Batch:
-    batch = await decode_batch(polled, decoder)
+    batch = await decode_batch(polled, decoder, joiner)
     await handler(batch)
     return batch

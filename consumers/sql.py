@@ -100,9 +100,7 @@ def pending(migrations: Sequence[Migration], applied: dict[int, str]) -> list[Mi
     """What is left to apply; a database whose history differs from ours is refused."""
     for m in migrations:
         if m.version in applied and applied[m.version] != m.name:
-            raise MigrationError(
-                f"migration {m.version} is {applied[m.version]!r} in the database but {m.name!r} here"
-            )
+            raise MigrationError(f"migration {m.version} is {applied[m.version]!r} in the database but {m.name!r} here")
     unknown = set(applied) - {m.version for m in migrations}
     if unknown:
         raise MigrationError(f"database has migrations this version does not know: {sorted(unknown)}")

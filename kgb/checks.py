@@ -24,11 +24,22 @@ from kgb.config import SettingsError
 
 PRODUCT_PACKAGES = ("kgb", "proxy", "consumers", "schemas", "web")
 # Read by scripts/ (dev.sh, kafka.py, install-claude-code.sh) and tests/, never by `kgb` itself.
-TOOL_SETTINGS = frozenset({
-    "KGB_CACHE_DIR", "KGB_CHROMIUM", "KGB_CLAUDE_BIN", "KGB_CLAUDE_CODE_PREFIX", "KGB_CLAUDE_CODE_VERSION",
-    "KGB_DEV_DIR", "KGB_DEV_KAFKA_PORT", "KGB_DEV_POSTGRES_PORT", "KGB_TEST_DATABASE_URL",
-    "KGB_TEST_KAFKA_BOOTSTRAP", "KGB_TEST_SERVICES", "KGB_WEB_ARTIFACTS",
-})
+TOOL_SETTINGS = frozenset(
+    {
+        "KGB_CACHE_DIR",
+        "KGB_CHROMIUM",
+        "KGB_CLAUDE_BIN",
+        "KGB_CLAUDE_CODE_PREFIX",
+        "KGB_CLAUDE_CODE_VERSION",
+        "KGB_DEV_DIR",
+        "KGB_DEV_KAFKA_PORT",
+        "KGB_DEV_POSTGRES_PORT",
+        "KGB_TEST_DATABASE_URL",
+        "KGB_TEST_KAFKA_BOOTSTRAP",
+        "KGB_TEST_SERVICES",
+        "KGB_WEB_ARTIFACTS",
+    }
+)
 SETTING = re.compile(r'"(KGB_[A-Z0-9_]+)"')
 SIMILAR = 0.75  # difflib ratio; every name shares "KGB_", so the default 0.6 suggests nonsense
 
@@ -64,9 +75,7 @@ def check_url(value: str, setting: str, schemes: tuple[str, ...], *, needs_host:
     parts = urlsplit(value)
     example = f"{schemes[0]}://HOST:PORT"
     if parts.scheme not in schemes:
-        raise SettingsError(
-            f"{setting} must be a {' or '.join(s + '://' for s in schemes)} URL (like {example}), got {value!r}"
-        )
+        raise SettingsError(f"{setting} must be a {' or '.join(s + '://' for s in schemes)} URL (like {example}), got {value!r}")
     if needs_host and not parts.hostname:
         raise SettingsError(f"{setting} has no host, got {value!r}; write it like {example}")
     return value

@@ -22,15 +22,22 @@ def jsonrpc_message(item: Any) -> dict[str, Any] | None:
     notification; otherwise `error` or `result` make it an error or a response."""
     if not isinstance(item, dict):
         return None
-    found: dict[str, Any] = {"method": None, "id": orjson.dumps(item["id"]).decode() if "id" in item else None,
-                             "error_code": None, "error_message": None}
+    found: dict[str, Any] = {
+        "method": None,
+        "id": orjson.dumps(item["id"]).decode() if "id" in item else None,
+        "error_code": None,
+        "error_message": None,
+    }
     method, error = item.get("method"), item.get("error")
     if isinstance(method, str):
         return found | {"kind": "REQUEST" if "id" in item else "NOTIFICATION", "method": method}
     if isinstance(error, dict):
         message = error.get("message")
-        return found | {"kind": "ERROR", "error_code": _long(error.get("code")),
-                        "error_message": message if isinstance(message, str) else None}
+        return found | {
+            "kind": "ERROR",
+            "error_code": _long(error.get("code")),
+            "error_message": message if isinstance(message, str) else None,
+        }
     if "result" in item:
         return found | {"kind": "RESPONSE"}
     return None

@@ -20,10 +20,16 @@ _debugging = False
 
 
 def configure_logging(level: int | str, debug: bool = False) -> None:
-    """``debug`` (`kgb --debug`) keeps every traceback; the worker processes a consumer spawns inherit it."""
+    """``debug`` (`kgb --debug`) keeps every traceback and the clients' own logs (`kgb.outages`,
+    which --log-level DEBUG keeps too); the worker processes a consumer spawns inherit it."""
+    from kgb.outages import QuietClients
+
     global _debugging
     _debugging = debug
     logging.basicConfig(level=level, format=LOG_FORMAT)
+    if not debug and logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(QuietClients())
 
 
 def debugging() -> bool:

@@ -1,14 +1,16 @@
 """The capture proxy: forwards every request upstream and streams the answer back.
 
-Bytes go to the client first; a copy goes to the recorder after each write
-(STYLE 2). The long-lived upstream session and the publisher are created and
-closed here, at the edge of the app, and nowhere else.
+Each piece of the exchange is appended to the capture log (proxy/tap.py) as it
+passes, a chunk just before it goes to the client; building and publishing the
+events is the capture worker's, in another process (proxy/worker.py). The
+long-lived upstream session and the log writer are opened and closed here, at
+the edge of the app, and nowhere else.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 import aiohttp
 import orjson
@@ -16,25 +18,42 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from kgb.config import mask_url
+from kgb.outages import HEALTH
 from proxy import errors
-from proxy.capture import Capture, RedactionPolicy, RequestRecord, ResponseRecorder, failed_response
+from proxy.budget import ByteBudget
+from proxy.capture import RequestRecord
+from proxy.logwriter import LogWriter
 from proxy.metrics import CONTENT_TYPE, ProxyMetrics
-from proxy.publish import Publisher
 from proxy.settings import ProxySettings, fingerprint_key
+from proxy.tap import Exchange, HeaderPolicy, McpSink, Tap, capture_log
 
 log = logging.getLogger(__name__)
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 # RFC 9110 §7.6.1, plus the legacy Proxy-Connection; Host and Content-Length are set by the client library.
 HOP_BY_HOP = frozenset(
-    {"connection", "proxy-connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
-     "proxy-authenticate", "proxy-authorization"}
+    {
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    }
 )
 _NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length"}
 
 SETTINGS = web.AppKey("settings", ProxySettings)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
-PUBLISHER = web.AppKey("publisher", Publisher)
-CAPTURE = web.AppKey("capture", Capture)
+WRITER = web.AppKey("writer", LogWriter)
+TAP = web.AppKey("tap", Tap)
+MCP_SINK = web.AppKey("mcp_sink", McpSink)
+BODY_BUDGET = web.AppKey("body_budget", ByteBudget)
 METRICS = web.AppKey("metrics", ProxyMetrics)
 
 
@@ -54,33 +73,46 @@ async def forward(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings, metrics = app[SETTINGS], app[METRICS]
     raw_headers = _decoded(request.raw_headers)
+    origin_form = request.rel_url.raw_path.startswith("/")
     record = RequestRecord(
         method=request.method,
-        path=request.rel_url.raw_path,
+        path=request.rel_url.raw_path if origin_form else request.raw_path,
         query=request.rel_url.raw_query_string,
         http_version=f"{request.version.major}.{request.version.minor}",
         headers=raw_headers,
         body=b"",
     )
-    try:
-        record.body = await _read_body(request, settings.max_body_bytes)
-    except errors.BodyTooLarge as exc:
-        return _fail(request, record, exc)
-    capture = app[CAPTURE]
-    capture.request(record)
-    outgoing = CIMultiDict(end_to_end(raw_headers, request.headers.get("connection"), _NOT_FORWARDED))
-    try:
-        upstream = await app[SESSION].request(
-            request.method,
-            upstream_url(settings.upstream_url, record.path, record.query),
-            headers=outgoing,
-            data=record.body or None,
-            allow_redirects=False,
-        )
-    except Exception as exc:  # noqa: BLE001 - every failure is answered and captured
-        return _fail(request, record, errors.translate(exc))
+    if not origin_form:
+        refusal = f"KGB proxy: {request.method} {request.raw_path} is not relayed: only a path goes upstream"
+        return _fail(request, app[TAP].request(record), errors.TargetNotRelayed(refusal))
+    async with app[BODY_BUDGET].hold(body_charge(request, settings.max_body_bytes)):
+        try:
+            record.body = await _read_body(request, settings.max_body_bytes)
+        except errors.BodyTooLarge as exc:
+            return _fail(request, app[TAP].request(record), exc)
+        exchange = app[TAP].request(record)
+        outgoing = CIMultiDict(end_to_end(raw_headers, request.headers.get("connection"), _NOT_FORWARDED))
+        try:
+            upstream = await app[SESSION].request(
+                request.method,
+                upstream_url(settings.upstream_url, record.path, record.query),
+                headers=outgoing,
+                data=record.body or None,
+                allow_redirects=False,
+            )
+        except Exception as exc:  # noqa: BLE001 - every failure is answered and captured
+            return _fail(request, exchange, errors.translate(exc))
+        finally:
+            record.body = b""  # sent upstream and in the log: its room in the budget is free again
     async with upstream:
-        return await _relay(request, record, upstream, capture, metrics)
+        return await _relay(request, record, upstream, exchange, metrics)
+
+
+def body_charge(request: web.Request, limit: int) -> int:
+    """What a request's body may cost before it is read: its Content-Length, else the limit."""
+    if not request.body_exists:
+        return 0
+    return limit if request.content_length is None else min(request.content_length, limit)
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -96,22 +128,24 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
 
 
 async def _relay(
-    request: web.Request, record: RequestRecord, upstream: aiohttp.ClientResponse, capture: Capture, metrics: ProxyMetrics
+    request: web.Request, record: RequestRecord, upstream: aiohttp.ClientResponse, exchange: Exchange, metrics: ProxyMetrics
 ) -> web.StreamResponse:
     headers = end_to_end(_decoded(upstream.raw_headers), upstream.headers.get("connection"), HOP_BY_HOP)
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     response.headers.extend(end_to_end(headers, None, frozenset({"content-length"})))
     if "content-length" in upstream.headers and upstream.content_length is not None:
         response.content_length = upstream.content_length
-    recorder = ResponseRecorder(record, upstream.status, headers)
+    exchange.response_head(upstream.status, headers)
     client_gone = upstream_done = False
     try:
         client_gone = not await _send(response.prepare(request))
         async for chunk in upstream.content.iter_any():
-            if client_gone or not await _send(response.write(chunk)):
+            if client_gone:
+                break
+            exchange.chunk(chunk)
+            if not await _send(response.write(chunk)):
                 client_gone = True
                 break
-            recorder.feed(chunk)
         else:
             upstream_done = True
             client_gone = not await _send(response.write_eof())
@@ -123,7 +157,7 @@ async def _relay(
         if client_gone:
             log.info("exchange %s: client went away mid-response; closing the upstream request", record.exchange_id)
             upstream.close()
-        capture.response(record, recorder.finish(client_disconnected=client_gone, upstream_complete=upstream_done))
+        exchange.end(client_disconnected=client_gone, upstream_complete=upstream_done)
         metrics.requests.labels(method=request.method, status=str(upstream.status)).inc()
     return response
 
@@ -147,32 +181,37 @@ def _abort(request: web.Request) -> None:
         request.transport.close()
 
 
-def _fail(request: web.Request, record: RequestRecord, failure: errors.ProxyError) -> web.Response:
+def _fail(request: web.Request, exchange: Exchange, failure: errors.ProxyError) -> web.Response:
     app = request.app
     body = failure.body()
-    headers = [("Content-Type", "application/json")]
-    if isinstance(failure, errors.BodyTooLarge):
-        app[CAPTURE].request(record)
-    app[CAPTURE].response(record, failed_response(record, failure.status, body, (failure.kind, str(failure)), headers))
+    exchange.response_head(failure.status, [("Content-Type", "application/json")])
+    exchange.chunk(body)
+    exchange.end(client_disconnected=False, upstream_complete=False, proxy_error=(failure.kind, str(failure)))
     app[METRICS].requests.labels(method=request.method, status=str(failure.status)).inc()
-    if not isinstance(failure, errors.BodyTooLarge):
+    if not isinstance(failure, errors.Refused):
         app[METRICS].upstream_errors.labels(kind=failure.kind).inc()
-    log.warning("exchange %s: %s", record.exchange_id, failure)
+    log.warning("exchange %s: %s", exchange.label, failure)
     return web.Response(status=failure.status, body=body, content_type="application/json")
 
 
 async def health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "healthy", "upstream": request.app[SETTINGS].upstream_url}, dumps=_dumps)
+    return web.json_response({"status": "healthy", "upstream": mask_url(request.app[SETTINGS].upstream_url)}, dumps=_dumps)
 
 
 async def ready(request: web.Request) -> web.Response:
-    publisher = request.app[PUBLISHER]
-    status = 200 if publisher.ready else 503
-    return web.json_response({"status": "ready" if status == 200 else "not_ready"}, status=status, dumps=_dumps)
+    """200 once it listens with room in the capture log; else 503, saying what it waits for (Kafka is the worker's:
+    while it is away the log holds the exchanges)."""
+    waiting = HEALTH.waiting_for()
+    if request.app[WRITER].full:
+        waiting = [*waiting, "room in the capture log (KGB_SPOOL_DIR, KGB_SPOOL_MAX_BYTES)"]
+    body = {"status": "not_ready", "waiting_for": waiting} if waiting else {"status": "ready"}
+    return web.json_response(body, status=503 if waiting else 200, dumps=_dumps)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
+    metrics = request.app[METRICS]
+    metrics.show_log(request.app[WRITER])
+    return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
 
 def _dumps(value: object) -> str:
@@ -194,27 +233,35 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-async def _publishing(app: web.Application) -> AsyncIterator[None]:
+async def capturing(app: web.Application) -> AsyncIterator[None]:
+    """The process's capture-log writer (shared with the MCP app), and what appends to it."""
     settings = app[SETTINGS]
-    publisher = Publisher(settings.publish, app[METRICS], app[SESSION])
-    app[PUBLISHER] = publisher
-    key = fingerprint_key(settings, settings.publish.spool_dir)
-    app[CAPTURE] = Capture(RedactionPolicy(settings.rules(), settings.redact_headers, key), publisher.submit)
-    await publisher.start()
-    try:
+    async with capture_log(settings.capture.log()) as writer:
+        app[WRITER] = writer
+        app[TAP] = Tap(writer, HeaderPolicy.of(settings.redact_headers, fingerprint_key(settings, settings.capture.spool_dir)))
+        app[MCP_SINK] = McpSink(writer)
         yield
-    finally:
-        await publisher.close()
 
 
 def build_app(settings: ProxySettings, metrics: ProxyMetrics | None = None) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes, handler_args={"max_field_size": 65536})
+    app = web.Application(
+        client_max_size=settings.max_body_bytes, handler_args={"max_field_size": 65536}, middlewares=[_unrouted_too]
+    )
     app[SETTINGS] = settings
     app[METRICS] = metrics or ProxyMetrics()
+    app[BODY_BUDGET] = ByteBudget(settings.body_memory_bytes)
     app.cleanup_ctx.append(_upstream_session)
-    app.cleanup_ctx.append(_publishing)
+    app.cleanup_ctx.append(capturing)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics_endpoint)
-    app.router.add_route("*", "/{tail:.*}", forward)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", forward)  # not `.*`: a %0A in the path decodes to a newline
     return app
+
+
+@web.middleware
+async def _unrouted_too(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The router matches paths only; a CONNECT's host:port or an OPTIONS `*` would get its bare, uncaptured 404."""
+    if request.match_info.http_exception is not None:
+        return await forward(request)
+    return await handler(request)

@@ -1,10 +1,11 @@
 """Turning what the proxy saw into redacted exchange events.
 
-The handler records raw facts cheaply (`RequestRecord`, `ResponseRecorder`)
-and hands them over; the events are built here, after the bytes have gone to
-the client, by pure functions. `ResponseRecorder.feed` runs on the response
-path, so it swallows its own failures: a recorder bug costs a field, never a
-client's stream.
+The relay appends raw facts to the capture log (proxy/tap.py); the capture
+worker rebuilds a `RequestRecord` and a `ResponseRecord` from them
+(proxy/assemble.py) and builds the events here, by pure functions. Event ids
+and times come from the exchange and the log, never from the clock at build
+time, so an event built twice (a worker restarted before its checkpoint moved)
+is the same event and changes nothing downstream.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from kgb.documents import parse_json
 from proxy import decode
 from proxy.redact import (
     Rule,
-    credential,
-    fingerprint,
     redact_body,
     redact_headers,
     redact_document,
@@ -63,7 +62,7 @@ class RequestRecord:
     body: bytes
     received_at: int = field(default_factory=now_us)
     exchange_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    started_ns: int = field(default_factory=time.perf_counter_ns)
+    key_fingerprint: str | None = None  # the relay's, from the credential it redacted before the append
 
 
 @dataclass
@@ -79,6 +78,7 @@ class ResponseRecord:
     client_disconnected: bool
     upstream_complete: bool
     proxy_error: tuple[str, str] | None = None
+    ended_at: int = 0  # when the exchange ended, microseconds since the epoch
 
 
 class ResponseRecorder:
@@ -97,22 +97,21 @@ class ResponseRecorder:
         self._decode_failed = False
         self._text = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stream = MessageStream() if self.is_sse else None
-        self._first_byte_ns: int | None = None
         try:
             self._decoder = decode.decoder_for(self.content_encoding)
         except decode.UnsupportedEncoding:
             self._decode_failed = True
 
     def feed(self, chunk: bytes) -> None:
-        if self._first_byte_ns is None:
-            self._first_byte_ns = time.perf_counter_ns()
         self._raw.append(chunk)
         if self._decode_failed or self._decoder is None:
             return
         try:
             self._take(self._decoder.feed(chunk))
         except Exception:  # noqa: BLE001 - the recorder must never break the stream
-            log.warning("exchange %s: cannot decode %s body; recording it as sent", self._request.exchange_id, self.content_encoding)
+            log.warning(
+                "exchange %s: cannot decode %s body; recording it as sent", self._request.exchange_id, self.content_encoding
+            )
             self._decode_failed = True
 
     def _take(self, data: bytes) -> None:
@@ -122,7 +121,7 @@ class ResponseRecorder:
         if self._stream is not None:
             self._stream.feed(self._text.decode(data))
 
-    def finish(self, *, client_disconnected: bool, upstream_complete: bool) -> ResponseRecord:
+    def finish(self, ending: Ending) -> ResponseRecord:
         if not self._decode_failed and self._decoder is not None:
             try:
                 self._take(self._decoder.flush())
@@ -132,8 +131,6 @@ class ResponseRecorder:
         if self._stream is not None:
             self._stream.feed(self._text.decode(b"", final=True))
             assembled = self._stream.finish()
-        end = time.perf_counter_ns()
-        first = self._first_byte_ns
         return ResponseRecord(
             status=self.status,
             headers=self.headers,
@@ -141,30 +138,33 @@ class ResponseRecorder:
             content_encoding=self.content_encoding,
             is_sse=self.is_sse,
             assembled=assembled,
-            ttfb_ms=None if first is None else (first - self._request.started_ns) / 1e6,
-            duration_ms=(end - self._request.started_ns) / 1e6,
-            client_disconnected=client_disconnected,
-            upstream_complete=upstream_complete,
+            ttfb_ms=ending.ttfb_ms,
+            duration_ms=ending.duration_ms,
+            client_disconnected=ending.client_disconnected,
+            upstream_complete=ending.upstream_complete,
+            proxy_error=ending.proxy_error,
+            ended_at=ending.ended_at,
         )
 
 
-def failed_response(
-    request: RequestRecord, status: int, body: bytes, error: tuple[str, str], headers: list[tuple[str, str]]
-) -> ResponseRecord:
-    """The record of an exchange the upstream never answered; the body is the proxy's own error JSON."""
-    return ResponseRecord(
-        status=status,
-        headers=headers,
-        body=body,
-        content_encoding=None,
-        is_sse=False,
-        assembled=None,
-        ttfb_ms=None,
-        duration_ms=(time.perf_counter_ns() - request.started_ns) / 1e6,
-        client_disconnected=False,
-        upstream_complete=False,
-        proxy_error=error,
-    )
+@dataclass(frozen=True)
+class Ending:
+    """How an exchange ended, as the relay saw it (the END record)."""
+
+    client_disconnected: bool
+    upstream_complete: bool
+    ttfb_ms: float | None
+    duration_ms: float
+    ended_at: int
+    proxy_error: tuple[str, str] | None = None
+
+
+EVENT_NAMESPACE = uuid.UUID("6b6762c0-cafe-4e00-8000-6b6762657665")
+
+
+def event_id(exchange_id: str, kind: str) -> str:
+    """The same exchange and kind always give the same id: a republished event is a duplicate consumers drop."""
+    return str(uuid.uuid5(EVENT_NAMESPACE, f"{exchange_id}/{kind}"))
 
 
 @dataclass
@@ -176,12 +176,12 @@ class RequestFacts:
     client: str | None
 
 
-def _envelope(kind: str, request: RequestRecord, facts: RequestFacts, redactions: list[str]) -> dict[str, Any]:
+def _envelope(kind: str, request: RequestRecord, facts: RequestFacts, redactions: list[str], at: int) -> dict[str, Any]:
     return {
-        "event_id": str(uuid.uuid4()),
+        "event_id": event_id(request.exchange_id, kind),
         "exchange_id": request.exchange_id,
         "kind": kind,
-        "occurred_at": now_us(),
+        "occurred_at": at,
         "session_key": facts.identity.session_key,
         "session_source": facts.identity.session_source,
         "agent_id": facts.identity.agent_id,
@@ -199,8 +199,7 @@ def request_event(request: RequestRecord, policy: RedactionPolicy) -> tuple[dict
     headers and body, and a secret there would otherwise reach the tables as a session key."""
     parsed = parse_json(request.body)
     body_json = parsed if isinstance(parsed, dict) else None
-    secret = credential(request.headers)
-    key_fingerprint = fingerprint(secret, policy.fingerprint_key) if secret else None
+    key_fingerprint = request.key_fingerprint
     lowered = _CaseInsensitive(request.headers)
     fired: list[str] = []
     facts = RequestFacts(
@@ -214,7 +213,7 @@ def request_event(request: RequestRecord, policy: RedactionPolicy) -> tuple[dict
     path = redact_optional(request.path, policy.rules, fired)
     model = body_json.get("model") if body_json else None
     model = redact_optional(model, policy.rules, fired) if isinstance(model, str) else None
-    event = _envelope("REQUEST", request, facts, fired + header_fired + body_fired + query_fired)
+    event = _envelope("REQUEST", request, facts, fired + header_fired + body_fired + query_fired, request.received_at)
     event["request"] = {
         "method": request.method,
         "path": path,
@@ -278,7 +277,7 @@ def response_event(
     message = _redact_json(outcome.final_message(), policy.rules, derived)
     if derived and response.is_sse:
         body, body_fired = redact_stream(response.body, policy.rules)
-    event = _envelope("RESPONSE", request, facts, fired + body_fired + derived)
+    event = _envelope("RESPONSE", request, facts, fired + body_fired + derived, response.ended_at)
     event["response"] = {
         "status": response.status,
         "headers": headers,
@@ -301,9 +300,13 @@ def response_event(
 
 
 def _redact_json(value: Any, rules: Sequence[Rule], fired: list[str]) -> str | None:
+    """A reassembled message, redacted; None for one nested deeper than orjson writes (the body keeps it)."""
     if value is None:
         return None
-    document, hits = redact_document(value, rules)
+    try:
+        document, hits = redact_document(value, rules)
+    except orjson.JSONEncodeError:
+        return None
     fired.extend(hits)
     return orjson.dumps(document).decode()
 
@@ -321,38 +324,6 @@ class _CaseInsensitive:
 
 
 Submit = Callable[[dict[str, Any]], None]
-
-
-class Capture:
-    """Builds events off the response path and hands them to the publisher.
-
-    Building is scheduled with `call_soon`, so it runs after the handler has
-    yielded: the request event once the request is on its way upstream, the
-    response event after the last chunk went to the client. Events of one
-    exchange are built in order because the loop runs callbacks in order.
-    """
-
-    def __init__(self, policy: RedactionPolicy, submit: Submit) -> None:
-        self._policy = policy
-        self._submit = submit
-        self._facts: dict[str, RequestFacts] = {}
-
-    def request(self, request: RequestRecord) -> None:
-        soon(self._build_request, request)
-
-    def response(self, request: RequestRecord, response: ResponseRecord) -> None:
-        soon(self._build_response, request, response)
-
-    def _build_request(self, request: RequestRecord) -> None:
-        event, facts = request_event(request, self._policy)
-        self._facts[request.exchange_id] = facts
-        self._submit(event)
-
-    def _build_response(self, request: RequestRecord, response: ResponseRecord) -> None:
-        facts = self._facts.pop(request.exchange_id, None)
-        if facts is None:
-            facts = request_event(request, self._policy)[1]
-        self._submit(response_event(request, response, facts, self._policy))
 
 
 def soon(callback: Callable[..., None], *args: Any) -> None:

@@ -1,7 +1,9 @@
 """The proxy's own failures, and the Anthropic-shaped answers clients get for them.
 
     ProxyError           500 api_error           (anything unforeseen on the way upstream)
-    ├── BodyTooLarge         413 request_too_large   (the client sent more than KGB_MAX_BODY_BYTES)
+    ├── Refused              (the proxy answered itself, before forwarding: nothing went upstream)
+    │   ├── BodyTooLarge         413 request_too_large     (the client sent more than KGB_MAX_BODY_BYTES)
+    │   └── TargetNotRelayed     400 invalid_request_error (CONNECT host:port, OPTIONS *: no path to relay)
     ├── UpstreamUnreachable  502 api_error           (connect refused, DNS, reset before headers)
     └── UpstreamTimeout      504 timeout_error       (no headers, or no next chunk, in time)
 
@@ -27,10 +29,20 @@ class ProxyError(Exception):
         return error_body(self.error_type, str(self))
 
 
-class BodyTooLarge(ProxyError):
+class Refused(ProxyError):
+    """Decided from the request alone, so its request event is built with the answer, and no upstream error counted."""
+
+
+class BodyTooLarge(Refused):
     status = 413
     error_type = "request_too_large"
     kind = "request_too_large"
+
+
+class TargetNotRelayed(Refused):
+    status = 400
+    error_type = "invalid_request_error"
+    kind = "target_not_relayed"
 
 
 class UpstreamUnreachable(ProxyError):

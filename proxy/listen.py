@@ -109,8 +109,8 @@ class Guarded(asyncio.Protocol):
             self.guard.reading(self)
         self.inner.data_received(data)
 
-    def eof_received(self) -> bool | None:
-        return self.inner.eof_received()
+    def eof_received(self) -> None:
+        self.inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.guard.forget(self)
@@ -204,11 +204,15 @@ class Guard:
             self._warned_at = now
             log.warning(
                 "%d connections, the cap (KGB_MAX_CONNECTIONS): %d idle or slow connections evicted, %d refused so far",
-                self.connections, self.evicted, self.refused,
+                self.connections,
+                self.evicted,
+                self.refused,
             )
 
     @web.middleware
-    async def middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    async def middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         """Marks the connection busy for as long as its request's handler runs."""
         conn = self._by_handler.get(request.protocol)
         if conn is None:
@@ -254,6 +258,11 @@ def guard_for(settings: ProxySettings) -> Guard:
     descriptors = raise_descriptor_limit()
     cap = connection_cap(settings.max_connections, descriptors, settings.upstream_connections)
     if cap < settings.max_connections:
-        log.warning("at most %d connections (KGB_MAX_CONNECTIONS is %d): the descriptor limit is %d", cap, settings.max_connections, descriptors)
+        log.warning(
+            "at most %d connections (KGB_MAX_CONNECTIONS is %d): the descriptor limit is %d",
+            cap,
+            settings.max_connections,
+            descriptors,
+        )
     log.info("descriptor limit %d; at most %d client connections over both ports", descriptors, cap)
     return Guard(Limits(settings.header_timeout, settings.keepalive_timeout, cap))

@@ -3,16 +3,20 @@
 They live on their own `CollectorRegistry` (not prometheus_client's global
 one) so every proxy and every test owns a fresh, independent set of counters.
 
-Accounting of events, so an operator can tell nothing went missing:
-submitted = published + dropped + too_large + (still queued, in flight or spooled).
-`kgb_events_spooled_total` counts events written to the disk spool; they are
-counted as published again once the spool delivers them.
+The relay's capture side is the capture log: its size, whether it is full, and
+how many appends it refused. Publishing is the capture worker's (its log lines
+say what it published, dropped or could not encode).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from proxy.logwriter import LogWriter
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -23,38 +27,21 @@ class ProxyMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.events_submitted = Counter(
-            "kgb_events_submitted", "Capture events handed to the publisher.", registry=r
-        )
-        self.events_published = Counter(
-            "kgb_events_published", "Events acknowledged by Kafka (acks=all).", registry=r
-        )
-        self.events_spooled = Counter(
-            "kgb_events_spooled", "Events written to the disk spool because Kafka was slow or down.", registry=r
-        )
-        self.events_dropped = Counter(
-            "kgb_events_dropped",
-            "Events lost: the spool was full, the queue was full, or the event could not be encoded.",
-            ["reason"],
+        self.capture_dropped = Gauge(
+            "kgb_capture_dropped_records",
+            "Capture-log appends refused because the log was at KGB_SPOOL_MAX_BYTES (their exchanges were relayed, not captured).",
             registry=r,
         )
-        self.events_too_large = Counter(
-            "kgb_events_too_large",
-            "Events over KGB_MAX_EVENT_BYTES, kept in the spool's rejected/ directory instead of Kafka.",
-            registry=r,
-        )
-        self.publish_errors = Counter(
-            "kgb_publish_errors", "Failed Kafka sends, connects and spool records skipped as corrupt.", ["kind"], registry=r
-        )
-        self.spool_bytes = Gauge("kgb_spool_bytes", "Bytes in the disk spool not yet delivered.", registry=r)
-        self.spool_full = Gauge("kgb_spool_full", "1 while the disk spool is at KGB_SPOOL_MAX_BYTES.", registry=r)
-        self.queue_depth = Gauge("kgb_queue_depth", "Events waiting in the in-memory queue.", registry=r)
-        self.requests = Counter(
-            "kgb_requests", "Requests handled by the proxy.", ["method", "status"], registry=r
-        )
-        self.upstream_errors = Counter(
-            "kgb_upstream_errors", "Upstream failures seen by the proxy.", ["kind"], registry=r
-        )
+        self.spool_bytes = Gauge("kgb_spool_bytes", "Bytes in the capture log not yet published (and deleted).", registry=r)
+        self.spool_full = Gauge("kgb_spool_full", "1 while the capture log is at KGB_SPOOL_MAX_BYTES.", registry=r)
+        self.requests = Counter("kgb_requests", "Requests handled by the proxy.", ["method", "status"], registry=r)
+        self.upstream_errors = Counter("kgb_upstream_errors", "Upstream failures seen by the proxy.", ["kind"], registry=r)
+
+    def show_log(self, writer: LogWriter) -> None:
+        """The capture log's state, read when /metrics is scraped."""
+        self.capture_dropped.set(writer.refused_records)
+        self.spool_bytes.set(writer.pending_bytes)
+        self.spool_full.set(1 if writer.full else 0)
 
     def render(self) -> bytes:
         """The text exposition format, for the `/metrics` handler (content type `CONTENT_TYPE`)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,14 +27,13 @@ from urllib.parse import parse_qsl, quote_from_bytes, unquote_to_bytes, urlencod
 
 import orjson
 
+from kgb.config import CREDENTIAL_PARAMS
 from kgb.documents import parse_json
 from proxy.sse import SSEEvent, SSEParser
 
 REDACTED = "[REDACTED]"
 
 SECRET_HEADERS = frozenset({"x-api-key", "authorization", "proxy-authorization", "cookie", "set-cookie"})
-
-SECRET_QUERY_PARAMS = frozenset({"key", "api_key", "apikey", "token", "access_token", "secret", "password"})
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class Rule:
         def keep_around(match: re.Match[bytes]) -> bytes:
             start, end = match.span("secret")
             whole = match[0]
-            return whole[: start - match.start()] + self.placeholder + whole[end - match.start():]
+            return whole[: start - match.start()] + self.placeholder + whole[end - match.start() :]
 
         return self.pattern.subn(keep_around, body)
 
@@ -109,11 +109,18 @@ def hyperscan_engine(patterns: Sequence[bytes]) -> Scan:
 
     database = hyperscan.Database()
     flags = hyperscan.HS_FLAG_DOTALL | hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_SINGLEMATCH
-    database.compile(expressions=list(patterns), ids=list(range(len(patterns))), elements=len(patterns), flags=[flags] * len(patterns))
+    database.compile(
+        expressions=list(patterns), ids=list(range(len(patterns))), elements=len(patterns), flags=[flags] * len(patterns)
+    )
+
+    local = threading.local()  # a scratch space serves one scan at a time: one per thread
 
     def scan(data: bytes) -> set[int]:
+        scratch = getattr(local, "scratch", None)
+        if scratch is None:
+            scratch = local.scratch = hyperscan.Scratch(database)
         found: set[int] = set()
-        database.scan(data, match_event_handler=lambda rule, *_: found.add(rule))
+        database.scan(data, match_event_handler=lambda rule, *_: found.add(rule), scratch=scratch)
         return found
 
     return scan
@@ -207,7 +214,7 @@ def _redact_percent_runs(body: bytes, rules: Sequence[Rule]) -> tuple[bytes, lis
         start = match.start()
         while start > done and body[start - 1] in _URL_SAFE:
             start -= 1
-        decoded = unquote_to_bytes(body[start:match.end()].replace(b"+", b" "))
+        decoded = unquote_to_bytes(body[start : match.end()].replace(b"+", b" "))
         clean, hits = _replace(decoded, found.candidates(decoded))
         if hits:
             parts += [body[done:start], quote_from_bytes(clean, safe="[]:").encode()]
@@ -238,14 +245,18 @@ def redact_json(body: bytes, rules: Sequence[Rule], document: Any = None) -> tup
     document = parse_json(body) if document is None else document
     if document is None:
         return redact_body(body, rules)
-    cleaned, fired = redact_document(document, rules)
+    try:
+        cleaned, fired = redact_document(document, rules)
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes (254 levels; it reads 1024)
+        return redact_body(body, rules)
     return (orjson.dumps(cleaned), fired) if fired else (body, [])
 
 
 def redact_document(document: Any, rules: Sequence[Rule]) -> tuple[Any, list[str]]:
     """A parsed JSON document with every string redacted decoded, and every run of text
     blocks redacted as the one text it joins into (first, so that a secret's first half,
-    which may match alone, does not keep the rest). May change `document` in place."""
+    which may match alone, does not keep the rest). May change `document` in place;
+    raises `orjson.JSONEncodeError` for one nested too deep for orjson to write."""
     found = matcher(tuple(rules))
     fired: list[str] = []
     runs = list(_text_runs(document))
@@ -256,10 +267,36 @@ def redact_document(document: Any, rules: Sequence[Rule]) -> tuple[Any, list[str
                 block["text"] = text
             fired += hits
     canonical = orjson.dumps(document)
-    if found.candidates(canonical) or b"%" in canonical:
-        clean, hits = redact_body(canonical, rules)
-        document = orjson.loads(clean) if hits else document
+    if (found.candidates(canonical) or b"%" in canonical) and redact_body(canonical, rules)[1]:
+        document, hits = _redact_strings(document, rules)
         fired += hits
+    return document, fired
+
+
+def _redact_strings(document: Any, rules: Sequence[Rule]) -> tuple[Any, list[str]]:
+    """Each string of `document` (keys too) redacted on its own, in place: a match across
+    strings (a key's BEGIN in one field, its END in another) must not eat the JSON between
+    them. A loop, not recursion: orjson reads documents nested deeper than Python recurses."""
+    if type(document) is str:
+        return redact_text(document, rules)
+    fired: list[str] = []
+    stack = [document] if type(document) in (dict, list) else []
+    while stack:
+        node = stack.pop()
+        for key, value in list(node.items() if type(node) is dict else enumerate(node)):
+            if type(value) in (dict, list):
+                stack.append(value)
+            elif type(value) is str:
+                clean, hits = redact_text(value, rules)
+                if hits:
+                    node[key], fired = clean, fired + hits
+        if type(node) is dict:
+            renamed = {key: redact_text(key, rules) for key in node}
+            if any(hits for _, hits in renamed.values()):
+                fired += [name for _, hits in renamed.values() for name in hits]
+                items = [(renamed[key][0], value) for key, value in node.items()]
+                node.clear()
+                node.update(items)
     return document, fired
 
 
@@ -328,11 +365,11 @@ def _cut(piece: bytes, offset: int, spans: Sequence[tuple[int, int, Rule]]) -> b
     for start, end, rule in spans:
         if end <= position or start >= offset + len(piece):
             continue
-        kept.append(piece[position - offset: max(start, position) - offset])
+        kept.append(piece[position - offset : max(start, position) - offset])
         if start >= offset:
             kept.append(rule.placeholder)
         position = min(end, offset + len(piece))
-    kept.append(piece[position - offset:])
+    kept.append(piece[position - offset :])
     return b"".join(kept)
 
 
@@ -355,7 +392,10 @@ def redact_stream(body: bytes, rules: Sequence[Rule]) -> tuple[bytes, list[str]]
         fired += hits
     for i, document in enumerate(documents):
         if document is not None:
-            documents[i], hits = redact_document(document, rules)
+            try:
+                documents[i], hits = redact_document(document, rules)
+            except orjson.JSONEncodeError:  # too deep to write back: the event's text is redacted as it came
+                documents[i], hits = None, []
             fired += hits
     rendered = b"".join(_render(event, document, rules, fired) for event, document in zip(events, documents, strict=True))
     return rendered, fired
@@ -368,7 +408,10 @@ def _deltas_by_block(documents: Sequence[Any]) -> dict[Any, list[tuple[dict[str,
     blocks: dict[Any, list[tuple[dict[str, Any], str]]] = {}
     for document in documents:
         delta = document.get("delta") if isinstance(document, dict) and document.get("type") == "content_block_delta" else None
-        key = _DELTA_TEXT.get(delta.get("type")) if isinstance(delta, dict) else None
+        if not isinstance(delta, dict):
+            continue
+        kind = delta.get("type")
+        key = _DELTA_TEXT.get(kind) if isinstance(kind, str) else None
         if key and isinstance(delta.get(key), str):
             blocks.setdefault(document.get("index"), []).append((delta, key))
     return blocks
@@ -419,7 +462,7 @@ def redact_query(query: str, rules: Sequence[Rule]) -> tuple[str, list[str]]:
     text, fired = redact_text(query, rules)
     kept, changed = [], False
     for name, value in parse_qsl(text, keep_blank_values=True):
-        clean, hits = (REDACTED, ["query_param"]) if name.lower() in SECRET_QUERY_PARAMS else redact_text(value, rules)
+        clean, hits = (REDACTED, ["query_param"]) if name.lower() in CREDENTIAL_PARAMS else redact_text(value, rules)
         kept.append((name, clean))
         fired += hits
         changed = changed or bool(hits)

@@ -26,7 +26,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -87,14 +87,19 @@ def claude_user(body: Mapping[str, Any] | None) -> ClaudeUser | None:
         if not isinstance(parsed, dict):
             return None
         return ClaudeUser(
-            "metadata_json", session_name(parsed.get("session_id")), _text(parsed.get("device_id")),
+            "metadata_json",
+            session_name(parsed.get("session_id")),
+            _text(parsed.get("device_id")),
             _text(parsed.get("account_uuid")),
         )
     session, owner = _LEGACY_SESSION.search(named), _LEGACY_OWNER.match(named)
     if not (session or owner):
         return None
     return ClaudeUser(
-        "metadata_legacy", session[1] if session else None, owner[1] if owner else None, (owner[2] or None) if owner else None,
+        "metadata_legacy",
+        session[1] if session else None,
+        owner[1] if owner else None,
+        (owner[2] or None) if owner else None,
     )
 
 
@@ -119,7 +124,7 @@ def scope(key_fingerprint: str | None) -> str:
     return f"key:{key_fingerprint[:16]}" if key_fingerprint else "anonymous"
 
 
-def session_of(headers: Mapping[str, str], body: Mapping[str, Any] | None, key_fingerprint: str | None) -> tuple[str, str]:
+def session_of(headers: Headers, body: Mapping[str, Any] | None, key_fingerprint: str | None) -> tuple[str, str]:
     """(session key, source), by the rules of the module docstring."""
     named = session_name(headers.get(SESSION_HEADER))
     if named:
@@ -137,9 +142,13 @@ def session_of(headers: Mapping[str, str], body: Mapping[str, Any] | None, key_f
     return f"{scope(key_fingerprint)}:{client}", "api_key" if key_fingerprint else "anonymous"
 
 
-def identify(
-    headers: Mapping[str, str], body: Mapping[str, Any] | None, key_fingerprint: str | None
-) -> Identity:
+class Headers(Protocol):
+    """What `identify` reads of headers: a case-insensitive lookup (aiohttp's CIMultiDict, or capture's own)."""
+
+    def get(self, name: str, default: str | None = None, /) -> str | None: ...
+
+
+def identify(headers: Headers, body: Mapping[str, Any] | None, key_fingerprint: str | None) -> Identity:
     """`headers` must be case-insensitive (aiohttp's CIMultiDict is)."""
     session_key, source = session_of(headers, body, key_fingerprint)
     return Identity(

@@ -158,7 +158,10 @@ class MessageAssembler:
             if event.event != "ping":
                 self.result.unknown_events.append({"event": event.event, "data": data})
             return
-        handler(self, data)
+        try:
+            handler(self, data)
+        except (TypeError, ValueError, AttributeError):  # an index that is no number, a delta that is no object
+            self.result.unknown_events.append({"event": event.event, "data": data})
 
     def _message_start(self, data: dict[str, Any]) -> None:
         message = dict(data.get("message") or {})
@@ -190,7 +193,7 @@ class MessageAssembler:
         block = self._blocks.setdefault(index, {})
         delta = data.get("delta") or {}
         kind = delta.get("type")
-        key = _TEXT_DELTAS.get(kind, "")
+        key = _TEXT_DELTAS.get(kind, "") if isinstance(kind, str) else ""
         piece = delta.get(key, "")
         if key and isinstance(piece, str) and isinstance(block.get(key, ""), str):
             self.extend_text(index, key, [piece])

@@ -161,6 +161,11 @@ class Encoder:
         self._schema = schema
         self._header = header
 
+    @property
+    def header(self) -> bytes:
+        """The framing in front of every record's body: reframing an encoded record swaps only this."""
+        return self._header
+
     def encode(self, record: dict) -> bytes:
         """The framed message; a record that does not fit raises `EncodeError`."""
         buf = io.BytesIO()
@@ -189,7 +194,7 @@ async def registry_encoder(registry: Registry, subject: str, name: str = EXCHANG
 class _Writer:
     """A writer schema ready to read, with the reader to resolve to (None: same schema)."""
 
-    __slots__ = ("schema", "reader")
+    __slots__ = ("reader", "schema")
 
     def __init__(self, schema: dict, reader: dict | None) -> None:
         self.schema = schema

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from kgb.config import mask_url
 from schemas.errors import RegistryError, clip
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
@@ -84,8 +85,8 @@ class Registry:
             async with self._session.request(method, url, data=body, headers=headers) as resp:
                 text = await resp.text()
                 status = resp.status
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise RegistryError(f"{method} {url}: registry unreachable: {exc!r}") from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise RegistryError(f"{method} {mask_url(str(url))}: registry unreachable: {exc!r}") from exc
         return _answer(method, url, status, text)
 
 
@@ -98,7 +99,7 @@ def _answer(method: str, url: URL, status: int, text: str) -> dict:
     if status >= 300 or not isinstance(answer, dict):
         message = answer.get("message") if isinstance(answer, dict) else None
         code = answer.get("error_code") if isinstance(answer, dict) else None
-        raise RegistryError(f"{method} {url}: {status}: {message or clip(text)}", status, code)
+        raise RegistryError(f"{method} {mask_url(str(url))}: {status}: {message or clip(text)}", status, code)
     return answer
 
 

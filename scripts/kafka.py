@@ -2,13 +2,16 @@
 """A real single-node Apache Kafka broker (KRaft, no ZooKeeper) for tests and local runs.
 
     python3 scripts/kafka.py fetch            # cache the jars from Maven Central
-    python3 scripts/kafka.py start DIR PORT   # broker on 127.0.0.1:PORT, data in DIR
+    python3 scripts/kafka.py start DIR PORT [--no-auto-create]   # broker on 127.0.0.1:PORT, data in DIR
     python3 scripts/kafka.py stop DIR
 
 Standard library only, so it runs before the project's virtualenv exists.
 `start` returns once the broker answers a metadata request; stopping and starting
 again on the same DIR keeps every topic and message (the broker-outage tests rely
 on it). On failure it exits non-zero with the tail of DIR/kafka.log.
+`--no-auto-create` turns off the broker's topic auto-creation (dev.sh's broker,
+like a production one: KGB creates its topics with its own partitions and limit);
+the tests' broker keeps it, for the tests that publish to a topic nobody made.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import re
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -101,7 +105,10 @@ def port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def server_properties(data: Path, port: int, controller_port: int) -> str:
+AUTO_CREATE = re.compile(r"^auto\.create\.topics\.enable=.*$", re.MULTILINE)
+
+
+def server_properties(data: Path, port: int, controller_port: int, auto_create: bool = True) -> str:
     """One process is broker and controller; every replication setting fits one node."""
     return f"""\
 process.roles=broker,controller
@@ -113,7 +120,7 @@ controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 log.dirs={data}
-auto.create.topics.enable=true
+auto.create.topics.enable={str(auto_create).lower()}
 num.partitions=3
 default.replication.factor=1
 min.insync.replicas=1
@@ -138,14 +145,17 @@ log4j.logger.kafka.log.LogCleaner=WARN
 """
 
 
-def configure(run_dir: Path, port: int) -> Path:
-    """Written on the first start only, so a restart reuses the same controller port."""
+def configure(run_dir: Path, port: int, auto_create: bool = True) -> Path:
+    """Written on the first start only, so a restart reuses the same controller port;
+    auto-creation is set as this start asks, whatever an earlier one wrote."""
     props = run_dir / "server.properties"
     if props.exists():
-        if f"PLAINTEXT://127.0.0.1:{port}," not in props.read_text():
+        text = props.read_text()
+        if f"PLAINTEXT://127.0.0.1:{port}," not in text:
             raise KafkaScriptError(f"{run_dir} was set up for another port; use a new DIR")
+        props.write_text(AUTO_CREATE.sub(f"auto.create.topics.enable={str(auto_create).lower()}", text))
         return props
-    props.write_text(server_properties(run_dir / "data", port, free_port()))
+    props.write_text(server_properties(run_dir / "data", port, free_port(), auto_create))
     (run_dir / "log4j.properties").write_text(LOG4J_PROPERTIES)
     return props
 
@@ -153,9 +163,15 @@ def configure(run_dir: Path, port: int) -> Path:
 def java_cmd(lib: Path, run_dir: Path, *args: str) -> list[str]:
     java = Path(os.environ["JAVA_HOME"], "bin", "java") if os.environ.get("JAVA_HOME") else "java"
     return [
-        str(java), "-Xms128m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+        str(java),
+        "-Xms128m",
+        "-Xmx512m",
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
         f"-Dlog4j.configuration=file:{run_dir / 'log4j.properties'}",
-        "-cp", f"{lib}/*", *args,
+        "-cp",
+        f"{lib}/*",
+        *args,
     ]
 
 
@@ -204,7 +220,10 @@ def launch(lib: Path, run_dir: Path, props: Path) -> subprocess.Popen[bytes]:
     with open(run_dir / "kafka.log", "ab") as log:
         proc = subprocess.Popen(
             java_cmd(lib, run_dir, "kafka.Kafka", str(props)),
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     (run_dir / "kafka.pid").write_text(str(proc.pid))
     return proc
@@ -216,7 +235,7 @@ def metadata_answers(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
             sock.sendall(struct.pack(">i", len(request)) + request)
-            size, correlation_id, brokers = struct.unpack(">iii", _recv_exactly(sock, 12))
+            _size, correlation_id, brokers = struct.unpack(">iii", _recv_exactly(sock, 12))
     except OSError:
         return False
     return correlation_id == 1 and brokers >= 1
@@ -243,14 +262,14 @@ def wait_ready(proc: subprocess.Popen[bytes], run_dir: Path, port: int) -> None:
         time.sleep(0.2)
 
 
-def start(run_dir: Path, port: int) -> None:
+def start(run_dir: Path, port: int, auto_create: bool = True) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     if pid := running_pid(run_dir):
         raise KafkaScriptError(f"kafka already running from {run_dir} (pid {pid})")
     if port_in_use(port):
         raise KafkaScriptError(f"127.0.0.1:{port} is already in use")
     lib = fetch()
-    props = configure(run_dir, port)
+    props = configure(run_dir, port, auto_create)
     format_storage(lib, run_dir, props)
     wait_ready(launch(lib, run_dir, props), run_dir, port)
     print(f"kafka ready on 127.0.0.1:{port} (data and kafka.log in {run_dir})")
@@ -270,16 +289,32 @@ def stop(run_dir: Path) -> None:
     (run_dir / "kafka.pid").unlink(missing_ok=True)
 
 
+def kill(run_dir: Path) -> None:
+    """SIGKILL, as a crash would: nothing flushed, the next start recovers from the logs."""
+    pid = running_pid(run_dir)
+    if pid is None:
+        return
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while running_pid(run_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (run_dir / "kafka.pid").unlink(missing_ok=True)
+
+
 def main(argv: list[str]) -> int:
-    usage = "usage: kafka.py fetch | start DIR PORT | stop DIR"
+    usage = "usage: kafka.py fetch | start DIR PORT [--no-auto-create] | stop DIR | kill DIR"
     try:
         match argv:
             case ["fetch"]:
                 print(fetch())
             case ["start", run_dir, port]:
                 start(Path(run_dir).resolve(), int(port))
+            case ["start", run_dir, port, "--no-auto-create"]:
+                start(Path(run_dir).resolve(), int(port), auto_create=False)
             case ["stop", run_dir]:
                 stop(Path(run_dir).resolve())
+            case ["kill", run_dir]:
+                kill(Path(run_dir).resolve())
             case _:
                 print(usage, file=sys.stderr)
                 return 2

@@ -37,13 +37,21 @@ ensure_system_packages() {
 
 docker_usable() { command -v docker >/dev/null && docker info >/dev/null 2>&1; }
 
+# The project is installed editable, so only pyproject.toml (dependencies, entry
+# points) calls for a reinstall: its hash and the extras are kept beside the venv.
 install_project() {
   step "virtualenv and the project"
   [[ -x .venv/bin/python ]] || python3 -m venv .venv
-  local extras=$1
+  local extras=$1 stamp=.venv/.kgb-installed wanted
   docker_usable && extras=$extras,docker  # the test fixtures then use testcontainers
+  wanted="$(sha256sum pyproject.toml | cut -d' ' -f1) [$extras]"
+  if [[ -f $stamp && $(cat "$stamp") == "$wanted" ]]; then
+    echo "pyproject.toml unchanged since the last install: not reinstalling"
+    return 0
+  fi
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[$extras]"
+  echo "$wanted" >"$stamp"
 }
 
 fetch_kafka() {

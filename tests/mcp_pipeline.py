@@ -26,6 +26,7 @@ from consumers.winni import WinniSettings, run
 from proxy.app import build_app
 from proxy.mcp import build_mcp_app
 from proxy.settings import ProxySettings
+from tests.capture import capture_worker
 from tests import services
 
 DEADLINE = 90.0
@@ -77,8 +78,9 @@ class McpPipeline:
         finally:
             await conn.close()
 
-    async def wait_for(self, sql: str, done: Callable[[list[asyncpg.Record]], bool], *args: object,
-                       deadline: float = DEADLINE) -> list[asyncpg.Record]:
+    async def wait_for(
+        self, sql: str, done: Callable[[list[asyncpg.Record]], bool], *args: object, deadline: float = DEADLINE
+    ) -> list[asyncpg.Record]:
         """The rows of ``sql`` once ``done`` says they are all there."""
         rows: list[asyncpg.Record] = []
         loop = asyncio.get_running_loop()
@@ -95,6 +97,7 @@ class McpPipeline:
 
     async def calls(self, count: int, method: str | None = None) -> list[dict[str, Any]]:
         """Every mcp_calls row once at least ``count`` (of ``method``, when given) are answered, oldest first."""
+
         def done(rows: list[asyncpg.Record]) -> bool:
             answered = [r for r in rows if r["response_event_id"] is not None and method in (None, r["method"])]
             return len(answered) >= count
@@ -105,19 +108,31 @@ class McpPipeline:
 
 @contextlib.asynccontextmanager
 async def mcp_pipeline(
-    bootstrap: str, database: str, spool: Path, upstreams: Mapping[str, str], api_upstream: str | None = None,
+    bootstrap: str,
+    database: str,
+    spool: Path,
+    upstreams: Mapping[str, str],
+    api_upstream: str | None = None,
 ) -> AsyncIterator[McpPipeline]:
     topic, mcp_topic = await services.create_topic(bootstrap), await services.create_topic(bootstrap)
     env = proxy_env(bootstrap, topic, mcp_topic, spool, upstreams)
     settings = ProxySettings.from_env({**env, "KGB_UPSTREAM_URL": api_upstream or "http://127.0.0.1:9"})
-    winni_settings = dataclasses.replace(WinniSettings.from_env({
-        **env, "KGB_DATABASE_URL": database, "KGB_WINNI_GROUP": f"kgb-mcp-{uuid.uuid4().hex[:12]}",
-        "KGB_WINNI_STORE_REQUEST_BODIES": "true",
-    }), backoff=Backoff(initial=0.2, maximum=2.0))
+    winni_settings = dataclasses.replace(
+        WinniSettings.from_env(
+            {
+                **env,
+                "KGB_DATABASE_URL": database,
+                "KGB_WINNI_GROUP": f"kgb-mcp-{uuid.uuid4().hex[:12]}",
+                "KGB_WINNI_STORE_REQUEST_BODIES": "true",
+            }
+        ),
+        backoff=Backoff(initial=0.2, maximum=2.0),
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(run(winni_settings, stop), name="winni")
     try:
         async with contextlib.AsyncExitStack() as apps:
+            await apps.enter_async_context(capture_worker(settings))
             relay = await apps.enter_async_context(serving(build_mcp_app(settings)))
             api = await apps.enter_async_context(serving(build_app(settings))) if api_upstream else None
             yield McpPipeline(relay, api, topic, mcp_topic, bootstrap, database, env, task)

@@ -56,6 +56,9 @@ class KafkaBroker(Protocol):
     def stop(self) -> None:
         """Take the broker away (an outage); its data stays for `start()`."""
 
+    def kill(self) -> None:
+        """Take it away as a crash does (SIGKILL: nothing flushed); `start()` recovers its data."""
+
     def start(self) -> None:
         """Bring it back on the same address with the same data; returns once it serves."""
 
@@ -85,7 +88,9 @@ def remove_after_exit(stop: list[str], run_dir: Path) -> subprocess.Popen[bytes]
     """Stop the service and delete its directory once this process exits, even if killed
     before teardown; a normal teardown kills this watchdog first (`dismiss`)."""
     cmd = [str(SCRIPTS / "after-exit.sh"), str(os.getpid()), "sh", "-c", '"$@"; rm -rf "$0"', str(run_dir), *stop]
-    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
 
 
 def dismiss(watchdog: subprocess.Popen[bytes]) -> None:
@@ -121,6 +126,10 @@ class ScriptKafka:
 
     def stop(self) -> None:
         run_script(sys.executable, str(SCRIPTS / "kafka.py"), "stop", str(self.run_dir))
+        self.running = False
+
+    def kill(self) -> None:
+        run_script(sys.executable, str(SCRIPTS / "kafka.py"), "kill", str(self.run_dir))
         self.running = False
 
     def ensure_running(self) -> None:
@@ -175,6 +184,9 @@ class ExternalKafka:
 
     def start(self) -> None:
         raise ServiceError("KGB_TEST_KAFKA_BOOTSTRAP is set: that broker is not ours to start; unset it for outage tests")
+
+    def kill(self) -> None:
+        raise ServiceError("KGB_TEST_KAFKA_BOOTSTRAP is set: that broker is not ours to kill; unset it for outage tests")
 
     def ensure_running(self) -> None:
         """Nothing to undo: stop() never worked on it."""
@@ -238,6 +250,10 @@ class RedpandaKafka:
         self.container.get_wrapped_container().pause()
         self.paused = True
 
+    def kill(self) -> None:
+        """A paused container is as gone as a killed one to its clients, and keeps its data the same way."""
+        self.stop()
+
     def start(self) -> None:
         self.container.get_wrapped_container().unpause()
         self.paused = False
@@ -256,7 +272,9 @@ class DockerPostgres:
     def __init__(self) -> None:
         module = testcontainers_module("postgres")
         self.port = free_port()
-        self.container = module.PostgresContainer(POSTGRES_IMAGE, username="postgres", password="postgres", dbname="winni", driver=None)
+        self.container = module.PostgresContainer(
+            POSTGRES_IMAGE, username="postgres", password="postgres", dbname="winni", driver=None
+        )
         self.container.with_bind_ports(5432, self.port)
         self.dsn = self.admin_dsn = ""
 

@@ -52,8 +52,17 @@ async def test_proxy_process_serves_then_flushes_on_sigterm(kafka, topic: str, t
     env = {**os.environ, "KGB_KAFKA_BOOTSTRAP": kafka.bootstrap, "KGB_TOPIC": topic, "KGB_SPOOL_DIR": str(tmp_path)}
     async with FakeAnthropic() as fake:
         process = await asyncio.create_subprocess_exec(
-            *KGB, "proxy", "--port", str(port), "--mcp-port", str(free_port()), "--upstream", fake.url, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            *KGB,
+            "proxy",
+            "--port",
+            str(port),
+            "--mcp-port",
+            str(free_port()),
+            "--upstream",
+            fake.url,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         url = f"http://127.0.0.1:{port}"
         await asyncio.wait_for(wait_healthy(url, process), 60)
@@ -97,8 +106,10 @@ def test_a_mistyped_setting_is_warned_about_with_the_closest_name() -> None:
 def test_an_upstream_without_its_scheme_is_rejected_at_start() -> None:
     result = run_kgb("proxy", "--upstream", "127.0.0.1:18090")
     assert result.returncode == 2
-    assert one_line(result) == ("kgb proxy: KGB_UPSTREAM_URL (kgb proxy --upstream) must be a http:// or https:// URL "
-                                "(like http://HOST:PORT), got '127.0.0.1:18090'")
+    assert one_line(result) == (
+        "kgb proxy: KGB_UPSTREAM_URL (kgb proxy --upstream) must be a http:// or https:// URL "
+        "(like http://HOST:PORT), got '127.0.0.1:18090'"
+    )
 
 
 def test_a_bootstrap_with_a_scheme_is_rejected_at_start() -> None:
@@ -114,8 +125,10 @@ DATABASE_COMMANDS = [("consume", "winni"), ("consume", "metrics"), ("consume", "
 def test_a_database_url_of_another_scheme_is_one_line(command: tuple[str, ...]) -> None:
     result = run_kgb(*command, KGB_DATABASE_URL="mysql://root@127.0.0.1/winni")
     assert result.returncode == 2
-    assert one_line(result) == (f"kgb {' '.join(command)}: KGB_DATABASE_URL must be a postgresql:// or postgres:// URL "
-                                "(like postgresql://HOST:PORT), got 'mysql://root@127.0.0.1/winni'")
+    assert one_line(result) == (
+        f"kgb {' '.join(command)}: KGB_DATABASE_URL must be a postgresql:// or postgres:// URL "
+        "(like postgresql://HOST:PORT), got 'mysql://root@127.0.0.1/winni'"
+    )
 
 
 @pytest.mark.parametrize("command", [c for c in DATABASE_COMMANDS if c != ("consume", "dewey")], ids=" ".join)
@@ -155,3 +168,66 @@ def test_every_setting_the_tools_read_is_known() -> None:
                 used |= set(re.findall(r"\b(KGB_[A-Z0-9_]*[A-Z0-9])\b", path.read_text(errors="replace")))
     assert "KGB_WINNI_PROCESSES" in known_settings()
     assert sorted(used - known_settings()) == []
+
+
+async def test_the_proxy_without_its_broker_says_so_once_and_stays_ready(tmp_path: Path) -> None:
+    """Kafka is the capture worker's: the relay is ready while the capture log has room, and the worker
+    says once that Kafka is away, however often aiokafka retries."""
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("KGB_")},
+        "KGB_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+        "KGB_SPOOL_DIR": str(tmp_path),
+    }
+    log = tmp_path / "proxy.log"
+    process = await asyncio.create_subprocess_exec(
+        *KGB,
+        "proxy",
+        "--port",
+        str(port),
+        "--mcp-port",
+        str(free_port()),
+        env=env,
+        stderr=log.open("w"),
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await asyncio.wait_for(wait_healthy(url, process), 60)
+        async with aiohttp.ClientSession() as session:
+            while "Kafka (KGB_KAFKA_BOOTSTRAP) is away" not in log.read_text():
+                await asyncio.sleep(0.1)
+            async with session.get(url + "/ready") as response:
+                ready = response.status, await response.json()
+            await asyncio.sleep(3)  # aiokafka retries many times a second meanwhile
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 60)
+    assert ready == (200, {"status": "ready"})
+    lines = log.read_text().splitlines()
+    assert not [line for line in lines if "aiokafka" in line or "Traceback" in line], lines
+    assert sum("Kafka (KGB_KAFKA_BOOTSTRAP) is away" in line for line in lines) == 1, lines
+
+
+async def test_replay_in_a_shell_without_the_database_says_where_it_waits(tmp_path: Path) -> None:
+    """As in a new shell without KGB_DATABASE_URL's export: one line naming the URL and the setting, however many retries."""
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/winni"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("KGB_")},
+        "KGB_DATABASE_URL": url,
+        "KGB_WINNI_RETRY_MAX": "0.1",
+    }
+    log = tmp_path / "replay.log"
+    process = await asyncio.create_subprocess_exec(
+        *KGB, "replay", env=env, stderr=log.open("w"), stdout=asyncio.subprocess.DEVNULL
+    )
+    try:
+        async with asyncio.timeout(60):
+            while f"connecting to PostgreSQL at {url} (KGB_DATABASE_URL) is failing" not in log.read_text():
+                assert process.returncode is None, log.read_text()
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(2)  # some twenty retries meanwhile
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 60)
+    assert sum("is failing" in line for line in log.read_text().splitlines()) == 1, log.read_text()

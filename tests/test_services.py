@@ -14,8 +14,11 @@ BIG = 2 * 1024 * 1024  # larger than Kafka's default 1 MB message limit
 
 async def produce(bootstrap: str, topic: str, value: bytes) -> None:
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-        compression_type="zstd", max_request_size=services.MAX_MESSAGE_BYTES,
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        compression_type="zstd",
+        max_request_size=services.MAX_MESSAGE_BYTES,
     )
     await producer.start()
     try:
@@ -26,8 +29,12 @@ async def produce(bootstrap: str, topic: str, value: bytes) -> None:
 
 async def consume_one(bootstrap: str, topic: str) -> bytes:
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=f"{topic}-reader", auto_offset_reset="earliest",
-        fetch_max_bytes=services.MAX_MESSAGE_BYTES, max_partition_fetch_bytes=services.MAX_MESSAGE_BYTES,
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"{topic}-reader",
+        auto_offset_reset="earliest",
+        fetch_max_bytes=services.MAX_MESSAGE_BYTES,
+        max_partition_fetch_bytes=services.MAX_MESSAGE_BYTES,
     )
     await consumer.start()
     try:
@@ -67,7 +74,10 @@ async def test_each_test_gets_its_own_migrated_database(postgres, database, empt
 async def test_an_empty_database_holds_nothing(empty_database):
     conn = await asyncpg.connect(empty_database)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')") == 0
+        assert (
+            await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')")
+            == 0
+        )
     finally:
         await conn.close()
 

@@ -19,8 +19,12 @@ async def read_events(
     """
     decoder = make_decoder(None, schema)
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
-        fetch_max_bytes=128 * 1024 * 1024, max_partition_fetch_bytes=128 * 1024 * 1024,
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_bytes=128 * 1024 * 1024,
+        max_partition_fetch_bytes=128 * 1024 * 1024,
     )
     await consumer.start()
     events: list[dict[str, Any]] = []

@@ -47,8 +47,7 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
 }
 # What a database that went away, or was never there, raises.
-DATABASE_AWAY = (ConnectionError, socket.gaierror, TimeoutError, asyncpg.PostgresConnectionError,
-                 asyncpg.CannotConnectNowError)
+DATABASE_AWAY = (ConnectionError, socket.gaierror, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -69,8 +68,9 @@ async def secure(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Cache-Control"] = "public, max-age=3600" if request.path.startswith("/static/") else "no-store"
     if STARTED in request:
         wall, cpu = request[STARTED]
-        response.headers["Server-Timing"] = (f"app;dur={(time.perf_counter() - wall) * 1000:.2f}, "
-                                             f"cpu;dur={(time.process_time() - cpu) * 1000:.2f}")
+        response.headers["Server-Timing"] = (
+            f"app;dur={(time.perf_counter() - wall) * 1000:.2f}, cpu;dur={(time.process_time() - cpu) * 1000:.2f}"
+        )
 
 
 def error_page(request: web.Request, status: int, title: str, detail: str) -> web.Response:
@@ -117,8 +117,12 @@ def build_app(settings: WebSettings) -> web.Application:
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     app[pages.SETTINGS] = settings
     environment = aiohttp_jinja2.setup(
-        app, loader=jinja2.PackageLoader("web", "templates"), autoescape=True,
-        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        app,
+        loader=jinja2.PackageLoader("web", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
         context_processors=[aiohttp_jinja2.request_processor],
     )
     environment.filters.update(filters())

@@ -54,15 +54,16 @@ def middleware(token: str) -> Middleware:
             return await handler(request)
         if request.method == "GET" and "text/html" in request.headers.get("Accept", ""):
             raise web.HTTPSeeOther(f"/login?next={quote(request.path_qs, safe='')}")
-        raise web.HTTPUnauthorized(text="KGB_WEB_TOKEN required: Authorization: Bearer <token>, or log in at /login",
-                                   headers={"WWW-Authenticate": 'Bearer realm="kgb web"'})
+        raise web.HTTPUnauthorized(
+            text="KGB_WEB_TOKEN required: Authorization: Bearer <token>, or log in at /login",
+            headers={"WWW-Authenticate": 'Bearer realm="kgb web"'},
+        )
 
     return require_token
 
 
 def log_in(response: web.StreamResponse, request: web.Request, token: str) -> None:
-    response.set_cookie(COOKIE, cookie_value(token), httponly=True, samesite="Strict", path="/",
-                        secure=request.secure)
+    response.set_cookie(COOKIE, cookie_value(token), httponly=True, samesite="Strict", path="/", secure=request.secure)
 
 
 def log_out(response: web.StreamResponse) -> None:

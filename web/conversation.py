@@ -69,9 +69,13 @@ class Exchange:
 
     @classmethod
     def of(cls, row: Mapping[str, Any], cost: Mapping[str, Any] | None) -> Exchange:
-        return cls(row, cost and cost["cost_usd"], bool(cost and cost["unpriced"]),
-                   failed=row["status"] != 200 or row["error_type"] is not None,
-                   cut=bool(row["client_disconnected"]) or row["upstream_complete"] is False)
+        return cls(
+            row,
+            cost and cost["cost_usd"],
+            bool(cost and cost["unpriced"]),
+            failed=row["status"] != 200 or row["error_type"] is not None,
+            cut=bool(row["client_disconnected"]) or row["upstream_complete"] is False,
+        )
 
 
 @dataclass(slots=True)

@@ -55,8 +55,11 @@ def server_settings(settings: WebSettings) -> dict[str, str]:
 
 async def open_pool(settings: WebSettings) -> asyncpg.Pool:
     return await asyncpg.create_pool(
-        settings.database_url, min_size=0, max_size=settings.pool_size,
-        server_settings=server_settings(settings), init=_prepare,
+        settings.database_url,
+        min_size=0,
+        max_size=settings.pool_size,
+        server_settings=server_settings(settings),
+        init=_prepare,
     )
 
 

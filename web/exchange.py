@@ -68,7 +68,7 @@ def hex_dump(data: bytes, limit: int = SHOWN_BYTES) -> str:
     """Offset, 16 bytes in hex, and their printable ASCII, per line; up to ``limit`` bytes."""
     lines = []
     for offset in range(0, min(len(data), limit), 16):
-        chunk = data[offset:offset + 16]
+        chunk = data[offset : offset + 16]
         shown = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
         lines.append(f"{offset:08x}  {chunk.hex(' '):<47}  {shown}")
     return "\n".join(lines)

@@ -111,19 +111,39 @@ class SessionFilter:
     def parse(cls, params: Mapping[str, str]) -> SessionFilter:
         since, until = day_range(params)
         after = text(params, "after", 1000)
-        return cls(since, until, text(params, "model"), text(params, "client"), text(params, "key"),
-                   Cursor.decode(after) if after else None)
+        return cls(
+            since,
+            until,
+            text(params, "model"),
+            text(params, "client"),
+            text(params, "key"),
+            Cursor.decode(after) if after else None,
+        )
 
     def arguments(self, limit: int) -> tuple[object, ...]:
         """The `sessions` query's parameters, $1 to $8."""
         after = self.after
-        return (after and after.last_seen, after and after.session_key, start_of(self.since), end_of(self.until),
-                self.client, self.model, self.key, limit)
+        return (
+            after and after.last_seen,
+            after and after.session_key,
+            start_of(self.since),
+            end_of(self.until),
+            self.client,
+            self.model,
+            self.key,
+            limit,
+        )
 
     def query(self, after: Cursor | None = None) -> dict[str, str]:
         """These filters as query parameters, with ``after`` for the next page."""
-        values = {"from": self.since and self.since.isoformat(), "until": self.until and self.until.isoformat(),
-                  "model": self.model, "client": self.client, "key": self.key, "after": after and after.encode()}
+        values = {
+            "from": self.since and self.since.isoformat(),
+            "until": self.until and self.until.isoformat(),
+            "model": self.model,
+            "client": self.client,
+            "key": self.key,
+            "after": after and after.encode(),
+        }
         return {k: v for k, v in values.items() if v}
 
 
@@ -139,16 +159,29 @@ class SearchFilter:
     @classmethod
     def parse(cls, params: Mapping[str, str]) -> SearchFilter:
         since, until = day_range(params)
-        return cls(text(params, "q", MAX_QUERY_CHARS), text(params, "session"), kind(params), since, until,
-                   page_number(params))
+        return cls(text(params, "q", MAX_QUERY_CHARS), text(params, "session"), kind(params), since, until, page_number(params))
 
     def arguments(self, limit: int, start: str, stop: str) -> tuple[object, ...]:
         """The `search` query's parameters, $1 to $9: one more than a page, to know whether another follows."""
-        return (self.words, self.session, self.kind, start_of(self.since), end_of(self.until),
-                limit + 1, (self.page - 1) * limit, start, stop)
+        return (
+            self.words,
+            self.session,
+            self.kind,
+            start_of(self.since),
+            end_of(self.until),
+            limit + 1,
+            (self.page - 1) * limit,
+            start,
+            stop,
+        )
 
     def query(self, page: int) -> dict[str, str]:
-        values = {"q": self.words, "session": self.session, "kind": self.kind,
-                  "from": self.since and self.since.isoformat(), "until": self.until and self.until.isoformat(),
-                  "page": str(page) if page > 1 else None}
+        values = {
+            "q": self.words,
+            "session": self.session,
+            "kind": self.kind,
+            "from": self.since and self.since.isoformat(),
+            "until": self.until and self.until.isoformat(),
+            "page": str(page) if page > 1 else None,
+        }
         return {k: v for k, v in values.items() if v}

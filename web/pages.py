@@ -69,10 +69,20 @@ async def sessions(request: web.Request) -> web.Response:
         clients = [r["client"] for r in await conn.fetch(queries().session_clients)]
         models = [r["model"] for r in await conn.fetch(queries().conversation_models)]
     after = Cursor(page[-1]["last_seen"], page[-1]["session_key"]) if len(rows) > size else None
-    return render(request, "sessions.html", {
-        "rows": page, "costs": costs, "metrics": tables.metrics, "chosen": chosen, "clients": clients, "models": models,
-        "next": chosen.query(after) if after else None, "first": chosen.query() if chosen.after else None,
-    })
+    return render(
+        request,
+        "sessions.html",
+        {
+            "rows": page,
+            "costs": costs,
+            "metrics": tables.metrics,
+            "chosen": chosen,
+            "clients": clients,
+            "models": models,
+            "next": chosen.query(after) if after else None,
+            "first": chosen.query() if chosen.after else None,
+        },
+    )
 
 
 async def _costs(conn: asyncpg.Connection, tables: Tables, query: str, keys: list[Any], key: str) -> dict[Any, Any]:
@@ -89,10 +99,17 @@ async def session(request: web.Request) -> web.Response:
         found = await one(conn, queries().session, key, "session")
         rows = await conn.fetch(queries().session_conversations, key)
         costs = by_key(await conn.fetch(queries().conversation_costs, key), "conversation_id") if tables.metrics else {}
-    return render(request, "session.html", {
-        "session": found, "tree": tree.build(rows, costs), "metrics": tables.metrics, "count": len(rows),
-        "totals": _thread_totals(rows, costs),
-    })
+    return render(
+        request,
+        "session.html",
+        {
+            "session": found,
+            "tree": tree.build(rows, costs),
+            "metrics": tables.metrics,
+            "count": len(rows),
+            "totals": _thread_totals(rows, costs),
+        },
+    )
 
 
 def _thread_totals(rows: Sequence[Mapping[str, Any]], costs: Mapping[Any, Mapping[str, Any]]) -> dict[str, Any]:
@@ -144,10 +161,18 @@ async def _exchange(request: web.Request) -> tuple[Mapping[str, Any], exchange.B
 @routes.get("/exchanges/{id}", name="exchange")
 async def exchange_page(request: web.Request) -> web.Response:
     row, body, cost = await _exchange(request)
-    return render(request, "exchange.html", {
-        "row": row, "request_body": body, "response_body": exchange.response_body(row), "cost": cost,
-        "hex_dump": exchange.hex_dump, "shown_bytes": exchange.SHOWN_BYTES,
-    })
+    return render(
+        request,
+        "exchange.html",
+        {
+            "row": row,
+            "request_body": body,
+            "response_body": exchange.response_body(row),
+            "cost": cost,
+            "hex_dump": exchange.hex_dump,
+            "shown_bytes": exchange.SHOWN_BYTES,
+        },
+    )
 
 
 @routes.get("/exchanges/{id}/{half:request|response}", name="exchange_body")
@@ -157,8 +182,9 @@ async def exchange_body(request: web.Request) -> web.Response:
     half = request.match_info["half"]
     data, content_type = (body if half == "request" else exchange.response_body(row)).download()
     name = f"{row['exchange_id']}-{half}{'.json' if content_type == 'application/json' else ''}"
-    return web.Response(body=data, headers={
-        "Content-Type": content_type, "Content-Disposition": f'attachment; filename="{name}"'})
+    return web.Response(
+        body=data, headers={"Content-Type": content_type, "Content-Disposition": f'attachment; filename="{name}"'}
+    )
 
 
 @routes.get("/search", name="search")
@@ -170,12 +196,19 @@ async def search(request: web.Request) -> web.Response:
         if chosen.words:
             hits = await conn.fetch(queries().search, *chosen.arguments(SEARCH_PAGE, MARK_START, MARK_STOP))
     more = len(hits) > SEARCH_PAGE
-    return render(request, "search.html", {
-        "chosen": chosen, "hits": hits[:SEARCH_PAGE], "kinds": KINDS,
-        "unindexed": unindexed, "unindexed_counted": UNINDEXED_COUNTED,
-        "next": chosen.query(chosen.page + 1) if more else None,
-        "previous": chosen.query(chosen.page - 1) if chosen.page > 1 else None,
-    })
+    return render(
+        request,
+        "search.html",
+        {
+            "chosen": chosen,
+            "hits": hits[:SEARCH_PAGE],
+            "kinds": KINDS,
+            "unindexed": unindexed,
+            "unindexed_counted": UNINDEXED_COUNTED,
+            "next": chosen.query(chosen.page + 1) if more else None,
+            "previous": chosen.query(chosen.page - 1) if chosen.page > 1 else None,
+        },
+    )
 
 
 async def _usage_report(request: web.Request) -> Report:
@@ -188,17 +221,30 @@ async def _usage_report(request: web.Request) -> Report:
 async def usage_page(request: web.Request) -> web.Response:
     report = await _usage_report(request)
     rows = report.rows
-    return render(request, "usage.html", {
-        "rows": rows, "models": usage.by_model(rows), "total": total(rows) if rows else None, "unpriced": report.unpriced,
-        "chart": usage.chart_data(rows), "since": report.query.since, "until": report.query.until,
-        "query": request.query_string,
-    })
+    return render(
+        request,
+        "usage.html",
+        {
+            "rows": rows,
+            "models": usage.by_model(rows),
+            "total": total(rows) if rows else None,
+            "unpriced": report.unpriced,
+            "chart": usage.chart_data(rows),
+            "since": report.query.since,
+            "until": report.query.until,
+            "query": request.query_string,
+        },
+    )
 
 
 @routes.get("/usage.csv", name="usage_csv")
 async def usage_csv(request: web.Request) -> web.Response:
-    return web.Response(text=usage.as_csv((await _usage_report(request)).rows), content_type="text/csv", charset="utf-8",
-                        headers={"Content-Disposition": 'attachment; filename="kgb-usage.csv"'})
+    return web.Response(
+        text=usage.as_csv((await _usage_report(request)).rows),
+        content_type="text/csv",
+        charset="utf-8",
+        headers={"Content-Disposition": 'attachment; filename="kgb-usage.csv"'},
+    )
 
 
 @routes.get("/login", name="login")

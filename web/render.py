@@ -147,6 +147,12 @@ def size(count: int) -> str:
 def filters() -> dict[str, Any]:
     """The Jinja filters the templates use."""
     return {
-        "markdown": markdown, "pretty_json": pretty_json, "number": number, "ms": milliseconds,
-        "cost": cost, "when": when, "size": size, "highlight": highlight,
+        "markdown": markdown,
+        "pretty_json": pretty_json,
+        "number": number,
+        "ms": milliseconds,
+        "cost": cost,
+        "when": when,
+        "size": size,
+        "highlight": highlight,
     }

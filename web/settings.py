@@ -7,15 +7,18 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from consumers.winni.settings import schema_name
-from kgb.config import SettingsError, env_float, env_int, env_opt, env_str, mask, mask_url
-
-
-def _schema(name: str, raw: str) -> str:
-    try:
-        return schema_name(raw)
-    except SettingsError:
-        raise SettingsError(f"{name} must be a plain identifier (letters, digits, _), got {raw!r}") from None
+from kgb.config import (
+    HoldsSecrets,
+    Secret,
+    SecretURL,
+    SettingsError,
+    env_float,
+    env_int,
+    env_secret,
+    env_str,
+    env_url,
+    identifier,
+)
 
 
 def is_loopback(host: str) -> bool:
@@ -29,7 +32,7 @@ def is_loopback(host: str) -> bool:
 
 
 @dataclass(frozen=True)
-class WebSettings:
+class WebSettings(HoldsSecrets):
     """Where the viewer listens and what it reads.
 
     ``db_schema`` is winni's (``KGB_DB_SCHEMA``) and ``metrics_schema`` the
@@ -42,17 +45,18 @@ class WebSettings:
     search for a very common word ranks every message holding it).
     """
 
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/winni"
+    database_url: SecretURL = SecretURL("postgresql://postgres@127.0.0.1:5432/winni")
     db_schema: str = "kgb"
     metrics_schema: str = "kgb_metrics"
     host: str = "127.0.0.1"
     port: int = 8090
-    token: str | None = None
+    token: Secret | None = None
     page_size: int = 50
     statement_timeout: float = 15.0
     pool_size: int = 4
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not is_loopback(self.host) and not self.token:
             raise SettingsError(
                 f"KGB_WEB_HOST={self.host} lets other machines connect: set KGB_WEB_TOKEN (a long random secret) "
@@ -64,12 +68,12 @@ class WebSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> WebSettings:
         return cls(
-            database_url=env_str(env, "KGB_DATABASE_URL", cls.database_url),
-            db_schema=_schema("KGB_DB_SCHEMA", env_str(env, "KGB_DB_SCHEMA", cls.db_schema)),
-            metrics_schema=_schema("KGB_METRICS_SCHEMA", env_str(env, "KGB_METRICS_SCHEMA", cls.metrics_schema)),
+            database_url=env_url(env, "KGB_DATABASE_URL", cls.database_url),
+            db_schema=identifier("KGB_DB_SCHEMA", env_str(env, "KGB_DB_SCHEMA", cls.db_schema)),
+            metrics_schema=identifier("KGB_METRICS_SCHEMA", env_str(env, "KGB_METRICS_SCHEMA", cls.metrics_schema)),
             host=env_str(env, "KGB_WEB_HOST", cls.host),
             port=env_int(env, "KGB_WEB_PORT", cls.port),
-            token=env_opt(env, "KGB_WEB_TOKEN"),
+            token=env_secret(env, "KGB_WEB_TOKEN"),
             statement_timeout=env_float(env, "KGB_WEB_STATEMENT_TIMEOUT", cls.statement_timeout),
         )
 
@@ -77,12 +81,3 @@ class WebSettings:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"
-
-    def __repr__(self) -> str:
-        return (
-            f"WebSettings(database_url={mask_url(self.database_url)!r}, db_schema={self.db_schema!r}, "
-            f"metrics_schema={self.metrics_schema!r}, listen={self.host}:{self.port}, token={mask(self.token)}, "
-            f"statement_timeout={self.statement_timeout})"
-        )
-
-    __str__ = __repr__

@@ -69,8 +69,12 @@ def build(rows: Sequence[Mapping[str, Any]], costs: Mapping[Any, Mapping[str, An
 
 
 def _starts_thread(row: Mapping[str, Any], nodes: Mapping[Any, Node]) -> bool:
-    return (row["kind"] == "main" and row["summarises_conversation_id"] not in nodes
-            and row["branch_of"] not in nodes and row["parent_conversation_id"] not in nodes)
+    return (
+        row["kind"] == "main"
+        and row["summarises_conversation_id"] not in nodes
+        and row["branch_of"] not in nodes
+        and row["parent_conversation_id"] not in nodes
+    )
 
 
 def _chain(node: Node, following: Mapping[Any, list[Node]]) -> list[Node]:
@@ -79,8 +83,11 @@ def _chain(node: Node, following: Mapping[Any, list[Node]]) -> list[Node]:
     seen = {node.id}
     current = node
     while current.id in following:
-        after = [n for n in sorted(following[current.id], key=lambda n: (n.row["kind"] != "compaction", n.row["ordinal"]))
-                 if n.id not in seen]
+        after = [
+            n
+            for n in sorted(following[current.id], key=lambda n: (n.row["kind"] != "compaction", n.row["ordinal"]))
+            if n.id not in seen
+        ]
         chain += after
         seen.update(n.id for n in after)
         continued = [n for n in after if n.row["kind"] != "compaction"]

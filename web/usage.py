@@ -19,13 +19,26 @@ from typing import Any
 from consumers.metrics.usage import total
 
 COLUMNS = (
-    "day", "model", "requests", "errors", "interrupted", "input_tokens", "output_tokens",
-    "cache_write_5m_tokens", "cache_write_1h_tokens", "cache_read_tokens", "web_search_requests",
-    "cost_usd", "unpriced_requests",
+    "day",
+    "model",
+    "requests",
+    "errors",
+    "interrupted",
+    "input_tokens",
+    "output_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+    "cache_read_tokens",
+    "web_search_requests",
+    "cost_usd",
+    "unpriced_requests",
 )
 TOKEN_SERIES = (
-    ("input_tokens", "input"), ("output_tokens", "output"), ("cache_write_5m_tokens", "cache write 5m"),
-    ("cache_write_1h_tokens", "cache write 1h"), ("cache_read_tokens", "cache read"),
+    ("input_tokens", "input"),
+    ("output_tokens", "output"),
+    ("cache_write_5m_tokens", "cache write 5m"),
+    ("cache_write_1h_tokens", "cache write 1h"),
+    ("cache_read_tokens", "cache read"),
 )
 
 

@@ -88,9 +88,17 @@ class DeweyClient:
     async def _connect(self) -> aiohttp.ClientWebSocketResponse:
         ws = await self._session.ws_connect(self._url, max_msg_size=MAX_FRAME_BYTES, protocols=("mcp",))
         try:
-            tool_result(await self._ask(ws, "initialize", {
-                "protocolVersion": PROTOCOL_VERSION, "capabilities": {}, "clientInfo": CLIENT_INFO,
-            }))
+            tool_result(
+                await self._ask(
+                    ws,
+                    "initialize",
+                    {
+                        "protocolVersion": PROTOCOL_VERSION,
+                        "capabilities": {},
+                        "clientInfo": CLIENT_INFO,
+                    },
+                )
+            )
             await ws.send_str(request(None, "notifications/initialized", {}))
         except BaseException:
             await ws.close()

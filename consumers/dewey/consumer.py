@@ -37,8 +37,9 @@ from consumers.dewey.settings import DeweySettings
 from consumers.errors import MigrationError
 from consumers.source import Batch, Handler, Record, consume
 from consumers.sql import Migration, load_migrations
-from consumers.service import both_topics, open_consumer, open_database, open_decoders
+from consumers.service import open_consumer, open_database, open_decoders
 from consumers.winni.consumer import make_handler as winni_handler
+from kgb.config import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,13 @@ async def run(settings: DeweySettings, stop: asyncio.Event | None = None) -> Non
     log.info("dewey starting: %r", settings)
     async with contextlib.AsyncExitStack() as resources:
         pool = await open_database(
-            resources, settings.database_url, settings.db_schema, migrations(),
-            max_size=2, stop=stop, backoff=settings.backoff,
+            resources,
+            settings.database_url,
+            settings.db_schema,
+            migrations(),
+            max_size=2,
+            stop=stop,
+            backoff=settings.backoff,
         )
         if pool is None:
             return
@@ -101,10 +107,16 @@ async def run(settings: DeweySettings, stop: asyncio.Event | None = None) -> Non
         websockets = await resources.enter_async_context(aiohttp.ClientSession())
         dewey = DeweyClient(websockets, settings.url, settings.timeout)
         resources.push_async_callback(dewey.close)
-        consumer = await open_consumer(resources, settings.kafka, settings.group, settings.batch_size, both_topics(settings.kafka))
-        log.info("dewey sending to %s", settings.url)
+        consumer = await open_consumer(resources, settings, stop)
+        if consumer is None:
+            return
+        log.info("dewey sending to %s", mask_url(settings.url))
         await consume(
-            consumer, decoders, make_handler(pool, dewey, Limits(settings.bulk_size, settings.bulk_bytes)),
-            stop=stop, batch_size=settings.batch_size, backoff=settings.backoff,
+            consumer,
+            decoders,
+            make_handler(pool, dewey, Limits(settings.bulk_size, settings.bulk_bytes)),
+            stop=stop,
+            batch_size=settings.batch_size,
+            backoff=settings.backoff,
         )
     log.info("dewey stopped")

@@ -74,8 +74,14 @@ class Pending:
     @classmethod
     def of(cls, row: Any) -> Pending:
         head = render.ConversationHead(
-            row["id"], row["session_key"], row["kind"], row["agent_id"], row["parent_agent_id"],
-            row["parent_conversation_id"], row["model"], mcp_metadata(row) if row["kind"] == MCP else None,
+            row["id"],
+            row["session_key"],
+            row["kind"],
+            row["agent_id"],
+            row["parent_agent_id"],
+            row["parent_conversation_id"],
+            row["model"],
+            mcp_metadata(row) if row["kind"] == MCP else None,
         )
         return cls(head, row["known"], row["dewey_conversation_id"], row["sent_position"], row["in_doubt"])
 
@@ -89,7 +95,9 @@ class Pending:
 def mcp_metadata(row: Any) -> dict[str, Any]:
     """What Dewey's metadata says of an MCP session beside the conversation fields."""
     return {
-        "mcp_server": row["server"], "mcp_transport": row["transport"], "mcp_protocol_version": row["protocol_version"],
+        "mcp_server": row["server"],
+        "mcp_transport": row["transport"],
+        "mcp_protocol_version": row["protocol_version"],
         "mcp_client_info": orjson.loads(row["client_info"]) if row["client_info"] else None,
         "mcp_server_info": orjson.loads(row["server_info"]) if row["server_info"] else None,
     }
@@ -97,13 +105,22 @@ def mcp_metadata(row: Any) -> dict[str, Any]:
 
 def stored_message(row: Any) -> render.StoredMessage:
     return render.StoredMessage(
-        row["conversation_id"], row["position"], row["role"], orjson.loads(row["content"]), row["exchange_id"],
-        row["source"], row["partial"],
+        row["conversation_id"],
+        row["position"],
+        row["role"],
+        orjson.loads(row["content"]),
+        row["exchange_id"],
+        row["source"],
+        row["partial"],
     )
 
 
 async def forward_sessions(
-    pool: asyncpg.Pool, dewey: DeweyClient, session_keys: Sequence[str], limits: Limits, mcp_sessions: Sequence[str] = (),
+    pool: asyncpg.Pool,
+    dewey: DeweyClient,
+    session_keys: Sequence[str],
+    limits: Limits,
+    mcp_sessions: Sequence[str] = (),
 ) -> None:
     """Everything these sessions' conversations, and these MCP sessions, have that Dewey lacks; raises if Dewey is away."""
     pending = [*await pool.fetch(queries().pending_conversations, list(session_keys))] if session_keys else []
@@ -151,9 +168,15 @@ async def find_begun(dewey: DeweyClient, head: render.ConversationHead) -> str |
     """The Dewey conversation of this session begun for this KGB id, if an earlier attempt got through."""
     wanted = str(head.conversation_id)
     for offset in itertools.count(0, LIST_PAGE):
-        page = await dewey.call("dewey_list_conversations", {
-            "session_id": head.session_key, "limit": LIST_PAGE, "offset": offset, "sort_by": "created_at",
-        })
+        page = await dewey.call(
+            "dewey_list_conversations",
+            {
+                "session_id": head.session_key,
+                "limit": LIST_PAGE,
+                "offset": offset,
+                "sort_by": "created_at",
+            },
+        )
         conversations = page.get("conversations") or []
         for conversation in conversations:
             if render.kgb_conversation_id(conversation.get("metadata")) == wanted:
@@ -169,8 +192,9 @@ async def reconcile_messages(pool: asyncpg.Pool, dewey: DeweyClient, pending: Pe
     positions = [render.kgb_position(m.get("metadata")) for m in conversation.get("messages") or []]
     held = max((p for p in positions if p is not None), default=-1)
     if held > pending.sent:
-        log.info("conversation %s: Dewey already held positions up to %d; not sending them again",
-                 pending.head.conversation_id, held)
+        log.info(
+            "conversation %s: Dewey already held positions up to %d; not sending them again", pending.head.conversation_id, held
+        )
     await pool.execute(queries().sent, pending.head.conversation_id, held)
     return max(held, pending.sent)
 
@@ -196,14 +220,26 @@ async def store(pool: asyncpg.Pool, dewey: DeweyClient, pending: Pending, chunk:
 
 
 async def dead_letter(
-    pool: asyncpg.Pool, conversation_id: uuid.UUID, position: int | None, tool: str, arguments: dict[str, Any],
-    exc: DeweyRejected, then: str, *then_args: Any,
+    pool: asyncpg.Pool,
+    conversation_id: uuid.UUID,
+    position: int | None,
+    tool: str,
+    arguments: dict[str, Any],
+    exc: DeweyRejected,
+    then: str,
+    *then_args: Any,
 ) -> None:
     """The refused call and Dewey's answer, recorded with the step past it, in one transaction."""
     log.warning("dead letter: %s of %s position %s: %s", tool, conversation_id, position, exc)
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(
-            queries().insert_dead_letter, conversation_id, position, tool, orjson.dumps(arguments).decode(),
-            exc.code, exc.message, None if exc.data is None else orjson.dumps(exc.data).decode(),
+            queries().insert_dead_letter,
+            conversation_id,
+            position,
+            tool,
+            orjson.dumps(arguments).decode(),
+            exc.code,
+            exc.message,
+            None if exc.data is None else orjson.dumps(exc.data).decode(),
         )
         await conn.execute(then, conversation_id, *then_args)

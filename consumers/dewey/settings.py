@@ -8,8 +8,19 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from consumers.source import Backoff
-from consumers.winni.settings import positive, schema_name
-from kgb.config import KafkaSettings, SettingsError, env_float, env_int, env_str, mask_url
+from kgb.config import (
+    HoldsSecrets,
+    KafkaSettings,
+    SecretURL,
+    SettingsError,
+    env_float,
+    env_int,
+    env_str,
+    env_url,
+    identifier,
+    positive,
+)
+from kgb.topics import TopicSettings
 
 # Dewey's documented limit for one dewey_store_messages_bulk call.
 MAX_BULK_MESSAGES = 1000
@@ -29,7 +40,7 @@ class JitteredBackoff(Backoff):
 
 
 @dataclass(frozen=True)
-class DeweySettings:
+class DeweySettings(HoldsSecrets):
     """Where the Dewey consumer reads, keeps its state, and sends.
 
     ``db_schema`` (``KGB_DEWEY_SCHEMA``, default ``kgb_dewey``) holds this
@@ -43,10 +54,11 @@ class DeweySettings:
     """
 
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/winni"
+    topics: TopicSettings = field(default_factory=TopicSettings)
+    database_url: SecretURL = SecretURL("postgresql://postgres@127.0.0.1:5432/winni")
     db_schema: str = "kgb_dewey"
     group: str = "kgb-dewey"
-    url: str = "ws://dewey-mcp:9020"
+    url: SecretURL = SecretURL("ws://dewey-mcp:9020")
     batch_size: int = 500
     bulk_size: int = MAX_BULK_MESSAGES
     bulk_bytes: int = 4 * 1024 * 1024
@@ -57,27 +69,17 @@ class DeweySettings:
     def from_env(cls, env: Mapping[str, str] = os.environ) -> DeweySettings:
         return cls(
             kafka=KafkaSettings.from_env(env),
-            database_url=env_str(env, "KGB_DATABASE_URL", cls.database_url),
-            db_schema=schema_name(env_str(env, "KGB_DEWEY_SCHEMA", cls.db_schema)),
+            topics=TopicSettings.from_env(env),
+            database_url=env_url(env, "KGB_DATABASE_URL", cls.database_url),
+            db_schema=identifier("KGB_DEWEY_SCHEMA", env_str(env, "KGB_DEWEY_SCHEMA", cls.db_schema)),
             group=env_str(env, "KGB_DEWEY_GROUP", cls.group),
-            url=env_str(env, "KGB_DEWEY_URL", cls.url),
+            url=env_url(env, "KGB_DEWEY_URL", cls.url),
             batch_size=positive("KGB_DEWEY_BATCH_SIZE", env_int(env, "KGB_DEWEY_BATCH_SIZE", cls.batch_size)),
             bulk_size=bulk_size(env_int(env, "KGB_DEWEY_BULK_SIZE", cls.bulk_size)),
             bulk_bytes=positive("KGB_DEWEY_BULK_BYTES", env_int(env, "KGB_DEWEY_BULK_BYTES", cls.bulk_bytes)),
             timeout=env_float(env, "KGB_DEWEY_TIMEOUT", cls.timeout),
             backoff=JitteredBackoff(maximum=env_float(env, "KGB_DEWEY_RETRY_MAX", Backoff.maximum)),
         )
-
-    def __repr__(self) -> str:
-        kafka = self.kafka.masked()
-        return (
-            f"DeweySettings(kafka={kafka!r}, database_url={mask_url(self.database_url)!r}, "
-            f"db_schema={self.db_schema!r}, group={self.group!r}, url={mask_url(self.url)!r}, "
-            f"batch_size={self.batch_size}, bulk_size={self.bulk_size}, bulk_bytes={self.bulk_bytes}, "
-            f"timeout={self.timeout}, backoff={self.backoff!r})"
-        )
-
-    __str__ = __repr__
 
 
 def bulk_size(value: int) -> int:

@@ -120,8 +120,11 @@ def usage_of(raw: Any) -> Usage:
     """The billing facts of Anthropic's usage object; missing or odd values count as 0, never an error."""
     if not isinstance(raw, dict):
         return Usage()
-    listed = [entry for entry in raw.get("iterations") or () if isinstance(entry, dict)] if isinstance(
-        raw.get("iterations"), list) else []
+    listed = (
+        [entry for entry in raw.get("iterations") or () if isinstance(entry, dict)]
+        if isinstance(raw.get("iterations"), list)
+        else []
+    )
     parts = tuple(_part(entry) for entry in listed) or (Part(tokens_of(raw)),)
     server = _dict(raw.get("server_tool_use"))
     return Usage(
@@ -236,8 +239,11 @@ def _price_part(part: Part, model: str | None, at: datetime, table: PriceTable, 
     multiplier = (price.us_only_multiplier if us_only else Decimal(1)) * (table.batch_multiplier if batch else Decimal(1))
     per_million = sum((getattr(part.tokens, f.name) * getattr(rates, f.name) for f in fields(Tokens)), Decimal(0))
     return _PartCost(
-        usd=per_million * multiplier / MILLION, edition=edition,
-        long_context=not fast and rates is not price.rates, fast=fast, us_only=us_only,
+        usd=per_million * multiplier / MILLION,
+        edition=edition,
+        long_context=not fast and rates is not price.rates,
+        fast=fast,
+        us_only=us_only,
     )
 
 

@@ -21,8 +21,16 @@ from decimal import Decimal
 from typing import Any
 
 BLOCK = timedelta(hours=5)
-SUMMED = ("requests", "errors", "input_tokens", "output_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "cache_read_tokens",
-          "unpriced_requests")
+SUMMED = (
+    "requests",
+    "errors",
+    "input_tokens",
+    "output_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+    "cache_read_tokens",
+    "unpriced_requests",
+)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from consumers.metrics.prices import PriceTable, load_prices
 from consumers.metrics.settings import MetricsSettings
 from consumers.source import Batch, Handler, consume
 from consumers.sql import load_migrations
-from consumers.service import both_topics, open_consumer, open_database, open_decoders
+from consumers.service import open_consumer, open_database, open_decoders
 from kgb.config import SettingsError
 
 log = logging.getLogger(__name__)
@@ -70,20 +70,36 @@ async def run(settings: MetricsSettings, stop: asyncio.Event | None = None, metr
     stop = stop or asyncio.Event()
     prices = load_prices(settings.prices)
     metrics = metrics or UsageMetrics(prices.version)
-    log.info("metrics starting: %r; prices %s (%d editions, %d models)", settings, prices.version, len(prices.editions),
-             len(prices.models))
+    log.info(
+        "metrics starting: %r; prices %s (%d editions, %d models)",
+        settings,
+        prices.version,
+        len(prices.editions),
+        len(prices.models),
+    )
     async with contextlib.AsyncExitStack() as resources:
         await serve_metrics(resources, metrics, settings)
         pool = await open_database(
-            resources, settings.database_url, settings.db_schema, load_migrations("consumers.metrics"),
-            max_size=1, stop=stop, backoff=settings.backoff,  # one connection: one transaction per batch
+            resources,
+            settings.database_url,
+            settings.db_schema,
+            load_migrations("consumers.metrics"),
+            max_size=1,
+            stop=stop,
+            backoff=settings.backoff,  # one connection: one transaction per batch
         )
         if pool is None:
             return
         decoders = await open_decoders(resources, settings.kafka)
-        consumer = await open_consumer(resources, settings.kafka, settings.group, settings.batch_size, both_topics(settings.kafka))
+        consumer = await open_consumer(resources, settings, stop)
+        if consumer is None:
+            return
         await consume(
-            consumer, decoders, make_handler(pool, prices, metrics),
-            stop=stop, batch_size=settings.batch_size, backoff=settings.backoff,
+            consumer,
+            decoders,
+            make_handler(pool, prices, metrics),
+            stop=stop,
+            batch_size=settings.batch_size,
+            backoff=settings.backoff,
         )
     log.info("metrics stopped")

@@ -31,6 +31,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from consumers.metrics.mcp import Counted
+from kgb.outages import HEALTH
 from consumers.metrics.rollup import TOKEN_TYPES, Priced
 
 log = logging.getLogger(__name__)
@@ -54,53 +55,87 @@ class UsageMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.tokens = Histogram(
-            "gen_ai_client_token_usage", "Tokens used per model call, by gen_ai_token_type (Anthropic's "
+            "gen_ai_client_token_usage",
+            "Tokens used per model call, by gen_ai_token_type (Anthropic's "
             "meaning: input excludes cache reads and writes, which have types of their own)",
-            (*MODEL_LABELS, "gen_ai_token_type"), buckets=TOKEN_BUCKETS, registry=r,
+            (*MODEL_LABELS, "gen_ai_token_type"),
+            buckets=TOKEN_BUCKETS,
+            registry=r,
         )
         self.duration = Histogram(
-            "gen_ai_client_operation_duration_seconds", "Time from the request reaching the proxy to the response's end",
-            (*MODEL_LABELS, "error_type"), buckets=SECONDS_BUCKETS, registry=r,
+            "gen_ai_client_operation_duration_seconds",
+            "Time from the request reaching the proxy to the response's end",
+            (*MODEL_LABELS, "error_type"),
+            buckets=SECONDS_BUCKETS,
+            registry=r,
         )
         self.first_chunk = Histogram(
-            "gen_ai_client_operation_time_to_first_chunk_seconds", "Time from the request reaching the proxy "
-            "to the first response byte sent to the client", MODEL_LABELS, buckets=SECONDS_BUCKETS, registry=r,
+            "gen_ai_client_operation_time_to_first_chunk_seconds",
+            "Time from the request reaching the proxy to the first response byte sent to the client",
+            MODEL_LABELS,
+            buckets=SECONDS_BUCKETS,
+            registry=r,
         )
         self.requests = Counter("kgb_requests_total", "Exchanges counted", MODEL_LABELS, registry=r)
-        self.errors = Counter("kgb_errors_total", "Exchanges that failed, by error type", (*MODEL_LABELS, "error_type"), registry=r)
+        self.errors = Counter(
+            "kgb_errors_total", "Exchanges that failed, by error type", (*MODEL_LABELS, "error_type"), registry=r
+        )
         self.interrupted = Counter(
-            "kgb_interrupted_total", "Responses cut short without an error (client gone, stream broken)", MODEL_LABELS, registry=r,
+            "kgb_interrupted_total",
+            "Responses cut short without an error (client gone, stream broken)",
+            MODEL_LABELS,
+            registry=r,
         )
         self.web_searches = Counter("kgb_web_search_requests_total", "Server-side web searches billed", MODEL_LABELS, registry=r)
-        self.web_fetches = Counter("kgb_web_fetch_requests_total", "Server-side web fetches (no charge beyond their tokens)",
-                                   MODEL_LABELS, registry=r)
-        self.thinking = Counter("kgb_thinking_tokens_total", "Output tokens spent thinking (part of the output tokens)",
-                                MODEL_LABELS, registry=r)
-        self.premiums = Counter(
-            "kgb_premium_requests_total", "Requests billed beyond base rates, by kgb_pricing: long_context, fast, us_only, batch",
-            (*MODEL_LABELS, "kgb_pricing"), registry=r,
+        self.web_fetches = Counter(
+            "kgb_web_fetch_requests_total", "Server-side web fetches (no charge beyond their tokens)", MODEL_LABELS, registry=r
         )
-        self.compactions = Counter("kgb_compactions_total", "Server-side compactions (usage.iterations)", MODEL_LABELS, registry=r)
-        self.stop_reasons = Counter("kgb_stop_reasons_total", "Responses by stop reason", (*MODEL_LABELS, "stop_reason"), registry=r)
-        self.blocks = Counter("kgb_content_blocks_total", "Reply content blocks by type", (*MODEL_LABELS, "block_type"), registry=r)
+        self.thinking = Counter(
+            "kgb_thinking_tokens_total", "Output tokens spent thinking (part of the output tokens)", MODEL_LABELS, registry=r
+        )
+        self.premiums = Counter(
+            "kgb_premium_requests_total",
+            "Requests billed beyond base rates, by kgb_pricing: long_context, fast, us_only, batch",
+            (*MODEL_LABELS, "kgb_pricing"),
+            registry=r,
+        )
+        self.compactions = Counter(
+            "kgb_compactions_total", "Server-side compactions (usage.iterations)", MODEL_LABELS, registry=r
+        )
+        self.stop_reasons = Counter(
+            "kgb_stop_reasons_total", "Responses by stop reason", (*MODEL_LABELS, "stop_reason"), registry=r
+        )
+        self.blocks = Counter(
+            "kgb_content_blocks_total", "Reply content blocks by type", (*MODEL_LABELS, "block_type"), registry=r
+        )
         self.cost = Counter("kgb_cost_usd_total", "Cost in USD at the price table's rates", MODEL_LABELS, registry=r)
         self.unpriced = Counter(
-            "kgb_unpriced_tokens_total", "Tokens of models the price table lacks (their cost is not in kgb_cost_usd_total)",
-            (*MODEL_LABELS, "gen_ai_token_type"), registry=r,
+            "kgb_unpriced_tokens_total",
+            "Tokens of models the price table lacks (their cost is not in kgb_cost_usd_total)",
+            (*MODEL_LABELS, "gen_ai_token_type"),
+            registry=r,
         )
         self.unpriced_requests = Counter(
-            "kgb_unpriced_requests_total", "Requests with billable usage the price table has no price for, by kgb_unpriced "
-            "(the model, or the model and the mode)", (*MODEL_LABELS, "kgb_unpriced"), registry=r,
+            "kgb_unpriced_requests_total",
+            "Requests with billable usage the price table has no price for, by kgb_unpriced "
+            "(the model, or the model and the mode)",
+            (*MODEL_LABELS, "kgb_unpriced"),
+            registry=r,
         )
         self.rejected = Counter("kgb_metrics_rejected_total", "Messages that did not decode", ("error_class",), registry=r)
         self.mcp_duration = Histogram(
-            "mcp_client_operation_duration_seconds", "MCP request to its answer, as the KGB relay forwarded them",
-            (*MCP_LABELS, "error_type"), buckets=MCP_SECONDS_BUCKETS, registry=r,
+            "mcp_client_operation_duration_seconds",
+            "MCP request to its answer, as the KGB relay forwarded them",
+            (*MCP_LABELS, "error_type"),
+            buckets=MCP_SECONDS_BUCKETS,
+            registry=r,
         )
         self.mcp_calls = Counter("kgb_mcp_calls_total", "MCP requests answered", MCP_LABELS, registry=r)
         self.mcp_errors = Counter(
-            "kgb_mcp_errors_total", "MCP requests answered with a JSON-RPC error (its code) or a tool result with isError "
-            "(tool_error)", (*MCP_LABELS, "error_type"), registry=r,
+            "kgb_mcp_errors_total",
+            "MCP requests answered with a JSON-RPC error (its code) or a tool result with isError (tool_error)",
+            (*MCP_LABELS, "error_type"),
+            registry=r,
         )
 
     def observe(self, priced: Iterable[Priced]) -> None:
@@ -131,8 +166,12 @@ class UsageMetrics:
             self.stop_reasons.labels(*labels, e.stop_reason).inc()
         for block, n in e.blocks.items():
             self.blocks.labels(*labels, block).inc(n)
-        for counter, n in ((self.web_searches, usage.web_search_requests), (self.web_fetches, usage.web_fetch_requests),
-                           (self.thinking, usage.thinking), (self.compactions, usage.compactions)):
+        for counter, n in (
+            (self.web_searches, usage.web_search_requests),
+            (self.web_fetches, usage.web_fetch_requests),
+            (self.thinking, usage.thinking),
+            (self.compactions, usage.compactions),
+        ):
             if n:
                 counter.labels(*labels).inc(n)
         for premium in ("long_context", "fast", "us_only", "batch"):
@@ -160,7 +199,9 @@ class UsageMetrics:
         log.warning(
             "no price for %s in the price table (%s): its requests are counted, their cost is unknown and every total "
             "including them says so; price it in a KGB_PRICES file and rebuild the metrics tables with a fresh "
-            "KGB_METRICS_GROUP and KGB_METRICS_SCHEMA (README, Token usage and cost)", missing, self.prices_version or "shipped",
+            "KGB_METRICS_GROUP and KGB_METRICS_SCHEMA (README, Token usage and cost)",
+            missing,
+            self.prices_version or "shipped",
         )
 
 
@@ -171,7 +212,8 @@ def mcp_labels(call: Counted) -> tuple[str, ...]:
 
 
 def metrics_app(metrics: UsageMetrics) -> web.Application:
-    """``GET /metrics`` in Prometheus's text format, and ``GET /health``."""
+    """``GET /metrics`` in Prometheus's text format, ``GET /health``, and ``GET /ready``: 200 once
+    consuming with nothing away, else 503 naming what it waits for (`kgb.outages.HEALTH`)."""
 
     async def scrape(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -179,7 +221,13 @@ def metrics_app(metrics: UsageMetrics) -> web.Application:
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"status": "healthy"})
 
+    async def ready(request: web.Request) -> web.Response:
+        waiting = HEALTH.waiting_for()
+        body = {"status": "not_ready", "waiting_for": waiting} if waiting else {"status": "ready"}
+        return web.json_response(body, status=503 if waiting else 200)
+
     app = web.Application()
     app.router.add_get("/metrics", scrape)
     app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
     return app

@@ -84,24 +84,41 @@ def pair(events: Sequence[dict[str, Any]], open_calls: list[mcp.OpenCall], count
         for message in mcp.messages_of(event):
             if message.kind == "request" and message.jsonrpc_id is not None:
                 at = timestamp(message.occurred_at)
-                out.calls.append(McpUsageCallRow(
-                    call_key=key(message), session_key=message.session_key, server=message.server,
-                    transport=mcp.transport(event), direction=message.direction, method=message.method or "",
-                    tool=mcp.call_target(message), jsonrpc_id=message.jsonrpc_id, connection_id=message.connection_id,
-                    day=at.date(), requested_at=at,
-                ))
-                open_calls.append(mcp.OpenCall(key(message), message.session_key, message.jsonrpc_id, message.direction,
-                                               message.connection_id, at))
+                out.calls.append(
+                    McpUsageCallRow(
+                        call_key=key(message),
+                        session_key=message.session_key,
+                        server=message.server,
+                        transport=mcp.transport(event),
+                        direction=message.direction,
+                        method=message.method or "",
+                        tool=mcp.call_target(message),
+                        jsonrpc_id=message.jsonrpc_id,
+                        connection_id=message.connection_id,
+                        day=at.date(),
+                        requested_at=at,
+                    )
+                )
+                open_calls.append(
+                    mcp.OpenCall(
+                        key(message), message.session_key, message.jsonrpc_id, message.direction, message.connection_id, at
+                    )
+                )
             elif message.kind in ("response", "error") and key(message) not in counted:
                 call = mcp.answered(open_calls, message)
                 if call is not None:
                     open_calls.remove(call)
                     at = timestamp(message.occurred_at)
-                    out.answers.append(McpUsageAnswerRow(
-                        call_key=call.call_id, answer_key=key(message), protocol_version=event.get("protocol_version"),
-                        responded_at=at, duration_ms=(at - call.requested_at).total_seconds() * 1000,
-                        error_type=error_type(message.value),
-                    ))
+                    out.answers.append(
+                        McpUsageAnswerRow(
+                            call_key=call.call_id,
+                            answer_key=key(message),
+                            protocol_version=event.get("protocol_version"),
+                            responded_at=at,
+                            duration_ms=(at - call.requested_at).total_seconds() * 1000,
+                            error_type=error_type(message.value),
+                        )
+                    )
     return out
 
 
@@ -125,15 +142,30 @@ def daily(answered: Sequence[Any]) -> list[McpUsageDailyRow]:
         total[1] += row["error_type"] is not None
         total[2] += row["duration_ms"]
     return [
-        McpUsageDailyRow(day=day, server=server, transport=transport, method=method, tool=tool, calls=int(calls),
-                 errors=int(errors), duration_ms_sum=duration)
+        McpUsageDailyRow(
+            day=day,
+            server=server,
+            transport=transport,
+            method=method,
+            tool=tool,
+            calls=int(calls),
+            errors=int(errors),
+            duration_ms_sum=duration,
+        )
         for (day, server, transport, method, tool), (calls, errors, duration) in sorted(totals.items())
     ]
 
 
 def counted_call(row: Any) -> Counted:
-    return Counted(row["server"], row["transport"], row["method"], row["tool"], row["protocol_version"], row["duration_ms"],
-                   row["error_type"])
+    return Counted(
+        row["server"],
+        row["transport"],
+        row["method"],
+        row["tool"],
+        row["protocol_version"],
+        row["duration_ms"],
+        row["error_type"],
+    )
 
 
 async def write_mcp_usage(conn: asyncpg.Connection, records: Sequence[Record]) -> list[Counted]:

@@ -107,7 +107,7 @@ class PriceTable:
         if not model:
             return None
         in_force = self.edition_at(at)
-        later = self.editions[self.editions.index(in_force) + 1:]
+        later = self.editions[self.editions.index(in_force) + 1 :]
         for edition in (in_force, *later):
             for name in (model, canonical_model(model)):
                 if name in edition.models:
@@ -165,15 +165,18 @@ def _editions(raw: list[dict[str, Any]]) -> tuple[Edition, ...]:
             raise ValueError(f"edition {effective.date()} is not later than {editions[-1].version}")
         models = {name: _model(name, rates) for name, rates in entry.get("models", {}).items()}
         previous = editions[-1] if editions else None
-        editions.append(Edition(
-            version=str(entry.get("version", effective.date().isoformat())),
-            effective=effective,
-            web_search_per_1000=(
-                _rate(entry["web_search_per_1000"]) if "web_search_per_1000" in entry or previous is None
-                else previous.web_search_per_1000
-            ),
-            models=MappingProxyType({**(previous.models if previous else {}), **models}),
-        ))
+        editions.append(
+            Edition(
+                version=str(entry.get("version", effective.date().isoformat())),
+                effective=effective,
+                web_search_per_1000=(
+                    _rate(entry["web_search_per_1000"])
+                    if "web_search_per_1000" in entry or previous is None
+                    else previous.web_search_per_1000
+                ),
+                models=MappingProxyType({**(previous.models if previous else {}), **models}),
+            )
+        )
     return tuple(editions)
 
 

@@ -37,8 +37,11 @@ from schemas.codec import timestamp
 # Claude Code names the directory it works in: "Primary working directory: /x" in a list of the
 # environment (2.1.3xx, in a ``role: "system"`` message, with " (was /y)" when it moved), or
 # "Working directory: /x" in the system prompt's <env> (older releases).
-_WORKING_DIRECTORY = re.compile(r"^[ \t]*(?:-[ \t]*)?(?:Primary working directory|Working directory):[ \t]*(\S[^\r\n]*?)"
-                                r"(?:[ \t]+\(was [^\r\n]*\))?[ \t]*$", re.MULTILINE)
+_WORKING_DIRECTORY = re.compile(
+    r"^[ \t]*(?:-[ \t]*)?(?:Primary working directory|Working directory):[ \t]*(\S[^\r\n]*?)"
+    r"(?:[ \t]+\(was [^\r\n]*\))?[ \t]*$",
+    re.MULTILINE,
+)
 _PROJECT_LIMIT = 1024
 
 # Prometheus's gen_ai_token_type for each token field.
@@ -259,8 +262,11 @@ def _utc(micros: int) -> datetime:
 def exchange_from_row(row: Mapping[str, Any], project: str | None = None) -> Exchange:
     """A completed ``usage_exchanges`` row (as the store returns it); ``project`` stands in when it names none."""
     tokens = Tokens(
-        input=row["input_tokens"], output=row["output_tokens"], cache_write_5m=row["cache_write_5m_tokens"],
-        cache_write_1h=row["cache_write_1h_tokens"], cache_read=row["cache_read_tokens"],
+        input=row["input_tokens"],
+        output=row["output_tokens"],
+        cache_write_5m=row["cache_write_5m_tokens"],
+        cache_write_1h=row["cache_write_1h_tokens"],
+        cache_read=row["cache_read_tokens"],
     )
     parts = parts_from_json(row["parts"], tokens)
     return Exchange(
@@ -276,9 +282,14 @@ def exchange_from_row(row: Mapping[str, Any], project: str | None = None) -> Exc
         interrupted=row["interrupted"],
         has_usage=row["has_usage"],
         usage=Usage(
-            parts=parts, listed=row["parts"] is not None, thinking=row["thinking_tokens"],
-            web_search_requests=row["web_search_requests"], web_fetch_requests=row["web_fetch_requests"],
-            speed=row["speed"], inference_geo=row["inference_geo"], service_tier=row["service_tier"],
+            parts=parts,
+            listed=row["parts"] is not None,
+            thinking=row["thinking_tokens"],
+            web_search_requests=row["web_search_requests"],
+            web_fetch_requests=row["web_fetch_requests"],
+            speed=row["speed"],
+            inference_geo=row["inference_geo"],
+            service_tier=row["service_tier"],
         ),
         stop_reason=row["stop_reason"],
         blocks=orjson.loads(row["content_blocks"]) if row["content_blocks"] else {},
@@ -293,7 +304,11 @@ def rollup(priced: Iterable[Priced]) -> dict[RollupKey, Totals]:
     for p in priced:
         e = p.exchange
         key = RollupKey(
-            hour=e.hour, model=e.model or "", session_key=e.session_key, kind=e.kind, project=e.project,
+            hour=e.hour,
+            model=e.model or "",
+            session_key=e.session_key,
+            kind=e.kind,
+            project=e.project,
             key_fingerprint=e.key_fingerprint,
         )
         add(totals[key], p)

@@ -7,20 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from consumers.source import Backoff
-from consumers.winni.settings import positive, schema_name
-from kgb.config import KafkaSettings, SettingsError, env_float, env_int, env_opt, env_str, mask_url
-
-
-def _schema(raw: str) -> str:
-    """winni's rule for a schema name, with this setting's name in the error."""
-    try:
-        return schema_name(raw)
-    except SettingsError:
-        raise SettingsError(f"KGB_METRICS_SCHEMA must be a plain identifier (letters, digits, _), got {raw!r}") from None
+from kgb.config import HoldsSecrets, KafkaSettings, SecretURL, env_float, env_int, env_opt, env_str, env_url, identifier, positive
+from kgb.topics import TopicSettings
 
 
 @dataclass(frozen=True)
-class MetricsSettings:
+class MetricsSettings(HoldsSecrets):
     """Where the metrics consumer reads, writes and listens.
 
     ``db_schema`` is the metrics tables' own schema (``KGB_METRICS_SCHEMA``,
@@ -32,7 +24,8 @@ class MetricsSettings:
     """
 
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/winni"
+    topics: TopicSettings = field(default_factory=TopicSettings)
+    database_url: SecretURL = SecretURL("postgresql://postgres@127.0.0.1:5432/winni")
     db_schema: str = "kgb_metrics"
     group: str = "kgb-metrics"
     batch_size: int = 500
@@ -45,8 +38,9 @@ class MetricsSettings:
     def from_env(cls, env: Mapping[str, str] = os.environ) -> MetricsSettings:
         return cls(
             kafka=KafkaSettings.from_env(env),
-            database_url=env_str(env, "KGB_DATABASE_URL", cls.database_url),
-            db_schema=_schema(env_str(env, "KGB_METRICS_SCHEMA", cls.db_schema)),
+            topics=TopicSettings.from_env(env),
+            database_url=env_url(env, "KGB_DATABASE_URL", cls.database_url),
+            db_schema=identifier("KGB_METRICS_SCHEMA", env_str(env, "KGB_METRICS_SCHEMA", cls.db_schema)),
             group=env_str(env, "KGB_METRICS_GROUP", cls.group),
             batch_size=positive("KGB_METRICS_BATCH_SIZE", env_int(env, "KGB_METRICS_BATCH_SIZE", cls.batch_size)),
             host=env_str(env, "KGB_METRICS_HOST", cls.host),
@@ -54,13 +48,3 @@ class MetricsSettings:
             prices=env_opt(env, "KGB_PRICES"),
             backoff=Backoff(maximum=env_float(env, "KGB_METRICS_RETRY_MAX", Backoff.maximum)),
         )
-
-    def __repr__(self) -> str:
-        kafka = self.kafka.masked()
-        return (
-            f"MetricsSettings(kafka={kafka!r}, database_url={mask_url(self.database_url)!r}, "
-            f"db_schema={self.db_schema!r}, group={self.group!r}, batch_size={self.batch_size}, "
-            f"listen={self.host}:{self.port}, prices={self.prices or 'shipped'!r}, backoff={self.backoff!r})"
-        )
-
-    __str__ = __repr__

@@ -29,7 +29,16 @@ from consumers.metrics.batches import BatchItem, batch_items, is_batch_download
 from consumers.metrics.billing import cost, parts_json
 from consumers.metrics.prices import PriceTable
 from consumers.metrics.rollup import (
-    Exchange, Priced, RequestHalf, ResponseHalf, RollupKey, Totals, exchange_from_row, request_half, response_half, rollup,
+    Exchange,
+    Priced,
+    RequestHalf,
+    ResponseHalf,
+    RollupKey,
+    Totals,
+    exchange_from_row,
+    request_half,
+    response_half,
+    rollup,
 )
 from consumers.source import Record
 from consumers.sql import Queries, load_queries
@@ -75,7 +84,8 @@ def halves(records: Sequence[Record]) -> Halves:
             if is_batch_download(event["response"]):
                 downloads[half.exchange_id] = Download(half, batch_items(event["response"]["body"]))
     return Halves(
-        sorted(requests.values(), key=_exchange_id), sorted(responses.values(), key=_exchange_id),
+        sorted(requests.values(), key=_exchange_id),
+        sorted(responses.values(), key=_exchange_id),
         [downloads[k] for k in sorted(downloads)],
     )
 
@@ -102,7 +112,7 @@ class UsageRequestRow(NamedTuple):
     kind: str
     path: str
     project: str | None
-    key_fingerprint: str
+    key_fingerprint: str | None
 
 
 class UsageResponseRow(NamedTuple):
@@ -133,7 +143,7 @@ class UsageResponseRow(NamedTuple):
     parts: str | None
     compactions: int
     served_model: str | None
-    key_fingerprint: str
+    key_fingerprint: str | None
 
 
 class CostRow(NamedTuple):
@@ -218,8 +228,15 @@ class ProjectRow(NamedTuple):
 
 def request_columns(h: RequestHalf) -> UsageRequestRow:
     return UsageRequestRow(
-        exchange_id=h.exchange_id, session_key=h.session_key, agent_id=h.agent_id, day=h.started_at.date(),
-        started_at=h.started_at, model=h.model, kind=h.kind, path=h.path, project=h.project,
+        exchange_id=h.exchange_id,
+        session_key=h.session_key,
+        agent_id=h.agent_id,
+        day=h.started_at.date(),
+        started_at=h.started_at,
+        model=h.model,
+        kind=h.kind,
+        path=h.path,
+        project=h.project,
         key_fingerprint=h.key_fingerprint,
     )
 
@@ -228,37 +245,79 @@ def response_columns(h: ResponseHalf) -> UsageResponseRow:
     u = h.usage
     t = u.tokens
     return UsageResponseRow(
-        exchange_id=h.exchange_id, session_key=h.session_key, agent_id=h.agent_id, day=h.started_at.date(),
-        started_at=h.started_at, status=h.status, error_type=h.error_type, interrupted=h.interrupted,
-        has_usage=h.has_usage, input_tokens=t.input, output_tokens=t.output, cache_write_5m_tokens=t.cache_write_5m,
-        cache_write_1h_tokens=t.cache_write_1h, cache_read_tokens=t.cache_read,
-        web_search_requests=u.web_search_requests, ttfb_ms=h.ttfb_ms, duration_ms=h.duration_ms,
-        thinking_tokens=u.thinking, web_fetch_requests=u.web_fetch_requests, speed=u.speed,
-        inference_geo=u.inference_geo, service_tier=u.service_tier, stop_reason=h.stop_reason,
-        content_blocks=orjson.dumps(dict(h.blocks)).decode() if h.blocks else None, parts=parts_json(u),
-        compactions=u.compactions, served_model=u.served_by, key_fingerprint=h.key_fingerprint,
+        exchange_id=h.exchange_id,
+        session_key=h.session_key,
+        agent_id=h.agent_id,
+        day=h.started_at.date(),
+        started_at=h.started_at,
+        status=h.status,
+        error_type=h.error_type,
+        interrupted=h.interrupted,
+        has_usage=h.has_usage,
+        input_tokens=t.input,
+        output_tokens=t.output,
+        cache_write_5m_tokens=t.cache_write_5m,
+        cache_write_1h_tokens=t.cache_write_1h,
+        cache_read_tokens=t.cache_read,
+        web_search_requests=u.web_search_requests,
+        ttfb_ms=h.ttfb_ms,
+        duration_ms=h.duration_ms,
+        thinking_tokens=u.thinking,
+        web_fetch_requests=u.web_fetch_requests,
+        speed=u.speed,
+        inference_geo=u.inference_geo,
+        service_tier=u.service_tier,
+        stop_reason=h.stop_reason,
+        content_blocks=orjson.dumps(dict(h.blocks)).decode() if h.blocks else None,
+        parts=parts_json(u),
+        compactions=u.compactions,
+        served_model=u.served_by,
+        key_fingerprint=h.key_fingerprint,
     )
 
 
 def cost_columns(p: Priced) -> CostRow:
     c = p.cost
     return CostRow(
-        exchange_id=p.exchange.exchange_id, cost_usd=c.usd, unpriced_models=orjson.dumps(c.unpriced).decode(),
-        prices_version=c.version, project=p.exchange.project or None, long_context=c.long_context, fast=c.fast,
-        us_only=c.us_only, batch=c.batch,
+        exchange_id=p.exchange.exchange_id,
+        cost_usd=c.usd,
+        unpriced_models=orjson.dumps(c.unpriced).decode(),
+        prices_version=c.version,
+        project=p.exchange.project or None,
+        long_context=c.long_context,
+        fast=c.fast,
+        us_only=c.us_only,
+        batch=c.batch,
     )
 
 
 def hourly_columns(key: RollupKey, t: Totals) -> HourlyRow:
     return HourlyRow(
-        **key._asdict(), requests=t.requests, errors=t.errors, interrupted=t.interrupted, input_tokens=t.input,
-        output_tokens=t.output, cache_write_5m_tokens=t.cache_write_5m, cache_write_1h_tokens=t.cache_write_1h,
-        cache_read_tokens=t.cache_read, thinking_tokens=t.thinking, web_search_requests=t.web_search_requests,
-        web_fetch_requests=t.web_fetch_requests, cost_usd=t.cost, unpriced_requests=t.unpriced_requests,
-        long_context_requests=t.long_context_requests, fast_requests=t.fast_requests,
-        us_only_requests=t.us_only_requests, batch_requests=t.batch_requests, compactions=t.compactions,
-        ttfb_ms_sum=t.ttfb_ms_sum, ttfb_count=t.ttfb_count, duration_ms_sum=t.duration_ms_sum,
-        duration_count=t.duration_count, first_at=t.first_at, last_at=t.last_at,
+        **key._asdict(),
+        requests=t.requests,
+        errors=t.errors,
+        interrupted=t.interrupted,
+        input_tokens=t.input,
+        output_tokens=t.output,
+        cache_write_5m_tokens=t.cache_write_5m,
+        cache_write_1h_tokens=t.cache_write_1h,
+        cache_read_tokens=t.cache_read,
+        thinking_tokens=t.thinking,
+        web_search_requests=t.web_search_requests,
+        web_fetch_requests=t.web_fetch_requests,
+        cost_usd=t.cost,
+        unpriced_requests=t.unpriced_requests,
+        long_context_requests=t.long_context_requests,
+        fast_requests=t.fast_requests,
+        us_only_requests=t.us_only_requests,
+        batch_requests=t.batch_requests,
+        compactions=t.compactions,
+        ttfb_ms_sum=t.ttfb_ms_sum,
+        ttfb_count=t.ttfb_count,
+        duration_ms_sum=t.duration_ms_sum,
+        duration_count=t.duration_count,
+        first_at=t.first_at,
+        last_at=t.last_at,
     )
 
 
@@ -271,10 +330,22 @@ def batch_exchanges(download: Download, project: str) -> list[Exchange]:
     h = download.half
     return [
         Exchange(
-            exchange_id=item.item_id, session_key=h.session_key, started_at=h.started_at, model=item.model,
-            kind="batch", project=project, key_fingerprint=h.key_fingerprint or "", status=200, error_type=None,
-            interrupted=False, has_usage=True, usage=item.usage, stop_reason=item.stop_reason, blocks=item.blocks,
-            ttfb_ms=None, duration_ms=None,
+            exchange_id=item.item_id,
+            session_key=h.session_key,
+            started_at=h.started_at,
+            model=item.model,
+            kind="batch",
+            project=project,
+            key_fingerprint=h.key_fingerprint or "",
+            status=200,
+            error_type=None,
+            interrupted=False,
+            has_usage=True,
+            usage=item.usage,
+            stop_reason=item.stop_reason,
+            blocks=item.blocks,
+            ttfb_ms=None,
+            duration_ms=None,
         )
         for item in download.items
     ]
@@ -283,10 +354,20 @@ def batch_exchanges(download: Download, project: str) -> list[Exchange]:
 def batch_item_columns(p: Priced, item: BatchItem, exchange_id: str) -> BatchItemRow:
     e, t = p.exchange, p.exchange.usage.tokens
     return BatchItemRow(
-        item_id=item.item_id, custom_id=item.custom_id, exchange_id=exchange_id, session_key=e.session_key,
-        model=item.model, counted_at=e.started_at, input_tokens=t.input, output_tokens=t.output,
-        cache_write_5m_tokens=t.cache_write_5m, cache_write_1h_tokens=t.cache_write_1h, cache_read_tokens=t.cache_read,
-        cost_usd=p.cost.usd, unpriced_models=orjson.dumps(p.cost.unpriced).decode(), prices_version=p.cost.version,
+        item_id=item.item_id,
+        custom_id=item.custom_id,
+        exchange_id=exchange_id,
+        session_key=e.session_key,
+        model=item.model,
+        counted_at=e.started_at,
+        input_tokens=t.input,
+        output_tokens=t.output,
+        cache_write_5m_tokens=t.cache_write_5m,
+        cache_write_1h_tokens=t.cache_write_1h,
+        cache_read_tokens=t.cache_read,
+        cost_usd=p.cost.usd,
+        unpriced_models=orjson.dumps(p.cost.unpriced).decode(),
+        prices_version=p.cost.version,
     )
 
 
@@ -304,7 +385,9 @@ async def remember_projects(conn: asyncpg.Connection, requests: Iterable[Request
         if h.project and (h.session_key not in latest or h.started_at >= latest[h.session_key].started_at):
             latest[h.session_key] = h
     if latest:
-        rows = [ProjectRow(session_key=k, project=h.project, seen_at=h.started_at) for k, h in sorted(latest.items())]
+        rows = [
+            ProjectRow(session_key=k, project=h.project, seen_at=h.started_at) for k, h in sorted(latest.items()) if h.project
+        ]
         await conn.execute(queries().remember_projects, *columns(rows))
 
 
@@ -315,12 +398,15 @@ async def session_projects(conn: asyncpg.Connection, sessions: Iterable[str]) ->
     return {r["session_key"]: r["project"] for r in await conn.fetch(queries().session_projects, keys)}
 
 
-async def count_downloads(conn: asyncpg.Connection, downloads: Sequence[Download], projects: Mapping[str, str],
-                          prices: PriceTable) -> list[Priced]:
+async def count_downloads(
+    conn: asyncpg.Connection, downloads: Sequence[Download], projects: Mapping[str, str], prices: PriceTable
+) -> list[Priced]:
     """The batch requests not counted before, priced at the batch rate."""
     priced: dict[str, tuple[Priced, BatchItem, str]] = {}
     for download in downloads:
-        for exchange, item in zip(batch_exchanges(download, projects.get(download.half.session_key, "")), download.items):
+        for exchange, item in zip(
+            batch_exchanges(download, projects.get(download.half.session_key, "")), download.items, strict=False
+        ):
             p = Priced(exchange, cost(exchange.usage, exchange.model, exchange.started_at, prices, batch=True))
             priced.setdefault(item.item_id, (p, item, download.half.exchange_id))
     if not priced:
@@ -341,8 +427,9 @@ async def write_usage(conn: asyncpg.Connection, records: Sequence[Record], price
     await remember_projects(conn, batch.requests)
     completed = await add_halves(conn, q.add_requests, [request_columns(h) for h in batch.requests])
     completed += await add_halves(conn, q.add_responses, [response_columns(h) for h in batch.responses])
-    projects = await session_projects(conn, [*(r["session_key"] for r in completed if not r["project"]),
-                                             *(d.half.session_key for d in batch.downloads)])
+    projects = await session_projects(
+        conn, [*(r["session_key"] for r in completed if not r["project"]), *(d.half.session_key for d in batch.downloads)]
+    )
     exchanges = [exchange_from_row(row, projects.get(row["session_key"])) for row in completed]
     priced = [Priced(e, cost(e.usage, e.model, e.started_at, prices)) for e in exchanges]
     if priced:

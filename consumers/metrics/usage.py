@@ -31,21 +31,58 @@ from consumers.metrics.store import queries
 from kgb.config import SettingsError, mask_url
 
 # --by names, and the column each groups by, in the order the report shows them.
-GROUPS = {"day": "day", "month": "month", "block": "block", "model": "model", "session": "session_key", "kind": "kind",
-          "project": "project", "key": "key_fingerprint"}
+GROUPS = {
+    "day": "day",
+    "month": "month",
+    "block": "block",
+    "model": "model",
+    "session": "session_key",
+    "kind": "kind",
+    "project": "project",
+    "key": "key_fingerprint",
+}
 _TIMES = ("day", "month", "block")
 _GROUPED = {*GROUPS.values(), "hour", "first_at", "last_at"}  # the columns a report row drops unless grouped by
 COUNTS = (
-    "requests", "errors", "interrupted", "input_tokens", "output_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens",
-    "cache_read_tokens", "thinking_tokens", "web_search_requests", "web_fetch_requests", "unpriced_requests",
-    "long_context_requests", "fast_requests", "us_only_requests", "batch_requests", "compactions",
+    "requests",
+    "errors",
+    "interrupted",
+    "input_tokens",
+    "output_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+    "cache_read_tokens",
+    "thinking_tokens",
+    "web_search_requests",
+    "web_fetch_requests",
+    "unpriced_requests",
+    "long_context_requests",
+    "fast_requests",
+    "us_only_requests",
+    "batch_requests",
+    "compactions",
 )
-TABLE_NUMBERS = ("requests", "errors", "input_tokens", "output_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens",
-                 "cache_read_tokens", "web_search_requests", "cost_usd")
+TABLE_NUMBERS = (
+    "requests",
+    "errors",
+    "input_tokens",
+    "output_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+    "cache_read_tokens",
+    "web_search_requests",
+    "cost_usd",
+)
 _HEADINGS = {
-    "session_key": "session", "key_fingerprint": "key", "input_tokens": "input", "output_tokens": "output",
-    "cache_write_5m_tokens": "cache_w_5m", "cache_write_1h_tokens": "cache_w_1h", "cache_read_tokens": "cache_read",
-    "web_search_requests": "web_search", "block": "block_start",
+    "session_key": "session",
+    "key_fingerprint": "key",
+    "input_tokens": "input",
+    "output_tokens": "output",
+    "cache_write_5m_tokens": "cache_w_5m",
+    "cache_write_1h_tokens": "cache_w_1h",
+    "cache_read_tokens": "cache_read",
+    "web_search_requests": "web_search",
+    "block": "block_start",
 }
 UNKNOWN = "unknown"
 
@@ -117,9 +154,16 @@ def cost_row(row: dict[str, Any]) -> dict[str, Any]:
 
 def block_row(block: Block, group_of: Sequence[str], now: datetime) -> dict[str, Any]:
     row: dict[str, Any] = {
-        "block": block.start, "end": block.end, "last_at": block.last_at, "status": status(block, now), "gap": block.gap,
-        "active": block.active(now), **dict(zip(group_of, block.group)), "models": ", ".join(m or "(none)" for m in block.models),
-        **block.sums, "priced_cost_usd": block.priced_cost,
+        "block": block.start,
+        "end": block.end,
+        "last_at": block.last_at,
+        "status": status(block, now),
+        "gap": block.gap,
+        "active": block.active(now),
+        **dict(zip(group_of, block.group, strict=True)),
+        "models": ", ".join(m or "(none)" for m in block.models),
+        **block.sums,
+        "priced_cost_usd": block.priced_cost,
     }
     return cost_row(row)
 
@@ -181,7 +225,7 @@ def as_table(report: Report) -> str:
         lines.append([_cell(row, c) for c in [*keys, *TABLE_NUMBERS]])
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     text = "\n".join(
-        "  ".join(cell.ljust(w) if i < len(keys) else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+        "  ".join(cell.ljust(w) if i < len(keys) else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True)))
         for line in lines
     )
     return text + "".join(f"\n{line}" for line in unpriced_lines(report, total(body)))
@@ -199,8 +243,10 @@ def unpriced_lines(report: Report, summed: Mapping[str, Any]) -> list[str]:
         return []
     lines = [f"{UNKNOWN}: {_requests(summed['unpriced_requests'])} with usage the price table has no price for:"]
     lines += [f"  {model}: {_requests(n)}" for model, n in report.unpriced]
-    lines.append(f"The priced requests cost {summed['priced_cost_usd']:.6f} USD. Price what is missing in a KGB_PRICES "
-                 "file and rebuild the tables (README, Token usage and cost).")
+    lines.append(
+        f"The priced requests cost {summed['priced_cost_usd']:.6f} USD. Price what is missing in a KGB_PRICES "
+        "file and rebuild the tables (README, Token usage and cost)."
+    )
     return lines
 
 
@@ -240,4 +286,3 @@ async def report(settings: MetricsSettings, query: Query, output: str = "table")
     finally:
         await conn.close()
     return {"json": as_json, "csv": as_csv}.get(output, as_table)(result)
-

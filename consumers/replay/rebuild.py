@@ -80,11 +80,12 @@ from consumers.source import (
     retrying,
 )
 from consumers.sql import Queries, load_queries
-from consumers.service import apply_migrations, connection, open_decoders, open_pool
+from consumers.service import apply_migrations, connecting, connection, open_decoders, open_pool
 from consumers.winni import search_index
 from consumers.winni.consumer import default_stages, make_handler, migrations
-from consumers.winni.settings import WinniSettings, schema_name
-from kgb.config import SettingsError
+from consumers.winni.settings import WinniSettings
+from kgb.config import SettingsError, identifier
+from kgb.outages import KAFKA_WATCH, watching
 from kgb.running import run_until_signal
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,9 @@ class Outcome:
         rate = self.events / self.seconds if self.seconds > 0 else 0.0
         kept = f"; previous tables kept in {self.old_schema}" if self.old_schema else ""
         state = "" if self.complete else "; stopped before the end, nothing swapped"
-        return f"{self.events:,} events in {self.seconds:.1f}s ({rate:,.0f} events/s), tables in schema {self.schema}{kept}{state}"
+        return (
+            f"{self.events:,} events in {self.seconds:.1f}s ({rate:,.0f} events/s), tables in schema {self.schema}{kept}{state}"
+        )
 
 
 @cache
@@ -130,7 +133,10 @@ def schema_names(live: str, into: str | None, at: datetime) -> tuple[str, str]:
     """(where to build, what the live schema becomes), both plain identifiers."""
     if into == live:
         raise SettingsError(f"--into {into} is the live schema; name another, or leave --into out to swap")
-    return schema_name(into or f"{live}_replay_{stamp(at)}"), schema_name(f"{live}_old_{stamp(at)}")
+    return (
+        identifier("kgb replay --into", into) if into else identifier("KGB_DB_SCHEMA", f"{live}_replay_{stamp(at)}"),
+        identifier("KGB_DB_SCHEMA", f"{live}_old_{stamp(at)}"),
+    )
 
 
 def trimmed(begins: dict[TopicPartition, int]) -> list[str]:
@@ -199,11 +205,14 @@ async def rebuild(
     """`replay`'s steps 1-3: (whether it swapped, whether there was a live schema to swap out)."""
     q = queries()
     async with contextlib.AsyncExitStack() as resources:
-        pool = await patiently(partial(open_pool, settings.database_url, target, settings.writers), "connecting", settings, stop)
+        pool = await patiently(
+            partial(open_pool, settings.database_url, target, settings.writers), connecting(settings.database_url), settings, stop
+        )
         resources.push_async_callback(pool.close)
         if into is None and await patiently(partial(pool.fetchval, q.schema_exists, target), "checking", settings, stop):
             raise SettingsError(f"schema {target} already exists; drop it or replay --into it")
         await patiently(partial(apply_migrations, pool, migrations(), target), "migrating", settings, stop)
+        await resources.enter_async_context(watching(KAFKA_WATCH, settings.kafka.bootstrap))
         reader = make_reader(settings.kafka, settings.batch_size)
         resources.push_async_callback(reader.stop)  # before start: one that fails to start is closed too
         await reader.start()
@@ -215,7 +224,13 @@ async def rebuild(
         async def read(ends: dict[TopicPartition, int]) -> None:
             progress.total = remaining(begins, ends)
             await consume(
-                reader, decoder, handler, stop=stop, batch_size=settings.batch_size, backoff=settings.backoff, until=ends,
+                reader,
+                decoder,
+                handler,
+                stop=stop,
+                batch_size=settings.batch_size,
+                backoff=settings.backoff,
+                until=ends,
             )
 
         log.info("replay: %s into schema %s", settings.kafka.topic, target)
@@ -228,7 +243,9 @@ async def rebuild(
         else:
             await read(ends)
         await build_index(settings, target, stop)
-        live_exists = bool(await patiently(partial(pool.fetchval, q.schema_exists, settings.db_schema), "checking", settings, stop))
+        live_exists = bool(
+            await patiently(partial(pool.fetchval, q.schema_exists, settings.db_schema), "checking", settings, stop)
+        )
         swapped = into is None and not stop.is_set() and await swap(settings, reader, read, target, old, live_exists, stop)
         progress.finish()
     return swapped, live_exists
@@ -249,7 +266,9 @@ async def build_index(settings: WinniSettings, schema: str, stop: asyncio.Event)
         return
     workers = max(settings.processes, settings.writers)
     started = time.monotonic()
-    pool = await patiently(partial(open_pool, settings.database_url, schema, workers), "connecting", settings, stop)
+    pool = await patiently(
+        partial(open_pool, settings.database_url, schema, workers), connecting(settings.database_url), settings, stop
+    )
     try:
         indexed = await search_index.index_all(pool, settings.search_index_batch, stop, settings.backoff, workers)
     finally:
@@ -303,7 +322,9 @@ def read_share(settings: WinniSettings, target: str, ends: dict[TopicPartition, 
             await reader.seek_to_beginning(*ends)
             decoder = await open_decoders(resources, settings.kafka)
             handler = counting(make_handler(pool, default_stages(settings.store_request_bodies), settings.writers), count)
-            await consume(reader, decoder, handler, stop=stop, batch_size=settings.batch_size, backoff=settings.backoff, until=ends)
+            await consume(
+                reader, decoder, handler, stop=stop, batch_size=settings.batch_size, backoff=settings.backoff, until=ends
+            )
 
     run_until_signal(read)
 
@@ -327,7 +348,12 @@ def check_complete(rebuilt: int, live: int) -> None:
 
 
 async def swap(
-    settings: WinniSettings, reader: AIOKafkaConsumer, read: Reader, target: str, old: str, live_exists: bool,
+    settings: WinniSettings,
+    reader: AIOKafkaConsumer,
+    read: Reader,
+    target: str,
+    old: str,
+    live_exists: bool,
     stop: asyncio.Event,
 ) -> bool:
     """Catch up, then swap in one locked transaction; False when stopped first.
@@ -356,7 +382,11 @@ async def swap(
 
 
 async def swap_once(
-    conn: asyncpg.Connection, live: str, target: str, old: str | None, catch_up: Callable[[], Awaitable[None]],
+    conn: asyncpg.Connection,
+    live: str,
+    target: str,
+    old: str | None,
+    catch_up: Callable[[], Awaitable[None]],
     stop: asyncio.Event,
 ) -> bool:
     """The locked final catch-up and the renames, in one transaction; ``old`` None when there is no live schema yet.

@@ -95,7 +95,7 @@ def read_body(raw: bytes | None, parser: simdjson.Parser) -> Any:
     names = list(doc.keys())
     if len(set(names)) < len(names):
         return as_body(parse_json(raw))
-    messages = doc["messages"] if "messages" in doc else None
+    messages = doc.get("messages", None)
     return Body(
         {name: _python(doc[name]) for name in names if name != "messages" and name not in PART_FIELDS},
         [Sent.of(_mini(m)) for m in messages] if isinstance(messages, simdjson.Array) else None,

@@ -49,7 +49,7 @@ import asyncpg
 from consumers import mcp
 from consumers.errors import InvalidEvent, is_transient
 from consumers.processes import start, supervise
-from consumers.service import both_topics, open_consumer, open_database, open_decoders, open_pool
+from consumers.service import open_consumer, open_database, open_decoders, open_pool
 from consumers.source import Batch, Handler, Record, Reject, consume, retrying
 from consumers.sql import Migration, load_migrations
 from consumers.winni import search_index, store
@@ -57,6 +57,7 @@ from consumers.winni.conversations import ConversationStage
 from consumers.winni.mcp import mcp_stage
 from consumers.winni.mcp_links import link_stage
 from consumers.winni.settings import WinniSettings
+from kgb.outages import Outage, Reporter
 from kgb.running import run_until_signal
 from schemas.errors import clip
 
@@ -64,11 +65,14 @@ log = logging.getLogger(__name__)
 
 Stage = Callable[[asyncpg.Connection, Sequence[Record]], Awaitable[None]]
 
+SWEEP_MAX_S = 60.0
+
 
 def default_stages(store_request_bodies: bool = False) -> tuple[Stage, ...]:
     """A fresh set per run: the conversation stage caches each session's thread state. The MCP stage
     stores the MCP events; the link stage, last, links the tool uses and calls the batch brought."""
     return (ConversationStage(store_request_bodies), mcp_stage, link_stage)
+
 
 # What a single event can do wrong on its way into the database: refused by the
 # server (PostgresError) or by asyncpg's encoder (DataError).
@@ -109,9 +113,7 @@ def is_data_failure(exc: Exception) -> bool:
     return isinstance(exc, _STORE_FAILURES) and not is_transient(exc)
 
 
-async def write_batch(
-    pool: asyncpg.Pool, stages: Sequence[Stage], records: Sequence[Record], rejects: Sequence[Reject]
-) -> None:
+async def write_batch(pool: asyncpg.Pool, stages: Sequence[Stage], records: Sequence[Record], rejects: Sequence[Reject]) -> None:
     """Every stage and the dead letters, in one transaction."""
     async with pool.acquire() as conn, conn.transaction():
         for stage in stages:
@@ -135,9 +137,7 @@ async def write_one_by_one(
     await write_batch(pool, (), (), refused)
 
 
-async def write_parts(
-    pool: asyncpg.Pool, stages: Sequence[Stage], parts: list[list[Record]], rejects: Sequence[Reject]
-) -> None:
+async def write_parts(pool: asyncpg.Pool, stages: Sequence[Stage], parts: list[list[Record]], rejects: Sequence[Reject]) -> None:
     """One transaction per part, at once; the dead letters ride with the first.
 
     Every part is let finish before a failure is raised, so the slow path or the
@@ -175,35 +175,48 @@ def migrations() -> list[Migration]:
     return load_migrations("consumers.winni")
 
 
-async def run(
-    settings: WinniSettings, stop: asyncio.Event | None = None, stages: Sequence[Stage] | None = None
-) -> None:
+async def run(settings: WinniSettings, stop: asyncio.Event | None = None, stages: Sequence[Stage] | None = None) -> None:
     """Migrate, then consume until ``stop`` is set; waits for PostgreSQL if it is not up yet."""
     stop = stop or asyncio.Event()
     stages = default_stages(settings.store_request_bodies) if stages is None else stages
     log.info("winni starting: %r", settings)
     async with contextlib.AsyncExitStack() as resources:
         pool = await open_database(
-            resources, settings.database_url, settings.db_schema, migrations(),
-            max_size=settings.writers, stop=stop, backoff=settings.backoff,
+            resources,
+            settings.database_url,
+            settings.db_schema,
+            migrations(),
+            max_size=settings.writers,
+            stop=stop,
+            backoff=settings.backoff,
         )
         if pool is None:
             return
-        indexer = await open_indexer(resources, settings, stop)
+        activity = search_index.Activity()
+        indexer = await open_indexer(resources, settings, stop, activity)
         decoders = await open_decoders(resources, settings.kafka)
-        consumer = await open_consumer(resources, settings.kafka, settings.group, settings.batch_size, both_topics(settings.kafka))
-        async with indexer:
+        consumer = await open_consumer(resources, settings, stop)
+        if consumer is None:
+            return
+        async with indexer, asyncio.TaskGroup() as tasks:  # a sweep that fails for good stops the consumer too
+            sweeper = tasks.create_task(sweep_unanswered(pool, settings.unanswered_after))
             await consume(
-                consumer, decoders, make_handler(pool, stages, settings.writers),
-                stop=stop, batch_size=settings.batch_size, backoff=settings.backoff,
+                consumer,
+                decoders,
+                activity.tracking(make_handler(pool, stages, settings.writers)),
+                stop=stop,
+                batch_size=settings.batch_size,
+                backoff=settings.backoff,
             )
+            sweeper.cancel()
     log.info("winni stopped")
 
 
 async def open_indexer(
-    resources: contextlib.AsyncExitStack, settings: WinniSettings, stop: asyncio.Event
+    resources: contextlib.AsyncExitStack, settings: WinniSettings, stop: asyncio.Event, activity: search_index.Activity
 ) -> contextlib.AbstractAsyncContextManager[None]:
-    """The search indexer on a connection of its own, to run beside the consumer; nothing when it is off."""
+    """The search indexer on a connection of its own, to run beside the consumer (giving way to its
+    batches, as ``activity`` tells them); nothing when it is off."""
     if not settings.search_index:
         return contextlib.nullcontext()
     pool = await retrying(
@@ -212,7 +225,34 @@ async def open_indexer(
     if pool is None:
         return contextlib.nullcontext()
     resources.push_async_callback(pool.close)
-    return search_index.indexing(pool, settings.search_index_batch, stop, settings.backoff)
+    return search_index.indexing(pool, settings.search_index_batch, stop, settings.backoff, settings.search_index_share, activity)
+
+
+def sweep_every(unanswered_after: float) -> float:
+    """Often enough that a row is marked within half the timeout again, at most once a minute."""
+    return min(unanswered_after / 2, SWEEP_MAX_S)
+
+
+async def sweep_unanswered(pool: asyncpg.Pool, unanswered_after: float) -> None:
+    """Until cancelled: mark request-only rows whose response is overdue (migration 008).
+
+    A database that is away only skips a sweep; the next one catches up. The
+    skipped sweeps are an outage (`kgb.outages`): a line at the first, one when one succeeds again.
+    """
+    skipped = Reporter(Outage("the sweep for unanswered exchanges", gone="is skipped", back="ran again"), log)
+    while True:
+        await asyncio.sleep(sweep_every(unanswered_after))
+        try:
+            async with pool.acquire() as conn:
+                marked = await store.mark_unanswered(conn, unanswered_after)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            skipped.failed(f"the database is away: {clip(str(exc))}")
+            continue
+        skipped.recovered()
+        if marked:
+            log.info("%d exchanges marked unanswered (no response %.0fs after their request)", marked, unanswered_after)
 
 
 async def run_processes(settings: WinniSettings, stop: asyncio.Event) -> None:

@@ -32,7 +32,7 @@ import simdjson
 from consumers.mcp import is_mcp
 from consumers.source import Record
 from consumers.winni.bodies import Body, SentKey, part_hashes, read_body
-from consumers.winni.store import Split, queries, split_body, write_exchanges
+from consumers.winni.store import Split, queries, split_body, without_nul, write_exchanges
 from consumers.winni.threads import (
     THREAD_KINDS,
     Conversation,
@@ -99,8 +99,12 @@ def early_reply(row: Any) -> Reply:
 
 
 def states_from_rows(
-    keys: Iterable[str], conversations: Iterable[Any], positions: Iterable[Any], exchanges: Iterable[Any],
-    early: Iterable[Any] = (), agent_calls: Iterable[Any] = (),
+    keys: Iterable[str],
+    conversations: Iterable[Any],
+    positions: Iterable[Any],
+    exchanges: Iterable[Any],
+    early: Iterable[Any] = (),
+    agent_calls: Iterable[Any] = (),
 ) -> dict[str, SessionState]:
     """Rebuild sessions' thread state from what the tables hold (rows of the ``load_*`` queries)."""
     states = {key: SessionState(key) for key in keys}
@@ -137,7 +141,9 @@ def states_from_rows(
         states[row["session_key"]].early[row["exchange_id"]] = early_reply(row)
     for row in agent_calls:
         offer_agent_call(
-            states[row["session_key"]], row["tool_use_id"], row["prompt"],
+            states[row["session_key"]],
+            row["tool_use_id"],
+            row["prompt"],
             (row["used_at"], row["use_position"], _uuid(row["conversation_id"])),
         )
     return states
@@ -190,7 +196,10 @@ def collector_paused() -> Iterator[None]:
 
 
 def splits_of(
-    records: Sequence[Record], bodies: dict[str, Any], parts: dict[str, dict[str, bytes]], clean: set[SentKey],
+    records: Sequence[Record],
+    bodies: dict[str, Any],
+    parts: dict[str, dict[str, bytes]],
+    clean: set[SentKey],
     placed: Mapping[str, ExchangeLink],
 ) -> dict[str, Split]:
     """The request bodies ``exchanges`` keeps without their messages, by event id; ``parts`` as `parts_of`
@@ -317,4 +326,4 @@ async def write(conn: asyncpg.Connection, writes: Writes) -> None:
     )
     for sql, rows in steps:
         if rows:
-            await conn.executemany(sql, rows)
+            await conn.executemany(sql, without_nul(rows))

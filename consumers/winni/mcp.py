@@ -35,7 +35,7 @@ import orjson
 from consumers import mcp
 from consumers.source import Record
 from consumers.winni.bodies import jsonb_safe
-from consumers.winni.store import headers_json, queries
+from consumers.winni.store import headers_json, queries, without_nul
 from schemas.codec import timestamp
 
 # Fixed forever: call ids derive from it, so a replay finds the same ids.
@@ -180,17 +180,31 @@ def end_of(event: dict[str, Any]) -> str | None:
 def http_row(event: dict[str, Any]) -> McpHttpRow:
     http = event["http"]
     return McpHttpRow(
-        connection_id=event["connection_id"], session_key=mcp.session_key(event), server=event["upstream"],
-        method=http["method"], path=http["path"], query=http["query"], status=http["status"], content_type=http["content_type"],
-        error_type=event.get("error_type"), error_message=event.get("error_message"),
-        request_headers=headers_json(http["request_headers"]), response_headers=headers_json(http["response_headers"]),
-        request_body_size=http["request_body_size"], response_body_size=http["response_body_size"],
-        started_at=timestamp(http["started_at"]), ttfb_ms=http["ttfb_ms"], duration_ms=http["duration_ms"],
-        client_disconnected=http["client_disconnected"], upstream_complete=http["upstream_complete"],
+        connection_id=event["connection_id"],
+        session_key=mcp.session_key(event),
+        server=event["upstream"],
+        method=http["method"],
+        path=http["path"],
+        query=http["query"],
+        status=http["status"],
+        content_type=http["content_type"],
+        error_type=event.get("error_type"),
+        error_message=event.get("error_message"),
+        request_headers=headers_json(http["request_headers"]),
+        response_headers=headers_json(http["response_headers"]),
+        request_body_size=http["request_body_size"],
+        response_body_size=http["response_body_size"],
+        started_at=timestamp(http["started_at"]),
+        ttfb_ms=http["ttfb_ms"],
+        duration_ms=http["duration_ms"],
+        client_disconnected=http["client_disconnected"],
+        upstream_complete=http["upstream_complete"],
     )
 
 
-def session_row(event: dict[str, Any], previous: McpSessionRow | None, count: int, messages: Sequence[mcp.McpMessage]) -> McpSessionRow:
+def session_row(
+    event: dict[str, Any], previous: McpSessionRow | None, count: int, messages: Sequence[mcp.McpMessage]
+) -> McpSessionRow:
     """The session as this event leaves it, merged with what the batch said before (as the upsert merges)."""
     at = timestamp(event["occurred_at"])
     process = event.get("process")
@@ -198,11 +212,20 @@ def session_row(event: dict[str, Any], previous: McpSessionRow | None, count: in
     clients = [info for info in map(mcp.client_info, messages) if info]
     servers = [info for info in map(mcp.server_info, messages) if info]
     fresh = McpSessionRow(
-        session_key=mcp.session_key(event), server=event["upstream"], transport=mcp.transport(event),
-        upstream_url=event.get("upstream_url"), mcp_session_id=event.get("mcp_session_id"),
-        protocol_version=event.get("protocol_version"), client_info=dumps(clients[0]) if clients else None,
-        server_info=dumps(servers[0]) if servers else None, command=dumps(process["command"]) if process else None,
-        first_seen=at, last_seen=at, ended_at=at if ended else None, end_reason=ended, message_count=count,
+        session_key=mcp.session_key(event),
+        server=event["upstream"],
+        transport=mcp.transport(event),
+        upstream_url=event.get("upstream_url"),
+        mcp_session_id=event.get("mcp_session_id"),
+        protocol_version=event.get("protocol_version"),
+        client_info=dumps(clients[0]) if clients else None,
+        server_info=dumps(servers[0]) if servers else None,
+        command=dumps(process["command"]) if process else None,
+        first_seen=at,
+        last_seen=at,
+        ended_at=at if ended else None,
+        end_reason=ended,
+        message_count=count,
     )
     if previous is None:
         return fresh
@@ -213,8 +236,10 @@ def session_row(event: dict[str, Any], previous: McpSessionRow | None, count: in
         client_info=previous.client_info or fresh.client_info,
         server_info=previous.server_info or fresh.server_info,
         command=previous.command or fresh.command,
-        first_seen=min(previous.first_seen, at), last_seen=max(previous.last_seen, at),
-        ended_at=fresh.ended_at or previous.ended_at, end_reason=fresh.end_reason or previous.end_reason,
+        first_seen=min(previous.first_seen, at),
+        last_seen=max(previous.last_seen, at),
+        ended_at=fresh.ended_at or previous.ended_at,
+        end_reason=fresh.end_reason or previous.end_reason,
         message_count=count,
     )
 
@@ -235,12 +260,19 @@ def noted(open_calls: list[mcp.OpenCall], message: mcp.McpMessage, transport: st
 def call_row(message: mcp.McpMessage) -> McpCallRow:
     name = mcp.call_target(message)
     return McpCallRow(
-        call_id=call_id_of(message), session_key=message.session_key, server=message.server, direction=message.direction,
-        method=message.method or "", jsonrpc_id=message.jsonrpc_id or "null", name=name,
+        call_id=call_id_of(message),
+        session_key=message.session_key,
+        server=message.server,
+        direction=message.direction,
+        method=message.method or "",
+        jsonrpc_id=message.jsonrpc_id or "null",
+        name=name,
         arguments=dumps(mcp.call_arguments(message)),
         tool_use_name=mcp.claude_tool_name(message.server, name) if message.method == "tools/call" and name else None,
-        progress_token=mcp.progress_token(message), connection_id=message.connection_id,
-        request_event_id=message.event_id, requested_at=timestamp(message.occurred_at),
+        progress_token=mcp.progress_token(message),
+        connection_id=message.connection_id,
+        request_event_id=message.event_id,
+        requested_at=timestamp(message.occurred_at),
     )
 
 
@@ -248,8 +280,12 @@ def answer_row(call: mcp.OpenCall, message: mcp.McpMessage) -> McpAnswerRow:
     value = message.value if isinstance(message.value, dict) else {}
     at = timestamp(message.occurred_at)
     return McpAnswerRow(
-        call_id=call.call_id, result=dumps(value.get("result")), error=dumps(value.get("error")),
-        is_error=mcp.is_error_result(value), response_event_id=message.event_id, responded_at=at,
+        call_id=call.call_id,
+        result=dumps(value.get("result")),
+        error=dumps(value.get("error")),
+        is_error=mcp.is_error_result(value),
+        response_event_id=message.event_id,
+        responded_at=at,
         duration_ms=(at - call.requested_at).total_seconds() * 1000,
     )
 
@@ -278,20 +314,40 @@ class Planner:
         self.counts[message.session_key] = position + 1
         self.stored.add((message.event_id, message.part))
         call = self.join(message, transport)
-        self.writes.messages.append(McpMessageRow(
-            session_key=message.session_key, position=position, event_id=message.event_id, part=message.part,
-            connection_id=message.connection_id, direction=message.direction, kind=message.kind, method=message.method,
-            jsonrpc_id=message.jsonrpc_id, payload=payload_text(message.payload), flag=message.flag,
-            call_id=call, occurred_at=timestamp(message.occurred_at),
-        ))
+        self.writes.messages.append(
+            McpMessageRow(
+                session_key=message.session_key,
+                position=position,
+                event_id=message.event_id,
+                part=message.part,
+                connection_id=message.connection_id,
+                direction=message.direction,
+                kind=message.kind,
+                method=message.method,
+                jsonrpc_id=message.jsonrpc_id,
+                payload=payload_text(message.payload),
+                flag=message.flag,
+                call_id=call,
+                occurred_at=timestamp(message.occurred_at),
+            )
+        )
 
     def join(self, message: mcp.McpMessage, transport: str) -> uuid.UUID | None:
         """The call this message opens, closes or reports on."""
         if message.kind == "request" and message.jsonrpc_id is not None:
             row = call_row(message)
             self.writes.calls.append(row)
-            self.open_calls.append(mcp.OpenCall(row.call_id, row.session_key, row.jsonrpc_id, row.direction, row.connection_id,
-                                            row.requested_at, row.progress_token))
+            self.open_calls.append(
+                mcp.OpenCall(
+                    row.call_id,
+                    row.session_key,
+                    row.jsonrpc_id,
+                    row.direction,
+                    row.connection_id,
+                    row.requested_at,
+                    row.progress_token,
+                )
+            )
             return row.call_id
         if message.kind in ("response", "error"):
             call = mcp.answered(self.open_calls, message)
@@ -311,8 +367,9 @@ class Planner:
         return None
 
 
-def plan(events: Iterable[dict[str, Any]], counts: dict[str, int], open_calls: list[mcp.OpenCall],
-         stored: set[tuple[str, int]]) -> Writes:
+def plan(
+    events: Iterable[dict[str, Any]], counts: dict[str, int], open_calls: list[mcp.OpenCall], stored: set[tuple[str, int]]
+) -> Writes:
     planner = Planner(dict(counts), list(open_calls), set(stored))
     for event in events:
         planner.event(event)
@@ -347,4 +404,4 @@ async def mcp_stage(conn: asyncpg.Connection, records: Sequence[Record]) -> None
     )
     for sql, rows in steps:
         if rows:
-            await conn.executemany(sql, rows)
+            await conn.executemany(sql, without_nul(rows))

@@ -80,8 +80,12 @@ def match(uses: Sequence[Use], calls: Sequence[Call]) -> list[tuple[uuid.UUID, s
 
 def batch_calls(records: Sequence[Record]) -> list[uuid.UUID]:
     """The ids of the batch's tools/call requests (the MCP stage stored them)."""
-    return [call_id_of(m) for event in mcp_events(records) for m in mcp.messages_of(event)
-            if m.kind == "request" and m.method == "tools/call"]
+    return [
+        call_id_of(m)
+        for event in mcp_events(records)
+        for m in mcp.messages_of(event)
+        if m.kind == "request" and m.method == "tools/call"
+    ]
 
 
 def batch_exchanges(records: Sequence[Record]) -> list[uuid.UUID]:

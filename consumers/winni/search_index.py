@@ -5,8 +5,15 @@ pay nothing for search. The indexer, a task beside the consumer with a
 connection of its own, gives the next batch of messages without a vector
 theirs (``index_messages``, in key order, the function migration 006 defined),
 batch after batch until fewer than a batch are left, then looks again every
-`IDLE_SECONDS`. Each batch is one statement, its own transaction: one cut
-short (a PostgreSQL restart, winni stopping) is rolled back whole and taken
+`IDLE_SECONDS`. It gives way to winni's batches: while they keep coming
+(`Activity`), it pauses after each batch of messages so that indexing takes
+only ``KGB_WINNI_SEARCH_INDEX_SHARE`` of its time (`give_way`). On a machine
+whose cores winni and PostgreSQL already fill, search then lags behind a
+sustained burst and catches up once it is over; the PostgreSQL time a vector
+costs (~0.5-1.3 ms a message) is spent either way, but no longer inside, or
+in competition with, the batches.
+
+Each batch of messages is one statement, its own transaction: one cut short (a PostgreSQL restart, winni stopping) is rolled back whole and taken
 again, one done is never undone, and the NULLs are the only bookkeeping, so
 indexing is idempotent and nothing is indexed twice. Failures the database is
 to blame for are retried with winni's backoff, as its batches are
@@ -20,7 +27,7 @@ it are not held up behind it.
 
 Each winni process runs an indexer; SKIP LOCKED hands them different rows.
 `kgb replay` indexes its rebuilt schema with `index_all`, on as many
-connections as it has writers.
+connections as it has processes or writers, without pausing.
 """
 
 from __future__ import annotations
@@ -28,18 +35,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import AsyncIterator
 from functools import partial
 
 import asyncpg
 
-from consumers.source import Backoff, retrying, wait_or_stop
+from consumers.source import Backoff, Batch, Handler, retrying, wait_or_stop
 from consumers.winni.store import queries
 from schemas.errors import clip
 
 log = logging.getLogger(__name__)
 
 IDLE_SECONDS = 1.0  # between looks for new messages once the indexer has caught up
+BUSY_SECONDS = 2.0  # winni is busy while it stored a batch this recently
 WHAT = "indexing messages for search"
 # What a message's content can make PostgreSQL refuse: a data exception (class 22), a
 # program limit (54: a tsvector over 1 MB). Anything else (a function missing) is not
@@ -95,11 +105,45 @@ async def index_waiting(pool: asyncpg.Pool, size: int, stop: asyncio.Event, back
     return total
 
 
-async def keep_indexed(pool: asyncpg.Pool, size: int, stop: asyncio.Event, backoff: Backoff) -> None:
-    """Index what waits, then look again every `IDLE_SECONDS`, until stopped."""
+class Activity:
+    """When winni last stored a batch, so its indexer can tell a busy consumer from an idle one."""
+
+    def __init__(self) -> None:
+        self.last = -math.inf
+
+    def tracking(self, handler: Handler) -> Handler:
+        """``handler``, marking the time of every batch it stores."""
+
+        async def handle(batch: Batch) -> None:
+            await handler(batch)
+            self.last = time.monotonic()
+
+        return handle
+
+    def busy(self) -> bool:
+        return time.monotonic() - self.last < BUSY_SECONDS
+
+
+def give_way(took: float, share: float) -> float:
+    """The pause after a batch of messages that took ``took`` seconds, so that indexing takes
+    ``share`` of the indexer's time while winni is busy (1: no pause)."""
+    return took * (1 / share - 1)
+
+
+async def keep_indexed(
+    pool: asyncpg.Pool, size: int, stop: asyncio.Event, backoff: Backoff, share: float, activity: Activity
+) -> None:
+    """Index what waits until stopped: batch after batch while winni is idle, a `give_way` pause
+    after each while it is busy, and a look every `IDLE_SECONDS` once none waits."""
     while not stop.is_set():
-        await index_waiting(pool, size, stop, backoff)
-        await wait_or_stop(stop, IDLE_SECONDS)
+        started = time.monotonic()
+        indexed = await retrying(partial(index_next, pool, size), WHAT, stop, backoff)
+        if indexed is None:
+            return
+        if indexed < size:
+            await wait_or_stop(stop, IDLE_SECONDS)
+        elif activity.busy():
+            await wait_or_stop(stop, give_way(time.monotonic() - started, share))
 
 
 async def index_all(pool: asyncpg.Pool, size: int, stop: asyncio.Event, backoff: Backoff, workers: int = 1) -> int:
@@ -108,13 +152,15 @@ async def index_all(pool: asyncpg.Pool, size: int, stop: asyncio.Event, backoff:
 
 
 @contextlib.asynccontextmanager
-async def indexing(pool: asyncpg.Pool, size: int, stop: asyncio.Event, backoff: Backoff) -> AsyncIterator[None]:
+async def indexing(
+    pool: asyncpg.Pool, size: int, stop: asyncio.Event, backoff: Backoff, share: float, activity: Activity
+) -> AsyncIterator[None]:
     """`keep_indexed` running for the block's duration.
 
     An indexer that fails for good sets ``stop``, so the consumer ends too, and
     its error is raised here; a block that fails cancels the indexer.
     """
-    task = asyncio.create_task(keep_indexed(pool, size, stop, backoff))
+    task = asyncio.create_task(keep_indexed(pool, size, stop, backoff, share, activity))
     task.add_done_callback(lambda _: stop.set())
     try:
         yield

@@ -3,43 +3,29 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from consumers.source import Backoff
-from kgb.config import KafkaSettings, SettingsError, env_float, env_int, env_str, mask_url
-
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-
-
-def schema_name(raw: str) -> str:
-    """A plain identifier: it becomes the connection's search_path and a schema name."""
-    if not _IDENTIFIER.match(raw):
-        raise SettingsError(f"KGB_DB_SCHEMA must be a plain identifier (letters, digits, _), got {raw!r}")
-    return raw
-
-
-def flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    """``true``/``false`` (also 1/0, yes/no, any case); anything else is refused by name."""
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    if raw.lower() in ("true", "1", "yes"):
-        return True
-    if raw.lower() in ("false", "0", "no"):
-        return False
-    raise SettingsError(f"{name} must be true or false, got {raw!r}")
-
-
-def positive(name: str, value: int) -> int:
-    if value < 1:
-        raise SettingsError(f"{name} must be at least 1, got {value}")
-    return value
+from kgb.config import (
+    HoldsSecrets,
+    KafkaSettings,
+    SecretURL,
+    env_float,
+    env_int,
+    env_str,
+    env_url,
+    flag,
+    identifier,
+    positive,
+    positive_seconds,
+    share,
+)
+from kgb.topics import TopicSettings
 
 
 @dataclass(frozen=True)
-class WinniSettings:
+class WinniSettings(HoldsSecrets):
     """Where winni reads from and writes to.
 
     ``batch_size`` bounds both the events per database transaction and the
@@ -55,12 +41,18 @@ class WinniSettings:
     history every turn and grow with the square of the conversation.
     ``search_index`` runs the search indexer beside the consumer (see
     `consumers.winni.search_index`), ``search_index_batch`` messages per
-    statement; off, messages are stored without their search vectors, which a
+    statement, taking ``search_index_share`` of its connection's time while
+    batches keep coming (1: as much as it can); off, messages are stored without their search vectors, which a
     winni started with it on (or `kgb replay`) builds later.
+    ``unanswered_after`` is how long, in seconds, a stored request waits for
+    its response before its row is marked unanswered (migration 008); it must
+    exceed the longest answer, since a response event is published when its
+    stream ends.
     """
 
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/winni"
+    topics: TopicSettings = field(default_factory=TopicSettings)
+    database_url: SecretURL = SecretURL("postgresql://postgres@127.0.0.1:5432/winni")
     db_schema: str = "kgb"
     group: str = "kgb-winni"
     batch_size: int = 500
@@ -69,14 +61,17 @@ class WinniSettings:
     store_request_bodies: bool = False
     search_index: bool = True
     search_index_batch: int = 200
+    search_index_share: float = 0.2
+    unanswered_after: float = 3600.0
     backoff: Backoff = field(default_factory=Backoff)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> WinniSettings:
         return cls(
             kafka=KafkaSettings.from_env(env),
-            database_url=env_str(env, "KGB_DATABASE_URL", cls.database_url),
-            db_schema=schema_name(env_str(env, "KGB_DB_SCHEMA", cls.db_schema)),
+            topics=TopicSettings.from_env(env),
+            database_url=env_url(env, "KGB_DATABASE_URL", cls.database_url),
+            db_schema=identifier("KGB_DB_SCHEMA", env_str(env, "KGB_DB_SCHEMA", cls.db_schema)),
             group=env_str(env, "KGB_WINNI_GROUP", cls.group),
             batch_size=positive("KGB_WINNI_BATCH_SIZE", env_int(env, "KGB_WINNI_BATCH_SIZE", cls.batch_size)),
             writers=positive("KGB_WINNI_WRITERS", env_int(env, "KGB_WINNI_WRITERS", cls.writers)),
@@ -86,17 +81,11 @@ class WinniSettings:
             search_index_batch=positive(
                 "KGB_WINNI_SEARCH_INDEX_BATCH", env_int(env, "KGB_WINNI_SEARCH_INDEX_BATCH", cls.search_index_batch)
             ),
+            search_index_share=share(
+                "KGB_WINNI_SEARCH_INDEX_SHARE", env_float(env, "KGB_WINNI_SEARCH_INDEX_SHARE", cls.search_index_share)
+            ),
+            unanswered_after=positive_seconds(
+                "KGB_WINNI_UNANSWERED_AFTER", env_float(env, "KGB_WINNI_UNANSWERED_AFTER", cls.unanswered_after)
+            ),
             backoff=Backoff(maximum=env_float(env, "KGB_WINNI_RETRY_MAX", Backoff.maximum)),
         )
-
-    def __repr__(self) -> str:
-        return (
-            f"WinniSettings(kafka={self.kafka.masked()!r}, database_url={mask_url(self.database_url)!r}, "
-            f"db_schema={self.db_schema!r}, group={self.group!r}, batch_size={self.batch_size}, writers={self.writers}, "
-            f"processes={self.processes}, "
-            f"store_request_bodies={self.store_request_bodies}, search_index={self.search_index}, "
-            f"search_index_batch={self.search_index_batch}, backoff={self.backoff!r})"
-        )
-
-    __str__ = __repr__
-

@@ -32,7 +32,15 @@ from consumers.errors import InvalidEvent
 from consumers.source import Record, Reject
 from consumers.sql import Queries, load_queries
 from consumers.winni.bodies import (
-    NUL_ESCAPE, PART_FIELDS, Body, SentKey, as_body, jsonb_safe, part_hashes, part_json, sent_escape_nul,
+    NUL_ESCAPE,
+    PART_FIELDS,
+    Body,
+    SentKey,
+    as_body,
+    jsonb_safe,
+    part_hashes,
+    part_json,
+    sent_escape_nul,
 )
 from consumers.winni.threads import ExchangeLink
 from schemas.codec import timestamp
@@ -71,6 +79,19 @@ def body_columns(body: bytes) -> tuple[str | None, bytes | None]:
         return body.decode("utf-8"), None
     except UnicodeDecodeError:
         return None, body
+
+
+def without_nul(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Rows with every NUL in a string made U+FFFD: text columns refuse NUL, and a client that
+    put one in a field (``metadata.user_id``, an error message) would otherwise have its
+    exchange dead-lettered, hidden from the tables. Bytes (bytea) keep theirs."""
+    return [_row_without_nul(row) if any(type(v) is str and "\x00" in v for v in row) else row for row in rows]
+
+
+def _row_without_nul(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    values = [v.replace("\x00", "\ufffd") if type(v) is str else v for v in row]
+    make = getattr(row, "_make", None)  # a named row stays one
+    return make(values) if make else tuple(values)
 
 
 def usage_numbers(usage: str | None) -> tuple[int | None, ...]:
@@ -232,7 +253,7 @@ def request_row(event: dict[str, Any], split: Split | None = None, placed: Excha
     r = event["request"]
     text, raw = body_columns(r["body"]) if split is None else (split.rest, None)
     parts = split.parts if split else {}
-    hashes = {f"request_{name}": parts[name].hash if name in parts else None for name in PART_FIELDS}
+    hashes: dict[str, Any] = {f"request_{name}": parts[name].hash if name in parts else None for name in PART_FIELDS}
     return RequestRow(
         **shared_columns(event),
         request_event_id=event["event_id"],
@@ -258,6 +279,10 @@ def request_row(event: dict[str, Any], split: Split | None = None, placed: Excha
     )
 
 
+def usage_columns(usage: str | None) -> dict[str, Any]:
+    return dict(zip(USAGE_COLUMNS, usage_numbers(usage), strict=True))
+
+
 def response_row(event: dict[str, Any]) -> ResponseRow:
     r = event["response"]
     text, raw = body_columns(r["body"])
@@ -273,7 +298,7 @@ def response_row(event: dict[str, Any]) -> ResponseRow:
         is_sse=r["is_sse"],
         message=jsonb_safe(r["message"]),
         usage=jsonb_safe(r["usage"]),
-        **dict(zip(USAGE_COLUMNS, usage_numbers(r["usage"]), strict=True)),
+        **usage_columns(r["usage"]),
         stop_reason=r["stop_reason"],
         error_type=r["error_type"],
         error_message=r["error_message"],
@@ -290,8 +315,13 @@ def response_row(event: dict[str, Any]) -> ResponseRow:
 def dead_letter_row(reject: Reject) -> DeadLetterRow:
     e = reject.envelope
     return DeadLetterRow(
-        topic=e.topic, kafka_partition=e.partition, kafka_offset=e.offset, key=e.key, value=e.value,
-        reason=printable(reject.reason), error_class=reject.error_class,
+        topic=e.topic,
+        kafka_partition=e.partition,
+        kafka_offset=e.offset,
+        key=e.key,
+        value=e.value,
+        reason=printable(reject.reason),
+        error_class=reject.error_class,
     )
 
 
@@ -304,7 +334,9 @@ def printable(text: str) -> str:
 
 
 async def write_exchanges(
-    conn: asyncpg.Connection, records: Sequence[Record], splits: Mapping[str, Split] | None = None,
+    conn: asyncpg.Connection,
+    records: Sequence[Record],
+    splits: Mapping[str, Split] | None = None,
     placed: Mapping[str, ExchangeLink] | None = None,
 ) -> None:
     """The exchanges stage: both halves of every event, in the caller's transaction.
@@ -318,7 +350,8 @@ async def write_exchanges(
     await write_parts(conn, [p for s in splits.values() for p in s.parts.values()])
     requests = [
         request_row(r.event, splits.get(r.event["event_id"]), placed.get(r.event["exchange_id"]))
-        for r in records if r.event["kind"] == "REQUEST"
+        for r in records
+        if r.event["kind"] == "REQUEST"
     ]
     responses = [response_row(r.event) for r in records if r.event["kind"] == "RESPONSE"]
     pairs = paired(requests, responses)
@@ -326,19 +359,19 @@ async def write_exchanges(
         stored = {row[0] for row in await conn.fetch(q.stored_exchanges, list(pairs))}
         whole = {exchange_id: row for exchange_id, row in pairs.items() if exchange_id not in stored}
         if whole:
-            await conn.executemany(q.insert_exchange, whole.values())
+            await conn.executemany(q.insert_exchange, without_nul(list(whole.values())))
         requests = [row for row in requests if row.exchange_id not in whole]
         responses = [row for row in responses if row.exchange_id not in whole]
     if requests:
-        await conn.executemany(q.upsert_request, requests)
+        await conn.executemany(q.upsert_request, without_nul(requests))
     if responses:
-        await conn.executemany(q.upsert_response, responses)
+        await conn.executemany(q.upsert_response, without_nul(responses))
 
 
 def exchange_row(request: RequestRow, response: ResponseRow) -> tuple[Any, ...]:
     """Parameters of ``insert_exchange``: the request's, then the response's past `SHARED_COLUMNS` (the
     request is their authority)."""
-    return (*request, *response[len(SHARED_COLUMNS):])
+    return (*request, *response[len(SHARED_COLUMNS) :])
 
 
 def paired(requests: Sequence[RequestRow], responses: Sequence[ResponseRow]) -> dict[str, tuple[Any, ...]]:
@@ -348,7 +381,8 @@ def paired(requests: Sequence[RequestRow], responses: Sequence[ResponseRow]) -> 
     replies = {row.exchange_id: row for row in responses if answered[row.exchange_id] == 1}
     return {
         row.exchange_id: exchange_row(row, replies[row.exchange_id])
-        for row in requests if asked[row.exchange_id] == 1 and row.exchange_id in replies
+        for row in requests
+        if asked[row.exchange_id] == 1 and row.exchange_id in replies
     }
 
 
@@ -370,3 +404,9 @@ async def write_parts(conn: asyncpg.Connection, parts: Iterable[Part]) -> None:
 async def write_dead_letters(conn: asyncpg.Connection, rejects: Sequence[Reject]) -> None:
     if rejects:
         await conn.executemany(queries().insert_dead_letter, [dead_letter_row(r) for r in rejects])
+
+
+async def mark_unanswered(conn: asyncpg.Connection, after_s: float) -> int:
+    """Mark the request-only rows stored more than `after_s` seconds ago; returns how many."""
+    status = await conn.execute(queries().mark_unanswered, after_s)
+    return int(status.rsplit(" ", 1)[1])

@@ -228,11 +228,20 @@ class Writes:
     def seen(self, row: SessionRow) -> None:
         """One row per session and batch, merged the way ``upsert_session`` merges a row into the stored one."""
         had = self.sessions.get(row.session_key)
-        self.sessions[row.session_key] = row if had is None else SessionRow(
-            session_key=row.session_key, source=_first(had.source, row.source), device_id=_first(had.device_id, row.device_id),
-            account_uuid=_first(had.account_uuid, row.account_uuid), client=_first(row.client, had.client),
-            client_version=_first(row.client_version, had.client_version), title=None,
-            first_seen=min(had.first_seen, row.first_seen), last_seen=max(had.last_seen, row.last_seen),
+        self.sessions[row.session_key] = (
+            row
+            if had is None
+            else SessionRow(
+                session_key=row.session_key,
+                source=_first(had.source, row.source),
+                device_id=_first(had.device_id, row.device_id),
+                account_uuid=_first(had.account_uuid, row.account_uuid),
+                client=_first(row.client, had.client),
+                client_version=_first(row.client_version, had.client_version),
+                title=None,
+                first_seen=min(had.first_seen, row.first_seen),
+                last_seen=max(had.last_seen, row.last_seen),
+            )
         )
 
     def touch(self, row: ConversationRow) -> None:
@@ -326,7 +335,7 @@ class SessionState:
         """The thread's conversations that ``messages`` may extend or branch from, most recent first:
         only those opening with the same message can, however many chats the session holds."""
         opening = self.openings.get((kind, agent_id, messages[0].hash), []) if messages else []
-        return opening[:-CANDIDATES - 1:-1]
+        return opening[: -CANDIDATES - 1 : -1]
 
     def active(self, kind: str, agent_id: str | None) -> Conversation | None:
         """The thread's conversation that took a request last (of equals, the latest started)."""
@@ -440,7 +449,7 @@ def common_prefix(positions: list[Slot], messages: list[Message]) -> tuple[int, 
     """(shared, lenient) as `Match` counts them: a stored reply matches any assistant message in its
     place (the module docstring says why), which is weaker evidence than the same message."""
     shared = lenient = 0
-    for stored, message in zip(positions, messages):
+    for stored, message in zip(positions, messages, strict=False):  # the shorter one's length is what is shared
         if stored.hash != message.hash:
             if not (stored.from_response and stored.role == message.role):
                 break
@@ -449,9 +458,7 @@ def common_prefix(positions: list[Slot], messages: list[Message]) -> tuple[int, 
     return shared, lenient
 
 
-def closest(
-    candidates: list[Conversation], messages: list[Message], held: int = 0
-) -> tuple[Match | None, Match | None]:
+def closest(candidates: list[Conversation], messages: list[Message], held: int = 0) -> tuple[Match | None, Match | None]:
     """Of ``candidates`` (most recent first): the conversation the request continues, else None; and
     the one it shares the most positions with otherwise (what a new conversation branches from).
 
@@ -531,8 +538,15 @@ def session_row(request: Request, body: Any) -> SessionRow:
     device, account = device_and_account(body.fields if isinstance(body, Body) else body)
     client, version = client_and_version(request.client)
     return SessionRow(
-        session_key=request.session_key, source=request.session_source, device_id=device, account_uuid=account,
-        client=client, client_version=version, title=None, first_seen=request.at, last_seen=request.at,
+        session_key=request.session_key,
+        source=request.session_source,
+        device_id=device,
+        account_uuid=account,
+        client=client,
+        client_version=version,
+        title=None,
+        first_seen=request.at,
+        last_seen=request.at,
     )
 
 
@@ -548,7 +562,7 @@ def apply_request(state: SessionState, request: Request, writes: Writes) -> None
     held = held_history(state, body)
     messages = normal_messages(body.messages, state.hashes)
     if held is not None:
-        messages = [*(Message(p.role, None, p.hash) for p in held.conversation.positions[:held.shared]), *messages]
+        messages = [*(Message(p.role, None, p.hash) for p in held.conversation.positions[: held.shared]), *messages]
     parts = request.parts if request.parts is not None else part_hashes(body)
     hash_ = request_hash(body, messages, parts)
     if request.agent_id:  # two sub-agents given the same prompt send the same body: neither retries the other
@@ -657,13 +671,19 @@ def _thread_conversation(
     summarised = _continued(state, (kind, request.agent_id), messages)
     branch = branched if summarised is None else None
     call = _claim_agent_call(state, messages) if kind == "subagent" and summarised is None and branch is None else None
-    return _new(state, request, kind, writes, Links(
-        summarised=summarised,
-        branch_of=branch.conversation.id if branch else None,
-        branch_position=branch.shared if branch else None,
-        spawned_by=call[0] if call else None,
-        parent=_parent(state, request, call[1] if call else None),
-    ))
+    return _new(
+        state,
+        request,
+        kind,
+        writes,
+        Links(
+            summarised=summarised,
+            branch_of=branch.conversation.id if branch else None,
+            branch_position=branch.shared if branch else None,
+            spawned_by=call[0] if call else None,
+            parent=_parent(state, request, call[1] if call else None),
+        ),
+    )
 
 
 def _continued(state: SessionState, thread: Thread, messages: list[Message]) -> uuid.UUID | None:
@@ -677,9 +697,7 @@ def _continued(state: SessionState, thread: Thread, messages: list[Message]) -> 
     return summarised
 
 
-def _side_conversation(
-    state: SessionState, request: Request, kind: str, messages: list[Message], writes: Writes
-) -> Conversation:
+def _side_conversation(state: SessionState, request: Request, kind: str, messages: list[Message], writes: Writes) -> Conversation:
     summarised = None
     if kind == "compaction":
         thread = ("subagent" if request.agent_id else "main", request.agent_id)
@@ -704,7 +722,10 @@ def _parent(state: SessionState, request: Request, caller: uuid.UUID | None) -> 
 
 def _new(state: SessionState, request: Request, kind: str, writes: Writes, links: Links) -> Conversation:
     conversation = Conversation(
-        conversation_id(state.key, kind, request.agent_id, request.exchange_id), kind, request.agent_id, request.at,
+        conversation_id(state.key, kind, request.agent_id, request.exchange_id),
+        kind,
+        request.agent_id,
+        request.at,
     )
     state.add(conversation)
     _touch(state, writes, request, conversation, links)
@@ -715,32 +736,63 @@ def _touch(state: SessionState, writes: Writes, request: Request, conversation: 
     """A conversation row: created with its links when ``links`` is given, else only its last exchange moves."""
     conversation.last_at = max(conversation.last_at, request.at)
     made = links or Links()
-    writes.touch(ConversationRow(
-        id=conversation.id, session_key=state.key, ordinal=len(state.conversations) - 1, kind=conversation.kind,
-        agent_id=conversation.agent_id, parent_agent_id=request.parent_agent_id, parent_conversation_id=made.parent,
-        summarises_conversation_id=made.summarised, branch_of=made.branch_of, branch_position=made.branch_position,
-        model=request.model, first_exchange_id=request.exchange_id, created_at=request.at,
-        last_exchange_id=request.exchange_id, last_at=request.at, spawned_by_tool_use_id=made.spawned_by,
-    ))
+    writes.touch(
+        ConversationRow(
+            id=conversation.id,
+            session_key=state.key,
+            ordinal=len(state.conversations) - 1,
+            kind=conversation.kind,
+            agent_id=conversation.agent_id,
+            parent_agent_id=request.parent_agent_id,
+            parent_conversation_id=made.parent,
+            summarises_conversation_id=made.summarised,
+            branch_of=made.branch_of,
+            branch_position=made.branch_position,
+            model=request.model,
+            first_exchange_id=request.exchange_id,
+            created_at=request.at,
+            last_exchange_id=request.exchange_id,
+            last_at=request.at,
+            spawned_by_tool_use_id=made.spawned_by,
+        )
+    )
 
 
 def _link(
-    state: SessionState, writes: Writes, request: Request, conversation_id_: uuid.UUID, reply_position: int,
-    kind: str, hash_: bytes, retry_of: str | None,
+    state: SessionState,
+    writes: Writes,
+    request: Request,
+    conversation_id_: uuid.UUID,
+    reply_position: int,
+    kind: str,
+    hash_: bytes,
+    retry_of: str | None,
 ) -> None:
     state.exchanges[request.exchange_id] = Placed(conversation_id_, reply_position, kind)
-    writes.exchanges.append(ExchangeLink(
-        exchange_id=request.exchange_id, conversation_id=conversation_id_, reply_position=reply_position,
-        retry_of=retry_of, request_hash=hash_,
-    ))
+    writes.exchanges.append(
+        ExchangeLink(
+            exchange_id=request.exchange_id,
+            conversation_id=conversation_id_,
+            reply_position=reply_position,
+            retry_of=retry_of,
+            request_hash=hash_,
+        )
+    )
     early = state.early.pop(request.exchange_id, None)
     if early is not None:
         apply_reply(state, early, writes)
 
 
 def _store(
-    state: SessionState, conversation: Conversation, position: int, message: Message, exchange_id: str, source: str,
-    partial: bool, at: datetime, writes: Writes,
+    state: SessionState,
+    conversation: Conversation,
+    position: int,
+    message: Message,
+    exchange_id: str,
+    source: str,
+    partial: bool,
+    at: datetime,
+    writes: Writes,
 ) -> None:
     slot = Slot(message.hash, message.role, source == "response", partial)
     if position < len(conversation.positions):
@@ -750,10 +802,19 @@ def _store(
         if position == 0:
             state.opened(conversation)
     content = normal_content(message.content)
-    writes.messages.append(MessageRow(
-        conversation_id=conversation.id, position=position, role=message.role, content=content_json(content),
-        content_hash=message.hash, exchange_id=exchange_id, source=source, partial=partial, created_at=at,
-    ))
+    writes.messages.append(
+        MessageRow(
+            conversation_id=conversation.id,
+            position=position,
+            role=message.role,
+            content=content_json(content),
+            content_hash=message.hash,
+            exchange_id=exchange_id,
+            source=source,
+            partial=partial,
+            created_at=at,
+        )
+    )
     for block in content if isinstance(content, list) else ():
         _tool_rows(conversation.id, block, exchange_id, position, at, writes)
         if not partial and (call := agent_call(block)):
@@ -765,15 +826,29 @@ def _tool_rows(conversation_id_: uuid.UUID, block: Any, exchange_id: str, positi
     if not isinstance(block, dict):
         return
     if str(block.get("type", "")).endswith("tool_use") and isinstance(block.get("id"), str):
-        writes.tool_uses.append(ToolUseRow(
-            conversation_id=conversation_id_, tool_use_id=block["id"], name=_text(block.get("name")),
-            input=content_json(block.get("input")), use_exchange_id=exchange_id, use_position=position, used_at=at,
-        ))
+        writes.tool_uses.append(
+            ToolUseRow(
+                conversation_id=conversation_id_,
+                tool_use_id=block["id"],
+                name=_text(block.get("name")),
+                input=content_json(block.get("input")),
+                use_exchange_id=exchange_id,
+                use_position=position,
+                used_at=at,
+            )
+        )
     elif isinstance(block.get("tool_use_id"), str):
-        writes.tool_results.append(ToolResultRow(
-            conversation_id=conversation_id_, tool_use_id=block["tool_use_id"], result=content_json(block.get("content")),
-            is_error=failed(block), result_exchange_id=exchange_id, result_position=position, result_at=at,
-        ))
+        writes.tool_results.append(
+            ToolResultRow(
+                conversation_id=conversation_id_,
+                tool_use_id=block["tool_use_id"],
+                result=content_json(block.get("content")),
+                is_error=failed(block),
+                result_exchange_id=exchange_id,
+                result_position=position,
+                result_at=at,
+            )
+        )
 
 
 def failed(result: dict[str, Any]) -> bool:

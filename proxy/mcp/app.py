@@ -5,11 +5,12 @@ Routes, first match wins:
     /mcp/NAME[/more]                                    Streamable HTTP (`proxy.mcp.http`); a WebSocket upgrade there too is the WebSocket relay
     /.well-known/oauth-*/mcp/NAME[/more]                OAuth metadata of NAME, relayed (`proxy.mcp.http`)
     any other path, WebSocket upgrade, ?upstream=NAME   the WebSocket relay (`proxy.mcp.websocket`)
-    GET /health, /ready, /metrics                       this app's own, for its own publisher
+    GET /health, /ready, /metrics                       this app's own
 
 Resources are owned here, at the edge: one client session per transport (the
 WebSocket one keeps a read timeout for its handshake, the HTTP one has none,
-since MCP streams stay open as long as the server likes) and the publisher for
+since MCP streams stay open as long as the server likes) and the capture log,
+shared with the API app; the capture worker publishes its events to
 KGB_MCP_TOPIC, keyed by each event's session. Handlers are cancelled when their
 client goes away, so a relay learns it at once, even on an idle stream.
 """
@@ -22,15 +23,13 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from proxy.app import METRICS, PUBLISHER, SESSION, SETTINGS, health, metrics_endpoint, ready
+from proxy.app import METRICS, SESSION, SETTINGS, capturing, health, metrics_endpoint, ready
 from proxy.capture import RedactionPolicy
 from proxy.mcp import http, websocket
 from proxy.mcp.keys import HTTP_SESSION, POLICY
 from proxy.metrics import ProxyMetrics
-from proxy.publish import Publisher
 from proxy.settings import ProxySettings, fingerprint_key
 
-MCP_SCHEMA = "mcp"
 STATUS_PAGES = {"/health": health, "/ready": ready, "/metrics": metrics_endpoint}
 _NAME_AND_TAIL = "{name:[^/]+}{tail:(/.*)?}"
 
@@ -50,13 +49,16 @@ async def entry(request: web.Request) -> web.StreamResponse:
     page = STATUS_PAGES.get(request.path)
     if page is not None and request.method == "GET":
         return await page(request)
-    return web.Response(status=426, headers={"Upgrade": "websocket"},
-                        text="KGB MCP relay: Streamable HTTP at http://HOST:PORT/mcp/NAME, "
-                             "or connect a WebSocket to ws://HOST:PORT/?upstream=NAME\n")
+    return web.Response(
+        status=426,
+        headers={"Upgrade": "websocket"},
+        text="KGB MCP relay: Streamable HTTP at http://HOST:PORT/mcp/NAME, "
+        "or connect a WebSocket to ws://HOST:PORT/?upstream=NAME\n",
+    )
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
-    """The upstream sessions, then the publisher for KGB_MCP_TOPIC (which uses one for the registry)."""
+    """The upstream sessions: one with a handshake timeout for WebSockets, one without for HTTP streams."""
     settings = app[SETTINGS]
     handshake = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout, sock_read=settings.connect_timeout)
     streams = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout, sock_read=None)
@@ -71,31 +73,30 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         ) as http_session,
     ):
         app[SESSION], app[HTTP_SESSION] = session, http_session
-        publisher = Publisher(settings.publish.for_mcp(), app[METRICS], session, schema=MCP_SCHEMA, key_field="session_key")
-        app[PUBLISHER] = publisher
-        await publisher.start()
-        try:
-            yield
-        finally:
-            await publisher.close()
+        yield
 
 
 async def _close_relays(app: web.Application) -> None:
-    """On shutdown, before the publisher flushes: every WebSocket relay closes with 1001 and records its end."""
-    await asyncio.gather(*(relay.shutdown() for relay in list(app[websocket.RELAYS])))
+    """On shutdown, before the capture log closes: every WebSocket relay closes with 1001 and records its end."""
+    relays: set[websocket.Relay] = app[websocket.RELAYS]
+    await asyncio.gather(*(relay.shutdown() for relay in list(relays)))
 
 
 def build_mcp_app(settings: ProxySettings, metrics: ProxyMetrics | None = None) -> web.Application:
-    """The relays on KGB_MCP_PORT. Its metrics are its own (served on its port), so the two
-    publishers' spool and queue gauges never overwrite each other."""
+    """The relays on KGB_MCP_PORT, with metrics of their own (served on its port)."""
     app = web.Application(client_max_size=settings.max_body_bytes, handler_args={"handler_cancellation": True})
     app[SETTINGS] = settings
     app[METRICS] = metrics or ProxyMetrics()
     app[websocket.RELAYS] = set()
-    app[POLICY] = RedactionPolicy(settings.rules(), settings.redact_headers, fingerprint_key(settings, settings.publish.spool_dir))
+    app[POLICY] = RedactionPolicy(
+        settings.rules(), settings.redact_headers, fingerprint_key(settings, settings.capture.spool_dir)
+    )
+    app.cleanup_ctx.append(capturing)
     app.cleanup_ctx.append(_resources)
     app.on_shutdown.append(_close_relays)
     app.router.add_route("*", "/mcp/" + _NAME_AND_TAIL, streamable)
-    app.router.add_route("*", "/.well-known/{kind:" + "|".join(http.WELL_KNOWN) + "}/mcp/" + _NAME_AND_TAIL, http.relay_well_known)
+    app.router.add_route(
+        "*", "/.well-known/{kind:" + "|".join(http.WELL_KNOWN) + "}/mcp/" + _NAME_AND_TAIL, http.relay_well_known
+    )
     app.router.add_route("*", "/{tail:.*}", entry)
     return app

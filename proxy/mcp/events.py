@@ -27,7 +27,7 @@ from yarl import URL
 
 from kgb.jsonrpc import Part, parts_of
 from proxy.capture import RedactionPolicy, Submit, now_us, soon
-from proxy.redact import credential, fingerprint, redact_body, redact_headers, redact_query
+from proxy.redact import credential, fingerprint, redact_body, redact_headers, redact_json, redact_query
 
 CLIENT_TO_UPSTREAM = "CLIENT_TO_UPSTREAM"
 UPSTREAM_TO_CLIENT = "UPSTREAM_TO_CLIENT"
@@ -91,8 +91,10 @@ class Message:
 
 
 def message_fields(message: Message, policy: RedactionPolicy) -> list[dict[str, Any]]:
-    """The fields of each event a payload makes, one per message in it."""
-    redacted, fired = redact_body(message.payload, policy.rules)
+    """The fields of each event a payload makes, one per message in it; JSON is redacted as
+    it is read (escapes decoded), so a `\\u`-escaped secret does not reach the tables."""
+    redact = redact_body if message.frame_type == "BINARY" else redact_json
+    redacted, fired = redact(message.payload, policy.rules)
     headers, header_fired = redact_headers(mcp_headers(message.headers), policy.extra_headers, policy.rules)
     common = {
         "direction": message.direction,

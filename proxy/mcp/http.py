@@ -40,8 +40,9 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy import decode, errors
+
 # The API proxy's own small I/O helpers: reading a bounded body, writing to a client that may be gone.
-from proxy.app import HOP_BY_HOP, METRICS, PUBLISHER, SETTINGS, _abort, _decoded, _read_body, _send, end_to_end
+from proxy.app import HOP_BY_HOP, METRICS, MCP_SINK, SETTINGS, _abort, _decoded, _read_body, _send, end_to_end
 from proxy.capture import RedactionPolicy, now_us
 from proxy.mcp import events
 from proxy.mcp.keys import HTTP_SESSION, POLICY
@@ -226,12 +227,19 @@ async def relay_well_known(request: web.Request) -> web.StreamResponse:
 
 async def forward(request: web.Request, name: str, where: Any, messages: bool) -> web.StreamResponse:
     app = request.app
-    record = HttpRecord(name, request.method, request.rel_url.raw_path, request.rel_url.raw_query_string,
-                        _decoded(request.raw_headers), request.remote)
+    record = HttpRecord(
+        name,
+        request.method,
+        request.rel_url.raw_path,
+        request.rel_url.raw_query_string,
+        _decoded(request.raw_headers),
+        request.remote,
+    )
     url = http_upstream(request, name)
     origin = events.Origin(events.STREAMABLE_HTTP, name, url and events.recorded_url(url, app[POLICY]))
-    recorder = events.Recorder(origin, app[POLICY], app[PUBLISHER].submit,
-                               protocol_version=events.header(record.headers, "mcp-protocol-version"))
+    recorder = events.Recorder(
+        origin, app[POLICY], app[MCP_SINK].submit, protocol_version=events.header(record.headers, "mcp-protocol-version")
+    )
     exchange = Exchange(request, record, recorder, messages)
     try:
         record.body = await _read_body(request, app[SETTINGS].max_body_bytes)
@@ -242,7 +250,8 @@ async def forward(request: web.Request, name: str, where: Any, messages: bool) -
     outgoing = CIMultiDict(end_to_end(record.headers, request.headers.get("connection"), _NOT_FORWARDED))
     try:
         upstream = await app[HTTP_SESSION].request(
-            request.method, where(url), headers=outgoing, data=record.body or None, allow_redirects=False)
+            request.method, where(url), headers=outgoing, data=record.body or None, allow_redirects=False
+        )
     except Exception as exc:  # noqa: BLE001 - every failure is answered and captured
         failure = errors.translate(exc)
         return exchange.fail(failure.status, failure.kind, f"KGB MCP relay: {name}: {failure}")
@@ -328,10 +337,13 @@ class Exchange:
     def _begin(self, response_headers: list[tuple[str, str]]) -> None:
         """The response's headers are in: the session is known, so the request's messages can be recorded."""
         self.recorder.session_key, self.recorder.mcp_session_id = session_of(
-            self.record, response_headers, self.recorder.policy.fingerprint_key)
+            self.record, response_headers, self.recorder.policy.fingerprint_key
+        )
         if self.messages and self.record.body:
             headers = self.record.headers
-            self.recorder.message(events.Message(events.CLIENT_TO_UPSTREAM, self.record.body, headers), at=self.record.received_at)
+            self.recorder.message(
+                events.Message(events.CLIENT_TO_UPSTREAM, self.record.body, headers), at=self.record.received_at
+            )
 
     def _end(self, copy: ResponseCopy | None = None) -> None:
         if copy is not None and self.messages:

@@ -16,14 +16,13 @@ itself is killed outright, the kernel sends the server SIGTERM
 signal N ended it); a server that will not start gets a message on stderr and
 127 (not found) or 126 (not executable), like a shell.
 
-Events go through a publisher of the shim's own (one process, one publisher).
-Its spool is a slot under ``KGB_SPOOL_DIR/mcp-stdio/``: the first slot whose
-lock no running shim holds, so each shim writes its own spool and a later
-shim delivers what an earlier one left behind. The publisher starts in the
-background, so a slow or dead broker never delays the server's start or a
-message; once the server has exited, the shim waits for Kafka to have every
-event (at most KGB_SHUTDOWN_TIMEOUT, and only KGB_PUBLISH_STALL_SECONDS for a
-broker it cannot reach), then spools the rest.
+Events go to a capture log of the shim's own (a log has one writer): a slot
+under ``KGB_SPOOL_DIR/mcp-stdio/``, the first whose lock no running shim holds,
+and a capture worker (proxy/worker.py) runs in the shim's process on that log,
+in the background, so a slow or dead broker never delays the server's start or
+a message. Once the server has exited, the worker publishes what is left (for
+at most KGB_SHUTDOWN_TIMEOUT); what Kafka did not take stays in the slot, and
+the next shim to claim it publishes it.
 """
 
 from __future__ import annotations
@@ -45,15 +44,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
-import aiohttp
-
 from kgb.running import new_loop
+from proxy import worker
 from proxy.capture import RedactionPolicy
 from proxy.mcp import events
-from proxy.metrics import ProxyMetrics
-from proxy.publish import Publisher, PublishSettings
 from proxy.redact import redact_text
 from proxy.settings import ProxySettings
+from proxy.tap import McpSink, capture_log
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +68,12 @@ class ShimSettings:
 
     name: str
     command: tuple[str, ...]
-    publish: PublishSettings
+    proxy: ProxySettings
     policy: RedactionPolicy
 
     @classmethod
     def of(cls, name: str, command: Sequence[str], proxy: ProxySettings) -> ShimSettings:
-        return cls(name, tuple(command), proxy.publish.for_mcp(), RedactionPolicy(proxy.rules(), proxy.redact_headers, b""))
+        return cls(name, tuple(command), proxy, RedactionPolicy(proxy.rules(), proxy.redact_headers, b""))
 
 
 # --- pure ---------------------------------------------------------------------------------
@@ -111,13 +108,19 @@ def process_fields(command: Sequence[str], policy: RedactionPolicy, **process: A
     """OPEN and CLOSE: the command line, each argument redacted (a token may be passed as one)."""
     redacted = [redact_text(argument, policy.rules) for argument in command]
     fired = sorted({rule for _, hits in redacted for rule in hits})
-    return {"process": {"command": [text for text, _ in redacted], "pid": None, "exit_code": None, "signal": None} | process,
-            "redactions": fired}
+    return {
+        "process": {"command": [text for text, _ in redacted], "pid": None, "exit_code": None, "signal": None} | process,
+        "redactions": fired,
+    }
 
 
 def close_fields(command: Sequence[str], policy: RedactionPolicy, returncode: int | None, error: str | None) -> dict[str, Any]:
-    fields = process_fields(command, policy, exit_code=None if returncode is None else exit_status(returncode),
-                            signal=-returncode if returncode is not None and returncode < 0 else None)
+    fields = process_fields(
+        command,
+        policy,
+        exit_code=None if returncode is None else exit_status(returncode),
+        signal=-returncode if returncode is not None and returncode < 0 else None,
+    )
     if error is not None:
         fields |= {"error_type": "server_failed_to_start", "error_message": error}
     return fields
@@ -205,7 +208,7 @@ class FileSink:
     def write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            view = view[os.write(self._fd, view):]
+            view = view[os.write(self._fd, view) :]
 
     async def drain(self) -> None:
         return None
@@ -228,19 +231,20 @@ async def standard_streams() -> tuple[Source, Sink]:
     if not is_stream(1):
         return source, FileSink(1)
     transport, protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, os.fdopen(1, "wb", buffering=0, closefd=False))
+        asyncio.streams.FlowControlMixin, os.fdopen(1, "wb", buffering=0, closefd=False)
+    )
     return source, asyncio.StreamWriter(transport, protocol, None, loop)
 
 
 @dataclass
 class Shim:
     settings: ShimSettings
-    publisher: Publisher
+    sink: McpSink
     recorder: events.Recorder = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
         origin = events.Origin(events.STDIO, self.settings.name, None)
-        self.recorder = events.Recorder(origin, self.settings.policy, self.publisher.submit)
+        self.recorder = events.Recorder(origin, self.settings.policy, self.sink.submit)
 
     def record(self, direction: str) -> Callable[[bytes], None]:
         return lambda line: self.recorder.message(events.Message(direction, line))
@@ -249,7 +253,8 @@ class Shim:
         command, policy = self.settings.command, self.settings.policy
         try:
             process = await asyncio.create_subprocess_exec(
-                *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, preexec_fn=_child_setup)
+                *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, preexec_fn=_child_setup
+            )
         except OSError as exc:
             message = f"cannot start {command[0]!r}: {exc.strerror or exc}"
             print(f"kgb mcp stdio {self.settings.name}: {message}", file=sys.stderr, flush=True)
@@ -279,29 +284,19 @@ def _forward(process: asyncio.subprocess.Process, sig: int) -> None:
 
 async def shim(settings: ShimSettings) -> int:
     """Run the server through the shim until it exits; its exit code is the result."""
-    spool, _lock = claim_spool(settings.publish.spool_dir.parent / SPOOL_SLOTS)
-    publish = dataclasses.replace(settings.publish, spool_dir=spool)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=publish.stall_seconds * 2)) as session:
-        publisher = Publisher(publish, ProxyMetrics(), session, schema="mcp", key_field="session_key")
-        starting = asyncio.create_task(publisher.start())
-        try:
-            return await Shim(settings, publisher).run()
-        finally:
+    capture = settings.proxy.capture
+    slot, _lock = claim_spool(capture.spool_dir / SPOOL_SLOTS)
+    capture = dataclasses.replace(capture, spool_dir=slot)
+    stop = asyncio.Event()
+    publishing = asyncio.create_task(worker.run(dataclasses.replace(settings.proxy, capture=capture), stop))
+    try:
+        async with capture_log(capture.log()) as writer:
+            code = await Shim(settings, McpSink(writer)).run()
             await asyncio.sleep(0)  # the last events are built at the next turn of the loop
-            await starting
-            await delivered(publisher, publish)
-            await publisher.close()
-
-
-async def delivered(publisher: Publisher, settings: PublishSettings) -> None:
-    """Wait, up to KGB_SHUTDOWN_TIMEOUT, for Kafka to have every event, so a short run leaves nothing in its
-    spool; a broker still unreachable after KGB_PUBLISH_STALL_SECONDS is not waited for (the spool keeps them)."""
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    while not publisher.delivered and loop.time() - start < settings.close_timeout:
-        if not publisher.ready and loop.time() - start > settings.stall_seconds:
-            return
-        await asyncio.sleep(0.02)
+        return code
+    finally:
+        stop.set()
+        await publishing
 
 
 def main(settings: ShimSettings) -> int:

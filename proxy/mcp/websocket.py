@@ -28,13 +28,14 @@ import asyncio
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import aiohttp
+from aiohttp.http_websocket import WSMessageTextBytes
 from aiohttp import WSMsgType, web
 from yarl import URL
 
-from proxy.app import HOP_BY_HOP, PUBLISHER, SESSION, SETTINGS, end_to_end
+from proxy.app import HOP_BY_HOP, MCP_SINK, SESSION, SETTINGS, end_to_end
 from proxy.capture import RedactionPolicy
 from proxy.mcp import events
 from proxy.mcp.keys import POLICY
@@ -56,8 +57,13 @@ FRAME_TYPES = {WSMsgType.TEXT: "TEXT", WSMsgType.BINARY: "BINARY"}
 
 # The WebSocket handshake is between the client and us, and again between us and the upstream.
 _NOT_FORWARDED = HOP_BY_HOP | {
-    "host", "content-length", "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
-    "sec-websocket-protocol", "sec-websocket-accept",
+    "host",
+    "content-length",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+    "sec-websocket-protocol",
+    "sec-websocket-accept",
 }
 
 RELAYS = web.AppKey("relays", set)
@@ -78,7 +84,7 @@ class Ending:
     error_message: str | None = None
 
 
-def ending_of(message: aiohttp.WSMessage, side: str) -> Ending:
+def ending_of(message: aiohttp.WSMessage | WSMessageTextBytes, side: str) -> Ending:
     """The non-data message that stopped `side`'s pump. CLOSING only comes from our own
     close() while the pump waits, which only a shutdown does before a pump stops."""
     if message.type is WSMsgType.CLOSE:
@@ -122,7 +128,7 @@ def refusal(name: str, url: str | None) -> str:
     return f"unknown upstream {name!r}: not in KGB_MCP_UPSTREAMS"
 
 
-def is_websocket(url: str | None) -> bool:
+def is_websocket(url: str | None) -> TypeGuard[str]:
     return url is not None and URL(url).scheme in ("ws", "wss")
 
 
@@ -170,7 +176,9 @@ class Recorder(events.Recorder):
         self.record("OPEN", open_fields, handshake, self.policy)
 
     def frame(self, side: str, frame_type: WSMsgType, payload: bytes) -> None:
-        self.message(events.Message(DIRECTION[side], payload, frame_type=FRAME_TYPES[frame_type]))
+        direction = DIRECTION[side]
+        assert direction is not None, "frames come from the client or the upstream, never from the proxy"
+        self.message(events.Message(direction, payload, frame_type=FRAME_TYPES[frame_type]))
 
     def closed(self, ending: Ending) -> None:
         self.record("CLOSE", close_fields, ending, self.policy)
@@ -178,7 +186,10 @@ class Recorder(events.Recorder):
 
 # --- the relay: thin async shells ----------------------------------------------------
 
-AnyWebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+# Both ends are opened with decode_text=False: text frames arrive as bytes, relayed untouched.
+ClientSocket = web.WebSocketResponse[bool]
+UpstreamSocket = aiohttp.ClientWebSocketResponse[bool]
+AnyWebSocket = ClientSocket | UpstreamSocket
 
 
 async def pump(source: AnyWebSocket, sink: AnyWebSocket, side: str, recorder: Recorder) -> Ending:
@@ -198,17 +209,20 @@ async def pump(source: AnyWebSocket, sink: AnyWebSocket, side: str, recorder: Re
 class Relay:
     """Hashable by identity: the app keeps the open ones in a set, to close them at shutdown."""
 
-    client: web.WebSocketResponse
-    upstream: aiohttp.ClientWebSocketResponse
+    client: ClientSocket
+    upstream: UpstreamSocket
     recorder: Recorder
     ending: Ending | None = None
     pumps: dict[asyncio.Task[Ending], tuple[AnyWebSocket, AnyWebSocket]] = dataclasses.field(default_factory=dict)
 
     async def run(self) -> Ending:
         """Both pumps until one stops; its ending closes the other side, then is echoed to its own."""
+        sides: list[tuple[AnyWebSocket, AnyWebSocket, str]] = [
+            (self.client, self.upstream, CLIENT),
+            (self.upstream, self.client, UPSTREAM),
+        ]
         self.pumps = pumps = {
-            asyncio.create_task(pump(self.client, self.upstream, CLIENT, self.recorder)): (self.client, self.upstream),
-            asyncio.create_task(pump(self.upstream, self.client, UPSTREAM, self.recorder)): (self.upstream, self.client),
+            asyncio.create_task(pump(source, sink, side, self.recorder)): (source, sink) for source, sink, side in sides
         }
         try:
             done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
@@ -233,20 +247,24 @@ class Relay:
     async def shutdown(self) -> None:
         self.ending = self.ending or Ending(PROXY, GOING_AWAY, SHUTDOWN_REASON)
         message = reason_bytes(SHUTDOWN_REASON)
-        await asyncio.gather(self.client.close(code=GOING_AWAY, message=message),
-                             self.upstream.close(code=GOING_AWAY, message=message))
+        await asyncio.gather(
+            self.client.close(code=GOING_AWAY, message=message), self.upstream.close(code=GOING_AWAY, message=message)
+        )
 
 
-async def relay(request: web.Request) -> web.WebSocketResponse:
+async def relay(request: web.Request) -> ClientSocket:
     app, settings = request.app, request.app[SETTINGS]
     name = request.query.get("upstream", "")
     url = settings.mcp_upstreams.get(name)
     origin = events.Origin(events.WEBSOCKET, name, url and events.recorded_url(url, app[POLICY]))
-    recorder = Recorder(origin, app[POLICY], app[PUBLISHER].submit)
-    handshake = Handshake(request.rel_url.raw_path, request.rel_url.raw_query_string, list(request.headers.items()),
-                          client_address=request.remote)
+    recorder = Recorder(origin, app[POLICY], app[MCP_SINK].submit)
+    handshake = Handshake(
+        request.rel_url.raw_path, request.rel_url.raw_query_string, list(request.headers.items()), client_address=request.remote
+    )
     if not is_websocket(url):
-        return await _refuse(request, recorder, handshake, Ending(PROXY, UNKNOWN_UPSTREAM, refusal(name, url), "unknown_upstream"))
+        return await _refuse(
+            request, recorder, handshake, Ending(PROXY, UNKNOWN_UPSTREAM, refusal(name, url), "unknown_upstream")
+        )
     try:
         upstream = await app[SESSION].ws_connect(
             url,
@@ -258,20 +276,19 @@ async def relay(request: web.Request) -> web.WebSocketResponse:
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=settings.connect_timeout),
         )
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        failure = Ending(PROXY, UPSTREAM_UNREACHABLE, f"upstream {name} unreachable", "upstream_unreachable",
-                         f"{type(exc).__name__}: {exc}")
+        failure = Ending(
+            PROXY, UPSTREAM_UNREACHABLE, f"upstream {name} unreachable", "upstream_unreachable", f"{type(exc).__name__}: {exc}"
+        )
         log.warning("mcp connection %s: %s: %s", origin.connection_id, failure.reason, failure.error_message)
         return await _refuse(request, recorder, handshake, failure)
     async with upstream:
         return await _relay(request, recorder, dataclasses.replace(handshake, subprotocol=upstream.protocol), upstream)
 
 
-async def _relay(
-    request: web.Request, recorder: Recorder, handshake: Handshake, upstream: aiohttp.ClientWebSocketResponse
-) -> web.WebSocketResponse:
+async def _relay(request: web.Request, recorder: Recorder, handshake: Handshake, upstream: UpstreamSocket) -> ClientSocket:
     """The client gets the subprotocol the upstream chose, so both ends agree on one."""
     settings = request.app[SETTINGS]
-    client = web.WebSocketResponse(
+    client: ClientSocket = web.WebSocketResponse(
         protocols=(handshake.subprotocol,) if handshake.subprotocol else (),
         autoclose=False,
         decode_text=False,
@@ -311,5 +328,3 @@ async def _refuse(request: web.Request, recorder: Recorder, handshake: Handshake
 def _offered(request: web.Request) -> tuple[str, ...]:
     header = request.headers.get("sec-websocket-protocol", "")
     return tuple(p.strip() for p in header.split(",") if p.strip())
-
-

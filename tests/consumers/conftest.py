@@ -26,15 +26,21 @@ SETTLE_TIMEOUT = 60.0  # a safety net for waits that should end in well under a 
 async def producer(kafka: Any) -> AsyncIterator[AIOKafkaProducer]:
     """Publishes like the proxy: keyed by session, zstd, large messages allowed."""
     p = AIOKafkaProducer(
-        bootstrap_servers=kafka.bootstrap, acks="all", compression_type="zstd",
-        max_request_size=16 * 1024 * 1024, max_batch_size=1024 * 1024, linger_ms=5,
+        bootstrap_servers=kafka.bootstrap,
+        acks="all",
+        compression_type="zstd",
+        max_request_size=16 * 1024 * 1024,
+        max_batch_size=1024 * 1024,
+        linger_ms=5,
     )
     await p.start()
     yield p
     await p.stop()
 
 
-async def publish(producer: AIOKafkaProducer, topic: str, events: Iterable[dict[str, Any] | bytes], partition: int | None = None) -> None:
+async def publish(
+    producer: AIOKafkaProducer, topic: str, events: Iterable[dict[str, Any] | bytes], partition: int | None = None
+) -> None:
     """Events are encoded and keyed by session; bytes go as they are (garbage for dead letters)."""
     sent = []
     for event in events:

@@ -9,8 +9,13 @@ import asyncpg
 
 # Columns that say when a row was written, not what it holds; `session_revisions`
 # counts the batches that touched a session, which differ between any two runs.
-WRITTEN_AT = {("exchanges", "created_at"), ("exchanges", "updated_at"), ("dead_letters", "id"),
-              ("dead_letters", "created_at"), ("schema_migrations", "applied_at")}
+WRITTEN_AT = {
+    ("exchanges", "created_at"),
+    ("exchanges", "updated_at"),
+    ("dead_letters", "id"),
+    ("dead_letters", "created_at"),
+    ("schema_migrations", "applied_at"),
+}
 BOOKKEEPING = {"session_revisions"}
 
 COLUMNS = """

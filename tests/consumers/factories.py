@@ -72,7 +72,11 @@ def user_message(text: str = "say hello") -> dict[str, Any]:
 
 
 def request_body(
-    session_id: str, *, model: str = MODEL, stream: bool = True, messages: list[dict[str, Any]] | None = None,
+    session_id: str,
+    *,
+    model: str = MODEL,
+    stream: bool = True,
+    messages: list[dict[str, Any]] | None = None,
     body_kb: int | None = None,
 ) -> bytes:
     """A Claude Code request body; ``body_kb`` grows the system prompt until the body has that size."""
@@ -81,11 +85,18 @@ def request_body(
         "messages": messages if messages is not None else [user_message()],
         "system": [
             {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.197.1c0; cc_entrypoint=cli;"},
-            {"type": "text", "text": "You are Claude Code, Anthropic's official CLI for Claude.", "cache_control": {"type": "ephemeral"}},
+            {
+                "type": "text",
+                "text": "You are Claude Code, Anthropic's official CLI for Claude.",
+                "cache_control": {"type": "ephemeral"},
+            },
         ],
         "tools": [
-            {"name": "Bash", "description": "Run a shell command.", "input_schema": {
-                "type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]}},
+            {
+                "name": "Bash",
+                "description": "Run a shell command.",
+                "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]},
+            },
         ],
         "metadata": {"user_id": orjson.dumps({"device_id": "cf7deb13", "account_uuid": "", "session_id": session_id}).decode()},
         "max_tokens": 64000,
@@ -96,15 +107,21 @@ def request_body(
     raw = orjson.dumps(body)
     if body_kb is not None and len(raw) < body_kb * 1024:
         missing = body_kb * 1024 - len(raw) - len(',{"type":"text","text":""}')
-        body["system"].append({"type": "text", "text": (FILLER * (missing // len(FILLER) + 1))[:max(missing, 0)]})
+        body["system"].append({"type": "text", "text": (FILLER * (missing // len(FILLER) + 1))[: max(missing, 0)]})
         raw = orjson.dumps(body)
     return raw
 
 
 def request_event(
-    *, session_id: str | None = None, agent_id: str | None = None, parent_agent_id: str | None = None,
-    messages: list[dict[str, Any]] | None = None, body_kb: int | None = None, stream: bool = True,
-    model: str = MODEL, **overrides: Any,
+    *,
+    session_id: str | None = None,
+    agent_id: str | None = None,
+    parent_agent_id: str | None = None,
+    messages: list[dict[str, Any]] | None = None,
+    body_kb: int | None = None,
+    stream: bool = True,
+    model: str = MODEL,
+    **overrides: Any,
 ) -> dict[str, Any]:
     session_id = session_id or str(uuid.uuid4())
     body = request_body(session_id, model=model, stream=stream, messages=messages, body_kb=body_kb)
@@ -138,7 +155,9 @@ def request_event(
     return _override(event, "request", overrides)
 
 
-def text_message(text: str = "Hello! How can I help you today?", *, model: str = MODEL, usage: dict[str, Any] | None = None) -> dict[str, Any]:
+def text_message(
+    text: str = "Hello! How can I help you today?", *, model: str = MODEL, usage: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "id": "msg_01" + uuid.uuid4().hex[:22],
         "type": "message",
@@ -174,14 +193,26 @@ def sse_body(message: dict[str, Any], error: tuple[str, str] | None = None) -> b
         return sse_stream([*events, ("error", {"type": "error", "error": {"type": error[0], "message": error[1]}})])
     for index, block in enumerate(message["content"]):
         events += [
-            ("content_block_start", {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}),
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}},
+            ),
             ("ping", {"type": "ping"}),
-            ("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": block["text"]}}),
+            (
+                "content_block_delta",
+                {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": block["text"]}},
+            ),
             ("content_block_stop", {"type": "content_block_stop", "index": index}),
         ]
     events += [
-        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
-                           "usage": {"output_tokens": message["usage"]["output_tokens"]}}),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+                "usage": {"output_tokens": message["usage"]["output_tokens"]},
+            },
+        ),
         ("message_stop", {"type": "message_stop"}),
     ]
     return sse_stream(events)
@@ -192,8 +223,13 @@ def error_body(error_type: str, message: str) -> bytes:
 
 
 def response_event(
-    *, request: dict[str, Any] | None = None, sse: bool = True, message: dict[str, Any] | None = None,
-    error: tuple[str, str] | None = None, error_in_stream: bool = False, status: int | None = None,
+    *,
+    request: dict[str, Any] | None = None,
+    sse: bool = True,
+    message: dict[str, Any] | None = None,
+    error: tuple[str, str] | None = None,
+    error_in_stream: bool = False,
+    status: int | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """The answer to ``request`` (a `request_event`; a fresh one when omitted): same exchange and session."""
@@ -209,8 +245,18 @@ def response_event(
     received = request["request"]["received_at"]
     at = now_micros()
     event = {
-        **{k: request[k] for k in ("exchange_id", "session_key", "session_source", "agent_id", "parent_agent_id",
-                                   "api_key_fingerprint", "client")},
+        **{
+            k: request[k]
+            for k in (
+                "exchange_id",
+                "session_key",
+                "session_source",
+                "agent_id",
+                "parent_agent_id",
+                "api_key_fingerprint",
+                "client",
+            )
+        },
         "event_id": str(uuid.uuid4()),
         "kind": "RESPONSE",
         "occurred_at": at,
@@ -218,11 +264,13 @@ def response_event(
         "request": None,
         "response": {
             "status": status or (_ERROR_STATUS.get(error[0], 500) if failed and error else 200),
-            "headers": _header_list([
-                ("content-type", "text/event-stream; charset=utf-8" if sse else "application/json"),
-                ("request-id", "req_011CTest"),
-                ("anthropic-ratelimit-requests-remaining", "3999"),
-            ]),
+            "headers": _header_list(
+                [
+                    ("content-type", "text/event-stream; charset=utf-8" if sse else "application/json"),
+                    ("request-id", "req_011CTest"),
+                    ("anthropic-ratelimit-requests-remaining", "3999"),
+                ]
+            ),
             "body": body,
             "content_encoding": None,
             "is_sse": sse,
@@ -243,9 +291,16 @@ def response_event(
 
 
 _ERROR_STATUS = {
-    "invalid_request_error": 400, "authentication_error": 401, "billing_error": 402, "permission_error": 403,
-    "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429, "api_error": 500,
-    "timeout_error": 504, "overloaded_error": 529,
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
 }
 
 

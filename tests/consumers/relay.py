@@ -56,9 +56,7 @@ class TcpRelay:
             client_writer.transport.abort()
             return
         self._writers |= {client_writer, upstream_writer}
-        await asyncio.gather(
-            _pipe(client_reader, upstream_writer), _pipe(upstream_reader, client_writer), return_exceptions=True
-        )
+        await asyncio.gather(_pipe(client_reader, upstream_writer), _pipe(upstream_reader, client_writer), return_exceptions=True)
         self._writers -= {client_writer, upstream_writer}
 
 

@@ -36,7 +36,8 @@ SELECT count(*) FROM pg_stat_activity
 WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
   AND state IN ('active', 'idle in transaction') AND query NOT LIKE '%pg_advisory_unlock_all()%'
 """
-_FAILURE = re.compile(r"batch of \d+ messages failed \(attempt \d+, (\w+):")
+# A batch's first failure is a warning, each further one a debug line (`kgb.outages.Reporter`).
+_FAILURE = re.compile(r"batch of \d+ messages (?:is failing|failed again) \((\w+):")
 
 
 async def writing(dsn: str, migrated: str, done: asyncio.Event) -> bool:
@@ -61,7 +62,11 @@ async def writing(dsn: str, migrated: str, done: asyncio.Event) -> bool:
 
 
 async def restarts_mid_batch(
-    postgres: Any, dsn: str, migrated: str, times: int = RESTARTS, alive: Callable[[], None] = lambda: None,
+    postgres: Any,
+    dsn: str,
+    migrated: str,
+    times: int = RESTARTS,
+    alive: Callable[[], None] = lambda: None,
     done: asyncio.Event | None = None,
 ) -> int:
     """Restart the server ``times`` times, each time as a batch is being written to ``dsn``'s database,
@@ -120,7 +125,7 @@ def task_alive(task: asyncio.Task[None]) -> Callable[[], None]:
 
 
 def batch_failures(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """The error class of every failed batch attempt the retry loop logged."""
+    """The error class of every failed batch attempt the retry loop logged (at DEBUG after the first)."""
     return _FAILURE.findall(caplog.text)
 
 
@@ -138,10 +143,13 @@ def all_complete(sessions: list[SessionBuilder]) -> Callable[[asyncpg.Connection
     return check
 
 
-async def settled(dsn: str, schema: str, check: Callable[[asyncpg.Connection], Awaitable[bool]], alive: Callable[[], None]) -> None:
+async def settled(
+    dsn: str, schema: str, check: Callable[[asyncpg.Connection], Awaitable[bool]], alive: Callable[[], None]
+) -> None:
     """Until ``check`` holds on a connection to ``schema``, failing at once if the consumer died."""
     conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
     try:
+
         async def done() -> bool:
             alive()
             return await check(conn)
@@ -160,7 +168,9 @@ async def dump(dsn: str, schema: str) -> dict[str, list[tuple[Any, ...]]]:
 
 
 async def built_calmly(
-    postgres: Any, consuming: Callable[[str], contextlib.AbstractAsyncContextManager[asyncio.Task[None]]], schema: str,
+    postgres: Any,
+    consuming: Callable[[str], contextlib.AbstractAsyncContextManager[asyncio.Task[None]]],
+    schema: str,
     check: Callable[[asyncpg.Connection], Awaitable[bool]],
 ) -> dict[str, list[tuple[Any, ...]]]:
     """The tables a consumer that sees no restart builds: ``consuming(dsn)`` runs it into a fresh database."""

@@ -50,8 +50,12 @@ def tool_use(tool_id: str, command: str, name: str = "Bash") -> dict[str, Any]:
 
 def agent_use(tool_id: str, prompt: str, description: str = "Do a sub-task") -> dict[str, Any]:
     """A call of Claude Code's Agent tool, which starts a sub-agent with ``prompt``."""
-    return {"type": "tool_use", "id": tool_id, "name": "Agent",
-            "input": {"description": description, "prompt": prompt, "subagent_type": "general-purpose"}}
+    return {
+        "type": "tool_use",
+        "id": tool_id,
+        "name": "Agent",
+        "input": {"description": description, "prompt": prompt, "subagent_type": "general-purpose"},
+    }
 
 
 def tool_result(tool_id: str, output: str, is_error: bool = False) -> dict[str, Any]:
@@ -75,7 +79,8 @@ def without_cache_control(messages: list[dict[str, Any]]) -> list[dict[str, Any]
     """What Claude Code does to older turns: the marker moves to the newest message."""
     return [
         {**m, "content": [{k: v for k, v in b.items() if k != "cache_control"} for b in m["content"]]}
-        if isinstance(m["content"], list) else m
+        if isinstance(m["content"], list)
+        else m
         for m in messages
     ]
 
@@ -93,25 +98,43 @@ class SessionBuilder:
     _tools: int = 0
 
     def exchange(
-        self, thread: str, messages: list[dict[str, Any]], answer: dict[str, Any] | None, *,
-        agent_id: str | None = None, parent_agent_id: str | None = None, body: bytes | None = None,
-        path: str = "/v1/messages", **response: Any,
+        self,
+        thread: str,
+        messages: list[dict[str, Any]],
+        answer: dict[str, Any] | None,
+        *,
+        agent_id: str | None = None,
+        parent_agent_id: str | None = None,
+        body: bytes | None = None,
+        path: str = "/v1/messages",
+        **response: Any,
     ) -> dict[str, Any]:
         """One request with ``messages`` and its response carrying ``answer`` (None: an error)."""
         overrides: dict[str, Any] = {"path": path}
         if body is not None:
             overrides["body"] = body
         request = request_event(
-            session_id=self.session_id, agent_id=agent_id, parent_agent_id=parent_agent_id,
-            messages=without_cache_control(messages[:-1]) + messages[-1:], **overrides,
+            session_id=self.session_id,
+            agent_id=agent_id,
+            parent_agent_id=parent_agent_id,
+            messages=without_cache_control(messages[:-1]) + messages[-1:],
+            **overrides,
         )
         if answer is None:
             response.setdefault("error", ("overloaded_error", "Overloaded"))
         self.events += [request, answered(request, answer, **response)]
         return request
 
-    def turn(self, thread: str, *content: dict[str, Any], answer: dict[str, Any], retries: int = 0,
-             partial: bool = False, agent_id: str | None = None, parent_agent_id: str | None = None) -> None:
+    def turn(
+        self,
+        thread: str,
+        *content: dict[str, Any],
+        answer: dict[str, Any],
+        retries: int = 0,
+        partial: bool = False,
+        agent_id: str | None = None,
+        parent_agent_id: str | None = None,
+    ) -> None:
         """The user (or a tool result) speaks in ``thread``; ``retries`` failed attempts come first."""
         history = self.histories.setdefault(thread, [])
         if thread not in self._labels:
@@ -130,7 +153,9 @@ class SessionBuilder:
         """The model runs a command, then the client sends its result back."""
         self._tools += 1
         tool_id = f"toolu_{self._tools:024d}"
-        self.turn(thread, text(f"please run {command}"), answer=reply(tool_use(tool_id, command), stop_reason="tool_use"), **switches)
+        self.turn(
+            thread, text(f"please run {command}"), answer=reply(tool_use(tool_id, command), stop_reason="tool_use"), **switches
+        )
         self.turn(thread, tool_result(tool_id, output), answer=reply(text(f"It printed {output}.")), **switches)
 
     def spawn(self, thread: str, agents: dict[str, str], **switches: Any) -> dict[str, str]:
@@ -153,13 +178,24 @@ class SessionBuilder:
     def title(self, prompt: str, title: str) -> None:
         """The side request Claude Code sends beside the main thread, answered as structured output."""
         messages = [{"role": "user", "content": [text(f"<session>\n{prompt}\n</session>")]}]
-        body = orjson.dumps({
-            "model": HAIKU, "messages": messages, "system": [text("Generate a title.")], "tools": [],
-            "metadata": {"user_id": orjson.dumps({"device_id": "cf7deb13", "account_uuid": "", "session_id": self.session_id}).decode()},
-            "max_tokens": 32000, "thinking": {"type": "disabled"}, "temperature": 1,
-            "output_config": {"format": {"type": "json_schema", "schema": {"type": "object", "properties": {"title": {"type": "string"}}}}},
-            "stream": True,
-        })
+        body = orjson.dumps(
+            {
+                "model": HAIKU,
+                "messages": messages,
+                "system": [text("Generate a title.")],
+                "tools": [],
+                "metadata": {
+                    "user_id": orjson.dumps({"device_id": "cf7deb13", "account_uuid": "", "session_id": self.session_id}).decode()
+                },
+                "max_tokens": 32000,
+                "thinking": {"type": "disabled"},
+                "temperature": 1,
+                "output_config": {
+                    "format": {"type": "json_schema", "schema": {"type": "object", "properties": {"title": {"type": "string"}}}}
+                },
+                "stream": True,
+            }
+        )
         self.exchange("title", messages, reply(text(orjson.dumps({"title": title}).decode())), body=body)
         self._side("title", 2)
 
@@ -167,21 +203,31 @@ class SessionBuilder:
         """The side request Claude Code's WebSearch tool sends (the server tool, forced by
         ``tool_choice``), answered with the search and its results; returns the answer."""
         messages = [{"role": "user", "content": [text(f"Perform a web search for the query: {query}")]}]
-        body = orjson.dumps({
-            "model": HAIKU, "messages": messages, "system": [text("You are an assistant for performing a web search tool use")],
-            "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 8}],
-            "tool_choice": {"type": "tool", "name": "web_search"},
-            "metadata": {"user_id": orjson.dumps({"device_id": "cf7deb13", "account_uuid": "", "session_id": self.session_id}).decode()},
-            "max_tokens": 32000, "stream": True,
-        })
+        body = orjson.dumps(
+            {
+                "model": HAIKU,
+                "messages": messages,
+                "system": [text("You are an assistant for performing a web search tool use")],
+                "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 8}],
+                "tool_choice": {"type": "tool", "name": "web_search"},
+                "metadata": {
+                    "user_id": orjson.dumps({"device_id": "cf7deb13", "account_uuid": "", "session_id": self.session_id}).decode()
+                },
+                "max_tokens": 32000,
+                "stream": True,
+            }
+        )
         self._tools += 1
         use_id = f"srvtoolu_{self._tools:024d}"
         found = results[0]["url"] if results else "nothing"
         answer = reply(
             {"type": "server_tool_use", "id": use_id, "name": "web_search", "input": {"query": query}},
             {"type": "web_search_tool_result", "tool_use_id": use_id, "content": results},
-            {"type": "text", "text": f"Found {found}.",
-             "citations": [{"type": "web_search_result_location", "url": found, "title": "Result", "cited_text": "..."}]},
+            {
+                "type": "text",
+                "text": f"Found {found}.",
+                "citations": [{"type": "web_search_result_location", "url": found, "title": "Result", "cited_text": "..."}],
+            },
         )
         self.exchange("web_search", messages, answer, body=body)
         self._side("web_search", 2)
@@ -194,8 +240,9 @@ class SessionBuilder:
         self.exchange("count_tokens", messages, {"input_tokens": 9}, body=body, path="/v1/messages/count_tokens")
         self._side("count_tokens", 1)
 
-    def compact(self, thread: str = "main", *, prompt: str = COMPACTION_PROMPT, continuation: str = CONTINUATION,
-                side: bool = True) -> None:
+    def compact(
+        self, thread: str = "main", *, prompt: str = COMPACTION_PROMPT, continuation: str = CONTINUATION, side: bool = True
+    ) -> None:
         """The summary request (``prompt`` its last message), then the thread starts again from the
         summary, opening with ``continuation``. ``side``: the rules know the prompt for a compaction's,
         else it is a turn of the thread like any other."""
@@ -283,11 +330,16 @@ def sample_events() -> list[dict[str, Any]]:
         body = sample["body"]
         raw = orjson.dumps(body) if body is not None else b""
         request = request_event(
-            session_id=session, agent_id=headers.get("x-claude-code-agent-id"),
-            method=sample["method"], path=sample["path"], query=sample["query"], body=raw, body_size=len(raw),
+            session_id=session,
+            agent_id=headers.get("x-claude-code-agent-id"),
+            method=sample["method"],
+            path=sample["path"],
+            query=sample["query"],
+            body=raw,
+            body_size=len(raw),
             model=body.get("model") if isinstance(body, dict) else None,
         )
-        events += [request, _stub_response(request, sample, samples[index + 1:])]
+        events += [request, _stub_response(request, sample, samples[index + 1 :])]
     return events
 
 

@@ -13,7 +13,10 @@ from kgb.documents import parse_json
 
 BODY = {
     "model": "m",
-    "messages": [{"role": "user", "content": "hi \u00e9 \U0001f600"}, {"role": "assistant", "content": [{"type": "text", "text": "x"}]}],
+    "messages": [
+        {"role": "user", "content": "hi \u00e9 \U0001f600"},
+        {"role": "assistant", "content": [{"type": "text", "text": "x"}]},
+    ],
     "system": [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}],
     "tools": [{"name": "T", "input_schema": {"a": 1.5e3, "b": -0.0}}],
     "metadata": {"user_id": "u"},
@@ -30,18 +33,28 @@ def seen(body: Any) -> Any:
     return body.fields, list(body.fields), messages, {name: part.value() for name, part in body.parts.items()}
 
 
-@pytest.mark.parametrize("raw", [
-    orjson.dumps(BODY),
-    orjson.dumps(BODY, option=orjson.OPT_INDENT_2),
-    b'{"messages":"not a list","a":[1e5,-0.0,18446744073709551615]}',
-    b'{"model":"m"}',
-    b'{"messages":[1,"x",null,[{"a":1,"a":2}]]}',  # a message naming a key twice: the last value, as orjson
-    b'{"messages":[],"model":"a","model":"b"}',  # a field named twice
-    b'{"messages":[],"n":18446744073709551616}',  # beyond 64 bits: simdjson refuses it
-    b'\xef\xbb\xbf{"messages":[]}',  # a byte order mark: orjson refuses it
-    b'{"messages":[{"content":"\\u0000"}]}',
-    b'[1,{"a":2}]', b'"text"', b"12", b"", b"not json", b'{"a":"\xff"}', b'{"a":1,}', b'{"a":"\\ud800"}',
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        orjson.dumps(BODY),
+        orjson.dumps(BODY, option=orjson.OPT_INDENT_2),
+        b'{"messages":"not a list","a":[1e5,-0.0,18446744073709551615]}',
+        b'{"model":"m"}',
+        b'{"messages":[1,"x",null,[{"a":1,"a":2}]]}',  # a message naming a key twice: the last value, as orjson
+        b'{"messages":[],"model":"a","model":"b"}',  # a field named twice
+        b'{"messages":[],"n":18446744073709551616}',  # beyond 64 bits: simdjson refuses it
+        b'\xef\xbb\xbf{"messages":[]}',  # a byte order mark: orjson refuses it
+        b'{"messages":[{"content":"\\u0000"}]}',
+        b'[1,{"a":2}]',
+        b'"text"',
+        b"12",
+        b"",
+        b"not json",
+        b'{"a":"\xff"}',
+        b'{"a":1,}',
+        b'{"a":"\\ud800"}',
+    ],
+)
 def test_simdjson_reads_what_orjson_reads(raw: bytes) -> None:
     assert repr(seen(read_body(raw, simdjson.Parser()))) == repr(seen(as_body(parse_json(raw))))
 

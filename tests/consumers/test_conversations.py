@@ -15,7 +15,14 @@ from consumers.winni import WinniSettings
 from consumers.winni.threads import normal_content
 from tests.consumers.conftest import count, eventually, publish, winni
 from tests.consumers.sessions import (
-    CONTINUATION, STUB_TEXT, SessionBuilder, long_session, reply, sample_events, text, tool_result,
+    CONTINUATION,
+    STUB_TEXT,
+    SessionBuilder,
+    long_session,
+    reply,
+    sample_events,
+    text,
+    tool_result,
 )
 
 CONVERSATIONS = """
@@ -36,9 +43,12 @@ async def settled(db: asyncpg.Connection, events: list[dict[str, Any]]) -> None:
 
     async def done() -> bool:
         try:
-            return await db.fetchval(
-                "SELECT count(*) FROM exchanges WHERE request_event_id IS NOT NULL AND response_event_id IS NOT NULL"
-            ) == exchanges
+            return (
+                await db.fetchval(
+                    "SELECT count(*) FROM exchanges WHERE request_event_id IS NOT NULL AND response_event_id IS NOT NULL"
+                )
+                == exchanges
+            )
         except asyncpg.UndefinedTableError:
             return False
 
@@ -86,15 +96,27 @@ async def test_the_samples_become_their_conversations(
 
     interactive = "b6b030ed-8b02-4e1a-875c-3bb826d4ff3a"
     assert [tuple(r) for r in await db.fetch(CONVERSATIONS, interactive)] == [
-        (0, "title", None, 2), (1, "main", None, 13), (2, "title", None, 2),
-        (3, "count_tokens", None, 1), (4, "count_tokens", None, 1),
+        (0, "title", None, 2),
+        (1, "main", None, 13),
+        (2, "title", None, 2),
+        (3, "count_tokens", None, 1),
+        (4, "count_tokens", None, 1),
     ]
     main = await db.fetch(MESSAGES, interactive, "main")
     assert [r["position"] for r in main] == list(range(13))
     assert roles(main) == [
-        ("user", "request"), ("system", "request"), ("assistant", "response"), ("user", "request"),
-        ("assistant", "response"), ("user", "request"), ("assistant", "response"), ("user", "request"),
-        ("assistant", "response"), ("user", "request"), ("assistant", "request"), ("user", "request"),
+        ("user", "request"),
+        ("system", "request"),
+        ("assistant", "response"),
+        ("user", "request"),
+        ("assistant", "response"),
+        ("user", "request"),
+        ("assistant", "response"),
+        ("user", "request"),
+        ("assistant", "response"),
+        ("user", "request"),
+        ("assistant", "request"),
+        ("user", "request"),
         ("assistant", "response"),
     ]
     # "now another one about mountains" came as a string, then as a block with cache_control: one row.
@@ -104,13 +126,16 @@ async def test_the_samples_become_their_conversations(
     # 030 and 031 failed with 529; 032 repeats 030 and brings the reply.
     retries = await db.fetch(
         "SELECT exchange_id::text, retry_of::text, reply_position, status FROM exchanges "
-        "WHERE session_key = $1 AND reply_position = 12 ORDER BY received_at", interactive,
+        "WHERE session_key = $1 AND reply_position = 12 ORDER BY received_at",
+        interactive,
     )
     first = retries[0]["exchange_id"]
     assert [(r["retry_of"], r["status"]) for r in retries] == [(None, 529), (first, 529), (first, 200)]
     assert main[12]["exchange_id"] == retries[2]["exchange_id"]
 
-    tool = await db.fetchrow("SELECT * FROM tool_calls t JOIN conversations c ON c.id = t.conversation_id WHERE c.session_key = $1", interactive)
+    tool = await db.fetchrow(
+        "SELECT * FROM tool_calls t JOIN conversations c ON c.id = t.conversation_id WHERE c.session_key = $1", interactive
+    )
     assert (tool["name"], tool["use_position"], tool["result_position"], tool["is_error"]) == ("Bash", 6, 7, False)
     assert orjson.loads(tool["result"]) == [{"type": "text", "text": "hello-from-tool"}]
 
@@ -122,17 +147,25 @@ async def test_the_samples_become_their_conversations(
     # 055 was an empty stream; 056, its non-streaming fallback without `stream`, is its retry.
     fallback = await db.fetch(MESSAGES, "f910a848-8baa-4c5e-9588-8e80f7795a9f", "main")
     assert len(fallback) == 17 and roles(fallback)[-1] == ("assistant", "response")
-    assert await db.fetchval(
-        "SELECT count(*) FROM exchanges WHERE session_key = 'f910a848-8baa-4c5e-9588-8e80f7795a9f' AND retry_of IS NOT NULL"
-    ) == 1
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM exchanges WHERE session_key = 'f910a848-8baa-4c5e-9588-8e80f7795a9f' AND retry_of IS NOT NULL"
+        )
+        == 1
+    )
     # Thinking keeps its signature.
     assert orjson.loads(fallback[4]["content"])[0]["signature"].startswith("c3R1Yi1zaWduYXR1cmU")
 
     # `claude -p -c`: the same session continued by a new process extends the same conversation.
     continued = await db.fetch(MESSAGES, "f07a70d5-1791-4efe-9144-38f7f527e83b", "main")
     assert roles(continued) == [
-        ("user", "request"), ("system", "request"), ("assistant", "response"), ("user", "request"),
-        ("assistant", "response"), ("user", "request"), ("assistant", "response"),
+        ("user", "request"),
+        ("system", "request"),
+        ("assistant", "response"),
+        ("user", "request"),
+        ("assistant", "response"),
+        ("user", "request"),
+        ("assistant", "response"),
     ]
     # 062's stream broke with an error event; 063 repeats it and answers.
     assert roles(await db.fetch(MESSAGES, "324dd466-3076-43c0-bd81-1ef6b35c9c15", "main"))[-1] == ("assistant", "response")
@@ -176,7 +209,7 @@ async def test_a_long_session_stores_each_message_once(
 
     kinds = dict(await db.fetch("SELECT kind, count(*) FROM conversations GROUP BY kind"))
     assert kinds == {"main": 2, "subagent": 16, "title": 5, "count_tokens": 5, "compaction": 1}
-    compaction, old_main, new_main = await db.fetchrow(
+    _compaction, old_main, new_main = await db.fetchrow(
         "SELECT c.id, c.summarises_conversation_id, n.id FROM conversations c "
         "JOIN conversations n ON n.summarises_conversation_id = c.summarises_conversation_id AND n.kind = 'main' "
         "WHERE c.kind = 'compaction'"
@@ -240,13 +273,22 @@ async def test_sub_agents_find_their_agent_calls_after_a_restart(
     assert {r["agent_id"]: r["spawned_by_tool_use_id"] for r in rows} == {**calls, "a4": None}
 
 
-@pytest.mark.parametrize(("prompt", "continuation", "side"), [
-    ("CRITICAL: Respond with TEXT ONLY. Do NOT call any tools. Then write it all up.", "Earlier, in short: ", True),
-    ("Please write a summary of our conversation so far.", "Earlier, in short: ", True),
-    ("Boil everything above down to a page.", CONTINUATION, False),
-], ids=["text-only-opener", "summary-request", "continuation"])
+@pytest.mark.parametrize(
+    ("prompt", "continuation", "side"),
+    [
+        ("CRITICAL: Respond with TEXT ONLY. Do NOT call any tools. Then write it all up.", "Earlier, in short: ", True),
+        ("Please write a summary of our conversation so far.", "Earlier, in short: ", True),
+        ("Boil everything above down to a page.", CONTINUATION, False),
+    ],
+    ids=["text-only-opener", "summary-request", "continuation"],
+)
 async def test_each_compaction_marker_alone_links_the_thread_across_a_restart(
-    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection, prompt: str, continuation: str, side: bool,
+    settings: WinniSettings,
+    producer: AIOKafkaProducer,
+    db: asyncpg.Connection,
+    prompt: str,
+    continuation: str,
+    side: bool,
 ) -> None:
     """A restart between the compaction and the request after it: the link comes from the tables."""
     s = SessionBuilder()
@@ -273,8 +315,15 @@ async def test_a_web_search_is_a_conversation_of_its_own_with_its_server_tool_ca
     query = "what is new in Python 3.14"
     web_call = {"type": "tool_use", "id": "toolu_web", "name": "WebSearch", "input": {"query": query}}
     s.turn("main", text("What is new in Python 3.14?"), answer=reply(web_call, stop_reason="tool_use"))
-    results = [{"type": "web_search_result", "url": "https://docs.python.org/3.14/whatsnew/3.14.html",
-                "title": "What's new in Python 3.14", "encrypted_content": "RW5jcnlwdGVk", "page_age": "October 7, 2025"}]
+    results = [
+        {
+            "type": "web_search_result",
+            "url": "https://docs.python.org/3.14/whatsnew/3.14.html",
+            "title": "What's new in Python 3.14",
+            "encrypted_content": "RW5jcnlwdGVk",
+            "page_age": "October 7, 2025",
+        }
+    ]
     answer = s.web_search(query, results)
     s.turn("main", tool_result("toolu_web", "Python 3.14: template strings, ..."), answer=reply(text("Template strings.")))
     await publish(producer, settings.kafka.topic, s.events)
@@ -296,7 +345,8 @@ async def test_a_web_search_is_a_conversation_of_its_own_with_its_server_tool_ca
     )
     (server_use,) = answer["content"][:1]
     assert [(r["kind"], r["tool_use_id"], r["name"], orjson.loads(r["input"])) for r in calls] == [
-        ("main", "toolu_web", "WebSearch", {"query": query}), ("web_search", server_use["id"], "web_search", {"query": query}),
+        ("main", "toolu_web", "WebSearch", {"query": query}),
+        ("web_search", server_use["id"], "web_search", {"query": query}),
     ]
     # the server tool's use and its result sit in the same reply
     web = calls[1]
@@ -334,12 +384,13 @@ def readme_queries() -> list[str]:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     section = readme.split("## Conversations in winni", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```sql\n(.*?)```", section, re.DOTALL)
-    return [b.replace(":'conversation'", "$1::uuid").replace(":'exchange'", "$1::uuid").replace(":'session'", "$1::text") for b in blocks]
+    return [
+        b.replace(":'conversation'", "$1::uuid").replace(":'exchange'", "$1::uuid").replace(":'session'", "$1::text")
+        for b in blocks
+    ]
 
 
-async def test_the_readme_queries_answer(
-    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection
-) -> None:
+async def test_the_readme_queries_answer(settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection) -> None:
     s = SessionBuilder()
     s.title("fix the build", "Fix the build")
     s.tool_turn("main", "make", "ok")
@@ -355,11 +406,20 @@ async def test_the_readme_queries_answer(
     main = await db.fetchval("SELECT id FROM conversations WHERE kind = 'main'")
     rows = await db.fetch(messages, main)
     assert [(r["position"], r["tool"], r["is_error"]) for r in rows] == [
-        (0, None, None), (1, "Bash", False), (2, None, None), (3, None, None),
-        (4, None, None), (5, "Agent", False), (6, None, None), (7, None, None),
+        (0, None, None),
+        (1, "Bash", False),
+        (2, None, None),
+        (3, None, None),
+        (4, None, None),
+        (5, "Agent", False),
+        (6, None, None),
+        (7, None, None),
     ]
     threads = [(r["thread"], r["tool"], r["description"], r["prompt"]) for r in await db.fetch(tree, s.session_id)]
-    assert threads == [("main", None, None, None), ("  subagent agent-1", "Agent", "Do a sub-task", "Look around the repository.")]
+    assert threads == [
+        ("main", None, None, None),
+        ("  subagent agent-1", "Agent", "Do a sub-task", "Look around the repository."),
+    ]
     last = next(e for e in reversed(s.events) if e["kind"] == "REQUEST" and e["agent_id"] is None)
     sent, rebuilt = orjson.loads(last["request"]["body"]), orjson.loads(await db.fetchval(rebuild, last["exchange_id"]))
     assert {k: v for k, v in rebuilt.items() if k != "messages"} == {k: v for k, v in sent.items() if k != "messages"}

@@ -111,7 +111,10 @@ async def more_calls(dewey: FakeDewey, count: int) -> None:
 
 
 async def assert_exactly_once(
-    dewey: FakeDewey, db: asyncpg.Connection, sessions: list[SessionBuilder], dead: set[tuple[uuid.UUID, int]] = frozenset(),
+    dewey: FakeDewey,
+    db: asyncpg.Connection,
+    sessions: list[SessionBuilder],
+    dead: set[tuple[uuid.UUID, int]] = frozenset(),
 ) -> None:
     """Dewey holds the conversation tables exactly: one conversation each, every position once, in order."""
     rows = await db.fetch(STORED)
@@ -142,7 +145,10 @@ def tool_session(turns: int) -> SessionBuilder:
 
 
 async def test_sessions_reach_dewey_exactly_once_and_a_replay_adds_nothing(
-    settings: DeweySettings, dewey: FakeDewey, producer: AIOKafkaProducer, db: asyncpg.Connection,
+    settings: DeweySettings,
+    dewey: FakeDewey,
+    producer: AIOKafkaProducer,
+    db: asyncpg.Connection,
 ) -> None:
     sessions = [long_session(60), tool_session(12)]
     for s in sessions:
@@ -152,7 +158,9 @@ async def test_sessions_reach_dewey_exactly_once_and_a_replay_adds_nothing(
     await assert_exactly_once(dewey, db, sessions)
     assert len(dewey.tool_calls("dewey_begin_conversation")) == sum(s.conversations for s in sessions)
     assert await db.fetchval(BODIES_KEPT) == 0, "the copy keeps messages, not bodies"
-    main = next(c for c in dewey.conversations.values() if c.metadata["kind"] == "main" and c.session_id == sessions[1].session_id)
+    main = next(
+        c for c in dewey.conversations.values() if c.metadata["kind"] == "main" and c.session_id == sessions[1].session_id
+    )
     assert main.messages[1]["content"] == '[tool_use Bash] {"command":"echo 0"}'
     assert main.messages[2]["content"] == "[tool_result toolu_000000000000000000000001]\nout 0"
 
@@ -169,7 +177,10 @@ async def test_sessions_reach_dewey_exactly_once_and_a_replay_adds_nothing(
 
 
 async def test_a_consumer_killed_mid_call_again_and_again_sends_nothing_twice(
-    settings: DeweySettings, dewey: FakeDewey, producer: AIOKafkaProducer, db: asyncpg.Connection,
+    settings: DeweySettings,
+    dewey: FakeDewey,
+    producer: AIOKafkaProducer,
+    db: asyncpg.Connection,
 ) -> None:
     """Dewey stores each call, then is slow to answer: killing the consumer then loses the answer, not the data."""
     sessions = [long_session(60), tool_session(20)]
@@ -187,7 +198,10 @@ async def test_a_consumer_killed_mid_call_again_and_again_sends_nothing_twice(
 
 
 async def test_answers_lost_on_the_way_are_found_in_dewey_not_sent_again(
-    settings: DeweySettings, dewey: FakeDewey, producer: AIOKafkaProducer, db: asyncpg.Connection,
+    settings: DeweySettings,
+    dewey: FakeDewey,
+    producer: AIOKafkaProducer,
+    db: asyncpg.Connection,
 ) -> None:
     """The first begin and the first stores are applied, then the connection drops before the answer."""
     sessions = [tool_session(10)]
@@ -202,7 +216,10 @@ async def test_answers_lost_on_the_way_are_found_in_dewey_not_sent_again(
 
 
 async def test_dewey_away_then_back_loses_nothing_and_duplicates_nothing(
-    settings: DeweySettings, dewey: FakeDewey, producer: AIOKafkaProducer, db: asyncpg.Connection,
+    settings: DeweySettings,
+    dewey: FakeDewey,
+    producer: AIOKafkaProducer,
+    db: asyncpg.Connection,
 ) -> None:
     before, during = tool_session(6), long_session(30)
     async with consumer(settings):
@@ -221,7 +238,10 @@ async def test_dewey_away_then_back_loses_nothing_and_duplicates_nothing(
 
 
 async def test_a_message_dewey_refuses_is_dead_lettered_and_the_rest_goes_on(
-    settings: DeweySettings, dewey: FakeDewey, producer: AIOKafkaProducer, db: asyncpg.Connection,
+    settings: DeweySettings,
+    dewey: FakeDewey,
+    producer: AIOKafkaProducer,
+    db: asyncpg.Connection,
 ) -> None:
     s = SessionBuilder()
     for n in range(5):
@@ -246,7 +266,10 @@ async def test_a_message_dewey_refuses_is_dead_lettered_and_the_rest_goes_on(
 
 
 async def test_a_conversation_dewey_will_not_begin_is_dead_lettered_and_the_others_go_on(
-    settings: DeweySettings, dewey: FakeDewey, producer: AIOKafkaProducer, db: asyncpg.Connection,
+    settings: DeweySettings,
+    dewey: FakeDewey,
+    producer: AIOKafkaProducer,
+    db: asyncpg.Connection,
 ) -> None:
     refused, fine = SessionBuilder(session_id="POISON-session"), tool_session(3)
     refused.turn("main", text("hello"), answer=reply(text("hi")))
@@ -265,7 +288,10 @@ async def test_a_conversation_dewey_will_not_begin_is_dead_lettered_and_the_othe
 
 
 async def test_a_dewey_slower_than_the_timeout_falls_behind_then_catches_up_exactly_once(
-    settings: DeweySettings, dewey: FakeDewey, producer: AIOKafkaProducer, db: asyncpg.Connection,
+    settings: DeweySettings,
+    dewey: FakeDewey,
+    producer: AIOKafkaProducer,
+    db: asyncpg.Connection,
 ) -> None:
     """Each call is applied but answered after the consumer gave up on it: nothing can be acknowledged."""
     sessions = [tool_session(8), long_session(20)]
@@ -281,14 +307,21 @@ async def test_a_dewey_slower_than_the_timeout_falls_behind_then_catches_up_exac
 
 
 async def test_dewey_rides_out_database_restarts_mid_batch(
-    postgres: Any, producer: AIOKafkaProducer, settings: DeweySettings, dewey: FakeDewey, caplog: pytest.LogCaptureFixture,
+    postgres: Any,
+    producer: AIOKafkaProducer,
+    settings: DeweySettings,
+    dewey: FakeDewey,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Restarts land inside batches (its conversation state, its outbox notes) while sessions
     keep coming: Dewey still gets every message exactly once."""
     caplog.set_level(logging.WARNING, logger="consumers")
+    caplog.set_level(logging.DEBUG, logger="consumers.source")  # every failed attempt, for batch_failures
     async with consumer(settings) as task:
         async with feeding(producer, settings.kafka.topic) as sessions:
-            await restarts_mid_batch(postgres, settings.database_url, migrated("kgb_dewey.dewey_conversations"), alive=task_alive(task))
+            await restarts_mid_batch(
+                postgres, settings.database_url, migrated("kgb_dewey.dewey_conversations"), alive=task_alive(task)
+            )
 
         async def all_held(_: asyncpg.Connection) -> bool:
             return held(dewey) >= sum(s.messages for s in sessions)
@@ -303,13 +336,21 @@ async def test_dewey_rides_out_database_restarts_mid_batch(
 
 
 async def test_an_mcp_session_is_one_dewey_conversation_sent_exactly_once(
-    settings: DeweySettings, dewey: FakeDewey, producer: AIOKafkaProducer, kafka: Any,
+    settings: DeweySettings,
+    dewey: FakeDewey,
+    producer: AIOKafkaProducer,
+    kafka: Any,
 ) -> None:
     """The client's messages as user, the server's as assistant, in order; answers lost on the way are found, not resent."""
     mcp_topic = await create_topic(kafka.bootstrap)
     settings = replace(settings, kafka=replace(settings.kafka, mcp_topic=mcp_topic))
-    events = [mcp_message(call(i, "find", {"q": i}) if i % 2 == 0 else answer(i - 1), "CLIENT_TO_UPSTREAM" if i % 2 == 0 else
-                          "UPSTREAM_TO_CLIENT") for i in range(12)]
+    events = [
+        mcp_message(
+            call(i, "find", {"q": i}) if i % 2 == 0 else answer(i - 1),
+            "CLIENT_TO_UPSTREAM" if i % 2 == 0 else "UPSTREAM_TO_CLIENT",
+        )
+        for i in range(12)
+    ]
     await publish_any(producer, mcp_topic, events + events[:4])  # a redelivery too
     dewey.lose_answers = 2
     async with consumer(settings):
@@ -322,3 +363,15 @@ async def test_an_mcp_session_is_one_dewey_conversation_sent_exactly_once(
     assert [m["metadata"]["position"] for m in conversation.messages] == list(range(12))
     assert [m["role"] for m in conversation.messages] == ["user", "assistant"] * 6
     assert conversation.messages[0]["metadata"]["content"]["params"]["name"] == "find", "the JSON-RPC message, exactly"
+
+
+async def test_the_dewey_url_is_logged_without_its_password(
+    settings: DeweySettings,
+    dewey: FakeDewey,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="consumers.dewey")
+    url = dewey.url.replace("://", "://kgb:s3cret@", 1)  # a plain string, as a test or an override passes it
+    async with consumer(replace(settings, url=url)):
+        await until(lambda: any("dewey sending to" in record.getMessage() for record in caplog.records))
+    assert "dewey sending to " + url.replace("s3cret", "****") in caplog.text and "s3cret" not in caplog.text

@@ -83,7 +83,11 @@ def test_begin_carries_the_kgb_conversation() -> None:
     assert arguments["session_id"] == "sess-1"
     assert arguments["metadata"]["parent_kgb_conversation_id"] == str(parent)
     assert (arguments["metadata"]["kind"], arguments["metadata"]["agent_id"]) == ("subagent", "a1")
-    assert kgb_conversation_id(arguments["metadata"]) == kgb_conversation_id(orjson.dumps(arguments["metadata"]).decode()) == str(CONVERSATION)
+    assert (
+        kgb_conversation_id(arguments["metadata"])
+        == kgb_conversation_id(orjson.dumps(arguments["metadata"]).decode())
+        == str(CONVERSATION)
+    )
 
 
 def test_chunks_are_bounded_in_count_and_bytes_and_keep_order() -> None:

@@ -13,17 +13,30 @@ from kgb.config import SettingsError
 def test_defaults_name_the_dewey_service_and_a_group_of_its_own() -> None:
     settings = DeweySettings.from_env({})
     assert (settings.url, settings.group, settings.db_schema, settings.bulk_size) == (
-        "ws://dewey-mcp:9020", "kgb-dewey", "kgb_dewey", 1000,
+        "ws://dewey-mcp:9020",
+        "kgb-dewey",
+        "kgb_dewey",
+        1000,
     )
 
 
 def test_variables_override_and_a_password_prints_masked() -> None:
-    settings = DeweySettings.from_env({
-        "KGB_DEWEY_URL": "ws://dewey:9020", "KGB_DEWEY_GROUP": "g", "KGB_DEWEY_BULK_SIZE": "50",
-        "KGB_DEWEY_TIMEOUT": "2.5", "KGB_DEWEY_RETRY_MAX": "4", "KGB_DATABASE_URL": "postgresql://w:secret@db/winni",
-    })
+    settings = DeweySettings.from_env(
+        {
+            "KGB_DEWEY_URL": "ws://dewey:9020",
+            "KGB_DEWEY_GROUP": "g",
+            "KGB_DEWEY_BULK_SIZE": "50",
+            "KGB_DEWEY_TIMEOUT": "2.5",
+            "KGB_DEWEY_RETRY_MAX": "4",
+            "KGB_DATABASE_URL": "postgresql://w:secret@db/winni",
+        }
+    )
     assert (settings.url, settings.group, settings.bulk_size, settings.timeout, settings.backoff.maximum) == (
-        "ws://dewey:9020", "g", 50, 2.5, 4.0,
+        "ws://dewey:9020",
+        "g",
+        50,
+        2.5,
+        4.0,
     )
     assert "secret" not in repr(settings)
 
@@ -48,3 +61,8 @@ def test_kgb_consume_dewey_takes_the_url_as_a_flag(capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit):
         parser().parse_args(["consume", "dewey", "--help"])
     assert "KGB_DEWEY_URL" in capsys.readouterr().out
+
+
+def test_a_bad_schema_is_refused_by_its_own_name() -> None:
+    with pytest.raises(SettingsError, match=r"^KGB_DEWEY_SCHEMA must be a plain identifier"):
+        DeweySettings.from_env({"KGB_DEWEY_SCHEMA": "kgb-dewey"})

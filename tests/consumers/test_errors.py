@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 
 import asyncpg
 import pytest
@@ -17,7 +16,7 @@ def raised_while_handling(outer: Exception, inner: Exception) -> Exception:
         try:
             raise inner
         except Exception:
-            raise outer
+            raise outer  # noqa: B904 - the implicit chaining (__context__) is what this builds
     except Exception as exc:
         return exc
 
@@ -37,7 +36,7 @@ RESTART_SHAPES = [
         asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress"),
     ),
     raised_while_handling(asyncpg.InterfaceError("cannot release a connection"), ConnectionResetError(104, "reset")),
-    asyncio.TimeoutError(),
+    TimeoutError(),
     TransientError("Dewey away"),
     RegistryError("registry down", status=503),
 ]

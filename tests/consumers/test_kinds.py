@@ -16,11 +16,31 @@ from tests.consumers.sessions import COMPACTION_PROMPT, CONTINUATION
 # (including retries, the empty stream and its non-streaming fallback), title
 # generation beside it, and /context's token counts.
 EXPECTED = {
-    "001": "other", "002": "main", "003": "other", "004": "main", "005": "main", "006": "other", "007": "main",
-    "009": "title", "010": "main", "011": "title", "012": "main", "014": "main", "015": "main",
-    "017": "count_tokens", "022": "count_tokens",
-    "030": "main", "031": "main", "032": "main", "055": "main", "056": "main",
-    "061": "other", "062": "main", "063": "main", "064": "other", "065": "main",
+    "001": "other",
+    "002": "main",
+    "003": "other",
+    "004": "main",
+    "005": "main",
+    "006": "other",
+    "007": "main",
+    "009": "title",
+    "010": "main",
+    "011": "title",
+    "012": "main",
+    "014": "main",
+    "015": "main",
+    "017": "count_tokens",
+    "022": "count_tokens",
+    "030": "main",
+    "031": "main",
+    "032": "main",
+    "055": "main",
+    "056": "main",
+    "061": "other",
+    "062": "main",
+    "063": "main",
+    "064": "other",
+    "065": "main",
 }
 
 
@@ -60,21 +80,27 @@ def compaction_body(content: Any) -> dict[str, Any]:
 OPENER = "CRITICAL: Respond with TEXT ONLY. Do NOT call any tools.\n\n- Do NOT use Read, Bash or any other tool."
 
 
-@pytest.mark.parametrize("content", [
-    [{"type": "text", "text": COMPACTION_PROMPT}],
-    COMPACTION_PROMPT,
-    [{"type": "text", "text": "<system-reminder>x</system-reminder>"}, {"type": "text", "text": COMPACTION_PROMPT}],
-    "Write a summary of this conversation for whoever picks it up.",
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        [{"type": "text", "text": COMPACTION_PROMPT}],
+        COMPACTION_PROMPT,
+        [{"type": "text", "text": "<system-reminder>x</system-reminder>"}, {"type": "text", "text": COMPACTION_PROMPT}],
+        "Write a summary of this conversation for whoever picks it up.",
+    ],
+)
 def test_the_summary_request_alone(content: Any) -> None:
     assert kind_of("/v1/messages", compaction_body(content), None) == "compaction"
 
 
-@pytest.mark.parametrize("content", [
-    OPENER,
-    [{"type": "text", "text": "\n" + OPENER.lower()}],
-    [{"type": "text", "text": "<system-reminder>x</system-reminder>"}, {"type": "text", "text": OPENER}],
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        OPENER,
+        [{"type": "text", "text": "\n" + OPENER.lower()}],
+        [{"type": "text", "text": "<system-reminder>x</system-reminder>"}, {"type": "text", "text": OPENER}],
+    ],
+)
 def test_the_text_only_opener_alone(content: Any) -> None:
     assert "summary" not in str(content).lower()
     assert kind_of("/v1/messages", compaction_body(content), None) == "compaction"
@@ -193,15 +219,22 @@ def test_a_title_schema_beside_tools_and_no_instruction_is_a_chat() -> None:
 USER = [{"role": "user", "content": "Plan the release."}]
 
 
-@pytest.mark.parametrize("body", [
-    {"model": "claude-opus-4-8", "max_tokens": 256, "messages": USER},
-    {"model": "claude-opus-4-8", "max_tokens": 256, "messages": USER, "tools": []},
-    {"model": "claude-opus-4-8", "max_tokens": 256, "messages": USER, "system": "You are terse.", "stream": True},
-    {"model": "claude-opus-4-8", "max_tokens": 256, "messages": USER,
-     "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}]},
-    {"model": "claude-opus-4-8", "max_tokens": 256, "messages": [], "tools": "not a list", "output_config": "odd"},
-    {"messages": ["not a message"], "tools": [None, 3], "system": [None, {"type": "text"}]},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "claude-opus-4-8", "max_tokens": 256, "messages": USER},
+        {"model": "claude-opus-4-8", "max_tokens": 256, "messages": USER, "tools": []},
+        {"model": "claude-opus-4-8", "max_tokens": 256, "messages": USER, "system": "You are terse.", "stream": True},
+        {
+            "model": "claude-opus-4-8",
+            "max_tokens": 256,
+            "messages": USER,
+            "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}],
+        },
+        {"model": "claude-opus-4-8", "max_tokens": 256, "messages": [], "tools": "not a list", "output_config": "odd"},
+        {"messages": ["not a message"], "tools": [None, 3], "system": [None, {"type": "text"}]},
+    ],
+)
 def test_every_other_model_call_is_main_whatever_its_tools(body: dict[str, Any]) -> None:
     assert kind_of("/v1/messages", body, None) == "main"
     assert kind_of("/v1/messages", body, "a4f1c2b3d4e5f607") == "subagent"
@@ -213,15 +246,18 @@ def test_the_instruction_marks_a_title_whatever_its_schema() -> None:
     assert kind_of("/v1/messages", body, None) == "title"  # by its instruction still
 
 
-@pytest.mark.parametrize(("path", "body"), [
-    ("/v1/models", None),
-    ("/", None),
-    ("/v1/messages", None),
-    ("/v1/messages", {"model": "claude-opus-4-8"}),
-    ("/v1/messages", {"model": "claude-opus-4-8", "messages": "not a list"}),
-    ("/v1/messages/batches", {"requests": [{"custom_id": "1", "params": {"messages": USER}}]}),
-    ("/v1/complete", {"prompt": "Human: hi Assistant:", "messages": USER}),
-])
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/models", None),
+        ("/", None),
+        ("/v1/messages", None),
+        ("/v1/messages", {"model": "claude-opus-4-8"}),
+        ("/v1/messages", {"model": "claude-opus-4-8", "messages": "not a list"}),
+        ("/v1/messages/batches", {"requests": [{"custom_id": "1", "params": {"messages": USER}}]}),
+        ("/v1/complete", {"prompt": "Human: hi Assistant:", "messages": USER}),
+    ],
+)
 def test_what_is_no_model_call_is_other(path: str, body: dict[str, Any] | None) -> None:
     assert kind_of(path, body, None) == "other"
 
@@ -248,14 +284,21 @@ def summariser_body() -> dict[str, Any]:
     return body
 
 
-@pytest.mark.parametrize("body", [
-    *(load_sample(n)["body"] for n in sorted(EXPECTED) if isinstance(load_sample(n)["body"], dict)),
-    *(web_search_body(choice, request=False, system=True) for choice in (None, {"type": "any"})),
-    *(web_search_body(choice) for choice in (None, {"type": "any"}, {"type": "tool", "name": "web_search"})),
-    summariser_body(), {**title_body(), "output_config": None},
-    {"messages": [], "tools": "not a list"}, {"messages": [], "tools": [None, 3]}, {"messages": [], "tools": []},
-    {"messages": [], "system": [None, 3, {"type": "text", "text": 5}]}, {"messages": [], "system": {"text": "odd"}},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        *(load_sample(n)["body"] for n in sorted(EXPECTED) if isinstance(load_sample(n)["body"], dict)),
+        *(web_search_body(choice, request=False, system=True) for choice in (None, {"type": "any"})),
+        *(web_search_body(choice) for choice in (None, {"type": "any"}, {"type": "tool", "name": "web_search"})),
+        summariser_body(),
+        {**title_body(), "output_config": None},
+        {"messages": [], "tools": "not a list"},
+        {"messages": [], "tools": [None, 3]},
+        {"messages": [], "tools": []},
+        {"messages": [], "system": [None, 3, {"type": "text", "text": 5}]},
+        {"messages": [], "system": {"text": "odd"}},
+    ],
+)
 @pytest.mark.parametrize("agent_id", [None, "a4f1c2b3d4e5f607"])
 def test_outlined_system_and_tools_decide_the_same_kind(body: dict[str, Any], agent_id: str | None) -> None:
     assert kind_of("/v1/messages", outlined(body), agent_id) == kind_of("/v1/messages", body, agent_id)

@@ -33,15 +33,35 @@ SESSION = "sess-1"
 _mcp_encoder = single_object_encoder("mcp")
 
 
-def mcp_message(payload: dict[str, Any] | list[Any] | bytes, direction: str = "CLIENT_TO_UPSTREAM", *, session: str = SESSION,
-                connection: str | None = None, server: str = "srv", at: int | None = None, **over: Any) -> dict[str, Any]:
+def mcp_message(
+    payload: dict[str, Any] | list[Any] | bytes,
+    direction: str = "CLIENT_TO_UPSTREAM",
+    *,
+    session: str = SESSION,
+    connection: str | None = None,
+    server: str = "srv",
+    at: int | None = None,
+    **over: Any,
+) -> dict[str, Any]:
     raw = payload if isinstance(payload, bytes) else orjson.dumps(payload)
     found = mcp.parts_of(raw)[0].jsonrpc if not isinstance(payload, bytes) else None
     return {
-        "event_id": str(uuid.uuid4()), "connection_id": connection or str(uuid.uuid5(NAMESPACE, session)), "upstream": server,
-        "upstream_url": None, "sequence": 0, "occurred_at": at or now_micros(), "kind": "MESSAGE", "direction": direction,
-        "frame_type": None, "payload": raw, "payload_size": len(raw), "jsonrpc": [found] if found else [],
-        "transport": "STREAMABLE_HTTP", "session_key": session, "protocol_version": "2026-07-28", **over,
+        "event_id": str(uuid.uuid4()),
+        "connection_id": connection or str(uuid.uuid5(NAMESPACE, session)),
+        "upstream": server,
+        "upstream_url": None,
+        "sequence": 0,
+        "occurred_at": at or now_micros(),
+        "kind": "MESSAGE",
+        "direction": direction,
+        "frame_type": None,
+        "payload": raw,
+        "payload_size": len(raw),
+        "jsonrpc": [found] if found else [],
+        "transport": "STREAMABLE_HTTP",
+        "session_key": session,
+        "protocol_version": "2026-07-28",
+        **over,
     }
 
 
@@ -57,10 +77,26 @@ def answer(ident: int, text: str = "ok", is_error: bool = False) -> dict[str, An
 
 
 def v1_frame(payload: bytes, direction: str = "CLIENT_TO_UPSTREAM") -> dict[str, Any]:
-    return {"event_id": str(uuid.uuid4()), "connection_id": str(uuid.uuid4()), "upstream": "dewey", "upstream_url": "ws://127.0.0.1:9020",
-            "sequence": 1, "occurred_at": now_micros(), "kind": "FRAME", "direction": direction, "frame_type": "TEXT",
-            "payload": payload, "payload_size": len(payload), "jsonrpc": [], "handshake": None, "close_code": None,
-            "close_reason": None, "error_type": None, "error_message": None, "redactions": []}
+    return {
+        "event_id": str(uuid.uuid4()),
+        "connection_id": str(uuid.uuid4()),
+        "upstream": "dewey",
+        "upstream_url": "ws://127.0.0.1:9020",
+        "sequence": 1,
+        "occurred_at": now_micros(),
+        "kind": "FRAME",
+        "direction": direction,
+        "frame_type": "TEXT",
+        "payload": payload,
+        "payload_size": len(payload),
+        "jsonrpc": [],
+        "handshake": None,
+        "close_code": None,
+        "close_reason": None,
+        "error_type": None,
+        "error_message": None,
+        "redactions": [],
+    }
 
 
 # --- old versions ---------------------------------------------------------------------
@@ -81,8 +117,14 @@ def test_events_of_every_mcp_version_decode(version: int) -> None:
 def test_a_version_1_batch_frame_is_split_as_the_relays_now_split_one() -> None:
     batch = orjson.dumps([call(1, "a", {}), {"jsonrpc": "2.0", "method": "notifications/initialized"}, "junk"])
     messages = mcp.messages_of(v1_frame(batch))
-    assert [(m.part, m.kind, m.flag) for m in messages] == [(0, "request", None), (1, "notification", None), (2, None, "not_jsonrpc")]
-    assert mcp.messages_of(v1_frame(b"\x00\x01 binary", "UPSTREAM_TO_CLIENT") | {"frame_type": "BINARY"})[0].flag == "binary_frame"
+    assert [(m.part, m.kind, m.flag) for m in messages] == [
+        (0, "request", None),
+        (1, "notification", None),
+        (2, None, "not_jsonrpc"),
+    ]
+    assert (
+        mcp.messages_of(v1_frame(b"\x00\x01 binary", "UPSTREAM_TO_CLIENT") | {"frame_type": "BINARY"})[0].flag == "binary_frame"
+    )
 
 
 async def test_version_1_websocket_events_are_stored_like_new_ones(kafka, database: str, tmp_path: Path, producer) -> None:
@@ -107,8 +149,11 @@ def test_answers_join_their_calls_and_notifications_by_token_or_id() -> None:
     events = [
         mcp_message(call(1, "slow", {}, progressToken="p1"), connection=http),
         mcp_message(call(1, "fast", {}), connection=str(uuid.uuid4())),  # a stateless session's clients reuse ids
-        mcp_message({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": "p1", "progress": 1}},
-                    "UPSTREAM_TO_CLIENT", connection=http),
+        mcp_message(
+            {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": "p1", "progress": 1}},
+            "UPSTREAM_TO_CLIENT",
+            connection=http,
+        ),
         mcp_message(answer(1, "slow done"), "UPSTREAM_TO_CLIENT", connection=http),
         mcp_message({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1}}),
     ]
@@ -137,8 +182,13 @@ T0 = datetime(2026, 11, 25, 12, tzinfo=UTC)
 
 
 def use(tool_use_id: str, at: float, result: float | None = None, arguments: str = '{"q": 1}') -> Use:
-    return Use(tool_use_id, "mcp__srv__find", arguments, T0 + timedelta(seconds=at),
-               None if result is None else T0 + timedelta(seconds=result))
+    return Use(
+        tool_use_id,
+        "mcp__srv__find",
+        arguments,
+        T0 + timedelta(seconds=at),
+        None if result is None else T0 + timedelta(seconds=result),
+    )
 
 
 def made(call_id: int, at: float, arguments: str = '{"q": 1}') -> Call:
@@ -154,13 +204,20 @@ def test_a_call_serves_the_latest_use_it_could_serve() -> None:
 
 
 def tool_use_exchange(tool_use_id: str, name: str, arguments: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    message = text_message() | {"stop_reason": "tool_use", "content": [{"type": "tool_use", "id": tool_use_id, "name": name, "input": arguments}]}
+    message = text_message() | {
+        "stop_reason": "tool_use",
+        "content": [{"type": "tool_use", "id": tool_use_id, "name": name, "input": arguments}],
+    }
     return exchange(response={"message": message, "sse": False})
 
 
 @pytest.mark.parametrize("mcp_first", [True, False], ids=["call first", "tool use first"])
 async def test_a_tool_use_is_linked_to_its_call_whichever_arrives_first(
-    kafka, database: str, tmp_path: Path, producer, mcp_first: bool,
+    kafka,
+    database: str,
+    tmp_path: Path,
+    producer,
+    mcp_first: bool,
 ) -> None:
     request, response = tool_use_exchange("toolu_01Link", "mcp__srv__find", {"q": "kgb"})
     at = response["occurred_at"] + 50_000
@@ -172,13 +229,17 @@ async def test_a_tool_use_is_linked_to_its_call_whichever_arrives_first(
             await asyncio.sleep(1.0)
         (row,) = await pipeline.wait_for(
             "SELECT t.tool_use_id, c.name, c.tool_use_id AS served FROM tool_calls t JOIN mcp_calls c ON c.call_id = t.mcp_call_id",
-            bool)
+            bool,
+        )
     assert (row["tool_use_id"], row["name"], row["served"]) == ("toolu_01Link", "find", "toolu_01Link")
     linked, transcript, per_tool = [
-        await pipeline.query(sql, arg) for sql, arg in readme_queries(request, datetime.fromtimestamp(at / 1e6, UTC).date())]
+        await pipeline.query(sql, arg) for sql, arg in readme_queries(request, datetime.fromtimestamp(at / 1e6, UTC).date())
+    ]
     assert [(r["name"], r["arguments"], r["is_error"]) for r in linked] == [("mcp__srv__find", {"q": "kgb"}, False)]
     assert [(r["direction"], r["kind"], r["method"]) for r in transcript] == [
-        ("client_to_server", "request", "tools/call"), ("server_to_client", "response", None)]
+        ("client_to_server", "request", "tools/call"),
+        ("server_to_client", "response", None),
+    ]
     assert [(r["server"], r["name"], r["calls"], r["errors"]) for r in per_tool] == [("srv", "find", 1, 0)]
 
 
@@ -205,21 +266,33 @@ async def publish_any(producer: Any, topic: str, events: list[dict[str, Any]]) -
 
 
 async def test_metrics_count_each_call_once(kafka, database: str, tmp_path: Path, producer) -> None:
-    events = [mcp_message(call(1, "find", {})), mcp_message(answer(1, is_error=True), "UPSTREAM_TO_CLIENT"),
-              mcp_message(call(2, "find", {})), mcp_message({"jsonrpc": "2.0", "id": 2, "error": {"code": -32602, "message": "bad"}},
-                                                            "UPSTREAM_TO_CLIENT")]
+    events = [
+        mcp_message(call(1, "find", {})),
+        mcp_message(answer(1, is_error=True), "UPSTREAM_TO_CLIENT"),
+        mcp_message(call(2, "find", {})),
+        mcp_message({"jsonrpc": "2.0", "id": 2, "error": {"code": -32602, "message": "bad"}}, "UPSTREAM_TO_CLIENT"),
+    ]
     async with mcp_pipeline(kafka.bootstrap, database, tmp_path / "spool", {}) as pipeline:
         await publish_any(producer, pipeline.mcp_topic, events + events)  # every event twice: a redelivery
         metrics = UsageMetrics()
-        settings = MetricsSettings.from_env({**pipeline.env, "KGB_DATABASE_URL": database, "KGB_METRICS_PORT": "0",
-                                             "KGB_METRICS_GROUP": f"m-{uuid.uuid4().hex[:8]}"})
+        settings = MetricsSettings.from_env(
+            {
+                **pipeline.env,
+                "KGB_DATABASE_URL": database,
+                "KGB_METRICS_PORT": "0",
+                "KGB_METRICS_GROUP": f"m-{uuid.uuid4().hex[:8]}",
+            }
+        )
         stop = asyncio.Event()
         task = asyncio.create_task(run_metrics(dataclasses.replace(settings, backoff=FAST_BACKOFF), stop, metrics))
         try:
-            await eventually(lambda: asyncio.sleep(0, metrics.registry.get_sample_value(
-                "kgb_mcp_calls_total", labels(metrics)) == 2))
-            errors = {code: metrics.registry.get_sample_value("kgb_mcp_errors_total", {**labels(metrics), "error_type": code})
-                      for code in ("tool_error", "-32602")}
+            await eventually(
+                lambda: asyncio.sleep(0, metrics.registry.get_sample_value("kgb_mcp_calls_total", labels(metrics)) == 2)
+            )
+            errors = {
+                code: metrics.registry.get_sample_value("kgb_mcp_errors_total", {**labels(metrics), "error_type": code})
+                for code in ("tool_error", "-32602")
+            }
             (daily,) = await pipeline.query("SELECT calls, errors FROM kgb_metrics.mcp_usage_daily")
         finally:
             stop.set()
@@ -229,5 +302,10 @@ async def test_metrics_count_each_call_once(kafka, database: str, tmp_path: Path
 
 
 def labels(metrics: UsageMetrics) -> dict[str, str]:
-    return {"mcp_method_name": "tools/call", "gen_ai_tool_name": "find", "mcp_protocol_version": "2026-07-28",
-            "network_transport": "tcp", "kgb_mcp_server": "srv"}
+    return {
+        "mcp_method_name": "tools/call",
+        "gen_ai_tool_name": "find",
+        "mcp_protocol_version": "2026-07-28",
+        "network_transport": "tcp",
+        "kgb_mcp_server": "srv",
+    }

@@ -41,7 +41,18 @@ from consumers.sql import load_migrations, migrate
 from kgb.config import KafkaSettings, SettingsError
 from tests.consumers.conftest import FAST_BACKOFF, SETTLE_TIMEOUT, eventually, publish
 from tests.consumers.factories import request_event, response_event, text_message
-from tests.consumers.restarts import RESTARTS, batch_failures, built_calmly, dump, exchange_count, feeding, migrated, restarts_mid_batch, settled, task_alive
+from tests.consumers.restarts import (
+    RESTARTS,
+    batch_failures,
+    built_calmly,
+    dump,
+    exchange_count,
+    feeding,
+    migrated,
+    restarts_mid_batch,
+    settled,
+    task_alive,
+)
 from tests.consumers.sessions import sample_events
 from tests.services import free_port
 
@@ -50,22 +61,35 @@ OPUS, HAIKU, UNPRICED = "claude-opus-4-8", "claude-haiku-4-5-20251001", "claude-
 CURRENT = "2026-10-07"  # the shipped table's newest edition, in force for exchanges made now
 
 
-def usage(input: int = 0, output: int = 0, write_5m: int | None = None, write_1h: int | None = None,
-          read: int = 0, **extra: Any) -> dict[str, Any]:
+def usage(
+    input: int = 0, output: int = 0, write_5m: int | None = None, write_1h: int | None = None, read: int = 0, **extra: Any
+) -> dict[str, Any]:
     """Anthropic's usage object; the 5m/1h split only when given (older APIs sent none)."""
-    u: dict[str, Any] = {"input_tokens": input, "output_tokens": output, "cache_read_input_tokens": read,
-                         "cache_creation_input_tokens": (write_5m or 0) + (write_1h or 0), **extra}
+    u: dict[str, Any] = {
+        "input_tokens": input,
+        "output_tokens": output,
+        "cache_read_input_tokens": read,
+        "cache_creation_input_tokens": (write_5m or 0) + (write_1h or 0),
+        **extra,
+    }
     if write_1h is not None:
         u["cache_creation"] = {"ephemeral_5m_input_tokens": write_5m or 0, "ephemeral_1h_input_tokens": write_1h}
     return u
 
 
 def title_body(session: str) -> bytes:
-    return orjson.dumps({
-        "model": HAIKU, "tools": [], "stream": True, "max_tokens": 32000,
-        "messages": [{"role": "user", "content": [{"type": "text", "text": "<session>\nhi\n</session>"}]}],
-        "output_config": {"format": {"type": "json_schema", "schema": {"type": "object", "properties": {"title": {"type": "string"}}}}},
-    })
+    return orjson.dumps(
+        {
+            "model": HAIKU,
+            "tools": [],
+            "stream": True,
+            "max_tokens": 32000,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "<session>\nhi\n</session>"}]}],
+            "output_config": {
+                "format": {"type": "json_schema", "schema": {"type": "object", "properties": {"title": {"type": "string"}}}}
+            },
+        }
+    )
 
 
 class Session:
@@ -77,8 +101,16 @@ class Session:
         self.expected: dict[str, tuple[str, Decimal | None]] = {}  # exchange id -> (kind, cost)
         self.models: dict[str, str] = {}
 
-    def add(self, cost: Decimal | None, *, model: str = OPUS, kind: str = "main", u: dict[str, Any] | None = None,
-            request: dict[str, Any] | None = None, **response: Any) -> dict[str, Any]:
+    def add(
+        self,
+        cost: Decimal | None,
+        *,
+        model: str = OPUS,
+        kind: str = "main",
+        u: dict[str, Any] | None = None,
+        request: dict[str, Any] | None = None,
+        **response: Any,
+    ) -> dict[str, Any]:
         request = request or request_event(session_id=self.id, model=model)
         if u is not None:
             response.setdefault("message", text_message(model=model, usage=u))
@@ -90,24 +122,29 @@ class Session:
 
 def every_usage_shape() -> Session:
     s = Session()
-    s.add((100 * Decimal(5) + 50 * Decimal(25)) / M, u=usage(100, 50))                                   # no cache
+    s.add((100 * Decimal(5) + 50 * Decimal(25)) / M, u=usage(100, 50))  # no cache
     s.add((3 * Decimal(5) + 12 * Decimal(25) + 19056 * Decimal("6.25")) / M, u=usage(3, 12, 19056, 0))  # 5m write
-    s.add((5 * Decimal(5) + 20 * Decimal(25) + 1000 * Decimal("6.25") + 3000 * Decimal(10)) / M,
-          u=usage(5, 20, 1000, 3000))                                                                   # 5m and 1h writes
-    s.add((2 * Decimal(5) + 8 * Decimal(25) + 1000 * Decimal("6.25")) / M, u=usage(2, 8, 1000))         # write, no split
+    s.add(
+        (5 * Decimal(5) + 20 * Decimal(25) + 1000 * Decimal("6.25") + 3000 * Decimal(10)) / M, u=usage(5, 20, 1000, 3000)
+    )  # 5m and 1h writes
+    s.add((2 * Decimal(5) + 8 * Decimal(25) + 1000 * Decimal("6.25")) / M, u=usage(2, 8, 1000))  # write, no split
     s.add((4 * Decimal(5) + 30 * Decimal(25) + 50000 * Decimal("0.50")) / M, u=usage(4, 30, read=50000))  # cache read
-    s.add((1000 * Decimal(5) + 200 * Decimal(25)) / M + 3 * Decimal(10) / 1000,
-          u=usage(1000, 200, server_tool_use={"web_search_requests": 3}))                              # web search
-    s.add((10 * Decimal(5) + 1 * Decimal(25) + 2000 * Decimal("0.50")) / M,
-          u=usage(10, 1, read=2000), client_disconnected=True)                                          # interrupted
-    s.add(Decimal(0), error=("overloaded_error", "Overloaded"))                                         # 529
-    s.add((7 * Decimal(5) + 1 * Decimal(25)) / M, u=usage(7, 1), error=("overloaded_error", "Overloaded"),
-          error_in_stream=True)                                                                         # error after message_start
+    s.add(
+        (1000 * Decimal(5) + 200 * Decimal(25)) / M + 3 * Decimal(10) / 1000,
+        u=usage(1000, 200, server_tool_use={"web_search_requests": 3}),
+    )  # web search
+    s.add(
+        (10 * Decimal(5) + 1 * Decimal(25) + 2000 * Decimal("0.50")) / M, u=usage(10, 1, read=2000), client_disconnected=True
+    )  # interrupted
+    s.add(Decimal(0), error=("overloaded_error", "Overloaded"))  # 529
+    s.add(
+        (7 * Decimal(5) + 1 * Decimal(25)) / M, u=usage(7, 1), error=("overloaded_error", "Overloaded"), error_in_stream=True
+    )  # error after message_start
     title = request_event(session_id=s.id, model=HAIKU, body=title_body(s.id))
     s.add((200 * Decimal(1) + 10 * Decimal(5)) / M, model=HAIKU, kind="title", u=usage(200, 10), request=title)
     count = request_event(session_id=s.id, path="/v1/messages/count_tokens", stream=False)
     s.add(Decimal(0), kind="count_tokens", request=count, sse=False, usage=None)
-    s.add(None, model=UNPRICED, u=usage(1000, 100))                                                     # no price
+    s.add(None, model=UNPRICED, u=usage(1000, 100))  # no price
     return s
 
 
@@ -124,8 +161,12 @@ EXPECTED_TOKENS = {  # summed over every_usage_shape() by hand
 @pytest.fixture
 def settings(kafka: Any, database: str, topic: str) -> MetricsSettings:
     return MetricsSettings(
-        kafka=KafkaSettings(bootstrap=kafka.bootstrap, topic=topic), database_url=database,
-        group=f"metrics-test-{uuid.uuid4().hex[:8]}", batch_size=50, port=free_port(), backoff=FAST_BACKOFF,
+        kafka=KafkaSettings(bootstrap=kafka.bootstrap, topic=topic),
+        database_url=database,
+        group=f"metrics-test-{uuid.uuid4().hex[:8]}",
+        batch_size=50,
+        port=free_port(),
+        backoff=FAST_BACKOFF,
     )
 
 
@@ -164,7 +205,8 @@ async def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], flo
         text = await response.text()
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text) for sample in family.samples
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
     }
 
 
@@ -180,7 +222,10 @@ def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
 
 
 async def test_every_usage_shape_gives_exact_totals_and_costs(
-    producer: AIOKafkaProducer, topic: str, settings: MetricsSettings, db: asyncpg.Connection,
+    producer: AIOKafkaProducer,
+    topic: str,
+    settings: MetricsSettings,
+    db: asyncpg.Connection,
 ) -> None:
     s = every_usage_shape()
     await publish(producer, topic, s.events)
@@ -193,14 +238,16 @@ async def test_every_usage_shape_gives_exact_totals_and_costs(
     assert {e for e, r in rows.items() if r["unpriced"]} == {e for e, (_, c) in s.expected.items() if c is None}
     assert all(r["prices_version"] == CURRENT for r in rows.values())
     assert {e: r["unpriced_models"] for e, r in rows.items() if r["unpriced"]} == {
-        e: [UNPRICED] for e, (_, c) in s.expected.items() if c is None}
+        e: [UNPRICED] for e, (_, c) in s.expected.items() if c is None
+    }
 
     by_row = {(r["model"], r["kind"]): r for r in await daily(db)}
     assert set(by_row) == {(OPUS, "main"), (OPUS, "count_tokens"), (HAIKU, "title"), (UNPRICED, "main")}
     main = by_row[(OPUS, "main")]
     assert (main["requests"], main["errors"], main["interrupted"]) == (9, 2, 1)
-    assert main["cost_usd"] == sum((c for e, (k, c) in s.expected.items() if k == "main" and c is not None
-                                    and rows[e]["model"] == OPUS), Decimal(0))
+    assert main["cost_usd"] == sum(
+        (c for e, (k, c) in s.expected.items() if k == "main" and c is not None and rows[e]["model"] == OPUS), Decimal(0)
+    )
     assert by_row[(UNPRICED, "main")]["cost_usd"] is None and by_row[(UNPRICED, "main")]["unpriced_requests"] == 1
     assert by_row[(OPUS, "count_tokens")]["cost_usd"] == Decimal(0)
     for column, expected in EXPECTED_TOKENS.items():
@@ -217,8 +264,13 @@ async def test_every_usage_shape_gives_exact_totals_and_costs(
     assert value(samples, "kgb_unpriced_tokens_total", gen_ai_request_model=UNPRICED, gen_ai_token_type="input") == 1000
     assert value(samples, "kgb_unpriced_tokens_total", gen_ai_request_model=OPUS) == 0
     assert value(samples, "kgb_unpriced_requests_total", gen_ai_request_model=UNPRICED, kgb_unpriced=UNPRICED) == 1
-    for column, token_type in [("input_tokens", "input"), ("output_tokens", "output"), ("cache_read_tokens", "cache_read"),
-                               ("cache_write_5m_tokens", "cache_creation_5m"), ("cache_write_1h_tokens", "cache_creation_1h")]:
+    for column, token_type in [
+        ("input_tokens", "input"),
+        ("output_tokens", "output"),
+        ("cache_read_tokens", "cache_read"),
+        ("cache_write_5m_tokens", "cache_creation_5m"),
+        ("cache_write_1h_tokens", "cache_creation_1h"),
+    ]:
         assert value(samples, "gen_ai_client_token_usage_sum", gen_ai_token_type=token_type) == EXPECTED_TOKENS[column]
     assert value(samples, "gen_ai_client_token_usage_count", gen_ai_token_type="input", kgb_kind="title") == 1
     assert value(samples, "gen_ai_client_operation_duration_seconds_count") == len(s.expected)
@@ -226,7 +278,10 @@ async def test_every_usage_shape_gives_exact_totals_and_costs(
 
 
 async def test_redelivery_and_replay_count_nothing_twice(
-    producer: AIOKafkaProducer, topic: str, settings: MetricsSettings, db: asyncpg.Connection,
+    producer: AIOKafkaProducer,
+    topic: str,
+    settings: MetricsSettings,
+    db: asyncpg.Connection,
 ) -> None:
     s = every_usage_shape()
     await publish(producer, topic, s.events)
@@ -260,7 +315,10 @@ async def rows(db: asyncpg.Connection) -> int:
 
 
 async def test_response_before_request_and_a_lone_half(
-    producer: AIOKafkaProducer, topic: str, settings: MetricsSettings, db: asyncpg.Connection,
+    producer: AIOKafkaProducer,
+    topic: str,
+    settings: MetricsSettings,
+    db: asyncpg.Connection,
 ) -> None:
     s = Session()
     request = s.add((10 * Decimal(5) + 10 * Decimal(25)) / M, u=usage(10, 10))
@@ -276,13 +334,17 @@ async def test_response_before_request_and_a_lone_half(
     row = await db.fetchrow("SELECT * FROM usage_exchanges WHERE exchange_id = $1", request["exchange_id"])
     assert (row["model"], row["kind"], row["output_tokens"], row["cost_usd"]) == (OPUS, "main", 10, Decimal("0.0003"))
     assert await db.fetchval("SELECT sum(requests) FROM usage_daily") == 1
-    waiting = await db.fetchrow("SELECT has_request, has_response, cost_usd FROM usage_exchanges WHERE exchange_id = $1",
-                                lone["exchange_id"])
+    waiting = await db.fetchrow(
+        "SELECT has_request, has_response, cost_usd FROM usage_exchanges WHERE exchange_id = $1", lone["exchange_id"]
+    )
     assert tuple(waiting) == (True, False, None)
 
 
 async def test_kgb_usage_prints_json_and_a_table(
-    producer: AIOKafkaProducer, topic: str, settings: MetricsSettings, db: asyncpg.Connection,
+    producer: AIOKafkaProducer,
+    topic: str,
+    settings: MetricsSettings,
+    db: asyncpg.Connection,
 ) -> None:
     s = every_usage_shape()
     await publish(producer, topic, s.events)
@@ -303,10 +365,23 @@ async def test_kgb_usage_prints_json_and_a_table(
 
     day = (await db.fetchval("SELECT min(day) FROM usage_daily")).isoformat()
     lines = kgb_usage(settings, "--by", "day,model", "--since", day, "--until", day).splitlines()
-    assert lines[0].split() == ["day", "model", "requests", "errors", "input", "output", "cache_w_5m", "cache_w_1h",
-                                "cache_read", "web_search", "cost_usd"]
+    assert lines[0].split() == [
+        "day",
+        "model",
+        "requests",
+        "errors",
+        "input",
+        "output",
+        "cache_w_5m",
+        "cache_w_1h",
+        "cache_read",
+        "web_search",
+        "cost_usd",
+    ]
     assert any(line.startswith(day) and UNPRICED in line and line.rstrip().endswith("unknown") for line in lines)
-    assert any(line.startswith(day) and OPUS in line and line.rstrip().endswith(f"{by_model_cost(s, OPUS):.6f}") for line in lines)
+    assert any(
+        line.startswith(day) and OPUS in line and line.rstrip().endswith(f"{by_model_cost(s, OPUS):.6f}") for line in lines
+    )
     total = next(line.split() for line in lines if line.startswith("TOTAL"))
     assert total[1] == "12" and total[-1] == "unknown"
     assert lines[-3:] == [
@@ -326,8 +401,13 @@ async def usage_json(settings: MetricsSettings, by: str, since: str | None = Non
 
 def kgb_usage(settings: MetricsSettings, *args: str) -> str:
     env = {**os.environ, "KGB_DATABASE_URL": settings.database_url, "KGB_METRICS_SCHEMA": settings.db_schema}
-    return subprocess.run([sys.executable, "-c", "from kgb.cli import main; main()", "usage", *args], env=env,
-                          capture_output=True, text=True, check=True).stdout
+    return subprocess.run(
+        [sys.executable, "-c", "from kgb.cli import main; main()", "usage", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
 
 def by_model_cost(s: Session, model: str) -> Decimal:
@@ -335,13 +415,22 @@ def by_model_cost(s: Session, model: str) -> Decimal:
 
 
 def test_kgb_usage_refuses_an_unknown_grouping() -> None:
-    result = subprocess.run([sys.executable, "-c", "from kgb.cli import main; main()", "usage", "--by", "week"],
-                            capture_output=True, text=True)
-    assert result.returncode == 2 and "--by takes a comma list of day, month, block, model, session, kind, project, key" in result.stderr
+    result = subprocess.run(
+        [sys.executable, "-c", "from kgb.cli import main; main()", "usage", "--by", "week"], capture_output=True, text=True
+    )
+    assert (
+        result.returncode == 2
+        and "--by takes a comma list of day, month, block, model, session, kind, project, key" in result.stderr
+    )
 
 
 async def test_prices_apply_again_on_replay_from_a_kgb_prices_file(
-    producer: AIOKafkaProducer, topic: str, settings: MetricsSettings, db: asyncpg.Connection, database: str, tmp_path: Any,
+    producer: AIOKafkaProducer,
+    topic: str,
+    settings: MetricsSettings,
+    db: asyncpg.Connection,
+    database: str,
+    tmp_path: Any,
 ) -> None:
     """A replay into fresh tables with another price table prices every exchange at the new rates."""
     s = Session()
@@ -350,25 +439,34 @@ async def test_prices_apply_again_on_replay_from_a_kgb_prices_file(
     prices = tmp_path / "prices.toml"
     prices.write_text(
         'version = "negotiated-2026-12"\nweb_search_per_1000 = 5\n'
-        '[models.claude-opus-4-8]\ninput = 1\noutput = 2\ncache_write_5m = 3\ncache_write_1h = 4\ncache_read = 0.5\n'
+        "[models.claude-opus-4-8]\ninput = 1\noutput = 2\ncache_write_5m = 3\ncache_write_1h = 4\ncache_read = 0.5\n"
     )
-    replay = dataclasses.replace(settings, group=settings.group + "-replay", db_schema="usage_replay", prices=str(prices),
-                                 port=free_port())
+    replay = dataclasses.replace(
+        settings, group=settings.group + "-replay", db_schema="usage_replay", prices=str(prices), port=free_port()
+    )
     async with consuming(settings), consuming(replay):
         await eventually(lambda: counted(db, 1))
         await eventually(lambda: db.fetchval("SELECT to_regclass('usage_replay.usage_daily') IS NOT NULL"))
         await eventually(lambda: db.fetchval("SELECT coalesce(sum(requests), 0) = 1 FROM usage_replay.usage_daily"))
-    shipped = (1000 * Decimal(5) + 100 * Decimal(25) + 2000 * Decimal("6.25") + 3000 * Decimal(10)
-               + 4000 * Decimal("0.50")) / M + 2 * Decimal(10) / 1000
-    negotiated = (1000 * Decimal(1) + 100 * Decimal(2) + 2000 * Decimal(3) + 3000 * Decimal(4)
-                  + 4000 * Decimal("0.5")) / M + 2 * Decimal(5) / 1000
+    shipped = (
+        1000 * Decimal(5) + 100 * Decimal(25) + 2000 * Decimal("6.25") + 3000 * Decimal(10) + 4000 * Decimal("0.50")
+    ) / M + 2 * Decimal(10) / 1000
+    negotiated = (
+        1000 * Decimal(1) + 100 * Decimal(2) + 2000 * Decimal(3) + 3000 * Decimal(4) + 4000 * Decimal("0.5")
+    ) / M + 2 * Decimal(5) / 1000
     assert await db.fetchrow("SELECT cost_usd, prices_version FROM usage_exchanges") == (shipped, CURRENT)
-    assert await db.fetchrow("SELECT cost_usd, prices_version FROM usage_replay.usage_exchanges") == (negotiated, "negotiated-2026-12")
+    assert await db.fetchrow("SELECT cost_usd, prices_version FROM usage_replay.usage_exchanges") == (
+        negotiated,
+        "negotiated-2026-12",
+    )
     assert await db.fetchval("SELECT cost_usd FROM usage_replay.usage_daily") == negotiated == Decimal("0.0312")
 
 
 async def test_undecodable_messages_are_counted_and_passed(
-    producer: AIOKafkaProducer, topic: str, settings: MetricsSettings, db: asyncpg.Connection,
+    producer: AIOKafkaProducer,
+    topic: str,
+    settings: MetricsSettings,
+    db: asyncpg.Connection,
 ) -> None:
     s = Session()
     s.add((10 * Decimal(5)) / M, u=usage(10))
@@ -377,8 +475,12 @@ async def test_undecodable_messages_are_counted_and_passed(
     metrics = UsageMetrics()
     async with consuming(settings, metrics):
         await eventually(lambda: counted(db, 1))
-    rejected = {s.labels["error_class"]: s.value for f in metrics.registry.collect() for s in f.samples
-                if s.name == "kgb_metrics_rejected_total"}
+    rejected = {
+        s.labels["error_class"]: s.value
+        for f in metrics.registry.collect()
+        for s in f.samples
+        if s.name == "kgb_metrics_rejected_total"
+    }
     assert sum(rejected.values()) == 2 and all(rejected)
 
 
@@ -394,20 +496,28 @@ async def test_a_busy_metrics_port_is_a_settings_error(settings: MetricsSettings
 
 def test_kgb_usage_names_an_unreachable_database() -> None:
     env = {**os.environ, "KGB_DATABASE_URL": f"postgresql://kgb:s3cret@127.0.0.1:{free_port()}/winni"}
-    result = subprocess.run([sys.executable, "-c", "from kgb.cli import main; main()", "usage"], env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", "from kgb.cli import main; main()", "usage"], env=env, capture_output=True, text=True
+    )
     assert result.returncode == 2 and "cannot read usage from postgresql://kgb:****@127.0.0.1:" in result.stderr
     assert "s3cret" not in result.stderr and "Traceback" not in result.stderr
 
 
 def test_kgb_consume_metrics_help() -> None:
-    out = subprocess.run([sys.executable, "-c", "from kgb.cli import main; main()", "consume", "metrics", "--help"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", "from kgb.cli import main; main()", "consume", "metrics", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "KGB_METRICS_GROUP" in out and "--port" in out
 
 
 async def test_the_claude_code_samples(
-    producer: AIOKafkaProducer, topic: str, settings: MetricsSettings, db: asyncpg.Connection,
+    producer: AIOKafkaProducer,
+    topic: str,
+    settings: MetricsSettings,
+    db: asyncpg.Connection,
 ) -> None:
     """Every sample with the stand-in's answer: kinds, errors and interruptions as the samples README tells them."""
     events = sample_events()
@@ -419,10 +529,10 @@ async def test_the_claude_code_samples(
         " sum(unpriced_requests) AS unpriced, sum(cost_usd) AS cost_usd FROM usage_daily GROUP BY kind, model ORDER BY kind, model"
     )
     assert [tuple(r.values())[:6] for r in rows] == [
-        ("count_tokens", OPUS, 2, 0, 0, 0),       # 017, 022
-        ("main", OPUS, 16, 3, 1, 0),              # 529 twice (030, 031), an error event (062); the empty stream (055)
-        ("other", "", 5, 5, 0, 0),                # HEAD / at each start-up, which the stand-in answered 404
-        ("title", HAIKU, 2, 0, 0, 0),             # 009, 011
+        ("count_tokens", OPUS, 2, 0, 0, 0),  # 017, 022
+        ("main", OPUS, 16, 3, 1, 0),  # 529 twice (030, 031), an error event (062); the empty stream (055)
+        ("other", "", 5, 5, 0, 0),  # HEAD / at each start-up, which the stand-in answered 404
+        ("title", HAIKU, 2, 0, 0, 0),  # 009, 011
     ]
     errors = await db.fetch("SELECT error_type, sum(errors) AS n FROM usage_daily_errors GROUP BY 1 ORDER BY 1")
     assert [tuple(r) for r in errors] == [("not_found_error", 5), ("overloaded_error", 3)]
@@ -436,19 +546,28 @@ async def test_the_claude_code_samples(
 
 
 async def test_metrics_rides_out_database_restarts_mid_batch(
-    postgres: Any, producer: AIOKafkaProducer, topic: str, settings: MetricsSettings, caplog: pytest.LogCaptureFixture,
+    postgres: Any,
+    producer: AIOKafkaProducer,
+    topic: str,
+    settings: MetricsSettings,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Restarts land inside batches while sessions keep coming; the rollups end the same, row
     for row, as a build of the same topic that saw no restart: every exchange counted once."""
     caplog.set_level(logging.WARNING, logger="consumers")
+    caplog.set_level(logging.DEBUG, logger="consumers.source")  # every failed attempt, for batch_failures
     async with consuming(settings) as task:
         async with feeding(producer, topic) as sessions:
-            await restarts_mid_batch(postgres, settings.database_url, migrated("kgb_metrics.usage_exchanges"), alive=task_alive(task))
+            await restarts_mid_batch(
+                postgres, settings.database_url, migrated("kgb_metrics.usage_exchanges"), alive=task_alive(task)
+            )
         await settled(settings.database_url, settings.db_schema, partial(counted, n=exchange_count(sessions)), task_alive(task))
     assert len(batch_failures(caplog)) >= RESTARTS // 2, "the restarts landed inside batches"
     calm = dataclasses.replace(settings, group=f"{settings.group}-calm", port=free_port())
     rebuilt = await built_calmly(
-        postgres, lambda dsn: consuming(dataclasses.replace(calm, database_url=dsn)), settings.db_schema,
+        postgres,
+        lambda dsn: consuming(dataclasses.replace(calm, database_url=dsn)),
+        settings.db_schema,
         partial(counted, n=exchange_count(sessions)),
     )
     assert await dump(settings.database_url, settings.db_schema) == rebuilt
@@ -466,28 +585,43 @@ def in_project(s: Session, project: str | None, moment: str, key: str, *, title:
     model = HAIKU if title else OPUS
     body = orjson.loads(title_body(s.id) if title else request_event(session_id=s.id)["request"]["body"])
     if project:  # where Claude Code 2.1.332 names it: a system message
-        body["messages"].append({"role": "system", "content": [
-            {"type": "text", "text": f"# Environment\n - Primary working directory: {project}\n - Platform: linux"}]})
-    request = request_event(session_id=s.id, model=model, body=orjson.dumps(body), received_at=micros(moment),
-                            api_key_fingerprint=key)
+        body["messages"].append(
+            {
+                "role": "system",
+                "content": [
+                    {"type": "text", "text": f"# Environment\n - Primary working directory: {project}\n - Platform: linux"}
+                ],
+            }
+        )
+    request = request_event(
+        session_id=s.id, model=model, body=orjson.dumps(body), received_at=micros(moment), api_key_fingerprint=key
+    )
     rates = (1, 5) if title else (5, 25)
-    s.add((100 * Decimal(rates[0]) + 10 * Decimal(rates[1])) / M, model=model, kind="title" if title else "main",
-          u=usage(100, 10), request=request)
+    s.add(
+        (100 * Decimal(rates[0]) + 10 * Decimal(rates[1])) / M,
+        model=model,
+        kind="title" if title else "main",
+        u=usage(100, 10),
+        request=request,
+    )
 
 
 def report_sessions() -> tuple[Session, Session]:
     alpha, beta = Session(), Session()
     in_project(alpha, "/work/alpha", "2026-11-03T09:20:00", "k1" * 32)
-    in_project(alpha, None, "2026-11-03T09:21:00", "k1" * 32, title=True)   # takes its session's directory
-    in_project(alpha, "/work/alpha", "2026-11-03T13:10:00", "k1" * 32)      # in the block that began at 09:00
-    in_project(alpha, "/work/alpha", "2026-11-03T14:05:00", "k1" * 32)      # past 14:00: the next block
-    in_project(alpha, "/work/alpha", "2026-11-04T02:00:00", "k1" * 32)      # after a gap from 19:05
+    in_project(alpha, None, "2026-11-03T09:21:00", "k1" * 32, title=True)  # takes its session's directory
+    in_project(alpha, "/work/alpha", "2026-11-03T13:10:00", "k1" * 32)  # in the block that began at 09:00
+    in_project(alpha, "/work/alpha", "2026-11-03T14:05:00", "k1" * 32)  # past 14:00: the next block
+    in_project(alpha, "/work/alpha", "2026-11-04T02:00:00", "k1" * 32)  # after a gap from 19:05
     in_project(beta, "/work/beta", "2026-12-01T10:00:00", "k2" * 32)
     return alpha, beta
 
 
 async def test_kgb_usage_by_month_project_key_and_block_and_as_csv(
-    producer: AIOKafkaProducer, topic: str, settings: MetricsSettings, db: asyncpg.Connection,
+    producer: AIOKafkaProducer,
+    topic: str,
+    settings: MetricsSettings,
+    db: asyncpg.Connection,
 ) -> None:
     alpha, beta = report_sessions()
     await publish(producer, topic, alpha.events)  # alpha's first: the title request then knows its session's directory
@@ -498,7 +632,9 @@ async def test_kgb_usage_by_month_project_key_and_block_and_as_csv(
 
     months = {r["month"]: r for r in (await usage_json(settings, "month"))["rows"]}
     assert {m: (r["requests"], Decimal(r["cost_usd"])) for m, r in months.items()} == {
-        "2026-11": (5, 4 * opus + haiku), "2026-12": (1, opus)}
+        "2026-11": (5, 4 * opus + haiku),
+        "2026-12": (1, opus),
+    }
     projects = {r["project"]: r["requests"] for r in (await usage_json(settings, "project"))["rows"]}
     assert projects == {"/work/alpha": 5, "/work/beta": 1}
     keys = {r["key_fingerprint"]: r["requests"] for r in (await usage_json(settings, "key"))["rows"]}
@@ -508,12 +644,23 @@ async def test_kgb_usage_by_month_project_key_and_block_and_as_csv(
 
     table = await report(settings, parse_query("block", None, None))
     assert [line.split("  ")[0] for line in table.splitlines()] == [
-        "block_start", "2026-11-03 09:00", "2026-11-03 14:00", "2026-11-03 19:05", "2026-11-04 02:00", "2026-11-04 07:00",
-        "2026-12-01 10:00", "TOTAL"]
-    statuses = [row["status"] for row in csv.DictReader(io.StringIO(await report(settings, parse_query("block", None, None), "csv")))]
+        "block_start",
+        "2026-11-03 09:00",
+        "2026-11-03 14:00",
+        "2026-11-03 19:05",
+        "2026-11-04 02:00",
+        "2026-11-04 07:00",
+        "2026-12-01 10:00",
+        "TOTAL",
+    ]
+    statuses = [
+        row["status"] for row in csv.DictReader(io.StringIO(await report(settings, parse_query("block", None, None), "csv")))
+    ]
     assert statuses == ["done", "done", "gap 6h 55m", "done", "gap 651h 00m", "done"]
     rows = list(csv.DictReader(io.StringIO(kgb_usage(settings, "--csv", "--by", "block,key"))))
-    per_key = [(r["key_fingerprint"][:2], r["block"], r["requests"], r["models"], r["cost_usd"]) for r in rows if r["gap"] == "False"]
+    per_key = [
+        (r["key_fingerprint"][:2], r["block"], r["requests"], r["models"], r["cost_usd"]) for r in rows if r["gap"] == "False"
+    ]
     assert per_key == [
         ("k1", "2026-11-03T09:00:00+00:00", "3", f"{HAIKU}, {OPUS}", str(2 * opus + haiku)),
         ("k1", "2026-11-03T14:00:00+00:00", "1", OPUS, str(opus)),
@@ -541,18 +688,31 @@ def results_file(*lines: dict[str, Any]) -> bytes:
 
 
 def succeeded(custom_id: str, message_id: str, model: str, u: dict[str, Any]) -> dict[str, Any]:
-    return {"custom_id": custom_id, "result": {"type": "succeeded", "message": {**text_message(model=model, usage=u), "id": message_id}}}
+    return {
+        "custom_id": custom_id,
+        "result": {"type": "succeeded", "message": {**text_message(model=model, usage=u), "id": message_id}},
+    }
 
 
 def download(s: Session, body: bytes) -> None:
     """``GET /v1/messages/batches/{id}/results`` answering ``body``: the download itself costs nothing."""
-    request = request_event(session_id=s.id, method="GET", path="/v1/messages/batches/msgbatch_01/results", query="",
-                            body=b"", model=None, stream=False)
+    request = request_event(
+        session_id=s.id,
+        method="GET",
+        path="/v1/messages/batches/msgbatch_01/results",
+        query="",
+        body=b"",
+        model=None,
+        stream=False,
+    )
     s.add(Decimal(0), kind="other", request=request, sse=False, body=body, message=None, usage=None, stop_reason=None)
 
 
 async def test_a_results_file_downloaded_twice_bills_its_requests_once_at_the_batch_rate(
-    producer: AIOKafkaProducer, topic: str, settings: MetricsSettings, db: asyncpg.Connection,
+    producer: AIOKafkaProducer,
+    topic: str,
+    settings: MetricsSettings,
+    db: asyncpg.Connection,
 ) -> None:
     s = Session()
     body = results_file(
@@ -571,10 +731,14 @@ async def test_a_results_file_downloaded_twice_bills_its_requests_once_at_the_ba
     sonnet = (1000 * Decimal(2) + 100 * Decimal(10) + 10_000 * Decimal("0.10")) / M / 2
     items = {r["item_id"]: r for r in await db.fetch("SELECT * FROM usage_batch_items")}
     assert {k: (r["custom_id"], r["model"], r["cost_usd"]) for k, r in items.items()} == {
-        "msg_01a": ("a", "claude-haiku-5-5", haiku), "msg_01b": ("b", "claude-sonnet-5-5", sonnet)}
+        "msg_01a": ("a", "claude-haiku-5-5", haiku),
+        "msg_01b": ("b", "claude-sonnet-5-5", sonnet),
+    }
     batch = {r["model"]: r for r in await db.fetch("SELECT * FROM usage_hourly WHERE kind = 'batch'")}
     assert {m: (r["requests"], r["batch_requests"], r["long_context_requests"], r["cost_usd"]) for m, r in batch.items()} == {
-        "claude-haiku-5-5": (1, 1, 1, haiku), "claude-sonnet-5-5": (1, 1, 0, sonnet)}
+        "claude-haiku-5-5": (1, 1, 1, haiku),
+        "claude-sonnet-5-5": (1, 1, 0, sonnet),
+    }
     assert await db.fetchval("SELECT sum(requests) FROM usage_hourly WHERE kind = 'other' AND cost_usd = 0") == 2
     samples = registry_samples(metrics)
     assert value(samples, "kgb_premium_requests_total", kgb_pricing="batch") == 2
@@ -589,31 +753,67 @@ def registry_samples(metrics: UsageMetrics) -> dict[tuple[str, tuple[tuple[str, 
 def fields_session() -> Session:
     """Exchanges that each carry one of the newer usage fields, block types or stop reasons."""
     s = Session()
-    thinking = usage(10, 500, output_tokens_details={"thinking_tokens": 320},
-                     server_tool_use={"web_search_requests": 1, "web_fetch_requests": 2})
+    thinking = usage(
+        10,
+        500,
+        output_tokens_details={"thinking_tokens": 320},
+        server_tool_use={"web_search_requests": 1, "web_fetch_requests": 2},
+    )
     s.add((10 * Decimal(4) + 500 * Decimal(20)) / M + Decimal("0.01"), model="claude-opus-5-5", u=thinking)
     s.add((10 * Decimal(8) + 50 * Decimal(40)) / M, model="claude-opus-5-5", u=usage(10, 50, speed="fast"))
-    s.add((1000 * Decimal(2) + 50 * Decimal(10)) / M * Decimal("1.1"), model="claude-sonnet-5-5",
-          u=usage(1000, 50, inference_geo="us", service_tier="priority"))
-    compacted = usage(2000, 100, iterations=[
-        {"type": "compaction", "input_tokens": 120_000, "output_tokens": 3000, "cache_read_input_tokens": 0,
-         "cache_creation_input_tokens": 0},
-        {"type": "message", "input_tokens": 2000, "output_tokens": 100, "cache_read_input_tokens": 0,
-         "cache_creation_input_tokens": 0},
-    ])
-    message = {**text_message(model="claude-haiku-5-5", usage=compacted), "stop_reason": "compaction",
-               "content": [{"type": "compaction", "content": "Summary"}, {"type": "text", "text": "go on"}]}
-    s.add((120_000 * Decimal("0.50") + 3000 * Decimal("2.50") + 2000 * Decimal("0.10") + 100 * Decimal("0.50")) / M,
-          model="claude-haiku-5-5", message=message, sse=False)
-    exceeded = {**text_message(usage=usage(5, 1)), "stop_reason": "model_context_window_exceeded",
-                "content": [{"type": "mcp_tool_use", "id": "mcptoolu_1", "name": "lookup", "server_name": "dewey", "input": {}},
-                            {"type": "fallback", "from": {"model": OPUS}, "to": {"model": "claude-sonnet-5-5"}}]}
+    s.add(
+        (1000 * Decimal(2) + 50 * Decimal(10)) / M * Decimal("1.1"),
+        model="claude-sonnet-5-5",
+        u=usage(1000, 50, inference_geo="us", service_tier="priority"),
+    )
+    compacted = usage(
+        2000,
+        100,
+        iterations=[
+            {
+                "type": "compaction",
+                "input_tokens": 120_000,
+                "output_tokens": 3000,
+                "cache_read_input_tokens": 0,
+                "cache_creation_input_tokens": 0,
+            },
+            {
+                "type": "message",
+                "input_tokens": 2000,
+                "output_tokens": 100,
+                "cache_read_input_tokens": 0,
+                "cache_creation_input_tokens": 0,
+            },
+        ],
+    )
+    message = {
+        **text_message(model="claude-haiku-5-5", usage=compacted),
+        "stop_reason": "compaction",
+        "content": [{"type": "compaction", "content": "Summary"}, {"type": "text", "text": "go on"}],
+    }
+    s.add(
+        (120_000 * Decimal("0.50") + 3000 * Decimal("2.50") + 2000 * Decimal("0.10") + 100 * Decimal("0.50")) / M,
+        model="claude-haiku-5-5",
+        message=message,
+        sse=False,
+    )
+    exceeded = {
+        **text_message(usage=usage(5, 1)),
+        "stop_reason": "model_context_window_exceeded",
+        "content": [
+            {"type": "mcp_tool_use", "id": "mcptoolu_1", "name": "lookup", "server_name": "dewey", "input": {}},
+            {"type": "fallback", "from": {"model": OPUS}, "to": {"model": "claude-sonnet-5-5"}},
+        ],
+    }
     s.add((5 * Decimal(5) + 1 * Decimal(25)) / M, message=exceeded, sse=False)
     return s
 
 
 async def test_the_newer_usage_fields_blocks_and_stop_reasons_reach_the_tables_and_metrics(
-    producer: AIOKafkaProducer, topic: str, settings: MetricsSettings, db: asyncpg.Connection,
+    producer: AIOKafkaProducer,
+    topic: str,
+    settings: MetricsSettings,
+    db: asyncpg.Connection,
 ) -> None:
     s = fields_session()
     await publish(producer, topic, s.events)
@@ -628,21 +828,37 @@ async def test_the_newer_usage_fields_blocks_and_stop_reasons_reach_the_tables_a
     assert (by_order[2]["inference_geo"], by_order[2]["service_tier"], by_order[2]["us_only"]) == ("us", "priority", True)
     compaction = by_order[3]
     assert (compaction["stop_reason"], compaction["compactions"], compaction["long_context"], compaction["input_tokens"]) == (
-        "compaction", 1, True, 122_000)
-    assert json.loads(compaction["parts"]) == [["compaction", None, 120_000, 3000, 0, 0, 0], ["message", None, 2000, 100, 0, 0, 0]]
+        "compaction",
+        1,
+        True,
+        122_000,
+    )
+    assert json.loads(compaction["parts"]) == [
+        ["compaction", None, 120_000, 3000, 0, 0, 0],
+        ["message", None, 2000, 100, 0, 0, 0],
+    ]
     assert json.loads(compaction["content_blocks"]) == {"compaction": 1, "text": 1}
     assert by_order[4]["stop_reason"] == "model_context_window_exceeded"
     assert json.loads(by_order[4]["content_blocks"]) == {"mcp_tool_use": 1, "fallback": 1}
 
-    hourly = await db.fetchrow("SELECT sum(thinking_tokens) AS thinking, sum(web_fetch_requests) AS fetches, "
-                               "sum(fast_requests) AS fast, sum(us_only_requests) AS us, sum(long_context_requests) AS long, "
-                               "sum(compactions) AS compactions FROM usage_hourly")
+    hourly = await db.fetchrow(
+        "SELECT sum(thinking_tokens) AS thinking, sum(web_fetch_requests) AS fetches, "
+        "sum(fast_requests) AS fast, sum(us_only_requests) AS us, sum(long_context_requests) AS long, "
+        "sum(compactions) AS compactions FROM usage_hourly"
+    )
     assert tuple(hourly) == (320, 2, 1, 1, 1, 1)
-    tallies = {(r["tally"], r["value"]): r["n"] for r in await db.fetch(
-        "SELECT tally, value, sum(n)::bigint AS n FROM usage_hourly_tallies GROUP BY 1, 2")}
+    tallies = {
+        (r["tally"], r["value"]): r["n"]
+        for r in await db.fetch("SELECT tally, value, sum(n)::bigint AS n FROM usage_hourly_tallies GROUP BY 1, 2")
+    }
     assert tallies == {
-        ("stop_reason", "end_turn"): 3, ("stop_reason", "compaction"): 1, ("stop_reason", "model_context_window_exceeded"): 1,
-        ("block", "text"): 4, ("block", "compaction"): 1, ("block", "mcp_tool_use"): 1, ("block", "fallback"): 1,
+        ("stop_reason", "end_turn"): 3,
+        ("stop_reason", "compaction"): 1,
+        ("stop_reason", "model_context_window_exceeded"): 1,
+        ("block", "text"): 4,
+        ("block", "compaction"): 1,
+        ("block", "mcp_tool_use"): 1,
+        ("block", "fallback"): 1,
     }
     samples = registry_samples(metrics)
     assert value(samples, "kgb_stop_reasons_total", stop_reason="model_context_window_exceeded") == 1
@@ -673,11 +889,17 @@ async def test_migration_2_keeps_what_the_daily_tables_held(database: str) -> No
                     NULL, 0, 0, 0, NULL, NULL, NULL, NULL, NULL)
         """)
         assert await migrate(conn, migrations[:2], "usage_before") == [2]
-        daily = [tuple(r) for r in await conn.fetch(
-            "SELECT day::text, model, requests, errors, input_tokens, cache_read_tokens, cost_usd, unpriced_requests, "
-            "ttfb_count, duration_ms_sum FROM usage_daily ORDER BY day, model")]
-        assert daily == [("2026-11-20", "claude-opus-4-8", 2, 1, 100, 1000, Decimal("0.00125"), 0, 1, 2200.0),
-                         ("2026-11-21", "claude-imaginary-9", 1, 0, 7, 0, None, 1, 1, 1000.0)]
+        daily = [
+            tuple(r)
+            for r in await conn.fetch(
+                "SELECT day::text, model, requests, errors, input_tokens, cache_read_tokens, cost_usd, unpriced_requests, "
+                "ttfb_count, duration_ms_sum FROM usage_daily ORDER BY day, model"
+            )
+        ]
+        assert daily == [
+            ("2026-11-20", "claude-opus-4-8", 2, 1, 100, 1000, Decimal("0.00125"), 0, 1, 2200.0),
+            ("2026-11-21", "claude-imaginary-9", 1, 0, 7, 0, None, 1, 1, 1000.0),
+        ]
         errors = [tuple(r) for r in await conn.fetch("SELECT day::text, error_type, errors FROM usage_daily_errors")]
         assert errors == [("2026-11-20", "overloaded_error", 1)]
         hours = [tuple(r) for r in await conn.fetch("SELECT hour, requests, first_at, last_at FROM usage_hourly ORDER BY hour")]

@@ -95,14 +95,17 @@ def test_a_model_before_its_first_listing_takes_its_first_price() -> None:
     assert PRICES.edition_at(at("2020-01-01")).version == "2025-11-24"
 
 
-@pytest.mark.parametrize(("model", "expected"), [
-    ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5"),
-    ("claude-haiku-4-5@20251001", "claude-haiku-4-5"),
-    ("claude-3-5-haiku-latest", "claude-3-5-haiku"),
-    ("claude-opus-4-8", "claude-opus-4-8"),
-    ("claude-opus-4-20250514", "claude-opus-4"),
-    ("claude-opus-5-5[1m]", "claude-opus-5-5"),
-])
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5"),
+        ("claude-haiku-4-5@20251001", "claude-haiku-4-5"),
+        ("claude-3-5-haiku-latest", "claude-3-5-haiku"),
+        ("claude-opus-4-8", "claude-opus-4-8"),
+        ("claude-opus-4-20250514", "claude-opus-4"),
+        ("claude-opus-5-5[1m]", "claude-opus-5-5"),
+    ],
+)
 def test_canonical_model(model: str, expected: str) -> None:
     assert canonical_model(model) == expected
 
@@ -153,7 +156,10 @@ def test_premium_cache_rates_scale_like_the_input_unless_given() -> None:
     june = parse_prices(TABLE, "test").price_of("claude-x", NOW)[0]  # type: ignore[index]
     assert june.long_context is not None and june.fast is not None
     assert (june.long_context.above, june.long_context.rates.cache_write_5m, june.long_context.rates.cache_read) == (
-        1000, Decimal(12), Decimal(20))
+        1000,
+        Decimal(12),
+        Decimal(20),
+    )
     assert (june.fast.output, june.fast.cache_write_1h, june.fast.cache_read) == (Decimal(12), Decimal(24), Decimal(30))
     haiku = PRICES.price_of("claude-haiku-5-5", NOW)[0].long_context  # type: ignore[index]
     assert haiku is not None and haiku.rates.cache_write_1h == Decimal("1.00") and haiku.rates.cache_read == Decimal("0.05")
@@ -162,7 +168,8 @@ def test_premium_cache_rates_scale_like_the_input_unless_given() -> None:
 def test_the_layout_before_editions_is_one_edition_forever() -> None:
     table = parse_prices(
         'version = "negotiated"\nweb_search_per_1000 = 5\n'
-        '[models.claude-x]\ninput = 1\noutput = 2\ncache_write_5m = 3\ncache_write_1h = 4\ncache_read = 0.5\n', "old.toml",
+        "[models.claude-x]\ninput = 1\noutput = 2\ncache_write_5m = 3\ncache_write_1h = 4\ncache_read = 0.5\n",
+        "old.toml",
     )
     price, edition = table.price_of("claude-x", at("1999-01-01"))  # type: ignore[misc]
     assert (edition.version, edition.web_search_per_1000, price.rates.cache_read) == ("negotiated", Decimal(5), Decimal("0.5"))
@@ -173,24 +180,27 @@ MODEL = "[[editions]]\neffective = 2026-01-01\nweb_search_per_1000 = 10\n[editio
 RATES_OK = "input = 1\noutput = 1\ncache_write_5m = 1\ncache_write_1h = 1\ncache_read = 1\n"
 
 
-@pytest.mark.parametrize("text", [
-    "not toml [",
-    'version = "t"\nweb_search_per_1000 = 10\n',
-    "editions = []\n",
-    MODEL + "input = 1\noutput = 1\ncache_write_5m = 1\ncache_write_1h = 1\n",
-    MODEL + 'input = "1"\noutput = 1\ncache_write_5m = 1\ncache_write_1h = 1\ncache_read = 1\n',
-    MODEL + RATES_OK + "batch = 1\n",
-    MODEL + RATES_OK + "long_context = { input = 2, output = 2 }\n",
-    MODEL + RATES_OK + "long_context = { above = -5, input = 2, output = 2 }\n",
-    MODEL + RATES_OK + "fast = { input = 2 }\n",
-    MODEL + RATES_OK + "us_only_multiplier = -1\n",
-    MODEL + RATES_OK + "[[editions]]\neffective = 2025-01-01\n",
-    "[[editions]]\neffective = 2026-01-01\nweb_search_per_1000 = -1\n",
-    "[[editions]]\neffective = 2026-01-01\nwhen = 1\n",
-    "[[editions]]\neffective = 'soon'\nweb_search_per_1000 = 1\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not toml [",
+        'version = "t"\nweb_search_per_1000 = 10\n',
+        "editions = []\n",
+        MODEL + "input = 1\noutput = 1\ncache_write_5m = 1\ncache_write_1h = 1\n",
+        MODEL + 'input = "1"\noutput = 1\ncache_write_5m = 1\ncache_write_1h = 1\ncache_read = 1\n',
+        MODEL + RATES_OK + "batch = 1\n",
+        MODEL + RATES_OK + "long_context = { input = 2, output = 2 }\n",
+        MODEL + RATES_OK + "long_context = { above = -5, input = 2, output = 2 }\n",
+        MODEL + RATES_OK + "fast = { input = 2 }\n",
+        MODEL + RATES_OK + "us_only_multiplier = -1\n",
+        MODEL + RATES_OK + "[[editions]]\neffective = 2025-01-01\n",
+        "[[editions]]\neffective = 2026-01-01\nweb_search_per_1000 = -1\n",
+        "[[editions]]\neffective = 2026-01-01\nwhen = 1\n",
+        "[[editions]]\neffective = 'soon'\nweb_search_per_1000 = 1\n",
+    ],
+)
 def test_a_broken_price_file_is_a_settings_error(text: str) -> None:
-    with pytest.raises(SettingsError, match="bad.toml"):
+    with pytest.raises(SettingsError, match=r"bad\.toml"):
         parse_prices(text, "bad.toml")
 
 
@@ -203,13 +213,20 @@ def test_kgb_prices_names_a_missing_file(tmp_path: Path) -> None:
 
 
 def test_the_newer_usage_fields_are_read() -> None:
-    u = usage_of({
-        "input_tokens": 5, "output_tokens": 900, "cache_read_input_tokens": 7, "cache_creation_input_tokens": 4000,
-        "cache_creation": {"ephemeral_5m_input_tokens": 1000, "ephemeral_1h_input_tokens": 3000},
-        "output_tokens_details": {"thinking_tokens": 640},
-        "server_tool_use": {"web_search_requests": 2, "web_fetch_requests": 3},
-        "service_tier": "priority", "speed": "fast", "inference_geo": "us",
-    })
+    u = usage_of(
+        {
+            "input_tokens": 5,
+            "output_tokens": 900,
+            "cache_read_input_tokens": 7,
+            "cache_creation_input_tokens": 4000,
+            "cache_creation": {"ephemeral_5m_input_tokens": 1000, "ephemeral_1h_input_tokens": 3000},
+            "output_tokens_details": {"thinking_tokens": 640},
+            "server_tool_use": {"web_search_requests": 2, "web_fetch_requests": 3},
+            "service_tier": "priority",
+            "speed": "fast",
+            "inference_geo": "us",
+        }
+    )
     assert u.tokens == Tokens(input=5, output=900, cache_write_5m=1000, cache_write_1h=3000, cache_read=7)
     assert (u.thinking, u.web_search_requests, u.web_fetch_requests) == (640, 2, 3)
     assert (u.service_tier, u.speed, u.inference_geo, u.listed) == ("priority", "fast", "us", False)
@@ -220,9 +237,17 @@ def test_writes_without_the_split_are_all_5m() -> None:
     assert u.tokens == Tokens(input=2, output=8, cache_write_5m=1000)
 
 
-@pytest.mark.parametrize("raw", [None, "text", [], {"input_tokens": "12", "output_tokens": -3, "cache_read_input_tokens": True},
-                                 {"server_tool_use": None, "cache_creation": "odd", "iterations": "x", "speed": 3},
-                                 {"iterations": [None, 4], "output_tokens_details": []}])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        None,
+        "text",
+        [],
+        {"input_tokens": "12", "output_tokens": -3, "cache_read_input_tokens": True},
+        {"server_tool_use": None, "cache_creation": "odd", "iterations": "x", "speed": 3},
+        {"iterations": [None, 4], "output_tokens_details": []},
+    ],
+)
 def test_odd_usage_counts_nothing_and_never_fails(raw: object) -> None:
     u = usage_of(raw)
     assert not u.billable() and u.tokens == Tokens() and u.speed is None
@@ -230,16 +255,41 @@ def test_odd_usage_counts_nothing_and_never_fails(raw: object) -> None:
 
 ITERATIONS = {
     # What the top level says: the message iterations' sums, without the compaction.
-    "input_tokens": 1500, "output_tokens": 300, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0,
+    "input_tokens": 1500,
+    "output_tokens": 300,
+    "cache_read_input_tokens": 0,
+    "cache_creation_input_tokens": 0,
     "iterations": [
-        {"type": "message", "input_tokens": 1000, "output_tokens": 100, "cache_read_input_tokens": 0,
-         "cache_creation_input_tokens": 0},
-        {"type": "compaction", "input_tokens": 180_000, "output_tokens": 2000, "cache_read_input_tokens": 0,
-         "cache_creation_input_tokens": 0},
-        {"type": "advisor_message", "model": "claude-opus-5-5", "input_tokens": 400, "output_tokens": 50,
-         "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0},
-        {"type": "fallback_message", "model": "claude-haiku-5-5", "input_tokens": 500, "output_tokens": 200,
-         "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0},
+        {
+            "type": "message",
+            "input_tokens": 1000,
+            "output_tokens": 100,
+            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": 0,
+        },
+        {
+            "type": "compaction",
+            "input_tokens": 180_000,
+            "output_tokens": 2000,
+            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": 0,
+        },
+        {
+            "type": "advisor_message",
+            "model": "claude-opus-5-5",
+            "input_tokens": 400,
+            "output_tokens": 50,
+            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": 0,
+        },
+        {
+            "type": "fallback_message",
+            "model": "claude-haiku-5-5",
+            "input_tokens": 500,
+            "output_tokens": 200,
+            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": 0,
+        },
     ],
 }
 
@@ -251,17 +301,29 @@ def test_iterations_are_the_bill_each_at_its_own_model_and_threshold() -> None:
     assert u.tokens == Tokens(input=181_900, output=2350)
     c = cost(u, "claude-haiku-5-5", NOW, PRICES)
     haiku, haiku_long, opus = ("0.10", "0.50"), ("0.50", "2.50"), ("4", "20")
-    assert c.usd == (by_hand(haiku, (1000, 100)) + by_hand(haiku_long, (180_000, 2000)) + by_hand(opus, (400, 50))
-                     + by_hand(haiku, (500, 200)))
+    assert c.usd == (
+        by_hand(haiku, (1000, 100)) + by_hand(haiku_long, (180_000, 2000)) + by_hand(opus, (400, 50)) + by_hand(haiku, (500, 200))
+    )
     assert c.long_context and not c.unpriced and c.version == "2026-10-07"
     assert parts_from_json(parts_json(u), u.tokens) == u.parts
     assert parts_from_json(None, Tokens(input=3)) == (Part(Tokens(input=3)),)
 
 
 def test_an_iteration_on_a_model_without_a_price_leaves_the_cost_unknown() -> None:
-    raw = {**ITERATIONS, "iterations": [*ITERATIONS["iterations"], {  # type: ignore[list-item]
-        "type": "advisor_message", "model": "claude-imaginary-9", "input_tokens": 1, "output_tokens": 1,
-        "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}]}
+    raw = {
+        **ITERATIONS,
+        "iterations": [
+            *ITERATIONS["iterations"],
+            {  # type: ignore[list-item]
+                "type": "advisor_message",
+                "model": "claude-imaginary-9",
+                "input_tokens": 1,
+                "output_tokens": 1,
+                "cache_read_input_tokens": 0,
+                "cache_creation_input_tokens": 0,
+            },
+        ],
+    }
     c = cost(usage_of(raw), "claude-haiku-5-5", NOW, PRICES)
     assert (c.usd, c.unpriced) == (None, ("claude-imaginary-9",))
 
@@ -269,11 +331,14 @@ def test_an_iteration_on_a_model_without_a_price_leaves_the_cost_unknown() -> No
 # --- what the API bills beyond base rates ----------------------------------------------------
 
 
-@pytest.mark.parametrize(("tokens", "long"), [
-    ((60_000, 100, 0, 0, 40_000), False),       # a prompt of exactly 100,000 tokens, cache reads included
-    ((60_001, 100, 0, 0, 40_000), True),        # one over
-    ((1, 100, 50_000, 10_000, 40_000), True),   # over by its cache writes
-])
+@pytest.mark.parametrize(
+    ("tokens", "long"),
+    [
+        ((60_000, 100, 0, 0, 40_000), False),  # a prompt of exactly 100,000 tokens, cache reads included
+        ((60_001, 100, 0, 0, 40_000), True),  # one over
+        ((1, 100, 50_000, 10_000, 40_000), True),  # over by its cache writes
+    ],
+)
 def test_haiku_5_5_above_100k_prompt_tokens_bills_every_token_at_the_higher_rates(tokens: tuple[int, ...], long: bool) -> None:
     rates = ("0.50", "2.50", "0.625", "1", "0.05") if long else ("0.10", "0.50", "0.125", "0.20", "0.01")
     c = cost(usage(*tokens), "claude-haiku-5-5", NOW, PRICES)
@@ -290,7 +355,9 @@ def test_sonnet_4_5_above_200k_input_tokens() -> None:
 
 def test_opus_4_6_long_context_only_while_the_premium_stood() -> None:
     tokens = (250_000, 1000, 0, 0, 0)
-    assert cost(usage(*tokens), "claude-opus-4-6", at("2026-03-01"), PRICES).usd == by_hand(("10", "37.50", "0", "0", "0"), tokens)
+    assert cost(usage(*tokens), "claude-opus-4-6", at("2026-03-01"), PRICES).usd == by_hand(
+        ("10", "37.50", "0", "0", "0"), tokens
+    )
     assert cost(usage(*tokens), "claude-opus-4-6", at("2026-04-01"), PRICES).usd == by_hand(("5", "25", "0", "0", "0"), tokens)
 
 
@@ -299,7 +366,9 @@ def test_fast_mode_rates_with_caching_on_top_and_no_long_context_premium() -> No
     c = cost(usage(*tokens, speed="fast"), "claude-opus-5-5", NOW, PRICES)
     # $8 / $40, cache writes 1.25x and 2x the fast input, reads 0.05x (Opus 5.5's multiplier)
     assert c.usd == by_hand(("8", "40", "10", "16", "0.40"), tokens) and c.fast and not c.long_context
-    assert cost(usage(*tokens, speed="fast"), "claude-opus-4-8", NOW, PRICES).usd == by_hand(("10", "50", "12.50", "20", "1"), tokens)
+    assert cost(usage(*tokens, speed="fast"), "claude-opus-4-8", NOW, PRICES).usd == by_hand(
+        ("10", "50", "12.50", "20", "1"), tokens
+    )
 
 
 def test_fast_mode_on_a_model_without_a_fast_price_is_unpriced_not_guessed() -> None:

@@ -54,13 +54,13 @@ async def test_a_stop_reaches_every_worker_as_sigterm_and_each_finishes_cleanly(
     stop.set()
     await asyncio.wait_for(waiting, 60)
     assert [w.exitcode for w in workers] == [0, 0]
-    assert [open(m).read() for m in markers] == ["stopped cleanly"] * 2
+    assert [Path(m).read_text() for m in markers] == ["stopped cleanly"] * 2
 
 
 async def serving(markers: list[str]) -> None:
     """Until every worker serves: a SIGTERM before its handler is set would kill it, not stop it (spawning is slow under load)."""
     for _ in range(600):
-        if all(os.path.exists(m) and open(m).read() == "serving" for m in markers):
+        if all(os.path.exists(m) and Path(m).read_text() == "serving" for m in markers):
             return
         await asyncio.sleep(0.1)
     raise AssertionError("the workers did not start serving within 60 s")
@@ -73,7 +73,7 @@ async def test_a_failing_worker_stops_the_others_and_fails_the_parent(tmp_path: 
     workers = [*start(exits, [(3, 0.0)], "failing"), *survivor]
     with pytest.raises(WorkerFailed, match=r"failing-0 \(pid \d+\) exited with 3"):
         await asyncio.wait_for(supervise(workers, asyncio.Event()), 60)
-    assert workers[1].exitcode == 0 and open(marker).read() == "stopped cleanly"
+    assert workers[1].exitcode == 0 and Path(marker).read_text() == "stopped cleanly"
 
 
 async def test_a_worker_killed_from_outside_fails_the_parent() -> None:
@@ -98,17 +98,23 @@ time.sleep(600)
 async def test_workers_of_a_parent_killed_outright_stop_cleanly(tmp_path: Path) -> None:
     marker, pid_file = tmp_path / "orphan", tmp_path / "worker.pid"
     parent = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", PARENT, str(marker), str(pid_file), stdout=asyncio.subprocess.DEVNULL, cwd=ROOT,
+        sys.executable,
+        "-c",
+        PARENT,
+        str(marker),
+        str(pid_file),
+        stdout=asyncio.subprocess.DEVNULL,
+        cwd=ROOT,
     )
     async with asyncio.timeout(60):
         while not pid_file.exists():
             await asyncio.sleep(0.1)
     worker = int(pid_file.read_text())
-    await asyncio.sleep(1.0)
+    await serving([str(marker)])
     parent.kill()
     await parent.wait()
     async with asyncio.timeout(60):
-        while not marker.exists() or pid_alive(worker):
+        while pid_alive(worker):
             await asyncio.sleep(0.1)
     assert marker.read_text() == "stopped cleanly"
 

@@ -79,7 +79,10 @@ async def admin(database: str) -> Any:
 
 @pytest.mark.parametrize("whole_bodies", [False, True], ids=["split-bodies", "whole-bodies"])
 async def test_replay_into_a_schema_equals_the_live_tables_and_again_changes_nothing(
-    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection, admin: asyncpg.Connection,
+    settings: WinniSettings,
+    producer: AIOKafkaProducer,
+    db: asyncpg.Connection,
+    admin: asyncpg.Connection,
     whole_bodies: bool,
 ) -> None:
     settings = replace(settings, store_request_bodies=whole_bodies)
@@ -178,9 +181,9 @@ async def test_a_live_write_waiting_on_the_swap_lands_in_the_rebuilt_tables(data
     async def blocked_live_batch() -> None:
         nonlocal waiting
         waiting = asyncio.create_task(live_batch("during"))
-        await eventually(lambda: admin.fetchval(
-            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'kgb.sessions'::regclass"
-        ))
+        await eventually(
+            lambda: admin.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'kgb.sessions'::regclass")
+        )
 
     waiting: asyncio.Task[None] | None = None
     try:
@@ -222,11 +225,19 @@ async def test_the_command_fills_a_schema_and_logs_plain_progress_lines(
 ) -> None:
     events = long_session(10).events
     await publish(producer, settings.kafka.topic, events)
-    env = {**os.environ, "KGB_KAFKA_BOOTSTRAP": settings.kafka.bootstrap, "KGB_TOPIC": settings.kafka.topic,
-           "KGB_DATABASE_URL": settings.database_url}
+    env = {
+        **os.environ,
+        "KGB_KAFKA_BOOTSTRAP": settings.kafka.bootstrap,
+        "KGB_TOPIC": settings.kafka.topic,
+        "KGB_DATABASE_URL": settings.database_url,
+    }
     done = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-c", "from kgb.cli import main; main()", "replay", "--into", "kgb_cli"],
-        capture_output=True, text=True, env=env, timeout=120,
+        subprocess.run,
+        [sys.executable, "-c", "from kgb.cli import main; main()", "replay", "--into", "kgb_cli"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert f"kgb replay: {len(events):,} events in" in done.stdout
@@ -259,9 +270,7 @@ def readme_example() -> str:
     return block
 
 
-async def test_the_readme_example_consumer_counts_every_request(
-    kafka: Any, topic: str, producer: AIOKafkaProducer
-) -> None:
+async def test_the_readme_example_consumer_counts_every_request(kafka: Any, topic: str, producer: AIOKafkaProducer) -> None:
     events = [*long_session(10).events, *sample_events(), b"not avro"]
     await publish(producer, topic, events)
     expected: dict[str, int] = {}
@@ -302,7 +311,10 @@ WHERE n.nspname LIKE 'kgb\\_replay\\_%' AND c.relname = 'exchanges'
 
 
 async def test_replay_rides_out_database_restarts_mid_batch(
-    postgres: Any, settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection,
+    postgres: Any,
+    settings: WinniSettings,
+    producer: AIOKafkaProducer,
+    db: asyncpg.Connection,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A swapping replay under restarts that land inside its batches (or wherever it is writing):
@@ -313,6 +325,7 @@ async def test_replay_rides_out_database_restarts_mid_batch(
         await stored(db, events)
     live = await dump(settings.database_url, "kgb")
     caplog.set_level(logging.WARNING, logger="consumers")
+    caplog.set_level(logging.DEBUG, logger="consumers.source")  # every failed attempt, for batch_failures
     done = asyncio.Event()
     restarts = asyncio.create_task(restarts_mid_batch(postgres, settings.database_url, REBUILT, done=done))
     try:
@@ -326,7 +339,10 @@ async def test_replay_rides_out_database_restarts_mid_batch(
 
 
 async def test_a_restart_inside_the_locked_swap_rolls_it_back_and_it_is_done_again(
-    postgres: Any, settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection,
+    postgres: Any,
+    settings: WinniSettings,
+    producer: AIOKafkaProducer,
+    db: asyncpg.Connection,
 ) -> None:
     """The restart comes during the final catch-up, the swap's transaction holding the live tables'
     locks: it rolls back, and the next attempt, on a new connection, swaps. Swapping once more
@@ -357,16 +373,26 @@ async def test_a_restart_inside_the_locked_swap_rolls_it_back_and_it_is_done_aga
 
 
 async def test_replay_rebuilds_the_mcp_tables_and_their_links_from_both_topics(
-    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection, admin: asyncpg.Connection, kafka: Any,
+    settings: WinniSettings,
+    producer: AIOKafkaProducer,
+    db: asyncpg.Connection,
+    admin: asyncpg.Connection,
+    kafka: Any,
 ) -> None:
     mcp_topic = await create_topic(kafka.bootstrap)
     settings = replace(settings, kafka=replace(settings.kafka, mcp_topic=mcp_topic))
     request, response = tool_use_exchange("toolu_01Replay", "mcp__srv__find", {"q": "x"})
     at = response["occurred_at"] + 10_000
-    mcp_events = [mcp_message(call(1, "find", {"q": "x"}, progressToken=5), at=at),
-                  mcp_message({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": 5, "progress": 1}},
-                              "UPSTREAM_TO_CLIENT", at=at + 1),
-                  mcp_message(answer(1), "UPSTREAM_TO_CLIENT", at=at + 2), mcp_message(b"garbage line")]
+    mcp_events = [
+        mcp_message(call(1, "find", {"q": "x"}, progressToken=5), at=at),
+        mcp_message(
+            {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": 5, "progress": 1}},
+            "UPSTREAM_TO_CLIENT",
+            at=at + 1,
+        ),
+        mcp_message(answer(1), "UPSTREAM_TO_CLIENT", at=at + 2),
+        mcp_message(b"garbage line"),
+    ]
     await publish(producer, settings.kafka.topic, [request, response])
     await publish_any(producer, mcp_topic, mcp_events)
     async with winni(settings):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import pytest
@@ -16,8 +16,21 @@ from consumers.winni import mcp, threads
 from consumers.winni.bodies import SentKey, jsonb_safe, part_hash, part_json, read_body
 from consumers.winni.consumer import by_session
 from consumers.winni.store import (
-    SHARED_COLUMNS, DeadLetterRow, RequestRow, ResponseRow, body_columns, check, headers_json, paired, queries, request_row,
-    response_row, split_body, timestamp, usage_numbers,
+    SHARED_COLUMNS,
+    DeadLetterRow,
+    RequestRow,
+    ResponseRow,
+    body_columns,
+    check,
+    headers_json,
+    paired,
+    queries,
+    request_row,
+    response_row,
+    split_body,
+    timestamp,
+    usage_numbers,
+    without_nul,
 )
 from tests.consumers.factories import exchange, request_event
 from tests.consumers.query_columns import parameter_columns
@@ -86,30 +99,33 @@ def test_rows_match_the_query_parameters() -> None:
     assert len(row) == parameters(queries().insert_exchange) == 28 + 31 - 7
 
 
-@pytest.mark.parametrize(("row", "query"), [
-    (RequestRow, "upsert_request"),
-    (ResponseRow, "upsert_response"),
-    (DeadLetterRow, "insert_dead_letter"),
-    (threads.SessionRow, "upsert_session"),
-    (threads.TitleRow, "set_title"),
-    (threads.ConversationRow, "upsert_conversation"),
-    (threads.MessageRow, "upsert_message"),
-    (threads.ToolUseRow, "upsert_tool_use"),
-    (threads.ToolResultRow, "upsert_tool_result"),
-    (mcp.McpSessionRow, "upsert_mcp_session"),
-    (mcp.McpMessageRow, "insert_mcp_message"),
-    (mcp.McpCallRow, "insert_mcp_call"),
-    (mcp.McpAnswerRow, "answer_mcp_call"),
-    (mcp.McpNoteRow, "note_mcp_call"),
-    (mcp.McpHttpRow, "insert_mcp_http_request"),
-])
+@pytest.mark.parametrize(
+    ("row", "query"),
+    [
+        (RequestRow, "upsert_request"),
+        (ResponseRow, "upsert_response"),
+        (DeadLetterRow, "insert_dead_letter"),
+        (threads.SessionRow, "upsert_session"),
+        (threads.TitleRow, "set_title"),
+        (threads.ConversationRow, "upsert_conversation"),
+        (threads.MessageRow, "upsert_message"),
+        (threads.ToolUseRow, "upsert_tool_use"),
+        (threads.ToolResultRow, "upsert_tool_result"),
+        (mcp.McpSessionRow, "upsert_mcp_session"),
+        (mcp.McpMessageRow, "insert_mcp_message"),
+        (mcp.McpCallRow, "insert_mcp_call"),
+        (mcp.McpAnswerRow, "answer_mcp_call"),
+        (mcp.McpNoteRow, "note_mcp_call"),
+        (mcp.McpHttpRow, "insert_mcp_http_request"),
+    ],
+)
 def test_each_row_names_in_order_the_columns_its_query_writes(row: type[tuple[Any, ...]], query: str) -> None:
     assert row._fields == parameter_columns(queries()[query])  # type: ignore[attr-defined]
 
 
 def test_the_rows_of_both_halves_share_their_first_columns_and_make_the_whole_exchange() -> None:
     assert RequestRow._fields[: len(SHARED_COLUMNS)] == ResponseRow._fields[: len(SHARED_COLUMNS)] == SHARED_COLUMNS
-    whole = RequestRow._fields + ResponseRow._fields[len(SHARED_COLUMNS):]
+    whole = RequestRow._fields + ResponseRow._fields[len(SHARED_COLUMNS) :]
     assert whole == parameter_columns(queries().insert_exchange)
     assert threads.ExchangeLink._fields == ("exchange_id", *RequestRow._fields[-4:])
 
@@ -133,7 +149,9 @@ def test_only_exchanges_with_one_request_and_one_response_are_written_whole() ->
 
 def test_batches_split_by_session_keep_sessions_whole_and_in_order() -> None:
     sessions = [f"session-{n}" for n in range(8)]
-    records = [Record(Envelope("t", 0, offset, None, None), request_event(session_id=sessions[offset % 8])) for offset in range(40)]
+    records = [
+        Record(Envelope("t", 0, offset, None, None), request_event(session_id=sessions[offset % 8])) for offset in range(40)
+    ]
     parts = by_session(records, 3)
     assert 1 < len(parts) <= 3
     assert sorted(r.envelope.offset for part in parts for r in part) == list(range(40))
@@ -173,3 +191,14 @@ def test_a_body_holding_a_nul_escape_stays_whole_and_its_clean_values_are_rememb
     assert split_body(dirty, read_body(dirty, parser), clean=clean) is None
     assert split_body(dirty, read_body(dirty, parser)) is None, "scanning the raw body agrees"
     assert split_body(plain_body, read_body(plain_body, parser), clean=clean) is not None
+
+
+def test_without_nul_marks_nul_in_strings_and_leaves_bytes_and_clean_rows_alone() -> None:
+    class Row(NamedTuple):
+        name: str
+        body: bytes
+        count: int
+
+    dirty, clean = Row("a\x00b", b"\x00", 1), ("ok", None, 2)
+    assert without_nul([dirty, clean]) == [Row("a\ufffdb", b"\x00", 1), clean]
+    assert without_nul([clean])[0] is clean

@@ -13,8 +13,20 @@ import pytest
 from consumers.winni.bodies import PARTS_REMEMBERED, part_hash, part_hashes
 from consumers.winni.conversations import states_from_rows
 from consumers.winni.threads import (
-    AGENT_TOOLS, CANDIDATES, CopyRow, Reply, Request, SessionState, Writes, apply_reply, apply_request, client_and_version,
-    device_and_account, message_hash, normal_content, title_of,
+    AGENT_TOOLS,
+    CANDIDATES,
+    CopyRow,
+    Reply,
+    Request,
+    SessionState,
+    Writes,
+    apply_reply,
+    apply_request,
+    client_and_version,
+    device_and_account,
+    message_hash,
+    normal_content,
+    title_of,
 )
 
 AT = datetime(2026, 1, 1, tzinfo=UTC)
@@ -26,8 +38,9 @@ MAIN_TOOLS = [{"name": "Bash", "description": "Run a command", "input_schema": {
 def request(n: int, messages: list[dict[str, Any]], **body: Any) -> Request:
     """A main-thread request unless `body` says otherwise: the main thread offers client tools."""
     fields = {"model": "claude-opus-4-8", "messages": messages, "stream": True, "tools": MAIN_TOOLS, **body}
-    return Request(f"ex-{n}", "s", "header", "/v1/messages", None, None, "claude-cli/2.1.197 (external, cli)",
-                   "claude-opus-4-8", fields, AT)
+    return Request(
+        f"ex-{n}", "s", "header", "/v1/messages", None, None, "claude-cli/2.1.197 (external, cli)", "claude-opus-4-8", fields, AT
+    )
 
 
 def user(value: Any) -> dict[str, Any]:
@@ -53,8 +66,11 @@ def test_a_string_and_a_cached_text_block_are_the_same_message() -> None:
 def test_a_batch_writes_one_session_row_merged_the_way_the_upsert_merges() -> None:
     state, writes = SessionState("s"), Writes()
     first = request(1, [user("a")], metadata={"user_id": '{"device_id": "d1", "account_uuid": "a1"}'})
-    later = replace(request(2, [user("b")], metadata={"user_id": '{"device_id": "d2"}'}),
-                    client="claude-cli/2.2.0 (external, cli)", at=AT + timedelta(seconds=5))
+    later = replace(
+        request(2, [user("b")], metadata={"user_id": '{"device_id": "d2"}'}),
+        client="claude-cli/2.2.0 (external, cli)",
+        at=AT + timedelta(seconds=5),
+    )
     earlier = replace(request(3, [user("c")]), client=None, at=AT - timedelta(seconds=5))
     for r in (first, later, earlier):
         apply_request(state, r, writes)
@@ -67,12 +83,16 @@ def test_a_batch_writes_one_session_row_merged_the_way_the_upsert_merges() -> No
 def test_a_failed_server_tool_result_is_an_error_like_a_client_one() -> None:
     state, writes = SessionState("s"), Writes()
     search = {"type": "server_tool_use", "id": "srv-1", "name": "web_search", "input": {"query": "q"}}
-    outage = {"type": "web_search_tool_result", "tool_use_id": "srv-1",
-              "content": {"type": "web_search_tool_result_error", "error_code": "unavailable"}}
+    outage = {
+        "type": "web_search_tool_result",
+        "tool_use_id": "srv-1",
+        "content": {"type": "web_search_tool_result_error", "error_code": "unavailable"},
+    }
     found = {"type": "web_search_tool_result", "tool_use_id": "srv-2", "content": [{"type": "web_search_result", "url": "u"}]}
     refused = {"type": "tool_result", "tool_use_id": "t-1", "content": "denied", "is_error": True}
-    apply_request(state, request(1, [user("find it"), {"role": "assistant", "content": [search, outage, found]},
-                                     user([refused])]), writes)
+    apply_request(
+        state, request(1, [user("find it"), {"role": "assistant", "content": [search, outage, found]}, user([refused])]), writes
+    )
     assert {(r.tool_use_id, r.is_error) for r in writes.tool_results} == {("srv-1", True), ("srv-2", False), ("t-1", True)}
 
 
@@ -83,7 +103,10 @@ def test_a_conversation_stores_each_position_once() -> None:
     apply_request(state, request(2, [user("a"), said("b, as the client kept it"), user("c")]), writes)
     apply_reply(state, answer(2, "d"), writes)
     assert [(m.position, m.role, m.source) for m in writes.messages] == [
-        (0, "user", "request"), (1, "assistant", "response"), (2, "user", "request"), (3, "assistant", "response"),
+        (0, "user", "request"),
+        (1, "assistant", "response"),
+        (2, "user", "request"),
+        (3, "assistant", "response"),
     ]
     assert len(writes.conversations) == 1 and [x.reply_position for x in writes.exchanges] == [1, 3]
 
@@ -95,7 +118,11 @@ def test_a_retry_adds_nothing_and_a_complete_reply_replaces_a_partial_one() -> N
     apply_request(state, request(2, [user("a")], stream=False), writes)
     apply_reply(state, answer(2, "cut short no more"), writes)
     assert [x.retry_of for x in writes.exchanges] == [None, "ex-1"]
-    assert [(m.position, m.partial, m.exchange_id) for m in writes.messages] == [(0, False, "ex-1"), (1, True, "ex-1"), (1, False, "ex-2")]
+    assert [(m.position, m.partial, m.exchange_id) for m in writes.messages] == [
+        (0, False, "ex-1"),
+        (1, True, "ex-1"),
+        (1, False, "ex-2"),
+    ]
 
 
 def test_a_rewound_history_branches_off() -> None:
@@ -128,7 +155,12 @@ def test_titles_come_as_structured_output_or_plain_text() -> None:
 def test_remembered_hashes_change_no_row() -> None:
     """A warm state skips normalising resent messages; a cold one (read back from the tables) hashes all."""
     history = [user("a"), said("b"), user([{"type": "text", "text": "c", "cache_control": {"type": "ephemeral"}}])]
-    requests = [request(1, history[:1]), request(2, history), request(3, [*history, said("d"), user("e")]), request(4, history[:1])]
+    requests = [
+        request(1, history[:1]),
+        request(2, history),
+        request(3, [*history, said("d"), user("e")]),
+        request(4, history[:1]),
+    ]
     warm, cold = (SessionState("s"), Writes()), (SessionState("s"), Writes())
     for r in requests:
         apply_request(warm[0], r, warm[1])
@@ -170,7 +202,11 @@ def test_remembered_part_hashes_are_the_full_ones_and_bounded() -> None:
     known: dict = {}
     for n in range(PARTS_REMEMBERED * 2):
         body = {"system": [{"type": "text", "text": f"prompt {n}", "cache_control": {"type": "ephemeral"}}], "tools": MAIN_TOOLS}
-        assert part_hashes(body, known) == part_hashes(body, {}) == {"system": part_hash(body["system"]), "tools": part_hash(MAIN_TOOLS)}
+        assert (
+            part_hashes(body, known)
+            == part_hashes(body, {})
+            == {"system": part_hash(body["system"]), "tools": part_hash(MAIN_TOOLS)}
+        )
         assert len(known) <= PARTS_REMEMBERED
     assert part_hashes({"messages": []}, known) == {}
     # the same value with its keys in another order is another entry as sent, and the same part
@@ -194,8 +230,12 @@ REMINDER = "<system-reminder>Answer in English.</system-reminder>"
 
 
 def agent_use(tool_id: str, prompt: str, name: str = "Agent") -> dict[str, Any]:
-    return {"type": "tool_use", "id": tool_id, "name": name,
-            "input": {"description": "Look around", "prompt": prompt, "subagent_type": "general-purpose"}}
+    return {
+        "type": "tool_use",
+        "id": tool_id,
+        "name": name,
+        "input": {"description": "Look around", "prompt": prompt, "subagent_type": "general-purpose"},
+    }
 
 
 def at(n: int) -> datetime:
@@ -225,7 +265,10 @@ def test_a_sub_agent_is_linked_to_the_agent_call_with_its_prompt() -> None:
     state, writes = SessionState("s"), Writes()
     apply_request(state, main_turn(1, [user("look around")]), writes)
     apply_reply(state, delegated(1, {"type": "text", "text": "Delegating."}, agent_use("toolu_1", "Survey the repo.")), writes)
-    first = [{"type": "text", "text": REMINDER}, {"type": "text", "text": "Survey the repo.", "cache_control": {"type": "ephemeral"}}]
+    first = [
+        {"type": "text", "text": REMINDER},
+        {"type": "text", "text": "Survey the repo.", "cache_control": {"type": "ephemeral"}},
+    ]
     apply_request(state, sub_agent(2, "a1", first), writes)
     assert spawned_by(writes) == {None: None, "a1": "toolu_1"}
     # the same sub-agent's next request extends its conversation and links nothing anew
@@ -236,7 +279,9 @@ def test_a_sub_agent_is_linked_to_the_agent_call_with_its_prompt() -> None:
 def test_parallel_sub_agents_each_find_their_call() -> None:
     state, writes = SessionState("s"), Writes()
     apply_request(state, main_turn(1, [user("look around")]), writes)
-    apply_reply(state, delegated(1, agent_use("toolu_1", "Read the docs."), agent_use("toolu_2", "Read the tests.", name="Task")), writes)
+    apply_reply(
+        state, delegated(1, agent_use("toolu_1", "Read the docs."), agent_use("toolu_2", "Read the tests.", name="Task")), writes
+    )
     apply_request(state, sub_agent(2, "a2", "Read the tests."), writes)  # a plain string content
     apply_request(state, sub_agent(3, "a1", [{"type": "text", "text": "Read the docs.\n"}]), writes)
     assert spawned_by(writes) == {None: None, "a2": "toolu_2", "a1": "toolu_1"}
@@ -247,9 +292,15 @@ def test_a_repeated_prompt_links_each_call_once_first_come_first_served() -> Non
     history = [user("check")]
     apply_request(state, main_turn(1, history), writes)
     apply_reply(state, delegated(1, agent_use("toolu_1", "Run the tests."), agent_use("toolu_2", "Run the tests.")), writes)
-    history += [{"role": "assistant", "content": [agent_use("toolu_1", "Run the tests."), agent_use("toolu_2", "Run the tests.")]},
-                user([{"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"},
-                      {"type": "tool_result", "tool_use_id": "toolu_2", "content": "ok"}])]
+    history += [
+        {"role": "assistant", "content": [agent_use("toolu_1", "Run the tests."), agent_use("toolu_2", "Run the tests.")]},
+        user(
+            [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"},
+                {"type": "tool_result", "tool_use_id": "toolu_2", "content": "ok"},
+            ]
+        ),
+    ]
     apply_request(state, main_turn(2, history), writes)
     apply_reply(state, delegated(2, agent_use("toolu_3", "Run the tests.")), writes)
     for n, agent in enumerate(("a1", "a2", "a3", "a4"), start=3):
@@ -268,8 +319,15 @@ def test_no_call_no_link() -> None:
     apply_request(state, sub_agent(4, "a2", "Cut short."), writes)
     # a tool named otherwise, or with no prompt, is no Agent call
     apply_request(state, main_turn(5, [user("once more")]), writes)
-    apply_reply(state, delegated(5, {**agent_use("toolu_3", "Not an agent."), "name": "Bash"},
-                                 {**agent_use("toolu_4", ""), "input": {"description": "no prompt"}}), writes)
+    apply_reply(
+        state,
+        delegated(
+            5,
+            {**agent_use("toolu_3", "Not an agent."), "name": "Bash"},
+            {**agent_use("toolu_4", ""), "input": {"description": "no prompt"}},
+        ),
+        writes,
+    )
     apply_request(state, sub_agent(6, "a3", "Not an agent."), writes)
     assert spawned_by(writes) == {None: None, "a1": None, "a2": None, "a3": None}
     assert [r.tool_use_id for r in writes.tool_uses] == ["toolu_1", "toolu_2", "toolu_3", "toolu_4"]
@@ -291,16 +349,27 @@ def test_a_copied_call_is_not_offered_again() -> None:
 
 def test_calls_read_back_from_the_tables_are_claimed_as_the_live_ones() -> None:
     """A restart between an Agent call and its sub-agent: the state rebuilt from rows links the same."""
-    history = [user("check"), {"role": "assistant", "content": [agent_use("toolu_1", "Run the tests."), agent_use("toolu_2", "Lint.")]}]
-    before = [
-        main_turn(1, history[:1]), delegated(1, *history[1]["content"]),
-        sub_agent(2, "a0", "Lint."),
-        main_turn(3, [*history, user("more")]), delegated(3, agent_use("toolu_3", "Run the tests.")),
-        main_turn(4, [*history, user("Your task is to create a detailed summary of the conversation so far.")]),
-        main_turn(5, [user("and")]), delegated(5, agent_use("toolu_4", "Cut short."), partial=True),
+    history = [
+        user("check"),
+        {"role": "assistant", "content": [agent_use("toolu_1", "Run the tests."), agent_use("toolu_2", "Lint.")]},
     ]
-    after = [sub_agent(6, "a2", "Run the tests."), sub_agent(7, "a1", [{"type": "text", "text": "Run the tests."}]),
-             sub_agent(8, "a3", "Cut short."), sub_agent(9, "a4", "Lint."), sub_agent(10, "a5", "Run the tests.")]
+    before = [
+        main_turn(1, history[:1]),
+        delegated(1, *history[1]["content"]),
+        sub_agent(2, "a0", "Lint."),
+        main_turn(3, [*history, user("more")]),
+        delegated(3, agent_use("toolu_3", "Run the tests.")),
+        main_turn(4, [*history, user("Your task is to create a detailed summary of the conversation so far.")]),
+        main_turn(5, [user("and")]),
+        delegated(5, agent_use("toolu_4", "Cut short."), partial=True),
+    ]
+    after = [
+        sub_agent(6, "a2", "Run the tests."),
+        sub_agent(7, "a1", [{"type": "text", "text": "Run the tests."}]),
+        sub_agent(8, "a3", "Cut short."),
+        sub_agent(9, "a4", "Lint."),
+        sub_agent(10, "a5", "Run the tests."),
+    ]
     live, writes = SessionState("s"), Writes()
     for event in before:
         (apply_request if isinstance(event, Request) else apply_reply)(live, event, writes)
@@ -327,20 +396,54 @@ def rows_of(writes: Writes) -> tuple[list[dict[str, Any]], ...]:
             messages[(m.conversation_id, m.position)] = m
     uses = {(u.conversation_id, u.tool_use_id): u for u in reversed(writes.tool_uses)}  # the first use of each stays
     return (
-        [{"session_key": c.session_key, "id": c.id, "kind": c.kind, "agent_id": c.agent_id,
-          "summarises_conversation_id": c.summarises_conversation_id, "spawned_by_tool_use_id": c.spawned_by_tool_use_id,
-          "last_at": c.last_at}
-         for c in conversations],
-        [{"conversation_id": m.conversation_id, "role": m.role, "content_hash": m.content_hash,
-          "from_response": m.source == "response", "partial": m.partial}
-         for m in sorted(messages.values(), key=lambda m: m.position)],
-        [{"session_key": "s", "exchange_id": x.exchange_id, "conversation_id": x.conversation_id, "reply_position": x.reply_position,
-          "retry_of": x.retry_of, "request_hash": x.request_hash, "kind": kinds[x.conversation_id],
-          "message_id": None} for x in writes.exchanges],  # the replies here have no ids
+        [
+            {
+                "session_key": c.session_key,
+                "id": c.id,
+                "kind": c.kind,
+                "agent_id": c.agent_id,
+                "summarises_conversation_id": c.summarises_conversation_id,
+                "spawned_by_tool_use_id": c.spawned_by_tool_use_id,
+                "last_at": c.last_at,
+            }
+            for c in conversations
+        ],
+        [
+            {
+                "conversation_id": m.conversation_id,
+                "role": m.role,
+                "content_hash": m.content_hash,
+                "from_response": m.source == "response",
+                "partial": m.partial,
+            }
+            for m in sorted(messages.values(), key=lambda m: m.position)
+        ],
+        [
+            {
+                "session_key": "s",
+                "exchange_id": x.exchange_id,
+                "conversation_id": x.conversation_id,
+                "reply_position": x.reply_position,
+                "retry_of": x.retry_of,
+                "request_hash": x.request_hash,
+                "kind": kinds[x.conversation_id],
+                "message_id": None,
+            }
+            for x in writes.exchanges
+        ],  # the replies here have no ids
         [],
-        [{"session_key": "s", "conversation_id": u.conversation_id, "tool_use_id": u.tool_use_id, "prompt": orjson.loads(u.input)["prompt"], "used_at": u.used_at,
-          "use_position": u.use_position}
-         for u in uses.values() if u.name in AGENT_TOOLS and _holds(messages[(u.conversation_id, u.use_position)], u.tool_use_id)],
+        [
+            {
+                "session_key": "s",
+                "conversation_id": u.conversation_id,
+                "tool_use_id": u.tool_use_id,
+                "prompt": orjson.loads(u.input)["prompt"],
+                "used_at": u.used_at,
+                "use_position": u.use_position,
+            }
+            for u in uses.values()
+            if u.name in AGENT_TOOLS and _holds(messages[(u.conversation_id, u.use_position)], u.tool_use_id)
+        ],
     )
 
 
@@ -354,8 +457,9 @@ def _holds(message: Any, tool_use_id: str) -> bool:
 def chat(n: int, messages: list[dict[str, Any]], **body: Any) -> Request:
     """A request as the `anthropic` SDK sends one for a chat: no tools, no session of its own."""
     fields = {"model": "claude-opus-4-8", "max_tokens": 1024, "messages": messages, **body}
-    return Request(f"ex-{n}", "s", "api_key", "/v1/messages", None, None, "AsyncAnthropic/Python 2.15.0",
-                   "claude-opus-4-8", fields, at(n))
+    return Request(
+        f"ex-{n}", "s", "api_key", "/v1/messages", None, None, "AsyncAnthropic/Python 2.15.0", "claude-opus-4-8", fields, at(n)
+    )
 
 
 class Chat:
@@ -387,7 +491,7 @@ def threaded(writes: Writes) -> dict[Any, list[tuple[int, str, str]]]:
 
 
 def test_a_chat_without_tools_is_one_conversation_of_each_position_once() -> None:
-    state, writes, (talk,) = chats(1)
+    _state, writes, (talk,) = chats(1)
     for turn in range(6):
         talk.say(f"question {turn}", f"answer {turn}")
     ((conversation, rows),) = threaded(writes).items()
@@ -400,7 +504,7 @@ def test_a_chat_without_tools_is_one_conversation_of_each_position_once() -> Non
 def test_interleaved_chats_that_open_alike_keep_their_own_turns() -> None:
     """Same first message, same body: the second chat's opening is no retry of the first's (that one
     was answered), and every later turn goes to the chat whose answer it repeats."""
-    state, writes, (a, b) = chats(2)
+    _state, writes, (a, b) = chats(2)
     a.say("Hi", "Hello from A")
     b.say("Hi", "Hello from B")
     for turn in range(3):
@@ -408,15 +512,33 @@ def test_interleaved_chats_that_open_alike_keep_their_own_turns() -> None:
         b.say(f"b{turn}", f"B answers {turn}")
     first, second = writes.conversations.values()
     rows = threaded(writes)
-    assert [text for _, _, text in rows[first.id]] == ["Hi", "Hello from A", "a0", "A answers 0", "a1", "A answers 1", "a2", "A answers 2"]
-    assert [text for _, _, text in rows[second.id]] == ["Hi", "Hello from B", "b0", "B answers 0", "b1", "B answers 1", "b2", "B answers 2"]
+    assert [text for _, _, text in rows[first.id]] == [
+        "Hi",
+        "Hello from A",
+        "a0",
+        "A answers 0",
+        "a1",
+        "A answers 1",
+        "a2",
+        "A answers 2",
+    ]
+    assert [text for _, _, text in rows[second.id]] == [
+        "Hi",
+        "Hello from B",
+        "b0",
+        "B answers 0",
+        "b1",
+        "B answers 1",
+        "b2",
+        "B answers 2",
+    ]
     assert [p for p, _, _ in rows[second.id]] == list(range(8))
     assert (second.branch_of, second.branch_position) == (first.id, 1)  # it answered A's first question again
     assert [x.retry_of for x in writes.exchanges] == [None] * 8
 
 
 def test_more_chats_than_candidates_each_find_their_own() -> None:
-    state, writes, talks = chats(CANDIDATES + 8)
+    _state, writes, talks = chats(CANDIDATES + 8)
     for turn in range(3):
         for number, talk in enumerate(talks):
             talk.say(f"chat {number} turn {turn}", f"reply {number}.{turn}")
@@ -441,7 +563,9 @@ def test_the_same_question_asked_again_after_its_answer_is_a_branch_and_after_a_
     assert (third.branch_of, third.branch_position) == (original.id, 1)  # of equals, the earliest
     assert [x.retry_of for x in writes.exchanges] == [None, None, None, "ex-11"]
     assert {cid: [t for _, _, t in r] for cid, r in threaded(writes).items()} == {
-        original.id: ["Name a colour.", "Blue."], regenerated.id: ["Name a colour.", "Red."], third.id: ["Name a colour.", "Green."],
+        original.id: ["Name a colour.", "Blue."],
+        regenerated.id: ["Name a colour.", "Red."],
+        third.id: ["Name a colour.", "Green."],
     }
 
 
@@ -453,13 +577,20 @@ def test_asking_again_up_to_a_cut_reply_replaces_it() -> None:
     apply_request(state, chat(2, [user("Explain Kafka.")], max_tokens=4096), writes)
     apply_reply(state, answer(2, "Kafka is a log."), writes)
     assert len(writes.conversations) == 1
-    assert [(m.position, m.partial, m.exchange_id) for m in writes.messages] == [(0, False, "ex-1"), (1, True, "ex-1"), (1, False, "ex-2")]
+    assert [(m.position, m.partial, m.exchange_id) for m in writes.messages] == [
+        (0, False, "ex-1"),
+        (1, True, "ex-1"),
+        (1, False, "ex-2"),
+    ]
 
 
-@pytest.mark.parametrize(("change", "kept"), [
-    (lambda history: [*history[:2], user("q1, put otherwise")], 3),  # an edited turn
-    (lambda history: [*history[:2], *history[4:], user("q3")], 5),  # a dropped one
-])
+@pytest.mark.parametrize(
+    ("change", "kept"),
+    [
+        (lambda history: [*history[:2], user("q1, put otherwise")], 3),  # an edited turn
+        (lambda history: [*history[:2], *history[4:], user("q3")], 5),  # a dropped one
+    ],
+)
 def test_an_edited_or_dropped_turn_branches_where_the_histories_part(change: Callable[[list[Any]], list[Any]], kept: int) -> None:
     state, writes, (talk,) = chats(1)
     for turn in range(3):
@@ -524,7 +655,7 @@ def test_with_every_marker_the_continuation_links_once() -> None:
 
 
 def test_a_new_chat_without_a_marker_after_none_is_linked_to_nothing() -> None:
-    main, after = compacted("Boil all of it down, please.", "Unrelated:").conversations.values()
+    _main, after = compacted("Boil all of it down, please.", "Unrelated:").conversations.values()
     assert after.summarises_conversation_id is None and after.branch_of is None
 
 
@@ -598,9 +729,12 @@ def weather_asked() -> tuple[SessionState, Writes]:
 def test_a_turn_continuing_a_held_history_extends_its_conversation() -> None:
     state, writes = weather_asked()
     apply_request(state, thread_turn(3, [user("And tomorrow?")], "msg_2"), writes)
-    (conversation,) = writes.conversations.values()
+    (_conversation,) = writes.conversations.values()
     assert [(m.position, m.role, m.source) for m in writes.messages] == [
-        (0, "user", "request"), (1, "assistant", "response"), (2, "user", "request"), (3, "assistant", "response"),
+        (0, "user", "request"),
+        (1, "assistant", "response"),
+        (2, "user", "request"),
+        (3, "assistant", "response"),
         (4, "user", "request"),
     ]
     assert [x.reply_position for x in writes.exchanges] == [1, 3, 5]
@@ -624,7 +758,7 @@ def test_a_turn_continuing_an_earlier_reply_branches_with_a_copy_of_what_the_ser
 def test_a_turn_continuing_a_reply_never_stored_starts_with_what_it_has() -> None:
     state, writes = SessionState("s"), Writes()
     apply_request(state, thread_turn(1, [user([SUNNY])], "msg_from_before_kgb"), writes)
-    (conversation,) = writes.conversations.values()
+    (_conversation,) = writes.conversations.values()
     assert [(m.position, m.role) for m in writes.messages] == [(0, "user")] and writes.exchanges[0].reply_position == 1
 
 

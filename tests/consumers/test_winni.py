@@ -19,7 +19,18 @@ from aiokafka import AIOKafkaProducer
 from consumers.winni import WinniSettings
 from tests.consumers.conftest import count, eventually, publish, winni
 from tests.consumers.factories import encode, exchange, request_event, response_event, text_message, user_message
-from tests.consumers.restarts import RESTARTS, all_complete, batch_failures, built_calmly, dump, feeding, migrated, restarts_mid_batch, settled, task_alive
+from tests.consumers.restarts import (
+    RESTARTS,
+    all_complete,
+    batch_failures,
+    built_calmly,
+    dump,
+    feeding,
+    migrated,
+    restarts_mid_batch,
+    settled,
+    task_alive,
+)
 
 ROW = "SELECT * FROM exchanges WHERE exchange_id = $1"
 
@@ -37,7 +48,9 @@ async def _complete_row(db: asyncpg.Connection, exchange_id: str) -> asyncpg.Rec
     return row if row and row["request_event_id"] and row["response_event_id"] else None
 
 
-async def test_request_and_response_become_one_row(settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection) -> None:
+async def test_request_and_response_become_one_row(
+    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection
+) -> None:
     request, response = exchange(agent_id="agent-7", parent_agent_id="agent-1")
     await publish(producer, settings.kafka.topic, [request, response])
     async with winni(settings):
@@ -105,7 +118,9 @@ async def test_bodies_stay_whole_when_configured_and_parts_are_stored_once(
     assert all(len(r["request_body"]) < 1024 for r in rows)
 
 
-async def test_response_before_request_gives_the_same_row(settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection) -> None:
+async def test_response_before_request_gives_the_same_row(
+    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection
+) -> None:
     in_order, in_order_reply = exchange()
     late, late_reply = exchange()
     await publish(producer, settings.kafka.topic, [in_order, in_order_reply], partition=0)
@@ -125,14 +140,31 @@ async def test_response_before_request_gives_the_same_row(settings: WinniSetting
 
 def _comparable(row: dict[str, Any], request: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
     """The row with what differs between two exchanges by construction taken out."""
-    unique = {"exchange_id", "session_key", "request_event_id", "response_event_id", "created_at", "updated_at",
-              "request_occurred_at", "response_occurred_at", "received_at", "started_at", "request_body",
-              "request_headers", "request_body_size", "message", "response_body_text",
-              "conversation_id", "request_hash"}
+    unique = {
+        "exchange_id",
+        "session_key",
+        "request_event_id",
+        "response_event_id",
+        "created_at",
+        "updated_at",
+        "request_occurred_at",
+        "response_occurred_at",
+        "received_at",
+        "started_at",
+        "request_body",
+        "request_headers",
+        "request_body_size",
+        "message",
+        "response_body_text",
+        "conversation_id",
+        "request_hash",
+    }
     return {k: v for k, v in row.items() if k not in unique}
 
 
-async def test_redelivered_events_change_nothing(settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection) -> None:
+async def test_redelivered_events_change_nothing(
+    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection
+) -> None:
     request, response = exchange()
     await publish(producer, settings.kafka.topic, [request, response], partition=0)
     async with winni(settings):
@@ -159,7 +191,12 @@ async def test_undecodable_messages_are_dead_lettered_and_consumption_goes_on(
     missing_half = request_event(request=None)
     not_a_uuid = request_event(exchange_id="exchange-1")
     good, good_reply = exchange()
-    await publish(producer, settings.kafka.topic, [b"not avro at all", unknown_schema, missing_half, not_a_uuid, good, good_reply], partition=0)
+    await publish(
+        producer,
+        settings.kafka.topic,
+        [b"not avro at all", unknown_schema, missing_half, not_a_uuid, good, good_reply],
+        partition=0,
+    )
     async with winni(settings):
         await stored(db, good["exchange_id"])
         await eventually(lambda: count(db, "dead_letters", 4))
@@ -177,7 +214,9 @@ async def test_undecodable_messages_are_dead_lettered_and_consumption_goes_on(
     assert await db.fetchval("SELECT count(*) FROM exchanges") == 1
 
 
-async def test_dead_letters_are_not_duplicated_on_redelivery(settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection) -> None:
+async def test_dead_letters_are_not_duplicated_on_redelivery(
+    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection
+) -> None:
     good, good_reply = exchange()
     await publish(producer, settings.kafka.topic, [b"\x00\x00\x00", good, good_reply], partition=0)
     async with winni(settings):
@@ -192,7 +231,9 @@ async def test_dead_letters_are_not_duplicated_on_redelivery(settings: WinniSett
     assert "Confluent header cut short" in letters[0]["reason"]
 
 
-async def test_bodies_jsonb_refuses_are_kept_as_text_or_bytes(settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection) -> None:
+async def test_bodies_jsonb_refuses_are_kept_as_text_or_bytes(
+    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection
+) -> None:
     plain = request_event(body=b"model=claude&prompt=hi", path="/v1/complete")
     nul_escape = request_event(body=b'{"messages":[{"role":"user","content":"a\\u0000b"}]}')
     binary = request_event(body=b"\x1f\x8b\x08\x00\xff\xfe binary")
@@ -222,7 +263,9 @@ def _uuid(event: dict[str, Any]) -> uuid.UUID:
     return uuid.UUID(event["exchange_id"])
 
 
-async def test_error_answers_are_stored_with_their_type(settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection) -> None:
+async def test_error_answers_are_stored_with_their_type(
+    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection
+) -> None:
     overloaded, overloaded_reply = exchange(response={"error": ("overloaded_error", "Overloaded")})
     broken, broken_reply = exchange(response={"error": ("api_error", "Internal server error"), "error_in_stream": True})
     await publish(producer, settings.kafka.topic, [overloaded, overloaded_reply, broken, broken_reply])
@@ -243,6 +286,7 @@ async def test_winni_rides_out_database_restarts_mid_batch(
     """Restarts land inside batches of two writers while sessions keep coming; the tables end
     the same, row for row, as a build of the same topic that saw no restart."""
     caplog.set_level(logging.WARNING, logger="consumers")
+    caplog.set_level(logging.DEBUG, logger="consumers.source")  # every failed attempt, for batch_failures
     settings = replace(settings, writers=2, batch_size=50)
     async with winni(settings) as task:
         async with feeding(producer, settings.kafka.topic) as sessions:

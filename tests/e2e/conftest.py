@@ -31,6 +31,7 @@ from consumers.winni import WinniSettings, run
 from proxy.app import build_app
 from proxy.settings import ProxySettings
 from tests import services
+from tests.capture import capture_worker
 from tests.fakes.anthropic import FakeAnthropic
 from tests.mcp_pipeline import serving
 
@@ -49,31 +50,35 @@ class PipelineError(AssertionError):
 
 def proxy_settings(upstream: str, bootstrap: str, topic: str, spool: Path) -> ProxySettings:
     """Defaults everywhere except where this test's services are; a fixed fingerprint key keeps runs comparable."""
-    return ProxySettings.from_env({
-        "KGB_UPSTREAM_URL": upstream,
-        "KGB_KAFKA_BOOTSTRAP": bootstrap,
-        "KGB_TOPIC": topic,
-        "KGB_SPOOL_DIR": str(spool),
-        "KGB_FINGERPRINT_KEY": "e2e-fingerprint-key",
-    })
+    return ProxySettings.from_env(
+        {
+            "KGB_UPSTREAM_URL": upstream,
+            "KGB_KAFKA_BOOTSTRAP": bootstrap,
+            "KGB_TOPIC": topic,
+            "KGB_SPOOL_DIR": str(spool),
+            "KGB_FINGERPRINT_KEY": "e2e-fingerprint-key",
+        }
+    )
 
 
 def winni_settings(bootstrap: str, topic: str, database: str) -> WinniSettings:
     """A unique group so each test reads its topic from the start; short backoff so it resumes soon after an outage."""
-    settings = WinniSettings.from_env({
-        "KGB_KAFKA_BOOTSTRAP": bootstrap,
-        "KGB_TOPIC": topic,
-        "KGB_DATABASE_URL": database,
-        "KGB_WINNI_GROUP": f"kgb-e2e-{uuid.uuid4().hex[:12]}",
-        "KGB_WINNI_STORE_REQUEST_BODIES": "true",  # the tests compare captured bodies whole
-    })
+    settings = WinniSettings.from_env(
+        {
+            "KGB_KAFKA_BOOTSTRAP": bootstrap,
+            "KGB_TOPIC": topic,
+            "KGB_DATABASE_URL": database,
+            "KGB_WINNI_GROUP": f"kgb-e2e-{uuid.uuid4().hex[:12]}",
+            "KGB_WINNI_STORE_REQUEST_BODIES": "true",  # the tests compare captured bodies whole
+        }
+    )
     return dataclasses.replace(settings, backoff=Backoff(initial=0.2, maximum=2.0))
 
 
 @contextlib.asynccontextmanager
 async def running_proxy(settings: ProxySettings) -> AsyncIterator[str]:
-    """The proxy app served on a free port of 127.0.0.1; yields its base URL."""
-    async with serving(build_app(settings)) as url:
+    """The proxy app served on a free port of 127.0.0.1, and its capture worker; yields its base URL."""
+    async with capture_worker(settings), serving(build_app(settings)) as url:
         yield url
 
 
@@ -107,6 +112,7 @@ class Pipeline:
     topic: str
     database: str
     winni: asyncio.Task[None]
+    spool: Path
 
     async def query(self, sql: str, *args: object) -> list[asyncpg.Record]:
         conn = await asyncpg.connect(self.database)
@@ -133,7 +139,9 @@ class Pipeline:
             if len(rows) >= count:
                 return list(rows)
             await asyncio.sleep(POLL)
-        raise PipelineError(f"{len(rows)} of {count} exchanges complete in kgb.exchanges after {deadline:.0f}s; {await self._progress()}")
+        raise PipelineError(
+            f"{len(rows)} of {count} exchanges complete in kgb.exchanges after {deadline:.0f}s; {await self._progress()}"
+        )
 
     async def dead_letters(self) -> list[asyncpg.Record]:
         return await self.query("SELECT topic, kafka_partition, kafka_offset, reason, error_class FROM kgb.dead_letters")
@@ -170,4 +178,6 @@ async def pipeline(
         running_winni(winni_settings(kafka.bootstrap, topic, database)) as winni,
         running_proxy(proxy_settings(fake.url, kafka.bootstrap, topic, tmp_path / "spool")) as url,
     ):
-        yield Pipeline(url=url, fake=fake, bootstrap=kafka.bootstrap, topic=topic, database=database, winni=winni)
+        yield Pipeline(
+            url=url, fake=fake, bootstrap=kafka.bootstrap, topic=topic, database=database, winni=winni, spool=tmp_path / "spool"
+        )

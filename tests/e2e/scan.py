@@ -12,6 +12,8 @@ import base64
 import glob
 import shutil
 import subprocess
+from collections.abc import Callable
+from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -41,8 +43,10 @@ async def topic_bytes(bootstrap: str, topic: str) -> list[bytes]:
     """Every key and value on `topic`, undecoded, from the start to the end offsets seen now."""
     partitions = [TopicPartition(topic, number) for number in await partition_numbers(bootstrap, topic)]
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False,
-        fetch_max_bytes=FETCH_BYTES, max_partition_fetch_bytes=FETCH_BYTES,
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        fetch_max_bytes=FETCH_BYTES,
+        max_partition_fetch_bytes=FETCH_BYTES,
     )
     await consumer.start()
     try:
@@ -92,3 +96,8 @@ def database_dump(dsn: str) -> bytes:
     if done.returncode != 0:
         raise AssertionError(f"pg_dump failed ({done.returncode}): {done.stderr.decode(errors='replace')}")
     return done.stdout
+
+
+def directory_bytes(root: Path, skip: Callable[[Path], bool] = lambda path: False) -> bytes:
+    """Every file under `root` but those `skip` names, concatenated: what the proxy keeps on local disk."""
+    return b"\n".join(path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file() and not skip(path))

@@ -95,8 +95,13 @@ async def run_claude(proxy_url: str, tmp_path: Path, *args: str) -> Finished:
     home.mkdir()
     work.mkdir()
     process = await asyncio.create_subprocess_exec(
-        claude_binary(), *args, env=cli_env(proxy_url, home), cwd=work,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        claude_binary(),
+        *args,
+        env=cli_env(proxy_url, home),
+        cwd=work,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         async with asyncio.timeout(RUN_LIMIT):
@@ -117,7 +122,8 @@ async def captured_whole(pipeline: Pipeline) -> list[dict[str, Any]]:
     received = pipeline.fake.requests
     rows = [dict(row) for row in await pipeline.wait_for_exchanges(len(received))]
     assert sorted((row["method"], row["path"], row["query"]) for row in rows) == sorted(
-        (request.method, request.path, request.query) for request in received)
+        (request.method, request.path, request.query) for request in received
+    )
     assert await pipeline.dead_letters() == []
     return rows
 
@@ -158,10 +164,12 @@ async def test_print_mode_answer_is_relayed_and_captured(pipeline: Pipeline, tmp
 
 async def test_a_bash_tool_turn_is_captured_with_its_result(pipeline: Pipeline, tmp_path: Path) -> None:
     command = {"command": "echo kgb-tool-ok", "description": "Print a marker"}
-    pipeline.fake.main_thread.extend([
-        tool_use_stream(name="Bash", input=command, tool_id="toolu_01KGBe2eToolTurnAbcdef"),
-        text_stream("The command printed kgb-tool-ok."),
-    ])
+    pipeline.fake.main_thread.extend(
+        [
+            tool_use_stream(name="Bash", input=command, tool_id="toolu_01KGBe2eToolTurnAbcdef"),
+            text_stream("The command printed kgb-tool-ok."),
+        ]
+    )
 
     done = await run_claude(pipeline.url, tmp_path, "-p", "Run echo kgb-tool-ok with Bash", "--allowedTools", "Bash")
 
@@ -177,4 +185,3 @@ async def test_a_bash_tool_turn_is_captured_with_its_result(pipeline: Pipeline, 
     assert json.loads(tool_row["message"])["content"][-1]["input"] == command
     assert tool_results(json.loads(answer_row["request_body"])) == [result]
     assert answer_row["stop_reason"] == "end_turn"
-

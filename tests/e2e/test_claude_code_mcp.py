@@ -25,34 +25,52 @@ REPO = str(Path(__file__).resolve().parents[2])
 
 async def test_claude_code_calls_mcp_tools_through_kgb_and_each_call_is_linked(kafka, database: str, tmp_path: Path) -> None:
     fake = MainThreadFake()
-    fake.main_thread.extend([
-        tool_use_stream(name="mcp__web__echo", input={"text": "from Claude Code"}, tool_id=ECHO),
-        tool_use_stream(name="mcp__tools__count", input={"steps": 2}, tool_id=COUNT),
-        text_stream("Both MCP tools answered."),
-    ])
+    fake.main_thread.extend(
+        [
+            tool_use_stream(name="mcp__web__echo", input={"text": "from Claude Code"}, tool_id=ECHO),
+            tool_use_stream(name="mcp__tools__count", input={"steps": 2}, tool_id=COUNT),
+            text_stream("Both MCP tools answered."),
+        ]
+    )
     with mcp_sdk.serving() as url:
         async with fake, mcp_pipeline(kafka.bootstrap, database, tmp_path / "spool", {"web": url}, fake.url) as pipeline:
             stdio = [*KGB, "mcp", "stdio", "tools", "--", sys.executable, "-m", "tests.fakes.mcp_sdk"]
-            config = {"mcpServers": {
-                "web": {"type": "http", "url": pipeline.at("web")},
-                "tools": {"type": "stdio", "command": stdio[0], "args": stdio[1:],
-                          "env": {**pipeline.env, "PYTHONPATH": REPO, "KGB_PUBLISH_STALL_SECONDS": "1"}},
-            }}
+            config = {
+                "mcpServers": {
+                    "web": {"type": "http", "url": pipeline.at("web")},
+                    "tools": {
+                        "type": "stdio",
+                        "command": stdio[0],
+                        "args": stdio[1:],
+                        "env": {**pipeline.env, "PYTHONPATH": REPO},
+                    },
+                }
+            }
             (tmp_path / "mcp.json").write_text(json.dumps(config))
             assert pipeline.api is not None
-            done = await run_claude(pipeline.api, tmp_path, "-p", "Use the MCP tools", "--mcp-config", str(tmp_path / "mcp.json"),
-                                    "--strict-mcp-config", "--allowedTools", "mcp__web__echo,mcp__tools__count")
+            done = await run_claude(
+                pipeline.api,
+                tmp_path,
+                "-p",
+                "Use the MCP tools",
+                "--mcp-config",
+                str(tmp_path / "mcp.json"),
+                "--strict-mcp-config",
+                "--allowedTools",
+                "mcp__web__echo,mcp__tools__count",
+            )
             linked = await pipeline.wait_for(
                 "SELECT t.tool_use_id, t.name, c.server, c.name AS tool, c.arguments, c.result, c.tool_use_id AS served,"
                 "       s.transport"
                 " FROM tool_calls t JOIN mcp_calls c ON c.call_id = t.mcp_call_id JOIN mcp_sessions s USING (session_key)"
-                " ORDER BY t.used_at", lambda rows: len(rows) >= 2)
-            unlinked = await pipeline.query(
-                "SELECT tool_use_id FROM tool_calls WHERE name LIKE 'mcp%' AND mcp_call_id IS NULL")
+                " ORDER BY t.used_at",
+                lambda rows: len(rows) >= 2,
+            )
+            unlinked = await pipeline.query("SELECT tool_use_id FROM tool_calls WHERE name LIKE 'mcp%' AND mcp_call_id IS NULL")
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "Both MCP tools answered."
-    first, second, third = [request for request in fake.requests if is_main_thread(request)]
+    _first, second, third = [request for request in fake.requests if is_main_thread(request)]
     ((echo_result,), (count_result,)) = tool_results(second.json()), tool_results(third.json())
     assert echo_result["tool_use_id"] == ECHO and "echo: from Claude Code" in json.dumps(echo_result["content"])
     assert count_result["tool_use_id"] == COUNT and "counted 2" in json.dumps(count_result["content"])

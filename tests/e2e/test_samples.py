@@ -144,7 +144,9 @@ def check_row(sample: Sample, status: int, row: dict[str, Any]) -> None:
     where = f"sample {sample.name}"
     assert (row["method"], row["path"], row["query"], row["status"]) == (sample.method, sample.path, sample.query, status), where
     assert (row["agent_id"], row["parent_agent_id"]) == (
-        sample.header("x-claude-code-agent-id"), sample.header("x-claude-code-parent-agent-id")), where
+        sample.header("x-claude-code-agent-id"),
+        sample.header("x-claude-code-parent-agent-id"),
+    ), where
     session = expected_session(sample)
     if session is None:  # HEAD / carries neither a session nor a key
         assert row["session_source"] == "anonymous", where
@@ -178,4 +180,3 @@ def check_outcome(sample: Sample, row: dict[str, Any]) -> None:
         assert row["error_type"] == "overloaded_error", where
     elif sample.stub.startswith("count_tokens"):
         assert json.loads(row["response_body"]) == {"input_tokens": int(sample.stub.split()[1])}, where
-

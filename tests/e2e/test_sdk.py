@@ -117,7 +117,9 @@ async def test_the_sdk_parses_what_the_proxy_relays(pipeline: Pipeline) -> None:
     direct, proxied = client(pipeline.fake.url), client(pipeline.url)
 
     assert await final_message(proxied) == await final_message(direct)
-    assert (await proxied.messages.create(**params(False))).model_dump() == (await direct.messages.create(**params(False))).model_dump()
+    assert (await proxied.messages.create(**params(False))).model_dump() == (
+        await direct.messages.create(**params(False))
+    ).model_dump()
     for sdk in (direct, proxied):
         with pytest.raises(anthropic.OverloadedError):
             await sdk.messages.create(**params(True))

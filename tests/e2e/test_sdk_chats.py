@@ -42,7 +42,17 @@ from consumers.replay import replay
 from consumers.winni.threads import normal_content
 from kgb.config import KafkaSettings
 from tests import services
-from tests.e2e.conftest import DEADLINE, POLL, Pipeline, PipelineError, proxy_settings, running, running_proxy, running_winni, winni_settings
+from tests.e2e.conftest import (
+    DEADLINE,
+    POLL,
+    Pipeline,
+    PipelineError,
+    proxy_settings,
+    running,
+    running_proxy,
+    running_winni,
+    winni_settings,
+)
 from tests.fakes.anthropic import FakeAnthropic, Reply, Usage, json_message, text_stream, thinking_stream, tool_use_stream
 from tests.fakes.dewey import FakeDewey
 
@@ -81,11 +91,19 @@ async def stack(kafka: services.KafkaBroker, topic: str, database: str, tmp_path
     source = KafkaSettings(bootstrap=kafka.bootstrap, topic=topic)
     async with FakeAnthropic() as fake, FakeDewey() as dewey:
         dewey_settings = DeweySettings(
-            kafka=source, database_url=database, group=f"dewey-e2e-{uuid.uuid4().hex[:8]}", url=dewey.url,
-            batch_size=50, timeout=10.0, backoff=JitteredBackoff(initial=0.05, maximum=0.5),
+            kafka=source,
+            database_url=database,
+            group=f"dewey-e2e-{uuid.uuid4().hex[:8]}",
+            url=dewey.url,
+            batch_size=50,
+            timeout=10.0,
+            backoff=JitteredBackoff(initial=0.05, maximum=0.5),
         )
         metrics_settings = MetricsSettings(
-            kafka=source, database_url=database, group=f"metrics-e2e-{uuid.uuid4().hex[:8]}", port=services.free_port(),
+            kafka=source,
+            database_url=database,
+            group=f"metrics-e2e-{uuid.uuid4().hex[:8]}",
+            port=services.free_port(),
         )
         async with (
             running_winni(winni) as task,
@@ -93,7 +111,7 @@ async def stack(kafka: services.KafkaBroker, topic: str, database: str, tmp_path
             running(run_metrics, metrics_settings, "metrics"),
             running_proxy(proxy_settings(fake.url, kafka.bootstrap, topic, tmp_path / "spool")) as url,
         ):
-            built = Stack(Pipeline(url, fake, kafka.bootstrap, topic, database, task), dewey)
+            built = Stack(Pipeline(url, fake, kafka.bootstrap, topic, database, task, tmp_path / "spool"), dewey)
             try:
                 yield built
             finally:
@@ -203,7 +221,12 @@ async def assert_holds(stack: Stack, conversation: uuid.UUID, history: list[dict
         position = row["position"]
         if position in answered or position == len(history):
             reply = replies[position]
-            assert (row["role"], row["source"], row["partial"], row["exchange_id"]) == ("assistant", "response", False, reply["exchange_id"])
+            assert (row["role"], row["source"], row["partial"], row["exchange_id"]) == (
+                "assistant",
+                "response",
+                False,
+                reply["exchange_id"],
+            )
             assert json.loads(row["content"]) == json.loads(reply["message"])["content"]
         else:
             sent = history[position]
@@ -232,13 +255,18 @@ async def assert_in_dewey_once(stack: Stack) -> None:
 
 async def assert_metrics(stack: Stack, exchanges: int, kinds_: dict[str, int] | None = None) -> None:
     """Every exchange counted once, by the kind winni threads it as; tokens as the upstream reported them."""
-    by_kind = {r["kind"]: r["n"] for r in await stack.query("SELECT kind, count(*) AS n FROM kgb_metrics.usage_exchanges GROUP BY kind")}
+    by_kind = {
+        r["kind"]: r["n"] for r in await stack.query("SELECT kind, count(*) AS n FROM kgb_metrics.usage_exchanges GROUP BY kind")
+    }
     assert by_kind == (kinds_ or {"main": exchanges})
     (totals,) = await stack.query(
         "SELECT sum(requests) AS requests, sum(input_tokens) AS input, sum(output_tokens) AS output FROM kgb_metrics.usage_daily"
     )
     assert (totals["requests"], totals["input"], totals["output"]) == (
-        exchanges, exchanges * USAGE.input_tokens, exchanges * USAGE.output_tokens)
+        exchanges,
+        exchanges * USAGE.input_tokens,
+        exchanges * USAGE.output_tokens,
+    )
 
 
 def single(conversations: list[asyncpg.Record]) -> asyncpg.Record:
@@ -270,7 +298,8 @@ async def test_a_chat_without_tools_is_one_conversation(stack: Stack, stream: bo
     await assert_counts(stack, exchanges=TURNS, conversations=1, messages=2 * TURNS, tool_calls=0)
     # each request body is kept without its messages (positions 0 to request_messages - 1), the system once
     bodies = await stack.query(
-        "SELECT request_messages, request_body ? 'messages' AS whole, request_system FROM kgb.exchanges ORDER BY received_at")
+        "SELECT request_messages, request_body ? 'messages' AS whole, request_system FROM kgb.exchanges ORDER BY received_at"
+    )
     assert [(b["request_messages"], b["whole"]) for b in bodies] == [(2 * n + 1, False) for n in range(TURNS)]
     assert len({b["request_system"] for b in bodies}) == 1 and len(await stack.query("SELECT 1 FROM kgb.request_parts")) == 1
     await assert_in_dewey_once(stack)
@@ -287,15 +316,19 @@ async def get_weather(city: str) -> str:
     return f"Sunny in {city}, 21 degrees."
 
 
-WEATHER_TOOL = {"name": "get_weather", "description": "The weather in a city.",
-                "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+WEATHER_TOOL = {
+    "name": "get_weather",
+    "description": "The weather in a city.",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
 
 
 async def test_a_chat_running_its_own_tools_is_one_conversation(stack: Stack) -> None:
     cities = ["Oslo", "Lima", "Kyoto"]
     for n, city in enumerate(cities):
-        stack.enqueue(tool_use_stream("get_weather", {"city": city}, tool_id=f"toolu_01Weather{n:016d}"),
-                      text_stream(f"{city}: sunny."))
+        stack.enqueue(
+            tool_use_stream("get_weather", {"city": city}, tool_id=f"toolu_01Weather{n:016d}"), text_stream(f"{city}: sunny.")
+        )
     chat = Chat(stack.sdk(), stream=True, params={"tools": [WEATHER_TOOL]})
     for city in cities:
         reply = await chat.say(f"Weather in {city}?")
@@ -305,9 +338,12 @@ async def test_a_chat_running_its_own_tools_is_one_conversation(stack: Stack) ->
 
     conversation = single(await settled(stack, 2 * len(cities)))
     await assert_holds(stack, conversation["id"], sent_messages(stack)[-1], replies_at(2 * len(cities) - 1))
-    calls = await stack.query("SELECT tool_use_id, name, input, use_position, result_position, is_error FROM kgb.tool_calls ORDER BY use_position")
+    calls = await stack.query(
+        "SELECT tool_use_id, name, input, use_position, result_position, is_error FROM kgb.tool_calls ORDER BY use_position"
+    )
     assert [(c["name"], json.loads(c["input"]), c["use_position"], c["result_position"], c["is_error"]) for c in calls] == [
-        ("get_weather", {"city": city}, 4 * n + 1, 4 * n + 2, False) for n, city in enumerate(cities)]
+        ("get_weather", {"city": city}, 4 * n + 1, 4 * n + 2, False) for n, city in enumerate(cities)
+    ]
     await assert_counts(stack, exchanges=6, conversations=1, messages=12, tool_calls=3)
     await assert_in_dewey_once(stack)
     await assert_metrics(stack, 6)
@@ -315,11 +351,16 @@ async def test_a_chat_running_its_own_tools_is_one_conversation(stack: Stack) ->
 
 async def test_the_sdk_tool_runner_is_one_conversation_though_the_server_holds_its_history(stack: Stack) -> None:
     """The tool runner sends only each turn's new messages (message threads: ``thread.previous_message_id``)."""
-    stack.enqueue(tool_use_stream("get_weather", {"city": "Oslo"}, tool_id="toolu_01RunnerOslo00000000000"),
-                  tool_use_stream("get_weather", {"city": "Lima"}, tool_id="toolu_01RunnerLima00000000000"),
-                  text_stream("Oslo and Lima are sunny."))
+    stack.enqueue(
+        tool_use_stream("get_weather", {"city": "Oslo"}, tool_id="toolu_01RunnerOslo00000000000"),
+        tool_use_stream("get_weather", {"city": "Lima"}, tool_id="toolu_01RunnerLima00000000000"),
+        text_stream("Oslo and Lima are sunny."),
+    )
     runner = stack.sdk().beta.messages.tool_runner(
-        model=MODEL, max_tokens=1024, tools=[get_weather], stream=True,
+        model=MODEL,
+        max_tokens=1024,
+        tools=[get_weather],
+        stream=True,
         messages=[{"role": "user", "content": "Weather in Oslo, then Lima?"}],
     )
     async for _ in runner:
@@ -331,13 +372,23 @@ async def test_the_sdk_tool_runner_is_one_conversation_though_the_server_holds_i
     conversation = single(await settled(stack, 3))
     rows = await stack.query(MESSAGES, conversation["id"])
     assert [(r["position"], r["role"], r["source"]) for r in rows] == [
-        (0, "user", "request"), (1, "assistant", "response"), (2, "user", "request"),
-        (3, "assistant", "response"), (4, "user", "request"), (5, "assistant", "response"),
+        (0, "user", "request"),
+        (1, "assistant", "response"),
+        (2, "user", "request"),
+        (3, "assistant", "response"),
+        (4, "user", "request"),
+        (5, "assistant", "response"),
     ]
     assert [json.loads(rows[p]["content"]) for p in (0, 2, 4)] == [normal_content(m[0]["content"]) for m in sent]
-    placed = await stack.query("SELECT reply_position, request_messages, request_body ? 'messages' AS whole FROM kgb.exchanges ORDER BY received_at")
+    placed = await stack.query(
+        "SELECT reply_position, request_messages, request_body ? 'messages' AS whole FROM kgb.exchanges ORDER BY received_at"
+    )
     # the first request's messages are positions 0..0 and leave its body; the others follow a held history and keep theirs
-    assert [(p["reply_position"], p["request_messages"], p["whole"]) for p in placed] == [(1, 1, False), (3, None, True), (5, None, True)]
+    assert [(p["reply_position"], p["request_messages"], p["whole"]) for p in placed] == [
+        (1, 1, False),
+        (3, None, True),
+        (5, None, True),
+    ]
     calls = await stack.query("SELECT name, use_position, result_position FROM kgb.tool_calls ORDER BY use_position")
     assert [tuple(c) for c in calls] == [("get_weather", 1, 2), ("get_weather", 3, 4)]
     await assert_in_dewey_once(stack)
@@ -346,12 +397,20 @@ async def test_the_sdk_tool_runner_is_one_conversation_though_the_server_holds_i
 
 async def test_a_chat_with_extended_thinking_keeps_each_signed_block_once(stack: Stack) -> None:
     for n in range(3):
-        stack.enqueue(thinking_stream(f"Thought {n}: answer briefly.", f"Answer {n}.", signature=f"EqQBCkgIBxABGAIiQ{n:08d}", redacted=n == 1))
+        stack.enqueue(
+            thinking_stream(
+                f"Thought {n}: answer briefly.", f"Answer {n}.", signature=f"EqQBCkgIBxABGAIiQ{n:08d}", redacted=n == 1
+            )
+        )
     chat = Chat(stack.sdk(), stream=True, params={"thinking": {"type": "enabled", "budget_tokens": 2048}})
     for n in range(3):
         await chat.say(f"Question {n}?")
     history = sent_messages(stack)[-1]
-    assert history[1]["content"][0] == {"type": "thinking", "thinking": "Thought 0: answer briefly.", "signature": "EqQBCkgIBxABGAIiQ00000000"}
+    assert history[1]["content"][0] == {
+        "type": "thinking",
+        "thinking": "Thought 0: answer briefly.",
+        "signature": "EqQBCkgIBxABGAIiQ00000000",
+    }
 
     conversation = single(await settled(stack, 3))
     await assert_holds(stack, conversation["id"], history, replies_at(2))
@@ -392,23 +451,34 @@ async def test_cache_markers_moving_from_turn_to_turn_change_no_message(stack: S
     await assert_metrics(stack, 4)
 
 
-PNG = base64.b64encode(bytes.fromhex(
-    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d49444154789c6360f8cf"
-    "c0f01f0005000201e22c0b7d0000000049454e44ae426082")).decode()
-PDF = base64.b64encode(b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Count 0>>endobj\n"
-                       b"trailer<</Root 1 0 R>>\n%%EOF\n").decode()
+PNG = base64.b64encode(
+    bytes.fromhex(
+        "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d49444154789c6360f8cf"
+        "c0f01f0005000201e22c0b7d0000000049454e44ae426082"
+    )
+).decode()
+PDF = base64.b64encode(
+    b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Count 0>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
+).decode()
 
 
 async def test_images_and_documents_in_the_history_are_stored_once(stack: Stack) -> None:
     stack.enqueue(*(answer(f"Answer {n}.", stream=True) for n in range(3)))
     chat = Chat(stack.sdk(), stream=True)
-    await chat.say([
-        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}},
-        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": PDF}, "title": "spec.pdf"},
-        {"type": "text", "text": "What do these show?"},
-    ])
+    await chat.say(
+        [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}},
+            {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": PDF}, "title": "spec.pdf"},
+            {"type": "text", "text": "What do these show?"},
+        ]
+    )
     await chat.say("And the second page?")
-    await chat.say([{"type": "image", "source": {"type": "url", "url": "https://example.com/chart.png"}}, {"type": "text", "text": "This one?"}])
+    await chat.say(
+        [
+            {"type": "image", "source": {"type": "url", "url": "https://example.com/chart.png"}},
+            {"type": "text", "text": "This one?"},
+        ]
+    )
 
     conversation = single(await settled(stack, 3))
     await assert_holds(stack, conversation["id"], sent_messages(stack)[-1], replies_at(2))
@@ -422,11 +492,18 @@ async def test_images_and_documents_in_the_history_are_stored_once(stack: Stack)
 
 
 async def test_an_edited_turn_and_a_regenerated_answer_are_branches(stack: Stack) -> None:
-    stack.enqueue(*(json_message(text) for text in (
-        "Kafka is a log.", "Partitions order it.", "Use KRaft.",   # the chat
-        "Consumers read it in order.",                                # turn 2 asked otherwise
-        "Kafka keeps a log of records.",                              # the first answer asked for again
-    )))
+    stack.enqueue(
+        *(
+            json_message(text)
+            for text in (
+                "Kafka is a log.",
+                "Partitions order it.",
+                "Use KRaft.",  # the chat
+                "Consumers read it in order.",  # turn 2 asked otherwise
+                "Kafka keeps a log of records.",  # the first answer asked for again
+            )
+        )
+    )
     chat = Chat(stack.sdk())
     for question in ("What is Kafka?", "How is it ordered?", "And ZooKeeper?"):
         await chat.say(question)
@@ -454,19 +531,33 @@ async def test_a_turn_continuing_an_earlier_reply_of_a_held_history_is_a_branch_
     """A client of the message threads beta may continue from any reply the server holds, not only the latest."""
     stack.enqueue(json_message("Oslo is sunny."), json_message("Lima is cloudy."), json_message("Kyoto is rainy."))
     beta = stack.sdk().beta.messages
-    first = await beta.create(model=MODEL, max_tokens=256, thread={"type": "create"},
-                              messages=[{"role": "user", "content": "Weather in Oslo?"}])
-    await beta.create(model=MODEL, max_tokens=256, thread={"type": "continue", "previous_message_id": first.id},
-                      messages=[{"role": "user", "content": "And Lima?"}])
-    await beta.create(model=MODEL, max_tokens=256, thread={"type": "continue", "previous_message_id": first.id},
-                      messages=[{"role": "user", "content": "And Kyoto?"}])
+    first = await beta.create(
+        model=MODEL, max_tokens=256, thread={"type": "create"}, messages=[{"role": "user", "content": "Weather in Oslo?"}]
+    )
+    await beta.create(
+        model=MODEL,
+        max_tokens=256,
+        thread={"type": "continue", "previous_message_id": first.id},
+        messages=[{"role": "user", "content": "And Lima?"}],
+    )
+    await beta.create(
+        model=MODEL,
+        max_tokens=256,
+        thread={"type": "continue", "previous_message_id": first.id},
+        messages=[{"role": "user", "content": "And Kyoto?"}],
+    )
 
     main, branch = await settled(stack, 3)
     assert (main["messages"], branch["branch_of"], branch["branch_position"], branch["messages"]) == (4, main["id"], 2, 4)
     held = await stack.query(MESSAGES, main["id"])
     copied = await stack.query(MESSAGES, branch["id"])
     assert [tuple(r) for r in copied[:2]] == [tuple(r) for r in held[:2]], "the held history, copied as it is stored"
-    assert [json.loads(r["content"])[0]["text"] for r in copied] == ["Weather in Oslo?", "Oslo is sunny.", "And Kyoto?", "Kyoto is rainy."]
+    assert [json.loads(r["content"])[0]["text"] for r in copied] == [
+        "Weather in Oslo?",
+        "Oslo is sunny.",
+        "And Kyoto?",
+        "Kyoto is rainy.",
+    ]
     await assert_in_dewey_once(stack)
     await assert_metrics(stack, 3)
 
@@ -492,7 +583,8 @@ async def test_interleaved_chats_on_one_key_are_threaded_each_on_its_own(stack: 
         await assert_holds(stack, conversation["id"], sent[6 + number], replies_at(2))
         rows = await stack.query(MESSAGES, conversation["id"])
         assert [json.loads(r["content"])[0]["text"] for r in rows if r["role"] == "assistant"] == [
-            f"{names[number]} answer {turn}" for turn in range(3)]
+            f"{names[number]} answer {turn}" for turn in range(3)
+        ]
     firsts = [c["branch_of"] for c in conversations]
     # opening alike, the later chats answer the first one's question again: branches of it
     assert firsts == ([None] * 3 if opening == "different" else [None, conversations[0]["id"], conversations[0]["id"]])
@@ -514,7 +606,10 @@ async def test_sessions_a_client_names_keep_its_chats_apart(stack: Stack) -> Non
     sessions = await stack.query("SELECT session_key, source FROM kgb.sessions ORDER BY session_key")
     scope = (await stack.query("SELECT DISTINCT 'key:' || left(api_key_fingerprint, 16) AS scope FROM kgb.exchanges"))[0]["scope"]
     assert [tuple(s) for s in sessions] == [
-        (f"{scope}:session:release-4.1", "kgb_header"), (f"{scope}:user:alice", "metadata_user"), (f"{scope}:user:bob", "metadata_user")]
+        (f"{scope}:session:release-4.1", "kgb_header"),
+        (f"{scope}:user:alice", "metadata_user"),
+        (f"{scope}:user:bob", "metadata_user"),
+    ]
     assert Counter(c["session_key"] for c in conversations) == {s["session_key"]: 1 for s in sessions}
     assert all(c["messages"] == 4 and c["branch_of"] is None for c in conversations)
     await assert_in_dewey_once(stack)
@@ -522,7 +617,8 @@ async def test_sessions_a_client_names_keep_its_chats_apart(stack: Stack) -> Non
 
 
 async def test_a_replay_rebuilds_tables_an_older_winni_built_under_the_new_rules(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch,
+    stack: Stack,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Tables built while a chat without tools was its own conversation per turn (an older winni's
     rule) come back, after `kgb replay`, as what winni builds today."""
@@ -541,8 +637,9 @@ async def test_a_replay_rebuilds_tables_an_older_winni_built_under_the_new_rules
     assert [c["messages"] for c in before] == [2, 4, 6, 8], "the old rule: every turn its own conversation, O(turns²)"
 
     monkeypatch.undo()
-    settings = dataclasses.replace(winni_settings(stack.pipeline.bootstrap, stack.pipeline.topic, stack.pipeline.database),
-                                   store_request_bodies=False)
+    settings = dataclasses.replace(
+        winni_settings(stack.pipeline.bootstrap, stack.pipeline.topic, stack.pipeline.database), store_request_bodies=False
+    )
     outcome = await replay(settings, stream=io.StringIO())
     assert (outcome.schema, outcome.complete) == ("kgb", True)
     conversation = single(await stack.query(CONVERSATIONS))

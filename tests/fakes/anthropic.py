@@ -628,7 +628,7 @@ class FakeAnthropic:
 
     async def __aenter__(self) -> FakeAnthropic:
         app = web.Application(client_max_size=1 << 30)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self._handle)  # a %0A in the path is a newline: `.*` would 404
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", self._port))
@@ -692,7 +692,15 @@ class FakeAnthropic:
         model = body.get("model", DEFAULT_MODEL) if isinstance(body, dict) else DEFAULT_MODEL
         if isinstance(body, dict) and body.get("stream") is True:
             if self._long_blocks is not None:
-                return _stream(self._long_blocks, model=model, usage=Usage(), stop_reason="end_turn", ping=False, pace=self.pace, gzip=self.gzip)
+                return _stream(
+                    self._long_blocks,
+                    model=model,
+                    usage=Usage(),
+                    stop_reason="end_turn",
+                    ping=False,
+                    pace=self.pace,
+                    gzip=self.gzip,
+                )
             return text_stream(deltas=self.deltas, model=model, pace=self.pace, gzip=self.gzip)
         return json_message(model=model, gzip=self.gzip)
 

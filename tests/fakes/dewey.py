@@ -48,8 +48,11 @@ TOOL_ERROR = -32000
 MAX_BULK = 1000
 ROLES = ("user", "assistant", "system", "tool")
 TOOLS = (
-    "dewey_begin_conversation", "dewey_store_message", "dewey_store_messages_bulk",
-    "dewey_get_conversation", "dewey_list_conversations",
+    "dewey_begin_conversation",
+    "dewey_store_message",
+    "dewey_store_messages_bulk",
+    "dewey_get_conversation",
+    "dewey_list_conversations",
 )
 WRITES = ("dewey_begin_conversation", "dewey_store_message", "dewey_store_messages_bulk")
 
@@ -160,8 +163,14 @@ class FakeDewey:
             return None
         ident, method, params = message["id"], message.get("method"), message.get("params") or {}
         if method == "initialize":
-            return _result(ident, {"protocolVersion": PROTOCOL_VERSION, "capabilities": {"tools": {}},
-                                   "serverInfo": {"name": "fake-dewey", "version": "1.0"}})
+            return _result(
+                ident,
+                {
+                    "protocolVersion": PROTOCOL_VERSION,
+                    "capabilities": {"tools": {}},
+                    "serverInfo": {"name": "fake-dewey", "version": "1.0"},
+                },
+            )
         if method == "tools/list":
             return _result(ident, {"tools": [{"name": name, "inputSchema": {"type": "object"}} for name in TOOLS]})
         if method != "tools/call":
@@ -226,10 +235,16 @@ class FakeDewey:
         stored = []
         for message in messages:
             given = message.get("turn_number")
-            stored.append({
-                "id": str(uuid.uuid4()), "turn": given if isinstance(given, int) else turn, "role": message["role"],
-                "content": message["content"], "metadata": message.get("metadata"), "created_at": now(),
-            })
+            stored.append(
+                {
+                    "id": str(uuid.uuid4()),
+                    "turn": given if isinstance(given, int) else turn,
+                    "role": message["role"],
+                    "content": message["content"],
+                    "metadata": message.get("metadata"),
+                    "created_at": now(),
+                }
+            )
             turn = stored[-1]["turn"] + 1
         conversation.messages += stored
         return stored
@@ -237,9 +252,12 @@ class FakeDewey:
     def _get(self, args: dict[str, Any]) -> dict[str, Any]:
         conversation = self._conversation(args.get("conversation_id"))
         return {
-            "conversation_id": conversation.id, "session_id": conversation.session_id,
-            "created_at": conversation.created_at, "updated_at": conversation.created_at,
-            "metadata": conversation.metadata, "messages": sorted(conversation.messages, key=lambda m: m["turn"]),
+            "conversation_id": conversation.id,
+            "session_id": conversation.session_id,
+            "created_at": conversation.created_at,
+            "updated_at": conversation.created_at,
+            "metadata": conversation.metadata,
+            "messages": sorted(conversation.messages, key=lambda m: m["turn"]),
         }
 
     def _list(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -247,14 +265,21 @@ class FakeDewey:
         limit = limit if 1 <= limit <= 100 else 20
         found = [c for c in self.conversations.values() if not args.get("session_id") or c.session_id == args["session_id"]]
         found.sort(key=lambda c: c.created_at, reverse=True)
-        page = found[offset:offset + limit]
+        page = found[offset : offset + limit]
         return {
             "conversations": [
-                {"id": c.id, "session_id": c.session_id, "created_at": c.created_at, "metadata": c.metadata,
-                 "message_count": len(c.messages)}
+                {
+                    "id": c.id,
+                    "session_id": c.session_id,
+                    "created_at": c.created_at,
+                    "metadata": c.metadata,
+                    "message_count": len(c.messages),
+                }
                 for c in page
             ],
-            "total": len(found), "limit": limit, "offset": offset,
+            "total": len(found),
+            "limit": limit,
+            "offset": offset,
         }
 
     def _conversation(self, conversation_id: Any) -> FakeConversation:

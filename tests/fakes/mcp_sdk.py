@@ -105,8 +105,10 @@ def serving(*, stateless: bool = False, json_response: bool = False, resumable: 
     """The server on a free port of 127.0.0.1 in a thread of its own; yields its MCP endpoint's URL."""
     port = free_port()
     app = build_server().streamable_http_app(
-        stateless_http=stateless, json_response=json_response,
-        event_store=MemoryEventStore() if resumable else None, retry_interval=100 if resumable else None,
+        stateless_http=stateless,
+        json_response=json_response,
+        event_store=MemoryEventStore() if resumable else None,
+        retry_interval=100 if resumable else None,
     )
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -53,8 +53,11 @@ def answer(request: dict[str, Any]) -> dict[str, Any] | None:
         return None
     method, params = request.get("method"), request.get("params") or {}
     if method == "initialize":
-        result: Any = {"protocolVersion": PROTOCOL_VERSION, "capabilities": {"tools": {}},
-                       "serverInfo": {"name": "fake-mcp", "version": "1.0"}}
+        result: Any = {
+            "protocolVersion": PROTOCOL_VERSION,
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": "fake-mcp", "version": "1.0"},
+        }
     elif method == "tools/list":
         result = {"tools": [ECHO_TOOL]}
     elif method == "tools/call" and params.get("name") == "echo":

@@ -63,9 +63,7 @@ class FakeSchemaRegistry:
         self.url = f"http://{host}:{port}"
         return self.url
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         assert self._runner is not None
         await self._runner.cleanup()
 

@@ -167,9 +167,7 @@ async def test_unknown_types_reach_the_client_untouched(fake: FakeAnthropic, htt
 
 
 @pytest.mark.parametrize("status", sorted(ERROR_TYPES))
-async def test_error_statuses_map_to_sdk_classes(
-    status: int, fake: FakeAnthropic, client: anthropic.AsyncAnthropic
-) -> None:
+async def test_error_statuses_map_to_sdk_classes(status: int, fake: FakeAnthropic, client: anthropic.AsyncAnthropic) -> None:
     reply = error_reply(status, "scripted failure")
     fake.enqueue(reply)
     with pytest.raises(anthropic.APIStatusError) as caught:
@@ -186,9 +184,7 @@ async def test_error_statuses_map_to_sdk_classes(
         assert isinstance(error, anthropic.InternalServerError)
 
 
-async def test_sdk_retries_scripted_overloads_with_the_same_body(
-    fake: FakeAnthropic, client: anthropic.AsyncAnthropic
-) -> None:
+async def test_sdk_retries_scripted_overloads_with_the_same_body(fake: FakeAnthropic, client: anthropic.AsyncAnthropic) -> None:
     quick = (("retry-after-ms", "1"),)
     fake.enqueue(error_reply(529, headers=quick), error_reply(529, headers=quick), json_message("third time"))
     message = await client.with_options(max_retries=2).messages.create(model="m", max_tokens=8, messages=HELLO)
@@ -249,9 +245,7 @@ async def test_stream_bytes_are_exact_sse(fake: FakeAnthropic, http: aiohttp.Cli
     assert names[-2:] == ["message_delta", "message_stop"]
 
 
-async def test_paced_stream_delivers_the_first_event_before_the_rest(
-    fake: FakeAnthropic, http: aiohttp.ClientSession
-) -> None:
+async def test_paced_stream_delivers_the_first_event_before_the_rest(fake: FakeAnthropic, http: aiohttp.ClientSession) -> None:
     """The next event is 60 s away: the first can only arrive if each write leaves at once."""
     reply = text_stream(pace=60)
     fake.enqueue(reply)

@@ -17,7 +17,6 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 import pytest
-from aiohttp import web
 
 from proxy.app import HOP_BY_HOP, build_app
 from proxy.settings import ProxySettings
@@ -30,6 +29,7 @@ from tests.fakes.anthropic import (
     text_stream,
     tool_use_stream,
 )
+from tests.capture import Served, serve_captured
 from tests.services import free_port
 from tests.topic import by_exchange, read_events
 
@@ -47,8 +47,15 @@ HEADERS = {
 
 
 def body(stream: bool = True, **extra: Any) -> bytes:
-    return orjson.dumps({"model": "claude-sonnet-4-5", "max_tokens": 100, "stream": stream,
-                         "messages": [{"role": "user", "content": "hi"}], **extra})
+    return orjson.dumps(
+        {
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 100,
+            "stream": stream,
+            "messages": [{"role": "user", "content": "hi"}],
+            **extra,
+        }
+    )
 
 
 @dataclasses.dataclass
@@ -73,12 +80,9 @@ def settings_for(upstream: str, bootstrap: str, topic: str, spool: Path, **overr
     return dataclasses.replace(ProxySettings.from_env(env), **overrides)
 
 
-async def serve(settings: ProxySettings) -> tuple[str, web.AppRunner]:
-    runner = web.AppRunner(build_app(settings), access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return f"http://127.0.0.1:{port}", runner
+async def serve(settings: ProxySettings) -> tuple[str, Served]:
+    served = await serve_captured(build_app(settings), settings)
+    return f"http://127.0.0.1:{served.port}", served
 
 
 @pytest.fixture
@@ -178,6 +182,19 @@ async def test_body_over_the_limit_gets_413_json_and_is_captured(kafka, topic: s
     (exchange,) = by_exchange(await read_events(kafka.bootstrap, topic, 2)).values()
     assert exchange["RESPONSE"]["response"]["status"] == 413
     assert exchange["REQUEST"]["request"]["body"] == b""
+
+
+async def test_bodies_over_the_body_memory_budget_take_turns_and_all_get_through(kafka, topic: str, tmp_path: Path) -> None:
+    async with FakeAnthropic() as fake:
+        replies = [json_message(f"answer {n}") for n in range(6)]
+        fake.enqueue(*replies)
+        url, runner = await serve(settings_for(fake.url, kafka.bootstrap, topic, tmp_path, body_memory_bytes=1000))
+        try:
+            answers = await asyncio.gather(*(fetch(url + "/v1/messages", body(stream=False, pad="x" * 700)) for _ in replies))
+        finally:
+            await runner.cleanup()
+    assert [response.status for response, _ in answers] == [200] * 6
+    assert len(await read_events(kafka.bootstrap, topic, 12)) == 12
 
 
 async def test_unreachable_upstream_gets_502_json_and_is_captured(kafka, topic: str, tmp_path: Path) -> None:
@@ -290,5 +307,7 @@ async def test_passwords_in_urls_are_redacted_wherever_they_appear(stack: Stack)
     assert password not in repr(events) and quote(password) not in repr(events)
     request = events[0]["request"]
     assert b"postgresql://winni:[REDACTED:url_password]@db.internal:5432/winni" in request["body"]
-    assert {"name": "X-Upstream-Dsn", "value": "postgresql://winni:[REDACTED:url_password]@db.internal:5432/winni"} in request["headers"]
+    assert {"name": "X-Upstream-Dsn", "value": "postgresql://winni:[REDACTED:url_password]@db.internal:5432/winni"} in request[
+        "headers"
+    ]
     assert "url_password" in events[0]["redactions"] and all("url_password" in e["redactions"] for e in events)

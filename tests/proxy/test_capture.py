@@ -7,19 +7,25 @@ from typing import Any
 import orjson
 
 from kgb.documents import parse_json
-from proxy.capture import RedactionPolicy, RequestRecord, ResponseRecorder, request_event, response_event
+from proxy.capture import Ending, RedactionPolicy, RequestRecord, ResponseRecorder, request_event, response_event
+from proxy.mcp.events import Message, message_fields
 from proxy.redact import BUILTIN_RULES
 from tests.proxy.planted import ANTHROPIC_KEY, SECRETS, escaped, sse, text_delta
 
 POLICY = RedactionPolicy(BUILTIN_RULES, frozenset(), b"test-key")
+COMPLETE = Ending(client_disconnected=False, upstream_complete=True, ttfb_ms=None, duration_ms=0.0, ended_at=0)
 GITHUB = SECRETS["github_token"]
 
 
 def request(*, path: str = "/v1/messages", headers: list[tuple[str, str]] | None = None, body: Any = None) -> RequestRecord:
     payload = body if body is not None else {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]}
     return RequestRecord(
-        method="POST", path=path, query="", http_version="1.1",
-        headers=headers or [("content-type", "application/json")], body=orjson.dumps(payload),
+        method="POST",
+        path=path,
+        query="",
+        http_version="1.1",
+        headers=headers or [("content-type", "application/json")],
+        body=orjson.dumps(payload),
     )
 
 
@@ -27,7 +33,7 @@ def response(record: RequestRecord, body: bytes, *, sse_stream: bool = True) -> 
     content_type = "text/event-stream" if sse_stream else "application/json"
     recorder = ResponseRecorder(record, 200, [("content-type", content_type)])
     recorder.feed(body)
-    finished = recorder.finish(client_disconnected=False, upstream_complete=True)
+    finished = recorder.finish(COMPLETE)
     return response_event(record, finished, request_event(record, POLICY)[1], POLICY)
 
 
@@ -42,13 +48,21 @@ def stored_forms(value: Any) -> bytes:
         return b""
     raw = value.encode() if isinstance(value, str) else value
     lines = [raw, *(line[5:].strip() for line in raw.splitlines() if line.startswith(b"data:"))]
-    return b"\n".join([raw, *(orjson.dumps(parsed) for parsed in map(parse_json, lines) if parsed is not None)])
+    return b"\n".join([raw, *(decoded(parsed) for parsed in map(parse_json, lines) if parsed is not None)])
+
+
+def decoded(document: Any) -> bytes:
+    """The document written back with its escapes resolved; nothing for one too deep for orjson to write."""
+    try:
+        return orjson.dumps(document)
+    except orjson.JSONEncodeError:
+        return b""
 
 
 def leaks(event: dict[str, Any], *secrets: str) -> list[str]:
     """The secrets, or a half of one, found in any stored form of the event."""
     forms = stored_forms(event)
-    halves = [part for secret in secrets for part in (secret[: len(secret) // 2], secret[len(secret) // 2:])]
+    halves = [part for secret in secrets for part in (secret[: len(secret) // 2], secret[len(secret) // 2 :])]
     return [secret for secret in [*secrets, *halves] if secret.encode() in forms]
 
 
@@ -74,11 +88,18 @@ def test_a_json_escaped_secret_in_the_request_body_is_redacted() -> None:
     record = request()
     record.body = b'{"messages": [{"role": "user", "content": "' + escaped(ANTHROPIC_KEY).encode() + b'"}]}'
     event, _ = request_event(record, POLICY)
-    assert leaks(event, ANTHROPIC_KEY) == [] and orjson.loads(event["request"]["body"])["messages"][0]["content"] == "[REDACTED:anthropic_key]"
+    assert (
+        leaks(event, ANTHROPIC_KEY) == []
+        and orjson.loads(event["request"]["body"])["messages"][0]["content"] == "[REDACTED:anthropic_key]"
+    )
 
 
 def test_a_stream_error_message_is_redacted_in_the_field_and_the_body() -> None:
-    body = b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"' + escaped(GITHUB).encode() + b'"}}\n\n'
+    body = (
+        b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"'
+        + escaped(GITHUB).encode()
+        + b'"}}\n\n'
+    )
     event = response(request(), body)
     assert event["response"]["error_message"] == "[REDACTED:github_token]"
     assert leaks(event, GITHUB) == []
@@ -86,9 +107,13 @@ def test_a_stream_error_message_is_redacted_in_the_field_and_the_body() -> None:
 
 def test_a_secret_split_across_two_deltas_leaves_neither_half_in_the_body_or_message() -> None:
     body = sse(
-        ("message_start", {"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant", "content": []}}),
+        (
+            "message_start",
+            {"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant", "content": []}},
+        ),
         ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-        text_delta("key " + ANTHROPIC_KEY[:20]), text_delta(ANTHROPIC_KEY[20:]),
+        text_delta("key " + ANTHROPIC_KEY[:20]),
+        text_delta(ANTHROPIC_KEY[20:]),
         ("content_block_stop", {"type": "content_block_stop", "index": 0}),
         ("message_stop", {"type": "message_stop"}),
     )
@@ -101,3 +126,16 @@ def test_a_json_error_response_with_an_escaped_secret_is_redacted() -> None:
     body = b'{"type":"error","error":{"type":"invalid_request_error","message":"bad ' + escaped(GITHUB).encode() + b'"}}'
     event = response(request(), body, sse_stream=False)
     assert event["response"]["error_message"] == "bad [REDACTED:github_token]" and leaks(event, GITHUB) == []
+
+
+def test_an_escaped_secret_in_an_mcp_payload_is_redacted() -> None:
+    payload = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{"key":"' + escaped(GITHUB).encode() + b'"}}}'
+    (fields,) = message_fields(Message("CLIENT_TO_SERVER", payload), POLICY)
+    assert "github_token" in fields["redactions"] and leaks(fields, GITHUB) == []
+
+
+def test_a_request_nested_deeper_than_orjson_writes_still_makes_its_event() -> None:
+    record = request()
+    record.body = b'{"messages":' + b"[" * 300 + orjson.dumps(ANTHROPIC_KEY) + b"]" * 300 + b"}"
+    event, _ = request_event(record, POLICY)
+    assert leaks(event, ANTHROPIC_KEY) == [] and "anthropic_key" in event["redactions"]

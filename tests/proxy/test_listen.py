@@ -72,12 +72,27 @@ def closed_by_peer(connections: list[Connection]) -> int:
 async def test_thousands_of_idle_sockets_leave_real_requests_and_health_answered(kafka, topic: str, tmp_path: Path) -> None:
     room_for(IDLE_SOCKETS)
     port, mcp_port = free_port(), free_port()
-    env = {**os.environ, "KGB_KAFKA_BOOTSTRAP": kafka.bootstrap, "KGB_TOPIC": topic, "KGB_SPOOL_DIR": str(tmp_path),
-           "KGB_UPSTREAM_CONNECTIONS": "32"}
+    env = {
+        **os.environ,
+        "KGB_KAFKA_BOOTSTRAP": kafka.bootstrap,
+        "KGB_TOPIC": topic,
+        "KGB_SPOOL_DIR": str(tmp_path),
+        "KGB_UPSTREAM_CONNECTIONS": "32",
+    }
     async with FakeAnthropic() as fake:
         process = await asyncio.create_subprocess_exec(
-            *KGB, "proxy", "--port", str(port), "--mcp-port", str(mcp_port), "--upstream", fake.url, env=env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, preexec_fn=lowered_limit,
+            *KGB,
+            "proxy",
+            "--port",
+            str(port),
+            "--mcp-port",
+            str(mcp_port),
+            "--upstream",
+            fake.url,
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            preexec_fn=lowered_limit,
         )
         idle: list[Connection] = []
         try:
@@ -200,12 +215,15 @@ async def test_at_the_cap_the_oldest_idle_go_first_busy_ones_stay_and_all_busy_m
             writer.transport.abort()
 
 
-@pytest.mark.parametrize(("configured", "descriptors", "upstream", "cap"), [
-    (10_000, 1_048_576, 256, 10_000),
-    (10_000, 20_000, 256, 9_808),
-    (10_000, 1024, 256, 320),
-    (10_000, 300, 256, 1),
-])
+@pytest.mark.parametrize(
+    ("configured", "descriptors", "upstream", "cap"),
+    [
+        (10_000, 1_048_576, 256, 10_000),
+        (10_000, 20_000, 256, 9_808),
+        (10_000, 1024, 256, 320),
+        (10_000, 300, 256, 1),
+    ],
+)
 def test_the_cap_fits_under_the_descriptor_limit(configured: int, descriptors: int, upstream: int, cap: int) -> None:
     assert connection_cap(configured, descriptors, upstream) == cap
 
@@ -215,7 +233,10 @@ def test_settings_bound_every_client_connection() -> None:
 
     settings = ProxySettings.from_env({"KGB_HEADER_TIMEOUT": "2.5", "KGB_KEEPALIVE_TIMEOUT": "30", "KGB_MAX_CONNECTIONS": "500"})
     assert (settings.header_timeout, settings.keepalive_timeout, settings.max_connections) == (2.5, 30.0, 500)
-    assert (ProxySettings().header_timeout, ProxySettings().keepalive_timeout, ProxySettings().max_connections) == (10.0, 75.0, 10_000)
+    assert (ProxySettings().header_timeout, ProxySettings().keepalive_timeout, ProxySettings().max_connections) == (
+        10.0,
+        75.0,
+        10_000,
+    )
     with pytest.raises(ValueError, match="KGB_MAX_CONNECTIONS must be above 0"):
         ProxySettings.from_env({"KGB_MAX_CONNECTIONS": "0"})
-

@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from aiohttp import WSMsgType, web
+from aiohttp import WSMsgType
 
 from kgb.config import SettingsError
 from proxy.mcp import build_mcp_app
@@ -35,6 +35,7 @@ from schemas.codec import fingerprint, history, raw_schema
 from tests.e2e.scan import hits, topic_bytes
 from tests.fakes.mcp_server import PROTOCOL_VERSION, FakeMcpServer
 from tests.proxy.test_app import API_KEY
+from tests.capture import Served, serve_captured
 from tests.services import free_port
 from tests.test_cli import KGB, wait_healthy
 from tests.topic import read_events
@@ -60,7 +61,7 @@ class Stack:
     server: FakeMcpServer
     topic: str
     bootstrap: str
-    runner: web.AppRunner
+    runner: Served
 
     def at(self, name: str | None, path: str = "/") -> str:
         return self.url + path + (f"?upstream={name}" if name is not None else "")
@@ -70,20 +71,19 @@ class Stack:
 
 
 def settings_for(upstreams: str, bootstrap: str, topic: str, spool: Path) -> ProxySettings:
-    return ProxySettings.from_env({
-        "KGB_MCP_UPSTREAMS": upstreams,
-        "KGB_KAFKA_BOOTSTRAP": bootstrap,
-        "KGB_MCP_TOPIC": topic,
-        "KGB_SPOOL_DIR": str(spool),
-    })
+    return ProxySettings.from_env(
+        {
+            "KGB_MCP_UPSTREAMS": upstreams,
+            "KGB_KAFKA_BOOTSTRAP": bootstrap,
+            "KGB_MCP_TOPIC": topic,
+            "KGB_SPOOL_DIR": str(spool),
+        }
+    )
 
 
-async def serve(settings: ProxySettings) -> tuple[str, web.AppRunner]:
-    runner = web.AppRunner(build_mcp_app(settings), access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return f"ws://127.0.0.1:{port}", runner
+async def serve(settings: ProxySettings) -> tuple[str, Served]:
+    served = await serve_captured(build_mcp_app(settings), settings)
+    return f"ws://127.0.0.1:{served.port}", served
 
 
 @pytest.fixture
@@ -145,9 +145,8 @@ async def test_binary_frame_passes_untouched(stack: Stack) -> None:
 
 @pytest.mark.parametrize(("name", "said"), [("nope", "'nope'"), (None, "?upstream=NAME")])
 async def test_unknown_or_missing_upstream_is_refused_with_4001(stack: Stack, name: str | None, said: str) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(stack.at(name)) as ws:
-            refused = await closing(ws)
+    async with aiohttp.ClientSession() as session, session.ws_connect(stack.at(name)) as ws:
+        refused = await closing(ws)
     assert refused.data == 4001
     assert said in refused.extra
     assert stack.server.connections == []
@@ -158,9 +157,8 @@ async def test_unknown_or_missing_upstream_is_refused_with_4001(stack: Stack, na
 
 
 async def test_unreachable_upstream_closes_with_1011_and_is_captured(stack: Stack) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(stack.at("down")) as ws:
-            failed = await closing(ws)
+    async with aiohttp.ClientSession() as session, session.ws_connect(stack.at("down")) as ws:
+        failed = await closing(ws)
     assert failed.data == 1011
     assert "down" in failed.extra
     _, closed = await stack.events(2)
@@ -170,10 +168,9 @@ async def test_unreachable_upstream_closes_with_1011_and_is_captured(stack: Stac
 
 
 async def test_upstream_close_code_reaches_the_client(stack: Stack) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(stack.at("fake")) as ws:
-            await ws.send_str(request(9, "fake/close", code=4000, reason="session expired"))
-            closed = await closing(ws)
+    async with aiohttp.ClientSession() as session, session.ws_connect(stack.at("fake")) as ws:
+        await ws.send_str(request(9, "fake/close", code=4000, reason="session expired"))
+        closed = await closing(ws)
     assert (closed.data, closed.extra) == (4000, "session expired")
     *_, event = await stack.events(3)
     assert (event["kind"], event["direction"], event["close_code"]) == ("CLOSE", "UPSTREAM_TO_CLIENT", 4000)
@@ -181,11 +178,10 @@ async def test_upstream_close_code_reaches_the_client(stack: Stack) -> None:
 
 
 async def test_client_close_code_reaches_the_upstream(stack: Stack) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(stack.at("fake")) as ws:
-            await ws.send_str(SCRIPT[0])
-            await ws.receive()
-            await ws.close(code=4100, message=b"client done")
+    async with aiohttp.ClientSession() as session, session.ws_connect(stack.at("fake")) as ws:
+        await ws.send_str(SCRIPT[0])
+        await ws.receive()
+        await ws.close(code=4100, message=b"client done")
     (seen,) = stack.server.connections
     await asyncio.wait_for(seen.ended.wait(), 30)
     assert seen.close_code == 4100
@@ -240,8 +236,9 @@ async def test_events_are_in_order_per_connection_with_secrets_redacted(stack: S
     call = request(3, "tools/call", name="echo", arguments={"text": f"key is {API_KEY}"})
     headers = {"Authorization": BEARER, "Cookie": "session=cookie-secret-value", "X-Trace": "t-1"}
     async with aiohttp.ClientSession() as session:
-        replies = await converse(session, stack.at("fake") + "&token=query-secret", [SCRIPT[0], call, b"\x00bin"],
-                                 headers=headers)
+        replies = await converse(
+            session, stack.at("fake") + "&token=query-secret", [SCRIPT[0], call, b"\x00bin"], headers=headers
+        )
     assert API_KEY in orjson.loads(replies[1][1])["result"]["content"][0]["text"], "the client gets the reply untouched"
     assert stack.server.connections[0].headers["Authorization"] == BEARER, "handshake headers reach the upstream"
 
@@ -262,7 +259,10 @@ async def test_events_are_in_order_per_connection_with_secrets_redacted(stack: S
     assert "query-secret" not in handshake["query"]
 
     assert [(m["kind"], m["method"], m["id"]) for e in events[1:5] for m in e["jsonrpc"]] == [
-        ("REQUEST", "initialize", "1"), ("RESPONSE", None, "1"), ("REQUEST", "tools/call", "3"), ("RESPONSE", None, "3"),
+        ("REQUEST", "initialize", "1"),
+        ("RESPONSE", None, "1"),
+        ("REQUEST", "tools/call", "3"),
+        ("RESPONSE", None, "3"),
     ]
     for frame in events[3:5]:
         assert b"[REDACTED:anthropic_key]" in frame["payload"] and "anthropic_key" in frame["redactions"]
@@ -303,10 +303,9 @@ async def test_oversized_message_closes_its_sender_with_1009_and_the_other_side_
         settings = settings_for(f"fake={server.url}", kafka.bootstrap, topic, tmp_path / "spool")
         url, runner = await serve(dataclasses.replace(settings, mcp_max_message_bytes=1024))
         try:
-            async with aiohttp.ClientSession() as session:
-                async with session.ws_connect(url + "/?upstream=fake") as ws:
-                    await ws.send_bytes(b"x" * 2048)
-                    refused = await closing(ws)
+            async with aiohttp.ClientSession() as session, session.ws_connect(url + "/?upstream=fake") as ws:
+                await ws.send_bytes(b"x" * 2048)
+                refused = await closing(ws)
             (seen,) = server.connections
             await asyncio.wait_for(seen.ended.wait(), 30)
         finally:
@@ -324,7 +323,7 @@ async def test_plain_http_gets_status_pages_or_426(stack: Stack) -> None:
         async with session.get(base + "/ready") as ready:
             assert ready.status == 200
         async with session.get(base + "/metrics") as metrics:
-            assert "kgb_events_submitted" in await metrics.text()
+            assert "kgb_spool_bytes" in await metrics.text()
         async with session.get(base + "/?upstream=fake") as other:
             assert other.status == 426
 
@@ -335,11 +334,23 @@ async def test_plain_http_gets_status_pages_or_426(stack: Stack) -> None:
 async def test_kgb_proxy_serves_the_relay_and_flushes_it_on_sigterm(kafka, topic: str, tmp_path: Path) -> None:
     port, mcp_port = free_port(), free_port()
     async with FakeMcpServer() as server:
-        env = {**os.environ, "KGB_KAFKA_BOOTSTRAP": kafka.bootstrap, "KGB_MCP_TOPIC": topic, "KGB_SPOOL_DIR": str(tmp_path),
-               "KGB_MCP_UPSTREAMS": f"fake={server.url}"}
+        env = {
+            **os.environ,
+            "KGB_KAFKA_BOOTSTRAP": kafka.bootstrap,
+            "KGB_MCP_TOPIC": topic,
+            "KGB_SPOOL_DIR": str(tmp_path),
+            "KGB_MCP_UPSTREAMS": f"fake={server.url}",
+        }
         process = await asyncio.create_subprocess_exec(
-            *KGB, "proxy", "--port", str(port), "--mcp-port", str(mcp_port), env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            *KGB,
+            "proxy",
+            "--port",
+            str(port),
+            "--mcp-port",
+            str(mcp_port),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         await asyncio.wait_for(wait_healthy(f"http://127.0.0.1:{mcp_port}", process), 60)
         async with aiohttp.ClientSession() as session:
@@ -358,10 +369,14 @@ def test_kgb_proxy_says_which_port_it_cannot_take(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = {**os.environ, "KGB_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}", "KGB_PUBLISH_STALL_SECONDS": "0.1",
-               "KGB_SPOOL_DIR": str(tmp_path)}
-        result = subprocess.run([*KGB, "proxy", "--port", str(free_port()), "--mcp-port", str(port)],
-                                capture_output=True, text=True, env=env, timeout=120)
+        env = {**os.environ, "KGB_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}", "KGB_SPOOL_DIR": str(tmp_path)}
+        result = subprocess.run(
+            [*KGB, "proxy", "--port", str(free_port()), "--mcp-port", str(port)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
     assert result.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port} (KGB_MCP_PORT)" in result.stderr
 
@@ -370,14 +385,16 @@ def test_kgb_proxy_says_which_port_it_cannot_take(tmp_path: Path) -> None:
 
 
 def test_jsonrpc_messages_are_classified() -> None:
-    batch = orjson.dumps([
-        {"jsonrpc": "2.0", "id": "a", "method": "tools/list"},
-        {"jsonrpc": "2.0", "method": "notifications/progress"},
-        {"jsonrpc": "2.0", "id": 7, "result": {}},
-        {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "parse error"}},
-        {"jsonrpc": "2.0", "id": 8, "error": {"code": 2**63 - 1, "message": 5}},
-        "not a message",
-    ]).replace(b"9223372036854775807", b"9223372036854775808")  # past Avro's long, which orjson still reads as an int
+    batch = orjson.dumps(
+        [
+            {"jsonrpc": "2.0", "id": "a", "method": "tools/list"},
+            {"jsonrpc": "2.0", "method": "notifications/progress"},
+            {"jsonrpc": "2.0", "id": 7, "result": {}},
+            {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "parse error"}},
+            {"jsonrpc": "2.0", "id": 8, "error": {"code": 2**63 - 1, "message": 5}},
+            "not a message",
+        ]
+    ).replace(b"9223372036854775807", b"9223372036854775808")  # past Avro's long, which orjson still reads as an int
     assert [(m["kind"], m["method"], m["id"], m["error_code"], m["error_message"]) for m in jsonrpc_messages(batch)] == [
         ("REQUEST", "tools/list", '"a"', None, None),
         ("NOTIFICATION", "notifications/progress", None, None, None),
@@ -388,13 +405,16 @@ def test_jsonrpc_messages_are_classified() -> None:
     assert jsonrpc_messages(b"plain text") == jsonrpc_messages(b"[1, 2]") == []
 
 
-@pytest.mark.parametrize(("ending", "sent"), [
-    (Ending("upstream", 4000, "bye"), (4000, "bye")),
-    (Ending("client", 1005), (1000, "")),
-    (Ending("client", None, "", "client_gone", "gone"), (1001, "client: gone")),
-    (Ending("upstream", None, "", "upstream_gone", "gone"), (1011, "upstream: gone")),
-    (Ending("upstream", 1006), (1011, "upstream: closed with 1006")),
-])
+@pytest.mark.parametrize(
+    ("ending", "sent"),
+    [
+        (Ending("upstream", 4000, "bye"), (4000, "bye")),
+        (Ending("client", 1005), (1000, "")),
+        (Ending("client", None, "", "client_gone", "gone"), (1001, "client: gone")),
+        (Ending("upstream", None, "", "upstream_gone", "gone"), (1011, "upstream: gone")),
+        (Ending("upstream", 1006), (1011, "upstream: closed with 1006")),
+    ],
+)
 def test_peer_gets_the_same_close_or_one_that_says_what_happened(ending: Ending, sent: tuple[int, str]) -> None:
     assert peer_close(ending) == sent
 
@@ -402,7 +422,9 @@ def test_peer_gets_the_same_close_or_one_that_says_what_happened(ending: Ending,
 def test_recorded_upstream_url_has_no_credentials() -> None:
     policy = RedactionPolicy(BUILTIN_RULES, frozenset(), b"k")
     assert recorded_url("wss://user:pw@127.0.0.1:9020/mcp", policy) == "wss://127.0.0.1:9020/mcp"
-    assert recorded_url("https://127.0.0.1:9020/mcp?token=s3cret&x=1", policy) == "https://127.0.0.1:9020/mcp?token=[REDACTED]&x=1"
+    assert (
+        recorded_url("https://127.0.0.1:9020/mcp?token=s3cret&x=1", policy) == "https://127.0.0.1:9020/mcp?token=[REDACTED]&x=1"
+    )
 
 
 def test_close_reason_fits_a_close_frame() -> None:
@@ -412,10 +434,16 @@ def test_close_reason_fits_a_close_frame() -> None:
 
 def test_upstreams_setting() -> None:
     assert parse_upstreams(" dewey=ws://127.0.0.1:9020 , fiedler=wss://127.0.0.1:8080/mcp,gh=https://127.0.0.1/mcp") == {
-        "dewey": "ws://127.0.0.1:9020", "fiedler": "wss://127.0.0.1:8080/mcp", "gh": "https://127.0.0.1/mcp"}
-    for bad, said in [("dewey", "name=ws://host:port"), ("a=ftp://127.0.0.1", "ws://, wss://, http:// or https://"),
-                      ("a/b=http://127.0.0.1", "one path segment"),
-                      ("a=ws://127.0.0.1,a=ws://127.0.0.1:2", "twice")]:
+        "dewey": "ws://127.0.0.1:9020",
+        "fiedler": "wss://127.0.0.1:8080/mcp",
+        "gh": "https://127.0.0.1/mcp",
+    }
+    for bad, said in [
+        ("dewey", "name=ws://host:port"),
+        ("a=ftp://127.0.0.1", "ws://, wss://, http:// or https://"),
+        ("a/b=http://127.0.0.1", "one path segment"),
+        ("a=ws://127.0.0.1,a=ws://127.0.0.1:2", "twice"),
+    ]:
         with pytest.raises(SettingsError, match=said):
             ProxySettings.from_env({"KGB_MCP_UPSTREAMS": bad})
 

@@ -71,11 +71,19 @@ class Upstream:
         body = await self.seen(request)
         parsed = orjson.loads(body) if body.startswith(b"{") else None
         if parsed is None:
-            return web.Response(status=400, body=b'{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error"}}',
-                                content_type="application/json")
-        answer = {"jsonrpc": "2.0", "id": parsed.get("id"), "result": {"content": [{"type": "text", "text": parsed["params"]["arguments"]["city"]}]}}
-        return web.Response(body=orjson.dumps(answer), content_type="application/json",
-                            headers={"Mcp-Session-Id": "sess-42", "X-Upstream": "yes"})
+            return web.Response(
+                status=400,
+                body=b'{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error"}}',
+                content_type="application/json",
+            )
+        answer = {
+            "jsonrpc": "2.0",
+            "id": parsed.get("id"),
+            "result": {"content": [{"type": "text", "text": parsed["params"]["arguments"]["city"]}]},
+        }
+        return web.Response(
+            body=orjson.dumps(answer), content_type="application/json", headers={"Mcp-Session-Id": "sess-42", "X-Upstream": "yes"}
+        )
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         await self.seen(request)
@@ -93,7 +101,7 @@ class Upstream:
 
     async def dies(self, request: web.Request) -> web.StreamResponse:
         response = await self.stream(request)
-        await response.write(SSE_BODY[:SSE_BODY.index(b"}}\n\n") + 4])
+        await response.write(SSE_BODY[: SSE_BODY.index(b"}}\n\n") + 4])
         await asyncio.sleep(0.05)
         assert request.transport is not None
         request.transport.abort()
@@ -111,8 +119,12 @@ class Upstream:
     async def auth(self, request: web.Request) -> web.Response:
         await self.seen(request)
         challenge = f'Bearer resource_metadata="{self.url}/.well-known/oauth-protected-resource/mcp", scope="tools"'
-        return web.Response(status=401, body=b'{"error":"invalid_token"}', content_type="application/json",
-                            headers={"WWW-Authenticate": challenge})
+        return web.Response(
+            status=401,
+            body=b'{"error":"invalid_token"}',
+            content_type="application/json",
+            headers={"WWW-Authenticate": challenge},
+        )
 
     async def metadata(self, request: web.Request) -> web.Response:
         await self.seen(request)
@@ -162,7 +174,13 @@ async def test_2026_headers_pass_untouched_both_ways(relay: Relay) -> None:
     assert {e["session_key"] for e in events} == {"sess-42"}, "the session the server named, on every event"
     assert {e["_key"] for e in events} == {b"sess-42"}
     assert request["direction"] == "CLIENT_TO_UPSTREAM" and request["jsonrpc"][0]["method"] == "tools/call"
-    assert [h["name"] for h in request["mcp_headers"]] == ["MCP-Protocol-Version", "Mcp-Method", "Mcp-Name", "Mcp-Param-Region", "Last-Event-ID"]
+    assert [h["name"] for h in request["mcp_headers"]] == [
+        "MCP-Protocol-Version",
+        "Mcp-Method",
+        "Mcp-Name",
+        "Mcp-Param-Region",
+        "Last-Event-ID",
+    ]
     assert request["protocol_version"] == "2026-07-28" and request["transport"] == "STREAMABLE_HTTP"
     assert answer["mcp_headers"] == [{"name": "Mcp-Session-Id", "value": "sess-42"}]
     http = exchange["http"]
@@ -181,8 +199,10 @@ async def test_an_sse_answer_streams_byte_for_byte_and_each_event_is_a_message(r
     events = await relay.events(4)
     messages = by_kind(events, "MESSAGE")
     assert [m["jsonrpc"][0]["kind"] for m in messages] == ["REQUEST", "NOTIFICATION", "RESPONSE"]
-    assert [m["sse"] for m in messages[1:]] == [{"id": "s1:1", "event": "message", "retry": None},
-                                                {"id": "s1:2", "event": "message", "retry": 500}]
+    assert [m["sse"] for m in messages[1:]] == [
+        {"id": "s1:1", "event": "message", "retry": None},
+        {"id": "s1:2", "event": "message", "retry": 500},
+    ]
     assert orjson.loads(messages[2]["payload"]) == RESULT
     (call,) = await relay.pipeline.calls(1)
     assert call["result"] == RESULT["result"] and call["notifications"][0]["params"]["progress"] == 1
@@ -282,4 +302,5 @@ def test_the_client_chooses_the_path_and_query_never_the_host() -> None:
     assert str(target("http://127.0.0.1:8/mcp/", "/x/y", "")) == "http://127.0.0.1:8/mcp/x/y"
     assert str(target("http://127.0.0.1:8/mcp", "/@evil.example/..", "")).startswith("http://127.0.0.1:8/mcp/")
     assert str(well_known_target("http://127.0.0.1:8/api/mcp", "oauth-protected-resource", "", "")) == (
-        "http://127.0.0.1:8/.well-known/oauth-protected-resource/api/mcp")
+        "http://127.0.0.1:8/.well-known/oauth-protected-resource/api/mcp"
+    )

@@ -62,7 +62,9 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-async def test_streamable_http_through_the_relay_is_what_the_server_sends(kafka, database: str, tmp_path: Path, case: str) -> None:
+async def test_streamable_http_through_the_relay_is_what_the_server_sends(
+    kafka, database: str, tmp_path: Path, case: str
+) -> None:
     server_options, mode = CASES[case]
     with mcp_sdk.serving(**server_options) as url:
         direct = await run(url, mode)
@@ -70,7 +72,8 @@ async def test_streamable_http_through_the_relay_is_what_the_server_sends(kafka,
             relayed = await run(pipeline.at("sdk"), mode)
             calls = await pipeline.calls(len(direct[0]) - 1, "tools/call")
             sessions = await pipeline.wait_for("SELECT * FROM mcp_sessions", ended if mode == "legacy" else bool)
-            http = await pipeline.query("SELECT method, status, error_type FROM mcp_http_requests")
+            deleted = (lambda rows: any(r["method"] == "DELETE" for r in rows)) if mode == "legacy" else bool
+            http = await pipeline.wait_for("SELECT method, status, error_type FROM mcp_http_requests", deleted)
 
     assert relayed == direct
     tool_calls = [c for c in calls if c["method"] == "tools/call"]
@@ -106,7 +109,8 @@ async def test_a_dropped_stream_resumes_with_last_event_id_through_the_relay(kaf
                 result = await client.call_tool("pause", {"steps": 3})
             (call,) = [c for c in await pipeline.calls(1, "tools/call") if c["method"] == "tools/call"]
             resumed = await pipeline.query(
-                "SELECT request_headers FROM mcp_http_requests WHERE method = 'GET' AND request_headers ? 'last-event-id'")
+                "SELECT request_headers FROM mcp_http_requests WHERE method = 'GET' AND request_headers ? 'last-event-id'"
+            )
 
     assert result.content[0].text == "resumed after 3"
     assert call["name"] == "pause" and call["result"]["content"][0]["text"] == "resumed after 3"
@@ -123,8 +127,12 @@ async def test_stdio_through_the_shim_is_what_the_server_sends(kafka, database: 
     server = [sys.executable, "-m", "tests.fakes.mcp_sdk"]
     direct = await run(StdioServerParameters(command=server[0], args=server[1:], cwd=str(Path.cwd())), "auto")
     async with mcp_pipeline(kafka.bootstrap, database, tmp_path / "spool", {}) as pipeline:
-        shim = StdioServerParameters(command=KGB[0], args=[*KGB[1:], "mcp", "stdio", "tools", "--", *server],
-                                     env={**pipeline.env, "PATH": "/usr/bin:/bin"}, cwd=str(Path.cwd()))
+        shim = StdioServerParameters(
+            command=KGB[0],
+            args=[*KGB[1:], "mcp", "stdio", "tools", "--", *server],
+            env={**pipeline.env, "PATH": "/usr/bin:/bin"},
+            cwd=str(Path.cwd()),
+        )
         relayed = await run(shim, "auto")
         calls = await pipeline.calls(len(direct[0]) - 1, "tools/call")
         (session,) = await pipeline.wait_for("SELECT * FROM mcp_sessions WHERE ended_at IS NOT NULL", bool)

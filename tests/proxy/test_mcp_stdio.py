@@ -17,6 +17,8 @@ import orjson
 import pytest
 
 from proxy.mcp.stdio import LineSplitter, claim_spool, exit_status
+from proxy.logformat import Kind
+from proxy.logreader import LogReader, Position
 from tests.services import free_port
 from tests.test_cli import KGB
 from tests.topic import read_events
@@ -38,19 +40,30 @@ time.sleep(60)
 
 
 def shim_env(tmp_path: Path, bootstrap: str, topic: str) -> dict[str, str]:
-    return {**os.environ, "KGB_KAFKA_BOOTSTRAP": bootstrap, "KGB_MCP_TOPIC": topic, "KGB_SPOOL_DIR": str(tmp_path / "spool"),
-            "KGB_PUBLISH_STALL_SECONDS": "1"}
+    return {**os.environ, "KGB_KAFKA_BOOTSTRAP": bootstrap, "KGB_MCP_TOPIC": topic, "KGB_SPOOL_DIR": str(tmp_path / "spool")}
 
 
 async def shim(env: dict[str, str], *command: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        *KGB, "mcp", "stdio", "files", "--", *command, env=env,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        *KGB,
+        "mcp",
+        "stdio",
+        "files",
+        "--",
+        *command,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
 
 
 async def test_bytes_pass_untouched_and_each_line_is_an_event(kafka, topic: str, tmp_path: Path) -> None:
-    lines = [orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"é": "ünïcode"}}) + b"\n",
-             b"not json at all\r\n", orjson.dumps([{"jsonrpc": "2.0", "method": "ping/a"}, {"jsonrpc": "2.0", "method": "ping/b"}]) + b"\n"]
+    lines = [
+        orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"é": "ünïcode"}}) + b"\n",
+        b"not json at all\r\n",
+        orjson.dumps([{"jsonrpc": "2.0", "method": "ping/a"}, {"jsonrpc": "2.0", "method": "ping/b"}]) + b"\n",
+    ]
     process = await shim(shim_env(tmp_path, kafka.bootstrap, topic), sys.executable, "-c", ECHO, "3")
     out, err = await asyncio.wait_for(process.communicate(b"".join(lines)), 60)
 
@@ -90,13 +103,14 @@ async def test_signals_reach_the_server_and_its_exit_code_comes_back(kafka, topi
     assert closed["process"]["exit_code"] == 42
 
 
-async def test_a_dead_broker_costs_the_relay_nothing_and_the_events_wait_in_the_spool(tmp_path: Path) -> None:
+async def test_a_dead_broker_costs_the_relay_nothing_and_the_events_wait_in_the_log(tmp_path: Path) -> None:
     env = shim_env(tmp_path, f"127.0.0.1:{free_port()}", "kgb-unused")
     process = await shim(env, sys.executable, "-c", ECHO)
     out, _ = await asyncio.wait_for(process.communicate(b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n'), 60)
     assert out == b'{"jsonrpc":"2.0","id":1,"method":"pong"}\n' and process.returncode == 0
-    segments = list((tmp_path / "spool" / "mcp-stdio" / "0").glob("*.seg"))
-    assert segments and sum(p.stat().st_size for p in segments) > 0
+    log = tmp_path / "spool" / "mcp-stdio" / "0"
+    kinds = [read.record.kind for read in LogReader(log, Position(0, 0)).poll()]
+    assert kinds.count(Kind.EVENT) == 4, "OPEN, both messages and CLOSE wait in the shim's capture log"
 
 
 def test_each_running_shim_gets_its_own_spool_slot(tmp_path: Path) -> None:
@@ -109,11 +123,14 @@ def test_each_running_shim_gets_its_own_spool_slot(tmp_path: Path) -> None:
     os.close(other)
 
 
-@pytest.mark.parametrize(("chunks", "lines"), [
-    ([b'{"a":1}\n{"b"', b':2}\n'], [b'{"a":1}', b'{"b":2}']),
-    ([b"x\r", b"\ny\n\n"], [b"x", b"y"]),
-    ([b"no newline"], []),
-])
+@pytest.mark.parametrize(
+    ("chunks", "lines"),
+    [
+        ([b'{"a":1}\n{"b"', b":2}\n"], [b'{"a":1}', b'{"b":2}']),
+        ([b"x\r", b"\ny\n\n"], [b"x", b"y"]),
+        ([b"no newline"], []),
+    ],
+)
 def test_lines_are_split_wherever_chunks_end(chunks: list[bytes], lines: list[bytes]) -> None:
     splitter = LineSplitter()
     assert [line for chunk in chunks for line in splitter.feed(chunk)] == lines

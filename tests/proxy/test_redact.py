@@ -1,3 +1,4 @@
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qsl, quote, unquote_plus
 
 import orjson
@@ -23,6 +24,7 @@ from proxy.redact import (
 from proxy.sse import SSEParser
 from tests.claude_samples import load_sample
 from tests.proxy.planted import ANTHROPIC_KEY, SECRETS, escaped, sse, text_delta
+
 
 @pytest.mark.parametrize("rule", sorted(SECRETS))
 def test_each_secret_format_is_removed_from_a_json_body_which_stays_json(rule: str) -> None:
@@ -79,23 +81,34 @@ def test_credential_and_fingerprint() -> None:
     assert fingerprint("k1", b"other") != first
 
 
-@pytest.mark.parametrize(("url", "kept"), [
-    ("postgresql://winni:hunter2@db:5432/winni", "postgresql://winni:[REDACTED:url_password]@db:5432/winni"),
-    ("redis://:s3cr3t@cache:6379/0", "redis://:[REDACTED:url_password]@cache:6379/0"),
-    ("https://deploy:gh%40pass@git.example.com/repo.git", "https://deploy:[REDACTED:url_password]@git.example.com/repo.git"),
-    ("mongodb+srv://admin:p4ss@cluster0.example.net/?retryWrites=true",
-     "mongodb+srv://admin:[REDACTED:url_password]@cluster0.example.net/?retryWrites=true"),
-])
+@pytest.mark.parametrize(
+    ("url", "kept"),
+    [
+        ("postgresql://winni:hunter2@db:5432/winni", "postgresql://winni:[REDACTED:url_password]@db:5432/winni"),
+        ("redis://:s3cr3t@cache:6379/0", "redis://:[REDACTED:url_password]@cache:6379/0"),
+        ("https://deploy:gh%40pass@git.example.com/repo.git", "https://deploy:[REDACTED:url_password]@git.example.com/repo.git"),
+        (
+            "mongodb+srv://admin:p4ss@cluster0.example.net/?retryWrites=true",
+            "mongodb+srv://admin:[REDACTED:url_password]@cluster0.example.net/?retryWrites=true",
+        ),
+    ],
+)
 def test_a_password_in_a_url_goes_and_the_url_stays_readable(url: str, kept: str) -> None:
     body = orjson.dumps({"content": f"use {url} now"})
     redacted, fired = redact_body(body, BUILTIN_RULES)
     assert orjson.loads(redacted)["content"] == f"use {kept} now" and fired == ["url_password"]
 
 
-@pytest.mark.parametrize("text", [
-    "https://example.com/a:b@c", "http://127.0.0.1:8089/v1/messages", "ssh git@github.com:org/repo.git",
-    "http://user@host/path", "mailto:someone@example.com",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "https://example.com/a:b@c",
+        "http://127.0.0.1:8089/v1/messages",
+        "ssh git@github.com:org/repo.git",
+        "http://user@host/path",
+        "mailto:someone@example.com",
+    ],
+)
 def test_urls_without_a_password_are_left_alone(text: str) -> None:
     assert redact_body(text.encode(), BUILTIN_RULES) == (text.encode(), [])
 
@@ -139,11 +152,14 @@ def test_a_body_whose_escapes_hide_nothing_keeps_its_bytes() -> None:
     assert redact_json(body, BUILTIN_RULES) == (body, [])
 
 
-@pytest.mark.parametrize(("encoded", "rule"), [
-    ("Authorization%3A%20Bearer%20abcdefghijklmnopqrstuvwxyz012345", "bearer_token"),
-    (quote(SECRETS["private_key"], safe=""), "private_key"),
-    ("".join(f"%{byte:02X}" for byte in SECRETS["anthropic_key"].encode()), "anthropic_key"),
-])
+@pytest.mark.parametrize(
+    ("encoded", "rule"),
+    [
+        ("Authorization%3A%20Bearer%20abcdefghijklmnopqrstuvwxyz012345", "bearer_token"),
+        (quote(SECRETS["private_key"], safe=""), "private_key"),
+        ("".join(f"%{byte:02X}" for byte in SECRETS["anthropic_key"].encode()), "anthropic_key"),
+    ],
+)
 def test_a_percent_encoded_secret_is_found_and_written_back_encoded(encoded: str, rule: str) -> None:
     body = orjson.dumps({"url": f"https://example.com/cb?next={encoded}&x=1"})
     redacted, fired = redact_body(body, BUILTIN_RULES)
@@ -156,9 +172,19 @@ def test_a_percent_encoded_secret_is_found_and_written_back_encoded(encoded: str
 @pytest.mark.parametrize("cut", [1, 7, 12, 20, len(ANTHROPIC_KEY) - 1])
 def test_a_secret_split_across_two_text_blocks_loses_both_halves(cut: int) -> None:
     first, second = "key: " + ANTHROPIC_KEY[:cut], ANTHROPIC_KEY[cut:] + " thanks"
-    body = orjson.dumps({"messages": [{"role": "user", "content": [
-        {"type": "text", "text": first}, {"type": "text", "text": second},
-    ]}]})
+    body = orjson.dumps(
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": first},
+                        {"type": "text", "text": second},
+                    ],
+                }
+            ]
+        }
+    )
     redacted, fired = redact_json(body, BUILTIN_RULES)
     blocks = orjson.loads(redacted)["messages"][0]["content"]
     assert "anthropic_key" in fired
@@ -172,16 +198,28 @@ def test_pieces_are_cut_at_the_secret_and_keep_everything_else() -> None:
 
 
 def test_a_stream_is_rewritten_without_a_secret_split_across_deltas_or_escaped_in_an_error() -> None:
-    body = sse(
-        ("message_start", {"type": "message_start", "message": {"id": "m", "content": []}}),
-        text_delta("here: " + ANTHROPIC_KEY[:15]), text_delta(ANTHROPIC_KEY[15:] + " done"),
-        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-    ) + b'event: error\ndata: {"type": "error", "error": {"type": "x", "message": "' + escaped(SECRETS["github_token"]).encode() + b'"}}\n\n'
+    body = (
+        sse(
+            ("message_start", {"type": "message_start", "message": {"id": "m", "content": []}}),
+            text_delta("here: " + ANTHROPIC_KEY[:15]),
+            text_delta(ANTHROPIC_KEY[15:] + " done"),
+            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        )
+        + b'event: error\ndata: {"type": "error", "error": {"type": "x", "message": "'
+        + escaped(SECRETS["github_token"]).encode()
+        + b'"}}\n\n'
+    )
     redacted, fired = redact_stream(body, BUILTIN_RULES)
     assert sorted(set(fired)) == ["anthropic_key", "github_token"]
     assert ANTHROPIC_KEY[:15].encode() not in redacted and ANTHROPIC_KEY[15:].encode() not in redacted
     events = SSEParser().feed(redacted.decode())
-    assert [event.event for event in events] == ["message_start", "content_block_delta", "content_block_delta", "content_block_stop", "error"]
+    assert [event.event for event in events] == [
+        "message_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "error",
+    ]
     assert orjson.loads(events[1].data)["delta"]["text"] == "here: [REDACTED:anthropic_key]"
     assert orjson.loads(events[4].data)["error"]["message"] == "[REDACTED:github_token]"
 
@@ -189,3 +227,30 @@ def test_a_stream_is_rewritten_without_a_secret_split_across_deltas_or_escaped_i
 def test_a_form_encoded_bearer_token_in_a_query_is_found() -> None:
     query, fired = redact_query("next=Bearer+abcdefghijklmnopqrstuvwxyz012345&x=1", BUILTIN_RULES)
     assert fired == ["bearer_token"] and "abcdefghijklmnopqrstuvwxyz012345" not in query
+
+
+@pytest.mark.parametrize("engine", [hyperscan_engine, re2_engine])
+def test_one_matcher_scans_from_many_threads_at_once(engine: Engine) -> None:
+    found = Matcher(BUILTIN_RULES, engine)
+    body = b"x" * 200_000 + ANTHROPIC_KEY.encode()
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: [rule.name for rule in found.candidates(body)], range(200)))
+    assert all("anthropic_key" in names for names in results)
+
+
+def test_a_match_across_two_json_strings_does_not_eat_the_json_between_them() -> None:
+    body = b'{"a":"-----BEGIN RSA PRIVATE KEY-----","b":"x -----END RSA PRIVATE KEY-----"}'
+    assert redact_json(body, BUILTIN_RULES) == (body, [])
+
+
+def test_a_secret_in_a_json_key_is_redacted_and_the_order_kept() -> None:
+    body = orjson.dumps({"a": 1, ANTHROPIC_KEY: 2, "z": [SECRETS["github_token"]]})
+    redacted, fired = redact_json(body, BUILTIN_RULES)
+    assert list(orjson.loads(redacted).items()) == [("a", 1), ("[REDACTED:anthropic_key]", 2), ("z", ["[REDACTED:github_token]"])]
+    assert fired == ["anthropic_key", "github_token"]
+
+
+def test_a_body_nested_deeper_than_orjson_writes_is_redacted_as_bytes() -> None:
+    body = b'{"n":' * 300 + orjson.dumps(ANTHROPIC_KEY) + b"}" * 300
+    redacted, fired = redact_json(body, BUILTIN_RULES)
+    assert fired == ["anthropic_key"] and ANTHROPIC_KEY.encode() not in redacted and redacted.startswith(b'{"n":{"n":')

@@ -19,12 +19,21 @@ def named(user_id: object) -> dict:
 
 
 def test_header_wins() -> None:
-    identity = identify(CIMultiDict({"X-Claude-Code-Session-Id": SESSION, "x-claude-code-agent-id": "a1", "x-claude-code-parent-agent-id": "p0"}), None, None)
-    assert (identity.session_key, identity.session_source, identity.agent_id, identity.parent_agent_id) == (SESSION, "header", "a1", "p0")
+    identity = identify(
+        CIMultiDict({"X-Claude-Code-Session-Id": SESSION, "x-claude-code-agent-id": "a1", "x-claude-code-parent-agent-id": "p0"}),
+        None,
+        None,
+    )
+    assert (identity.session_key, identity.session_source, identity.agent_id, identity.parent_agent_id) == (
+        SESSION,
+        "header",
+        "a1",
+        "p0",
+    )
 
 
 def test_metadata_json_form() -> None:
-    body = named('{"device_id":"d","account_uuid":"","session_id":"%s"}' % SESSION)
+    body = named(f'{{"device_id":"d","account_uuid":"","session_id":"{SESSION}"}}')
     assert session_from_metadata(body) == (SESSION, "metadata_json")
     assert identify(CIMultiDict(), body, None).session_key == SESSION
 
@@ -35,7 +44,7 @@ def test_metadata_legacy_form() -> None:
 
 
 def test_claude_code_says_who_it_is_in_either_form() -> None:
-    modern = named('{"device_id":"d","account_uuid":"","session_id":"%s"}' % SESSION)
+    modern = named(f'{{"device_id":"d","account_uuid":"","session_id":"{SESSION}"}}')
     assert claude_user(modern) == ClaudeUser("metadata_json", SESSION, "d", None)
     legacy = named(f"user_abc123_account_1b2c-3d_session_{SESSION}")
     assert claude_user(legacy) == ClaudeUser("metadata_legacy", SESSION, "abc123", "1b2c-3d")
@@ -60,10 +69,12 @@ def test_any_other_user_id_names_the_session_within_its_key(user_id: str) -> Non
 
 
 def test_the_kgb_session_header_names_the_session_over_everything() -> None:
-    body = named('{"session_id":"%s"}' % SESSION)
+    body = named(f'{{"session_id":"{SESSION}"}}')
     assert session({"X-KGB-Session": "release 4.1", **SDK}) == (f"{SCOPE}:session:release 4.1", "kgb_header")
     assert session({"x-kgb-session": "release 4.1", "X-Claude-Code-Session-Id": SESSION}, body) == (
-        f"{SCOPE}:session:release 4.1", "kgb_header")
+        f"{SCOPE}:session:release 4.1",
+        "kgb_header",
+    )
     assert session({"X-KGB-Session": " ", **SDK}, named("user-42")) == (f"{SCOPE}:user:user-42", "metadata_user")
 
 
@@ -78,7 +89,7 @@ def test_long_or_unprintable_names_are_keyed_by_their_digest(value: str) -> None
 
 
 def test_a_claude_code_session_id_with_a_nul_is_keyed_by_its_digest_too() -> None:
-    key, source = session({}, named('{"session_id":"%s\\u0000"}' % SESSION))
+    key, source = session({}, named(f'{{"session_id":"{SESSION}\\u0000"}}'))
     assert source == "metadata_json" and key.startswith("sha256:")
 
 

@@ -40,7 +40,12 @@ def test_reassembles_thinking_text_citations_and_tool_input() -> None:
     assert result.stop_reason == "tool_use"
     assert result.message is not None
     assert result.message["content"] == EXPECTED_CONTENT
-    assert result.usage == {"input_tokens": 10, "cache_creation_input_tokens": 5, "cache_read_input_tokens": 100, "output_tokens": 42}
+    assert result.usage == {
+        "input_tokens": 10,
+        "cache_creation_input_tokens": 5,
+        "cache_read_input_tokens": 100,
+        "output_tokens": 42,
+    }
     assert result.message["usage"]["output_tokens"] == 42
     assert result.unknown_events == [{"event": "brand_new_event", "data": {"type": "brand_new_event", "payload": [1, 2]}}]
 
@@ -75,8 +80,12 @@ def test_interrupted_stream_keeps_partial_text_and_raw_partial_json() -> None:
 def test_unknown_block_and_delta_types_are_kept_as_they_came() -> None:
     assembler = MessageAssembler()
     assembler.feed(SSEEvent("message_start", '{"type":"message_start","message":{"id":"m","content":[]}}'))
-    assembler.feed(SSEEvent("content_block_start", '{"type":"content_block_start","index":0,"content_block":{"type":"hologram","z":1}}'))
-    assembler.feed(SSEEvent("content_block_delta", '{"type":"content_block_delta","index":0,"delta":{"type":"hologram_delta","z":2}}'))
+    assembler.feed(
+        SSEEvent("content_block_start", '{"type":"content_block_start","index":0,"content_block":{"type":"hologram","z":1}}')
+    )
+    assembler.feed(
+        SSEEvent("content_block_delta", '{"type":"content_block_delta","index":0,"delta":{"type":"hologram_delta","z":2}}')
+    )
     assembler.feed(SSEEvent("weird", "not json"))
     result = assembler.finish()
     assert result.message is not None
@@ -88,14 +97,49 @@ def test_unknown_block_and_delta_types_are_kept_as_they_came() -> None:
 def test_server_tool_blocks_and_redacted_thinking() -> None:
     text = (
         sse("message_start", message_start())
-        + sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "redacted_thinking", "data": "abc"}})
+        + sse(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "redacted_thinking", "data": "abc"}},
+        )
         + sse("content_block_stop", {"type": "content_block_stop", "index": 0})
-        + sse("content_block_start", {"type": "content_block_start", "index": 1, "content_block": {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {}}})
-        + sse("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": '{"query": "kgb"}'}})
+        + sse(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 1,
+                "content_block": {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {}},
+            },
+        )
+        + sse(
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 1,
+                "delta": {"type": "input_json_delta", "partial_json": '{"query": "kgb"}'},
+            },
+        )
         + sse("content_block_stop", {"type": "content_block_stop", "index": 1})
-        + sse("content_block_start", {"type": "content_block_start", "index": 2, "content_block": {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1", "content": [{"type": "web_search_result", "url": "u"}]}})
+        + sse(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 2,
+                "content_block": {
+                    "type": "web_search_tool_result",
+                    "tool_use_id": "srvtoolu_1",
+                    "content": [{"type": "web_search_result", "url": "u"}],
+                },
+            },
+        )
         + sse("content_block_stop", {"type": "content_block_stop", "index": 2})
-        + sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 3, "server_tool_use": {"web_search_requests": 1}}})
+        + sse(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn"},
+                "usage": {"output_tokens": 3, "server_tool_use": {"web_search_requests": 1}},
+            },
+        )
         + sse("message_stop", {"type": "message_stop"})
     )
     result = reassemble(text)
@@ -128,7 +172,9 @@ def test_many_small_deltas_reassemble_exactly_in_every_field() -> None:
     signature = "s" * 4000
     pieces = [sse("message_start", message_start()), block_start_event(0, {"type": "thinking", "thinking": ""})]
     pieces += [delta_event(0, {"type": "thinking_delta", "thinking": thinking[i : i + 20]}) for i in range(0, len(thinking), 20)]
-    pieces += [delta_event(0, {"type": "signature_delta", "signature": signature[i : i + 20]}) for i in range(0, len(signature), 20)]
+    pieces += [
+        delta_event(0, {"type": "signature_delta", "signature": signature[i : i + 20]}) for i in range(0, len(signature), 20)
+    ]
     pieces.append(block_start_event(1, {"type": "text", "text": "Start: "}))
     pieces += [delta_event(1, {"type": "text_delta", "text": text[i : i + 20]}) for i in range(0, len(text), 20)]
     pieces.append(sse("message_stop", {"type": "message_stop"}))
@@ -284,4 +330,25 @@ def test_canonical_deltas_skip_the_general_path_however_the_chunks_fall(monkeypa
     stream = MessageStream()
     stream.feed(sse("message_start", message_start()) + text)
     message = stream.finish().message
-    assert message is not None and message["content"] == [{"type": "text", "text": "".join(w.replace("\\n", "\n") for w in words)}]
+    assert message is not None and message["content"] == [
+        {"type": "text", "text": "".join(w.replace("\\n", "\n") for w in words)}
+    ]
+
+
+def test_events_the_assembler_cannot_read_are_kept_not_raised() -> None:
+    """The recorder's last events are assembled in `finish`, outside its guard: nothing there may raise."""
+    odd = [
+        raw_delta('{"type":"content_block_delta","index":"x","delta":{"type":"text_delta","text":"a"}}'),
+        raw_delta('{"type":"content_block_delta","index":0,"delta":["not", "an", "object"]}'),
+        'event: message_delta\ndata: {"type":"message_delta","delta":[1, 2]}\n\n',
+        'event: content_block_start\ndata: {"type":"content_block_start","index":[0]}\n\n',
+    ]
+    text = sse("message_start", message_start()) + block_start_event(0, {"type": "text", "text": ""}) + "".join(odd)
+    result = streamed(text, 7)
+    assert result == general(text)
+    assert [event["data"]["type"] for event in result.unknown_events] == [
+        "content_block_delta",
+        "content_block_delta",
+        "message_delta",
+        "content_block_start",
+    ]

@@ -43,6 +43,7 @@ def request_event(*, body_size: int = 1024, model: str | None = "claude-sonnet-4
             "received_at": T0,
         },
         "response": None,
+        "fragment": None,
     }
     return {**record, **over}
 
@@ -79,6 +80,7 @@ def response_event(*, status: int = 200, is_sse: bool = True, **over: Any) -> di
             "client_disconnected": False,
             "upstream_complete": True,
         },
+        "fragment": None,
     }
     return {**record, **over}
 

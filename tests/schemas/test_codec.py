@@ -98,7 +98,8 @@ def test_current_schema_is_frozen_in_history() -> None:
 @pytest.mark.parametrize("version", range(len(history(EXCHANGE))))
 def test_every_frozen_version_decodes_with_the_current_decoder(version: int) -> None:
     old = history(EXCHANGE)[version]
-    data = encoder_for(old).encode(response_event())
+    known = {f["name"] for f in old["fields"]}
+    data = encoder_for(old).encode({k: v for k, v in response_event().items() if k in known})
     assert make_decoder(None).decode_local(data)["response"]["status"] == 200
 
 

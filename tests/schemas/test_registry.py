@@ -71,7 +71,9 @@ async def test_registered_schema_is_the_avsc_as_written(fake: FakeSchemaRegistry
     assert json.loads(latest["schema"]) == raw_schema(EXCHANGE)  # logicalType kept for other tools
 
 
-async def test_confluent_round_trip_fetches_the_writer_schema_once(fake: FakeSchemaRegistry, session: aiohttp.ClientSession) -> None:
+async def test_confluent_round_trip_fetches_the_writer_schema_once(
+    fake: FakeSchemaRegistry, session: aiohttp.ClientSession
+) -> None:
     encoder = await registry_encoder(Registry(fake.url, session), SUBJECT)
     event = request_event(body_size=1_048_576)
     data = encoder.encode(event)
@@ -123,7 +125,9 @@ async def test_schema_by_id_error_carries_the_registry_message(fake: FakeSchemaR
     assert (caught.value.status, caught.value.error_code, caught.value.retriable) == (404, 40403, False)
 
 
-async def test_invalid_schema_is_refused_with_the_registry_message(fake: FakeSchemaRegistry, session: aiohttp.ClientSession) -> None:
+async def test_invalid_schema_is_refused_with_the_registry_message(
+    fake: FakeSchemaRegistry, session: aiohttp.ClientSession
+) -> None:
     with pytest.raises(RegistryError, match="Invalid schema") as caught:
         await Registry(fake.url, session).register(SUBJECT, {"type": "record", "name": "X", "fields": "oops"})
     assert (caught.value.status, caught.value.error_code, caught.value.retriable) == (422, 42201, False)

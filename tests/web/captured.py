@@ -41,17 +41,21 @@ FAST = Backoff(initial=0.05, maximum=0.5)
 SCRIPT = '<script>window.__pwned = "script"</script>'
 IMAGE = '<img src="x" onerror="window.__pwned = \'img\'">'
 LINK = "[click me](javascript:window.__pwned='link')"
-RAW = '<div onmouseover="window.__pwned = \'div\'">raw html in markdown</div>'
+RAW = "<div onmouseover=\"window.__pwned = 'div'\">raw html in markdown</div>"
 HOSTILE = f"{SCRIPT} {IMAGE} {LINK}\n\n{RAW}\n\n<a href=\"javascript:window.__pwned='a'\">raw link</a>"
 
 
 def planted_session() -> SessionBuilder:
     s = SessionBuilder()
     s.title(HOSTILE, f"Planted {SCRIPT}")
-    s.turn("main", text(f"Please look at this: {HOSTILE}"), answer=reply(
-        {"type": "thinking", "thinking": f"thinking about {SCRIPT}", "signature": "c2ln"},
-        text(f"Here is **Markdown** with {HOSTILE} and [a fine link](https://example.com/docs)."),
-    ))
+    s.turn(
+        "main",
+        text(f"Please look at this: {HOSTILE}"),
+        answer=reply(
+            {"type": "thinking", "thinking": f"thinking about {SCRIPT}", "signature": "c2ln"},
+            text(f"Here is **Markdown** with {HOSTILE} and [a fine link](https://example.com/docs)."),
+        ),
+    )
     s.turn("main", text("run it"), answer=reply(tool_use("toolu_planted", f"echo '{SCRIPT}'"), stop_reason="tool_use"))
     s.turn("main", tool_result("toolu_planted", f"{IMAGE}\n{SCRIPT}"), answer=reply(text(f"It printed {IMAGE}.")))
     s.web_search(f"search {SCRIPT}", [{"type": "web_search_result", "url": "javascript:window.__pwned='url'", "title": IMAGE}])
@@ -60,10 +64,16 @@ def planted_session() -> SessionBuilder:
 
 def searched_session() -> SessionBuilder:
     s = SessionBuilder()
-    s.turn("main", text("Find the odd word in the logs"), answer=reply(tool_use("toolu_search", "grep -r odd logs/"),
-                                                                       stop_reason="tool_use"))
-    s.turn("main", tool_result("toolu_search", f"logs/build.log: the {SEARCH_WORD} step failed", is_error=True),
-           answer=reply(text("The grep found it in the build log.")))
+    s.turn(
+        "main",
+        text("Find the odd word in the logs"),
+        answer=reply(tool_use("toolu_search", "grep -r odd logs/"), stop_reason="tool_use"),
+    )
+    s.turn(
+        "main",
+        tool_result("toolu_search", f"logs/build.log: the {SEARCH_WORD} step failed", is_error=True),
+        answer=reply(text("The grep found it in the build log.")),
+    )
     return s
 
 
@@ -84,11 +94,14 @@ class Captured:
         kafka = KafkaSettings(bootstrap=bootstrap, topic=topic)
         group = uuid.uuid4().hex[:8]
         winni = WinniSettings(kafka=kafka, database_url=self.dsn, group=f"web-winni-{group}", backoff=FAST)
-        metrics = MetricsSettings(kafka=kafka, database_url=self.dsn, group=f"web-metrics-{group}", port=free_port(),
-                                  backoff=FAST)
+        metrics = MetricsSettings(
+            kafka=kafka, database_url=self.dsn, group=f"web-metrics-{group}", port=free_port(), backoff=FAST
+        )
         exchanges = len(self.events) // 2
-        await asyncio.gather(consumed(run_winni, winni, self.dsn, COMPLETE_WINNI, exchanges),
-                             consumed(run_metrics, metrics, self.dsn, COMPLETE_METRICS, exchanges))
+        await asyncio.gather(
+            consumed(run_winni, winni, self.dsn, COMPLETE_WINNI, exchanges),
+            consumed(run_metrics, metrics, self.dsn, COMPLETE_METRICS, exchanges),
+        )
 
 
 COMPLETE_EXCHANGES = "SELECT count(*) FROM kgb.exchanges WHERE request_event_id IS NOT NULL AND response_event_id IS NOT NULL"
@@ -98,8 +111,9 @@ COMPLETE_METRICS = "SELECT count(*) FROM kgb_metrics.usage_exchanges WHERE has_r
 
 
 async def publish(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", compression_type="zstd",
-                                max_request_size=16 * 1024 * 1024)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", compression_type="zstd", max_request_size=16 * 1024 * 1024
+    )
     await producer.start()
     try:
         sent = [await producer.send(topic, encode(e), key=e["session_key"].encode()) for e in events]

@@ -34,15 +34,27 @@ def test_listening_beyond_loopback_needs_a_token() -> None:
     assert WebSettings(host="0.0.0.0", token=TOKEN).host == "0.0.0.0"
     with pytest.raises(SettingsError, match="at least 16"):
         WebSettings(token="short")
-    settings = WebSettings.from_env({"KGB_WEB_HOST": "0.0.0.0", "KGB_WEB_TOKEN": TOKEN, "KGB_WEB_PORT": "8123",
-                                     "KGB_DATABASE_URL": "postgresql://u:pw@db/winni"})
+    settings = WebSettings.from_env(
+        {
+            "KGB_WEB_HOST": "0.0.0.0",
+            "KGB_WEB_TOKEN": TOKEN,
+            "KGB_WEB_PORT": "8123",
+            "KGB_DATABASE_URL": "postgresql://u:pw@db/winni",
+        }
+    )
     assert (settings.port, settings.url) == (8123, "http://0.0.0.0:8123/")
     assert TOKEN not in repr(settings) and "pw" not in repr(settings)
 
 
 def test_kgb_web_refuses_to_start_open_to_the_network() -> None:
-    done = subprocess.run([sys.executable, "-c", "from kgb.cli import main; main()", "web", "--host", "0.0.0.0"], capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", "KGB_WEB_PORT": str(free_port())}, timeout=60, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", "from kgb.cli import main; main()", "web", "--host", "0.0.0.0"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "KGB_WEB_PORT": str(free_port())},
+        timeout=60,
+        cwd=ROOT,
+    )
     assert done.returncode == 2 and "set KGB_WEB_TOKEN" in done.stderr
 
 
@@ -128,7 +140,11 @@ async def test_a_database_that_is_not_there_is_a_503_page() -> None:
 
 async def test_before_the_consumers_ran_the_pages_say_what_to_start(empty_database: str) -> None:
     async for client in serve(WebSettings(database_url=empty_database)):
-        for path, expected in (("/", "kgb consume winni"), ("/search?q=x", "kgb consume winni"), ("/usage", "kgb consume metrics")):
+        for path, expected in (
+            ("/", "kgb consume winni"),
+            ("/search?q=x", "kgb consume winni"),
+            ("/usage", "kgb consume metrics"),
+        ):
             response = await client.get(path, headers=HTML)
             assert response.status == 404 and expected in await response.text(), path
 
@@ -142,11 +158,16 @@ async def test_mcp_calls_are_linked_once_their_tables_exist(captured: Captured, 
     try:
         conn = await asyncpg.connect(copy, server_settings={"search_path": "kgb"})
         try:
-            await conn.execute("INSERT INTO mcp_sessions (session_key, server, transport, first_seen, last_seen) "
-                               "VALUES ('s', '<b>srv</b>', 'stdio', now(), now())")
-            await conn.execute("INSERT INTO mcp_calls (call_id, session_key, server, direction, method, jsonrpc_id, connection_id,"
-                               " request_event_id, requested_at) VALUES ($1, 's', '<b>srv</b>', 'client_to_server', 'tools/call',"
-                               " '1', $1, $1, now())", MCP_CALL)
+            await conn.execute(
+                "INSERT INTO mcp_sessions (session_key, server, transport, first_seen, last_seen) "
+                "VALUES ('s', '<b>srv</b>', 'stdio', now(), now())"
+            )
+            await conn.execute(
+                "INSERT INTO mcp_calls (call_id, session_key, server, direction, method, jsonrpc_id, connection_id,"
+                " request_event_id, requested_at) VALUES ($1, 's', '<b>srv</b>', 'client_to_server', 'tools/call',"
+                " '1', $1, $1, now())",
+                MCP_CALL,
+            )
             await conn.execute("UPDATE tool_calls SET mcp_call_id = $1 WHERE tool_use_id = 'toolu_search'", MCP_CALL)
             conversation = await conn.fetchval("SELECT conversation_id FROM tool_calls WHERE tool_use_id = 'toolu_search'")
         finally:
@@ -161,4 +182,3 @@ async def test_mcp_calls_are_linked_once_their_tables_exist(captured: Captured, 
             assert "/mcp-calls/" not in await (await client.get(f"/conversations/{conversation}")).text()
     finally:
         await services.drop_database(postgres.admin_dsn, copy)
-

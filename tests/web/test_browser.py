@@ -40,8 +40,13 @@ def viewer(captured: Captured) -> Iterator[str]:
     """`kgb web` on a free port over the captured database; its URL."""
     port = free_port()
     env = {**os.environ, "KGB_DATABASE_URL": captured.dsn, "KGB_WEB_PORT": str(port)}
-    process = subprocess.Popen([sys.executable, "-c", "from kgb.cli import main; main()", "web"], env=env, cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from kgb.cli import main; main()", "web"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(url, process)
@@ -176,8 +181,18 @@ def test_planted_scripts_images_links_and_raw_html_stay_inert(page: Page, captur
         for raw in page.get_by_text("raw html in markdown").all():
             raw.hover()
         assert page.locator("script").count() == 0  # a conversation has no script of its own
-        assert page.evaluate("[...document.querySelectorAll('*')].filter(e => [...e.attributes].some(a => a.name.startsWith('on'))).length") == 0
-        assert page.evaluate("[...document.querySelectorAll('a[href]')].filter(a => !/^(https?:|mailto:|\\/|#)/.test(a.getAttribute('href'))).length") == 0
+        assert (
+            page.evaluate(
+                "[...document.querySelectorAll('*')].filter(e => [...e.attributes].some(a => a.name.startsWith('on'))).length"
+            )
+            == 0
+        )
+        assert (
+            page.evaluate(
+                "[...document.querySelectorAll('a[href]')].filter(a => !/^(https?:|mailto:|\\/|#)/.test(a.getAttribute('href'))).length"
+            )
+            == 0
+        )
         assert page.locator("img").count() == 0
         unharmed(page)
         if "Please look at this" in page.content():

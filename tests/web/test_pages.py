@@ -99,15 +99,20 @@ async def test_session_filters(client: Client, captured: Captured) -> None:
 async def test_a_session_shows_its_tree_each_conversation_once(client: Client, captured: Captured) -> None:
     key = captured.long.session_id
     text = await page(client, "/session", key=key)
-    stored = await rows(captured, "SELECT id, kind, agent_id, spawned_by_tool_use_id FROM conversations WHERE session_key = $1", key)
+    stored = await rows(
+        captured, "SELECT id, kind, agent_id, spawned_by_tool_use_id FROM conversations WHERE session_key = $1", key
+    )
     for row in stored:
         assert text.count(f'id="c-{row["id"]}"') == 1, row
     # each nested sub-agent (b...) sits inside the subtree of the sub-agent that started it (a...)
     for row in stored:
         if row["agent_id"] and row["agent_id"].startswith("b"):
             parent = "a" + row["agent_id"][1:]
-            subtree = re.search(rf'<li class="node" id="c-[^"]+">\s*<details[^>]*>\s*<summary><a [^>]+>subagent <code>{parent}</code>(.*?)</details>',
-                                text, re.S)
+            subtree = re.search(
+                rf'<li class="node" id="c-[^"]+">\s*<details[^>]*>\s*<summary><a [^>]+>subagent <code>{parent}</code>(.*?)</details>',
+                text,
+                re.S,
+            )
             assert subtree and f"<code>{row['agent_id']}</code>" in subtree[1], row["agent_id"]
     assert text.count("started by") == sum(1 for r in stored if r["spawned_by_tool_use_id"])
     assert "compacted" in text and "continued after compaction" in text
@@ -115,10 +120,15 @@ async def test_a_session_shows_its_tree_each_conversation_once(client: Client, c
 
 
 async def test_a_conversation_pairs_calls_with_results_and_flags_what_went_wrong(client: Client, captured: Captured) -> None:
-    [main] = await rows(captured, "SELECT id FROM conversations WHERE session_key = $1 AND kind = 'main' ORDER BY ordinal LIMIT 1",
-                        captured.long.session_id)
+    [main] = await rows(
+        captured,
+        "SELECT id FROM conversations WHERE session_key = $1 AND kind = 'main' ORDER BY ordinal LIMIT 1",
+        captured.long.session_id,
+    )
     text = await page(client, f"/conversations/{main['id']}")
-    messages = await rows(captured, "SELECT position, partial FROM messages WHERE conversation_id = $1 ORDER BY position", main["id"])
+    messages = await rows(
+        captured, "SELECT position, partial FROM messages WHERE conversation_id = $1 ORDER BY position", main["id"]
+    )
     assert [int(p) for p in re.findall(r'<li class="message[^"]*" id="m-(\d+)">', text)] == [m["position"] for m in messages]
     assert text.count(">partial reply</span>") == sum(m["partial"] for m in messages) > 0
     calls = await rows(captured, "SELECT tool_use_id, result_position FROM tool_calls WHERE conversation_id = $1", main["id"])
@@ -126,12 +136,21 @@ async def test_a_conversation_pairs_calls_with_results_and_flags_what_went_wrong
         assert f'id="u-{call["tool_use_id"]}"' in text
         assert f'href="#r-{call["tool_use_id"]}"' in text and f'id="r-{call["tool_use_id"]}"' in text
         assert f"result in message {call['result_position']}" in text
-    exchanges = await rows(captured, "SELECT count(*) FILTER (WHERE retry_of IS NOT NULL) AS retries, count(*) FILTER (WHERE status <> 200) AS failed "
-                                     "FROM exchanges WHERE conversation_id = $1", main["id"])
+    exchanges = await rows(
+        captured,
+        "SELECT count(*) FILTER (WHERE retry_of IS NOT NULL) AS retries, count(*) FILTER (WHERE status <> 200) AS failed "
+        "FROM exchanges WHERE conversation_id = $1",
+        main["id"],
+    )
     assert text.count(">retry</span>") == exchanges[0]["retries"] > 0
     assert text.count('<span class="flag error">529 overloaded_error') == exchanges[0]["failed"] > 0
-    spawned = await rows(captured, "SELECT id FROM conversations WHERE session_key = $1 AND spawned_by_tool_use_id IN "
-                                   "(SELECT tool_use_id FROM tool_calls WHERE conversation_id = $2)", captured.long.session_id, main["id"])
+    spawned = await rows(
+        captured,
+        "SELECT id FROM conversations WHERE session_key = $1 AND spawned_by_tool_use_id IN "
+        "(SELECT tool_use_id FROM tool_calls WHERE conversation_id = $2)",
+        captured.long.session_id,
+        main["id"],
+    )
     assert spawned and all(f'href="/conversations/{s["id"]}"' in text for s in spawned)
     assert "TTFB 412 ms" in text and "$0.1194" in text
 
@@ -140,12 +159,19 @@ async def test_a_failed_tool_call_is_marked_beside_its_call_and_at_its_result(cl
     [conversation] = await rows(captured, "SELECT id FROM conversations WHERE session_key = $1", captured.searched.session_id)
     text = await page(client, f"/conversations/{conversation['id']}")
     assert ">error in message 2</a>" in text
-    assert re.search(r'<div class="tool-result error" id="r-toolu_search">\s*<div class="tool-head"><span class="flag error">error</span>', text)
+    assert re.search(
+        r'<div class="tool-result error" id="r-toolu_search">\s*<div class="tool-head"><span class="flag error">error</span>',
+        text,
+    )
 
 
 async def test_an_exchange_shows_the_rebuilt_request_and_the_response_as_sent(client: Client, captured: Captured) -> None:
-    [row] = await rows(captured, "SELECT exchange_id, request_messages FROM exchanges WHERE session_key = $1 AND request_messages > 4 "
-                                 "ORDER BY received_at LIMIT 1", captured.long.session_id)
+    [row] = await rows(
+        captured,
+        "SELECT exchange_id, request_messages FROM exchanges WHERE session_key = $1 AND request_messages > 4 "
+        "ORDER BY received_at LIMIT 1",
+        captured.long.session_id,
+    )
     text = await page(client, f"/exchanges/{row['exchange_id']}")
     assert "Rebuilt:" in text and '<code class="rule">header:x-api-key</code>' in text
     assert "<th>x-api-key</th><td><code>[REDACTED]</code></td>" in text
@@ -186,8 +212,13 @@ async def test_search_counts_the_messages_not_indexed_yet_and_finds_them_once_in
         session = searched_session()
         topic = await services.create_topic(kafka.bootstrap)
         await publish(kafka.bootstrap, topic, session.events)
-        settings = WinniSettings(kafka=KafkaSettings(bootstrap=kafka.bootstrap, topic=topic), database_url=dsn,
-                                 group=f"web-unindexed-{uuid.uuid4().hex[:8]}", backoff=FAST, search_index=False)
+        settings = WinniSettings(
+            kafka=KafkaSettings(bootstrap=kafka.bootstrap, topic=topic),
+            database_url=dsn,
+            group=f"web-unindexed-{uuid.uuid4().hex[:8]}",
+            backoff=FAST,
+            search_index=False,
+        )
         await consumed(run_winni, settings, dsn, COMPLETE_EXCHANGES, len(session.events) // 2)
         async for client in serve(WebSettings(database_url=dsn)):
             text = await page(client, "/search", q=SEARCH_WORD)
@@ -214,12 +245,14 @@ async def test_usage_shows_the_rollups_as_charts_a_table_and_csv(client: Client,
         await conn.close()
     assert sum(sum(series["data"]) for series in chart["tokens"]) == sum(
         r["input_tokens"] + r["output_tokens"] + r["cache_write_5m_tokens"] + r["cache_write_1h_tokens"] + r["cache_read_tokens"]
-        for r in expected)
+        for r in expected
+    )
     response = await client.get("/usage.csv")
     assert response.headers["Content-Disposition"] == 'attachment; filename="kgb-usage.csv"'
     table = list(csv.DictReader(io.StringIO(await response.text())))
     assert [(r["day"], r["model"], int(r["requests"]), r["cost_usd"]) for r in table] == [
-        (r["day"].isoformat(), r["model"], r["requests"], format(r["cost_usd"], "f")) for r in expected]
+        (r["day"].isoformat(), r["model"], r["requests"], format(r["cost_usd"], "f")) for r in expected
+    ]
     assert "No usage counted" in await page(client, "/usage", **{"from": "2000-01-01", "until": "2000-01-02"})
 
 
@@ -227,14 +260,21 @@ async def test_captured_markup_is_escaped_on_every_page(client: Client, captured
     key = captured.planted.session_id
     conversations = await rows(captured, "SELECT id FROM conversations WHERE session_key = $1", key)
     exchanges = await rows(captured, "SELECT exchange_id FROM exchanges WHERE session_key = $1", key)
-    paths = ["/", f"/session?key={key}", "/search?q=pwned", *[f"/conversations/{c['id']}" for c in conversations],
-             *[f"/exchanges/{e['exchange_id']}" for e in exchanges]]
+    paths = [
+        "/",
+        f"/session?key={key}",
+        "/search?q=pwned",
+        *[f"/conversations/{c['id']}" for c in conversations],
+        *[f"/exchanges/{e['exchange_id']}" for e in exchanges],
+    ]
     for path in paths:
         text = await page(client, path)
         assert "<script>window" not in text, path
         assert not re.search(r"<[a-z][^>]*\son\w+\s*=", text, re.I), path  # no tag with an event handler
         assert 'href="javascript' not in text.lower(), path
-        assert len(re.findall(r"<script", text)) == text.count('<script type="application/json"') + text.count('<script src="/static/'), path
+        assert len(re.findall(r"<script", text)) == text.count('<script type="application/json"') + text.count(
+            '<script src="/static/'
+        ), path
     assert "&lt;script&gt;window.__pwned" in await page(client, f"/conversations/{conversations[0]['id']}")
 
 

@@ -15,20 +15,35 @@ from tests.test_readme import ROOT
 from web.render import MARK_START, MARK_STOP, _PARSER, allowed_link, cost, highlight, is_plain, markdown, plain_paragraphs
 
 
-@pytest.mark.parametrize("text", [
-    "<script>alert(1)</script>", "x <img src=x onerror=alert(1)> y", '<div onmouseover="alert(1)">hi</div>',
-    "<a href=\"javascript:alert(1)\">a</a>", "<!-- comment --><iframe src=//evil>",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<script>alert(1)</script>",
+        "x <img src=x onerror=alert(1)> y",
+        '<div onmouseover="alert(1)">hi</div>',
+        '<a href="javascript:alert(1)">a</a>',
+        "<!-- comment --><iframe src=//evil>",
+    ],
+)
 def test_raw_html_shows_as_text(text: str) -> None:
     html = str(markdown(text))
     assert "<script" not in html and "<img" not in html and "<div" not in html and "<a " not in html and "<iframe" not in html
     assert "&lt;" in html
 
 
-@pytest.mark.parametrize("link", [
-    "javascript:alert(1)", "JaVaScRiPt:alert(1)", "&#106;avascript:alert(1)", "  javascript:alert(1)",
-    "vbscript:x", "data:text/html,<script>x</script>", "file:///etc/passwd", "ftp://host/x",
-])
+@pytest.mark.parametrize(
+    "link",
+    [
+        "javascript:alert(1)",
+        "JaVaScRiPt:alert(1)",
+        "&#106;avascript:alert(1)",
+        "  javascript:alert(1)",
+        "vbscript:x",
+        "data:text/html,<script>x</script>",
+        "file:///etc/passwd",
+        "ftp://host/x",
+    ],
+)
 def test_links_to_anything_but_the_web_are_left_as_text(link: str) -> None:
     html = str(markdown(f"[click]({link}) and <{link}>"))
     assert "<a " not in html and "href" not in html
@@ -68,7 +83,9 @@ def test_plain_text_skips_the_parser_and_renders_as_commonmark_does() -> None:
     plain = [t for t in texts if is_plain(t)]
     assert len(plain) > 200 and len(plain) < len(texts)  # the samples hold real Markdown too
     for text in plain:
-        assert plain_paragraphs(text).replace("&#39;", "'").replace("&#34;", '"') == _PARSER.render(text).replace("&quot;", '"'), text
+        assert plain_paragraphs(text).replace("&#39;", "'").replace("&#34;", '"') == _PARSER.render(text).replace(
+            "&quot;", '"'
+        ), text
     for text in ("- a list", "1. first", "# heading", "    code", "a *b*", "x\n===", "> quote", "a  \nb", "[x](y)", "a & b"):
         assert not is_plain(text), text
 
@@ -79,7 +96,12 @@ def test_highlights_escape_the_text_around_the_marks() -> None:
 
 
 def test_costs_say_when_something_was_not_priced() -> None:
-    assert (cost(None), cost(None, 2), cost(Decimal("0.00123")), cost(Decimal("12.346"), 1)) == ("-", "unknown", "$0.0012", "unknown ($12.35 priced)")
+    assert (cost(None), cost(None, 2), cost(Decimal("0.00123")), cost(Decimal("12.346"), 1)) == (
+        "-",
+        "unknown",
+        "$0.0012",
+        "unknown ($12.35 priced)",
+    )
 
 
 def test_the_vendored_chart_library_is_the_one_its_readme_names() -> None:

@@ -16,8 +16,15 @@ from web.filters import BadRequest, Cursor, SessionFilter, usage_range
 
 
 def row(kind: str, ordinal: int, **links: Any) -> dict[str, Any]:
-    return {"id": links.pop("id", uuid.uuid4()), "kind": kind, "ordinal": ordinal, "parent_conversation_id": None,
-            "summarises_conversation_id": None, "branch_of": None, **links}
+    return {
+        "id": links.pop("id", uuid.uuid4()),
+        "kind": kind,
+        "ordinal": ordinal,
+        "parent_conversation_id": None,
+        "summarises_conversation_id": None,
+        "branch_of": None,
+        **links,
+    }
 
 
 def ids(nodes: list[tree.Node]) -> list[Any]:
@@ -33,7 +40,9 @@ def test_a_compacted_thread_reads_as_its_parts_with_sub_agents_under_the_part_th
     late = row("subagent", 5, parent_conversation_id=after["id"])
     title = row("title", 6)
     branch = row("main", 7, branch_of=after["id"])
-    built = tree.build([main, sub, nested, compaction, after, late, title, branch], {after["id"]: {"cost_usd": Decimal(1), "unpriced": 0}})
+    built = tree.build(
+        [main, sub, nested, compaction, after, late, title, branch], {after["id"]: {"cost_usd": Decimal(1), "unpriced": 0}}
+    )
     [thread] = built.threads
     assert thread.id == main["id"] and ids(thread.children) == [sub["id"]] and ids(thread.children[0].children) == [nested["id"]]
     assert ids(thread.parts) == [compaction["id"], after["id"]]
@@ -53,14 +62,38 @@ def test_links_that_lead_nowhere_or_in_circles_still_place_everything_once() -> 
 
 def test_each_tool_call_finds_its_result_and_server_tool_errors_count_as_errors() -> None:
     messages = [
-        {"position": 1, "content": [{"type": "tool_use", "id": "t1", "name": "Bash", "input": {}},
-                                    {"type": "server_tool_use", "id": "s1", "name": "web_search", "input": {}}]},
-        {"position": 2, "content": [{"type": "tool_result", "tool_use_id": "t1", "is_error": True,
-                                     "content": [{"type": "text", "text": "boom"},
-                                                 {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA"}},
-                                                 {"type": "image", "source": {"type": "base64", "media_type": "image/svg+xml", "data": "AA"}}]}]},
-        {"position": 3, "content": [{"type": "web_search_tool_result", "tool_use_id": "s1",
-                                     "content": {"type": "web_search_tool_result_error", "error_code": "max_uses_exceeded"}}]},
+        {
+            "position": 1,
+            "content": [
+                {"type": "tool_use", "id": "t1", "name": "Bash", "input": {}},
+                {"type": "server_tool_use", "id": "s1", "name": "web_search", "input": {}},
+            ],
+        },
+        {
+            "position": 2,
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "t1",
+                    "is_error": True,
+                    "content": [
+                        {"type": "text", "text": "boom"},
+                        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA"}},
+                        {"type": "image", "source": {"type": "base64", "media_type": "image/svg+xml", "data": "AA"}},
+                    ],
+                }
+            ],
+        },
+        {
+            "position": 3,
+            "content": [
+                {
+                    "type": "web_search_tool_result",
+                    "tool_use_id": "s1",
+                    "content": {"type": "web_search_tool_result_error", "error_code": "max_uses_exceeded"},
+                }
+            ],
+        },
     ]
     uses, results = conversation.tool_ends(messages)
     assert (uses["t1"].position, results["t1"].position, results["t1"].is_error) == (1, 2, True)
@@ -69,12 +102,32 @@ def test_each_tool_call_finds_its_result_and_server_tool_errors_count_as_errors(
 
 
 def test_exchanges_hang_on_the_reply_they_produced() -> None:
-    exchanges = [{"exchange_id": uuid.uuid4(), "reply_position": 1, "status": 529, "error_type": "overloaded_error",
-                  "client_disconnected": False, "upstream_complete": True},
-                 {"exchange_id": uuid.uuid4(), "reply_position": 1, "status": 200, "error_type": None,
-                  "client_disconnected": True, "upstream_complete": True},
-                 {"exchange_id": uuid.uuid4(), "reply_position": None, "status": 200, "error_type": None,
-                  "client_disconnected": False, "upstream_complete": False}]
+    exchanges = [
+        {
+            "exchange_id": uuid.uuid4(),
+            "reply_position": 1,
+            "status": 529,
+            "error_type": "overloaded_error",
+            "client_disconnected": False,
+            "upstream_complete": True,
+        },
+        {
+            "exchange_id": uuid.uuid4(),
+            "reply_position": 1,
+            "status": 200,
+            "error_type": None,
+            "client_disconnected": True,
+            "upstream_complete": True,
+        },
+        {
+            "exchange_id": uuid.uuid4(),
+            "reply_position": None,
+            "status": 200,
+            "error_type": None,
+            "client_disconnected": False,
+            "upstream_complete": False,
+        },
+    ]
     messages = [{"position": 0, "role": "user", "content": []}, {"position": 1, "role": "assistant", "content": []}]
     costs = {str(exchanges[1]["exchange_id"]): {"cost_usd": Decimal("0.5"), "unpriced": False}}
     page = conversation.build(messages, exchanges, costs, {}, {})
@@ -103,9 +156,23 @@ def test_usage_defaults_to_the_last_thirty_days() -> None:
 
 
 def test_usage_csv_keeps_exact_costs_and_defuses_formulas() -> None:
-    rows = [{"day": date(2026, 11, 1), "model": "=HYPERLINK(\"x\")", "requests": 2, "errors": 0, "interrupted": 0,
-             "input_tokens": 5, "output_tokens": 7, "cache_write_5m_tokens": 0, "cache_write_1h_tokens": 0,
-             "cache_read_tokens": 0, "web_search_requests": 0, "cost_usd": Decimal("0.000123"), "unpriced_requests": 0}]
+    rows = [
+        {
+            "day": date(2026, 11, 1),
+            "model": '=HYPERLINK("x")',
+            "requests": 2,
+            "errors": 0,
+            "interrupted": 0,
+            "input_tokens": 5,
+            "output_tokens": 7,
+            "cache_write_5m_tokens": 0,
+            "cache_write_1h_tokens": 0,
+            "cache_read_tokens": 0,
+            "web_search_requests": 0,
+            "cost_usd": Decimal("0.000123"),
+            "unpriced_requests": 0,
+        }
+    ]
     [parsed] = list(csv.DictReader(io.StringIO(usage.as_csv(rows))))
     assert parsed["model"].startswith("'=") and parsed["cost_usd"] == "0.000123" and parsed["day"] == "2026-11-01"
     chart = usage.chart_data(rows)
@@ -114,5 +181,8 @@ def test_usage_csv_keeps_exact_costs_and_defuses_formulas() -> None:
 
 def test_a_body_that_is_not_text_is_shown_as_hex_and_downloaded_as_bytes() -> None:
     body = exchange.stored_body(None, None, b"\x00\x01abc\xff")
-    assert exchange.hex_dump(body.value).startswith("00000000  00 01 61 62 63 ff") and body.download()[1] == "application/octet-stream"
+    assert (
+        exchange.hex_dump(body.value).startswith("00000000  00 01 61 62 63 ff")
+        and body.download()[1] == "application/octet-stream"
+    )
     assert exchange.stored_body({"a": 1}, None, None).download() == (b'{\n  "a": 1\n}', "application/json")

@@ -113,8 +113,17 @@ ON CONFLICT (exchange_id) DO UPDATE SET
     speed = EXCLUDED.speed,
     inference_geo = EXCLUDED.inference_geo,
     content_types = EXCLUDED.content_types,
+    unanswered_at = NULL,
     updated_at = now()
 WHERE e.response_event_id IS NULL;
+
+-- name: mark_unanswered
+-- Request-only rows stored more than $1 seconds ago (migration 008). created_at, not the
+-- proxy's received_at: a replay of old events must not mark a request whose response is
+-- merely further down the topic.
+UPDATE exchanges SET unanswered_at = now(), updated_at = now()
+WHERE response_event_id IS NULL AND unanswered_at IS NULL
+  AND created_at < now() - make_interval(secs => $1::double precision);
 
 -- name: stored_exchanges
 SELECT exchange_id::text FROM exchanges WHERE exchange_id = ANY($1::uuid[]);

@@ -1,0 +1,154 @@
+"""Capture-log records back into exchanges, and exchanges into events: the worker's pure core.
+
+`Assembler.feed` takes records in log order and returns the events they
+complete: the request event once the request is whole (its response head or
+end arrived), the response event at the end. Records of an exchange whose
+head was never seen are skipped: it began before the checkpoint and was
+published whole before it. A writer-start record means the relay restarted, so
+exchanges still open then will never end: they are closed with what they have
+(`capture_interrupted`). `open_starts` is where each open exchange began, for
+the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from proxy.capture import (
+    Ending,
+    RedactionPolicy,
+    RequestFacts,
+    RequestRecord,
+    ResponseRecorder,
+    request_event,
+    response_event,
+)
+from proxy.logformat import Kind, Record
+from proxy.logreader import Position, Read
+
+log = logging.getLogger(__name__)
+
+INTERRUPTED = ("capture_interrupted", "KGB proxy stopped before this exchange ended; the response is what it relayed until then")
+INCOMPLETE = ("capture_incomplete", "KGB proxy: the capture log was full (KGB_SPOOL_MAX_BYTES); the body is cut short")
+
+
+@dataclass(frozen=True, slots=True)
+class Built:
+    """An event ready to encode; `start` is where its exchange begins in the log, `last` marks its final event."""
+
+    exchange: bytes
+    start: Position
+    event: dict[str, Any]
+    last: bool
+
+
+@dataclass
+class Pending:
+    start: Position
+    request: RequestRecord
+    body: list[bytes] = field(default_factory=list)
+    facts: RequestFacts | None = None
+    recorder: ResponseRecorder | None = None
+    last_at: int = 0
+
+
+def request_record(exchange: bytes, record: Record) -> RequestRecord:
+    head = orjson.loads(record.payload)
+    return RequestRecord(
+        method=head["method"],
+        path=head["path"],
+        query=head["query"],
+        http_version=head["http_version"],
+        headers=[(name, value) for name, value in head["headers"]],
+        body=b"",
+        received_at=head["received_at"],
+        exchange_id=str(uuid.UUID(bytes=exchange)),
+        key_fingerprint=head["key_fingerprint"],
+    )
+
+
+def ending(record: Record) -> Ending:
+    end = orjson.loads(record.payload)
+    error = end["proxy_error"]
+    if error is None and not end.get("captured_whole", True):
+        error = INCOMPLETE
+    return Ending(
+        client_disconnected=end["client_disconnected"],
+        upstream_complete=end["upstream_complete"],
+        ttfb_ms=end["ttfb_ms"],
+        duration_ms=end["duration_ms"],
+        ended_at=record.at_ns // 1000,
+        proxy_error=tuple(error) if error else None,
+    )
+
+
+class Assembler:
+    def __init__(self, policy: RedactionPolicy) -> None:
+        self._policy = policy
+        self._open: dict[bytes, Pending] = {}
+
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
+
+    def open_starts(self) -> Iterator[Position]:
+        return (pending.start for pending in self._open.values())
+
+    def feed(self, read: Read) -> list[Built]:
+        record = read.record
+        if record.kind is Kind.WRITER_START:
+            return self.interrupt_all(record.at_ns)
+        if record.kind is Kind.REQUEST_HEAD:
+            self._open[record.exchange] = Pending(read.at, request_record(record.exchange, record), last_at=record.at_ns)
+            return []
+        pending = self._open.get(record.exchange)
+        if pending is None:
+            return []
+        pending.last_at = record.at_ns
+        if record.kind is Kind.REQUEST_BODY:
+            pending.body.append(record.payload)
+            return []
+        if record.kind is Kind.END:
+            return self._close(record.exchange, ending(record))
+        built = self._request_done(record.exchange, pending, last=False)
+        if record.kind is Kind.RESPONSE_HEAD:
+            head = orjson.loads(record.payload)
+            pending.recorder = ResponseRecorder(pending.request, head["status"], [(n, v) for n, v in head["headers"]])
+        elif record.kind is Kind.RESPONSE_CHUNK and pending.recorder is not None:
+            pending.recorder.feed(record.payload)
+        return built
+
+    def interrupt_all(self, at_ns: int) -> list[Built]:
+        """Close every open exchange with what it has: its relay is gone."""
+        built: list[Built] = []
+        for exchange, pending in list(self._open.items()):
+            ended_at = pending.last_at // 1000
+            duration_ms = (ended_at - pending.request.received_at) / 1000
+            built += self._close(exchange, Ending(False, False, None, duration_ms, ended_at, INTERRUPTED))
+        return built
+
+    def _request_done(self, exchange: bytes, pending: Pending, *, last: bool) -> list[Built]:
+        if pending.facts is not None:
+            return []
+        pending.request.body = b"".join(pending.body)
+        pending.body = []
+        event, pending.facts = request_event(pending.request, self._policy)
+        pending.request.body = b""  # in the event now; an open exchange holds only its response from here on
+        return [Built(exchange, pending.start, event, last)]
+
+    def _close(self, exchange: bytes, how: Ending) -> list[Built]:
+        """The response event; an exchange with no response head in the log (the relay died first,
+        or the log was full) has none, and its request event is its last."""
+        pending = self._open.pop(exchange)
+        if pending.recorder is None:
+            return self._request_done(exchange, pending, last=True)
+        built = self._request_done(exchange, pending, last=False)
+        assert pending.facts is not None
+        event = response_event(pending.request, pending.recorder.finish(how), pending.facts, self._policy)
+        return [*built, Built(exchange, pending.start, event, last=True)]

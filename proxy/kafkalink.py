@@ -1,0 +1,158 @@
+"""The capture worker's producer: topics made ready, events framed, sends handed back as futures.
+
+One link per worker session: if anything fails, the worker drops the link and
+reads the log again from its checkpoint, so the link itself never retries,
+spools or remembers anything. The producer is idempotent with acks=all; its
+futures are what moves the checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aiohttp
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
+
+from kgb.config import mask_url
+from kgb.topics import BATCH_OVERHEAD, TopicSettings, ensure_topics
+from proxy.settings import COMPRESSIONS, MiB, CaptureSettings
+from schemas.codec import EXCHANGE, MCP, Encoder, SINGLE_OBJECT_MAGIC, registry_encoder, single_object_encoder
+from schemas.errors import SchemaError
+from schemas.registry import Registry, subject_for_topic
+
+log = logging.getLogger(__name__)
+
+# The least room an existing topic's smaller limit must leave for one record's framing.
+RECORD_OVERHEAD = 1024
+SINGLE_OBJECT_HEADER = len(SINGLE_OBJECT_MAGIC) + 8
+
+
+def topic_limit(describe_responses: list[Any]) -> int | None:
+    """``max.message.bytes`` out of a DescribeConfigs answer, if present."""
+    for response in describe_responses:
+        for resource in response.resources:
+            for entry in resource[4]:
+                if entry[0] == "max.message.bytes" and entry[1] is not None:
+                    return int(entry[1])
+    return None
+
+
+def never_fits(exc: BaseException) -> bool:
+    """Errors no retry can fix: the record is too large for the broker or the topic."""
+    return isinstance(exc, (MessageSizeTooLargeError, RecordTooLargeError))
+
+
+class KafkaLink:
+    """Both capture topics, the exchanges' and MCP's, each with its schema's encoder."""
+
+    def __init__(self, settings: CaptureSettings, session: aiohttp.ClientSession | None) -> None:
+        self.settings = settings
+        self._session = session
+        self.topics = {EXCHANGE: settings.kafka.topic, MCP: settings.kafka.mcp_topic}
+        self.encoders: dict[str, Encoder] = {name: single_object_encoder(name) for name in self.topics}
+        self.limits = dict.fromkeys(self.topics, settings.max_event_bytes)
+        self._registered = settings.kafka.schema_registry_url is None
+        self._registry_down = False  # its outage is logged once, not at every retry
+        self._producer: AIOKafkaProducer | None = None
+
+    async def open(self) -> None:
+        """Start the producer and make sure both topics exist; raises while Kafka is unreachable."""
+        s = self.settings
+        producer = AIOKafkaProducer(
+            bootstrap_servers=s.kafka.bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            compression_type=COMPRESSIONS[s.compression],
+            max_request_size=s.max_event_bytes + BATCH_OVERHEAD,
+            max_batch_size=MiB,
+            linger_ms=s.linger_ms,
+        )
+        try:
+            await producer.start()
+            await self._ensure_topics()
+        except BaseException:
+            await producer.stop()
+            raise
+        self._producer = producer
+        await self.register_schemas()
+        log.info("publishing to Kafka %s topics %s", s.kafka.bootstrap, ", ".join(self.topics.values()))
+
+    async def send(self, schema: str, key: bytes, value: bytes) -> asyncio.Future:
+        """Queue one framed event; the future settles with Kafka's answer."""
+        assert self._producer is not None
+        return await self._producer.send(self.topics[schema], value, key=key)
+
+    def reframe(self, schema: str, single_object: bytes) -> bytes:
+        """An event the relay encoded single-object (MCP), in this link's framing."""
+        return self.encoders[schema].header + single_object[SINGLE_OBJECT_HEADER:]
+
+    async def close(self, timeout: float) -> None:
+        """Stop within `timeout`. An idempotent producer retries unacknowledged batches
+        forever, so with the broker down `stop()` would never return; what it holds is
+        still in the log, so cancel its sender task (private, no public way) and let it go."""
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        stopping = asyncio.ensure_future(producer.stop())
+        done, _ = await asyncio.wait([stopping], timeout=timeout)
+        if not done:
+            producer._sender.sender_task.cancel()  # noqa: SLF001
+            await stopping
+
+    async def register_schemas(self) -> None:
+        """Confluent framing once the registry answers; single-object (which consumers
+        also read) until then, so a registry outage never stops capture."""
+        if self._registered:
+            return
+        url = self.settings.kafka.schema_registry_url
+        assert url is not None and self._session is not None
+        try:
+            for name, topic in self.topics.items():
+                self.encoders[name] = await registry_encoder(Registry(url, self._session), subject_for_topic(topic), name)
+            self._registered = True
+        except SchemaError as exc:
+            if not self._registry_down:
+                log.warning("schema registry %s unavailable (%s); single-object encoding until it answers", mask_url(url), exc)
+            self._registry_down = True
+            return
+        if self._registry_down:
+            log.info("schema registry %s answers again; Confluent framing from now on", mask_url(url))
+
+    async def _ensure_topics(self) -> None:
+        """Create the missing topics with room for the largest event (`kgb.topics`, as the consumers do),
+        and learn the smaller limit of one that existed."""
+        s = self.settings
+        wanted = TopicSettings(s.topic_partitions, s.topic_replication, s.max_event_bytes)
+        created = await ensure_topics(s.kafka.bootstrap, list(self.topics.values()), wanted)
+        existing = {name: topic for name, topic in self.topics.items() if topic not in created}
+        if not existing:
+            return
+        admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka.bootstrap)
+        await admin.start()
+        try:
+            for name, topic in existing.items():
+                resource = ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})
+                self._adopt_limit(name, topic, topic_limit(await admin.describe_configs([resource])))
+        finally:
+            await admin.close()
+
+    def _adopt_limit(self, name: str, topic: str, limit: int | None) -> None:
+        """An existing topic with a lower limit wins; say how to raise it rather than alter it
+        (AlterConfigs replaces every topic setting, and aiokafka lacks the incremental one)."""
+        if limit is None or limit >= self.settings.max_event_bytes:
+            return
+        self.limits[name] = max(limit - RECORD_OVERHEAD, 0)
+        log.warning(
+            "topic %s has max.message.bytes=%d, below KGB_MAX_EVENT_BYTES=%d; larger events cannot be published. "
+            "Raise it with: kafka-configs --alter --entity-type topics --entity-name %s --add-config max.message.bytes=%d",
+            topic,
+            limit,
+            self.settings.max_event_bytes,
+            topic,
+            self.settings.max_event_bytes + BATCH_OVERHEAD,
+        )

@@ -1,0 +1,86 @@
+"""The capture log's record framing: what the relay appends and the worker reads back.
+
+One record on disk::
+
+    length u32 | crc32 u32 | kind u8 | exchange id 16 bytes | at_ns u64 | payload
+
+`length` counts everything after the crc; the crc covers the same bytes, so a
+record torn by a kill (or damaged on disk) is recognised and skipped, never
+misread. Heads and ends carry JSON, chunks the raw bytes as they crossed the
+wire. Everything is big-endian and fixed-size up front, so reading is one
+`struct.unpack_from` and a slice.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import zlib
+from dataclasses import dataclass
+
+HEADER = struct.Struct(">II")  # length, crc
+FIXED = struct.Struct(">B16sQ")  # kind, exchange id, at_ns
+PREFIX = HEADER.size + FIXED.size
+# A record this long is damage, not data: no chunk the relay appends comes near it.
+MAX_RECORD = 1 << 30
+
+
+class Kind(enum.IntEnum):
+    REQUEST_HEAD = 1  # JSON: method, path, query, version, headers (credentials already redacted), ...
+    REQUEST_BODY = 2  # raw bytes of the request body, in order
+    RESPONSE_HEAD = 3  # JSON: status, headers
+    RESPONSE_CHUNK = 4  # raw bytes of the response body as the upstream sent them
+    END = 5  # JSON: how the exchange ended (client left, upstream complete, proxy error, timings)
+    EVENT = 6  # a finished MCP event, Avro already: key length u16, key, value (proxy/mcp/events.py)
+    WRITER_START = 7  # a writer (re)started: exchanges open before it will never end
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    kind: Kind
+    exchange: bytes  # 16 bytes, a UUID's
+    at_ns: int  # wall clock, time.time_ns()
+    payload: bytes
+
+
+class Damaged(ValueError):
+    """The bytes at this position are not a whole, intact record."""
+
+
+def prefix(kind: Kind, exchange: bytes, at_ns: int, payload: bytes | memoryview) -> bytes:
+    """Everything in front of `payload`; written beside it (os.writev), so the payload is never copied."""
+    fixed = FIXED.pack(kind, exchange, at_ns)
+    return HEADER.pack(FIXED.size + len(payload), zlib.crc32(payload, zlib.crc32(fixed))) + fixed
+
+
+def encode(kind: Kind, exchange: bytes, at_ns: int, payload: bytes) -> bytes:
+    return prefix(kind, exchange, at_ns, payload) + payload
+
+
+def decode_at(buffer: bytes | memoryview, offset: int) -> tuple[Record, int] | None:
+    """The record at `offset` and the offset after it; None when the buffer ends inside it
+    (not written yet, or torn). Raises `Damaged` when the bytes there cannot be a record."""
+    if len(buffer) - offset < HEADER.size:
+        return None
+    length, crc = HEADER.unpack_from(buffer, offset)
+    if length < FIXED.size or length > MAX_RECORD:
+        raise Damaged(f"record length {length} at offset {offset}")
+    start, end = offset + HEADER.size, offset + HEADER.size + length
+    if len(buffer) < end:
+        return None
+    body = bytes(buffer[start:end])
+    if zlib.crc32(body) != crc:
+        raise Damaged(f"checksum mismatch at offset {offset}")
+    kind, exchange, at_ns = FIXED.unpack_from(body, 0)
+    try:
+        kind = Kind(kind)
+    except ValueError:
+        raise Damaged(f"unknown record kind {kind} at offset {offset}") from None
+    return Record(kind, exchange, at_ns, body[FIXED.size :]), end
+
+
+def needed_at(buffer: bytes | memoryview, offset: int) -> int:
+    """How many bytes the record at `offset` needs in all, as far as its header tells."""
+    if len(buffer) - offset < HEADER.size:
+        return HEADER.size
+    return HEADER.size + HEADER.unpack_from(buffer, offset)[0]

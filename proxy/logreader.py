@@ -1,0 +1,142 @@
+"""The worker's side of the capture log: reads records from a position on, following the writer.
+
+`LogReader.poll` returns what is there now and never waits; the worker's loop
+decides how long to sleep when nothing is. A record the buffer ends inside is
+not written yet while its segment is the newest; once a newer segment exists it
+never will be (its writer was killed mid-write), so it is skipped as torn.
+Damaged bytes (a bad length or checksum) cannot be resynchronised within a
+segment: the rest of that segment is skipped, loudly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from proxy import logformat
+from proxy.logformat import Record
+from proxy.logwriter import segment_name, segments
+
+log = logging.getLogger(__name__)
+
+READ_BYTES = 1024 * 1024
+
+
+class Position(NamedTuple):
+    """Where a record starts: its segment's sequence number and the byte offset in it."""
+
+    seq: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    at: Position
+    record: Record
+    after: Position
+
+
+class LogReader:
+    def __init__(self, directory: Path, start: Position) -> None:
+        self.directory = directory
+        self._seq = start.seq
+        self._base = start.offset  # file offset of _buffer[0]
+        self._buffer = b""
+        self._cursor = 0
+        self._file: int | None = None
+        self.torn = 0
+        self.damaged = 0
+
+    @property
+    def position(self) -> Position:
+        return Position(self._seq, self._base + self._cursor)
+
+    def poll(self, budget: int = 4 * READ_BYTES) -> list[Read]:
+        """Records readable now, up to about `budget` bytes of them."""
+        reads: list[Read] = []
+        used = 0
+        while used < budget:
+            if self._file is None and not self._open():
+                break
+            try:
+                decoded = logformat.decode_at(self._buffer, self._cursor)
+            except logformat.Damaged as exc:
+                if not self._skip_damaged(exc):
+                    break
+                continue
+            if decoded is None:
+                if self._fill():
+                    continue
+                if not self._next_segment_if_done():
+                    break
+                continue
+            record, end = decoded
+            reads.append(Read(self.position, record, Position(self._seq, self._base + end)))
+            used += end - self._cursor
+            self._cursor = end
+        return reads
+
+    def close(self) -> None:
+        if self._file is not None:
+            os.close(self._file)
+            self._file = None
+
+    def _open(self) -> bool:
+        """Open the segment at the position, or the oldest later one (earlier ones were published and deleted)."""
+        path = self.directory / segment_name(self._seq)
+        try:
+            self._file = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            later = [seq for seq, _ in segments(self.directory) if seq > self._seq]
+            if not later:
+                return False
+            self._seq, self._base, self._buffer, self._cursor = later[0], 0, b"", 0
+            return self._open()
+        return True
+
+    def _fill(self) -> bool:
+        """Read more of the segment; False at its current end."""
+        assert self._file is not None
+        if self._cursor:
+            self._base += self._cursor
+            self._buffer = self._buffer[self._cursor :]
+            self._cursor = 0
+        want = max(READ_BYTES, logformat.needed_at(self._buffer, 0) - len(self._buffer))
+        data = os.pread(self._file, want, self._base + len(self._buffer))
+        if not data:
+            return False
+        self._buffer += data
+        return True
+
+    def _newer_segment(self) -> bool:
+        return any(seq > self._seq for seq, _ in segments(self.directory))
+
+    def _next_segment_if_done(self) -> bool:
+        """At the end of what is written: move on if the writer has (after one last read), else wait."""
+        if not self._newer_segment() or self._fill():
+            return False
+        if self._cursor < len(self._buffer):
+            self.torn += 1
+            log.warning(
+                "capture log segment %d ends in a torn record (%d bytes; its writer was killed mid-write); skipped",
+                self._seq,
+                len(self._buffer) - self._cursor,
+            )
+        self._advance()
+        return True
+
+    def _skip_damaged(self, exc: logformat.Damaged) -> bool:
+        """Skip the rest of a damaged segment once the writer has left it; until then, wait."""
+        if not self._newer_segment():
+            return False
+        self.damaged += 1
+        log.error("capture log segment %d is damaged (%s); the rest of it is skipped", self._seq, exc)
+        self._advance()
+        return True
+
+    def _advance(self) -> None:
+        self.close()
+        self._seq, self._base, self._buffer, self._cursor = self._seq + 1, 0, b"", 0

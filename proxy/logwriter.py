@@ -1,0 +1,216 @@
+"""The relay's side of the capture log: append-only segment files, plain writes.
+
+A record is on its way to disk the moment `os.write` returns: the kernel holds
+it, so a killed relay loses nothing it appended. Only a machine crash can lose
+what is not yet synced, which the fsync policy (`FsyncPolicy`) bounds. Each
+writer start opens a new segment, so no writer ever appends after a record torn
+by an earlier kill. Segments are ``segment-<seq>.log``, 0600 in a 0700
+directory; the worker deletes them once everything in them is on Kafka.
+
+The log is also the spool while Kafka is down, bounded by `max_bytes` over
+every segment in the directory: an append that does not fit is refused, counted
+and logged (once per episode), and the caller drops the rest of that exchange.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from proxy import logformat
+from proxy.logformat import Kind
+
+log = logging.getLogger(__name__)
+
+SEGMENT_PREFIX = "segment-"
+SEGMENT_SUFFIX = ".log"
+RESCAN_EVERY = 0.5  # seconds between re-reading the directory's size while full
+
+
+class FsyncPolicy(enum.Enum):
+    NONE = "none"  # the kernel writes back when it likes: a machine crash loses its last ~30 s
+    INTERVAL = "interval"  # fsync every KGB_CAPTURE_FSYNC_INTERVAL seconds, off the event loop
+    ALWAYS = "always"  # fsync after each exchange's end, on the event loop: safest, slowest
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    directory: Path
+    max_bytes: int = 1024 * 1024 * 1024
+    segment_bytes: int = 64 * 1024 * 1024
+    fsync: FsyncPolicy = FsyncPolicy.INTERVAL
+    fsync_interval: float = 1.0
+
+
+def segment_name(seq: int) -> str:
+    return f"{SEGMENT_PREFIX}{seq:016d}{SEGMENT_SUFFIX}"
+
+
+def segment_seq(name: str) -> int | None:
+    """The sequence number in a segment's file name; None for any other file."""
+    if not (name.startswith(SEGMENT_PREFIX) and name.endswith(SEGMENT_SUFFIX)):
+        return None
+    digits = name[len(SEGMENT_PREFIX) : -len(SEGMENT_SUFFIX)]
+    return int(digits) if digits.isdigit() else None
+
+
+def segments(directory: Path) -> list[tuple[int, Path]]:
+    """The directory's segments, oldest first."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    found = [(seq, directory / name) for name in names if (seq := segment_seq(name)) is not None]
+    return sorted(found)
+
+
+def private_directory(directory: Path) -> None:
+    """Create `directory` 0700, and tighten it if it exists: the log holds unredacted bodies."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(directory, 0o700)
+
+
+def directory_bytes(directory: Path) -> int:
+    total = 0
+    for _, path in segments(directory):
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:
+            continue  # deleted by the worker meanwhile
+    return total
+
+
+class LogWriter:
+    """Appends records to the current segment; rotates, syncs and refuses what the cap does not allow."""
+
+    def __init__(self, settings: LogSettings) -> None:
+        self.settings = settings
+        private_directory(settings.directory)
+        existing = segments(settings.directory)
+        self._seq = existing[-1][0] + 1 if existing else 0
+        self._total = directory_bytes(settings.directory)
+        self._fd = self._open(self._seq)
+        self._size = 0
+        self._retired: list[int] = []
+        self._dirty = False
+        self._lock = threading.Lock()
+        self._rescanned_at = float("-inf")
+        self.refused_records = 0
+        self.refused_bytes = 0
+        self._full = False
+        self._write(logformat.encode(Kind.WRITER_START, bytes(16), time.time_ns(), b""))
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._total
+
+    @property
+    def full(self) -> bool:
+        return self._full
+
+    def append(self, kind: Kind, exchange: bytes, payload: bytes | memoryview, *, force: bool = False) -> bool:
+        """Append one record; False if the cap refused it. `force` lets a small closing record
+        (an exchange's end) past the cap, so an exchange that started in the log also ends there."""
+        head = logformat.prefix(kind, exchange, time.time_ns(), payload)
+        size = len(head) + len(payload)
+        if not force and not self._room_for(size):
+            self._refuse(size)
+            return False
+        self._write(head, payload)
+        if self._size >= self.settings.segment_bytes:
+            self._rotate()
+        return True
+
+    def admit(self, size: int) -> bool:
+        """Whether `size` more bytes fit under the cap; a refusal counts as one dropped record."""
+        if self._room_for(size):
+            return True
+        self._refuse(size)
+        return False
+
+    def sync(self) -> None:
+        """fsync what was written; safe from another thread (the interval policy's)."""
+        with self._lock:
+            retired, self._retired = self._retired, []
+            fd, dirty, self._dirty = self._fd, self._dirty, False
+        for old in retired:
+            os.fsync(old)
+            os.close(old)
+        if dirty and fd >= 0:
+            os.fsync(fd)
+
+    def exchange_ended(self) -> None:
+        if self.settings.fsync is FsyncPolicy.ALWAYS:
+            self.sync()
+
+    def close(self) -> None:
+        if self.settings.fsync is not FsyncPolicy.NONE:
+            self.sync()
+        with self._lock:
+            for fd in [*self._retired, self._fd]:
+                os.close(fd)
+            self._retired, self._fd = [], -1
+
+    def _write(self, head: bytes, payload: bytes | memoryview = b"") -> None:
+        size = len(head) + len(payload)
+        written = os.writev(self._fd, [head, payload])
+        if written < size:  # a short write to a regular file: rare (disk full, a signal); finish it
+            rest = memoryview(head + bytes(payload))[written:]
+            while rest:
+                rest = rest[os.write(self._fd, rest) :]
+        self._size += size
+        self._total += size
+        self._dirty = True
+
+    def _room_for(self, size: int) -> bool:
+        now = time.monotonic()
+        if self._total + size > self.settings.max_bytes and now - self._rescanned_at >= RESCAN_EVERY:
+            self._rescanned_at = now  # the worker may have deleted segments since
+            self._total = directory_bytes(self.settings.directory)
+        if self._total + size > self.settings.max_bytes:
+            return False
+        if self._full:
+            self._full = False
+            log.warning(
+                "capture log %s has room again; %d records were dropped while full", self.settings.directory, self.refused_records
+            )
+        return True
+
+    def _refuse(self, size: int) -> None:
+        self.refused_records += 1
+        self.refused_bytes += size
+        if not self._full:
+            self._full = True
+            log.error(
+                "capture log %s is full (KGB_SPOOL_MAX_BYTES=%d): new exchanges are relayed but not captured "
+                "until the worker publishes what it holds",
+                self.settings.directory,
+                self.settings.max_bytes,
+            )
+
+    def _open(self, seq: int) -> int:
+        path = self.settings.directory / segment_name(seq)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+    def _rotate(self) -> None:
+        fd = self._open(self._seq + 1)
+        with self._lock:
+            if self.settings.fsync is FsyncPolicy.NONE:
+                os.close(self._fd)
+            else:
+                self._retired.append(self._fd)
+            self._fd, self._seq, self._size = fd, self._seq + 1, 0
+            self._dirty = False
+
+
+async def keep_synced(writer: LogWriter) -> None:
+    """The interval policy's loop: fsync on a thread, so the relay never waits on the disk."""
+    while True:
+        await asyncio.sleep(writer.settings.fsync_interval)
+        await asyncio.to_thread(writer.sync)

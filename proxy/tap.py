@@ -1,0 +1,192 @@
+"""The relay's only capture work: append each exchange's raw material to the capture log.
+
+Per exchange: a request head (credential headers already replaced, the key's
+fingerprint computed from it, so no credential ever reaches the disk), the
+request body in chunks, the response head, each response chunk as it came, and
+an end record with how it ended and its timings. Everything else (decoding,
+SSE reassembly, body redaction, session parsing, Avro, Kafka) is the capture
+worker's. Appends are plain writes to the page cache; a chunk is appended
+before it is sent on, so whatever reached a client is in the log.
+
+When the log is full the exchange is still relayed, only not captured: a
+request goes in whole or not at all; a response cut short by the cap skips its
+later chunks, and its end is written anyway (it is small, and says the capture
+is incomplete) so the worker does not wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from proxy.capture import RequestRecord
+from proxy.logformat import PREFIX, Kind
+from proxy.logwriter import FsyncPolicy, LogSettings, LogWriter, keep_synced
+from proxy.redact import REDACTED, SECRET_HEADERS, credential, fingerprint
+from schemas.codec import MCP, single_object_encoder
+from schemas.errors import SchemaError
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1024 * 1024  # request bodies go to the log in records of at most this
+KEY_LENGTH = struct.Struct(">H")  # an EVENT record: key length, key, value
+
+
+@dataclass(frozen=True)
+class HeaderPolicy:
+    """What the relay must do before the append: which headers lose their value, and the fingerprint key."""
+
+    secret_names: frozenset[str]
+    fingerprint_key: bytes
+
+    @classmethod
+    def of(cls, extra: Iterable[str], key: bytes) -> HeaderPolicy:
+        return cls(SECRET_HEADERS | {name.lower() for name in extra}, key)
+
+
+def scrubbed(headers: Iterable[tuple[str, str]], names: frozenset[str]) -> list[tuple[str, str]]:
+    return [(name, REDACTED if name.lower() in names else value) for name, value in headers]
+
+
+def request_head(record: RequestRecord, policy: HeaderPolicy) -> bytes:
+    secret = credential(record.headers)
+    return orjson.dumps(
+        {
+            "method": record.method,
+            "path": record.path,
+            "query": record.query,
+            "http_version": record.http_version,
+            "headers": scrubbed(record.headers, policy.secret_names),
+            "received_at": record.received_at,
+            "key_fingerprint": fingerprint(secret, policy.fingerprint_key) if secret else None,
+        }
+    )
+
+
+def chunks(body: bytes, size: int = CHUNK_BYTES) -> Iterable[memoryview]:
+    view = memoryview(body)
+    return (view[start : start + size] for start in range(0, len(body), size))
+
+
+@dataclass
+class Exchange:
+    """One exchange's appends; a refused append stops the rest, except the end."""
+
+    tap: Tap
+    id: bytes
+    started_ns: int = field(default_factory=time.perf_counter_ns)
+    first_byte_ns: int | None = None
+    captured: bool = True
+    headed: bool = False  # the request head made it into the log: only then does the end go there too
+
+    @property
+    def label(self) -> str:
+        return str(uuid.UUID(bytes=self.id))
+
+    def _append(self, kind: Kind, payload: bytes | memoryview) -> None:
+        if self.captured and not self.tap.writer.append(kind, self.id, payload):
+            self.captured = False
+
+    def response_head(self, status: int, headers: list[tuple[str, str]]) -> None:
+        head = {"status": status, "headers": scrubbed(headers, self.tap.policy.secret_names)}
+        self._append(Kind.RESPONSE_HEAD, orjson.dumps(head))
+
+    def chunk(self, data: bytes) -> None:
+        if self.first_byte_ns is None:
+            self.first_byte_ns = time.perf_counter_ns()
+        self._append(Kind.RESPONSE_CHUNK, data)
+
+    def end(self, *, client_disconnected: bool, upstream_complete: bool, proxy_error: tuple[str, str] | None = None) -> None:
+        if not self.headed:
+            return
+        now = time.perf_counter_ns()
+        ending = {
+            "client_disconnected": client_disconnected,
+            "upstream_complete": upstream_complete,
+            "ttfb_ms": None if self.first_byte_ns is None else (self.first_byte_ns - self.started_ns) / 1e6,
+            "duration_ms": (now - self.started_ns) / 1e6,
+            "proxy_error": proxy_error,
+            "captured_whole": self.captured,
+        }
+        self.tap.writer.append(Kind.END, self.id, orjson.dumps(ending), force=True)
+        self.tap.writer.exchange_ended()
+
+
+@dataclass
+class Tap:
+    writer: LogWriter
+    policy: HeaderPolicy
+
+    def request(self, record: RequestRecord) -> Exchange:
+        """Append the request; the `Exchange` takes the rest of this exchange's records."""
+        exchange = Exchange(self, uuid.UUID(record.exchange_id).bytes)
+        head = request_head(record, self.policy)
+        pieces = list(chunks(record.body))
+        if not self.writer.admit(len(head) + len(record.body) + (1 + len(pieces)) * PREFIX):
+            exchange.captured = False  # the whole request or nothing: never a request cut short
+            return exchange
+        exchange._append(Kind.REQUEST_HEAD, head)
+        exchange.headed = exchange.captured
+        for piece in pieces:
+            exchange._append(Kind.REQUEST_BODY, piece)
+        return exchange
+
+
+class McpSink:
+    """The MCP relays' events, built in the relay (they are small and per message), encoded
+    single-object and appended whole; the worker reframes and publishes them to KGB_MCP_TOPIC."""
+
+    def __init__(self, writer: LogWriter) -> None:
+        self._writer = writer
+        self._encoder = single_object_encoder(MCP)
+
+    def submit(self, event: dict[str, Any]) -> None:
+        try:
+            value = self._encoder.encode(event)
+        except SchemaError as exc:
+            log.error("MCP event dropped, it does not fit the schema: connection %s: %s", event.get("connection_id"), exc)
+            return
+        record = KEY_LENGTH.pack(len(key := event["session_key"].encode())) + key + value
+        self._writer.append(Kind.EVENT, uuid.UUID(event["event_id"]).bytes, record)
+
+
+@dataclass
+class _Shared:
+    writer: LogWriter
+    users: int
+    syncing: asyncio.Task[None] | None
+
+
+_OPEN: dict[Path, _Shared] = {}
+
+
+@contextlib.asynccontextmanager
+async def capture_log(settings: LogSettings) -> AsyncIterator[LogWriter]:
+    """The process's one writer for a log directory (the API and MCP apps share it: two writers
+    would race for segment names), with its interval fsync running while anyone uses it."""
+    shared = _OPEN.get(settings.directory)
+    if shared is None:
+        writer = LogWriter(settings)
+        syncing = asyncio.create_task(keep_synced(writer)) if settings.fsync is FsyncPolicy.INTERVAL else None
+        shared = _OPEN[settings.directory] = _Shared(writer, 0, syncing)
+    shared.users += 1
+    try:
+        yield shared.writer
+    finally:
+        shared.users -= 1
+        if shared.users == 0:
+            del _OPEN[settings.directory]
+            if shared.syncing is not None:
+                shared.syncing.cancel()
+                await asyncio.gather(shared.syncing, return_exceptions=True)
+            shared.writer.close()

@@ -1,0 +1,309 @@
+"""`kgb capture-worker`: the capture log to Kafka, off the relay's event loop and out of its process.
+
+A session opens a `KafkaLink`, reads the log from the checkpoint on, rebuilds
+exchanges (proxy/assemble.py: decoding, SSE reassembly, redaction, session
+parsing), encodes and sends each event (one over FRAGMENT_BYTES as FRAGMENT
+events, schemas/fragments.py), and moves the checkpoint only past
+exchanges whose every event Kafka acknowledged. Any Kafka failure ends the
+session; the next one starts from the checkpoint, so while Kafka is down the
+log is the spool and nothing else is. Events are built deterministically (ids
+from the exchange, times from the log), so what a new session sends again is a
+duplicate that consumers drop.
+
+`kgb proxy` runs this in its own process and restarts it if it dies
+(proxy/supervisor.py); it also runs alone, beside a proxy started with
+``--no-worker``, against the same KGB_SPOOL_DIR.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from itertools import chain
+from pathlib import Path
+
+import aiohttp
+from aiokafka.errors import KafkaError
+
+from kgb.outages import KAFKA_WATCH, Reporter
+from proxy import checkpoint
+from proxy.assemble import Assembler, Built
+from proxy.capture import RedactionPolicy
+from proxy.kafkalink import KafkaLink, never_fits
+from proxy.logformat import Kind
+from proxy.logreader import LogReader, Position, Read
+from proxy.logwriter import private_directory
+from proxy.settings import CaptureSettings, ProxySettings
+from proxy.tap import KEY_LENGTH
+from schemas.codec import EXCHANGE, MCP
+from schemas import fragments
+from schemas.errors import SchemaError
+from schemas.fragments import FRAGMENT_BYTES
+import contextlib
+
+log = logging.getLogger(__name__)
+
+IDLE_MIN, IDLE_MAX = 0.001, 0.05  # seconds between polls of a log with nothing new
+SAVE_EVERY = 0.2  # seconds between checkpoint writes while publishing
+REGISTRY_RETRY = 5.0  # seconds between attempts to register the schemas while the registry is away
+REPORT_EVERY = 60.0  # seconds between progress lines, when there was progress
+MAX_UNACKED = 5000  # exchanges sent but not yet acknowledged before the worker waits on Kafka
+RETRY_MIN, RETRY_MAX = 0.2, 5.0
+FRAGMENT_ROOM = 64 * 1024  # a FRAGMENT event's envelope, and the record's framing, beside its piece
+LOCK_FILE = "worker.lock"
+LOCK_POLL = 0.2
+
+
+def split_mcp_record(payload: bytes) -> tuple[bytes, bytes]:
+    """An EVENT record's key and value (proxy.tap.McpSink)."""
+    (length,) = KEY_LENGTH.unpack_from(payload)
+    return payload[KEY_LENGTH.size : KEY_LENGTH.size + length], payload[KEY_LENGTH.size + length :]
+
+
+@dataclass
+class Tracked:
+    """An exchange's sent events until Kafka has answered for all of them."""
+
+    start: Position
+    futures: list[asyncio.Future] = field(default_factory=list)
+    complete: bool = False
+
+    def settled(self) -> bool:
+        return self.complete and all(future.done() for future in self.futures)
+
+
+@dataclass
+class Counts:
+    """Over the worker's life, for its log lines (the relay's /metrics cannot see this process)."""
+
+    published: int = 0
+    too_large: int = 0
+    unencodable: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.published} events published, {self.too_large} too large and {self.unencodable} unencodable (not published)"
+
+
+class Session:
+    """One producer's life: from the checkpoint until stopped or Kafka fails."""
+
+    def __init__(
+        self,
+        settings: CaptureSettings,
+        policy: RedactionPolicy,
+        http: aiohttp.ClientSession | None,
+        counts: Counts,
+        kafka: Reporter,
+    ) -> None:
+        self.settings = settings
+        self.kafka = kafka
+        self.directory = settings.spool_dir
+        self.link = KafkaLink(settings, http)
+        self.reader = LogReader(self.directory, checkpoint.load(self.directory))
+        self.assembler = Assembler(policy)
+        self.unacked: dict[bytes, Tracked] = {}
+        self.saved = self.reader.position
+        self.counts = counts
+        self.progressed = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.link.open()
+        self.kafka.recovered()
+        loop = asyncio.get_running_loop()
+        idle, saved_at, reported_at, reported = IDLE_MIN, loop.time(), loop.time(), str(self.counts)
+        asked_registry_at = saved_at
+        while not stop.is_set():
+            reads = self.reader.poll()
+            for read in reads:
+                await self._take(read)
+            self._reap()
+            if loop.time() - saved_at >= SAVE_EVERY:
+                self._save()
+                saved_at = loop.time()
+            if loop.time() - asked_registry_at >= REGISTRY_RETRY:
+                await self.link.register_schemas()  # nothing once registered
+                asked_registry_at = loop.time()
+            if loop.time() - reported_at >= REPORT_EVERY and str(self.counts) != reported:
+                reported, reported_at = str(self.counts), loop.time()
+                log.info("capture worker: %s so far", reported)
+            if reads:
+                idle = IDLE_MIN
+                continue
+            await _wait(stop, idle)
+            idle = min(idle * 2, IDLE_MAX)
+        await self._catch_up()
+        await self._drain()
+
+    async def close(self) -> None:
+        self.reader.close()
+        await self.link.close(self.settings.close_timeout)
+
+    async def _take(self, read: Read) -> None:
+        if read.record.kind is Kind.EVENT:
+            key, value = split_mcp_record(read.record.payload)
+            tracked = self.unacked.setdefault(read.record.exchange + read.at.offset.to_bytes(8, "big"), Tracked(read.at))
+            await self._send(tracked, MCP, key, self.link.reframe(MCP, value), "MCP event")
+            tracked.complete = True
+            return
+        for built in self.assembler.feed(read):
+            await self._send_built(built)
+
+    async def _send_built(self, built: Built) -> None:
+        tracked = self.unacked.setdefault(built.exchange, Tracked(built.start))
+        event = built.event
+        label = f"exchange {event['exchange_id']} {event['kind']} event"
+        encoder, key = self.link.encoders[EXCHANGE], event["session_key"].encode()
+        try:
+            value = encoder.encode(event)
+            part = min(FRAGMENT_BYTES, self.link.limits[EXCHANGE] - FRAGMENT_ROOM)
+            pieces = [value] if len(value) <= part else [encoder.encode(piece) for piece in fragments.split(event, value, part)]
+        except SchemaError as exc:
+            self.counts.unencodable += 1
+            log.error("capture event dropped, it does not fit the schema: %s: %s", label, exc)
+        else:
+            for piece in pieces:
+                await self._send(tracked, EXCHANGE, key, piece, label)
+        tracked.complete = built.last
+
+    async def _send(self, tracked: Tracked, schema: str, key: bytes, value: bytes, label: str) -> None:
+        size = len(key) + len(value)
+        if size > self.link.limits[schema]:
+            self.counts.too_large += 1
+            log.error(
+                "capture event too large for Kafka, not published: %s: %d bytes over the limit of %d",
+                label,
+                size,
+                self.link.limits[schema],
+            )
+            return
+        if len(self.unacked) > MAX_UNACKED:
+            await self._wait_oldest()
+        tracked.futures.append(await self.link.send(schema, key, value))
+
+    async def _wait_oldest(self) -> None:
+        oldest = next(iter(self.unacked.values()))
+        if oldest.futures:
+            await asyncio.wait(oldest.futures)
+        self._reap()
+
+    def _reap(self) -> None:
+        """Forget exchanges Kafka answered for; a failed send ends the session (it starts again from the checkpoint)."""
+        for exchange in [exchange for exchange, tracked in self.unacked.items() if tracked.settled()]:
+            tracked = self.unacked.pop(exchange)
+            for future in tracked.futures:
+                exc = future.exception()
+                if exc is None:
+                    self.counts.published += 1
+                    self.progressed = True
+                elif never_fits(exc):
+                    self.counts.too_large += 1
+                    log.error("capture event refused by Kafka as too large, not published: %s", exc)
+                else:
+                    raise exc
+
+    def _position(self) -> Position:
+        unfinished: Iterable[Position] = chain(self.assembler.open_starts(), (t.start for t in self.unacked.values()))
+        return checkpoint.safe_position(unfinished, self.reader.position)
+
+    def _save(self) -> None:
+        position = self._position()
+        if position == self.saved:
+            return
+        checkpoint.save(self.directory, position)
+        if position.seq != self.saved.seq:
+            checkpoint.delete_published(self.directory, position)
+        self.saved = position
+
+    async def _catch_up(self) -> None:
+        """On stop: send what the log holds by now (the relay has stopped appending), within KGB_SHUTDOWN_TIMEOUT."""
+        try:
+            async with asyncio.timeout(self.settings.close_timeout):
+                while reads := self.reader.poll():
+                    for read in reads:
+                        await self._take(read)
+        except TimeoutError:
+            log.warning("capture worker: stopping with records left in the log; the next start publishes them")
+
+    async def _drain(self) -> None:
+        """On stop: wait (within KGB_SHUTDOWN_TIMEOUT) for what is in flight, then save how far Kafka got."""
+        pending = [future for tracked in self.unacked.values() for future in tracked.futures if not future.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=self.settings.close_timeout)
+        try:
+            self._reap()
+        finally:
+            self._save()
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def stop_at_eof(fd: int, stop: asyncio.Event) -> None:
+    """Set `stop` when the pipe on `fd` ends: the supervising proxy closed it, or died."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), open(fd, "rb", closefd=False))  # noqa: SIM115 - the pipe's, for its life
+    try:
+        while await reader.read(4096):
+            continue
+    finally:
+        transport.close()
+    stop.set()
+
+
+async def sole_worker(directory: Path, stop: asyncio.Event) -> int | None:
+    """An exclusive lock on the log's ``worker.lock``, waited for while another worker holds it
+    (the one of a proxy killed a moment ago, still publishing what it read); None if stopped first."""
+    private_directory(directory)
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    waited = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if not waited:
+                log.info("capture worker: another worker holds %s; waiting for it to finish", directory / LOCK_FILE)
+                waited = True
+        await _wait(stop, LOCK_POLL)
+        if stop.is_set():
+            os.close(fd)
+            return None
+
+
+async def run(settings: ProxySettings, stop: asyncio.Event) -> None:
+    """Sessions until `stop`; after a failure, the next one starts from the checkpoint, with backoff."""
+    capture = settings.capture
+    lock = await sole_worker(capture.spool_dir, stop)
+    if lock is None:
+        return
+    try:
+        await _sessions(settings, stop)
+    finally:
+        os.close(lock)
+
+
+async def _sessions(settings: ProxySettings, stop: asyncio.Event) -> None:
+    capture = settings.capture
+    policy = RedactionPolicy(settings.rules(), settings.redact_headers, b"")
+    log.info("capture worker: log %s to Kafka %s", capture.spool_dir, capture.kafka.bootstrap)
+    retry, counts = RETRY_MIN, Counts()
+    kafka = KAFKA_WATCH.reporter  # one outage, whether a session fails or aiokafka's records say so first
+    async with aiohttp.ClientSession() as http:
+        while not stop.is_set():
+            session = Session(capture, policy, http, counts, kafka)
+            try:
+                await session.run(stop)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                kafka.failed(f"{type(exc).__name__}: {exc}; resuming from the checkpoint in {retry:.1f}s")
+            finally:
+                await session.close()
+            retry = RETRY_MIN if session.progressed else min(retry * 2, RETRY_MAX)
+            await _wait(stop, retry)
+    log.info("capture worker stopped: %s", counts)

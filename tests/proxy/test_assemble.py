@@ -1,0 +1,140 @@
+"""The relay's appends (proxy/tap.py) read back into events (proxy/assemble.py): no network, no Kafka."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import orjson
+
+from proxy.assemble import INCOMPLETE, INTERRUPTED, Assembler, Built
+from proxy.capture import RedactionPolicy, RequestRecord
+from proxy.logreader import LogReader, Position
+from proxy.logwriter import LogSettings, LogWriter
+from proxy.redact import BUILTIN_RULES
+from proxy.tap import HeaderPolicy, Tap
+from tests.fakes.anthropic import text_stream
+
+API_KEY = "sk-ant-api03-" + "Qq7" * 30 + "-NEVERONDISK"
+KEY = b"test-fingerprint-key"
+
+
+def request(body: bytes = b'{"model":"claude-sonnet-4-5","stream":true,"messages":[]}') -> RequestRecord:
+    return RequestRecord(
+        method="POST",
+        path="/v1/messages",
+        query="",
+        http_version="1.1",
+        headers=[
+            ("x-api-key", API_KEY),
+            ("Cookie", "session=abc"),
+            ("content-type", "application/json"),
+            ("X-Claude-Code-Session-Id", "11111111-2222-4333-8444-555555555555"),
+        ],
+        body=body,
+    )
+
+
+def tap(directory: Path, **log: object) -> Tap:
+    return Tap(LogWriter(LogSettings(directory, **log)), HeaderPolicy.of(["x-custom-secret"], KEY))  # type: ignore[arg-type]
+
+
+def assembled(directory: Path) -> list[Built]:
+    assembler = Assembler(RedactionPolicy(BUILTIN_RULES, frozenset(), b""))
+    return [built for read in LogReader(directory, Position(0, 0)).poll() for built in assembler.feed(read)]
+
+
+def test_a_streamed_exchange_comes_back_as_its_two_events(tmp_path: Path) -> None:
+    reply = text_stream("hello from the log", deltas=4)
+    t = tap(tmp_path)
+    exchange = t.request(request())
+    exchange.response_head(200, [("content-type", "text/event-stream")])
+    for piece in (reply.payload[:7], reply.payload[7:50], reply.payload[50:]):
+        exchange.chunk(piece)
+    exchange.end(client_disconnected=False, upstream_complete=True)
+    t.writer.close()
+    first, second = assembled(tmp_path)
+    assert (first.event["kind"], first.last, second.event["kind"], second.last) == ("REQUEST", False, "RESPONSE", True)
+    response = second.event["response"]
+    assert response["body"] == reply.payload and response["upstream_complete"] and response["ttfb_ms"] is not None
+    assert orjson.loads(response["message"])["content"][0]["text"] == "hello from the log"
+    assert first.event["request"]["model"] == "claude-sonnet-4-5" and first.event["api_key_fingerprint"]
+    assert first.event["session_key"] == "11111111-2222-4333-8444-555555555555"
+
+
+def test_no_credential_reaches_the_disk(tmp_path: Path) -> None:
+    t = tap(tmp_path)
+    record = request()
+    record.headers.append(("X-Custom-Secret", "hunter2-custom"))
+    exchange = t.request(record)
+    exchange.response_head(200, [("set-cookie", "token=server-secret")])
+    exchange.end(client_disconnected=False, upstream_complete=True)
+    t.writer.close()
+    on_disk = b"".join(path.read_bytes() for path in tmp_path.iterdir() if path.name.startswith("segment-"))
+    for secret in (API_KEY.encode(), b"session=abc", b"hunter2-custom", b"server-secret"):
+        assert secret not in on_disk
+    request_event, _ = (built.event for built in assembled(tmp_path))
+    assert {"name": "x-api-key", "value": "[REDACTED]"} in request_event["request"]["headers"]
+    assert "header:x-api-key" in request_event["redactions"]
+
+
+def test_event_ids_and_times_are_the_same_however_often_it_is_built(tmp_path: Path) -> None:
+    t = tap(tmp_path)
+    exchange = t.request(request())
+    exchange.response_head(200, [("content-type", "application/json")])
+    exchange.chunk(b'{"type":"message","content":[]}')
+    exchange.end(client_disconnected=False, upstream_complete=True)
+    t.writer.close()
+    once, again = assembled(tmp_path), assembled(tmp_path)
+    assert [b.event for b in once] == [b.event for b in again]
+    assert len({b.event["event_id"] for b in once}) == 2
+
+
+def test_a_large_body_is_appended_in_pieces_and_comes_back_whole(tmp_path: Path) -> None:
+    body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * 3_000_000}]})
+    t = tap(tmp_path)
+    t.request(request(body)).end(client_disconnected=False, upstream_complete=False)
+    t.writer.close()
+    (only,) = assembled(tmp_path)
+    assert only.last and only.event["request"]["body"] == body
+
+
+def test_an_exchange_cut_by_a_proxy_kill_is_closed_when_the_next_proxy_starts(tmp_path: Path) -> None:
+    killed = tap(tmp_path)
+    exchange = killed.request(request())
+    exchange.response_head(200, [("content-type", "text/event-stream")])
+    exchange.chunk(text_stream("cut short", deltas=2).payload[:120])
+    killed.writer.close()  # no end record: the process died here
+    assert [b.event["kind"] for b in assembled(tmp_path)] == ["REQUEST"]
+    tap(tmp_path).writer.close()  # the restarted proxy's writer-start record
+    _, response = assembled(tmp_path)
+    assert response.last and response.event["response"]["error_type"] == INTERRUPTED[0]
+    assert not response.event["response"]["upstream_complete"]
+
+
+def test_records_of_an_exchange_begun_before_the_checkpoint_are_skipped(tmp_path: Path) -> None:
+    t = tap(tmp_path)
+    exchange = t.request(request())
+    exchange.response_head(200, [])
+    exchange.end(client_disconnected=False, upstream_complete=True)
+    t.writer.close()
+    reads = LogReader(tmp_path, Position(0, 0)).poll()
+    assembler = Assembler(RedactionPolicy(BUILTIN_RULES, frozenset(), b""))
+    after_head = [built for read in reads[2:] for built in assembler.feed(read)]
+    assert after_head == [] and assembler.open_count == 0
+
+
+def test_a_full_log_relays_but_marks_what_it_could_not_keep(tmp_path: Path) -> None:
+    t = tap(tmp_path, max_bytes=4096)
+    exchange = t.request(request())
+    exchange.response_head(200, [("content-type", "application/json")])
+    exchange.chunk(b"x" * 8192)
+    exchange.end(client_disconnected=False, upstream_complete=True)
+    skipped = t.request(request(b"y" * 8192))
+    skipped.response_head(200, [])
+    skipped.end(client_disconnected=False, upstream_complete=True)
+    t.writer.close()
+    assert t.writer.refused_records == 2, "the cut response, and the whole of the request that did not fit"
+    request_event, response = assembled(tmp_path)
+    assert response.event["response"]["error_type"] == INCOMPLETE[0] and response.event["response"]["body"] == b""
+    assert request_event.event["exchange_id"] == str(uuid.UUID(bytes=exchange.id))

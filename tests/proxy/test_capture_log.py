@@ -1,0 +1,189 @@
+"""The capture log's parts on their own: framing, writer, tailing reader, checkpoint. No network."""
+
+from __future__ import annotations
+
+import os
+import stat
+import uuid
+from pathlib import Path
+
+import pytest
+
+from proxy import checkpoint, logformat
+from proxy.logformat import Kind
+from proxy.logreader import LogReader, Position
+from proxy.logwriter import FsyncPolicy, LogSettings, LogWriter, segments
+
+EXCHANGE = uuid.uuid4().bytes
+
+
+def writer(directory: Path, **overrides: object) -> LogWriter:
+    return LogWriter(LogSettings(directory, **overrides))  # type: ignore[arg-type]
+
+
+def payloads(reader: LogReader) -> list[bytes]:
+    """What was appended, without the marker each writer starts with."""
+    return [read.record.payload for read in reader.poll() if read.record.kind is not Kind.WRITER_START]
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_a_record_round_trips_and_a_short_buffer_is_not_a_record() -> None:
+    data = logformat.encode(Kind.RESPONSE_CHUNK, EXCHANGE, 123, b"data: {}\n\n")
+    record, end = logformat.decode_at(data + b"more", 0)
+    assert (record.kind, record.exchange, record.at_ns, record.payload, end) == (
+        Kind.RESPONSE_CHUNK,
+        EXCHANGE,
+        123,
+        b"data: {}\n\n",
+        len(data),
+    )
+    assert logformat.decode_at(data[:-1], 0) is None
+    assert logformat.decode_at(data[:3], 0) is None
+
+
+def test_damaged_bytes_are_refused_not_misread() -> None:
+    data = bytearray(logformat.encode(Kind.END, EXCHANGE, 1, b"{}"))
+    data[-1] ^= 0xFF
+    with pytest.raises(logformat.Damaged, match="checksum"):
+        logformat.decode_at(bytes(data), 0)
+    with pytest.raises(logformat.Damaged, match="length"):
+        logformat.decode_at(b"\x00\x00\x00\x01" + b"\x00" * 40, 0)
+
+
+def test_files_are_private_even_in_a_directory_that_was_not(tmp_path: Path) -> None:
+    directory = tmp_path / "log"
+    directory.mkdir(mode=0o755)
+    os.chmod(directory, 0o755)
+    w = writer(directory)
+    w.append(Kind.END, EXCHANGE, b"{}")
+    w.close()
+    assert mode(directory) == 0o700
+    ((_, path),) = segments(directory)
+    assert mode(path) == 0o600
+    checkpoint.save(directory, Position(0, 10))
+    assert mode(directory / checkpoint.FILE_NAME) == 0o600
+
+
+def test_the_writer_rotates_and_a_new_writer_never_appends_to_an_old_segment(tmp_path: Path) -> None:
+    w = writer(tmp_path, segment_bytes=200)
+    for n in range(5):
+        w.append(Kind.REQUEST_BODY, EXCHANGE, bytes([n]) * 60)
+    w.close()
+    assert len(segments(tmp_path)) == 3  # a 29-byte start marker and 89-byte records: 2 or 3 per 200 bytes
+    again = writer(tmp_path)
+    again.append(Kind.END, EXCHANGE, b"{}")
+    again.close()
+    seqs = [seq for seq, _ in segments(tmp_path)]
+    assert seqs == [0, 1, 2, 3]
+    reader = LogReader(tmp_path, Position(0, 0))
+    assert payloads(reader) == [bytes([n]) * 60 for n in range(5)] + [b"{}"]
+
+
+def test_the_cap_refuses_appends_counts_them_and_lets_an_end_through(tmp_path: Path) -> None:
+    w = writer(tmp_path, max_bytes=300)
+    assert w.append(Kind.REQUEST_BODY, EXCHANGE, b"x" * 200)
+    assert not w.append(Kind.REQUEST_BODY, EXCHANGE, b"y" * 200)
+    assert w.full and w.refused_records == 1 and w.refused_bytes > 200
+    assert w.append(Kind.END, EXCHANGE, b"{}", force=True)
+    w.close()
+    assert payloads(LogReader(tmp_path, Position(0, 0))) == [b"x" * 200, b"{}"]
+
+
+def test_the_cap_frees_up_once_the_worker_deletes_published_segments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("proxy.logwriter.RESCAN_EVERY", 0.0)
+    w = writer(tmp_path, max_bytes=500, segment_bytes=150)
+    assert w.append(Kind.REQUEST_BODY, EXCHANGE, b"x" * 200)
+    assert w.append(Kind.REQUEST_BODY, EXCHANGE, b"x" * 200)
+    assert not w.append(Kind.REQUEST_BODY, EXCHANGE, b"x" * 200)
+    assert checkpoint.delete_published(tmp_path, Position(2, 0)) == 2
+    assert w.append(Kind.REQUEST_BODY, EXCHANGE, b"z" * 200)
+    assert not w.full
+    w.close()
+
+
+def test_the_reader_follows_the_writer(tmp_path: Path) -> None:
+    w = writer(tmp_path, fsync=FsyncPolicy.NONE)
+    reader = LogReader(tmp_path, Position(0, 0))
+    assert [read.record.kind for read in reader.poll()] == [Kind.WRITER_START]
+    assert reader.poll() == []
+    w.append(Kind.REQUEST_HEAD, EXCHANGE, b"head")
+    (read,) = reader.poll()
+    assert read.at == Position(0, logformat.PREFIX) and read.after == reader.position
+    assert reader.poll() == []
+    w.append(Kind.END, EXCHANGE, b"end")
+    assert payloads(reader) == [b"end"]
+    w.close()
+
+
+def test_a_position_mid_log_reads_from_there(tmp_path: Path) -> None:
+    w = writer(tmp_path)
+    for n in range(3):
+        w.append(Kind.REQUEST_BODY, EXCHANGE, str(n).encode())
+    w.close()
+    reads = LogReader(tmp_path, Position(0, 0)).poll()
+    assert payloads(LogReader(tmp_path, reads[2].at)) == [b"1", b"2"]
+
+
+def test_a_record_torn_by_a_kill_is_skipped_once_a_new_writer_starts(tmp_path: Path) -> None:
+    w = writer(tmp_path)
+    w.append(Kind.REQUEST_BODY, EXCHANGE, b"whole")
+    w.close()
+    ((_, first),) = segments(tmp_path)
+    torn = logformat.encode(Kind.REQUEST_BODY, EXCHANGE, 1, b"never finished")
+    with first.open("ab") as handle:
+        handle.write(torn[:-4])
+    reader = LogReader(tmp_path, Position(0, 0))
+    assert payloads(reader) == [b"whole"]
+    assert payloads(reader) == [] and reader.torn == 0  # the writer may still be writing it
+    restarted = writer(tmp_path)
+    restarted.append(Kind.END, EXCHANGE, b"after restart")
+    restarted.close()
+    assert payloads(reader) == [b"after restart"] and reader.torn == 1
+
+
+def test_a_damaged_segment_is_skipped_with_what_follows_it_kept(tmp_path: Path) -> None:
+    w = writer(tmp_path, segment_bytes=1)
+    w.append(Kind.REQUEST_BODY, EXCHANGE, b"damaged")
+    w.append(Kind.REQUEST_BODY, EXCHANGE, b"fine")
+    w.close()
+    (_, first), *_ = segments(tmp_path)
+    data = bytearray(first.read_bytes())
+    data[-1] ^= 0xFF
+    first.write_bytes(bytes(data))
+    reader = LogReader(tmp_path, Position(0, 0))
+    assert payloads(reader) == [b"fine"] and reader.damaged == 1
+
+
+def test_a_reader_at_a_deleted_segment_goes_on_with_the_next(tmp_path: Path) -> None:
+    w = writer(tmp_path, segment_bytes=1)
+    for n in range(3):
+        w.append(Kind.REQUEST_BODY, EXCHANGE, str(n).encode())
+    w.close()
+    checkpoint.delete_published(tmp_path, Position(2, 0))
+    assert payloads(LogReader(tmp_path, Position(0, 0))) == [b"2"]
+
+
+def test_the_checkpoint_is_the_oldest_unfinished_exchange() -> None:
+    at = Position(3, 900)
+    assert checkpoint.safe_position([], at) == at
+    assert checkpoint.safe_position([Position(2, 50), Position(1, 700), Position(3, 10)], at) == Position(1, 700)
+
+
+def test_the_checkpoint_survives_and_a_damaged_one_means_the_start(tmp_path: Path) -> None:
+    assert checkpoint.load(tmp_path) == Position(0, 0)
+    checkpoint.save(tmp_path, Position(4, 1234))
+    assert checkpoint.load(tmp_path) == Position(4, 1234)
+    (tmp_path / checkpoint.FILE_NAME).write_bytes(b"{not json")
+    assert checkpoint.load(tmp_path) == Position(0, 0)
+
+
+def test_only_segments_wholly_before_the_checkpoint_are_deleted(tmp_path: Path) -> None:
+    w = writer(tmp_path, segment_bytes=1)
+    for n in range(4):
+        w.append(Kind.REQUEST_BODY, EXCHANGE, str(n).encode())
+    w.close()
+    assert checkpoint.delete_published(tmp_path, Position(2, 7)) == 2
+    assert [seq for seq, _ in segments(tmp_path)] == [2, 3, 4]
