@@ -138,8 +138,8 @@ async def test_a_database_that_is_not_there_is_a_503_page() -> None:
         assert (await client.get("/health")).status == 200
 
 
-async def test_before_the_consumers_ran_the_pages_say_what_to_start(database: str) -> None:
-    async for client in serve(WebSettings(database_url=database)):
+async def test_before_the_consumers_ran_the_pages_say_what_to_start(empty_database: str) -> None:
+    async for client in serve(WebSettings(database_url=empty_database)):
         for path, expected in (
             ("/", "kgb consume winni"),
             ("/search?q=x", "kgb consume winni"),
