@@ -70,7 +70,7 @@ async def _serve_proxy(settings: ProxySettings, stop: asyncio.Event, worker_log_
 
     from proxy import listen
     from proxy.app import build_app
-    from proxy.mcp import build_mcp_app
+    from proxy.mcp.app import build_mcp_app
     from proxy.supervisor import Supervisor, worker_command
 
     guard = listen.guard_for(settings)
@@ -138,7 +138,8 @@ def _consume_winni(args: argparse.Namespace) -> None:
 
 
 def _consume_dewey(args: argparse.Namespace) -> None:
-    from consumers.dewey import DeweySettings, run
+    from consumers.dewey.settings import DeweySettings
+    from consumers.dewey.consumer import run
 
     settings = DeweySettings.from_env()
     if args.url is not None:
@@ -150,7 +151,8 @@ def _consume_dewey(args: argparse.Namespace) -> None:
 
 
 def _consume_metrics(args: argparse.Namespace) -> None:
-    from consumers.metrics import MetricsSettings, run
+    from consumers.metrics.settings import MetricsSettings
+    from consumers.metrics.consumer import run
 
     settings = MetricsSettings.from_env()
     if args.port is not None:
@@ -161,7 +163,7 @@ def _consume_metrics(args: argparse.Namespace) -> None:
 
 
 def _replay(args: argparse.Namespace) -> None:
-    from consumers.replay import replay
+    from consumers.replay.rebuild import replay
     from consumers.winni.settings import WinniSettings
     from kgb.config import identifier
 
@@ -180,7 +182,7 @@ def _replay(args: argparse.Namespace) -> None:
 
 
 def _usage(args: argparse.Namespace) -> None:
-    from consumers.metrics import MetricsSettings
+    from consumers.metrics.settings import MetricsSettings
     from consumers.metrics.usage import parse_query, report
 
     try:

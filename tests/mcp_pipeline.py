@@ -22,9 +22,10 @@ import orjson
 from aiohttp import web
 
 from consumers.source import Backoff
-from consumers.winni import WinniSettings, run
+from consumers.winni.settings import WinniSettings
+from consumers.winni.consumer import run
 from proxy.app import build_app
-from proxy.mcp import build_mcp_app
+from proxy.mcp.app import build_mcp_app
 from proxy.settings import ProxySettings
 from tests.capture import capture_worker
 from tests import services

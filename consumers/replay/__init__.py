@@ -1,5 +1,1 @@
 """`kgb replay`: rebuild the winni tables from the whole topic, beside the live ones, and swap them in."""
-
-from consumers.replay.rebuild import Outcome, replay
-
-__all__ = ["Outcome", "replay"]

@@ -14,7 +14,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from consumers.source import Backoff
-from consumers.winni import WinniSettings, run
+from consumers.winni.settings import WinniSettings
+from consumers.winni.consumer import run
 from kgb.config import KafkaSettings
 from tests.consumers.factories import encode
 

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from consumers.source import Backoff, Batch, Record, consume, make_consumer
-from consumers.winni import WinniSettings
+from consumers.winni.settings import WinniSettings
 from consumers.service import apply_migrations, open_pool
 from consumers.winni.consumer import make_handler, migrations
 from consumers.winni.store import write_exchanges

@@ -27,7 +27,8 @@ import asyncpg
 import pytest
 
 from consumers.source import Backoff
-from consumers.winni import WinniSettings, run
+from consumers.winni.settings import WinniSettings
+from consumers.winni.consumer import run
 from proxy.app import build_app
 from proxy.settings import ProxySettings
 from tests import services

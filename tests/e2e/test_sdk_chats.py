@@ -33,12 +33,12 @@ import pytest
 from anthropic import beta_async_tool
 
 from consumers import kinds
-from consumers.dewey import DeweySettings
-from consumers.dewey import run as run_dewey
+from consumers.dewey.settings import DeweySettings
+from consumers.dewey.consumer import run as run_dewey
 from consumers.dewey.settings import JitteredBackoff
-from consumers.metrics import MetricsSettings
-from consumers.metrics import run as run_metrics
-from consumers.replay import replay
+from consumers.metrics.settings import MetricsSettings
+from consumers.metrics.consumer import run as run_metrics
+from consumers.replay.rebuild import replay
 from consumers.winni.threads import normal_content
 from kgb.config import KafkaSettings
 from tests import services

@@ -28,8 +28,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from consumers.dewey import DeweySettings
-from consumers.dewey import run as run_dewey
+from consumers.dewey.settings import DeweySettings
+from consumers.dewey.consumer import run as run_dewey
 from consumers.dewey.settings import JitteredBackoff
 from kgb.config import KafkaSettings
 from proxy.logwriter import segment_seq

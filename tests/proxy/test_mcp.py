@@ -24,7 +24,7 @@ import pytest
 from aiohttp import WSMsgType
 
 from kgb.config import SettingsError
-from proxy.mcp import build_mcp_app
+from proxy.mcp.app import build_mcp_app
 from proxy.capture import RedactionPolicy
 from kgb.jsonrpc import jsonrpc_messages
 from proxy.mcp.events import recorded_url

@@ -25,11 +25,11 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from consumers.metrics import MetricsSettings
-from consumers.metrics import run as run_metrics
+from consumers.metrics.settings import MetricsSettings
+from consumers.metrics.consumer import run as run_metrics
 from consumers.source import Backoff
-from consumers.winni import WinniSettings
-from consumers.winni import run as run_winni
+from consumers.winni.settings import WinniSettings
+from consumers.winni.consumer import run as run_winni
 from kgb.config import KafkaSettings
 from scripts.kafka import free_port
 from tests import services

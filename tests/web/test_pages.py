@@ -15,8 +15,8 @@ import orjson
 from aiohttp.test_utils import TestClient
 
 from consumers.metrics.usage import Query, fetch_report
-from consumers.winni import WinniSettings
-from consumers.winni import run as run_winni
+from consumers.winni.settings import WinniSettings
+from consumers.winni.consumer import run as run_winni
 from consumers.winni.search_index import index_all
 from kgb.config import KafkaSettings
 from tests import services

@@ -19,7 +19,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from consumers.dewey import DeweySettings, run
+from consumers.dewey.settings import DeweySettings
+from consumers.dewey.consumer import run
 from consumers.dewey.forward import stored_message
 from consumers.dewey.render import dewey_message
 from consumers.dewey.settings import JitteredBackoff

@@ -34,7 +34,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumers.metrics import MetricsSettings, run
+from consumers.metrics.settings import MetricsSettings
+from consumers.metrics.consumer import run
 from consumers.metrics.exporter import UsageMetrics
 from consumers.metrics.usage import parse_query, report
 from consumers.sql import load_migrations, migrate

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consumers.metrics import MetricsSettings
+from consumers.metrics.settings import MetricsSettings
 from consumers.source import Backoff
 from kgb.config import KafkaSettings, SettingsError
 

@@ -19,12 +19,12 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from consumers.errors import ConsumerError
-from consumers.replay import replay
+from consumers.replay.rebuild import replay
 from consumers.replay.progress import duration, progress_line
 from consumers.replay.rebuild import schema_names, swap, swap_once, trimmed
 from consumers.source import end_offsets, make_reader, read_from_start
 from consumers.sql import load_migrations, migrate
-from consumers.winni import WinniSettings
+from consumers.winni.settings import WinniSettings
 from consumers.winni.consumer import run_processes
 from consumers.winni.store import queries as winni_queries
 from kgb.config import KafkaSettings, SettingsError

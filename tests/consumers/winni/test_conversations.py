@@ -11,7 +11,7 @@ import pytest
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from consumers.winni import WinniSettings
+from consumers.winni.settings import WinniSettings
 from consumers.winni.threads import normal_content
 from tests.consumers.conftest import count, eventually, publish, winni
 from tests.consumers.sessions import (

@@ -19,8 +19,8 @@ import orjson
 import pytest
 
 from consumers import mcp
-from consumers.metrics import MetricsSettings
-from consumers.metrics import run as run_metrics
+from consumers.metrics.settings import MetricsSettings
+from consumers.metrics.consumer import run as run_metrics
 from consumers.metrics.exporter import UsageMetrics
 from consumers.winni.mcp import NAMESPACE, plan
 from consumers.winni.mcp_links import Call, Use, match

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from consumers.winni import WinniSettings
+from consumers.winni.settings import WinniSettings
 from consumers.winni.threads import Reply, SessionState, Writes, apply_reply, apply_request
 from tests.consumers.conftest import eventually, publish, winni
 from tests.consumers.factories import request_event, response_event, text_message

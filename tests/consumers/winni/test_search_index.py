@@ -15,8 +15,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from consumers.errors import is_transient
-from consumers.replay import replay
-from consumers.winni import WinniSettings, run
+from consumers.replay.rebuild import replay
+from consumers.winni.settings import WinniSettings
+from consumers.winni.consumer import run
 from consumers.source import Batch
 from consumers.winni.search_index import BUSY_SECONDS, Activity, give_way, index_all
 from consumers.winni.store import queries

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from consumers.source import Backoff
-from consumers.winni import WinniSettings
+from consumers.winni.settings import WinniSettings
 from kgb.config import KafkaSettings, SettingsError, mask_url
 
 

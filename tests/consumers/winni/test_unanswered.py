@@ -12,7 +12,7 @@ from dataclasses import replace
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from consumers.winni import WinniSettings
+from consumers.winni.settings import WinniSettings
 from consumers.winni.store import mark_unanswered
 from tests.consumers.conftest import eventually, publish, winni
 from tests.consumers.factories import exchange, request_event, response_event

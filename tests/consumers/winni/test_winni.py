@@ -16,7 +16,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from consumers.winni import WinniSettings
+from consumers.winni.settings import WinniSettings
 from tests.consumers.conftest import count, eventually, publish, winni
 from tests.consumers.factories import encode, exchange, request_event, response_event, text_message, user_message
 from tests.consumers.restarts import (
