@@ -20,7 +20,9 @@ class Decoder(Protocol):
     def flush(self) -> bytes: ...
 
 
-class Identity:
+class Unencoded:
+    """A body sent without Content-Encoding: its bytes are its content."""
+
     def feed(self, chunk: bytes) -> bytes:
         return chunk
 
@@ -99,12 +101,12 @@ def _one(coding: str) -> Decoder:
     if coding == "zstd":
         return Zstd()
     if coding in ("identity", ""):
-        return Identity()
+        return Unencoded()
     raise UnsupportedEncoding(coding)
 
 
 def decoder_for(content_encoding: str | None) -> Decoder:
     codings = [c.strip().lower() for c in (content_encoding or "").split(",") if c.strip()]
     if not codings:
-        return Identity()
+        return Unencoded()
     return Chain([_one(c) for c in reversed(codings)])

@@ -167,7 +167,7 @@ class ResponseCopy:
         try:
             self._decoder = decode.decoder_for(events.header(headers, "content-encoding"))
         except decode.UnsupportedEncoding:
-            self._decoder = decode.Identity()
+            self._decoder = decode.Unencoded()
 
     def feed(self, chunk: bytes) -> list[events.Message]:
         try:
