@@ -8,7 +8,9 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -35,6 +37,14 @@ def test_bad_setting_is_a_clear_error() -> None:
     assert "KGB_PROXY_PORT must be an integer" in result.stderr
 
 
+async def start_proxy(
+    env: Mapping[str, str], port: int, mcp_port: int, upstream: str | None = None, **options: Any
+) -> asyncio.subprocess.Process:
+    """`kgb proxy` in a process of its own on these ports; `options` as `create_subprocess_exec` takes them."""
+    flags = ["--port", str(port), "--mcp-port", str(mcp_port), *(["--upstream", upstream] if upstream else [])]
+    return await asyncio.create_subprocess_exec(*KGB, "proxy", *flags, env=env, **options)
+
+
 async def wait_healthy(url: str, process: asyncio.subprocess.Process) -> None:
     async with aiohttp.ClientSession() as session:
         while process.returncode is None:
@@ -51,18 +61,8 @@ async def test_proxy_process_serves_then_flushes_on_sigterm(kafka, topic: str, t
     port = free_port()
     env = {**os.environ, "KGB_KAFKA_BOOTSTRAP": kafka.bootstrap, "KGB_TOPIC": topic, "KGB_SPOOL_DIR": str(tmp_path)}
     async with FakeAnthropic() as fake:
-        process = await asyncio.create_subprocess_exec(
-            *KGB,
-            "proxy",
-            "--port",
-            str(port),
-            "--mcp-port",
-            str(free_port()),
-            "--upstream",
-            fake.url,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        process = await start_proxy(
+            env, port, free_port(), fake.url, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
         url = f"http://127.0.0.1:{port}"
         await asyncio.wait_for(wait_healthy(url, process), 60)
@@ -180,17 +180,7 @@ async def test_the_proxy_without_its_broker_says_so_once_and_stays_ready(tmp_pat
         "KGB_SPOOL_DIR": str(tmp_path),
     }
     log = tmp_path / "proxy.log"
-    process = await asyncio.create_subprocess_exec(
-        *KGB,
-        "proxy",
-        "--port",
-        str(port),
-        "--mcp-port",
-        str(free_port()),
-        env=env,
-        stderr=log.open("w"),
-        stdout=asyncio.subprocess.DEVNULL,
-    )
+    process = await start_proxy(env, port, free_port(), stderr=log.open("w"), stdout=asyncio.subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         await asyncio.wait_for(wait_healthy(url, process), 60)

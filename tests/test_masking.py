@@ -22,7 +22,7 @@ from proxy.settings import ProxySettings
 from schemas.errors import RegistryError
 from schemas.registry import Registry
 from tests.services import free_port
-from tests.test_cli import KGB, wait_healthy
+from tests.test_cli import start_proxy, wait_healthy
 from web.settings import WebSettings
 
 PASSWORDS = ("hunter2", "t0ken", "s3cret", "qu3ry", "w3btoken-long-enough", "f1ngerprint")
@@ -128,18 +128,8 @@ async def test_kgb_proxy_shows_no_credential_on_health_at_start_or_while_the_reg
             "KGB_SCHEMA_REGISTRY_URL": registry,
             "KGB_MCP_UPSTREAMS": "fake=http://127.0.0.1:1/mcp?token=qu3ry",
         }
-        process = await asyncio.create_subprocess_exec(
-            *KGB,
-            "proxy",
-            "--port",
-            str(port),
-            "--mcp-port",
-            str(mcp_port),
-            "--upstream",
-            "http://u:hunter2@127.0.0.1:1",
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        process = await start_proxy(
+            env, port, mcp_port, "http://u:hunter2@127.0.0.1:1", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
         answers = []
         for url in (f"http://127.0.0.1:{port}", f"http://127.0.0.1:{mcp_port}"):

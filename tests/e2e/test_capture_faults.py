@@ -45,7 +45,8 @@ from tests.e2e.test_outage import (
 )
 from tests.fakes.anthropic import ReceivedRequest, Reply, text_stream
 from tests.mcp_pipeline import serving
-from tests.test_cli import KGB, wait_healthy
+from tests.test_cli import start_proxy as kgb_proxy
+from tests.test_cli import wait_healthy
 
 DEADLINE = 300.0
 REQUESTED = "SELECT * FROM kgb.exchanges WHERE request_event_id IS NOT NULL"
@@ -147,9 +148,7 @@ class ProxyProcess:
 async def start_proxy(env: dict[str, str], log: Path) -> ProxyProcess:
     port = services.free_port()
     with log.open("ab") as out:
-        process = await asyncio.create_subprocess_exec(
-            *KGB, "proxy", "--port", str(port), "--mcp-port", str(services.free_port()), env=env, stdout=out, stderr=out
-        )
+        process = await kgb_proxy(env, port, services.free_port(), stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}"
     await asyncio.wait_for(wait_healthy(url, process), 60)
     return ProxyProcess(process, url)

@@ -21,7 +21,7 @@ from tests import services
 from tests.e2e.conftest import DEADLINE, POLL, running_winni, winni_settings
 from tests.fakes.anthropic import FakeAnthropic, text_stream
 from tests.proxy.test_app import HEADERS, body
-from tests.test_cli import KGB, wait_healthy
+from tests.test_cli import start_proxy, wait_healthy
 
 ROW = "SELECT request_event_id, response_event_id, unanswered_at FROM kgb.exchanges"
 
@@ -57,18 +57,8 @@ async def test_a_stream_cut_by_killing_the_proxy_is_marked_unanswered(
     settings = dataclasses.replace(winni_settings(kafka.bootstrap, topic, database), unanswered_after=0.5)
     async with FakeAnthropic() as fake, running_winni(settings):
         fake.enqueue(text_stream(deltas=200, pace=0.1))
-        proxy = await asyncio.create_subprocess_exec(
-            *KGB,
-            "proxy",
-            "--port",
-            str(port),
-            "--mcp-port",
-            str(services.free_port()),
-            "--upstream",
-            fake.url,
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
+        proxy = await start_proxy(
+            env, port, services.free_port(), fake.url, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
         )
         try:
             url = f"http://127.0.0.1:{port}"

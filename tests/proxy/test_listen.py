@@ -23,7 +23,7 @@ from proxy.listen import Guard, GuardedSite, Limits, connection_cap
 from tests.fakes.anthropic import FakeAnthropic
 from tests.proxy.test_app import HEADERS, body
 from tests.services import free_port
-from tests.test_cli import KGB, wait_healthy
+from tests.test_cli import start_proxy, wait_healthy
 
 SOFT, HARD = 256, 512  # the proxy process's descriptor limit as it starts
 IDLE_SOCKETS = 3000
@@ -80,16 +80,11 @@ async def test_thousands_of_idle_sockets_leave_real_requests_and_health_answered
         "KGB_UPSTREAM_CONNECTIONS": "32",
     }
     async with FakeAnthropic() as fake:
-        process = await asyncio.create_subprocess_exec(
-            *KGB,
-            "proxy",
-            "--port",
-            str(port),
-            "--mcp-port",
-            str(mcp_port),
-            "--upstream",
+        process = await start_proxy(
+            env,
+            port,
+            mcp_port,
             fake.url,
-            env=env,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             preexec_fn=lowered_limit,

@@ -37,7 +37,7 @@ from tests.fakes.mcp_server import PROTOCOL_VERSION, FakeMcpServer
 from tests.proxy.test_app import API_KEY
 from tests.capture import Served, serve_captured
 from tests.services import free_port
-from tests.test_cli import KGB, wait_healthy
+from tests.test_cli import KGB, start_proxy, wait_healthy
 from tests.topic import read_events
 
 BEARER = "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJrZ2ItdGVzdCJ9.c2lnbmF0dXJlLXNlY3JldA"
@@ -341,17 +341,7 @@ async def test_kgb_proxy_serves_the_relay_and_flushes_it_on_sigterm(kafka, topic
             "KGB_SPOOL_DIR": str(tmp_path),
             "KGB_MCP_UPSTREAMS": f"fake={server.url}",
         }
-        process = await asyncio.create_subprocess_exec(
-            *KGB,
-            "proxy",
-            "--port",
-            str(port),
-            "--mcp-port",
-            str(mcp_port),
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        process = await start_proxy(env, port, mcp_port, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         await asyncio.wait_for(wait_healthy(f"http://127.0.0.1:{mcp_port}", process), 60)
         async with aiohttp.ClientSession() as session:
             relayed = await converse(session, f"ws://127.0.0.1:{mcp_port}/?upstream=fake", SCRIPT[:1])
