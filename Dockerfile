@@ -3,6 +3,7 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY kgb ./kgb
+COPY common ./common
 COPY proxy ./proxy
 COPY consumers ./consumers
 COPY schemas ./schemas

@@ -39,7 +39,7 @@ import orjson
 import psutil
 
 from bench.targets import ROOT, Measured, _spawn, free_port, kgb_binary, wait_http, workdir
-from kgb.running import new_loop
+from common.running import new_loop
 from tests.services import create_topic, kafka_broker
 
 ROUNDS = 4

@@ -35,6 +35,7 @@ import asyncio
 import asyncpg
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
+from common.failures import ExpectedFailure
 from schemas.errors import RegistryError
 
 # SQLSTATE classes and codes that describe the server's state, not the data sent:
@@ -46,7 +47,7 @@ _TRANSIENT_SQLSTATES = ("57P01", "57P02", "57P03")
 _CONNECTION_LOST = ("connection is closed", "connection was closed", "cannot switch to state")
 
 
-class ConsumerError(Exception):
+class ConsumerError(ExpectedFailure):
     """Base of every error raised by the `consumers` package."""
 
 

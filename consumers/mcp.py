@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from consumers.errors import InvalidEvent
-from kgb.jsonrpc import parts_of
+from common.jsonrpc import parts_of
 
 WEBSOCKET = "websocket"
 CLIENT_TO_SERVER, SERVER_TO_CLIENT = "client_to_server", "server_to_client"

@@ -31,8 +31,8 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from consumers.errors import ConsumerError
-from kgb.failures import run_explained
-from kgb.running import configure_logging, debugging
+from common.failures import run_explained
+from common.running import configure_logging, debugging
 
 log = logging.getLogger(__name__)
 

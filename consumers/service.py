@@ -21,9 +21,9 @@ from aiokafka import AIOKafkaConsumer
 
 from consumers.source import Backoff, make_consumer, retrying
 from consumers.sql import Migration, migrate
-from kgb.config import KafkaSettings, mask_url
-from kgb.outages import HEALTH, KAFKA_WATCH, POSTGRES_WATCH, watching
-from kgb.topics import TopicSettings, ensure_topics
+from common.config import KafkaSettings, mask_url
+from common.outages import HEALTH, KAFKA_WATCH, POSTGRES_WATCH, watching
+from common.topics import TopicSettings, ensure_topics
 from schemas.codec import MCP, Decoder, make_decoder
 from schemas.registry import Registry
 
@@ -122,7 +122,7 @@ async def open_consumer(
 ) -> AIOKafkaConsumer | None:
     """Subscribed to both topics, started, stopped with ``resources``; None when stopped first.
 
-    The topics are created first when missing (`kgb.topics`), so a consumer
+    The topics are created first when missing (`common.topics`), so a consumer
     that starts before the proxy does not leave them to the broker's defaults;
     a broker that is not up yet is waited for, as the database is.
     """

@@ -32,8 +32,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from consumers.errors import ConsumerError, is_transient
-from kgb.config import KafkaSettings
-from kgb.outages import Outage, Reporter
+from common.config import KafkaSettings
+from common.outages import Outage, Reporter
 from schemas.codec import Decoder
 from schemas.errors import DecodeError, clip
 from schemas.fragments import Joiner
@@ -237,7 +237,7 @@ async def wait_or_stop(stop: asyncio.Event, seconds: float) -> bool:
 async def retrying(attempt: Callable[[], Awaitable[T]], what: str, stop: asyncio.Event, backoff: Backoff) -> T | None:
     """Run ``attempt`` until it succeeds, retrying transient failures; None if stopped first.
 
-    The failures are reported as an outage (`kgb.outages`): a line at the first,
+    The failures are reported as an outage (`common.outages`): a line at the first,
     a summary a minute, a line at the success, however short the backoff.
     """
     reporter = Reporter(Outage(what, gone="is failing", back="succeeded"), log)

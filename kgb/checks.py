@@ -20,9 +20,9 @@ from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from kgb.config import SettingsError
+from common.config import SettingsError
 
-PRODUCT_PACKAGES = ("kgb", "proxy", "consumers", "schemas", "web")
+PRODUCT_PACKAGES = ("kgb", "common", "proxy", "consumers", "schemas", "web")
 # Read by scripts/ (dev.sh, kafka.py, install-claude-code.sh) and tests/, never by `kgb` itself.
 TOOL_SETTINGS = frozenset(
     {

@@ -26,9 +26,9 @@ from kgb.checks import (
     known_settings,
     unknown_settings,
 )
-from kgb.config import KafkaSettings, SettingsError
-from kgb.failures import run_explained
-from kgb.running import configure_logging, run_until_signal
+from common.config import KafkaSettings, SettingsError
+from common.failures import run_explained
+from common.running import configure_logging, run_until_signal
 
 if TYPE_CHECKING:
     from proxy.settings import ProxySettings
@@ -101,7 +101,7 @@ async def _serve_proxy(settings: ProxySettings, stop: asyncio.Event, worker_log_
 
 
 def _capture_worker(args: argparse.Namespace) -> None:
-    from kgb.outages import KAFKA_WATCH, watching
+    from common.outages import KAFKA_WATCH, watching
     from proxy import worker
     from proxy.settings import ProxySettings
 
@@ -165,7 +165,7 @@ def _consume_metrics(args: argparse.Namespace) -> None:
 def _replay(args: argparse.Namespace) -> None:
     from consumers.replay.rebuild import replay
     from consumers.winni.settings import WinniSettings
-    from kgb.config import identifier
+    from common.config import identifier
 
     settings = WinniSettings.from_env()
     check_database_url(settings.database_url)

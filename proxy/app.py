@@ -18,8 +18,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from kgb.config import mask_url
-from kgb.outages import HEALTH
+from common.config import mask_url
+from common.outages import HEALTH
 from proxy import errors
 from proxy.budget import ByteBudget
 from proxy.capture import RequestRecord

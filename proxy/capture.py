@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from kgb.documents import parse_json
+from common.documents import parse_json
 from proxy import decode
 from proxy.redact import (
     Rule,

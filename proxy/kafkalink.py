@@ -18,8 +18,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 
-from kgb.config import mask_url
-from kgb.topics import BATCH_OVERHEAD, TopicSettings, ensure_topics
+from common.config import mask_url
+from common.topics import BATCH_OVERHEAD, TopicSettings, ensure_topics
 from proxy.settings import COMPRESSIONS, MiB, CaptureSettings
 from schemas.codec import EXCHANGE, MCP, Encoder, SINGLE_OBJECT_MAGIC, registry_encoder, single_object_encoder
 from schemas.errors import SchemaError
@@ -124,7 +124,7 @@ class KafkaLink:
             log.info("schema registry %s answers again; Confluent framing from now on", mask_url(url))
 
     async def _ensure_topics(self) -> None:
-        """Create the missing topics with room for the largest event (`kgb.topics`, as the consumers do),
+        """Create the missing topics with room for the largest event (`common.topics`, as the consumers do),
         and learn the smaller limit of one that existed."""
         s = self.settings
         wanted = TopicSettings(s.topic_partitions, s.topic_replication, s.max_event_bytes)

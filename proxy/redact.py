@@ -27,8 +27,8 @@ from urllib.parse import parse_qsl, quote_from_bytes, unquote_to_bytes, urlencod
 
 import orjson
 
-from kgb.config import CREDENTIAL_PARAMS
-from kgb.documents import parse_json
+from common.config import CREDENTIAL_PARAMS
+from common.documents import parse_json
 from proxy.sse import SSEEvent, SSEParser
 
 REDACTED = "[REDACTED]"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from yarl import URL
 
-from kgb.config import (
+from common.config import (
     HoldsSecrets,
     KafkaSettings,
     Secret,

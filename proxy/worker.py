@@ -29,7 +29,7 @@ from pathlib import Path
 import aiohttp
 from aiokafka.errors import KafkaError
 
-from kgb.outages import KAFKA_WATCH, Reporter
+from common.outages import KAFKA_WATCH, Reporter
 from proxy import checkpoint
 from proxy.assemble import Assembler, Built
 from proxy.capture import RedactionPolicy

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from kgb.config import mask_url
+from common.config import mask_url
 from schemas.errors import RegistryError, clip
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"

@@ -1,5 +1,5 @@
 """No credential in a URL or a secret setting is ever shown: not in `/health`, the start-up
-line, a settings repr, a log line or an error; `kgb.config.SecretURL` does it everywhere."""
+line, a settings repr, a log line or an error; `common.config.SecretURL` does it everywhere."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from aiohttp import web
 from consumers.dewey.settings import DeweySettings
 from consumers.metrics.settings import MetricsSettings
 from consumers.winni.settings import WinniSettings
-from kgb.config import Secret, SecretURL, mask_url
+from common.config import Secret, SecretURL, mask_url
 from proxy.settings import ProxySettings
 from schemas.errors import RegistryError
 from schemas.registry import Registry

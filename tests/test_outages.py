@@ -1,8 +1,8 @@
-"""`kgb.outages.Outage`: a line when a service goes, a summary a minute, a line when it is back."""
+"""`common.outages.Outage`: a line when a service goes, a summary a minute, a line when it is back."""
 
 from __future__ import annotations
 
-from kgb.outages import Health, Outage
+from common.outages import Health, Outage
 
 
 def test_many_failures_are_three_lines_and_ready_follows_them() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
-PRODUCT = ("kgb", "proxy", "consumers", "schemas", "web")
+PRODUCT = ("kgb", "common", "proxy", "consumers", "schemas", "web")
 
 
 def settings_in_code() -> set[str]:

@@ -11,7 +11,7 @@ import uuid
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from kgb.topics import TopicSettings, ensure_topics
+from common.topics import TopicSettings, ensure_topics
 from tests.services import create_topic, free_port
 
 KGB = [sys.executable, "-c", "from kgb.cli import main; main()"]

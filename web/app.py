@@ -23,7 +23,7 @@ import jinja2
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from kgb.config import SettingsError
+from common.config import SettingsError
 from web import auth, pages
 from web.conversation import as_result
 from web.database import MissingTables, open_pool
@@ -136,7 +136,7 @@ def build_app(settings: WebSettings) -> web.Application:
 
 async def check_database(settings: WebSettings) -> None:
     """One connection before listening: a wrong database name, login or URL then ends `kgb web` with
-    one line (`kgb.failures`) instead of a 500 on every page; a database that is only away is no
+    one line (`common.failures`) instead of a 500 on every page; a database that is only away is no
     reason not to start, since the pages say so until it is back."""
     try:
         conn = await asyncpg.connect(settings.database_url, timeout=10)

@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from kgb.config import (
+from common.config import (
     HoldsSecrets,
     Secret,
     SecretURL,

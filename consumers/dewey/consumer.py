@@ -39,7 +39,7 @@ from consumers.source import Batch, Handler, Record, consume
 from consumers.sql import Migration, load_migrations
 from consumers.service import open_consumer, open_database, open_decoders
 from consumers.winni.consumer import make_handler as winni_handler
-from kgb.config import mask_url
+from common.config import mask_url
 
 log = logging.getLogger(__name__)
 

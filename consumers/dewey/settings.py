@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from consumers.source import Backoff
-from kgb.config import (
+from common.config import (
     HoldsSecrets,
     KafkaSettings,
     SecretURL,
@@ -20,7 +20,7 @@ from kgb.config import (
     identifier,
     positive,
 )
-from kgb.topics import TopicSettings
+from common.topics import TopicSettings
 
 # Dewey's documented limit for one dewey_store_messages_bulk call.
 MAX_BULK_MESSAGES = 1000

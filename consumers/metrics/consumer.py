@@ -31,7 +31,7 @@ from consumers.metrics.settings import MetricsSettings
 from consumers.source import Batch, Handler, consume
 from consumers.sql import load_migrations
 from consumers.service import open_consumer, open_database, open_decoders
-from kgb.config import SettingsError
+from common.config import SettingsError
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from consumers.metrics.mcp import Counted
-from kgb.outages import HEALTH
+from common.outages import HEALTH
 from consumers.metrics.rollup import TOKEN_TYPES, Priced
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ def mcp_labels(call: Counted) -> tuple[str, ...]:
 
 def metrics_app(metrics: UsageMetrics) -> web.Application:
     """``GET /metrics`` in Prometheus's text format, ``GET /health``, and ``GET /ready``: 200 once
-    consuming with nothing away, else 503 naming what it waits for (`kgb.outages.HEALTH`)."""
+    consuming with nothing away, else 503 naming what it waits for (`common.outages.HEALTH`)."""
 
     async def scrape(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -35,7 +35,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from kgb.config import SettingsError
+from common.config import SettingsError
 
 _SUFFIX = re.compile(r"(?:[-@]\d{8}|-latest)?(?:\[[^\]]*\])?$")
 RATES = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")

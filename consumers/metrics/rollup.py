@@ -31,7 +31,7 @@ import orjson
 
 from consumers.kinds import kind_of
 from consumers.metrics.billing import Cost, Tokens, Usage, parts_from_json, text, usage_of
-from kgb.documents import parse_json
+from common.documents import parse_json
 from schemas.codec import timestamp
 
 # Claude Code names the directory it works in: "Primary working directory: /x" in a list of the

@@ -7,8 +7,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from consumers.source import Backoff
-from kgb.config import HoldsSecrets, KafkaSettings, SecretURL, env_float, env_int, env_opt, env_str, env_url, identifier, positive
-from kgb.topics import TopicSettings
+from common.config import (
+    HoldsSecrets,
+    KafkaSettings,
+    SecretURL,
+    env_float,
+    env_int,
+    env_opt,
+    env_str,
+    env_url,
+    identifier,
+    positive,
+)
+from common.topics import TopicSettings
 
 
 @dataclass(frozen=True)

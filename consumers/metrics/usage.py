@@ -28,7 +28,7 @@ import asyncpg
 from consumers.metrics.blocks import Block, blocks, status
 from consumers.metrics.settings import MetricsSettings
 from consumers.metrics.store import queries
-from kgb.config import SettingsError, mask_url
+from common.config import SettingsError, mask_url
 
 # --by names, and the column each groups by, in the order the report shows them.
 GROUPS = {

@@ -84,9 +84,9 @@ from consumers.service import apply_migrations, connecting, connection, open_dec
 from consumers.winni import search_index
 from consumers.winni.consumer import default_stages, make_handler, migrations
 from consumers.winni.settings import WinniSettings
-from kgb.config import SettingsError, identifier
-from kgb.outages import KAFKA_WATCH, watching
-from kgb.running import run_until_signal
+from common.config import SettingsError, identifier
+from common.outages import KAFKA_WATCH, watching
+from common.running import run_until_signal
 
 log = logging.getLogger(__name__)
 

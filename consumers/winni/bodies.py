@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 import simdjson
 
-from kgb.documents import parse_json
+from common.documents import parse_json
 
 # The request fields that are the same request after request, stored once each in request_parts.
 PART_FIELDS = ("system", "tools")

@@ -57,8 +57,8 @@ from consumers.winni.conversations import ConversationStage
 from consumers.winni.mcp import mcp_stage
 from consumers.winni.mcp_links import link_stage
 from consumers.winni.settings import WinniSettings
-from kgb.outages import Outage, Reporter
-from kgb.running import run_until_signal
+from common.outages import Outage, Reporter
+from common.running import run_until_signal
 from schemas.errors import clip
 
 log = logging.getLogger(__name__)
@@ -237,7 +237,7 @@ async def sweep_unanswered(pool: asyncpg.Pool, unanswered_after: float) -> None:
     """Until cancelled: mark request-only rows whose response is overdue (migration 008).
 
     A database that is away only skips a sweep; the next one catches up. The
-    skipped sweeps are an outage (`kgb.outages`): a line at the first, one when one succeeds again.
+    skipped sweeps are an outage (`common.outages`): a line at the first, one when one succeeds again.
     """
     skipped = Reporter(Outage("the sweep for unanswered exchanges", gone="is skipped", back="ran again"), log)
     while True:

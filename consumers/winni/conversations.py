@@ -47,7 +47,7 @@ from consumers.winni.threads import (
     apply_request,
     offer_agent_call,
 )
-from kgb.documents import parse_json
+from common.documents import parse_json
 from schemas.codec import timestamp
 
 # Sessions whose state stays in memory; the least recently used beyond this are read back when next seen.

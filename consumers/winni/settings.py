@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from consumers.source import Backoff
-from kgb.config import (
+from common.config import (
     HoldsSecrets,
     KafkaSettings,
     SecretURL,
@@ -21,7 +21,7 @@ from kgb.config import (
     positive_seconds,
     share,
 )
-from kgb.topics import TopicSettings
+from common.topics import TopicSettings
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from typing import Any
 
 from yarl import URL
 
-from kgb.jsonrpc import Part, parts_of
+from common.jsonrpc import Part, parts_of
 from proxy.capture import RedactionPolicy, Submit, now_us, soon
 from proxy.redact import credential, fingerprint, redact_body, redact_headers, redact_json, redact_query
 

@@ -44,7 +44,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
-from kgb.running import new_loop
+from common.running import new_loop
 from proxy import worker
 from proxy.capture import RedactionPolicy
 from proxy.mcp import events

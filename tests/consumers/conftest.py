@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 from consumers.source import Backoff
 from consumers.winni.settings import WinniSettings
 from consumers.winni.consumer import run
-from kgb.config import KafkaSettings
+from common.config import KafkaSettings
 from tests.consumers.factories import encode
 
 FAST_BACKOFF = Backoff(initial=0.05, maximum=0.5)

@@ -36,7 +36,7 @@ SELECT count(*) FROM pg_stat_activity
 WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
   AND state IN ('active', 'idle in transaction') AND query NOT LIKE '%pg_advisory_unlock_all()%'
 """
-# A batch's first failure is a warning, each further one a debug line (`kgb.outages.Reporter`).
+# A batch's first failure is a warning, each further one a debug line (`common.outages.Reporter`).
 _FAILURE = re.compile(r"batch of \d+ messages (?:is failing|failed again) \((\w+):")
 
 

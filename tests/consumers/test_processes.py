@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from consumers.processes import WorkerFailed, start, supervise
-from kgb.running import run_until_signal
+from common.running import run_until_signal
 
 ROOT = Path(__file__).resolve().parents[2]
 

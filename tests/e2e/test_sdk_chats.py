@@ -40,7 +40,7 @@ from consumers.metrics.settings import MetricsSettings
 from consumers.metrics.consumer import run as run_metrics
 from consumers.replay.rebuild import replay
 from consumers.winni.threads import normal_content
-from kgb.config import KafkaSettings
+from common.config import KafkaSettings
 from tests import services
 from tests.e2e.conftest import (
     DEADLINE,

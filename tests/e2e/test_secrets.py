@@ -31,7 +31,7 @@ from yarl import URL
 from consumers.dewey.settings import DeweySettings
 from consumers.dewey.consumer import run as run_dewey
 from consumers.dewey.settings import JitteredBackoff
-from kgb.config import KafkaSettings
+from common.config import KafkaSettings
 from proxy.logwriter import segment_seq
 from tests.e2e.conftest import DEADLINE, POLL, Pipeline, PipelineError, running
 from tests.e2e.scan import database_dump, directory_bytes, hits, topic_bytes

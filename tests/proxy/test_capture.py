@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from kgb.documents import parse_json
+from common.documents import parse_json
 from proxy.capture import Ending, RedactionPolicy, RequestRecord, ResponseRecorder, request_event, response_event
 from proxy.mcp.events import Message, message_fields
 from proxy.redact import BUILTIN_RULES

@@ -23,10 +23,10 @@ import orjson
 import pytest
 from aiohttp import WSMsgType
 
-from kgb.config import SettingsError
+from common.config import SettingsError
 from proxy.mcp.app import build_mcp_app
 from proxy.capture import RedactionPolicy
-from kgb.jsonrpc import jsonrpc_messages
+from common.jsonrpc import jsonrpc_messages
 from proxy.mcp.events import recorded_url
 from proxy.redact import BUILTIN_RULES
 from proxy.mcp.websocket import Ending, peer_close, reason_bytes

@@ -30,7 +30,7 @@ from consumers.metrics.consumer import run as run_metrics
 from consumers.source import Backoff
 from consumers.winni.settings import WinniSettings
 from consumers.winni.consumer import run as run_winni
-from kgb.config import KafkaSettings
+from common.config import KafkaSettings
 from scripts.kafka import free_port
 from tests import services
 from tests.consumers.factories import encode

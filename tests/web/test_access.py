@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from kgb.config import SettingsError
+from common.config import SettingsError
 from scripts.kafka import free_port
 from tests import services
 from tests.test_readme import ROOT

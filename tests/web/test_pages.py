@@ -18,7 +18,7 @@ from consumers.metrics.usage import Query, fetch_report
 from consumers.winni.settings import WinniSettings
 from consumers.winni.consumer import run as run_winni
 from consumers.winni.search_index import index_all
-from kgb.config import KafkaSettings
+from common.config import KafkaSettings
 from tests import services
 from tests.web.captured import COMPLETE_EXCHANGES, FAST, SCRIPT, SEARCH_WORD, Captured, consumed, publish, searched_session
 from tests.web.conftest import serve

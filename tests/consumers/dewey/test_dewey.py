@@ -24,7 +24,7 @@ from consumers.dewey.consumer import run
 from consumers.dewey.forward import stored_message
 from consumers.dewey.render import dewey_message
 from consumers.dewey.settings import JitteredBackoff
-from kgb.config import KafkaSettings
+from common.config import KafkaSettings
 from tests.consumers.conftest import SETTLE_TIMEOUT, eventually, publish
 from tests.consumers.restarts import RESTARTS, batch_failures, feeding, migrated, restarts_mid_batch, settled, task_alive
 from tests.consumers.sessions import SessionBuilder, long_session, reply, text

@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from consumers.dewey.settings import DeweySettings, JitteredBackoff
-from kgb.config import SettingsError
+from common.config import SettingsError
 
 
 def test_defaults_name_the_dewey_service_and_a_group_of_its_own() -> None:

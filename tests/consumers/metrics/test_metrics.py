@@ -39,7 +39,7 @@ from consumers.metrics.consumer import run
 from consumers.metrics.exporter import UsageMetrics
 from consumers.metrics.usage import parse_query, report
 from consumers.sql import load_migrations, migrate
-from kgb.config import KafkaSettings, SettingsError
+from common.config import KafkaSettings, SettingsError
 from tests.consumers.conftest import FAST_BACKOFF, SETTLE_TIMEOUT, eventually, publish
 from tests.consumers.factories import request_event, response_event, text_message
 from tests.consumers.restarts import (

@@ -14,7 +14,7 @@ import pytest
 
 from consumers.metrics.billing import Part, Tokens, Usage, cost, parts_from_json, parts_json, usage_of
 from consumers.metrics.prices import canonical_model, load_prices, parse_prices
-from kgb.config import SettingsError
+from common.config import SettingsError
 
 PRICES = load_prices()
 M = Decimal(1_000_000)

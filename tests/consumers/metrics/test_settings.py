@@ -6,7 +6,7 @@ import pytest
 
 from consumers.metrics.settings import MetricsSettings
 from consumers.source import Backoff
-from kgb.config import KafkaSettings, SettingsError
+from common.config import KafkaSettings, SettingsError
 
 
 def test_defaults() -> None:

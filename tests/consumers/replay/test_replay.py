@@ -27,7 +27,7 @@ from consumers.sql import load_migrations, migrate
 from consumers.winni.settings import WinniSettings
 from consumers.winni.consumer import run_processes
 from consumers.winni.store import queries as winni_queries
-from kgb.config import KafkaSettings, SettingsError
+from common.config import KafkaSettings, SettingsError
 from tests import services
 from tests.consumers.conftest import count, eventually, publish, winni
 from tests.consumers.dump import tables

@@ -9,7 +9,7 @@ import pytest
 import simdjson
 
 from consumers.winni.bodies import Body, Sent, as_body, read_body
-from kgb.documents import parse_json
+from common.documents import parse_json
 
 BODY = {
     "model": "m",

@@ -21,7 +21,7 @@ from consumers.winni.consumer import run
 from consumers.source import Batch
 from consumers.winni.search_index import BUSY_SECONDS, Activity, give_way, index_all
 from consumers.winni.store import queries
-from kgb.config import SettingsError
+from common.config import SettingsError
 from tests.consumers.conftest import FAST_BACKOFF, count, eventually, publish, winni
 from tests.consumers.restarts import migrated, restarts_mid_batch, task_alive
 from tests.consumers.sessions import SessionBuilder, long_session, reply, text

@@ -6,7 +6,7 @@ import pytest
 
 from consumers.source import Backoff
 from consumers.winni.settings import WinniSettings
-from kgb.config import KafkaSettings, SettingsError, mask_url
+from common.config import KafkaSettings, SettingsError, mask_url
 
 
 def test_defaults() -> None:

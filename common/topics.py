@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import for_code
 
-from kgb.config import env_int
+from common.config import env_int
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from kgb.config import SettingsError
+from common.config import SettingsError
+
+
+class ExpectedFailure(Exception):
+    """Base of the errors whose message is the whole story for the user: a service's own (`consumers.errors`) derive from it."""
 
 
 def explain(exc: BaseException) -> str | None:
@@ -22,9 +26,7 @@ def explain(exc: BaseException) -> str | None:
     import asyncpg
     from aiokafka.errors import KafkaConnectionError
 
-    from consumers.errors import ConsumerError
-
-    if isinstance(exc, (SettingsError, ConsumerError)):
+    if isinstance(exc, (SettingsError, ExpectedFailure)):
         return str(exc)
     if isinstance(exc, asyncpg.InvalidCatalogNameError):
         return f"PostgreSQL says: {exc}; fix the database name in KGB_DATABASE_URL"

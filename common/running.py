@@ -20,9 +20,9 @@ _debugging = False
 
 
 def configure_logging(level: int | str, debug: bool = False) -> None:
-    """``debug`` (`kgb --debug`) keeps every traceback and the clients' own logs (`kgb.outages`,
+    """``debug`` (`kgb --debug`) keeps every traceback and the clients' own logs (`common.outages`,
     which --log-level DEBUG keeps too); the worker processes a consumer spawns inherit it."""
-    from kgb.outages import QuietClients
+    from common.outages import QuietClients
 
     global _debugging
     _debugging = debug
