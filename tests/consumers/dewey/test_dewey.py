@@ -41,6 +41,7 @@ BODIES_KEPT = """
 SELECT count(*) FROM exchanges
 WHERE num_nonnulls(request_body, request_body_text, request_body_bytes, response_body, response_body_text, response_body_bytes) > 0
 """
+COPY_INDEXES = "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = 'messages'"
 
 
 @pytest.fixture
@@ -159,6 +160,9 @@ async def test_sessions_reach_dewey_exactly_once_and_a_replay_adds_nothing(
     await assert_exactly_once(dewey, db, sessions)
     assert len(dewey.tool_calls("dewey_begin_conversation")) == sum(s.conversations for s in sessions)
     assert await db.fetchval(BODIES_KEPT) == 0, "the copy keeps messages, not bodies"
+    indexes = {row["indexname"] for row in await db.fetch(COPY_INDEXES)}
+    assert "messages_pkey" in indexes
+    assert not indexes & {"messages_search_idx", "messages_unindexed_idx"}, "the copy is never searched"
     main = next(
         c for c in dewey.conversations.values() if c.metadata["kind"] == "main" and c.session_id == sessions[1].session_id
     )
