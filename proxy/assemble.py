@@ -31,6 +31,7 @@ from proxy.capture import (
 )
 from proxy.logformat import Kind, Record
 from proxy.logreader import Position, Read
+from schemas.codec import EXCHANGE
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,14 @@ INCOMPLETE = ("capture_incomplete", "KGB proxy: the capture log was full (KGB_SP
 
 @dataclass(frozen=True, slots=True)
 class Built:
-    """An event ready to encode; `start` is where its exchange begins in the log, `last` marks its final event."""
+    """An event ready to encode; `start` is where its exchange begins in the log, `last` marks its final event,
+    `schema` says which topic's (an MCP relay's exchange makes `kgb.mcp` events, proxy/mcp/assemble.py)."""
 
     exchange: bytes
     start: Position
     event: dict[str, Any]
     last: bool
+    schema: str = EXCHANGE
 
 
 @dataclass
@@ -59,7 +62,11 @@ class Pending:
 
 
 def request_record(exchange: bytes, record: Record) -> RequestRecord:
-    head = orjson.loads(record.payload)
+    return request_of(exchange, orjson.loads(record.payload))
+
+
+def request_of(exchange: bytes, head: dict[str, Any]) -> RequestRecord:
+    """A request head's JSON (proxy.tap.request_head) as the record the relay built, body still to come."""
     return RequestRecord(
         method=head["method"],
         path=head["path"],
