@@ -39,7 +39,7 @@ import aiohttp
 import orjson
 import psutil
 
-from bench.targets import ROOT, Measured, _spawn, free_port, kgb_binary, wait_http, workdir
+from bench.targets import ROOT, Measured, _spawn, free_port, kgb_command, wait_http, workdir
 from kgb.running import new_loop
 from tests.services import create_topic, kafka_broker
 
@@ -184,7 +184,7 @@ async def bench_stdio(calls: int, env: dict[str, str], work: Path) -> dict[str, 
         direct.append(await timed(calls // ROUNDS, plain.call, plain.measured()))
         await plain.close()
         shim = await start_stdio(
-            [kgb_binary(), "--log-level", "WARNING", "mcp", "stdio", "bench", "--", *server], env, work / f"shim-{round_}.log"
+            [*kgb_command(), "--log-level", "WARNING", "mcp", "stdio", "bench", "--", *server], env, work / f"shim-{round_}.log"
         )
         relayed.append(await timed(calls // ROUNDS, shim.call, shim.measured()))
         await shim.close()
@@ -226,7 +226,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "KGB_MCP_UPSTREAMS": f"bench={direct_url}",
         }
         relay_log = work / "relay.log"
-        relay = _spawn(stack, [kgb_binary(), "--log-level", "WARNING", "proxy", "--port", str(free_port())], relay_log, env)
+        relay = _spawn(stack, [*kgb_command(), "--log-level", "WARNING", "proxy", "--port", str(free_port())], relay_log, env)
         wait_http(f"http://127.0.0.1:{mcp_port}/ready", relay, relay_log)
 
         async def both() -> dict[str, Any]:

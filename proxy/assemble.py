@@ -7,7 +7,9 @@ head was never seen are skipped: it began before the checkpoint and was
 published whole before it. A writer-start record means the relay restarted, so
 exchanges still open then will never end: they are closed with what they have
 (`capture_interrupted`). `open_starts` is where each open exchange began, for
-the checkpoint.
+the checkpoint. The MCP Streamable HTTP relay's requests begin with an
+MCP_REQUEST_HEAD instead, so this assembler skips them like any exchange whose
+head it never saw; proxy/mcp/assemble.py builds their events.
 """
 
 from __future__ import annotations

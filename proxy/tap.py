@@ -5,8 +5,10 @@ fingerprint computed from it, so no credential ever reaches the disk), the
 request body in chunks, the response head, each response chunk as it came, and
 an end record with how it ended and its timings. Everything else (decoding,
 SSE reassembly, body redaction, session parsing, Avro, Kafka) is the capture
-worker's. Appends are plain writes to the page cache; a chunk is appended
-before it is sent on, so whatever reached a client is in the log.
+worker's. The MCP Streamable HTTP relay appends its requests the same way,
+their head of its own kind (`Tap.request` with `mcp`). Appends are plain
+writes to the page cache; a chunk is appended before it is sent on, so
+whatever reached a client is in the log.
 
 When the log is full the exchange is still relayed, only not captured: a
 request goes in whole or not at all; a response cut short by the cap skips its

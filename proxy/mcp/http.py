@@ -27,6 +27,7 @@ EXCHANGE only.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ JSON = [("Content-Type", "application/json")]
 # --- pure: where a request goes -----------------------------------------
 
 
+@functools.lru_cache(maxsize=256)  # a client sends the same path and query every call: parsed once, not per request
 def target(upstream: str, tail: str, query: str) -> URL:
     """The upstream URL with the client's path below its own and the client's query after its own."""
     base = URL(upstream)
