@@ -201,12 +201,12 @@ class Recorder(Stamper):
     policy: RedactionPolicy
     submit: Submit
 
-    def message(self, message: Message, at: int | None = None) -> None:
-        self.record("MESSAGE", message_fields, message, self.policy, at=at)
+    def message(self, message: Message) -> None:
+        self.record("MESSAGE", message_fields, message, self.policy)
 
-    def record(self, kind: str, build: Build, *args: Any, at: int | None = None) -> None:
-        """Stamp an event now (or at `at`, microseconds), and build it with ``build(*args)`` soon."""
-        soon(self._complete, kind, at or now_us(), build, args)
+    def record(self, kind: str, build: Build, *args: Any) -> None:
+        """Stamp an event now, and build it with ``build(*args)`` soon."""
+        soon(self._complete, kind, now_us(), build, args)
 
     def _complete(self, kind: str, at: int, build: Build, args: tuple[Any, ...]) -> None:
         for event in self.stamped(kind, at, build(*args)):
