@@ -225,12 +225,10 @@ def start_nginx(stack: contextlib.ExitStack, workdir: Path, fast: str, paced: st
     return Target("nginx", fast_url, paced_url, {"fast": measured, "paced": measured})
 
 
-def kgb_binary() -> str:
-    """The `kgb` console script beside the interpreter running the bench (the project's venv)."""
-    path = Path(sys.executable).with_name("kgb")
-    if not path.exists():
-        raise BenchError(f"{path} not found: pip install -e '.[bench]' into this interpreter's venv")
-    return str(path)
+def kgb_command() -> list[str]:
+    """`kgb` from the tree the bench runs in (processes start with cwd=ROOT): the venv's console script
+    would import whichever tree the venv was installed from, which for a worktree is another one."""
+    return [sys.executable, "-m", "kgb"]
 
 
 def start_kgb(
@@ -248,7 +246,7 @@ def start_kgb(
         "KGB_MCP_PORT": str(free_port()),
         "KGB_MCP_TOPIC": topic + "-mcp",
     }
-    cmd = [kgb_binary(), "--log-level", "WARNING", "proxy", "--port", str(port), "--upstream", upstream]
+    cmd = [*kgb_command(), "--log-level", "WARNING", "proxy", "--port", str(port), "--upstream", upstream]
     log = workdir / f"{name}.log"
     process = _spawn(stack, cmd, log, env)
     url = f"http://127.0.0.1:{port}"

@@ -7,7 +7,9 @@ head was never seen are skipped: it began before the checkpoint and was
 published whole before it. A writer-start record means the relay restarted, so
 exchanges still open then will never end: they are closed with what they have
 (`capture_interrupted`). `open_starts` is where each open exchange began, for
-the checkpoint.
+the checkpoint. The MCP Streamable HTTP relay's requests begin with an
+MCP_REQUEST_HEAD instead, so this assembler skips them like any exchange whose
+head it never saw; proxy/mcp/assemble.py builds their events.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from proxy.capture import (
 )
 from proxy.logformat import Kind, Record
 from proxy.logreader import Position, Read
+from schemas.codec import EXCHANGE
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +43,14 @@ INCOMPLETE = ("capture_incomplete", "KGB proxy: the capture log was full (KGB_SP
 
 @dataclass(frozen=True, slots=True)
 class Built:
-    """An event ready to encode; `start` is where its exchange begins in the log, `last` marks its final event."""
+    """An event ready to encode; `start` is where its exchange begins in the log, `last` marks its final event,
+    `schema` says which topic's (an MCP relay's exchange makes `kgb.mcp` events, proxy/mcp/assemble.py)."""
 
     exchange: bytes
     start: Position
     event: dict[str, Any]
     last: bool
+    schema: str = EXCHANGE
 
 
 @dataclass
@@ -59,7 +64,11 @@ class Pending:
 
 
 def request_record(exchange: bytes, record: Record) -> RequestRecord:
-    head = orjson.loads(record.payload)
+    return request_of(exchange, orjson.loads(record.payload))
+
+
+def request_of(exchange: bytes, head: dict[str, Any]) -> RequestRecord:
+    """A request head's JSON (proxy.tap.request_head) as the record the relay built, body still to come."""
     return RequestRecord(
         method=head["method"],
         path=head["path"],

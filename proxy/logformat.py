@@ -7,7 +7,8 @@ One record on disk::
 `length` counts everything after the crc; the crc covers the same bytes, so a
 record torn by a kill (or damaged on disk) is recognised and skipped, never
 misread. Heads and ends carry JSON, chunks the raw bytes as they crossed the
-wire. Everything is big-endian and fixed-size up front, so reading is one
+wire. Kinds are only ever added, never renumbered or changed, so a worker
+reads every log an older relay wrote. Everything is big-endian and fixed-size up front, so reading is one
 `struct.unpack_from` and a slice.
 """
 
@@ -33,6 +34,9 @@ class Kind(enum.IntEnum):
     END = 5  # JSON: how the exchange ended (client left, upstream complete, proxy error, timings)
     EVENT = 6  # a finished MCP event, Avro already: key length u16, key, value (proxy/mcp/events.py)
     WRITER_START = 7  # a writer (re)started: exchanges open before it will never end
+    # A Streamable HTTP request to the MCP relay: REQUEST_HEAD's JSON plus "mcp" (server name, upstream URL,
+    # whether its messages are recorded, client address); the rest of its exchange in the kinds above.
+    MCP_REQUEST_HEAD = 8
 
 
 @dataclass(frozen=True, slots=True)

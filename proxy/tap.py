@@ -5,8 +5,10 @@ fingerprint computed from it, so no credential ever reaches the disk), the
 request body in chunks, the response head, each response chunk as it came, and
 an end record with how it ended and its timings. Everything else (decoding,
 SSE reassembly, body redaction, session parsing, Avro, Kafka) is the capture
-worker's. Appends are plain writes to the page cache; a chunk is appended
-before it is sent on, so whatever reached a client is in the log.
+worker's. The MCP Streamable HTTP relay appends its requests the same way,
+their head of its own kind (`Tap.request` with `mcp`). Appends are plain
+writes to the page cache; a chunk is appended before it is sent on, so
+whatever reached a client is in the log.
 
 When the log is full the exchange is still relayed, only not captured: a
 request goes in whole or not at all; a response cut short by the cap skips its
@@ -58,19 +60,19 @@ def scrubbed(headers: Iterable[tuple[str, str]], names: frozenset[str]) -> list[
     return [(name, REDACTED if name.lower() in names else value) for name, value in headers]
 
 
-def request_head(record: RequestRecord, policy: HeaderPolicy) -> bytes:
+def request_head(record: RequestRecord, policy: HeaderPolicy, mcp: dict[str, Any] | None = None) -> bytes:
+    """The head's JSON; an MCP relay's request adds what its events need beside it (`mcp`)."""
     secret = credential(record.headers)
-    return orjson.dumps(
-        {
-            "method": record.method,
-            "path": record.path,
-            "query": record.query,
-            "http_version": record.http_version,
-            "headers": scrubbed(record.headers, policy.secret_names),
-            "received_at": record.received_at,
-            "key_fingerprint": fingerprint(secret, policy.fingerprint_key) if secret else None,
-        }
-    )
+    head = {
+        "method": record.method,
+        "path": record.path,
+        "query": record.query,
+        "http_version": record.http_version,
+        "headers": scrubbed(record.headers, policy.secret_names),
+        "received_at": record.received_at,
+        "key_fingerprint": fingerprint(secret, policy.fingerprint_key) if secret else None,
+    }
+    return orjson.dumps(head if mcp is None else head | {"mcp": mcp})
 
 
 def chunks(body: bytes, size: int = CHUNK_BYTES) -> Iterable[memoryview]:
@@ -127,15 +129,16 @@ class Tap:
     writer: LogWriter
     policy: HeaderPolicy
 
-    def request(self, record: RequestRecord) -> Exchange:
-        """Append the request; the `Exchange` takes the rest of this exchange's records."""
+    def request(self, record: RequestRecord, mcp: dict[str, Any] | None = None) -> Exchange:
+        """Append the request; the `Exchange` takes the rest of this exchange's records. With `mcp`,
+        it is a Streamable HTTP request to the MCP relay (`proxy.mcp.assemble` reads it back)."""
         exchange = Exchange(self, uuid.UUID(record.exchange_id).bytes)
-        head = request_head(record, self.policy)
+        head = request_head(record, self.policy, mcp)
         pieces = list(chunks(record.body))
         if not self.writer.admit(len(head) + len(record.body) + (1 + len(pieces)) * PREFIX):
             exchange.captured = False  # the whole request or nothing: never a request cut short
             return exchange
-        exchange._append(Kind.REQUEST_HEAD, head)
+        exchange._append(Kind.REQUEST_HEAD if mcp is None else Kind.MCP_REQUEST_HEAD, head)
         exchange.headed = exchange.captured
         for piece in pieces:
             exchange._append(Kind.REQUEST_BODY, piece)
@@ -143,8 +146,9 @@ class Tap:
 
 
 class McpSink:
-    """The MCP relays' events, built in the relay (they are small and per message), encoded
-    single-object and appended whole; the worker reframes and publishes them to KGB_MCP_TOPIC."""
+    """The WebSocket relay's and the stdio shim's events, built in the relay (they are small and per
+    message), encoded single-object and appended whole; the worker reframes and publishes them to
+    KGB_MCP_TOPIC. (The Streamable HTTP relay appends raw material through the `Tap` instead.)"""
 
     def __init__(self, writer: LogWriter) -> None:
         self._writer = writer

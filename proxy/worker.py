@@ -2,7 +2,7 @@
 
 A session opens a `KafkaLink`, reads the log from the checkpoint on, rebuilds
 exchanges (proxy/assemble.py: decoding, SSE reassembly, redaction, session
-parsing), encodes and sends each event (one over FRAGMENT_BYTES as FRAGMENT
+parsing; proxy/mcp/assemble.py: the MCP Streamable HTTP relay's messages), encodes and sends each event (one over FRAGMENT_BYTES as FRAGMENT
 events, schemas/fragments.py), and moves the checkpoint only past
 exchanges whose every event Kafka acknowledged. Any Kafka failure ends the
 session; the next one starts from the checkpoint, so while Kafka is down the
@@ -37,6 +37,7 @@ from proxy.kafkalink import KafkaLink, never_fits
 from proxy.logformat import Kind
 from proxy.logreader import LogReader, Position, Read
 from proxy.logwriter import private_directory
+from proxy.mcp.assemble import McpAssembler
 from proxy.settings import CaptureSettings, ProxySettings
 from proxy.tap import KEY_LENGTH
 from schemas.codec import EXCHANGE, MCP
@@ -104,7 +105,7 @@ class Session:
         self.directory = settings.spool_dir
         self.link = KafkaLink(settings, http)
         self.reader = LogReader(self.directory, checkpoint.load(self.directory))
-        self.assembler = Assembler(policy)
+        self.assemblers = (Assembler(policy), McpAssembler(policy))  # each takes the exchanges whose head is its kind
         self.unacked: dict[bytes, Tracked] = {}
         self.saved = self.reader.position
         self.counts = counts
@@ -149,8 +150,9 @@ class Session:
             await self._send(tracked, MCP, key, self.link.reframe(MCP, value), "MCP event")
             tracked.complete = True
             return
-        for built in self.assembler.feed(read):
-            await self._send_built(built)
+        for assembler in self.assemblers:
+            for built in assembler.feed(read):
+                await (self._send_mcp(built) if built.schema == MCP else self._send_built(built))
 
     async def _send_built(self, built: Built) -> None:
         tracked = self.unacked.setdefault(built.exchange, Tracked(built.start))
@@ -167,6 +169,19 @@ class Session:
         else:
             for piece in pieces:
                 await self._send(tracked, EXCHANGE, key, piece, label)
+        tracked.complete = built.last
+
+    async def _send_mcp(self, built: Built) -> None:
+        """An event of the Streamable HTTP relay: small, one message each, so never fragmented."""
+        tracked = self.unacked.setdefault(built.exchange, Tracked(built.start))
+        event = built.event
+        try:
+            value = self.link.encoders[MCP].encode(event)
+        except SchemaError as exc:
+            self.counts.unencodable += 1
+            log.error("MCP event dropped, it does not fit the schema: request %s: %s", event["connection_id"], exc)
+        else:
+            await self._send(tracked, MCP, event["session_key"].encode(), value, f"MCP event {event['event_id']}")
         tracked.complete = built.last
 
     async def _send(self, tracked: Tracked, schema: str, key: bytes, value: bytes, label: str) -> None:
@@ -206,7 +221,8 @@ class Session:
                     raise exc
 
     def _position(self) -> Position:
-        unfinished: Iterable[Position] = chain(self.assembler.open_starts(), (t.start for t in self.unacked.values()))
+        opened = (start for assembler in self.assemblers for start in assembler.open_starts())
+        unfinished: Iterable[Position] = chain(opened, (t.start for t in self.unacked.values()))
         return checkpoint.safe_position(unfinished, self.reader.position)
 
     def _save(self) -> None:

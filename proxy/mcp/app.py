@@ -4,8 +4,10 @@ Routes, first match wins:
 
     /mcp/NAME[/more]                                    Streamable HTTP (`proxy.mcp.http`); a WebSocket upgrade there too is the WebSocket relay
     /.well-known/oauth-*/mcp/NAME[/more]                OAuth metadata of NAME, relayed (`proxy.mcp.http`)
-    any other path, WebSocket upgrade, ?upstream=NAME   the WebSocket relay (`proxy.mcp.websocket`)
     GET /health, /ready, /metrics                       this app's own
+    any path, WebSocket upgrade, ?upstream=NAME         the WebSocket relay (`proxy.mcp.websocket`), as the earlier KGB took it
+    GET / without an upgrade                            426, saying where each relay is
+    anything else                                       404 with a JSON-RPC error saying the same
 
 Resources are owned here, at the edge: one client session per transport (the
 WebSocket one keeps a read timeout for its handshake, the HTTP one has none,
@@ -26,11 +28,12 @@ from aiohttp import web
 from proxy.app import METRICS, SESSION, SETTINGS, capturing, health, metrics_endpoint, ready
 from proxy.capture import RedactionPolicy
 from proxy.mcp import http, websocket
-from proxy.mcp.keys import HTTP_SESSION, POLICY
+from proxy.mcp.keys import HTTP_SESSION, HTTP_UPSTREAMS, POLICY
 from proxy.metrics import ProxyMetrics
 from proxy.settings import ProxySettings, fingerprint_key
 
 STATUS_PAGES = {"/health": health, "/ready": ready, "/metrics": metrics_endpoint}
+WHERE = "Streamable HTTP at http://HOST:PORT/mcp/NAME, or connect a WebSocket to ws://HOST:PORT/?upstream=NAME"
 _NAME_AND_TAIL = "{name:[^/]+}{tail:(/.*)?}"
 
 
@@ -43,18 +46,17 @@ async def streamable(request: web.Request) -> web.StreamResponse:
 
 
 async def entry(request: web.Request) -> web.StreamResponse:
-    """WebSocket upgrades on any other path are relayed; plain GETs reach the status pages."""
+    """WebSocket upgrades on any other path are relayed; plain HTTP learns where the relays are."""
     if is_upgrade(request):
         return await websocket.relay(request)
-    page = STATUS_PAGES.get(request.path)
-    if page is not None and request.method == "GET":
-        return await page(request)
-    return web.Response(
-        status=426,
-        headers={"Upgrade": "websocket"},
-        text="KGB MCP relay: Streamable HTTP at http://HOST:PORT/mcp/NAME, "
-        "or connect a WebSocket to ws://HOST:PORT/?upstream=NAME\n",
-    )
+    if request.path == "/" and request.method == "GET":
+        return web.Response(status=426, headers={"Upgrade": "websocket"}, text=WHERE + "\n")
+    return web.Response(status=404, body=no_route(request.method, request.path), content_type="application/json")
+
+
+def no_route(method: str, path: str) -> bytes:
+    """A request for no route of this port, answered the way an MCP client reads a failure: a JSON-RPC error."""
+    return http.error_body(b"", "no_route", f"KGB MCP relay: no route for {method} {path}: {WHERE}")
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
@@ -91,6 +93,7 @@ def build_mcp_app(settings: ProxySettings, metrics: ProxyMetrics | None = None) 
     app[POLICY] = RedactionPolicy(
         settings.rules(), settings.redact_headers, fingerprint_key(settings, settings.capture.spool_dir)
     )
+    app[HTTP_UPSTREAMS] = http.http_upstreams(settings.mcp_upstreams, app[POLICY])
     app.cleanup_ctx.append(capturing)
     app.cleanup_ctx.append(_resources)
     app.on_shutdown.append(_close_relays)
@@ -98,5 +101,7 @@ def build_mcp_app(settings: ProxySettings, metrics: ProxyMetrics | None = None) 
     app.router.add_route(
         "*", "/.well-known/{kind:" + "|".join(http.WELL_KNOWN) + "}/mcp/" + _NAME_AND_TAIL, http.relay_well_known
     )
-    app.router.add_route("*", "/{tail:.*}", entry)
+    for path, page in STATUS_PAGES.items():
+        app.router.add_get(path, page)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", entry)  # WebSocket upgrades on any path; the rest is told where to go
     return app

@@ -1,11 +1,15 @@
 """MCP traffic as events (schemas/mcp.avsc): JSON-RPC classification and event building, pure.
 
-Every transport (the WebSocket relay, the Streamable HTTP relay, the stdio
-shim) hands what it forwarded to a `Recorder`, which numbers it and stamps its
-time at once, in forwarding order, and builds the event at the next turn of
-the loop (`proxy.capture.soon`), after the bytes have gone on: a failure in
-here costs an event, never a message. The loop runs callbacks in order, so
-events are built, and submitted, in sequence order.
+The WebSocket relay and the stdio shim hand what they forwarded to a
+`Recorder`, which numbers it and stamps its time at once, in forwarding order,
+and builds the event at the next turn of the loop (`proxy.capture.soon`),
+after the bytes have gone on: a failure in here costs an event, never a
+message. The loop runs callbacks in order, so events are built, and
+submitted, in sequence order. The Streamable HTTP relay builds nothing: it
+appends raw material to the capture log, and the capture worker builds the
+same events from it (`proxy.mcp.assemble`) with a `Stamper`, the Recorder's
+pure part. Event ids follow from the connection and the sequence, so an event
+built twice is the same event.
 
 One event per JSON-RPC message. A payload is redacted first and read after,
 so a secret in an error message stays out too; a batch becomes one event per
@@ -27,7 +31,7 @@ from yarl import URL
 
 from common.jsonrpc import Part, parts_of
 from proxy.capture import RedactionPolicy, Submit, now_us, soon
-from proxy.redact import credential, fingerprint, redact_body, redact_headers, redact_json, redact_query
+from proxy.redact import redact_body, redact_headers, redact_json, redact_query
 
 CLIENT_TO_UPSTREAM = "CLIENT_TO_UPSTREAM"
 UPSTREAM_TO_CLIENT = "UPSTREAM_TO_CLIENT"
@@ -68,11 +72,11 @@ def recorded_url(url: str, policy: RedactionPolicy) -> str:
     return str(parsed.with_query(None)) + (f"?{query}" if query else "")
 
 
-def stateless_key(server: str, day: str, address: str | None, headers: Sequence[tuple[str, str]], key: bytes) -> str:
+def stateless_key(server: str, day: str, address: str | None, user_agent: str | None, key_fingerprint: str | None) -> str:
     """The session of HTTP traffic that carries no Mcp-Session-Id (2026-07-28, or a stateless server):
-    one per server, UTC day and client (address, User-Agent, credential), since the protocol names none."""
-    secret = credential(headers)
-    client = [server, day, address or "", header(headers, "user-agent") or "", fingerprint(secret, key) if secret else ""]
+    one per server, UTC day and client (address, User-Agent, the credential's fingerprint), since the
+    protocol names none."""
+    client = [server, day, address or "", user_agent or "", key_fingerprint or ""]
     return "stateless:" + hashlib.blake2b("\x00".join(client).encode(), digest_size=16).hexdigest()
 
 
@@ -137,47 +141,48 @@ class Origin:
 
 Build = Callable[..., dict[str, Any] | list[dict[str, Any]]]
 
+EVENT_NAMESPACE = uuid.UUID("6b6762c0-cafe-4e00-8000-6d6370657665")
+
+
+def event_id(connection_id: str, sequence: int) -> str:
+    """The same connection and position always give the same id: an event the capture worker builds
+    again (it restarted before its checkpoint moved) is a duplicate that consumers drop."""
+    return str(uuid.uuid5(EVENT_NAMESPACE, f"{connection_id}/{sequence}"))
+
 
 @dataclass
-class Recorder:
-    """One connection's, shim run's or HTTP request's capture: numbering and timestamps at once, in
-    forwarding order; the rest of each event later in the loop.
+class Stamper:
+    """The envelope of one connection's, shim run's or HTTP request's events: numbering in recording
+    order, the session, the protocol version the messages negotiate. Pure: times come from the caller.
 
-    `session_key` and `protocol_version` are read when an event is built, so a
-    transport may learn them after it recorded (an HTTP request's session id
+    `session_key` and `protocol_version` are read when an event is stamped, so
+    a transport may learn them after it began (an HTTP request's session id
     comes with its response); `protocol_version` also follows what the messages
     negotiate (an initialize result, a request's ``_meta``).
     """
 
     origin: Origin
-    policy: RedactionPolicy
-    submit: Submit
     session_key: str | None = None
     mcp_session_id: str | None = None
     protocol_version: str | None = None
     _sequence: itertools.count = field(default_factory=itertools.count)
 
-    def message(self, message: Message, at: int | None = None) -> None:
-        self.record("MESSAGE", message_fields, message, self.policy, at=at)
-
-    def record(self, kind: str, build: Build, *args: Any, at: int | None = None) -> None:
-        """Stamp an event now (or at `at`, microseconds), and build it with ``build(*args)`` soon."""
-        soon(self._complete, kind, at or now_us(), build, args)
-
-    def _complete(self, kind: str, at: int, build: Build, args: tuple[Any, ...]) -> None:
-        built = build(*args)
+    def stamped(self, kind: str, at: int, built: dict[str, Any] | list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """`built`'s fields (one event's, or one per message) as whole events of `kind`, occurring at `at`."""
+        stamped = []
         for fields in built if isinstance(built, list) else [built]:
             self.protocol_version = fields.pop("protocol_version", None) or self.protocol_version
-            self.submit(self._envelope(kind, at) | fields)
+            stamped.append(self._envelope(kind, at) | fields)
+        return stamped
 
     def _envelope(self, kind: str, at: int) -> dict[str, Any]:
-        origin = self.origin
+        origin, sequence = self.origin, next(self._sequence)
         return {
-            "event_id": str(uuid.uuid4()),
+            "event_id": event_id(origin.connection_id, sequence),
             "connection_id": origin.connection_id,
             "upstream": origin.upstream,
             "upstream_url": origin.upstream_url,
-            "sequence": next(self._sequence),
+            "sequence": sequence,
             "occurred_at": at,
             "kind": kind,
             "transport": origin.transport,
@@ -185,3 +190,24 @@ class Recorder:
             "mcp_session_id": self.mcp_session_id,
             "protocol_version": self.protocol_version,
         }
+
+
+@dataclass(kw_only=True)
+class Recorder(Stamper):
+    """A live connection's or shim run's capture (the WebSocket relay, the stdio shim): its time
+    stamped at once, in forwarding order; the rest of each event built at the next turn of the
+    loop, after the bytes have gone on, and submitted."""
+
+    policy: RedactionPolicy
+    submit: Submit
+
+    def message(self, message: Message) -> None:
+        self.record("MESSAGE", message_fields, message, self.policy)
+
+    def record(self, kind: str, build: Build, *args: Any) -> None:
+        """Stamp an event now, and build it with ``build(*args)`` soon."""
+        soon(self._complete, kind, now_us(), build, args)
+
+    def _complete(self, kind: str, at: int, build: Build, args: tuple[Any, ...]) -> None:
+        for event in self.stamped(kind, at, build(*args)):
+            self.submit(event)

@@ -12,11 +12,12 @@ keeps it). The app cancels a handler whose client went away
 (``handler_cancellation``), and the handler then closes the upstream request,
 which is how 2026-07-28 cancels a request.
 
-Capture (`proxy.mcp.events`), after each chunk has gone on: the request body's
-messages, each SSE event's data or the JSON body of the response, one MESSAGE
-event each, then one EXCHANGE event for the HTTP request. The request's
-messages are built once the response's headers are in, so they carry the
-session id an ``initialize`` response assigns. OAuth metadata at
+Capture is what the API proxy does (proxy/tap.py): the request's head (with
+the `Route`: server name, recorded URL, client address), its body, the
+response's head, each chunk just before it goes on, and how it ended, appended
+to the capture log as raw material. The capture worker reads the messages out
+of them and builds the events (proxy/mcp/assemble.py): no JSON-RPC parsing,
+redaction or Avro on this loop. OAuth metadata at
 ``/.well-known/oauth-protected-resource/mcp/NAME`` and
 ``/.well-known/oauth-authorization-server/mcp/NAME`` is relayed to the
 upstream's host the same way (RFC 9728, RFC 8414 path insertion), recorded as an
@@ -26,12 +27,10 @@ EXCHANGE only.
 from __future__ import annotations
 
 import asyncio
-import codecs
+import functools
 import logging
-import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import aiohttp
 import orjson
@@ -39,15 +38,15 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy import decode, errors
+from proxy import errors
 
 # The API proxy's own small I/O helpers: reading a bounded body, writing to a client that may be gone.
-from proxy.app import HOP_BY_HOP, METRICS, MCP_SINK, SETTINGS, _abort, _decoded, _read_body, _send, end_to_end
-from proxy.capture import RedactionPolicy, now_us
-from proxy.mcp import events
-from proxy.mcp.keys import HTTP_SESSION, POLICY
-from proxy.redact import redact_headers, redact_query
-from proxy.sse import SSEEvent, SSEParser
+from proxy.app import HOP_BY_HOP, METRICS, SETTINGS, TAP, _abort, _decoded, _read_body, _send, end_to_end
+from proxy.capture import RedactionPolicy, RequestRecord
+from proxy.mcp.assemble import Route
+from proxy.mcp.events import recorded_url
+from proxy.mcp.keys import HTTP_SESSION, HTTP_UPSTREAMS
+from proxy.tap import Exchange
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +54,13 @@ _NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length"}
 HTTP_SCHEMES = ("http", "https")
 WELL_KNOWN = ("oauth-protected-resource", "oauth-authorization-server")
 KGB_ERROR = -32000  # JSON-RPC's implementation-defined server error range: the relay's own failures
+JSON = [("Content-Type", "application/json")]
 
 
-# --- pure: where a request goes, what it records -----------------------------------------
+# --- pure: where a request goes -----------------------------------------
 
 
+@functools.lru_cache(maxsize=256)  # a client sends the same path and query every call: parsed once, not per request
 def target(upstream: str, tail: str, query: str) -> URL:
     """The upstream URL with the client's path below its own and the client's query after its own."""
     base = URL(upstream)
@@ -85,131 +86,20 @@ def error_body(request_body: bytes, kind: str, message: str) -> bytes:
     return orjson.dumps({"jsonrpc": "2.0", "id": ident, "error": {"code": KGB_ERROR, "message": message, "data": {"type": kind}}})
 
 
-@dataclass
-class HttpRecord:
-    """One request as it arrived; `headers` in wire order with duplicates."""
-
-    name: str
-    method: str
-    path: str
-    query: str
-    headers: list[tuple[str, str]]
-    client_address: str | None
-    body: bytes = b""
-    received_at: int = field(default_factory=now_us)
-    started_ns: int = field(default_factory=time.perf_counter_ns)
+def http_upstreams(upstreams: Mapping[str, str], policy: RedactionPolicy) -> dict[str, tuple[str, str]]:
+    """The HTTP servers of KGB_MCP_UPSTREAMS: NAME to (URL, URL as events hold it), worked out once, not per request."""
+    return {name: (url, recorded_url(url, policy)) for name, url in upstreams.items() if URL(url).scheme in HTTP_SCHEMES}
 
 
-@dataclass
-class Outcome:
-    """How the response went, as far as the client is concerned."""
-
-    status: int | None = None
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    body_size: int = 0
-    first_byte_ns: int | None = None
-    client_disconnected: bool = False
-    upstream_complete: bool = False
-    error_type: str | None = None
-    error_message: str | None = None
-
-
-def session_of(record: HttpRecord, response_headers: list[tuple[str, str]], key: bytes) -> tuple[str, str | None]:
-    """(session key, Mcp-Session-Id): the server's id when there is one, else the stateless key of this client today."""
-    session_id = events.header(response_headers, "mcp-session-id") or events.header(record.headers, "mcp-session-id")
-    if session_id:
-        return session_id, session_id
-    day = datetime.fromtimestamp(record.received_at / 1e6, UTC).date().isoformat()
-    return events.stateless_key(record.name, day, record.client_address, record.headers, key), None
-
-
-def exchange_fields(record: HttpRecord, outcome: Outcome, policy: RedactionPolicy) -> dict[str, Any]:
-    request_headers, fired = redact_headers(record.headers, policy.extra_headers, policy.rules)
-    response_headers, response_fired = redact_headers(outcome.headers, policy.extra_headers, policy.rules)
-    query, query_fired = redact_query(record.query, policy.rules)
-    end = time.perf_counter_ns()
-    first = outcome.first_byte_ns
-    return {
-        "http": {
-            "method": record.method,
-            "path": record.path,
-            "query": query,
-            "request_headers": request_headers,
-            "status": outcome.status,
-            "response_headers": response_headers,
-            "content_type": events.header(outcome.headers, "content-type"),
-            "request_body_size": len(record.body),
-            "response_body_size": outcome.body_size,
-            "started_at": record.received_at,
-            "ttfb_ms": None if first is None else (first - record.started_ns) / 1e6,
-            "duration_ms": (end - record.started_ns) / 1e6,
-            "client_disconnected": outcome.client_disconnected,
-            "upstream_complete": outcome.upstream_complete,
-        },
-        "client_address": record.client_address,
-        "error_type": outcome.error_type,
-        "error_message": outcome.error_message,
-        "redactions": sorted(set(fired + response_fired + query_fired)),
-    }
-
-
-class ResponseCopy:
-    """A decoded copy of a response body, turned into messages as it streams: each SSE event with data
-    as it completes, a JSON body at its end. Runs on the response path, so it never raises."""
-
-    def __init__(self, headers: list[tuple[str, str]]) -> None:
-        self._headers = events.mcp_headers(headers)
-        content_type = (events.header(headers, "content-type") or "").lower()
-        self._sse = SSEParser() if content_type.startswith("text/event-stream") else None
-        self._text = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._chunks: list[bytes] = []
-        self._decoder: decode.Decoder | None
-        try:
-            self._decoder = decode.decoder_for(events.header(headers, "content-encoding"))
-        except decode.UnsupportedEncoding:
-            self._decoder = decode.Unencoded()
-
-    def feed(self, chunk: bytes) -> list[events.Message]:
-        try:
-            return self._take(self._decoder.feed(chunk) if self._decoder else chunk)
-        except Exception:  # noqa: BLE001 - the copy must never break the stream
-            log.warning("cannot decode an MCP response body; recording it as sent")
-            self._decoder = None
-            return self._take(chunk)
-
-    def finish(self) -> list[events.Message]:
-        tail: list[events.Message] = []
-        if self._decoder is not None:
-            try:
-                tail = self._take(self._decoder.flush())
-            except Exception:  # noqa: BLE001
-                self._decoder = None
-        if self._sse is not None:
-            rest = self._sse.feed(self._text.decode(b"", final=True)) + self._sse.flush()
-            return tail + [m for m in map(self._sse_message, rest) if m]
-        body = b"".join(self._chunks)
-        return [events.Message(events.UPSTREAM_TO_CLIENT, body, self._headers)] if body else []
-
-    def _take(self, data: bytes) -> list[events.Message]:
-        if self._sse is None:
-            self._chunks.append(data)
-            return []
-        return [m for m in map(self._sse_message, self._sse.feed(self._text.decode(data))) if m]
-
-    def _sse_message(self, event: SSEEvent) -> events.Message | None:
-        """An event with data is a message; a priming event (an id, empty data) is not."""
-        if not event.data:
-            return None
-        sse = {"id": event.id, "event": event.event, "retry": event.retry}
-        return events.Message(events.UPSTREAM_TO_CLIENT, event.data.encode(), self._headers, sse)
+def unknown(name: str, url: str | None) -> str:
+    if url is not None:
+        return f"KGB MCP relay: {name!r} is a WebSocket server: connect to ws://HOST:PORT/?upstream={name}"
+    return f"KGB MCP relay: unknown MCP server {name!r}: not in KGB_MCP_UPSTREAMS"
 
 
 # --- the relay: thin async shells ---------------------------------------------------------
 
-
-def http_upstream(request: web.Request, name: str) -> str | None:
-    url = request.app[SETTINGS].mcp_upstreams.get(name)
-    return url if url is not None and URL(url).scheme in HTTP_SCHEMES else None
+Where = Callable[[str], URL]
 
 
 async def relay(request: web.Request) -> web.StreamResponse:
@@ -225,28 +115,25 @@ async def relay_well_known(request: web.Request) -> web.StreamResponse:
     return await forward(request, info["name"], where, False)
 
 
-async def forward(request: web.Request, name: str, where: Any, messages: bool) -> web.StreamResponse:
+async def forward(request: web.Request, name: str, where: Where, messages: bool) -> web.StreamResponse:
     app = request.app
-    record = HttpRecord(
-        name,
+    record = RequestRecord(
         request.method,
         request.rel_url.raw_path,
         request.rel_url.raw_query_string,
+        f"{request.version.major}.{request.version.minor}",
         _decoded(request.raw_headers),
-        request.remote,
+        b"",
     )
-    url = http_upstream(request, name)
-    origin = events.Origin(events.STREAMABLE_HTTP, name, url and events.recorded_url(url, app[POLICY]))
-    recorder = events.Recorder(
-        origin, app[POLICY], app[MCP_SINK].submit, protocol_version=events.header(record.headers, "mcp-protocol-version")
-    )
-    exchange = Exchange(request, record, recorder, messages)
+    url, recorded = app[HTTP_UPSTREAMS].get(name, (None, None))
+    route = Route(name, recorded, messages, request.remote).head()
     try:
         record.body = await _read_body(request, app[SETTINGS].max_body_bytes)
     except errors.BodyTooLarge as exc:
-        return exchange.fail(413, "body_too_large", str(exc))
+        return fail(request, app[TAP].request(record, route), record, 413, "body_too_large", str(exc))
+    exchange = app[TAP].request(record, route)
     if url is None:
-        return exchange.fail(404, "unknown_server", unknown(name, request.app[SETTINGS].mcp_upstreams.get(name)))
+        return fail(request, exchange, record, 404, "unknown_server", unknown(name, app[SETTINGS].mcp_upstreams.get(name)))
     outgoing = CIMultiDict(end_to_end(record.headers, request.headers.get("connection"), _NOT_FORWARDED))
     try:
         upstream = await app[HTTP_SESSION].request(
@@ -254,38 +141,31 @@ async def forward(request: web.Request, name: str, where: Any, messages: bool) -
         )
     except Exception as exc:  # noqa: BLE001 - every failure is answered and captured
         failure = errors.translate(exc)
-        return exchange.fail(failure.status, failure.kind, f"KGB MCP relay: {name}: {failure}")
+        return fail(request, exchange, record, failure.status, failure.kind, f"KGB MCP relay: {name}: {failure}")
     async with upstream:
-        return await exchange.stream(upstream)
+        return await Relayed(request, exchange).stream(upstream)
 
 
-def unknown(name: str, url: str | None) -> str:
-    if url is not None:
-        return f"KGB MCP relay: {name!r} is a WebSocket server: connect to ws://HOST:PORT/?upstream={name}"
-    return f"KGB MCP relay: unknown MCP server {name!r}: not in KGB_MCP_UPSTREAMS"
+def fail(request: web.Request, exchange: Exchange, record: RequestRecord, status: int, kind: str, message: str) -> web.Response:
+    """The relay's own answer (unknown server, body too large, upstream unreachable), captured like any."""
+    body = error_body(record.body, kind, message)
+    exchange.response_head(status, JSON)
+    exchange.chunk(body)
+    exchange.end(client_disconnected=False, upstream_complete=False, proxy_error=(kind, message))
+    request.app[METRICS].requests.labels(method=request.method, status=str(status)).inc()
+    log.warning("mcp request %s: %s", exchange.label, message)
+    return web.Response(status=status, body=body, content_type="application/json")
 
 
 @dataclass
-class Exchange:
-    """One HTTP request through the relay: the response streamed back, a copy recorded behind it."""
+class Relayed:
+    """One HTTP request's response streamed back, each chunk appended to the capture log before it goes on."""
 
     request: web.Request
-    record: HttpRecord
-    recorder: events.Recorder
-    messages: bool
-    outcome: Outcome = field(default_factory=Outcome)
-
-    def fail(self, status: int, kind: str, message: str) -> web.Response:
-        """The relay's own answer (unknown server, body too large, upstream unreachable), captured like any."""
-        body = error_body(self.record.body, kind, message)
-        headers = [("Content-Type", "application/json")]
-        self.outcome = Outcome(status, headers, len(body), time.perf_counter_ns(), error_type=kind, error_message=message)
-        log.warning("mcp request %s: %s", self.recorder.origin.connection_id, message)
-        self._begin([])
-        if self.messages:
-            self.recorder.message(events.Message(events.UPSTREAM_TO_CLIENT, body))
-        self._end()
-        return web.Response(status=status, body=body, content_type="application/json")
+    exchange: Exchange
+    client_disconnected: bool = False
+    upstream_complete: bool = False
+    broke: tuple[str, str] | None = None
 
     async def stream(self, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
         headers = end_to_end(_decoded(upstream.raw_headers), upstream.headers.get("connection"), HOP_BY_HOP)
@@ -293,62 +173,36 @@ class Exchange:
         response.headers.extend(end_to_end(headers, None, frozenset({"content-length"})))
         if "content-length" in upstream.headers and upstream.content_length is not None:
             response.content_length = upstream.content_length
-        self.outcome.status, self.outcome.headers = upstream.status, headers
-        copy = ResponseCopy(headers)
-        self._begin(headers)
+        self.exchange.response_head(upstream.status, headers)
         try:
-            await self._pass(response, upstream, copy)
+            await self._pass(response, upstream)
         except asyncio.CancelledError:
             self._gone(upstream)
             raise
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self.outcome.error_type, self.outcome.error_message = "upstream_gone", f"{type(exc).__name__}: {exc}"
-            log.warning("mcp request %s: upstream stream broke: %s", self.recorder.origin.connection_id, exc)
+            self.broke = ("upstream_gone", f"{type(exc).__name__}: {exc}")
+            log.warning("mcp request %s: upstream stream broke: %s", self.exchange.label, exc)
             _abort(self.request)
         finally:
-            self._end(copy)
+            self.exchange.end(
+                client_disconnected=self.client_disconnected, upstream_complete=self.upstream_complete, proxy_error=self.broke
+            )
+            self.request.app[METRICS].requests.labels(method=self.request.method, status=str(upstream.status)).inc()
         return response
 
-    async def _pass(self, response: web.StreamResponse, upstream: aiohttp.ClientResponse, copy: ResponseCopy) -> None:
+    async def _pass(self, response: web.StreamResponse, upstream: aiohttp.ClientResponse) -> None:
         if not await _send(response.prepare(self.request)):
             return self._gone(upstream)
         async for chunk in upstream.content.iter_any():
+            self.exchange.chunk(chunk)
             if not await _send(response.write(chunk)):
                 return self._gone(upstream)
-            self._took(chunk, copy)
-        self.outcome.upstream_complete = True
+        self.upstream_complete = True
         if not await _send(response.write_eof()):
-            self.outcome.client_disconnected = True
-
-    def _took(self, chunk: bytes, copy: ResponseCopy) -> None:
-        if self.outcome.first_byte_ns is None:
-            self.outcome.first_byte_ns = time.perf_counter_ns()
-        self.outcome.body_size += len(chunk)
-        if self.messages:
-            for message in copy.feed(chunk):
-                self.recorder.message(message)
+            self.client_disconnected = True
 
     def _gone(self, upstream: aiohttp.ClientResponse) -> None:
         """The client left: the upstream request is closed, which a 2026-07-28 server takes as cancellation."""
-        log.info("mcp request %s: client went away; closing the upstream request", self.recorder.origin.connection_id)
-        self.outcome.client_disconnected = True
+        log.info("mcp request %s: client went away; closing the upstream request", self.exchange.label)
+        self.client_disconnected = True
         upstream.close()
-
-    def _begin(self, response_headers: list[tuple[str, str]]) -> None:
-        """The response's headers are in: the session is known, so the request's messages can be recorded."""
-        self.recorder.session_key, self.recorder.mcp_session_id = session_of(
-            self.record, response_headers, self.recorder.policy.fingerprint_key
-        )
-        if self.messages and self.record.body:
-            headers = self.record.headers
-            self.recorder.message(
-                events.Message(events.CLIENT_TO_UPSTREAM, self.record.body, headers), at=self.record.received_at
-            )
-
-    def _end(self, copy: ResponseCopy | None = None) -> None:
-        if copy is not None and self.messages:
-            for message in copy.finish():
-                self.recorder.message(message)
-        self.recorder.record("EXCHANGE", exchange_fields, self.record, self.outcome, self.recorder.policy)
-        metrics = self.request.app[METRICS]
-        metrics.requests.labels(method=self.record.method, status=str(self.outcome.status or 0)).inc()

@@ -9,3 +9,5 @@ from proxy.capture import RedactionPolicy
 
 POLICY = web.AppKey("mcp_policy", RedactionPolicy)
 HTTP_SESSION = web.AppKey("mcp_http_session", aiohttp.ClientSession)
+# NAME to (URL, URL as events hold it), for the HTTP servers among KGB_MCP_UPSTREAMS (proxy.mcp.http.http_upstreams).
+HTTP_UPSTREAMS = web.AppKey("mcp_http_upstreams", dict[str, tuple[str, str]])

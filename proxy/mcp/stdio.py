@@ -244,7 +244,7 @@ class Shim:
 
     def __post_init__(self) -> None:
         origin = events.Origin(events.STDIO, self.settings.name, None)
-        self.recorder = events.Recorder(origin, self.settings.policy, self.sink.submit)
+        self.recorder = events.Recorder(origin, policy=self.settings.policy, submit=self.sink.submit)
 
     def record(self, direction: str) -> Callable[[bytes], None]:
         return lambda line: self.recorder.message(events.Message(direction, line))

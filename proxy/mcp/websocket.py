@@ -257,7 +257,7 @@ async def relay(request: web.Request) -> ClientSocket:
     name = request.query.get("upstream", "")
     url = settings.mcp_upstreams.get(name)
     origin = events.Origin(events.WEBSOCKET, name, url and events.recorded_url(url, app[POLICY]))
-    recorder = Recorder(origin, app[POLICY], app[MCP_SINK].submit)
+    recorder = Recorder(origin, policy=app[POLICY], submit=app[MCP_SINK].submit)
     handshake = Handshake(
         request.rel_url.raw_path, request.rel_url.raw_query_string, list(request.headers.items()), client_address=request.remote
     )

@@ -317,7 +317,7 @@ async def test_oversized_message_closes_its_sender_with_1009_and_the_other_side_
     assert "1024" in closed["error_message"]
 
 
-async def test_plain_http_gets_status_pages_or_426(stack: Stack) -> None:
+async def test_plain_http_gets_status_pages_426_at_the_root_and_a_json_404_elsewhere(stack: Stack) -> None:
     base = stack.url.replace("ws://", "http://")
     async with aiohttp.ClientSession() as session:
         async with session.get(base + "/ready") as ready:
@@ -326,6 +326,12 @@ async def test_plain_http_gets_status_pages_or_426(stack: Stack) -> None:
             assert "kgb_spool_bytes" in await metrics.text()
         async with session.get(base + "/?upstream=fake") as other:
             assert other.status == 426
+        for method, path in (("GET", "/any/path"), ("POST", "/v1/messages"), ("GET", "/mcp")):
+            async with session.request(method, base + path) as nowhere:
+                answer = await nowhere.json()
+            assert nowhere.status == 404 and answer["error"]["data"]["type"] == "no_route"
+            assert f"{method} {path}" in answer["error"]["message"] and "/mcp/NAME" in answer["error"]["message"]
+    assert stack.server.connections == []
 
 
 # --- `kgb proxy` as users run it ------------------------------------------------------------

@@ -1,0 +1,204 @@
+"""The Streamable HTTP relay's appends (proxy/tap.py) read back into kgb.mcp events (proxy/mcp/assemble.py):
+a real capture log on disk, no network, no Kafka."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from proxy.assemble import INTERRUPTED, Assembler, Built
+from proxy.capture import RedactionPolicy, RequestRecord
+from proxy.logreader import LogReader, Position, Read
+from proxy.logwriter import LogSettings, LogWriter
+from proxy.mcp import events
+from proxy.mcp.assemble import McpAssembler, Route
+from proxy.redact import BUILTIN_RULES, fingerprint
+from proxy.tap import Exchange, HeaderPolicy, Tap
+from schemas.codec import MCP, single_object_encoder
+
+TOKEN = "sk-ant-api03-" + "Zz9" * 30 + "-NEVERONDISK"
+KEY = b"test-fingerprint-key"
+SESSION = "mcp-session-0f3a"
+CALL = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "get_weather", "arguments": {"city": "Oslo"}}}
+RESULT = {"jsonrpc": "2.0", "id": 7, "result": {"content": [{"type": "text", "text": "sunny"}], "isError": False}}
+PROGRESS = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": 1, "progress": 1}}
+SSE = (
+    b"id: s1:0\ndata:\n\nid: s1:1\nevent: message\ndata: "
+    + orjson.dumps(PROGRESS)
+    + b"\n\nid: s1:2\ndata: "
+    + orjson.dumps(RESULT)
+    + b"\n\n"
+)
+ROUTE = Route("weather", "http://127.0.0.1:9/mcp", True, "127.0.0.1")
+
+
+def request(body: Any = CALL, *, session: str | None = SESSION, token: str = TOKEN, version: str = "2025-11-25") -> RequestRecord:
+    headers = [("Authorization", f"Bearer {token}"), ("Content-Type", "application/json"), ("User-Agent", "claude-code/2.1")]
+    headers += [("MCP-Protocol-Version", version)] + ([("Mcp-Session-Id", session)] if session else [])
+    return RequestRecord("POST", "/mcp/weather", "", "1.1", headers, orjson.dumps(body) if body is not None else b"")
+
+
+def tap(directory: Path) -> Tap:
+    return Tap(LogWriter(LogSettings(directory)), HeaderPolicy.of([], KEY))
+
+
+def relayed(t: Tap, record: RequestRecord, content_type: str, chunks: list[bytes], route: Route = ROUTE, **end: Any) -> Exchange:
+    """What proxy/mcp/http.py appends for one request answered with `chunks`."""
+    exchange = t.request(record, route.head())
+    exchange.response_head(200, [("Content-Type", content_type), ("Mcp-Session-Id", SESSION)])
+    for chunk in chunks:
+        exchange.chunk(chunk)
+    exchange.end(**({"client_disconnected": False, "upstream_complete": True} | end))
+    return exchange
+
+
+def reads(directory: Path) -> list[Read]:
+    return LogReader(directory, Position(0, 0)).poll()
+
+
+def assembled(directory: Path) -> list[Built]:
+    assembler = McpAssembler(RedactionPolicy(BUILTIN_RULES, frozenset(), b""))
+    return [built for read in reads(directory) for built in assembler.feed(read)]
+
+
+def test_a_json_answer_is_its_request_message_its_answer_message_and_its_exchange(tmp_path: Path) -> None:
+    t = tap(tmp_path)
+    exchange = relayed(t, request(), "application/json", [orjson.dumps(RESULT)[:20], orjson.dumps(RESULT)[20:]])
+    t.writer.close()
+    built = assembled(tmp_path)
+    kinds = [(b.event["kind"], b.event.get("direction"), b.event["sequence"]) for b in built]
+    assert kinds == [("MESSAGE", "CLIENT_TO_UPSTREAM", 0), ("MESSAGE", "UPSTREAM_TO_CLIENT", 1), ("EXCHANGE", None, 2)]
+    assert [b.last for b in built] == [False, False, True] and {b.schema for b in built} == {MCP}
+    request_message, answer, summary = (b.event for b in built)
+    assert orjson.loads(request_message["payload"]) == CALL and orjson.loads(answer["payload"]) == RESULT
+    assert request_message["jsonrpc"][0]["method"] == "tools/call" and answer["jsonrpc"][0]["id"] == "7"
+    assert {e["connection_id"] for e in (request_message, answer, summary)} == {exchange.label}
+    assert {e["session_key"] for e in (request_message, answer, summary)} == {SESSION}
+    assert summary["transport"] == "STREAMABLE_HTTP" and summary["upstream"] == "weather"
+    assert summary["http"]["status"] == 200 and summary["http"]["upstream_complete"]
+    assert summary["http"]["response_body_size"] == len(orjson.dumps(RESULT))
+    assert {"name": "Authorization", "value": "[REDACTED]"} in summary["http"]["request_headers"]
+    assert summary["client_address"] == "127.0.0.1" and summary["upstream_url"] == ROUTE.upstream_url
+
+
+def test_the_events_fit_the_schema_and_the_token_never_reaches_the_log(tmp_path: Path) -> None:
+    t = tap(tmp_path)
+    relayed(t, request(), "application/json", [orjson.dumps(RESULT)])
+    t.writer.close()
+    encoder = single_object_encoder(MCP)
+    assert all(encoder.encode(b.event) for b in assembled(tmp_path))
+    assert not any(TOKEN.encode() in path.read_bytes() for path in tmp_path.rglob("*") if path.is_file())
+
+
+def test_the_same_records_make_the_same_events(tmp_path: Path) -> None:
+    """A worker that restarts before its checkpoint moved sends duplicates consumers drop, not new events."""
+    t = tap(tmp_path)
+    relayed(t, request(), "text/event-stream", [SSE])
+    t.writer.close()
+    first, again = assembled(tmp_path), assembled(tmp_path)
+    assert [b.event for b in first] == [b.event for b in again]
+    assert len({b.event["event_id"] for b in first}) == len(first)
+
+
+def test_each_sse_event_is_a_message_when_the_chunk_that_completes_it_arrives(tmp_path: Path) -> None:
+    t = tap(tmp_path)
+    cut = SSE.index(b"id: s1:2") + 5  # the result's event split mid-line
+    relayed(t, request(), "text/event-stream", [SSE[:cut], SSE[cut:]])
+    t.writer.close()
+    assembler = McpAssembler(RedactionPolicy(BUILTIN_RULES, frozenset(), b""))
+    per_record = [(read.record.kind.name, [b.event["kind"] for b in assembler.feed(read)]) for read in reads(tmp_path)]
+    assert per_record[3:] == [  # after the writer start, the head and the body
+        ("RESPONSE_HEAD", ["MESSAGE"]),  # the request's message, once the session is known
+        ("RESPONSE_CHUNK", ["MESSAGE"]),  # the progress notification; the priming event (no data) is none
+        ("RESPONSE_CHUNK", ["MESSAGE"]),  # the result, completed by the second chunk
+        ("END", ["EXCHANGE"]),
+    ]
+    messages = [b.event for b in assembled(tmp_path) if b.event.get("direction") == "UPSTREAM_TO_CLIENT"]
+    assert [m["sse"]["id"] for m in messages] == ["s1:1", "s1:2"]
+    assert [orjson.loads(m["payload"]) for m in messages] == [PROGRESS, RESULT]
+    assert messages[0]["mcp_headers"] == [{"name": "Mcp-Session-Id", "value": SESSION}]
+
+
+def test_without_a_session_id_the_session_is_the_client_of_the_day_keyed_by_its_credentials_fingerprint(
+    tmp_path: Path,
+) -> None:
+    t = tap(tmp_path)
+    for token in (TOKEN, TOKEN + "-other"):
+        exchange = t.request(request(session=None, token=token), ROUTE.head())
+        exchange.response_head(200, [("Content-Type", "application/json")])
+        exchange.chunk(orjson.dumps(RESULT))
+        exchange.end(client_disconnected=False, upstream_complete=True)
+    t.writer.close()
+    summaries = [b.event for b in assembled(tmp_path) if b.event["kind"] == "EXCHANGE"]
+    day = datetime.fromtimestamp(summaries[0]["http"]["started_at"] / 1e6, UTC).date().isoformat()
+    expected = events.stateless_key("weather", day, "127.0.0.1", "claude-code/2.1", fingerprint(TOKEN, KEY))
+    assert summaries[0]["session_key"] == expected and summaries[0]["mcp_session_id"] is None
+    assert summaries[1]["session_key"].startswith("stateless:") and summaries[1]["session_key"] != expected
+
+
+def test_the_protocol_version_follows_the_header_then_what_initialize_negotiates(tmp_path: Path) -> None:
+    t = tap(tmp_path)
+    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25"}}
+    answer = {"jsonrpc": "2.0", "id": 1, "result": {"protocolVersion": "2025-06-18", "serverInfo": {"name": "w"}}}
+    relayed(t, request(initialize, session=None, version="2025-11-25"), "application/json", [orjson.dumps(answer)])
+    t.writer.close()
+    assert [b.event["protocol_version"] for b in assembled(tmp_path)] == ["2025-11-25", "2025-06-18", "2025-06-18"]
+
+
+def test_oauth_metadata_is_an_exchange_only(tmp_path: Path) -> None:
+    t = tap(tmp_path)
+    metadata = Route("weather", ROUTE.upstream_url, False, None)
+    relayed(t, request(None), "application/json", [b'{"resource":"http://127.0.0.1:9000/mcp/weather"}'], route=metadata)
+    t.writer.close()
+    (only,) = assembled(tmp_path)
+    assert only.event["kind"] == "EXCHANGE" and only.last and only.event["sequence"] == 0
+
+
+def test_the_relays_own_failure_is_recorded_with_its_kind(tmp_path: Path) -> None:
+    t = tap(tmp_path)
+    body = b'{"jsonrpc":"2.0","id":7,"error":{"code":-32000,"message":"unknown"}}'
+    exchange = t.request(request(), ROUTE.head())
+    exchange.response_head(404, [("Content-Type", "application/json")])
+    exchange.chunk(body)
+    exchange.end(client_disconnected=False, upstream_complete=False, proxy_error=("unknown_server", "not on the list"))
+    t.writer.close()
+    *messages, summary = (b.event for b in assembled(tmp_path))
+    assert [m["payload"] for m in messages] == [orjson.dumps(CALL), body]
+    assert (summary["error_type"], summary["error_message"], summary["http"]["status"]) == (
+        "unknown_server",
+        "not on the list",
+        404,
+    )
+
+
+def test_a_request_cut_by_a_relay_kill_is_closed_when_the_next_relay_starts(tmp_path: Path) -> None:
+    killed = tap(tmp_path)
+    exchange = killed.request(request(), ROUTE.head())
+    exchange.response_head(200, [("Content-Type", "text/event-stream")])
+    exchange.chunk(SSE[: SSE.index(b"id: s1:2")])
+    killed.writer.close()  # no end record: the process died here
+    assert [b.event["kind"] for b in assembled(tmp_path)] == ["MESSAGE", "MESSAGE"]
+    tap(tmp_path).writer.close()  # the restarted relay's writer-start record
+    *_, summary = assembled(tmp_path)
+    assert summary.last and summary.event["error_type"] == INTERRUPTED[0]
+    assert not summary.event["http"]["upstream_complete"]
+
+
+def test_each_assembler_takes_only_its_own_exchanges(tmp_path: Path) -> None:
+    t = tap(tmp_path)
+    relayed(t, request(), "application/json", [orjson.dumps(RESULT)])
+    api = t.request(RequestRecord("POST", "/v1/messages", "", "1.1", [("x-api-key", TOKEN)], b"{}"))
+    api.response_head(200, [("content-type", "application/json")])
+    api.chunk(b'{"type":"message"}')
+    api.end(client_disconnected=False, upstream_complete=True)
+    t.writer.close()
+    policy = RedactionPolicy(BUILTIN_RULES, frozenset(), b"")
+    mcp, exchanges = McpAssembler(policy), Assembler(policy)
+    both = [(b.schema, b.exchange) for read in reads(tmp_path) for a in (mcp, exchanges) for b in a.feed(read)]
+    assert [schema for schema, _ in both] == ["mcp", "mcp", "mcp", "exchange", "exchange"]
+    assert {exchange for schema, exchange in both if schema == "exchange"} == {uuid.UUID(api.label).bytes}
+    assert mcp.open_count == exchanges.open_count == 0
