@@ -22,7 +22,6 @@ from consumers.winni.threads import (
     Writes,
     apply_reply,
     apply_request,
-    client_and_version,
     device_and_account,
     message_hash,
     normal_content,
@@ -136,14 +135,12 @@ def test_a_rewound_history_branches_off() -> None:
     assert [(m.conversation_id, m.position) for m in writes.messages[-3:]] == [(branch.id, 0), (branch.id, 1), (branch.id, 2)]
 
 
-def test_identity_from_metadata_and_user_agent() -> None:
+def test_device_and_account_from_metadata() -> None:
     modern = {"metadata": {"user_id": '{"device_id":"d1","account_uuid":"","session_id":"s"}'}}
     legacy = {"metadata": {"user_id": "user_abc123_account_1b2c-3d_session_9f0e"}}
     assert device_and_account(modern) == ("d1", None)
     assert device_and_account(legacy) == ("abc123", "1b2c-3d")
     assert device_and_account({"metadata": {"user_id": "{not json"}}) == (None, None)
-    assert client_and_version("claude-cli/2.1.197 (external, cli)") == ("claude-cli", "2.1.197")
-    assert client_and_version(None) == (None, None)
 
 
 def test_titles_come_as_structured_output_or_plain_text() -> None:
