@@ -8,7 +8,7 @@ makes "nothing lost across the swap" hold for both. The link is made by
 whichever batch brings the second side (`mcp_links`), in whichever process.
 
 Each batch runs a list of stages inside one transaction; by default the
-conversation stage (`conversations.ConversationStage`), which writes the
+conversation stage (`conversation_stage.ConversationStage`), which writes the
 exchanges (`store.write_exchanges`) and then the conversation tables, the MCP
 stage (`mcp`) and the link stage (`mcp_links`), so they commit or roll back
 together. Messages
@@ -53,7 +53,7 @@ from consumers.service import open_consumer, open_database, open_decoders, open_
 from consumers.source import Batch, Handler, Record, Reject, consume, retrying
 from consumers.sql import Migration, load_migrations
 from consumers.winni import search_index, store
-from consumers.winni.conversations import ConversationStage
+from consumers.winni.conversation_stage import ConversationStage
 from consumers.winni.mcp import mcp_stage
 from consumers.winni.mcp_links import link_stage
 from consumers.winni.settings import WinniSettings

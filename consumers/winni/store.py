@@ -42,7 +42,7 @@ from consumers.winni.bodies import (
     part_json,
     sent_escape_nul,
 )
-from consumers.winni.threads import ExchangeLink
+from consumers.winni.thread_rules import ExchangeLink
 from schemas.codec import timestamp
 
 USAGE_COLUMNS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")

@@ -1,4 +1,4 @@
-"""The pure thread rules of `consumers.winni.threads`, request by request."""
+"""The pure thread rules of `consumers.winni.thread_rules`, request by request."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import orjson
 import pytest
 
 from consumers.winni.bodies import PARTS_REMEMBERED, part_hash, part_hashes
-from consumers.winni.conversations import states_from_rows
-from consumers.winni.threads import (
+from consumers.winni.conversation_stage import states_from_rows
+from consumers.winni.thread_rules import (
     AGENT_TOOLS,
     CANDIDATES,
     CopyRow,
@@ -383,7 +383,7 @@ def test_calls_read_back_from_the_tables_are_claimed_as_the_live_ones() -> None:
 
 def rows_of(writes: Writes) -> tuple[list[dict[str, Any]], ...]:
     """What the ``load_*`` queries would read back after ``writes``, for the test above only
-    (one session, no early replies, replies without ids); the queries themselves run on PostgreSQL in test_conversations."""
+    (one session, no early replies, replies without ids); the queries themselves run on PostgreSQL in test_conversation_stage."""
     conversations = sorted(writes.conversations.values(), key=lambda c: c.ordinal)
     kinds = {c.id: c.kind for c in conversations}
     messages: dict[tuple[Any, int], Any] = {}

@@ -1,4 +1,4 @@
-"""The conversations stage: each batch's exchanges, then its events through `threads` into the conversation tables.
+"""The conversations stage: each batch's exchanges, then its events through `thread_rules` into the conversation tables.
 
 It writes the exchanges itself (`store.write_exchanges`) in the same
 transaction, so everything commits together, and after the rules have placed
@@ -33,7 +33,7 @@ from consumers.mcp import is_mcp
 from consumers.source import Record
 from consumers.winni.bodies import Body, SentKey, part_hashes, read_body
 from consumers.winni.store import Split, queries, split_body, without_nul, write_exchanges
-from consumers.winni.threads import (
+from consumers.winni.thread_rules import (
     THREAD_KINDS,
     Conversation,
     ExchangeLink,
