@@ -11,7 +11,7 @@ import pytest
 import simdjson
 
 from consumers.errors import InvalidEvent
-from consumers.source import Envelope, Record
+from consumers.source import Envelope, EventRecord
 from consumers.winni import mcp, thread_rules
 from consumers.winni.bodies import SentKey, jsonb_safe, part_hash, part_json, read_body
 from consumers.winni.consumer import by_session
@@ -150,7 +150,7 @@ def test_only_exchanges_with_one_request_and_one_response_are_written_whole() ->
 def test_batches_split_by_session_keep_sessions_whole_and_in_order() -> None:
     sessions = [f"session-{n}" for n in range(8)]
     records = [
-        Record(Envelope("t", 0, offset, None, None), request_event(session_id=sessions[offset % 8])) for offset in range(40)
+        EventRecord(Envelope("t", 0, offset, None, None), request_event(session_id=sessions[offset % 8])) for offset in range(40)
     ]
     parts = by_session(records, 3)
     assert 1 < len(parts) <= 3
