@@ -5,7 +5,7 @@ event (decoding, JSON parsing, hashing) is CPU: with one process it waits on
 itself while PostgreSQL and the second core idle. Workers need no channel
 between them: Kafka shares the partitions out (a consumer group, or the
 partitions given to each replay worker), and PostgreSQL serialises the writers
-of one session (its revision row, `consumers.winni.conversations`).
+of one session (its revision row, `consumers.winni.conversation_stage`).
 
 Workers are spawned, not forked, so none inherits the parent's event loop or
 connections, and each sets up its logging as the parent's. A stop in the

@@ -63,8 +63,8 @@ class Envelope:
 
 
 @dataclass(frozen=True, slots=True)
-class Record:
-    """A decoded event: the plain dict the codec returns, with its envelope."""
+class EventRecord:
+    """A decoded event: the plain dict the codec returns, with its envelope (named apart from asyncpg's `Record`, a row)."""
 
     envelope: Envelope
     event: dict[str, Any]
@@ -83,7 +83,7 @@ class Reject:
 class Batch:
     """One poll's worth of messages, in partition order, and the offsets that complete it."""
 
-    records: list[Record] = field(default_factory=list)
+    records: list[EventRecord] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
 
@@ -218,7 +218,7 @@ async def decode_batch(
                         continue
                     where = replace(where, value=whole)
                     event = await decoder.decode(whole)
-                batch.records.append(Record(where, event))
+                batch.records.append(EventRecord(where, event))
             except DecodeError as exc:
                 batch.rejects.append(Reject(where, clip(str(exc)), type(exc).__name__))
     for tp, first_waiting in joiner.holding().items():

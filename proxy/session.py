@@ -23,20 +23,14 @@ refuses), so a session key is always a short printable string.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import orjson
+from common.senders import claude_user, client_and_version, user_id
 
 SESSION_HEADER = "x-kgb-session"
 NAME_LIMIT = 128  # longer names are keyed by their digest
-
-# The form of metadata.user_id before Claude Code's JSON: user_<device>_account_<uuid>_session_<uuid>.
-_LEGACY_SESSION = re.compile(r"_session_([0-9a-fA-F-]{36})$")
-_LEGACY_OWNER = re.compile(r"^user_([0-9a-fA-F]+)_account_([0-9a-fA-F-]*)_session_")
-_CLIENT_NAME = re.compile(r"^([^/\s]+)")
 
 
 @dataclass(frozen=True)
@@ -57,66 +51,16 @@ def session_name(value: Any) -> str | None:
     return "sha256:" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def user_id(body: Mapping[str, Any] | None) -> str | None:
-    metadata = body.get("metadata") if body else None
-    value = metadata.get("user_id") if isinstance(metadata, dict) else None
-    return value if isinstance(value, str) and value.strip() else None
-
-
-@dataclass(frozen=True)
-class ClaudeUser:
-    """What Claude Code says of itself in `metadata.user_id`; ``form``: ``metadata_json`` or ``metadata_legacy``."""
-
-    form: str
-    session_id: str | None
-    device_id: str | None
-    account_uuid: str | None
-
-
-def claude_user(body: Mapping[str, Any] | None) -> ClaudeUser | None:
-    """`metadata.user_id` read in either of Claude Code's forms; None when it is in neither (another
-    client's end user, or nothing). Shared with winni, which keeps the device and account."""
-    named = user_id(body)
-    if named is None:
-        return None
-    if named.startswith("{"):
-        try:
-            parsed = orjson.loads(named)
-        except orjson.JSONDecodeError:
-            return None
-        if not isinstance(parsed, dict):
-            return None
-        return ClaudeUser(
-            "metadata_json",
-            session_name(parsed.get("session_id")),
-            _text(parsed.get("device_id")),
-            _text(parsed.get("account_uuid")),
-        )
-    session, owner = _LEGACY_SESSION.search(named), _LEGACY_OWNER.match(named)
-    if not (session or owner):
-        return None
-    return ClaudeUser(
-        "metadata_legacy",
-        session[1] if session else None,
-        owner[1] if owner else None,
-        (owner[2] or None) if owner else None,
-    )
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
 def session_from_metadata(body: Mapping[str, Any] | None) -> tuple[str, str] | None:
     """(session id, source) of a Claude Code session named in `metadata.user_id`, in either of its forms."""
     user = claude_user(body)
-    return (user.session_id, user.form) if user and user.session_id else None
+    session = session_name(user.session_id) if user else None
+    return (session, user.form) if user and session else None
 
 
 def client_name(user_agent: str | None) -> str:
     """`claude-cli/2.1.3 (external, cli)` -> `claude-cli`: the client, not its version."""
-    match = _CLIENT_NAME.match(user_agent or "")
-    return match.group(1) if match else "unknown"
+    return client_and_version(user_agent)[0] or "unknown"
 
 
 def scope(key_fingerprint: str | None) -> str:

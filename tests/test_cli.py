@@ -180,7 +180,8 @@ async def test_the_proxy_without_its_broker_says_so_once_and_stays_ready(tmp_pat
         "KGB_SPOOL_DIR": str(tmp_path),
     }
     log = tmp_path / "proxy.log"
-    process = await start_proxy(env, port, free_port(), stderr=log.open("w"), stdout=asyncio.subprocess.DEVNULL)
+    with log.open("w") as stderr:  # the child writes through a descriptor of its own
+        process = await start_proxy(env, port, free_port(), stderr=stderr, stdout=asyncio.subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         await asyncio.wait_for(wait_healthy(url, process), 60)
@@ -208,9 +209,8 @@ async def test_replay_in_a_shell_without_the_database_says_where_it_waits(tmp_pa
         "KGB_WINNI_RETRY_MAX": "0.1",
     }
     log = tmp_path / "replay.log"
-    process = await asyncio.create_subprocess_exec(
-        *KGB, "replay", env=env, stderr=log.open("w"), stdout=asyncio.subprocess.DEVNULL
-    )
+    with log.open("w") as stderr:  # the child writes through a descriptor of its own
+        process = await asyncio.create_subprocess_exec(*KGB, "replay", env=env, stderr=stderr, stdout=asyncio.subprocess.DEVNULL)
     try:
         async with asyncio.timeout(60):
             while f"connecting to PostgreSQL at {url} (KGB_DATABASE_URL) is failing" not in log.read_text():

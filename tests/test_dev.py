@@ -83,16 +83,12 @@ def dev_env() -> Iterator[dict[str, str]]:
 
 def test_a_real_run_banner_lock_and_supervision(dev_env: dict[str, str], tmp_path: Path) -> None:
     out, err = tmp_path / "dev.out", tmp_path / "dev.err"
-    first = subprocess.Popen(
-        [str(ROOT / "scripts" / "dev.sh")], env=dev_env, stdout=out.open("w"), stderr=err.open("w"), start_new_session=True
-    )
+    with out.open("w") as stdout, err.open("w") as stderr:  # the child writes through descriptors of its own
+        first = subprocess.Popen(
+            [str(ROOT / "scripts" / "dev.sh")], env=dev_env, stdout=stdout, stderr=stderr, start_new_session=True
+        )
     try:
-        deadline = time.monotonic() + BANNER_TIMEOUT
-        while "Press Ctrl-C to stop everything." not in out.read_text():
-            assert first.poll() is None, err.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no banner:\n" + out.read_text() + err.read_text()[-3000:]
-            time.sleep(0.5)
-        banner = out.read_text()
+        banner = wait_for_banner(first, out, err)
         database = f"postgresql://postgres@127.0.0.1:{dev_env['KGB_DEV_POSTGRES_PORT']}/winni"
         assert f"export KGB_DATABASE_URL={database}\n" in banner
         assert f"export KGB_KAFKA_BOOTSTRAP=127.0.0.1:{dev_env['KGB_DEV_KAFKA_PORT']}\n" in banner

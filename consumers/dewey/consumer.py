@@ -35,7 +35,7 @@ from consumers.dewey.client import DeweyClient
 from consumers.dewey.forward import Limits, forward_sessions, queries
 from consumers.dewey.settings import DeweySettings
 from consumers.errors import MigrationError
-from consumers.source import Batch, Handler, Record, consume
+from consumers.source import Batch, Handler, EventRecord, consume
 from consumers.sql import Migration, load_migrations
 from consumers.service import open_consumer, open_database, open_decoders
 from consumers.winni.consumer import make_handler as winni_handler
@@ -53,15 +53,15 @@ def migrations() -> list[Migration]:
     return both
 
 
-def session_keys(records: Sequence[Record]) -> list[str]:
+def session_keys(records: Sequence[EventRecord]) -> list[str]:
     return sorted({r.event["session_key"] for r in records if not mcp.is_mcp(r.event)})
 
 
-def mcp_sessions(records: Sequence[Record]) -> list[str]:
+def mcp_sessions(records: Sequence[EventRecord]) -> list[str]:
     return sorted({mcp.session_key(r.event) for r in records if mcp.is_mcp(r.event)})
 
 
-def exchange_ids(records: Sequence[Record]) -> list[uuid.UUID]:
+def exchange_ids(records: Sequence[EventRecord]) -> list[uuid.UUID]:
     """The batch's exchange ids that are UUIDs (winni dead-letters the others)."""
     ids = set()
     for record in records:

@@ -18,7 +18,7 @@ import asyncpg
 
 from consumers import mcp
 from consumers.metrics.store import columns, queries
-from consumers.source import Record
+from consumers.source import EventRecord
 from schemas.codec import timestamp
 
 
@@ -168,7 +168,7 @@ def counted_call(row: Any) -> Counted:
     )
 
 
-async def write_mcp_usage(conn: asyncpg.Connection, records: Sequence[Record]) -> list[Counted]:
+async def write_mcp_usage(conn: asyncpg.Connection, records: Sequence[EventRecord]) -> list[Counted]:
     """The batch's MCP calls stored and the ones answered now rolled up; call inside a transaction."""
     events = [r.event for r in records if mcp.is_mcp(r.event)]
     if not events:

@@ -40,7 +40,7 @@ from consumers.metrics.rollup import (
     response_half,
     rollup,
 )
-from consumers.source import Record
+from consumers.source import EventRecord
 from consumers.sql import Queries, load_queries
 
 
@@ -64,7 +64,7 @@ class Halves:
     downloads: list[Download]
 
 
-def halves(records: Sequence[Record]) -> Halves:
+def halves(records: Sequence[EventRecord]) -> Halves:
     """Each exchange's first request and first response in the batch; events without their half are skipped.
 
     Sorted by exchange id, as the rollup rows are by key, so that two
@@ -416,7 +416,7 @@ async def count_downloads(
     return [priced[k][0] for k in sorted(new)]
 
 
-async def write_usage(conn: asyncpg.Connection, records: Sequence[Record], prices: PriceTable) -> list[Priced]:
+async def write_usage(conn: asyncpg.Connection, records: Sequence[EventRecord], prices: PriceTable) -> list[Priced]:
     """Store the batch's halves and roll up what they completed; returns those exchanges, priced.
 
     Call inside a transaction: the caller publishes the returned exchanges to

@@ -8,7 +8,7 @@ makes "nothing lost across the swap" hold for both. The link is made by
 whichever batch brings the second side (`mcp_links`), in whichever process.
 
 Each batch runs a list of stages inside one transaction; by default the
-conversation stage (`conversations.ConversationStage`), which writes the
+conversation stage (`conversation_stage.ConversationStage`), which writes the
 exchanges (`store.write_exchanges`) and then the conversation tables, the MCP
 stage (`mcp`) and the link stage (`mcp_links`), so they commit or roll back
 together. Messages
@@ -50,10 +50,10 @@ from consumers import mcp
 from consumers.errors import InvalidEvent, is_transient
 from consumers.processes import start, supervise
 from consumers.service import open_consumer, open_database, open_decoders, open_pool
-from consumers.source import Batch, Handler, Record, Reject, consume, retrying
+from consumers.source import Batch, Handler, EventRecord, Reject, consume, retrying
 from consumers.sql import Migration, load_migrations
 from consumers.winni import search_index, store
-from consumers.winni.conversations import ConversationStage
+from consumers.winni.conversation_stage import ConversationStage
 from consumers.winni.mcp import mcp_stage
 from consumers.winni.mcp_links import link_stage
 from consumers.winni.settings import WinniSettings
@@ -63,7 +63,7 @@ from schemas.errors import clip
 
 log = logging.getLogger(__name__)
 
-Stage = Callable[[asyncpg.Connection, Sequence[Record]], Awaitable[None]]
+Stage = Callable[[asyncpg.Connection, Sequence[EventRecord]], Awaitable[None]]
 
 SWEEP_MAX_S = 60.0
 
@@ -79,9 +79,9 @@ def default_stages(store_request_bodies: bool = False) -> tuple[Stage, ...]:
 _STORE_FAILURES = (asyncpg.PostgresError, asyncpg.DataError)
 
 
-def split_valid(records: Sequence[Record]) -> tuple[list[Record], list[Reject]]:
+def split_valid(records: Sequence[EventRecord]) -> tuple[list[EventRecord], list[Reject]]:
     """Events the stages may store, and the contract breakers, as rejects."""
-    valid: list[Record] = []
+    valid: list[EventRecord] = []
     rejects: list[Reject] = []
     for record in records:
         try:
@@ -93,9 +93,9 @@ def split_valid(records: Sequence[Record]) -> tuple[list[Record], list[Reject]]:
     return valid, rejects
 
 
-def by_session(records: Sequence[Record], parts: int) -> list[list[Record]]:
+def by_session(records: Sequence[EventRecord], parts: int) -> list[list[EventRecord]]:
     """Records split into at most ``parts`` groups, each session whole, order kept; empty groups dropped."""
-    groups: list[list[Record]] = [[] for _ in range(parts)]
+    groups: list[list[EventRecord]] = [[] for _ in range(parts)]
     for record in records:
         groups[zlib.crc32(session_of(record.event).encode()) % parts].append(record)
     return [group for group in groups if group] or [[]]
@@ -105,7 +105,7 @@ def session_of(event: dict[str, Any]) -> str:
     return mcp.session_key(event) if mcp.is_mcp(event) else event["session_key"]
 
 
-def rejected(record: Record, exc: Exception) -> Reject:
+def rejected(record: EventRecord, exc: Exception) -> Reject:
     return Reject(record.envelope, clip(str(exc)), type(exc).__name__)
 
 
@@ -113,7 +113,9 @@ def is_data_failure(exc: Exception) -> bool:
     return isinstance(exc, _STORE_FAILURES) and not is_transient(exc)
 
 
-async def write_batch(pool: asyncpg.Pool, stages: Sequence[Stage], records: Sequence[Record], rejects: Sequence[Reject]) -> None:
+async def write_batch(
+    pool: asyncpg.Pool, stages: Sequence[Stage], records: Sequence[EventRecord], rejects: Sequence[Reject]
+) -> None:
     """Every stage and the dead letters, in one transaction."""
     async with pool.acquire() as conn, conn.transaction():
         for stage in stages:
@@ -122,7 +124,7 @@ async def write_batch(pool: asyncpg.Pool, stages: Sequence[Stage], records: Sequ
 
 
 async def write_one_by_one(
-    pool: asyncpg.Pool, stages: Sequence[Stage], records: Sequence[Record], rejects: Sequence[Reject]
+    pool: asyncpg.Pool, stages: Sequence[Stage], records: Sequence[EventRecord], rejects: Sequence[Reject]
 ) -> None:
     """The slow path after a data failure: isolate the events the database refuses."""
     refused = list(rejects)
@@ -137,7 +139,9 @@ async def write_one_by_one(
     await write_batch(pool, (), (), refused)
 
 
-async def write_parts(pool: asyncpg.Pool, stages: Sequence[Stage], parts: list[list[Record]], rejects: Sequence[Reject]) -> None:
+async def write_parts(
+    pool: asyncpg.Pool, stages: Sequence[Stage], parts: list[list[EventRecord]], rejects: Sequence[Reject]
+) -> None:
     """One transaction per part, at once; the dead letters ride with the first.
 
     Every part is let finish before a failure is raised, so the slow path or the

@@ -33,7 +33,7 @@ import asyncpg
 import orjson
 
 from consumers import mcp
-from consumers.source import Record
+from consumers.source import EventRecord
 from consumers.winni.bodies import jsonb_safe
 from consumers.winni.store import headers_json, queries, without_nul
 from schemas.codec import timestamp
@@ -379,11 +379,11 @@ def plan(
 # --- async: the stage ------------------------------------------------------------------
 
 
-def mcp_events(records: Sequence[Record]) -> list[dict[str, Any]]:
+def mcp_events(records: Sequence[EventRecord]) -> list[dict[str, Any]]:
     return [r.event for r in records if mcp.is_mcp(r.event)]
 
 
-async def mcp_stage(conn: asyncpg.Connection, records: Sequence[Record]) -> None:
+async def mcp_stage(conn: asyncpg.Connection, records: Sequence[EventRecord]) -> None:
     """A winni stage: the batch's MCP events, in the caller's transaction."""
     events = mcp_events(records)
     if not events:

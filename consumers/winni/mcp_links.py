@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import asyncpg
 
 from consumers import mcp
-from consumers.source import Record
+from consumers.source import EventRecord
 from consumers.winni.mcp import call_id_of, mcp_events
 from consumers.winni.store import queries
 
@@ -78,7 +78,7 @@ def match(uses: Sequence[Use], calls: Sequence[Call]) -> list[tuple[uuid.UUID, s
     return pairs
 
 
-def batch_calls(records: Sequence[Record]) -> list[uuid.UUID]:
+def batch_calls(records: Sequence[EventRecord]) -> list[uuid.UUID]:
     """The ids of the batch's tools/call requests (the MCP stage stored them)."""
     return [
         call_id_of(m)
@@ -88,7 +88,7 @@ def batch_calls(records: Sequence[Record]) -> list[uuid.UUID]:
     ]
 
 
-def batch_exchanges(records: Sequence[Record]) -> list[uuid.UUID]:
+def batch_exchanges(records: Sequence[EventRecord]) -> list[uuid.UUID]:
     ids = set()
     for record in records:
         if not mcp.is_mcp(record.event):
@@ -96,7 +96,7 @@ def batch_exchanges(records: Sequence[Record]) -> list[uuid.UUID]:
     return sorted(ids)
 
 
-async def link_stage(conn: asyncpg.Connection, records: Sequence[Record]) -> None:
+async def link_stage(conn: asyncpg.Connection, records: Sequence[EventRecord]) -> None:
     """A winni stage, after the conversation and MCP stages: link what this batch brought to what is there."""
     q = queries()
     calls = batch_calls(records)

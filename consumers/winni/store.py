@@ -29,7 +29,7 @@ import asyncpg
 import orjson
 
 from consumers.errors import InvalidEvent
-from consumers.source import Record, Reject
+from consumers.source import EventRecord, Reject
 from consumers.sql import Queries, load_queries
 from consumers.winni.bodies import (
     NUL_ESCAPE,
@@ -42,7 +42,7 @@ from consumers.winni.bodies import (
     part_json,
     sent_escape_nul,
 )
-from consumers.winni.threads import ExchangeLink
+from consumers.winni.thread_rules import ExchangeLink
 from schemas.codec import timestamp
 
 USAGE_COLUMNS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
@@ -335,7 +335,7 @@ def printable(text: str) -> str:
 
 async def write_exchanges(
     conn: asyncpg.Connection,
-    records: Sequence[Record],
+    records: Sequence[EventRecord],
     splits: Mapping[str, Split] | None = None,
     placed: Mapping[str, ExchangeLink] | None = None,
 ) -> None:

@@ -28,6 +28,11 @@ OUTAGE_SECONDS = 15  # how long each service stays away; the bound below does no
 MOST_LINES = 16  # per process, from the first cut to the end, however long the outage
 
 
+async def consume(name: str, env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
+    with log.open("w") as stderr:  # the child writes through a descriptor of its own
+        return await asyncio.create_subprocess_exec(*KGB, "consume", name, env=env, stderr=stderr)
+
+
 async def ready(url: str) -> tuple[int, dict]:
     async with aiohttp.ClientSession() as session, session.get(url) as response:
         return response.status, await response.json()
@@ -51,10 +56,7 @@ async def test_an_outage_of_kafka_and_postgresql_is_a_few_lines(
             "KGB_METRICS_RETRY_MAX": "0.2",
         }
         logs = {name: tmp_path / f"{name}.log" for name in ("winni", "metrics")}
-        processes = {
-            name: await asyncio.create_subprocess_exec(*KGB, "consume", name, env=env, stderr=logs[name].open("w"))
-            for name in logs
-        }
+        processes = {name: await consume(name, env, log) for name, log in logs.items()}
         try:
             url = f"http://127.0.0.1:{metrics_port}/ready"
             await eventually(lambda: _is(ready(url), 200))

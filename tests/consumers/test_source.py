@@ -13,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from consumers.source import Backoff, Batch, Record, consume, make_consumer
+from consumers.source import Backoff, Batch, EventRecord, consume, make_consumer
 from consumers.winni.settings import WinniSettings
 from consumers.service import apply_migrations, open_pool
 from consumers.winni.consumer import make_handler, migrations
@@ -39,7 +39,7 @@ async def committed(bootstrap: str, group: str) -> dict[int, int]:
 
 
 def recorder(seen: list[int]):  # noqa: ANN201
-    async def record(conn: asyncpg.Connection, records: Sequence[Record]) -> None:
+    async def record(conn: asyncpg.Connection, records: Sequence[EventRecord]) -> None:
         seen.extend(r.envelope.offset for r in records)
 
     return record

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import aiohttp
 import orjson
+import pytest
 from aiokafka import AIOKafkaConsumer
 
 from schemas.fragments import FRAGMENT_BYTES
@@ -37,6 +39,8 @@ async def largest_message(pipeline: Pipeline) -> tuple[int, int]:
         await consumer.stop()
 
 
+# aiohttp warns of any bytes body over 1 MB, as the proxy relays the 9 MB one it holds (proxy/app.py, data=record.body).
+@pytest.mark.filterwarnings("ignore:Sending a large body directly with raw bytes:ResourceWarning")
 async def test_a_huge_request_and_answer_reach_winni_whole_in_pieces(pipeline: Pipeline) -> None:
     pipeline.fake.enqueue(text_stream(ANSWER, deltas=40))
     body = orjson.dumps(
@@ -44,7 +48,7 @@ async def test_a_huge_request_and_answer_reach_winni_whole_in_pieces(pipeline: P
     )
     async with (
         aiohttp.ClientSession() as session,
-        session.post(pipeline.url + "/v1/messages", data=body, headers=HEADERS) as response,
+        session.post(pipeline.url + "/v1/messages", data=io.BytesIO(body), headers=HEADERS) as response,  # read in pieces
     ):
         assert response.status == 200
         await response.read()

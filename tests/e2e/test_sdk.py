@@ -71,7 +71,8 @@ class Seen:
 
 
 def client(base_url: str) -> anthropic.AsyncAnthropic:
-    """No retries: a retried 529 would take a second scripted reply and hide what the first call saw."""
+    """No retries: a retried 529 would take a second scripted reply and hide what the first call saw.
+    Used as ``async with``, which closes its connections while the test's event loop still runs."""
     return anthropic.AsyncAnthropic(base_url=base_url, api_key=PLANTED, max_retries=0)
 
 
@@ -97,8 +98,9 @@ async def raw_call(sdk: anthropic.AsyncAnthropic, stream: bool) -> Seen:
 @pytest.mark.parametrize("case", cases(), ids=lambda case: case.name)
 async def test_the_sdk_sees_through_the_proxy_what_it_sees_directly(pipeline: Pipeline, case: Case) -> None:
     pipeline.fake.enqueue(case.reply, case.reply)
-    direct = await raw_call(client(pipeline.fake.url), case.stream)
-    proxied = await raw_call(client(pipeline.url), case.stream)
+    async with client(pipeline.fake.url) as to_fake, client(pipeline.url) as to_proxy:
+        direct = await raw_call(to_fake, case.stream)
+        proxied = await raw_call(to_proxy, case.stream)
 
     assert proxied.status == direct.status == case.reply.status
     assert proxied.body == direct.body
@@ -114,15 +116,14 @@ async def test_the_sdk_sees_through_the_proxy_what_it_sees_directly(pipeline: Pi
 async def test_the_sdk_parses_what_the_proxy_relays(pipeline: Pipeline) -> None:
     streamed, plain = text_stream("Hello through KGB.", deltas=4), json_message("Plain hello through KGB.")
     pipeline.fake.enqueue(streamed, streamed, plain, plain, error_reply(529), error_reply(529))
-    direct, proxied = client(pipeline.fake.url), client(pipeline.url)
-
-    assert await final_message(proxied) == await final_message(direct)
-    assert (await proxied.messages.create(**params(False))).model_dump() == (
-        await direct.messages.create(**params(False))
-    ).model_dump()
-    for sdk in (direct, proxied):
-        with pytest.raises(anthropic.OverloadedError):
-            await sdk.messages.create(**params(True))
+    async with client(pipeline.fake.url) as direct, client(pipeline.url) as proxied:
+        assert await final_message(proxied) == await final_message(direct)
+        assert (await proxied.messages.create(**params(False))).model_dump() == (
+            await direct.messages.create(**params(False))
+        ).model_dump()
+        for sdk in (direct, proxied):
+            with pytest.raises(anthropic.OverloadedError):
+                await sdk.messages.create(**params(True))
 
     rows = await pipeline.wait_for_exchanges(3)
     assert [row["status"] for row in rows] == [200, 200, 529]
@@ -145,7 +146,8 @@ async def test_a_planted_key_reaches_neither_the_topic_nor_the_database(pipeline
     every = cases()
     pipeline.fake.enqueue(*(case.reply for case in every))
     for case in every:
-        await raw_call(client(pipeline.url), case.stream)
+        async with client(pipeline.url) as sdk:
+            await raw_call(sdk, case.stream)
     rows = await pipeline.wait_for_exchanges(len(every))
     assert len(rows) == len(every)
     assert all("anthropic_key" in (row["request_redactions"] or []) for row in rows)

@@ -39,7 +39,7 @@ from consumers.dewey.settings import JitteredBackoff
 from consumers.metrics.settings import MetricsSettings
 from consumers.metrics.consumer import run as run_metrics
 from consumers.replay.rebuild import replay
-from consumers.winni.threads import normal_content
+from consumers.winni.thread_rules import normal_content
 from common.config import KafkaSettings
 from tests import services
 from tests.e2e.conftest import (
@@ -622,13 +622,13 @@ async def test_a_replay_rebuilds_tables_an_older_winni_built_under_the_new_rules
 ) -> None:
     """Tables built while a chat without tools was its own conversation per turn (an older winni's
     rule) come back, after `kgb replay`, as what winni builds today."""
-    from consumers.winni import threads
+    from consumers.winni import thread_rules
 
     def older(path: str, body: Any, agent_id: str | None) -> str:
         kind = kinds.kind_of(path, body, agent_id)
         return "count_tokens" if kind == "main" and not body.get("tools") else kind  # a conversation of its own
 
-    monkeypatch.setattr(threads, "kind_of", older)
+    monkeypatch.setattr(thread_rules, "kind_of", older)
     stack.enqueue(*(json_message(f"Answer {n}.") for n in range(4)))
     chat = Chat(stack.sdk())
     for n in range(4):

@@ -12,6 +12,7 @@ import contextlib
 import os
 import resource
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -130,24 +131,46 @@ async def slow(request: web.Request) -> web.StreamResponse:
     """An answer that streams until the client leaves: a busy connection."""
     response = web.StreamResponse()
     await response.prepare(request)
-    while True:
-        await response.write(b"tick\n")
-        await asyncio.sleep(0.05)
+    with contextlib.suppress(ConnectionResetError):
+        while True:
+            await response.write(b"tick\n")
+            await asyncio.sleep(0.05)
+    return response
+
+
+@dataclass
+class Served:
+    """The guarded app's port, its guard, and the raw connections a test opened to it."""
+
+    guard: Guard
+    port: int
+    opened: list[Connection] = field(default_factory=list)
+
+    async def connect(self) -> Connection:
+        connection = await asyncio.open_connection("127.0.0.1", self.port)
+        self.opened.append(connection)
+        return connection
+
+    def close(self) -> None:
+        """Our end of a connection the server closed stays open until closed here; a writer left open warns when collected."""
+        for _, writer in self.opened:
+            writer.transport.abort()
 
 
 @contextlib.asynccontextmanager
-async def guarded(limits: Limits) -> AsyncIterator[tuple[Guard, int]]:
+async def guarded(limits: Limits) -> AsyncIterator[Served]:
     app = web.Application()
     app.router.add_get("/health", hello)
     app.router.add_get("/slow", slow)
     guard = Guard(limits)
     runner = listen.runner(app, guard)
     await runner.setup()
-    port = free_port()
+    served = Served(guard, free_port())
     try:
-        await GuardedSite(runner, guard, "127.0.0.1", port).start()
-        yield guard, port
+        await GuardedSite(runner, guard, "127.0.0.1", served.port).start()
+        yield served
     finally:
+        served.close()
         await runner.cleanup()
 
 
@@ -161,53 +184,52 @@ LIMITS = Limits(header_timeout=0.3, keepalive_timeout=0.6, max_connections=100)
 
 
 async def test_headers_that_never_finish_are_cut_at_the_header_timeout() -> None:
-    async with guarded(LIMITS) as (guard, port):
-        silent_reader, _silent = await asyncio.open_connection("127.0.0.1", port)
-        slow_reader, slow_writer = await asyncio.open_connection("127.0.0.1", port)
+    async with guarded(LIMITS) as served:
+        silent_reader, _silent = await served.connect()
+        slow_reader, slow_writer = await served.connect()
         slow_writer.write(b"GET /health HTTP/1.1\r\nHost: kg")
         assert await until_closed(silent_reader) == b"" and await until_closed(slow_reader) == b""
         # after a response, the next request's first byte starts its own header deadline
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await served.connect()
         writer.write(GET)
         assert (await reader.readuntil(b"hello")).startswith(b"HTTP/1.1 200")
         writer.write(b"GET /heal")
         assert await until_closed(reader, within=LIMITS.keepalive_timeout + 5) == b""
-        assert guard.timed_out == 3 and guard.connections == 0
+        assert served.guard.timed_out == 3 and served.guard.connections == 0
 
 
 async def test_an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout() -> None:
-    async with guarded(Limits(header_timeout=5.0, keepalive_timeout=0.3, max_connections=100)) as (guard, port):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async with guarded(Limits(header_timeout=5.0, keepalive_timeout=0.3, max_connections=100)) as served:
+        reader, writer = await served.connect()
         for _ in range(3):  # kept alive between requests
             writer.write(GET)
             assert (await reader.readuntil(b"hello")).startswith(b"HTTP/1.1 200")
         assert await until_closed(reader) == b""
-        assert guard.timed_out == 0 and guard.connections == 0
+        assert served.guard.timed_out == 0 and served.guard.connections == 0
 
 
 async def test_at_the_cap_the_oldest_idle_go_first_busy_ones_stay_and_all_busy_means_503() -> None:
-    async with guarded(Limits(header_timeout=30.0, keepalive_timeout=30.0, max_connections=4)) as (guard, port):
-        busy_reader, busy_writer = await asyncio.open_connection("127.0.0.1", port)
+    async with guarded(Limits(header_timeout=30.0, keepalive_timeout=30.0, max_connections=4)) as served:
+        guard = served.guard
+        busy_reader, busy_writer = await served.connect()
         busy_writer.write(b"GET /slow HTTP/1.1\r\nHost: kgb\r\n\r\n")
         await busy_reader.readuntil(b"tick")
-        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(10)]
+        idle = [await served.connect() for _ in range(10)]
         # seven evicted to make room, oldest first; the streaming answer never stopped
         assert [await until_closed(r) for r, _ in idle[:7]] == [b""] * 7
         assert guard.connections == 4 and guard.evicted == 7 and not any(r.at_eof() for r, _ in idle[7:])
-        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/health") as response:
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{served.port}/health") as response:
             assert response.status == 200
         await busy_reader.readuntil(b"tick")
 
-        streams = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        streams = [await served.connect() for _ in range(3)]
         for reader, writer in streams:
             writer.write(b"GET /slow HTTP/1.1\r\nHost: kgb\r\n\r\n")
             await reader.readuntil(b"tick")
-        refused_reader, _ = await asyncio.open_connection("127.0.0.1", port)
+        refused_reader, _ = await served.connect()
         refused = await until_closed(refused_reader)
         assert refused.startswith(b"HTTP/1.1 503") and b"overloaded_error" in refused and guard.refused == 1
         await busy_reader.readuntil(b"tick")
-        for _, writer in [*idle, *streams, (busy_reader, busy_writer)]:
-            writer.transport.abort()
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 import pytest
 from multidict import CIMultiDict
 
-from proxy.session import NAME_LIMIT, ClaudeUser, claude_user, client_name, identify, session_from_metadata, session_name
+from proxy.session import NAME_LIMIT, client_name, identify, session_from_metadata, session_name
 
 SESSION = "65c8dce0-259a-4d32-9e8f-ad55d61be00d"
 KEY = "f" * 64
@@ -41,17 +41,6 @@ def test_metadata_json_form() -> None:
 def test_metadata_legacy_form() -> None:
     body = named(f"user_abc123_account_11111111-2222-3333-4444-555555555555_session_{SESSION}")
     assert session_from_metadata(body) == (SESSION, "metadata_legacy")
-
-
-def test_claude_code_says_who_it_is_in_either_form() -> None:
-    modern = named(f'{{"device_id":"d","account_uuid":"","session_id":"{SESSION}"}}')
-    assert claude_user(modern) == ClaudeUser("metadata_json", SESSION, "d", None)
-    legacy = named(f"user_abc123_account_1b2c-3d_session_{SESSION}")
-    assert claude_user(legacy) == ClaudeUser("metadata_legacy", SESSION, "abc123", "1b2c-3d")
-    assert claude_user(named("user_abc123_account__session_short")) == ClaudeUser("metadata_legacy", None, "abc123", None)
-    assert claude_user(named("{not json")) is None and claude_user(named("[1]")) is None
-    assert claude_user(named("an end user")) is None
-    assert claude_user(None) is None and claude_user({"metadata": "odd"}) is None
 
 
 def test_other_clients_get_a_key_from_the_fingerprint_and_client() -> None:

@@ -40,20 +40,20 @@ def viewer(captured: Captured) -> Iterator[str]:
     """`kgb web` on a free port over the captured database; its URL."""
     port = free_port()
     env = {**os.environ, "KGB_DATABASE_URL": captured.dsn, "KGB_WEB_PORT": str(port)}
-    process = subprocess.Popen(
+    url = f"http://127.0.0.1:{port}"
+    with subprocess.Popen(  # leaving the block closes its stdout pipe
         [sys.executable, "-c", "from kgb.cli import main; main()", "web"],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(url, process)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(30)
+    ) as process:
+        try:
+            wait_for(url, process)
+            yield url
+        finally:
+            process.terminate()
+            process.wait(30)
 
 
 def wait_for(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:

@@ -20,7 +20,7 @@ FROM pg_tables WHERE schemaname = $1::text;
 -- name: outrank_revisions
 -- Every session revision in the rebuilt schema ($1) above any the live schema
 -- ($2) ever held, so a live consumer's cached session state never matches and
--- it reads each session back from the rebuilt tables (conversations.py).
+-- it reads each session back from the rebuilt tables (conversation_stage.py).
 -- Sessions only the live schema knows get a row too, for the same reason.
 SELECT format($sql$
     INSERT INTO %1$I.session_revisions (session_key, revision)

@@ -184,7 +184,7 @@ INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, key, value, reas
 VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING;
 
--- Conversations (consumers/winni/conversations.py). Every write is keyed by a
+-- Conversations (consumers/winni/conversation_stage.py). Every write is keyed by a
 -- deterministic key, so a redelivered or replayed batch changes nothing.
 
 -- name: bump_revisions

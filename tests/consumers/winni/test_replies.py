@@ -11,10 +11,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from consumers.winni.settings import WinniSettings
-from consumers.winni.threads import Reply, SessionState, Writes, apply_reply, apply_request
+from consumers.winni.thread_rules import Reply, SessionState, Writes, apply_reply, apply_request
 from tests.consumers.conftest import eventually, publish, winni
 from tests.consumers.factories import request_event, response_event, text_message
-from tests.consumers.winni.test_threads import AT, request, user
+from tests.consumers.winni.test_thread_rules import AT, request, user
 
 # Every block type of the current API (the anthropic SDK's BetaContentBlock) that is not a plain text or tool_use.
 REPLY = [

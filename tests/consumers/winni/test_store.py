@@ -11,8 +11,8 @@ import pytest
 import simdjson
 
 from consumers.errors import InvalidEvent
-from consumers.source import Envelope, Record
-from consumers.winni import mcp, threads
+from consumers.source import Envelope, EventRecord
+from consumers.winni import mcp, thread_rules
 from consumers.winni.bodies import SentKey, jsonb_safe, part_hash, part_json, read_body
 from consumers.winni.consumer import by_session
 from consumers.winni.store import (
@@ -105,12 +105,12 @@ def test_rows_match_the_query_parameters() -> None:
         (RequestRow, "upsert_request"),
         (ResponseRow, "upsert_response"),
         (DeadLetterRow, "insert_dead_letter"),
-        (threads.SessionRow, "upsert_session"),
-        (threads.TitleRow, "set_title"),
-        (threads.ConversationRow, "upsert_conversation"),
-        (threads.MessageRow, "upsert_message"),
-        (threads.ToolUseRow, "upsert_tool_use"),
-        (threads.ToolResultRow, "upsert_tool_result"),
+        (thread_rules.SessionRow, "upsert_session"),
+        (thread_rules.TitleRow, "set_title"),
+        (thread_rules.ConversationRow, "upsert_conversation"),
+        (thread_rules.MessageRow, "upsert_message"),
+        (thread_rules.ToolUseRow, "upsert_tool_use"),
+        (thread_rules.ToolResultRow, "upsert_tool_result"),
         (mcp.McpSessionRow, "upsert_mcp_session"),
         (mcp.McpMessageRow, "insert_mcp_message"),
         (mcp.McpCallRow, "insert_mcp_call"),
@@ -127,7 +127,7 @@ def test_the_rows_of_both_halves_share_their_first_columns_and_make_the_whole_ex
     assert RequestRow._fields[: len(SHARED_COLUMNS)] == ResponseRow._fields[: len(SHARED_COLUMNS)] == SHARED_COLUMNS
     whole = RequestRow._fields + ResponseRow._fields[len(SHARED_COLUMNS) :]
     assert whole == parameter_columns(queries().insert_exchange)
-    assert threads.ExchangeLink._fields == ("exchange_id", *RequestRow._fields[-4:])
+    assert thread_rules.ExchangeLink._fields == ("exchange_id", *RequestRow._fields[-4:])
 
 
 def test_the_columns_of_a_query_are_read_from_its_sql() -> None:
@@ -150,7 +150,7 @@ def test_only_exchanges_with_one_request_and_one_response_are_written_whole() ->
 def test_batches_split_by_session_keep_sessions_whole_and_in_order() -> None:
     sessions = [f"session-{n}" for n in range(8)]
     records = [
-        Record(Envelope("t", 0, offset, None, None), request_event(session_id=sessions[offset % 8])) for offset in range(40)
+        EventRecord(Envelope("t", 0, offset, None, None), request_event(session_id=sessions[offset % 8])) for offset in range(40)
     ]
     parts = by_session(records, 3)
     assert 1 < len(parts) <= 3

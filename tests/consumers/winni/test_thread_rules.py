@@ -1,4 +1,4 @@
-"""The pure thread rules of `consumers.winni.threads`, request by request."""
+"""The pure thread rules of `consumers.winni.thread_rules`, request by request."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import orjson
 import pytest
 
 from consumers.winni.bodies import PARTS_REMEMBERED, part_hash, part_hashes
-from consumers.winni.conversations import states_from_rows
-from consumers.winni.threads import (
+from consumers.winni.conversation_stage import states_from_rows
+from consumers.winni.thread_rules import (
     AGENT_TOOLS,
     CANDIDATES,
     CopyRow,
@@ -22,7 +22,6 @@ from consumers.winni.threads import (
     Writes,
     apply_reply,
     apply_request,
-    client_and_version,
     device_and_account,
     message_hash,
     normal_content,
@@ -136,14 +135,12 @@ def test_a_rewound_history_branches_off() -> None:
     assert [(m.conversation_id, m.position) for m in writes.messages[-3:]] == [(branch.id, 0), (branch.id, 1), (branch.id, 2)]
 
 
-def test_identity_from_metadata_and_user_agent() -> None:
+def test_device_and_account_from_metadata() -> None:
     modern = {"metadata": {"user_id": '{"device_id":"d1","account_uuid":"","session_id":"s"}'}}
     legacy = {"metadata": {"user_id": "user_abc123_account_1b2c-3d_session_9f0e"}}
     assert device_and_account(modern) == ("d1", None)
     assert device_and_account(legacy) == ("abc123", "1b2c-3d")
     assert device_and_account({"metadata": {"user_id": "{not json"}}) == (None, None)
-    assert client_and_version("claude-cli/2.1.197 (external, cli)") == ("claude-cli", "2.1.197")
-    assert client_and_version(None) == (None, None)
 
 
 def test_titles_come_as_structured_output_or_plain_text() -> None:
@@ -386,7 +383,7 @@ def test_calls_read_back_from_the_tables_are_claimed_as_the_live_ones() -> None:
 
 def rows_of(writes: Writes) -> tuple[list[dict[str, Any]], ...]:
     """What the ``load_*`` queries would read back after ``writes``, for the test above only
-    (one session, no early replies, replies without ids); the queries themselves run on PostgreSQL in test_conversations."""
+    (one session, no early replies, replies without ids); the queries themselves run on PostgreSQL in test_conversation_stage."""
     conversations = sorted(writes.conversations.values(), key=lambda c: c.ordinal)
     kinds = {c.id: c.kind for c in conversations}
     messages: dict[tuple[Any, int], Any] = {}

@@ -1,4 +1,4 @@
-"""The conversations stage: each batch's exchanges, then its events through `threads` into the conversation tables.
+"""The conversations stage: each batch's exchanges, then its events through `thread_rules` into the conversation tables.
 
 It writes the exchanges itself (`store.write_exchanges`) in the same
 transaction, so everything commits together, and after the rules have placed
@@ -30,10 +30,10 @@ import asyncpg
 import simdjson
 
 from consumers.mcp import is_mcp
-from consumers.source import Record
+from consumers.source import EventRecord
 from consumers.winni.bodies import Body, SentKey, part_hashes, read_body
 from consumers.winni.store import Split, queries, split_body, without_nul, write_exchanges
-from consumers.winni.threads import (
+from consumers.winni.thread_rules import (
     THREAD_KINDS,
     Conversation,
     ExchangeLink,
@@ -168,7 +168,7 @@ def _uuid(value: Any) -> uuid.UUID:
 # --- async: the stage ---------------------------------------------------------------------
 
 
-def parsed_bodies(records: Sequence[Record]) -> dict[str, Any]:
+def parsed_bodies(records: Sequence[EventRecord]) -> dict[str, Any]:
     """Each request's parsed body by event id (`read_body`): the one parse both halves of the stage share.
 
     The collector is paused meanwhile: bodies that simdjson cannot read are
@@ -196,7 +196,7 @@ def collector_paused() -> Iterator[None]:
 
 
 def splits_of(
-    records: Sequence[Record],
+    records: Sequence[EventRecord],
     bodies: dict[str, Any],
     parts: dict[str, dict[str, bytes]],
     clean: set[SentKey],
@@ -225,7 +225,7 @@ def splits_of(
 
 
 def parts_of(
-    records: Sequence[Record], bodies: dict[str, Any], known: Callable[[str], dict[SentKey, bytes]]
+    records: Sequence[EventRecord], bodies: dict[str, Any], known: Callable[[str], dict[SentKey, bytes]]
 ) -> dict[str, dict[str, bytes]]:
     """The system and tools hashes of each request with a ``messages`` list, by event id, computed
     once for both ``request_parts`` and the retry check; ``known`` gives a session's memory of them."""
@@ -251,7 +251,7 @@ class ConversationStage:
         self._store_request_bodies = store_request_bodies
         self._cached_sessions = cached_sessions
 
-    async def __call__(self, conn: asyncpg.Connection, records: Sequence[Record]) -> None:
+    async def __call__(self, conn: asyncpg.Connection, records: Sequence[EventRecord]) -> None:
         records = [r for r in records if not is_mcp(r.event)]
         events = [r.event for r in records]
         keys = sorted({e["session_key"] for e in events})

@@ -65,7 +65,6 @@ what a retry brings.
 from __future__ import annotations
 
 import hashlib
-import re
 import sys
 import uuid
 from collections.abc import Callable
@@ -77,7 +76,7 @@ import orjson
 
 from consumers.kinds import is_continuation, kind_of, system_outline, texts, tools_outline
 from consumers.winni.bodies import PARTS_REMEMBERED, Body, Sent, SentKey, as_body, jsonb_safe, part_hashes, plain
-from proxy.session import claude_user
+from common.senders import claude_user, client_and_version
 
 # Fixed forever: conversation ids derive from it, so a replay finds the same ids.
 NAMESPACE = uuid.UUID("6f1c2a52-93a4-4d0e-9a67-3f0b0c1f5e21")
@@ -87,10 +86,6 @@ TITLE_LIMIT = 500
 # A request is compared with at most this many of the latest conversations of its thread
 # that open with its first message, which bounds the cost for clients whose chats all open alike.
 CANDIDATES = 32
-
-_CLIENT_VERSION = re.compile(r"^[^/\s]+/(\S+)")
-_CLIENT_NAME = re.compile(r"^([^/\s]+)")
-
 
 # --- inputs ---------------------------------------------------------------------
 
@@ -494,20 +489,13 @@ def conversation_id(session_key: str, kind: str, agent_id: str | None, first_exc
 
 
 def device_and_account(body: Any) -> tuple[str | None, str | None]:
-    """As Claude Code names them in ``metadata.user_id`` (`proxy.session.claude_user`)."""
+    """As Claude Code names them in ``metadata.user_id`` (`common.senders.claude_user`)."""
     user = claude_user(body if isinstance(body, dict) else None)
     return (user.device_id, user.account_uuid) if user else (None, None)
 
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
-
-
-def client_and_version(user_agent: str | None) -> tuple[str | None, str | None]:
-    """``claude-cli/2.1.197 (external, cli)`` -> (``claude-cli``, ``2.1.197``)."""
-    name = _CLIENT_NAME.match(user_agent or "")
-    version = _CLIENT_VERSION.match(user_agent or "")
-    return (name[1] if name else None), (version[1] if version else None)
 
 
 def reply_text(message: dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from consumers.winni.settings import WinniSettings
-from consumers.winni.threads import normal_content
+from consumers.winni.thread_rules import normal_content
 from tests.consumers.conftest import count, eventually, publish, winni
 from tests.consumers.sessions import (
     CONTINUATION,
