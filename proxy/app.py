@@ -9,6 +9,7 @@ the edge of the app, and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
@@ -21,7 +22,6 @@ from yarl import URL
 from kgb.config import mask_url
 from kgb.outages import HEALTH
 from proxy import errors
-from proxy.budget import ByteBudget
 from proxy.capture import RequestRecord
 from proxy.logwriter import LogWriter
 from proxy.metrics import CONTENT_TYPE, ProxyMetrics
@@ -53,7 +53,6 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 WRITER = web.AppKey("writer", LogWriter)
 TAP = web.AppKey("tap", Tap)
 MCP_SINK = web.AppKey("mcp_sink", McpSink)
-BODY_BUDGET = web.AppKey("body_budget", ByteBudget)
 METRICS = web.AppKey("metrics", ProxyMetrics)
 
 
@@ -85,37 +84,72 @@ async def forward(request: web.Request) -> web.StreamResponse:
     if not origin_form:
         refusal = f"KGB proxy: {request.method} {request.raw_path} is not relayed: only a path goes upstream"
         return _fail(request, app[TAP].request(record), errors.TargetNotRelayed(refusal))
-    async with app[BODY_BUDGET].hold(body_charge(request, settings.max_body_bytes)):
-        try:
-            record.body = await _read_body(request, settings.max_body_bytes)
-        except errors.BodyTooLarge as exc:
-            return _fail(request, app[TAP].request(record), exc)
-        exchange = app[TAP].request(record)
-        outgoing = CIMultiDict(end_to_end(raw_headers, request.headers.get("connection"), _NOT_FORWARDED))
-        try:
-            upstream = await app[SESSION].request(
-                request.method,
-                upstream_url(settings.upstream_url, record.path, record.query),
-                headers=outgoing,
-                data=record.body or None,
-                allow_redirects=False,
-            )
-        except Exception as exc:  # noqa: BLE001 - every failure is answered and captured
-            return _fail(request, exchange, errors.translate(exc))
-        finally:
-            record.body = b""  # sent upstream and in the log: its room in the budget is free again
+    limit, declared = settings.max_body_bytes, request.content_length
+    if declared is not None and declared > limit:
+        too_large = errors.BodyTooLarge(f"KGB proxy: request body of {declared} bytes exceeds the {limit}-byte limit")
+        return _fail(request, app[TAP].request(record), too_large)
+    exchange = app[TAP].streaming(record, declared)
+    outgoing = CIMultiDict(end_to_end(raw_headers, request.headers.get("connection"), _NOT_FORWARDED))
+    if request.body_exists and declared is not None:
+        outgoing["Content-Length"] = str(declared)  # upstream gets the body as the client framed it, not chunked
+    body = Body(request, exchange, limit)
+    try:
+        upstream = await app[SESSION].request(
+            request.method,
+            upstream_url(settings.upstream_url, record.path, record.query),
+            headers=outgoing,
+            data=body.payload(),
+            allow_redirects=False,
+        )
+    except Exception as exc:  # noqa: BLE001 - every failure is answered and captured
+        await body.drain()
+        return _fail(request, exchange, body.failure or errors.translate(exc))
     async with upstream:
         return await _relay(request, record, upstream, exchange, metrics)
 
 
-def body_charge(request: web.Request, limit: int) -> int:
-    """What a request's body may cost before it is read: its Content-Length, else the limit."""
-    if not request.body_exists:
-        return 0
-    return limit if request.content_length is None else min(request.content_length, limit)
+class Body:
+    """A request body on its way upstream as it arrives: each piece goes to the capture log, then on,
+    so the relay never holds a whole body. A body past `limit` (it declared no length, or lied) or
+    a client that leaves mid-body stops it: the upstream request is aborted, and `failure` says why."""
+
+    def __init__(self, request: web.Request, exchange: Exchange, limit: int) -> None:
+        self._request, self._exchange, self._limit = request, exchange, limit
+        self._size = 0
+        self.failure: errors.Refused | None = None
+        self.ended = not request.body_exists
+        if self.ended:
+            exchange.body_end()
+
+    def payload(self) -> AsyncIterator[bytes] | None:
+        return None if self.ended else self.pieces()
+
+    async def pieces(self) -> AsyncIterator[bytes]:
+        try:
+            async for piece in self._request.content.iter_any():
+                self._size += len(piece)
+                if self._size > self._limit:
+                    self.failure = errors.BodyTooLarge(f"KGB proxy: request body exceeds the {self._limit}-byte limit")
+                    break
+                self._exchange.body(piece)
+                yield piece
+        except (aiohttp.ClientPayloadError, ConnectionError) as exc:
+            self.failure = errors.ClientLeft(f"KGB proxy: the client went away before its request body ended ({exc})")
+        self.ended = True
+        self._exchange.body_end(discarded=isinstance(self.failure, errors.BodyTooLarge))
+        if self.failure is not None:
+            raise self.failure
+
+    async def drain(self) -> None:
+        """The rest of a body the upstream never took, into the log alone: the failed exchange is captured whole."""
+        if not self.ended:
+            with contextlib.suppress(errors.Refused):
+                async for _ in self.pieces():
+                    pass
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """A body whole, for relays that must parse it before forwarding (MCP's JSON-RPC)."""
     if request.content_length is not None and request.content_length > limit:
         raise errors.BodyTooLarge(f"KGB proxy: request body of {request.content_length} bytes exceeds the {limit}-byte limit")
     chunks, size = [], 0
@@ -186,7 +220,8 @@ def _fail(request: web.Request, exchange: Exchange, failure: errors.ProxyError) 
     body = failure.body()
     exchange.response_head(failure.status, [("Content-Type", "application/json")])
     exchange.chunk(body)
-    exchange.end(client_disconnected=False, upstream_complete=False, proxy_error=(failure.kind, str(failure)))
+    left = isinstance(failure, errors.ClientLeft)
+    exchange.end(client_disconnected=left, upstream_complete=False, proxy_error=(failure.kind, str(failure)))
     app[METRICS].requests.labels(method=request.method, status=str(failure.status)).inc()
     if not isinstance(failure, errors.Refused):
         app[METRICS].upstream_errors.labels(kind=failure.kind).inc()
@@ -249,7 +284,6 @@ def build_app(settings: ProxySettings, metrics: ProxyMetrics | None = None) -> w
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics or ProxyMetrics()
-    app[BODY_BUDGET] = ByteBudget(settings.body_memory_bytes)
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(capturing)
     app.router.add_get("/health", health)

@@ -2,16 +2,19 @@
 
 Per exchange: a request head (credential headers already replaced, the key's
 fingerprint computed from it, so no credential ever reaches the disk), the
-request body in chunks, the response head, each response chunk as it came, and
-an end record with how it ended and its timings. Everything else (decoding,
+request body in chunks as they arrive (each before it goes upstream: the relay
+never holds a whole body) and a request-end record once the body is over, the
+response head, each response chunk as it came, and an end record with how it
+ended and its timings. Everything else (decoding,
 SSE reassembly, body redaction, session parsing, Avro, Kafka) is the capture
 worker's. Appends are plain writes to the page cache; a chunk is appended
 before it is sent on, so whatever reached a client is in the log.
 
 When the log is full the exchange is still relayed, only not captured: a
-request goes in whole or not at all; a response cut short by the cap skips its
-later chunks, and its end is written anyway (it is small, and says the capture
-is incomplete) so the worker does not wait for it.
+request is admitted whole (its head and declared length) or not at all; a body
+without a declared length, or a response, cut short by the cap skips its later
+chunks, and its end is written anyway (it is small, and says the capture is
+incomplete) so the worker does not wait for it.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ def request_head(record: RequestRecord, policy: HeaderPolicy) -> bytes:
             "headers": scrubbed(record.headers, policy.secret_names),
             "received_at": record.received_at,
             "key_fingerprint": fingerprint(secret, policy.fingerprint_key) if secret else None,
+            "body_end": True,  # a REQUEST_END closes the body (logs written before it existed have none)
         }
     )
 
@@ -88,6 +92,7 @@ class Exchange:
     first_byte_ns: int | None = None
     captured: bool = True
     headed: bool = False  # the request head made it into the log: only then does the end go there too
+    body_bytes: int = 0
 
     @property
     def label(self) -> str:
@@ -96,6 +101,18 @@ class Exchange:
     def _append(self, kind: Kind, payload: bytes | memoryview) -> None:
         if self.captured and not self.tap.writer.append(kind, self.id, payload):
             self.captured = False
+
+    def body(self, data: bytes) -> None:
+        """One piece of the request body, as it arrived, before it goes upstream."""
+        if not data:
+            return
+        self.body_bytes += len(data)
+        for piece in chunks(data) if len(data) > CHUNK_BYTES else (data,):
+            self._append(Kind.REQUEST_BODY, piece)
+
+    def body_end(self, *, discarded: bool = False) -> None:
+        """The body is over; `discarded` (refused for its size) tells the worker to record it empty."""
+        self._append(Kind.REQUEST_END, orjson.dumps({"body_bytes": self.body_bytes, "discarded": discarded}))
 
     def response_head(self, status: int, headers: list[tuple[str, str]]) -> None:
         head = {"status": status, "headers": scrubbed(headers, self.tap.policy.secret_names)}
@@ -128,17 +145,23 @@ class Tap:
     policy: HeaderPolicy
 
     def request(self, record: RequestRecord) -> Exchange:
-        """Append the request; the `Exchange` takes the rest of this exchange's records."""
+        """Append a request whose body is already whole (`record.body`); the `Exchange` takes the rest."""
+        exchange = self.streaming(record, len(record.body))
+        exchange.body(record.body)
+        exchange.body_end()
+        return exchange
+
+    def streaming(self, record: RequestRecord, declared: int | None) -> Exchange:
+        """Append the request head; its body follows through `Exchange.body` and `body_end`. The log
+        admits the head and the `declared` body length together or neither: never a request cut short."""
         exchange = Exchange(self, uuid.UUID(record.exchange_id).bytes)
         head = request_head(record, self.policy)
-        pieces = list(chunks(record.body))
-        if not self.writer.admit(len(head) + len(record.body) + (1 + len(pieces)) * PREFIX):
-            exchange.captured = False  # the whole request or nothing: never a request cut short
+        body = declared or 0
+        if not self.writer.admit(len(head) + body + (3 + body // CHUNK_BYTES) * PREFIX):
+            exchange.captured = False
             return exchange
         exchange._append(Kind.REQUEST_HEAD, head)
         exchange.headed = exchange.captured
-        for piece in pieces:
-            exchange._append(Kind.REQUEST_BODY, piece)
         return exchange
 
 

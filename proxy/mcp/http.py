@@ -42,7 +42,7 @@ from yarl import URL
 from proxy import decode, errors
 
 # The API proxy's own small I/O helpers: reading a bounded body, writing to a client that may be gone.
-from proxy.app import HOP_BY_HOP, METRICS, MCP_SINK, SETTINGS, _abort, _decoded, _read_body, _send, end_to_end
+from proxy.app import HOP_BY_HOP, METRICS, MCP_SINK, SETTINGS, _abort, _decoded, _send, end_to_end, read_body
 from proxy.capture import RedactionPolicy, now_us
 from proxy.mcp import events
 from proxy.mcp.keys import HTTP_SESSION, POLICY
@@ -242,7 +242,7 @@ async def forward(request: web.Request, name: str, where: Any, messages: bool) -
     )
     exchange = Exchange(request, record, recorder, messages)
     try:
-        record.body = await _read_body(request, app[SETTINGS].max_body_bytes)
+        record.body = await read_body(request, app[SETTINGS].max_body_bytes)
     except errors.BodyTooLarge as exc:
         return exchange.fail(413, "body_too_large", str(exc))
     if url is None:

@@ -9,6 +9,7 @@ import orjson
 
 from proxy.assemble import INCOMPLETE, INTERRUPTED, Assembler, Built
 from proxy.capture import RedactionPolicy, RequestRecord
+from proxy.logformat import Kind
 from proxy.logreader import LogReader, Position
 from proxy.logwriter import LogSettings, LogWriter
 from proxy.redact import BUILTIN_RULES
@@ -97,6 +98,49 @@ def test_a_large_body_is_appended_in_pieces_and_comes_back_whole(tmp_path: Path)
     t.writer.close()
     (only,) = assembled(tmp_path)
     assert only.last and only.event["request"]["body"] == body
+
+
+def test_a_streamed_body_answered_before_it_ended_still_comes_back_whole(tmp_path: Path) -> None:
+    body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "y" * 2_500_000}]})
+    t = tap(tmp_path)
+    exchange = t.streaming(request(b""), len(body))
+    exchange.body(body[:1000])
+    exchange.response_head(200, [("content-type", "application/json")])  # an upstream that answers early
+    exchange.body(body[1000:])  # past one log record's size: split
+    exchange.body_end()
+    exchange.end(client_disconnected=False, upstream_complete=True)
+    t.writer.close()
+    request_event, response = assembled(tmp_path)
+    assert request_event.event["request"]["body"] == body and not request_event.last
+    assert response.last and response.event["response"]["status"] == 200
+
+
+def test_a_body_discarded_for_its_size_is_recorded_empty(tmp_path: Path) -> None:
+    t = tap(tmp_path)
+    exchange = t.streaming(request(b""), None)
+    exchange.body(b"z" * 5000)
+    exchange.body_end(discarded=True)
+    exchange.response_head(413, [("Content-Type", "application/json")])
+    exchange.end(client_disconnected=False, upstream_complete=False, proxy_error=("request_too_large", "too large"))
+    t.writer.close()
+    request_event, response = assembled(tmp_path)
+    assert request_event.event["request"]["body"] == b""
+    assert response.event["response"]["error_type"] == "request_too_large"
+
+
+def test_a_log_from_before_request_end_records_builds_the_request_at_its_response_head(tmp_path: Path) -> None:
+    t = tap(tmp_path)
+    exchange = t.streaming(request(), None)
+    head = orjson.loads(
+        next(read for read in LogReader(tmp_path, Position(0, 0)).poll() if read.record.exchange == exchange.id).record.payload
+    )
+    del head["body_end"]
+    t.writer.append(Kind.REQUEST_HEAD, exchange.id, orjson.dumps(head))  # the old relay's head, on a fresh exchange
+    t.writer.append(Kind.REQUEST_BODY, exchange.id, request().body)
+    t.writer.append(Kind.RESPONSE_HEAD, exchange.id, orjson.dumps({"status": 200, "headers": []}))
+    t.writer.close()
+    (request_event,) = assembled(tmp_path)
+    assert request_event.event["request"]["body"] == request().body
 
 
 def test_an_exchange_cut_by_a_proxy_kill_is_closed_when_the_next_proxy_starts(tmp_path: Path) -> None:
