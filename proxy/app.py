@@ -165,24 +165,26 @@ async def _relay(
     request: web.Request, record: RequestRecord, upstream: aiohttp.ClientResponse, exchange: Exchange, metrics: ProxyMetrics
 ) -> web.StreamResponse:
     headers = end_to_end(_decoded(upstream.raw_headers), upstream.headers.get("connection"), HOP_BY_HOP)
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    first = _buffered(upstream.content)
+    response = (HeadWithBody if first else web.StreamResponse)(status=upstream.status, reason=upstream.reason)
     response.headers.extend(end_to_end(headers, None, frozenset({"content-length"})))
     if "content-length" in upstream.headers and upstream.content_length is not None:
         response.content_length = upstream.content_length
-    exchange.response_head(upstream.status, headers)
+    exchange.response_head(upstream.status, headers, with_chunk=bool(first))
     client_gone = upstream_done = False
     try:
         client_gone = not await _send(response.prepare(request))
-        async for chunk in upstream.content.iter_any():
-            if client_gone:
+        chunk = first
+        while not client_gone:
+            if chunk:
+                exchange.chunk(chunk)
+            if upstream.content.at_eof():  # the last bytes and the end of the answer leave in one write
+                upstream_done = True
+                client_gone = not await _send(response.write_eof(chunk))
                 break
-            exchange.chunk(chunk)
-            if not await _send(response.write(chunk)):
-                client_gone = True
-                break
-        else:
-            upstream_done = True
-            client_gone = not await _send(response.write_eof())
+            if chunk:
+                client_gone = not await _send(response.write(chunk))
+            chunk = await upstream.content.readany()
     except (aiohttp.ClientError, TimeoutError) as exc:
         log.warning("exchange %s: upstream stream broke: %s", record.exchange_id, exc)
         metrics.upstream_errors.labels(kind="stream_broken").inc()
@@ -194,6 +196,21 @@ async def _relay(
         exchange.end(client_disconnected=client_gone, upstream_complete=upstream_done)
         metrics.requests.labels(method=request.method, status=str(upstream.status)).inc()
     return response
+
+
+class HeadWithBody(web.StreamResponse):
+    """An answer whose first bytes came with the upstream's head: the head leaves with them, one write
+    (and one wake-up of the client) in place of two, and nothing waits for it."""
+
+    _send_headers_immediately = False  # what aiohttp's own web.Response sets, so its head goes with its body
+
+
+def _buffered(content: aiohttp.StreamReader) -> bytes:
+    """The body bytes already here, taken without waiting; b"" when none (or the stream broke: the relay loop finds out)."""
+    try:
+        return content.read_nowait()
+    except aiohttp.ClientError:
+        return b""
 
 
 async def _send(write: Awaitable[object]) -> bool:
@@ -218,7 +235,7 @@ def _abort(request: web.Request) -> None:
 def _fail(request: web.Request, exchange: Exchange, failure: errors.ProxyError) -> web.Response:
     app = request.app
     body = failure.body()
-    exchange.response_head(failure.status, [("Content-Type", "application/json")])
+    exchange.response_head(failure.status, [("Content-Type", "application/json")], with_chunk=True)
     exchange.chunk(body)
     left = isinstance(failure, errors.ClientLeft)
     exchange.end(client_disconnected=left, upstream_complete=False, proxy_error=(failure.kind, str(failure)))

@@ -98,8 +98,8 @@ class Exchange:
     def label(self) -> str:
         return str(uuid.UUID(bytes=self.id))
 
-    def _append(self, kind: Kind, payload: bytes | memoryview) -> None:
-        if self.captured and not self.tap.writer.append(kind, self.id, payload):
+    def _append(self, kind: Kind, payload: bytes | memoryview, *, hold: bool = False) -> None:
+        if self.captured and not self.tap.writer.append(kind, self.id, payload, hold=hold):
             self.captured = False
 
     def body(self, data: bytes) -> None:
@@ -112,11 +112,12 @@ class Exchange:
 
     def body_end(self, *, discarded: bool = False) -> None:
         """The body is over; `discarded` (refused for its size) tells the worker to record it empty."""
-        self._append(Kind.REQUEST_END, orjson.dumps({"body_bytes": self.body_bytes, "discarded": discarded}))
+        self._append(Kind.REQUEST_END, orjson.dumps({"body_bytes": self.body_bytes, "discarded": discarded}), hold=True)
 
-    def response_head(self, status: int, headers: list[tuple[str, str]]) -> None:
+    def response_head(self, status: int, headers: list[tuple[str, str]], *, with_chunk: bool = False) -> None:
+        """`with_chunk`: the client gets the head only with a chunk appended next, so the head may wait for it."""
         head = {"status": status, "headers": scrubbed(headers, self.tap.policy.secret_names)}
-        self._append(Kind.RESPONSE_HEAD, orjson.dumps(head))
+        self._append(Kind.RESPONSE_HEAD, orjson.dumps(head), hold=with_chunk)
 
     def chunk(self, data: bytes) -> None:
         if self.first_byte_ns is None:
@@ -160,7 +161,7 @@ class Tap:
         if not self.writer.admit(len(head) + body + (3 + body // CHUNK_BYTES) * PREFIX):
             exchange.captured = False
             return exchange
-        exchange._append(Kind.REQUEST_HEAD, head)
+        exchange._append(Kind.REQUEST_HEAD, head, hold=True)
         exchange.headed = exchange.captured
         return exchange
 

@@ -13,7 +13,7 @@ from proxy.logformat import Kind
 from proxy.logreader import LogReader, Position
 from proxy.logwriter import LogSettings, LogWriter
 from proxy.redact import BUILTIN_RULES
-from proxy.tap import HeaderPolicy, Tap
+from proxy.tap import HeaderPolicy, Tap, request_head
 from tests.fakes.anthropic import text_stream
 
 API_KEY = "sk-ant-api03-" + "Qq7" * 30 + "-NEVERONDISK"
@@ -130,14 +130,13 @@ def test_a_body_discarded_for_its_size_is_recorded_empty(tmp_path: Path) -> None
 
 def test_a_log_from_before_request_end_records_builds_the_request_at_its_response_head(tmp_path: Path) -> None:
     t = tap(tmp_path)
-    exchange = t.streaming(request(), None)
-    head = orjson.loads(
-        next(read for read in LogReader(tmp_path, Position(0, 0)).poll() if read.record.exchange == exchange.id).record.payload
-    )
+    record = request()
+    exchange = uuid.UUID(record.exchange_id).bytes
+    head = orjson.loads(request_head(record, t.policy))
     del head["body_end"]
-    t.writer.append(Kind.REQUEST_HEAD, exchange.id, orjson.dumps(head))  # the old relay's head, on a fresh exchange
-    t.writer.append(Kind.REQUEST_BODY, exchange.id, request().body)
-    t.writer.append(Kind.RESPONSE_HEAD, exchange.id, orjson.dumps({"status": 200, "headers": []}))
+    t.writer.append(Kind.REQUEST_HEAD, exchange, orjson.dumps(head))  # as the relay wrote it before REQUEST_END
+    t.writer.append(Kind.REQUEST_BODY, exchange, record.body)
+    t.writer.append(Kind.RESPONSE_HEAD, exchange, orjson.dumps({"status": 200, "headers": []}))
     t.writer.close()
     (request_event,) = assembled(tmp_path)
     assert request_event.event["request"]["body"] == request().body
