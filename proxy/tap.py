@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import struct
 import time
@@ -61,6 +62,12 @@ def scrubbed(headers: Iterable[tuple[str, str]], names: frozenset[str]) -> list[
     return [(name, REDACTED if name.lower() in names else value) for name, value in headers]
 
 
+@functools.lru_cache(maxsize=256)
+def key_fingerprint(secret: str, key: bytes) -> str:
+    """One HMAC per key, not per request: a client sends the same key every time."""
+    return fingerprint(secret, key)
+
+
 def request_head(record: RequestRecord, policy: HeaderPolicy) -> bytes:
     secret = credential(record.headers)
     return orjson.dumps(
@@ -71,7 +78,7 @@ def request_head(record: RequestRecord, policy: HeaderPolicy) -> bytes:
             "http_version": record.http_version,
             "headers": scrubbed(record.headers, policy.secret_names),
             "received_at": record.received_at,
-            "key_fingerprint": fingerprint(secret, policy.fingerprint_key) if secret else None,
+            "key_fingerprint": key_fingerprint(secret, policy.fingerprint_key) if secret else None,
             "body_end": True,  # a REQUEST_END closes the body (logs written before it existed have none)
         }
     )
