@@ -121,8 +121,20 @@ class Body:
         if self.ended:
             exchange.body_end()
 
-    def payload(self) -> AsyncIterator[bytes] | None:
-        return None if self.ended else self.pieces()
+    def payload(self) -> bytes | AsyncIterator[bytes] | None:
+        """What goes upstream: nothing; the body itself when all of it is here already (most requests:
+        no stream to run, and its records leave in one write); else its pieces as they come."""
+        if self.ended:
+            return None
+        content = self._request.content
+        if not content.is_eof() or content.total_bytes > self._limit:
+            return self.pieces()
+        whole = content.read_nowait()
+        self._size = len(whole)
+        self._exchange.body(whole, hold=True)  # small, and the next record comes before the upstream's answer
+        self.ended = True
+        self._exchange.body_end()
+        return whole
 
     async def pieces(self) -> AsyncIterator[bytes]:
         try:

@@ -109,13 +109,14 @@ class Exchange:
         if self.captured and not self.tap.writer.append(kind, self.id, payload, hold=hold):
             self.captured = False
 
-    def body(self, data: bytes) -> None:
-        """One piece of the request body, as it arrived, before it goes upstream."""
+    def body(self, data: bytes, *, hold: bool = False) -> None:
+        """One piece of the request body, as it arrived, before it goes upstream (`hold`: a body already
+        whole in memory may wait for the next record)."""
         if not data:
             return
         self.body_bytes += len(data)
         for piece in chunks(data) if len(data) > CHUNK_BYTES else (data,):
-            self._append(Kind.REQUEST_BODY, piece)
+            self._append(Kind.REQUEST_BODY, piece, hold=hold)
 
     def body_end(self, *, discarded: bool = False) -> None:
         """The body is over; `discarded` (refused for its size) tells the worker to record it empty."""
