@@ -248,9 +248,10 @@ class Setup:
     watch: Watch
 
 
-def start_targets(stack: contextlib.ExitStack, work: Path, with_peers: bool) -> Setup:
+def start_targets(stack: contextlib.ExitStack, work: Path, with_peers: bool, baseline: Path | None = None) -> Setup:
     """Two fake upstreams (unpaced, paced), nginx in front of both, the broker, one kgb proxy in front of
-    each fake, and (`with_peers`) mitmproxy, buffering and streaming, and LiteLLM, likewise one per fake."""
+    each fake, (`with_peers`) mitmproxy, buffering and streaming, and LiteLLM, likewise one per fake, and
+    (`baseline`) the kgb of another source tree as "kgb-base", publishing to a topic of its own."""
     fast, fast_fake = start_fake(stack, work, "fake-fast", DELTAS, 0.0)
     paced, paced_fake = start_fake(stack, work, "fake-paced", DELTAS, PACE_S)
     direct = Target("direct", fast, paced, {})
@@ -262,6 +263,11 @@ def start_targets(stack: contextlib.ExitStack, work: Path, with_peers: bool) -> 
     kgb_fast, fast_measured = start_kgb(stack, work, "kgb-fast", fast, broker.bootstrap, topic)
     kgb_paced, paced_measured = start_kgb(stack, work, "kgb-paced", paced, broker.bootstrap, topic)
     kgb = Target("kgb", kgb_fast, kgb_paced, {"fast": fast_measured, "paced": paced_measured})
+    if baseline is not None:
+        base_topic = asyncio.run(create_bench_topic(broker.bootstrap))
+        base_fast, base_fast_measured = start_kgb(stack, work, "base-fast", fast, broker.bootstrap, base_topic, baseline)
+        base_paced, base_paced_measured = start_kgb(stack, work, "base-paced", paced, broker.bootstrap, base_topic, baseline)
+        peers.append(Target("kgb-base", base_fast, base_paced, {"fast": base_fast_measured, "paced": base_paced_measured}))
     broker_pids = broker_processes(broker)
     served = [measured for target in (nginx, kgb, *peers) for measured in {id(m): m for m in target.measured.values()}.values()]
     ours = (Measured((os.getpid(),), tree=False), fast_fake, paced_fake, *served, Measured(broker_pids))
@@ -500,6 +506,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--without-peers", action="store_true", help="leave out mitmproxy and LiteLLM (a quicker run)")
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="SOURCE_TREE",
+        help="also run the kgb of this source tree (e.g. a `git worktree` of the commit before) as kgb-base: before/after in one run",
+    )
+    parser.add_argument(
         "--only", action="append", metavar="SCENARIO", help='run only this scenario (repeatable), e.g. --only "500KB c=16"'
     )
     return parser.parse_args(argv)
@@ -510,7 +522,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         work = workdir(stack, args.keep)
         print(f"kgb bench: work directory {work}", flush=True)
-        setup = start_targets(stack, work, not args.without_peers)
+        setup = start_targets(stack, work, not args.without_peers, args.baseline)
         results = {s.name: measure(s, setup.targets, setup.watch, args.quiet_wait) for s in scenarios}
         exchanges = sum(rows["kgb"]["sent"] for rows in results.values())
         kafka = asyncio.run(wait_published(setup.bootstrap, setup.topic, exchanges))

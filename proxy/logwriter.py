@@ -186,9 +186,8 @@ class LogWriter:
         self._dirty = True
 
     def _room_for(self, size: int) -> bool:
-        now = time.monotonic()
         size += self._held_bytes
-        if self._total + size > self.settings.max_bytes and now - self._rescanned_at >= RESCAN_EVERY:
+        if self._total + size > self.settings.max_bytes and (now := time.monotonic()) - self._rescanned_at >= RESCAN_EVERY:
             self._rescanned_at = now  # the worker may have deleted segments since
             self._total = directory_bytes(self.settings.directory)
         if self._total + size > self.settings.max_bytes:
