@@ -1,7 +1,8 @@
-"""The capture proxy: forwards every request upstream and streams the answer back.
+"""The capture proxy: streams every request upstream as it arrives, and the answer back.
 
 Each piece of the exchange is appended to the capture log (proxy/tap.py) as it
-passes, a chunk just before it goes to the client; building and publishing the
+passes, a body piece before it goes upstream and a chunk before it goes to the
+client, so the relay never holds a whole body; building and publishing the
 events is the capture worker's, in another process (proxy/worker.py). The
 long-lived upstream session and the log writer are opened and closed here, at
 the edge of the app, and nowhere else.

@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 SEGMENT_PREFIX = "segment-"
 SEGMENT_SUFFIX = ".log"
 RESCAN_EVERY = 0.5  # seconds between re-reading the directory's size while full
+# Held records are written anyway once this many buffers (well under IOV_MAX, 1024 on Linux) or bytes wait:
+# many requests waiting for their answers at once must not make one writev too long.
+HOLD_PARTS = 64
+HOLD_BYTES = 1024 * 1024
 
 
 class FsyncPolicy(enum.Enum):
@@ -134,7 +138,7 @@ class LogWriter:
             return False
         self._held += (head, payload)
         self._held_bytes += size
-        if not hold:
+        if not hold or len(self._held) >= HOLD_PARTS or self._held_bytes >= HOLD_BYTES:
             self._flush()
             if self._size >= self.settings.segment_bytes:
                 self._rotate()

@@ -207,3 +207,14 @@ def test_held_bytes_count_against_the_cap(tmp_path: Path) -> None:
     assert not w.append(Kind.REQUEST_BODY, EXCHANGE, b"b" * 100)
     assert w.refused_records == 1
     w.close()
+
+
+def test_many_held_records_are_written_before_one_writev_grows_too_long(tmp_path: Path) -> None:
+    w = writer(tmp_path)
+    for n in range(1500):  # 3000 buffers: past IOV_MAX if they all waited for one writev
+        w.append(Kind.REQUEST_HEAD, EXCHANGE, str(n).encode(), hold=True)
+    reader = LogReader(tmp_path, Position(0, 0))
+    assert 0 < len(payloads(reader)) < 1500, "some written already, the rest still held"
+    w.append(Kind.END, EXCHANGE, b"end")
+    w.close()
+    assert payloads(LogReader(tmp_path, Position(0, 0))) == [str(n).encode() for n in range(1500)] + [b"end"]
