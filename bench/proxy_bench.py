@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -247,9 +248,10 @@ class Setup:
     watch: Watch
 
 
-def start_targets(stack: contextlib.ExitStack, work: Path, with_peers: bool) -> Setup:
+def start_targets(stack: contextlib.ExitStack, work: Path, with_peers: bool, baseline: Path | None = None) -> Setup:
     """Two fake upstreams (unpaced, paced), nginx in front of both, the broker, one kgb proxy in front of
-    each fake, and (`with_peers`) mitmproxy, buffering and streaming, and LiteLLM, likewise one per fake."""
+    each fake, (`with_peers`) mitmproxy, buffering and streaming, and LiteLLM, likewise one per fake, and
+    (`baseline`) the kgb of another source tree as "kgb-base", publishing to a topic of its own."""
     fast, fast_fake = start_fake(stack, work, "fake-fast", DELTAS, 0.0)
     paced, paced_fake = start_fake(stack, work, "fake-paced", DELTAS, PACE_S)
     direct = Target("direct", fast, paced, {})
@@ -261,6 +263,11 @@ def start_targets(stack: contextlib.ExitStack, work: Path, with_peers: bool) -> 
     kgb_fast, fast_measured = start_kgb(stack, work, "kgb-fast", fast, broker.bootstrap, topic)
     kgb_paced, paced_measured = start_kgb(stack, work, "kgb-paced", paced, broker.bootstrap, topic)
     kgb = Target("kgb", kgb_fast, kgb_paced, {"fast": fast_measured, "paced": paced_measured})
+    if baseline is not None:
+        base_topic = asyncio.run(create_bench_topic(broker.bootstrap))
+        base_fast, base_fast_measured = start_kgb(stack, work, "base-fast", fast, broker.bootstrap, base_topic, baseline)
+        base_paced, base_paced_measured = start_kgb(stack, work, "base-paced", paced, broker.bootstrap, base_topic, baseline)
+        peers.append(Target("kgb-base", base_fast, base_paced, {"fast": base_fast_measured, "paced": base_paced_measured}))
     broker_pids = broker_processes(broker)
     served = [measured for target in (nginx, kgb, *peers) for measured in {id(m): m for m in target.measured.values()}.values()]
     ours = (Measured((os.getpid(),), tree=False), fast_fake, paced_fake, *served, Measured(broker_pids))
@@ -367,21 +374,40 @@ def with_lags(results: dict[str, dict[str, dict[str, Any]]], lags: dict[str, lis
 
 
 def verdicts(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Issue 10's targets, each checked when its scenario ran (see --only)."""
     kgb = {name: rows["kgb"] for name, rows in results.items()}
-    checks = [
-        ("added p50 total latency vs direct, json c=1 (ms)", kgb["json c=1"]["added_total_p50_ms_vs_direct"], "<=", 0.5),
-        ("added p50 total latency vs direct, sse50 c=1 (ms)", kgb["sse50 c=1"]["added_total_p50_ms_vs_direct"], "<=", 0.5),
-        ("paced TTFB p50 minus direct, c=16 (ms)", kgb["paced c=16"]["added_ttfb_p50_ms_vs_direct"], "<=", 1.0),
+
+    def paced_p99() -> float:
+        return kgb["paced c=16"]["ttfb_p99_ms"] - results["paced c=16"]["direct"]["ttfb_p99_ms"]
+
+    per_scenario: list[tuple[str, str, Callable[[], float], str, float]] = [
         (
-            "paced TTFB p99 minus direct, c=16 (ms)",
-            kgb["paced c=16"]["ttfb_p99_ms"] - results["paced c=16"]["direct"]["ttfb_p99_ms"],
+            "json c=1",
+            "added p50 total latency vs direct, json c=1 (ms)",
+            lambda: kgb["json c=1"]["added_total_p50_ms_vs_direct"],
             "<=",
-            5.0,
+            0.5,
         ),
-        ("sse50 c=64 throughput / nginx", kgb["sse50 c=64"]["rps_x_nginx"], ">=", 0.6),
-        ("500KB c=16 throughput / nginx", kgb["500KB c=16"]["rps_x_nginx"], ">=", 0.5),
-        ("relay peak RSS over all scenarios (MB)", max(row["relay_peak_rss_mb"] for row in kgb.values()), "<=", 80.0),
+        (
+            "sse50 c=1",
+            "added p50 total latency vs direct, sse50 c=1 (ms)",
+            lambda: kgb["sse50 c=1"]["added_total_p50_ms_vs_direct"],
+            "<=",
+            0.5,
+        ),
+        (
+            "paced c=16",
+            "paced TTFB p50 minus direct, c=16 (ms)",
+            lambda: kgb["paced c=16"]["added_ttfb_p50_ms_vs_direct"],
+            "<=",
+            1.0,
+        ),
+        ("paced c=16", "paced TTFB p99 minus direct, c=16 (ms)", paced_p99, "<=", 5.0),
+        ("sse50 c=64", "sse50 c=64 throughput / nginx", lambda: kgb["sse50 c=64"]["rps_x_nginx"], ">=", 0.6),
+        ("500KB c=16", "500KB c=16 throughput / nginx", lambda: kgb["500KB c=16"]["rps_x_nginx"], ">=", 0.5),
     ]
+    checks = [(what, value(), op, limit) for scenario, what, value, op, limit in per_scenario if scenario in kgb]
+    checks.append(("relay peak RSS over all scenarios (MB)", max(row["relay_peak_rss_mb"] for row in kgb.values()), "<=", 80.0))
     workers = [row["helpers_peak_rss_mb"] for row in kgb.values() if "helpers_peak_rss_mb" in row]
     if workers:  # none before the capture worker exists
         checks.append(("worker peak RSS over all scenarios (MB)", max(workers), "<=", 150.0))
@@ -458,8 +484,13 @@ def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()}
 
 
-def scaled(scale: float) -> tuple[Scenario, ...]:
-    return tuple(replace(s, requests=max(s.concurrency, round(s.requests * scale))) for s in SCENARIOS)
+def scaled(scale: float, only: list[str] | None = None) -> tuple[Scenario, ...]:
+    """The scenarios to run (`only` names some, else all), their request counts multiplied by `scale`."""
+    unknown = set(only or ()) - {s.name for s in SCENARIOS}
+    if unknown:
+        raise SystemExit(f"unknown scenarios {sorted(unknown)}; known: {[s.name for s in SCENARIOS]}")
+    chosen = [s for s in SCENARIOS if only is None or s.name in only]
+    return tuple(replace(s, requests=max(s.concurrency, round(s.requests * scale))) for s in chosen)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -474,15 +505,24 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help=f"longest wait, in seconds, for the machine to go quiet before each run (default {QUIET_WAIT_S:.0f})",
     )
     parser.add_argument("--without-peers", action="store_true", help="leave out mitmproxy and LiteLLM (a quicker run)")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="SOURCE_TREE",
+        help="also run the kgb of this source tree (e.g. a `git worktree` of the commit before) as kgb-base: before/after in one run",
+    )
+    parser.add_argument(
+        "--only", action="append", metavar="SCENARIO", help='run only this scenario (repeatable), e.g. --only "500KB c=16"'
+    )
     return parser.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    scenarios = scaled(args.scale)
+    scenarios = scaled(args.scale, args.only)
     with contextlib.ExitStack() as stack:
         work = workdir(stack, args.keep)
         print(f"kgb bench: work directory {work}", flush=True)
-        setup = start_targets(stack, work, not args.without_peers)
+        setup = start_targets(stack, work, not args.without_peers, args.baseline)
         results = {s.name: measure(s, setup.targets, setup.watch, args.quiet_wait) for s in scenarios}
         exchanges = sum(rows["kgb"]["sent"] for rows in results.values())
         kafka = asyncio.run(wait_published(setup.bootstrap, setup.topic, exchanges))

@@ -232,13 +232,15 @@ def kgb_command() -> list[str]:
 
 
 def start_kgb(
-    stack: contextlib.ExitStack, workdir: Path, name: str, upstream: str, bootstrap: str, topic: str
+    stack: contextlib.ExitStack, workdir: Path, name: str, upstream: str, bootstrap: str, topic: str, source: Path | None = None
 ) -> tuple[str, Measured]:
-    """`kgb proxy` with capture and publishing on, its own spool directory, logging only warnings."""
+    """`kgb proxy` with capture and publishing on, its own spool directory, logging only warnings;
+    `source`: the kgb of that source tree (another commit's checkout) in place of the installed one."""
     port = free_port()
     spool = workdir / f"{name}-spool"
     env = {
         **os.environ,
+        **({"PYTHONPATH": str(source)} if source else {}),
         "KGB_KAFKA_BOOTSTRAP": bootstrap,
         "KGB_TOPIC": topic,
         "KGB_SPOOL_DIR": str(spool),

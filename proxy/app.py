@@ -1,7 +1,8 @@
-"""The capture proxy: forwards every request upstream and streams the answer back.
+"""The capture proxy: streams every request upstream as it arrives, and the answer back.
 
 Each piece of the exchange is appended to the capture log (proxy/tap.py) as it
-passes, a chunk just before it goes to the client; building and publishing the
+passes, a body piece before it goes upstream and a chunk before it goes to the
+client, so the relay never holds a whole body; building and publishing the
 events is the capture worker's, in another process (proxy/worker.py). The
 long-lived upstream session and the log writer are opened and closed here, at
 the edge of the app, and nowhere else.
@@ -9,6 +10,7 @@ the edge of the app, and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
@@ -21,7 +23,6 @@ from yarl import URL
 from common.config import mask_url
 from common.outages import HEALTH
 from proxy import errors
-from proxy.budget import ByteBudget
 from proxy.capture import RequestRecord
 from proxy.logwriter import LogWriter
 from proxy.metrics import CONTENT_TYPE, ProxyMetrics
@@ -53,7 +54,6 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 WRITER = web.AppKey("writer", LogWriter)
 TAP = web.AppKey("tap", Tap)
 MCP_SINK = web.AppKey("mcp_sink", McpSink)
-BODY_BUDGET = web.AppKey("body_budget", ByteBudget)
 METRICS = web.AppKey("metrics", ProxyMetrics)
 
 
@@ -85,37 +85,84 @@ async def forward(request: web.Request) -> web.StreamResponse:
     if not origin_form:
         refusal = f"KGB proxy: {request.method} {request.raw_path} is not relayed: only a path goes upstream"
         return _fail(request, app[TAP].request(record), errors.TargetNotRelayed(refusal))
-    async with app[BODY_BUDGET].hold(body_charge(request, settings.max_body_bytes)):
-        try:
-            record.body = await _read_body(request, settings.max_body_bytes)
-        except errors.BodyTooLarge as exc:
-            return _fail(request, app[TAP].request(record), exc)
-        exchange = app[TAP].request(record)
-        outgoing = CIMultiDict(end_to_end(raw_headers, request.headers.get("connection"), _NOT_FORWARDED))
-        try:
-            upstream = await app[SESSION].request(
-                request.method,
-                upstream_url(settings.upstream_url, record.path, record.query),
-                headers=outgoing,
-                data=record.body or None,
-                allow_redirects=False,
-            )
-        except Exception as exc:  # noqa: BLE001 - every failure is answered and captured
-            return _fail(request, exchange, errors.translate(exc))
-        finally:
-            record.body = b""  # sent upstream and in the log: its room in the budget is free again
+    limit, declared = settings.max_body_bytes, request.content_length
+    if declared is not None and declared > limit:
+        too_large = errors.BodyTooLarge(f"KGB proxy: request body of {declared} bytes exceeds the {limit}-byte limit")
+        return _fail(request, app[TAP].request(record), too_large)
+    exchange = app[TAP].streaming(record, declared)
+    outgoing = CIMultiDict(end_to_end(raw_headers, request.headers.get("connection"), _NOT_FORWARDED))
+    if request.body_exists and declared is not None:
+        outgoing["Content-Length"] = str(declared)  # upstream gets the body as the client framed it, not chunked
+    body = Body(request, exchange, limit)
+    try:
+        upstream = await app[SESSION].request(
+            request.method,
+            upstream_url(settings.upstream_url, record.path, record.query),
+            headers=outgoing,
+            data=body.payload(),
+            allow_redirects=False,
+        )
+    except Exception as exc:  # noqa: BLE001 - every failure is answered and captured
+        await body.drain()
+        return _fail(request, exchange, body.failure or errors.translate(exc))
     async with upstream:
         return await _relay(request, record, upstream, exchange, metrics)
 
 
-def body_charge(request: web.Request, limit: int) -> int:
-    """What a request's body may cost before it is read: its Content-Length, else the limit."""
-    if not request.body_exists:
-        return 0
-    return limit if request.content_length is None else min(request.content_length, limit)
+class Body:
+    """A request body on its way upstream as it arrives: each piece goes to the capture log, then on,
+    so the relay never holds a whole body. A body past `limit` (it declared no length, or lied) or
+    a client that leaves mid-body stops it: the upstream request is aborted, and `failure` says why."""
+
+    def __init__(self, request: web.Request, exchange: Exchange, limit: int) -> None:
+        self._request, self._exchange, self._limit = request, exchange, limit
+        self._size = 0
+        self.failure: errors.Refused | None = None
+        self.ended = not request.body_exists
+        if self.ended:
+            exchange.body_end()
+
+    def payload(self) -> bytes | AsyncIterator[bytes] | None:
+        """What goes upstream: nothing; the body itself when all of it is here already (most requests:
+        no stream to run, and its records leave in one write); else its pieces as they come."""
+        if self.ended:
+            return None
+        content = self._request.content
+        if not content.is_eof() or content.total_bytes > self._limit:
+            return self.pieces()
+        whole = content.read_nowait()
+        self._size = len(whole)
+        self._exchange.body(whole, hold=True)  # small, and the next record comes before the upstream's answer
+        self.ended = True
+        self._exchange.body_end()
+        return whole
+
+    async def pieces(self) -> AsyncIterator[bytes]:
+        try:
+            async for piece in self._request.content.iter_any():
+                self._size += len(piece)
+                if self._size > self._limit:
+                    self.failure = errors.BodyTooLarge(f"KGB proxy: request body exceeds the {self._limit}-byte limit")
+                    break
+                self._exchange.body(piece)
+                yield piece
+        except (aiohttp.ClientPayloadError, ConnectionError) as exc:
+            self.failure = errors.ClientLeft(f"KGB proxy: the client went away before its request body ended ({exc})")
+        self.ended = True
+        self._exchange.body_end(discarded=isinstance(self.failure, errors.BodyTooLarge))
+        if self.failure is not None:
+            raise self.failure
+
+    async def drain(self) -> None:
+        """The rest of a body the upstream never took, into the log alone: the failed exchange is captured whole."""
+        if not self.ended:
+            with contextlib.suppress(errors.Refused):
+                async for _ in self.pieces():
+                    pass
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """A body whole, for relays that must parse it before forwarding (MCP's JSON-RPC)."""
     if request.content_length is not None and request.content_length > limit:
         raise errors.BodyTooLarge(f"KGB proxy: request body of {request.content_length} bytes exceeds the {limit}-byte limit")
     chunks, size = [], 0
@@ -131,24 +178,26 @@ async def _relay(
     request: web.Request, record: RequestRecord, upstream: aiohttp.ClientResponse, exchange: Exchange, metrics: ProxyMetrics
 ) -> web.StreamResponse:
     headers = end_to_end(_decoded(upstream.raw_headers), upstream.headers.get("connection"), HOP_BY_HOP)
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    first = _buffered(upstream.content)
+    response = (HeadWithBody if first else web.StreamResponse)(status=upstream.status, reason=upstream.reason)
     response.headers.extend(end_to_end(headers, None, frozenset({"content-length"})))
     if "content-length" in upstream.headers and upstream.content_length is not None:
         response.content_length = upstream.content_length
-    exchange.response_head(upstream.status, headers)
+    exchange.response_head(upstream.status, headers, with_chunk=bool(first))
     client_gone = upstream_done = False
     try:
         client_gone = not await _send(response.prepare(request))
-        async for chunk in upstream.content.iter_any():
-            if client_gone:
+        chunk = first
+        while not client_gone:
+            if chunk:
+                exchange.chunk(chunk)
+            if upstream.content.at_eof():  # the last bytes and the end of the answer leave in one write
+                upstream_done = True
+                client_gone = not await _send(response.write_eof(chunk))
                 break
-            exchange.chunk(chunk)
-            if not await _send(response.write(chunk)):
-                client_gone = True
-                break
-        else:
-            upstream_done = True
-            client_gone = not await _send(response.write_eof())
+            if chunk:
+                client_gone = not await _send(response.write(chunk))
+            chunk = await upstream.content.readany()
     except (aiohttp.ClientError, TimeoutError) as exc:
         log.warning("exchange %s: upstream stream broke: %s", record.exchange_id, exc)
         metrics.upstream_errors.labels(kind="stream_broken").inc()
@@ -160,6 +209,21 @@ async def _relay(
         exchange.end(client_disconnected=client_gone, upstream_complete=upstream_done)
         metrics.requests.labels(method=request.method, status=str(upstream.status)).inc()
     return response
+
+
+class HeadWithBody(web.StreamResponse):
+    """An answer whose first bytes came with the upstream's head: the head leaves with them, one write
+    (and one wake-up of the client) in place of two, and nothing waits for it."""
+
+    _send_headers_immediately = False  # what aiohttp's own web.Response sets, so its head goes with its body
+
+
+def _buffered(content: aiohttp.StreamReader) -> bytes:
+    """The body bytes already here, taken without waiting; b"" when none (or the stream broke: the relay loop finds out)."""
+    try:
+        return content.read_nowait()
+    except aiohttp.ClientError:
+        return b""
 
 
 async def _send(write: Awaitable[object]) -> bool:
@@ -184,9 +248,10 @@ def _abort(request: web.Request) -> None:
 def _fail(request: web.Request, exchange: Exchange, failure: errors.ProxyError) -> web.Response:
     app = request.app
     body = failure.body()
-    exchange.response_head(failure.status, [("Content-Type", "application/json")])
+    exchange.response_head(failure.status, [("Content-Type", "application/json")], with_chunk=True)
     exchange.chunk(body)
-    exchange.end(client_disconnected=False, upstream_complete=False, proxy_error=(failure.kind, str(failure)))
+    left = isinstance(failure, errors.ClientLeft)
+    exchange.end(client_disconnected=left, upstream_complete=False, proxy_error=(failure.kind, str(failure)))
     app[METRICS].requests.labels(method=request.method, status=str(failure.status)).inc()
     if not isinstance(failure, errors.Refused):
         app[METRICS].upstream_errors.labels(kind=failure.kind).inc()
@@ -249,7 +314,6 @@ def build_app(settings: ProxySettings, metrics: ProxyMetrics | None = None) -> w
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics or ProxyMetrics()
-    app[BODY_BUDGET] = ByteBudget(settings.body_memory_bytes)
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(capturing)
     app.router.add_get("/health", health)

@@ -1,8 +1,8 @@
 """Capture-log records back into exchanges, and exchanges into events: the worker's pure core.
 
 `Assembler.feed` takes records in log order and returns the events they
-complete: the request event once the request is whole (its response head or
-end arrived), the response event at the end. Records of an exchange whose
+complete: the request event at its response head (or, when the upstream
+answered before the body ended, at its request-end record; else at its end), the response event at the end. Records of an exchange whose
 head was never seen are skipped: it began before the checkpoint and was
 published whole before it. A writer-start record means the relay restarted, so
 exchanges still open then will never end: they are closed with what they have
@@ -61,10 +61,7 @@ class Pending:
     facts: RequestFacts | None = None
     recorder: ResponseRecorder | None = None
     last_at: int = 0
-
-
-def request_record(exchange: bytes, record: Record) -> RequestRecord:
-    return request_of(exchange, orjson.loads(record.payload))
+    body_open: bool = False  # a REQUEST_END is to come: the body may still grow after the response head
 
 
 def request_of(exchange: bytes, head: dict[str, Any]) -> RequestRecord:
@@ -114,7 +111,9 @@ class Assembler:
         if record.kind is Kind.WRITER_START:
             return self.interrupt_all(record.at_ns)
         if record.kind is Kind.REQUEST_HEAD:
-            self._open[record.exchange] = Pending(read.at, request_record(record.exchange, record), last_at=record.at_ns)
+            head = orjson.loads(record.payload)
+            request = request_of(record.exchange, head)
+            self._open[record.exchange] = Pending(read.at, request, last_at=record.at_ns, body_open=head.get("body_end", False))
             return []
         pending = self._open.get(record.exchange)
         if pending is None:
@@ -123,9 +122,14 @@ class Assembler:
         if record.kind is Kind.REQUEST_BODY:
             pending.body.append(record.payload)
             return []
+        if record.kind is Kind.REQUEST_END:
+            if orjson.loads(record.payload)["discarded"]:
+                pending.body = []
+            pending.body_open = False  # built at its response head, as ever, or now if that came first
+            return [] if pending.recorder is None else self._request_done(record.exchange, pending, last=False)
         if record.kind is Kind.END:
             return self._close(record.exchange, ending(record))
-        built = self._request_done(record.exchange, pending, last=False)
+        built = [] if pending.body_open else self._request_done(record.exchange, pending, last=False)
         if record.kind is Kind.RESPONSE_HEAD:
             head = orjson.loads(record.payload)
             pending.recorder = ResponseRecorder(pending.request, head["status"], [(n, v) for n, v in head["headers"]])

@@ -1,9 +1,10 @@
 """The proxy's own failures, and the Anthropic-shaped answers clients get for them.
 
     ProxyError           500 api_error           (anything unforeseen on the way upstream)
-    ├── Refused              (the proxy answered itself, before forwarding: nothing went upstream)
+    ├── Refused              (the proxy answered itself: no whole request went upstream)
     │   ├── BodyTooLarge         413 request_too_large     (the client sent more than KGB_MAX_BODY_BYTES)
-    │   └── TargetNotRelayed     400 invalid_request_error (CONNECT host:port, OPTIONS *: no path to relay)
+    │   ├── TargetNotRelayed     400 invalid_request_error (CONNECT host:port, OPTIONS *: no path to relay)
+    │   └── ClientLeft           400 invalid_request_error (the client went away before its body ended)
     ├── UpstreamUnreachable  502 api_error           (connect refused, DNS, reset before headers)
     └── UpstreamTimeout      504 timeout_error       (no headers, or no next chunk, in time)
 
@@ -30,7 +31,8 @@ class ProxyError(Exception):
 
 
 class Refused(ProxyError):
-    """Decided from the request alone, so its request event is built with the answer, and no upstream error counted."""
+    """Decided from the request alone (a streamed body may have begun upstream, and is aborted there),
+    so no upstream error is counted."""
 
 
 class BodyTooLarge(Refused):
@@ -43,6 +45,12 @@ class TargetNotRelayed(Refused):
     status = 400
     error_type = "invalid_request_error"
     kind = "target_not_relayed"
+
+
+class ClientLeft(Refused):
+    status = 400
+    error_type = "invalid_request_error"
+    kind = "client_disconnected"
 
 
 class UpstreamUnreachable(ProxyError):

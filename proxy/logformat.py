@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import enum
 import struct
-import zlib
 from dataclasses import dataclass
+
+from isal.isal_zlib import crc32  # zlib's CRC-32, computed ~7x faster (ISA-L): relay and worker checksum every body byte
 
 HEADER = struct.Struct(">II")  # length, crc
 FIXED = struct.Struct(">B16sQ")  # kind, exchange id, at_ns
@@ -28,7 +29,7 @@ MAX_RECORD = 1 << 30
 
 class Kind(enum.IntEnum):
     REQUEST_HEAD = 1  # JSON: method, path, query, version, headers (credentials already redacted), ...
-    REQUEST_BODY = 2  # raw bytes of the request body, in order
+    REQUEST_BODY = 2  # raw bytes of the request body, in order, appended as they arrive
     RESPONSE_HEAD = 3  # JSON: status, headers
     RESPONSE_CHUNK = 4  # raw bytes of the response body as the upstream sent them
     END = 5  # JSON: how the exchange ended (client left, upstream complete, proxy error, timings)
@@ -37,6 +38,8 @@ class Kind(enum.IntEnum):
     # A Streamable HTTP request to the MCP relay: REQUEST_HEAD's JSON plus "mcp" (server name, upstream URL,
     # whether its messages are recorded, client address); the rest of its exchange in the kinds above.
     MCP_REQUEST_HEAD = 8
+    REQUEST_END = 9  # JSON: the request body ended (its size; whether it was discarded); a head saying
+    # "body_end" is followed by one, and its request event waits for it (or the END)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +57,7 @@ class Damaged(ValueError):
 def prefix(kind: Kind, exchange: bytes, at_ns: int, payload: bytes | memoryview) -> bytes:
     """Everything in front of `payload`; written beside it (os.writev), so the payload is never copied."""
     fixed = FIXED.pack(kind, exchange, at_ns)
-    return HEADER.pack(FIXED.size + len(payload), zlib.crc32(payload, zlib.crc32(fixed))) + fixed
+    return HEADER.pack(FIXED.size + len(payload), crc32(payload, crc32(fixed))) + fixed
 
 
 def encode(kind: Kind, exchange: bytes, at_ns: int, payload: bytes) -> bytes:
@@ -73,7 +76,7 @@ def decode_at(buffer: bytes | memoryview, offset: int) -> tuple[Record, int] | N
     if len(buffer) < end:
         return None
     body = bytes(buffer[start:end])
-    if zlib.crc32(body) != crc:
+    if crc32(body) != crc:
         raise Damaged(f"checksum mismatch at offset {offset}")
     kind, exchange, at_ns = FIXED.unpack_from(body, 0)
     try:

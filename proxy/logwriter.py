@@ -1,7 +1,10 @@
 """The relay's side of the capture log: append-only segment files, plain writes.
 
 A record is on its way to disk the moment `os.write` returns: the kernel holds
-it, so a killed relay loses nothing it appended. Only a machine crash can lose
+it, so a killed relay loses nothing it appended. An append may `hold` a record
+that nothing is waiting on (a request's head, its end) so it leaves in one
+`os.writev` with the next: the relay never holds one past its next write to the
+log, which always comes before it sends a client anything. Only a machine crash can lose
 what is not yet synced, which the fsync policy (`FsyncPolicy`) bounds. Each
 writer start opens a new segment, so no writer ever appends after a record torn
 by an earlier kill. Segments are ``segment-<seq>.log``, 0600 in a 0700
@@ -31,6 +34,10 @@ log = logging.getLogger(__name__)
 SEGMENT_PREFIX = "segment-"
 SEGMENT_SUFFIX = ".log"
 RESCAN_EVERY = 0.5  # seconds between re-reading the directory's size while full
+# Held records are written anyway once this many buffers (well under IOV_MAX, 1024 on Linux) or bytes wait:
+# many requests waiting for their answers at once must not make one writev too long.
+HOLD_PARTS = 64
+HOLD_BYTES = 1024 * 1024
 
 
 class FsyncPolicy(enum.Enum):
@@ -99,12 +106,16 @@ class LogWriter:
         self._size = 0
         self._retired: list[int] = []
         self._dirty = False
+        self._held: list[bytes | memoryview] = []
+        self._held_bytes = 0
         self._lock = threading.Lock()
         self._rescanned_at = float("-inf")
         self.refused_records = 0
         self.refused_bytes = 0
         self._full = False
-        self._write(logformat.encode(Kind.WRITER_START, bytes(16), time.time_ns(), b""))
+        self._held = [start := logformat.encode(Kind.WRITER_START, bytes(16), time.time_ns(), b"")]
+        self._held_bytes = len(start)
+        self._flush()
 
     @property
     def pending_bytes(self) -> int:
@@ -114,17 +125,23 @@ class LogWriter:
     def full(self) -> bool:
         return self._full
 
-    def append(self, kind: Kind, exchange: bytes, payload: bytes | memoryview, *, force: bool = False) -> bool:
+    def append(
+        self, kind: Kind, exchange: bytes, payload: bytes | memoryview, *, force: bool = False, hold: bool = False
+    ) -> bool:
         """Append one record; False if the cap refused it. `force` lets a small closing record
-        (an exchange's end) past the cap, so an exchange that started in the log also ends there."""
+        (an exchange's end) past the cap, so an exchange that started in the log also ends there.
+        `hold` keeps it for the next append that does not hold (with which it is written)."""
         head = logformat.prefix(kind, exchange, time.time_ns(), payload)
         size = len(head) + len(payload)
         if not force and not self._room_for(size):
             self._refuse(size)
             return False
-        self._write(head, payload)
-        if self._size >= self.settings.segment_bytes:
-            self._rotate()
+        self._held += (head, payload)
+        self._held_bytes += size
+        if not hold or len(self._held) >= HOLD_PARTS or self._held_bytes >= HOLD_BYTES:
+            self._flush()
+            if self._size >= self.settings.segment_bytes:
+                self._rotate()
         return True
 
     def admit(self, size: int) -> bool:
@@ -150,6 +167,8 @@ class LogWriter:
             self.sync()
 
     def close(self) -> None:
+        if self._held:
+            self._flush()
         if self.settings.fsync is not FsyncPolicy.NONE:
             self.sync()
         with self._lock:
@@ -157,11 +176,13 @@ class LogWriter:
                 os.close(fd)
             self._retired, self._fd = [], -1
 
-    def _write(self, head: bytes, payload: bytes | memoryview = b"") -> None:
-        size = len(head) + len(payload)
-        written = os.writev(self._fd, [head, payload])
+    def _flush(self) -> None:
+        """Write what is held, in one writev."""
+        parts, size = self._held, self._held_bytes
+        self._held, self._held_bytes = [], 0
+        written = os.writev(self._fd, parts)
         if written < size:  # a short write to a regular file: rare (disk full, a signal); finish it
-            rest = memoryview(head + bytes(payload))[written:]
+            rest = memoryview(b"".join(parts))[written:]
             while rest:
                 rest = rest[os.write(self._fd, rest) :]
         self._size += size
@@ -169,8 +190,8 @@ class LogWriter:
         self._dirty = True
 
     def _room_for(self, size: int) -> bool:
-        now = time.monotonic()
-        if self._total + size > self.settings.max_bytes and now - self._rescanned_at >= RESCAN_EVERY:
+        size += self._held_bytes
+        if self._total + size > self.settings.max_bytes and (now := time.monotonic()) - self._rescanned_at >= RESCAN_EVERY:
             self._rescanned_at = now  # the worker may have deleted segments since
             self._total = directory_bytes(self.settings.directory)
         if self._total + size > self.settings.max_bytes:

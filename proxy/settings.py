@@ -98,7 +98,6 @@ class ProxySettings(HoldsSecrets):
     host: str = "127.0.0.1"
     port: int = 8089
     max_body_bytes: int = 64 * 1024 * 1024
-    body_memory_bytes: int = 256 * 1024 * 1024
     connect_timeout: float = 10.0
     read_timeout: float = 600.0
     upstream_connections: int = 256
@@ -123,7 +122,6 @@ class ProxySettings(HoldsSecrets):
             host=env_str(env, "KGB_PROXY_HOST", cls.host),
             port=env_int(env, "KGB_PROXY_PORT", cls.port),
             max_body_bytes=env_int(env, "KGB_MAX_BODY_BYTES", cls.max_body_bytes),
-            body_memory_bytes=above_zero("KGB_BODY_MEMORY_BYTES", env_int(env, "KGB_BODY_MEMORY_BYTES", cls.body_memory_bytes)),
             connect_timeout=env_float(env, "KGB_UPSTREAM_CONNECT_TIMEOUT", cls.connect_timeout),
             read_timeout=env_float(env, "KGB_UPSTREAM_READ_TIMEOUT", cls.read_timeout),
             upstream_connections=env_int(env, "KGB_UPSTREAM_CONNECTIONS", cls.upstream_connections),

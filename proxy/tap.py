@@ -2,8 +2,10 @@
 
 Per exchange: a request head (credential headers already replaced, the key's
 fingerprint computed from it, so no credential ever reaches the disk), the
-request body in chunks, the response head, each response chunk as it came, and
-an end record with how it ended and its timings. Everything else (decoding,
+request body in chunks as they arrive (each before it goes upstream: the relay
+never holds a whole body) and a request-end record once the body is over, the
+response head, each response chunk as it came, and an end record with how it
+ended and its timings. Everything else (decoding,
 SSE reassembly, body redaction, session parsing, Avro, Kafka) is the capture
 worker's. The MCP Streamable HTTP relay appends its requests the same way,
 their head of its own kind (`Tap.request` with `mcp`). Appends are plain
@@ -11,15 +13,17 @@ writes to the page cache; a chunk is appended before it is sent on, so
 whatever reached a client is in the log.
 
 When the log is full the exchange is still relayed, only not captured: a
-request goes in whole or not at all; a response cut short by the cap skips its
-later chunks, and its end is written anyway (it is small, and says the capture
-is incomplete) so the worker does not wait for it.
+request is admitted whole (its head and declared length) or not at all; a body
+without a declared length, or a response, cut short by the cap skips its later
+chunks, and its end is written anyway (it is small, and says the capture is
+incomplete) so the worker does not wait for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import struct
 import time
@@ -60,6 +64,12 @@ def scrubbed(headers: Iterable[tuple[str, str]], names: frozenset[str]) -> list[
     return [(name, REDACTED if name.lower() in names else value) for name, value in headers]
 
 
+@functools.lru_cache(maxsize=256)
+def key_fingerprint(secret: str, key: bytes) -> str:
+    """One HMAC per key, not per request: a client sends the same key every time."""
+    return fingerprint(secret, key)
+
+
 def request_head(record: RequestRecord, policy: HeaderPolicy, mcp: dict[str, Any] | None = None) -> bytes:
     """The head's JSON; an MCP relay's request adds what its events need beside it (`mcp`)."""
     secret = credential(record.headers)
@@ -70,7 +80,8 @@ def request_head(record: RequestRecord, policy: HeaderPolicy, mcp: dict[str, Any
         "http_version": record.http_version,
         "headers": scrubbed(record.headers, policy.secret_names),
         "received_at": record.received_at,
-        "key_fingerprint": fingerprint(secret, policy.fingerprint_key) if secret else None,
+        "key_fingerprint": key_fingerprint(secret, policy.fingerprint_key) if secret else None,
+        "body_end": True,  # a REQUEST_END closes the body (logs written before it existed have none)
     }
     return orjson.dumps(head if mcp is None else head | {"mcp": mcp})
 
@@ -90,18 +101,33 @@ class Exchange:
     first_byte_ns: int | None = None
     captured: bool = True
     headed: bool = False  # the request head made it into the log: only then does the end go there too
+    body_bytes: int = 0
 
     @property
     def label(self) -> str:
         return str(uuid.UUID(bytes=self.id))
 
-    def _append(self, kind: Kind, payload: bytes | memoryview) -> None:
-        if self.captured and not self.tap.writer.append(kind, self.id, payload):
+    def _append(self, kind: Kind, payload: bytes | memoryview, *, hold: bool = False) -> None:
+        if self.captured and not self.tap.writer.append(kind, self.id, payload, hold=hold):
             self.captured = False
 
-    def response_head(self, status: int, headers: list[tuple[str, str]]) -> None:
+    def body(self, data: bytes, *, hold: bool = False) -> None:
+        """One piece of the request body, as it arrived, before it goes upstream (`hold`: a body already
+        whole in memory may wait for the next record)."""
+        if not data:
+            return
+        self.body_bytes += len(data)
+        for piece in chunks(data) if len(data) > CHUNK_BYTES else (data,):
+            self._append(Kind.REQUEST_BODY, piece, hold=hold)
+
+    def body_end(self, *, discarded: bool = False) -> None:
+        """The body is over; `discarded` (refused for its size) tells the worker to record it empty."""
+        self._append(Kind.REQUEST_END, orjson.dumps({"body_bytes": self.body_bytes, "discarded": discarded}), hold=True)
+
+    def response_head(self, status: int, headers: list[tuple[str, str]], *, with_chunk: bool = False) -> None:
+        """`with_chunk`: the client gets the head only with a chunk appended next, so the head may wait for it."""
         head = {"status": status, "headers": scrubbed(headers, self.tap.policy.secret_names)}
-        self._append(Kind.RESPONSE_HEAD, orjson.dumps(head))
+        self._append(Kind.RESPONSE_HEAD, orjson.dumps(head), hold=with_chunk)
 
     def chunk(self, data: bytes) -> None:
         if self.first_byte_ns is None:
@@ -130,18 +156,24 @@ class Tap:
     policy: HeaderPolicy
 
     def request(self, record: RequestRecord, mcp: dict[str, Any] | None = None) -> Exchange:
-        """Append the request; the `Exchange` takes the rest of this exchange's records. With `mcp`,
-        it is a Streamable HTTP request to the MCP relay (`proxy.mcp.assemble` reads it back)."""
+        """Append a request whose body is already whole (`record.body`); the `Exchange` takes the rest. With
+        `mcp`, it is a Streamable HTTP request to the MCP relay (`proxy.mcp.assemble` reads it back)."""
+        exchange = self.streaming(record, len(record.body), mcp)
+        exchange.body(record.body)
+        exchange.body_end()
+        return exchange
+
+    def streaming(self, record: RequestRecord, declared: int | None, mcp: dict[str, Any] | None = None) -> Exchange:
+        """Append the request head; its body follows through `Exchange.body` and `body_end`. The log
+        admits the head and the `declared` body length together or neither: never a request cut short."""
         exchange = Exchange(self, uuid.UUID(record.exchange_id).bytes)
         head = request_head(record, self.policy, mcp)
-        pieces = list(chunks(record.body))
-        if not self.writer.admit(len(head) + len(record.body) + (1 + len(pieces)) * PREFIX):
-            exchange.captured = False  # the whole request or nothing: never a request cut short
+        body = declared or 0
+        if not self.writer.admit(len(head) + body + (3 + body // CHUNK_BYTES) * PREFIX):
+            exchange.captured = False
             return exchange
-        exchange._append(Kind.REQUEST_HEAD if mcp is None else Kind.MCP_REQUEST_HEAD, head)
+        exchange._append(Kind.REQUEST_HEAD if mcp is None else Kind.MCP_REQUEST_HEAD, head, hold=True)
         exchange.headed = exchange.captured
-        for piece in pieces:
-            exchange._append(Kind.REQUEST_BODY, piece)
         return exchange
 
 

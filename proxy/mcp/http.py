@@ -41,7 +41,7 @@ from yarl import URL
 from proxy import errors
 
 # The API proxy's own small I/O helpers: reading a bounded body, writing to a client that may be gone.
-from proxy.app import HOP_BY_HOP, METRICS, SETTINGS, TAP, _abort, _decoded, _read_body, _send, end_to_end
+from proxy.app import HOP_BY_HOP, METRICS, SETTINGS, TAP, _abort, _decoded, read_body, _send, end_to_end
 from proxy.capture import RedactionPolicy, RequestRecord
 from proxy.mcp.assemble import Route
 from proxy.mcp.events import recorded_url
@@ -128,7 +128,7 @@ async def forward(request: web.Request, name: str, where: Where, messages: bool)
     url, recorded = app[HTTP_UPSTREAMS].get(name, (None, None))
     route = Route(name, recorded, messages, request.remote).head()
     try:
-        record.body = await _read_body(request, app[SETTINGS].max_body_bytes)
+        record.body = await read_body(request, app[SETTINGS].max_body_bytes)
     except errors.BodyTooLarge as exc:
         return fail(request, app[TAP].request(record, route), record, 413, "body_too_large", str(exc))
     exchange = app[TAP].request(record, route)

@@ -100,7 +100,16 @@ def end_to_end_headers(response: aiohttp.ClientResponse) -> list[tuple[str, str]
     return [(k, v) for k, v in response.headers.items() if k.lower() not in ignored]
 
 
-async def fetch(url: str, data: bytes, headers: dict[str, str] | None = None) -> tuple[aiohttp.ClientResponse, bytes]:
+async def pieces(data: bytes, size: int) -> AsyncIterator[bytes]:
+    """`data` as a body with no declared length: aiohttp sends it chunked, piece by piece."""
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+        await asyncio.sleep(0)
+
+
+async def fetch(
+    url: str, data: bytes | AsyncIterator[bytes], headers: dict[str, str] | None = None
+) -> tuple[aiohttp.ClientResponse, bytes]:
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         async with session.post(url, data=data, headers=headers or HEADERS) as response:
             return response, await response.read()
@@ -184,17 +193,56 @@ async def test_body_over_the_limit_gets_413_json_and_is_captured(kafka, topic: s
     assert exchange["REQUEST"]["request"]["body"] == b""
 
 
-async def test_bodies_over_the_body_memory_budget_take_turns_and_all_get_through(kafka, topic: str, tmp_path: Path) -> None:
+async def test_over_the_limit_mid_stream_a_body_without_a_length_gets_413_and_never_reaches_upstream(
+    kafka, topic: str, tmp_path: Path
+) -> None:
     async with FakeAnthropic() as fake:
-        replies = [json_message(f"answer {n}") for n in range(6)]
-        fake.enqueue(*replies)
-        url, runner = await serve(settings_for(fake.url, kafka.bootstrap, topic, tmp_path, body_memory_bytes=1000))
+        url, runner = await serve(settings_for(fake.url, kafka.bootstrap, topic, tmp_path, max_body_bytes=1000))
         try:
-            answers = await asyncio.gather(*(fetch(url + "/v1/messages", body(stream=False, pad="x" * 700)) for _ in replies))
+            response, raw = await fetch(url + "/v1/messages", pieces(b"x" * 5000, 700))
         finally:
             await runner.cleanup()
-    assert [response.status for response, _ in answers] == [200] * 6
-    assert len(await read_events(kafka.bootstrap, topic, 12)) == 12
+        assert fake.requests == []
+    assert response.status == 413 and orjson.loads(raw)["error"]["type"] == "request_too_large"
+    (exchange,) = by_exchange(await read_events(kafka.bootstrap, topic, 2)).values()
+    assert exchange["RESPONSE"]["response"]["status"] == 413
+    assert exchange["REQUEST"]["request"]["body"] == b""
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_a_large_body_streams_upstream_byte_identical_and_its_event_holds_it_whole(stack: Stack, framing: str) -> None:
+    large = body(stream=False, pad="".join(f"{n:07d}," for n in range(400_000)))  # 3.2 MB: several log records
+    stack.fake.enqueue(json_message("got it"))
+    response, _ = await fetch(stack.url + "/v1/messages", large if framing == "content-length" else pieces(large, 65536))
+    assert response.status == 200
+    (received,) = stack.fake.requests
+    assert received.body == large
+    framed = {name.lower(): value for name, value in received.headers}
+    if framing == "content-length":
+        assert framed["content-length"] == str(len(large)) and "transfer-encoding" not in framed
+    else:
+        assert framed["transfer-encoding"] == "chunked" and "content-length" not in framed
+    (exchange,) = (await stack.events(2)).values()
+    assert exchange["REQUEST"]["request"]["body"] == large
+    assert exchange["RESPONSE"]["response"]["status"] == 200
+
+
+async def test_a_client_leaving_mid_body_is_captured_with_what_it_sent_and_upstream_gets_nothing(stack: Stack) -> None:
+    port = int(stack.url.rsplit(":", 1)[1])
+    sent = b'{"model":"claude-sonnet-4-5","messages":[' + b" " * 30_000
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = f"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: {API_KEY}\r\nContent-Length: 100000\r\n\r\n"
+    writer.write(head.encode() + sent)
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the proxy has begun forwarding it
+    writer.close()
+    await writer.wait_closed()
+    (exchange,) = (await stack.events(2)).values()
+    assert exchange["REQUEST"]["request"]["body"] == sent
+    recorded = exchange["RESPONSE"]["response"]
+    assert recorded["client_disconnected"] and recorded["error_type"] == "client_disconnected"
+    assert API_KEY not in repr(exchange)
+    assert stack.fake.requests == []
 
 
 async def test_unreachable_upstream_gets_502_json_and_is_captured(kafka, topic: str, tmp_path: Path) -> None:

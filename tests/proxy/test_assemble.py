@@ -9,10 +9,11 @@ import orjson
 
 from proxy.assemble import INCOMPLETE, INTERRUPTED, Assembler, Built
 from proxy.capture import RedactionPolicy, RequestRecord
+from proxy.logformat import Kind
 from proxy.logreader import LogReader, Position
 from proxy.logwriter import LogSettings, LogWriter
 from proxy.redact import BUILTIN_RULES
-from proxy.tap import HeaderPolicy, Tap
+from proxy.tap import HeaderPolicy, Tap, request_head
 from tests.fakes.anthropic import text_stream
 
 API_KEY = "sk-ant-api03-" + "Qq7" * 30 + "-NEVERONDISK"
@@ -97,6 +98,48 @@ def test_a_large_body_is_appended_in_pieces_and_comes_back_whole(tmp_path: Path)
     t.writer.close()
     (only,) = assembled(tmp_path)
     assert only.last and only.event["request"]["body"] == body
+
+
+def test_a_streamed_body_answered_before_it_ended_still_comes_back_whole(tmp_path: Path) -> None:
+    body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "y" * 2_500_000}]})
+    t = tap(tmp_path)
+    exchange = t.streaming(request(b""), len(body))
+    exchange.body(body[:1000])
+    exchange.response_head(200, [("content-type", "application/json")])  # an upstream that answers early
+    exchange.body(body[1000:])  # past one log record's size: split
+    exchange.body_end()
+    exchange.end(client_disconnected=False, upstream_complete=True)
+    t.writer.close()
+    request_event, response = assembled(tmp_path)
+    assert request_event.event["request"]["body"] == body and not request_event.last
+    assert response.last and response.event["response"]["status"] == 200
+
+
+def test_a_body_discarded_for_its_size_is_recorded_empty(tmp_path: Path) -> None:
+    t = tap(tmp_path)
+    exchange = t.streaming(request(b""), None)
+    exchange.body(b"z" * 5000)
+    exchange.body_end(discarded=True)
+    exchange.response_head(413, [("Content-Type", "application/json")])
+    exchange.end(client_disconnected=False, upstream_complete=False, proxy_error=("request_too_large", "too large"))
+    t.writer.close()
+    request_event, response = assembled(tmp_path)
+    assert request_event.event["request"]["body"] == b""
+    assert response.event["response"]["error_type"] == "request_too_large"
+
+
+def test_a_log_from_before_request_end_records_builds_the_request_at_its_response_head(tmp_path: Path) -> None:
+    t = tap(tmp_path)
+    record = request()
+    exchange = uuid.UUID(record.exchange_id).bytes
+    head = orjson.loads(request_head(record, t.policy))
+    del head["body_end"]
+    t.writer.append(Kind.REQUEST_HEAD, exchange, orjson.dumps(head))  # as the relay wrote it before REQUEST_END
+    t.writer.append(Kind.REQUEST_BODY, exchange, record.body)
+    t.writer.append(Kind.RESPONSE_HEAD, exchange, orjson.dumps({"status": 200, "headers": []}))
+    t.writer.close()
+    (request_event,) = assembled(tmp_path)
+    assert request_event.event["request"]["body"] == request().body
 
 
 def test_an_exchange_cut_by_a_proxy_kill_is_closed_when_the_next_proxy_starts(tmp_path: Path) -> None:

@@ -187,3 +187,34 @@ def test_only_segments_wholly_before_the_checkpoint_are_deleted(tmp_path: Path) 
     w.close()
     assert checkpoint.delete_published(tmp_path, Position(2, 7)) == 2
     assert [seq for seq, _ in segments(tmp_path)] == [2, 3, 4]
+
+
+def test_a_held_record_is_written_in_order_with_the_next_one_or_at_close(tmp_path: Path) -> None:
+    w = writer(tmp_path)
+    w.append(Kind.REQUEST_HEAD, EXCHANGE, b"head", hold=True)
+    reader = LogReader(tmp_path, Position(0, 0))
+    assert payloads(reader) == [], "held: not on disk yet"
+    w.append(Kind.REQUEST_BODY, EXCHANGE, b"body")
+    assert payloads(reader) == [b"head", b"body"]
+    w.append(Kind.REQUEST_END, EXCHANGE, b"end", hold=True)
+    w.close()
+    assert payloads(reader) == [b"end"]
+
+
+def test_held_bytes_count_against_the_cap(tmp_path: Path) -> None:
+    w = writer(tmp_path, max_bytes=200)
+    assert w.append(Kind.REQUEST_HEAD, EXCHANGE, b"h" * 100, hold=True)
+    assert not w.append(Kind.REQUEST_BODY, EXCHANGE, b"b" * 100)
+    assert w.refused_records == 1
+    w.close()
+
+
+def test_many_held_records_are_written_before_one_writev_grows_too_long(tmp_path: Path) -> None:
+    w = writer(tmp_path)
+    for n in range(1500):  # 3000 buffers: past IOV_MAX if they all waited for one writev
+        w.append(Kind.REQUEST_HEAD, EXCHANGE, str(n).encode(), hold=True)
+    reader = LogReader(tmp_path, Position(0, 0))
+    assert 0 < len(payloads(reader)) < 1500, "some written already, the rest still held"
+    w.append(Kind.END, EXCHANGE, b"end")
+    w.close()
+    assert payloads(LogReader(tmp_path, Position(0, 0))) == [str(n).encode() for n in range(1500)] + [b"end"]
