@@ -11,6 +11,7 @@ the edge of the app, and nowhere else.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
@@ -48,6 +49,8 @@ HOP_BY_HOP = frozenset(
     }
 )
 _NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length"}
+# aiohttp sends a bytes body in one write and warns above 1 MiB; a BytesIO it sends in 64 KiB pieces.
+WHOLE_BYTES_MAX = 2**20
 
 SETTINGS = web.AppKey("settings", ProxySettings)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
@@ -122,7 +125,7 @@ class Body:
         if self.ended:
             exchange.body_end()
 
-    def payload(self) -> bytes | AsyncIterator[bytes] | None:
+    def payload(self) -> bytes | io.BytesIO | AsyncIterator[bytes] | None:
         """What goes upstream: nothing; the body itself when all of it is here already (most requests:
         no stream to run, and its records leave in one write); else its pieces as they come."""
         if self.ended:
@@ -135,7 +138,7 @@ class Body:
         self._exchange.body(whole, hold=True)  # small, and the next record comes before the upstream's answer
         self.ended = True
         self._exchange.body_end()
-        return whole
+        return whole if len(whole) <= WHOLE_BYTES_MAX else io.BytesIO(whole)
 
     async def pieces(self) -> AsyncIterator[bytes]:
         try:

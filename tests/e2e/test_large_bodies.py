@@ -7,7 +7,6 @@ import json
 
 import aiohttp
 import orjson
-import pytest
 from aiokafka import AIOKafkaConsumer
 
 from schemas.fragments import FRAGMENT_BYTES
@@ -39,8 +38,6 @@ async def largest_message(pipeline: Pipeline) -> tuple[int, int]:
         await consumer.stop()
 
 
-# aiohttp warns of any bytes body over 1 MB, as the proxy relays the 9 MB one it holds (proxy/app.py, data=record.body).
-@pytest.mark.filterwarnings("ignore:Sending a large body directly with raw bytes:ResourceWarning")
 async def test_a_huge_request_and_answer_reach_winni_whole_in_pieces(pipeline: Pipeline) -> None:
     pipeline.fake.enqueue(text_stream(ANSWER, deltas=40))
     body = orjson.dumps(

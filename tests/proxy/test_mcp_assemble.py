@@ -111,7 +111,8 @@ def test_each_sse_event_is_a_message_when_the_chunk_that_completes_it_arrives(tm
     t.writer.close()
     assembler = McpAssembler(RedactionPolicy(BUILTIN_RULES, frozenset(), b""))
     per_record = [(read.record.kind.name, [b.event["kind"] for b in assembler.feed(read)]) for read in reads(tmp_path)]
-    assert per_record[3:] == [  # after the writer start, the head and the body
+    assert per_record[:4] == [("WRITER_START", []), ("MCP_REQUEST_HEAD", []), ("REQUEST_BODY", []), ("REQUEST_END", [])]
+    assert per_record[4:] == [
         ("RESPONSE_HEAD", ["MESSAGE"]),  # the request's message, once the session is known
         ("RESPONSE_CHUNK", ["MESSAGE"]),  # the progress notification; the priming event (no data) is none
         ("RESPONSE_CHUNK", ["MESSAGE"]),  # the result, completed by the second chunk
