@@ -78,12 +78,12 @@ class Tracked:
     complete: bool = False
     sent_at: float = field(default_factory=time.monotonic)
 
-    def settled(self) -> bool:
-        return self.complete and all(future.done() for future in self.futures)
+    def answered(self) -> bool:
+        """Kafka has answered for every event sent so far."""
+        return all(future.done() for future in self.futures)
 
-    def waiting_since(self, when: float) -> bool:
-        """Some of its events were sent before `when` and Kafka has not answered for them."""
-        return self.sent_at < when and not all(future.done() for future in self.futures)
+    def settled(self) -> bool:
+        return self.complete and self.answered()
 
 
 def summary(counts: WorkerFigures) -> str:
@@ -140,7 +140,8 @@ class Session:
             if reads:
                 self.watch.found()
                 continue
-            pending = bool(self.unacked) or self._position() != self.saved  # acks to reap, a checkpoint to move
+            # acks to come or a checkpoint to move: look again at SAVE_EVERY; else only when the log grows
+            pending = self._position() != self.saved or not all(t.answered() for t in self.unacked.values())
             await self.watch.wait(stop, SAVE_EVERY if pending else SAFETY_POLL)
         await self._catch_up()
         await self._drain()
@@ -172,7 +173,7 @@ class Session:
         """Kafka has left sends unanswered for KAFKA_SILENT: a broker that went away mid-session (the
         idempotent producer retries rather than fail them, so the session need not end)."""
         when = time.monotonic() - KAFKA_SILENT
-        return any(tracked.waiting_since(when) for tracked in self.unacked.values())
+        return any(tracked.sent_at < when and not tracked.answered() for tracked in self.unacked.values())
 
     async def _take(self, read: Read) -> None:
         self.counts.records_read += 1

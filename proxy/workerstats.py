@@ -12,8 +12,9 @@ because it is the simpler design and the sturdier one:
 - a worker run alone beside `kgb proxy --no-worker` writes the same file in
   the same KGB_SPOOL_DIR, and that proxy serves it.
 The price is freshness: figures are as old as the last write (WRITE_EVERY
-while they change, HEARTBEAT when they do not), from a task of its own, so
-they keep coming while the worker's loop waits on a Kafka that went away. Counters restart with the
+while they change; after a quiet spell, up to HEARTBEAT), from a task of its
+own, so they keep coming while the worker's loop waits on a Kafka that went
+away. Counters restart with the
 worker process, which Prometheus counters allow for.
 """
 
@@ -74,8 +75,8 @@ def write(directory: Path, state: dict[str, Any]) -> None:
 
 @contextlib.asynccontextmanager
 async def writing(directory: Path, figures: Callable[[], WorkerFigures]) -> AsyncIterator[None]:
-    """`figures()` written for the block's length: when they changed (looked at every WRITE_EVERY),
-    every HEARTBEAT regardless, and once more at its end (Kafka then down: the worker has stopped)."""
+    """`figures()` written for the block's length: looked at every WRITE_EVERY while they change and every
+    HEARTBEAT once they did not, written when changed or HEARTBEAT old, and once more at the block's end."""
     task = asyncio.create_task(_keep_written(directory, figures), name="worker figures")
     try:
         yield
@@ -92,13 +93,14 @@ async def _keep_written(directory: Path, figures: Callable[[], WorkerFigures]) -
     written_at = float("-inf")
     while True:
         state = asdict(figures())  # a deep copy: the next look compares against what was written
-        if state != last or time.monotonic() - written_at >= HEARTBEAT:
+        changed = state != last
+        if changed or time.monotonic() - written_at >= HEARTBEAT:
             try:
                 write(directory, state)
             except OSError as exc:
                 log.warning("capture worker: cannot write its figures to %s: %s", directory / FILE_NAME, exc)
             last, written_at = state, time.monotonic()
-        await asyncio.sleep(WRITE_EVERY)
+        await asyncio.sleep(WRITE_EVERY if changed else HEARTBEAT)  # an idle worker looks, and wakes, seldom
 
 
 def read(directory: Path) -> WorkerFigures | None:
