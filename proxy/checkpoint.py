@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
 
@@ -63,16 +64,28 @@ def delete_published(directory: Path, position: Position) -> int:
     return deleted
 
 
-def backlog(directory: Path) -> int:
-    """Bytes in the log past the checkpoint: what the worker has yet to get acknowledged."""
-    position = load(directory)
-    total = 0
+class Behind(NamedTuple):
+    """How far the log runs past a position: what the worker has yet to get acknowledged, and the whole log."""
+
+    bytes: int  # past the position
+    segments: int  # the position's segment and every later one
+    spool_bytes: int  # in every segment, published ones not yet deleted included
+
+
+def behind(directory: Path, position: Position) -> Behind:
+    past = count = total = 0
     for seq, path in segments(directory):
-        if seq < position.seq:
-            continue
         try:
             size = path.stat().st_size
         except FileNotFoundError:
-            continue
-        total += size - position.offset if seq == position.seq else size
-    return max(total, 0)
+            continue  # deleted meanwhile
+        total += size
+        if seq >= position.seq:
+            count += 1
+            past += size - position.offset if seq == position.seq else size
+    return Behind(max(past, 0), count, total)
+
+
+def backlog(directory: Path) -> int:
+    """Bytes in the log past the saved checkpoint."""
+    return behind(directory, load(directory)).bytes

@@ -4,8 +4,9 @@ They live on their own `CollectorRegistry` (not prometheus_client's global
 one) so every proxy and every test owns a fresh, independent set of counters.
 
 The relay's capture side is the capture log: its size, whether it is full, and
-how many appends it refused. Publishing is the capture worker's (its log lines
-say what it published, dropped or could not encode).
+how many appends it refused. Publishing is the capture worker's, another
+process: its `kgb_worker_*` figures come from the file it keeps in the log's
+directory (proxy/workerstats.py says why a file and not a port of its own).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from proxy.workerstats import WorkerCollector
 
 if TYPE_CHECKING:
     from proxy.logwriter import LogWriter
@@ -36,9 +39,12 @@ class ProxyMetrics:
         self.spool_full = Gauge("kgb_spool_full", "1 while the capture log is at KGB_SPOOL_MAX_BYTES.", registry=r)
         self.requests = Counter("kgb_requests", "Requests handled by the proxy.", ["method", "status"], registry=r)
         self.upstream_errors = Counter("kgb_upstream_errors", "Upstream failures seen by the proxy.", ["kind"], registry=r)
+        self.worker = WorkerCollector()
+        r.register(self.worker)
 
     def show_log(self, writer: LogWriter) -> None:
-        """The capture log's state, read when /metrics is scraped."""
+        """The capture log's state, read when /metrics is scraped; the worker's figures are in its directory."""
+        self.worker.directory = writer.settings.directory
         self.capture_dropped.set(writer.refused_records)
         self.spool_bytes.set(writer.pending_bytes)
         self.spool_full.set(1 if writer.full else 0)

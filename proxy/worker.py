@@ -8,7 +8,8 @@ exchanges whose every event Kafka acknowledged. Any Kafka failure ends the
 session; the next one starts from the checkpoint, so while Kafka is down the
 log is the spool and nothing else is. Events are built deterministically (ids
 from the exchange, times from the log), so what a new session sends again is a
-duplicate that consumers drop.
+duplicate that consumers drop. Between reads it sleeps until the log grows
+(proxy/logwatch.py: inotify, a slow safety poll), not for a fixed interval.
 
 `kgb proxy` runs this in its own process and restarts it if it dies
 (proxy/supervisor.py); it also runs alone, beside a proxy started with
@@ -21,8 +22,9 @@ import asyncio
 import fcntl
 import logging
 import os
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import chain
 from pathlib import Path
 
@@ -36,10 +38,13 @@ from proxy.capture import RedactionPolicy
 from proxy.kafkalink import KafkaLink, never_fits
 from proxy.logformat import Kind
 from proxy.logreader import LogReader, Position, Read
+from proxy.logwatch import SAFETY_POLL, LogWatch
 from proxy.logwriter import private_directory
 from proxy.mcp.assemble import McpAssembler
 from proxy.settings import CaptureSettings, ProxySettings
 from proxy.tap import KEY_LENGTH
+from proxy import workerstats
+from proxy.workerstats import WorkerFigures
 from schemas.codec import EXCHANGE, MCP
 from schemas import fragments
 from schemas.errors import SchemaError
@@ -48,7 +53,6 @@ import contextlib
 
 log = logging.getLogger(__name__)
 
-IDLE_MIN, IDLE_MAX = 0.001, 0.05  # seconds between polls of a log with nothing new
 SAVE_EVERY = 0.2  # seconds between checkpoint writes while publishing
 REGISTRY_RETRY = 5.0  # seconds between attempts to register the schemas while the registry is away
 REPORT_EVERY = 60.0  # seconds between progress lines, when there was progress
@@ -57,6 +61,7 @@ RETRY_MIN, RETRY_MAX = 0.2, 5.0
 FRAGMENT_ROOM = 64 * 1024  # a FRAGMENT event's envelope, and the record's framing, beside its piece
 LOCK_FILE = "worker.lock"
 LOCK_POLL = 0.2
+KAFKA_SILENT = 10.0  # seconds a send may wait for its ack before the figures say Kafka is down
 
 
 def split_mcp_record(payload: bytes) -> tuple[bytes, bytes]:
@@ -72,21 +77,20 @@ class Tracked:
     start: Position
     futures: list[asyncio.Future] = field(default_factory=list)
     complete: bool = False
+    sent_at: float = field(default_factory=time.monotonic)
+
+    def answered(self) -> bool:
+        """Kafka has answered for every event sent so far."""
+        return all(future.done() for future in self.futures)
 
     def settled(self) -> bool:
-        return self.complete and all(future.done() for future in self.futures)
+        return self.complete and self.answered()
 
 
-@dataclass
-class Counts:
-    """Over the worker's life, for its log lines (the relay's /metrics cannot see this process)."""
-
-    published: int = 0
-    too_large: int = 0
-    unencodable: int = 0
-
-    def __str__(self) -> str:
-        return f"{self.published} events published, {self.too_large} too large and {self.unencodable} unencodable (not published)"
+def summary(counts: WorkerFigures) -> str:
+    """The worker's progress line (its figures are on the proxy's /metrics too, proxy/workerstats.py)."""
+    too_large, unencodable = counts.dropped["too_large"], counts.dropped["unencodable"]
+    return f"{counts.events_published} events published, {too_large} too large and {unencodable} unencodable (not published)"
 
 
 class Session:
@@ -97,7 +101,7 @@ class Session:
         settings: CaptureSettings,
         policy: RedactionPolicy,
         http: aiohttp.ClientSession | None,
-        counts: Counts,
+        counts: WorkerFigures,
         kafka: Reporter,
     ) -> None:
         self.settings = settings
@@ -105,17 +109,20 @@ class Session:
         self.directory = settings.spool_dir
         self.link = KafkaLink(settings, http)
         self.reader = LogReader(self.directory, checkpoint.load(self.directory))
+        self.watch = LogWatch(self.directory)
         self.assemblers = (Assembler(policy), McpAssembler(policy))  # each takes the exchanges whose head is its kind
         self.unacked: dict[bytes, Tracked] = {}
         self.saved = self.reader.position
         self.counts = counts
         self.progressed = False
+        self.open = False
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.link.open()
+        self.open = True
         self.kafka.recovered()
         loop = asyncio.get_running_loop()
-        idle, saved_at, reported_at, reported = IDLE_MIN, loop.time(), loop.time(), str(self.counts)
+        saved_at, reported_at, reported = loop.time(), loop.time(), summary(self.counts)
         asked_registry_at = saved_at
         while not stop.is_set():
             reads = self.reader.poll()
@@ -128,22 +135,50 @@ class Session:
             if loop.time() - asked_registry_at >= REGISTRY_RETRY:
                 await self.link.register_schemas()  # nothing once registered
                 asked_registry_at = loop.time()
-            if loop.time() - reported_at >= REPORT_EVERY and str(self.counts) != reported:
-                reported, reported_at = str(self.counts), loop.time()
+            if loop.time() - reported_at >= REPORT_EVERY and summary(self.counts) != reported:
+                reported, reported_at = summary(self.counts), loop.time()
                 log.info("capture worker: %s so far", reported)
             if reads:
-                idle = IDLE_MIN
+                self.watch.found()
                 continue
-            await _wait(stop, idle)
-            idle = min(idle * 2, IDLE_MAX)
+            # acks to come or a checkpoint to move: look again at SAVE_EVERY; else only when the log grows
+            pending = self._position() != self.saved or not all(t.answered() for t in self.unacked.values())
+            await self.watch.wait(stop, SAVE_EVERY if pending else SAFETY_POLL)
         await self._catch_up()
         await self._drain()
 
     async def close(self) -> None:
+        self.open = False
         self.reader.close()
+        self.watch.close()
+        self.counts.dropped["torn"] += self.reader.torn
+        self.counts.dropped["damaged"] += self.reader.damaged
+        self.reader.torn = self.reader.damaged = 0
         await self.link.close(self.settings.close_timeout)
 
+    def figures(self) -> WorkerFigures:
+        """The worker's counts with this session's log reader's, and the log's state as of now."""
+        dropped = self.counts.dropped
+        behind = checkpoint.behind(self.directory, self.saved)
+        return replace(
+            self.counts,
+            dropped={**dropped, "torn": dropped["torn"] + self.reader.torn, "damaged": dropped["damaged"] + self.reader.damaged},
+            checkpoint_lag_bytes=behind.bytes,
+            checkpoint_lag_segments=behind.segments,
+            spool_bytes=behind.spool_bytes,
+            spool_max_bytes=self.settings.spool_max_bytes,
+            kafka_up=self.open and not self.kafka.outage.away and not self._unanswered(),
+        )
+
+    def _unanswered(self) -> bool:
+        """Kafka has left sends unanswered for KAFKA_SILENT: a broker that went away mid-session (the
+        idempotent producer retries rather than fail them, so the session need not end)."""
+        when = time.monotonic() - KAFKA_SILENT
+        return any(tracked.sent_at < when and not tracked.answered() for tracked in self.unacked.values())
+
     async def _take(self, read: Read) -> None:
+        self.counts.records_read += 1
+        self.counts.bytes_read += read.after.offset - read.at.offset
         if read.record.kind is Kind.EVENT:
             key, value = split_mcp_record(read.record.payload)
             tracked = self.unacked.setdefault(read.record.exchange + read.at.offset.to_bytes(8, "big"), Tracked(read.at))
@@ -164,7 +199,7 @@ class Session:
             part = min(FRAGMENT_BYTES, self.link.limits[EXCHANGE] - FRAGMENT_ROOM)
             pieces = [value] if len(value) <= part else [encoder.encode(piece) for piece in fragments.split(event, value, part)]
         except SchemaError as exc:
-            self.counts.unencodable += 1
+            self.counts.dropped["unencodable"] += 1
             log.error("capture event dropped, it does not fit the schema: %s: %s", label, exc)
         else:
             for piece in pieces:
@@ -178,7 +213,7 @@ class Session:
         try:
             value = self.link.encoders[MCP].encode(event)
         except SchemaError as exc:
-            self.counts.unencodable += 1
+            self.counts.dropped["unencodable"] += 1
             log.error("MCP event dropped, it does not fit the schema: request %s: %s", event["connection_id"], exc)
         else:
             await self._send(tracked, MCP, event["session_key"].encode(), value, f"MCP event {event['event_id']}")
@@ -187,7 +222,7 @@ class Session:
     async def _send(self, tracked: Tracked, schema: str, key: bytes, value: bytes, label: str) -> None:
         size = len(key) + len(value)
         if size > self.link.limits[schema]:
-            self.counts.too_large += 1
+            self.counts.dropped["too_large"] += 1
             log.error(
                 "capture event too large for Kafka, not published: %s: %d bytes over the limit of %d",
                 label,
@@ -212,10 +247,11 @@ class Session:
             for future in tracked.futures:
                 exc = future.exception()
                 if exc is None:
-                    self.counts.published += 1
+                    self.counts.events_published += 1
+                    self.counts.last_publish = time.time()
                     self.progressed = True
                 elif never_fits(exc):
-                    self.counts.too_large += 1
+                    self.counts.dropped["too_large"] += 1
                     log.error("capture event refused by Kafka as too large, not published: %s", exc)
                 else:
                     raise exc
@@ -309,17 +345,23 @@ async def _sessions(settings: ProxySettings, stop: asyncio.Event) -> None:
     capture = settings.capture
     policy = RedactionPolicy(settings.rules(), settings.redact_headers, b"")
     log.info("capture worker: log %s to Kafka %s", capture.spool_dir, capture.kafka.bootstrap)
-    retry, counts = RETRY_MIN, Counts()
+    retry, counts = RETRY_MIN, WorkerFigures()
     kafka = KAFKA_WATCH.reporter  # one outage, whether a session fails or aiokafka's records say so first
-    async with aiohttp.ClientSession() as http:
+    session: Session | None = None
+
+    def figures() -> WorkerFigures:
+        return session.figures() if session is not None else counts
+
+    async with aiohttp.ClientSession() as http, workerstats.writing(capture.spool_dir, figures):
         while not stop.is_set():
             session = Session(capture, policy, http, counts, kafka)
             try:
                 await session.run(stop)
             except (KafkaError, OSError, TimeoutError) as exc:
+                counts.retries += 1
                 kafka.failed(f"{type(exc).__name__}: {exc}; resuming from the checkpoint in {retry:.1f}s")
             finally:
                 await session.close()
             retry = RETRY_MIN if session.progressed else min(retry * 2, RETRY_MAX)
             await _wait(stop, retry)
-    log.info("capture worker stopped: %s", counts)
+    log.info("capture worker stopped: %s", summary(counts))
