@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 IDLE_MIN, IDLE_MAX = 0.001, 0.05  # seconds between polls of a log with nothing new, without inotify
 SAFETY_POLL = 1.0  # seconds between polls of a log inotify said nothing about
+# After a wake, before reading: a burst of appends is read in one poll, not one wake per write. Without it a
+# worker in the relay's own process (the stdio shim's) ran between every message and its answer.
+GATHER = 0.005
 
 
 def wakes(name: str) -> bool:
@@ -71,6 +74,8 @@ class LogWatch:
             if self._inotify is not None:
                 loop.remove_reader(self._inotify.fileno())
             waits[0].cancel()
+        if len(waits) > 1 and waits[1].done() and not stop.is_set():
+            await asyncio.sleep(GATHER)
 
     def found(self) -> None:
         self._idle = IDLE_MIN
