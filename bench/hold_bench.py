@@ -18,15 +18,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import http.client
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 if __package__ in (None, ""):  # run as `python bench/hold_bench.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,64 +29,26 @@ if __package__ in (None, ""):  # run as `python bench/hold_bench.py`
 import aiohttp
 import orjson
 
+from bench.delta_bench import HealthProbe
 from bench.loadgen import Spec, request_body, request_headers
 from bench.proxy_bench import create_bench_topic, machine, percentile, uptime, wait_published
 from bench.targets import Measured, start_fake, start_kgb, workdir
 from tests.services import kafka_broker
 
 PACE_S = 0.1  # between a stream's events: 10 a second per stream, 2,000 a second through the proxy at 200
-POLL_S = 0.1
 HEALTH_TARGET_MS = 50.0
 RSS_TARGETS_MB = {"relay": 80.0, "worker": 150.0}
 
 
-@dataclass
-class Poller:
-    """Polls `/health` over one kept-alive connection from its own thread, so the streams' loop cannot delay it."""
-
-    url: str
-    samples: list[float] = field(default_factory=list)
-    failures: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        where = urlsplit(self.url)
-        connection = http.client.HTTPConnection(where.hostname or "127.0.0.1", where.port, timeout=5)
-        while not self._stop.is_set():
-            start = time.perf_counter()
-            try:
-                connection.request("GET", "/health")
-                answer = connection.getresponse()
-                answer.read()
-                ok = answer.status == 200
-            except OSError:
-                connection.close()
-                ok = False
-            if ok:
-                self.samples.append((time.perf_counter() - start) * 1000)
-            else:
-                self.failures += 1
-            self._stop.wait(POLL_S)
-        connection.close()
-
-    @contextlib.contextmanager
-    def polling(self) -> Iterator[Poller]:
-        thread = threading.Thread(target=self.run, daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            self._stop.set()
-            thread.join()
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "polls": len(self.samples),
-            "failed_polls": self.failures,
-            "health_p50_ms": percentile(self.samples, 50),
-            "health_p99_ms": percentile(self.samples, 99),
-            "health_max_ms": max(self.samples, default=float("nan")),
-        }
+def health_summary(probe: HealthProbe) -> dict[str, Any]:
+    latencies = [seconds * 1000 for seconds in probe.latencies]
+    return {
+        "polls": len(latencies),
+        "failed_polls": probe.failures,
+        "health_p50_ms": percentile(latencies, 50),
+        "health_p99_ms": percentile(latencies, 99),
+        "health_max_ms": max(latencies, default=float("nan")),
+    }
 
 
 async def hold(url: str, body: bytes, count: int) -> dict[str, Any]:
@@ -128,12 +85,12 @@ async def hold(url: str, body: bytes, count: int) -> dict[str, Any]:
 
 
 async def phase(stream_url: str, health_url: str, measured: Measured, body: bytes, count: int) -> dict[str, Any]:
-    """The streams, `/health` as polled meanwhile, and the proxy's processes' peak RSS over the phase."""
-    poller = Poller(health_url)
+    """The streams, `/health` as polled meanwhile (from a process of its own: the streams' loop cannot
+    delay it), and the proxy's processes' peak RSS over the phase."""
     measured.reset_peak_rss()
-    with poller.polling():
+    with HealthProbe(health_url) as probe:
         streams = await hold(stream_url, body, count)
-    return streams | poller.summary() | {"peak_rss_mb": measured.peak_rss_by_process()}
+    return streams | health_summary(probe) | {"peak_rss_mb": measured.peak_rss_by_process()}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -80,6 +80,9 @@ async def test_an_outage_of_kafka_and_postgresql_is_a_few_lines(
 
                 await eventually(lambda: count(conn, "complete", 4), timeout=120)
                 await eventually(lambda: _is(ready(url), 200), timeout=120)
+                for log in logs.values():  # each process says so once its own watch has seen a success
+                    for back in ("Kafka (KGB_KAFKA_BOOTSTRAP) is back", "PostgreSQL (KGB_DATABASE_URL) is back"):
+                        await eventually(lambda log=log, back=back: _has(log, back), timeout=120)
             finally:
                 await conn.close()
         finally:
