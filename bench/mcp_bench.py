@@ -1,6 +1,6 @@
 """A ``tools/call`` direct vs through KGB's MCP capture, in one run: Streamable HTTP (JSON and SSE answers) and stdio.
 
-    .venv/bin/python -m bench.mcp_bench [--calls 3000] [--json results.json] [--keep]
+    .venv/bin/python -m bench.mcp_bench [--calls 3000] [--baseline TREE] [--json results.json] [--keep]
 
 Targets, each its own process so its CPU seconds are its own:
 
@@ -16,6 +16,10 @@ relay's (or shim's) own CPU time over the calls it relayed, settle time included
 built and published after each answer count too; for the HTTP relay, whose capture worker (a child
 process) builds and publishes the events, the worker's CPU per call is its own column. Targets (issue 8): added p50 <= 0.5 ms over loopback
 HTTP, <= 0.2 ms through the shim.
+
+`--baseline TREE`: a second `kgb proxy` run from another source tree (a checkout of another commit)
+relays the same calls in the same rounds (rows marked `base`), so a change is measured against its
+parent under the same load, not against figures of another hour.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import asyncio
 import contextlib
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -39,11 +44,11 @@ import aiohttp
 import orjson
 import psutil
 
-from bench.targets import ROOT, Measured, _spawn, free_port, kgb_command, wait_http, workdir
+from bench.targets import ROOT, Measured, _spawn, _stop, free_port, kgb_command, wait_http, workdir
 from common.running import new_loop
 from tests.services import create_topic, kafka_broker
 
-ROUNDS = 4
+ROUNDS = 8
 SETTLE_S = 0.5
 TARGETS_MS = {"http-json": 0.5, "http-sse": 0.5, "stdio": 0.2}
 
@@ -162,18 +167,51 @@ def merged(parts: list[Samples]) -> Samples:
     )
 
 
-async def bench_http(calls: int, direct_url: str, relay_url: str, server: Measured, relay: Measured) -> dict[str, Any]:
+@dataclass
+class Relay:
+    """One `kgb proxy` whose MCP relay the bench calls: its /mcp/bench URL and its processes."""
+
+    label: str  # "" for the tree the bench runs in, " base" for the baseline's
+    url: str
+    measured: Measured
+
+
+async def bench_http(calls: int, direct_url: str, server: Measured, relays: list[Relay]) -> dict[str, Any]:
+    """Rounds of direct, then each relay, their order turned each round so no relay always follows direct."""
     results = {}
     connector = aiohttp.TCPConnector(limit=1)
-    workers = tuple(child.pid for pid in relay.pids for child in psutil.Process(pid).children())  # the capture worker
+    per_round = calls // ROUNDS
     async with aiohttp.ClientSession(connector=connector) as session:
         for kind, path in (("http-json", "/json"), ("http-sse", "/sse")):
-            direct, relayed = [], []
-            for _ in range(ROUNDS):
-                direct.append(await timed(calls // ROUNDS, http_caller(session, direct_url + path), server.pids))
-                relayed.append(await timed(calls // ROUNDS, http_caller(session, relay_url + path), relay.pids, workers))
-            results[kind] = summarize(merged(direct), merged(relayed))
+            direct: list[Samples] = []
+            relayed: dict[str, list[Samples]] = {relay.label: [] for relay in relays}
+            for round_ in range(ROUNDS):
+                direct.append(await timed(per_round, http_caller(session, direct_url + path), server.pids))
+                for relay in relays[round_ % len(relays) :] + relays[: round_ % len(relays)]:
+                    workers = tuple(child.pid for pid in relay.measured.pids for child in psutil.Process(pid).children())
+                    caller = http_caller(session, relay.url + path)
+                    relayed[relay.label].append(await timed(per_round, caller, relay.measured.pids, workers))
+            for label, parts in relayed.items():
+                results[kind + label] = summarize(merged(direct), merged(parts))
     return results
+
+
+def start_relay(stack: contextlib.ExitStack, work: Path, env: dict[str, str], tree: Path, label: str, upstream: str) -> Relay:
+    """`kgb proxy` with the MCP relay on a port of its own, run from `tree` (its cwd, so its own code is imported)."""
+    mcp_port, name = free_port(), "relay" + label.replace(" ", "-")
+    own = {
+        **env,
+        "KGB_SPOOL_DIR": str(work / f"{name}-spool"),
+        "KGB_MCP_PORT": str(mcp_port),
+        "KGB_MCP_UPSTREAMS": f"bench={upstream}",
+    }
+    log = work / f"{name}.log"
+    handle = stack.enter_context(log.open("wb"))
+    command = [*kgb_command(), "--log-level", "WARNING", "proxy", "--port", str(free_port())]
+    process = subprocess.Popen(command, cwd=tree, stdout=subprocess.PIPE, stderr=handle, env=own)
+    stack.callback(_stop, process)
+    wait_http(f"http://127.0.0.1:{mcp_port}/ready", process, log)
+    return Relay(label, f"http://127.0.0.1:{mcp_port}/mcp/bench", Measured((process.pid,)))
 
 
 async def bench_stdio(calls: int, env: dict[str, str], work: Path) -> dict[str, Any]:
@@ -215,24 +253,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         server = _spawn(stack, [sys.executable, "-m", "bench.mcp_servers", "http", "--port", str(port)], server_log)
         direct_url = f"http://127.0.0.1:{port}"
         wait_http(direct_url + "/health", server, server_log)
-        mcp_port = free_port()
         env = {
             **os.environ,
             "KGB_KAFKA_BOOTSTRAP": broker.bootstrap,
             "KGB_MCP_TOPIC": topic,
             "KGB_TOPIC": topic + "-api",
             "KGB_SPOOL_DIR": str(work / "spool"),
-            "KGB_MCP_PORT": str(mcp_port),
-            "KGB_MCP_UPSTREAMS": f"bench={direct_url}",
         }
-        relay_log = work / "relay.log"
-        relay = _spawn(stack, [*kgb_command(), "--log-level", "WARNING", "proxy", "--port", str(free_port())], relay_log, env)
-        wait_http(f"http://127.0.0.1:{mcp_port}/ready", relay, relay_log)
+        trees = [(ROOT, "")] + ([(args.baseline.resolve(), " base")] if args.baseline else [])
+        relays = [start_relay(stack, work, env, tree, label, direct_url) for tree, label in trees]
 
         async def both() -> dict[str, Any]:
-            results = await bench_http(
-                args.calls, direct_url, f"http://127.0.0.1:{mcp_port}/mcp/bench", Measured((server.pid,)), Measured((relay.pid,))
-            )
+            results = await bench_http(args.calls, direct_url, Measured((server.pid,)), relays)
             results |= await bench_stdio(args.calls, env, work)
             await asyncio.sleep(2)
             results["events_on_topic"] = await published(broker.bootstrap, topic)
@@ -240,31 +272,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         with asyncio.Runner(loop_factory=new_loop) as runner:
             results = runner.run(both())
-    return {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "calls": args.calls, "results": results}
+    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "load": os.getloadavg()}
+    return {"machine": machine, "calls": args.calls, "baseline": str(args.baseline or ""), "results": results}
 
 
 def render(report: dict[str, Any]) -> str:
     lines = [
-        f"{'scenario':10} {'direct p50':>10} {'p99':>7} {'kgb p50':>8} {'p99':>7} {'added p50':>9} {'added p99':>9} "
+        f"{'scenario':14} {'direct p50':>10} {'p99':>7} {'kgb p50':>8} {'p99':>7} {'added p50':>9} {'added p99':>9} "
         f"{'kgb CPU/call':>12} {'worker CPU':>10} {'p50 ratio':>9} {'target':>7}"
     ]
     for name, row in report["results"].items():
         if not isinstance(row, dict):
             continue
-        target = TARGETS_MS[name]
+        target = TARGETS_MS[name.split()[0]]
         verdict = "met" if row["added_p50_ms"] <= target else "MISSED"
         lines.append(
-            f"{name:10} {row['direct_p50_ms']:10.3f} {row['direct_p99_ms']:7.3f} {row['kgb_p50_ms']:8.3f} "
+            f"{name:14} {row['direct_p50_ms']:10.3f} {row['direct_p99_ms']:7.3f} {row['kgb_p50_ms']:8.3f} "
             f"{row['kgb_p99_ms']:7.3f} {row['added_p50_ms']:9.3f} {row['added_p99_ms']:9.3f} "
             f"{row['kgb_cpu_ms_per_call']:10.3f}ms {row['worker_cpu_ms_per_call']:8.3f}ms {row['p50_ratio']:9.2f} {verdict:>4} ≤{target}"
         )
-    lines.append(f"events on the MCP topic: {report['results']['events_on_topic']} (milliseconds throughout)")
+    load = ", ".join(f"{x:.2f}" for x in report["machine"]["load"])
+    lines.append(
+        f"events on the MCP topic: {report['results']['events_on_topic']} (milliseconds throughout; load average {load})"
+    )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=3000, help="calls per target and scenario (default 3000)")
+    parser.add_argument("--baseline", type=Path, help="also relay through the kgb of this source tree (rows marked base)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, spools)")
     args = parser.parse_args(argv)

@@ -29,24 +29,37 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
-from multidict import CIMultiDict
 from yarl import URL
 
 from proxy import errors
 
-# The API proxy's own small I/O helpers: reading a bounded body, writing to a client that may be gone.
-from proxy.app import HOP_BY_HOP, METRICS, SETTINGS, TAP, _abort, _decoded, read_body, _send, end_to_end
+# The API proxy's own small I/O helpers: reading a bounded body, writing to a client that may be gone,
+# an answer whose head leaves with its first bytes.
+from proxy.app import (
+    HOP_BY_HOP,
+    METRICS,
+    SETTINGS,
+    TAP,
+    HeadWithBody,
+    _abort,
+    _buffered,
+    _decoded,
+    _send,
+    end_to_end,
+    read_body,
+)
 from proxy.capture import RedactionPolicy, RequestRecord
 from proxy.mcp.assemble import Route
 from proxy.mcp.events import recorded_url
 from proxy.mcp.keys import HTTP_SESSION, HTTP_UPSTREAMS
-from proxy.tap import Exchange
+from proxy.tap import Exchange, Tap
 
 log = logging.getLogger(__name__)
 
@@ -99,45 +112,65 @@ def unknown(name: str, url: str | None) -> str:
 
 # --- the relay: thin async shells ---------------------------------------------------------
 
-Where = Callable[[str], URL]
-
 
 async def relay(request: web.Request) -> web.StreamResponse:
     """``/mcp/NAME[/tail]``: an MCP endpoint, every message recorded."""
-    info = request.match_info
-    return await forward(request, info["name"], lambda url: target(url, info["tail"], request.rel_url.raw_query_string), True)
+    return await forward(request, None)
 
 
 async def relay_well_known(request: web.Request) -> web.StreamResponse:
     """``/.well-known/<kind>/mcp/NAME[/tail]``: OAuth metadata, recorded as an exchange only."""
-    info = request.match_info
-    where = lambda url: well_known_target(url, info["kind"], info["tail"], request.rel_url.raw_query_string)  # noqa: E731
-    return await forward(request, info["name"], where, False)
+    return await forward(request, request.match_info["kind"])
 
 
-async def forward(request: web.Request, name: str, where: Where, messages: bool) -> web.StreamResponse:
-    app = request.app
+async def whole_body(request: web.Request, limit: int) -> bytes:
+    """The body, taken at once when all of it came with the head (an MCP message nearly always does):
+    no stream to iterate; else read to its end, bounded."""
+    content = request.content
+    if content.is_eof() and content.total_bytes <= limit:
+        return content.read_nowait()
+    return await read_body(request, limit)
+
+
+def held(tap: Tap, record: RequestRecord, route: dict[str, Any]) -> Exchange:
+    """`Tap.request`, its records held for the next one (the response's head or first chunk, or the end):
+    the request is whole and small, so it costs no write of its own on the way upstream, as the API
+    relay does with a body that came whole (`proxy.app.Body.payload`)."""
+    exchange = tap.streaming(record, len(record.body), route)
+    exchange.body(record.body, hold=True)
+    exchange.body_end()
+    return exchange
+
+
+async def forward(request: web.Request, well_known: str | None) -> web.StreamResponse:
+    """`well_known`: the OAuth metadata kind for ``relay_well_known``, None for an MCP endpoint."""
+    app, info, query = request.app, request.match_info, request.rel_url.raw_query_string
+    name = info["name"]
     record = RequestRecord(
         request.method,
         request.rel_url.raw_path,
-        request.rel_url.raw_query_string,
+        query,
         f"{request.version.major}.{request.version.minor}",
         _decoded(request.raw_headers),
         b"",
     )
     url, recorded = app[HTTP_UPSTREAMS].get(name, (None, None))
-    route = Route(name, recorded, messages, request.remote).head()
+    route = Route(name, recorded, well_known is None, request.remote).head()
     try:
-        record.body = await read_body(request, app[SETTINGS].max_body_bytes)
+        record.body = await whole_body(request, app[SETTINGS].max_body_bytes)
     except errors.BodyTooLarge as exc:
         return fail(request, app[TAP].request(record, route), record, 413, "body_too_large", str(exc))
-    exchange = app[TAP].request(record, route)
+    exchange = held(app[TAP], record, route)
     if url is None:
         return fail(request, exchange, record, 404, "unknown_server", unknown(name, app[SETTINGS].mcp_upstreams.get(name)))
-    outgoing = CIMultiDict(end_to_end(record.headers, request.headers.get("connection"), _NOT_FORWARDED))
+    where = target(url, info["tail"], query) if well_known is None else well_known_target(url, well_known, info["tail"], query)
     try:
         upstream = await app[HTTP_SESSION].request(
-            request.method, where(url), headers=outgoing, data=record.body or None, allow_redirects=False
+            request.method,
+            where,
+            headers=end_to_end(record.headers, request.headers.get("connection"), _NOT_FORWARDED),
+            data=record.body or None,
+            allow_redirects=False,
         )
     except Exception as exc:  # noqa: BLE001 - every failure is answered and captured
         failure = errors.translate(exc)
@@ -169,13 +202,14 @@ class Relayed:
 
     async def stream(self, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
         headers = end_to_end(_decoded(upstream.raw_headers), upstream.headers.get("connection"), HOP_BY_HOP)
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        first = _buffered(upstream.content)
+        response = (HeadWithBody if first else web.StreamResponse)(status=upstream.status, reason=upstream.reason)
         response.headers.extend(end_to_end(headers, None, frozenset({"content-length"})))
         if "content-length" in upstream.headers and upstream.content_length is not None:
             response.content_length = upstream.content_length
-        self.exchange.response_head(upstream.status, headers)
+        self.exchange.response_head(upstream.status, headers, with_chunk=bool(first))
         try:
-            await self._pass(response, upstream)
+            await self._pass(response, upstream, first)
         except asyncio.CancelledError:
             self._gone(upstream)
             raise
@@ -190,16 +224,23 @@ class Relayed:
             self.request.app[METRICS].requests.labels(method=self.request.method, status=str(upstream.status)).inc()
         return response
 
-    async def _pass(self, response: web.StreamResponse, upstream: aiohttp.ClientResponse) -> None:
+    async def _pass(self, response: web.StreamResponse, upstream: aiohttp.ClientResponse, chunk: bytes) -> None:
+        """`chunk`: the bytes that came with the head. The last bytes leave with the end of the answer, in one
+        write: a JSON answer is head, body and end in one."""
         if not await _send(response.prepare(self.request)):
             return self._gone(upstream)
-        async for chunk in upstream.content.iter_any():
-            self.exchange.chunk(chunk)
-            if not await _send(response.write(chunk)):
+        content = upstream.content
+        while True:
+            if chunk:
+                self.exchange.chunk(chunk)
+            if content.at_eof():
+                self.upstream_complete = True
+                if not await _send(response.write_eof(chunk)):
+                    self.client_disconnected = True
+                return None
+            if chunk and not await _send(response.write(chunk)):
                 return self._gone(upstream)
-        self.upstream_complete = True
-        if not await _send(response.write_eof()):
-            self.client_disconnected = True
+            chunk = await content.readany()
 
     def _gone(self, upstream: aiohttp.ClientResponse) -> None:
         """The client left: the upstream request is closed, which a 2026-07-28 server takes as cancellation."""
