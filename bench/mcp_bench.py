@@ -14,7 +14,8 @@ One client, one call at a time (c=1), each call timed from its write to its answ
 direct and relayed runs take turns in rounds so the machine's noise falls on both. CPU per call is the
 relay's (or shim's) own CPU time over the calls it relayed, settle time included, so the events it
 built and published after each answer count too; for the HTTP relay, whose capture worker (a child
-process) builds and publishes the events, the worker's CPU per call is its own column. Targets (issue 8): added p50 <= 0.5 ms over loopback
+process) builds and publishes the events, the worker's CPU per call is its own column, and so for the
+shim, whose worker is a child process of its own too. Targets (issue 8): added p50 <= 0.5 ms over loopback
 HTTP, <= 0.2 ms through the shim.
 """
 
@@ -120,6 +121,11 @@ class Stdio:
     def measured(self) -> tuple[int, ...]:
         return (self.process.pid,)
 
+    def workers(self) -> tuple[int, ...]:
+        """The shim's capture worker, a child process of its own (none before it had one, or for the server alone)."""
+        children = psutil.Process(self.process.pid).children()
+        return tuple(child.pid for child in children if "capture-worker" in child.cmdline())
+
     async def close(self) -> None:
         assert self.process.stdin is not None
         self.process.stdin.close()
@@ -186,7 +192,7 @@ async def bench_stdio(calls: int, env: dict[str, str], work: Path) -> dict[str, 
         shim = await start_stdio(
             [*kgb_command(), "--log-level", "WARNING", "mcp", "stdio", "bench", "--", *server], env, work / f"shim-{round_}.log"
         )
-        relayed.append(await timed(calls // ROUNDS, shim.call, shim.measured()))
+        relayed.append(await timed(calls // ROUNDS, shim.call, shim.measured(), shim.workers()))
         await shim.close()
     return {"stdio": summarize(merged(direct), merged(relayed))}
 
