@@ -126,6 +126,18 @@ class Stdio:
         children = psutil.Process(self.process.pid).children()
         return tuple(child.pid for child in children if "capture-worker" in child.cmdline())
 
+    async def worker_started(self, slots: Path) -> None:
+        """Until the shim's worker has started (its figures, in its spool slot, carry its pid), so that its
+        start-up (Python and its imports) is neither timed nor counted as CPU per call."""
+        from proxy import workerstats
+
+        for _ in range(int(30 / 0.01)):
+            workers, found = self.workers(), (workerstats.read(slot) for slot in slots.glob("*"))
+            if workers and any(figures is not None and figures.pid in workers for figures in found):
+                return
+            await asyncio.sleep(0.01)
+        raise RuntimeError("the shim's capture worker did not start within 30 s")
+
     async def close(self) -> None:
         assert self.process.stdin is not None
         self.process.stdin.close()
@@ -192,6 +204,7 @@ async def bench_stdio(calls: int, env: dict[str, str], work: Path) -> dict[str, 
         shim = await start_stdio(
             [*kgb_command(), "--log-level", "WARNING", "mcp", "stdio", "bench", "--", *server], env, work / f"shim-{round_}.log"
         )
+        await shim.worker_started(Path(env["KGB_SPOOL_DIR"]) / "mcp-stdio")
         relayed.append(await timed(calls // ROUNDS, shim.call, shim.measured(), shim.workers()))
         await shim.close()
     return {"stdio": summarize(merged(direct), merged(relayed))}
