@@ -6,8 +6,9 @@ answered before the body ended, at its request-end record; else at its end), the
 head was never seen are skipped: it began before the checkpoint and was
 published whole before it. A writer-start record means the relay restarted, so
 exchanges still open then will never end: they are closed with what they have
-(`capture_interrupted`). An exchange that ended before its request body did (the upstream answered
-and hung up first) keeps the body that came, its response flagged `capture_incomplete`. `open_starts` is where each open exchange began, for
+(`capture_interrupted`). An exchange that ended before its request body did
+(the upstream answered first) keeps the body that came, its response flagged
+`capture_incomplete`. `open_starts` is where each open exchange began, for
 the checkpoint. The MCP Streamable HTTP relay's requests begin with an
 MCP_REQUEST_HEAD instead, so this assembler skips them like any exchange whose
 head it never saw; proxy/mcp/assemble.py builds their events.
