@@ -14,7 +14,8 @@ One client, one call at a time (c=1), each call timed from its write to its answ
 direct and relayed runs take turns in rounds so the machine's noise falls on both. CPU per call is the
 relay's (or shim's) own CPU time over the calls it relayed, settle time included, so the events it
 built and published after each answer count too; for the HTTP relay, whose capture worker (a child
-process) builds and publishes the events, the worker's CPU per call is its own column. Targets (issue 8): added p50 <= 0.5 ms over loopback
+process) builds and publishes the events, the worker's CPU per call is its own column, and so for the
+shim, whose worker is a child process of its own too. Targets (issue 8): added p50 <= 0.5 ms over loopback
 HTTP, <= 0.2 ms through the shim.
 
 `--baseline TREE`: a second `kgb proxy` run from another source tree (a checkout of another commit)
@@ -125,6 +126,23 @@ class Stdio:
     def measured(self) -> tuple[int, ...]:
         return (self.process.pid,)
 
+    def workers(self) -> tuple[int, ...]:
+        """The shim's capture worker, a child process of its own (none before it had one, or for the server alone)."""
+        children = psutil.Process(self.process.pid).children()
+        return tuple(child.pid for child in children if "capture-worker" in child.cmdline())
+
+    async def worker_started(self, slots: Path) -> None:
+        """Until the shim's worker has started (its figures, in its spool slot, carry its pid), so that its
+        start-up (Python and its imports) is neither timed nor counted as CPU per call."""
+        from proxy import workerstats
+
+        for _ in range(int(30 / 0.01)):
+            workers, found = self.workers(), (workerstats.read(slot) for slot in slots.glob("*"))
+            if workers and any(figures is not None and figures.pid in workers for figures in found):
+                return
+            await asyncio.sleep(0.01)
+        raise RuntimeError("the shim's capture worker did not start within 30 s")
+
     async def close(self) -> None:
         assert self.process.stdin is not None
         self.process.stdin.close()
@@ -224,7 +242,8 @@ async def bench_stdio(calls: int, env: dict[str, str], work: Path) -> dict[str, 
         shim = await start_stdio(
             [*kgb_command(), "--log-level", "WARNING", "mcp", "stdio", "bench", "--", *server], env, work / f"shim-{round_}.log"
         )
-        relayed.append(await timed(calls // ROUNDS, shim.call, shim.measured()))
+        await shim.worker_started(Path(env["KGB_SPOOL_DIR"]) / "mcp-stdio")
+        relayed.append(await timed(calls // ROUNDS, shim.call, shim.measured(), shim.workers()))
         await shim.close()
     return {"stdio": summarize(merged(direct), merged(relayed))}
 

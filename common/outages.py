@@ -28,6 +28,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+from common.tasks import background
+
 log = logging.getLogger(__name__)
 
 SUMMARY_EVERY = 60.0  # seconds between "still away" lines
@@ -207,14 +209,11 @@ async def watching(watch: Watch, target: str) -> AsyncIterator[None]:
     if watch.hint is not None:
         yield
         return
-    task = asyncio.create_task(watch.run(target), name=f"watch {watch.reporter.outage.what}")
-    await asyncio.sleep(0)  # let it make its event, so a second block sees the watch running
     try:
-        yield
+        async with background(watch.run(target), f"watch {watch.reporter.outage.what}"):
+            await asyncio.sleep(0)  # let it make its event, so a second block sees the watch running
+            yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         watch.hint = None
 
 

@@ -6,7 +6,9 @@ answered before the body ended, at its request-end record; else at its end), the
 head was never seen are skipped: it began before the checkpoint and was
 published whole before it. A writer-start record means the relay restarted, so
 exchanges still open then will never end: they are closed with what they have
-(`capture_interrupted`). `open_starts` is where each open exchange began, for
+(`capture_interrupted`). An exchange that ended before its request body did
+(the upstream answered first) keeps the body that came, its response flagged
+`capture_incomplete`. `open_starts` is where each open exchange began, for
 the checkpoint. The MCP Streamable HTTP relay's requests begin with an
 MCP_REQUEST_HEAD instead, so this assembler skips them like any exchange whose
 head it never saw; proxy/mcp/assemble.py builds their events.
@@ -17,7 +19,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -39,6 +41,10 @@ log = logging.getLogger(__name__)
 
 INTERRUPTED = ("capture_interrupted", "KGB proxy stopped before this exchange ended; the response is what it relayed until then")
 INCOMPLETE = ("capture_incomplete", "KGB proxy: the capture log was full (KGB_SPOOL_MAX_BYTES); the body is cut short")
+PARTIAL = (
+    "capture_incomplete",
+    "KGB proxy: the exchange ended before its request body did; the request body is what came until then",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +68,7 @@ class Pending:
     recorder: ResponseRecorder | None = None
     last_at: int = 0
     body_open: bool = False  # a REQUEST_END is to come: the body may still grow after the response head
+    body_partial: bool = False  # the REQUEST_END said the exchange ended first (the upstream answered early)
 
 
 def request_of(exchange: bytes, head: dict[str, Any]) -> RequestRecord:
@@ -123,12 +130,17 @@ class Assembler:
             pending.body.append(record.payload)
             return []
         if record.kind is Kind.REQUEST_END:
-            if orjson.loads(record.payload)["discarded"]:
+            end = orjson.loads(record.payload)
+            if end["discarded"]:
                 pending.body = []
+            pending.body_partial = end.get("partial", False)
             pending.body_open = False  # built at its response head, as ever, or now if that came first
             return [] if pending.recorder is None else self._request_done(record.exchange, pending, last=False)
         if record.kind is Kind.END:
-            return self._close(record.exchange, ending(record))
+            how = ending(record)
+            if pending.body_partial and how.proxy_error is None:
+                how = replace(how, proxy_error=PARTIAL)
+            return self._close(record.exchange, how)
         built = [] if pending.body_open else self._request_done(record.exchange, pending, last=False)
         if record.kind is Kind.RESPONSE_HEAD:
             head = orjson.loads(record.payload)

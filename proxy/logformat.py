@@ -8,7 +8,7 @@ One record on disk::
 record torn by a kill (or damaged on disk) is recognised and skipped, never
 misread. Heads and ends carry JSON, chunks the raw bytes as they crossed the
 wire. Kinds are only ever added, never renumbered or changed, so a worker
-reads every log an older relay wrote. Everything is big-endian and fixed-size up front, so reading is one
+reads every log an older relay wrote; a kind it does not know stops it (`NewerLog`). Everything is big-endian and fixed-size up front, so reading is one
 `struct.unpack_from` and a slice.
 """
 
@@ -54,6 +54,12 @@ class Damaged(ValueError):
     """The bytes at this position are not a whole, intact record."""
 
 
+class NewerLog(ValueError):
+    """An intact record of a kind this code does not know: a newer KGB wrote the log. Never skipped as
+    damage (that would lose the rest of the segment, and skipping only the record could build wrong
+    events from the rest): the reader stops there, and the log waits for a worker that knows it."""
+
+
 def prefix(kind: Kind, exchange: bytes, at_ns: int, payload: bytes | memoryview) -> bytes:
     """Everything in front of `payload`; written beside it (os.writev), so the payload is never copied."""
     fixed = FIXED.pack(kind, exchange, at_ns)
@@ -82,7 +88,10 @@ def decode_at(buffer: bytes | memoryview, offset: int) -> tuple[Record, int] | N
     try:
         kind = Kind(kind)
     except ValueError:
-        raise Damaged(f"unknown record kind {kind} at offset {offset}") from None
+        raise NewerLog(
+            f"record kind {kind} at offset {offset} is not one this KGB knows (it knows 1 to {max(Kind)}): a newer KGB"
+            " wrote this log; run that version's worker until the log is published (README: Downgrading)"
+        ) from None
     return Record(kind, exchange, at_ns, body[FIXED.size :]), end
 
 

@@ -5,7 +5,10 @@ decides how long to sleep when nothing is. A record the buffer ends inside is
 not written yet while its segment is the newest; once a newer segment exists it
 never will be (its writer was killed mid-write), so it is skipped as torn.
 Damaged bytes (a bad length or checksum) cannot be resynchronised within a
-segment: the rest of that segment is skipped, loudly.
+segment: the rest of that segment is skipped, loudly. An intact record of a
+kind this code does not know (a newer KGB wrote it) is not damage: `poll`
+returns the records before it, then raises `NewerLog` there, every time, its
+position staying before it.
 """
 
 from __future__ import annotations
@@ -63,6 +66,10 @@ class LogReader:
                 break
             try:
                 decoded = logformat.decode_at(self._buffer, self._cursor)
+            except logformat.NewerLog as exc:
+                if reads:  # what comes before it is this version's: the worker publishes it first
+                    break
+                raise logformat.NewerLog(f"capture log segment {self.directory / segment_name(self._seq)}: {exc}") from None
             except logformat.Damaged as exc:
                 if not self._skip_damaged(exc):
                     break

@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 
 IDLE_MIN, IDLE_MAX = 0.001, 0.05  # seconds between polls of a log with nothing new, without inotify
 SAFETY_POLL = 1.0  # seconds between polls of a log inotify said nothing about
-# After a wake, before reading: a burst of appends is read in one poll, not one wake per write. Without it a
-# worker in the relay's own process (the stdio shim's) ran between every message and its answer.
+# After a wake, before reading: a burst of appends is read in one poll, not one wake per write. (Every worker
+# is a process of its own now, the stdio shim's too, so this costs a relay nothing: it only batches.)
 GATHER = 0.005
 
 

@@ -13,6 +13,12 @@ it did not publish. A pipe, not a signal, because its end cannot be missed (a
 SIGTERM during the worker's start-up would kill it) and because it also ends
 when this process is killed, so a worker never outlives its proxy for long.
 It runs in its own session, so a terminal's Ctrl-C reaches only the proxy.
+
+The stdio shim (proxy/mcp/stdio.py) supervises its worker the same way, on its
+own log (`env` names it) and with the worker's standard output on the shim's
+standard error (the shim's own is the JSON-RPC channel). A shim's server may
+exit before its worker has started, so the shim waits for `started` before the
+stop: a worker stopped before its first session would leave the log unpublished.
 """
 
 from __future__ import annotations
@@ -21,13 +27,17 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from proxy import workerstats
 
 log = logging.getLogger(__name__)
 
 RESTART_MIN, RESTART_MAX = 0.5, 10.0
 HEALTHY_AFTER = 30.0  # seconds of running after which a crash is not a crash loop
 KILL_GRACE = 5.0  # seconds past KGB_SHUTDOWN_TIMEOUT before SIGKILL
+STARTED_POLL = 0.01  # seconds between looks at a starting worker's figures
 
 
 def worker_command(log_level: str) -> list[str]:
@@ -40,9 +50,12 @@ def next_delay(delay: float, ran_for: float) -> float:
 
 
 class Supervisor:
-    def __init__(self, command: Sequence[str], shutdown_timeout: float) -> None:
+    def __init__(
+        self, command: Sequence[str], shutdown_timeout: float, env: Mapping[str, str] | None = None, stdout: int | None = None
+    ) -> None:
         self.command = list(command)
         self.shutdown_timeout = shutdown_timeout
+        self.env, self.stdout = env, stdout
         self.process: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self._stop = asyncio.Event()
@@ -53,7 +66,7 @@ class Supervisor:
         while not self._stop.is_set():
             started = loop.time()
             self.process = await asyncio.create_subprocess_exec(
-                *self.command, stdin=asyncio.subprocess.PIPE, start_new_session=True
+                *self.command, stdin=asyncio.subprocess.PIPE, stdout=self.stdout, env=self.env, start_new_session=True
             )
             log.info("capture worker started (pid %d)", self.process.pid)
             stopping = asyncio.create_task(self._stop.wait())
@@ -71,6 +84,17 @@ class Supervisor:
 
     def stop(self) -> None:
         self._stop.set()
+
+    async def started(self, directory: Path, timeout: float) -> bool:
+        """The worker on the log in `directory` has begun its sessions (its figures carry its pid: from
+        then a stop still publishes what the log holds); False if not within `timeout`."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            figures = workerstats.read(directory)
+            if self.process is not None and figures is not None and figures.pid == self.process.pid:
+                return True
+            await asyncio.sleep(STARTED_POLL)
+        return False
 
     async def _terminate(self, exited: asyncio.Task[int]) -> None:
         assert self.process is not None

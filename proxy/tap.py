@@ -102,6 +102,7 @@ class Exchange:
     captured: bool = True
     headed: bool = False  # the request head made it into the log: only then does the end go there too
     body_bytes: int = 0
+    body_over: bool = False  # its REQUEST_END is in the log: a piece read after it is not the request's
 
     @property
     def label(self) -> str:
@@ -114,15 +115,20 @@ class Exchange:
     def body(self, data: bytes, *, hold: bool = False) -> None:
         """One piece of the request body, as it arrived, before it goes upstream (`hold`: a body already
         whole in memory may wait for the next record)."""
-        if not data:
+        if not data or self.body_over:
             return
         self.body_bytes += len(data)
         for piece in chunks(data) if len(data) > CHUNK_BYTES else (data,):
             self._append(Kind.REQUEST_BODY, piece, hold=hold)
 
-    def body_end(self, *, discarded: bool = False) -> None:
-        """The body is over; `discarded` (refused for its size) tells the worker to record it empty."""
-        self._append(Kind.REQUEST_END, orjson.dumps({"body_bytes": self.body_bytes, "discarded": discarded}), hold=True)
+    def body_end(self, *, discarded: bool = False, partial: bool = False) -> None:
+        """The body is over; `discarded` (refused for its size) tells the worker to record it empty, `partial`
+        that the exchange ended before the body did (the upstream answered early), so it holds what came."""
+        if self.body_over:
+            return
+        self.body_over = True
+        end = {"body_bytes": self.body_bytes, "discarded": discarded, "partial": partial}
+        self._append(Kind.REQUEST_END, orjson.dumps(end), hold=True)
 
     def response_head(self, status: int, headers: list[tuple[str, str]], *, with_chunk: bool = False) -> None:
         """`with_chunk`: the client gets the head only with a chunk appended next, so the head may wait for it."""
@@ -137,6 +143,7 @@ class Exchange:
     def end(self, *, client_disconnected: bool, upstream_complete: bool, proxy_error: tuple[str, str] | None = None) -> None:
         if not self.headed:
             return
+        self.body_end(partial=True)  # no-op for a body that ended; one the upstream answered before it ended, flagged
         now = time.perf_counter_ns()
         ending = {
             "client_disconnected": client_disconnected,

@@ -33,6 +33,8 @@ from pathlib import Path
 import orjson
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from common.tasks import background
+
 log = logging.getLogger(__name__)
 
 FILE_NAME = "worker-metrics.json"
@@ -77,13 +79,10 @@ def write(directory: Path, state: dict[str, Any]) -> None:
 async def writing(directory: Path, figures: Callable[[], WorkerFigures]) -> AsyncIterator[None]:
     """`figures()` written for the block's length: looked at every WRITE_EVERY while they change and every
     HEARTBEAT once they did not, written when changed or HEARTBEAT old, and once more at the block's end."""
-    task = asyncio.create_task(_keep_written(directory, figures), name="worker figures")
     try:
-        yield
+        async with background(_keep_written(directory, figures), "worker figures"):
+            yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         with contextlib.suppress(OSError):  # the log's directory gone: nothing to show them beside
             write(directory, asdict(figures()))
 

@@ -17,12 +17,14 @@ signal N ended it); a server that will not start gets a message on stderr and
 127 (not found) or 126 (not executable), like a shell.
 
 Events go to a capture log of the shim's own (a log has one writer): a slot
-under ``KGB_SPOOL_DIR/mcp-stdio/``, the first whose lock no running shim holds,
-and a capture worker (proxy/worker.py) runs in the shim's process on that log,
-in the background, so a slow or dead broker never delays the server's start or
-a message. Once the server has exited, the worker publishes what is left (for
-at most KGB_SHUTDOWN_TIMEOUT); what Kafka did not take stays in the slot, and
-the next shim to claim it publishes it.
+under ``KGB_SPOOL_DIR/mcp-stdio/``, the first whose lock no running shim holds.
+A capture worker (proxy/worker.py) publishes that log from a child process,
+supervised as `kgb proxy` supervises its own (proxy/supervisor.py): its CPU never
+competes with the relay for the GIL or the loop, and a slow or dead broker never
+delays the server's start or a message. Once the server has exited, the worker
+publishes what is left (for at most KGB_SHUTDOWN_TIMEOUT) and the shim waits for
+it; what Kafka did not take stays in the slot, and the next shim to claim it
+publishes it. A shim killed outright closes the worker's pipe, which is its stop.
 """
 
 from __future__ import annotations
@@ -45,11 +47,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from common.running import new_loop
-from proxy import worker
 from proxy.capture import RedactionPolicy
 from proxy.mcp import events
 from proxy.redact import redact_text
 from proxy.settings import ProxySettings
+from proxy.supervisor import KILL_GRACE, Supervisor, worker_command
 from proxy.tap import McpSink, capture_log
 
 log = logging.getLogger(__name__)
@@ -287,15 +289,19 @@ async def shim(settings: ShimSettings) -> int:
     capture = settings.proxy.capture
     slot, _lock = claim_spool(capture.spool_dir / SPOOL_SLOTS)
     capture = dataclasses.replace(capture, spool_dir=slot)
-    stop = asyncio.Event()
-    publishing = asyncio.create_task(worker.run(dataclasses.replace(settings.proxy, capture=capture), stop))
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    env = {**os.environ, "KGB_SPOOL_DIR": str(slot)}
+    supervisor = Supervisor(worker_command(level), capture.close_timeout, env=env, stdout=sys.stderr.fileno())
+    publishing = asyncio.create_task(supervisor.run())
     try:
         async with capture_log(capture.log()) as writer:
             code = await Shim(settings, McpSink(writer)).run()
             await asyncio.sleep(0)  # the last events are built at the next turn of the loop
         return code
     finally:
-        stop.set()
+        if not await supervisor.started(slot, capture.close_timeout + KILL_GRACE):
+            log.error("stdio shim: its capture worker did not start; the next shim on %s publishes the log", slot)
+        supervisor.stop()
         await publishing
 
 

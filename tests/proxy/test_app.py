@@ -361,3 +361,53 @@ async def test_passwords_in_urls_are_redacted_wherever_they_appear(stack: Stack)
         "headers"
     ]
     assert "url_password" in events[0]["redactions"] and all("url_password" in e["redactions"] for e in events)
+
+
+async def early_answer(status: int, *, read_first: int, hang_up: bool) -> tuple[aiohttp.web.AppRunner, str]:
+    """An upstream that takes `read_first` bytes of a body and answers `status` while the client is still
+    sending, the way a server refusing a body too large for it does; then hangs up, or reads the rest
+    and drops it (aiohttp's lingering read)."""
+
+    async def refuse(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        await request.content.readexactly(read_first)
+        answer = aiohttp.web.json_response(
+            {"type": "error", "error": {"type": "request_too_large", "message": "no"}}, status=status
+        )
+        if hang_up:
+            answer.force_close()
+        return answer
+
+    app = aiohttp.web.Application()
+    app.router.add_post("/v1/messages", refuse)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await aiohttp.web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}"
+
+
+async def slowly(piece: bytes, count: int, every: float) -> AsyncIterator[bytes]:
+    for _ in range(count):
+        yield piece
+        await asyncio.sleep(every)
+
+
+@pytest.mark.parametrize(("status", "hang_up"), [(413, True), (400, True), (413, False)])
+async def test_an_upstream_answering_before_the_body_ends_reaches_the_client_and_the_partial_body_is_flagged(
+    kafka, topic: str, tmp_path: Path, status: int, hang_up: bool
+) -> None:
+    piece = b"y" * 4096
+    upstream, upstream_url = await early_answer(status, read_first=len(piece), hang_up=hang_up)
+    url, runner = await serve(settings_for(upstream_url, kafka.bootstrap, topic, tmp_path))
+    try:
+        response, raw = await asyncio.wait_for(fetch(url + "/v1/messages", slowly(piece, 40, 0.02)), 30)
+    finally:
+        await runner.cleanup()
+        await upstream.cleanup()
+    assert response.status == status
+    assert orjson.loads(raw)["error"]["type"] == "request_too_large"
+    (exchange,) = by_exchange(await read_events(kafka.bootstrap, topic, 2)).values()
+    recorded, sent = exchange["RESPONSE"]["response"], exchange["REQUEST"]["request"]["body"]
+    assert recorded["status"] == status and orjson.loads(recorded["body"])["error"]["type"] == "request_too_large"
+    assert sent.startswith(piece) and set(sent) == {ord("y")} and len(sent) < 40 * len(piece)
+    assert recorded["error_type"] == "capture_incomplete"

@@ -115,6 +115,23 @@ def test_a_streamed_body_answered_before_it_ended_still_comes_back_whole(tmp_pat
     assert response.last and response.event["response"]["status"] == 200
 
 
+def test_an_exchange_ending_before_its_body_did_keeps_what_came_flagged_and_drops_later_pieces(tmp_path: Path) -> None:
+    t = tap(tmp_path)
+    exchange = t.streaming(request(b""), 10_000)
+    exchange.body(b"a" * 3000)
+    exchange.response_head(413, [("content-type", "application/json")])  # answered, the body still coming
+    exchange.chunk(b'{"type":"error","error":{"type":"request_too_large","message":"no"}}')
+    exchange.end(client_disconnected=False, upstream_complete=True)
+    exchange.body(b"b" * 3000)  # the upstream request's writer read one more piece: not in the event
+    exchange.body_end()
+    t.writer.close()
+    request_event, response = assembled(tmp_path)
+    assert request_event.event["request"]["body"] == b"a" * 3000
+    recorded = response.event["response"]
+    assert (recorded["status"], recorded["error_type"]) == (413, "capture_incomplete")
+    assert "before its request body" in recorded["error_message"] and b"request_too_large" in recorded["body"]
+
+
 def test_a_body_discarded_for_its_size_is_recorded_empty(tmp_path: Path) -> None:
     t = tap(tmp_path)
     exchange = t.streaming(request(b""), None)

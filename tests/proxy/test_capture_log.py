@@ -157,6 +157,31 @@ def test_a_damaged_segment_is_skipped_with_what_follows_it_kept(tmp_path: Path) 
     assert payloads(reader) == [b"fine"] and reader.damaged == 1
 
 
+def future_record(kind: int, payload: bytes) -> bytes:
+    """An intact record of a kind this KGB does not have, as a newer one would write it."""
+    fixed = logformat.FIXED.pack(kind, EXCHANGE, 1) + payload
+    return logformat.HEADER.pack(len(fixed), logformat.crc32(fixed)) + fixed
+
+
+def test_a_record_of_an_unknown_kind_stops_the_reader_after_what_came_before_it(tmp_path: Path) -> None:
+    w = writer(tmp_path)
+    w.append(Kind.REQUEST_BODY, EXCHANGE, b"before")
+    w.close()
+    ((_, first),) = segments(tmp_path)
+    with first.open("ab") as segment:
+        segment.write(future_record(max(Kind) + 1, b"what a newer KGB meant"))
+    later = writer(tmp_path)  # a newer segment: a damaged record here would be skipped with the rest of its segment
+    later.append(Kind.REQUEST_BODY, EXCHANGE, b"after")
+    later.close()
+    reader = LogReader(tmp_path, Position(0, 0))
+    assert payloads(reader) == [b"before"]
+    stopped_at = reader.position
+    for _ in range(2):  # every time, never past it
+        with pytest.raises(logformat.NewerLog, match=rf"{first.name}: record kind {max(Kind) + 1} .* a newer KGB wrote"):
+            reader.poll()
+    assert reader.position == stopped_at and reader.damaged == 0
+
+
 def test_a_reader_at_a_deleted_segment_goes_on_with_the_next(tmp_path: Path) -> None:
     w = writer(tmp_path, segment_bytes=1)
     for n in range(3):

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import orjson
+import psutil
 import pytest
 
 from proxy.mcp.stdio import LineSplitter, claim_spool, exit_status
@@ -138,3 +139,28 @@ def test_lines_are_split_wherever_chunks_end(chunks: list[bytes], lines: list[by
 
 def test_exit_status_follows_the_shell() -> None:
     assert (exit_status(0), exit_status(3), exit_status(-signal.SIGTERM)) == (0, 3, 128 + signal.SIGTERM)
+
+
+async def test_the_capture_worker_is_a_child_process_and_publishes_even_when_the_shim_is_killed(
+    kafka, topic: str, tmp_path: Path
+) -> None:
+    """The worker runs beside the relay, not on its loop; a shim killed outright (no chance to stop it)
+    closes the worker's pipe, and the worker publishes what the log holds and exits."""
+    process = await shim(shim_env(tmp_path, kafka.bootstrap, topic), sys.executable, "-c", ECHO)
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n')
+    assert await asyncio.wait_for(process.stdout.readline(), 60) == b'{"jsonrpc":"2.0","id":1,"method":"pong"}\n'
+    workers = await asyncio.wait_for(capture_workers(process.pid), 60)
+    assert len(workers) == 1 and workers[0].environ()["KGB_SPOOL_DIR"] == str(tmp_path / "spool" / "mcp-stdio" / "0")
+    process.kill()
+    await process.wait()
+    events = await read_events(kafka.bootstrap, topic, 3, schema="mcp")
+    assert [e["kind"] for e in events] == ["OPEN", "MESSAGE", "MESSAGE"]
+    await asyncio.to_thread(workers[0].wait, 60)  # not our child: psutil gives no exit code, only its end
+    assert not workers[0].is_running(), "it stops by itself once the log is published"
+
+
+async def capture_workers(pid: int) -> list[psutil.Process]:
+    while not (found := [c for c in psutil.Process(pid).children() if "capture-worker" in c.cmdline()]):
+        await asyncio.sleep(0.01)
+    return found
