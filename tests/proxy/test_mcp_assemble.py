@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from proxy.assemble import INTERRUPTED, Assembler, Built
 from proxy.capture import RedactionPolicy, RequestRecord
@@ -216,11 +217,17 @@ def notification(n: int) -> bytes:
     return orjson.dumps({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": f"café {n}"}})
 
 
-def held_stream(directory: Path, count: int = 6, piece: int = 37, content_encoding: str | None = None) -> list[Read]:
-    """A GET stream's records: its head, SSE events cut every `piece` bytes (mid-line, mid-character), a keep-alive, its end."""
+LISTEN = {"jsonrpc": "2.0", "id": 1, "method": "subscriptions/listen", "params": {"notifications": ["resources/updated"]}}
+
+
+def held_stream(
+    directory: Path, count: int = 6, piece: int = 37, content_encoding: str | None = None, *, listen: bool = False
+) -> list[Read]:
+    """A GET stream's records (or, with `listen`, a 2026-07-28 ``subscriptions/listen`` POST's): its head,
+    SSE events cut every `piece` bytes (mid-line, mid-character), a keep-alive, its end."""
     t = tap(directory)
     get = RequestRecord("GET", "/mcp/weather", "", "1.1", [("Accept", "text/event-stream"), ("Mcp-Session-Id", SESSION)], b"")
-    exchange = t.request(get, ROUTE.head())
+    exchange = t.request(request(LISTEN, session=None, version="2026-07-28") if listen else get, ROUTE.head())
     headers = [("Content-Type", "text/event-stream"), ("Mcp-Session-Id", SESSION)]
     exchange.response_head(200, headers + ([("Content-Encoding", content_encoding)] if content_encoding else []))
     body = b"".join(b"id: s:%d\ndata: " % n + notification(n) + b"\n\n" for n in range(count)) + b": keep-alive\n\n"
@@ -232,10 +239,11 @@ def held_stream(directory: Path, count: int = 6, piece: int = 37, content_encodi
     return reads(directory)
 
 
-def test_a_stream_restored_from_its_state_at_any_record_goes_on_as_if_never_stopped(tmp_path: Path) -> None:
+@pytest.mark.parametrize("listen", [False, True], ids=["get", "listen"])
+def test_a_stream_restored_from_its_state_at_any_record_goes_on_as_if_never_stopped(tmp_path: Path, listen: bool) -> None:
     """The worker's restart: state saved after record k (JSON and back), a new assembler restores it and reads
     from an earlier checkpoint on; the events of both runs are exactly those of one run, ids and sequences alike."""
-    records = held_stream(tmp_path)
+    records = held_stream(tmp_path, listen=listen)
     whole = [b.event for b in assembled(tmp_path)]
     first_saveable = next(i for i, r in enumerate(records) if r.record.kind is Kind.RESPONSE_HEAD)
     for k in range(first_saveable, len(records) - 1):
@@ -249,6 +257,7 @@ def test_a_stream_restored_from_its_state_at_any_record_goes_on_as_if_never_stop
         made += [b.event for read in records[first_saveable:] for b in after.feed(read)]
         assert made == whole, f"restored after record {k}"
     assert [e["sequence"] for e in whole] == list(range(len(whole)))
+    assert whole[-1]["http"]["request_body_size"] == (len(orjson.dumps(LISTEN)) if listen else 0)
     notes = [orjson.loads(e["payload"])["params"]["data"] for e in whole if e.get("direction") == "UPSTREAM_TO_CLIENT"]
     assert notes == [f"café {n}" for n in range(6)]
 
