@@ -40,8 +40,8 @@ from proxy import checkpoint
 from proxy.assemble import Assembler, Built, OpenExchanges
 from proxy.capture import RedactionPolicy
 from proxy.kafkalink import KafkaLink, never_fits
-from proxy.logformat import Kind
 from proxy.checkpoint import Held
+from proxy.logformat import Kind
 from proxy.logreader import LogReader, Position, Read
 from proxy.logwatch import SAFETY_POLL, LogWatch
 from proxy.logwriter import private_directory
@@ -91,9 +91,6 @@ class Tracked:
     def answered(self) -> bool:
         """Kafka has answered for every event sent so far."""
         return all(future.done() for future in self.futures)
-
-    def settled(self) -> bool:
-        return self.complete and self.answered()
 
 
 def summary(counts: WorkerFigures) -> str:
@@ -273,8 +270,10 @@ class Session:
         flight, none failed), as of where reading has got to: the checkpoint may then pass its head."""
         through, live = self.reader.position, set()
         for assembler in self.assemblers:
-            for exchange, _ in assembler.open_starts():
+            for exchange, start in assembler.open_starts():
                 live.add(exchange)
+                if start.seq == through.seq and exchange not in self.held:
+                    continue  # it holds no segment on disk: saving it would gain nothing (most requests end so)
                 tracked = self.unacked.get(exchange)
                 if tracked is not None and tracked.futures:
                     continue

@@ -23,8 +23,8 @@ not the body; the SSE parser's unfinished event, not the events it made) and
 `snapshot` gives it as JSON: the worker saves it beside the checkpoint, which
 may then pass the request's head, and a restarted worker `restore`s it and goes
 on numbering its events from where it stopped. A compressed body's decoder
-cannot be saved, nor a request whose body is still coming: those hold the
-checkpoint at their head as before.
+cannot be saved, nor a request whose body is still coming, nor a JSON answer
+(kept whole until its end): those hold the checkpoint at their head as before.
 """
 
 from __future__ import annotations
@@ -136,16 +136,12 @@ class ResponseCopy:
             self._decoder = decode.Unencoded()
 
     def state(self) -> dict[str, Any] | None:
-        """What it holds between chunks, as JSON; None while its decoder's state cannot be saved (a compressed body)."""
-        if self._decoder is not None and not isinstance(self._decoder, decode.Unencoded):
+        """What an event stream holds between chunks, as JSON; None for a JSON body (kept whole until its end)
+        and while its decoder's state cannot be saved (a compressed body)."""
+        if self._sse is None or (self._decoder is not None and not isinstance(self._decoder, decode.Unencoded)):
             return None
         text, flag = self._text.getstate()
-        return {
-            "raw": self._decoder is None,
-            "text": [base64.b64encode(text).decode(), flag],
-            "sse": None if self._sse is None else self._sse.state(),
-            "body": base64.b64encode(b"".join(self._chunks)).decode(),
-        }
+        return {"raw": self._decoder is None, "text": [base64.b64encode(text).decode(), flag], "sse": self._sse.state()}
 
     @classmethod
     def restored(cls, headers: list[tuple[str, str]], state: dict[str, Any]) -> ResponseCopy:
@@ -154,10 +150,7 @@ class ResponseCopy:
             copy._decoder = None
         text, flag = state["text"]
         copy._text.setstate((base64.b64decode(text), flag))
-        if copy._sse is not None:
-            copy._sse = SSEParser.restored(state["sse"])
-        body = base64.b64decode(state["body"])
-        copy._chunks = [body] if body else []
+        copy._sse = SSEParser.restored(state["sse"])
         return copy
 
     def feed(self, chunk: bytes) -> list[events.Message]:

@@ -275,7 +275,7 @@ def test_a_streams_state_stays_small_however_long_it_runs(tmp_path: Path) -> Non
     assert abs(sizes[1] - sizes[0]) < 16 and sizes[1] < 2048, sizes
 
 
-def test_a_request_whose_body_is_coming_or_a_compressed_stream_has_no_state(tmp_path: Path) -> None:
+def test_a_request_whose_body_is_coming_a_compressed_stream_or_a_json_answer_has_no_state(tmp_path: Path) -> None:
     """Those hold the checkpoint at their head, as every exchange did before."""
     records = held_stream(tmp_path / "gzip", content_encoding="gzip")
     assembler = McpAssembler(POLICY)
@@ -286,6 +286,16 @@ def test_a_request_whose_body_is_coming_or_a_compressed_stream_has_no_state(tmp_
     for read in records[head + 1 : -1]:
         assembler.feed(read)
     assert assembler.snapshot(exchange) is None, "a gzip decoder's state cannot be saved"
+    t = tap(tmp_path / "json")
+    answer = t.request(request(), ROUTE.head())
+    answer.response_head(200, [("Content-Type", "application/json")])
+    answer.chunk(orjson.dumps(RESULT)[:10])
+    t.writer.close()
+    json_assembler = McpAssembler(POLICY)
+    for read in reads(tmp_path / "json"):
+        json_assembler.feed(read)
+    ((json_exchange, _),) = json_assembler.open_starts()
+    assert json_assembler.snapshot(json_exchange) is None, "a JSON answer is kept whole until its end"
     api = Assembler(POLICY)
     t = tap(tmp_path / "api")
     t.request(RequestRecord("POST", "/v1/messages", "", "1.1", [], b"{}"))
