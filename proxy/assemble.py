@@ -138,7 +138,7 @@ class OpenExchanges(ABC, Generic[P]):
     def feed(self, read: Read) -> list[Built]:
         record = read.record
         if record.kind is Kind.WRITER_START:
-            return self.interrupt_all()
+            return self.interrupt_all(read.at)
         if record.kind is self.head:
             self._open[record.exchange] = self._opened(read)
             return []
@@ -148,10 +148,13 @@ class OpenExchanges(ABC, Generic[P]):
         pending.last_at = record.at_ns
         return self._take(record, pending)
 
-    def interrupt_all(self) -> list[Built]:
-        """Close every open exchange with what it has: its relay is gone."""
+    def interrupt_all(self, at: Position) -> list[Built]:
+        """Close every exchange open at `at` with what it has: its relay is gone. One restored from a state
+        taken past `at` began after that relay start (its state says it was open later)."""
         built: list[Built] = []
         for exchange, pending in list(self._open.items()):
+            if at < pending.resume:
+                continue
             ended_at = pending.last_at // 1000
             duration_ms = (ended_at - pending.request.received_at) / 1000
             built += self._close(exchange, Ending(False, False, None, duration_ms, ended_at, INTERRUPTED))

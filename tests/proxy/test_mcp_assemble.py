@@ -304,3 +304,22 @@ def test_a_request_whose_body_is_coming_a_compressed_stream_or_a_json_answer_has
         api.feed(read)
     ((api_exchange, _),) = api.open_starts()
     assert api.snapshot(api_exchange) is None, "an API exchange's state is its response so far"
+
+
+def test_a_relay_start_before_a_restored_streams_position_does_not_close_it(tmp_path: Path) -> None:
+    """The checkpoint may lie before a relay restart that the stream's head came after: reading that start
+    again must not interrupt the stream, which its saved state shows open later on."""
+    records = held_stream(tmp_path)
+    saved_at = next(i for i, r in enumerate(records) if r.record.kind is Kind.RESPONSE_CHUNK)
+    assembler = McpAssembler(POLICY)
+    for read in records[: saved_at + 1]:
+        assembler.feed(read)
+    ((exchange, _),) = assembler.open_starts()
+    state = assembler.snapshot(exchange)
+    assert state is not None
+    (writer_start,) = [r for r in records if r.record.kind is Kind.WRITER_START]
+    for resume, closed in ((records[saved_at].after, False), (writer_start.at, True)):
+        restored = McpAssembler(POLICY)
+        restored.restore(exchange, state, resume)
+        built = restored.feed(writer_start)
+        assert (restored.open_count, bool(built)) == ((0, True) if closed else (1, False))
