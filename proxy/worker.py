@@ -235,8 +235,9 @@ class Session:
         tracked.futures.append(await self.link.send(schema, key, value))
 
     async def _wait_oldest(self) -> None:
-        oldest = next(iter(self.unacked.values()))
-        if oldest.futures:
+        """Wait for the oldest exchange with sends in flight (an open stream ahead of it, all answered, is no bound)."""
+        oldest = next((tracked for tracked in self.unacked.values() if not tracked.answered()), None)
+        if oldest is not None:
             await asyncio.wait(oldest.futures)
         self._reap()
 
