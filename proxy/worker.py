@@ -119,7 +119,7 @@ class Session:
         self.reader = LogReader(self.directory, position)
         self.watch = LogWatch(self.directory)
         self.unacked: dict[bytes, Tracked] = {}
-        self.saved = self.reader.position
+        self.saved, self.saved_held = self.reader.position, set(self.held)
         self.counts = counts
         self.progressed = False
         self.open = False
@@ -299,12 +299,12 @@ class Session:
     def _save(self) -> None:
         self._hold_open()
         position = self._position()
-        if position == self.saved:
-            return
+        if position == self.saved and self.held.keys() >= self.saved_held:
+            return  # the file still holds what a restart needs (a state it has, for no longer, would linger)
         checkpoint.save(self.directory, position, self.held)
         if position.seq != self.saved.seq:
             checkpoint.delete_published(self.directory, position)
-        self.saved = position
+        self.saved, self.saved_held = position, set(self.held)
 
     async def _catch_up(self) -> None:
         """On stop: send what the log holds by now (the relay has stopped appending), within KGB_SHUTDOWN_TIMEOUT."""

@@ -181,6 +181,7 @@ async def test_an_open_stream_lets_segments_go_and_goes_on_numbering_after_a_kil
                             await pipeline.wait_for(
                                 "SELECT * FROM mcp_http_requests WHERE method = 'GET'", lambda rows: len(rows) == 1
                             )
+                            await until(lambda: checkpoint.load_open(spool)[1] == {}, "the ended stream's state forgotten")
     assert len(seen) == NOTES
     datas = Counter(row["payload"]["params"]["data"] for row in rows)
     assert datas == Counter({f"held-{n}": 1 for n in range(NOTES)}), "every notification in winni, once"
