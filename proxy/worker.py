@@ -273,8 +273,13 @@ class Session:
         for assembler in self.assemblers:
             for exchange, start in assembler.open_starts():
                 live.add(exchange)
-                if start.seq == through.seq and exchange not in self.held:
+                held = self.held.get(exchange)
+                if held is None and start.seq == through.seq:
                     continue  # it holds no segment on disk: saving it would gain nothing (most requests end so)
+                if held is not None and held.through >= through:
+                    # nothing read since (an idle log costs no work), or a restored state the re-reading from an
+                    # earlier checkpoint has not reached yet: its state is as of `held.through`, not of now
+                    continue
                 tracked = self.unacked.get(exchange)
                 if tracked is not None and tracked.futures:
                     continue
