@@ -12,15 +12,24 @@ exchanges still open then will never end: they are closed with what they have
 the checkpoint. The MCP Streamable HTTP relay's requests begin with an
 MCP_REQUEST_HEAD instead, so this assembler skips them like any exchange whose
 head it never saw; proxy/mcp/assemble.py builds their events.
+
+`OpenExchanges` is what both assemblers share: the open exchanges by id, the
+records that open, skip or interrupt them, and the hook by which the worker
+saves an open exchange's state beside the checkpoint (`snapshot`, `restore`)
+so that the checkpoint may pass its head. An API exchange is never saved: its
+state is its whole response so far (the response event carries the body), so
+it holds the checkpoint at its head until it ends, which bounds it by the
+upstream's answer; an MCP stream's state is small (proxy/mcp/assemble.py).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import orjson
 
@@ -69,6 +78,7 @@ class Pending:
     last_at: int = 0
     body_open: bool = False  # a REQUEST_END is to come: the body may still grow after the response head
     body_partial: bool = False  # the REQUEST_END said the exchange ended first (the upstream answered early)
+    resume: Position = Position(0, 0)
 
 
 def request_of(exchange: bytes, head: dict[str, Any]) -> RequestRecord:
@@ -101,31 +111,91 @@ def ending(record: Record) -> Ending:
     )
 
 
-class Assembler:
+class Open(Protocol):
+    """What the shared bookkeeping reads of an open exchange; `resume` is where a restored one's records
+    start to count (those before it are in its saved state already)."""
+
+    start: Position
+    request: RequestRecord
+    last_at: int
+    resume: Position
+
+
+P = TypeVar("P", bound=Open)
+
+
+class OpenExchanges(ABC, Generic[P]):
+    """The open exchanges of one kind, from the record that opens one (`head`) to its end."""
+
+    name: ClassVar[str]  # which assembler a saved state belongs to
+    head: ClassVar[Kind]
+
     def __init__(self, policy: RedactionPolicy) -> None:
         self._policy = policy
-        self._open: dict[bytes, Pending] = {}
+        self._open: dict[bytes, P] = {}
 
     @property
     def open_count(self) -> int:
         return len(self._open)
 
-    def open_starts(self) -> Iterator[Position]:
-        return (pending.start for pending in self._open.values())
+    def open_starts(self) -> Iterator[tuple[bytes, Position]]:
+        """Each open exchange, and where it began."""
+        return ((exchange, pending.start) for exchange, pending in self._open.items())
 
     def feed(self, read: Read) -> list[Built]:
         record = read.record
         if record.kind is Kind.WRITER_START:
-            return self.interrupt_all(record.at_ns)
-        if record.kind is Kind.REQUEST_HEAD:
-            head = orjson.loads(record.payload)
-            request = request_of(record.exchange, head)
-            self._open[record.exchange] = Pending(read.at, request, last_at=record.at_ns, body_open=head.get("body_end", False))
+            return self.interrupt_all(read.at)
+        if record.kind is self.head:
+            self._open[record.exchange] = self._opened(read)
             return []
         pending = self._open.get(record.exchange)
-        if pending is None:
+        if pending is None or read.at < pending.resume:
             return []
         pending.last_at = record.at_ns
+        return self._take(record, pending)
+
+    def interrupt_all(self, at: Position) -> list[Built]:
+        """Close every exchange open at `at` with what it has: its relay is gone. One restored from a state
+        taken past `at` began after that relay start (its state says it was open later)."""
+        built: list[Built] = []
+        for exchange, pending in list(self._open.items()):
+            if at < pending.resume:
+                continue
+            ended_at = pending.last_at // 1000
+            duration_ms = (ended_at - pending.request.received_at) / 1000
+            built += self._close(exchange, Ending(False, False, None, duration_ms, ended_at, INTERRUPTED))
+        return built
+
+    def snapshot(self, exchange: bytes) -> dict[str, Any] | None:
+        """An open exchange's state as JSON, for the worker to save beside the checkpoint; None when it
+        cannot be saved now (then its head holds the checkpoint). By default none can."""
+        return None
+
+    def restore(self, exchange: bytes, state: dict[str, Any], resume: Position) -> None:
+        """Open `exchange` again from a `snapshot` taken when the log had been read up to `resume`."""
+        raise ValueError(f"{self.name} exchanges are never saved open")
+
+    @abstractmethod
+    def _opened(self, read: Read) -> P: ...
+
+    @abstractmethod
+    def _take(self, record: Record, pending: P) -> list[Built]:
+        """A record of an open exchange, past its head."""
+
+    @abstractmethod
+    def _close(self, exchange: bytes, how: Ending) -> list[Built]: ...
+
+
+class Assembler(OpenExchanges[Pending]):
+    name, head = "api", Kind.REQUEST_HEAD
+
+    def _opened(self, read: Read) -> Pending:
+        head = orjson.loads(read.record.payload)
+        request = request_of(read.record.exchange, head)
+        return Pending(read.at, request, last_at=read.record.at_ns, body_open=head.get("body_end", False))
+
+    def _take(self, record: Record, pending: Pending) -> list[Built]:
         if record.kind is Kind.REQUEST_BODY:
             pending.body.append(record.payload)
             return []
@@ -147,15 +217,6 @@ class Assembler:
             pending.recorder = ResponseRecorder(pending.request, head["status"], [(n, v) for n, v in head["headers"]])
         elif record.kind is Kind.RESPONSE_CHUNK and pending.recorder is not None:
             pending.recorder.feed(record.payload)
-        return built
-
-    def interrupt_all(self, at_ns: int) -> list[Built]:
-        """Close every open exchange with what it has: its relay is gone."""
-        built: list[Built] = []
-        for exchange, pending in list(self._open.items()):
-            ended_at = pending.last_at // 1000
-            duration_ms = (ended_at - pending.request.received_at) / 1000
-            built += self._close(exchange, Ending(False, False, None, duration_ms, ended_at, INTERRUPTED))
         return built
 
     def _request_done(self, exchange: bytes, pending: Pending, *, last: bool) -> list[Built]:

@@ -68,6 +68,18 @@ class SSEParser:
         """Between events: no partial line held, no field of an undispatched event read."""
         return not self._buffer and not self._event and not self._data and self._id is None and self._retry is None
 
+    def state(self) -> dict[str, Any]:
+        """What it holds between chunks, as JSON: the unfinished line and the undispatched event's fields,
+        so a long stream's parsing can stop here and go on in another process (`restored`)."""
+        return {"line": "".join(self._buffer), "event": self._event, "data": self._data, "id": self._id, "retry": self._retry}
+
+    @classmethod
+    def restored(cls, state: dict[str, Any]) -> SSEParser:
+        parser = cls()
+        parser._buffer = [state["line"]] if state["line"] else []
+        parser._event, parser._data, parser._id, parser._retry = state["event"], list(state["data"]), state["id"], state["retry"]
+        return parser
+
     def flush(self) -> list[SSEEvent]:
         """End of stream: a final event without its blank line still counts."""
         rest = "".join(self._buffer).rstrip("\r")

@@ -4,7 +4,10 @@ A session opens a `KafkaLink`, reads the log from the checkpoint on, rebuilds
 exchanges (proxy/assemble.py: decoding, SSE reassembly, redaction, session
 parsing; proxy/mcp/assemble.py: the MCP Streamable HTTP relay's messages), encodes and sends each event (one over FRAGMENT_BYTES as FRAGMENT
 events, schemas/fragments.py), and moves the checkpoint only past
-exchanges whose every event Kafka acknowledged. Any Kafka failure ends the
+exchanges whose every event Kafka acknowledged, or past an open MCP request
+whose events so far Kafka acknowledged, with its state saved beside the
+checkpoint (proxy/checkpoint.py `Held`): a GET stream open for hours holds no
+segment on disk. Any Kafka failure ends the
 session; the next one starts from the checkpoint, so while Kafka is down the
 log is the spool and nothing else is. Events are built deterministically (ids
 from the exchange, times from the log), so what a new session sends again is a
@@ -29,13 +32,15 @@ from itertools import chain
 from pathlib import Path
 
 import aiohttp
+import orjson
 from aiokafka.errors import KafkaError
 
 from common.outages import KAFKA_WATCH, Reporter
 from proxy import checkpoint
-from proxy.assemble import Assembler, Built
+from proxy.assemble import Assembler, Built, OpenExchanges
 from proxy.capture import RedactionPolicy
 from proxy.kafkalink import KafkaLink, never_fits
+from proxy.checkpoint import Held
 from proxy.logformat import Kind
 from proxy.logreader import LogReader, Position, Read
 from proxy.logwatch import SAFETY_POLL, LogWatch
@@ -62,6 +67,9 @@ FRAGMENT_ROOM = 64 * 1024  # a FRAGMENT event's envelope, and the record's frami
 LOCK_FILE = "worker.lock"
 LOCK_POLL = 0.2
 KAFKA_SILENT = 10.0  # seconds a send may wait for its ack before the figures say Kafka is down
+# Bytes of one open exchange's state saved beside the checkpoint; over it (an SSE event of megabytes half
+# read) its last saved state, or its head, holds the checkpoint until the message is whole.
+OPEN_STATE_MAX = 64 * 1024
 
 
 def split_mcp_record(payload: bytes) -> tuple[bytes, bytes]:
@@ -72,19 +80,17 @@ def split_mcp_record(payload: bytes) -> tuple[bytes, bytes]:
 
 @dataclass
 class Tracked:
-    """An exchange's sent events until Kafka has answered for all of them."""
+    """An exchange's sent events until Kafka has answered for all of them; answered ones are counted and
+    let go as they come (`Session._reap`), so a stream open for hours keeps only those in flight."""
 
     start: Position
     futures: list[asyncio.Future] = field(default_factory=list)
     complete: bool = False
-    sent_at: float = field(default_factory=time.monotonic)
+    sent_at: float = field(default_factory=time.monotonic)  # when the oldest of `futures` was sent
 
     def answered(self) -> bool:
         """Kafka has answered for every event sent so far."""
         return all(future.done() for future in self.futures)
-
-    def settled(self) -> bool:
-        return self.complete and self.answered()
 
 
 def summary(counts: WorkerFigures) -> str:
@@ -108,11 +114,12 @@ class Session:
         self.kafka = kafka
         self.directory = settings.spool_dir
         self.link = KafkaLink(settings, http)
-        self.reader = LogReader(self.directory, checkpoint.load(self.directory))
+        # each takes the exchanges whose head is its kind; the open ones saved with the checkpoint are open again
+        self.assemblers, position, self.held = reopened(policy, *checkpoint.load_open(self.directory))
+        self.reader = LogReader(self.directory, position)
         self.watch = LogWatch(self.directory)
-        self.assemblers = (Assembler(policy), McpAssembler(policy))  # each takes the exchanges whose head is its kind
         self.unacked: dict[bytes, Tracked] = {}
-        self.saved = self.reader.position
+        self.saved, self.saved_held = self.reader.position, set(self.held)
         self.counts = counts
         self.progressed = False
         self.open = False
@@ -187,36 +194,27 @@ class Session:
             return
         for assembler in self.assemblers:
             for built in assembler.feed(read):
-                await (self._send_mcp(built) if built.schema == MCP else self._send_built(built))
+                await self._send_built(built)
 
     async def _send_built(self, built: Built) -> None:
         tracked = self.unacked.setdefault(built.exchange, Tracked(built.start))
-        event = built.event
-        label = f"exchange {event['exchange_id']} {event['kind']} event"
-        encoder, key = self.link.encoders[EXCHANGE], event["session_key"].encode()
+        event, schema = built.event, built.schema
+        label = (
+            f"exchange {event['exchange_id']} {event['kind']} event" if schema == EXCHANGE else f"MCP event {event['event_id']}"
+        )
+        encoder, key = self.link.encoders[schema], event["session_key"].encode()
         try:
             value = encoder.encode(event)
-            part = min(FRAGMENT_BYTES, self.link.limits[EXCHANGE] - FRAGMENT_ROOM)
-            pieces = [value] if len(value) <= part else [encoder.encode(piece) for piece in fragments.split(event, value, part)]
+            part = min(FRAGMENT_BYTES, self.link.limits[schema] - FRAGMENT_ROOM)
+            # kgb.mcp has no FRAGMENT events: an MCP message over Kafka's limit is counted too large in _send
+            whole = len(value) <= part or schema != EXCHANGE
+            pieces = [value] if whole else [encoder.encode(piece) for piece in fragments.split(event, value, part)]
         except SchemaError as exc:
             self.counts.dropped["unencodable"] += 1
             log.error("capture event dropped, it does not fit the schema: %s: %s", label, exc)
         else:
             for piece in pieces:
-                await self._send(tracked, EXCHANGE, key, piece, label)
-        tracked.complete = built.last
-
-    async def _send_mcp(self, built: Built) -> None:
-        """An event of the Streamable HTTP relay: small, one message each, so never fragmented."""
-        tracked = self.unacked.setdefault(built.exchange, Tracked(built.start))
-        event = built.event
-        try:
-            value = self.link.encoders[MCP].encode(event)
-        except SchemaError as exc:
-            self.counts.dropped["unencodable"] += 1
-            log.error("MCP event dropped, it does not fit the schema: request %s: %s", event["connection_id"], exc)
-        else:
-            await self._send(tracked, MCP, event["session_key"].encode(), value, f"MCP event {event['event_id']}")
+                await self._send(tracked, schema, key, piece, label)
         tracked.complete = built.last
 
     async def _send(self, tracked: Tracked, schema: str, key: bytes, value: bytes, label: str) -> None:
@@ -232,43 +230,86 @@ class Session:
             return
         if len(self.unacked) > MAX_UNACKED:
             await self._wait_oldest()
+        if not tracked.futures:
+            tracked.sent_at = time.monotonic()
         tracked.futures.append(await self.link.send(schema, key, value))
 
     async def _wait_oldest(self) -> None:
-        oldest = next(iter(self.unacked.values()))
-        if oldest.futures:
+        """Wait for the oldest exchange with sends in flight (an open stream ahead of it, all answered, is no bound)."""
+        oldest = next((tracked for tracked in self.unacked.values() if not tracked.answered()), None)
+        if oldest is not None:
             await asyncio.wait(oldest.futures)
         self._reap()
 
     def _reap(self) -> None:
-        """Forget exchanges Kafka answered for; a failed send ends the session (it starts again from the checkpoint)."""
-        for exchange in [exchange for exchange, tracked in self.unacked.items() if tracked.settled()]:
-            tracked = self.unacked.pop(exchange)
-            for future in tracked.futures:
-                exc = future.exception()
-                if exc is None:
-                    self.counts.events_published += 1
-                    self.counts.last_publish = time.time()
-                    self.progressed = True
-                elif never_fits(exc):
-                    self.counts.dropped["too_large"] += 1
-                    log.error("capture event refused by Kafka as too large, not published: %s", exc)
-                else:
-                    raise exc
+        """Count the events Kafka answered for and forget them, and the exchanges they end; a failed send
+        ends the session (it starts again from the checkpoint)."""
+        for exchange, tracked in list(self.unacked.items()):
+            if (not tracked.futures and not tracked.complete) or not tracked.answered():
+                continue
+            self._count(tracked.futures)
+            tracked.futures = []
+            if tracked.complete:
+                del self.unacked[exchange]
+                self.held.pop(exchange, None)
+
+    def _count(self, answered: list[asyncio.Future]) -> None:
+        for future in answered:
+            exc = future.exception()
+            if exc is None:
+                self.counts.events_published += 1
+                self.counts.last_publish = time.time()
+                self.progressed = True
+            elif never_fits(exc):
+                self.counts.dropped["too_large"] += 1
+                log.error("capture event refused by Kafka as too large, not published: %s", exc)
+            else:
+                raise exc
+
+    def _hold_open(self) -> None:
+        """Save the state of each open exchange whose events so far Kafka has all acknowledged (none in
+        flight, none failed), as of where reading has got to: the checkpoint may then pass its head."""
+        through, live = self.reader.position, set()
+        for assembler in self.assemblers:
+            for exchange, start in assembler.open_starts():
+                live.add(exchange)
+                held = self.held.get(exchange)
+                if held is None and start.seq == through.seq:
+                    continue  # it holds no segment on disk: saving it would gain nothing (most requests end so)
+                if held is not None and held.through >= through:
+                    # nothing read since (an idle log costs no work), or a restored state the re-reading from an
+                    # earlier checkpoint has not reached yet: its state is as of `held.through`, not of now
+                    continue
+                tracked = self.unacked.get(exchange)
+                if tracked is not None and tracked.futures:
+                    continue
+                state = assembler.snapshot(exchange)
+                data = b"" if state is None else orjson.dumps(state)
+                if data and len(data) <= OPEN_STATE_MAX:
+                    self.held[exchange] = Held(assembler.name, through, data)
+        for exchange in [x for x in self.held if x not in live and x not in self.unacked]:
+            del self.held[exchange]
+
+    def _hold(self, exchange: bytes, start: Position) -> Position:
+        """Where an unfinished exchange holds the checkpoint: its saved state's position, else its head."""
+        held = self.held.get(exchange)
+        return start if held is None else held.through
 
     def _position(self) -> Position:
-        opened = (start for assembler in self.assemblers for start in assembler.open_starts())
-        unfinished: Iterable[Position] = chain(opened, (t.start for t in self.unacked.values()))
+        opened = (pair for assembler in self.assemblers for pair in assembler.open_starts())
+        sent = ((exchange, tracked.start) for exchange, tracked in self.unacked.items())
+        unfinished: Iterable[Position] = (self._hold(exchange, start) for exchange, start in chain(opened, sent))
         return checkpoint.safe_position(unfinished, self.reader.position)
 
     def _save(self) -> None:
+        self._hold_open()
         position = self._position()
-        if position == self.saved:
-            return
-        checkpoint.save(self.directory, position)
+        if position == self.saved and self.held.keys() >= self.saved_held:
+            return  # the file still holds what a restart needs (a state it has, for no longer, would linger)
+        checkpoint.save(self.directory, position, self.held)
         if position.seq != self.saved.seq:
             checkpoint.delete_published(self.directory, position)
-        self.saved = position
+        self.saved, self.saved_held = position, set(self.held)
 
     async def _catch_up(self) -> None:
         """On stop: send what the log holds by now (the relay has stopped appending), within KGB_SHUTDOWN_TIMEOUT."""
@@ -289,6 +330,24 @@ class Session:
             self._reap()
         finally:
             self._save()
+
+
+def reopened(
+    policy: RedactionPolicy, position: Position, held: dict[bytes, Held]
+) -> tuple[tuple[OpenExchanges, ...], Position, dict[bytes, Held]]:
+    """The assemblers, with the open exchanges saved beside the checkpoint open again in theirs; states that
+    cannot be restored cost them all, and the log is read from its start (what is published again, consumers drop)."""
+    assemblers: tuple[OpenExchanges, ...] = (Assembler(policy), McpAssembler(policy))
+    by_name = {assembler.name: assembler for assembler in assemblers}
+    try:
+        for exchange, saved in held.items():
+            by_name[saved.assembler].restore(exchange, orjson.loads(saved.state), saved.through)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        log.error(
+            "capture worker: the open exchanges saved with the checkpoint cannot be restored (%r); reading the whole log", exc
+        )
+        return reopened(policy, Position(0, 0), {})
+    return assemblers, position, held
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

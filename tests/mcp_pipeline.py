@@ -114,9 +114,13 @@ async def mcp_pipeline(
     spool: Path,
     upstreams: Mapping[str, str],
     api_upstream: str | None = None,
+    *,
+    worker: bool = True,
+    extra_env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[McpPipeline]:
+    """With ``worker=False`` the test runs the capture worker itself (`kgb capture-worker` on `env`, to kill it)."""
     topic, mcp_topic = await services.create_topic(bootstrap), await services.create_topic(bootstrap)
-    env = proxy_env(bootstrap, topic, mcp_topic, spool, upstreams)
+    env = proxy_env(bootstrap, topic, mcp_topic, spool, upstreams) | dict(extra_env or {})
     settings = ProxySettings.from_env({**env, "KGB_UPSTREAM_URL": api_upstream or "http://127.0.0.1:9"})
     winni_settings = dataclasses.replace(
         WinniSettings.from_env(
@@ -133,7 +137,8 @@ async def mcp_pipeline(
     task = asyncio.create_task(run(winni_settings, stop), name="winni")
     try:
         async with contextlib.AsyncExitStack() as apps:
-            await apps.enter_async_context(capture_worker(settings))
+            if worker:
+                await apps.enter_async_context(capture_worker(settings))
             relay = await apps.enter_async_context(serving(build_mcp_app(settings)))
             api = await apps.enter_async_context(serving(build_app(settings))) if api_upstream else None
             yield McpPipeline(relay, api, topic, mcp_topic, bootstrap, database, env, task)

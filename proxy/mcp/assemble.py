@@ -16,14 +16,23 @@ the sequence, so the same records always make the same events.
 Records of an exchange whose head it never saw (an API exchange, or one begun
 before the checkpoint and published whole) are not its own and give nothing. A
 writer-start record closes the exchanges still open as interrupted.
+
+A GET stream or a ``subscriptions/listen`` POST may stay open for hours, so an
+open request's state is small once its response head is in (the body's size,
+not the body; the SSE parser's unfinished event, not the events it made) and
+`snapshot` gives it as JSON: the worker saves it beside the checkpoint, which
+may then pass the request's head, and a restarted worker `restore`s it and goes
+on numbering its events from where it stopped. A compressed body's decoder
+cannot be saved, nor a request whose body is still coming, nor a JSON answer
+(kept whole until its end): those hold the checkpoint at their head as before.
 """
 
 from __future__ import annotations
 
+import base64
 import codecs
 import logging
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -31,9 +40,9 @@ from typing import Any
 import orjson
 
 from proxy import decode
-from proxy.assemble import INTERRUPTED, Built, ending, request_of
+from proxy.assemble import Built, OpenExchanges, ending, request_of
 from proxy.capture import Ending, RedactionPolicy, RequestRecord
-from proxy.logformat import Kind
+from proxy.logformat import Kind, Record
 from proxy.logreader import Position, Read
 from proxy.mcp import events
 from proxy.redact import redact_headers, redact_query
@@ -80,7 +89,7 @@ class Response:
 
 
 def exchange_fields(
-    request: RequestRecord, route: Route, response: Response, how: Ending, policy: RedactionPolicy
+    request: RequestRecord, body_size: int, route: Route, response: Response, how: Ending, policy: RedactionPolicy
 ) -> dict[str, Any]:
     request_headers, fired = redact_headers(request.headers, policy.extra_headers, policy.rules)
     response_headers, response_fired = redact_headers(response.headers, policy.extra_headers, policy.rules)
@@ -95,7 +104,7 @@ def exchange_fields(
             "status": response.status,
             "response_headers": response_headers,
             "content_type": events.header(response.headers, "content-type"),
-            "request_body_size": len(request.body),
+            "request_body_size": body_size,
             "response_body_size": response.body_size,
             "started_at": request.received_at,
             "ttfb_ms": how.ttfb_ms,
@@ -125,6 +134,24 @@ class ResponseCopy:
             self._decoder = decode.decoder_for(events.header(headers, "content-encoding"))
         except decode.UnsupportedEncoding:
             self._decoder = decode.Unencoded()
+
+    def state(self) -> dict[str, Any] | None:
+        """What an event stream holds between chunks, as JSON; None for a JSON body (kept whole until its end)
+        and while its decoder's state cannot be saved (a compressed body)."""
+        if self._sse is None or (self._decoder is not None and not isinstance(self._decoder, decode.Unencoded)):
+            return None
+        text, flag = self._text.getstate()
+        return {"raw": self._decoder is None, "text": [base64.b64encode(text).decode(), flag], "sse": self._sse.state()}
+
+    @classmethod
+    def restored(cls, headers: list[tuple[str, str]], state: dict[str, Any]) -> ResponseCopy:
+        copy = cls(headers)
+        if state["raw"]:
+            copy._decoder = None
+        text, flag = state["text"]
+        copy._text.setstate((base64.b64decode(text), flag))
+        copy._sse = SSEParser.restored(state["sse"])
+        return copy
 
     def feed(self, chunk: bytes) -> list[events.Message]:
         try:
@@ -163,43 +190,75 @@ class ResponseCopy:
 
 @dataclass
 class Pending:
-    """One open request: what its events need until its end record."""
+    """One open request: what its events need until its end record. Its body is kept only until the
+    response head (then its messages are made, and only its size stays)."""
 
     start: Position
     request: RequestRecord
     route: Route
     stamper: events.Stamper
     body: list[bytes] = field(default_factory=list)
+    body_size: int = 0
     response: Response | None = None
     copy: ResponseCopy | None = None
     last_at: int = 0
+    resume: Position = Position(0, 0)
 
 
-class McpAssembler:
+class McpAssembler(OpenExchanges[Pending]):
     """The Streamable HTTP relay's exchanges, from their records in log order to their events."""
 
-    def __init__(self, policy: RedactionPolicy) -> None:
-        self._policy = policy
-        self._open: dict[bytes, Pending] = {}
+    name, head = "mcp", Kind.MCP_REQUEST_HEAD
 
-    @property
-    def open_count(self) -> int:
-        return len(self._open)
+    def snapshot(self, exchange: bytes) -> dict[str, Any] | None:
+        pending = self._open[exchange]
+        if pending.response is None:
+            return None  # its body is still coming
+        copy = None if pending.copy is None else pending.copy.state()
+        if pending.copy is not None and copy is None:
+            return None
+        request, stamper, response = pending.request, pending.stamper, pending.response
+        return {
+            "start": list(pending.start),
+            "head": {
+                "method": request.method,
+                "path": request.path,
+                "query": request.query,
+                "http_version": request.http_version,
+                "headers": request.headers,
+                "received_at": request.received_at,
+                "key_fingerprint": request.key_fingerprint,
+                "mcp": pending.route.head(),
+            },
+            "body_size": pending.body_size,
+            "session": [stamper.session_key, stamper.mcp_session_id],
+            "protocol_version": stamper.protocol_version,
+            "next_sequence": stamper.next_sequence,
+            "response": {"status": response.status, "headers": response.headers, "body_size": response.body_size},
+            "copy": copy,
+            "last_at": pending.last_at,
+        }
 
-    def open_starts(self) -> Iterator[Position]:
-        return (pending.start for pending in self._open.values())
+    def restore(self, exchange: bytes, state: dict[str, Any], resume: Position) -> None:
+        head, saved = state["head"], state["response"]
+        request, route = request_of(exchange, head), Route.of(head["mcp"])
+        stamper = stamper_of(exchange, request, route)
+        stamper.session_key, stamper.mcp_session_id = state["session"]
+        stamper.protocol_version, stamper.next_sequence = state["protocol_version"], state["next_sequence"]
+        response = Response(saved["status"], [(n, v) for n, v in saved["headers"]], saved["body_size"])
+        copy = None if state["copy"] is None else ResponseCopy.restored(response.headers, state["copy"])
+        start = Position(*state["start"])
+        self._open[exchange] = Pending(
+            start, request, route, stamper, [], state["body_size"], response, copy, state["last_at"], resume
+        )
 
-    def feed(self, read: Read) -> list[Built]:
-        record = read.record
-        if record.kind is Kind.WRITER_START:
-            return self.interrupt_all()
-        if record.kind is Kind.MCP_REQUEST_HEAD:
-            self._open[record.exchange] = opened(read)
-            return []
-        pending = self._open.get(record.exchange)
-        if pending is None:
-            return []
-        pending.last_at = record.at_ns
+    def _opened(self, read: Read) -> Pending:
+        """An MCP_REQUEST_HEAD's request, with the envelope its events share (the exchange id is the connection's)."""
+        head = orjson.loads(read.record.payload)
+        request, route = request_of(read.record.exchange, head), Route.of(head["mcp"])
+        return Pending(read.at, request, route, stamper_of(read.record.exchange, request, route), last_at=read.record.at_ns)
+
+    def _take(self, record: Record, pending: Pending) -> list[Built]:
         if record.kind is Kind.REQUEST_BODY:
             pending.body.append(record.payload)
             return []
@@ -212,28 +271,19 @@ class McpAssembler:
             return self._close(record.exchange, ending(record))
         return []
 
-    def interrupt_all(self) -> list[Built]:
-        """Close every open request with what it has: its relay is gone."""
-        closed: list[Built] = []
-        for exchange, pending in list(self._open.items()):
-            ended_at = pending.last_at // 1000
-            duration_ms = (ended_at - pending.request.received_at) / 1000
-            closed += self._close(exchange, Ending(False, False, None, duration_ms, ended_at, INTERRUPTED))
-        return closed
-
     def _begin(self, pending: Pending, status: int | None, headers: list[tuple[str, str]]) -> list[dict[str, Any]]:
         """The response's head is in: the session is known, so the request's messages can be made."""
-        pending.request.body = b"".join(pending.body)
-        pending.body = []
+        body = b"".join(pending.body)
+        pending.body, pending.body_size = [], len(body)
         pending.response = Response(status, headers)
         stamper = pending.stamper
         stamper.session_key, stamper.mcp_session_id = session_of(pending.request, pending.route, headers)
         if not pending.route.messages:
             return []
         pending.copy = ResponseCopy(headers)
-        if not pending.request.body:
+        if not body:
             return []
-        message = events.Message(events.CLIENT_TO_UPSTREAM, pending.request.body, pending.request.headers)
+        message = events.Message(events.CLIENT_TO_UPSTREAM, body, pending.request.headers)
         return self._messages(pending, [message], pending.request.received_at)
 
     def _chunk(self, pending: Pending, chunk: bytes, at: int) -> list[dict[str, Any]]:
@@ -247,9 +297,8 @@ class McpAssembler:
         if pending.copy is not None:
             made += self._messages(pending, pending.copy.finish(), how.ended_at)
         assert pending.response is not None
-        made += pending.stamper.stamped(
-            "EXCHANGE", how.ended_at, exchange_fields(pending.request, pending.route, pending.response, how, self._policy)
-        )
+        fields = exchange_fields(pending.request, pending.body_size, pending.route, pending.response, how, self._policy)
+        made += pending.stamper.stamped("EXCHANGE", how.ended_at, fields)
         return built(exchange, pending, made, last=True)
 
     def _messages(self, pending: Pending, messages: list[events.Message], at: int) -> list[dict[str, Any]]:
@@ -263,10 +312,7 @@ def built(exchange: bytes, pending: Pending, made: list[dict[str, Any]], *, last
     return [Built(exchange, pending.start, event, last and i == len(made) - 1, MCP) for i, event in enumerate(made)]
 
 
-def opened(read: Read) -> Pending:
-    """An MCP_REQUEST_HEAD's request, with the envelope its events share (the exchange id is the connection's)."""
-    head = orjson.loads(read.record.payload)
-    request, route = request_of(read.record.exchange, head), Route.of(head["mcp"])
-    origin = events.Origin(events.STREAMABLE_HTTP, route.name, route.upstream_url, str(uuid.UUID(bytes=read.record.exchange)))
-    version = events.header(request.headers, "mcp-protocol-version")
-    return Pending(read.at, request, route, events.Stamper(origin, protocol_version=version), last_at=read.record.at_ns)
+def stamper_of(exchange: bytes, request: RequestRecord, route: Route) -> events.Stamper:
+    """The envelope a request's events share (the exchange id is the connection's)."""
+    origin = events.Origin(events.STREAMABLE_HTTP, route.name, route.upstream_url, str(uuid.UUID(bytes=exchange)))
+    return events.Stamper(origin, protocol_version=events.header(request.headers, "mcp-protocol-version"))

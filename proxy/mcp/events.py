@@ -21,7 +21,6 @@ nothing that crossed the relay goes unrecorded.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -165,7 +164,7 @@ class Stamper:
     session_key: str | None = None
     mcp_session_id: str | None = None
     protocol_version: str | None = None
-    _sequence: itertools.count = field(default_factory=itertools.count)
+    next_sequence: int = 0  # the next event's; the capture worker saves it with an open request's state
 
     def stamped(self, kind: str, at: int, built: dict[str, Any] | list[dict[str, Any]]) -> list[dict[str, Any]]:
         """`built`'s fields (one event's, or one per message) as whole events of `kind`, occurring at `at`."""
@@ -176,7 +175,8 @@ class Stamper:
         return stamped
 
     def _envelope(self, kind: str, at: int) -> dict[str, Any]:
-        origin, sequence = self.origin, next(self._sequence)
+        origin, sequence = self.origin, self.next_sequence
+        self.next_sequence += 1
         return {
             "event_id": event_id(origin.connection_id, sequence),
             "connection_id": origin.connection_id,

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from proxy import checkpoint, logformat
+from proxy import checkpoint, logformat, worker
+from proxy.capture import RedactionPolicy
 from proxy.logformat import Kind
 from proxy.logreader import LogReader, Position
 from proxy.logwriter import FsyncPolicy, LogSettings, LogWriter, segments
+from proxy.redact import BUILTIN_RULES
 
 EXCHANGE = uuid.uuid4().bytes
 
@@ -203,6 +205,28 @@ def test_the_checkpoint_survives_and_a_damaged_one_means_the_start(tmp_path: Pat
     assert checkpoint.load(tmp_path) == Position(4, 1234)
     (tmp_path / checkpoint.FILE_NAME).write_bytes(b"{not json")
     assert checkpoint.load(tmp_path) == Position(0, 0)
+
+
+def test_open_exchanges_are_saved_in_the_checkpoints_own_atomic_write_and_a_damaged_list_means_the_start(
+    tmp_path: Path,
+) -> None:
+    held = {bytes(range(16)): checkpoint.Held("mcp", Position(5, 40), b'{"next_sequence":7}')}
+    checkpoint.save(tmp_path, Position(4, 1234), held)
+    assert checkpoint.load_open(tmp_path) == (Position(4, 1234), held)
+    assert checkpoint.load(tmp_path) == Position(4, 1234)
+    assert stat.S_IMODE((tmp_path / checkpoint.FILE_NAME).stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == [checkpoint.FILE_NAME], "no temporary file left beside it"
+    (tmp_path / checkpoint.FILE_NAME).write_bytes(b'{"seq": 4, "offset": 1234, "open": [{"exchange": "zz"}]}')
+    assert checkpoint.load_open(tmp_path) == (Position(0, 0), {}), "the whole log again: duplicates, never a loss"
+
+
+def test_a_saved_state_that_cannot_be_restored_costs_a_read_of_the_whole_log() -> None:
+    policy = RedactionPolicy(BUILTIN_RULES, frozenset(), b"")
+    held = {bytes(16): checkpoint.Held("mcp", Position(5, 40), b'{"head": {}}')}
+    assemblers, position, kept = worker.reopened(policy, Position(5, 0), held)
+    assert (position, kept) == (Position(0, 0), {}) and all(a.open_count == 0 for a in assemblers)
+    api = {bytes(16): checkpoint.Held("api", Position(5, 40), b"{}")}
+    assert worker.reopened(policy, Position(5, 0), api)[1:] == (Position(0, 0), {}), "API exchanges are never saved open"
 
 
 def test_only_segments_wholly_before_the_checkpoint_are_deleted(tmp_path: Path) -> None:

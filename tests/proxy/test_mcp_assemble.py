@@ -3,15 +3,18 @@ a real capture log on disk, no network, no Kafka."""
 
 from __future__ import annotations
 
+import gzip
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from proxy.assemble import INTERRUPTED, Assembler, Built
 from proxy.capture import RedactionPolicy, RequestRecord
+from proxy.logformat import Kind
 from proxy.logreader import LogReader, Position, Read
 from proxy.logwriter import LogSettings, LogWriter
 from proxy.mcp import events
@@ -203,3 +206,120 @@ def test_each_assembler_takes_only_its_own_exchanges(tmp_path: Path) -> None:
     assert [schema for schema, _ in both] == ["mcp", "mcp", "mcp", "exchange", "exchange"]
     assert {exchange for schema, exchange in both if schema == "exchange"} == {uuid.UUID(api.label).bytes}
     assert mcp.open_count == exchanges.open_count == 0
+
+
+# --- an open stream's state, saved beside the checkpoint and restored (proxy/worker.py, proxy/checkpoint.py) ---
+
+POLICY = RedactionPolicy(BUILTIN_RULES, frozenset(), b"")
+
+
+def notification(n: int) -> bytes:
+    return orjson.dumps({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": f"café {n}"}})
+
+
+LISTEN = {"jsonrpc": "2.0", "id": 1, "method": "subscriptions/listen", "params": {"notifications": ["resources/updated"]}}
+
+
+def held_stream(
+    directory: Path, count: int = 6, piece: int = 37, content_encoding: str | None = None, *, listen: bool = False
+) -> list[Read]:
+    """A GET stream's records (or, with `listen`, a 2026-07-28 ``subscriptions/listen`` POST's): its head,
+    SSE events cut every `piece` bytes (mid-line, mid-character), a keep-alive, its end."""
+    t = tap(directory)
+    get = RequestRecord("GET", "/mcp/weather", "", "1.1", [("Accept", "text/event-stream"), ("Mcp-Session-Id", SESSION)], b"")
+    exchange = t.request(request(LISTEN, session=None, version="2026-07-28") if listen else get, ROUTE.head())
+    headers = [("Content-Type", "text/event-stream"), ("Mcp-Session-Id", SESSION)]
+    exchange.response_head(200, headers + ([("Content-Encoding", content_encoding)] if content_encoding else []))
+    body = b"".join(b"id: s:%d\ndata: " % n + notification(n) + b"\n\n" for n in range(count)) + b": keep-alive\n\n"
+    body = gzip.compress(body) if content_encoding == "gzip" else body
+    for start in range(0, len(body), piece):
+        exchange.chunk(body[start : start + piece])
+    exchange.end(client_disconnected=True, upstream_complete=False)
+    t.writer.close()
+    return reads(directory)
+
+
+@pytest.mark.parametrize("listen", [False, True], ids=["get", "listen"])
+def test_a_stream_restored_from_its_state_at_any_record_goes_on_as_if_never_stopped(tmp_path: Path, listen: bool) -> None:
+    """The worker's restart: state saved after record k (JSON and back), a new assembler restores it and reads
+    from an earlier checkpoint on; the events of both runs are exactly those of one run, ids and sequences alike."""
+    records = held_stream(tmp_path, listen=listen)
+    whole = [b.event for b in assembled(tmp_path)]
+    first_saveable = next(i for i, r in enumerate(records) if r.record.kind is Kind.RESPONSE_HEAD)
+    for k in range(first_saveable, len(records) - 1):
+        before, after = McpAssembler(POLICY), McpAssembler(POLICY)
+        made = [b.event for read in records[: k + 1] for b in before.feed(read)]
+        ((exchange, _),) = before.open_starts()
+        state = before.snapshot(exchange)
+        assert state is not None, records[k].record.kind
+        after.restore(exchange, orjson.loads(orjson.dumps(state)), records[k].after)
+        # the checkpoint is at or before the state's position: records already in the state are skipped
+        made += [b.event for read in records[first_saveable:] for b in after.feed(read)]
+        assert made == whole, f"restored after record {k}"
+    assert [e["sequence"] for e in whole] == list(range(len(whole)))
+    assert whole[-1]["http"]["request_body_size"] == (len(orjson.dumps(LISTEN)) if listen else 0)
+    notes = [orjson.loads(e["payload"])["params"]["data"] for e in whole if e.get("direction") == "UPSTREAM_TO_CLIENT"]
+    assert notes == [f"café {n}" for n in range(6)]
+
+
+def test_a_streams_state_stays_small_however_long_it_runs(tmp_path: Path) -> None:
+    """No body and no made events accumulate in it: after 400 events it is the size it was after 4."""
+    sizes = []
+    for count in (4, 400):
+        directory = tmp_path / str(count)
+        assembler = McpAssembler(POLICY)
+        for read in held_stream(directory, count)[:-1]:
+            assembler.feed(read)
+        ((exchange, _),) = assembler.open_starts()
+        sizes.append(len(orjson.dumps(assembler.snapshot(exchange))))
+    assert abs(sizes[1] - sizes[0]) < 16 and sizes[1] < 2048, sizes
+
+
+def test_a_request_whose_body_is_coming_a_compressed_stream_or_a_json_answer_has_no_state(tmp_path: Path) -> None:
+    """Those hold the checkpoint at their head, as every exchange did before."""
+    records = held_stream(tmp_path / "gzip", content_encoding="gzip")
+    assembler = McpAssembler(POLICY)
+    head = next(i for i, r in enumerate(records) if r.record.kind is Kind.MCP_REQUEST_HEAD)
+    assembler.feed(records[head])
+    ((exchange, _),) = assembler.open_starts()
+    assert assembler.snapshot(exchange) is None, "no response head yet"
+    for read in records[head + 1 : -1]:
+        assembler.feed(read)
+    assert assembler.snapshot(exchange) is None, "a gzip decoder's state cannot be saved"
+    t = tap(tmp_path / "json")
+    answer = t.request(request(), ROUTE.head())
+    answer.response_head(200, [("Content-Type", "application/json")])
+    answer.chunk(orjson.dumps(RESULT)[:10])
+    t.writer.close()
+    json_assembler = McpAssembler(POLICY)
+    for read in reads(tmp_path / "json"):
+        json_assembler.feed(read)
+    ((json_exchange, _),) = json_assembler.open_starts()
+    assert json_assembler.snapshot(json_exchange) is None, "a JSON answer is kept whole until its end"
+    api = Assembler(POLICY)
+    t = tap(tmp_path / "api")
+    t.request(RequestRecord("POST", "/v1/messages", "", "1.1", [], b"{}"))
+    t.writer.close()
+    for read in reads(tmp_path / "api"):
+        api.feed(read)
+    ((api_exchange, _),) = api.open_starts()
+    assert api.snapshot(api_exchange) is None, "an API exchange's state is its response so far"
+
+
+def test_a_relay_start_before_a_restored_streams_position_does_not_close_it(tmp_path: Path) -> None:
+    """The checkpoint may lie before a relay restart that the stream's head came after: reading that start
+    again must not interrupt the stream, which its saved state shows open later on."""
+    records = held_stream(tmp_path)
+    saved_at = next(i for i, r in enumerate(records) if r.record.kind is Kind.RESPONSE_CHUNK)
+    assembler = McpAssembler(POLICY)
+    for read in records[: saved_at + 1]:
+        assembler.feed(read)
+    ((exchange, _),) = assembler.open_starts()
+    state = assembler.snapshot(exchange)
+    assert state is not None
+    (writer_start,) = [r for r in records if r.record.kind is Kind.WRITER_START]
+    for resume, closed in ((records[saved_at].after, False), (writer_start.at, True)):
+        restored = McpAssembler(POLICY)
+        restored.restore(exchange, state, resume)
+        built = restored.feed(writer_start)
+        assert (restored.open_count, bool(built)) == ((0, True) if closed else (1, False))
