@@ -118,11 +118,18 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def _spawn(
-    stack: contextlib.ExitStack, cmd: list[str], log: Path, env: dict[str, str] | None = None, *, chatty: bool = False
+    stack: contextlib.ExitStack,
+    cmd: list[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    *,
+    chatty: bool = False,
+    cwd: Path = ROOT,
 ) -> subprocess.Popen[bytes]:
-    """`chatty`: the process prints as it works (a line per flow), so its stdout goes to the log, not a pipe it would fill."""
+    """`chatty`: the process prints as it works (a line per flow), so its stdout goes to the log, not a pipe it would fill.
+    `cwd`: `python -m` imports from there first, ahead of PYTHONPATH, so it chooses the tree whose code runs."""
     handle = stack.enter_context(log.open("wb"))
-    process = subprocess.Popen(cmd, cwd=ROOT, stdout=handle if chatty else subprocess.PIPE, stderr=handle, env=env)
+    process = subprocess.Popen(cmd, cwd=cwd, stdout=handle if chatty else subprocess.PIPE, stderr=handle, env=env)
     stack.callback(_stop, process)
     return process
 
@@ -235,12 +242,11 @@ def start_kgb(
     stack: contextlib.ExitStack, workdir: Path, name: str, upstream: str, bootstrap: str, topic: str, source: Path | None = None
 ) -> tuple[str, Measured]:
     """`kgb proxy` with capture and publishing on, its own spool directory, logging only warnings;
-    `source`: the kgb of that source tree (another commit's checkout) in place of the installed one."""
+    `source`: the kgb of that source tree (another commit's checkout), run from it, in place of the bench's own."""
     port = free_port()
     spool = workdir / f"{name}-spool"
     env = {
         **os.environ,
-        **({"PYTHONPATH": str(source)} if source else {}),
         "KGB_KAFKA_BOOTSTRAP": bootstrap,
         "KGB_TOPIC": topic,
         "KGB_SPOOL_DIR": str(spool),
@@ -250,7 +256,7 @@ def start_kgb(
     }
     cmd = [*kgb_command(), "--log-level", "WARNING", "proxy", "--port", str(port), "--upstream", upstream]
     log = workdir / f"{name}.log"
-    process = _spawn(stack, cmd, log, env)
+    process = _spawn(stack, cmd, log, env, cwd=source or ROOT)
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/ready", process, log)
     return url, Measured((process.pid,))
