@@ -184,7 +184,7 @@ async def _relay(
     headers = end_to_end(_decoded(upstream.raw_headers), upstream.headers.get("connection"), HOP_BY_HOP)
     first = _buffered(upstream.content)
     response = (HeadWithBody if first else web.StreamResponse)(status=upstream.status, reason=upstream.reason)
-    response.headers.extend(end_to_end(headers, None, frozenset({"content-length"})))
+    response.headers.extend([(name, value) for name, value in headers if name.lower() != "content-length"])
     if "content-length" in upstream.headers and upstream.content_length is not None:
         response.content_length = upstream.content_length
     exchange.response_head(upstream.status, headers, with_chunk=bool(first))
