@@ -16,6 +16,7 @@ event), so it includes the upload of the request body.
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import sys
 import time
@@ -208,7 +209,11 @@ def main() -> None:
         runner = asyncio.run
     else:
         runner = uvloop.run
-    print(orjson.dumps(runner(main_async(spec))).decode(), flush=True)
+    result = orjson.dumps(runner(main_async(spec))).decode()
+    # The report is one line of several 100 KB, past a pipe's 64 KiB: on a stdout left non-blocking
+    # the write stops at the pipe's size (BlockingIOError) and the orchestrator reads half a report.
+    os.set_blocking(sys.stdout.fileno(), True)
+    print(result, flush=True)
 
 
 if __name__ == "__main__":

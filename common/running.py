@@ -8,6 +8,7 @@ so must set up their loop, signals and logging themselves.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable, Coroutine
@@ -48,6 +49,14 @@ def run_until_signal(service: Callable[[asyncio.Event], Coroutine[Any, Any, None
 
     with asyncio.Runner(loop_factory=new_loop) as runner:
         runner.run(main())
+
+
+def settle_heap() -> None:
+    """Once a long-running service has started: its imports, settings and apps leave the collector's sight
+    (`gc.freeze`), so a full collection under load scans only what the traffic made. Scanning the proxy's
+    startup heap took 27-29 ms a time, on the loop that relays every exchange."""
+    gc.collect()
+    gc.freeze()
 
 
 def new_loop() -> asyncio.AbstractEventLoop:

@@ -28,7 +28,7 @@ from kgb.checks import (
 )
 from common.config import KafkaSettings, SettingsError
 from common.failures import run_explained
-from common.running import configure_logging, run_until_signal
+from common.running import configure_logging, run_until_signal, settle_heap
 
 if TYPE_CHECKING:
     from proxy.settings import ProxySettings
@@ -92,6 +92,7 @@ async def _serve_proxy(settings: ProxySettings, stop: asyncio.Event, worker_log_
                 await listen.GuardedSite(runner, guard, settings.host, port).start()
             except OSError as exc:
                 raise SettingsError(f"cannot listen on {settings.host}:{port} ({name}): {exc.strerror}") from None
+        settle_heap()
         await stop.wait()
     finally:
         await asyncio.gather(*(runner.cleanup() for runner in runners))

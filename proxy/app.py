@@ -62,8 +62,9 @@ METRICS = web.AppKey("metrics", ProxyMetrics)
 
 def end_to_end(headers: Iterable[tuple[str, str]], connection: str | None, drop: frozenset[str]) -> list[tuple[str, str]]:
     """Headers minus hop-by-hop ones, including any the Connection header names."""
-    named = {token.strip().lower() for token in (connection or "").split(",") if token.strip()}
-    return [(name, value) for name, value in headers if name.lower() not in drop and name.lower() not in named]
+    if connection:
+        drop = drop | {token.strip().lower() for token in connection.split(",") if token.strip()}
+    return [(name, value) for name, value in headers if name.lower() not in drop]
 
 
 def upstream_url(base: str, raw_path: str, raw_query: str) -> URL:
@@ -183,7 +184,7 @@ async def _relay(
     headers = end_to_end(_decoded(upstream.raw_headers), upstream.headers.get("connection"), HOP_BY_HOP)
     first = _buffered(upstream.content)
     response = (HeadWithBody if first else web.StreamResponse)(status=upstream.status, reason=upstream.reason)
-    response.headers.extend(end_to_end(headers, None, frozenset({"content-length"})))
+    response.headers.extend([(name, value) for name, value in headers if name.lower() != "content-length"])
     if "content-length" in upstream.headers and upstream.content_length is not None:
         response.content_length = upstream.content_length
     exchange.response_head(upstream.status, headers, with_chunk=bool(first))
@@ -210,7 +211,7 @@ async def _relay(
             log.info("exchange %s: client went away mid-response; closing the upstream request", record.exchange_id)
             upstream.close()
         exchange.end(client_disconnected=client_gone, upstream_complete=upstream_done)
-        metrics.requests.labels(method=request.method, status=str(upstream.status)).inc()
+        metrics.count_request(request.method, upstream.status)
     return response
 
 
@@ -255,7 +256,7 @@ def _fail(request: web.Request, exchange: Exchange, failure: errors.ProxyError) 
     exchange.chunk(body)
     left = isinstance(failure, errors.ClientLeft)
     exchange.end(client_disconnected=left, upstream_complete=False, proxy_error=(failure.kind, str(failure)))
-    app[METRICS].requests.labels(method=request.method, status=str(failure.status)).inc()
+    app[METRICS].count_request(request.method, failure.status)
     if not isinstance(failure, errors.Refused):
         app[METRICS].upstream_errors.labels(kind=failure.kind).inc()
     log.warning("exchange %s: %s", exchange.label, failure)
