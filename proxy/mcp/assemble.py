@@ -194,6 +194,7 @@ class Pending:
     response head (then its messages are made, and only its size stays)."""
 
     start: Position
+    head: dict[str, Any]  # the MCP_REQUEST_HEAD's JSON, as logged: what a saved state gives back to `opened`
     request: RequestRecord
     route: Route
     stamper: events.Stamper
@@ -217,19 +218,10 @@ class McpAssembler(OpenExchanges[Pending]):
         copy = None if pending.copy is None else pending.copy.state()
         if pending.copy is not None and copy is None:
             return None
-        request, stamper, response = pending.request, pending.stamper, pending.response
+        stamper, response = pending.stamper, pending.response
         return {
             "start": list(pending.start),
-            "head": {
-                "method": request.method,
-                "path": request.path,
-                "query": request.query,
-                "http_version": request.http_version,
-                "headers": request.headers,
-                "received_at": request.received_at,
-                "key_fingerprint": request.key_fingerprint,
-                "mcp": pending.route.head(),
-            },
+            "head": pending.head,
             "body_size": pending.body_size,
             "session": [stamper.session_key, stamper.mcp_session_id],
             "protocol_version": stamper.protocol_version,
@@ -240,23 +232,17 @@ class McpAssembler(OpenExchanges[Pending]):
         }
 
     def restore(self, exchange: bytes, state: dict[str, Any], resume: Position) -> None:
-        head, saved = state["head"], state["response"]
-        request, route = request_of(exchange, head), Route.of(head["mcp"])
-        stamper = stamper_of(exchange, request, route)
+        pending = opened(exchange, state["head"], Position(*state["start"]), state["last_at"])
+        stamper, saved = pending.stamper, state["response"]
         stamper.session_key, stamper.mcp_session_id = state["session"]
         stamper.protocol_version, stamper.next_sequence = state["protocol_version"], state["next_sequence"]
-        response = Response(saved["status"], [(n, v) for n, v in saved["headers"]], saved["body_size"])
-        copy = None if state["copy"] is None else ResponseCopy.restored(response.headers, state["copy"])
-        start = Position(*state["start"])
-        self._open[exchange] = Pending(
-            start, request, route, stamper, [], state["body_size"], response, copy, state["last_at"], resume
-        )
+        pending.response = Response(saved["status"], [(n, v) for n, v in saved["headers"]], saved["body_size"])
+        pending.copy = None if state["copy"] is None else ResponseCopy.restored(pending.response.headers, state["copy"])
+        pending.body_size, pending.resume = state["body_size"], resume
+        self._open[exchange] = pending
 
     def _opened(self, read: Read) -> Pending:
-        """An MCP_REQUEST_HEAD's request, with the envelope its events share (the exchange id is the connection's)."""
-        head = orjson.loads(read.record.payload)
-        request, route = request_of(read.record.exchange, head), Route.of(head["mcp"])
-        return Pending(read.at, request, route, stamper_of(read.record.exchange, request, route), last_at=read.record.at_ns)
+        return opened(read.record.exchange, orjson.loads(read.record.payload), read.at, read.record.at_ns)
 
     def _take(self, record: Record, pending: Pending) -> list[Built]:
         if record.kind is Kind.REQUEST_BODY:
@@ -312,7 +298,9 @@ def built(exchange: bytes, pending: Pending, made: list[dict[str, Any]], *, last
     return [Built(exchange, pending.start, event, last and i == len(made) - 1, MCP) for i, event in enumerate(made)]
 
 
-def stamper_of(exchange: bytes, request: RequestRecord, route: Route) -> events.Stamper:
-    """The envelope a request's events share (the exchange id is the connection's)."""
+def opened(exchange: bytes, head: dict[str, Any], start: Position, last_at: int) -> Pending:
+    """An MCP_REQUEST_HEAD's request, with the envelope its events share (the exchange id is the connection's)."""
+    request, route = request_of(exchange, head), Route.of(head["mcp"])
     origin = events.Origin(events.STREAMABLE_HTTP, route.name, route.upstream_url, str(uuid.UUID(bytes=exchange)))
-    return events.Stamper(origin, protocol_version=events.header(request.headers, "mcp-protocol-version"))
+    stamper = events.Stamper(origin, protocol_version=events.header(request.headers, "mcp-protocol-version"))
+    return Pending(start, head, request, route, stamper, last_at=last_at)
