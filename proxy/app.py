@@ -181,13 +181,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 async def _relay(
     request: web.Request, record: RequestRecord, upstream: aiohttp.ClientResponse, exchange: Exchange, metrics: ProxyMetrics
 ) -> web.StreamResponse:
-    headers = end_to_end(_decoded(upstream.raw_headers), upstream.headers.get("connection"), HOP_BY_HOP)
-    first = _buffered(upstream.content)
-    response = (HeadWithBody if first else web.StreamResponse)(status=upstream.status, reason=upstream.reason)
-    response.headers.extend([(name, value) for name, value in headers if name.lower() != "content-length"])
-    if "content-length" in upstream.headers and upstream.content_length is not None:
-        response.content_length = upstream.content_length
-    exchange.response_head(upstream.status, headers, with_chunk=bool(first))
+    response, first = answer_for(upstream, exchange)
     client_gone = upstream_done = False
     try:
         client_gone = not await _send(response.prepare(request))
@@ -213,6 +207,19 @@ async def _relay(
         exchange.end(client_disconnected=client_gone, upstream_complete=upstream_done)
         metrics.count_request(request.method, upstream.status)
     return response
+
+
+def answer_for(upstream: aiohttp.ClientResponse, exchange: Exchange) -> tuple[web.StreamResponse, bytes]:
+    """The client's response to the upstream's answer, its head recorded, and the body bytes already
+    here: when there are some, the head waits to leave with them (`HeadWithBody`)."""
+    headers = end_to_end(_decoded(upstream.raw_headers), upstream.headers.get("connection"), HOP_BY_HOP)
+    first = _buffered(upstream.content)
+    response = (HeadWithBody if first else web.StreamResponse)(status=upstream.status, reason=upstream.reason)
+    response.headers.extend([(name, value) for name, value in headers if name.lower() != "content-length"])
+    if "content-length" in upstream.headers and upstream.content_length is not None:
+        response.content_length = upstream.content_length
+    exchange.response_head(upstream.status, headers, with_chunk=bool(first))
+    return response, first
 
 
 class HeadWithBody(web.StreamResponse):

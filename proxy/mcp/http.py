@@ -47,11 +47,10 @@ from proxy.app import (
     METRICS,
     SETTINGS,
     TAP,
-    HeadWithBody,
     _abort,
-    _buffered,
     _decoded,
     _send,
+    answer_for,
     end_to_end,
     read_body,
 )
@@ -201,13 +200,7 @@ class Relayed:
     broke: tuple[str, str] | None = None
 
     async def stream(self, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
-        headers = end_to_end(_decoded(upstream.raw_headers), upstream.headers.get("connection"), HOP_BY_HOP)
-        first = _buffered(upstream.content)
-        response = (HeadWithBody if first else web.StreamResponse)(status=upstream.status, reason=upstream.reason)
-        response.headers.extend(end_to_end(headers, None, frozenset({"content-length"})))
-        if "content-length" in upstream.headers and upstream.content_length is not None:
-            response.content_length = upstream.content_length
-        self.exchange.response_head(upstream.status, headers, with_chunk=bool(first))
+        response, first = answer_for(upstream, self.exchange)
         try:
             await self._pass(response, upstream, first)
         except asyncio.CancelledError:
