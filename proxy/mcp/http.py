@@ -184,7 +184,7 @@ def fail(request: web.Request, exchange: Exchange, record: RequestRecord, status
     exchange.response_head(status, JSON)
     exchange.chunk(body)
     exchange.end(client_disconnected=False, upstream_complete=False, proxy_error=(kind, message))
-    request.app[METRICS].requests.labels(method=request.method, status=str(status)).inc()
+    request.app[METRICS].count_request(request.method, status)
     log.warning("mcp request %s: %s", exchange.label, message)
     return web.Response(status=status, body=body, content_type="application/json")
 
@@ -214,7 +214,7 @@ class Relayed:
             self.exchange.end(
                 client_disconnected=self.client_disconnected, upstream_complete=self.upstream_complete, proxy_error=self.broke
             )
-            self.request.app[METRICS].requests.labels(method=self.request.method, status=str(upstream.status)).inc()
+            self.request.app[METRICS].count_request(self.request.method, upstream.status)
         return response
 
     async def _pass(self, response: web.StreamResponse, upstream: aiohttp.ClientResponse, chunk: bytes) -> None:
