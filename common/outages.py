@@ -27,8 +27,9 @@ import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 
-from common.tasks import background
+from common.tasks import Shared
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,7 @@ class Watch:
         self.reporter = Reporter(Outage(what))
         self.probe = probe
         self.hint: asyncio.Event | None = None  # made by `run`, in the loop it waits in
+        self.running = Shared(f"watch {what}")
         self.last_hint = ""
 
     def noticed(self, message: str) -> None:
@@ -185,16 +187,19 @@ class Watch:
             self.hint.set()
 
     async def run(self, target: str) -> None:
-        self.hint = asyncio.Event()
-        while True:
-            if not self.reporter.outage.away:
-                await self.hint.wait()
-            self.hint.clear()
-            if await self.probe(target):
-                self.reporter.recovered()
-                continue
-            self.reporter.failed(self.last_hint or "no answer")
-            await asyncio.sleep(PROBE_EVERY)
+        self.hint = hint = asyncio.Event()
+        try:
+            while True:
+                if not self.reporter.outage.away:
+                    await hint.wait()
+                hint.clear()
+                if await self.probe(target):
+                    self.reporter.recovered()
+                    continue
+                self.reporter.failed(self.last_hint or "no answer")
+                await asyncio.sleep(PROBE_EVERY)
+        finally:
+            self.hint = None
 
 
 KAFKA_WATCH = Watch(KAFKA, broker_answers)
@@ -205,16 +210,10 @@ POSTGRES_WATCH = Watch(POSTGRES, database_answers)
 async def watching(watch: Watch, target: str) -> AsyncIterator[None]:
     """``watch`` running for the block, asking ``target`` (a bootstrap list, a database URL): a service
     opens one for each service it talks to. Nested or concurrent blocks (several consumers in one
-    test process) share the first one's."""
-    if watch.hint is not None:
+    test process) share the first one's, which runs until the last of them ends."""
+    async with watch.running.use(partial(watch.run, target)):
+        await asyncio.sleep(0)  # let it make its event, so a hint from the block's first step is heard
         yield
-        return
-    try:
-        async with background(watch.run(target), f"watch {watch.reporter.outage.what}"):
-            await asyncio.sleep(0)  # let it make its event, so a second block sees the watch running
-            yield
-    finally:
-        watch.hint = None
 
 
 class QuietClients(logging.Filter):

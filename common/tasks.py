@@ -1,4 +1,5 @@
-"""A helper task with the lifetime of a block, said once: `background`.
+"""A helper task with the lifetime of a block, said once: `background`, and `Shared` for one task
+that several overlapping blocks need (the first starts it, the last stops it).
 
 `create_task` in an async context manager and `cancel` in its `finally`, with the
 `CancelledError` suppressed, has three faults: a task that dies during the block
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,36 @@ async def background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterato
         failure = await stopped(task)
     if failure is not None:
         raise failure
+
+
+class Shared:
+    """One helper task for blocks that overlap (the API and MCP apps in one process, several consumers
+    in one test): the first block to enter starts it, the last to leave stops it, so a block that
+    ends early never takes the task away from one still running. Its failure is logged when it
+    happens and raised by the last block, as `background` does."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._task: asyncio.Task[None] | None = None
+        self._users = 0
+
+    @contextlib.asynccontextmanager
+    async def use(self, work: Callable[[], Coroutine[Any, Any, None]]) -> AsyncIterator[None]:
+        """For the block; `work` is called only by the block that starts the task."""
+        if self._task is None:
+            self._task = asyncio.create_task(work(), name=self.name)
+            self._task.add_done_callback(_report)
+        self._users += 1
+        failure = None
+        try:
+            yield
+        finally:
+            self._users -= 1
+            if self._users == 0:
+                task, self._task = self._task, None
+                failure = await stopped(task)
+        if failure is not None:
+            raise failure
 
 
 async def stopped(task: asyncio.Task[None]) -> Exception | None:

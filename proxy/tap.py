@@ -21,7 +21,6 @@ incomplete) so the worker does not wait for it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
@@ -35,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from common.tasks import Shared
 from proxy.capture import RequestRecord
 from proxy.logformat import PREFIX, Kind
 from proxy.logwriter import FsyncPolicy, LogSettings, LogWriter, keep_synced
@@ -204,13 +204,13 @@ class McpSink:
 
 
 @dataclass
-class _Shared:
+class _Open:
     writer: LogWriter
     users: int
-    syncing: asyncio.Task[None] | None
+    syncing: Shared
 
 
-_OPEN: dict[Path, _Shared] = {}
+_OPEN: dict[Path, _Open] = {}
 
 
 @contextlib.asynccontextmanager
@@ -219,17 +219,14 @@ async def capture_log(settings: LogSettings) -> AsyncIterator[LogWriter]:
     would race for segment names), with its interval fsync running while anyone uses it."""
     shared = _OPEN.get(settings.directory)
     if shared is None:
-        writer = LogWriter(settings)
-        syncing = asyncio.create_task(keep_synced(writer)) if settings.fsync is FsyncPolicy.INTERVAL else None
-        shared = _OPEN[settings.directory] = _Shared(writer, 0, syncing)
+        shared = _OPEN[settings.directory] = _Open(LogWriter(settings), 0, Shared(f"fsync {settings.directory}"))
+    interval = settings.fsync is FsyncPolicy.INTERVAL
     shared.users += 1
     try:
-        yield shared.writer
+        async with shared.syncing.use(functools.partial(keep_synced, shared.writer)) if interval else contextlib.nullcontext():
+            yield shared.writer
     finally:
         shared.users -= 1
         if shared.users == 0:
             del _OPEN[settings.directory]
-            if shared.syncing is not None:
-                shared.syncing.cancel()
-                await asyncio.gather(shared.syncing, return_exceptions=True)
             shared.writer.close()

@@ -1,4 +1,4 @@
-"""`common.tasks.background`, the helper tasks of `common.outages.watching` and `proxy.workerstats.writing`:
+"""`common.tasks.background` and `Shared`, the helper tasks of `common.outages.watching` and `proxy.workerstats.writing`:
 cancelled and awaited at the block's end, their failures loud, their owner's cancellation kept."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from common.outages import Watch, watching
-from common.tasks import background
+from common.tasks import Shared, background
 from proxy.workerstats import FILE_NAME, WorkerFigures, writing
 
 
@@ -85,6 +85,74 @@ async def test_a_watch_whose_probe_fails_is_not_silently_dead() -> None:
             watch.noticed("refused")
             await asyncio.sleep(0.01)
     assert watch.hint is None  # stopped, so the next block starts a new one
+
+
+async def test_a_shared_task_starts_once_and_runs_until_the_last_overlapping_block_ends() -> None:
+    starts: list[str] = []
+    done = asyncio.Event()
+
+    async def work(who: str) -> None:
+        starts.append(who)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            done.set()
+
+    shared = Shared("shared helper")
+
+    async def joining() -> None:
+        async with shared.use(lambda: work("joining")):
+            await asyncio.sleep(0.01)
+
+    async with shared.use(lambda: work("alone")):
+        await asyncio.sleep(0)
+    assert done.is_set()  # a block on its own starts and stops its task
+    done.clear()
+    async with shared.use(lambda: work("outer")):
+        await asyncio.create_task(joining())
+        await asyncio.sleep(0.01)
+        assert not done.is_set()  # the joining block has ended; this one still has its task
+    assert done.is_set()
+    assert starts == ["alone", "outer"]
+
+
+async def test_a_failure_of_a_shared_task_is_raised_by_the_last_block() -> None:
+    async def broken() -> None:
+        raise ValueError("broke")
+
+    shared = Shared("broken shared")
+    with pytest.raises(ValueError, match="broke"):
+        async with shared.use(broken):
+            async with shared.use(broken):
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)
+
+
+async def test_overlapping_watching_blocks_keep_the_watch_until_the_last_ends() -> None:
+    asked: list[str] = []
+
+    async def probe(target: str) -> bool:
+        asked.append(target)
+        return True
+
+    watch = Watch("Test service", probe)
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def first_block() -> None:
+        async with watching(watch, "first"):
+            started.set()
+            await release.wait()
+
+    task = asyncio.create_task(first_block())
+    await started.wait()
+    async with watching(watch, "first"):
+        release.set()
+        await task
+        assert watch.hint is not None  # the block that started the watch has ended, and it runs on for this one
+        watch.noticed("a hint after the other block ended")
+        await asyncio.sleep(0.01)
+        assert asked == ["first"]
+    assert watch.hint is None
 
 
 async def test_worker_figures_are_written_once_more_as_the_block_ends(tmp_path: Path) -> None:

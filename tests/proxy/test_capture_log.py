@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 import uuid
@@ -15,6 +16,7 @@ from proxy.logformat import Kind
 from proxy.logreader import LogReader, Position
 from proxy.logwriter import FsyncPolicy, LogSettings, LogWriter, segments
 from proxy.redact import BUILTIN_RULES
+from proxy.tap import capture_log
 
 EXCHANGE = uuid.uuid4().bytes
 
@@ -267,3 +269,22 @@ def test_many_held_records_are_written_before_one_writev_grows_too_long(tmp_path
     w.append(Kind.END, EXCHANGE, b"end")
     w.close()
     assert payloads(LogReader(tmp_path, Position(0, 0))) == [str(n).encode() for n in range(1500)] + [b"end"]
+
+
+async def test_the_interval_fsync_runs_while_any_user_of_a_shared_log_is_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    syncs: list[LogWriter] = []
+    monkeypatch.setattr(LogWriter, "sync", lambda self: syncs.append(self))
+    settings = LogSettings(tmp_path, fsync=FsyncPolicy.INTERVAL, fsync_interval=0.001)
+    async with capture_log(settings) as api:
+        mcp_block = capture_log(settings)
+        mcp = await mcp_block.__aenter__()
+    assert mcp is api  # one writer per directory: two would race for segment names
+    syncs.clear()
+    await asyncio.sleep(0.05)
+    assert syncs  # the block that opened the log has ended, and the other still gets its fsyncs
+    await mcp_block.__aexit__(None, None, None)
+    syncs.clear()
+    await asyncio.sleep(0.05)
+    assert syncs == []
