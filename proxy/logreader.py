@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 from proxy import logformat
 from proxy.logformat import Record
-from proxy.logwriter import segment_name, segments
+from proxy.logwriter import segment_name, segment_seqs
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,9 @@ class LogReader:
         self._file: int | None = None
         self.torn = 0
         self.damaged = 0
+        # The last `poll` stopped at the end of what is written (not at its budget, a damaged or newer record):
+        # polling again before the log grows finds nothing, so the worker waits instead.
+        self.at_end = False
 
     @property
     def position(self) -> Position:
@@ -61,6 +64,7 @@ class LogReader:
         """Records readable now, up to about `budget` bytes of them."""
         reads: list[Read] = []
         used = 0
+        self.at_end = False
         while used < budget:
             if self._file is None and not self._open():
                 break
@@ -78,6 +82,7 @@ class LogReader:
                 if self._fill():
                     continue
                 if not self._next_segment_if_done():
+                    self.at_end = True
                     break
                 continue
             record, end = decoded
@@ -97,7 +102,7 @@ class LogReader:
         try:
             self._file = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            later = [seq for seq, _ in segments(self.directory) if seq > self._seq]
+            later = [seq for seq in segment_seqs(self.directory) if seq > self._seq]
             if not later:
                 return False
             self._seq, self._base, self._buffer, self._cursor = later[0], 0, b"", 0
@@ -119,7 +124,7 @@ class LogReader:
         return True
 
     def _newer_segment(self) -> bool:
-        return any(seq > self._seq for seq, _ in segments(self.directory))
+        return any(seq > self._seq for seq in segment_seqs(self.directory))
 
     def _next_segment_if_done(self) -> bool:
         """At the end of what is written: move on if the writer has (after one last read), else wait."""

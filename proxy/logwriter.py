@@ -67,14 +67,23 @@ def segment_seq(name: str) -> int | None:
     return int(digits) if digits.isdigit() else None
 
 
-def segments(directory: Path) -> list[tuple[int, Path]]:
-    """The directory's segments, oldest first."""
+def _named_segments(directory: Path) -> list[tuple[int, str]]:
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
         return []
-    found = [(seq, directory / name) for name in names if (seq := segment_seq(name)) is not None]
-    return sorted(found)
+    return sorted((seq, name) for name in names if (seq := segment_seq(name)) is not None)
+
+
+def segments(directory: Path) -> list[tuple[int, Path]]:
+    """The directory's segments, oldest first."""
+    return [(seq, directory / name) for seq, name in _named_segments(directory)]
+
+
+def segment_seqs(directory: Path) -> list[int]:
+    """The sequence numbers of the directory's segments, oldest first, with no path built for each: the
+    worker looks for a newer segment every time it reaches the end of what is written."""
+    return [seq for seq, _ in _named_segments(directory)]
 
 
 def private_directory(directory: Path) -> None:

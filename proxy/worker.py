@@ -147,7 +147,8 @@ class Session:
                 log.info("capture worker: %s so far", reported)
             if reads:
                 self.watch.found()
-                continue
+                if not self.reader.at_end:
+                    continue
             # acks to come or a checkpoint to move: look again at SAVE_EVERY; else only when the log grows
             pending = self._position() != self.saved or not all(t.answered() for t in self.unacked.values())
             await self.watch.wait(stop, SAVE_EVERY if pending else SAFETY_POLL)

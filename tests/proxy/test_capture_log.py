@@ -122,6 +122,19 @@ def test_the_reader_follows_the_writer(tmp_path: Path) -> None:
     w.close()
 
 
+def test_the_reader_says_when_a_poll_stopped_at_the_end_of_what_is_written(tmp_path: Path) -> None:
+    w = writer(tmp_path, fsync=FsyncPolicy.NONE)
+    for n in range(3):
+        w.append(Kind.REQUEST_BODY, EXCHANGE, bytes([n]) * 100)
+    reader = LogReader(tmp_path, Position(0, 0))
+    assert len(reader.poll(budget=1)) == 1 and not reader.at_end  # its budget stopped it: more is there
+    assert len(reader.poll()) == 3 and reader.at_end
+    w.close()
+    again = writer(tmp_path, fsync=FsyncPolicy.NONE)  # a newer segment: the end of the old one is not the end
+    assert [read.record.kind for read in reader.poll()] == [Kind.WRITER_START] and reader.at_end
+    again.close()
+
+
 def test_a_position_mid_log_reads_from_there(tmp_path: Path) -> None:
     w = writer(tmp_path)
     for n in range(3):
