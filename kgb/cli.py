@@ -69,11 +69,12 @@ async def _serve_proxy(settings: ProxySettings, stop: asyncio.Event, worker_log_
     from aiohttp import web
 
     from proxy import listen
-    from proxy.app import build_app
+    from proxy.app import build_app, health_text
     from proxy.mcp.app import build_mcp_app
     from proxy.supervisor import Supervisor, worker_command
 
     guard = listen.guard_for(settings)
+    health = health_text(settings).encode()
     sites = [
         (build_app(settings), settings.port, "KGB_PROXY_PORT"),
         (build_mcp_app(settings), settings.mcp_port, "KGB_MCP_PORT"),
@@ -89,7 +90,7 @@ async def _serve_proxy(settings: ProxySettings, stop: asyncio.Event, worker_log_
             runners.append(runner)
             await runner.setup()
             try:
-                await listen.GuardedSite(runner, guard, settings.host, port).start()
+                await listen.GuardedSite(runner, guard, settings.host, port, health).start()
             except OSError as exc:
                 raise SettingsError(f"cannot listen on {settings.host}:{port} ({name}): {exc.strerror}") from None
         settle_heap()

@@ -270,8 +270,14 @@ def _fail(request: web.Request, exchange: Exchange, failure: errors.ProxyError) 
     return web.Response(status=failure.status, body=body, content_type="application/json")
 
 
+def health_text(settings: ProxySettings) -> str:
+    """`/health`'s body, which never changes while the process runs: the listening side answers a plain
+    ``GET /health`` with it itself (proxy/listen.py `quick_health`), so both must say the same."""
+    return _dumps({"status": "healthy", "upstream": mask_url(settings.upstream_url)})
+
+
 async def health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "healthy", "upstream": mask_url(request.app[SETTINGS].upstream_url)}, dumps=_dumps)
+    return web.json_response(text=health_text(request.app[SETTINGS]))
 
 
 async def ready(request: web.Request) -> web.Response:

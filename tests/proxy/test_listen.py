@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import resource
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -20,7 +21,9 @@ import pytest
 from aiohttp import web
 
 from proxy import listen
-from proxy.listen import Guard, GuardedSite, Limits, connection_cap
+from proxy.app import SETTINGS, health, health_text
+from proxy.listen import Guard, GuardedSite, Limits, connection_cap, quick_health
+from proxy.settings import ProxySettings, SecretURL
 from tests.fakes.anthropic import FakeAnthropic
 from tests.proxy.test_app import HEADERS, body
 from tests.services import free_port
@@ -257,3 +260,172 @@ def test_settings_bound_every_client_connection() -> None:
     )
     with pytest.raises(ValueError, match="KGB_MAX_CONNECTIONS must be above 0"):
         ProxySettings.from_env({"KGB_MAX_CONNECTIONS": "0"})
+
+
+# --- GET /health answered by the listening side -----------------------------------------------
+
+
+@dataclass
+class TwoSites:
+    """One app behind two ports: ``plain`` where aiohttp answers everything, ``quick`` where the guard answers
+    a plain ``GET /health`` itself; ``calls`` counts the requests that reached the app's /health handler."""
+
+    plain: Served
+    quick: Served
+    calls: list[str]
+
+
+@contextlib.asynccontextmanager
+async def two_sites(limits: Limits = LIMITS) -> AsyncIterator[TwoSites]:
+    calls: list[str] = []
+
+    async def counted(request: web.Request) -> web.StreamResponse:
+        calls.append(request.method)
+        return await health(request)
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(body=await request.read())
+
+    settings = ProxySettings(upstream_url=SecretURL("https://user:secret@upstream.example/v1"))
+    app = web.Application()
+    app[SETTINGS] = settings
+    app.router.add_get("/health", counted)
+    app.router.add_get("/healthz", hello)
+    app.router.add_post("/echo", echo)
+    guard = Guard(limits)
+    runner = listen.runner(app, guard)
+    await runner.setup()
+    sites = TwoSites(Served(guard, free_port()), Served(guard, free_port()), calls)
+    try:
+        await GuardedSite(runner, guard, "127.0.0.1", sites.plain.port).start()
+        await GuardedSite(runner, guard, "127.0.0.1", sites.quick.port, health_text(settings).encode()).start()
+        yield sites
+    finally:
+        sites.plain.close()
+        sites.quick.close()
+        await runner.cleanup()
+
+
+async def answer(reader: asyncio.StreamReader, body: bool = True) -> bytes:
+    """One response (its head and Content-Length bytes; a HEAD's has none), its Date blanked: two answers
+    a second apart are the same."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = re.search(rb"\r\nContent-Length: (\d+)\r\n", head)
+    assert length is not None, head
+    rest = await reader.readexactly(int(length[1])) if body else b""
+    return re.sub(rb"\r\nDate: [^\r]+", b"\r\nDate: -", head + rest)
+
+
+async def exchange(served: Served, *requests: bytes) -> list[bytes]:
+    """Each request sent on one connection after the previous answer came."""
+    reader, writer = await served.connect()
+    answers = []
+    for request in requests:
+        writer.write(request)
+        answers.append(await answer(reader))
+    return answers
+
+
+CLOSE = b"GET /health HTTP/1.1\r\nHost: kgb\r\nConnection: close\r\n\r\n"
+
+
+async def test_a_plain_get_health_is_answered_as_aiohttp_answers_it_without_reaching_the_app() -> None:
+    async with two_sites() as sites:
+        expected = await exchange(sites.plain, GET, GET, CLOSE)
+        assert sites.calls == ["GET"] * 3
+        assert expected[0].startswith(b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n")
+        assert expected[0].endswith(b'{"status":"healthy","upstream":"https://user:****@upstream.example/v1"}')
+        assert b"secret" not in expected[0] and b"Connection: close" in expected[2]
+
+        reader, writer = await sites.quick.connect()
+        quick = []
+        for request in (GET, GET, CLOSE):
+            writer.write(request)
+            quick.append(await answer(reader))
+        assert quick == expected and sites.calls == ["GET"] * 3, "byte for byte, and the app never saw them"
+        assert await until_closed(reader) == b"", "Connection: close is honoured"
+
+
+async def test_a_quick_health_counts_as_a_request_for_the_keep_alive_timer() -> None:
+    limits = Limits(header_timeout=5.0, keepalive_timeout=1.0, max_connections=100)
+    async with two_sites(limits) as sites:
+        reader, writer = await sites.quick.connect()
+        for _ in range(12):  # 2.4 s of polls, each within the 1 s keep-alive of the one before
+            writer.write(GET)
+            assert (await answer(reader)).startswith(b"HTTP/1.1 200")
+            await asyncio.sleep(0.2)
+        assert not reader.at_eof() and sites.calls == []
+        assert await until_closed(reader) == b"", "and an idle connection is still closed"
+        assert sites.quick.guard.connections == 0
+
+
+ODD_ONES = [
+    b"GET /health?verbose=1 HTTP/1.1\r\nHost: kgb\r\n\r\n",
+    b"HEAD /health HTTP/1.1\r\nHost: kgb\r\n\r\n",
+    b"GET /health HTTP/1.0\r\nHost: kgb\r\n\r\n",
+    b"GET /health HTTP/1.1\r\nHost: kgb\r\nContent-Length: 0\r\n\r\n",
+    b"GET /health HTTP/1.1\r\nHost: kgb\r\nConnection: keep-alive, Upgrade\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("request_bytes", ODD_ONES)
+async def test_any_other_request_for_health_goes_through_aiohttp(request_bytes: bytes) -> None:
+    has_body = not request_bytes.startswith(b"HEAD")
+    async with two_sites() as sites:
+        answers = []
+        for served in (sites.plain, sites.quick):
+            reader, writer = await served.connect()
+            writer.write(request_bytes)
+            answers.append(await answer(reader, has_body))
+        assert answers[0] == answers[1] and answers[0].startswith(b"HTTP/1.")
+        assert len(sites.calls) == 2, "the app's handler answered on both ports"
+
+
+async def test_other_paths_and_pipelined_requests_go_through_aiohttp_in_order() -> None:
+    async with two_sites() as sites:
+        healthz = b"GET /healthz HTTP/1.1\r\nHost: kgb\r\n\r\n"
+        post = b"POST /echo HTTP/1.1\r\nHost: kgb\r\nContent-Length: 5\r\n\r\nhowdy"
+        reader, writer = await sites.quick.connect()
+        writer.write(GET + healthz)  # two requests in one write: aiohttp takes both, in order
+        first, second = await answer(reader), await answer(reader)
+        assert first.endswith(b'upstream.example/v1"}') and second.endswith(b"hello") and sites.calls == ["GET"]
+
+        # after bytes ending in a body the guard cannot tell whether half a head follows: aiohttp takes the
+        # next request, and once that ended in a blank line, the quick answers are back
+        writer.write(post)
+        assert (await answer(reader)).endswith(b"howdy")
+        for calls in (["GET", "GET"], ["GET", "GET"]):
+            writer.write(GET)
+            assert (await answer(reader)) == first and sites.calls == calls
+
+        # half a request head, then bytes that look like a /health of their own: they are the rest of that head
+        writer.write(b"GET /healthz HTTP/1.1\r\nX-Note: ")
+        await asyncio.sleep(0.05)
+        writer.write(GET)
+        assert (await answer(reader)).endswith(b"hello") and sites.calls == ["GET", "GET"]
+        writer.write(GET)
+        assert (await answer(reader)) == first and sites.calls == ["GET", "GET"]
+
+
+@pytest.mark.parametrize(
+    ("data", "close"),
+    [
+        (b"GET /health HTTP/1.1\r\n\r\n", False),
+        (b"GET /health HTTP/1.1\r\nHost: kgb\r\nAccept-Encoding: identity\r\n\r\n", False),
+        (b"GET /health HTTP/1.1\r\nHost: kgb\r\nConnection: Keep-Alive\r\n\r\n", False),
+        (b"GET /health HTTP/1.1\r\nconnection:  close \r\n\r\n", True),
+        (b"GET /health HTTP/1.1\r\nHost: kgb\r\n", None),  # not all here
+        (b"GET /health HTTP/1.1\r\nHost: kgb\r\n\r\nGET /", None),  # something after it
+        (b"GET /health HTTP/1.1\r\nHost : kgb\r\n\r\n", None),  # not a field name
+        (b"GET /health HTTP/1.1\r\nHost: k\x00gb\r\n\r\n", None),
+        (b"GET /health HTTP/1.1\r\nHost: kgb\r\n folded\r\n\r\n", None),
+        (b"GET /health HTTP/1.1\r\nHost: kgb\nX: y\r\n\r\n", None),  # a bare LF
+        (b"GET /health HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", None),
+        (b"GET /health HTTP/1.1\r\nExpect: 100-continue\r\n\r\n", None),
+        (b"GET /health HTTP/1.1\r\nConnection: close\r\nConnection: close\r\n\r\n", None),
+        (b"GET /health HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n", None),
+        (b"get /health HTTP/1.1\r\n\r\n", None),
+    ],
+)
+def test_only_a_plain_complete_get_health_head_is_quick(data: bytes, close: bool | None) -> None:
+    assert quick_health(data) == close
