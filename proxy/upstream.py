@@ -248,6 +248,16 @@ class Response:
             await self._wait("the upstream sent no more of its answer")
         return self.take()
 
+    @property
+    def buffered(self) -> int:
+        """Body bytes here and not yet taken."""
+        return self._size
+
+    @property
+    def paused(self) -> bool:
+        """Whether the upstream socket is paused until the consumer takes what is here."""
+        return self._connection.reading_paused
+
     def at_eof(self) -> bool:
         """Whether the whole body is here and taken."""
         return self._ended and not self._pieces
