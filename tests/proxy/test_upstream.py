@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import pytest
+import uvloop
 
 from proxy.upstream import HIGH_WATER, Origin, Pool, Response, StreamBroken, UpstreamError, UpstreamTimeout
 from tests.services import free_port
+
 
 Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -228,3 +230,9 @@ async def test_a_body_of_unknown_length_goes_chunked_and_one_of_known_length_as_
         b"POST / HTTP/1.1\r\n" + host + b"Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n",
         b"POST / HTTP/1.1\r\n" + host + b"Content-Length: 5\r\n\r\nabcde",
     ]
+
+
+def test_on_uvloop_too() -> None:
+    """`kgb proxy` runs on uvloop where installed (common/running.py), whose transports are not asyncio's classes."""
+    uvloop.run(test_a_connection_is_reused_for_the_next_request_and_content_length_bodies_come_whole())
+    uvloop.run(test_a_slow_consumer_pauses_the_upstream_socket_and_the_buffer_stays_bounded())
