@@ -26,6 +26,8 @@ import httptools
 # Buffered body bytes above which the upstream socket is paused, and below which it resumes.
 HIGH_WATER = 2**18
 LOW_WATER = 2**16
+# A bytes body up to this size is copied behind the head, for one write (and one segment) in place of two.
+WHOLE_BODY_COPY_MAX = 2**16
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
@@ -346,9 +348,12 @@ class _Slots:
             self.waiting.append(waiter)
             try:
                 await waiter
-            finally:
+            except asyncio.CancelledError:
                 if waiter in self.waiting:
                     self.waiting.remove(waiter)
+                elif not waiter.cancelled():  # woken for a free slot, then cancelled: the slot is the next waiter's
+                    self._wake_one()
+                raise
         self.used += 1
         while self.idle:
             connection = self.idle.pop()
@@ -360,6 +365,9 @@ class _Slots:
         self.used -= 1
         if reusable:
             self.idle.append(connection)
+        self._wake_one()
+
+    def _wake_one(self) -> None:
         while self.waiting:
             waiter = self.waiting.popleft()
             if not waiter.done():
@@ -445,7 +453,13 @@ class Pool:
     ) -> None:
         if body is None or isinstance(body, bytes):
             framing = None if body is None else ("Content-Length", str(len(body)))
-            await connection.write(request_head(method, target, origin.host_header, headers, framing) + (body or b""))
+            head = request_head(method, target, origin.host_header, headers, framing)
+            if body is not None and len(body) > WHOLE_BODY_COPY_MAX:
+                await connection.write(head)
+                head = body
+            elif body:
+                head += body
+            await connection.write(head)
             return
         framing = ("Transfer-Encoding", "chunked") if length is None else ("Content-Length", str(length))
         await connection.write(request_head(method, target, origin.host_header, headers, framing))

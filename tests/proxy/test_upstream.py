@@ -204,7 +204,7 @@ async def test_the_pool_bound_makes_a_request_wait_for_a_connection_that_then_se
     assert len(connections) == 1 and len(heads) == 2
 
 
-async def test_a_body_of_unknown_length_goes_chunked_and_one_of_known_length_as_it_is() -> None:
+async def test_a_streamed_body_of_unknown_length_goes_chunked_one_of_known_length_and_bytes_as_they_are() -> None:
     received: list[bytes] = []
 
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -221,14 +221,17 @@ async def test_a_body_of_unknown_length_goes_chunked_and_one_of_known_length_as_
         for piece in (b"ab", b"", b"cde"):
             yield piece
 
+    large = b"q" * 100_000
     async with upstream(echo) as origin, Pool(4, 5.0, 5.0) as pool:
-        for length in (None, 5):
-            async with await pool.request(origin, "POST", "/", [], pieces(), length=length) as response:
+        for body, length in ((pieces(), None), (pieces(), 5), (b"abcde", None), (large, None)):
+            async with await pool.request(origin, "POST", "/", [], body, length=length) as response:
                 assert response.status == 204 and await whole(response) == b""
     host = b"Host: 127.0.0.1:%d\r\n" % origin.port
     assert received == [
         b"POST / HTTP/1.1\r\n" + host + b"Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n",
         b"POST / HTTP/1.1\r\n" + host + b"Content-Length: 5\r\n\r\nabcde",
+        b"POST / HTTP/1.1\r\n" + host + b"Content-Length: 5\r\n\r\nabcde",
+        b"POST / HTTP/1.1\r\n" + host + b"Content-Length: 100000\r\n\r\n" + large,
     ]
 
 
