@@ -4,7 +4,7 @@ Each piece of the exchange is appended to the capture log (proxy/tap.py) as it
 passes, a body piece before it goes upstream and a chunk before it goes to the
 client, so the relay never holds a whole body; building and publishing the
 events is the capture worker's, in another process (proxy/worker.py). The
-long-lived upstream session and the log writer are opened and closed here, at
+long-lived upstream connection pool (proxy/upstream.py) and the log writer are opened and closed here, at
 the edge of the app, and nowhere else.
 """
 
