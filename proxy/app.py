@@ -4,22 +4,21 @@ Each piece of the exchange is appended to the capture log (proxy/tap.py) as it
 passes, a body piece before it goes upstream and a chunk before it goes to the
 client, so the relay never holds a whole body; building and publishing the
 events is the capture worker's, in another process (proxy/worker.py). The
-long-lived upstream session and the log writer are opened and closed here, at
+long-lived upstream connection pool (proxy/upstream.py) and the log writer are opened and closed here, at
 the edge of the app, and nowhere else.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 from aiohttp import web
-from multidict import CIMultiDict
-from yarl import URL
 
 from common.config import mask_url
 from common.outages import HEALTH
@@ -29,6 +28,7 @@ from proxy.logwriter import LogWriter
 from proxy.metrics import CONTENT_TYPE, ProxyMetrics
 from proxy.settings import ProxySettings, fingerprint_key
 from proxy.tap import Exchange, HeaderPolicy, McpSink, Tap, capture_log
+from proxy.upstream import Origin, Pool, Response, UpstreamError, content_length, header
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 _NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length"}
-# aiohttp sends a bytes body in one write and warns above 1 MiB; a BytesIO it sends in 64 KiB pieces.
-WHOLE_BYTES_MAX = 2**20
 
 SETTINGS = web.AppKey("settings", ProxySettings)
-SESSION = web.AppKey("session", aiohttp.ClientSession)
+SESSION = web.AppKey("session", Pool)
 WRITER = web.AppKey("writer", LogWriter)
 TAP = web.AppKey("tap", Tap)
 MCP_SINK = web.AppKey("mcp_sink", McpSink)
@@ -67,16 +65,22 @@ def end_to_end(headers: Iterable[tuple[str, str]], connection: str | None, drop:
     return [(name, value) for name, value in headers if name.lower() not in drop]
 
 
-def upstream_url(base: str, raw_path: str, raw_query: str) -> URL:
-    """The client chooses path and query only: `base` is fixed, whatever the path looks like."""
+def upstream_target(base: str, raw_path: str, raw_query: str) -> tuple[Origin, str]:
+    """The client chooses path and query only: `base`'s origin and path prefix are fixed, whatever the path looks like."""
+    origin, prefix = _base(base)
     path = raw_path if raw_path.startswith("/") else "/" + raw_path
-    return URL(base + path + (f"?{raw_query}" if raw_query else ""), encoded=True)
+    return origin, prefix + path + (f"?{raw_query}" if raw_query else "")
+
+
+@functools.cache
+def _base(base: str) -> tuple[Origin, str]:
+    return Origin.of(base), urlsplit(base).path.rstrip("/")
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings, metrics = app[SETTINGS], app[METRICS]
-    raw_headers = _decoded(request.raw_headers)
+    raw_headers = decoded(request.raw_headers)
     origin_form = request.rel_url.raw_path.startswith("/")
     record = RequestRecord(
         method=request.method,
@@ -94,18 +98,11 @@ async def forward(request: web.Request) -> web.StreamResponse:
         too_large = errors.BodyTooLarge(f"KGB proxy: request body of {declared} bytes exceeds the {limit}-byte limit")
         return _fail(request, app[TAP].request(record), too_large)
     exchange = app[TAP].streaming(record, declared)
-    outgoing = CIMultiDict(end_to_end(raw_headers, request.headers.get("connection"), _NOT_FORWARDED))
-    if request.body_exists and declared is not None:
-        outgoing["Content-Length"] = str(declared)  # upstream gets the body as the client framed it, not chunked
+    outgoing = end_to_end(raw_headers, request.headers.get("connection"), _NOT_FORWARDED)
     body = Body(request, exchange, limit)
-    try:
-        upstream = await app[SESSION].request(
-            request.method,
-            upstream_url(settings.upstream_url, record.path, record.query),
-            headers=outgoing,
-            data=body.payload(),
-            allow_redirects=False,
-        )
+    origin, target = upstream_target(settings.upstream_url, record.path, record.query)
+    try:  # a streamed body goes upstream as the client framed it: its declared length, else chunked
+        upstream = await app[SESSION].request(origin, request.method, target, outgoing, body.payload(), length=declared)
     except Exception as exc:  # noqa: BLE001 - every failure is answered and captured
         await body.drain()
         return _fail(request, exchange, body.failure or errors.translate(exc))
@@ -126,7 +123,7 @@ class Body:
         if self.ended:
             exchange.body_end()
 
-    def payload(self) -> bytes | io.BytesIO | AsyncIterator[bytes] | None:
+    def payload(self) -> bytes | AsyncIterator[bytes] | None:
         """What goes upstream: nothing; the body itself when all of it is here already (most requests:
         no stream to run, and its records leave in one write); else its pieces as they come."""
         if self.ended:
@@ -139,7 +136,7 @@ class Body:
         self._exchange.body(whole, hold=True)  # small, and the next record comes before the upstream's answer
         self.ended = True
         self._exchange.body_end()
-        return whole if len(whole) <= WHOLE_BYTES_MAX else io.BytesIO(whole)
+        return whole
 
     async def pieces(self) -> AsyncIterator[bytes]:
         try:
@@ -179,9 +176,9 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 
 async def _relay(
-    request: web.Request, record: RequestRecord, upstream: aiohttp.ClientResponse, exchange: Exchange, metrics: ProxyMetrics
+    request: web.Request, record: RequestRecord, upstream: Response, exchange: Exchange, metrics: ProxyMetrics
 ) -> web.StreamResponse:
-    response, first = answer_for(upstream, exchange)
+    response, first = answer_for(upstream.status, upstream.reason, upstream.headers, upstream.take(), exchange)
     client_gone = upstream_done = False
     try:
         client_gone = not await _send(response.prepare(request))
@@ -189,14 +186,14 @@ async def _relay(
         while not client_gone:
             if chunk:
                 exchange.chunk(chunk)
-            if upstream.content.at_eof():  # the last bytes and the end of the answer leave in one write
+            if upstream.at_eof():  # the last bytes and the end of the answer leave in one write
                 upstream_done = True
                 client_gone = not await _send(response.write_eof(chunk))
                 break
             if chunk:
                 client_gone = not await _send(response.write(chunk))
-            chunk = await upstream.content.readany()
-    except (aiohttp.ClientError, TimeoutError) as exc:
+            chunk = await upstream.next()
+    except (UpstreamError, aiohttp.ClientError, TimeoutError) as exc:
         log.warning("exchange %s: upstream stream broke: %s", record.exchange_id, exc)
         metrics.upstream_errors.labels(kind="stream_broken").inc()
         _abort(request)
@@ -209,16 +206,18 @@ async def _relay(
     return response
 
 
-def answer_for(upstream: aiohttp.ClientResponse, exchange: Exchange) -> tuple[web.StreamResponse, bytes]:
-    """The client's response to the upstream's answer, its head recorded, and the body bytes already
+def answer_for(
+    status: int, reason: str, raw_headers: list[tuple[str, str]], first: bytes, exchange: Exchange
+) -> tuple[web.StreamResponse, bytes]:
+    """The client's response to the upstream's answer, its head recorded; `first`, the body bytes already
     here: when there are some, the head waits to leave with them (`HeadWithBody`)."""
-    headers = end_to_end(_decoded(upstream.raw_headers), upstream.headers.get("connection"), HOP_BY_HOP)
-    first = _buffered(upstream.content)
-    response = (HeadWithBody if first else web.StreamResponse)(status=upstream.status, reason=upstream.reason)
+    headers = end_to_end(raw_headers, header(raw_headers, "connection"), HOP_BY_HOP)
+    response = (HeadWithBody if first else web.StreamResponse)(status=status, reason=reason)
     response.headers.extend([(name, value) for name, value in headers if name.lower() != "content-length"])
-    if "content-length" in upstream.headers and upstream.content_length is not None:
-        response.content_length = upstream.content_length
-    exchange.response_head(upstream.status, headers, with_chunk=bool(first))
+    length = content_length(raw_headers)
+    if length is not None:
+        response.content_length = length
+    exchange.response_head(status, headers, with_chunk=bool(first))
     return response, first
 
 
@@ -229,7 +228,7 @@ class HeadWithBody(web.StreamResponse):
     _send_headers_immediately = False  # what aiohttp's own web.Response sets, so its head goes with its body
 
 
-def _buffered(content: aiohttp.StreamReader) -> bytes:
+def buffered(content: aiohttp.StreamReader) -> bytes:
     """The body bytes already here, taken without waiting; b"" when none (or the stream broke: the relay loop finds out)."""
     try:
         return content.read_nowait()
@@ -246,7 +245,7 @@ async def _send(write: Awaitable[object]) -> bool:
     return True
 
 
-def _decoded(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+def decoded(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw]
 
 
@@ -302,16 +301,8 @@ def _dumps(value: object) -> str:
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    connector = aiohttp.TCPConnector(limit=settings.upstream_connections, ttl_dns_cache=300)
-    timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout, sock_read=settings.read_timeout)
-    async with aiohttp.ClientSession(
-        connector=connector,
-        timeout=timeout,
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-        cookie_jar=aiohttp.DummyCookieJar(),
-    ) as session:
-        app[SESSION] = session
+    async with Pool(settings.upstream_connections, settings.connect_timeout, settings.read_timeout) as pool:
+        app[SESSION] = pool
         yield
 
 

@@ -20,6 +20,8 @@ import uuid
 import aiohttp
 import orjson
 
+from proxy import upstream
+
 
 class ProxyError(Exception):
     status = 500
@@ -79,6 +81,6 @@ def translate(exc: Exception) -> ProxyError:
     """
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return UpstreamTimeout("KGB proxy: the upstream did not answer in time")
-    if isinstance(exc, aiohttp.ClientError):
+    if isinstance(exc, (upstream.UpstreamError, aiohttp.ClientError)):  # aiohttp's: the MCP relays' upstream client
         return UpstreamUnreachable(f"KGB proxy: upstream unreachable ({type(exc).__name__}: {exc})")
     return ProxyError(f"KGB proxy: internal error ({type(exc).__name__}: {exc})")

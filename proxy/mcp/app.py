@@ -25,10 +25,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from proxy.app import METRICS, SESSION, SETTINGS, capturing, health, metrics_endpoint, ready
+from proxy.app import METRICS, SETTINGS, capturing, health, metrics_endpoint, ready
 from proxy.capture import RedactionPolicy
 from proxy.mcp import http, websocket
-from proxy.mcp.keys import HTTP_SESSION, HTTP_UPSTREAMS, POLICY
+from proxy.mcp.keys import HTTP_SESSION, HTTP_UPSTREAMS, POLICY, WS_SESSION
 from proxy.metrics import ProxyMetrics
 from proxy.settings import ProxySettings, fingerprint_key
 
@@ -74,7 +74,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             cookie_jar=aiohttp.DummyCookieJar(),
         ) as http_session,
     ):
-        app[SESSION], app[HTTP_SESSION] = session, http_session
+        app[WS_SESSION], app[HTTP_SESSION] = session, http_session
         yield
 
 

@@ -48,7 +48,8 @@ from proxy.app import (
     SETTINGS,
     TAP,
     _abort,
-    _decoded,
+    buffered,
+    decoded,
     _send,
     answer_for,
     end_to_end,
@@ -150,7 +151,7 @@ async def forward(request: web.Request, well_known: str | None) -> web.StreamRes
         request.rel_url.raw_path,
         query,
         f"{request.version.major}.{request.version.minor}",
-        _decoded(request.raw_headers),
+        decoded(request.raw_headers),
         b"",
     )
     url, recorded = app[HTTP_UPSTREAMS].get(name, (None, None))
@@ -200,7 +201,9 @@ class Relayed:
     broke: tuple[str, str] | None = None
 
     async def stream(self, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
-        response, first = answer_for(upstream, self.exchange)
+        response, first = answer_for(
+            upstream.status, upstream.reason or "", decoded(upstream.raw_headers), buffered(upstream.content), self.exchange
+        )
         try:
             await self._pass(response, upstream, first)
         except asyncio.CancelledError:

@@ -8,6 +8,7 @@ from aiohttp import web
 from proxy.capture import RedactionPolicy
 
 POLICY = web.AppKey("mcp_policy", RedactionPolicy)
+WS_SESSION = web.AppKey("mcp_ws_session", aiohttp.ClientSession)
 HTTP_SESSION = web.AppKey("mcp_http_session", aiohttp.ClientSession)
 # NAME to (URL, URL as events hold it), for the HTTP servers among KGB_MCP_UPSTREAMS (proxy.mcp.http.http_upstreams).
 HTTP_UPSTREAMS = web.AppKey("mcp_http_upstreams", dict[str, tuple[str, str]])

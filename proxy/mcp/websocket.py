@@ -35,10 +35,10 @@ from aiohttp.http_websocket import WSMessageTextBytes
 from aiohttp import WSMsgType, web
 from yarl import URL
 
-from proxy.app import HOP_BY_HOP, MCP_SINK, SESSION, SETTINGS, end_to_end
+from proxy.app import HOP_BY_HOP, MCP_SINK, SETTINGS, end_to_end
 from proxy.capture import RedactionPolicy
 from proxy.mcp import events
-from proxy.mcp.keys import POLICY
+from proxy.mcp.keys import POLICY, WS_SESSION
 from proxy.redact import redact_headers, redact_query, redact_text
 
 log = logging.getLogger(__name__)
@@ -266,7 +266,7 @@ async def relay(request: web.Request) -> ClientSocket:
             request, recorder, handshake, Ending(PROXY, UNKNOWN_UPSTREAM, refusal(name, url), "unknown_upstream")
         )
     try:
-        upstream = await app[SESSION].ws_connect(
+        upstream = await app[WS_SESSION].ws_connect(
             url,
             protocols=_offered(request),
             headers=end_to_end(request.headers.items(), request.headers.get("connection"), _NOT_FORWARDED),

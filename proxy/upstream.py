@@ -1,0 +1,478 @@
+"""A lean pooled HTTP/1.1 client for the relays' upstream side.
+
+aiohttp's client cost the relay a fifth to a third of its CPU (bench/README.md): its parser calls back
+into Python per piece and its StreamReader adds a layer per read. Here an asyncio Protocol feeds
+httptools (llhttp, in C), the body pieces wait in one deque, and the relay takes what is there without
+waiting (`Response.take`) or awaits the next piece (`Response.next`). A consumer that lags pauses the
+upstream socket (`pause_reading`), so a slow client never makes the proxy buffer without bound.
+
+A body reaches the consumer as the upstream's payload, de-chunked, as aiohttp gave it: the relay's server
+frames it again for its own client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import cast
+from urllib.parse import urlsplit
+
+import httptools
+
+# Buffered body bytes above which the upstream socket is paused, and below which it resumes.
+HIGH_WATER = 2**18
+LOW_WATER = 2**16
+# A bytes body up to this size is copied behind the head, for one write (and one segment) in place of two.
+WHOLE_BODY_COPY_MAX = 2**16
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached, or broke its answer off."""
+
+
+class StreamBroken(UpstreamError):
+    """The upstream closed, or sent what does not parse, before its answer ended."""
+
+
+class UpstreamTimeout(UpstreamError, TimeoutError):
+    """No connection, head or next piece within its timeout."""
+
+
+@dataclass(frozen=True)
+class Origin:
+    scheme: str
+    host: str
+    port: int
+
+    @classmethod
+    def of(cls, base: str) -> Origin:
+        """The origin of an http(s) base URL (its path, if any, is the caller's, in the target)."""
+        parts = urlsplit(base)
+        return cls(parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+
+    @property
+    def host_header(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+def request_head(method: str, target: str, host: str, headers: list[tuple[str, str]], framing: tuple[str, str] | None) -> bytes:
+    """The request's head as it goes on the wire; the caller's headers are sent as given."""
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+    lines.extend(f"{name}: {value}" for name, value in headers)
+    if framing is not None:
+        lines.append(f"{framing[0]}: {framing[1]}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def content_length(headers: list[tuple[str, str]]) -> int | None:
+    """The first Content-Length's value, when it is a number."""
+    for name, value in headers:
+        if name.lower() == "content-length":
+            return int(value) if value.strip().isdigit() else None
+    return None
+
+
+def header(headers: list[tuple[str, str]], wanted: str) -> str | None:
+    for name, value in headers:
+        if name.lower() == wanted:
+            return value
+    return None
+
+
+class _Connection(asyncio.Protocol):
+    """One upstream connection; it parses the answer to the request now on it into that Response."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.response: Response | None = None
+        self.closed = False
+        self._drained: asyncio.Future[None] | None = None
+        self._paused = False
+        self.reading_paused = False
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
+
+    def data_received(self, data: bytes) -> None:
+        if self.response is None:  # nothing asked: an idle connection the upstream talks on is not to be trusted
+            self.close()
+            return
+        self.response.feed(data)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_exception(StreamBroken(f"the upstream closed the connection while it was sent a request ({exc})"))
+        if self.response is not None:
+            self.response.lost(exc)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    # the client's side
+    async def write(self, data: bytes) -> None:
+        if self.closed or self.transport is None:
+            raise StreamBroken("the upstream closed the connection while it was sent a request")
+        self.transport.write(data)
+        if self._paused:
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed and self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+
+class Response:
+    """An upstream's answer: head, then body pieces as they arrive, held in a deque bounded by pausing
+    the socket. Leave it (`close`, or its `async with`) before it ends and the connection is closed,
+    not pooled: nothing else could read the rest."""
+
+    def __init__(self, pool: _Slots, connection: _Connection, head_only: bool, read_timeout: float | None) -> None:
+        self._pool, self._connection, self._head_only, self._read_timeout = pool, connection, head_only, read_timeout
+        self._parser = httptools.HttpResponseParser(self)
+        self._pieces: deque[bytes] = deque()
+        self._size = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._headed = False
+        self._ended = False
+        self._released = False
+        self._error: Exception | None = None
+        self._delimited_by_close = False
+        self.status = 0
+        self.reason = ""
+        self.headers: list[tuple[str, str]] = []
+        self.content_length: int | None = None
+        self.sending: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Response:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    # httptools' callbacks
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason.decode("latin-1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        if 100 <= self.status < 200:  # an interim answer: the real one follows
+            self.status, self.reason, self.headers = 0, "", []
+            return
+        self._headed = True
+        self.content_length = content_length(self.headers)
+        chunked = "chunked" in (header(self.headers, "transfer-encoding") or "").lower()
+        self._delimited_by_close = self.content_length is None and not chunked and self.status not in _NO_BODY_STATUS
+        if self._head_only:
+            self._end(reusable=False)  # llhttp would wait for the body a HEAD's answer announces, and never gets
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self._pieces.append(body)
+        self._size += len(body)
+        if self._size > HIGH_WATER:
+            self._connection.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self._headed and not self._ended:
+            self._end(reusable=self._parser.should_keep_alive())
+
+    # from the connection
+    def feed(self, data: bytes) -> None:
+        if self._ended:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(StreamBroken(f"the upstream's answer does not parse ({exc})"))
+
+    def lost(self, exc: Exception | None) -> None:
+        if self._ended:
+            return
+        if self._headed and self._delimited_by_close and exc is None:
+            self._end(reusable=False)
+        elif self._headed:
+            self._fail(StreamBroken(f"the upstream closed the connection before its answer ended ({exc or 'EOF'})"))
+        else:
+            self._fail(StreamBroken(f"the upstream closed the connection before its answer's head ({exc or 'EOF'})"))
+
+    # the consumer's side
+    def take(self) -> bytes:
+        """The body bytes already here, without waiting; b"" when none."""
+        if not self._pieces:
+            return b""
+        data = self._pieces.popleft() if len(self._pieces) == 1 else b"".join(self._pieces)
+        self._pieces.clear()
+        self._size = 0
+        if self._connection.reading_paused and not self._ended:
+            self._connection.resume_reading()
+        return data
+
+    async def next(self) -> bytes:
+        """The body bytes next to come, all of them here; b"" at the end. Raises StreamBroken, UpstreamTimeout."""
+        while not self._pieces:
+            if self._error is not None:
+                raise self._error
+            if self._ended:
+                return b""
+            await self._wait("the upstream sent no more of its answer")
+        return self.take()
+
+    @property
+    def buffered(self) -> int:
+        """Body bytes here and not yet taken."""
+        return self._size
+
+    @property
+    def paused(self) -> bool:
+        """Whether the upstream socket is paused until the consumer takes what is here."""
+        return self._connection.reading_paused
+
+    def at_eof(self) -> bool:
+        """Whether the whole body is here and taken."""
+        return self._ended and not self._pieces
+
+    def close(self) -> None:
+        """Done with it: the connection goes back to the pool if the answer ended cleanly, else it is closed."""
+        if not self._ended:
+            self._ended = True
+            self._connection.close()
+            self._release(reusable=False)
+
+    async def head(self) -> None:
+        while not self._headed:
+            if self._error is not None:
+                raise self._error
+            await self._wait("the upstream did not answer")
+
+    async def _wait(self, what: str) -> None:
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        timer = None if self._read_timeout is None else loop.call_later(self._read_timeout, self._time_out, self._waiter)
+        try:
+            await self._waiter
+        except UpstreamTimeout:
+            self._connection.close()
+            raise UpstreamTimeout(f"{what} in {self._read_timeout} s") from None
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    @staticmethod
+    def _time_out(waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            waiter.set_exception(UpstreamTimeout())
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _end(self, reusable: bool) -> None:
+        self._ended = True
+        self._release(reusable and not self._connection.closed)
+        self._wake()
+
+    def _fail(self, error: Exception) -> None:
+        self._error = error
+        self._ended = True
+        self._connection.close()
+        self._release(reusable=False)
+        self._wake()
+
+    def sent(self, sending: asyncio.Task[None]) -> None:
+        """The streamed body's end: a failure sending it (the upstream gone, the client's body refused) is the answer's."""
+        if not sending.cancelled() and isinstance(error := sending.exception(), Exception) and not self._ended:
+            self._fail(error)
+
+    def _release(self, reusable: bool) -> None:
+        if self._released:
+            return
+        self._released = True
+        if self.sending is not None and not self.sending.done():  # answered before the body ended: the rest is not sent
+            self.sending.cancel()
+            reusable = False
+        self._connection.response = None
+        if reusable:
+            self._connection.resume_reading()
+        else:
+            self._connection.close()
+        self._pool.give_back(self._connection, reusable)
+
+
+@dataclass
+class _Slots:
+    """One origin's connections: the idle ones, and a bound on how many exist at once."""
+
+    limit: int
+    idle: deque[_Connection] = field(default_factory=deque)
+    used: int = 0
+    waiting: deque[asyncio.Future[None]] = field(default_factory=deque)
+
+    async def take(self) -> _Connection | None:
+        """An idle connection still open, or None when a new one may be opened; waits while at the bound."""
+        while self.used >= self.limit:
+            waiter = asyncio.get_running_loop().create_future()
+            self.waiting.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter in self.waiting:
+                    self.waiting.remove(waiter)
+                elif not waiter.cancelled():  # woken for a free slot, then cancelled: the slot is the next waiter's
+                    self._wake_one()
+                raise
+        self.used += 1
+        while self.idle:
+            connection = self.idle.pop()
+            if not connection.closed:
+                return connection
+        return None
+
+    def give_back(self, connection: _Connection, reusable: bool) -> None:
+        self.used -= 1
+        if reusable:
+            self.idle.append(connection)
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self.waiting:
+            waiter = self.waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+
+
+class Pool:
+    """Keep-alive connections per origin, at most `limit` open to each at once."""
+
+    def __init__(self, limit: int, connect_timeout: float | None, read_timeout: float | None) -> None:
+        self._limit, self._connect_timeout, self._read_timeout = limit, connect_timeout, read_timeout
+        self._origins: dict[Origin, _Slots] = {}
+        self._ssl: ssl.SSLContext | None = None
+
+    async def __aenter__(self) -> Pool:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for slots in self._origins.values():
+            while slots.idle:
+                slots.idle.pop().close()
+
+    async def request(
+        self,
+        origin: Origin,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: bytes | AsyncIterator[bytes] | None = None,
+        *,
+        length: int | None = None,
+        timed: bool = True,
+    ) -> Response:
+        """Send the request and return its answer once the head is here. A body of unknown `length` goes
+        chunked. The pool's read timeout bounds each wait for the upstream, unless not `timed` (long streams)."""
+        timeout = self._read_timeout if timed else None
+        slots = self._origins.setdefault(origin, _Slots(self._limit))
+        connection = await slots.take()
+        try:
+            if connection is None:
+                connection = await self._connect(origin)
+        except BaseException:
+            slots.give_back(_Connection(), reusable=False)
+            raise
+        response = Response(slots, connection, method == "HEAD", timeout)
+        connection.response = response
+        try:
+            await self._send(connection, origin, method, target, headers, body, length)
+            await response.head()
+        except BaseException:
+            response.close()
+            raise
+        return response
+
+    async def _connect(self, origin: Origin) -> _Connection:
+        loop = asyncio.get_running_loop()
+        context = None
+        if origin.scheme == "https":
+            self._ssl = self._ssl or ssl.create_default_context()
+            context = self._ssl
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, connection = await loop.create_connection(_Connection, origin.host, origin.port, ssl=context)
+        except TimeoutError:
+            raise UpstreamTimeout(f"no connection to {origin.host}:{origin.port} in {self._connect_timeout} s") from None
+        except OSError as exc:
+            raise UpstreamError(f"cannot connect to {origin.host}:{origin.port} ({exc})") from exc
+        return connection
+
+    @staticmethod
+    async def _send(
+        connection: _Connection,
+        origin: Origin,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: bytes | AsyncIterator[bytes] | None,
+        length: int | None,
+    ) -> None:
+        if body is None or isinstance(body, bytes):
+            framing = None if body is None else ("Content-Length", str(len(body)))
+            head = request_head(method, target, origin.host_header, headers, framing)
+            if body is not None and len(body) > WHOLE_BODY_COPY_MAX:
+                await connection.write(head)
+                head = body
+            elif body:
+                head += body
+            await connection.write(head)
+            return
+        framing = ("Transfer-Encoding", "chunked") if length is None else ("Content-Length", str(length))
+        await connection.write(request_head(method, target, origin.host_header, headers, framing))
+        response = connection.response
+        assert response is not None
+        # sent alongside the wait for the answer: an upstream may answer (413) before it has the whole body
+        response.sending = asyncio.get_running_loop().create_task(_pieces(connection, body, chunked=length is None))
+        response.sending.add_done_callback(response.sent)
+
+
+async def _pieces(connection: _Connection, body: AsyncIterator[bytes], chunked: bool) -> None:
+    async for piece in body:
+        if piece:
+            await connection.write(b"%x\r\n%b\r\n" % (len(piece), piece) if chunked else piece)
+    if chunked:
+        await connection.write(b"0\r\n\r\n")

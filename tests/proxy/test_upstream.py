@@ -1,0 +1,241 @@
+"""proxy/upstream.py against small asyncio servers on 127.0.0.1 that answer with the bytes each test writes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+import uvloop
+
+from proxy.upstream import HIGH_WATER, Origin, Pool, Response, StreamBroken, UpstreamError, UpstreamTimeout
+from tests.services import free_port
+
+
+Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def upstream(answer: Answer) -> AsyncIterator[Origin]:
+    """A server running `answer` for each connection."""
+
+    async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await answer(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(connected, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+
+    async with server:
+        yield Origin("http", "127.0.0.1", port)
+
+
+async def read_head(reader: asyncio.StreamReader, heads: list[bytes]) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    heads.append(head)
+    return head
+
+
+async def whole(response: Response) -> bytes:
+    pieces = [response.take()]
+    while not response.at_eof():
+        pieces.append(await response.next())
+    return b"".join(pieces)
+
+
+def keeping(body: bytes, heads: list[bytes], *, extra: bytes = b"") -> Answer:
+    """Answers every request on the connection with `body`, by Content-Length."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_head(reader, heads)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%b\r\n%b" % (len(body), extra, body))
+            await writer.drain()
+
+    return answer
+
+
+async def test_a_connection_is_reused_for_the_next_request_and_content_length_bodies_come_whole() -> None:
+    heads: list[bytes] = []
+    connections = []
+
+    async def counted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        await keeping(b"hello", heads)(reader, writer)
+
+    async with upstream(counted) as origin, Pool(4, 5.0, 5.0) as pool:
+        for _ in range(3):
+            async with await pool.request(origin, "GET", "/x", [("Accept", "*/*")]) as response:
+                assert (response.status, response.content_length) == (200, 5)
+                assert await whole(response) == b"hello"
+    assert len(connections) == 1 and len(heads) == 3
+    assert heads[0] == b"GET /x HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAccept: */*\r\n\r\n" % origin.port
+
+
+async def test_connection_close_from_the_upstream_is_not_reused() -> None:
+    heads: list[bytes] = []
+    connections = []
+
+    async def closing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        await read_head(reader, heads)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        await writer.drain()
+        await reader.read()  # the client closes; a server that lingers would otherwise take a second request
+
+    async with upstream(closing) as origin, Pool(4, 5.0, 5.0) as pool:
+        for _ in range(2):
+            async with await pool.request(origin, "GET", "/", []) as response:
+                assert await whole(response) == b"ok"
+    assert len(connections) == 2
+
+
+async def test_a_chunked_body_arrives_as_its_payload_byte_for_byte() -> None:
+    payload = [b"event: a\r\ndata: {}\r\n\r\n", b"\x00\xff" * 3000, b"x"]
+    heads: list[bytes] = []
+
+    async def chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader, heads)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for piece in payload:
+            writer.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await reader.read()
+
+    async with upstream(chunked) as origin, Pool(4, 5.0, 5.0) as pool:
+        async with await pool.request(origin, "GET", "/", []) as response:
+            assert response.content_length is None
+            assert await whole(response) == b"".join(payload)
+
+
+async def test_a_close_delimited_body_ends_with_the_connection() -> None:
+    async def delimited(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it, then EOF")
+        await writer.drain()
+
+    async with upstream(delimited) as origin, Pool(4, 5.0, 5.0) as pool:
+        async with await pool.request(origin, "GET", "/", []) as response:
+            assert response.headers == [("Content-Type", "text/plain")]
+            assert await whole(response) == b"all of it, then EOF"
+
+
+async def test_a_close_mid_body_is_a_broken_stream() -> None:
+    async def short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
+        await writer.drain()
+
+    async with upstream(short) as origin, Pool(4, 5.0, 5.0) as pool:
+        async with await pool.request(origin, "GET", "/", []) as response:
+            with pytest.raises(StreamBroken):
+                await whole(response)
+
+
+async def test_a_slow_consumer_pauses_the_upstream_socket_and_the_buffer_stays_bounded() -> None:
+    size = 8 * 2**20
+
+    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        for _ in range(size // 2**16):
+            writer.write(b"z" * 2**16)
+            await writer.drain()
+
+    async with upstream(big) as origin, Pool(4, 5.0, 5.0) as pool:
+        async with await pool.request(origin, "GET", "/", []) as response:
+            while not response.paused:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)  # were reading not paused, more would come in meanwhile
+            assert HIGH_WATER < response.buffered <= HIGH_WATER + 2**18  # a bound, plus one read of the socket
+            body = await whole(response)
+    assert len(body) == size and set(body) == {ord("z")}
+
+
+async def test_no_next_piece_in_time_is_a_timeout() -> None:
+    async def stalls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await writer.drain()
+        await reader.read()
+
+    async with upstream(stalls) as origin, Pool(4, 5.0, 0.05) as pool:
+        async with await pool.request(origin, "GET", "/", []) as response:
+            assert response.take() == b"abc"
+            with pytest.raises(UpstreamTimeout):
+                await response.next()
+
+
+async def test_a_refused_connection_is_an_upstream_error() -> None:
+    async with Pool(4, 5.0, 5.0) as pool:
+        with pytest.raises(UpstreamError) as raised:
+            await pool.request(Origin("http", "127.0.0.1", free_port()), "GET", "/", [])
+    assert not isinstance(raised.value, UpstreamTimeout)
+
+
+async def test_the_pool_bound_makes_a_request_wait_for_a_connection_that_then_serves_it() -> None:
+    heads: list[bytes] = []
+    connections = []
+    rest = asyncio.Event()
+
+    async def halting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        while True:
+            await read_head(reader, heads)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel")
+            await rest.wait()
+            writer.write(b"lo")
+
+    async with upstream(halting) as origin, Pool(1, 5.0, 5.0) as pool:
+        first = await pool.request(origin, "GET", "/1", [])
+        second = asyncio.create_task(pool.request(origin, "GET", "/2", []))
+        await asyncio.sleep(0.05)
+        assert not second.done() and len(heads) == 1
+        rest.set()
+        assert await whole(first) == b"hello"  # its end gives the connection back
+        async with await second as response:
+            assert await whole(response) == b"hello"
+    assert len(connections) == 1 and len(heads) == 2
+
+
+async def test_a_streamed_body_of_unknown_length_goes_chunked_one_of_known_length_and_bytes_as_they_are() -> None:
+    received: list[bytes] = []
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            if b"chunked" in head:
+                body = await reader.readuntil(b"0\r\n\r\n")
+            else:
+                body = await reader.readexactly(int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]))
+            received.append(head + body)
+            writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for piece in (b"ab", b"", b"cde"):
+            yield piece
+
+    large = b"q" * 100_000
+    async with upstream(echo) as origin, Pool(4, 5.0, 5.0) as pool:
+        for body, length in ((pieces(), None), (pieces(), 5), (b"abcde", None), (large, None)):
+            async with await pool.request(origin, "POST", "/", [], body, length=length) as response:
+                assert response.status == 204 and await whole(response) == b""
+    host = b"Host: 127.0.0.1:%d\r\n" % origin.port
+    assert received == [
+        b"POST / HTTP/1.1\r\n" + host + b"Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\n" + host + b"Content-Length: 5\r\n\r\nabcde",
+        b"POST / HTTP/1.1\r\n" + host + b"Content-Length: 5\r\n\r\nabcde",
+        b"POST / HTTP/1.1\r\n" + host + b"Content-Length: 100000\r\n\r\n" + large,
+    ]
+
+
+def test_on_uvloop_too() -> None:
+    """`kgb proxy` runs on uvloop where installed (common/running.py), whose transports are not asyncio's classes."""
+    uvloop.run(test_a_connection_is_reused_for_the_next_request_and_content_length_bodies_come_whole())
+    uvloop.run(test_a_slow_consumer_pauses_the_upstream_socket_and_the_buffer_stays_bounded())
