@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import cast
@@ -71,19 +71,15 @@ def request_head(method: str, target: str, host: str, headers: list[tuple[str, s
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+def header(headers: Iterable[tuple[str, str]], name: str) -> str | None:
+    """The first value of a header, by its lower-case name (the relays' and the MCP events' one lookup)."""
+    return next((value for key, value in headers if key.lower() == name), None)
+
+
 def content_length(headers: list[tuple[str, str]]) -> int | None:
     """The first Content-Length's value, when it is a number."""
-    for name, value in headers:
-        if name.lower() == "content-length":
-            return int(value) if value.strip().isdigit() else None
-    return None
-
-
-def header(headers: list[tuple[str, str]], wanted: str) -> str | None:
-    for name, value in headers:
-        if name.lower() == wanted:
-            return value
-    return None
+    value = header(headers, "content-length")
+    return int(value) if value is not None and value.strip().isdigit() else None
 
 
 class _Connection(asyncio.Protocol):

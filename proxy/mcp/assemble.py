@@ -47,6 +47,7 @@ from proxy.logreader import Position, Read
 from proxy.mcp import events
 from proxy.redact import redact_headers, redact_query
 from proxy.sse import SSEEvent, SSEParser
+from proxy.upstream import header
 from schemas.codec import MCP
 
 log = logging.getLogger(__name__)
@@ -71,11 +72,11 @@ class Route:
 
 def session_of(request: RequestRecord, route: Route, response_headers: list[tuple[str, str]]) -> tuple[str, str | None]:
     """(session key, Mcp-Session-Id): the server's id when there is one, else the stateless key of this client today."""
-    session_id = events.header(response_headers, "mcp-session-id") or events.header(request.headers, "mcp-session-id")
+    session_id = header(response_headers, "mcp-session-id") or header(request.headers, "mcp-session-id")
     if session_id:
         return session_id, session_id
     day = datetime.fromtimestamp(request.received_at / 1e6, UTC).date().isoformat()
-    user_agent = events.header(request.headers, "user-agent")
+    user_agent = header(request.headers, "user-agent")
     return events.stateless_key(route.name, day, route.client_address, user_agent, request.key_fingerprint), None
 
 
@@ -103,7 +104,7 @@ def exchange_fields(
             "request_headers": request_headers,
             "status": response.status,
             "response_headers": response_headers,
-            "content_type": events.header(response.headers, "content-type"),
+            "content_type": header(response.headers, "content-type"),
             "request_body_size": body_size,
             "response_body_size": response.body_size,
             "started_at": request.received_at,
@@ -125,13 +126,13 @@ class ResponseCopy:
 
     def __init__(self, headers: list[tuple[str, str]]) -> None:
         self._headers = events.mcp_headers(headers)
-        content_type = (events.header(headers, "content-type") or "").lower()
+        content_type = (header(headers, "content-type") or "").lower()
         self._sse = SSEParser() if content_type.startswith("text/event-stream") else None
         self._text = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._chunks: list[bytes] = []
         self._decoder: decode.Decoder | None
         try:
-            self._decoder = decode.decoder_for(events.header(headers, "content-encoding"))
+            self._decoder = decode.decoder_for(header(headers, "content-encoding"))
         except decode.UnsupportedEncoding:
             self._decoder = decode.Unencoded()
 
@@ -302,5 +303,5 @@ def opened(exchange: bytes, head: dict[str, Any], start: Position, last_at: int)
     """An MCP_REQUEST_HEAD's request, with the envelope its events share (the exchange id is the connection's)."""
     request, route = request_of(exchange, head), Route.of(head["mcp"])
     origin = events.Origin(events.STREAMABLE_HTTP, route.name, route.upstream_url, str(uuid.UUID(bytes=exchange)))
-    stamper = events.Stamper(origin, protocol_version=events.header(request.headers, "mcp-protocol-version"))
+    stamper = events.Stamper(origin, protocol_version=header(request.headers, "mcp-protocol-version"))
     return Pending(start, head, request, route, stamper, last_at=last_at)

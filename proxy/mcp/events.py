@@ -59,11 +59,6 @@ def mcp_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(n, v) for n, v in headers if n.lower() in MCP_HEADERS or n.lower().startswith(MCP_PARAM_PREFIX)]
 
 
-def header(headers: Iterable[tuple[str, str]], name: str) -> str | None:
-    """The first value of a header, by case-insensitive name."""
-    return next((value for key, value in headers if key.lower() == name), None)
-
-
 def recorded_url(url: str, policy: RedactionPolicy) -> str:
     """An upstream URL as events may hold it: no user or password, credential-like query parameters redacted."""
     parsed = URL(url).with_user(None)
