@@ -23,9 +23,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
-# Buffered body bytes above which the upstream socket is paused, and below which it resumes.
+# Buffered body bytes above which the upstream socket is paused; it resumes once the consumer takes them.
 HIGH_WATER = 2**18
-LOW_WATER = 2**16
 # A bytes body up to this size is copied behind the head, for one write (and one segment) in place of two.
 WHOLE_BODY_COPY_MAX = 2**16
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -325,7 +324,7 @@ class Response:
             self._connection.resume_reading()
         else:
             self._connection.close()
-        self._pool.give_back(self._connection, reusable)
+        self._pool.give_back(self._connection if reusable else None)
 
 
 @dataclass
@@ -357,9 +356,10 @@ class _Slots:
                 return connection
         return None
 
-    def give_back(self, connection: _Connection, reusable: bool) -> None:
+    def give_back(self, connection: _Connection | None) -> None:
+        """A slot freed; with the connection that held it when it may serve the next request."""
         self.used -= 1
-        if reusable:
+        if connection is not None:
             self.idle.append(connection)
         self._wake_one()
 
@@ -410,7 +410,7 @@ class Pool:
             if connection is None:
                 connection = await self._connect(origin)
         except BaseException:
-            slots.give_back(_Connection(), reusable=False)
+            slots.give_back(None)
             raise
         response = Response(slots, connection, method == "HEAD", timeout)
         connection.response = response
