@@ -228,14 +228,6 @@ class HeadWithBody(web.StreamResponse):
     _send_headers_immediately = False  # what aiohttp's own web.Response sets, so its head goes with its body
 
 
-def buffered(content: aiohttp.StreamReader) -> bytes:
-    """The body bytes already here, taken without waiting; b"" when none (or the stream broke: the relay loop finds out)."""
-    try:
-        return content.read_nowait()
-    except aiohttp.ClientError:
-        return b""
-
-
 async def _send(write: Awaitable[object]) -> bool:
     """Whether the client still takes bytes; a failed write is how a departure shows."""
     try:

@@ -48,7 +48,6 @@ from proxy.app import (
     SETTINGS,
     TAP,
     _abort,
-    buffered,
     decoded,
     _send,
     answer_for,
@@ -190,6 +189,14 @@ def fail(request: web.Request, exchange: Exchange, record: RequestRecord, status
     return web.Response(status=status, body=body, content_type="application/json")
 
 
+def _buffered(content: aiohttp.StreamReader) -> bytes:
+    """The body bytes already here, taken without waiting; b"" when none (or the stream broke: the relay loop finds out)."""
+    try:
+        return content.read_nowait()
+    except aiohttp.ClientError:
+        return b""
+
+
 @dataclass
 class Relayed:
     """One HTTP request's response streamed back, each chunk appended to the capture log before it goes on."""
@@ -202,7 +209,7 @@ class Relayed:
 
     async def stream(self, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
         response, first = answer_for(
-            upstream.status, upstream.reason or "", decoded(upstream.raw_headers), buffered(upstream.content), self.exchange
+            upstream.status, upstream.reason or "", decoded(upstream.raw_headers), _buffered(upstream.content), self.exchange
         )
         try:
             await self._pass(response, upstream, first)
