@@ -60,6 +60,19 @@ def keeping(body: bytes, heads: list[bytes], *, extra: bytes = b"") -> Answer:
     return answer
 
 
+def once(raw: bytes, *, linger: bool = False) -> Answer:
+    """Answers the connection's first request with `raw` as it stands; with `linger`, then stays until the client leaves."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(raw)
+        await writer.drain()
+        if linger:
+            await reader.read()
+
+    return answer
+
+
 async def test_a_connection_is_reused_for_the_next_request_and_content_length_bodies_come_whole() -> None:
     heads: list[bytes] = []
     connections = []
@@ -115,11 +128,7 @@ async def test_a_chunked_body_arrives_as_its_payload_byte_for_byte() -> None:
 
 
 async def test_a_close_delimited_body_ends_with_the_connection() -> None:
-    async def delimited(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it, then EOF")
-        await writer.drain()
-
+    delimited = once(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it, then EOF")
     async with upstream(delimited) as origin, Pool(4, 5.0, 5.0) as pool:
         async with await pool.request(origin, "GET", "/", []) as response:
             assert response.headers == [("Content-Type", "text/plain")]
@@ -127,11 +136,7 @@ async def test_a_close_delimited_body_ends_with_the_connection() -> None:
 
 
 async def test_a_close_mid_body_is_a_broken_stream() -> None:
-    async def short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
-        await writer.drain()
-
+    short = once(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
     async with upstream(short) as origin, Pool(4, 5.0, 5.0) as pool:
         async with await pool.request(origin, "GET", "/", []) as response:
             with pytest.raises(StreamBroken):
@@ -159,12 +164,7 @@ async def test_a_slow_consumer_pauses_the_upstream_socket_and_the_buffer_stays_b
 
 
 async def test_no_next_piece_in_time_is_a_timeout() -> None:
-    async def stalls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
-        await writer.drain()
-        await reader.read()
-
+    stalls = once(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", linger=True)
     async with upstream(stalls) as origin, Pool(4, 5.0, 0.05) as pool:
         async with await pool.request(origin, "GET", "/", []) as response:
             assert response.take() == b"abc"
