@@ -328,10 +328,10 @@ Submit = Callable[[dict[str, Any]], None]
 
 def soon(callback: Callable[..., None], *args: Any) -> None:
     """Run `callback` at the next turn of the loop, after the current write; its failure is logged, never raised."""
-    asyncio.get_running_loop().call_soon(_guarded, callback, *args)
+    asyncio.get_running_loop().call_soon(guarded, callback, *args)
 
 
-def _guarded(callback: Callable[..., None], *args: Any) -> None:
+def guarded(callback: Callable[..., None], *args: Any) -> None:
     try:
         callback(*args)
     except Exception:

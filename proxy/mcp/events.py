@@ -29,7 +29,7 @@ from typing import Any
 from yarl import URL
 
 from common.jsonrpc import Part, parts_of
-from proxy.capture import RedactionPolicy, Submit, now_us, soon
+from proxy.capture import RedactionPolicy, Submit, guarded, now_us, soon
 from proxy.redact import redact_body, redact_headers, redact_json, redact_query
 
 CLIENT_TO_UPSTREAM = "CLIENT_TO_UPSTREAM"
@@ -191,17 +191,20 @@ class Stamper:
 class Recorder(Stamper):
     """A live connection's or shim run's capture (the WebSocket relay, the stdio shim): its time
     stamped at once, in forwarding order; the rest of each event built at the next turn of the
-    loop, after the bytes have gone on, and submitted."""
+    loop, after the bytes have gone on, and submitted. With `at_once` (the stdio shim, a process
+    that can be killed between that write and that turn) each event is built and submitted when
+    it is recorded, before its bytes go on, so whatever reached the peer is in the capture log."""
 
     policy: RedactionPolicy
     submit: Submit
+    at_once: bool = False
 
     def message(self, message: Message) -> None:
         self.record("MESSAGE", message_fields, message, self.policy)
 
     def record(self, kind: str, build: Build, *args: Any) -> None:
-        """Stamp an event now, and build it with ``build(*args)`` soon."""
-        soon(self._complete, kind, now_us(), build, args)
+        """Stamp an event now, and build it with ``build(*args)`` now (`at_once`) or soon."""
+        (guarded if self.at_once else soon)(self._complete, kind, now_us(), build, args)
 
     def _complete(self, kind: str, at: int, build: Build, args: tuple[Any, ...]) -> None:
         for event in self.stamped(kind, at, build(*args)):

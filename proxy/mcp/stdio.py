@@ -2,13 +2,15 @@
 
 It starts the server and sits between it and the client::
 
-    client stdin  ──chunk──► shim ──write──► server stdin      then: each complete line recorded
-    client stdout ◄──write── shim ◄──chunk── server stdout     then: each complete line recorded
+    client stdin  ──chunk──► shim ──write──► server stdin      each line it completes recorded first
+    client stdout ◄──write── shim ◄──chunk── server stdout     each line it completes recorded first
     client stderr ◄───────── server stderr (the same file: passed through, not recorded)
 
 Bytes pass as they come, chunk by chunk, never waiting for a line's end; a
 copy goes to a line splitter, and each newline-delimited JSON-RPC message
-becomes an event (`proxy.mcp.events`) after the chunk has gone on. Signals
+becomes an event (`proxy.mcp.events`) appended to the capture log before the
+chunk that completes it goes on: a shim killed outright a moment after its
+peer got a message still has that message in the log. Signals
 the shim gets (INT, TERM, HUP, QUIT, USR1, USR2) go to the server, which runs
 in its own process group so a terminal's Ctrl-C reaches it once; if the shim
 itself is killed outright, the kernel sends the server SIGTERM
@@ -165,14 +167,14 @@ class Sink(Protocol):
 
 
 async def pump(source: Source, sink: Sink, record: Callable[[bytes], None]) -> None:
-    """Forward chunks until the source ends, recording each complete line after its chunk has gone on."""
+    """Forward chunks until the source ends, recording each line a chunk completes before the chunk goes on."""
     lines = LineSplitter()
     try:
         while chunk := await source.read(CHUNK):
-            sink.write(chunk)
-            await sink.drain()
             for line in lines.feed(chunk):
                 record(line)
+            sink.write(chunk)
+            await sink.drain()
     except (ConnectionError, BrokenPipeError) as exc:
         log.info("stdio shim: %s", exc)
     finally:
@@ -246,7 +248,7 @@ class Shim:
 
     def __post_init__(self) -> None:
         origin = events.Origin(events.STDIO, self.settings.name, None)
-        self.recorder = events.Recorder(origin, policy=self.settings.policy, submit=self.sink.submit)
+        self.recorder = events.Recorder(origin, policy=self.settings.policy, submit=self.sink.submit, at_once=True)
 
     def record(self, direction: str) -> Callable[[bytes], None]:
         return lambda line: self.recorder.message(events.Message(direction, line))
