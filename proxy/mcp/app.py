@@ -9,9 +9,10 @@ Routes, first match wins:
     GET / without an upgrade                            426, saying where each relay is
     anything else                                       404 with a JSON-RPC error saying the same
 
-Resources are owned here, at the edge: one client session per transport (the
-WebSocket one keeps a read timeout for its handshake, the HTTP one has none,
-since MCP streams stay open as long as the server likes) and the capture log,
+Resources are owned here, at the edge: one upstream client per transport (an
+aiohttp session for WebSockets, with a read timeout for its handshake; the
+proxy's own pool, proxy/upstream.py, for HTTP, with no read timeout, since MCP
+streams stay open as long as the server likes) and the capture log,
 shared with the API app; the capture worker publishes its events to
 KGB_MCP_TOPIC, keyed by each event's session. Handlers are cancelled when their
 client goes away, so a relay learns it at once, even on an idle stream.
@@ -28,9 +29,10 @@ from aiohttp import web
 from proxy.app import METRICS, SETTINGS, capturing, health, metrics_endpoint, ready
 from proxy.capture import RedactionPolicy
 from proxy.mcp import http, websocket
-from proxy.mcp.keys import HTTP_SESSION, HTTP_UPSTREAMS, POLICY, WS_SESSION
+from proxy.mcp.keys import HTTP_POOL, HTTP_UPSTREAMS, POLICY, WS_SESSION
 from proxy.metrics import ProxyMetrics
 from proxy.settings import ProxySettings, fingerprint_key
+from proxy.upstream import Pool
 
 STATUS_PAGES = {"/health": health, "/ready": ready, "/metrics": metrics_endpoint}
 WHERE = "Streamable HTTP at http://HOST:PORT/mcp/NAME, or connect a WebSocket to ws://HOST:PORT/?upstream=NAME"
@@ -60,21 +62,15 @@ def no_route(method: str, path: str) -> bytes:
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
-    """The upstream sessions: one with a handshake timeout for WebSockets, one without for HTTP streams."""
+    """The upstream clients: a session with a handshake timeout for WebSockets; for HTTP a pool with no read timeout
+    at all, head included (a tool may run for minutes before it answers, a stream stays open as long as the server likes)."""
     settings = app[SETTINGS]
     handshake = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout, sock_read=settings.connect_timeout)
-    streams = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout, sock_read=None)
     async with (
         aiohttp.ClientSession(timeout=handshake, cookie_jar=aiohttp.DummyCookieJar()) as session,
-        aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=settings.upstream_connections),
-            timeout=streams,
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        ) as http_session,
+        Pool(settings.upstream_connections, settings.connect_timeout, read_timeout=None) as pool,
     ):
-        app[WS_SESSION], app[HTTP_SESSION] = session, http_session
+        app[WS_SESSION], app[HTTP_POOL] = session, pool
         yield
 
 

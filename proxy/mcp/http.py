@@ -9,8 +9,10 @@ configured one. Responses stream back as they arrive, JSON or
 ``text/event-stream``, ``:`` keep-alives included, with no read timeout (a GET
 stream or a ``subscriptions/listen`` POST stays open as long as the server
 keeps it). The app cancels a handler whose client went away
-(``handler_cancellation``), and the handler then closes the upstream request,
-which is how 2026-07-28 cancels a request.
+(``handler_cancellation``), and the handler then closes the upstream
+connection (never pooled again), which is how 2026-07-28 cancels a request.
+The upstream side is the API relay's own pooled client (proxy/upstream.py),
+one pool for all the HTTP servers, bounded per origin.
 
 Capture is what the API proxy does (proxy/tap.py): the request's head (with
 the `Route`: server name, recorded URL, client address), its body, the
@@ -33,7 +35,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 from yarl import URL
@@ -57,8 +58,9 @@ from proxy.app import (
 from proxy.capture import RedactionPolicy, RequestRecord
 from proxy.mcp.assemble import Route
 from proxy.mcp.events import recorded_url
-from proxy.mcp.keys import HTTP_SESSION, HTTP_UPSTREAMS
+from proxy.mcp.keys import HTTP_POOL, HTTP_UPSTREAMS
 from proxy.tap import Exchange, Tap
+from proxy.upstream import Origin, Response, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -73,19 +75,24 @@ JSON = [("Content-Type", "application/json")]
 
 
 @functools.lru_cache(maxsize=256)  # a client sends the same path and query every call: parsed once, not per request
-def target(upstream: str, tail: str, query: str) -> URL:
-    """The upstream URL with the client's path below its own and the client's query after its own."""
+def target(upstream: str, tail: str, query: str) -> tuple[Origin, str]:
+    """The upstream's origin, and the request target: its path with the client's below, its query then the client's."""
     base = URL(upstream)
-    path = base.raw_path.rstrip("/") + tail if tail else base.raw_path
+    path = base.raw_path.rstrip("/") + _encoded(tail) if tail else base.raw_path
     joined = "&".join(part for part in (base.raw_query_string, query) if part)
-    return URL(str(base.with_path(path, encoded=True).with_query(None)) + (f"?{joined}" if joined else ""), encoded=True)
+    return Origin.of(upstream), path + (f"?{joined}" if joined else "")
 
 
-def well_known_target(upstream: str, kind: str, tail: str, query: str) -> URL:
+def well_known_target(upstream: str, kind: str, tail: str, query: str) -> tuple[Origin, str]:
     """RFC 9728 / RFC 8414: the metadata document sits at the origin, its path inserted after the well-known name."""
-    base = URL(upstream)
-    path = f"/.well-known/{kind}" + base.raw_path.rstrip("/") + tail
-    return URL(str(base.origin()) + path + (f"?{query}" if query else ""), encoded=True)
+    path = f"/.well-known/{kind}" + URL(upstream).raw_path.rstrip("/") + _encoded(tail)
+    return Origin.of(upstream), path + (f"?{query}" if query else "")
+
+
+def _encoded(tail: str) -> str:
+    """The router hands the tail decoded; it goes on the request line encoded again, so a decoded CR or space
+    cannot end the target early."""
+    return URL.build(path=tail, encoded=False).raw_path if tail else ""
 
 
 def error_body(request_body: bytes, kind: str, message: str) -> bytes:
@@ -162,15 +169,13 @@ async def forward(request: web.Request, well_known: str | None) -> web.StreamRes
     exchange = held(app[TAP], record, route)
     if url is None:
         return fail(request, exchange, record, 404, "unknown_server", unknown(name, app[SETTINGS].mcp_upstreams.get(name)))
-    where = target(url, info["tail"], query) if well_known is None else well_known_target(url, well_known, info["tail"], query)
-    try:
-        upstream = await app[HTTP_SESSION].request(
-            request.method,
-            where,
-            headers=end_to_end(record.headers, request.headers.get("connection"), _NOT_FORWARDED),
-            data=record.body or None,
-            allow_redirects=False,
-        )
+    tail = info["tail"]
+    origin, where = target(url, tail, query) if well_known is None else well_known_target(url, well_known, tail, query)
+    headers = end_to_end(record.headers, request.headers.get("connection"), _NOT_FORWARDED)
+    # a body the client framed, even an empty one, goes with its length; none when it had none (a GET)
+    body = record.body if record.body or request.content_length is not None else None
+    try:  # the pool has no read timeout (proxy/mcp/app.py): a GET stream or a long POST answer stays as long as the server keeps it
+        upstream = await app[HTTP_POOL].request(origin, request.method, where, headers, body)
     except Exception as exc:  # noqa: BLE001 - every failure is answered and captured
         failure = errors.translate(exc)
         return fail(request, exchange, record, failure.status, failure.kind, f"KGB MCP relay: {name}: {failure}")
@@ -189,14 +194,6 @@ def fail(request: web.Request, exchange: Exchange, record: RequestRecord, status
     return web.Response(status=status, body=body, content_type="application/json")
 
 
-def _buffered(content: aiohttp.StreamReader) -> bytes:
-    """The body bytes already here, taken without waiting; b"" when none (or the stream broke: the relay loop finds out)."""
-    try:
-        return content.read_nowait()
-    except aiohttp.ClientError:
-        return b""
-
-
 @dataclass
 class Relayed:
     """One HTTP request's response streamed back, each chunk appended to the capture log before it goes on."""
@@ -207,16 +204,14 @@ class Relayed:
     upstream_complete: bool = False
     broke: tuple[str, str] | None = None
 
-    async def stream(self, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
-        response, first = answer_for(
-            upstream.status, upstream.reason or "", decoded(upstream.raw_headers), _buffered(upstream.content), self.exchange
-        )
+    async def stream(self, upstream: Response) -> web.StreamResponse:
+        response, first = answer_for(upstream.status, upstream.reason, upstream.headers, upstream.take(), self.exchange)
         try:
             await self._pass(response, upstream, first)
         except asyncio.CancelledError:
             self._gone(upstream)
             raise
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except UpstreamError as exc:
             self.broke = ("upstream_gone", f"{type(exc).__name__}: {exc}")
             log.warning("mcp request %s: upstream stream broke: %s", self.exchange.label, exc)
             _abort(self.request)
@@ -227,26 +222,25 @@ class Relayed:
             self.request.app[METRICS].count_request(self.request.method, upstream.status)
         return response
 
-    async def _pass(self, response: web.StreamResponse, upstream: aiohttp.ClientResponse, chunk: bytes) -> None:
+    async def _pass(self, response: web.StreamResponse, upstream: Response, chunk: bytes) -> None:
         """`chunk`: the bytes that came with the head. The last bytes leave with the end of the answer, in one
         write: a JSON answer is head, body and end in one."""
         if not await _send(response.prepare(self.request)):
             return self._gone(upstream)
-        content = upstream.content
         while True:
             if chunk:
                 self.exchange.chunk(chunk)
-            if content.at_eof():
+            if upstream.at_eof():
                 self.upstream_complete = True
                 if not await _send(response.write_eof(chunk)):
                     self.client_disconnected = True
                 return None
             if chunk and not await _send(response.write(chunk)):
                 return self._gone(upstream)
-            chunk = await content.readany()
+            chunk = await upstream.next()
 
-    def _gone(self, upstream: aiohttp.ClientResponse) -> None:
-        """The client left: the upstream request is closed, which a 2026-07-28 server takes as cancellation."""
+    def _gone(self, upstream: Response) -> None:
+        """The client left: the upstream connection is closed, which a 2026-07-28 server takes as cancellation."""
         log.info("mcp request %s: client went away; closing the upstream request", self.exchange.label)
         self.client_disconnected = True
         upstream.close()

@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from proxy.mcp.http import target, well_known_target
+from proxy.upstream import Origin
 from tests.e2e.scan import database_dump, hits, topic_bytes
 from tests.mcp_pipeline import McpPipeline, mcp_pipeline, serving
 from tests.proxy.test_app import API_KEY
@@ -55,6 +56,8 @@ class Upstream:
     def app(self) -> web.Application:
         app = web.Application(handler_args={"handler_cancellation": True})  # as servers do: a client gone cancels
         app.router.add_route("*", "/mcp", self.json)
+        app.router.add_get("/mcp/session", self.listen)
+        app.router.add_delete("/mcp/session", self.end_session)
         app.router.add_post("/mcp/sse", self.sse)
         app.router.add_post("/mcp/dies", self.dies)
         app.router.add_post("/mcp/waits", self.waits)
@@ -98,6 +101,17 @@ class Upstream:
             await asyncio.sleep(0.02)
         await response.write_eof()
         return response
+
+    async def listen(self, request: web.Request) -> web.StreamResponse:
+        """The GET stream of a session: one notification, then the end."""
+        response = await self.stream(request)
+        await response.write(b": keep-alive\n\n" + SSE_BODY[SSE_BODY.index(b"id: s1:1") : SSE_BODY.index(b"}}\n\n") + 4])
+        await response.write_eof()
+        return response
+
+    async def end_session(self, request: web.Request) -> web.Response:
+        await self.seen(request)
+        return web.Response(status=204, headers={"Mcp-Session-Id": request.headers["Mcp-Session-Id"]})
 
     async def dies(self, request: web.Request) -> web.StreamResponse:
         response = await self.stream(request)
@@ -186,6 +200,26 @@ async def test_2026_headers_pass_untouched_both_ways(relay: Relay) -> None:
     http = exchange["http"]
     assert (http["method"], http["path"], http["query"], http["status"]) == ("POST", "/mcp/raw", "tenant=a", 200)
     assert {h["name"]: h["value"] for h in http["request_headers"]}["Authorization"] == "[REDACTED]"
+
+
+async def test_a_get_stream_and_a_delete_pass_with_their_session_and_no_body(relay: Relay) -> None:
+    session_headers = {"Mcp-Session-Id": "sess-42", "MCP-Protocol-Version": "2025-06-18", "Last-Event-ID": "s1:0"}
+    async with aiohttp.ClientSession() as session:
+        async with session.get(relay.pipeline.at("raw", "/session"), headers=session_headers) as response:
+            streamed = await response.read()
+            assert (response.status, response.headers["Content-Type"]) == (200, "text/event-stream")
+        async with session.delete(relay.pipeline.at("raw", "/session"), headers=session_headers) as response:
+            assert (response.status, response.headers["Mcp-Session-Id"], await response.read()) == (204, "sess-42", b"")
+    assert streamed.startswith(b": keep-alive\n\nid: s1:1") and b"notifications/progress" in streamed
+    (get, delete) = relay.upstream.requests
+    assert [(method, path, body) for method, path, _, body in (get, delete)] == [
+        ("GET", "/mcp/session", b""),
+        ("DELETE", "/mcp/session", b""),
+    ]
+    for _, _, seen, _ in (get, delete):
+        assert {name: seen[name] for name in session_headers} == session_headers
+    assert "Content-Length" not in get[2] and "Transfer-Encoding" not in get[2], "no body the client did not send"
+    assert delete[2]["Content-Length"] == "0", "the empty body the client framed (aiohttp's client does for DELETE)"
 
 
 async def test_an_sse_answer_streams_byte_for_byte_and_each_event_is_a_message(relay: Relay) -> None:
@@ -298,9 +332,12 @@ async def test_planted_secrets_reach_neither_the_topic_nor_the_database(relay: R
 
 
 def test_the_client_chooses_the_path_and_query_never_the_host() -> None:
-    assert str(target("http://127.0.0.1:8/mcp?token=s", "", "a=1")) == "http://127.0.0.1:8/mcp?token=s&a=1"
-    assert str(target("http://127.0.0.1:8/mcp/", "/x/y", "")) == "http://127.0.0.1:8/mcp/x/y"
-    assert str(target("http://127.0.0.1:8/mcp", "/@evil.example/..", "")).startswith("http://127.0.0.1:8/mcp/")
-    assert str(well_known_target("http://127.0.0.1:8/api/mcp", "oauth-protected-resource", "", "")) == (
-        "http://127.0.0.1:8/.well-known/oauth-protected-resource/api/mcp"
+    origin = Origin("http", "127.0.0.1", 8)
+    assert target("http://127.0.0.1:8/mcp?token=s", "", "a=1") == (origin, "/mcp?token=s&a=1")
+    assert target("http://127.0.0.1:8/mcp/", "/x/y", "") == (origin, "/mcp/x/y")
+    assert target("http://127.0.0.1:8/mcp", "/@evil.example/..", "") == (origin, "/mcp/@evil.example/..")
+    assert target("http://127.0.0.1:8/mcp", "/a b\rc", "") == (origin, "/mcp/a%20b%0Dc"), "a decoded tail goes encoded again"
+    assert well_known_target("http://127.0.0.1:8/api/mcp", "oauth-protected-resource", "", "") == (
+        origin,
+        "/.well-known/oauth-protected-resource/api/mcp",
     )
