@@ -7,7 +7,16 @@ waiting (`Response.take`) or awaits the next piece (`Response.next`). A consumer
 upstream socket (`pause_reading`), so a slow client never makes the proxy buffer without bound.
 
 A body reaches the consumer as the upstream's payload, de-chunked, as aiohttp gave it: the relay's server
-frames it again for its own client.
+frames it again for its own client. Interim answers (100 Continue, 103 Early Hints) are read past: the
+consumer gets the final one.
+
+An upstream may close a kept-alive connection just as the next request goes on it (its idle timeout). A
+request that then meets EOF or a reset before any byte of its answer is sent once more, on a new
+connection, when that is safe to do: its body was whole in memory (bytes, or none), so it goes again as
+it went, and nothing of the answer was passed on. A streamed body is never sent twice. POSTs are
+sent again too (nearly all the relays send): RFC 9110 §9.2.2 would not retry a non-idempotent request,
+since an upstream that applied it and then died unanswering sees it twice; an idle close is by far the
+likelier cause here, and the client would otherwise get a 502 for a request the upstream never read.
 """
 
 from __future__ import annotations
@@ -166,6 +175,7 @@ class Response:
         self.headers: list[tuple[str, str]] = []
         self.content_length: int | None = None
         self.sending: asyncio.Task[None] | None = None
+        self.received = False  # any byte of the answer, interim ones included
 
     async def __aenter__(self) -> Response:
         return self
@@ -206,6 +216,7 @@ class Response:
 
     # from the connection
     def feed(self, data: bytes) -> None:
+        self.received = True
         if self._ended:
             return
         try:
@@ -336,8 +347,9 @@ class _Slots:
     used: int = 0
     waiting: deque[asyncio.Future[None]] = field(default_factory=deque)
 
-    async def take(self) -> _Connection | None:
-        """An idle connection still open, or None when a new one may be opened; waits while at the bound."""
+    async def take(self, fresh: bool = False) -> _Connection | None:
+        """An idle connection still open, or None when a new one may be opened (always, if `fresh`); waits
+        while at the bound."""
         while self.used >= self.limit:
             waiter = asyncio.get_running_loop().create_future()
             self.waiting.append(waiter)
@@ -350,7 +362,7 @@ class _Slots:
                     self._wake_one()
                 raise
         self.used += 1
-        while self.idle:
+        while self.idle and not fresh:
             connection = self.idle.pop()
             if not connection.closed:
                 return connection
@@ -406,21 +418,38 @@ class Pool:
         timeout = self._read_timeout if timed else None
         slots = self._origins.setdefault(origin, _Slots(self._limit))
         connection = await slots.take()
+        replay = connection is not None and (body is None or isinstance(body, bytes))
+        while True:
+            connection, response = await self._on(slots, connection, origin, method == "HEAD", timeout)
+            try:
+                await self._send(connection, origin, method, target, headers, body, length)
+                await response.head()
+            except StreamBroken:
+                response.close()
+                if not replay or response.received:
+                    raise
+            except BaseException:
+                response.close()
+                raise
+            else:
+                return response
+            # a kept-alive connection the upstream closed as the request went: once more, on a new connection
+            replay = False
+            connection = await slots.take(fresh=True)
+
+    async def _on(
+        self, slots: _Slots, connection: _Connection | None, origin: Origin, head_only: bool, timeout: float | None
+    ) -> tuple[_Connection, Response]:
+        """The answer to come on `connection`, or on a new one when None; the slot is given back if none opens."""
         try:
             if connection is None:
                 connection = await self._connect(origin)
         except BaseException:
             slots.give_back(None)
             raise
-        response = Response(slots, connection, method == "HEAD", timeout)
+        response = Response(slots, connection, head_only, timeout)
         connection.response = response
-        try:
-            await self._send(connection, origin, method, target, headers, body, length)
-            await response.head()
-        except BaseException:
-            response.close()
-            raise
-        return response
+        return connection, response
 
     async def _connect(self, origin: Origin) -> _Connection:
         loop = asyncio.get_running_loop()

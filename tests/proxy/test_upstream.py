@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -239,3 +241,159 @@ def test_on_uvloop_too() -> None:
     """`kgb proxy` runs on uvloop where installed (common/running.py), whose transports are not asyncio's classes."""
     uvloop.run(test_a_connection_is_reused_for_the_next_request_and_content_length_bodies_come_whole())
     uvloop.run(test_a_slow_consumer_pauses_the_upstream_socket_and_the_buffer_stays_bounded())
+    for reset in (False, True):
+        uvloop.run(test_a_reused_connection_found_dead_is_replaced_and_the_request_sent_again(reset, b"{}"))
+
+
+def closing_second(heads: list[bytes], connections: list[asyncio.StreamWriter], *, reset: bool) -> Answer:
+    """Its first connection answers one request, then reads the next and closes (EOF, or a reset) without a
+    byte of answer, as an upstream whose idle timeout fires as the request arrives; later connections answer all."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        if len(connections) > 1:
+            return await keeping(b"again", heads)(reader, writer)
+        await read_head(reader, heads)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+        await writer.drain()
+        await read_head(reader, heads)
+        if reset:
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()
+
+    return answer
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["eof", "reset"])
+@pytest.mark.parametrize("body", [None, b'{"jsonrpc":"2.0"}'], ids=["no-body", "bytes-body"])
+async def test_a_reused_connection_found_dead_is_replaced_and_the_request_sent_again(reset: bool, body: bytes | None) -> None:
+    heads: list[bytes] = []
+    connections: list[asyncio.StreamWriter] = []
+    async with upstream(closing_second(heads, connections, reset=reset)) as origin, Pool(1, 5.0, 5.0) as pool:
+        async with await pool.request(origin, "POST", "/1", [], body) as response:
+            assert await whole(response) == b"first"
+        async with await pool.request(origin, "POST", "/2", [], body) as response:
+            assert (response.status, await whole(response)) == (200, b"again")
+    assert len(connections) == 2
+    assert [head.split(b" ")[1] for head in heads] == [b"/1", b"/2", b"/2"], "sent on the dead one, then once on a new one"
+
+
+async def test_a_streamed_body_is_not_sent_twice_when_its_reused_connection_is_dead() -> None:
+    heads: list[bytes] = []
+    connections: list[asyncio.StreamWriter] = []
+
+    async def pieces() -> AsyncIterator[bytes]:
+        yield b"streamed"
+
+    async with upstream(closing_second(heads, connections, reset=False)) as origin, Pool(1, 5.0, 5.0) as pool:
+        async with await pool.request(origin, "GET", "/1", []) as response:
+            assert await whole(response) == b"first"
+        with pytest.raises(StreamBroken):
+            await pool.request(origin, "POST", "/2", [], pieces())
+    assert len(connections) == 1 and len(heads) == 2
+
+
+async def test_no_second_try_once_part_of_the_answer_came_or_on_a_new_connection() -> None:
+    heads: list[bytes] = []
+    connections: list[asyncio.StreamWriter] = []
+
+    async def breaking(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answers one request; on the next, half a head, then EOF. Its later connections close unanswered."""
+        connections.append(writer)
+        await read_head(reader, heads)
+        if len(connections) > 1:
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await read_head(reader, heads)
+        writer.write(b"HTTP/1.1 200 O")
+
+    async with upstream(breaking) as origin, Pool(1, 5.0, 5.0) as pool:
+        async with await pool.request(origin, "GET", "/1", []) as response:
+            assert await whole(response) == b"ok"
+        with pytest.raises(StreamBroken):
+            await pool.request(origin, "GET", "/2", [])  # reused, but part of its answer came
+        with pytest.raises(StreamBroken):
+            await pool.request(origin, "GET", "/3", [])  # a new connection: its death is the upstream's answer
+    assert len(connections) == 2 and [head.split(b" ")[1] for head in heads] == [b"/1", b"/2", b"/3"]
+
+
+def held_answers(heads: list[bytes], connections: list[asyncio.StreamWriter], rest: asyncio.Event) -> Answer:
+    """Answers each request with the first bytes of its body, the rest once `rest` is set."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        while True:
+            await read_head(reader, heads)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel")
+            await rest.wait()
+            writer.write(b"lo")
+
+    return answer
+
+
+async def test_a_waiter_cancelled_before_its_turn_leaves_the_slot_to_the_next() -> None:
+    heads: list[bytes] = []
+    connections: list[asyncio.StreamWriter] = []
+    rest = asyncio.Event()
+    async with upstream(held_answers(heads, connections, rest)) as origin, Pool(1, 5.0, 5.0) as pool:
+        first = await pool.request(origin, "GET", "/1", [])
+        second = asyncio.create_task(pool.request(origin, "GET", "/2", []))
+        third = asyncio.create_task(pool.request(origin, "GET", "/3", []))
+        await asyncio.sleep(0.05)
+        second.cancel()
+        rest.set()
+        assert await whole(first) == b"hello"
+        async with await asyncio.wait_for(third, 10) as response:  # the deadline only bounds a hang
+            assert await whole(response) == b"hello"
+        assert second.cancelled()
+    assert len(connections) == 1 and [head.split(b" ")[1] for head in heads] == [b"/1", b"/3"]
+
+
+async def test_a_waiter_cancelled_once_woken_hands_the_slot_on_and_the_bound_still_holds() -> None:
+    heads: list[bytes] = []
+    connections: list[asyncio.StreamWriter] = []
+    rest = asyncio.Event()
+    async with upstream(held_answers(heads, connections, rest)) as origin, Pool(1, 5.0, 5.0) as pool:
+        first = await pool.request(origin, "GET", "/1", [])
+        second = asyncio.create_task(pool.request(origin, "GET", "/2", []))
+        third = asyncio.create_task(pool.request(origin, "GET", "/3", []))
+        await asyncio.sleep(0.05)
+        first.close()  # the slot goes to the second, which is cancelled before it runs to take it
+        second.cancel()
+        held = await asyncio.wait_for(third, 10)
+        fourth = asyncio.create_task(pool.request(origin, "GET", "/4", []))
+        await asyncio.sleep(0.05)
+        assert not fourth.done() and len(connections) == 2, "one slot: the fourth waits for the third's"
+        rest.set()
+        assert await whole(held) == b"hello"
+        async with await asyncio.wait_for(fourth, 10) as response:
+            assert await whole(response) == b"hello"
+        assert second.cancelled()
+    assert len(connections) == 2 and [head.split(b" ")[1] for head in heads] == [b"/1", b"/3", b"/4"]
+
+
+async def test_interim_answers_are_read_past_and_the_final_one_is_the_answer() -> None:
+    heads: list[bytes] = []
+    connections: list[asyncio.StreamWriter] = []
+
+    async def hinting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        while True:
+            await read_head(reader, heads)
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.01)  # each in a read of its own, then the final answer in the same one as a hint
+            writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.01)
+            writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.js>\r\n\r\nHTTP/1.1 201 Created\r\n")
+            writer.write(b"Content-Length: 4\r\nX-Final: yes\r\n\r\ndone")
+            await writer.drain()
+
+    async with upstream(hinting) as origin, Pool(1, 5.0, 5.0) as pool:
+        for _ in range(2):
+            async with await pool.request(origin, "POST", "/", [("Expect", "100-continue")], b"body") as response:
+                assert (response.status, response.reason) == (201, "Created")
+                assert response.headers == [("Content-Length", "4"), ("X-Final", "yes")]
+                assert (response.content_length, await whole(response)) == (4, b"done")
+    assert len(connections) == 1 and len(heads) == 2, "the connection serves on after interim answers"
