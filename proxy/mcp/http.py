@@ -174,13 +174,17 @@ async def forward(request: web.Request, well_known: str | None) -> web.StreamRes
     headers = end_to_end(record.headers, request.headers.get("connection"), _NOT_FORWARDED)
     # a body the client framed, even an empty one, goes with its length; none when it had none (a GET)
     body = record.body if record.body or request.content_length is not None else None
+    relayed = Relayed(request, exchange)
     try:  # the pool has no read timeout (proxy/mcp/app.py): a GET stream or a long POST answer stays as long as the server keeps it
         upstream = await app[HTTP_POOL].request(origin, request.method, where, headers, body)
+    except asyncio.CancelledError:
+        relayed.left_early()
+        raise
     except Exception as exc:  # noqa: BLE001 - every failure is answered and captured
         failure = errors.translate(exc)
         return fail(request, exchange, record, failure.status, failure.kind, f"KGB MCP relay: {name}: {failure}")
     async with upstream:
-        return await Relayed(request, exchange).stream(upstream)
+        return await relayed.stream(upstream)
 
 
 def fail(request: web.Request, exchange: Exchange, record: RequestRecord, status: int, kind: str, message: str) -> web.Response:
@@ -238,6 +242,13 @@ class Relayed:
             if chunk and not await _send(response.write(chunk)):
                 return self._gone(upstream)
             chunk = await upstream.next()
+
+    def left_early(self) -> None:
+        """The client left before the upstream's answer came: the pool closed the upstream connection, and the
+        exchange ends here with no response."""
+        log.info("mcp request %s: client went away before the answer; closing the upstream request", self.exchange.label)
+        self.client_disconnected = True
+        self.exchange.end(client_disconnected=True, upstream_complete=False)
 
     def _gone(self, upstream: Response) -> None:
         """The client left: the upstream connection is closed, which a 2026-07-28 server takes as cancellation."""

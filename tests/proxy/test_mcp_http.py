@@ -61,6 +61,7 @@ class Upstream:
         app.router.add_post("/mcp/sse", self.sse)
         app.router.add_post("/mcp/dies", self.dies)
         app.router.add_post("/mcp/waits", self.waits)
+        app.router.add_post("/mcp/thinks", self.thinks)
         app.router.add_post("/mcp/auth", self.auth)
         app.router.add_get("/.well-known/oauth-protected-resource/mcp", self.metadata)
         return app
@@ -129,6 +130,15 @@ class Upstream:
         finally:
             self.left.set()
         return response
+
+    async def thinks(self, request: web.Request) -> web.Response:
+        """A tool that takes its time: no answer, not even a head, until its client leaves."""
+        await self.seen(request)
+        try:
+            await asyncio.sleep(60)
+        finally:
+            self.left.set()
+        return web.Response()
 
     async def auth(self, request: web.Request) -> web.Response:
         await self.seen(request)
@@ -300,6 +310,20 @@ async def test_a_client_that_leaves_mid_stream_closes_the_upstream_stream(relay:
     await asyncio.wait_for(relay.upstream.left.wait(), 30)
     (exchange,) = by_kind(await relay.events(2), "EXCHANGE")
     assert exchange["http"]["client_disconnected"] and exchange["http"]["status"] == 200
+
+
+async def test_a_client_that_leaves_before_the_answer_cancels_upstream_and_the_exchange_ends(relay: Relay) -> None:
+    async with aiohttp.ClientSession() as session:
+        call = asyncio.create_task(session.post(relay.pipeline.at("raw", "/thinks"), data=orjson.dumps(CALL)))
+        while not relay.upstream.requests:
+            await asyncio.sleep(0.01)
+        call.cancel()
+    await asyncio.wait_for(relay.upstream.left.wait(), 30)
+    events = await relay.events(2)
+    (request,) = by_kind(events, "MESSAGE")
+    (exchange,) = by_kind(events, "EXCHANGE")
+    assert request["jsonrpc"][0]["method"] == "tools/call", "the request is kept though no answer came"
+    assert exchange["http"]["client_disconnected"] and exchange["http"]["status"] is None
 
 
 async def test_oauth_challenges_and_metadata_pass_through(relay: Relay) -> None:
