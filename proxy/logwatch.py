@@ -40,11 +40,21 @@ def wakes(name: str) -> bool:
 
 
 class LogWatch:
-    """`wait` until the log may have grown; `found` after a poll that read something."""
+    """`wait` until the log may have grown; `found` after a poll that read something.
+
+    A wait costs one future and one timer: the inotify reader stays registered from `start` to `close`
+    and its callback reads the events and wakes the waiter (or marks the next wait to end at once), and
+    one task per session turns `stop` into the same wake-up."""
 
     def __init__(self, directory: Path) -> None:
         self._inotify = None
         self._idle = IDLE_MIN
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Task[bool] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._grown = False  # a segment changed since the last wait ended
+        self._gathering = False
         if INotify is None:
             return
         try:
@@ -59,34 +69,60 @@ class LogWatch:
         """Whether the kernel tells of appends (else this polls)."""
         return self._inotify is not None
 
-    async def wait(self, stop: asyncio.Event, most: float) -> None:
-        """Until the log may have grown, `stop` is set, or `most` seconds passed (polling: the backoff's next step, if sooner)."""
-        loop = asyncio.get_running_loop()
-        waits: list[asyncio.Future[object]] = [asyncio.ensure_future(stop.wait())]
+    def start(self, stop: asyncio.Event) -> None:
+        """Listen, on the running loop, until `close`: to the kernel's events and for `stop`."""
+        self._loop = loop = asyncio.get_running_loop()
+        self._stopping = stopping = asyncio.create_task(stop.wait())
+        stopping.add_done_callback(self._wake)
+        if self._inotify is not None:
+            loop.add_reader(self._inotify.fileno(), self._readable)
+
+    async def wait(self, most: float) -> None:
+        """Until the log may have grown (GATHER after the kernel said so), stop, or `most` seconds passed
+        (polling: the backoff's next step, if sooner)."""
+        assert self._loop is not None, "start() first"
+        if self._stopping is None or self._stopping.done():
+            return
         if self._inotify is None:
             most, self._idle = min(most, self._idle), min(self._idle * 2, IDLE_MAX)
-        else:
-            waits.append(grown := loop.create_future())
-            loop.add_reader(self._inotify.fileno(), self._readable, grown)
+        self._waiter = self._loop.create_future()
+        self._gathering = self._grown
+        self._timer = self._loop.call_later(GATHER if self._grown else most, self._wake)
         try:
-            await asyncio.wait(waits, timeout=most, return_when=asyncio.FIRST_COMPLETED)
+            await self._waiter
         finally:
-            if self._inotify is not None:
-                loop.remove_reader(self._inotify.fileno())
-            waits[0].cancel()
-        if len(waits) > 1 and waits[1].done() and not stop.is_set():
-            await asyncio.sleep(GATHER)
+            self._timer.cancel()
+            self._waiter = self._timer = None
+            self._grown = False
 
     def found(self) -> None:
         self._idle = IDLE_MIN
 
     def close(self) -> None:
+        if self._stopping is not None:
+            self._stopping.cancel()
+            self._stopping = None
         if self._inotify is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._inotify.fileno())
             self._inotify.close()
             self._inotify = None
+        self._wake()
 
-    def _readable(self, grown: asyncio.Future[object]) -> None:
-        """Read every queued event (one ioctl and one read); wake on one that names a segment."""
-        assert self._inotify is not None
-        if any(wakes(event.name) for event in self._inotify.read(timeout=0)) and not grown.done():
-            grown.set_result(None)
+    def _wake(self, _: object = None) -> None:
+        """End the wait (a timer's, a stop's or a close's call)."""
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _readable(self) -> None:
+        """Read every queued event (one ioctl and one read); on one that names a segment, end the wait
+        GATHER from now (a burst of appends read in one poll, not one wake per write)."""
+        assert self._inotify is not None and self._loop is not None
+        if not any(wakes(event.name) for event in self._inotify.read(timeout=0)):
+            return
+        self._grown = True
+        if self._waiter is not None and not self._gathering:
+            self._gathering = True
+            assert self._timer is not None
+            self._timer.cancel()
+            self._timer = self._loop.call_later(GATHER, self._wake)
