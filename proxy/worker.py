@@ -150,8 +150,9 @@ class Session:
                 self.watch.found()
                 if not self.reader.at_end:
                     continue
-            # acks to come or a checkpoint to move: look again at SAVE_EVERY; else only when the log grows
-            pending = self._position() != self.saved or not all(t.answered() for t in self.unacked.values())
+            # acks to come or a checkpoint to move: look again at SAVE_EVERY; else only when the log grows (after
+            # a poll that read something the next comes a GATHER later whatever this says, so it is not worked out)
+            pending = bool(reads) or self._position() != self.saved or not all(t.answered() for t in self.unacked.values())
             await self.watch.wait(SAVE_EVERY if pending else SAFETY_POLL)
         await self._catch_up()
         await self._drain()
