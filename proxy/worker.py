@@ -128,6 +128,7 @@ class Session:
         await self.link.open()
         self.open = True
         self.kafka.recovered()
+        self.watch.start(stop)
         loop = asyncio.get_running_loop()
         saved_at, reported_at, reported = loop.time(), loop.time(), summary(self.counts)
         asked_registry_at = saved_at
@@ -149,9 +150,10 @@ class Session:
                 self.watch.found()
                 if not self.reader.at_end:
                     continue
-            # acks to come or a checkpoint to move: look again at SAVE_EVERY; else only when the log grows
-            pending = self._position() != self.saved or not all(t.answered() for t in self.unacked.values())
-            await self.watch.wait(stop, SAVE_EVERY if pending else SAFETY_POLL)
+            # acks to come or a checkpoint to move: look again at SAVE_EVERY; else only when the log grows (after
+            # a poll that read something the next comes a GATHER later whatever this says, so it is not worked out)
+            pending = bool(reads) or self._position() != self.saved or not all(t.answered() for t in self.unacked.values())
+            await self.watch.wait(SAVE_EVERY if pending else SAFETY_POLL)
         await self._catch_up()
         await self._drain()
 
