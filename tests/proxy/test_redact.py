@@ -13,6 +13,7 @@ from proxy.redact import (
     custom_rules,
     fingerprint,
     hyperscan_engine,
+    matcher,
     re2_engine,
     redact_body,
     redact_headers,
@@ -236,6 +237,20 @@ def test_one_matcher_scans_from_many_threads_at_once(engine: Engine) -> None:
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda _: [rule.name for rule in found.candidates(body)], range(200)))
     assert all("anthropic_key" in names for names in results)
+
+
+def test_the_same_rules_get_the_same_matcher_whether_asked_by_identity_or_by_value() -> None:
+    custom = custom_rules([r"tok_[0-9]{6}"])
+    assert matcher(BUILTIN_RULES) is matcher(BUILTIN_RULES) is matcher(tuple(BUILTIN_RULES))
+    assert matcher(BUILTIN_RULES + custom) is matcher(BUILTIN_RULES + custom)  # equal tuples, another identity
+    assert matcher(BUILTIN_RULES + custom) is not matcher(BUILTIN_RULES)
+
+
+def test_a_list_of_rules_changed_between_calls_is_matched_as_it_is_now() -> None:
+    rules = list(BUILTIN_RULES)
+    assert redact_body(b"tok_123456", rules) == (b"tok_123456", [])
+    rules += custom_rules([r"tok_[0-9]{6}"])
+    assert redact_body(b"tok_123456", rules) == (b"[REDACTED:custom_1]", ["custom_1"])
 
 
 def test_a_match_across_two_json_strings_does_not_eat_the_json_between_them() -> None:
