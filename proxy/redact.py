@@ -172,6 +172,8 @@ class Matcher:
     def candidates(self, data: bytes) -> list[Rule]:
         """The rules to run on `data`, in their order (an earlier rule wins an overlap)."""
         found = self._scan(data) if self._scan is not None and data else set()
+        if not found and not self._always:
+            return []  # most data: no rule to run, nothing to sort
         named = self._always | {self._scanned[i] for i in found}
         return [self.rules[i] for i in sorted(named)]
 
@@ -449,20 +451,21 @@ def redact_headers(
     The automaton runs once over all the values together, so the usual
     header set with no secret costs one pass, not one per header.
     """
-    names = SECRET_HEADERS | extra_names
-    headers = list(headers)
-    scanned = "\n".join(value for name, value in headers if name.lower() not in names).encode()
+    names = SECRET_HEADERS | extra_names if extra_names else SECRET_HEADERS
+    rows = [(name, value, name.lower()) for name, value in headers]
+    scanned = "\n".join([value for _, value, lowered in rows if lowered not in names]).encode()
     suspect = bool(matcher(rules).candidates(scanned)) or b"%" in scanned
     result, fired = [], []
-    for name, value in headers:
-        if name.lower() in names:
+    for name, value, lowered in rows:
+        if lowered in names:
             result.append({"name": name, "value": REDACTED})
-            fired.append(f"header:{name.lower()}")
-            continue
-        if suspect:
-            value, hits = redact_text(value, rules)
-            fired.extend(hits)
-        result.append({"name": name, "value": value})
+            fired.append("header:" + lowered)
+        elif suspect:
+            clean, hits = redact_text(value, rules)
+            result.append({"name": name, "value": clean})
+            fired += hits
+        else:
+            result.append({"name": name, "value": value})
     return result, fired
 
 
