@@ -27,6 +27,7 @@ from proxy.redact import (
     redact_body,
     redact_headers,
     redact_document,
+    redact_fields,
     redact_json,
     redact_optional,
     redact_query,
@@ -202,18 +203,26 @@ def request_event(request: RequestRecord, policy: RedactionPolicy) -> tuple[dict
     body_json = parsed if isinstance(parsed, dict) else None
     key_fingerprint = request.key_fingerprint
     lowered = _CaseInsensitive(request.headers)
-    fired: list[str] = []
+    identity = identify(lowered, body_json, key_fingerprint)
+    model = body_json.get("model") if body_json else None
+    fields, fired = redact_fields(
+        [
+            identity.session_key,
+            identity.agent_id,
+            identity.parent_agent_id,
+            lowered.get("user-agent"),
+            request.path,
+            model if isinstance(model, str) else None,
+        ],
+        policy.rules,
+    )
+    session_key, agent_id, parent_agent_id, client, path, model = fields
     facts = RequestFacts(
-        _redact_identity(identify(lowered, body_json, key_fingerprint), policy.rules, fired),
-        key_fingerprint,
-        redact_optional(lowered.get("user-agent"), policy.rules, fired),
+        Identity(session_key or identity.session_key, identity.session_source, agent_id, parent_agent_id), key_fingerprint, client
     )
     headers, header_fired = redact_headers(request.headers, policy.extra_headers, policy.rules)
     body, body_fired = redact_json(request.body, policy.rules, parsed)
     query, query_fired = redact_query(request.query, policy.rules)
-    path = redact_optional(request.path, policy.rules, fired)
-    model = body_json.get("model") if body_json else None
-    model = redact_optional(model, policy.rules, fired) if isinstance(model, str) else None
     event = _envelope("REQUEST", request, facts, fired + header_fired + body_fired + query_fired, request.received_at)
     event["request"] = {
         "method": request.method,
@@ -228,15 +237,6 @@ def request_event(request: RequestRecord, policy: RedactionPolicy) -> tuple[dict
         "received_at": request.received_at,
     }
     return event, facts
-
-
-def _redact_identity(identity: Identity, rules: Sequence[Rule], fired: list[str]) -> Identity:
-    return Identity(
-        session_key=redact_optional(identity.session_key, rules, fired) or identity.session_key,
-        session_source=identity.session_source,
-        agent_id=redact_optional(identity.agent_id, rules, fired),
-        parent_agent_id=redact_optional(identity.parent_agent_id, rules, fired),
-    )
 
 
 def _json_outcome(body: bytes) -> Reassembled:

@@ -104,11 +104,13 @@ Engine = Callable[[Sequence[bytes]], Scan]
 
 def hyperscan_engine(patterns: Sequence[bytes]) -> Scan:
     """One Hyperscan database of every pattern, in prefilter mode: it may name a rule
-    that does not match (its own pattern then finds nothing), never miss one that does."""
+    that does not match (its own pattern then finds nothing), never miss one that does.
+    Multi-line, so that values scanned joined by newlines (`redact_headers`, `redact_fields`)
+    are each scanned as if alone: an anchored pattern (``^...$``) matches at each line."""
     import hyperscan
 
     database = hyperscan.Database()
-    flags = hyperscan.HS_FLAG_DOTALL | hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_SINGLEMATCH
+    flags = hyperscan.HS_FLAG_DOTALL | hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_MULTILINE
     database.compile(
         expressions=list(patterns), ids=list(range(len(patterns))), elements=len(patterns), flags=[flags] * len(patterns)
     )
@@ -127,14 +129,15 @@ def hyperscan_engine(patterns: Sequence[bytes]) -> Scan:
 
 
 def re2_engine(patterns: Sequence[bytes]) -> Scan:
-    """RE2's multi-pattern set, one linear pass: for platforms Hyperscan has no wheel for."""
+    """RE2's multi-pattern set, one linear pass: for platforms Hyperscan has no wheel for;
+    multi-line as Hyperscan's is."""
     import re2
 
     options = re2.Options()
     options.dot_nl = True
     patterns_set = re2.Set.SearchSet(options)
     for pattern in patterns:
-        patterns_set.Add(pattern)
+        patterns_set.Add(b"(?m)" + pattern)
     patterns_set.Compile()
     return lambda data: set(patterns_set.Match(data) or ())
 
@@ -253,6 +256,18 @@ def redact_optional(text: str | None, rules: Sequence[Rule], fired: list[str]) -
     clean, hits = redact_text(text, rules)
     fired.extend(hits)
     return clean
+
+
+def redact_fields(texts: Sequence[str | None], rules: Sequence[Rule]) -> tuple[list[str | None], list[str]]:
+    """Several short fields, each redacted as `redact_optional` does, found clean in one scan of them
+    all joined by newlines (the usual case: a scan per field cost more than its building), and redacted
+    one by one only when that scan names a rule or sees a ``%``. The automaton is multi-line, and a
+    newline is no word character, so each field is scanned there as if alone."""
+    joined = "\n".join([text for text in texts if text]).encode()
+    if not matcher(rules).candidates(joined) and b"%" not in joined:
+        return list(texts), []
+    fired: list[str] = []
+    return [redact_optional(text, rules, fired) for text in texts], fired
 
 
 def redact_json(body: bytes, rules: Sequence[Rule], document: Any = None) -> tuple[bytes, list[str]]:
