@@ -239,9 +239,8 @@ def request_event(request: RequestRecord, policy: RedactionPolicy) -> tuple[dict
     return event, facts
 
 
-def _json_outcome(body: bytes) -> Reassembled:
-    """A non-streamed answer: a message, an error, or something else kept only as the body."""
-    parsed = parse_json(body)
+def _json_outcome(parsed: Any) -> Reassembled:
+    """A non-streamed answer (its body parsed): a message, an error, or something else kept only as the body."""
     result = Reassembled(complete=True)
     if not isinstance(parsed, dict):
         return result
@@ -270,8 +269,9 @@ def response_event(
         outcome = response.assembled
         body, body_fired = redact_body(response.body, policy.rules)
     else:
-        body, body_fired = redact_json(response.body, policy.rules)
-        outcome = _json_outcome(body)
+        parsed = parse_json(response.body)
+        body, body_fired = redact_json(response.body, policy.rules, parsed)
+        outcome = _json_outcome(parsed if body is response.body else parse_json(body))  # a body kept is parsed once
     derived: list[str] = []
     error_type, error_message = response.proxy_error or (outcome.error_type, outcome.error_message)
     error_message = redact_optional(error_message, policy.rules, derived)
