@@ -18,7 +18,8 @@ measured in a process of its own, started with that tree as its cwd and first
 on its path, so its own code runs; rounds alternate between the trees, so both
 see the same machine load. A process reads each spool once to warm up, then
 `--passes` times timed (CPU time of the process); a row is the median over
-every timed pass of every round, in ms of CPU per exchange. The digest is a
+every timed pass of every round, in ms of CPU per exchange; `read` is the part
+of it the `LogReader` alone takes (passes that only read). The digest is a
 SHA-256 over every encoded message (key and value) in order: equal digests mean
 both trees put byte-identical events on the topic. `--profile` also runs this
 tree once under cProfile per scenario and prints its costliest functions.
@@ -175,18 +176,39 @@ def build_all(directory: Path, digest: Any = None) -> tuple[int, int]:
     return len(exchanges), events
 
 
+def read_all(directory: Path) -> int:
+    """Only the `LogReader`'s part of the path: every record read, none assembled."""
+    from proxy.logreader import LogReader, Position
+
+    reader, records = LogReader(directory, Position(0, 0)), 0
+    while reads := reader.poll():
+        records += len(reads)
+    reader.close()
+    return records
+
+
+def cpu_seconds(work: Any, *args: Any) -> float:
+    start = time.process_time()
+    work(*args)
+    return time.process_time() - start
+
+
 def measure(root: Path, names: list[str], passes: int) -> dict[str, Any]:
-    """Per scenario: a warm-up pass that takes the digest, then `passes` timed ones (process CPU time)."""
+    """Per scenario: a warm-up pass that takes the digest, then `passes` timed ones (process CPU time), each
+    beside a pass of reading alone."""
     rows = {}
     for name in names:
         directory, digest = root / slug(name), hashlib.sha256()
         exchanges, events = build_all(directory, digest)
-        times = []
-        for _ in range(passes):
-            start = time.process_time()
-            build_all(directory)
-            times.append(time.process_time() - start)
-        rows[name] = {"cpu_s": times, "exchanges": exchanges, "events": events, "digest": digest.hexdigest()}
+        times = [cpu_seconds(build_all, directory) for _ in range(passes)]
+        reading = [cpu_seconds(read_all, directory) for _ in range(passes)]
+        rows[name] = {
+            "cpu_s": times,
+            "read_cpu_s": reading,
+            "exchanges": exchanges,
+            "events": events,
+            "digest": digest.hexdigest(),
+        }
     return rows
 
 
@@ -223,10 +245,12 @@ def report(names: list[str], trees: list[tuple[str, list[dict[str, Any]]]]) -> d
         row: dict[str, Any] = {}
         for label, runs in trees:
             samples = [t for run in runs for t in run[name]["cpu_s"]]
+            reading = [t for run in runs for t in run[name]["read_cpu_s"]]
             exchanges = runs[0][name]["exchanges"]
             row[label] = {
                 "ms_per_exchange": 1000 * statistics.median(samples) / exchanges,
                 "min_ms_per_exchange": 1000 * min(samples) / exchanges,
+                "read_ms_per_exchange": 1000 * statistics.median(reading) / exchanges,
                 "exchanges": exchanges,
                 "events": runs[0][name]["events"],
                 "digest": runs[0][name]["digest"],
@@ -240,13 +264,13 @@ def report(names: list[str], trees: list[tuple[str, list[dict[str, Any]]]]) -> d
 
 
 def render(rows: dict[str, Any]) -> str:
-    lines = [f"{'scenario':<12} {'tree':<5} {'ms/exch':>8} {'min':>8} {'exch':>5} {'events':>6}  digest"]
+    lines = [f"{'scenario':<12} {'tree':<5} {'ms/exch':>8} {'min':>8} {'read':>6} {'exch':>5} {'events':>6}  digest"]
     for name, row in rows.items():
         for label in ("this", "base"):
             if label in row:
                 r = row[label]
                 lines.append(
-                    f"{name:<12} {label:<5} {r['ms_per_exchange']:8.3f} {r['min_ms_per_exchange']:8.3f}"
+                    f"{name:<12} {label:<5} {r['ms_per_exchange']:8.3f} {r['min_ms_per_exchange']:8.3f} {r['read_ms_per_exchange']:6.3f}"
                     f" {r['exchanges']:5d} {r['events']:6d}  {r['digest'][:16]}"
                 )
         if "ratio" in row:
