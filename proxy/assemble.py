@@ -196,6 +196,10 @@ class Assembler(OpenExchanges[Pending]):
         return Pending(read.at, request, last_at=read.record.at_ns, body_open=head.get("body_end", False))
 
     def _take(self, record: Record, pending: Pending) -> list[Built]:
+        if record.kind is Kind.RESPONSE_CHUNK and pending.facts is not None:  # most records: the request is built
+            if pending.recorder is not None:
+                pending.recorder.feed(record.payload)
+            return []
         if record.kind is Kind.REQUEST_BODY:
             pending.body.append(record.payload)
             return []

@@ -11,7 +11,6 @@ is the same event and changes nothing downstream.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import logging
 import time
 import uuid
@@ -28,13 +27,14 @@ from proxy.redact import (
     redact_body,
     redact_headers,
     redact_document,
+    redact_fields,
     redact_json,
     redact_optional,
     redact_query,
     redact_stream,
 )
 from proxy.session import Identity, identify
-from proxy.sse import MessageStream, Reassembled
+from proxy.sse import Reassembled, reassemble
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,10 @@ class ResponseRecord:
 
 
 class ResponseRecorder:
-    """A copy of the response body, decoded and (for SSE) reassembled as it streams."""
+    """A copy of the response body, decoded as it streams; an SSE body is reassembled at `finish`, in one
+    pass over its whole text. Why then: the response event is built only at the end anyway, and feeding
+    the reassembly chunk by chunk cost a round of parsing calls per chunk, most of an SSE exchange's
+    building (the message is the same either way, proxy/sse.py `MessageStream`)."""
 
     def __init__(self, request: RequestRecord, status: int, headers: list[tuple[str, str]]) -> None:
         self._request = request
@@ -91,20 +94,21 @@ class ResponseRecorder:
         lowered = {name.lower(): value for name, value in headers}
         self.content_encoding = lowered.get("content-encoding")
         self.is_sse = lowered.get("content-type", "").startswith("text/event-stream")
-        self._chunks: list[bytes] = []
         self._raw: list[bytes] = []
-        self._decoder: decode.Decoder | None = None
         self._decode_failed = False
-        self._text = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._stream = MessageStream() if self.is_sse else None
+        # None: nothing to undo (the body is its content, so the decoded chunks are the raw ones), or decoding failed
+        self._decoder: decode.Decoder | None = None
         try:
-            self._decoder = decode.decoder_for(self.content_encoding)
+            decoder = decode.decoder_for(self.content_encoding)
         except decode.UnsupportedEncoding:
             self._decode_failed = True
+        else:
+            self._decoder = None if isinstance(decoder, decode.Unencoded) else decoder
+        self._chunks: list[bytes] = self._raw if self._decoder is None and not self._decode_failed else []
 
     def feed(self, chunk: bytes) -> None:
         self._raw.append(chunk)
-        if self._decode_failed or self._decoder is None:
+        if self._decoder is None:
             return
         try:
             self._take(self._decoder.feed(chunk))
@@ -112,32 +116,30 @@ class ResponseRecorder:
             log.warning(
                 "exchange %s: cannot decode %s body; recording it as sent", self._request.exchange_id, self.content_encoding
             )
-            self._decode_failed = True
+            self._fail()
 
     def _take(self, data: bytes) -> None:
-        if not data:
-            return
-        self._chunks.append(data)
-        if self._stream is not None:
-            self._stream.feed(self._text.decode(data))
+        if data:
+            self._chunks.append(data)
+
+    def _fail(self) -> None:
+        self._decode_failed = True
+        self._decoder = None
 
     def finish(self, ending: Ending) -> ResponseRecord:
-        if not self._decode_failed and self._decoder is not None:
+        if self._decoder is not None:
             try:
                 self._take(self._decoder.flush())
             except Exception:  # noqa: BLE001
-                self._decode_failed = True
-        assembled = None
-        if self._stream is not None:
-            self._stream.feed(self._text.decode(b"", final=True))
-            assembled = self._stream.finish()
+                self._fail()
+        decoded = b"".join(self._chunks)  # what was decoded, up to a failure: the stream is reassembled from it
         return ResponseRecord(
             status=self.status,
             headers=self.headers,
-            body=b"".join(self._raw if self._decode_failed else self._chunks),
+            body=b"".join(self._raw) if self._decode_failed else decoded,
             content_encoding=self.content_encoding,
             is_sse=self.is_sse,
-            assembled=assembled,
+            assembled=reassemble(decoded.decode(errors="replace")) if self.is_sse else None,
             ttfb_ms=ending.ttfb_ms,
             duration_ms=ending.duration_ms,
             client_disconnected=ending.client_disconnected,
@@ -201,18 +203,26 @@ def request_event(request: RequestRecord, policy: RedactionPolicy) -> tuple[dict
     body_json = parsed if isinstance(parsed, dict) else None
     key_fingerprint = request.key_fingerprint
     lowered = _CaseInsensitive(request.headers)
-    fired: list[str] = []
+    identity = identify(lowered, body_json, key_fingerprint)
+    model = body_json.get("model") if body_json else None
+    fields, fired = redact_fields(
+        [
+            identity.session_key,
+            identity.agent_id,
+            identity.parent_agent_id,
+            lowered.get("user-agent"),
+            request.path,
+            model if isinstance(model, str) else None,
+        ],
+        policy.rules,
+    )
+    session_key, agent_id, parent_agent_id, client, path, model = fields
     facts = RequestFacts(
-        _redact_identity(identify(lowered, body_json, key_fingerprint), policy.rules, fired),
-        key_fingerprint,
-        redact_optional(lowered.get("user-agent"), policy.rules, fired),
+        Identity(session_key or identity.session_key, identity.session_source, agent_id, parent_agent_id), key_fingerprint, client
     )
     headers, header_fired = redact_headers(request.headers, policy.extra_headers, policy.rules)
     body, body_fired = redact_json(request.body, policy.rules, parsed)
     query, query_fired = redact_query(request.query, policy.rules)
-    path = redact_optional(request.path, policy.rules, fired)
-    model = body_json.get("model") if body_json else None
-    model = redact_optional(model, policy.rules, fired) if isinstance(model, str) else None
     event = _envelope("REQUEST", request, facts, fired + header_fired + body_fired + query_fired, request.received_at)
     event["request"] = {
         "method": request.method,
@@ -229,18 +239,8 @@ def request_event(request: RequestRecord, policy: RedactionPolicy) -> tuple[dict
     return event, facts
 
 
-def _redact_identity(identity: Identity, rules: Sequence[Rule], fired: list[str]) -> Identity:
-    return Identity(
-        session_key=redact_optional(identity.session_key, rules, fired) or identity.session_key,
-        session_source=identity.session_source,
-        agent_id=redact_optional(identity.agent_id, rules, fired),
-        parent_agent_id=redact_optional(identity.parent_agent_id, rules, fired),
-    )
-
-
-def _json_outcome(body: bytes) -> Reassembled:
-    """A non-streamed answer: a message, an error, or something else kept only as the body."""
-    parsed = parse_json(body)
+def _json_outcome(parsed: Any) -> Reassembled:
+    """A non-streamed answer (its body parsed): a message, an error, or something else kept only as the body."""
     result = Reassembled(complete=True)
     if not isinstance(parsed, dict):
         return result
@@ -269,8 +269,9 @@ def response_event(
         outcome = response.assembled
         body, body_fired = redact_body(response.body, policy.rules)
     else:
-        body, body_fired = redact_json(response.body, policy.rules)
-        outcome = _json_outcome(body)
+        parsed = parse_json(response.body)
+        body, body_fired = redact_json(response.body, policy.rules, parsed)
+        outcome = _json_outcome(parsed if body is response.body else parse_json(body))  # a body kept is parsed once
     derived: list[str] = []
     error_type, error_message = response.proxy_error or (outcome.error_type, outcome.error_message)
     error_message = redact_optional(error_message, policy.rules, derived)

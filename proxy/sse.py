@@ -55,8 +55,8 @@ class SSEParser:
             if text:
                 self._buffer.append(text)
             return []
-        pending = "".join([*self._buffer, text])
-        lines = _LINE_BREAK.split(pending)
+        pending = "".join([*self._buffer, text]) if self._buffer else text
+        lines = _LINE_BREAK.split(pending) if "\r" in pending else pending.split("\n")  # the usual stream: LF only
         rest = lines.pop()
         if pending.endswith("\r"):
             # That "\r" may be the first half of a "\r\n": keep its line until the next chunk.

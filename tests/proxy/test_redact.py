@@ -13,10 +13,13 @@ from proxy.redact import (
     custom_rules,
     fingerprint,
     hyperscan_engine,
+    matcher,
     re2_engine,
     redact_body,
+    redact_fields,
     redact_headers,
     redact_json,
+    redact_optional,
     redact_pieces,
     redact_query,
     redact_stream,
@@ -236,6 +239,53 @@ def test_one_matcher_scans_from_many_threads_at_once(engine: Engine) -> None:
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda _: [rule.name for rule in found.candidates(body)], range(200)))
     assert all("anthropic_key" in names for names in results)
+
+
+def test_the_same_rules_get_the_same_matcher_whether_asked_by_identity_or_by_value() -> None:
+    custom = custom_rules([r"tok_[0-9]{6}"])
+    assert matcher(BUILTIN_RULES) is matcher(BUILTIN_RULES) is matcher(tuple(BUILTIN_RULES))
+    assert matcher(BUILTIN_RULES + custom) is matcher(BUILTIN_RULES + custom)  # equal tuples, another identity
+    assert matcher(BUILTIN_RULES + custom) is not matcher(BUILTIN_RULES)
+
+
+def test_a_list_of_rules_changed_between_calls_is_matched_as_it_is_now() -> None:
+    rules = list(BUILTIN_RULES)
+    assert redact_body(b"tok_123456", rules) == (b"tok_123456", [])
+    rules += custom_rules([r"tok_[0-9]{6}"])
+    assert redact_body(b"tok_123456", rules) == (b"[REDACTED:custom_1]", ["custom_1"])
+
+
+ANCHORED = custom_rules([r"^tok_[0-9]{6}$"])
+
+
+@pytest.mark.parametrize("engine", [hyperscan_engine, re2_engine])
+def test_the_automaton_reads_each_line_of_values_joined_by_newlines_as_if_alone(engine: Engine) -> None:
+    found = Matcher(BUILTIN_RULES + ANCHORED, engine)
+    assert [rule.name for rule in found.candidates(b"first\ntok_123456\nlast")] == ["custom_1"]
+    assert [rule.name for rule in found.candidates(b"first\n" + SECRETS["aws_access_key"].encode())] == ["aws_access_key"]
+
+
+def test_an_anchored_custom_rule_redacts_any_header_not_only_the_first() -> None:
+    # The headers are scanned joined by newlines: a single-line automaton saw `^` only at the first one's start.
+    headers, fired = redact_headers([("accept", "*/*"), ("x-token", "tok_123456")], frozenset(), BUILTIN_RULES + ANCHORED)
+    assert headers[1] == {"name": "x-token", "value": "[REDACTED:custom_1]"} and fired == ["custom_1"]
+
+
+def test_clean_fields_come_back_as_they_were() -> None:
+    fields = ["session-1", None, "", "claude-cli/2.1.0 (external, cli)", "/v1/messages", "claude-sonnet-4-5"]
+    assert redact_fields(fields, BUILTIN_RULES) == (fields, [])
+
+
+@pytest.mark.parametrize("secret", [*SECRETS.values(), "tok_123456", "Bearer%20abcdefghijklmnopqrstuvwxyz012345", "tok%5F123456"])
+@pytest.mark.parametrize("where", range(3))
+def test_fields_are_redacted_as_each_would_be_alone(secret: str, where: int) -> None:
+    rules = BUILTIN_RULES + ANCHORED
+    fields: list[str | None] = ["session-1", None, "claude-cli/2.1.0"]
+    fields[where] = secret
+    fired: list[str] = []
+    alone = [redact_optional(field, rules, fired) for field in fields]
+    assert redact_fields(fields, rules) == (alone, fired)
+    assert fired and secret not in (alone[where] or "")
 
 
 def test_a_match_across_two_json_strings_does_not_eat_the_json_between_them() -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
+from fastavro import schemaless_writer
 
 from schemas.codec import (
     EXCHANGE,
@@ -74,6 +77,35 @@ def test_omitted_defaulted_fields_are_filled_on_encode() -> None:
         del event[name]
     decoded = make_decoder(None).decode_local(single_object_encoder().encode(event))
     assert decoded == request_event(client=None, redactions=[])
+
+
+@pytest.mark.parametrize("event", [request_event(), response_event(), response_event(is_sse=False, status=529)])
+def test_encoding_is_fastavros_own_bytes_behind_the_header(event: dict) -> None:
+    # The encoder names the branch of `request`/`response` for fastavro (tuple notation) instead of letting it
+    # validate the record to find it: the bytes must be those fastavro writes when left to find it itself.
+    plain = io.BytesIO()
+    schemaless_writer(plain, load_schema(EXCHANGE), event)
+    assert single_object_encoder().encode(event) == single_object_header(raw_schema(EXCHANGE)) + plain.getvalue()
+
+
+def test_a_nested_record_with_a_misspelt_field_is_refused() -> None:
+    event = response_event()
+    event["response"]["statsu"] = 200
+    with pytest.raises(EncodeError, match="more fields than the schema"):
+        single_object_encoder().encode(event)
+
+
+def test_a_nested_record_missing_a_field_is_refused() -> None:
+    event = request_event()
+    del event["request"]["method"]
+    with pytest.raises(EncodeError):
+        single_object_encoder().encode(event)
+
+
+def test_encoding_leaves_the_event_as_it_was() -> None:
+    event = request_event()
+    single_object_encoder().encode(event)
+    assert event == request_event()
 
 
 def test_misspelt_field_is_refused_not_dropped() -> None:
