@@ -184,13 +184,16 @@ async def _relay(
         client_gone = not await _send(response.prepare(request))
         chunk = first
         while not client_gone:
-            if chunk:
-                exchange.chunk(chunk)
-            if upstream.at_eof():  # the last bytes and the end of the answer leave in one write
+            if upstream.at_eof():  # the last bytes, the exchange's end and the answer's end: one log write, one client write
                 upstream_done = True
-                client_gone = not await _send(response.write_eof(chunk))
+                client_gone = _gone(request)
+                if chunk:
+                    exchange.chunk(chunk, hold=True)
+                exchange.end(client_disconnected=client_gone, upstream_complete=True)
+                client_gone = not await _send(response.write_eof(chunk)) or client_gone
                 break
             if chunk:
+                exchange.chunk(chunk)
                 client_gone = not await _send(response.write(chunk))
             chunk = await upstream.next()
     except (UpstreamError, aiohttp.ClientError, TimeoutError) as exc:
@@ -237,6 +240,13 @@ async def _send(write: Awaitable[object]) -> bool:
     return True
 
 
+def _gone(request: web.Request) -> bool:
+    """Whether a write to the client would fail now: aiohttp refuses one to a closing transport, and
+    that is the only way a write fails before the bytes are handed on."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 def decoded(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw]
 
@@ -251,7 +261,7 @@ def _fail(request: web.Request, exchange: Exchange, failure: errors.ProxyError) 
     app = request.app
     body = failure.body()
     exchange.response_head(failure.status, [("Content-Type", "application/json")], with_chunk=True)
-    exchange.chunk(body)
+    exchange.chunk(body, hold=True)  # the end follows at once, and both are in the log before the answer goes
     left = isinstance(failure, errors.ClientLeft)
     exchange.end(client_disconnected=left, upstream_complete=False, proxy_error=(failure.kind, str(failure)))
     app[METRICS].count_request(request.method, failure.status)

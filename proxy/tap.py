@@ -5,7 +5,9 @@ fingerprint computed from it, so no credential ever reaches the disk), the
 request body in chunks as they arrive (each before it goes upstream: the relay
 never holds a whole body) and a request-end record once the body is over, the
 response head, each response chunk as it came, and an end record with how it
-ended and its timings. Everything else (decoding,
+ended and its timings (a relayed answer's end leaves in one write with its last
+chunk, before that chunk goes on: a client that leaves while the last bytes
+drain is not told apart). Everything else (decoding,
 SSE reassembly, body redaction, session parsing, Avro, Kafka) is the capture
 worker's. The MCP Streamable HTTP relay appends its requests the same way,
 their head of its own kind (`Tap.request` with `mcp`). Appends are plain
@@ -103,6 +105,7 @@ class Exchange:
     headed: bool = False  # the request head made it into the log: only then does the end go there too
     body_bytes: int = 0
     body_over: bool = False  # its REQUEST_END is in the log: a piece read after it is not the request's
+    ended: bool = False  # its END is in the log: nothing more is appended
 
     @property
     def label(self) -> str:
@@ -135,14 +138,18 @@ class Exchange:
         head = {"status": status, "headers": scrubbed(headers, self.tap.policy.secret_names)}
         self._append(Kind.RESPONSE_HEAD, orjson.dumps(head), hold=with_chunk)
 
-    def chunk(self, data: bytes) -> None:
+    def chunk(self, data: bytes, *, hold: bool = False) -> None:
+        """`hold`: the end comes next, before the chunk goes on, so the two leave in one write."""
         if self.first_byte_ns is None:
             self.first_byte_ns = time.perf_counter_ns()
-        self._append(Kind.RESPONSE_CHUNK, data)
+        self._append(Kind.RESPONSE_CHUNK, data, hold=hold)
 
     def end(self, *, client_disconnected: bool, upstream_complete: bool, proxy_error: tuple[str, str] | None = None) -> None:
-        if not self.headed:
+        """The exchange's last record; only the first call counts (the relay ends an exchange before its
+        last bytes go on, and again, to no effect, on its way out)."""
+        if not self.headed or self.ended:
             return
+        self.ended = True
         self.body_end(partial=True)  # no-op for a body that ended; one the upstream answered before it ended, flagged
         now = time.perf_counter_ns()
         ending = {
