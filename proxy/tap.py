@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import struct
 import time
 import uuid
@@ -86,6 +87,24 @@ def request_head(record: RequestRecord, policy: HeaderPolicy, mcp: dict[str, Any
         "body_end": True,  # a REQUEST_END closes the body (logs written before it existed have none)
     }
     return orjson.dumps(head if mcp is None else head | {"mcp": mcp})
+
+
+def exchange_id() -> str:
+    """A random (version 4) UUID's text, made without a `uuid.UUID` (whose str() alone took ~2 % of the
+    relay's CPU per exchange): the relay needs only the text, for its own log lines, and the log's 16 bytes."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def id_bytes(exchange_id: str) -> bytes:
+    """A UUID's text (``8-4-4-4-12`` hex digits) as its 16 bytes, as `uuid.UUID(...).bytes` gives them, parsed in one C call."""
+    raw = bytes.fromhex(exchange_id.replace("-", ""))
+    if len(raw) != 16:
+        raise ValueError(f"not a UUID: {exchange_id!r}")
+    return raw
 
 
 def chunks(body: bytes, size: int = CHUNK_BYTES) -> Iterable[memoryview]:
@@ -180,7 +199,7 @@ class Tap:
     def streaming(self, record: RequestRecord, declared: int | None, mcp: dict[str, Any] | None = None) -> Exchange:
         """Append the request head; its body follows through `Exchange.body` and `body_end`. The log
         admits the head and the `declared` body length together or neither: never a request cut short."""
-        exchange = Exchange(self, uuid.UUID(record.exchange_id).bytes)
+        exchange = Exchange(self, id_bytes(record.exchange_id))
         head = request_head(record, self.policy, mcp)
         body = declared or 0
         if not self.writer.admit(len(head) + body + (3 + body // CHUNK_BYTES) * PREFIX):
