@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 from aiohttp import web
+from aiohttp.web_urldispatcher import _InfoDict
+from yarl import URL
 
 from common.config import mask_url
 from common.outages import HEALTH
@@ -27,7 +29,7 @@ from proxy.capture import RequestRecord
 from proxy.logwriter import LogWriter
 from proxy.metrics import CONTENT_TYPE, ProxyMetrics
 from proxy.settings import ProxySettings, fingerprint_key
-from proxy.tap import Exchange, HeaderPolicy, McpSink, Tap, capture_log
+from proxy.tap import Exchange, HeaderPolicy, McpSink, Tap, capture_log, exchange_id
 from proxy.upstream import Origin, Pool, Response, UpstreamError, content_length, header
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
         http_version=f"{request.version.major}.{request.version.minor}",
         headers=raw_headers,
         body=b"",
+        exchange_id=exchange_id(),
     )
     if not origin_form:
         refusal = f"KGB proxy: {request.method} {request.raw_path} is not relayed: only a path goes upstream"
@@ -184,13 +187,16 @@ async def _relay(
         client_gone = not await _send(response.prepare(request))
         chunk = first
         while not client_gone:
-            if chunk:
-                exchange.chunk(chunk)
-            if upstream.at_eof():  # the last bytes and the end of the answer leave in one write
+            if upstream.at_eof():  # the last bytes, the exchange's end and the answer's end: one log write, one client write
                 upstream_done = True
-                client_gone = not await _send(response.write_eof(chunk))
+                client_gone = _gone(request)
+                if chunk:
+                    exchange.chunk(chunk, hold=True)
+                exchange.end(client_disconnected=client_gone, upstream_complete=True)
+                client_gone = not await _send(response.write_eof(chunk)) or client_gone
                 break
             if chunk:
+                exchange.chunk(chunk)
                 client_gone = not await _send(response.write(chunk))
             chunk = await upstream.next()
     except (UpstreamError, aiohttp.ClientError, TimeoutError) as exc:
@@ -237,6 +243,13 @@ async def _send(write: Awaitable[object]) -> bool:
     return True
 
 
+def _gone(request: web.Request) -> bool:
+    """Whether a write to the client would fail now: aiohttp refuses one to a closing transport, and
+    that is the only way a write fails before the bytes are handed on."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 def decoded(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw]
 
@@ -251,7 +264,7 @@ def _fail(request: web.Request, exchange: Exchange, failure: errors.ProxyError) 
     app = request.app
     body = failure.body()
     exchange.response_head(failure.status, [("Content-Type", "application/json")], with_chunk=True)
-    exchange.chunk(body)
+    exchange.chunk(body, hold=True)  # the end follows at once, and both are in the log before the answer goes
     left = isinstance(failure, errors.ClientLeft)
     exchange.end(client_disconnected=left, upstream_complete=False, proxy_error=(failure.kind, str(failure)))
     app[METRICS].count_request(request.method, failure.status)
@@ -319,8 +332,35 @@ def build_app(settings: ProxySettings, metrics: ProxyMetrics | None = None) -> w
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics_endpoint)
-    app.router.add_route("*", r"/{tail:[\s\S]*}", forward)  # not `.*`: a %0A in the path decodes to a newline
+    everything = Everything()
+    app.router.register_resource(everything)
+    everything.add_route("*", forward)
     return app
+
+
+class Everything(web.Resource):
+    """Every path, under the others: what they do not take is relayed. The router tries it last for any path,
+    by its canonical ``/``; it matches by saying yes, where a ``/{tail:...}`` route ran a regex over the path
+    and unquoted it on every request, for a tail nothing reads."""
+
+    @property
+    def canonical(self) -> str:
+        return "/"
+
+    def url_for(self, **parts: str) -> URL:
+        return URL("/")
+
+    def add_prefix(self, prefix: str) -> None:
+        raise NotImplementedError("the relayed paths are all of them: a prefix would hide the rest")
+
+    def get_info(self) -> _InfoDict:
+        return {"path": "/"}
+
+    def raw_match(self, path: str) -> bool:
+        return False  # no route added later joins it
+
+    def _match(self, path: str) -> dict[str, str]:
+        return {}
 
 
 @web.middleware

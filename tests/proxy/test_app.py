@@ -18,8 +18,11 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 
 from proxy.app import HOP_BY_HOP, build_app
+from proxy.logformat import Kind
+from proxy.logreader import LogReader, Position
 from proxy.settings import ProxySettings
 from tests.fakes.anthropic import (
     FakeAnthropic,
@@ -411,3 +414,28 @@ async def test_an_upstream_answering_before_the_body_ends_reaches_the_client_and
     assert recorded["status"] == status and orjson.loads(recorded["body"])["error"]["type"] == "request_too_large"
     assert sent.startswith(piece) and set(sent) == {ord("y")} and len(sent) < 40 * len(piece)
     assert recorded["error_type"] == "capture_incomplete"
+
+
+async def test_the_exchange_is_in_the_log_whole_by_the_time_the_client_has_the_answer(tmp_path: Path) -> None:
+    """The last chunk and the END leave in one log write before the last bytes go on: a relay killed once the
+    client has its answer has the exchange in its log, ended, however soon after (no worker runs here)."""
+    spool = tmp_path / "spool"
+    reader = LogReader(spool, Position(0, 0))
+    async with FakeAnthropic() as fake:
+        fake.enqueue(text_stream("streamed", deltas=20), json_message("whole"))
+        runner = web.AppRunner(build_app(settings_for(fake.url, "127.0.0.1:1", "unused", spool)))
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", free_port())
+        await site.start()
+        try:
+            for stream in (True, False):
+                proxied, answer = await fetch(site.name + "/v1/messages", body(stream=stream))
+                assert proxied.status == 200 and answer
+                records = [read.record for read in reader.poll() if read.record.kind is not Kind.WRITER_START]
+                assert len({record.exchange for record in records}) == 1
+                kinds = [record.kind for record in records]
+                assert kinds[:4] == [Kind.REQUEST_HEAD, Kind.REQUEST_BODY, Kind.REQUEST_END, Kind.RESPONSE_HEAD]
+                assert set(kinds[4:-1]) == {Kind.RESPONSE_CHUNK} and kinds[-1] is Kind.END
+                assert b"".join(record.payload for record in records[4:-1]) == answer
+        finally:
+            await runner.cleanup()

@@ -16,7 +16,7 @@ from proxy.logformat import Kind
 from proxy.logreader import LogReader, Position
 from proxy.logwriter import FsyncPolicy, LogSettings, LogWriter, segments
 from proxy.redact import BUILTIN_RULES
-from proxy.tap import capture_log
+from proxy.tap import capture_log, exchange_id, id_bytes
 
 EXCHANGE = uuid.uuid4().bytes
 
@@ -301,3 +301,16 @@ async def test_the_interval_fsync_runs_while_any_user_of_a_shared_log_is_open(
     syncs.clear()
     await asyncio.sleep(0.05)
     assert syncs == []
+
+
+def test_exchange_ids_are_version_4_uuids_and_their_text_parses_to_the_uuids_bytes() -> None:
+    ids = [exchange_id() for _ in range(200)]
+    assert len(set(ids)) == 200
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
+        assert id_bytes(text) == parsed.bytes
+    with pytest.raises(ValueError):
+        id_bytes("exchange-1")
+    with pytest.raises(ValueError):
+        id_bytes("0123")
