@@ -42,6 +42,9 @@ class Kind(enum.IntEnum):
     # "body_end" is followed by one, and its request event waits for it (or the END)
 
 
+KINDS = {kind.value: kind for kind in Kind}  # a dict lookup per record, not an enum call and its ValueError
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
     kind: Kind
@@ -81,18 +84,18 @@ def decode_at(buffer: bytes | memoryview, offset: int) -> tuple[Record, int] | N
     start, end = offset + HEADER.size, offset + HEADER.size + length
     if len(buffer) < end:
         return None
-    body = bytes(buffer[start:end])
-    if crc32(body) != crc:
+    # the payload is copied out once, and the checksum taken over it where it lies (as `prefix` takes it)
+    payload = bytes(buffer[start + FIXED.size : end])
+    if crc32(payload, crc32(buffer[start : start + FIXED.size])) != crc:
         raise Damaged(f"checksum mismatch at offset {offset}")
-    kind, exchange, at_ns = FIXED.unpack_from(body, 0)
-    try:
-        kind = Kind(kind)
-    except ValueError:
+    number, exchange, at_ns = FIXED.unpack_from(buffer, start)
+    kind = KINDS.get(number)
+    if kind is None:
         raise NewerLog(
-            f"record kind {kind} at offset {offset} is not one this KGB knows (it knows 1 to {max(Kind)}): a newer KGB"
+            f"record kind {number} at offset {offset} is not one this KGB knows (it knows 1 to {max(Kind)}): a newer KGB"
             " wrote this log; run that version's worker until the log is published (README: Downgrading)"
-        ) from None
-    return Record(kind, exchange, at_ns, body[FIXED.size :]), end
+        )
+    return Record(kind, exchange, at_ns, payload), end
 
 
 def needed_at(buffer: bytes | memoryview, offset: int) -> int:

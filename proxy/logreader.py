@@ -120,7 +120,7 @@ class LogReader:
         data = os.pread(self._file, want, self._base + len(self._buffer))
         if not data:
             return False
-        self._buffer += data
+        self._buffer = self._buffer + data if self._buffer else data  # caught up, the usual case: no copy
         return True
 
     def _newer_segment(self) -> bool:
