@@ -26,6 +26,7 @@ from proxy.logwriter import segment_name, segment_seqs
 log = logging.getLogger(__name__)
 
 READ_BYTES = 1024 * 1024
+ARENA_KEPT = 4 * READ_BYTES  # a reader's buffer over this is not kept once what it holds is read
 
 
 class Position(NamedTuple):
@@ -42,12 +43,51 @@ class Read:
     after: Position
 
 
+class Window:
+    """What has been read of a segment from one offset on, in one buffer used again read after read: a fresh
+    megabyte per read, and a copy to join it to the record half read before, cost more than decoding it."""
+
+    def __init__(self) -> None:
+        self._arena = bytearray()
+        self.view = memoryview(self._arena)[:0]  # the bytes read; released before the arena changes size
+
+    def drop(self, count: int) -> None:
+        """Forget the first `count` bytes (consumed), keeping the rest at the front; an arena a record of many
+        megabytes grew is let go once it is read, so the worker does not keep its size."""
+        kept = len(self.view) - count
+        if len(self._arena) > ARENA_KEPT and kept <= READ_BYTES:
+            rest = bytes(self.view[count:])
+            self.view.release()
+            self._arena = bytearray(rest)
+        else:
+            self.view[:kept] = self.view[count:]
+        self._resize(kept)
+
+    def read(self, fd: int, want: int, at: int) -> int:
+        """Append up to `want` bytes of `fd` from offset `at`; how many there were."""
+        have = len(self.view)
+        self.view.release()
+        if len(self._arena) < have + want:
+            self._arena.extend(bytes(have + want - len(self._arena)))
+        with memoryview(self._arena) as arena:
+            got = os.preadv(fd, [arena[have : have + want]], at)
+        self._resize(have + got)
+        return got
+
+    def clear(self) -> None:
+        self.drop(len(self.view))
+
+    def _resize(self, length: int) -> None:
+        self.view.release()
+        self.view = memoryview(self._arena)[:length]
+
+
 class LogReader:
     def __init__(self, directory: Path, start: Position) -> None:
         self.directory = directory
         self._seq = start.seq
-        self._base = start.offset  # file offset of _buffer[0]
-        self._buffer = b""
+        self._base = start.offset  # file offset of the window's first byte
+        self._window = Window()
         self._cursor = 0
         self._file: int | None = None
         self.torn = 0
@@ -69,7 +109,7 @@ class LogReader:
             if self._file is None and not self._open():
                 break
             try:
-                decoded = logformat.decode_at(self._buffer, self._cursor)
+                decoded = logformat.decode_at(self._window.view, self._cursor)
             except logformat.NewerLog as exc:
                 if reads:  # what comes before it is this version's: the worker publishes it first
                     break
@@ -105,23 +145,21 @@ class LogReader:
             later = [seq for seq in segment_seqs(self.directory) if seq > self._seq]
             if not later:
                 return False
-            self._seq, self._base, self._buffer, self._cursor = later[0], 0, b"", 0
+            self._seq, self._base, self._cursor = later[0], 0, 0
+            self._window.clear()
             return self._open()
         return True
 
     def _fill(self) -> bool:
         """Read more of the segment; False at its current end."""
         assert self._file is not None
+        window = self._window
         if self._cursor:
             self._base += self._cursor
-            self._buffer = self._buffer[self._cursor :]
+            window.drop(self._cursor)
             self._cursor = 0
-        want = max(READ_BYTES, logformat.needed_at(self._buffer, 0) - len(self._buffer))
-        data = os.pread(self._file, want, self._base + len(self._buffer))
-        if not data:
-            return False
-        self._buffer = self._buffer + data if self._buffer else data  # caught up, the usual case: no copy
-        return True
+        want = max(READ_BYTES, logformat.needed_at(window.view, 0) - len(window.view))
+        return window.read(self._file, want, self._base + len(window.view)) > 0
 
     def _newer_segment(self) -> bool:
         return any(seq > self._seq for seq in segment_seqs(self.directory))
@@ -130,12 +168,12 @@ class LogReader:
         """At the end of what is written: move on if the writer has (after one last read), else wait."""
         if not self._newer_segment() or self._fill():
             return False
-        if self._cursor < len(self._buffer):
+        if self._cursor < len(self._window.view):
             self.torn += 1
             log.warning(
                 "capture log segment %d ends in a torn record (%d bytes; its writer was killed mid-write); skipped",
                 self._seq,
-                len(self._buffer) - self._cursor,
+                len(self._window.view) - self._cursor,
             )
         self._advance()
         return True
@@ -151,4 +189,5 @@ class LogReader:
 
     def _advance(self) -> None:
         self.close()
-        self._seq, self._base, self._buffer, self._cursor = self._seq + 1, 0, b"", 0
+        self._seq, self._base, self._cursor = self._seq + 1, 0, 0
+        self._window.clear()

@@ -13,7 +13,7 @@ import pytest
 from proxy import checkpoint, logformat, worker
 from proxy.capture import RedactionPolicy
 from proxy.logformat import Kind
-from proxy.logreader import LogReader, Position
+from proxy.logreader import ARENA_KEPT, READ_BYTES, LogReader, Position, Window
 from proxy.logwriter import FsyncPolicy, LogSettings, LogWriter, segments
 from proxy.redact import BUILTIN_RULES
 from proxy.tap import capture_log, exchange_id, id_bytes
@@ -314,3 +314,23 @@ def test_exchange_ids_are_version_4_uuids_and_their_text_parses_to_the_uuids_byt
         id_bytes("exchange-1")
     with pytest.raises(ValueError):
         id_bytes("0123")
+
+
+def test_the_readers_window_keeps_unread_bytes_in_order_and_lets_a_grown_buffer_go(tmp_path: Path) -> None:
+    data = os.urandom(ARENA_KEPT + 2 * READ_BYTES)
+    path = tmp_path / "segment"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        window, start = Window(), ARENA_KEPT + 7
+        end = window.read(fd, ARENA_KEPT + READ_BYTES, 0)
+        window.drop(start)  # most of a grown buffer read: what is left moves to a buffer of its own
+        assert bytes(window.view) == data[start:end]
+        end += window.read(fd, READ_BYTES, end)
+        window.drop(100)  # a little read: what is left moves to the front
+        assert bytes(window.view) == data[start + 100 : end] and end == len(data)
+        assert window.read(fd, READ_BYTES, end) == 0
+        window.clear()
+        assert len(window.view) == 0
+    finally:
+        os.close(fd)
