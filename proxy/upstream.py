@@ -13,10 +13,11 @@ consumer gets the final one.
 An upstream may close a kept-alive connection just as the next request goes on it (its idle timeout). A
 request that then meets EOF or a reset before any byte of its answer is sent once more, on a new
 connection, when that is safe to do: its body was whole in memory (bytes, or none), so it goes again as
-it went, and nothing of the answer was passed on. A streamed body is never sent twice. POSTs are
-sent again too (nearly all the relays send): RFC 9110 §9.2.2 would not retry a non-idempotent request,
-since an upstream that applied it and then died unanswering sees it twice; an idle close is by far the
-likelier cause here, and the client would otherwise get a 502 for a request the upstream never read.
+it went, nothing of the answer was passed on, and sending it twice cannot apply it twice. That last part
+is RFC 9110 §9.2.2: an idempotent method, or a request carrying an `Idempotency-Key` (as Go's client
+also decides). Every API call is a POST, and an upstream that took one and died unanswering would bill it
+twice, so a POST without a key gets the 502 and its client decides; the Anthropic SDK and Claude Code
+retry 5xx answers themselves. A streamed body is never sent twice.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ HIGH_WATER = 2**18
 # A bytes body up to this size is copied behind the head, for one write (and one segment) in place of two.
 WHOLE_BODY_COPY_MAX = 2**16
 _NO_BODY_STATUS = frozenset({204, 304})
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class UpstreamError(Exception):
@@ -82,6 +84,11 @@ def request_head(method: str, target: str, host: str, headers: list[tuple[str, s
 def header(headers: Iterable[tuple[str, str]], name: str) -> str | None:
     """The first value of a header, by its lower-case name (the relays' and the MCP events' one lookup)."""
     return next((value for key, value in headers if key.lower() == name), None)
+
+
+def replayable(method: str, headers: list[tuple[str, str]]) -> bool:
+    """Whether sending the request twice has the effect of sending it once (see the module's docstring)."""
+    return method in _IDEMPOTENT or header(headers, "idempotency-key") is not None
 
 
 def content_length(headers: list[tuple[str, str]]) -> int | None:
@@ -418,7 +425,7 @@ class Pool:
         timeout = self._read_timeout if timed else None
         slots = self._origins.setdefault(origin, _Slots(self._limit))
         connection = await slots.take()
-        replay = connection is not None and (body is None or isinstance(body, bytes))
+        replay = connection is not None and (body is None or isinstance(body, bytes)) and replayable(method, headers)
         while True:
             connection, response = await self._on(slots, connection, origin, method == "HEAD", timeout)
             try:

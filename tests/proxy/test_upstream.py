@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 import pytest
 import uvloop
 
-from proxy.upstream import HIGH_WATER, Origin, Pool, Response, StreamBroken, UpstreamError, UpstreamTimeout
+from proxy.upstream import HIGH_WATER, Origin, Pool, Response, StreamBroken, UpstreamError, UpstreamTimeout, replayable
 from tests.services import free_port
 
 
@@ -242,7 +242,7 @@ def test_on_uvloop_too() -> None:
     uvloop.run(test_a_connection_is_reused_for_the_next_request_and_content_length_bodies_come_whole())
     uvloop.run(test_a_slow_consumer_pauses_the_upstream_socket_and_the_buffer_stays_bounded())
     for reset in (False, True):
-        uvloop.run(test_a_reused_connection_found_dead_is_replaced_and_the_request_sent_again(reset, b"{}"))
+        uvloop.run(test_a_reused_connection_found_dead_is_replaced_and_the_request_sent_again(reset, "PUT", [], b"{}"))
 
 
 def closing_second(heads: list[bytes], connections: list[asyncio.StreamWriter], *, reset: bool) -> Answer:
@@ -265,17 +265,53 @@ def closing_second(heads: list[bytes], connections: list[asyncio.StreamWriter], 
 
 
 @pytest.mark.parametrize("reset", [False, True], ids=["eof", "reset"])
-@pytest.mark.parametrize("body", [None, b'{"jsonrpc":"2.0"}'], ids=["no-body", "bytes-body"])
-async def test_a_reused_connection_found_dead_is_replaced_and_the_request_sent_again(reset: bool, body: bytes | None) -> None:
+@pytest.mark.parametrize(
+    ("method", "headers", "body"),
+    [("GET", [], None), ("PUT", [], b'{"jsonrpc":"2.0"}'), ("POST", [("Idempotency-Key", "k-1")], b'{"jsonrpc":"2.0"}')],
+    ids=["get", "put-bytes", "post-with-idempotency-key"],
+)
+async def test_a_reused_connection_found_dead_is_replaced_and_the_request_sent_again(
+    reset: bool, method: str, headers: list[tuple[str, str]], body: bytes | None
+) -> None:
     heads: list[bytes] = []
     connections: list[asyncio.StreamWriter] = []
     async with upstream(closing_second(heads, connections, reset=reset)) as origin, Pool(1, 5.0, 5.0) as pool:
-        async with await pool.request(origin, "POST", "/1", [], body) as response:
+        async with await pool.request(origin, method, "/1", headers, body) as response:
             assert await whole(response) == b"first"
-        async with await pool.request(origin, "POST", "/2", [], body) as response:
+        async with await pool.request(origin, method, "/2", headers, body) as response:
             assert (response.status, await whole(response)) == (200, b"again")
     assert len(connections) == 2
     assert [head.split(b" ")[1] for head in heads] == [b"/1", b"/2", b"/2"], "sent on the dead one, then once on a new one"
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["eof", "reset"])
+async def test_a_post_without_an_idempotency_key_is_never_sent_twice(reset: bool) -> None:
+    """An upstream that applied it and then died unanswering would see it twice: the client gets the error."""
+    heads: list[bytes] = []
+    connections: list[asyncio.StreamWriter] = []
+    async with upstream(closing_second(heads, connections, reset=reset)) as origin, Pool(1, 5.0, 5.0) as pool:
+        async with await pool.request(origin, "POST", "/1", [], b"{}") as response:
+            assert await whole(response) == b"first"
+        with pytest.raises(StreamBroken):
+            await pool.request(origin, "POST", "/2", [], b'{"model":"m"}')
+    assert len(connections) == 1
+    assert [head.split(b" ")[1] for head in heads] == [b"/1", b"/2"], "sent once, on the connection that died"
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "expected"),
+    [
+        ("GET", [], True),
+        ("DELETE", [], True),
+        ("POST", [], False),
+        ("PATCH", [], False),
+        ("POST", [("idempotency-key", "a")], True),
+        ("POST", [("Idempotency-Key", "a")], True),
+        ("POST", [("x-idempotency", "a")], False),
+    ],
+)
+def test_replayable_follows_rfc_9110(method: str, headers: list[tuple[str, str]], expected: bool) -> None:
+    assert replayable(method, headers) is expected
 
 
 async def test_a_streamed_body_is_not_sent_twice_when_its_reused_connection_is_dead() -> None:
