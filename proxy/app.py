@@ -306,7 +306,12 @@ def _dumps(value: object) -> str:
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    async with Pool(settings.upstream_connections, settings.connect_timeout, settings.read_timeout) as pool:
+    async with Pool(
+        settings.upstream_connections,
+        settings.connect_timeout,
+        settings.read_timeout,
+        idle_timeout=settings.upstream_idle_timeout,
+    ) as pool:
         app[SESSION] = pool
         yield
 

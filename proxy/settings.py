@@ -26,6 +26,7 @@ from common.config import (
 )
 from proxy.logwriter import FsyncPolicy, LogSettings
 from proxy.redact import BUILTIN_RULES, Rule, custom_rules
+from proxy.upstream import IDLE_TIMEOUT
 
 
 MiB = 1024 * 1024
@@ -94,6 +95,16 @@ class CaptureSettings:
 
 @dataclass(frozen=True)
 class ProxySettings(HoldsSecrets):
+    """The relays' settings.
+
+    `upstream_idle_timeout` is below the keep-alive timeouts servers commonly close idle connections at
+    (5 s in Node's http server and many others, 75 s in nginx; httpx's client lets go at 5 s): when the
+    upstream closes a connection at its timeout just as a request goes on it, a POST without an
+    Idempotency-Key is not sent again (proxy/upstream.py), so its client gets a 502. The upstream counts from
+    its answer's last byte, the pool from when it read it, a trip later: a second's margin covers that. Letting
+    the connection go first costs a new connection (and TLS handshake) after an idle spell instead.
+    """
+
     upstream_url: SecretURL = SecretURL("https://api.anthropic.com")
     host: str = "127.0.0.1"
     port: int = 8089
@@ -101,6 +112,7 @@ class ProxySettings(HoldsSecrets):
     connect_timeout: float = 10.0
     read_timeout: float = 600.0
     upstream_connections: int = 256
+    upstream_idle_timeout: float = IDLE_TIMEOUT
     header_timeout: float = 10.0
     keepalive_timeout: float = 75.0
     max_connections: int = 10_000
@@ -125,6 +137,9 @@ class ProxySettings(HoldsSecrets):
             connect_timeout=env_float(env, "KGB_UPSTREAM_CONNECT_TIMEOUT", cls.connect_timeout),
             read_timeout=env_float(env, "KGB_UPSTREAM_READ_TIMEOUT", cls.read_timeout),
             upstream_connections=env_int(env, "KGB_UPSTREAM_CONNECTIONS", cls.upstream_connections),
+            upstream_idle_timeout=above_zero(
+                "KGB_UPSTREAM_IDLE_TIMEOUT", env_float(env, "KGB_UPSTREAM_IDLE_TIMEOUT", cls.upstream_idle_timeout)
+            ),
             header_timeout=above_zero("KGB_HEADER_TIMEOUT", env_float(env, "KGB_HEADER_TIMEOUT", cls.header_timeout)),
             keepalive_timeout=above_zero("KGB_KEEPALIVE_TIMEOUT", env_float(env, "KGB_KEEPALIVE_TIMEOUT", cls.keepalive_timeout)),
             max_connections=above_zero("KGB_MAX_CONNECTIONS", env_int(env, "KGB_MAX_CONNECTIONS", cls.max_connections)),

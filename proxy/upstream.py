@@ -18,6 +18,12 @@ is RFC 9110 §9.2.2: an idempotent method, or a request carrying an `Idempotency
 also decides). Every API call is a POST, and an upstream that took one and died unanswering would bill it
 twice, so a POST without a key gets the 502 and its client decides; the Anthropic SDK and Claude Code
 retry 5xx answers themselves. A streamed body is never sent twice.
+
+So that this is rare, a connection idle for `idle_timeout` is closed, never reused: an upstream's own
+keep-alive timeout (5 s is common) then fires on a connection we already let go. The idle connections of an
+origin wait in the order they were given back, so the oldest are first to expire: one timer per origin, at
+the oldest's expiry, closes the expired ones (their sockets do not linger), and a take checks the clock
+too, for a loop that ran late.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ import httptools
 HIGH_WATER = 2**18
 # A bytes body up to this size is copied behind the head, for one write (and one segment) in place of two.
 WHOLE_BODY_COPY_MAX = 2**16
+# Seconds a kept-alive connection may sit idle before it is closed (KGB_UPSTREAM_IDLE_TIMEOUT, proxy/settings.py).
+IDLE_TIMEOUT = 4.0
 _NO_BODY_STATUS = frozenset({204, 304})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
@@ -107,6 +115,7 @@ class _Connection(asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None
         self._paused = False
         self.reading_paused = False
+        self.idle_since = 0.0  # the loop's time when it was last given back to the pool
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -347,12 +356,14 @@ class Response:
 
 @dataclass
 class _Slots:
-    """One origin's connections: the idle ones, and a bound on how many exist at once."""
+    """One origin's connections: the idle ones, oldest first, and a bound on how many exist at once."""
 
     limit: int
+    idle_timeout: float
     idle: deque[_Connection] = field(default_factory=deque)
     used: int = 0
     waiting: deque[asyncio.Future[None]] = field(default_factory=deque)
+    sweep: asyncio.TimerHandle | None = None  # at the oldest idle connection's expiry
 
     async def take(self, fresh: bool = False) -> _Connection | None:
         """An idle connection still open, or None when a new one may be opened (always, if `fresh`); waits
@@ -369,7 +380,10 @@ class _Slots:
                     self._wake_one()
                 raise
         self.used += 1
-        while self.idle and not fresh:
+        if fresh or not self.idle:
+            return None
+        self._expire(asyncio.get_running_loop().time())
+        while self.idle:
             connection = self.idle.pop()
             if not connection.closed:
                 return connection
@@ -379,8 +393,29 @@ class _Slots:
         """A slot freed; with the connection that held it when it may serve the next request."""
         self.used -= 1
         if connection is not None:
+            loop = asyncio.get_running_loop()
+            connection.idle_since = loop.time()
             self.idle.append(connection)
+            if self.sweep is None:
+                self.sweep = loop.call_at(connection.idle_since + self.idle_timeout, self._sweep)
         self._wake_one()
+
+    def close(self) -> None:
+        if self.sweep is not None:
+            self.sweep.cancel()
+            self.sweep = None
+        while self.idle:
+            self.idle.pop().close()
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._expire(loop.time())
+        self.sweep = loop.call_at(self.idle[0].idle_since + self.idle_timeout, self._sweep) if self.idle else None
+
+    def _expire(self, now: float) -> None:
+        """Close the connections idle for `idle_timeout` or longer."""
+        while self.idle and self.idle[0].idle_since + self.idle_timeout <= now:
+            self.idle.popleft().close()
 
     def _wake_one(self) -> None:
         while self.waiting:
@@ -391,10 +426,13 @@ class _Slots:
 
 
 class Pool:
-    """Keep-alive connections per origin, at most `limit` open to each at once."""
+    """Keep-alive connections per origin, at most `limit` open to each at once, none idle longer than `idle_timeout`."""
 
-    def __init__(self, limit: int, connect_timeout: float | None, read_timeout: float | None) -> None:
+    def __init__(
+        self, limit: int, connect_timeout: float | None, read_timeout: float | None, *, idle_timeout: float = IDLE_TIMEOUT
+    ) -> None:
         self._limit, self._connect_timeout, self._read_timeout = limit, connect_timeout, read_timeout
+        self._idle_timeout = idle_timeout
         self._origins: dict[Origin, _Slots] = {}
         self._ssl: ssl.SSLContext | None = None
 
@@ -406,8 +444,7 @@ class Pool:
 
     def close(self) -> None:
         for slots in self._origins.values():
-            while slots.idle:
-                slots.idle.pop().close()
+            slots.close()
 
     async def request(
         self,
@@ -423,7 +460,9 @@ class Pool:
         """Send the request and return its answer once the head is here. A body of unknown `length` goes
         chunked. The pool's read timeout bounds each wait for the upstream, unless not `timed` (long streams)."""
         timeout = self._read_timeout if timed else None
-        slots = self._origins.setdefault(origin, _Slots(self._limit))
+        slots = self._origins.get(origin)
+        if slots is None:  # not setdefault: that would build a _Slots for every request
+            slots = self._origins[origin] = _Slots(self._limit, self._idle_timeout)
         connection = await slots.take()
         replay = connection is not None and (body is None or isinstance(body, bytes)) and replayable(method, headers)
         while True:

@@ -68,7 +68,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     handshake = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout, sock_read=settings.connect_timeout)
     async with (
         aiohttp.ClientSession(timeout=handshake, cookie_jar=aiohttp.DummyCookieJar()) as session,
-        Pool(settings.upstream_connections, settings.connect_timeout, read_timeout=None) as pool,
+        Pool(
+            settings.upstream_connections,
+            settings.connect_timeout,
+            read_timeout=None,
+            idle_timeout=settings.upstream_idle_timeout,
+        ) as pool,
     ):
         app[WS_SESSION], app[HTTP_POOL] = session, pool
         yield

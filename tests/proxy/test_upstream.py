@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -243,6 +244,7 @@ def test_on_uvloop_too() -> None:
     uvloop.run(test_a_slow_consumer_pauses_the_upstream_socket_and_the_buffer_stays_bounded())
     for reset in (False, True):
         uvloop.run(test_a_reused_connection_found_dead_is_replaced_and_the_request_sent_again(reset, "PUT", [], b"{}"))
+    uvloop.run(test_an_idle_connection_is_closed_at_its_expiry_without_a_request_and_the_next_request_gets_a_new_one())
 
 
 def closing_second(heads: list[bytes], connections: list[asyncio.StreamWriter], *, reset: bool) -> Answer:
@@ -433,3 +435,59 @@ async def test_interim_answers_are_read_past_and_the_final_one_is_the_answer() -
                 assert response.headers == [("Content-Length", "4"), ("X-Final", "yes")]
                 assert (response.content_length, await whole(response)) == (4, b"done")
     assert len(connections) == 1 and len(heads) == 2, "the connection serves on after interim answers"
+
+
+def watched(heads: list[bytes], connections: list[asyncio.StreamWriter], ended: asyncio.Event) -> Answer:
+    """Answers every request with "ok"; `ended` is set when its first connection reaches EOF."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        first = len(connections) == 1
+        try:
+            await keeping(b"ok", heads)(reader, writer)
+        finally:
+            if first:
+                ended.set()
+
+    return answer
+
+
+async def test_an_idle_connection_is_closed_at_its_expiry_without_a_request_and_the_next_request_gets_a_new_one() -> None:
+    heads: list[bytes] = []
+    connections: list[asyncio.StreamWriter] = []
+    ended = asyncio.Event()
+    async with upstream(watched(heads, connections, ended)) as origin, Pool(1, 5.0, 5.0, idle_timeout=0.05) as pool:
+        async with await pool.request(origin, "GET", "/1", []) as response:
+            assert await whole(response) == b"ok"
+        await asyncio.wait_for(ended.wait(), 10)  # the deadline only bounds a hang: the pool closes it by itself
+        assert len(connections) == 1
+        async with await pool.request(origin, "POST", "/2", [], b"{}") as response:
+            assert await whole(response) == b"ok"
+    assert len(connections) == 2 and len(heads) == 2
+
+
+async def test_an_idle_connection_past_its_expiry_is_not_reused_even_before_its_timer_runs() -> None:
+    """A loop that ran late (its timers not yet run): the take itself sees the connection has expired."""
+    heads: list[bytes] = []
+    connections: list[asyncio.StreamWriter] = []
+    ended = asyncio.Event()
+    async with upstream(watched(heads, connections, ended)) as origin, Pool(1, 5.0, 5.0, idle_timeout=0.05) as pool:
+        async with await pool.request(origin, "GET", "/1", []) as response:
+            assert await whole(response) == b"ok"
+        time.sleep(0.1)  # holds the loop past the expiry, so the pool's timer cannot have run
+        async with await pool.request(origin, "POST", "/2", [], b"{}") as response:
+            assert await whole(response) == b"ok"
+        await asyncio.wait_for(ended.wait(), 10)
+    assert len(connections) == 2 and [head.split(b" ")[1] for head in heads] == [b"/1", b"/2"]
+
+
+async def test_an_idle_connection_within_its_expiry_is_reused() -> None:
+    heads: list[bytes] = []
+    connections: list[asyncio.StreamWriter] = []
+    ended = asyncio.Event()
+    async with upstream(watched(heads, connections, ended)) as origin, Pool(1, 5.0, 5.0, idle_timeout=60.0) as pool:
+        for target in ("/1", "/2", "/3"):
+            async with await pool.request(origin, "POST", target, [], b"{}") as response:
+                assert await whole(response) == b"ok"
+        assert not ended.is_set()
+    assert len(connections) == 1 and len(heads) == 3
