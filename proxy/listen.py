@@ -16,7 +16,8 @@ the MCP port:
 
 The cap is also kept below the descriptors the process may open: at start the
 soft ``RLIMIT_NOFILE`` is raised to the hard limit (`raise_descriptor_limit`),
-and the cap lowered to what is left of it after the upstream pool and a reserve,
+and the cap lowered to what is left of it after the upstream pools (`pooled_sockets`:
+the API's, and the MCP app's to each Streamable HTTP upstream) and a reserve,
 halved because a relayed connection holds one upstream socket of its own
 (`connection_cap`). So a flood of idle sockets costs evicted idle sockets, not
 ``accept()`` failing with EMFILE for everyone, and ``/health`` keeps answering.
@@ -49,6 +50,7 @@ from aiohttp.web_runner import BaseRunner, BaseSite
 
 from proxy.errors import error_body
 from proxy.settings import ProxySettings
+from proxy.upstream import Origin
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +136,18 @@ def raise_descriptor_limit() -> int:
     return hard
 
 
-def connection_cap(configured: int, descriptors: int, upstream_connections: int) -> int:
-    """``configured``, lowered so that client connections and their upstream sockets fit in ``descriptors``."""
-    room = (descriptors - upstream_connections - RESERVED_DESCRIPTORS) // 2
+def connection_cap(configured: int, descriptors: int, pooled: int) -> int:
+    """``configured``, lowered so that client connections, their upstream sockets and the ``pooled`` ones fit in
+    ``descriptors``."""
+    room = (descriptors - pooled - RESERVED_DESCRIPTORS) // 2
     return max(1, min(configured, room))
+
+
+def pooled_sockets(settings: ProxySettings) -> int:
+    """The most sockets the upstream pools may hold: `upstream_connections` per origin, for the API's one and each
+    of the Streamable HTTP upstreams' in KGB_MCP_UPSTREAMS (the MCP app's pool, proxy/mcp/app.py)."""
+    mcp = {origin for origin in map(Origin.of, settings.mcp_upstreams.values()) if origin.scheme in ("http", "https")}
+    return settings.upstream_connections * (1 + len(mcp))
 
 
 @dataclass(eq=False)
@@ -347,7 +357,7 @@ class GuardedSite(BaseSite):
 def guard_for(settings: ProxySettings) -> Guard:
     """The process's guard: the descriptor limit raised, the cap fitted under it."""
     descriptors = raise_descriptor_limit()
-    cap = connection_cap(settings.max_connections, descriptors, settings.upstream_connections)
+    cap = connection_cap(settings.max_connections, descriptors, pooled_sockets(settings))
     if cap < settings.max_connections:
         log.warning(
             "at most %d connections (KGB_MAX_CONNECTIONS is %d): the descriptor limit is %d",

@@ -22,8 +22,8 @@ from aiohttp import web
 
 from proxy import listen
 from proxy.app import SETTINGS, health, health_text
-from proxy.listen import Guard, GuardedSite, Limits, connection_cap, quick_health
-from proxy.settings import ProxySettings, SecretURL
+from proxy.listen import Guard, GuardedSite, Limits, connection_cap, pooled_sockets, quick_health
+from proxy.settings import ProxySettings, SecretURL, parse_upstreams
 from tests.fakes.anthropic import FakeAnthropic
 from tests.proxy.test_app import HEADERS, body
 from tests.services import free_port
@@ -246,6 +246,22 @@ async def test_at_the_cap_the_oldest_idle_go_first_busy_ones_stay_and_all_busy_m
 )
 def test_the_cap_fits_under_the_descriptor_limit(configured: int, descriptors: int, upstream: int, cap: int) -> None:
     assert connection_cap(configured, descriptors, upstream) == cap
+
+
+@pytest.mark.parametrize(
+    ("upstreams", "pooled"),
+    [
+        ("", 256),
+        ("ws=ws://127.0.0.1:1", 256),
+        ("a=http://127.0.0.1:2/mcp", 512),
+        ("a=http://127.0.0.1:2/mcp,b=http://127.0.0.1:2/other,c=https://127.0.0.1/mcp,ws=wss://127.0.0.1:3", 768),
+    ],
+    ids=["api-only", "websocket-only", "one-http", "two-origins-three-http"],
+)
+def test_the_pools_count_the_api_origin_and_each_streamable_http_origin(upstreams: str, pooled: int) -> None:
+    """One pool slot set per origin: two MCP upstreams at one origin share its connections."""
+    settings = ProxySettings(upstream_connections=256, mcp_upstreams=parse_upstreams(upstreams))
+    assert pooled_sockets(settings) == pooled
 
 
 def test_settings_bound_every_client_connection() -> None:
