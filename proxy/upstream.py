@@ -115,7 +115,7 @@ class _Connection(asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None
         self._paused = False
         self.reading_paused = False
-        self.idle_since = 0.0  # the loop's time when it was last given back to the pool
+        self.idle_until = 0.0  # the loop's time it expires at, idle in the pool
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -360,6 +360,7 @@ class _Slots:
 
     limit: int
     idle_timeout: float
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)  # once: it costs a lookup
     idle: deque[_Connection] = field(default_factory=deque)
     used: int = 0
     waiting: deque[asyncio.Future[None]] = field(default_factory=deque)
@@ -369,7 +370,7 @@ class _Slots:
         """An idle connection still open, or None when a new one may be opened (always, if `fresh`); waits
         while at the bound."""
         while self.used >= self.limit:
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = self.loop.create_future()
             self.waiting.append(waiter)
             try:
                 await waiter
@@ -380,24 +381,24 @@ class _Slots:
                     self._wake_one()
                 raise
         self.used += 1
-        if fresh or not self.idle:
+        if fresh:
             return None
-        self._expire(asyncio.get_running_loop().time())
+        now = self.loop.time()
         while self.idle:
             connection = self.idle.pop()
-            if not connection.closed:
+            if not connection.closed and now < connection.idle_until:
                 return connection
+            connection.close()  # closed by the upstream, or expired with the sweep not yet run (the loop ran late)
         return None
 
     def give_back(self, connection: _Connection | None) -> None:
         """A slot freed; with the connection that held it when it may serve the next request."""
         self.used -= 1
         if connection is not None:
-            loop = asyncio.get_running_loop()
-            connection.idle_since = loop.time()
+            connection.idle_until = self.loop.time() + self.idle_timeout
             self.idle.append(connection)
             if self.sweep is None:
-                self.sweep = loop.call_at(connection.idle_since + self.idle_timeout, self._sweep)
+                self.sweep = self.loop.call_at(connection.idle_until, self._sweep)
         self._wake_one()
 
     def close(self) -> None:
@@ -408,14 +409,11 @@ class _Slots:
             self.idle.pop().close()
 
     def _sweep(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._expire(loop.time())
-        self.sweep = loop.call_at(self.idle[0].idle_since + self.idle_timeout, self._sweep) if self.idle else None
-
-    def _expire(self, now: float) -> None:
-        """Close the connections idle for `idle_timeout` or longer."""
-        while self.idle and self.idle[0].idle_since + self.idle_timeout <= now:
+        """At the oldest idle connection's expiry: close the expired ones, and come back at the next one's."""
+        now = self.loop.time()
+        while self.idle and self.idle[0].idle_until <= now:
             self.idle.popleft().close()
+        self.sweep = self.loop.call_at(self.idle[0].idle_until, self._sweep) if self.idle else None
 
     def _wake_one(self) -> None:
         while self.waiting:
