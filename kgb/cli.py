@@ -28,7 +28,7 @@ from kgb.checks import (
 )
 from common.config import KafkaSettings, SettingsError
 from common.failures import run_explained
-from common.running import configure_logging, run_until_signal, settle_heap
+from common.running import configure_logging, keep_heap, run_until_signal, settle_heap
 
 if TYPE_CHECKING:
     from proxy.settings import ProxySettings
@@ -59,6 +59,7 @@ def _proxy(args: argparse.Namespace) -> None:
         flush=True,
     )
     worker = None if args.no_worker else args.log_level.upper()
+    keep_heap()
     run_until_signal(lambda stop: _serve_proxy(settings, stop, worker))
 
 
@@ -116,6 +117,7 @@ def _capture_worker(args: argparse.Namespace) -> None:
         if eof is not None:
             eof.cancel()
 
+    keep_heap()
     run_until_signal(run)
 
 
