@@ -206,6 +206,8 @@ def summarize(result: dict[str, Any], usage: dict[str, float]) -> dict[str, Any]
         by_process = usage["cpu_s_by_process"]
         row["cpu_ms_per_request_by_process"] = {role: 1e3 * cpu / done for role, cpu in by_process.items()}
         row["relay_cpu_ms_per_request"] = 1e3 * by_process.get("relay", 0.0) / done
+        if "broker_cpu_s" in usage:  # the broker shares the machine: what publishing costs it is part of capture's cost
+            row["broker_cpu_ms_per_request"] = 1e3 * usage["broker_cpu_s"] / done
         rss = usage["peak_rss_mb_by_process"]
         row["relay_peak_rss_mb"] = rss.get("relay", 0.0)
         if len(by_process) > 1:  # the relay's helpers: nginx's master, kgb's capture worker
@@ -444,6 +446,7 @@ COLUMNS = (
     ("cpu ms/r", 8, 3, "cpu_ms_per_request"),
     ("relay ms", 8, 3, "relay_cpu_ms_per_request"),
     ("wrkr ms", 7, 3, "helpers_cpu_ms_per_request"),
+    ("kafka ms", 8, 3, "broker_cpu_ms_per_request"),
     ("relay MB", 8, 1, "relay_peak_rss_mb"),
     ("wrkr MB", 7, 1, "helpers_peak_rss_mb"),
     ("lag50", 6, 1, "lag_p50_ms"),
