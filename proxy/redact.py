@@ -104,8 +104,9 @@ def custom_rules(patterns: Iterable[str]) -> tuple[Rule, ...]:
     return tuple(_rule(f"custom_{i}", pattern) for i, pattern in enumerate(patterns, start=1))
 
 
-# The escapes orjson never writes: it writes "/" as is, and a control character as \u only if it has no short escape
-_ESCAPED_AFRESH = rb"\\[u/]"
+# The escapes orjson does not write: "\/" (it writes "/"), and any "\u" but that of a control character with no
+# short escape, in lower case (U+0000 to U+001F but for \b \t \n \f \r)
+_ESCAPED_AFRESH = rb"\\(?:/|u(?:[^0]|0[^0]|00[^01]|000[^0-7bef]|001[^0-9a-f]))"
 
 Scan = Callable[[bytes], set[int]]
 Engine = Callable[[Sequence[bytes]], Scan]
@@ -181,6 +182,7 @@ class Matcher:
         self._always = set(range(len(rules))) - set(self._scanned)
         self._scan = engine([rules[i].pattern.pattern for i in self._scanned]) if self._scanned else None
         self._written: Scan | None = None  # `clean_as_written`'s one pass, when every rule has a clue (no custom one)
+        self._percent = len(rules) + 1  # what that pass names for a "%"
         if all(rule.clue is not None for rule in rules) and not self._always:
             unclear = [_ESCAPED_AFRESH, b"%", *(re.escape(rule.clue) for rule in rules if rule.clue)]
             self._written = engine([rule.pattern.pattern for rule in rules] + unclear)
@@ -194,14 +196,22 @@ class Matcher:
         return [self.rules[i] for i in sorted(named)]
 
     def clean_as_written(self, body: bytes) -> bool:
-        """Whether no rule matches the JSON `body` as orjson writes it anew, known from its bytes as they came
-        in one pass (False when they cannot tell). Each string of a body with no ``\\u`` or ``\\/`` escape is
-        written anew as it came, and the body written anew holds only those strings (fewer, and moved, if a key
-        came twice) between bytes no rule with a clue matches: one whose match lies within a string matches it
-        only if it matches the body, one spanning strings only if its clue is in the body. No ``%``, no
-        percent-encoded secret. (Searched for on their own, ``\\u`` and ``\\/`` cost more than the scan: a
-        body holds many backslashes.)"""
-        return self._written is not None and not self._written(body)
+        """Whether no rule matches the JSON `body` as orjson writes it anew, nor what a percent-encoded run
+        of it decodes to, known from its bytes as they came (False when they cannot tell).
+
+        Each string of a body with no escape orjson does not write is written anew byte for byte, and the
+        body written anew holds only those strings (fewer, and moved, if a key came twice) between bytes no
+        rule with a clue matches: one whose match lies within a string matches it only if it matches the
+        body, one spanning strings only if its clue is in the body; a percent-encoded run lies within a
+        string too. One pass finds the rules, the escapes, the clues and any ``%`` (searched for on their
+        own, an escape costs more than the pass: a body holds many backslashes); only a ``%`` leaves the
+        runs to decode."""
+        if self._written is None:
+            return False
+        found = self._written(body)
+        if found == {self._percent}:
+            return not _redact_percent_runs(body, self.rules)[1]
+        return not found
 
 
 @lru_cache(maxsize=16)
@@ -250,21 +260,30 @@ _URL_SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123
 
 
 def _redact_percent_runs(body: bytes, rules: Sequence[Rule]) -> tuple[bytes, list[str]]:
-    """Each run of URL characters holding a `%XX` escape, read decoded (`+` as a space)."""
+    """Each run of URL characters holding a `%XX` escape, read decoded (`+` as a space). The runs are
+    scanned decoded all at once first, joined by newlines as `redact_fields` joins fields, and one by one
+    only when that scan names a rule: a body of URLs holds hundreds, and a scan costs more than a run."""
     found = matcher(rules)
+    if not found.candidates(b"\n".join(_decoded_run(body, match, 0)[1] for match in _PERCENT_RUN.finditer(body))):
+        return body, []
     fired: list[str] = []
     parts, done = [], 0
     for match in _PERCENT_RUN.finditer(body):
-        start = match.start()
-        while start > done and body[start - 1] in _URL_SAFE:
-            start -= 1
-        decoded = unquote_to_bytes(body[start : match.end()].replace(b"+", b" "))
+        start, decoded = _decoded_run(body, match, done)
         clean, hits = _replace(decoded, found.candidates(decoded))
         if hits:
             parts += [body[done:start], quote_from_bytes(clean, safe="[]:").encode()]
             done = match.end()
             fired += hits
     return (b"".join([*parts, body[done:]]) if fired else body), fired
+
+
+def _decoded_run(body: bytes, match: re.Match[bytes], done: int) -> tuple[int, bytes]:
+    """Where the run of `match` starts (the URL characters before its first escape, back to `done`), and it decoded."""
+    start = match.start()
+    while start > done and body[start - 1] in _URL_SAFE:
+        start -= 1
+    return start, unquote_to_bytes(body[start : match.end()].replace(b"+", b" "))
 
 
 def redact_text(text: str, rules: Sequence[Rule]) -> tuple[str, list[str]]:

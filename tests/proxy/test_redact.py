@@ -351,18 +351,32 @@ def test_a_json_body_read_as_it_came_is_redacted_as_when_written_anew(body: byte
     assert redact_json(body, rules) == written_anew(body, rules)
 
 
+PERCENT_ENCODED_KEY = "".join(f"%{byte:02X}" for byte in ANTHROPIC_KEY.encode())
+
+
 def test_only_a_body_whose_bytes_tell_it_is_clean_skips_being_written_anew() -> None:
-    clean = orjson.dumps({"messages": [{"role": "user", "content": 'a "quoted"\nline \\ and café'}], "n": 1.5})
-    assert matcher(BUILTIN_RULES).clean_as_written(clean)
-    assert Matcher(BUILTIN_RULES, re2_engine).clean_as_written(clean)
+    clean = orjson.dumps({"messages": [{"role": "user", "content": 'a "quoted"\nline \\ and café \x1b[0m 50% %41'}], "n": 1.5})
+    unclear = [b'{"u":"a\\/b"}', b'{"u":"caf\\u00e9"}', b'{"u":"\\u000a"}', b'{"u":"\\u001B"}', b'{"u":"PRIVATE KEY-----"}']
+    for found in [matcher(BUILTIN_RULES), Matcher(BUILTIN_RULES, re2_engine)]:
+        assert found.clean_as_written(clean)
+        assert not any(found.clean_as_written(body) for body in unclear)
+        assert not found.clean_as_written(orjson.dumps({"u": PERCENT_ENCODED_KEY}))
     assert not matcher(BUILTIN_RULES + custom_rules(["ACME-[0-9]{6}"])).clean_as_written(clean)
-    for unclear in [b'{"u":"a\\/b"}', b'{"u":"caf\\u00e9"}', b'{"u":"50%"}', b'{"u":"PRIVATE KEY-----"}']:
-        assert not matcher(BUILTIN_RULES).clean_as_written(unclear)
-        assert not Matcher(BUILTIN_RULES, re2_engine).clean_as_written(unclear)
 
 
 _PIECES = st.sampled_from(
-    [*SECRETS.values(), HIDDEN_AWS, "-----BEGIN RSA PRIVATE KEY-----", "-----END RSA PRIVATE KEY-----", "://u:p@h", "%20", "é"]
+    [
+        *SECRETS.values(),
+        HIDDEN_AWS,
+        PERCENT_ENCODED_KEY,
+        "-----BEGIN RSA PRIVATE KEY-----",
+        "-----END RSA PRIVATE KEY-----",
+        "://u:p@h",
+        "%20",
+        "é",
+        "\x1b",
+        "\x0b",
+    ]
 )
 _STRINGS = st.lists(st.one_of(_PIECES, st.text(max_size=8)), max_size=4).map("".join)
 _DOCUMENTS = st.recursive(
