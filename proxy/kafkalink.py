@@ -88,8 +88,9 @@ class KafkaLink:
         return await self._producer.send(self.topics[schema], value, key=key)
 
     def reframe(self, schema: str, single_object: bytes) -> bytes:
-        """An event the relay encoded single-object (MCP), in this link's framing."""
-        return self.encoders[schema].header + single_object[SINGLE_OBJECT_HEADER:]
+        """An event the relay encoded single-object (MCP), in this link's framing: one copy of its body (a slice
+        and a concatenation would take two, of a tool result of megabytes)."""
+        return b"".join((self.encoders[schema].header, memoryview(single_object)[SINGLE_OBJECT_HEADER:]))
 
     async def close(self, timeout: float) -> None:
         """Stop within `timeout`. An idempotent producer retries unacknowledged batches

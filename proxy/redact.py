@@ -42,10 +42,16 @@ class Rule:
 
     A pattern with a group named ``secret`` loses only that group (a URL keeps its
     scheme, user and host, and loses its password); any other loses its whole match.
+
+    `clue` lets `redact_json` scan a JSON body's bytes as they came instead of the body
+    written anew: ``b""`` for a rule no match of which holds a quote (so each lies inside
+    one JSON string), other bytes for one whose match may span strings but always holds
+    them (none a character JSON escapes); None, what a custom rule has, when neither is known.
     """
 
     name: str
     pattern: re.Pattern[bytes]
+    clue: bytes | None = None
 
     @property
     def placeholder(self) -> bytes:
@@ -67,8 +73,8 @@ class Rule:
         return self.pattern.subn(keep_around, body)
 
 
-def _rule(name: str, pattern: str) -> Rule:
-    return Rule(name, re.compile(pattern.encode(), re.DOTALL))
+def _rule(name: str, pattern: str, clue: bytes | None = None) -> Rule:
+    return Rule(name, re.compile(pattern.encode(), re.DOTALL), clue)
 
 
 # scheme://user:password@host: the user may be empty (redis://:password@host); a password
@@ -79,17 +85,17 @@ _URL_PASSWORD = r"://[^\s:/?#@\[\]\"'<>\\]*:(?P<secret>[^\s/?#@\"'<>\\]+)@"
 _GAP = r"(?:\s|\\[nrt])+"
 
 BUILTIN_RULES: tuple[Rule, ...] = (
-    _rule("anthropic_key", r"sk-ant-[A-Za-z0-9_\-]{16,}"),
-    _rule("openai_key", r"sk-(?:proj-)?[A-Za-z0-9_\-]{32,}"),
-    _rule("aws_access_key", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
-    _rule("github_token", r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})"),
-    _rule("slack_token", r"\bxox[abprs]-[A-Za-z0-9\-]{10,}"),
-    _rule("google_api_key", r"\bAIza[0-9A-Za-z_\-]{35}"),
-    _rule("stripe_key", r"\b[sr]k_live_[0-9A-Za-z]{16,}"),
-    _rule("jwt", r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"),
-    _rule("private_key", r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----"),
-    _rule("bearer_token", r"(?i:bearer)" + _GAP + r"[A-Za-z0-9_\-\.=+/]{20,}"),
-    _rule("url_password", _URL_PASSWORD),
+    _rule("anthropic_key", r"sk-ant-[A-Za-z0-9_\-]{16,}", b""),
+    _rule("openai_key", r"sk-(?:proj-)?[A-Za-z0-9_\-]{32,}", b""),
+    _rule("aws_access_key", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b", b""),
+    _rule("github_token", r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})", b""),
+    _rule("slack_token", r"\bxox[abprs]-[A-Za-z0-9\-]{10,}", b""),
+    _rule("google_api_key", r"\bAIza[0-9A-Za-z_\-]{35}", b""),
+    _rule("stripe_key", r"\b[sr]k_live_[0-9A-Za-z]{16,}", b""),
+    _rule("jwt", r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}", b""),
+    _rule("private_key", r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", b"PRIVATE KEY-----"),
+    _rule("bearer_token", r"(?i:bearer)" + _GAP + r"[A-Za-z0-9_\-\.=+/]{20,}", b""),
+    _rule("url_password", _URL_PASSWORD, b""),
 )
 
 
@@ -97,6 +103,10 @@ def custom_rules(patterns: Iterable[str]) -> tuple[Rule, ...]:
     """Rules from `KGB_REDACT_PATTERNS`, scanned in the same pass as the built-in ones."""
     return tuple(_rule(f"custom_{i}", pattern) for i, pattern in enumerate(patterns, start=1))
 
+
+# The escapes orjson does not write: "\/" (it writes "/"), and any "\u" but that of a control character with no
+# short escape, in lower case (U+0000 to U+001F but for \b \t \n \f \r)
+_ESCAPED_AFRESH = rb"\\(?:/|u(?:[^0]|0[^0]|00[^01]|000[^0-7bef]|001[^0-9a-f]))"
 
 Scan = Callable[[bytes], set[int]]
 Engine = Callable[[Sequence[bytes]], Scan]
@@ -171,6 +181,11 @@ class Matcher:
         self._scanned = [i for i, rule in enumerate(rules) if _readable(engine, rule.pattern.pattern)]
         self._always = set(range(len(rules))) - set(self._scanned)
         self._scan = engine([rules[i].pattern.pattern for i in self._scanned]) if self._scanned else None
+        self._written: Scan | None = None  # `clean_as_written`'s one pass, when every rule has a clue (no custom one)
+        self._percent = len(rules) + 1  # what that pass names for a "%"
+        if all(rule.clue is not None for rule in rules) and not self._always:
+            unclear = [_ESCAPED_AFRESH, b"%", *(re.escape(rule.clue) for rule in rules if rule.clue)]
+            self._written = engine([rule.pattern.pattern for rule in rules] + unclear)
 
     def candidates(self, data: bytes) -> list[Rule]:
         """The rules to run on `data`, in their order (an earlier rule wins an overlap)."""
@@ -179,6 +194,24 @@ class Matcher:
             return []  # most data: no rule to run, nothing to sort
         named = self._always | {self._scanned[i] for i in found}
         return [self.rules[i] for i in sorted(named)]
+
+    def clean_as_written(self, body: bytes) -> bool:
+        """Whether no rule matches the JSON `body` as orjson writes it anew, nor what a percent-encoded run
+        of it decodes to, known from its bytes as they came (False when they cannot tell).
+
+        Each string of a body with no escape orjson does not write is written anew byte for byte, and the
+        body written anew holds only those strings (fewer, and moved, if a key came twice) between bytes no
+        rule with a clue matches: one whose match lies within a string matches it only if it matches the
+        body, one spanning strings only if its clue is in the body; a percent-encoded run lies within a
+        string too. One pass finds the rules, the escapes, the clues and any ``%`` (searched for on their
+        own, an escape costs more than the pass: a body holds many backslashes); only a ``%`` leaves the
+        runs to decode."""
+        if self._written is None:
+            return False
+        found = self._written(body)
+        if found == {self._percent}:
+            return not _redact_percent_runs(body, self.rules)[1]
+        return not found
 
 
 @lru_cache(maxsize=16)
@@ -227,21 +260,30 @@ _URL_SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123
 
 
 def _redact_percent_runs(body: bytes, rules: Sequence[Rule]) -> tuple[bytes, list[str]]:
-    """Each run of URL characters holding a `%XX` escape, read decoded (`+` as a space)."""
+    """Each run of URL characters holding a `%XX` escape, read decoded (`+` as a space). The runs are
+    scanned decoded all at once first, joined by newlines as `redact_fields` joins fields, and one by one
+    only when that scan names a rule: a body of URLs holds hundreds, and a scan costs more than a run."""
     found = matcher(rules)
+    if not found.candidates(b"\n".join(_decoded_run(body, match, 0)[1] for match in _PERCENT_RUN.finditer(body))):
+        return body, []
     fired: list[str] = []
     parts, done = [], 0
     for match in _PERCENT_RUN.finditer(body):
-        start = match.start()
-        while start > done and body[start - 1] in _URL_SAFE:
-            start -= 1
-        decoded = unquote_to_bytes(body[start : match.end()].replace(b"+", b" "))
+        start, decoded = _decoded_run(body, match, done)
         clean, hits = _replace(decoded, found.candidates(decoded))
         if hits:
             parts += [body[done:start], quote_from_bytes(clean, safe="[]:").encode()]
             done = match.end()
             fired += hits
     return (b"".join([*parts, body[done:]]) if fired else body), fired
+
+
+def _decoded_run(body: bytes, match: re.Match[bytes], done: int) -> tuple[int, bytes]:
+    """Where the run of `match` starts (the URL characters before its first escape, back to `done`), and it decoded."""
+    start = match.start()
+    while start > done and body[start - 1] in _URL_SAFE:
+        start -= 1
+    return start, unquote_to_bytes(body[start : match.end()].replace(b"+", b" "))
 
 
 def redact_text(text: str, rules: Sequence[Rule]) -> tuple[str, list[str]]:
@@ -279,17 +321,21 @@ def redact_json(body: bytes, rules: Sequence[Rule], document: Any = None) -> tup
     if document is None:
         return redact_body(body, rules)
     try:
-        cleaned, fired = redact_document(document, rules)
+        cleaned, fired = redact_document(document, rules, body)
     except orjson.JSONEncodeError:  # nested deeper than orjson writes (254 levels; it reads 1024)
         return redact_body(body, rules)
     return (orjson.dumps(cleaned), fired) if fired else (body, [])
 
 
-def redact_document(document: Any, rules: Sequence[Rule]) -> tuple[Any, list[str]]:
+def redact_document(document: Any, rules: Sequence[Rule], written: bytes | None = None) -> tuple[Any, list[str]]:
     """A parsed JSON document with every string redacted decoded, and every run of text
     blocks redacted as the one text it joins into (first, so that a secret's first half,
     which may match alone, does not keep the rest). May change `document` in place;
-    raises `orjson.JSONEncodeError` for one nested too deep for orjson to write."""
+    raises `orjson.JSONEncodeError` for one nested too deep for orjson to write.
+
+    The strings are looked at only when a rule matches the document as orjson writes it;
+    `written`, the bytes it was read from, saves writing it for that when they tell it
+    is clean (`Matcher.clean_as_written`), as most bodies' do."""
     found = matcher(rules)
     fired: list[str] = []
     runs = list(_text_runs(document))
@@ -299,6 +345,8 @@ def redact_document(document: Any, rules: Sequence[Rule]) -> tuple[Any, list[str
             for block, text in zip(run, texts, strict=True):
                 block["text"] = text
             fired += hits
+    if not fired and written is not None and found.clean_as_written(written):
+        return document, fired
     canonical = orjson.dumps(document)
     if (found.candidates(canonical) or b"%" in canonical) and redact_body(canonical, rules)[1]:
         document, hits = _redact_strings(document, rules)

@@ -1,14 +1,19 @@
+import json
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 from urllib.parse import parse_qsl, quote, unquote_plus
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.redact import (
     BUILTIN_RULES,
     REDACTED,
     Engine,
     Matcher,
+    Rule,
     credential,
     custom_rules,
     fingerprint,
@@ -16,6 +21,7 @@ from proxy.redact import (
     matcher,
     re2_engine,
     redact_body,
+    redact_document,
     redact_fields,
     redact_headers,
     redact_json,
@@ -304,3 +310,86 @@ def test_a_body_nested_deeper_than_orjson_writes_is_redacted_as_bytes() -> None:
     body = b'{"n":' * 300 + orjson.dumps(ANTHROPIC_KEY) + b"}" * 300
     redacted, fired = redact_json(body, BUILTIN_RULES)
     assert fired == ["anthropic_key"] and ANTHROPIC_KEY.encode() not in redacted and redacted.startswith(b'{"n":{"n":')
+
+
+def written_anew(body: bytes, rules: tuple[Rule, ...]) -> tuple[bytes, list[str]]:
+    """`redact_json` as it was before it read bodies as they came: its strings looked at when a rule
+    matches the document as orjson writes it."""
+    cleaned, fired = redact_document(orjson.loads(body), rules)
+    return (orjson.dumps(cleaned), fired) if fired else (body, [])
+
+
+# After a newline, the AWS key's `\b` holds in its string alone but not where the body writes it (`\nAKIA`):
+# such a string loses it only when some rule matches the body as written anew, as these bodies make one.
+HIDDEN_AWS = "\n" + SECRETS["aws_access_key"]
+
+
+@pytest.mark.parametrize(
+    ("body", "rules"),
+    [
+        # a duplicate key moves the BEGIN of a key before its END in the document written anew
+        (
+            b'{"a":"x","b":"-----END RSA PRIVATE KEY-----","a":"-----BEGIN RSA PRIVATE KEY-----","s":'
+            + orjson.dumps(HIDDEN_AWS)
+            + b"}",
+            BUILTIN_RULES,
+        ),
+        # "postgres:\/\/" written anew is "postgres://"
+        (b'{"u":"postgres:\\/\\/me:hunter2@db","s":' + orjson.dumps(HIDDEN_AWS) + b"}", BUILTIN_RULES),
+        (b'{"u":"' + escaped(SECRETS["github_token"]).encode() + b'"}', BUILTIN_RULES),
+        (
+            orjson.dumps({"u": "https://x/?t=" + "".join(f"%{byte:02X}" for byte in SECRETS["stripe_key"].encode())}),
+            BUILTIN_RULES,
+        ),
+        # a custom rule may match what the body written anew holds between its strings
+        (b'{"k": 1, "s": ' + orjson.dumps(HIDDEN_AWS) + b"}", BUILTIN_RULES + custom_rules(['"k":1'])),
+        (orjson.dumps({"s": HIDDEN_AWS, "t": SECRETS["jwt"]}), BUILTIN_RULES),
+        (orjson.dumps({"s": HIDDEN_AWS, "t": "nothing"}), BUILTIN_RULES),
+    ],
+)
+def test_a_json_body_read_as_it_came_is_redacted_as_when_written_anew(body: bytes, rules: tuple[Rule, ...]) -> None:
+    assert redact_json(body, rules) == written_anew(body, rules)
+
+
+PERCENT_ENCODED_KEY = "".join(f"%{byte:02X}" for byte in ANTHROPIC_KEY.encode())
+
+
+def test_only_a_body_whose_bytes_tell_it_is_clean_skips_being_written_anew() -> None:
+    clean = orjson.dumps({"messages": [{"role": "user", "content": 'a "quoted"\nline \\ and café \x1b[0m 50% %41'}], "n": 1.5})
+    unclear = [b'{"u":"a\\/b"}', b'{"u":"caf\\u00e9"}', b'{"u":"\\u000a"}', b'{"u":"\\u001B"}', b'{"u":"PRIVATE KEY-----"}']
+    for found in [matcher(BUILTIN_RULES), Matcher(BUILTIN_RULES, re2_engine)]:
+        assert found.clean_as_written(clean)
+        assert not any(found.clean_as_written(body) for body in unclear)
+        assert not found.clean_as_written(orjson.dumps({"u": PERCENT_ENCODED_KEY}))
+    assert not matcher(BUILTIN_RULES + custom_rules(["ACME-[0-9]{6}"])).clean_as_written(clean)
+
+
+_PIECES = st.sampled_from(
+    [
+        *SECRETS.values(),
+        HIDDEN_AWS,
+        PERCENT_ENCODED_KEY,
+        "-----BEGIN RSA PRIVATE KEY-----",
+        "-----END RSA PRIVATE KEY-----",
+        "://u:p@h",
+        "%20",
+        "é",
+        "\x1b",
+        "\x0b",
+    ]
+)
+_STRINGS = st.lists(st.one_of(_PIECES, st.text(max_size=8)), max_size=4).map("".join)
+_DOCUMENTS = st.recursive(
+    st.one_of(_STRINGS, st.integers(-(10**6), 10**6), st.floats(allow_nan=False, allow_infinity=False), st.none()),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_STRINGS, inner, max_size=4)),
+    max_leaves=12,
+)
+
+
+@given(_DOCUMENTS, st.sampled_from([None, 1]), st.booleans(), st.sampled_from([(",", ":"), (", ", ": ")]))
+@settings(max_examples=400, deadline=None)
+def test_a_json_body_however_written_is_redacted_as_when_written_anew(
+    document: Any, indent: int | None, ascii_only: bool, separators: tuple[str, str]
+) -> None:
+    body = json.dumps(document, indent=indent, ensure_ascii=ascii_only, separators=separators).encode()
+    assert redact_json(body, BUILTIN_RULES) == written_anew(body, BUILTIN_RULES)
