@@ -32,7 +32,6 @@ from __future__ import annotations
 import base64
 import codecs
 import logging
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -302,6 +301,6 @@ def built(exchange: bytes, pending: Pending, made: list[dict[str, Any]], *, last
 def opened(exchange: bytes, head: dict[str, Any], start: Position, last_at: int) -> Pending:
     """An MCP_REQUEST_HEAD's request, with the envelope its events share (the exchange id is the connection's)."""
     request, route = request_of(exchange, head), Route.of(head["mcp"])
-    origin = events.Origin(events.STREAMABLE_HTTP, route.name, route.upstream_url, str(uuid.UUID(bytes=exchange)))
+    origin = events.Origin(events.STREAMABLE_HTTP, route.name, route.upstream_url, events.uuid_text(exchange))
     stamper = events.Stamper(origin, protocol_version=header(request.headers, "mcp-protocol-version"))
     return Pending(start, head, request, route, stamper, last_at=last_at)

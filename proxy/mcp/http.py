@@ -60,7 +60,7 @@ from proxy.capture import RedactionPolicy, RequestRecord
 from proxy.mcp.assemble import Route
 from proxy.mcp.events import recorded_url
 from proxy.mcp.keys import HTTP_POOL, HTTP_UPSTREAMS
-from proxy.tap import Exchange, Tap
+from proxy.tap import Exchange, Tap, exchange_id
 from proxy.upstream import Origin, Response, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -172,6 +172,7 @@ async def forward(request: web.Request, well_known: str | None) -> web.StreamRes
         f"{request.version.major}.{request.version.minor}",
         decoded(request.raw_headers),
         b"",
+        exchange_id=exchange_id(),  # RequestRecord's default makes a uuid.UUID for its text, twice the cost
     )
     url, recorded = app[HTTP_UPSTREAMS].get(name, (None, None))
     route = Route(name, recorded, well_known is None, request.remote).head()
