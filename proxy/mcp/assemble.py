@@ -51,6 +51,8 @@ from schemas.codec import MCP
 
 log = logging.getLogger(__name__)
 
+UTF8 = codecs.getincrementaldecoder("utf-8")  # looked up once, not per response
+
 
 @dataclass(frozen=True)
 class Route:
@@ -127,7 +129,7 @@ class ResponseCopy:
         self._headers = events.mcp_headers(headers)
         content_type = (header(headers, "content-type") or "").lower()
         self._sse = SSEParser() if content_type.startswith("text/event-stream") else None
-        self._text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._text = UTF8(errors="replace")
         self._chunks: list[bytes] = []
         self._decoder: decode.Decoder | None
         try:

@@ -20,6 +20,7 @@ nothing that crossed the relay goes unrecorded.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -57,7 +58,7 @@ def negotiated_version(value: Any) -> str | None:
 
 def mcp_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """The protocol's headers among an HTTP message's, in wire order."""
-    return [(n, v) for n, v in headers if n.lower() in MCP_HEADERS or n.lower().startswith(MCP_PARAM_PREFIX)]
+    return [(n, v) for n, v in headers if (low := n.lower()) in MCP_HEADERS or low.startswith(MCP_PARAM_PREFIX)]
 
 
 def recorded_url(url: str, policy: RedactionPolicy) -> str:
@@ -67,6 +68,9 @@ def recorded_url(url: str, policy: RedactionPolicy) -> str:
     return str(parsed.with_query(None)) + (f"?{query}" if query else "")
 
 
+@functools.lru_cache(
+    maxsize=256
+)  # a client sends the same User-Agent and credential all day: one hash per client, not per request
 def stateless_key(server: str, day: str, address: str | None, user_agent: str | None, key_fingerprint: str | None) -> str:
     """The session of HTTP traffic that carries no Mcp-Session-Id (2026-07-28, or a stateless server):
     one per server, UTC day and client (address, User-Agent, the credential's fingerprint), since the
