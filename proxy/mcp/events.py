@@ -68,13 +68,12 @@ def recorded_url(url: str, policy: RedactionPolicy) -> str:
     return str(parsed.with_query(None)) + (f"?{query}" if query else "")
 
 
-@functools.lru_cache(
-    maxsize=256
-)  # a client sends the same User-Agent and credential all day: one hash per client, not per request
+@functools.lru_cache(maxsize=256)
 def stateless_key(server: str, day: str, address: str | None, user_agent: str | None, key_fingerprint: str | None) -> str:
     """The session of HTTP traffic that carries no Mcp-Session-Id (2026-07-28, or a stateless server):
     one per server, UTC day and client (address, User-Agent, the credential's fingerprint), since the
-    protocol names none."""
+    protocol names none. Cached: a client sends the same User-Agent and credential all day, so it is
+    one hash per client and day, not one per request."""
     client = [server, day, address or "", user_agent or "", key_fingerprint or ""]
     return "stateless:" + hashlib.blake2b("\x00".join(client).encode(), digest_size=16).hexdigest()
 
