@@ -71,6 +71,11 @@ def parts_of(payload: bytes) -> list[Part]:
         parsed = orjson.loads(payload)
     except orjson.JSONDecodeError:
         return [Part(payload, None, None, flag="not_json")]
+    return parts_of_parsed(payload, parsed)
+
+
+def parts_of_parsed(payload: bytes, parsed: Any) -> list[Part]:
+    """`parts_of` for a payload its caller already parsed (the MCP capture, which parses it to redact it)."""
     if isinstance(parsed, list) and parsed:
         return [_part(orjson.dumps(item), item, index, len(parsed)) for index, item in enumerate(parsed)]
     return [_part(payload, parsed)]

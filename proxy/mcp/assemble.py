@@ -32,7 +32,6 @@ from __future__ import annotations
 import base64
 import codecs
 import logging
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -51,6 +50,8 @@ from proxy.upstream import header
 from schemas.codec import MCP
 
 log = logging.getLogger(__name__)
+
+UTF8 = codecs.getincrementaldecoder("utf-8")  # looked up once, not per response
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ class ResponseCopy:
         self._headers = events.mcp_headers(headers)
         content_type = (header(headers, "content-type") or "").lower()
         self._sse = SSEParser() if content_type.startswith("text/event-stream") else None
-        self._text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._text = UTF8(errors="replace")
         self._chunks: list[bytes] = []
         self._decoder: decode.Decoder | None
         try:
@@ -302,6 +303,6 @@ def built(exchange: bytes, pending: Pending, made: list[dict[str, Any]], *, last
 def opened(exchange: bytes, head: dict[str, Any], start: Position, last_at: int) -> Pending:
     """An MCP_REQUEST_HEAD's request, with the envelope its events share (the exchange id is the connection's)."""
     request, route = request_of(exchange, head), Route.of(head["mcp"])
-    origin = events.Origin(events.STREAMABLE_HTTP, route.name, route.upstream_url, str(uuid.UUID(bytes=exchange)))
+    origin = events.Origin(events.STREAMABLE_HTTP, route.name, route.upstream_url, events.uuid_text(exchange))
     stamper = events.Stamper(origin, protocol_version=header(request.headers, "mcp-protocol-version"))
     return Pending(start, head, request, route, stamper, last_at=last_at)

@@ -49,6 +49,7 @@ from proxy.app import (
     SETTINGS,
     TAP,
     _abort,
+    _gone,
     decoded,
     _send,
     answer_for,
@@ -59,7 +60,7 @@ from proxy.capture import RedactionPolicy, RequestRecord
 from proxy.mcp.assemble import Route
 from proxy.mcp.events import recorded_url
 from proxy.mcp.keys import HTTP_POOL, HTTP_UPSTREAMS
-from proxy.tap import Exchange, Tap
+from proxy.tap import Exchange, Tap, exchange_id
 from proxy.upstream import Origin, Response, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,29 @@ async def whole_body(request: web.Request, limit: int) -> bytes:
     return await read_body(request, limit)
 
 
+async def settled(upstream: Response, chunk: bytes) -> bytes:
+    """`chunk` and whatever more of the answer reaches the relay within one turn of the loop: a server that
+    writes its SSE head, event and end back to back (aiohttp's StreamResponse does, in three writes) often
+    has them read apart, and one turn lets the rest in, so the head leaves with the event and the event
+    with the end, one client write in place of three. An answer that is all here waits for nothing; one
+    whose next bytes are not yet sent waits one turn (microseconds), then goes on as it came."""
+    if upstream.at_eof():
+        return chunk
+    await asyncio.sleep(0)
+    return chunk + upstream.take()
+
+
+async def broken(upstream: Response) -> bool:
+    """Whether an answer that is all here ended in a failure (its connection broke, maybe in the turn
+    `settled` waited): then its last bytes go on as any, and the next read raises the failure, so the
+    client's answer is cut, not ended cleanly. `next` returns at once here: nothing is left to wait for."""
+    try:
+        await upstream.next()
+    except Exception:  # noqa: BLE001 - raised again, and handled, by the read that follows
+        return True
+    return False
+
+
 def held(tap: Tap, record: RequestRecord, route: dict[str, Any]) -> Exchange:
     """`Tap.request`, its records held for the next one (the response's head or first chunk, or the end):
     the request is whole and small, so it costs no write of its own on the way upstream, as the API
@@ -159,6 +183,7 @@ async def forward(request: web.Request, well_known: str | None) -> web.StreamRes
         f"{request.version.major}.{request.version.minor}",
         decoded(request.raw_headers),
         b"",
+        exchange_id=exchange_id(),  # RequestRecord's default makes a uuid.UUID for its text, twice the cost
     )
     url, recorded = app[HTTP_UPSTREAMS].get(name, (None, None))
     route = Route(name, recorded, well_known is None, request.remote).head()
@@ -209,7 +234,12 @@ class Relayed:
     broke: tuple[str, str] | None = None
 
     async def stream(self, upstream: Response) -> web.StreamResponse:
-        response, first = answer_for(upstream.status, upstream.reason, upstream.headers, upstream.take(), self.exchange)
+        try:
+            first = await settled(upstream, upstream.take())
+        except asyncio.CancelledError:
+            self.left_early()
+            raise
+        response, first = answer_for(upstream.status, upstream.reason, upstream.headers, first, self.exchange)
         try:
             await self._pass(response, upstream, first)
         except asyncio.CancelledError:
@@ -228,20 +258,29 @@ class Relayed:
 
     async def _pass(self, response: web.StreamResponse, upstream: Response, chunk: bytes) -> None:
         """`chunk`: the bytes that came with the head. The last bytes leave with the end of the answer, in one
-        write: a JSON answer is head, body and end in one."""
+        write, their log records (the last chunk and the end) in one append before them: a JSON answer, or an
+        SSE answer whose event and end came together, is head, body and end in one of each."""
         if not await _send(response.prepare(self.request)):
             return self._gone(upstream)
         while True:
+            if upstream.at_eof() and not await broken(upstream):
+                return await self._last(response, chunk)
             if chunk:
                 self.exchange.chunk(chunk)
-            if upstream.at_eof():
-                self.upstream_complete = True
-                if not await _send(response.write_eof(chunk)):
-                    self.client_disconnected = True
-                return None
-            if chunk and not await _send(response.write(chunk)):
-                return self._gone(upstream)
-            chunk = await upstream.next()
+                if not await _send(response.write(chunk)):
+                    return self._gone(upstream)
+            chunk = await settled(upstream, await upstream.next())
+
+    async def _last(self, response: web.StreamResponse, chunk: bytes) -> None:
+        """The answer is all here: its end is recorded with its last bytes, before they go on (as the API relay
+        does, so a client that leaves while they drain is not told apart)."""
+        self.upstream_complete = True
+        self.client_disconnected = _gone(self.request)
+        if chunk:
+            self.exchange.chunk(chunk, hold=True)
+        self.exchange.end(client_disconnected=self.client_disconnected, upstream_complete=True)
+        if not await _send(response.write_eof(chunk)):
+            self.client_disconnected = True
 
     def left_early(self) -> None:
         """The client left before the upstream's answer came: the pool closed the upstream connection, and the

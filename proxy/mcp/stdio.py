@@ -91,12 +91,17 @@ class LineSplitter:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         *lines, self._pending = (self._pending + chunk).split(b"\n")
-        return [line.removesuffix(b"\r") for line in lines if line.strip()]
+        return [line.removesuffix(b"\r") for line in lines if not _blank(line)]
 
     def flush(self) -> list[bytes]:
         """The end of the stream: what came after the last newline, if anything."""
         rest, self._pending = self._pending, b""
-        return [rest] if rest.strip() else []
+        return [] if _blank(rest) else [rest]
+
+
+def _blank(line: bytes) -> bool:
+    """Whether a line holds nothing but ASCII whitespace, told without a stripped copy of each message."""
+    return not line or line.isspace()
 
 
 def exit_status(returncode: int) -> int:

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+from common.jsonrpc import parts_of
 from proxy.assemble import INTERRUPTED, Assembler, Built
 from proxy.capture import RedactionPolicy, RequestRecord
 from proxy.logformat import Kind
@@ -19,7 +20,7 @@ from proxy.logreader import LogReader, Position, Read
 from proxy.logwriter import LogSettings, LogWriter
 from proxy.mcp import events
 from proxy.mcp.assemble import McpAssembler, Route
-from proxy.redact import BUILTIN_RULES, fingerprint
+from proxy.redact import BUILTIN_RULES, fingerprint, redact_json
 from proxy.tap import Exchange, HeaderPolicy, Tap
 from schemas.codec import MCP, single_object_encoder
 
@@ -323,3 +324,26 @@ def test_a_relay_start_before_a_restored_streams_position_does_not_close_it(tmp_
         restored.restore(exchange, state, resume)
         built = restored.feed(writer_start)
         assert (restored.open_count, bool(built)) == ((0, True) if closed else (1, False))
+
+
+def test_event_ids_are_the_uuid5_of_connection_and_sequence() -> None:
+    """`events.event_id` builds the UUID's text itself: it must stay what ``uuid.uuid5`` gives, or a rebuilt
+    event would no longer be the duplicate consumers drop."""
+    for connection in (str(uuid.uuid4()), "stdio-0", "é/ü"):
+        for sequence in (0, 1, 255, 2**40):
+            expected = str(uuid.uuid5(events.EVENT_NAMESPACE, f"{connection}/{sequence}"))
+            assert events.event_id(connection, sequence) == expected
+    raw = bytes(range(16))
+    assert events.uuid_text(raw) == str(uuid.UUID(bytes=raw))
+
+
+def test_a_message_parsed_once_makes_the_same_parts_as_its_bytes_read_again() -> None:
+    """The capture parses a payload once, to redact it and to split it; a batch, a secret and bytes that are
+    not JSON give the fields they gave when the redacted bytes were parsed again."""
+    policy = RedactionPolicy(BUILTIN_RULES, frozenset(), b"")
+    secret = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"token": TOKEN}})
+    for payload in (orjson.dumps(CALL), orjson.dumps([CALL, RESULT]), secret, b"not json", b"null", b"[]", b"{}"):
+        made = events.message_fields(events.Message(events.CLIENT_TO_UPSTREAM, payload), policy)
+        again = [events._part_fields(part) for part in parts_of(redact_json(payload, policy.rules)[0])]
+        assert [{key: fields[key] for key in part} for fields, part in zip(made, again, strict=True)] == again
+        assert all(TOKEN.encode() not in fields["payload"] for fields in made)

@@ -60,6 +60,7 @@ class Upstream:
         app.router.add_delete("/mcp/session", self.end_session)
         app.router.add_post("/mcp/sse", self.sse)
         app.router.add_post("/mcp/dies", self.dies)
+        app.router.add_post("/mcp/dies-at-once", self.dies_at_once)
         app.router.add_post("/mcp/waits", self.waits)
         app.router.add_post("/mcp/thinks", self.thinks)
         app.router.add_post("/mcp/auth", self.auth)
@@ -121,6 +122,15 @@ class Upstream:
         assert request.transport is not None
         request.transport.abort()
         return response
+
+    async def dies_at_once(self, request: web.Request) -> web.StreamResponse:
+        """Head, an event and the connection's end in one write: the relay reads the event and the break together."""
+        event = SSE_BODY[: SSE_BODY.index(b"}}\n\n") + 4]
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        assert request.transport is not None
+        request.transport.write(head + b"%x\r\n" % len(event) + event + b"\r\n")
+        request.transport.close()
+        return web.StreamResponse()  # to a closed transport: aiohttp drops it
 
     async def waits(self, request: web.Request) -> web.StreamResponse:
         response = await self.stream(request)
@@ -300,6 +310,18 @@ async def test_a_server_that_dies_mid_stream_cuts_the_client_and_what_came_is_ke
     assert notification["jsonrpc"][0]["method"] == "notifications/progress"
     (exchange,) = by_kind(events, "EXCHANGE")
     assert exchange["error_type"] == "upstream_gone" and not exchange["http"]["upstream_complete"]
+
+
+async def test_a_server_that_drops_the_stream_right_after_an_event_is_not_taken_for_its_end(relay: Relay) -> None:
+    """The event and the connection's end leave the server in one write: the event goes on, and the client's
+    answer is cut, not ended cleanly (a client that resumes, with Last-Event-ID, needs to see the break)."""
+    async with aiohttp.ClientSession() as session:
+        for _ in range(5):
+            async with session.post(relay.pipeline.at("raw", "/dies-at-once"), data=orjson.dumps(CALL)) as response:
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await response.read()
+    exchanges = by_kind(await relay.events(15), "EXCHANGE")
+    assert [(e["error_type"], e["http"]["upstream_complete"]) for e in exchanges] == [("upstream_gone", False)] * 5
 
 
 async def test_a_client_that_leaves_mid_stream_closes_the_upstream_stream(relay: Relay) -> None:
