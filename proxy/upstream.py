@@ -283,8 +283,15 @@ class Response:
         return self._connection.reading_paused
 
     def at_eof(self) -> bool:
-        """Whether the whole body is here and taken."""
-        return self._ended and not self._pieces
+        """Whether the whole body is here and taken: never for an answer that broke, even once the bytes
+        that came before the break are taken (the connection may close in the same read as they come),
+        so the next read raises, and the client's answer is cut, not ended cleanly."""
+        return self._ended and self._error is None and not self._pieces
+
+    @property
+    def failed(self) -> bool:
+        """Whether the answer broke (its connection, its framing); the read after the bytes here raises why."""
+        return self._error is not None
 
     def close(self) -> None:
         """Done with it: the connection goes back to the pool if the answer ended cleanly, else it is closed."""

@@ -151,17 +151,6 @@ async def settled(upstream: Response, chunk: bytes) -> bytes:
     return chunk + upstream.take()
 
 
-async def broken(upstream: Response) -> bool:
-    """Whether an answer that is all here ended in a failure (its connection broke, maybe in the turn
-    `settled` waited): then its last bytes go on as any, and the next read raises the failure, so the
-    client's answer is cut, not ended cleanly. `next` returns at once here: nothing is left to wait for."""
-    try:
-        await upstream.next()
-    except Exception:  # noqa: BLE001 - raised again, and handled, by the read that follows
-        return True
-    return False
-
-
 def held(tap: Tap, record: RequestRecord, route: dict[str, Any]) -> Exchange:
     """`Tap.request`, its records held for the next one (the response's head or first chunk, or the end):
     the request is whole and small, so it costs no write of its own on the way upstream, as the API
@@ -263,7 +252,7 @@ class Relayed:
         if not await _send(response.prepare(self.request)):
             return self._gone(upstream)
         while True:
-            if upstream.at_eof() and not await broken(upstream):
+            if upstream.at_eof():
                 return await self._last(response, chunk)
             if chunk:
                 self.exchange.chunk(chunk)

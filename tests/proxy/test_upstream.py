@@ -146,6 +146,20 @@ async def test_a_close_mid_body_is_a_broken_stream() -> None:
                 await whole(response)
 
 
+async def test_an_answer_that_breaks_with_its_last_bytes_here_is_never_at_its_end() -> None:
+    """The close may come in the same read as the bytes before it: they are taken, and the next read raises."""
+    short = once(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
+    async with upstream(short) as origin, Pool(4, 5.0, 5.0) as pool:
+        async with await pool.request(origin, "GET", "/", []) as response:
+            while not response.failed:
+                await asyncio.sleep(0)
+            assert not response.at_eof()
+            assert response.take() == b"only ten b"
+            assert not response.at_eof()
+            with pytest.raises(StreamBroken):
+                await response.next()
+
+
 async def test_a_slow_consumer_pauses_the_upstream_socket_and_the_buffer_stays_bounded() -> None:
     size = 8 * 2**20
 
