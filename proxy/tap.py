@@ -226,7 +226,7 @@ class McpSink:
             log.error("MCP event dropped, it does not fit the schema: connection %s: %s", event.get("connection_id"), exc)
             return
         record = KEY_LENGTH.pack(len(key := event["session_key"].encode())) + key + value
-        self._writer.append(Kind.EVENT, uuid.UUID(event["event_id"]).bytes, record)
+        self._writer.append(Kind.EVENT, id_bytes(event["event_id"]), record)
 
 
 @dataclass
