@@ -301,13 +301,20 @@ def response_event(
 
 
 def _redact_json(value: Any, rules: Sequence[Rule], fired: list[str]) -> str | None:
-    """A reassembled message, redacted; None for one nested deeper than orjson writes (the body keeps it)."""
+    """A reassembled message, redacted; None for one nested deeper than orjson writes (the body keeps it).
+
+    It is written once, before redacting: those bytes are orjson's own, so they tell `redact_document`
+    whether it is clean without its writing it again, and a clean message (no rule fired, so unchanged)
+    is stored as them; only a message that lost a secret is written anew."""
     if value is None:
         return None
     try:
-        document, hits = redact_document(value, rules)
+        written = orjson.dumps(value)
+        document, hits = redact_document(value, rules, written)
     except orjson.JSONEncodeError:
         return None
+    if not hits:
+        return written.decode()
     fired.extend(hits)
     return orjson.dumps(document).decode()
 
