@@ -24,6 +24,7 @@ HEADER = struct.Struct(">II")  # length, crc
 FIXED = struct.Struct(">B16sQ")  # kind, exchange id, at_ns
 PREFIX = HEADER.size + FIXED.size
 WHOLE_PREFIX = struct.Struct(">IIB16sQ")  # both at once: one unpack per record read, not two
+_LENGTH_AND_CRC, _SHORTEST = HEADER.size, FIXED.size  # plain ints: read per record, as an attribute each cost a lookup
 # A record this long is damage, not data: no chunk the relay appends comes near it.
 MAX_RECORD = 1 << 30
 
@@ -79,19 +80,21 @@ def encode(kind: Kind, exchange: bytes, at_ns: int, payload: bytes) -> bytes:
 def decode_at(buffer: bytes | memoryview, offset: int) -> tuple[Record, int] | None:
     """The record at `offset` and the offset after it; None when the buffer ends inside it
     (not written yet, or torn). Raises `Damaged` when the bytes there cannot be a record."""
-    if len(buffer) - offset < PREFIX:  # inside a record, whose length is at least FIXED.size
-        if len(buffer) - offset >= HEADER.size:
-            _check_length(HEADER.unpack_from(buffer, offset)[0], offset)
+    size = len(buffer)
+    if size - offset < PREFIX:  # inside a record, whose length is at least FIXED.size
+        if size - offset >= HEADER.size and not _SHORTEST <= HEADER.unpack_from(buffer, offset)[0] <= MAX_RECORD:
+            raise _bad_length(buffer, offset)
         return None
     length, crc, number, exchange, at_ns = WHOLE_PREFIX.unpack_from(buffer, offset)
-    _check_length(length, offset)
-    start, end = offset + HEADER.size, offset + HEADER.size + length
-    if len(buffer) < end:
+    if not _SHORTEST <= length <= MAX_RECORD:
+        raise _bad_length(buffer, offset)
+    end = offset + _LENGTH_AND_CRC + length
+    if size < end:
         return None
     # the checksum is taken in one call over the bytes it covers where they lie (the fixed part and the
     # payload are contiguous, and CRC-32 chains: `prefix`'s two calls give the same), then the payload is
     # copied out once
-    if crc32(buffer[start:end]) != crc:
+    if crc32(buffer[offset + _LENGTH_AND_CRC : end]) != crc:
         raise Damaged(f"checksum mismatch at offset {offset}")
     kind = KINDS.get(number)
     if kind is None:
@@ -99,12 +102,11 @@ def decode_at(buffer: bytes | memoryview, offset: int) -> tuple[Record, int] | N
             f"record kind {number} at offset {offset} is not one this KGB knows (it knows 1 to {max(Kind)}): a newer KGB"
             " wrote this log; run that version's worker until the log is published (README: Downgrading)"
         )
-    return Record(kind, exchange, at_ns, bytes(buffer[start + FIXED.size : end])), end
+    return Record(kind, exchange, at_ns, bytes(buffer[offset + PREFIX : end])), end
 
 
-def _check_length(length: int, offset: int) -> None:
-    if length < FIXED.size or length > MAX_RECORD:
-        raise Damaged(f"record length {length} at offset {offset}")
+def _bad_length(buffer: bytes | memoryview, offset: int) -> Damaged:
+    return Damaged(f"record length {HEADER.unpack_from(buffer, offset)[0]} at offset {offset}")
 
 
 def needed_at(buffer: bytes | memoryview, offset: int) -> int:

@@ -53,8 +53,10 @@ def test_damaged_bytes_are_refused_not_misread() -> None:
     data[-1] ^= 0xFF
     with pytest.raises(logformat.Damaged, match="checksum"):
         logformat.decode_at(bytes(data), 0)
-    with pytest.raises(logformat.Damaged, match="length"):
-        logformat.decode_at(b"\x00\x00\x00\x01" + b"\x00" * 40, 0)
+    for rest in (40, 4):  # a bad length is seen in a buffer too short for the rest of the prefix too
+        with pytest.raises(logformat.Damaged, match="length 1 at"):
+            logformat.decode_at(b"\x00\x00\x00\x01" + b"\x00" * rest, 0)
+    assert logformat.decode_at(data[: logformat.PREFIX - 1], 0) is None  # a good length there is a record to come
 
 
 def test_files_are_private_even_in_a_directory_that_was_not(tmp_path: Path) -> None:
