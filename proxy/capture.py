@@ -11,6 +11,7 @@ is the same event and changes nothing downstream.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import uuid
@@ -162,11 +163,16 @@ class Ending:
 
 
 EVENT_NAMESPACE = uuid.UUID("6b6762c0-cafe-4e00-8000-6b6762657665")
+_NAMESPACE_BYTES = EVENT_NAMESPACE.bytes
 
 
 def event_id(exchange_id: str, kind: str) -> str:
-    """The same exchange and kind always give the same id: a republished event is a duplicate consumers drop."""
-    return str(uuid.uuid5(EVENT_NAMESPACE, f"{exchange_id}/{kind}"))
+    """The same exchange and kind always give the same id: a republished event is a duplicate consumers drop.
+
+    `uuid.uuid5(EVENT_NAMESPACE, name)` as `uuid.uuid5` computes it, the namespace's bytes taken once:
+    half its cost, and the worker takes two per exchange."""
+    digest = hashlib.sha1(_NAMESPACE_BYTES + f"{exchange_id}/{kind}".encode(), usedforsecurity=False).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=5))
 
 
 @dataclass
