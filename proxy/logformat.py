@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from isal.isal_zlib import crc32  # zlib's CRC-32, computed ~7x faster (ISA-L): relay and worker checksum every body byte
 
 HEADER = struct.Struct(">II")  # length, crc
 FIXED = struct.Struct(">B16sQ")  # kind, exchange id, at_ns
 PREFIX = HEADER.size + FIXED.size
+WHOLE_PREFIX = struct.Struct(">IIB16sQ")  # both at once: one unpack per record read, not two
+_LENGTH_AND_CRC, _SHORTEST = HEADER.size, FIXED.size  # plain ints: read per record, as an attribute each cost a lookup
 # A record this long is damage, not data: no chunk the relay appends comes near it.
 MAX_RECORD = 1 << 30
 
@@ -45,8 +47,10 @@ class Kind(enum.IntEnum):
 KINDS = {kind.value: kind for kind in Kind}  # a dict lookup per record, not an enum call and its ValueError
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
+    """One record read back; a named tuple, not a frozen dataclass: the worker builds one per record
+    (an SSE answer is a record per event), and a frozen dataclass's `__init__` cost twice as much."""
+
     kind: Kind
     exchange: bytes  # 16 bytes, a UUID's
     at_ns: int  # wall clock, time.time_ns()
@@ -76,26 +80,33 @@ def encode(kind: Kind, exchange: bytes, at_ns: int, payload: bytes) -> bytes:
 def decode_at(buffer: bytes | memoryview, offset: int) -> tuple[Record, int] | None:
     """The record at `offset` and the offset after it; None when the buffer ends inside it
     (not written yet, or torn). Raises `Damaged` when the bytes there cannot be a record."""
-    if len(buffer) - offset < HEADER.size:
+    size = len(buffer)
+    if size - offset < PREFIX:  # inside a record, whose length is at least FIXED.size
+        if size - offset >= HEADER.size and not _SHORTEST <= HEADER.unpack_from(buffer, offset)[0] <= MAX_RECORD:
+            raise _bad_length(buffer, offset)
         return None
-    length, crc = HEADER.unpack_from(buffer, offset)
-    if length < FIXED.size or length > MAX_RECORD:
-        raise Damaged(f"record length {length} at offset {offset}")
-    start, end = offset + HEADER.size, offset + HEADER.size + length
-    if len(buffer) < end:
+    length, crc, number, exchange, at_ns = WHOLE_PREFIX.unpack_from(buffer, offset)
+    if not _SHORTEST <= length <= MAX_RECORD:
+        raise _bad_length(buffer, offset)
+    end = offset + _LENGTH_AND_CRC + length
+    if size < end:
         return None
-    # the payload is copied out once, and the checksum taken over it where it lies (as `prefix` takes it)
-    payload = bytes(buffer[start + FIXED.size : end])
-    if crc32(payload, crc32(buffer[start : start + FIXED.size])) != crc:
+    # the checksum is taken in one call over the bytes it covers where they lie (the fixed part and the
+    # payload are contiguous, and CRC-32 chains: `prefix`'s two calls give the same), then the payload is
+    # copied out once
+    if crc32(buffer[offset + _LENGTH_AND_CRC : end]) != crc:
         raise Damaged(f"checksum mismatch at offset {offset}")
-    number, exchange, at_ns = FIXED.unpack_from(buffer, start)
     kind = KINDS.get(number)
     if kind is None:
         raise NewerLog(
             f"record kind {number} at offset {offset} is not one this KGB knows (it knows 1 to {max(Kind)}): a newer KGB"
             " wrote this log; run that version's worker until the log is published (README: Downgrading)"
         )
-    return Record(kind, exchange, at_ns, payload), end
+    return Record(kind, exchange, at_ns, bytes(buffer[offset + PREFIX : end])), end
+
+
+def _bad_length(buffer: bytes | memoryview, offset: int) -> Damaged:
+    return Damaged(f"record length {HEADER.unpack_from(buffer, offset)[0]} at offset {offset}")
 
 
 def needed_at(buffer: bytes | memoryview, offset: int) -> int:

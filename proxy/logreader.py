@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,8 +35,9 @@ class Position(NamedTuple):
     offset: int
 
 
-@dataclass(frozen=True, slots=True)
-class Read:
+class Read(NamedTuple):
+    """A record and where it lies; a named tuple for `Record`'s reason (one per record read)."""
+
     at: Position
     record: Record
     after: Position
@@ -101,13 +101,17 @@ class LogReader:
         return Position(self._seq, self._base + self._cursor)
 
     def poll(self, budget: int = 4 * READ_BYTES) -> list[Read]:
-        """Records readable now, up to about `budget` bytes of them."""
+        """Records readable now, up to about `budget` bytes of them. A record's end is where the next one
+        starts: one `Position` serves as both, but for a move to another segment."""
         reads: list[Read] = []
         used = 0
         self.at_end = False
+        at = self.position
         while used < budget:
-            if self._file is None and not self._open():
-                break
+            if self._file is None:
+                if not self._open():
+                    break
+                at = self.position
             try:
                 decoded = logformat.decode_at(self._window.view, self._cursor)
             except logformat.NewerLog as exc:
@@ -119,16 +123,18 @@ class LogReader:
                     break
                 continue
             if decoded is None:
-                if self._fill():
+                if self._fill():  # the window moves on; the position stays
                     continue
                 if not self._next_segment_if_done():
                     self.at_end = True
                     break
                 continue
             record, end = decoded
-            reads.append(Read(self.position, record, Position(self._seq, self._base + end)))
+            after = Position(self._seq, self._base + end)
+            reads.append(Read(at, record, after))
             used += end - self._cursor
             self._cursor = end
+            at = after
         return reads
 
     def close(self) -> None:

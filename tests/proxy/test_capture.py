@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import orjson
 
 from common.documents import parse_json
-from proxy.capture import Ending, RedactionPolicy, RequestRecord, ResponseRecorder, request_event, response_event
+from proxy.capture import (
+    EVENT_NAMESPACE,
+    Ending,
+    RedactionPolicy,
+    RequestRecord,
+    ResponseRecorder,
+    event_id,
+    request_event,
+    response_event,
+)
 from proxy.mcp.events import Message, message_fields
 from proxy.redact import BUILTIN_RULES
 from tests.proxy.planted import ANTHROPIC_KEY, SECRETS, escaped, sse, text_delta
@@ -139,3 +149,10 @@ def test_a_request_nested_deeper_than_orjson_writes_still_makes_its_event() -> N
     record.body = b'{"messages":' + b"[" * 300 + orjson.dumps(ANTHROPIC_KEY) + b"]" * 300 + b"}"
     event, _ = request_event(record, POLICY)
     assert leaks(event, ANTHROPIC_KEY) == [] and "anthropic_key" in event["redactions"]
+
+
+def test_event_ids_are_the_uuid5_of_exchange_and_kind() -> None:
+    """Ids are a contract across versions: a republished event must keep its id for consumers to drop it."""
+    for exchange in ("00000000-0000-0000-0000-000000000001", str(uuid.uuid4()), "ünï"):
+        for kind in ("REQUEST", "RESPONSE"):
+            assert event_id(exchange, kind) == str(uuid.uuid5(EVENT_NAMESPACE, f"{exchange}/{kind}"))

@@ -6,6 +6,7 @@ import asyncio
 import os
 import stat
 import uuid
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from proxy import checkpoint, logformat, worker
 from proxy.capture import RedactionPolicy
 from proxy.logformat import Kind
-from proxy.logreader import ARENA_KEPT, READ_BYTES, LogReader, Position, Window
+from proxy.logreader import ARENA_KEPT, READ_BYTES, LogReader, Position, Read, Window
 from proxy.logwriter import FsyncPolicy, LogSettings, LogWriter, segments
 from proxy.redact import BUILTIN_RULES
 from proxy.tap import capture_log, exchange_id, id_bytes
@@ -53,8 +54,10 @@ def test_damaged_bytes_are_refused_not_misread() -> None:
     data[-1] ^= 0xFF
     with pytest.raises(logformat.Damaged, match="checksum"):
         logformat.decode_at(bytes(data), 0)
-    with pytest.raises(logformat.Damaged, match="length"):
-        logformat.decode_at(b"\x00\x00\x00\x01" + b"\x00" * 40, 0)
+    for rest in (40, 4):  # a bad length is seen in a buffer too short for the rest of the prefix too
+        with pytest.raises(logformat.Damaged, match="length 1 at"):
+            logformat.decode_at(b"\x00\x00\x00\x01" + b"\x00" * rest, 0)
+    assert logformat.decode_at(data[: logformat.PREFIX - 1], 0) is None  # a good length there is a record to come
 
 
 def test_files_are_private_even_in_a_directory_that_was_not(tmp_path: Path) -> None:
@@ -159,6 +162,31 @@ def test_a_record_torn_by_a_kill_is_skipped_once_a_new_writer_starts(tmp_path: P
     restarted.append(Kind.END, EXCHANGE, b"after restart")
     restarted.close()
     assert payloads(reader) == [b"after restart"] and reader.torn == 1
+
+
+def positions_hold(reads: list[Read]) -> bool:
+    """Each read lies where it says: its end is the next one's start within a segment, the start of the next
+    segment otherwise, and it spans its record."""
+    for read, following in pairwise(reads):
+        if following.at != (read.after if following.at.seq == read.at.seq else Position(following.at.seq, 0)):
+            return False
+    return all(r.after.offset - r.at.offset == logformat.PREFIX + len(r.record.payload) for r in reads)
+
+
+def test_reads_say_where_they_lie_across_segments_and_past_damage(tmp_path: Path) -> None:
+    w = writer(tmp_path, segment_bytes=200)
+    for n in range(5):
+        w.append(Kind.REQUEST_BODY, EXCHANGE, bytes([n]) * 60)
+    w.close()
+    reads = LogReader(tmp_path, Position(0, 0)).poll()
+    assert {read.at.seq for read in reads} == {0, 1} and positions_hold(reads)  # the third segment is empty
+    (_, first), *_ = segments(tmp_path)
+    data = bytearray(first.read_bytes())
+    data[-1] ^= 0xFF
+    first.write_bytes(bytes(data))
+    reader = LogReader(tmp_path, Position(0, 0))
+    reads = reader.poll()
+    assert reader.damaged == 1 and len(reads) == 5 and reads[2].at == Position(1, 0) and positions_hold(reads)
 
 
 def test_a_damaged_segment_is_skipped_with_what_follows_it_kept(tmp_path: Path) -> None:

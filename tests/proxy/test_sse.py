@@ -352,3 +352,28 @@ def test_events_the_assembler_cannot_read_are_kept_not_raised() -> None:
         "message_delta",
         "content_block_start",
     ]
+
+
+PLAIN_RUNS = "".join(
+    [
+        sse("message_start", message_start()),
+        block_start_event(0, {"type": "text", "text": ""}),
+        *(canonical(text) for text in ["one ", "two ", "raw\ttab ", "three ", "é ünï ", "", "four ", r"esc\"aped "]),
+        *(canonical(text) for text in ["five ", "six ", "\u2028 "]),
+        canonical("other block", index=1),
+        canonical("seven"),
+    ]
+)
+
+
+@pytest.mark.parametrize("size", [1, 5, 90, 700, len(PLAIN_RUNS)])
+def test_runs_of_plain_deltas_broken_by_an_escape_or_a_raw_control_give_what_the_general_path_gives(size: int) -> None:
+    """Non-ASCII, empty and escaped strings within one run of a block's deltas (a raw tab is no JSON: that
+    delta is kept as an unknown event, by both paths)."""
+    expected = general(PLAIN_RUNS)
+    assert streamed(PLAIN_RUNS, size) == expected
+    assert expected.message is not None
+    assert [block["text"] for block in expected.message["content"]] == [
+        'one two three é ünï four esc"aped five six \u2028 seven',
+        "other block",
+    ]
