@@ -180,14 +180,19 @@ class LogCopy:
 
     def of(self, chunk: bytes, *, last: bool = False) -> bytes:
         """`last`: the answer is all here, so what the decoder still holds comes out with it."""
-        if self.decoder is None:
+        decoder = self.decoder
+        if decoder is None:
             return chunk
         try:
-            return self.decoder.feed(chunk) + (self.decoder.flush() if last else b"")
+            data = decoder.feed(chunk)
         except Exception as exc:  # noqa: BLE001 - a body that does not decode costs its decoding, never the client's stream
             log.warning("mcp request %s: cannot decode the event stream (%s); logging the rest as it crossed", self.label, exc)
             self.decoder = None
             return chunk
+        try:
+            return data + (decoder.flush() if last else b"")
+        except Exception:  # noqa: BLE001 - a cut-short body's end: what decoded is all there is
+            return data
 
 
 def held(tap: Tap, record: RequestRecord, route: dict[str, Any]) -> Exchange:

@@ -10,8 +10,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import brotli
 import orjson
 import pytest
+import zstandard
 
 from common.jsonrpc import parts_of
 from proxy.assemble import INTERRUPTED, Assembler, Built
@@ -223,6 +225,9 @@ def notification(n: int) -> bytes:
 LISTEN = {"jsonrpc": "2.0", "id": 1, "method": "subscriptions/listen", "params": {"notifications": ["resources/updated"]}}
 
 
+COMPRESS = {"gzip": gzip.compress, "deflate": zlib.compress, "br": brotli.compress, "zstd": zstandard.compress}
+
+
 def held_stream(
     directory: Path,
     count: int = 6,
@@ -245,7 +250,7 @@ def held_stream(
         exchange.decoded_chunks()
     exchange.response_head(200, headers)
     body = b"".join(b"id: s:%d\ndata: " % n + notification(n) + b"\n\n" for n in range(count)) + b": keep-alive\n\n"
-    body = gzip.compress(body) if content_encoding == "gzip" else body
+    body = COMPRESS[content_encoding](body) if content_encoding else body
     for start in range(0, len(body), piece):
         exchange.chunk(copy.of(body[start : start + piece]), crossed=len(body[start : start + piece]))
     exchange.end(client_disconnected=True, upstream_complete=False)
@@ -289,13 +294,14 @@ def answers(records: list[Read]) -> tuple[list[tuple[bytes, Any]], int]:
     return messages, made[-1]["http"]["response_body_size"]
 
 
+@pytest.mark.parametrize("encoding", list(COMPRESS))
 def test_a_compressed_stream_logged_decoded_makes_the_events_of_the_plain_one_and_counts_the_bytes_that_crossed(
-    tmp_path: Path,
+    tmp_path: Path, encoding: str
 ) -> None:
     """As a log from before the mark does (the worker decoding it), with the compressed size in its exchange."""
     plain, plain_size = answers(held_stream(tmp_path / "plain"))
-    compressed, compressed_size = answers(held_stream(tmp_path / "gzip", content_encoding="gzip", decoded=True))
-    undecoded, undecoded_size = answers(held_stream(tmp_path / "old", content_encoding="gzip"))
+    compressed, compressed_size = answers(held_stream(tmp_path / "new", content_encoding=encoding, decoded=True))
+    undecoded, undecoded_size = answers(held_stream(tmp_path / "old", content_encoding=encoding))
     assert len(plain) == 6 and compressed == undecoded == plain
     assert compressed_size == undecoded_size < plain_size, "the body's size as it crossed, compressed"
 
