@@ -10,7 +10,8 @@ chunk, before that chunk goes on: a client that leaves while the last bytes
 drain is not told apart). Everything else (decoding,
 SSE reassembly, body redaction, session parsing, Avro, Kafka) is the capture
 worker's. The MCP Streamable HTTP relay appends its requests the same way,
-their head of its own kind (`Tap.request` with `mcp`). Appends are plain
+their head of its own kind (`Tap.request` with `mcp`), and logs a compressed event stream's
+chunks decoded (`Exchange.decoded_chunks`), so the worker can save a long stream's state. Appends are plain
 writes to the page cache; a chunk is appended before it is sent on, so
 whatever reached a client is in the log.
 
@@ -125,6 +126,8 @@ class Exchange:
     body_bytes: int = 0
     body_over: bool = False  # its REQUEST_END is in the log: a piece read after it is not the request's
     ended: bool = False  # its END is in the log: nothing more is appended
+    # set (by `decoded_chunks`) when the response's chunks go to the log decoded: the bytes that crossed, for its end
+    crossed: int | None = None
 
     @property
     def label(self) -> str:
@@ -155,12 +158,22 @@ class Exchange:
     def response_head(self, status: int, headers: list[tuple[str, str]], *, with_chunk: bool = False) -> None:
         """`with_chunk`: the client gets the head only with a chunk appended next, so the head may wait for it."""
         head = {"status": status, "headers": scrubbed(headers, self.tap.policy.secret_names)}
+        if self.crossed is not None:
+            head["decoded"] = True
         self._append(Kind.RESPONSE_HEAD, orjson.dumps(head), hold=with_chunk)
 
-    def chunk(self, data: bytes, *, hold: bool = False) -> None:
-        """`hold`: the end comes next, before the chunk goes on, so the two leave in one write."""
+    def decoded_chunks(self) -> None:
+        """The response's chunks go to the log decoded (an MCP event stream, proxy/mcp/http.py), called before
+        its head: the head says so, and the end gives the size of the bytes that crossed."""
+        self.crossed = 0
+
+    def chunk(self, data: bytes, *, hold: bool = False, crossed: int | None = None) -> None:
+        """`hold`: the end comes next, before the chunk goes on, so the two leave in one write. `crossed`: the
+        size of the bytes that crossed, when `data` is their decoding."""
         if self.first_byte_ns is None:
             self.first_byte_ns = time.perf_counter_ns()
+        if self.crossed is not None:
+            self.crossed += len(data) if crossed is None else crossed
         self._append(Kind.RESPONSE_CHUNK, data, hold=hold)
 
     def end(self, *, client_disconnected: bool, upstream_complete: bool, proxy_error: tuple[str, str] | None = None) -> None:
@@ -179,6 +192,8 @@ class Exchange:
             "proxy_error": proxy_error,
             "captured_whole": self.captured,
         }
+        if self.crossed is not None:
+            ending["response_bytes"] = self.crossed
         self.tap.writer.append(Kind.END, self.id, orjson.dumps(ending), force=True)
         self.tap.writer.exchange_ended()
 

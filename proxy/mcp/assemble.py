@@ -22,9 +22,14 @@ open request's state is small once its response head is in (the body's size,
 not the body; the SSE parser's unfinished event, not the events it made) and
 `snapshot` gives it as JSON: the worker saves it beside the checkpoint, which
 may then pass the request's head, and a restarted worker `restore`s it and goes
-on numbering its events from where it stopped. A compressed body's decoder
-cannot be saved, nor a request whose body is still coming, nor a JSON answer
-(kept whole until its end): those hold the checkpoint at their head as before.
+on numbering its events from where it stopped. A compressed event stream is
+saved the same way: the relay logs its chunks decoded (proxy/mcp/http.py
+`LogCopy`), its response head says so (``"decoded": true``) and its end gives
+the size that crossed (``response_bytes``), so no decoder is needed here. A
+compressed stream logged as it crossed (by a relay from before the mark) has
+a decoder here whose state cannot be saved; it, a request
+whose body is still coming, and a JSON answer (kept whole until its end) hold
+the checkpoint at their head as before.
 """
 
 from __future__ import annotations
@@ -121,21 +126,26 @@ def exchange_fields(
     }
 
 
+def body_decoder(content_encoding: str | None) -> decode.Decoder | None:
+    """The body's decoder; one encoded as we cannot undo is taken as sent."""
+    try:
+        return decode.decoder_for(content_encoding)
+    except decode.UnsupportedEncoding:
+        return decode.Unencoded()
+
+
 class ResponseCopy:
     """A response body, decoded, turned into messages as it arrives: each SSE event with data as it
-    completes, a JSON body at its end. A body it cannot decode is taken as sent; it never raises."""
+    completes, a JSON body at its end. A body it cannot decode is taken as sent; it never raises.
+    `decoded`: the relay logged its chunks decoded already (the response head's mark), so they are taken as they are."""
 
-    def __init__(self, headers: list[tuple[str, str]]) -> None:
+    def __init__(self, headers: list[tuple[str, str]], *, decoded: bool = False) -> None:
         self._headers = events.mcp_headers(headers)
         content_type = (header(headers, "content-type") or "").lower()
         self._sse = SSEParser() if content_type.startswith("text/event-stream") else None
         self._text = UTF8(errors="replace")
         self._chunks: list[bytes] = []
-        self._decoder: decode.Decoder | None
-        try:
-            self._decoder = decode.decoder_for(header(headers, "content-encoding"))
-        except decode.UnsupportedEncoding:
-            self._decoder = decode.Unencoded()
+        self._decoder = None if decoded else body_decoder(header(headers, "content-encoding"))
 
     def state(self) -> dict[str, Any] | None:
         """What an event stream holds between chunks, as JSON; None for a JSON body (kept whole until its end)
@@ -252,15 +262,19 @@ class McpAssembler(OpenExchanges[Pending]):
             return []
         if record.kind is Kind.RESPONSE_HEAD:
             head = orjson.loads(record.payload)
-            return built(record.exchange, pending, self._begin(pending, head["status"], [(n, v) for n, v in head["headers"]]))
+            headers = [(n, v) for n, v in head["headers"]]
+            return built(record.exchange, pending, self._begin(pending, head["status"], headers, head.get("decoded", False)))
         if record.kind is Kind.RESPONSE_CHUNK:
             return built(record.exchange, pending, self._chunk(pending, record.payload, record.at_ns // 1000))
         if record.kind is Kind.END:
-            return self._close(record.exchange, ending(record))
+            return self._close(record.exchange, ending(record), orjson.loads(record.payload).get("response_bytes"))
         return []
 
-    def _begin(self, pending: Pending, status: int | None, headers: list[tuple[str, str]]) -> list[dict[str, Any]]:
-        """The response's head is in: the session is known, so the request's messages can be made."""
+    def _begin(
+        self, pending: Pending, status: int | None, headers: list[tuple[str, str]], decoded: bool = False
+    ) -> list[dict[str, Any]]:
+        """The response's head is in: the session is known, so the request's messages can be made. `decoded`:
+        the relay logs its chunks decoded (the head's mark)."""
         body = b"".join(pending.body)
         pending.body, pending.body_size = [], len(body)
         pending.response = Response(status, headers)
@@ -268,7 +282,7 @@ class McpAssembler(OpenExchanges[Pending]):
         stamper.session_key, stamper.mcp_session_id = session_of(pending.request, pending.route, headers)
         if not pending.route.messages:
             return []
-        pending.copy = ResponseCopy(headers)
+        pending.copy = ResponseCopy(headers, decoded=decoded)
         if not body:
             return []
         message = events.Message(events.CLIENT_TO_UPSTREAM, body, pending.request.headers)
@@ -279,12 +293,16 @@ class McpAssembler(OpenExchanges[Pending]):
         pending.response.body_size += len(chunk)
         return self._messages(pending, pending.copy.feed(chunk), at) if pending.copy is not None else []
 
-    def _close(self, exchange: bytes, how: Ending) -> list[Built]:
+    def _close(self, exchange: bytes, how: Ending, crossed: int | None = None) -> list[Built]:
+        """`crossed`: the size of the body that crossed, when the relay logged it decoded (its end says; an
+        exchange closed as interrupted has no end, and counts the decoded bytes)."""
         pending = self._open.pop(exchange)
         made = self._begin(pending, None, []) if pending.response is None else []
         if pending.copy is not None:
             made += self._messages(pending, pending.copy.finish(), how.ended_at)
         assert pending.response is not None
+        if crossed is not None:
+            pending.response.body_size = crossed
         fields = exchange_fields(pending.request, pending.body_size, pending.route, pending.response, how, self._policy)
         made += pending.stamper.stamped("EXCHANGE", how.ended_at, fields)
         return built(exchange, pending, made, last=True)

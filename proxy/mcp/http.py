@@ -17,7 +17,9 @@ one pool for all the HTTP servers, bounded per origin.
 Capture is what the API proxy does (proxy/tap.py): the request's head (with
 the `Route`: server name, recorded URL, client address), its body, the
 response's head, each chunk just before it goes on, and how it ended, appended
-to the capture log as raw material. The capture worker reads the messages out
+to the capture log as raw material. An event stream with a Content-Encoding is
+the one exception: its copy is logged decoded (`LogCopy`), so the worker can
+save a long stream's state as it does a plain one's. The capture worker reads the messages out
 of them and builds the events (proxy/mcp/assemble.py): no JSON-RPC parsing,
 redaction or Avro on this loop. OAuth metadata at
 ``/.well-known/oauth-protected-resource/mcp/NAME`` and
@@ -39,7 +41,7 @@ import orjson
 from aiohttp import web
 from yarl import URL
 
-from proxy import errors
+from proxy import decode, errors
 
 # The API proxy's own small I/O helpers: reading a bounded body, writing to a client that may be gone,
 # an answer whose head leaves with its first bytes.
@@ -61,7 +63,7 @@ from proxy.mcp.assemble import Route
 from proxy.mcp.events import recorded_url
 from proxy.mcp.keys import HTTP_POOL, HTTP_UPSTREAMS
 from proxy.tap import Exchange, Tap, exchange_id
-from proxy.upstream import Origin, Response, UpstreamError
+from proxy.upstream import Origin, Response, UpstreamError, header
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +153,48 @@ async def settled(upstream: Response, chunk: bytes) -> bytes:
     return chunk + upstream.take()
 
 
+def stream_decoder(headers: list[tuple[str, str]]) -> decode.Decoder | None:
+    """The decoder for an event stream's Content-Encoding: its copy goes to the log decoded, so the worker
+    can save a long stream's state as for a plain one (proxy/mcp/assemble.py). None, the chunks logged as
+    they crossed: a body not encoded, one encoded as we cannot undo, or a JSON answer (kept whole, decoded
+    by the worker at its end)."""
+    content_type = (header(headers, "content-type") or "").lower()
+    encoding = header(headers, "content-encoding")
+    if not encoding or not content_type.startswith("text/event-stream"):
+        return None
+    try:
+        return decode.decoder_for(encoding)
+    except decode.UnsupportedEncoding:
+        return None
+
+
+@dataclass
+class LogCopy:
+    """What the log gets of each chunk of an answer: the chunk, or its decoding (`stream_decoder`). A chunk that
+    does not decode goes to the log as it crossed, and so does the rest of the stream (the worker then takes
+    it as sent, as it does a body it cannot decode itself); the client's bytes are never touched, and
+    nothing here raises into the relay."""
+
+    decoder: decode.Decoder | None
+    label: str
+
+    def of(self, chunk: bytes, *, last: bool = False) -> bytes:
+        """`last`: the answer is all here, so what the decoder still holds comes out with it."""
+        decoder = self.decoder
+        if decoder is None:
+            return chunk
+        try:
+            data = decoder.feed(chunk)
+        except Exception as exc:  # noqa: BLE001 - a body that does not decode costs its decoding, never the client's stream
+            log.warning("mcp request %s: cannot decode the event stream (%s); logging the rest as it crossed", self.label, exc)
+            self.decoder = None
+            return chunk
+        try:
+            return data + (decoder.flush() if last else b"")
+        except Exception:  # noqa: BLE001 - a cut-short body's end: what decoded is all there is
+            return data
+
+
 def held(tap: Tap, record: RequestRecord, route: dict[str, Any]) -> Exchange:
     """`Tap.request`, its records held for the next one (the response's head or first chunk, or the end):
     the request is whole and small, so it costs no write of its own on the way upstream, as the API
@@ -221,6 +265,7 @@ class Relayed:
     client_disconnected: bool = False
     upstream_complete: bool = False
     broke: tuple[str, str] | None = None
+    copy: LogCopy | None = None
 
     async def stream(self, upstream: Response) -> web.StreamResponse:
         try:
@@ -228,6 +273,10 @@ class Relayed:
         except asyncio.CancelledError:
             self.left_early()
             raise
+        decoder = stream_decoder(upstream.headers)
+        if decoder is not None:
+            self.copy = LogCopy(decoder, self.exchange.label)
+            self.exchange.decoded_chunks()
         response, first = answer_for(upstream.status, upstream.reason, upstream.headers, first, self.exchange)
         try:
             await self._pass(response, upstream, first)
@@ -255,7 +304,7 @@ class Relayed:
             if upstream.at_eof():
                 return await self._last(response, chunk)
             if chunk:
-                self.exchange.chunk(chunk)
+                self._log(chunk)
                 if not await _send(response.write(chunk)):
                     return self._gone(upstream)
             chunk = await settled(upstream, await upstream.next())
@@ -265,11 +314,16 @@ class Relayed:
         does, so a client that leaves while they drain is not told apart)."""
         self.upstream_complete = True
         self.client_disconnected = _gone(self.request)
-        if chunk:
-            self.exchange.chunk(chunk, hold=True)
+        self._log(chunk, last=True)
         self.exchange.end(client_disconnected=self.client_disconnected, upstream_complete=True)
         if not await _send(response.write_eof(chunk)):
             self.client_disconnected = True
+
+    def _log(self, chunk: bytes, *, last: bool = False) -> None:
+        """`chunk` to the log, decoded for a compressed event stream; `last` holds it for the end."""
+        data = chunk if self.copy is None else self.copy.of(chunk, last=last)
+        if data or chunk:
+            self.exchange.chunk(data, hold=last, crossed=len(chunk))
 
     def left_early(self) -> None:
         """The client left before the upstream's answer came: the pool closed the upstream connection, and the

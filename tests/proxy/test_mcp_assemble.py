@@ -4,13 +4,16 @@ a real capture log on disk, no network, no Kafka."""
 from __future__ import annotations
 
 import gzip
+import zlib
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import brotli
 import orjson
 import pytest
+import zstandard
 
 from common.jsonrpc import parts_of
 from proxy.assemble import INTERRUPTED, Assembler, Built
@@ -20,6 +23,7 @@ from proxy.logreader import LogReader, Position, Read
 from proxy.logwriter import LogSettings, LogWriter
 from proxy.mcp import events
 from proxy.mcp.assemble import McpAssembler, Route
+from proxy.mcp.http import LogCopy, stream_decoder
 from proxy.redact import BUILTIN_RULES, fingerprint, redact_json
 from proxy.tap import Exchange, HeaderPolicy, Tap
 from schemas.codec import MCP, single_object_encoder
@@ -221,30 +225,49 @@ def notification(n: int) -> bytes:
 LISTEN = {"jsonrpc": "2.0", "id": 1, "method": "subscriptions/listen", "params": {"notifications": ["resources/updated"]}}
 
 
+COMPRESS = {"gzip": gzip.compress, "deflate": zlib.compress, "br": brotli.compress, "zstd": zstandard.compress}
+
+
 def held_stream(
-    directory: Path, count: int = 6, piece: int = 37, content_encoding: str | None = None, *, listen: bool = False
+    directory: Path,
+    count: int = 6,
+    piece: int = 37,
+    content_encoding: str | None = None,
+    *,
+    listen: bool = False,
+    decoded: bool = False,
 ) -> list[Read]:
     """A GET stream's records (or, with `listen`, a 2026-07-28 ``subscriptions/listen`` POST's): its head,
-    SSE events cut every `piece` bytes (mid-line, mid-character), a keep-alive, its end."""
+    SSE events cut every `piece` bytes (mid-line, mid-character), a keep-alive, its end. `decoded`: a
+    compressed stream's chunks logged decoded, as the relay logs them (its `LogCopy`)."""
     t = tap(directory)
     get = RequestRecord("GET", "/mcp/weather", "", "1.1", [("Accept", "text/event-stream"), ("Mcp-Session-Id", SESSION)], b"")
     exchange = t.request(request(LISTEN, session=None, version="2026-07-28") if listen else get, ROUTE.head())
     headers = [("Content-Type", "text/event-stream"), ("Mcp-Session-Id", SESSION)]
-    exchange.response_head(200, headers + ([("Content-Encoding", content_encoding)] if content_encoding else []))
+    headers += [("Content-Encoding", content_encoding)] if content_encoding else []
+    copy = LogCopy(stream_decoder(headers) if decoded else None, "test")
+    if decoded:
+        exchange.decoded_chunks()
+    exchange.response_head(200, headers)
     body = b"".join(b"id: s:%d\ndata: " % n + notification(n) + b"\n\n" for n in range(count)) + b": keep-alive\n\n"
-    body = gzip.compress(body) if content_encoding == "gzip" else body
+    body = COMPRESS[content_encoding](body) if content_encoding else body
     for start in range(0, len(body), piece):
-        exchange.chunk(body[start : start + piece])
+        exchange.chunk(copy.of(body[start : start + piece]), crossed=len(body[start : start + piece]))
     exchange.end(client_disconnected=True, upstream_complete=False)
     t.writer.close()
     return reads(directory)
 
 
-@pytest.mark.parametrize("listen", [False, True], ids=["get", "listen"])
-def test_a_stream_restored_from_its_state_at_any_record_goes_on_as_if_never_stopped(tmp_path: Path, listen: bool) -> None:
+@pytest.mark.parametrize(
+    ("listen", "content_encoding"), [(False, None), (True, None), (False, "gzip")], ids=["get", "listen", "gzip-logged-decoded"]
+)
+def test_a_stream_restored_from_its_state_at_any_record_goes_on_as_if_never_stopped(
+    tmp_path: Path, listen: bool, content_encoding: str | None
+) -> None:
     """The worker's restart: state saved after record k (JSON and back), a new assembler restores it and reads
-    from an earlier checkpoint on; the events of both runs are exactly those of one run, ids and sequences alike."""
-    records = held_stream(tmp_path, listen=listen)
+    from an earlier checkpoint on; the events of both runs are exactly those of one run, ids and sequences alike.
+    A compressed stream the relay logged decoded is saved like a plain one."""
+    records = held_stream(tmp_path, listen=listen, content_encoding=content_encoding, decoded=content_encoding is not None)
     whole = [b.event for b in assembled(tmp_path)]
     first_saveable = next(i for i, r in enumerate(records) if r.record.kind is Kind.RESPONSE_HEAD)
     for k in range(first_saveable, len(records) - 1):
@@ -261,6 +284,39 @@ def test_a_stream_restored_from_its_state_at_any_record_goes_on_as_if_never_stop
     assert whole[-1]["http"]["request_body_size"] == (len(orjson.dumps(LISTEN)) if listen else 0)
     notes = [orjson.loads(e["payload"])["params"]["data"] for e in whole if e.get("direction") == "UPSTREAM_TO_CLIENT"]
     assert notes == [f"café {n}" for n in range(6)]
+
+
+def answers(records: list[Read]) -> tuple[list[tuple[bytes, Any]], int]:
+    """A stream's answer messages (payload, SSE fields) and its exchange's response body size."""
+    assembler = McpAssembler(POLICY)
+    made = [b.event for read in records for b in assembler.feed(read)]
+    messages = [(e["payload"], e["sse"]) for e in made if e.get("direction") == "UPSTREAM_TO_CLIENT"]
+    return messages, made[-1]["http"]["response_body_size"]
+
+
+@pytest.mark.parametrize("encoding", list(COMPRESS))
+def test_a_compressed_stream_logged_decoded_makes_the_events_of_the_plain_one_and_counts_the_bytes_that_crossed(
+    tmp_path: Path, encoding: str
+) -> None:
+    """As a log from before the mark does (the worker decoding it), with the compressed size in its exchange."""
+    plain, plain_size = answers(held_stream(tmp_path / "plain"))
+    compressed, compressed_size = answers(held_stream(tmp_path / "new", content_encoding=encoding, decoded=True))
+    undecoded, undecoded_size = answers(held_stream(tmp_path / "old", content_encoding=encoding))
+    assert len(plain) == 6 and compressed == undecoded == plain
+    assert compressed_size == undecoded_size < plain_size, "the body's size as it crossed, compressed"
+
+
+def test_a_stream_that_stops_decoding_is_logged_as_it_crossed_from_there() -> None:
+    """A gzip stream flushed per event that turns corrupt: what decoded goes to the log decoded, the rest as it
+    crossed (the worker takes it as sent, as it does a body it cannot decode itself), and nothing raises."""
+    compressor = zlib.compressobj(wbits=31)  # gzip
+    event = b"id: 1\ndata: " + notification(1) + b"\n\n"
+    first = compressor.compress(event) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    rest = compressor.compress(event) + compressor.flush()
+    copy = LogCopy(stream_decoder([("Content-Type", "text/event-stream"), ("Content-Encoding", "gzip")]), "test")
+    corrupt = b"\xff" * 64  # a block of the reserved type
+    assert [copy.of(first), copy.of(corrupt), copy.of(rest, last=True)] == [event, corrupt, rest]
+    assert copy.decoder is None
 
 
 def test_a_streams_state_stays_small_however_long_it_runs(tmp_path: Path) -> None:

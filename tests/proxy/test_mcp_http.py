@@ -9,6 +9,7 @@ header of the 2026-07-28 transport and every failure can be checked exactly.
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,11 @@ import orjson
 import pytest
 from aiohttp import web
 
+from proxy.capture import RedactionPolicy
+from proxy.logreader import LogReader, Position
+from proxy.mcp.assemble import McpAssembler
 from proxy.mcp.http import target, well_known_target
+from proxy.redact import BUILTIN_RULES
 from proxy.upstream import Origin
 from tests.e2e.scan import database_dump, hits, topic_bytes
 from tests.mcp_pipeline import McpPipeline, mcp_pipeline, serving
@@ -51,6 +56,8 @@ class Upstream:
 
     requests: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
     left: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)  # a held compressed stream may end
+    sent: list[bytes] = field(default_factory=list)  # the bytes of a compressed stream, as the upstream wrote them
     url: str = ""
 
     def app(self) -> web.Application:
@@ -59,6 +66,8 @@ class Upstream:
         app.router.add_get("/mcp/session", self.listen)
         app.router.add_delete("/mcp/session", self.end_session)
         app.router.add_post("/mcp/sse", self.sse)
+        app.router.add_post("/mcp/gzip", self.gzip_sse)
+        app.router.add_post("/mcp/corrupt", self.corrupt_gzip_sse)
         app.router.add_post("/mcp/dies", self.dies)
         app.router.add_post("/mcp/dies-at-once", self.dies_at_once)
         app.router.add_post("/mcp/waits", self.waits)
@@ -101,6 +110,39 @@ class Upstream:
         for piece in (SSE_BODY[:20], SSE_BODY[20:77], SSE_BODY[77:]):
             await response.write(piece)
             await asyncio.sleep(0.02)
+        await response.write_eof()
+        return response
+
+    async def compressed(self, request: web.Request) -> web.StreamResponse:
+        await self.seen(request)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Content-Encoding": "gzip"})
+        await response.prepare(request)
+        return response
+
+    async def write(self, response: web.StreamResponse, data: bytes) -> None:
+        self.sent.append(data)
+        await response.write(data)
+
+    async def gzip_sse(self, request: web.Request) -> web.StreamResponse:
+        """SSE_BODY gzipped, flushed after each event as a streaming server does; held open until `release`."""
+        response = await self.compressed(request)
+        compressor = zlib.compressobj(wbits=31)
+        for event in SSE_BODY.split(b"\n\n")[:-1]:
+            await self.write(response, compressor.compress(event + b"\n\n") + compressor.flush(zlib.Z_SYNC_FLUSH))
+        await self.release.wait()
+        await self.write(response, compressor.flush())
+        await response.write_eof()
+        return response
+
+    async def corrupt_gzip_sse(self, request: web.Request) -> web.StreamResponse:
+        """Says gzip; one good event, then bytes no gzip decoder takes."""
+        response = await self.compressed(request)
+        compressor = zlib.compressobj(wbits=31)
+        await self.write(response, compressor.compress(SSE_BODY[:20]) + compressor.flush(zlib.Z_SYNC_FLUSH))
+        await asyncio.sleep(0.02)
+        await self.write(response, b"\xff" * 64)
+        await asyncio.sleep(0.02)
+        await self.write(response, SSE_BODY[20:])
         await response.write_eof()
         return response
 
@@ -260,6 +302,51 @@ async def test_an_sse_answer_streams_byte_for_byte_and_each_event_is_a_message(r
     assert orjson.loads(messages[2]["payload"]) == RESULT
     (call,) = await relay.pipeline.calls(1)
     assert call["result"] == RESULT["result"] and call["notifications"][0]["params"]["progress"] == 1
+
+
+async def test_a_gzip_sse_answer_streams_compressed_byte_for_byte_and_its_open_state_is_saved(relay: Relay) -> None:
+    """The relay logs the stream decoded: its events are the plain stream's, and while it is open the worker can
+    save its state (so the checkpoint may pass its head), as for a plain stream: read from the relay's own log."""
+    spool = Path(relay.pipeline.env["KGB_SPOOL_DIR"])
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        async with session.post(relay.pipeline.at("raw", "/gzip"), data=orjson.dumps(CALL), headers=MODERN_HEADERS) as response:
+            events = await relay.events(3)  # the request and both events, published while the stream is open
+            assembler = McpAssembler(RedactionPolicy(BUILTIN_RULES, frozenset(), b""))
+            for read in LogReader(spool, Position(0, 0)).poll():
+                assembler.feed(read)
+            ((exchange, _),) = assembler.open_starts()
+            assert assembler.snapshot(exchange) is not None, "the open compressed stream's state can be saved"
+            relay.upstream.release.set()
+            streamed = await response.read()
+            assert response.headers["Content-Encoding"] == "gzip"
+    assert streamed == b"".join(relay.upstream.sent), "the client gets the upstream's compressed bytes untouched"
+    messages = by_kind(events, "MESSAGE")
+    assert [m["jsonrpc"][0]["kind"] for m in messages] == ["REQUEST", "NOTIFICATION", "RESPONSE"]
+    assert [m["sse"] for m in messages[1:]] == [
+        {"id": "s1:1", "event": "message", "retry": None},
+        {"id": "s1:2", "event": "message", "retry": 500},
+    ]
+    assert orjson.loads(messages[2]["payload"]) == RESULT
+    (exchange,) = by_kind(await relay.events(4), "EXCHANGE")
+    assert exchange["http"]["response_body_size"] == len(streamed), "the body's size as it crossed"
+
+
+async def test_a_corrupt_gzip_sse_answer_still_reaches_the_client_whole_and_is_captured(relay: Relay) -> None:
+    """The relay's decoding stops at the bad bytes; the client's stream never breaks."""
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        async with session.post(
+            relay.pipeline.at("raw", "/corrupt"), data=orjson.dumps(CALL), headers=MODERN_HEADERS
+        ) as response:
+            streamed = await response.read()
+    assert streamed == b"".join(relay.upstream.sent)
+    events = await relay.events(4)
+    assert [m["jsonrpc"][0]["kind"] for m in by_kind(events, "MESSAGE")] == ["REQUEST", "NOTIFICATION", "RESPONSE"], (
+        "the bytes after the break are taken as sent (here, plain SSE)"
+    )
+    (exchange,) = by_kind(events, "EXCHANGE")
+    http = exchange["http"]
+    assert (http["status"], http["upstream_complete"], http["response_body_size"]) == (200, True, len(streamed))
+    assert exchange["error_type"] is None
 
 
 async def test_an_unknown_name_gets_404_with_a_jsonrpc_error_and_is_captured(relay: Relay) -> None:
