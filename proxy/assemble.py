@@ -8,8 +8,14 @@ published whole before it. A writer-start record means the relay restarted, so
 exchanges still open then will never end: they are closed with what they have
 (`capture_interrupted`). An exchange that ended before its request body did
 (the upstream answered first) keeps the body that came, its response flagged
-`capture_incomplete`. `open_starts` is where each open exchange began, for
-the checkpoint. The MCP Streamable HTTP relay's requests begin with an
+`capture_incomplete`. The request event says itself whether its body is all the
+client sent (`body_complete`): not when the exchange ended first, when the body
+was refused for its size (recorded empty), or when the body's request-end record
+never came (the log was full mid-body and refused it, or the relay died before
+it): the event is then built at the exchange's end with what the log holds, and
+nothing vouches for the rest. A log from before request-end records has no such
+facts, and its bodies count as whole. `open_starts` is where each open exchange
+began, for the checkpoint. The MCP Streamable HTTP relay's requests begin with an
 MCP_REQUEST_HEAD instead, so this assembler skips them like any exchange whose
 head it never saw; proxy/mcp/assemble.py builds their events.
 
@@ -78,7 +84,14 @@ class Pending:
     last_at: int = 0
     body_open: bool = False  # a REQUEST_END is to come: the body may still grow after the response head
     body_partial: bool = False  # the REQUEST_END said the exchange ended first (the upstream answered early)
+    body_discarded: bool = False  # the REQUEST_END said the body was refused for its size: recorded empty
     resume: Position = Position(0, 0)
+
+    @property
+    def body_complete(self) -> bool:
+        """The body is all the client sent: its REQUEST_END came (still open, it never will: the log refused
+        it or the relay died), and said the body neither was cut by the exchange's end nor discarded."""
+        return not (self.body_open or self.body_partial or self.body_discarded)
 
 
 def request_of(exchange: bytes, head: dict[str, Any]) -> RequestRecord:
@@ -205,7 +218,8 @@ class Assembler(OpenExchanges[Pending]):
             return []
         if record.kind is Kind.REQUEST_END:
             end = orjson.loads(record.payload)
-            if end["discarded"]:
+            pending.body_discarded = end["discarded"]
+            if pending.body_discarded:
                 pending.body = []
             pending.body_partial = end.get("partial", False)
             pending.body_open = False  # built at its response head, as ever, or now if that came first
@@ -228,7 +242,7 @@ class Assembler(OpenExchanges[Pending]):
             return []
         pending.request.body = b"".join(pending.body)
         pending.body = []
-        event, pending.facts = request_event(pending.request, self._policy)
+        event, pending.facts = request_event(pending.request, self._policy, body_complete=pending.body_complete)
         pending.request.body = b""  # in the event now; an open exchange holds only its response from here on
         return [Built(exchange, pending.start, event, last)]
 

@@ -202,9 +202,13 @@ def _envelope(kind: str, request: RequestRecord, facts: RequestFacts, redactions
     }
 
 
-def request_event(request: RequestRecord, policy: RedactionPolicy) -> tuple[dict[str, Any], RequestFacts]:
+def request_event(
+    request: RequestRecord, policy: RedactionPolicy, *, body_complete: bool = True
+) -> tuple[dict[str, Any], RequestFacts]:
     """Every field stored is redacted: the identity and the client come from the client's
-    headers and body, and a secret there would otherwise reach the tables as a session key."""
+    headers and body, and a secret there would otherwise reach the tables as a session key.
+    `body_complete`: whether `request.body` is all the client sent, which only the capture log's
+    records tell (proxy/assemble.py)."""
     parsed = parse_json(request.body)
     body_json = parsed if isinstance(parsed, dict) else None
     key_fingerprint = request.key_fingerprint
@@ -241,6 +245,7 @@ def request_event(request: RequestRecord, policy: RedactionPolicy) -> tuple[dict
         "model": model,
         "stream": bool(body_json.get("stream")) if body_json else False,
         "received_at": request.received_at,
+        "body_complete": body_complete,
     }
     return event, facts
 

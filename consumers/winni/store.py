@@ -185,6 +185,7 @@ class RequestRow(NamedTuple):
     request_body: str | None
     request_body_bytes: bytes | None
     request_body_size: int
+    request_body_complete: bool
     request_redactions: list[str]
     request_messages: int | None
     request_system: bytes | None
@@ -269,6 +270,7 @@ def request_row(event: dict[str, Any], split: Split | None = None, placed: Excha
         request_body=text,
         request_body_bytes=raw,
         request_body_size=r["body_size"],
+        request_body_complete=r["body_complete"],
         request_redactions=event["redactions"],
         request_messages=split and split.messages,
         **hashes,

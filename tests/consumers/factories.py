@@ -149,6 +149,7 @@ def request_event(
             "model": model,
             "stream": stream,
             "received_at": at - 150,
+            "body_complete": True,
         },
         "response": None,
     }

@@ -95,6 +95,8 @@ EXCHANGE_COLUMNS = {
     "speed": "text",
     "inference_geo": "text",
     "content_types": "jsonb",
+    # 011_request_body_complete
+    "request_body_complete": "boolean",
 }
 TIME = "timestamp with time zone"
 CONVERSATION_TABLES = {
@@ -270,7 +272,7 @@ def test_queries_are_split_on_their_name_lines() -> None:
 def test_migration_files_are_numbered() -> None:
     assert parse_migration_name("001_exchanges.sql") == (1, "exchanges")
     assert parse_migration_name("README.md") is None
-    assert [m.version for m in load_migrations(WINNI)] == [1, 2, 3, 4, 5, 6, 8, 9, 10]
+    assert [m.version for m in load_migrations(WINNI)] == [1, 2, 3, 4, 5, 6, 8, 9, 10, 11]
 
 
 def test_a_database_with_another_history_is_refused() -> None:
@@ -291,7 +293,7 @@ def database(empty_database: str) -> str:
 async def test_migrations_build_the_schema_once(database: str) -> None:
     conn = await asyncpg.connect(database)
     try:
-        assert await migrate(conn, load_migrations(WINNI), "kgb") == [1, 2, 3, 4, 5, 6, 8, 9, 10]
+        assert await migrate(conn, load_migrations(WINNI), "kgb") == [1, 2, 3, 4, 5, 6, 8, 9, 10, 11]
         first = await shape(conn, "kgb")
         constraints = [tuple(r) for r in await conn.fetch(CONSTRAINTS, "kgb")]
         assert await migrate(conn, load_migrations(WINNI), "kgb") == []
@@ -335,7 +337,7 @@ async def test_two_consumers_starting_at_once_migrate_once(database: str) -> Non
         rows = await conns[0].fetch("SELECT version, name FROM kgb.schema_migrations")
     finally:
         await asyncio.gather(*(c.close() for c in conns))
-    assert sorted(applied) == [[], [], [], [1, 2, 3, 4, 5, 6, 8, 9, 10]]
+    assert sorted(applied) == [[], [], [], [1, 2, 3, 4, 5, 6, 8, 9, 10, 11]]
     assert [tuple(r) for r in rows] == [
         (1, "exchanges"),
         (2, "conversations"),
@@ -346,6 +348,7 @@ async def test_two_consumers_starting_at_once_migrate_once(database: str) -> Non
         (8, "unanswered"),
         (9, "usage_fields"),
         (10, "search_indexer"),
+        (11, "request_body_complete"),
     ]
 
 

@@ -61,6 +61,7 @@ def test_a_streamed_exchange_comes_back_as_its_two_events(tmp_path: Path) -> Non
     assert orjson.loads(response["message"])["content"][0]["text"] == "hello from the log"
     assert first.event["request"]["model"] == "claude-sonnet-4-5" and first.event["api_key_fingerprint"]
     assert first.event["session_key"] == "11111111-2222-4333-8444-555555555555"
+    assert first.event["request"]["body_complete"] is True
 
 
 def test_no_credential_reaches_the_disk(tmp_path: Path) -> None:
@@ -112,6 +113,7 @@ def test_a_streamed_body_answered_before_it_ended_still_comes_back_whole(tmp_pat
     t.writer.close()
     request_event, response = assembled(tmp_path)
     assert request_event.event["request"]["body"] == body and not request_event.last
+    assert request_event.event["request"]["body_complete"] is True
     assert response.last and response.event["response"]["status"] == 200
 
 
@@ -127,6 +129,7 @@ def test_an_exchange_ending_before_its_body_did_keeps_what_came_flagged_and_drop
     t.writer.close()
     request_event, response = assembled(tmp_path)
     assert request_event.event["request"]["body"] == b"a" * 3000
+    assert request_event.event["request"]["body_complete"] is False
     recorded = response.event["response"]
     assert (recorded["status"], recorded["error_type"]) == (413, "capture_incomplete")
     assert "before its request body" in recorded["error_message"] and b"request_too_large" in recorded["body"]
@@ -142,6 +145,7 @@ def test_a_body_discarded_for_its_size_is_recorded_empty(tmp_path: Path) -> None
     t.writer.close()
     request_event, response = assembled(tmp_path)
     assert request_event.event["request"]["body"] == b""
+    assert request_event.event["request"]["body_complete"] is False
     assert response.event["response"]["error_type"] == "request_too_large"
 
 
@@ -157,6 +161,7 @@ def test_a_log_from_before_request_end_records_builds_the_request_at_its_respons
     t.writer.close()
     (request_event,) = assembled(tmp_path)
     assert request_event.event["request"]["body"] == request().body
+    assert request_event.event["request"]["body_complete"] is True, "such a log says nothing of a cut body"
 
 
 def test_an_exchange_cut_by_a_proxy_kill_is_closed_when_the_next_proxy_starts(tmp_path: Path) -> None:
@@ -198,3 +203,41 @@ def test_a_full_log_relays_but_marks_what_it_could_not_keep(tmp_path: Path) -> N
     request_event, response = assembled(tmp_path)
     assert response.event["response"]["error_type"] == INCOMPLETE[0] and response.event["response"]["body"] == b""
     assert request_event.event["exchange_id"] == str(uuid.UUID(bytes=exchange.id))
+
+
+def test_a_body_the_full_log_cut_short_is_flagged_not_whole(tmp_path: Path) -> None:
+    t = tap(tmp_path, max_bytes=4096)
+    exchange = t.streaming(request(b""), None)  # no declared length: admitted with its head only
+    exchange.body(b"a" * 1000)
+    exchange.body(b"b" * 8192)  # the log is full: this piece, the REQUEST_END and the response are refused
+    exchange.body_end()
+    exchange.response_head(200, [("content-type", "application/json")])
+    exchange.end(client_disconnected=False, upstream_complete=True)
+    t.writer.close()
+    (only,) = assembled(tmp_path)
+    assert only.last and only.event["request"]["body"] == b"a" * 1000
+    assert only.event["request"]["body_complete"] is False
+
+
+def test_a_body_whose_relay_died_before_its_end_is_flagged_not_whole(tmp_path: Path) -> None:
+    killed = tap(tmp_path)
+    exchange = killed.streaming(request(b""), 10_000)
+    exchange.body(b"c" * 3000)
+    killed.writer.close()  # no REQUEST_END, no end record: the process died here
+    assert assembled(tmp_path) == [], "the body may still grow: no request event yet"
+    tap(tmp_path).writer.close()  # the restarted proxy's writer-start record
+    (only,) = assembled(tmp_path)
+    assert only.last and only.event["request"]["body"] == b"c" * 3000
+    assert only.event["request"]["body_complete"] is False
+
+
+def test_a_whole_body_answered_by_a_full_log_is_still_whole(tmp_path: Path) -> None:
+    t = tap(tmp_path, max_bytes=4096)
+    exchange = t.request(request())
+    exchange.response_head(200, [("content-type", "application/json")])
+    exchange.chunk(b"x" * 8192)  # the response is what the full log cut, not the request
+    exchange.end(client_disconnected=False, upstream_complete=True)
+    t.writer.close()
+    request_event, response = assembled(tmp_path)
+    assert response.event["response"]["error_type"] == INCOMPLETE[0]
+    assert request_event.event["request"]["body_complete"] is True

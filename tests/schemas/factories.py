@@ -41,6 +41,7 @@ def request_event(*, body_size: int = 1024, model: str | None = "claude-sonnet-4
             "model": model,
             "stream": True,
             "received_at": T0,
+            "body_complete": True,
         },
         "response": None,
         "fragment": None,

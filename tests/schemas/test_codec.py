@@ -148,6 +148,16 @@ def test_older_writer_decodes_with_defaults_for_newer_fields() -> None:
     assert decoded == expected
 
 
+def test_a_v2_request_reads_as_a_whole_body() -> None:
+    # v3 added request.body_complete: a request written before it knew of no cut body, and reads as whole.
+    v2 = history(EXCHANGE)[1]
+    event = request_event()
+    del event["request"]["body_complete"]
+    decoded = make_decoder(None).decode_local(encoder_for(v2).encode(event))
+    assert decoded == request_event()
+    assert decoded["request"]["body_complete"] is True
+
+
 def test_older_writer_missing_from_history_is_unknown() -> None:
     older = without_fields(raw_schema(EXCHANGE), {"client"}, {})
     event = request_event()

@@ -10,7 +10,7 @@ INSERT INTO exchanges AS e (
     api_key_fingerprint, client,
     request_event_id, request_occurred_at, method, path, query, http_version,
     model, stream, received_at, request_headers,
-    request_body, request_body_text, request_body_bytes, request_body_size,
+    request_body, request_body_text, request_body_bytes, request_body_size, request_body_complete,
     request_redactions, request_messages, request_system, request_tools,
     conversation_id, reply_position, retry_of, request_hash
 )
@@ -18,9 +18,9 @@ SELECT $1::uuid, $2::text, $3::text, $4::text, $5::text,
        $6::text, $7::text,
        $8::uuid, $9::timestamptz, $10::text, $11::text, $12::text, $13::text,
        $14::text, $15::boolean, $16::timestamptz, $17::jsonb,
-       body.json, body.text, $19::bytea, $20::bigint,
-       $21::text[], $22::integer, $23::bytea, $24::bytea,
-       $25::uuid, $26::integer, $27::text::uuid, $28::bytea
+       body.json, body.text, $19::bytea, $20::bigint, $21::boolean,
+       $22::text[], $23::integer, $24::bytea, $25::bytea,
+       $26::uuid, $27::integer, $28::text::uuid, $29::bytea
 FROM json_or_text($18::text) AS body
 ON CONFLICT (exchange_id) DO UPDATE SET
     session_key = EXCLUDED.session_key,
@@ -43,6 +43,7 @@ ON CONFLICT (exchange_id) DO UPDATE SET
     request_body_text = EXCLUDED.request_body_text,
     request_body_bytes = EXCLUDED.request_body_bytes,
     request_body_size = EXCLUDED.request_body_size,
+    request_body_complete = EXCLUDED.request_body_complete,
     request_redactions = EXCLUDED.request_redactions,
     request_messages = EXCLUDED.request_messages,
     request_system = EXCLUDED.request_system,
@@ -140,7 +141,7 @@ INSERT INTO exchanges (
     api_key_fingerprint, client,
     request_event_id, request_occurred_at, method, path, query, http_version,
     model, stream, received_at, request_headers,
-    request_body, request_body_text, request_body_bytes, request_body_size,
+    request_body, request_body_text, request_body_bytes, request_body_size, request_body_complete,
     request_redactions, request_messages, request_system, request_tools,
     conversation_id, reply_position, retry_of, request_hash,
     response_event_id, response_occurred_at, status, response_headers,
@@ -156,18 +157,18 @@ SELECT $1::uuid, $2::text, $3::text, $4::text, $5::text,
        $6::text, $7::text,
        $8::uuid, $9::timestamptz, $10::text, $11::text, $12::text, $13::text,
        $14::text, $15::boolean, $16::timestamptz, $17::jsonb,
-       body.json, body.text, $19::bytea, $20::bigint,
-       $21::text[], $22::integer, $23::bytea, $24::bytea,
-       $25::uuid, $26::integer, $27::text::uuid, $28::bytea,
-       $29::uuid, $30::timestamptz, $31::integer, $32::jsonb,
-       reply.json, reply.text, $34::bytea,
-       $35::text, $36::boolean, message.json, usage.json,
-       $39::bigint, $40::bigint, $41::bigint, $42::bigint,
-       $43::text, $44::text, $45::text, $46::boolean,
-       $47::timestamptz, $48::double precision, $49::double precision, $50::boolean, $51::boolean,
-       $52::text[], facts.*
-FROM json_or_text($18::text) AS body, json_or_text($33::text) AS reply,
-     json_or_text($37::text) AS message, json_or_text($38::text) AS usage, reply_facts(usage.json, message.json) AS facts;
+       body.json, body.text, $19::bytea, $20::bigint, $21::boolean,
+       $22::text[], $23::integer, $24::bytea, $25::bytea,
+       $26::uuid, $27::integer, $28::text::uuid, $29::bytea,
+       $30::uuid, $31::timestamptz, $32::integer, $33::jsonb,
+       reply.json, reply.text, $35::bytea,
+       $36::text, $37::boolean, message.json, usage.json,
+       $40::bigint, $41::bigint, $42::bigint, $43::bigint,
+       $44::text, $45::text, $46::text, $47::boolean,
+       $48::timestamptz, $49::double precision, $50::double precision, $51::boolean, $52::boolean,
+       $53::text[], facts.*
+FROM json_or_text($18::text) AS body, json_or_text($34::text) AS reply,
+     json_or_text($38::text) AS message, json_or_text($39::text) AS usage, reply_facts(usage.json, message.json) AS facts;
 
 -- name: stored_parts
 SELECT hash FROM request_parts WHERE hash = ANY($1::bytea[]);

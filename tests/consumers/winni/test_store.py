@@ -93,10 +93,10 @@ def parameters(sql: str) -> int:
 
 def test_rows_match_the_query_parameters() -> None:
     request, response = exchange()
-    assert len(request_row(request)) == parameters(queries().upsert_request) == 28
+    assert len(request_row(request)) == parameters(queries().upsert_request) == 29
     assert len(response_row(response)) == parameters(queries().upsert_response) == 31
     (row,) = paired([request_row(request)], [response_row(response)]).values()
-    assert len(row) == parameters(queries().insert_exchange) == 28 + 31 - 7
+    assert len(row) == parameters(queries().insert_exchange) == 29 + 31 - 7
 
 
 @pytest.mark.parametrize(

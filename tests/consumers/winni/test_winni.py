@@ -73,6 +73,7 @@ async def test_request_and_response_become_one_row(
     parts = {r["hash"]: orjson.loads(r["part"]) for r in await db.fetch("SELECT * FROM request_parts")}
     assert (parts[row["request_system"]], parts[row["request_tools"]]) == (body["system"], body["tools"])
     assert row["request_body_size"] == len(request["request"]["body"])
+    assert row["request_body_complete"] is True
     headers = orjson.loads(row["request_headers"])
     assert headers["x-claude-code-session-id"] == request["session_key"]
     assert headers["x-api-key"] == "[REDACTED]"
@@ -278,6 +279,31 @@ async def test_error_answers_are_stored_with_their_type(
     assert first["message"] is None and first["usage"] is None and first["input_tokens"] is None
     assert (second["status"], second["error_type"], second["error_in_stream"]) == (200, "api_error", True)
     assert second["upstream_complete"] is False and "event: error" in second["response_body_text"]
+
+
+def cut_short(request: dict[str, Any]) -> dict[str, Any]:
+    """`request` as the worker publishes one whose exchange ended before its body did: what came, flagged."""
+    body = request["request"]["body"][:100]
+    request["request"].update(body=body, body_size=len(body), body_complete=False)
+    return request
+
+
+async def test_a_request_body_cut_short_lands_flagged_not_whole(
+    settings: WinniSettings, producer: AIOKafkaProducer, db: asyncpg.Connection
+) -> None:
+    cut = cut_short(request_event())
+    cut_reply = response_event(request=cut, error=("request_too_large", "Request exceeds the maximum size"))
+    alone = cut_short(request_event())  # no answer yet: stored by upsert_request, not insert_exchange
+    whole, whole_reply = exchange()
+    await publish(producer, settings.kafka.topic, [cut, cut_reply, alone, whole, whole_reply])
+    async with winni(settings):
+        first = await stored(db, cut["exchange_id"])
+        await stored(db, whole["exchange_id"])
+        await eventually(lambda: count(db, "exchanges", 3))
+
+    flags = dict(await db.fetch("SELECT exchange_id::text, request_body_complete FROM exchanges"))
+    assert flags == {cut["exchange_id"]: False, alone["exchange_id"]: False, whole["exchange_id"]: True}
+    assert first["request_body_text"] == cut["request"]["body"].decode() and first["status"] == 413
 
 
 async def test_winni_rides_out_database_restarts_mid_batch(
