@@ -153,7 +153,8 @@ class Body:
         except (aiohttp.ClientPayloadError, ConnectionError) as exc:
             self.failure = errors.ClientLeft(f"KGB proxy: the client went away before its request body ended ({exc})")
         self.ended = True
-        self._exchange.body_end(discarded=isinstance(self.failure, errors.BodyTooLarge))
+        left = isinstance(self.failure, errors.ClientLeft)
+        self._exchange.body_end(discarded=isinstance(self.failure, errors.BodyTooLarge), partial=left)
         if self.failure is not None:
             raise self.failure
 

@@ -148,7 +148,7 @@ class Exchange:
 
     def body_end(self, *, discarded: bool = False, partial: bool = False) -> None:
         """The body is over; `discarded` (refused for its size) tells the worker to record it empty, `partial`
-        that the exchange ended before the body did (the upstream answered early), so it holds what came."""
+        that the exchange ended before the body did (the upstream answered early, the client left), so it holds what came."""
         if self.body_over:
             return
         self.body_over = True
