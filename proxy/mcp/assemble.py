@@ -45,7 +45,7 @@ import orjson
 
 from proxy import decode
 from proxy.assemble import Built, OpenExchanges, ending, request_of
-from proxy.capture import Ending, RedactionPolicy, RequestRecord
+from proxy.capture import Ending, RedactionPolicy, RequestRecord, uuid_text
 from proxy.logformat import Kind, Record
 from proxy.logreader import Position, Read
 from proxy.mcp import events
@@ -321,6 +321,6 @@ def built(exchange: bytes, pending: Pending, made: list[dict[str, Any]], *, last
 def opened(exchange: bytes, head: dict[str, Any], start: Position, last_at: int) -> Pending:
     """An MCP_REQUEST_HEAD's request, with the envelope its events share (the exchange id is the connection's)."""
     request, route = request_of(exchange, head), Route.of(head["mcp"])
-    origin = events.Origin(events.STREAMABLE_HTTP, route.name, route.upstream_url, events.uuid_text(exchange))
+    origin = events.Origin(events.STREAMABLE_HTTP, route.name, route.upstream_url, uuid_text(exchange))
     stamper = events.Stamper(origin, protocol_version=header(request.headers, "mcp-protocol-version"))
     return Pending(start, head, request, route, stamper, last_at=last_at)

@@ -31,7 +31,7 @@ from yarl import URL
 
 from common.documents import parse_json
 from common.jsonrpc import Part, parts_of, parts_of_parsed
-from proxy.capture import RedactionPolicy, Submit, guarded, now_us, soon
+from proxy.capture import RedactionPolicy, Submit, guarded, name_uuid, now_us, soon
 from proxy.redact import redact_body, redact_headers, redact_json, redact_query
 
 CLIENT_TO_UPSTREAM = "CLIENT_TO_UPSTREAM"
@@ -154,21 +154,8 @@ _NAMESPACE_BYTES = EVENT_NAMESPACE.bytes
 
 def event_id(connection_id: str, sequence: int) -> str:
     """The same connection and position always give the same id: an event the capture worker builds
-    again (it restarted before its checkpoint moved) is a duplicate that consumers drop. It is
-    ``uuid.uuid5(EVENT_NAMESPACE, f"{connection_id}/{sequence}")`` made without `uuid.UUID` objects,
-    a third of its cost (it was a tenth of the worker's MCP assembly): the version and variant bits
-    set on SHA-1's first 16 bytes, as RFC 9562 §5.5 says."""
-    name = f"{connection_id}/{sequence}".encode()
-    raw = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()[:16])
-    raw[6] = raw[6] & 0x0F | 0x50
-    raw[8] = raw[8] & 0x3F | 0x80
-    return uuid_text(raw)
-
-
-def uuid_text(raw: bytes | bytearray) -> str:
-    """16 bytes as a UUID's text, as ``str(uuid.UUID(bytes=raw))`` gives it."""
-    text = raw.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    again (it restarted before its checkpoint moved) is a duplicate that consumers drop."""
+    return name_uuid(_NAMESPACE_BYTES, f"{connection_id}/{sequence}")
 
 
 @dataclass

@@ -17,7 +17,7 @@ import zstandard
 
 from common.jsonrpc import parts_of
 from proxy.assemble import INTERRUPTED, Assembler, Built
-from proxy.capture import RedactionPolicy, RequestRecord
+from proxy.capture import RedactionPolicy, RequestRecord, uuid_text
 from proxy.logformat import Kind
 from proxy.logreader import LogReader, Position, Read
 from proxy.logwriter import LogSettings, LogWriter
@@ -383,14 +383,14 @@ def test_a_relay_start_before_a_restored_streams_position_does_not_close_it(tmp_
 
 
 def test_event_ids_are_the_uuid5_of_connection_and_sequence() -> None:
-    """`events.event_id` builds the UUID's text itself: it must stay what ``uuid.uuid5`` gives, or a rebuilt
+    """`events.event_id` builds the UUID's text itself (`proxy.capture.name_uuid`): it must stay what ``uuid.uuid5`` gives, or a rebuilt
     event would no longer be the duplicate consumers drop."""
     for connection in (str(uuid.uuid4()), "stdio-0", "é/ü"):
         for sequence in (0, 1, 255, 2**40):
             expected = str(uuid.uuid5(events.EVENT_NAMESPACE, f"{connection}/{sequence}"))
             assert events.event_id(connection, sequence) == expected
     raw = bytes(range(16))
-    assert events.uuid_text(raw) == str(uuid.UUID(bytes=raw))
+    assert uuid_text(raw) == str(uuid.UUID(bytes=raw))
 
 
 def test_a_message_parsed_once_makes_the_same_parts_as_its_bytes_read_again() -> None:
