@@ -96,15 +96,10 @@ class ResponseRecorder:
         self.content_encoding = lowered.get("content-encoding")
         self.is_sse = lowered.get("content-type", "").startswith("text/event-stream")
         self._raw: list[bytes] = []
-        self._decode_failed = False
+        decoder = decode.known_decoder(self.content_encoding)
+        self._decode_failed = decoder is None
         # None: nothing to undo (the body is its content, so the decoded chunks are the raw ones), or decoding failed
-        self._decoder: decode.Decoder | None = None
-        try:
-            decoder = decode.decoder_for(self.content_encoding)
-        except decode.UnsupportedEncoding:
-            self._decode_failed = True
-        else:
-            self._decoder = None if isinstance(decoder, decode.Unencoded) else decoder
+        self._decoder: decode.Decoder | None = None if isinstance(decoder, decode.Unencoded) else decoder
         self._chunks: list[bytes] = self._raw if self._decoder is None and not self._decode_failed else []
 
     def feed(self, chunk: bytes) -> None:

@@ -110,3 +110,11 @@ def decoder_for(content_encoding: str | None) -> Decoder:
     if not codings:
         return Unencoded()
     return Chain([_one(c) for c in reversed(codings)])
+
+
+def known_decoder(content_encoding: str | None) -> Decoder | None:
+    """`decoder_for`, or None for an encoding we cannot undo, whose body each caller takes as sent in its own way."""
+    try:
+        return decoder_for(content_encoding)
+    except UnsupportedEncoding:
+        return None

@@ -126,14 +126,6 @@ def exchange_fields(
     }
 
 
-def body_decoder(content_encoding: str | None) -> decode.Decoder | None:
-    """The body's decoder; one encoded as we cannot undo is taken as sent."""
-    try:
-        return decode.decoder_for(content_encoding)
-    except decode.UnsupportedEncoding:
-        return decode.Unencoded()
-
-
 class ResponseCopy:
     """A response body, decoded, turned into messages as it arrives: each SSE event with data as it
     completes, a JSON body at its end. A body it cannot decode is taken as sent; it never raises.
@@ -145,7 +137,8 @@ class ResponseCopy:
         self._sse = SSEParser() if content_type.startswith("text/event-stream") else None
         self._text = UTF8(errors="replace")
         self._chunks: list[bytes] = []
-        self._decoder = None if decoded else body_decoder(header(headers, "content-encoding"))
+        # one encoded as we cannot undo is taken as sent
+        self._decoder = None if decoded else decode.known_decoder(header(headers, "content-encoding")) or decode.Unencoded()
 
     def state(self) -> dict[str, Any] | None:
         """What an event stream holds between chunks, as JSON; None for a JSON body (kept whole until its end)

@@ -162,10 +162,7 @@ def stream_decoder(headers: list[tuple[str, str]]) -> decode.Decoder | None:
     encoding = header(headers, "content-encoding")
     if not encoding or not content_type.startswith("text/event-stream"):
         return None
-    try:
-        return decode.decoder_for(encoding)
-    except decode.UnsupportedEncoding:
-        return None
+    return decode.known_decoder(encoding)
 
 
 @dataclass
