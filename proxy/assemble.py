@@ -110,7 +110,11 @@ def request_of(exchange: bytes, head: dict[str, Any]) -> RequestRecord:
 
 
 def ending(record: Record) -> Ending:
-    end = orjson.loads(record.payload)
+    return ending_of(orjson.loads(record.payload), record.at_ns)
+
+
+def ending_of(end: dict[str, Any], at_ns: int) -> Ending:
+    """An END record's JSON, already read (the MCP assembler reads a field of its own from it)."""
     error = end["proxy_error"]
     if error is None and not end.get("captured_whole", True):
         error = INCOMPLETE
@@ -119,7 +123,7 @@ def ending(record: Record) -> Ending:
         upstream_complete=end["upstream_complete"],
         ttfb_ms=end["ttfb_ms"],
         duration_ms=end["duration_ms"],
-        ended_at=record.at_ns // 1000,
+        ended_at=at_ns // 1000,
         proxy_error=tuple(error) if error else None,
     )
 

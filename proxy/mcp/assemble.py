@@ -44,7 +44,7 @@ from typing import Any
 import orjson
 
 from proxy import decode
-from proxy.assemble import Built, OpenExchanges, ending, request_of
+from proxy.assemble import Built, OpenExchanges, ending_of, request_of
 from proxy.capture import Ending, RedactionPolicy, RequestRecord, uuid_text
 from proxy.logformat import Kind, Record
 from proxy.logreader import Position, Read
@@ -260,7 +260,8 @@ class McpAssembler(OpenExchanges[Pending]):
         if record.kind is Kind.RESPONSE_CHUNK:
             return built(record.exchange, pending, self._chunk(pending, record.payload, record.at_ns // 1000))
         if record.kind is Kind.END:
-            return self._close(record.exchange, ending(record), orjson.loads(record.payload).get("response_bytes"))
+            end = orjson.loads(record.payload)
+            return self._close(record.exchange, ending_of(end, record.at_ns), end.get("response_bytes"))
         return []
 
     def _begin(
