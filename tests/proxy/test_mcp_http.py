@@ -230,6 +230,16 @@ def by_kind(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [e for e in events if e["kind"] == kind]
 
 
+def assert_the_sse_answers_messages(messages: list[dict[str, Any]]) -> None:
+    """The messages of a call answered with SSE_BODY: the request, then each event with data, its SSE fields kept."""
+    assert [m["jsonrpc"][0]["kind"] for m in messages] == ["REQUEST", "NOTIFICATION", "RESPONSE"]
+    assert [m["sse"] for m in messages[1:]] == [
+        {"id": "s1:1", "event": "message", "retry": None},
+        {"id": "s1:2", "event": "message", "retry": 500},
+    ]
+    assert orjson.loads(messages[2]["payload"]) == RESULT
+
+
 async def test_2026_headers_pass_untouched_both_ways(relay: Relay) -> None:
     headers = {**MODERN_HEADERS, "Authorization": "Bearer " + "t0ken" * 6, "Content-Type": "application/json"}
     async with aiohttp.ClientSession() as session:
@@ -292,14 +302,7 @@ async def test_an_sse_answer_streams_byte_for_byte_and_each_event_is_a_message(r
     assert b"".join(chunks) == SSE_BODY, "keep-alive comments and priming events pass as sent"
     assert content_type == "text/event-stream"
 
-    events = await relay.events(4)
-    messages = by_kind(events, "MESSAGE")
-    assert [m["jsonrpc"][0]["kind"] for m in messages] == ["REQUEST", "NOTIFICATION", "RESPONSE"]
-    assert [m["sse"] for m in messages[1:]] == [
-        {"id": "s1:1", "event": "message", "retry": None},
-        {"id": "s1:2", "event": "message", "retry": 500},
-    ]
-    assert orjson.loads(messages[2]["payload"]) == RESULT
+    assert_the_sse_answers_messages(by_kind(await relay.events(4), "MESSAGE"))
     (call,) = await relay.pipeline.calls(1)
     assert call["result"] == RESULT["result"] and call["notifications"][0]["params"]["progress"] == 1
 
@@ -320,13 +323,7 @@ async def test_a_gzip_sse_answer_streams_compressed_byte_for_byte_and_its_open_s
             streamed = await response.read()
             assert response.headers["Content-Encoding"] == "gzip"
     assert streamed == b"".join(relay.upstream.sent), "the client gets the upstream's compressed bytes untouched"
-    messages = by_kind(events, "MESSAGE")
-    assert [m["jsonrpc"][0]["kind"] for m in messages] == ["REQUEST", "NOTIFICATION", "RESPONSE"]
-    assert [m["sse"] for m in messages[1:]] == [
-        {"id": "s1:1", "event": "message", "retry": None},
-        {"id": "s1:2", "event": "message", "retry": 500},
-    ]
-    assert orjson.loads(messages[2]["payload"]) == RESULT
+    assert_the_sse_answers_messages(by_kind(events, "MESSAGE"))
     (exchange,) = by_kind(await relay.events(4), "EXCHANGE")
     assert exchange["http"]["response_body_size"] == len(streamed), "the body's size as it crossed"
 

@@ -8,6 +8,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
 import pytest
 import uvloop
@@ -451,57 +452,60 @@ async def test_interim_answers_are_read_past_and_the_final_one_is_the_answer() -
     assert len(connections) == 1 and len(heads) == 2, "the connection serves on after interim answers"
 
 
-def watched(heads: list[bytes], connections: list[asyncio.StreamWriter], ended: asyncio.Event) -> Answer:
-    """Answers every request with "ok"; `ended` is set when its first connection reaches EOF."""
+@dataclass
+class Watched:
+    """An upstream answering every request with "ok", and what it saw; `ended` is set when its first
+    connection reaches EOF."""
 
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connections.append(writer)
-        first = len(connections) == 1
+    heads: list[bytes] = field(default_factory=list)
+    connections: list[asyncio.StreamWriter] = field(default_factory=list)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections.append(writer)
+        first = len(self.connections) == 1
         try:
-            await keeping(b"ok", heads)(reader, writer)
+            await keeping(b"ok", self.heads)(reader, writer)
         finally:
             if first:
-                ended.set()
+                self.ended.set()
 
-    return answer
+
+@asynccontextmanager
+async def expiring(idle_timeout: float) -> AsyncIterator[tuple[Watched, Origin, Pool]]:
+    """A watched upstream and a pool of one connection to it that expires after `idle_timeout` idle."""
+    watched = Watched()
+    async with upstream(watched.answer) as origin, Pool(1, 5.0, 5.0, idle_timeout=idle_timeout) as pool:
+        yield watched, origin, pool
+
+
+async def answered(pool: Pool, origin: Origin, method: str, target: str) -> bytes:
+    async with await pool.request(origin, method, target, [], b"{}" if method == "POST" else None) as response:
+        return await whole(response)
 
 
 async def test_an_idle_connection_is_closed_at_its_expiry_without_a_request_and_the_next_request_gets_a_new_one() -> None:
-    heads: list[bytes] = []
-    connections: list[asyncio.StreamWriter] = []
-    ended = asyncio.Event()
-    async with upstream(watched(heads, connections, ended)) as origin, Pool(1, 5.0, 5.0, idle_timeout=0.05) as pool:
-        async with await pool.request(origin, "GET", "/1", []) as response:
-            assert await whole(response) == b"ok"
-        await asyncio.wait_for(ended.wait(), 10)  # the deadline only bounds a hang: the pool closes it by itself
-        assert len(connections) == 1
-        async with await pool.request(origin, "POST", "/2", [], b"{}") as response:
-            assert await whole(response) == b"ok"
-    assert len(connections) == 2 and len(heads) == 2
+    async with expiring(0.05) as (watched, origin, pool):
+        assert await answered(pool, origin, "GET", "/1") == b"ok"
+        await asyncio.wait_for(watched.ended.wait(), 10)  # the deadline only bounds a hang: the pool closes it by itself
+        assert len(watched.connections) == 1
+        assert await answered(pool, origin, "POST", "/2") == b"ok"
+    assert len(watched.connections) == 2 and len(watched.heads) == 2
 
 
 async def test_an_idle_connection_past_its_expiry_is_not_reused_even_before_its_timer_runs() -> None:
     """A loop that ran late (its timers not yet run): the take itself sees the connection has expired."""
-    heads: list[bytes] = []
-    connections: list[asyncio.StreamWriter] = []
-    ended = asyncio.Event()
-    async with upstream(watched(heads, connections, ended)) as origin, Pool(1, 5.0, 5.0, idle_timeout=0.05) as pool:
-        async with await pool.request(origin, "GET", "/1", []) as response:
-            assert await whole(response) == b"ok"
+    async with expiring(0.05) as (watched, origin, pool):
+        assert await answered(pool, origin, "GET", "/1") == b"ok"
         time.sleep(0.1)  # holds the loop past the expiry, so the pool's timer cannot have run
-        async with await pool.request(origin, "POST", "/2", [], b"{}") as response:
-            assert await whole(response) == b"ok"
-        await asyncio.wait_for(ended.wait(), 10)
-    assert len(connections) == 2 and [head.split(b" ")[1] for head in heads] == [b"/1", b"/2"]
+        assert await answered(pool, origin, "POST", "/2") == b"ok"
+        await asyncio.wait_for(watched.ended.wait(), 10)
+    assert len(watched.connections) == 2 and [head.split(b" ")[1] for head in watched.heads] == [b"/1", b"/2"]
 
 
 async def test_an_idle_connection_within_its_expiry_is_reused() -> None:
-    heads: list[bytes] = []
-    connections: list[asyncio.StreamWriter] = []
-    ended = asyncio.Event()
-    async with upstream(watched(heads, connections, ended)) as origin, Pool(1, 5.0, 5.0, idle_timeout=60.0) as pool:
+    async with expiring(60.0) as (watched, origin, pool):
         for target in ("/1", "/2", "/3"):
-            async with await pool.request(origin, "POST", target, [], b"{}") as response:
-                assert await whole(response) == b"ok"
-        assert not ended.is_set()
-    assert len(connections) == 1 and len(heads) == 3
+            assert await answered(pool, origin, "POST", target) == b"ok"
+        assert not watched.ended.is_set()
+    assert len(watched.connections) == 1 and len(watched.heads) == 3
