@@ -7,7 +7,12 @@ that nothing is waiting on (a request's head, its end) so it leaves in one
 log, which always comes before it sends a client anything. Only a machine crash can lose
 what is not yet synced, which the fsync policy (`FsyncPolicy`) bounds. Each
 writer start opens a new segment, so no writer ever appends after a record torn
-by an earlier kill. Segments are ``segment-<seq>.log``, 0600 in a 0700
+by an earlier kill. A new segment's blocks are reserved up front (`reserve`,
+``fallocate`` keeping the file's size): each append then only fills blocks the
+file already has, where growing it made ext4 reserve blocks per page (a third of
+the relay's log write, 0.11 against 0.065 ms per 500 KB append); readers see the
+same file, its size grows with what is written, and a segment left (rotated, or
+at close) is cut to its size, so only the one being written holds blocks past its end. Segments are ``segment-<seq>.log``, 0600 in a 0700
 directory; the worker deletes them once everything in them is on Kafka.
 
 The log is also the spool while Kafka is down, bounded by `max_bytes` over
@@ -18,6 +23,7 @@ and logged (once per episode), and the caller drops the rest of that exchange.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import enum
 import logging
 import os
@@ -38,6 +44,8 @@ RESCAN_EVERY = 0.5  # seconds between re-reading the directory's size while full
 # many requests waiting for their answers at once must not make one writev too long.
 HOLD_PARTS = 64
 HOLD_BYTES = 1024 * 1024
+FALLOC_FL_KEEP_SIZE = 1  # linux/falloc.h: blocks reserved past the end, the size unchanged
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 class FsyncPolicy(enum.Enum):
@@ -90,6 +98,16 @@ def private_directory(directory: Path) -> None:
     """Create `directory` 0700, and tighten it if it exists: the log holds unredacted bodies."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(directory, 0o700)
+
+
+def reserve(fd: int, size: int) -> bool:
+    """Allocate `size` bytes of blocks to the file without changing its size; False where the file system
+    cannot (the appends then grow the file as before)."""
+    fallocate = getattr(_LIBC, "fallocate", None)
+    if fallocate is None:
+        return False
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    return bool(fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, size) == 0)
 
 
 def directory_bytes(directory: Path) -> int:
@@ -181,6 +199,7 @@ class LogWriter:
         if self.settings.fsync is not FsyncPolicy.NONE:
             self.sync()
         with self._lock:
+            os.ftruncate(self._fd, self._size)
             for fd in [*self._retired, self._fd]:
                 os.close(fd)
             self._retired, self._fd = [], -1
@@ -226,10 +245,13 @@ class LogWriter:
 
     def _open(self, seq: int) -> int:
         path = self.settings.directory / segment_name(seq)
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        reserve(fd, self.settings.segment_bytes)
+        return fd
 
     def _rotate(self) -> None:
         fd = self._open(self._seq + 1)
+        os.ftruncate(self._fd, self._size)  # its reservation past the end, given back
         with self._lock:
             if self.settings.fsync is FsyncPolicy.NONE:
                 os.close(self._fd)

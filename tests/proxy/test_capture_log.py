@@ -89,6 +89,22 @@ def test_the_writer_rotates_and_a_new_writer_never_appends_to_an_old_segment(tmp
     assert payloads(reader) == [bytes([n]) * 60 for n in range(5)] + [b"{}"]
 
 
+def test_only_the_segment_being_written_holds_blocks_past_its_end(tmp_path: Path) -> None:
+    """Its blocks are reserved up front, and given back when it is left (tmp_path: ext4, which can reserve)."""
+    w = writer(tmp_path, segment_bytes=1 << 20)
+    w.append(Kind.REQUEST_BODY, EXCHANGE, b"x" * 100)
+    live = segments(tmp_path)[-1][1].stat()
+    assert live.st_size < 4096  # the reader sees what was written, no more
+    assert live.st_blocks * 512 >= 1 << 20
+    for _ in range(12):
+        w.append(Kind.REQUEST_BODY, EXCHANGE, b"y" * 100_000)  # past a segment: rotated
+    w.close()
+    assert len(segments(tmp_path)) == 2
+    for _, path in segments(tmp_path):
+        assert path.stat().st_blocks * 512 < path.stat().st_size + 8192
+    assert payloads(LogReader(tmp_path, Position(0, 0))) == [b"x" * 100] + [b"y" * 100_000] * 12
+
+
 def test_the_cap_refuses_appends_counts_them_and_lets_an_end_through(tmp_path: Path) -> None:
     w = writer(tmp_path, max_bytes=300)
     assert w.append(Kind.REQUEST_BODY, EXCHANGE, b"x" * 200)
