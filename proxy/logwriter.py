@@ -4,20 +4,23 @@ A record is on its way to disk the moment `os.write` returns: the kernel holds
 it, so a killed relay loses nothing it appended. An append may `hold` a record
 that nothing is waiting on (a request's head, its end) so it leaves in one
 `os.writev` with the next: the relay never holds one past its next write to the
-log, which always comes before it sends a client anything. Only a machine crash can lose
-what is not yet synced, which the fsync policy (`FsyncPolicy`) bounds. Each
-writer start opens a new segment, so no writer ever appends after a record torn
-by an earlier kill. A new segment's blocks are reserved up front (`reserve`,
-``fallocate`` keeping the file's size): each append then only fills blocks the
-file already has, where growing it made ext4 reserve blocks per page (a third of
-the relay's log write, 0.11 against 0.065 ms per 500 KB append); readers see the
-same file, its size grows with what is written, and a segment left (rotated, or
-at close) is cut to its size, so only the one being written holds blocks past its end. Segments are ``segment-<seq>.log``, 0600 in a 0700
+log, which always comes before it sends a client anything. Only a machine crash
+can lose what is not yet synced, which the fsync policy (`FsyncPolicy`) bounds.
+Each writer start opens a new segment, so no writer ever appends after a record
+torn by an earlier kill. Segments are ``segment-<seq>.log``, 0600 in a 0700
 directory; the worker deletes them once everything in them is on Kafka.
 
+A new segment's blocks are reserved up front (`reserve`: ``fallocate``, the
+size kept), so an append fills blocks the file has; growing it made ext4
+reserve blocks page by page (0.11 against 0.065 ms per 500 KB append). Its size
+is still what was written, and a segment left (rotated, or at close) is cut to
+it. So besides the segments' sizes the disk holds up to `segment_bytes` past
+the end of the one being written, and as much past each one a killed writer
+left (never cut), until the worker deletes it.
+
 The log is also the spool while Kafka is down, bounded by `max_bytes` over
-every segment in the directory: an append that does not fit is refused, counted
-and logged (once per episode), and the caller drops the rest of that exchange.
+every segment's size: an append that does not fit is refused, counted and
+logged (once per episode), and the caller drops the rest of that exchange.
 """
 
 from __future__ import annotations
@@ -205,17 +208,22 @@ class LogWriter:
             self._retired, self._fd = [], -1
 
     def _flush(self) -> None:
-        """Write what is held, in one writev."""
+        """Write what is held, in one writev. What reached the file is counted as each write returns, so a
+        write that then fails (the disk full) leaves `_size` at the file's size: the cut when the segment
+        is left keeps every byte written, the torn record's included, and nothing past them."""
         parts, size = self._held, self._held_bytes
         self._held, self._held_bytes = [], 0
-        written = os.writev(self._fd, parts)
+        self._dirty = True
+        written = self._wrote(os.writev(self._fd, parts))
         if written < size:  # a short write to a regular file: rare (disk full, a signal); finish it
             rest = memoryview(b"".join(parts))[written:]
             while rest:
-                rest = rest[os.write(self._fd, rest) :]
-        self._size += size
-        self._total += size
-        self._dirty = True
+                rest = rest[self._wrote(os.write(self._fd, rest)) :]
+
+    def _wrote(self, count: int) -> int:
+        self._size += count
+        self._total += count
+        return count
 
     def _room_for(self, size: int) -> bool:
         size += self._held_bytes

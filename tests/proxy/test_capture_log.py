@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import resource
+import signal
 import stat
+import subprocess
+import sys
 import uuid
 from itertools import pairwise
 from pathlib import Path
@@ -103,6 +108,49 @@ def test_only_the_segment_being_written_holds_blocks_past_its_end(tmp_path: Path
     for _, path in segments(tmp_path):
         assert path.stat().st_blocks * 512 < path.stat().st_size + 8192
     assert payloads(LogReader(tmp_path, Position(0, 0))) == [b"x" * 100] + [b"y" * 100_000] * 12
+
+
+def test_an_append_that_fails_midway_leaves_its_segment_cut_to_what_reached_it(tmp_path: Path) -> None:
+    """A file size limit makes the kernel write the writev's first part and refuse the rest (EFBIG), as a disk
+    that fills does: the bytes written stay, the torn record's too, and no reserved block past them."""
+    w = writer(tmp_path, segment_bytes=1 << 20)
+    w.append(Kind.REQUEST_BODY, EXCHANGE, b"x" * 100)
+    ((_, path),) = segments(tmp_path)
+    limit = path.stat().st_size + 1000
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel's signal for it kills the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        with pytest.raises(OSError) as failed:
+            w.append(Kind.REQUEST_BODY, EXCHANGE, b"y" * 5000)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert failed.value.errno == errno.EFBIG
+    w.close()
+    assert path.stat().st_size == limit
+    assert path.stat().st_blocks * 512 < limit + 8192
+    assert payloads(LogReader(tmp_path, Position(0, 0))) == [b"x" * 100]
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from proxy.logformat import Kind
+from proxy.logwriter import LogSettings, LogWriter
+LogWriter(LogSettings(Path(sys.argv[1]), segment_bytes=1 << 20)).append(Kind.REQUEST_BODY, bytes(16), b"x" * 100)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_writers_segment_holds_its_reservation_until_the_worker_deletes_it(tmp_path: Path) -> None:
+    killed = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(tmp_path)], cwd=Path(__file__).parents[2], check=False)
+    assert killed.returncode == -signal.SIGKILL
+    ((_, left),) = segments(tmp_path)
+    assert left.stat().st_size < 4096 and left.stat().st_blocks * 512 >= 1 << 20  # never cut
+    writer(tmp_path, segment_bytes=1 << 20).close()  # the restarted relay's segment, past it
+    assert checkpoint.delete_published(tmp_path, Position(1, 0)) == 1  # the worker, once it is published
+    assert not left.exists()
 
 
 def test_the_cap_refuses_appends_counts_them_and_lets_an_end_through(tmp_path: Path) -> None:
