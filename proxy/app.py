@@ -105,8 +105,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
     body = Body(request, exchange, limit)
     origin, target = upstream_target(settings.upstream_url, record.path, record.query)
     try:  # a streamed body goes upstream as the client framed it: its declared length, else chunked
-        payload = await body.payload()
-        upstream = await app[SESSION].request(origin, request.method, target, outgoing, payload, length=declared)
+        upstream = await app[SESSION].request(origin, request.method, target, outgoing, body.payload(), length=declared)
     except Exception as exc:  # noqa: BLE001 - every failure is answered and captured
         await body.drain()
         return _fail(request, exchange, body.failure or errors.translate(exc))
@@ -127,20 +126,17 @@ class Body:
         if self.ended:
             exchange.body_end()
 
-    async def payload(self) -> list[bytes] | AsyncIterator[bytes] | None:
+    def payload(self) -> bytes | AsyncIterator[bytes] | None:
         """What goes upstream: nothing; the body itself when all of it is here already (most requests:
-        no stream to run, and its records leave in one write), in the pieces it came in, which the log
-        and the upstream take as they lie (`read_nowait` joined them: a copy of the body); else its
-        pieces as they come."""
+        no stream to run, and its records leave in one write); else its pieces as they come."""
         if self.ended:
             return None
         content = self._request.content
         if not content.is_eof() or content.total_bytes > self._limit:
             return self.pieces()
-        whole = await arrived(content)
-        for piece in whole:
-            self._size += len(piece)
-            self._exchange.body(piece, hold=True)  # the next record comes before the upstream's answer
+        whole = content.read_nowait()
+        self._size = len(whole)
+        self._exchange.body(whole, hold=True)  # small, and the next record comes before the upstream's answer
         self.ended = True
         self._exchange.body_end()
         return whole
@@ -168,16 +164,6 @@ class Body:
             with contextlib.suppress(errors.Refused):
                 async for _ in self.pieces():
                     pass
-
-
-async def arrived(content: aiohttp.StreamReader) -> list[bytes]:
-    """A body that is all here, in the pieces it came in: each `readchunk` hands one on uncopied, and
-    none waits."""
-    pieces = []
-    while (chunk := await content.readchunk()) != (b"", False):  # (b"", True): a chunked body's chunk ended
-        if chunk[0]:
-            pieces.append(chunk[0])
-    return pieces
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:

@@ -41,8 +41,8 @@ import httptools
 
 # Buffered body bytes above which the upstream socket is paused; it resumes once the consumer takes them.
 HIGH_WATER = 2**18
-# A body whole in memory up to this size is copied behind the head, one buffer; a larger one goes beside it,
-# its pieces uncopied: one write (and one segment) either way, where uvloop makes each transport.write a send.
+# A bytes body up to this size is copied behind the head, one buffer; a larger one goes beside it, uncopied:
+# one write (and one segment) either way, where uvloop makes each transport.write a send of its own.
 WHOLE_BODY_COPY_MAX = 2**16
 # Seconds a kept-alive connection may sit idle before it is closed (KGB_UPSTREAM_IDLE_TIMEOUT, proxy/settings.py).
 IDLE_TIMEOUT = 4.0
@@ -148,7 +148,7 @@ class _Connection(asyncio.Protocol):
 
     # the client's side
     async def write(self, data: bytes, *more: bytes) -> None:
-        """Send `data` and `more` after it, in one writev."""
+        """Send `data`, and `more` after it in the same writev."""
         if self.closed or self.transport is None:
             raise StreamBroken("the upstream closed the connection while it was sent a request")
         if more:
@@ -462,20 +462,19 @@ class Pool:
         method: str,
         target: str,
         headers: list[tuple[str, str]],
-        body: bytes | list[bytes] | AsyncIterator[bytes] | None = None,
+        body: bytes | AsyncIterator[bytes] | None = None,
         *,
         length: int | None = None,
         timed: bool = True,
     ) -> Response:
-        """Send the request and return its answer once the head is here. A body whole in memory is bytes or
-        its pieces as they came (a list: sent as they lie), else streamed; one of unknown `length` goes
+        """Send the request and return its answer once the head is here. A body of unknown `length` goes
         chunked. The pool's read timeout bounds each wait for the upstream, unless not `timed` (long streams)."""
         timeout = self._read_timeout if timed else None
         slots = self._origins.get(origin)
         if slots is None:  # not setdefault: that would build a _Slots for every request
             slots = self._origins[origin] = _Slots(self._limit, self._idle_timeout)
         connection = await slots.take()
-        replay = connection is not None and (body is None or isinstance(body, bytes | list)) and replayable(method, headers)
+        replay = connection is not None and (body is None or isinstance(body, bytes)) and replayable(method, headers)
         while True:
             connection, response = await self._on(slots, connection, origin, method == "HEAD", timeout)
             try:
@@ -530,18 +529,16 @@ class Pool:
         method: str,
         target: str,
         headers: list[tuple[str, str]],
-        body: bytes | list[bytes] | AsyncIterator[bytes] | None,
+        body: bytes | AsyncIterator[bytes] | None,
         length: int | None,
     ) -> None:
-        if body is None or isinstance(body, bytes | list):
-            pieces = [body] if isinstance(body, bytes) else body or []
-            size = sum(map(len, pieces))
-            framing = None if body is None else ("Content-Length", str(size))
+        if body is None or isinstance(body, bytes):
+            framing = None if body is None else ("Content-Length", str(len(body)))
             head = request_head(method, target, origin.host_header, headers, framing)
-            if size > WHOLE_BODY_COPY_MAX:
-                await connection.write(head, *pieces)
+            if body is not None and len(body) > WHOLE_BODY_COPY_MAX:
+                await connection.write(head, body)
             else:
-                await connection.write(head + b"".join(pieces))
+                await connection.write(head + body if body else head)
             return
         framing = ("Transfer-Encoding", "chunked") if length is None else ("Content-Length", str(length))
         await connection.write(request_head(method, target, origin.host_header, headers, framing))

@@ -19,9 +19,8 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.base_protocol import BaseProtocol
 
-from proxy.app import HOP_BY_HOP, arrived, build_app
+from proxy.app import HOP_BY_HOP, build_app
 from proxy.logformat import Kind
 from proxy.logreader import LogReader, Position
 from proxy.settings import ProxySettings
@@ -231,22 +230,6 @@ async def test_a_large_body_streams_upstream_byte_identical_and_its_event_holds_
     (exchange,) = (await stack.events(2)).values()
     assert exchange["REQUEST"]["request"]["body"] == large
     assert exchange["RESPONSE"]["response"]["status"] == 200
-
-
-async def test_a_body_all_here_is_handed_on_in_the_pieces_it_came_in_uncopied() -> None:
-    loop = asyncio.get_running_loop()
-    pieces = [b"a" * 256_000, b"b" * 200_000, b"c"]
-    for chunked in (False, True):
-        content = aiohttp.StreamReader(BaseProtocol(loop), 2**20, loop=loop)
-        for piece in pieces:
-            if chunked:
-                content.begin_http_chunk_receiving()
-            content.feed_data(piece)
-            if chunked:
-                content.end_http_chunk_receiving()
-        content.feed_eof()
-        got = await arrived(content)
-        assert got == pieces and all(a is b for a, b in zip(got, pieces, strict=True))
 
 
 async def test_a_client_leaving_mid_body_is_captured_with_what_it_sent_and_upstream_gets_nothing(stack: Stack) -> None:
