@@ -1,6 +1,6 @@
 """The capture worker alone, end to end: its CPU per exchange from the capture log to Kafka's acks.
 
-    .venv/bin/python -m bench.worker_bench [--exchanges 300] [--baseline TREE] [--rounds 2] [--profile DIR]
+    .venv/bin/python -m bench.worker_bench [--exchanges 1000] [--warmup 32] [--baseline TREE] [--rounds 2] [--profile DIR]
 
 `bench/build_bench.py` times the worker's read, assemble and encode path offline;
 this runs the real `kgb capture-worker` process, publishing to a real broker
@@ -8,17 +8,19 @@ this runs the real `kgb capture-worker` process, publishing to a real broker
 offline bench leaves out counts too: aiokafka's batching, compression and sends,
 the event loop, checkpoint saves and segment deletion.
 
-A spool of `--exchanges` exchanges of proxy_bench's 500KB c=16 scenario is
-written once with the relay's own writer (`build_bench.write_spool`: the load
-generator's 500 KB bodies, 16 exchanges interleaved, 64 MiB segments). Each run
-copies it, starts a worker (the tree's code: its cwd, first on its path) on an
-empty log directory and a topic of its own, waits for it to be connected, then
-links the copied segments into its directory (the inotify it waits on sees them
-appear) and waits until every event is acknowledged and the checkpoint has
-reached the log's end. A run's figures: the worker process's CPU time (utime +
-stime of every thread, robust to other load) from the linking to then, per
-exchange, and events acknowledged per second of wall time (to its last ack).
-Start-up (imports, the redaction automaton, Kafka's connection) is not counted.
+A spool of `--warmup` then `--exchanges` exchanges of proxy_bench's 500KB c=16
+scenario is written once with the relay's own writer (`build_bench.write_spool`:
+the load generator's 500 KB bodies, 16 exchanges interleaved, 64 MiB segments;
+the warm-up's in segments of their own). Each run copies it, starts a worker
+(the tree's code: its cwd, first on its path) on an empty log directory and a
+topic of its own, waits for it to be connected, links the warm-up's segments
+into its directory (the inotify it waits on sees them appear) and waits until
+they are published; then links the rest and waits until every event is
+acknowledged and the checkpoint has reached the log's end. A run's figures, of
+that second part alone: the worker process's CPU time (utime + stime of every
+thread, robust to other load) per exchange, and events acknowledged per second
+of wall time (to its last ack). Start-up and first-use costs (imports, the
+redaction automaton, Kafka's connection, the first batches) are not counted.
 Rounds alternate between this tree and `--baseline TREE`, so both see the same
 machine load; the ratio is of the medians. `--profile DIR` records each of this
 tree's runs with py-spy (raw format) into DIR.
@@ -89,36 +91,50 @@ def wait_figures(
     raise BenchError(f"the capture worker did not get {what} within {timeout:.0f} s")
 
 
-def link_segments(source: Path, spool: Path) -> None:
-    """Move the segments into the worker's log oldest first, as links (inotify reports a link, not a rename),
+def link_segments(paths: list[Path], spool: Path) -> None:
+    """Move segments into the worker's log oldest first, as links (inotify reports a link, not a rename),
     leaving each the only name of its file, so the worker's deleting it costs what it costs in the proxy."""
-    for _, path in segments(source):
+    for path in paths:
         os.link(path, spool / path.name)
         path.unlink()
 
 
-def one_run(tree: Path, spool_copy: Path, work: Path, bootstrap: str, exchanges: int, profile: Path | None) -> dict[str, Any]:
+def write_spools(directory: Path, warmup: int, exchanges: int) -> int:
+    """The warm-up's exchanges, then the measured ones in later segments (a second writer starts a new one);
+    how many segments the warm-up's are."""
+    write_spool(directory, Scenario("500KB c=16", True, CONCURRENCY, warmup, body_bytes=BODY_BYTES))
+    first = len(segments(directory))
+    write_spool(directory, Scenario("500KB c=16", True, CONCURRENCY, exchanges, body_bytes=BODY_BYTES))
+    return first
+
+
+def drained(events: int) -> Callable[[workerstats.WorkerFigures], bool]:
+    """Every event acknowledged and the checkpoint at the log's end."""
+    return lambda f: f.events_published >= events and f.checkpoint_lag_bytes == 0 and f.checkpoint_lag_segments <= 1
+
+
+def one_run(
+    tree: Path, spool_copy: Path, warm_segments: int, work: Path, bootstrap: str, args: argparse.Namespace, profile: Path | None
+) -> dict[str, Any]:
     spool = work / "spool"
     spool.mkdir(mode=0o700)
     topic = asyncio.run(create_bench_topic(bootstrap))
     process = start_worker(tree, spool, bootstrap, topic, work / "worker.log")
     recorder = None
+    paths = [path for _, path in segments(spool_copy)]
     try:
         wait_figures(spool, process, lambda f: f.kafka_up, START_TIMEOUT_S, "connected to Kafka")
+        link_segments(paths[:warm_segments], spool)
+        wait_figures(spool, process, drained(2 * args.warmup), DRAIN_TIMEOUT_S, "the warm-up published")
         if profile is not None:
             py_spy = str(Path(sys.executable).with_name("py-spy"))
             command = [py_spy, "record", "-p", str(process.pid), "-r", "200", "-f", "raw", "-o", str(profile)]
             recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)  # py-spy attaching
         started_cpu, started_at = cpu_seconds(process.pid), time.time()
-        link_segments(spool_copy, spool)
-        figures = wait_figures(
-            spool,
-            process,
-            lambda f: f.events_published >= 2 * exchanges and f.checkpoint_lag_bytes == 0 and f.checkpoint_lag_segments <= 1,
-            DRAIN_TIMEOUT_S,
-            f"{2 * exchanges} events published",
-        )
+        link_segments(paths[warm_segments:], spool)
+        total = 2 * (args.warmup + args.exchanges)
+        figures = wait_figures(spool, process, drained(total), DRAIN_TIMEOUT_S, f"{total} events published")
         cpu = cpu_seconds(process.pid) - started_cpu
     finally:
         if recorder is not None:
@@ -129,9 +145,9 @@ def one_run(tree: Path, spool_copy: Path, work: Path, bootstrap: str, exchanges:
         process.wait(60)
     return {
         "cpu_s": cpu,
-        "ms_per_exchange": 1000 * cpu / exchanges,
-        "events": figures.events_published,
-        "events_per_s": figures.events_published / max(figures.last_publish - started_at, 1e-9),
+        "ms_per_exchange": 1000 * cpu / args.exchanges,
+        "events": figures.events_published - 2 * args.warmup,
+        "events_per_s": 2 * args.exchanges / max(figures.last_publish - started_at, 1e-9),
         "dropped": sum(figures.dropped.values()),
         "loadavg": Path("/proc/loadavg").read_text().split()[:3],
     }
@@ -145,7 +161,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         work = workdir(stack, keep=False)
         written = work / "written"
-        write_spool(written, Scenario("500KB c=16", True, CONCURRENCY, args.exchanges, body_bytes=BODY_BYTES))
+        warm_segments = write_spools(written, args.warmup, args.exchanges)
         broker = stack.enter_context(kafka_broker())
         for number in range(args.rounds):
             for label, tree in trees:
@@ -153,7 +169,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 here.mkdir()
                 shutil.copytree(written, here / "copy", ignore=shutil.ignore_patterns("worker.lock"))
                 profile = args.profile / f"{label}-{number}.raw" if args.profile and label == "this" else None
-                runs[label].append(one_run(tree, here / "copy", here, broker.bootstrap, args.exchanges, profile))
+                runs[label].append(one_run(tree, here / "copy", warm_segments, here, broker.bootstrap, args, profile))
                 shutil.rmtree(here)
     summary: dict[str, Any] = {"exchanges": args.exchanges, "runs": runs}
     for label, done in runs.items():
@@ -183,7 +199,8 @@ def render(summary: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--exchanges", type=int, default=300, help="500 KB exchanges in the spool")
+    parser.add_argument("--exchanges", type=int, default=1000, help="500 KB exchanges in the spool")
+    parser.add_argument("--warmup", type=int, default=32, help="exchanges published first, not measured")
     parser.add_argument("--baseline", type=Path, help="also run the worker of this source tree (rows marked base)")
     parser.add_argument("--rounds", type=int, default=2, help="runs per tree, alternating between trees")
     parser.add_argument("--profile", type=Path, help="record this tree's runs with py-spy (raw) into this directory")
