@@ -21,7 +21,7 @@ that second part alone: the worker process's CPU time (utime + stime of every
 thread, robust to other load) per exchange, and events acknowledged per second
 of wall time (to its last ack). Start-up and first-use costs (imports, the
 redaction automaton, Kafka's connection, the first batches) are not counted.
-Rounds alternate between this tree and `--baseline TREE`, so both see the same
+Rounds alternate between this tree and `--baseline TREE` (which goes first, too), so both see the same
 machine load; the ratio is of the medians. `--profile DIR` records each of this
 tree's runs with py-spy (raw format) into DIR.
 """
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         warm_segments = write_spools(written, args.warmup, args.exchanges)
         broker = stack.enter_context(kafka_broker())
         for number in range(args.rounds):
-            for label, tree in trees:
+            for label, tree in trees if number % 2 == 0 else trees[::-1]:  # neither always first
                 here = work / f"{label}-{number}"
                 here.mkdir()
                 shutil.copytree(written, here / "copy", ignore=shutil.ignore_patterns("worker.lock"))
