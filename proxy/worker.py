@@ -46,6 +46,7 @@ from proxy.logreader import LogReader, Position, Read
 from proxy.logwatch import SAFETY_POLL, LogWatch
 from proxy.logwriter import private_directory
 from proxy.mcp.assemble import McpAssembler
+from proxy.redact import matcher
 from proxy.settings import CaptureSettings, ProxySettings
 from proxy.tap import KEY_LENGTH
 from proxy import workerstats
@@ -406,6 +407,7 @@ async def run(settings: ProxySettings, stop: asyncio.Event) -> None:
 async def _sessions(settings: ProxySettings, stop: asyncio.Event) -> None:
     capture = settings.capture
     policy = RedactionPolicy(settings.rules(), settings.redact_headers, b"")
+    matcher(policy.rules)  # the rules' automaton compiled now (once per process, 40-90 ms), not as the first exchange's lag
     log.info("capture worker: log %s to Kafka %s", capture.spool_dir, capture.kafka.bootstrap)
     retry, counts = RETRY_MIN, WorkerFigures()
     kafka = KAFKA_WATCH.reporter  # one outage, whether a session fails or aiokafka's records say so first

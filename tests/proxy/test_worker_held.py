@@ -1,5 +1,5 @@
 """The worker's side of a saved open stream (proxy/worker.py `Session`): what it saves, when, and what a
-restarted session makes of it. A real capture log on disk; the sessions' Kafka links are never opened
+restarted session makes of it; and which segments a checkpoint save deletes. A real capture log on disk; the sessions' Kafka links are never opened
 (events are fed to the assemblers and none is sent, so none is in flight), the end-to-end run with Kafka
 and a killed worker is tests/e2e/test_mcp_held_stream.py."""
 
@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from common.outages import KAFKA_WATCH
 from proxy import checkpoint
 from proxy.capture import RedactionPolicy, RequestRecord
-from proxy.logwriter import LogWriter
+from proxy.logreader import Position
+from proxy.logwriter import LogWriter, segments
 from proxy.redact import BUILTIN_RULES
 from proxy.settings import CaptureSettings
 from proxy.tap import Exchange, HeaderPolicy, Tap
@@ -97,3 +99,38 @@ def test_a_restored_stream_goes_on_and_is_saved_again_only_once_reading_passes_i
     notes = [orjson.loads(e["payload"])["params"]["data"] for e in made if e["kind"] == "MESSAGE"]
     assert notes == [f"café {n}" for n in range(3)]
     assert made[-1]["kind"] == "EXCHANGE" and made[-1]["http"]["response_body_size"] == len(sse(0) + sse(1) + sse(2))
+
+
+def test_a_save_deletes_segments_only_when_the_checkpoint_leaves_one_and_never_the_one_it_is_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker saves every 0.2 s while publishing; a save within the checkpoint's segment lists and deletes
+    nothing (a directory scan, and a 64 MiB unlink, per segment, not per save). An exchange left open holds the
+    checkpoint, and so its segment, at its head."""
+    scans: list[Position] = []
+    delete = checkpoint.delete_published
+    monkeypatch.setattr(checkpoint, "delete_published", lambda path, at: scans.append(at) or delete(path, at))
+    settings = CaptureSettings.from_env({"KGB_SPOOL_DIR": str(tmp_path), "KGB_CAPTURE_SEGMENT_BYTES": "4096"})
+    t = Tap(LogWriter(settings.log()), HeaderPolicy.of([], b"k"))
+    s = session(settings)
+
+    def published(count: int) -> Position:
+        """`count` exchanges appended, read and assembled (none in flight), then a save; the checkpoint."""
+        filler(t, count)
+        while reads := s.reader.poll():
+            for read in reads:
+                for assembler in s.assemblers:
+                    list(assembler.feed(read))
+        s._save()
+        return checkpoint.load(tmp_path)
+
+    assert published(1).seq == published(1).seq == 0 and scans == [], "within segment 0: no scan"
+    moved = published(12)
+    assert moved.seq > 0 and scans == [moved]
+    assert segments(tmp_path)[0][0] == moved.seq, "every segment before it deleted, its own kept"
+    t.request(RequestRecord("POST", "/v1/messages", "", "1.1", [], b"{}"))  # left open, at the checkpoint
+    assert published(12) == moved and scans == [moved], "the open exchange holds the checkpoint at its head"
+    assert segments(tmp_path)[0][0] == moved.seq and len(segments(tmp_path)) > 2
+    s.reader.close()
+    s.watch.close()
+    t.writer.close()
