@@ -20,7 +20,7 @@ from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 
 from common.config import mask_url
 from common.topics import BATCH_OVERHEAD, TopicSettings, ensure_topics
-from proxy.settings import COMPRESSIONS, MiB, CaptureSettings
+from proxy.settings import COMPRESSIONS, CaptureSettings
 from schemas.codec import EXCHANGE, MCP, Encoder, SINGLE_OBJECT_MAGIC, registry_encoder, single_object_encoder
 from schemas.errors import SchemaError
 from schemas.registry import Registry, subject_for_topic
@@ -69,7 +69,7 @@ class KafkaLink:
             enable_idempotence=True,
             compression_type=COMPRESSIONS[s.compression],
             max_request_size=s.max_event_bytes + BATCH_OVERHEAD,
-            max_batch_size=MiB,
+            max_batch_size=s.batch_bytes,
             linger_ms=s.linger_ms,
         )
         try:

@@ -59,6 +59,7 @@ class CaptureSettings:
     max_event_bytes: int = 64 * MiB
     compression: str = "zstd"
     linger_ms: int = 5
+    batch_bytes: int = MiB
     topic_partitions: int = 6
     topic_replication: int = 1
     close_timeout: float = 10.0
@@ -84,6 +85,7 @@ class CaptureSettings:
             max_event_bytes=env_int(env, "KGB_MAX_EVENT_BYTES", cls.max_event_bytes),
             compression=compression,
             linger_ms=env_int(env, "KGB_KAFKA_LINGER_MS", cls.linger_ms),
+            batch_bytes=above_zero("KGB_KAFKA_BATCH_BYTES", env_int(env, "KGB_KAFKA_BATCH_BYTES", cls.batch_bytes)),
             topic_partitions=env_int(env, "KGB_TOPIC_PARTITIONS", cls.topic_partitions),
             topic_replication=env_int(env, "KGB_TOPIC_REPLICATION", cls.topic_replication),
             close_timeout=env_float(env, "KGB_SHUTDOWN_TIMEOUT", cls.close_timeout),
