@@ -1,6 +1,6 @@
 """The fixture Kafka broker's CPU per exchange, under variants of its JVM, its properties and the producer, in one run.
 
-    .venv/bin/python -m bench.broker_bench [--rounds 3] [--only fixture --only SerialGC] [--scale 0.5]
+    .venv/bin/python -m bench.broker_bench [--rounds 3] [--only fixture --only "linger 20 ms"] [--scale 0.5] [--jfr DIR]
 
 Why: on the 2-core box the broker scripts/kafka.py starts (the tests' and the benches' broker) shares
 the cores with what is measured, and in proxy_bench's "500KB c=16" row it spends about a third of the
@@ -10,7 +10,11 @@ a request event holding the 500 KB body bench/loadgen.py sends (or its small one
 holding the fake upstream's answer, all under one session key, at a steady rate with every send in
 flight as the worker keeps them. The broker's CPU (user + system, psutil) is read around each workload,
 and around an idle spell, so what it spends per exchange can be told from what it spends per second
-doing nothing. Rounds run the variants in alternating order so neither end of a round is favoured.
+doing nothing; this process's own CPU around each workload is the producer's (compression, batching), so
+a variant that spares the broker can be weighed against what it costs the worker. Rounds run the variants
+in alternating order so neither end of a round is favoured. The JVM and server.properties variants tune
+the fixture only (a deployment's broker is not ours to configure); the producer ones are kgb's own.
+`--jfr DIR` records each broker with Java Flight Recorder (settings=profile) into DIR, start-up included.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import re
 import shutil
 import statistics
 import sys
@@ -46,6 +51,7 @@ from tests.services import SCRIPTS, dismiss, remove_after_exit
 IDLE_S = 3.0
 SETTLE_S = 0.5  # after the last acknowledgement, so what the broker does with the last batches is counted
 DELTAS = 45  # proxy_bench's streams: 50 events
+WARMUP = 0.5  # of each workload's exchanges, before the counting: a fresh broker's JIT compiles for a minute
 
 
 @dataclass(frozen=True)
@@ -70,8 +76,9 @@ VARIANTS = (
     Variant("1 processor", jvm_with("-XX:ActiveProcessorCount=1")),
     Variant("heap 512m fixed", ("-Xms512m", "-Xmx512m", "-XX:+UseG1GC")),
     Variant("threads 1+2", extra="num.network.threads=1\nnum.io.threads=2\nbackground.threads=2\n"),
-    Variant("batch 8 MiB", capture={"batch_bytes": 8 * MiB}),
-    Variant("linger 20 ms", capture={"linger_ms": 20}),
+    Variant("1 MiB, 5 ms", capture={"batch_bytes": MiB, "linger_ms": 5}),  # the producer before issue 10
+    Variant("linger 5 ms", capture={"linger_ms": 5}),
+    Variant("batch 1 MiB", capture={"batch_bytes": MiB}),
     Variant("lz4", capture={"compression": "lz4"}),
     Variant("no compression", capture={"compression": "none"}),
 )
@@ -126,6 +133,19 @@ def cpu_seconds(process: psutil.Process) -> float:
     return times.user + times.system
 
 
+def jit_seconds(process: psutil.Process) -> float:
+    """The CPU the JVM's compiler threads took: a fresh broker still compiles its produce path a minute
+    into a bench, a cost a long-lived broker pays once, so it is shown apart. On 2 cores the JVM keeps one
+    C1 and one C2 thread for its whole life (CICompilerCount=2), so none leaves with its count."""
+    threads = process.threads()
+    names = {thread.id: Path(f"/proc/{process.pid}/task/{thread.id}/comm") for thread in threads}
+    return sum(
+        thread.user_time + thread.system_time
+        for thread in threads
+        if names[thread.id].read_text().startswith(("C1 CompilerThre", "C2 CompilerThre"))
+    )
+
+
 @contextlib.contextmanager
 def broker(variant: Variant) -> Iterator[tuple[str, psutil.Process, float]]:
     """A fresh broker as `variant` configures it: its bootstrap, its process, and the CPU seconds it took to start.
@@ -146,15 +166,16 @@ def broker(variant: Variant) -> Iterator[tuple[str, psutil.Process, float]]:
 
 
 async def measure_on(variant: Variant, bootstrap: str, process: psutil.Process, scale: float) -> dict[str, float]:
-    """Warm the broker, read its CPU over an idle spell and then over each workload."""
+    """Warm the broker, read its CPU over an idle spell and then its and the producer's over each workload."""
     settings = replace(CaptureSettings(kafka=KafkaSettings(bootstrap=bootstrap)), **variant.capture)
     link = KafkaLink(settings, None)
     await link.open()
     key = request_event()["session_key"].encode()
+    producer = psutil.Process()
     figures: dict[str, float] = {}
     try:
         for workload in WORKLOADS:  # the JIT's first compilations, off the books
-            await publish(link, key, events(workload, link), max(50, workload.exchanges // 10), workload.rate)
+            await publish(link, key, events(workload, link), round(workload.exchanges * WARMUP), workload.rate)
         await asyncio.sleep(SETTLE_S)
         before = cpu_seconds(process)
         await asyncio.sleep(IDLE_S)
@@ -162,29 +183,40 @@ async def measure_on(variant: Variant, bootstrap: str, process: psutil.Process, 
         for workload in WORKLOADS:
             count = max(50, round(workload.exchanges * scale))
             pair = events(workload, link)
-            before = cpu_seconds(process)
+            before, jit, ours = cpu_seconds(process), jit_seconds(process), cpu_seconds(producer)
             await publish(link, key, pair, count, workload.rate)
             await asyncio.sleep(SETTLE_S)
             figures[f"{workload.name} ms/exch"] = 1e3 * (cpu_seconds(process) - before) / count
+            figures[f"{workload.name} jit"] = 1e3 * (jit_seconds(process) - jit) / count
+            figures[f"{workload.name} producer"] = 1e3 * (cpu_seconds(producer) - ours) / count
     finally:
         await link.close(10.0)
     return figures
 
 
-def measure(variant: Variant, scale: float) -> dict[str, float]:
+def recording(jfr: Path | None, variant: Variant, number: int) -> tuple[str, ...]:
+    """The JVM option that records this broker into `jfr`, if asked for."""
+    if jfr is None:
+        return ()
+    name = re.sub(r"\W+", "-", variant.name)
+    return (f"-XX:StartFlightRecording=filename={jfr / f'{name}-{number}.jfr'},settings=profile",)
+
+
+def measure(variant: Variant, scale: float, jfr: Path | None, number: int) -> dict[str, float]:
     started = time.monotonic()
-    with broker(variant) as (bootstrap, process, start_cpu):
+    recorded = replace(variant, jvm=(*variant.jvm, *recording(jfr, variant, number)))
+    with broker(recorded) as (bootstrap, process, start_cpu):
         figures = {"start cpu s": start_cpu, "start s": time.monotonic() - started}
         figures.update(asyncio.run(measure_on(variant, bootstrap, process, scale)))
     return figures
 
 
-def run(variants: list[Variant], rounds: int, scale: float) -> dict[str, list[dict[str, float]]]:
+def run(variants: list[Variant], rounds: int, scale: float, jfr: Path | None) -> dict[str, list[dict[str, float]]]:
     results: dict[str, list[dict[str, float]]] = {variant.name: [] for variant in variants}
     for number in range(rounds):
         order = variants if number % 2 == 0 else variants[::-1]
         for variant in order:
-            figures = measure(variant, scale)
+            figures = measure(variant, scale, jfr, number + 1)
             figures["load1"] = float(Path("/proc/loadavg").read_text().split()[0])
             results[variant.name].append(figures)
             shown = "  ".join(f"{name} {value:.2f}" for name, value in figures.items())
@@ -212,7 +244,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="times each variant runs, in alternating order (default 3)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply each workload's exchange count (default 1)")
     names = [variant.name for variant in VARIANTS]
-    parser.add_argument("--only", action="append", choices=names, help="run only these variants (repeatable); the first is the baseline")
+    parser.add_argument(
+        "--only", action="append", choices=names, help="run only these variants (repeatable); the first is the baseline"
+    )
+    parser.add_argument("--jfr", type=Path, help="record each broker with Java Flight Recorder into this directory")
     return parser.parse_args(argv)
 
 
@@ -221,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     by_name = {variant.name: variant for variant in VARIANTS}
     chosen = [by_name[name] for name in args.only] if args.only else list(VARIANTS)  # the first is the baseline
     print(f"load average at start: {Path('/proc/loadavg').read_text().strip()}", flush=True)
-    report(run(chosen, args.rounds, args.scale))
+    report(run(chosen, args.rounds, args.scale, args.jfr))
     print(f"load average at end: {Path('/proc/loadavg').read_text().strip()}")
 
 

@@ -262,9 +262,7 @@ def wait_ready(proc: subprocess.Popen[bytes], run_dir: Path, port: int) -> None:
         time.sleep(0.2)
 
 
-def start(
-    run_dir: Path, port: int, auto_create: bool = True, jvm: tuple[str, ...] = JVM_OPTIONS, extra: str = ""
-) -> None:
+def start(run_dir: Path, port: int, auto_create: bool = True, jvm: tuple[str, ...] = JVM_OPTIONS, extra: str = "") -> None:
     """`jvm` and `extra` (server.properties lines, on a first start) are for bench/broker_bench.py's variants."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if pid := running_pid(run_dir):
