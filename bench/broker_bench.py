@@ -198,6 +198,7 @@ def recording(jfr: Path | None, variant: Variant, number: int) -> tuple[str, ...
     """The JVM option that records this broker into `jfr`, if asked for."""
     if jfr is None:
         return ()
+    jfr.mkdir(parents=True, exist_ok=True)
     name = re.sub(r"\W+", "-", variant.name)
     return (f"-XX:StartFlightRecording=filename={jfr / f'{name}-{number}.jfr'},settings=profile",)
 
