@@ -135,8 +135,9 @@ def cpu_seconds(process: psutil.Process) -> float:
 
 def jit_seconds(process: psutil.Process) -> float:
     """The CPU the JVM's compiler threads took: a fresh broker still compiles its produce path a minute
-    into a bench, a cost a long-lived broker pays once, so it is shown apart. On 2 cores the JVM keeps one
-    C1 and one C2 thread for its whole life (CICompilerCount=2), so none leaves with its count."""
+    into a bench, a cost a long-lived broker pays once, so it is shown apart. On 2 cores a tiered JVM keeps
+    one C1 and one C2 thread for its whole life (CICompilerCount=2); with "C1 only" a compiler thread comes
+    and goes, taking its count along, so that variant's figure reads low, even below zero."""
     threads = process.threads()
     names = {thread.id: Path(f"/proc/{process.pid}/task/{thread.id}/comm") for thread in threads}
     return sum(
