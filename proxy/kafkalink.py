@@ -20,7 +20,7 @@ from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 
 from common.config import mask_url
 from common.topics import BATCH_OVERHEAD, TopicSettings, ensure_topics
-from proxy.settings import COMPRESSIONS, MiB, CaptureSettings
+from proxy.settings import COMPRESSIONS, CaptureSettings
 from schemas.codec import EXCHANGE, MCP, Encoder, SINGLE_OBJECT_MAGIC, registry_encoder, single_object_encoder
 from schemas.errors import SchemaError
 from schemas.registry import Registry, subject_for_topic
@@ -42,6 +42,14 @@ def topic_limit(describe_responses: list[Any]) -> int | None:
     return None
 
 
+def batch_bound(batch_bytes: int, limits: dict[str, int]) -> int:
+    """The producer's batch size, at most every topic's limit: aiokafka fills a batch up to it counting
+    the records uncompressed, and the broker refuses a batch above the topic's ``max.message.bytes``
+    whatever the events' own sizes, so a batch of small events past an existing topic's lower limit
+    would fail as never fitting. A single event above the bound still goes alone, in a batch of its own."""
+    return min(batch_bytes, *limits.values())
+
+
 def never_fits(exc: BaseException) -> bool:
     """Errors no retry can fix: the record is too large for the broker or the topic."""
     return isinstance(exc, (MessageSizeTooLargeError, RecordTooLargeError))
@@ -61,20 +69,21 @@ class KafkaLink:
         self._producer: AIOKafkaProducer | None = None
 
     async def open(self) -> None:
-        """Start the producer and make sure both topics exist; raises while Kafka is unreachable."""
+        """Make sure both topics exist and start the producer; raises while Kafka is unreachable.
+        The topics come first: an existing one's smaller limit bounds the producer's batches."""
         s = self.settings
+        await self._ensure_topics()
         producer = AIOKafkaProducer(
             bootstrap_servers=s.kafka.bootstrap,
             acks="all",
             enable_idempotence=True,
             compression_type=COMPRESSIONS[s.compression],
             max_request_size=s.max_event_bytes + BATCH_OVERHEAD,
-            max_batch_size=MiB,
+            max_batch_size=batch_bound(s.batch_bytes, self.limits),
             linger_ms=s.linger_ms,
         )
         try:
             await producer.start()
-            await self._ensure_topics()
         except BaseException:
             await producer.stop()
             raise

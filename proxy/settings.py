@@ -48,6 +48,11 @@ class CaptureSettings:
     max_request_size and a created topic's ``max.message.bytes`` are raised to
     match. `close_timeout` bounds the worker's shutdown: what Kafka has not
     acknowledged by then stays in the log for the next start.
+
+    `linger_ms` and `batch_bytes` go together: the broker's cost is per produce request
+    (bench/broker_bench.py), and a 500 KB request event alone filled the 1 MiB batches
+    there were, so lingering gathered nothing. `batch_bytes` counts the records
+    uncompressed and is capped at every topic's limit (`kafkalink.batch_bound`).
     """
 
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
@@ -58,7 +63,8 @@ class CaptureSettings:
     fsync_interval: float = 1.0
     max_event_bytes: int = 64 * MiB
     compression: str = "zstd"
-    linger_ms: int = 5
+    linger_ms: int = 20
+    batch_bytes: int = 8 * MiB
     topic_partitions: int = 6
     topic_replication: int = 1
     close_timeout: float = 10.0
@@ -84,6 +90,7 @@ class CaptureSettings:
             max_event_bytes=env_int(env, "KGB_MAX_EVENT_BYTES", cls.max_event_bytes),
             compression=compression,
             linger_ms=env_int(env, "KGB_KAFKA_LINGER_MS", cls.linger_ms),
+            batch_bytes=above_zero("KGB_KAFKA_BATCH_BYTES", env_int(env, "KGB_KAFKA_BATCH_BYTES", cls.batch_bytes)),
             topic_partitions=env_int(env, "KGB_TOPIC_PARTITIONS", cls.topic_partitions),
             topic_replication=env_int(env, "KGB_TOPIC_REPLICATION", cls.topic_replication),
             close_timeout=env_float(env, "KGB_SHUTDOWN_TIMEOUT", cls.close_timeout),

@@ -37,6 +37,7 @@ POM = HERE / "kafka" / "pom.xml"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # real Claude Code requests grow past 1 MB
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
+JVM_OPTIONS = ("-Xms128m", "-Xmx512m", "-XX:+UseG1GC")
 
 
 class KafkaScriptError(RuntimeError):
@@ -108,8 +109,9 @@ def port_in_use(port: int) -> bool:
 AUTO_CREATE = re.compile(r"^auto\.create\.topics\.enable=.*$", re.MULTILINE)
 
 
-def server_properties(data: Path, port: int, controller_port: int, auto_create: bool = True) -> str:
-    """One process is broker and controller; every replication setting fits one node."""
+def server_properties(data: Path, port: int, controller_port: int, auto_create: bool = True, extra: str = "") -> str:
+    """One process is broker and controller; every replication setting fits one node.
+    `extra` lines come last, so they win over the ones above (bench/broker_bench.py tries its variants so)."""
     return f"""\
 process.roles=broker,controller
 node.id=1
@@ -132,7 +134,7 @@ transaction.state.log.num.partitions=3
 message.max.bytes={MAX_MESSAGE_BYTES}
 replica.fetch.max.bytes={MAX_MESSAGE_BYTES}
 group.initial.rebalance.delay.ms=0
-"""
+{extra}"""
 
 
 LOG4J_PROPERTIES = """\
@@ -145,7 +147,7 @@ log4j.logger.kafka.log.LogCleaner=WARN
 """
 
 
-def configure(run_dir: Path, port: int, auto_create: bool = True) -> Path:
+def configure(run_dir: Path, port: int, auto_create: bool = True, extra: str = "") -> Path:
     """Written on the first start only, so a restart reuses the same controller port;
     auto-creation is set as this start asks, whatever an earlier one wrote."""
     props = run_dir / "server.properties"
@@ -155,18 +157,16 @@ def configure(run_dir: Path, port: int, auto_create: bool = True) -> Path:
             raise KafkaScriptError(f"{run_dir} was set up for another port; use a new DIR")
         props.write_text(AUTO_CREATE.sub(f"auto.create.topics.enable={str(auto_create).lower()}", text))
         return props
-    props.write_text(server_properties(run_dir / "data", port, free_port(), auto_create))
+    props.write_text(server_properties(run_dir / "data", port, free_port(), auto_create, extra))
     (run_dir / "log4j.properties").write_text(LOG4J_PROPERTIES)
     return props
 
 
-def java_cmd(lib: Path, run_dir: Path, *args: str) -> list[str]:
+def java_cmd(lib: Path, run_dir: Path, *args: str, jvm: tuple[str, ...] = JVM_OPTIONS) -> list[str]:
     java = Path(os.environ["JAVA_HOME"], "bin", "java") if os.environ.get("JAVA_HOME") else "java"
     return [
         str(java),
-        "-Xms128m",
-        "-Xmx512m",
-        "-XX:+UseG1GC",
+        *jvm,
         "-Djava.awt.headless=true",
         f"-Dlog4j.configuration=file:{run_dir / 'log4j.properties'}",
         "-cp",
@@ -215,11 +215,11 @@ def running_pid(run_dir: Path) -> int | None:
     return pid if state != "Z" and b"kafka.Kafka" in cmdline else None
 
 
-def launch(lib: Path, run_dir: Path, props: Path) -> subprocess.Popen[bytes]:
+def launch(lib: Path, run_dir: Path, props: Path, jvm: tuple[str, ...] = JVM_OPTIONS) -> subprocess.Popen[bytes]:
     """Its own session, so it outlives this script and Ctrl-C in a terminal does not reach it."""
     with open(run_dir / "kafka.log", "ab") as log:
         proc = subprocess.Popen(
-            java_cmd(lib, run_dir, "kafka.Kafka", str(props)),
+            java_cmd(lib, run_dir, "kafka.Kafka", str(props), jvm=jvm),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -262,16 +262,17 @@ def wait_ready(proc: subprocess.Popen[bytes], run_dir: Path, port: int) -> None:
         time.sleep(0.2)
 
 
-def start(run_dir: Path, port: int, auto_create: bool = True) -> None:
+def start(run_dir: Path, port: int, auto_create: bool = True, jvm: tuple[str, ...] = JVM_OPTIONS, extra: str = "") -> None:
+    """`jvm` and `extra` (server.properties lines, on a first start) are for bench/broker_bench.py's variants."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if pid := running_pid(run_dir):
         raise KafkaScriptError(f"kafka already running from {run_dir} (pid {pid})")
     if port_in_use(port):
         raise KafkaScriptError(f"127.0.0.1:{port} is already in use")
     lib = fetch()
-    props = configure(run_dir, port, auto_create)
+    props = configure(run_dir, port, auto_create, extra)
     format_storage(lib, run_dir, props)
-    wait_ready(launch(lib, run_dir, props), run_dir, port)
+    wait_ready(launch(lib, run_dir, props, jvm), run_dir, port)
     print(f"kafka ready on 127.0.0.1:{port} (data and kafka.log in {run_dir})")
 
 

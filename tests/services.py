@@ -377,10 +377,10 @@ async def drop_database(admin_dsn: str, dsn: str) -> None:
         await conn.close()
 
 
-async def create_topic(bootstrap: str, partitions: int = 3) -> str:
+async def create_topic(bootstrap: str, partitions: int = 3, max_message_bytes: int = MAX_MESSAGE_BYTES) -> str:
     """A new topic of its own, so a test never reads another test's events."""
     name = f"kgb-test-{uuid.uuid4().hex[:16]}"
-    topic = NewTopic(name, partitions, 1, topic_configs={"max.message.bytes": str(MAX_MESSAGE_BYTES)})
+    topic = NewTopic(name, partitions, 1, topic_configs={"max.message.bytes": str(max_message_bytes)})
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
