@@ -54,6 +54,14 @@ class Rule:
     clue: bytes | None = None
 
     @property
+    def scanned(self) -> bytes:
+        """The pattern the multi-line automaton looks for: `\\A` and `\\Z` (where the subject begins and
+        ends) read as `^` and `$`, so that each value of values scanned joined by newlines is scanned as if
+        alone for those too. It finds more than the pattern, never less: the automaton only names a rule
+        to run, and its own pattern then runs on each value alone."""
+        return _TOKENS.sub(lambda token: _LINE_ANCHORS.get(token[0], token[0]), self.pattern.pattern)
+
+    @property
     def placeholder(self) -> bytes:
         return b"[REDACTED:" + self.name.encode() + b"]"
 
@@ -71,6 +79,17 @@ class Rule:
             return whole[: start - match.start()] + self.placeholder + whole[end - match.start() :]
 
         return self.pattern.subn(keep_around, body)
+
+
+# A pattern's tokens as Python's `re` reads them: an escape, a character class, or one character.
+_TOKENS = re.compile(rb"\\.|\[\^?\]?(?:\\.|[^\]\\])*\]|.", re.DOTALL)
+_LINE_ANCHORS = {b"\\A": b"^", b"\\Z": b"$"}
+_ANCHORS = frozenset({b"^", b"$", b"\\A", b"\\Z"})
+
+
+def anchors(pattern: str) -> list[str]:
+    """The anchors in `pattern` (`^`, `$`, `\\A`, `\\Z`, outside a character class), in its order."""
+    return [token.decode() for token in _TOKENS.findall(pattern.encode()) if token in _ANCHORS]
 
 
 def _rule(name: str, pattern: str, clue: bytes | None = None) -> Rule:
@@ -102,6 +121,19 @@ BUILTIN_RULES: tuple[Rule, ...] = (
 def custom_rules(patterns: Iterable[str]) -> tuple[Rule, ...]:
     """Rules from `KGB_REDACT_PATTERNS`, scanned in the same pass as the built-in ones."""
     return tuple(_rule(f"custom_{i}", pattern) for i, pattern in enumerate(patterns, start=1))
+
+
+def anchor_caveats(patterns: Sequence[str]) -> list[str]:
+    """What to tell at start-up of each anchored custom pattern: its anchors mark the ends of each value
+    it is matched against, and a body that is not JSON is one value, whose lines they do not mark."""
+    return [
+        f"KGB_REDACT_PATTERNS_FILE: pattern custom_{i} ({pattern!r}) has anchors ({' '.join(found)}): they mark where"
+        " each header value, field and JSON string (each key, each array element) begins and ends, but a body that is"
+        " not JSON (plain text, form data, a binary MCP message) is matched whole, so there they mark only the"
+        " body's own start and end, not each line's; a secret elsewhere in such a body is missed"
+        for i, pattern in enumerate(patterns, start=1)
+        if (found := anchors(pattern))
+    ]
 
 
 # The escapes orjson does not write: "\/" (it writes "/"), and any "\u" but that of a control character with no
@@ -178,14 +210,16 @@ class Matcher:
     def __init__(self, rules: tuple[Rule, ...], engine: Engine | None = None) -> None:
         engine = engine or default_engine()
         self.rules = rules
-        self._scanned = [i for i, rule in enumerate(rules) if _readable(engine, rule.pattern.pattern)]
+        self._scanned = [i for i, rule in enumerate(rules) if _readable(engine, rule.scanned)]
         self._always = set(range(len(rules))) - set(self._scanned)
-        self._scan = engine([rules[i].pattern.pattern for i in self._scanned]) if self._scanned else None
+        self._scan = engine([rules[i].scanned for i in self._scanned]) if self._scanned else None
+        # a custom rule (no clue) may match a JSON string but not the JSON that writes it (an anchor, an escape)
+        self.by_string = any(rule.clue is None for rule in rules)
         self._written: Scan | None = None  # `clean_as_written`'s one pass, when every rule has a clue (no custom one)
         self._percent = len(rules) + 1  # what that pass names for a "%"
         if all(rule.clue is not None for rule in rules) and not self._always:
             unclear = [_ESCAPED_AFRESH, b"%", *(re.escape(rule.clue) for rule in rules if rule.clue)]
-            self._written = engine([rule.pattern.pattern for rule in rules] + unclear)
+            self._written = engine([rule.scanned for rule in rules] + unclear)
 
     def candidates(self, data: bytes) -> list[Rule]:
         """The rules to run on `data`, in their order (an earlier rule wins an overlap)."""
@@ -333,9 +367,9 @@ def redact_document(document: Any, rules: Sequence[Rule], written: bytes | None 
     which may match alone, does not keep the rest). May change `document` in place;
     raises `orjson.JSONEncodeError` for one nested too deep for orjson to write.
 
-    The strings are looked at only when a rule matches the document as orjson writes it;
-    `written`, the bytes it was read from, saves writing it for that when they tell it
-    is clean (`Matcher.clean_as_written`), as most bodies' do."""
+    The strings are looked at only when a rule may match one of them (`_written_may_match`,
+    `_strings_may_match` once a custom rule is set); `written`, the bytes it was read from,
+    saves that when they tell it is clean (`Matcher.clean_as_written`), as most bodies' do."""
     found = matcher(rules)
     fired: list[str] = []
     runs = list(_text_runs(document))
@@ -347,27 +381,61 @@ def redact_document(document: Any, rules: Sequence[Rule], written: bytes | None 
             fired += hits
     if not fired and written is not None and found.clean_as_written(written):
         return document, fired
-    canonical = orjson.dumps(document)
-    if (found.candidates(canonical) or b"%" in canonical) and redact_body(canonical, rules)[1]:
+    if _strings_may_match(document, rules) if found.by_string else _written_may_match(document, rules):
         document, hits = _redact_strings(document, rules)
         fired += hits
     return document, fired
 
 
-def _redact_strings(document: Any, rules: Sequence[Rule]) -> tuple[Any, list[str]]:
-    """Each string of `document` (keys too) redacted on its own, in place: a match across
-    strings (a key's BEGIN in one field, its END in another) must not eat the JSON between
-    them. A loop, not recursion: orjson reads documents nested deeper than Python recurses."""
-    if type(document) is str:
-        return redact_text(document, rules)
-    fired: list[str] = []
+def _written_may_match(document: Any, rules: Sequence[Rule]) -> bool:
+    """Whether a rule matches `document` as orjson writes it: one pass in C, where a built-in rule
+    (one with a clue, see `Rule`) that matches a string of it matches (a match may also span strings)."""
+    canonical = orjson.dumps(document)
+    return bool(matcher(rules).candidates(canonical) or b"%" in canonical) and bool(redact_body(canonical, rules)[1])
+
+
+def _strings_may_match(document: Any, rules: Sequence[Rule]) -> bool:
+    """Whether a rule matches a string of `document` (a key too) on its own, as `_redact_strings` reads it:
+    a custom rule's anchors mark where each string begins and ends, and it sees the string decoded (a quote,
+    a newline), neither of which the document as written shows. The strings joined by newlines are scanned
+    at once (the automaton reads each as if alone); only the rules it names run, string by string."""
+    strings = [text.encode() for text in _strings(document)]
+    joined = b"\n".join(strings)
+    if any(rule.pattern.search(text) for rule in matcher(rules).candidates(joined) for text in strings):
+        return True
+    return b"%" in joined and bool(_redact_percent_runs(joined, rules)[1])
+
+
+def _containers(document: Any) -> Iterator[Any]:
+    """Each dict and list of `document`, the outer first. A loop, not recursion: orjson reads documents
+    nested deeper than Python recurses."""
     stack = [document] if type(document) in (dict, list) else []
     while stack:
         node = stack.pop()
+        yield node
+        stack += [value for value in (node.values() if type(node) is dict else node) if type(value) in (dict, list)]
+
+
+def _strings(document: Any) -> Iterator[str]:
+    """Every string of `document`, keys too."""
+    if type(document) is str:
+        yield document
+    for node in _containers(document):
+        if type(node) is dict:
+            yield from node
+        yield from (value for value in (node.values() if type(node) is dict else node) if type(value) is str)
+
+
+def _redact_strings(document: Any, rules: Sequence[Rule]) -> tuple[Any, list[str]]:
+    """Each string of `document` (keys too) redacted on its own, in place: a match across
+    strings (a key's BEGIN in one field, its END in another) must not eat the JSON between
+    them."""
+    if type(document) is str:
+        return redact_text(document, rules)
+    fired: list[str] = []
+    for node in _containers(document):
         for key, value in list(node.items() if type(node) is dict else enumerate(node)):
-            if type(value) in (dict, list):
-                stack.append(value)
-            elif type(value) is str:
+            if type(value) is str:
                 clean, hits = redact_text(value, rules)
                 if hits:
                     node[key], fired = clean, fired + hits
