@@ -11,6 +11,11 @@ percent-encoded (``Bearer%20...``), behind JSON ``\\u`` escapes (the topic and
 the database hold the body decoded), and split across text blocks or stream
 deltas that the database joins. Every function returns the names of the rules
 that fired, so an event says what was taken out.
+
+A pattern's anchors (``^``, ``$``, ``\\A``, ``\\Z``) mark the ends of the value it is
+matched against: each header value and field, each string of a JSON body (keys too,
+decoded) and the text a run of text blocks or of a block's stream deltas joins into,
+and a body that is not JSON as a whole.
 """
 
 from __future__ import annotations
@@ -62,6 +67,12 @@ class Rule:
         return _TOKENS.sub(lambda token: _LINE_ANCHORS.get(token[0], token[0]), self.pattern.pattern)
 
     @property
+    def anchored(self) -> bool:
+        """Whether the pattern holds an anchor (`^`, `$`, `\\A`, `\\Z` outside a character class): one that
+        does is meant to match a whole value, so a JSON body's strings are matched against it one by one."""
+        return any(token in _ANCHORS for token in _TOKENS.findall(self.pattern.pattern))
+
+    @property
     def placeholder(self) -> bytes:
         return b"[REDACTED:" + self.name.encode() + b"]"
 
@@ -85,11 +96,6 @@ class Rule:
 _TOKENS = re.compile(rb"\\.|\[\^?\]?(?:\\.|[^\]\\])*\]|.", re.DOTALL)
 _LINE_ANCHORS = {b"\\A": b"^", b"\\Z": b"$"}
 _ANCHORS = frozenset({b"^", b"$", b"\\A", b"\\Z"})
-
-
-def anchors(pattern: str) -> list[str]:
-    """The anchors in `pattern` (`^`, `$`, `\\A`, `\\Z`, outside a character class), in its order."""
-    return [token.decode() for token in _TOKENS.findall(pattern.encode()) if token in _ANCHORS]
 
 
 def _rule(name: str, pattern: str, clue: bytes | None = None) -> Rule:
@@ -121,19 +127,6 @@ BUILTIN_RULES: tuple[Rule, ...] = (
 def custom_rules(patterns: Iterable[str]) -> tuple[Rule, ...]:
     """Rules from `KGB_REDACT_PATTERNS`, scanned in the same pass as the built-in ones."""
     return tuple(_rule(f"custom_{i}", pattern) for i, pattern in enumerate(patterns, start=1))
-
-
-def anchor_caveats(patterns: Sequence[str]) -> list[str]:
-    """What to tell at start-up of each anchored custom pattern: its anchors mark the ends of each value
-    it is matched against, and a body that is not JSON is one value, whose lines they do not mark."""
-    return [
-        f"KGB_REDACT_PATTERNS_FILE: pattern custom_{i} ({pattern!r}) has anchors ({' '.join(found)}): they mark where"
-        " each header value, field and JSON string (each key, each array element) begins and ends, but a body that is"
-        " not JSON (plain text, form data, a binary MCP message) is matched whole, so there they mark only the"
-        " body's own start and end, not each line's; a secret elsewhere in such a body is missed"
-        for i, pattern in enumerate(patterns, start=1)
-        if (found := anchors(pattern))
-    ]
 
 
 # The escapes orjson does not write: "\/" (it writes "/"), and any "\u" but that of a control character with no
@@ -213,8 +206,8 @@ class Matcher:
         self._scanned = [i for i, rule in enumerate(rules) if _readable(engine, rule.scanned)]
         self._always = set(range(len(rules))) - set(self._scanned)
         self._scan = engine([rules[i].scanned for i in self._scanned]) if self._scanned else None
-        # a custom rule (no clue) may match a JSON string but not the JSON that writes it (an anchor, an escape)
-        self.by_string = any(rule.clue is None for rule in rules)
+        # an anchored rule matches a JSON string alone, never the JSON that writes it between quotes
+        self.by_string = any(rule.anchored for rule in rules)
         self._written: Scan | None = None  # `clean_as_written`'s one pass, when every rule has a clue (no custom one)
         self._percent = len(rules) + 1  # what that pass names for a "%"
         if all(rule.clue is not None for rule in rules) and not self._always:
@@ -367,9 +360,10 @@ def redact_document(document: Any, rules: Sequence[Rule], written: bytes | None 
     which may match alone, does not keep the rest). May change `document` in place;
     raises `orjson.JSONEncodeError` for one nested too deep for orjson to write.
 
-    The strings are looked at only when a rule may match one of them (`_written_may_match`,
-    `_strings_may_match` once a custom rule is set); `written`, the bytes it was read from,
-    saves that when they tell it is clean (`Matcher.clean_as_written`), as most bodies' do."""
+    The strings are looked at only when a rule may match one of them: when one matches the
+    document as orjson writes it (`_written_may_match`), or, once a rule is anchored, one of
+    its strings alone (`_strings_may_match`); `written`, the bytes it was read from, saves
+    that when they tell it is clean (`Matcher.clean_as_written`), as most bodies' do."""
     found = matcher(rules)
     fired: list[str] = []
     runs = list(_text_runs(document))
@@ -388,17 +382,19 @@ def redact_document(document: Any, rules: Sequence[Rule], written: bytes | None 
 
 
 def _written_may_match(document: Any, rules: Sequence[Rule]) -> bool:
-    """Whether a rule matches `document` as orjson writes it: one pass in C, where a built-in rule
-    (one with a clue, see `Rule`) that matches a string of it matches (a match may also span strings)."""
+    """Whether a rule matches `document` as orjson writes it, one pass in C: the test for rules without
+    anchors, which match a string inside its quotes as they match it alone, but for what orjson escapes
+    (a quote, a newline); a match may also span strings."""
     canonical = orjson.dumps(document)
     return bool(matcher(rules).candidates(canonical) or b"%" in canonical) and bool(redact_body(canonical, rules)[1])
 
 
 def _strings_may_match(document: Any, rules: Sequence[Rule]) -> bool:
     """Whether a rule matches a string of `document` (a key too) on its own, as `_redact_strings` reads it:
-    a custom rule's anchors mark where each string begins and ends, and it sees the string decoded (a quote,
-    a newline), neither of which the document as written shows. The strings joined by newlines are scanned
-    at once (the automaton reads each as if alone); only the rules it names run, string by string."""
+    an anchored rule's anchors mark where each string begins and ends, and it sees the string decoded (a
+    quote, a newline, a `\\u` escape read), neither of which the document as written shows. The strings
+    joined by newlines are scanned at once (the automaton reads each as if alone); only the rules it names
+    run, string by string."""
     strings = [text.encode() for text in _strings(document)]
     joined = b"\n".join(strings)
     if any(rule.pattern.search(text) for rule in matcher(rules).candidates(joined) for text in strings):
