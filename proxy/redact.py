@@ -61,8 +61,8 @@ class Rule:
     @property
     def scanned(self) -> bytes:
         """The pattern the multi-line automaton looks for: `\\A` and `\\Z` (where the subject begins and
-        ends) read as `^` and `$`, so that each value of values scanned joined by newlines is scanned as if
-        alone for those too. It finds more than the pattern, never less: the automaton only names a rule
+        ends) read as `^` and `$`, so that values scanned joined by newlines are each scanned as if alone
+        for those too. It finds more than the pattern, never less: the automaton only names a rule
         to run, and its own pattern then runs on each value alone."""
         return _TOKENS.sub(lambda token: _LINE_ANCHORS.get(token[0], token[0]), self.pattern.pattern)
 
