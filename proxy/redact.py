@@ -11,6 +11,11 @@ percent-encoded (``Bearer%20...``), behind JSON ``\\u`` escapes (the topic and
 the database hold the body decoded), and split across text blocks or stream
 deltas that the database joins. Every function returns the names of the rules
 that fired, so an event says what was taken out.
+
+A pattern's anchors (``^``, ``$``, ``\\A``, ``\\Z``) mark the ends of the value it is
+matched against: each header value and field, each string of a JSON body (keys too,
+decoded) and the text a run of text blocks or of a block's stream deltas joins into,
+and a body that is not JSON as a whole.
 """
 
 from __future__ import annotations
@@ -54,6 +59,20 @@ class Rule:
     clue: bytes | None = None
 
     @property
+    def scanned(self) -> bytes:
+        """The pattern the multi-line automaton looks for: `\\A` and `\\Z` (where the subject begins and
+        ends) read as `^` and `$`, so that values scanned joined by newlines are each scanned as if alone
+        for those too. It finds more than the pattern, never less: the automaton only names a rule
+        to run, and its own pattern then runs on each value alone."""
+        return _TOKENS.sub(lambda token: _LINE_ANCHORS.get(token[0], token[0]), self.pattern.pattern)
+
+    @property
+    def anchored(self) -> bool:
+        """Whether the pattern holds an anchor (`^`, `$`, `\\A`, `\\Z` outside a character class): one that
+        does is meant to match a whole value, so a JSON body's strings are matched against it one by one."""
+        return any(token in _ANCHORS for token in _TOKENS.findall(self.pattern.pattern))
+
+    @property
     def placeholder(self) -> bytes:
         return b"[REDACTED:" + self.name.encode() + b"]"
 
@@ -71,6 +90,12 @@ class Rule:
             return whole[: start - match.start()] + self.placeholder + whole[end - match.start() :]
 
         return self.pattern.subn(keep_around, body)
+
+
+# A pattern's tokens as Python's `re` reads them: an escape, a character class, or one character.
+_TOKENS = re.compile(rb"\\.|\[\^?\]?(?:\\.|[^\]\\])*\]|.", re.DOTALL)
+_LINE_ANCHORS = {b"\\A": b"^", b"\\Z": b"$"}
+_ANCHORS = frozenset({b"^", b"$", b"\\A", b"\\Z"})
 
 
 def _rule(name: str, pattern: str, clue: bytes | None = None) -> Rule:
@@ -178,14 +203,16 @@ class Matcher:
     def __init__(self, rules: tuple[Rule, ...], engine: Engine | None = None) -> None:
         engine = engine or default_engine()
         self.rules = rules
-        self._scanned = [i for i, rule in enumerate(rules) if _readable(engine, rule.pattern.pattern)]
+        self._scanned = [i for i, rule in enumerate(rules) if _readable(engine, rule.scanned)]
         self._always = set(range(len(rules))) - set(self._scanned)
-        self._scan = engine([rules[i].pattern.pattern for i in self._scanned]) if self._scanned else None
+        self._scan = engine([rules[i].scanned for i in self._scanned]) if self._scanned else None
+        # an anchored rule matches a JSON string alone, never the JSON that writes it between quotes
+        self.by_string = any(rule.anchored for rule in rules)
         self._written: Scan | None = None  # `clean_as_written`'s one pass, when every rule has a clue (no custom one)
         self._percent = len(rules) + 1  # what that pass names for a "%"
         if all(rule.clue is not None for rule in rules) and not self._always:
             unclear = [_ESCAPED_AFRESH, b"%", *(re.escape(rule.clue) for rule in rules if rule.clue)]
-            self._written = engine([rule.pattern.pattern for rule in rules] + unclear)
+            self._written = engine([rule.scanned for rule in rules] + unclear)
 
     def candidates(self, data: bytes) -> list[Rule]:
         """The rules to run on `data`, in their order (an earlier rule wins an overlap)."""
@@ -333,9 +360,10 @@ def redact_document(document: Any, rules: Sequence[Rule], written: bytes | None 
     which may match alone, does not keep the rest). May change `document` in place;
     raises `orjson.JSONEncodeError` for one nested too deep for orjson to write.
 
-    The strings are looked at only when a rule matches the document as orjson writes it;
-    `written`, the bytes it was read from, saves writing it for that when they tell it
-    is clean (`Matcher.clean_as_written`), as most bodies' do."""
+    The strings are looked at only when a rule may match one of them: when one matches the
+    document as orjson writes it (`_written_may_match`), or, once a rule is anchored, one of
+    its strings alone (`_strings_may_match`); `written`, the bytes it was read from, saves
+    that when they tell it is clean (`Matcher.clean_as_written`), as most bodies' do."""
     found = matcher(rules)
     fired: list[str] = []
     runs = list(_text_runs(document))
@@ -347,27 +375,62 @@ def redact_document(document: Any, rules: Sequence[Rule], written: bytes | None 
             fired += hits
     if not fired and written is not None and found.clean_as_written(written):
         return document, fired
-    canonical = orjson.dumps(document)
-    if (found.candidates(canonical) or b"%" in canonical) and redact_body(canonical, rules)[1]:
+    if _strings_may_match(document, rules) if found.by_string else _written_may_match(document, rules):
         document, hits = _redact_strings(document, rules)
         fired += hits
     return document, fired
 
 
-def _redact_strings(document: Any, rules: Sequence[Rule]) -> tuple[Any, list[str]]:
-    """Each string of `document` (keys too) redacted on its own, in place: a match across
-    strings (a key's BEGIN in one field, its END in another) must not eat the JSON between
-    them. A loop, not recursion: orjson reads documents nested deeper than Python recurses."""
-    if type(document) is str:
-        return redact_text(document, rules)
-    fired: list[str] = []
+def _written_may_match(document: Any, rules: Sequence[Rule]) -> bool:
+    """Whether a rule matches `document` as orjson writes it, one pass in C: the test for rules without
+    anchors, which match a string inside its quotes as they match it alone, but for what orjson escapes
+    (a quote, a newline); a match may also span strings."""
+    canonical = orjson.dumps(document)
+    return bool(matcher(rules).candidates(canonical) or b"%" in canonical) and bool(redact_body(canonical, rules)[1])
+
+
+def _strings_may_match(document: Any, rules: Sequence[Rule]) -> bool:
+    """Whether a rule matches a string of `document` (a key too) on its own, as `_redact_strings` reads it:
+    an anchored rule's anchors mark where each string begins and ends, and it sees the string decoded (a
+    quote, a newline, a `\\u` escape read), neither of which the document as written shows. The strings
+    joined by newlines are scanned at once (the automaton reads each as if alone); only the rules it names
+    run, string by string."""
+    strings = _parts(document)[1]
+    joined = "\n".join(strings).encode()
+    if any(rule.pattern.search(text.encode()) for rule in matcher(rules).candidates(joined) for text in strings):
+        return True
+    return b"%" in joined and bool(_redact_percent_runs(joined, rules)[1])
+
+
+def _parts(document: Any) -> tuple[list[Any], list[str]]:
+    """Each dict and list of `document`, the outer first, and each string, keys too: one walk, a loop, not
+    recursion (orjson reads documents nested deeper than Python recurses), and no generator, whose cost per
+    node made the walk over a request's several hundred strings half as slow again."""
+    containers, strings = [], [document] if type(document) is str else []
     stack = [document] if type(document) in (dict, list) else []
     while stack:
         node = stack.pop()
-        for key, value in list(node.items() if type(node) is dict else enumerate(node)):
-            if type(value) in (dict, list):
+        containers.append(node)
+        if type(node) is dict:
+            strings += node
+        for value in node.values() if type(node) is dict else node:
+            if type(value) is str:
+                strings.append(value)
+            elif type(value) in (dict, list):
                 stack.append(value)
-            elif type(value) is str:
+    return containers, strings
+
+
+def _redact_strings(document: Any, rules: Sequence[Rule]) -> tuple[Any, list[str]]:
+    """Each string of `document` (keys too) redacted on its own, in place: a match across
+    strings (a key's BEGIN in one field, its END in another) must not eat the JSON between
+    them."""
+    if type(document) is str:
+        return redact_text(document, rules)
+    fired: list[str] = []
+    for node in _parts(document)[0]:
+        for key, value in list(node.items() if type(node) is dict else enumerate(node)):
+            if type(value) is str:
                 clean, hits = redact_text(value, rules)
                 if hits:
                     node[key], fired = clean, fired + hits

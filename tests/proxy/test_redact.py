@@ -277,6 +277,118 @@ def test_an_anchored_custom_rule_redacts_any_header_not_only_the_first() -> None
     assert headers[1] == {"name": "x-token", "value": "[REDACTED:custom_1]"} and fired == ["custom_1"]
 
 
+def test_the_built_in_rules_are_scanned_as_written_and_their_json_bodies_as_before() -> None:
+    # no anchor: the automaton and `redact_document` see what they saw before anchors were read per string
+    assert [rule.scanned for rule in BUILTIN_RULES] == [rule.pattern.pattern for rule in BUILTIN_RULES]
+    assert not matcher(BUILTIN_RULES).by_string and not matcher(BUILTIN_RULES + custom_rules([r"ACME-\d{6}", "[$^]x"])).by_string
+    assert matcher(BUILTIN_RULES + ANCHORED).by_string
+
+
+@pytest.mark.parametrize("engine", [hyperscan_engine, re2_engine])
+def test_the_automaton_reads_a_value_s_own_start_and_end_at_each_line(engine: Engine) -> None:
+    found = Matcher(custom_rules([r"\Atok_[0-9]{6}\Z"]), engine)
+    assert [rule.name for rule in found.candidates(b"first\ntok_123456\nlast")] == ["custom_1"]
+
+
+@pytest.mark.parametrize("pattern", [r"^tok_[0-9]{6}$", r"\Atok_[0-9]{6}\Z"])
+def test_an_anchored_custom_rule_matches_a_whole_header_value_or_field_not_part_of_one(pattern: str) -> None:
+    rules = BUILTIN_RULES + custom_rules([pattern])
+    headers = [("accept", "*/*"), ("x-token", "tok_123456"), ("x-note", "see tok_123456")]
+    redacted, fired = redact_headers(headers, frozenset(), rules)
+    assert [header["value"] for header in redacted] == ["*/*", "[REDACTED:custom_1]", "see tok_123456"] and fired == ["custom_1"]
+    assert redact_fields(["claude-cli", "tok_123456", "a tok_123456"], rules) == (
+        ["claude-cli", "[REDACTED:custom_1]", "a tok_123456"],
+        ["custom_1"],
+    )
+
+
+@pytest.mark.parametrize("pattern", [r"^tok_[0-9]{6}$", r"\Atok_[0-9]{6}\Z"])
+def test_an_anchored_custom_rule_matches_each_whole_json_string_and_key(pattern: str) -> None:
+    body = orjson.dumps({"a": "tok_123456", "tok_654321": 1, "l": ["x", "tok_111111", {"b": "tok_222222"}]})
+    redacted, fired = redact_json(body, BUILTIN_RULES + custom_rules([pattern]))
+    assert orjson.loads(redacted) == {
+        "a": "[REDACTED:custom_1]",
+        "[REDACTED:custom_1]": 1,
+        "l": ["x", "[REDACTED:custom_1]", {"b": "[REDACTED:custom_1]"}],
+    }
+    assert fired == ["custom_1"] * 4
+
+
+def test_an_anchored_custom_rule_leaves_a_json_string_it_only_matches_part_of_as_it_came() -> None:
+    body = b'{"a": "see tok_123456 here", "b": "tok_1234567", "c": "x\\ntok_123456", "n": 123456}'
+    assert redact_json(body, BUILTIN_RULES + ANCHORED) == (body, [])
+
+
+@pytest.mark.parametrize(
+    ("string", "pattern", "kept"),
+    [
+        # a \u escape is read: the pattern sees the string decoded
+        (b'"tok_\\u0031\\u0032\\u0033456"', r"^tok_[0-9]{6}$", "[REDACTED:custom_1]"),
+        # a quote is one character of the string, not its end
+        (b'"\\"tok_123456\\""', r"^tok_[0-9]{6}$", None),
+        (b'"\\"tok_123456\\""', r'^"tok_[0-9]{6}"$', "[REDACTED:custom_1]"),
+        # a newline is one too: `^` marks where the string begins, not each of its lines, unless the pattern asks
+        (b'"first\\ntok_123456"', r"^tok_[0-9]{6}$", None),
+        (b'"first\\ntok_123456"', r"(?m)^tok_[0-9]{6}$", "first\n[REDACTED:custom_1]"),
+        # as in Python, `$` also holds before a last newline; `\Z` only at the very end
+        (b'"tok_123456\\n"', r"^tok_[0-9]{6}$", "[REDACTED:custom_1]\n"),
+        (b'"tok_123456\\n"', r"^tok_[0-9]{6}\Z", None),
+    ],
+)
+def test_an_anchored_custom_rule_sees_a_json_string_decoded(string: bytes, pattern: str, kept: str | None) -> None:
+    body = b'{"s": ' + string + b', "t": "other"}'
+    redacted, fired = redact_json(body, BUILTIN_RULES + custom_rules([pattern]))
+    assert (redacted, fired) == ((body, []) if kept is None else (orjson.dumps({"s": kept, "t": "other"}), ["custom_1"]))
+
+
+def test_custom_rules_without_anchors_still_match_inside_json_strings_beside_anchored_ones() -> None:
+    rules = BUILTIN_RULES + custom_rules([r"^tok_[0-9]{6}$", r"ACME-\d{6}"])
+    body = orjson.dumps({"a": "tok_123456", "b": "see ACME-123456 and " + ANTHROPIC_KEY})
+    redacted, fired = redact_json(body, rules)
+    assert orjson.loads(redacted) == {"a": "[REDACTED:custom_1]", "b": "see [REDACTED:custom_2] and [REDACTED:anthropic_key]"}
+    assert sorted(fired) == ["anthropic_key", "custom_1", "custom_2"]
+
+
+@pytest.mark.parametrize(
+    ("body", "kept"),
+    [
+        (b"tok_123456", b"[REDACTED:custom_1]"),
+        (b"tok_123456\n", b"[REDACTED:custom_1]\n"),
+        # a body that is not JSON is one value: its lines, form fields or parts are not
+        (b"first\ntok_123456\n", None),
+        (b"a=1&token=tok_123456", None),
+        (b"{not json: tok_123456}", None),
+    ],
+)
+def test_an_anchored_custom_rule_matches_a_body_that_is_not_json_as_a_whole(body: bytes, kept: bytes | None) -> None:
+    assert redact_json(body, BUILTIN_RULES + ANCHORED) == ((body, []) if kept is None else (kept, ["custom_1"]))
+
+
+def test_an_anchored_custom_rule_matches_the_text_a_block_s_deltas_join_into_and_each_event_s_strings() -> None:
+    body = sse(
+        ("message_start", {"type": "message_start", "message": {"id": "tok_111111", "content": []}}),
+        text_delta("tok_"),
+        text_delta("123456"),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+    )
+    redacted, fired = redact_stream(body, BUILTIN_RULES + ANCHORED)
+    events = SSEParser().feed(redacted.decode())
+    assert orjson.loads(events[0].data)["message"]["id"] == "[REDACTED:custom_1]"
+    assert [orjson.loads(event.data)["delta"]["text"] for event in events[1:3]] == ["[REDACTED:custom_1]", ""]
+    assert sorted(fired) == ["custom_1", "custom_1"]
+
+
+def each_string_alone(document: Any, rules: tuple[Rule, ...], fired: list[str]) -> Any:
+    """What redacting each string of `document` (keys too) on its own makes of it."""
+    if type(document) is str:
+        return redact_optional(document, rules, fired)
+    if type(document) is list:
+        return [each_string_alone(value, rules, fired) for value in document]
+    if type(document) is dict:
+        return {redact_optional(key, rules, fired): each_string_alone(value, rules, fired) for key, value in document.items()}
+    return document
+
+
 def test_clean_fields_come_back_as_they_were() -> None:
     fields = ["session-1", None, "", "claude-cli/2.1.0 (external, cli)", "/v1/messages", "claude-sonnet-4-5"]
     assert redact_fields(fields, BUILTIN_RULES) == (fields, [])
@@ -376,6 +488,7 @@ _PIECES = st.sampled_from(
         "é",
         "\x1b",
         "\x0b",
+        "tok_123456",
     ]
 )
 _STRINGS = st.lists(st.one_of(_PIECES, st.text(max_size=8)), max_size=4).map("".join)
@@ -393,3 +506,15 @@ def test_a_json_body_however_written_is_redacted_as_when_written_anew(
 ) -> None:
     body = json.dumps(document, indent=indent, ensure_ascii=ascii_only, separators=separators).encode()
     assert redact_json(body, BUILTIN_RULES) == written_anew(body, BUILTIN_RULES)
+
+
+@given(_DOCUMENTS, st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_with_an_anchored_rule_a_json_body_loses_what_each_string_alone_would(document: Any, ascii_only: bool) -> None:
+    rules = BUILTIN_RULES + ANCHORED
+    body = json.dumps(document, ensure_ascii=ascii_only).encode()
+    fired: list[str] = []
+    alone = each_string_alone(orjson.loads(body), rules, fired)
+    redacted, hits = redact_json(body, rules)
+    assert (orjson.loads(redacted), sorted(hits)) == (alone, sorted(fired))
+    assert (redacted == body) == (not fired)
