@@ -64,7 +64,7 @@ class CaptureSettings:
     max_event_bytes: int = 64 * MiB
     compression: str = "zstd"
     linger_ms: int = 20
-    batch_bytes: int = 8 * MiB
+    batch_bytes: int = 4 * MiB
     topic_partitions: int = 6
     topic_replication: int = 1
     close_timeout: float = 10.0
