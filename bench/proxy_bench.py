@@ -414,8 +414,12 @@ def verdicts(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, An
     if workers:  # none before the capture worker exists
         checks.append(("worker peak RSS over all scenarios (MB)", max(workers), "<=", 150.0))
     for peer in sorted({target for rows in results.values() for target in rows} & PEERS):
-        behind = [name for name, rows in results.items() if peer in rows and not ahead(rows["kgb"], rows[peer])]
-        checks.append((f"scenarios where kgb is not ahead of {peer} (p50 and req/s)", len(behind), "<=", 0))
+        behind = [
+            name
+            for name, rows in results.items()
+            if peer in rows and not ahead(rows["kgb"], rows[peer], name in PACED_ROUTE_SCENARIOS)
+        ]
+        checks.append((f"scenarios where kgb is not ahead of {peer} (p50 and req/s; paced: TTFB p50)", len(behind), "<=", 0))
     return [
         {"target": what, "value": value, "limit": f"{op} {limit}", "met": value <= limit if op == "<=" else value >= limit}
         for what, value, op, limit in checks
@@ -425,8 +429,17 @@ def verdicts(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, An
 PEERS = frozenset({"mitm", "mitm-stream", "litellm"})
 
 
-def ahead(kgb: dict[str, Any], peer: dict[str, Any]) -> bool:
-    return kgb["total_p50_ms"] <= peer["total_p50_ms"] and kgb["rps"] >= peer["rps"]
+PACED_ROUTE_SCENARIOS = frozenset(scenario.name for scenario in SCENARIOS if scenario.route == "paced")
+
+
+def ahead(kgb: dict[str, Any], peer: dict[str, Any], paced: bool = False) -> bool:
+    """p50 and req/s; for a paced answer, its first byte's p50 alone. A paced answer's total is the fake's
+    second of 20 ms sleeps, and its req/s the pace's: on 2026-12-07 the same target's total p50 moved by
+    up to 16 ms between two runs, more than the targets differed. The first byte is the one event whose
+    wait is the proxy's alone, and the CPU a target takes from the two cores has its own column."""
+    if paced:
+        return bool(kgb["ttfb_p50_ms"] <= peer["ttfb_p50_ms"])
+    return bool(kgb["total_p50_ms"] <= peer["total_p50_ms"] and kgb["rps"] >= peer["rps"])
 
 
 # (header, width, decimals, key); a cell a target does not have (direct has no CPU of its own) shows "-".
