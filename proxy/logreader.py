@@ -106,14 +106,17 @@ class LogReader:
         reads: list[Read] = []
         used = 0
         self.at_end = False
-        at = self.position
         while used < budget:
-            if self._file is None:
-                if not self._open():
-                    break
-                at = self.position
+            if self._file is None and not self._open():
+                break
+            records, ends = logformat.decode_run(self._window.view, self._cursor, budget - used)
+            if records:
+                self._take(reads, records, ends)
+                used += ends[-1] - self._cursor
+                self._cursor = ends[-1]
+                continue
             try:
-                decoded = logformat.decode_at(self._window.view, self._cursor)
+                logformat.refuse(self._window.view, self._cursor)
             except logformat.NewerLog as exc:
                 if reads:  # what comes before it is this version's: the worker publishes it first
                     break
@@ -122,20 +125,22 @@ class LogReader:
                 if not self._skip_damaged(exc):
                     break
                 continue
-            if decoded is None:
-                if self._fill():  # the window moves on; the position stays
-                    continue
-                if not self._next_segment_if_done():
-                    self.at_end = True
-                    break
+            if self._fill():  # the buffer ends inside a record: the window moves on; the position stays
                 continue
-            record, end = decoded
-            after = Position(self._seq, self._base + end)
-            reads.append(Read(at, record, after))
-            used += end - self._cursor
-            self._cursor = end
-            at = after
+            if not self._next_segment_if_done():
+                self.at_end = True
+                break
         return reads
+
+    def _take(self, reads: list[Read], records: list[Record], ends: list[int]) -> None:
+        """A run of records read from the cursor on, each with where it lies; built with `tuple.__new__`, as
+        `logformat.decode_run` builds its records, for the same reason."""
+        seq, base, new = self._seq, self._base, tuple.__new__
+        at = Position(seq, base + self._cursor)
+        for record, end in zip(records, ends, strict=True):
+            after = new(Position, (seq, base + end))
+            reads.append(new(Read, (at, record, after)))
+            at = after
 
     def close(self) -> None:
         if self._file is not None:

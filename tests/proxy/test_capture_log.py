@@ -11,7 +11,7 @@ import stat
 import subprocess
 import sys
 import uuid
-from itertools import pairwise
+from itertools import accumulate, pairwise
 from pathlib import Path
 
 import pytest
@@ -63,6 +63,29 @@ def test_damaged_bytes_are_refused_not_misread() -> None:
         with pytest.raises(logformat.Damaged, match="length 1 at"):
             logformat.decode_at(b"\x00\x00\x00\x01" + b"\x00" * rest, 0)
     assert logformat.decode_at(data[: logformat.PREFIX - 1], 0) is None  # a good length there is a record to come
+
+
+def test_a_run_of_records_stops_before_the_first_that_is_not_whole_and_intact() -> None:
+    """`decode_run` gives the records wholly in the buffer up to one cut short or damaged, and `refuse` says
+    which: waiting for the rest, or damage; a budget stops it after the record that reaches it."""
+    framed = [logformat.encode(kind, EXCHANGE, n, bytes([n]) * 10 * n) for n, kind in enumerate(Kind, 1)]
+    data, starts = b"".join(framed), [0, *accumulate(map(len, framed))]
+    for cut in range(len(data) + 1):
+        records, ends = logformat.decode_run(data[:cut], 0, len(data))
+        whole = sum(end <= cut for end in starts[1:])
+        assert [r.kind for r in records] == list(Kind)[:whole] and ends == starts[1 : whole + 1]
+        logformat.refuse(data[:cut], starts[whole] if whole < len(framed) else cut)
+    third = starts[2]
+    for at in range(third, starts[3]):
+        damaged = bytearray(data)
+        damaged[at] ^= 0x01
+        records, ends = logformat.decode_run(bytes(damaged), 0, len(data))
+        assert ends == starts[1:3]  # never the damaged record, nor any after it
+        if at >= third + logformat.HEADER.size // 2:  # past its length: the checksum catches it
+            with pytest.raises(logformat.Damaged):
+                logformat.refuse(bytes(damaged), third)
+    assert logformat.decode_run(data, 0, 1)[1] == starts[1:2]
+    assert logformat.decode_run(data, 0, starts[1] + 1)[1] == starts[1:3]
 
 
 def test_files_are_private_even_in_a_directory_that_was_not(tmp_path: Path) -> None:
