@@ -519,7 +519,8 @@ def _cut(piece: bytes, offset: int, spans: Sequence[tuple[int, int, Rule]]) -> b
 
 def redact_stream(body: bytes, rules: Sequence[Rule]) -> tuple[bytes, list[str]]:
     """An event stream rewritten event by event: each event's JSON decoded and redacted,
-    and the deltas of each content block redacted as the text they join into.
+    and the deltas of each content block redacted as the text they join into; a tool's
+    streamed input also as the JSON that text is (`_redact_escaped_input`).
 
     For a stream whose reassembled message or error held a secret: the raw bytes
     may hold it escaped or in halves. Other streams keep their bytes
@@ -531,6 +532,9 @@ def redact_stream(body: bytes, rules: Sequence[Rule]) -> tuple[bytes, list[str]]
     fired: list[str] = []
     for deltas in _deltas_by_block(documents).values():
         texts, hits = redact_pieces([delta[key] for delta, key in deltas], rules)
+        if all(key == "partial_json" for _, key in deltas):
+            texts, decoded_hits = _redact_escaped_input(texts, rules)
+            hits += decoded_hits
         for (delta, key), text in zip(deltas, texts, strict=True):
             delta[key] = text
         fired += hits
@@ -546,6 +550,53 @@ def redact_stream(body: bytes, rules: Sequence[Rule]) -> tuple[bytes, list[str]]
 
 
 _DELTA_TEXT = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}
+
+
+def _redact_escaped_input(pieces: list[str], rules: Sequence[Rule]) -> tuple[list[str], list[str]]:
+    """A tool's streamed input, already redacted as the JSON text its pieces join into, redacted
+    again as a JSON reader sees it, should that find more: a secret behind `\\u` escapes, which the
+    reassembled message holds decoded. The input written anew stands in the first piece, the others
+    empty (every event kept). Input cut before its end (a stream broken mid-block) is not JSON: its
+    text is redacted with its needless escapes read (`_unescaped`), which is that text as JSON still.
+    Input without a backslash has nothing a reader decodes, and keeps its pieces."""
+    joined = "".join(pieces)
+    if "\\" not in joined:
+        return pieces, []
+    written, fired = _redact_input(joined, rules)
+    return ([written] + [""] * (len(pieces) - 1), fired) if fired else (pieces, [])
+
+
+def _redact_input(text: str, rules: Sequence[Rule]) -> tuple[str, list[str]]:
+    """A tool's input JSON text redacted as a request body is, or, when it is not JSON (cut) or is
+    nested too deep for orjson to write, as its text with its needless escapes read."""
+    document = parse_json(text.encode())
+    if document is not None:
+        try:
+            cleaned, fired = redact_document(document, rules)
+            return orjson.dumps(cleaned).decode(), fired
+        except orjson.JSONEncodeError:
+            pass
+    return redact_text(_unescaped(text), rules)
+
+
+_ESCAPE = re.compile(r"\\(?:u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})|u([0-9a-fA-F]{4})|/|.)", re.DOTALL)
+
+
+def _unescaped(text: str) -> str:
+    """JSON text with each escape a string needs not (`\\/`, a `\\u` escape of a character neither
+    a quote, a backslash, a control character nor half a surrogate pair) read: the same JSON, spelled
+    as a pattern sees a secret. Each escape is read whole, so the `u` after an escaped backslash stays."""
+
+    def read(escape: re.Match[str]) -> str:
+        high, low, code = escape.group(1, 2, 3)
+        if high:
+            return chr(0x10000 + ((int(high, 16) - 0xD800) << 10) + int(low, 16) - 0xDC00)
+        if escape[0] == "\\/":
+            return "/"
+        char = chr(int(code, 16)) if code else ""
+        return char if char and char >= " " and char not in '"\\' and not "\ud800" <= char <= "\udfff" else escape[0]
+
+    return _ESCAPE.sub(read, text)
 
 
 def _deltas_by_block(documents: Sequence[Any]) -> dict[Any, list[tuple[dict[str, Any], str]]]:

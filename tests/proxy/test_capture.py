@@ -156,3 +156,36 @@ def test_event_ids_are_the_uuid5_of_exchange_and_kind() -> None:
     for exchange in ("00000000-0000-0000-0000-000000000001", str(uuid.uuid4()), "ünï"):
         for kind in ("REQUEST", "RESPONSE"):
             assert event_id(exchange, kind) == str(uuid.uuid5(EVENT_NAMESPACE, f"{exchange}/{kind}"))
+
+
+def test_a_secret_behind_escapes_in_a_tool_s_streamed_input_leaves_the_body_and_message() -> None:
+    text = '{"command": "echo sk-ant-' + escaped(ANTHROPIC_KEY[len("sk-ant-") :]) + '"}'
+    body = sse(
+        (
+            "message_start",
+            {"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant", "content": []}},
+        ),
+        (
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "tool_use", "id": "t", "name": "Bash", "input": {}},
+            },
+        ),
+        *(
+            (
+                "content_block_delta",
+                {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": piece}},
+            )
+            for piece in (text[:40], text[40:])
+        ),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_stop", {"type": "message_stop"}),
+    )
+    event = response(request(), body)
+    assert leaks(event, ANTHROPIC_KEY) == []
+    stored = [orjson.loads(line[5:]) for line in event["response"]["body"].splitlines() if line.startswith(b"data:")]
+    joined = "".join(data["delta"]["partial_json"] for data in stored if data["type"] == "content_block_delta")
+    assert orjson.loads(joined) == {"command": "echo [REDACTED:anthropic_key]"}
+    assert orjson.loads(event["response"]["message"])["content"][0]["input"] == orjson.loads(joined)

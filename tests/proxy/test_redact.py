@@ -518,3 +518,74 @@ def test_with_an_anchored_rule_a_json_body_loses_what_each_string_alone_would(do
     redacted, hits = redact_json(body, rules)
     assert (orjson.loads(redacted), sorted(hits)) == (alone, sorted(fired))
     assert (redacted == body) == (not fired)
+
+
+def tool_stream(pieces: list[str]) -> bytes:
+    """A stream whose tool_use block's input comes as `pieces` of `input_json_delta`."""
+    start = {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "tool_use", "id": "t", "name": "Bash", "input": {}},
+    }
+    deltas = [
+        (
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": piece}},
+        )
+        for piece in pieces
+    ]
+    return sse(
+        ("message_start", {"type": "message_start", "message": {"id": "m", "content": []}}),
+        ("content_block_start", start),
+        *deltas,
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+    )
+
+
+def partial_jsons(body: bytes) -> list[str]:
+    events = [orjson.loads(event.data) for event in SSEParser().feed(body.decode())]
+    return [event["delta"]["partial_json"] for event in events if event["type"] == "content_block_delta"]
+
+
+@pytest.mark.parametrize("plain", [0, len("sk-ant-api03-")])
+@pytest.mark.parametrize("cut", [18, 122, 245])  # after an escape, inside one, inside one near the end
+def test_a_secret_behind_escapes_in_a_tool_s_streamed_input_leaves_the_stored_stream(plain: int, cut: int) -> None:
+    written = ANTHROPIC_KEY[:plain] + escaped(ANTHROPIC_KEY[plain:])
+    text = '{"command": "echo ' + written + '", "timeout": 5}'
+    at = len('{"command": "echo ') + plain + cut
+    body = tool_stream(['{"comm', text[6:at], text[at:]])
+    redacted, fired = redact_stream(body, BUILTIN_RULES)
+    assert "anthropic_key" in fired
+    pieces = partial_jsons(redacted)
+    assert len(pieces) == 3 and pieces[1:] == ["", ""]
+    document = orjson.loads("".join(pieces))
+    assert document == {"command": "echo [REDACTED:anthropic_key]", "timeout": 5}
+    assert redact_document(document, BUILTIN_RULES)[1] == []
+    assert ANTHROPIC_KEY[plain:].encode() not in redacted and b"\\u00" not in redacted
+    before, after = SSEParser().feed(body.decode()), SSEParser().feed(redacted.decode())
+    assert [event.event for event in after] == [event.event for event in before]
+
+
+def test_a_secret_behind_escapes_in_a_tool_input_cut_mid_block_leaves_the_stored_stream() -> None:
+    text = '{"command": "echo sk-ant-' + escaped(ANTHROPIC_KEY[len("sk-ant-") :])
+    body = tool_stream([text[:30], text[30:]])
+    redacted, fired = redact_stream(body, BUILTIN_RULES)
+    assert "anthropic_key" in fired
+    assert partial_jsons(redacted) == ['{"command": "echo [REDACTED:anthropic_key]', ""]
+    url = tool_stream(['{"url": "https:\\/\\/me:hunter2', '@db\\/x", "n": 1'])
+    assert partial_jsons(redact_stream(url, BUILTIN_RULES)[0]) == [
+        '{"url": "https://me:[REDACTED:url_password]@db/x", "n": 1',
+        "",
+    ]
+
+
+def test_a_tool_input_with_escapes_but_no_secret_keeps_its_pieces() -> None:
+    pieces = ['{"command": "printf \\"a\\\\n', 'b\\" \\u00e9 \\/"}', ""]
+    assert partial_jsons(redact_stream(tool_stream(pieces), BUILTIN_RULES)[0]) == pieces
+    backslash = ['{"command": "echo \\\\u0073k-ant-', "api03-0123456789abcdef \\ud83d\\ude00"]
+    assert partial_jsons(redact_stream(tool_stream(backslash), BUILTIN_RULES)[0]) == backslash
+    cut = ['{"command": "echo sk-ant-', "api03-0123456789abcdef \\u0041"]
+    assert partial_jsons(redact_stream(tool_stream(cut), BUILTIN_RULES)[0]) == [
+        '{"command": "echo [REDACTED:anthropic_key]',
+        " \\u0041",
+    ]
