@@ -128,16 +128,6 @@ def refuse(buffer: bytes | memoryview, offset: int) -> None:
         )
 
 
-def decode_at(buffer: bytes | memoryview, offset: int) -> tuple[Record, int] | None:
-    """The record at `offset` and the offset after it; None when the buffer ends inside it
-    (not written yet, or torn). Raises `Damaged` when the bytes there cannot be a record."""
-    records, ends = decode_run(buffer, offset, 1)
-    if records:
-        return records[0], ends[0]
-    refuse(buffer, offset)
-    return None
-
-
 def _bad_length(buffer: bytes | memoryview, offset: int) -> Damaged:
     return Damaged(f"record length {HEADER.unpack_from(buffer, offset)[0]} at offset {offset}")
 
