@@ -48,7 +48,9 @@ RESCAN_EVERY = 0.5  # seconds between re-reading the directory's size while full
 HOLD_PARTS = 64
 HOLD_BYTES = 1024 * 1024
 FALLOC_FL_KEEP_SIZE = 1  # linux/falloc.h: blocks reserved past the end, the size unchanged
-_LIBC = ctypes.CDLL(None, use_errno=True)
+_FALLOCATE = getattr(ctypes.CDLL(None, use_errno=True), "fallocate", None)  # None where the C library has none
+if _FALLOCATE is not None:
+    _FALLOCATE.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 
 
 class FsyncPolicy(enum.Enum):
@@ -106,11 +108,7 @@ def private_directory(directory: Path) -> None:
 def reserve(fd: int, size: int) -> bool:
     """Allocate `size` bytes of blocks to the file without changing its size; False where the file system
     cannot (the appends then grow the file as before)."""
-    fallocate = getattr(_LIBC, "fallocate", None)
-    if fallocate is None:
-        return False
-    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
-    return bool(fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, size) == 0)
+    return _FALLOCATE is not None and _FALLOCATE(fd, FALLOC_FL_KEEP_SIZE, 0, size) == 0
 
 
 def directory_bytes(directory: Path) -> int:
