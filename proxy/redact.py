@@ -375,21 +375,21 @@ def redact_document(document: Any, rules: Sequence[Rule], written: bytes | None 
             fired += hits
     if not fired and written is not None and found.clean_as_written(written):
         return document, fired
-    if _strings_may_match(document, rules) if found.by_string else _written_may_match(document, rules):
+    if _strings_may_match(document, found, rules) if found.by_string else _written_may_match(document, found, rules):
         document, hits = _redact_strings(document, rules)
         fired += hits
     return document, fired
 
 
-def _written_may_match(document: Any, rules: Sequence[Rule]) -> bool:
+def _written_may_match(document: Any, found: Matcher, rules: Sequence[Rule]) -> bool:
     """Whether a rule matches `document` as orjson writes it, one pass in C: the test for rules without
     anchors, which match a string inside its quotes as they match it alone, but for what orjson escapes
     (a quote, a newline); a match may also span strings."""
     canonical = orjson.dumps(document)
-    return bool(matcher(rules).candidates(canonical) or b"%" in canonical) and bool(redact_body(canonical, rules)[1])
+    return bool(found.candidates(canonical) or b"%" in canonical) and bool(redact_body(canonical, rules)[1])
 
 
-def _strings_may_match(document: Any, rules: Sequence[Rule]) -> bool:
+def _strings_may_match(document: Any, found: Matcher, rules: Sequence[Rule]) -> bool:
     """Whether a rule matches a string of `document` (a key too) on its own, as `_redact_strings` reads it:
     an anchored rule's anchors mark where each string begins and ends, and it sees the string decoded (a
     quote, a newline, a `\\u` escape read), neither of which the document as written shows. The strings
@@ -397,7 +397,7 @@ def _strings_may_match(document: Any, rules: Sequence[Rule]) -> bool:
     run, string by string."""
     strings = _parts(document)[1]
     joined = "\n".join(strings).encode()
-    if any(rule.pattern.search(text.encode()) for rule in matcher(rules).candidates(joined) for text in strings):
+    if any(rule.pattern.search(text.encode()) for rule in found.candidates(joined) for text in strings):
         return True
     return b"%" in joined and bool(_redact_percent_runs(joined, rules)[1])
 
