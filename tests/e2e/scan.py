@@ -20,6 +20,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 FETCH_BYTES = 128 * 1024 * 1024
+# The fewest bytes of a secret whose base64 form is searched: 3 bytes make 4 characters, which
+# megabytes of Avro and random ids hold by chance (a 6-character half once matched that way).
+BASE64_BYTES = 6
 
 
 def secret_forms(secret: str) -> dict[str, bytes]:
@@ -28,6 +31,8 @@ def secret_forms(secret: str) -> dict[str, bytes]:
     forms = {"raw": raw, "json": orjson.dumps(secret)[1:-1], "hex": raw.hex().encode()}
     for shift in range(3):
         aligned = raw[shift : shift + 3 * ((len(raw) - shift) // 3)]
+        if len(aligned) < BASE64_BYTES:
+            continue
         forms[f"base64+{shift}"] = base64.b64encode(aligned)
         forms[f"urlsafe-base64+{shift}"] = base64.urlsafe_b64encode(aligned)
     return forms
