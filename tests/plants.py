@@ -16,7 +16,7 @@ from urllib.parse import quote, quote_plus
 import orjson
 from hypothesis import strategies as st
 
-from tests.fakes.anthropic import Reply, error_mid_stream, error_reply, json_message, text_stream
+from tests.fakes.anthropic import Reply, error_mid_stream, error_reply, json_message, text_stream, tool_use_stream
 from tests.proxy.planted import escaped
 
 ALNUM = string.ascii_letters + string.digits
@@ -99,7 +99,8 @@ REQUEST_POSITIONS = (
     "encoded",
     "split_blocks",
 )
-RESPONSE_POSITIONS = ("json_text", "sse_split", "sse_escaped", "sse_error", "json_error")
+# A streamed tool input is JSON inside `partial_json` strings: cut across deltas, or `\\u`-escaped within it.
+RESPONSE_POSITIONS = ("json_text", "sse_split", "sse_escaped", "sse_tool_input", "sse_tool_escaped", "sse_error", "json_error")
 POSITIONS = REQUEST_POSITIONS + RESPONSE_POSITIONS
 
 
@@ -202,6 +203,12 @@ def reply(plant: Plant) -> Reply:
     if position == "sse_escaped":
         stream = text_stream("PLANTED", deltas=1)
         return replace(stream, body=tuple(chunk.replace(b"PLANTED", escaped(secret).encode()) for chunk in stream.body))
+    if position == "sse_tool_input":
+        return tool_use_stream(input={"command": f"echo {secret}"}, fragments=2 + plant.cut % 4)
+    if position == "sse_tool_escaped":
+        stream = tool_use_stream(input={"command": "echo PLANTED"}, fragments=1)
+        inner = escaped(secret).replace("\\", "\\\\")  # the escape's backslash, itself escaped in `partial_json`
+        return replace(stream, body=tuple(chunk.replace(b"PLANTED", inner.encode()) for chunk in stream.body))
     if position == "sse_error":
         return error_mid_stream(message=f"failed for {secret}")
     if position == "json_error":

@@ -19,6 +19,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from tests.proxy.planted import escaped
+
 FETCH_BYTES = 128 * 1024 * 1024
 # The fewest bytes of a secret whose base64 form is searched: 3 bytes make 4 characters, which
 # megabytes of Avro and random ids hold by chance (a 6-character half once matched that way).
@@ -29,6 +31,9 @@ def secret_forms(secret: str) -> dict[str, bytes]:
     """Name -> bytes whose presence anywhere means the secret leaked."""
     raw = secret.encode()
     forms = {"raw": raw, "json": orjson.dumps(secret)[1:-1], "hex": raw.hex().encode()}
+    # every character a `\\u` escape, as JSON may spell it, and that JSON inside a JSON string (`partial_json`)
+    forms["u-escaped"] = escaped(secret).encode()
+    forms["u-escaped-json"] = orjson.dumps(escaped(secret))[1:-1]
     for shift in range(3):
         aligned = raw[shift : shift + 3 * ((len(raw) - shift) // 3)]
         if len(aligned) < BASE64_BYTES:

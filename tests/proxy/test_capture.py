@@ -49,7 +49,8 @@ def response(record: RequestRecord, body: bytes, *, sse_stream: bool = True) -> 
 
 def stored_forms(value: Any) -> bytes:
     """Every string of the event as a reader gets it: as sent, and, where it is JSON or an
-    event stream of JSON, decoded (escapes resolved) too."""
+    event stream of JSON, decoded (escapes resolved) too, and so on down: a string of that JSON
+    may be JSON again (a tool's streamed input in `partial_json`)."""
     if isinstance(value, dict):
         return b"\n".join(stored_forms(item) for item in value.values())
     if isinstance(value, list):
@@ -58,7 +59,8 @@ def stored_forms(value: Any) -> bytes:
         return b""
     raw = value.encode() if isinstance(value, str) else value
     lines = [raw, *(line[5:].strip() for line in raw.splitlines() if line.startswith(b"data:"))]
-    return b"\n".join([raw, *(decoded(parsed) for parsed in map(parse_json, lines) if parsed is not None)])
+    documents = [parsed for parsed in map(parse_json, lines) if parsed is not None]
+    return b"\n".join([raw, *map(decoded, documents), *map(stored_forms, documents)])
 
 
 def decoded(document: Any) -> bytes:
