@@ -32,10 +32,10 @@ if __package__ in (None, ""):  # run as `python bench/delta_bench.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import aiohttp
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.proxy_bench import PUBLISH_WAIT_S, machine, percentile, wait_published
+from bench.report import emit
 from bench.targets import BenchError, Measured, start_fake, start_kgb, workdir
 from tests.services import create_topic, kafka_broker
 
@@ -233,10 +233,7 @@ def render(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     report = run(args)
-    print()
-    print(render(report))
-    if args.json:
-        args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    emit(report, "\n" + render(report), args.json)
 
 
 if __name__ == "__main__":

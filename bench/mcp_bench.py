@@ -45,6 +45,7 @@ import aiohttp
 import orjson
 import psutil
 
+from bench.report import emit
 from bench.targets import ROOT, Measured, _spawn, _stop, free_port, kgb_command, wait_http, workdir
 from common.running import new_loop
 from tests.services import create_topic, kafka_broker
@@ -325,9 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, spools)")
     args = parser.parse_args(argv)
     report = run(args)
-    print(render(report))
-    if args.json:
-        args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    emit(report, render(report), args.json)
 
 
 if __name__ == "__main__":

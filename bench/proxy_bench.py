@@ -34,6 +34,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.peers import LITELLM, MITMPROXY, start_peers, version
+from bench.report import emit
 from bench.targets import ROOT, BenchError, Measured, Target, start_fake, start_kgb, start_nginx, workdir
 from schemas.codec import EXCHANGE, make_decoder
 from tests.services import MAX_MESSAGE_BYTES, kafka_broker
@@ -562,10 +563,7 @@ def uptime() -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     report = run(args)
-    print()
-    print(render(report))
-    if args.json:
-        args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    emit(report, "\n" + render(report), args.json)
 
 
 if __name__ == "__main__":

@@ -44,10 +44,10 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python bench/worker_bench.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import orjson
 
 from bench.build_bench import Scenario, write_spool
 from bench.proxy_bench import create_bench_topic
+from bench.report import emit
 from bench.targets import ROOT, BenchError, workdir
 from bench.worker_idle_bench import cpu_seconds
 from proxy import workerstats
@@ -207,9 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     summary = run(args)
-    print(render(summary))
-    if args.json:
-        args.json.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    emit(summary, render(summary), args.json)
 
 
 if __name__ == "__main__":
