@@ -125,7 +125,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
 
 
 def custom_rules(patterns: Iterable[str]) -> tuple[Rule, ...]:
-    """Rules from `KGB_REDACT_PATTERNS`, scanned in the same pass as the built-in ones."""
+    """Rules from the patterns of `KGB_REDACT_PATTERNS_FILE`, scanned in the same pass as the built-in ones."""
     return tuple(_rule(f"custom_{i}", pattern) for i, pattern in enumerate(patterns, start=1))
 
 
