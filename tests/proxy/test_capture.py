@@ -191,3 +191,9 @@ def test_a_secret_behind_escapes_in_a_tool_s_streamed_input_leaves_the_body_and_
     joined = "".join(data["delta"]["partial_json"] for data in stored if data["type"] == "content_block_delta")
     assert orjson.loads(joined) == {"command": "echo [REDACTED:anthropic_key]"}
     assert orjson.loads(event["response"]["message"])["content"][0]["input"] == orjson.loads(joined)
+
+
+def test_a_secret_only_in_a_streams_other_events_is_still_taken_from_its_bytes() -> None:
+    body = sse(text_delta("plain"), ("ping", {"type": "ping", "note": GITHUB}))
+    event = response(request(), body)
+    assert GITHUB.encode() not in event["response"]["body"] and "github_token" in event["redactions"]
