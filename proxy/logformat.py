@@ -104,6 +104,17 @@ def decode_run(buffer: bytes | memoryview, offset: int, budget: int) -> tuple[li
     return records, ends
 
 
+def decode_apart(prefix: bytes | memoryview, payload: bytes) -> Record | None:
+    """A record whose `payload` was read into its own bytes, apart from the `PREFIX` bytes in front of it (the
+    reader's path for a large one: no copy out of a buffer); None when they are not one whole, intact record
+    of a kind this code knows, which `decode_run` and `refuse` then read and say why."""
+    length, crc, number, exchange, at_ns = WHOLE_PREFIX.unpack_from(prefix)
+    kind = KINDS.get(number)
+    if kind is None or length != _SHORTEST + len(payload) or crc32(payload, crc32(prefix[_LENGTH_AND_CRC:PREFIX])) != crc:
+        return None
+    return Record(kind, exchange, at_ns, payload)
+
+
 def refuse(buffer: bytes | memoryview, offset: int) -> None:
     """Why `decode_run` read no record at `offset`: returns when the buffer ends inside it (not written yet,
     or torn); raises `Damaged` when the bytes there cannot be a record, `NewerLog` for a kind this code does

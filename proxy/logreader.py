@@ -25,6 +25,9 @@ from proxy.logwriter import segment_name, segment_seqs
 log = logging.getLogger(__name__)
 
 READ_BYTES = 1024 * 1024
+# A record at least this long that the window ends inside is read from the file straight into its payload's
+# own bytes, not into the window and then out of it (a 500 KB request body: two copies fewer).
+APART_BYTES = 256 * 1024
 ARENA_KEPT = 4 * READ_BYTES  # a reader's buffer over this is not kept once what it holds is read
 
 
@@ -125,6 +128,9 @@ class LogReader:
                 if not self._skip_damaged(exc):
                     break
                 continue
+            if (end := self._read_apart(reads)) is not None:
+                used += end
+                continue
             if self._fill():  # the buffer ends inside a record: the window moves on; the position stays
                 continue
             if not self._next_segment_if_done():
@@ -141,6 +147,25 @@ class LogReader:
             after = new(Position, (seq, base + end))
             reads.append(new(Read, (at, record, after)))
             at = after
+
+    def _read_apart(self, reads: list[Read]) -> int | None:
+        """The large record the window ends inside, when all of it is written: its payload read straight
+        into its own bytes, the window emptied past it. How many bytes it took; None to read it the usual
+        way (a smaller record, one still being written, or one that is not whole and intact)."""
+        assert self._file is not None
+        view, at = self._window.view, self._cursor
+        needed = logformat.needed_at(view, at)
+        start = self._base + at  # the record's offset in the file
+        if needed < APART_BYTES or len(view) - at < logformat.PREFIX or os.fstat(self._file).st_size < start + needed:
+            return None
+        payload = os.pread(self._file, needed - logformat.PREFIX, start + logformat.PREFIX)
+        record = logformat.decode_apart(view[at : at + logformat.PREFIX], payload)
+        if record is None:
+            return None
+        self._take(reads, [record], [at + needed])
+        self._base, self._cursor = start + needed, 0
+        self._window.clear()
+        return needed
 
     def close(self) -> None:
         if self._file is not None:

@@ -19,7 +19,7 @@ import pytest
 from proxy import checkpoint, logformat, worker
 from proxy.capture import RedactionPolicy
 from proxy.logformat import Kind
-from proxy.logreader import ARENA_KEPT, READ_BYTES, LogReader, Position, Read, Window
+from proxy.logreader import APART_BYTES, ARENA_KEPT, READ_BYTES, LogReader, Position, Read, Window
 from proxy.logwriter import FsyncPolicy, LogSettings, LogWriter, segments
 from proxy.redact import BUILTIN_RULES
 from proxy.tap import capture_log, exchange_id, id_bytes
@@ -322,6 +322,81 @@ def test_a_record_of_an_unknown_kind_stops_the_reader_after_what_came_before_it(
         with pytest.raises(logformat.NewerLog, match=rf"{first.name}: record kind {max(Kind) + 1} .* a newer KGB wrote"):
             reader.poll()
     assert reader.position == stopped_at and reader.damaged == 0
+
+
+def read_apart(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The payloads the reader takes apart from its window (`LogReader._read_apart`), as it takes them."""
+    taken: list[bytes] = []
+
+    def counted(prefix: bytes | memoryview, payload: bytes) -> logformat.Record | None:
+        record = decode_apart(prefix, payload)
+        if record is not None:
+            taken.append(payload)
+        return record
+
+    decode_apart = logformat.decode_apart
+    monkeypatch.setattr(logformat, "decode_apart", counted)
+    return taken
+
+
+def test_large_records_the_window_ends_inside_are_read_apart_and_say_where_they_lie(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken = read_apart(monkeypatch)
+    bodies = [bytes([n]) * (APART_BYTES + n * 150_000) for n in range(5)]
+    w = writer(tmp_path)
+    w.append(Kind.REQUEST_HEAD, EXCHANGE, b"x" * (READ_BYTES - APART_BYTES))  # the first body starts late in a window
+    for body in bodies:
+        w.append(Kind.REQUEST_BODY, EXCHANGE, body)
+        w.append(Kind.END, EXCHANGE, b"{}")
+    w.close()
+    reader = LogReader(tmp_path, Position(0, 0))
+    reads = [read for read in reader.poll(budget=1 << 30) if read.record.kind is not Kind.WRITER_START]
+    assert [read.record.payload for read in reads] == [b"x" * (READ_BYTES - APART_BYTES)] + [
+        payload for body in bodies for payload in (body, b"{}")
+    ]
+    assert positions_hold(reads) and taken and set(taken) <= set(bodies)
+    assert all(type(read.record.payload) is bytes for read in reads)
+
+
+def test_a_large_record_still_being_written_is_read_once_it_is_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    taken = read_apart(monkeypatch)
+    w = writer(tmp_path)
+    w.append(Kind.REQUEST_HEAD, EXCHANGE, b"head")
+    w.close()
+    ((_, first),) = segments(tmp_path)
+    body = os.urandom(3 * APART_BYTES)
+    record = logformat.encode(Kind.REQUEST_BODY, EXCHANGE, 1, body)
+    reader = LogReader(tmp_path, Position(0, 0))
+    with first.open("ab") as segment:
+        segment.write(record[: APART_BYTES // 2])
+        segment.flush()
+        assert payloads(reader) == [b"head"] and reader.at_end
+        segment.write(record[APART_BYTES // 2 :])
+    assert payloads(reader) == [body] and taken == [body] and reader.torn == 0
+
+
+def test_a_large_damaged_or_newer_record_is_refused_as_a_small_one_is(tmp_path: Path) -> None:
+    """Both start late in a window, so the reader would take them apart were they whole, intact and known."""
+    filler = b"x" * (READ_BYTES - APART_BYTES // 2)
+    w = writer(tmp_path)
+    w.append(Kind.REQUEST_HEAD, EXCHANGE, filler)
+    w.append(Kind.REQUEST_BODY, EXCHANGE, b"y" * 2 * APART_BYTES)
+    w.close()
+    ((_, first),) = segments(tmp_path)
+    data = bytearray(first.read_bytes())
+    data[-1] ^= 0xFF
+    first.write_bytes(bytes(data))
+    later = writer(tmp_path)
+    later.append(Kind.REQUEST_HEAD, EXCHANGE, filler)
+    later.close()
+    (_, second), *_ = segments(tmp_path)[1:]
+    with second.open("ab") as segment:
+        segment.write(future_record(max(Kind) + 1, b"z" * 2 * APART_BYTES))
+    reader = LogReader(tmp_path, Position(0, 0))
+    assert payloads(reader) == [filler, filler] and reader.damaged == 1
+    with pytest.raises(logformat.NewerLog, match=f"record kind {max(Kind) + 1}"):
+        reader.poll()
 
 
 def test_a_reader_at_a_deleted_segment_goes_on_with_the_next(tmp_path: Path) -> None:
