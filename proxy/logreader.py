@@ -51,7 +51,8 @@ class Read(NamedTuple):
 
 class Window:
     """What has been read of a segment from one offset on, in one buffer used again read after read: a fresh
-    megabyte per read, and a copy to join it to the record half read before, cost more than decoding it."""
+    buffer per read, and a copy to join it to the record half read before, cost more than decoding it. A large
+    record it ends inside is read apart instead (`LogReader._read_apart`)."""
 
     def __init__(self) -> None:
         self._arena = bytearray()
