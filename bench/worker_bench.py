@@ -44,7 +44,6 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python bench/worker_bench.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
 from bench.build_bench import Scenario, write_spool
 from bench.proxy_bench import create_bench_topic
 from bench.report import emit

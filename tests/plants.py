@@ -201,16 +201,19 @@ def reply(plant: Plant) -> Reply:
     if position == "sse_split":
         return text_stream(f"{secret}", deltas=2 + plant.cut % 4)
     if position == "sse_escaped":
-        stream = text_stream("PLANTED", deltas=1)
-        return replace(stream, body=tuple(chunk.replace(b"PLANTED", escaped(secret).encode()) for chunk in stream.body))
+        return _planted(text_stream("PLANTED", deltas=1), escaped(secret))
     if position == "sse_tool_input":
         return tool_use_stream(input={"command": f"echo {secret}"}, fragments=2 + plant.cut % 4)
     if position == "sse_tool_escaped":
-        stream = tool_use_stream(input={"command": "echo PLANTED"}, fragments=1)
-        inner = escaped(secret).replace("\\", "\\\\")  # the escape's backslash, itself escaped in `partial_json`
-        return replace(stream, body=tuple(chunk.replace(b"PLANTED", inner.encode()) for chunk in stream.body))
+        # the escape's backslash, itself escaped in `partial_json`
+        return _planted(tool_use_stream(input={"command": "echo PLANTED"}, fragments=1), escaped(secret).replace("\\", "\\\\"))
     if position == "sse_error":
         return error_mid_stream(message=f"failed for {secret}")
     if position == "json_error":
         return error_reply(400, f"bad key {secret}")
     return json_message("nothing to see")
+
+
+def _planted(stream: Reply, written: str) -> Reply:
+    """`stream` with its `PLANTED` written as `written` in the raw bytes: a spelling the fake's JSON writer never makes."""
+    return replace(stream, body=tuple(chunk.replace(b"PLANTED", written.encode()) for chunk in stream.body))

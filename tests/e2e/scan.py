@@ -32,8 +32,9 @@ def secret_forms(secret: str) -> dict[str, bytes]:
     raw = secret.encode()
     forms = {"raw": raw, "json": orjson.dumps(secret)[1:-1], "hex": raw.hex().encode()}
     # every character a `\\u` escape, as JSON may spell it, and that JSON inside a JSON string (`partial_json`)
-    forms["u-escaped"] = escaped(secret).encode()
-    forms["u-escaped-json"] = orjson.dumps(escaped(secret))[1:-1]
+    spelled = escaped(secret)
+    forms["u-escaped"] = spelled.encode()
+    forms["u-escaped-json"] = orjson.dumps(spelled)[1:-1]
     for shift in range(3):
         aligned = raw[shift : shift + 3 * ((len(raw) - shift) // 3)]
         if len(aligned) < BASE64_BYTES:

@@ -327,6 +327,7 @@ def test_a_record_of_an_unknown_kind_stops_the_reader_after_what_came_before_it(
 def read_apart(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """The payloads the reader takes apart from its window (`LogReader._read_apart`), as it takes them."""
     taken: list[bytes] = []
+    decode_apart = logformat.decode_apart
 
     def counted(prefix: bytes | memoryview, payload: bytes) -> logformat.Record | None:
         record = decode_apart(prefix, payload)
@@ -334,7 +335,6 @@ def read_apart(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
             taken.append(payload)
         return record
 
-    decode_apart = logformat.decode_apart
     monkeypatch.setattr(logformat, "decode_apart", counted)
     return taken
 
