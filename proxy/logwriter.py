@@ -180,12 +180,16 @@ class LogWriter:
         return False
 
     def sync(self) -> None:
-        """fsync what was written; safe from another thread (the interval policy's)."""
+        """fsync what was written; safe from another thread (the interval policy's). A segment left
+        that the worker has since deleted is not synced: everything in it is on Kafka, and its pages,
+        if not yet written back, are then never written at all (at 500 KB exchanges a 64 MiB segment
+        lasts a fraction of the interval)."""
         with self._lock:
             retired, self._retired = self._retired, []
             fd, dirty, self._dirty = self._fd, self._dirty, False
         for old in retired:
-            os.fsync(old)
+            if os.fstat(old).st_nlink:
+                os.fsync(old)
             os.close(old)
         if dirty and fd >= 0:
             os.fsync(fd)

@@ -127,6 +127,23 @@ def test_the_writer_rotates_and_a_new_writer_never_appends_to_an_old_segment(tmp
     assert payloads(reader) == [bytes([n]) * 60 for n in range(5)] + [b"{}"]
 
 
+def test_a_sync_skips_the_segments_left_that_the_worker_has_deleted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deleted segment was published whole: syncing it would write to disk pages nothing will read."""
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_ino), real_fsync(fd)))
+    w = writer(tmp_path, segment_bytes=200)
+    for n in range(5):  # a 29-byte start marker, then 149-byte records: segments of 2, 2 and 1
+        w.append(Kind.REQUEST_BODY, EXCHANGE, bytes([n]) * 120)
+    (first, published), (_, kept), *_ = segments(tmp_path)
+    assert first == 0
+    kept_inode, live_inode = kept.stat().st_ino, segments(tmp_path)[-1][1].stat().st_ino
+    published.unlink()
+    w.sync()
+    assert synced == [kept_inode, live_inode]
+    w.close()
+
+
 def test_only_the_segment_being_written_holds_blocks_past_its_end(tmp_path: Path) -> None:
     """Its blocks are reserved up front, and given back when it is left (tmp_path: ext4, which can reserve)."""
     w = writer(tmp_path, segment_bytes=1 << 20)
