@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         load_before = uptime()
         idle, window = asyncio.run(measure(url, worker, args))
         published = asyncio.run(wait_published(broker.bootstrap, topic, WARMUP + args.samples))
-        lags = asyncio.run(publish_lags(broker.bootstrap, topic, {"after_idle": window}))["after_idle"]
+        lags = asyncio.run(publish_lags(broker.bootstrap, topic, {"after_idle": [window]}))["after_idle"]
     return {
         **idle,
         "lag_p50_ms": percentile(lags, 50),
