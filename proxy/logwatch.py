@@ -42,7 +42,8 @@ SAFETY_POLL = 1.0  # seconds between polls of a log inotify said nothing about
 # Between two polls of a log that is being written: a burst of appends is read in one poll, not one wake per
 # write. (Every worker is a process of its own now, the stdio shim's too, so this costs a relay nothing.)
 # Under paced streams a wake is most of the worker's cost: 10 ms in place of 5 took a quarter to a third off
-# its CPU per exchange and left the lag to the topic as it was (bench/README, stop 26).
+# its CPU per exchange; the lag to the topic stayed as it was at c=1 and under paced streams, and grew by up to
+# ~10 ms under sustained load (bench/README, stop 26).
 GATHER = 0.010
 OVERFLOW_WD = -1  # the kernel's queue overflowed: the watch's event may be lost with it
 
