@@ -253,8 +253,8 @@ def measure(
 def combined(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """A target's rounds as one row: the round of median req/s (the lower of the two middle ones) stands for
     them, but for its comparisons (added latency, req/s ratios), the medians of each round's against its own
-    round's direct and nginx: on this shared machine nginx's own req/s moved by up to 1.7x between runs
-    (bench/README, stop 26), and a round's targets see the same machine. Peak memory is the worst round's,
+    round's direct and nginx: on this shared machine nginx's own req/s moved by up to 2x between rounds
+    of one run (bench/README, stop 26), and a round's targets see the same machine. Peak memory is the worst round's,
     what was sent and when, all rounds'; `rounds` keeps each round's row."""
     row = dict(sorted(rounds, key=lambda r: r["rps"])[(len(rounds) - 1) // 2])
     for key in row.keys() & COMPARED:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -32,11 +31,11 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python bench/sync_bench.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.loadgen import cpu_seconds
 from bench.report import emit
 from bench.targets import ROOT
 
 BODY_BYTES = 500 * 1024
-MB = 1e6
 
 
 def sectors_written(directory: Path) -> int:
@@ -47,11 +46,6 @@ def sectors_written(directory: Path) -> int:
         if (int(fields[0]), int(fields[1])) == (os.major(device), os.minor(device)):
             return int(fields[9])
     raise RuntimeError(f"no /proc/diskstats row for the device of {directory}")
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def one_run(tree: Path, seconds: float, rate: float, publish_lag: float, directory: Path) -> dict[str, float]:
