@@ -21,7 +21,10 @@ def test_a_pure_test_carries_no_service_marker(request: pytest.FixtureRequest) -
 
 
 def test_a_test_using_a_service_fixture_is_marked_for_it(pytester: pytest.Pytester) -> None:
-    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    # the markers registered as the project's pyproject.toml does: run alone, this file's warnings are errors in there too
+    pytester.makeini(
+        "[pytest]\nasyncio_default_fixture_loop_scope = function\nmarkers =\n    kafka\n    postgres\n    e2e\n    browser\n"
+    )
     pytester.makeconftest("import pytest\nfrom tests.conftest import *  # noqa: F403\n")
     pytester.makepyfile(test_uses="def test_it(kafka): pass\ndef test_pure(): pass\n")
     result = pytester.runpytest("--collect-only", "-q", "-m", "kafka", "-p", "no:cacheprovider")
