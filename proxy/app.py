@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from urllib.parse import urlsplit
 
@@ -100,17 +101,18 @@ async def forward(request: web.Request) -> web.StreamResponse:
     if declared is not None and declared > limit:
         too_large = errors.BodyTooLarge(f"KGB proxy: request body of {declared} bytes exceeds the {limit}-byte limit")
         return _fail(request, app[TAP].request(record), too_large)
-    exchange = app[TAP].streaming(record, declared)
     outgoing = end_to_end(raw_headers, request.headers.get("connection"), _NOT_FORWARDED)
-    body = Body(request, exchange, limit)
+    body = Body(request, app[TAP], record, declared, limit)
     origin, target = upstream_target(settings.upstream_url, record.path, record.query)
     try:  # a streamed body goes upstream as the client framed it: its declared length, else chunked
-        upstream = await app[SESSION].request(origin, request.method, target, outgoing, body.payload(), length=declared)
+        upstream = await app[SESSION].request(
+            origin, request.method, target, outgoing, body.payload(), length=declared, sent=body.exchange
+        )
     except Exception as exc:  # noqa: BLE001 - every failure is answered and captured
         await body.drain()
-        return _fail(request, exchange, body.failure or errors.translate(exc))
+        return _fail(request, body.exchange(), body.failure or errors.translate(exc))
     async with upstream:
-        return await _relay(request, record, upstream, exchange, metrics)
+        return await _relay(request, record, upstream, body.exchange(), metrics)
 
 
 class Body:
@@ -118,13 +120,15 @@ class Body:
     so the relay never holds a whole body. A body past `limit` (it declared no length, or lied) or
     a client that leaves mid-body stops it: the upstream request is aborted, and `failure` says why."""
 
-    def __init__(self, request: web.Request, exchange: Exchange, limit: int) -> None:
-        self._request, self._exchange, self._limit = request, exchange, limit
+    def __init__(self, request: web.Request, tap: Tap, record: RequestRecord, declared: int | None, limit: int) -> None:
+        self._request, self._tap, self._record, self._declared, self._limit = request, tap, record, declared, limit
+        self._started_ns = time.perf_counter_ns()
+        self._exchange: Exchange | None = None
+        self._whole: bytes | None = None
+        self._streamed = False
         self._size = 0
         self.failure: errors.Refused | None = None
         self.ended = not request.body_exists
-        if self.ended:
-            exchange.body_end()
 
     def payload(self) -> bytes | AsyncIterator[bytes] | None:
         """What goes upstream: nothing; the body itself when all of it is here already (most requests:
@@ -133,28 +137,43 @@ class Body:
             return None
         content = self._request.content
         if not content.is_eof() or content.total_bytes > self._limit:
+            self._streamed = True
             return self.pieces()
-        whole = content.read_nowait()
-        self._size = len(whole)
-        self._exchange.body(whole, hold=True)  # small, and the next record comes before the upstream's answer
+        self._whole = content.read_nowait()
+        self._size = len(self._whole)
         self.ended = True
-        self._exchange.body_end()
-        return whole
+        return self._whole
+
+    def exchange(self) -> Exchange:
+        """The exchange's records, begun when first asked for: by the pool once the request is written
+        (`Pool.request`'s `sent`), so that building them does not hold the request back. Nothing is lost by
+        the wait: a body whole in memory had its records held in the writer until the answer's came anyway,
+        and a streamed body's pieces, each logged before it goes, start only after."""
+        if self._exchange is None:
+            exchange = self._exchange = self._tap.streaming(self._record, self._declared)
+            exchange.started_ns = self._started_ns  # the exchange's clock starts with its request, not its records
+            if self._whole is not None:
+                exchange.body(self._whole, hold=True)  # small, and the next record comes before the upstream's answer
+                self._whole = None
+            if not self._streamed:
+                exchange.body_end()
+        return self._exchange
 
     async def pieces(self) -> AsyncIterator[bytes]:
+        exchange = self.exchange()
         try:
             async for piece in self._request.content.iter_any():
                 self._size += len(piece)
                 if self._size > self._limit:
                     self.failure = errors.BodyTooLarge(f"KGB proxy: request body exceeds the {self._limit}-byte limit")
                     break
-                self._exchange.body(piece)
+                exchange.body(piece)
                 yield piece
         except (aiohttp.ClientPayloadError, ConnectionError) as exc:
             self.failure = errors.ClientLeft(f"KGB proxy: the client went away before its request body ended ({exc})")
         self.ended = True
         left = isinstance(self.failure, errors.ClientLeft)
-        self._exchange.body_end(discarded=isinstance(self.failure, errors.BodyTooLarge), partial=left)
+        exchange.body_end(discarded=isinstance(self.failure, errors.BodyTooLarge), partial=left)
         if self.failure is not None:
             raise self.failure
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import cast
@@ -466,9 +466,12 @@ class Pool:
         *,
         length: int | None = None,
         timed: bool = True,
+        sent: Callable[[], object] | None = None,
     ) -> Response:
         """Send the request and return its answer once the head is here. A body of unknown `length` goes
-        chunked. The pool's read timeout bounds each wait for the upstream, unless not `timed` (long streams)."""
+        chunked. The pool's read timeout bounds each wait for the upstream, unless not `timed` (long streams).
+        `sent` is called once, when the request is written (a streamed body's pieces yet to go): work that
+        need not hold the request back runs there, while the upstream works."""
         timeout = self._read_timeout if timed else None
         slots = self._origins.get(origin)
         if slots is None:  # not setdefault: that would build a _Slots for every request
@@ -479,6 +482,9 @@ class Pool:
             connection, response = await self._on(slots, connection, origin, method == "HEAD", timeout)
             try:
                 await self._send(connection, origin, method, target, headers, body, length)
+                if sent is not None:
+                    sent()
+                    sent = None
                 await response.head()
             except StreamBroken:
                 response.close()

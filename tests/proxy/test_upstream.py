@@ -513,3 +513,38 @@ async def test_an_idle_connection_within_its_expiry_is_reused() -> None:
             assert await answered(pool, origin, "POST", target) == b"ok"
         assert not watched.ended.is_set()
     assert len(watched.connections) == 1 and len(watched.heads) == 3
+
+
+async def test_sent_runs_once_the_request_is_written_before_the_answer_comes() -> None:
+    """The relay builds its capture records in `sent`, while the upstream works: this upstream answers only once it has run."""
+    heads: list[bytes] = []
+    ran = asyncio.Event()
+
+    async def after_sent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader, heads)
+        await asyncio.wait_for(ran.wait(), 5)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    calls: list[int] = []
+
+    def sent() -> None:
+        calls.append(len(heads))
+        ran.set()
+
+    async with upstream(after_sent) as origin, Pool(1, 5.0, 5.0) as pool:
+        async with await pool.request(origin, "POST", "/v1/messages", [], b"{}", sent=sent) as response:
+            assert (response.status, await whole(response)) == (200, b"ok")
+    assert len(calls) == 1
+
+
+async def test_sent_runs_once_when_the_request_goes_again_on_a_new_connection() -> None:
+    heads: list[bytes] = []
+    connections: list[asyncio.StreamWriter] = []
+    calls: list[int] = []
+    async with upstream(closing_second(heads, connections, reset=False)) as origin, Pool(1, 5.0, 5.0) as pool:
+        async with await pool.request(origin, "GET", "/1", []) as response:
+            assert await whole(response) == b"first"
+        async with await pool.request(origin, "GET", "/2", [], sent=lambda: calls.append(len(connections))) as response:
+            assert await whole(response) == b"again"
+    assert len(heads) == 3 and calls == [1], "called after the first send only, though the request went twice"
