@@ -4,9 +4,9 @@
 
 proxy_bench gives what the relay adds to a client's first byte (`+ttfb/dir`); this bench splits it.
 `kgb proxy --no-worker` runs under bench/path_probe.py, which stamps the moments an exchange passes
-(its request's bytes read, kgb's handler entered, the request written upstream, the upstream's head
-parsed, the client's answer built, the first body bytes written to the client) and keeps the spans
-between them. The load generator drives it at concurrency 1, since the stamps are one set per
+(its request's bytes read, kgb's handler entered, the request's write upstream begun, the upstream's
+head parsed, the client's answer built, the first body bytes here, the client write begun and returned)
+and keeps the spans between them. The load generator drives it at concurrency 1, since the stamps are one set per
 process, and direct runs in the same rounds, so each row's `+ttfb` is against its own round:
 
 - json c=1 and sse50 c=1, the unpaced fake: back to back, the relay's code runs warm;

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 import signal
 import sys
 import time
@@ -23,7 +22,7 @@ from typing import Any
 
 import orjson
 
-# Each span runs from one mark to the next one set on the same exchange's way (see `Marks.spans`).
+# Each span runs from one mark to the next one set on the same exchange's way (see `Marks.close`).
 SPANS = (
     ("aiohttp: request bytes read to kgb's handler", "arrival", "handler"),
     ("kgb: handler to the request's write upstream", "handler", "sending"),
@@ -75,9 +74,8 @@ MARKS = Marks()
 
 def around(owner: Any, name: str, before: Callable[..., None] | None = None, after: Callable[..., None] | None = None) -> None:
     """Replace `owner.name` with a wrapper calling `before(*args)` ahead of it and `after(result, *args)` behind."""
-    inner = getattr(owner, name)
-    if isinstance(owner.__dict__.get(name), staticmethod):
-        inner = owner.__dict__[name].__func__
+    static = isinstance(owner.__dict__.get(name), staticmethod)
+    inner = owner.__dict__[name].__func__ if static else getattr(owner, name)
     if inspect.iscoroutinefunction(inner):
 
         async def wrapped_async(*args: Any, **kwargs: Any) -> Any:
@@ -100,7 +98,7 @@ def around(owner: Any, name: str, before: Callable[..., None] | None = None, aft
             return result
 
     wrapped = functools.wraps(inner)(wrapped)
-    setattr(owner, name, staticmethod(wrapped) if isinstance(owner.__dict__.get(name), staticmethod) else wrapped)
+    setattr(owner, name, staticmethod(wrapped) if static else wrapped)
 
 
 def install() -> None:
@@ -142,7 +140,6 @@ def main() -> None:
     signal.signal(signal.SIGUSR1, lambda *_: MARKS.dump(out))
     from kgb.cli import main as kgb
 
-    print(f"probe {os.getpid()}", flush=True)
     kgb(rest)
 
 

@@ -125,7 +125,6 @@ class Body:
         self._started_ns = time.perf_counter_ns()
         self._exchange: Exchange | None = None
         self._whole: bytes | None = None
-        self._streamed = False
         self._size = 0
         self.failure: errors.Refused | None = None
         self.ended = not request.body_exists
@@ -137,7 +136,6 @@ class Body:
             return None
         content = self._request.content
         if not content.is_eof() or content.total_bytes > self._limit:
-            self._streamed = True
             return self.pieces()
         self._whole = content.read_nowait()
         self._size = len(self._whole)
@@ -155,7 +153,7 @@ class Body:
             if self._whole is not None:
                 exchange.body(self._whole, hold=True)  # small, and the next record comes before the upstream's answer
                 self._whole = None
-            if not self._streamed:
+            if self.ended:  # none, or whole: a streamed body's pieces end it themselves
                 exchange.body_end()
         return self._exchange
 
